@@ -1,0 +1,198 @@
+//! One storage handle for both backends. Services write their SQL once, with `$1`-style
+//! placeholders (which SQLite understands too) and only the column types both backends map
+//! the same way through sqlx's `Any` driver: `BIGINT` for integers, booleans and times (unix
+//! microseconds), `TEXT`, and `BLOB`/`BYTEA`. Each service ships its migrations for both.
+//!
+//! SQLite (the embedded default) runs in WAL mode with `synchronous=FULL`, so every
+//! acknowledged write survives a crash; write transactions start with `BEGIN IMMEDIATE` so that
+//! concurrent writers queue on the busy timeout instead of failing. PostgreSQL keeps each
+//! service in its own schema of the database it is given.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+/// Which database engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file.
+    Sqlite,
+    /// A PostgreSQL database (or a compatible engine).
+    Postgres,
+}
+
+/// Where a service keeps its data.
+#[derive(Debug, Clone)]
+pub enum DbLocation {
+    /// An SQLite file at this path (created with its directory when missing).
+    SqliteFile(std::path::PathBuf),
+    /// A PostgreSQL URL and the schema of this service in it.
+    Postgres {
+        /// `postgres://…`
+        url: String,
+        /// The service's schema (`tenant`, `registry`, `authn`).
+        schema: String,
+    },
+}
+
+impl DbLocation {
+    /// The location of service `service`: `<data_dir>/<service>.db`, or its schema in the
+    /// PostgreSQL database at `database_url` when one is given.
+    pub fn for_service(service: &str, data_dir: &Path, database_url: Option<&str>) -> Self {
+        match database_url {
+            Some(url) => DbLocation::Postgres { url: url.to_owned(), schema: service.to_owned() },
+            None => DbLocation::SqliteFile(data_dir.join(format!("{service}.db"))),
+        }
+    }
+}
+
+/// The migrations of one service, for both backends.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// Migrations written for SQLite.
+    pub sqlite: &'static Migrator,
+    /// Migrations written for PostgreSQL.
+    pub postgres: &'static Migrator,
+}
+
+/// A connection pool with the backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL or options are wrong.
+    #[error("bad database configuration: {0}")]
+    Config(String),
+    /// The database answered with an error.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The data directory could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl Db {
+    /// Opens (creating when needed) the database at `location` and runs `migrations`.
+    pub async fn open(location: &DbLocation, migrations: Migrations) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let db = match location {
+            DbLocation::SqliteFile(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|source| DbError::Io { path: dir.display().to_string(), source })?;
+                }
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                let options = AnyConnectOptions::from_str(&url).map_err(|e| DbError::Config(e.to_string()))?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?;
+                Db { pool, backend: Backend::Sqlite }
+            }
+            DbLocation::Postgres { url, schema } => {
+                if !schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    return Err(DbError::Config(format!("schema name {schema:?} must be lowercase letters")));
+                }
+                let options = AnyConnectOptions::from_str(url).map_err(|e| DbError::Config(e.to_string()))?;
+                // The schema must exist before any pooled connection points its search path at it.
+                {
+                    let bootstrap = AnyPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+                    bootstrap.execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))).await?;
+                    bootstrap.close().await;
+                }
+                let set_path = format!("SET search_path TO {schema}");
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(move |conn, _| {
+                        let set_path = set_path.clone();
+                        Box::pin(async move {
+                            conn.execute(sqlx::AssertSqlSafe(set_path)).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?;
+                Db { pool, backend: Backend::Postgres }
+            }
+        };
+        let migrator = match db.backend {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::Postgres => migrations.postgres,
+        };
+        migrator.run(&db.pool).await?;
+        Ok(db)
+    }
+
+    /// The pool, for queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The engine behind the pool.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so that concurrent writers wait their turn instead of failing.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Whether `err` is a violation of a unique constraint (a duplicate).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation)
+                || db.code().is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
+        }
+        _ => false,
+    }
+}
+
+/// Whether `err` is a violation of a foreign key (a parent row is gone).
+pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            matches!(db.kind(), sqlx::error::ErrorKind::ForeignKeyViolation)
+                || db.code().is_some_and(|c| c == "23503" || c == "787")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,27 @@
+//! The plumbing every Postern service shares, so that each service crate holds only its own
+//! domain: storage on SQLite or PostgreSQL, the house way of building errors, the caller's
+//! identity as the gateway vouches for it, paging, validation rules, ids and time, and the
+//! pieces of a gRPC server (reflection, health, tracing, shutdown).
+//!
+//! # Layout
+//! - [`db`]: one sqlx pool for both backends, migrations, write transactions.
+//! - [`error`]: `tonic::Status` with `ErrorInfo` and `BadRequest` field violations.
+//! - [`principal`]: the signed caller identity and the layers that sign and verify it.
+//! - [`paging`]: page sizes and opaque keyset page tokens.
+//! - [`validate`]: names, display texts, URLs.
+//! - [`mask`]: update masks.
+//! - [`ids`], [`time`]: identifiers, secret hashes, timestamps.
+//! - [`server`]: boxed backends, reflection, health, per-RPC spans, shutdown.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod db;
+pub mod error;
+pub mod ids;
+pub mod mask;
+pub mod paging;
+pub mod principal;
+pub mod server;
+pub mod time;
+pub mod validate;

@@ -1,0 +1,358 @@
+//! Who is calling. The gateway authenticates a caller's bearer key and hands the backend a
+//! *principal* in the `x-postern-principal` header, signed with the internal key that only
+//! Postern's own processes hold, and bound to the called method and a short expiry. A backend
+//! trusts nothing else: a header a caller made up fails the signature check, so a backend
+//! reached directly is as safe as one reached through the gateway. Service-to-service calls
+//! sign a [`Principal::Service`] the same way, which is how internal-only RPCs stay internal.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hmac::{Hmac, Mac};
+use http::HeaderValue;
+use sha2::Sha256;
+use tonic::Status;
+
+use crate::error::{permission_denied, unauthenticated};
+
+/// The header that carries the signed principal from the gateway to a backend.
+pub const PRINCIPAL_HEADER: &str = "x-postern-principal";
+
+/// How long a signed principal stays valid, in seconds (covers clock skew between hosts).
+const PRINCIPAL_LIFETIME_SECS: u64 = 120;
+
+/// The caller of an RPC, as established by the gateway or a calling service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The admin key: every tenant.
+    Admin,
+    /// A tenant's API key: that tenant only.
+    Tenant {
+        /// The tenant's name.
+        tenant: String,
+        /// The API key's id.
+        key_id: String,
+    },
+    /// Another Postern service (`gateway`, `registry`, `authn`).
+    Service(String),
+}
+
+impl Principal {
+    /// Allows the admin key and internal callers; refuses tenant keys.
+    pub fn require_admin(&self) -> Result<(), Status> {
+        match self {
+            Principal::Admin | Principal::Service(_) => Ok(()),
+            Principal::Tenant { .. } => Err(permission_denied(
+                "ADMIN_KEY_REQUIRED",
+                "this operation needs the admin key; a tenant API key cannot do it",
+            )),
+        }
+    }
+
+    /// Allows callers that may act on tenant `tenant`.
+    pub fn require_tenant(&self, tenant: &str) -> Result<(), Status> {
+        match self {
+            Principal::Admin | Principal::Service(_) => Ok(()),
+            Principal::Tenant { tenant: own, .. } if own == tenant => Ok(()),
+            Principal::Tenant { .. } => Err(permission_denied(
+                "TENANT_NOT_ALLOWED",
+                format!("this API key does not reach tenant {:?}", crate::validate::truncate(tenant, 63)),
+            )),
+        }
+    }
+
+    /// Allows only other Postern services (internal-only RPCs).
+    pub fn require_internal(&self) -> Result<(), Status> {
+        match self {
+            Principal::Service(_) => Ok(()),
+            _ => Err(permission_denied(
+                "INTERNAL_ONLY",
+                "this RPC is internal to Postern and cannot be called from outside",
+            )),
+        }
+    }
+
+    /// The tenant a tenant key is limited to; `None` for the admin key and services.
+    pub fn tenant_scope(&self) -> Option<&str> {
+        match self {
+            Principal::Tenant { tenant, .. } => Some(tenant),
+            _ => None,
+        }
+    }
+
+    fn encode(&self) -> String {
+        match self {
+            Principal::Admin => "admin".to_owned(),
+            Principal::Tenant { tenant, key_id } => format!("tenant:{tenant}:{key_id}"),
+            Principal::Service(name) => format!("service:{name}"),
+        }
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.split(':');
+        let p = match (parts.next()?, parts.next(), parts.next()) {
+            ("admin", None, None) => Principal::Admin,
+            ("tenant", Some(t), Some(k)) => Principal::Tenant { tenant: t.to_owned(), key_id: k.to_owned() },
+            ("service", Some(n), None) => Principal::Service(n.to_owned()),
+            _ => return None,
+        };
+        parts.next().is_none().then_some(p)
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Admin => f.write_str("admin"),
+            Principal::Tenant { tenant, key_id } => write!(f, "tenant {tenant} (key {key_id})"),
+            Principal::Service(n) => write!(f, "service {n}"),
+        }
+    }
+}
+
+/// The secret shared by Postern's processes to sign principals. Never printed.
+#[derive(Clone)]
+pub struct InternalKey(Arc<[u8; 32]>);
+
+impl fmt::Debug for InternalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InternalKey(<redacted>)")
+    }
+}
+
+impl InternalKey {
+    /// A fresh random key (the all-in-one mode needs no shared one).
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        Self(Arc::new(bytes))
+    }
+
+    /// Parses a key written as 64 hex digits.
+    pub fn from_hex(s: &str) -> Result<Self, String> {
+        let bytes = hex::decode(s.trim()).map_err(|_| "the internal key must be 64 hex digits".to_owned())?;
+        let bytes: [u8; 32] =
+            bytes.try_into().map_err(|_| "the internal key must be 64 hex digits (32 bytes)".to_owned())?;
+        Ok(Self(Arc::new(bytes)))
+    }
+
+    /// The key as 64 hex digits, for writing it where other processes can read it.
+    pub fn to_hex(&self) -> String {
+        hex::encode(*self.0)
+    }
+
+    fn mac(&self, payload: &str, path: &str) -> Vec<u8> {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0[..]).unwrap_or_else(|_| unreachable!());
+        mac.update(payload.as_bytes());
+        mac.update(b"\n");
+        mac.update(path.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// The header value that vouches for `principal` calling `path` (`/pkg.Service/Method`).
+    pub fn sign(&self, principal: &Principal, path: &str) -> HeaderValue {
+        let expires = unix_now() + PRINCIPAL_LIFETIME_SECS;
+        let payload = format!("v1|{}|{expires}", principal.encode());
+        let sig = hex::encode(self.mac(&payload, path));
+        // Tenant names, key ids and service names are ASCII, so this is a valid header.
+        HeaderValue::from_str(&format!("{payload}|{sig}")).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+
+    /// Checks a header value for `path`; `None` if it is forged, expired or malformed.
+    pub fn verify(&self, value: &[u8], path: &str) -> Option<Principal> {
+        let value = std::str::from_utf8(value).ok()?;
+        let (payload, sig) = value.rsplit_once('|')?;
+        let sig = hex::decode(sig).ok()?;
+        if !crate::ids::constant_time_eq(&sig, &self.mac(payload, path)) {
+            return None;
+        }
+        let mut parts = payload.split('|');
+        let (version, principal, expires) = (parts.next()?, parts.next()?, parts.next()?);
+        if version != "v1" || parts.next().is_some() || expires.parse::<u64>().ok()? < unix_now() {
+            return None;
+        }
+        Principal::decode(principal)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The principal of a request, as [`PrincipalLayer`] established it; UNAUTHENTICATED when
+/// the request came without one (straight to a backend, without the gateway).
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
+    request.extensions().get::<Principal>().cloned().ok_or_else(|| {
+        unauthenticated(
+            "PRINCIPAL_MISSING",
+            "no caller identity: call Postern through its gateway with `authorization: Bearer <key>`",
+        )
+    })
+}
+
+/// A layer for a backend's routes: verifies the signed principal header and puts the
+/// [`Principal`] into the request's extensions. A request with a forged or expired header is
+/// refused with UNAUTHENTICATED; one with none gets no principal, which handlers refuse.
+#[derive(Clone, Debug)]
+pub struct PrincipalLayer {
+    key: InternalKey,
+}
+
+impl PrincipalLayer {
+    /// A layer that trusts principals signed with `key`.
+    pub fn new(key: InternalKey) -> Self {
+        Self { key }
+    }
+}
+
+impl<S> tower::Layer<S> for PrincipalLayer {
+    type Service = PrincipalService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        PrincipalService { inner, key: self.key.clone() }
+    }
+}
+
+/// The service of [`PrincipalLayer`].
+#[derive(Clone, Debug)]
+pub struct PrincipalService<S> {
+    inner: S,
+    key: InternalKey,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for PrincipalService<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for PrincipalService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        req.extensions_mut().remove::<Principal>();
+        if let Some(value) = req.headers_mut().remove(PRINCIPAL_HEADER) {
+            match self.key.verify(value.as_bytes(), req.uri().path()) {
+                Some(p) => {
+                    req.extensions_mut().insert(p);
+                }
+                None => {
+                    let status = unauthenticated("PRINCIPAL_INVALID", "the caller identity header is not valid");
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            }
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move { inner.call(req).await })
+    }
+}
+
+/// A layer for clients of other services: signs each request as `principal` (a service, or
+/// the principal the gateway established).
+#[derive(Clone, Debug)]
+pub struct SignLayer {
+    key: InternalKey,
+    principal: Principal,
+}
+
+impl SignLayer {
+    /// Signs requests as `principal` with `key`.
+    pub fn new(key: InternalKey, principal: Principal) -> Self {
+        Self { key, principal }
+    }
+}
+
+impl<S> tower::Layer<S> for SignLayer {
+    type Service = SignService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SignService { inner, layer: self.clone() }
+    }
+}
+
+/// The service of [`SignLayer`].
+#[derive(Clone, Debug)]
+pub struct SignService<S> {
+    inner: S,
+    layer: SignLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for SignService<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let value = self.layer.key.sign(&self.layer.principal, req.uri().path());
+        req.headers_mut().insert(PRINCIPAL_HEADER, value);
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify() {
+        let key = InternalKey::generate();
+        let p = Principal::Tenant { tenant: "fabrikam-public".into(), key_id: "key_1".into() };
+        let v = key.sign(&p, "/postern.tenant.v1.TenantService/GetTenant");
+        assert_eq!(key.verify(v.as_bytes(), "/postern.tenant.v1.TenantService/GetTenant"), Some(p));
+        // Bound to the method.
+        assert_eq!(key.verify(v.as_bytes(), "/postern.tenant.v1.TenantService/DeleteTenant"), None);
+        // Another key does not verify it.
+        assert_eq!(InternalKey::generate().verify(v.as_bytes(), "/postern.tenant.v1.TenantService/GetTenant"), None);
+        // A caller cannot promote itself.
+        let forged = String::from_utf8_lossy(v.as_bytes()).replace("tenant:fabrikam-public:key_1", "admin");
+        assert_eq!(key.verify(forged.as_bytes(), "/postern.tenant.v1.TenantService/GetTenant"), None);
+        assert_eq!(key.verify(b"admin", "/x"), None);
+    }
+
+    #[test]
+    fn scopes() {
+        let t = Principal::Tenant { tenant: "a-b".into(), key_id: "k".into() };
+        assert!(t.require_tenant("a-b").is_ok());
+        assert_eq!(t.require_tenant("c-d").map_err(|s| s.code()), Err(tonic::Code::PermissionDenied));
+        assert!(t.require_admin().is_err());
+        assert!(t.require_internal().is_err());
+        assert!(Principal::Admin.require_tenant("x").is_ok());
+        assert!(Principal::Admin.require_internal().is_err());
+        assert!(Principal::Service("registry".into()).require_internal().is_ok());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let k = InternalKey::generate();
+        let k2 = InternalKey::from_hex(&k.to_hex()).expect("hex");
+        let v = k.sign(&Principal::Admin, "/a");
+        assert_eq!(k2.verify(v.as_bytes(), "/a"), Some(Principal::Admin));
+        assert!(format!("{k:?}").contains("redacted"));
+        assert!(InternalKey::from_hex("abc").is_err());
+    }
+}

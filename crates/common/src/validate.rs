@@ -1,0 +1,140 @@
+//! Validation rules shared by several services: slugs, display names, URLs.
+//! Each returns `Err(description)` saying what is allowed, ready for [`crate::error::Violations`].
+
+/// A tenant name: 3 to 63 lowercase ASCII letters, digits and hyphens, starting and ending
+/// with a letter or digit.
+pub fn tenant_name(name: &str) -> Result<(), String> {
+    const RULE: &str =
+        "must be 3 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit";
+    if name.is_empty() {
+        return Err(format!("is required; it {RULE}"));
+    }
+    let ok_len = (3..=63).contains(&name.len());
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok_len && ok_chars && edge(name.as_bytes().first()) && edge(name.as_bytes().last()) {
+        Ok(())
+    } else {
+        Err(format!("{:?} is not a valid name: it {RULE}", truncate(name, 80)))
+    }
+}
+
+/// A human-readable name: `min` to `max` characters (Unicode scalar values), no control
+/// characters, not only whitespace when `min > 0`.
+pub fn display_text(value: &str, min: usize, max: usize) -> Result<(), String> {
+    let len = value.chars().count();
+    if len < min || len > max || (min > 0 && value.trim().is_empty()) {
+        return Err(format!("must be {min} to {max} characters (got {len})"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// A redirect URL (login callback or logout URL): absolute, `https`, or `http` only for
+/// localhost, no fragment, no user info.
+pub fn redirect_url(value: &str) -> Result<(), String> {
+    let url = url::Url::parse(value).map_err(|e| format!("{:?} is not an absolute URL ({e})", truncate(value, 200)))?;
+    let local = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if local => {}
+        "http" => {
+            return Err(format!("{:?} uses http, which is allowed only for localhost; use https", truncate(value, 200)));
+        }
+        other => {
+            return Err(format!(
+                "{:?} has scheme {other:?}; only https (and http for localhost) is allowed",
+                truncate(value, 200)
+            ));
+        }
+    }
+    if url.host().is_none() {
+        return Err(format!("{:?} has no host", truncate(value, 200)));
+    }
+    if url.fragment().is_some() {
+        return Err(format!("{:?} must not contain a fragment (#…)", truncate(value, 200)));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{:?} must not contain user information", truncate(value, 200)));
+    }
+    Ok(())
+}
+
+/// An absolute `http(s)` URL of a server Postern calls (an endpoint, an issuer). `http` is
+/// allowed anywhere: deployments often reach internal services that way.
+pub fn service_url(value: &str) -> Result<(), String> {
+    let url = url::Url::parse(value).map_err(|e| format!("{:?} is not an absolute URL ({e})", truncate(value, 200)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("{:?} must be an absolute http or https URL", truncate(value, 200)));
+    }
+    Ok(())
+}
+
+/// Cuts `s` to at most `max` characters, for echoing bad input in messages.
+pub fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(result: Result<(), String>, ok: bool) {
+        assert_eq!(result.is_ok(), ok, "{result:?}");
+    }
+
+    #[test]
+    fn tenant_names() {
+        for good in ["abc", "fabrikam-internal", "a1b", "0-0", &"a".repeat(63)] {
+            check(tenant_name(good), true);
+        }
+        for bad in ["", "ab", "-abc", "abc-", "Abc", "ab_c", "ab c", "abé", &"a".repeat(64)] {
+            check(tenant_name(bad), false);
+        }
+    }
+
+    #[test]
+    fn display_texts() {
+        check(display_text("Fabrikam-Internal", 1, 128), true);
+        check(display_text("Ünïcödé ✓", 1, 128), true);
+        check(display_text("", 1, 128), false);
+        check(display_text("   ", 1, 128), false);
+        check(display_text("a\nb", 1, 128), false);
+        check(display_text(&"é".repeat(128), 1, 128), true);
+        check(display_text(&"é".repeat(129), 1, 128), false);
+    }
+
+    #[test]
+    fn redirect_urls() {
+        for good in [
+            "https://app.fabrikam.example/callback",
+            "http://localhost:3000/cb",
+            "http://127.0.0.1/cb",
+            "http://[::1]:8080/",
+        ] {
+            check(redirect_url(good), true);
+        }
+        for bad in [
+            "/callback",
+            "http://app.fabrikam.example/cb",
+            "ftp://x.example/",
+            "https://x.example/#frag",
+            "https://u:p@x.example/",
+            "javascript:alert(1)",
+            "not a url",
+        ] {
+            check(redirect_url(bad), false);
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Authenticating callers: a bearer key is resolved to a [`Principal`] by the tenant
+//! service (which owns keys) and the answer is cached for a short while, so that a warm call
+//! costs the gateway a hash and a map lookup.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use postern_common::principal::{InternalKey, Principal, SignLayer};
+use postern_common::server::HttpService;
+use postern_proto::tenant::v1::{AuthenticateKeyRequest, api_key_service_client::ApiKeyServiceClient};
+use sha2::{Digest, Sha256};
+use tonic::{Code, Status};
+use tower::Layer;
+
+/// Most cached keys; past this the cache starts over (a flood of distinct keys must not
+/// grow memory without bound).
+const MAX_CACHED: usize = 10_000;
+
+/// Resolves bearer keys to principals, with a cache.
+pub struct KeyAuthenticator {
+    tenant_service: HttpService,
+    internal_key: InternalKey,
+    ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+}
+
+impl KeyAuthenticator {
+    /// Asks the tenant service behind `tenant_service`; keeps answers for `ttl`.
+    pub fn new(tenant_service: HttpService, internal_key: InternalKey, ttl: Duration) -> Self {
+        Self { tenant_service, internal_key, ttl, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The principal a presented `authorization` header value stands for.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Status> {
+        let key = bearer(authorization)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if let Some(p) = self.cached(&digest) {
+            return Ok(p);
+        }
+        let svc = SignLayer::new(self.internal_key.clone(), Principal::Service("gateway".into()))
+            .layer(self.tenant_service.clone());
+        let mut client = ApiKeyServiceClient::new(svc);
+        let answer = client.authenticate_key(AuthenticateKeyRequest { key: key.to_owned() }).await.map_err(|s| {
+            if s.code() == Code::Unauthenticated {
+                postern_common::error::unauthenticated(
+                    "API_KEY_INVALID",
+                    "the bearer key is unknown, revoked or expired",
+                )
+            } else {
+                tracing::warn!(code = ?s.code(), message = s.message(), "key check failed");
+                Status::unavailable("cannot check the bearer key now: the tenant service is unavailable; retry")
+            }
+        })?;
+        let answer = answer.into_inner();
+        let principal = if answer.admin {
+            Principal::Admin
+        } else {
+            Principal::Tenant { tenant: answer.tenant, key_id: answer.key_id }
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(digest, (principal.clone(), Instant::now()));
+        }
+        Ok(principal)
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let cache = self.cache.lock().ok()?;
+        let (p, at) = cache.get(digest)?;
+        (at.elapsed() < self.ttl).then(|| p.clone())
+    }
+}
+
+/// The key of an `authorization: Bearer <key>` header.
+fn bearer(value: Option<&str>) -> Result<&str, Status> {
+    let missing = || {
+        postern_common::error::unauthenticated(
+            "API_KEY_MISSING",
+            "missing credentials: send `authorization: Bearer <key>` with the admin key or a tenant API key",
+        )
+    };
+    let value = value.ok_or_else(missing)?;
+    let (scheme, key) = value.split_once(' ').ok_or_else(missing)?;
+    let key = key.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() {
+        return Err(missing());
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_header() {
+        assert_eq!(bearer(Some("Bearer abc")).ok(), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")).ok(), Some("abc"));
+        assert!(bearer(Some("Basic abc")).is_err());
+        assert!(bearer(Some("Bearer ")).is_err());
+        assert!(bearer(None).is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! The gateway: one public gRPC port in front of every Postern service, and the HTTP port.
+//!
+//! A call's route is the service name in its gRPC path; its body streams through without
+//! being decoded, so adding a service is a line in the [`RouteTable`]. In the all-in-one
+//! process a route's backend is the service's routes in process; when the services run apart
+//! it is a set of HTTP/2 channels, balanced round robin over the healthy ones. The same
+//! middleware runs either way: the caller's bearer key is authenticated (through the tenant
+//! service, cached briefly), a signed principal replaces whatever identity headers the
+//! caller sent, a per-key rate limit applies, and each call gets a request id, a deadline and
+//! a span whose W3C trace context reaches the backend. Reflection and health are served here
+//! for every routed service and need no key.
+//!
+//! # Layout
+//! - [`routing`]: the route table, backends, balancing, health tracking.
+//! - [`auth`]: bearer keys to principals, with a cache.
+//! - [`proxy`]: the forwarding path.
+//! - [`web`]: the HTTP port (`/healthz`, `/metrics`, and routes other crates add).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod proxy;
+pub mod routing;
+pub mod web;
+
+use std::time::Duration;
+
+use postern_common::principal::InternalKey;
+use postern_common::server::BoxError;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+pub use proxy::RateLimit;
+pub use routing::{Backend, Endpoint, RouteTable};
+
+/// The service that owns API keys; the gateway asks it who a key belongs to.
+pub const KEY_SERVICE: &str = "postern.tenant.v1.ApiKeyService";
+
+/// How the gateway behaves.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Signs the principals handed to backends.
+    pub internal_key: InternalKey,
+    /// How long an authenticated key is trusted without asking again.
+    pub key_cache_ttl: Duration,
+    /// The per-key rate limit.
+    pub rate_limit: RateLimit,
+    /// The longest a call may take (a caller's shorter `grpc-timeout` wins).
+    pub default_deadline: Duration,
+    /// How often remote backends are health-checked.
+    pub health_interval: Duration,
+}
+
+/// A gateway ready to serve.
+pub struct Gateway {
+    routes: RouteTable,
+    proxy: proxy::Proxy,
+    config: GatewayConfig,
+}
+
+/// A gateway that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No route leads to the tenant service, so keys cannot be checked.
+    #[error("the route table has no backend for {KEY_SERVICE}, which checks bearer keys")]
+    NoKeyService,
+    /// Reflection could not be built.
+    #[error(transparent)]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Serving failed.
+    #[error("gateway server failed: {0}")]
+    Serve(BoxError),
+}
+
+impl Gateway {
+    /// A gateway over `routes`.
+    pub fn new(routes: RouteTable, config: GatewayConfig) -> Result<Self, GatewayError> {
+        let key_backend = routes.get(KEY_SERVICE).ok_or(GatewayError::NoKeyService)?.clone();
+        let auth = auth::KeyAuthenticator::new(
+            postern_common::server::in_process(KeyBackend(key_backend)),
+            config.internal_key.clone(),
+            config.key_cache_ttl,
+        );
+        let proxy = proxy::Proxy::new(
+            routes.clone(),
+            auth,
+            config.internal_key.clone(),
+            config.rate_limit,
+            config.default_deadline,
+        );
+        Ok(Self { routes, proxy, config })
+    }
+
+    /// The route table, e.g. to report health on the HTTP port.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight calls.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), GatewayError> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let (v1, v1alpha) = postern_common::server::reflection(&self.routes.services())?;
+        let watcher = tokio::spawn(self.routes.clone().watch_health(reporter, self.config.health_interval));
+        let router = tonic::service::Routes::new(health)
+            .add_service(v1)
+            .add_service(v1alpha)
+            .into_axum_router()
+            .fallback_service(
+                self.proxy.map_request(|r: http::Request<axum::body::Body>| r.map(tonic::body::Body::new)),
+            )
+            .with_state(());
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .serve_with_incoming_shutdown(router, incoming, shutdown)
+            .await;
+        watcher.abort();
+        result.map_err(|e| GatewayError::Serve(Box::new(e)))
+    }
+}
+
+/// The tenant backend as one service, picking a healthy endpoint per call.
+#[derive(Clone)]
+struct KeyBackend(Backend);
+
+impl tower::Service<http::Request<tonic::body::Body>> for KeyBackend {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        use futures_util::FutureExt;
+        use tower::ServiceExt;
+        let endpoint = self.0.pick().cloned();
+        async move {
+            let Some(endpoint) = endpoint else {
+                return Ok(tonic::Status::unavailable("the tenant service is unavailable").into_http());
+            };
+            match endpoint.service().oneshot(req).await {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    endpoint.mark_down();
+                    Ok(tonic::Status::unavailable(format!("the tenant service is unavailable: {e}")).into_http())
+                }
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,255 @@
+//! Assembly of the suite: the settings, and the wiring of the services and the gateway for
+//! the all-in-one process (`postern serve`) and for each piece alone (`postern serve tenant`,
+//! `postern serve gateway`). Both modes call the same builders of the service crates; the
+//! all-in-one mode only routes the gateway to the services in process instead of over
+//! sockets. The test kit starts the suite through [`run`] too.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use postern_common::db::DbLocation;
+use postern_common::principal::InternalKey;
+use postern_common::server::{RpcSpanLayer, in_process};
+use postern_gateway::{Backend, Endpoint, Gateway, GatewayConfig, RateLimit, RouteTable};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::Layer;
+
+/// Which piece of the suite a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Component {
+    /// Every service and the gateway, in one process.
+    All,
+    /// The tenant service alone.
+    Tenant,
+    /// The gateway alone, in front of services running elsewhere.
+    Gateway,
+}
+
+/// The settings of `postern serve`; every flag has a `POSTERN_…` environment twin.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// The gRPC address to listen on (the gateway's, or the service's when it runs alone).
+    #[arg(long, env = "POSTERN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// The HTTP address of the gateway (health, metrics, and later JWKS and discovery).
+    #[arg(long, env = "POSTERN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Where the SQLite databases (one per service) and generated keys live.
+    #[arg(long, env = "POSTERN_DATA_DIR", default_value = "./postern-data")]
+    pub data_dir: PathBuf,
+    /// A `postgres://` URL to keep the data in PostgreSQL instead (one schema per service).
+    #[arg(long, env = "POSTERN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The admin key. When unset, the first start generates one, writes it to
+    /// `<data-dir>/admin-key` and prints it once; only its hash is kept.
+    #[arg(long, env = "POSTERN_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// The secret (64 hex digits) that Postern's processes share to vouch for callers. The
+    /// all-in-one process makes its own; split processes read it from here or from
+    /// `<data-dir>/internal-key`, which the first of them creates.
+    #[arg(long, env = "POSTERN_INTERNAL_KEY", hide_env_values = true)]
+    pub internal_key: Option<String>,
+    /// The tenant service's addresses, for `serve gateway` (comma-separated `http://host:port`).
+    #[arg(long, env = "POSTERN_TENANT_URL", value_delimiter = ',')]
+    pub tenant_url: Vec<String>,
+    /// Calls per second allowed per API key (and per address for failed authentication); 0
+    /// turns the limit off.
+    #[arg(long, env = "POSTERN_RATE_LIMIT", default_value_t = 200)]
+    pub rate_limit: u32,
+    /// Calls a key may make at once above the sustained rate.
+    #[arg(long, env = "POSTERN_RATE_BURST", default_value_t = 400)]
+    pub rate_burst: u32,
+    /// The longest a call may take, in milliseconds (a caller's shorter deadline wins).
+    #[arg(long, env = "POSTERN_CALL_TIMEOUT_MS", default_value_t = 30_000)]
+    pub call_timeout_ms: u64,
+    /// How long the gateway trusts a checked API key before asking again, in seconds.
+    #[arg(long, env = "POSTERN_KEY_CACHE_SECS", default_value_t = 10)]
+    pub key_cache_secs: u64,
+}
+
+/// The addresses a started suite listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The gRPC address.
+    pub grpc: SocketAddr,
+    /// The HTTP address, when this process serves one.
+    pub http: Option<SocketAddr>,
+}
+
+/// Runs `component` with `settings` until `shutdown` flips to true. `on_bound` hears the
+/// addresses once the sockets are bound (port 0 picks free ones).
+pub async fn run(
+    component: Component,
+    settings: Settings,
+    shutdown: watch::Receiver<bool>,
+    on_bound: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
+    let mut settings = settings;
+    // An empty variable means unset, as in most tools (`POSTERN_ADMIN_KEY= postern serve`).
+    for value in [&mut settings.database_url, &mut settings.admin_key, &mut settings.internal_key] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            *value = None;
+        }
+    }
+    let internal_key = internal_key(component, &settings)?;
+    let stop = move || {
+        let mut rx = shutdown.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    match component {
+        Component::All => {
+            let tenant_store = open_tenant_store(&settings).await?;
+            let tenant_routes = postern_tenant::routes(tenant_store, internal_key.clone());
+            let mut routes = RouteTable::new();
+            routes
+                .route(
+                    postern_tenant::SERVICES,
+                    Backend::new(vec![Endpoint::in_process(in_process(RpcSpanLayer.layer(tenant_routes)))]),
+                )
+                .internal(postern_tenant::INTERNAL_METHODS);
+            serve_gateway(routes, internal_key, &settings, stop, on_bound).await
+        }
+        Component::Gateway => {
+            if settings.tenant_url.is_empty() {
+                bail!(
+                    "`serve gateway` needs the tenant service's address: --tenant-url http://host:port (POSTERN_TENANT_URL)"
+                );
+            }
+            let endpoints = settings
+                .tenant_url
+                .iter()
+                .map(|u| Endpoint::remote(u).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut routes = RouteTable::new();
+            routes.route(postern_tenant::SERVICES, Backend::new(endpoints)).internal(postern_tenant::INTERNAL_METHODS);
+            serve_gateway(routes, internal_key, &settings, stop, on_bound).await
+        }
+        Component::Tenant => {
+            let store = open_tenant_store(&settings).await?;
+            let routes = postern_tenant::routes(store.clone(), internal_key);
+            let listener = TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.listen))?;
+            let grpc = listener.local_addr()?;
+            on_bound(Bound { grpc, http: None });
+            tracing::info!(%grpc, "tenant service listening");
+            postern_common::server::serve_backend(listener, routes, postern_tenant::SERVICES, stop())
+                .await
+                .map_err(|e| anyhow::anyhow!("tenant service failed: {e}"))?;
+            store.close().await;
+            Ok(())
+        }
+    }
+}
+
+async fn open_tenant_store(settings: &Settings) -> anyhow::Result<postern_tenant::Store> {
+    let location = DbLocation::for_service("tenant", &settings.data_dir, settings.database_url.as_deref());
+    let store = postern_tenant::Store::open(&location).await.context("cannot open the tenant service's database")?;
+    if let Some(key) =
+        postern_tenant::ensure_admin_key(&store, settings.admin_key.as_deref(), &settings.data_dir).await?
+    {
+        // Printed to standard output once, never logged.
+        println!(
+            "postern: generated the admin key (shown once; also saved to {}):\n{key}",
+            settings.data_dir.join("admin-key").display()
+        );
+    }
+    Ok(store)
+}
+
+async fn serve_gateway<F, Fut>(
+    routes: RouteTable,
+    internal_key: InternalKey,
+    settings: &Settings,
+    stop: F,
+    on_bound: impl FnOnce(Bound),
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let config = GatewayConfig {
+        internal_key,
+        key_cache_ttl: Duration::from_secs(settings.key_cache_secs),
+        rate_limit: RateLimit { per_second: settings.rate_limit, burst: settings.rate_burst },
+        default_deadline: Duration::from_millis(settings.call_timeout_ms.max(1)),
+        health_interval: Duration::from_secs(1),
+    };
+    let gateway = Gateway::new(routes, config)?;
+    let listener =
+        TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let http_listener = TcpListener::bind(settings.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http_listen))?;
+    let bound = Bound { grpc: listener.local_addr()?, http: Some(http_listener.local_addr()?) };
+    let metrics = metrics_render();
+    let web = postern_gateway::web::router(gateway.routes().clone(), metrics);
+    tracing::info!(grpc = %bound.grpc, http = ?bound.http, "gateway listening");
+    on_bound(bound);
+    let http = tokio::spawn(postern_gateway::web::serve(http_listener, web, stop()));
+    gateway.serve(listener, stop()).await?;
+    http.await.context("HTTP server task")?.context("HTTP server")?;
+    Ok(())
+}
+
+/// Installs the Prometheus recorder once per process and returns its renderer.
+fn metrics_render() -> postern_gateway::web::MetricsRender {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    let handle =
+        HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()).clone();
+    Arc::new(move || handle.as_ref().map(|h| h.render()).unwrap_or_default())
+}
+
+/// The internal key: configured, or for split processes the shared file in the data dir,
+/// or for the all-in-one process a fresh one.
+fn internal_key(component: Component, settings: &Settings) -> anyhow::Result<InternalKey> {
+    if let Some(hex) = &settings.internal_key {
+        return InternalKey::from_hex(hex).map_err(anyhow::Error::msg).context("POSTERN_INTERNAL_KEY");
+    }
+    if component == Component::All {
+        return Ok(InternalKey::generate());
+    }
+    let path = settings.data_dir.join("internal-key");
+    read_or_create_key(&path)
+}
+
+fn read_or_create_key(path: &Path) -> anyhow::Result<InternalKey> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return InternalKey::from_hex(&text).map_err(anyhow::Error::msg).with_context(|| format!("{}", path.display()));
+    }
+    let key = InternalKey::generate();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut f) => {
+            use std::io::Write;
+            f.write_all(key.to_hex().as_bytes())?;
+            f.sync_all()?;
+            Ok(key)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(path)?;
+            InternalKey::from_hex(&text).map_err(anyhow::Error::msg)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}

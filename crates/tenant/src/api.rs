@@ -1,0 +1,429 @@
+//! The gRPC face of the tenant service: `TenantService`, `ClientService` and
+//! `ApiKeyService`. Each handler establishes who calls, validates the request into domain
+//! types, asks the store, and answers in the contract's terms.
+
+use postern_common::error::{Violations, already_exists, internal, invalid_field, not_found, unauthenticated};
+use postern_common::ids::{constant_time_eq, prefixed, random_alphanumeric, secret_hash};
+use postern_common::paging::{decode_token, encode_token, page_size};
+use postern_common::principal::{Principal, principal};
+use postern_common::time::{from_timestamp, now_micros};
+use postern_proto::tenant::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{self, ApiKey, check_display_name, check_tenant_name};
+use crate::store::{Store, StoreError};
+
+/// The prefix of tenant API keys, so that a leaked key is recognisable by secret scanners.
+pub const API_KEY_PREFIX: &str = "pst_";
+/// The prefix of the admin key.
+pub const ADMIN_KEY_PREFIX: &str = "psta_";
+
+/// The tenant service's handlers, sharing one store.
+#[derive(Debug, Clone)]
+pub struct TenantApi {
+    store: Store,
+}
+
+impl TenantApi {
+    /// Handlers over `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TenantNotFound => not_found("TENANT_NOT_FOUND", "the tenant does not exist"),
+            StoreError::AlreadyExists => already_exists("ALREADY_EXISTS", "a resource with that name already exists"),
+            StoreError::Db(e) => internal(&e),
+        }
+    }
+}
+
+fn tenant_not_found(name: &str) -> Status {
+    not_found("TENANT_NOT_FOUND", format!("tenant {name:?} does not exist"))
+}
+
+fn client_not_found(tenant: &str, client_id: &str) -> Status {
+    not_found(
+        "CLIENT_NOT_FOUND",
+        format!("tenant {tenant:?} has no client {:?}", postern_common::validate::truncate(client_id, 64)),
+    )
+}
+
+/// Checks the request's tenant name and that the caller may act on it.
+fn tenant_scope(p: &Principal, tenant: &str) -> Result<(), Status> {
+    let mut v = Violations::new();
+    check_tenant_name(&mut v, "tenant", tenant);
+    v.into_result()?;
+    p.require_tenant(tenant)
+}
+
+fn map_tenant_missing(tenant: &str) -> impl Fn(StoreError) -> Status + '_ {
+    move |e| match e {
+        StoreError::TenantNotFound => tenant_not_found(tenant),
+        e => e.into(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::tenant_service_server::TenantService for TenantApi {
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        principal(&req)?.require_admin()?;
+        let tenant = req.into_inner().tenant.ok_or_else(|| invalid_field("tenant", "is required"))?;
+        let display_name =
+            if tenant.display_name.is_empty() { tenant.name.clone() } else { tenant.display_name.clone() };
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "tenant.name", &tenant.name);
+        check_display_name(&mut v, "tenant.display_name", &display_name);
+        v.into_result()?;
+        let created = self.store.create_tenant(&tenant.name, &display_name).await.map_err(|e| match e {
+            StoreError::AlreadyExists => {
+                already_exists("TENANT_ALREADY_EXISTS", format!("tenant {:?} already exists", tenant.name))
+            }
+            e => e.into(),
+        })?;
+        tracing::info!(tenant = %created.name, "tenant created");
+        Ok(Response::new(pb::CreateTenantResponse { tenant: Some(created.into()) }))
+    }
+
+    async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Result<Response<pb::GetTenantResponse>, Status> {
+        let p = principal(&req)?;
+        let name = req.into_inner().name;
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "name", &name);
+        v.into_result()?;
+        p.require_tenant(&name)?;
+        let tenant = self.store.get_tenant(&name).await?.ok_or_else(|| tenant_not_found(&name))?;
+        Ok(Response::new(pb::GetTenantResponse { tenant: Some(tenant.into()) }))
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let limit = page_size(req.page_size)?;
+        let scope = format!("tenants|{}", p.tenant_scope().unwrap_or(""));
+        let after = decode_token(&scope, &req.page_token)?;
+        let mut tenants = self.store.list_tenants(after.as_deref(), limit + 1, p.tenant_scope()).await?;
+        let next_page_token = if tenants.len() > limit {
+            tenants.truncate(limit);
+            tenants.last().map(|t| encode_token(&scope, &t.name)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: tenants.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_tenant(
+        &self,
+        req: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let tenant = req.tenant.ok_or_else(|| invalid_field("tenant", "is required"))?;
+        let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "tenant.name", &tenant.name);
+        let paths = postern_common::mask::effective_paths(
+            &mut v,
+            &mask,
+            &["display_name"],
+            &["name", "create_time", "update_time"],
+            |p| p == "display_name" && !tenant.display_name.is_empty(),
+        );
+        let display_name = if paths.contains(&"display_name") {
+            check_display_name(&mut v, "tenant.display_name", &tenant.display_name);
+            Some(tenant.display_name.as_str())
+        } else {
+            None
+        };
+        v.into_result()?;
+        p.require_tenant(&tenant.name)?;
+        let updated = self
+            .store
+            .update_tenant(&tenant.name, display_name)
+            .await?
+            .ok_or_else(|| tenant_not_found(&tenant.name))?;
+        Ok(Response::new(pb::UpdateTenantResponse { tenant: Some(updated.into()) }))
+    }
+
+    async fn delete_tenant(
+        &self,
+        req: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        principal(&req)?.require_admin()?;
+        let name = req.into_inner().name;
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "name", &name);
+        v.into_result()?;
+        if !self.store.delete_tenant(&name).await? {
+            return Err(tenant_not_found(&name));
+        }
+        tracing::info!(tenant = %name, "tenant deleted with its clients and API keys");
+        Ok(Response::new(pb::DeleteTenantResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::client_service_server::ClientService for TenantApi {
+    async fn create_client(
+        &self,
+        req: Request<pb::CreateClientRequest>,
+    ) -> Result<Response<pb::CreateClientResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let client = req.client.ok_or_else(|| invalid_field("client", "is required"))?;
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "tenant", &req.tenant);
+        let new = domain::new_client(&mut v, &client);
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let new = new.ok_or_else(|| invalid_field("client", "is invalid"))?;
+        let secret = random_alphanumeric(64);
+        let created = self
+            .store
+            .create_client(&req.tenant, &new, &secret_hash(&secret))
+            .await
+            .map_err(map_tenant_missing(&req.tenant))?;
+        tracing::info!(tenant = %req.tenant, client_id = %created.client_id, "client created");
+        Ok(Response::new(pb::CreateClientResponse { client: Some(created.into_pb(Some(secret))) }))
+    }
+
+    async fn get_client(&self, req: Request<pb::GetClientRequest>) -> Result<Response<pb::GetClientResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        let client = self
+            .store
+            .get_client(&req.tenant, &req.client_id)
+            .await?
+            .ok_or_else(|| client_not_found(&req.tenant, &req.client_id))?;
+        Ok(Response::new(pb::GetClientResponse { client: Some(client.into_pb(None)) }))
+    }
+
+    async fn list_clients(
+        &self,
+        req: Request<pb::ListClientsRequest>,
+    ) -> Result<Response<pb::ListClientsResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        let limit = page_size(req.page_size)?;
+        let scope = format!("clients|{}", req.tenant);
+        let after = decode_token(&scope, &req.page_token)?;
+        let mut rows = self
+            .store
+            .list_clients(&req.tenant, after.as_deref(), limit + 1)
+            .await
+            .map_err(map_tenant_missing(&req.tenant))?;
+        let next_page_token = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(seq, _)| encode_token(&scope, seq)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListClientsResponse {
+            clients: rows.into_iter().map(|(_, c)| c.into_pb(None)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_client(
+        &self,
+        req: Request<pb::UpdateClientRequest>,
+    ) -> Result<Response<pb::UpdateClientResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let client = req.client.ok_or_else(|| invalid_field("client", "is required"))?;
+        let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "tenant", &req.tenant);
+        if client.client_id.is_empty() {
+            v.add("client.client_id", "is required: it says which client to update");
+        }
+        let patch = domain::client_patch(&mut v, &client, &mask);
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let updated = self
+            .store
+            .update_client(&req.tenant, &client.client_id, &patch)
+            .await?
+            .ok_or_else(|| client_not_found(&req.tenant, &client.client_id))?;
+        Ok(Response::new(pb::UpdateClientResponse { client: Some(updated.into_pb(None)) }))
+    }
+
+    async fn delete_client(
+        &self,
+        req: Request<pb::DeleteClientRequest>,
+    ) -> Result<Response<pb::DeleteClientResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        if !self.store.delete_client(&req.tenant, &req.client_id).await? {
+            return Err(client_not_found(&req.tenant, &req.client_id));
+        }
+        tracing::info!(tenant = %req.tenant, client_id = %req.client_id, "client deleted");
+        Ok(Response::new(pb::DeleteClientResponse {}))
+    }
+
+    async fn rotate_client_secret(
+        &self,
+        req: Request<pb::RotateClientSecretRequest>,
+    ) -> Result<Response<pb::RotateClientSecretResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        let secret = random_alphanumeric(64);
+        if !self.store.set_client_secret(&req.tenant, &req.client_id, &secret_hash(&secret)).await? {
+            return Err(client_not_found(&req.tenant, &req.client_id));
+        }
+        let client = self
+            .store
+            .get_client(&req.tenant, &req.client_id)
+            .await?
+            .ok_or_else(|| client_not_found(&req.tenant, &req.client_id))?;
+        tracing::info!(tenant = %req.tenant, client_id = %req.client_id, "client secret rotated");
+        Ok(Response::new(pb::RotateClientSecretResponse { client: Some(client.into_pb(Some(secret))) }))
+    }
+
+    async fn verify_client_secret(
+        &self,
+        req: Request<pb::VerifyClientSecretRequest>,
+    ) -> Result<Response<pb::VerifyClientSecretResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let (client, hash) = self
+            .store
+            .get_client_with_secret(&req.tenant, &req.client_id)
+            .await?
+            .ok_or_else(|| client_not_found(&req.tenant, &req.client_id))?;
+        let presented = !req.client_secret.is_empty();
+        if (client.app_type.is_confidential() || presented)
+            && !constant_time_eq(&secret_hash(&req.client_secret), &hash)
+        {
+            return Err(unauthenticated("CLIENT_SECRET_INVALID", "the client secret is wrong"));
+        }
+        Ok(Response::new(pb::VerifyClientSecretResponse { client: Some(client.into_pb(None)) }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::api_key_service_server::ApiKeyService for TenantApi {
+    async fn create_api_key(
+        &self,
+        req: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let key = req.api_key.unwrap_or_default();
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "tenant", &req.tenant);
+        v.check("api_key.description", postern_common::validate::display_text(&key.description, 0, 256));
+        if !key.id.is_empty() {
+            v.add("api_key.id", "is output only: Postern generates it; leave it empty");
+        }
+        if !key.key.is_empty() {
+            v.add("api_key.key", "is output only: Postern generates it; leave it empty");
+        }
+        let now = now_micros();
+        let expire_time = match &key.expire_time {
+            None => None,
+            Some(ts) => match from_timestamp(ts) {
+                Some(t) if t > now => Some(t),
+                _ => {
+                    v.add(
+                        "api_key.expire_time",
+                        "must be a valid time in the future, or unset for a key that never expires",
+                    );
+                    None
+                }
+            },
+        };
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let secret = format!("{API_KEY_PREFIX}{}", random_alphanumeric(40));
+        let record = ApiKey { id: prefixed("key"), description: key.description, create_time: now, expire_time };
+        let created = self
+            .store
+            .create_api_key(&req.tenant, &record, &secret_hash(&secret))
+            .await
+            .map_err(map_tenant_missing(&req.tenant))?;
+        tracing::info!(tenant = %req.tenant, key_id = %created.id, "API key created");
+        Ok(Response::new(pb::CreateApiKeyResponse { api_key: Some(created.into_pb(Some(secret))) }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        req: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        let limit = page_size(req.page_size)?;
+        let scope = format!("keys|{}", req.tenant);
+        let after = decode_token(&scope, &req.page_token)?;
+        let mut rows = self
+            .store
+            .list_api_keys(&req.tenant, after.as_deref(), limit + 1)
+            .await
+            .map_err(map_tenant_missing(&req.tenant))?;
+        let next_page_token = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(seq, _)| encode_token(&scope, seq)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListApiKeysResponse {
+            api_keys: rows.into_iter().map(|(_, k)| k.into_pb(None)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        req: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        if !self.store.revoke_api_key(&req.tenant, &req.id).await? {
+            return Err(not_found(
+                "API_KEY_NOT_FOUND",
+                format!("tenant {:?} has no API key {:?}", req.tenant, postern_common::validate::truncate(&req.id, 64)),
+            ));
+        }
+        tracing::info!(tenant = %req.tenant, key_id = %req.id, "API key revoked");
+        Ok(Response::new(pb::RevokeApiKeyResponse {}))
+    }
+
+    async fn authenticate_key(
+        &self,
+        req: Request<pb::AuthenticateKeyRequest>,
+    ) -> Result<Response<pb::AuthenticateKeyResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let key = req.into_inner().key;
+        let hash = secret_hash(&key);
+        let invalid = || unauthenticated("API_KEY_INVALID", "the bearer key is unknown, revoked or expired");
+        if let Some(admin) = self.store.admin_key_hash().await?
+            && constant_time_eq(&admin, &hash)
+        {
+            return Ok(Response::new(pb::AuthenticateKeyResponse {
+                admin: true,
+                tenant: String::new(),
+                key_id: "admin".into(),
+            }));
+        }
+        let (tenant, key_id) = self.store.find_api_key(&hash).await?.ok_or_else(invalid)?;
+        Ok(Response::new(pb::AuthenticateKeyResponse { admin: false, tenant, key_id }))
+    }
+}

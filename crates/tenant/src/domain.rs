@@ -1,0 +1,323 @@
+//! The tenant service's types and rules, and their conversion from and to the contract.
+//! Conversions from requests are where input is validated: every problem of a request is
+//! collected into one INVALID_ARGUMENT answer naming each bad field.
+
+use postern_common::error::Violations;
+use postern_common::time::to_timestamp;
+use postern_common::validate;
+use postern_proto::tenant::v1 as pb;
+
+/// Most callback or logout URLs a client may have.
+pub const MAX_URLS: usize = 100;
+
+/// A tenant as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// The immutable slug.
+    pub name: String,
+    /// The human-readable name.
+    pub display_name: String,
+    /// Creation time, unix microseconds.
+    pub create_time: i64,
+    /// Last change, unix microseconds.
+    pub update_time: i64,
+}
+
+impl From<Tenant> for pb::Tenant {
+    fn from(t: Tenant) -> Self {
+        pb::Tenant {
+            name: t.name,
+            display_name: t.display_name,
+            create_time: Some(to_timestamp(t.create_time)),
+            update_time: Some(to_timestamp(t.update_time)),
+        }
+    }
+}
+
+/// The kind of application (after Auth0's app types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i64)]
+pub enum AppType {
+    /// A native application (public).
+    Native = 1,
+    /// A single-page application (public).
+    Spa = 2,
+    /// A traditional web application (confidential).
+    RegularWeb = 3,
+    /// A machine-to-machine application (confidential).
+    MachineToMachine = 4,
+}
+
+impl AppType {
+    /// The app type stored as `v`.
+    pub fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(Self::Native),
+            2 => Some(Self::Spa),
+            3 => Some(Self::RegularWeb),
+            4 => Some(Self::MachineToMachine),
+            _ => None,
+        }
+    }
+
+    /// Whether clients of this type keep a secret and must present it.
+    pub fn is_confidential(self) -> bool {
+        matches!(self, Self::RegularWeb | Self::MachineToMachine)
+    }
+
+    fn from_pb(v: i32) -> Result<Self, String> {
+        match pb::AppType::try_from(v) {
+            Ok(pb::AppType::Native) => Ok(Self::Native),
+            Ok(pb::AppType::Spa) => Ok(Self::Spa),
+            Ok(pb::AppType::RegularWeb) => Ok(Self::RegularWeb),
+            Ok(pb::AppType::MachineToMachine) => Ok(Self::MachineToMachine),
+            _ => Err(
+                "is required: one of APP_TYPE_NATIVE, APP_TYPE_SPA, APP_TYPE_REGULAR_WEB, APP_TYPE_MACHINE_TO_MACHINE"
+                    .into(),
+            ),
+        }
+    }
+
+    fn to_pb(self) -> pb::AppType {
+        match self {
+            Self::Native => pb::AppType::Native,
+            Self::Spa => pb::AppType::Spa,
+            Self::RegularWeb => pb::AppType::RegularWeb,
+            Self::MachineToMachine => pb::AppType::MachineToMachine,
+        }
+    }
+}
+
+/// A client as stored (without its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The generated id.
+    pub client_id: String,
+    /// The tenant's name.
+    pub tenant: String,
+    /// The application's name.
+    pub name: String,
+    /// The kind of application.
+    pub app_type: AppType,
+    /// Allowed login callback URLs.
+    pub callbacks: Vec<String>,
+    /// Allowed logout URLs.
+    pub allowed_logout_urls: Vec<String>,
+    /// Creation time, unix microseconds.
+    pub create_time: i64,
+    /// Last change, unix microseconds.
+    pub update_time: i64,
+}
+
+impl Client {
+    /// The contract's view, with `secret` filled only when one was just made.
+    pub fn into_pb(self, secret: Option<String>) -> pb::Client {
+        pb::Client {
+            client_id: self.client_id,
+            name: self.name,
+            app_type: self.app_type.to_pb() as i32,
+            callbacks: self.callbacks,
+            allowed_logout_urls: self.allowed_logout_urls,
+            client_secret: secret.unwrap_or_default(),
+            confidential: self.app_type.is_confidential(),
+            create_time: Some(to_timestamp(self.create_time)),
+            update_time: Some(to_timestamp(self.update_time)),
+        }
+    }
+}
+
+/// A client about to be created, validated.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    /// The generated id.
+    pub client_id: String,
+    /// The application's name.
+    pub name: String,
+    /// The kind of application.
+    pub app_type: AppType,
+    /// Allowed login callback URLs.
+    pub callbacks: Vec<String>,
+    /// Allowed logout URLs.
+    pub allowed_logout_urls: Vec<String>,
+}
+
+/// A change to a client: `Some` fields are replaced.
+#[derive(Debug, Clone, Default)]
+pub struct ClientPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New app type.
+    pub app_type: Option<AppType>,
+    /// New callbacks.
+    pub callbacks: Option<Vec<String>>,
+    /// New logout URLs.
+    pub allowed_logout_urls: Option<Vec<String>>,
+}
+
+/// An API key's public record (its secret is shown once and kept only as a hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// `key_…`
+    pub id: String,
+    /// What the key is for.
+    pub description: String,
+    /// Creation time, unix microseconds.
+    pub create_time: i64,
+    /// Expiry, unix microseconds; `None` for never.
+    pub expire_time: Option<i64>,
+}
+
+impl ApiKey {
+    /// The contract's view, with `key` filled only when it was just made.
+    pub fn into_pb(self, key: Option<String>) -> pb::ApiKey {
+        pb::ApiKey {
+            id: self.id,
+            description: self.description,
+            key: key.unwrap_or_default(),
+            create_time: Some(to_timestamp(self.create_time)),
+            expire_time: self.expire_time.map(to_timestamp),
+        }
+    }
+}
+
+/// Checks the `tenant` field of a request (`field` is its path).
+pub fn check_tenant_name(v: &mut Violations, field: &str, name: &str) {
+    v.check(field, validate::tenant_name(name));
+}
+
+/// Checks a display name.
+pub fn check_display_name(v: &mut Violations, field: &str, value: &str) {
+    v.check(field, validate::display_text(value, 1, 128));
+}
+
+/// Checks a list of redirect URLs.
+pub fn check_urls(v: &mut Violations, field: &str, urls: &[String]) {
+    if urls.len() > MAX_URLS {
+        v.add(field, format!("must hold at most {MAX_URLS} URLs, got {}", urls.len()));
+    }
+    for (i, url) in urls.iter().enumerate() {
+        v.check(format!("{field}[{i}]"), validate::redirect_url(url));
+    }
+}
+
+/// Validates a new client from the contract.
+pub fn new_client(v: &mut Violations, client: &pb::Client) -> Option<NewClient> {
+    check_display_name(v, "client.name", &client.name);
+    let app_type = AppType::from_pb(client.app_type).map_err(|e| v.add("client.app_type", e)).ok();
+    check_urls(v, "client.callbacks", &client.callbacks);
+    check_urls(v, "client.allowed_logout_urls", &client.allowed_logout_urls);
+    if !client.client_id.is_empty() {
+        v.add("client.client_id", "is output only: Postern generates it; leave it empty");
+    }
+    if !client.client_secret.is_empty() {
+        v.add("client.client_secret", "is output only: Postern generates it; leave it empty");
+    }
+    Some(NewClient {
+        client_id: postern_common::ids::random_alphanumeric(32),
+        name: client.name.clone(),
+        app_type: app_type?,
+        callbacks: client.callbacks.clone(),
+        allowed_logout_urls: client.allowed_logout_urls.clone(),
+    })
+}
+
+/// The mutable fields of a client, for update masks.
+pub const CLIENT_MUTABLE: &[&str] = &["name", "app_type", "callbacks", "allowed_logout_urls"];
+
+/// Validates a client update: the paths of `mask` (or every set mutable field when empty).
+pub fn client_patch(v: &mut Violations, client: &pb::Client, mask: &[String]) -> ClientPatch {
+    let paths = postern_common::mask::effective_paths(
+        v,
+        mask,
+        CLIENT_MUTABLE,
+        &["client_id", "client_secret", "confidential", "create_time", "update_time"],
+        |p| match p {
+            "name" => !client.name.is_empty(),
+            "app_type" => client.app_type != 0,
+            "callbacks" => !client.callbacks.is_empty(),
+            "allowed_logout_urls" => !client.allowed_logout_urls.is_empty(),
+            _ => false,
+        },
+    );
+    let mut patch = ClientPatch::default();
+    for p in paths {
+        match p {
+            "name" => {
+                check_display_name(v, "client.name", &client.name);
+                patch.name = Some(client.name.clone());
+            }
+            "app_type" => {
+                patch.app_type = AppType::from_pb(client.app_type).map_err(|e| v.add("client.app_type", e)).ok();
+            }
+            "callbacks" => {
+                check_urls(v, "client.callbacks", &client.callbacks);
+                patch.callbacks = Some(client.callbacks.clone());
+            }
+            "allowed_logout_urls" => {
+                check_urls(v, "client.allowed_logout_urls", &client.allowed_logout_urls);
+                patch.allowed_logout_urls = Some(client.allowed_logout_urls.clone());
+            }
+            _ => {}
+        }
+    }
+    patch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_client(client: pb::Client, bad_fields: &[&str]) {
+        let mut v = Violations::new();
+        new_client(&mut v, &client);
+        let fields: Vec<_> = v.as_slice().iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, bad_fields);
+    }
+
+    fn good() -> pb::Client {
+        pb::Client {
+            name: "Fabrikam Employee Timesheets".into(),
+            app_type: pb::AppType::RegularWeb as i32,
+            callbacks: vec!["https://timesheets.fabrikam.example/callback".into(), "http://localhost:3000/cb".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn clients() {
+        check_client(good(), &[]);
+        check_client(pb::Client { name: String::new(), ..good() }, &["client.name"]);
+        check_client(pb::Client { app_type: 0, ..good() }, &["client.app_type"]);
+        check_client(pb::Client { app_type: 99, ..good() }, &["client.app_type"]);
+        check_client(
+            pb::Client { callbacks: vec!["https://ok.example/".into(), "http://evil.example/".into()], ..good() },
+            &["client.callbacks[1]"],
+        );
+        check_client(
+            pb::Client { allowed_logout_urls: vec!["nope".into()], ..good() },
+            &["client.allowed_logout_urls[0]"],
+        );
+        check_client(pb::Client { client_id: "mine".into(), ..good() }, &["client.client_id"]);
+        check_client(pb::Client { callbacks: vec!["https://a.example/".into(); 101], ..good() }, &["client.callbacks"]);
+    }
+
+    #[test]
+    fn masks() {
+        let mut v = Violations::new();
+        let patch = client_patch(&mut v, &pb::Client { name: "New".into(), ..Default::default() }, &[]);
+        assert!(v.is_empty());
+        assert_eq!(patch.name.as_deref(), Some("New"));
+        assert!(patch.callbacks.is_none());
+
+        let mut v = Violations::new();
+        let patch = client_patch(&mut v, &pb::Client::default(), &["callbacks".into()]);
+        assert!(v.is_empty());
+        assert_eq!(patch.callbacks, Some(vec![]));
+
+        let mut v = Violations::new();
+        client_patch(&mut v, &pb::Client::default(), &["client_id".into(), "bogus".into()]);
+        let fields: Vec<_> = v.as_slice().iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["update_mask.paths[0]", "update_mask.paths[1]"]);
+    }
+}

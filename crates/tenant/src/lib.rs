@@ -1,0 +1,98 @@
+//! The tenant service (`postern.tenant.v1`): tenants, the applications (clients) registered
+//! in them, the management API keys that reach them, and the admin key. It calls no other
+//! service.
+//!
+//! # Layout
+//! - [`api`]: the tonic handlers of `TenantService`, `ClientService`, `ApiKeyService`.
+//! - [`domain`]: types, validation, and conversion from and to the contract.
+//! - [`store`]: sqlx storage; `migrations/{sqlite,postgres}` beside `src/`.
+//! - [`routes`] builds the service's gRPC routes behind the principal check, the same in
+//!   the all-in-one process and when the service runs alone.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod domain;
+pub mod store;
+
+use std::path::Path;
+
+use postern_common::principal::{InternalKey, PrincipalLayer};
+use postern_proto::tenant::v1 as pb;
+use tower::Layer;
+
+pub use api::TenantApi;
+pub use store::Store;
+
+/// The gRPC services this crate serves, by full name.
+pub const SERVICES: &[&str] =
+    &["postern.tenant.v1.TenantService", "postern.tenant.v1.ClientService", "postern.tenant.v1.ApiKeyService"];
+
+/// The RPCs of this service that only other Postern services may call.
+pub const INTERNAL_METHODS: &[&str] =
+    &["/postern.tenant.v1.ApiKeyService/AuthenticateKey", "/postern.tenant.v1.ClientService/VerifyClientSecret"];
+
+/// The service's routes, each behind the check of the caller's signed principal.
+pub fn routes(store: Store, key: InternalKey) -> tonic::service::Routes {
+    let api = TenantApi::new(store);
+    let layer = PrincipalLayer::new(key);
+    tonic::service::Routes::new(layer.layer(pb::tenant_service_server::TenantServiceServer::new(api.clone())))
+        .add_service(layer.layer(pb::client_service_server::ClientServiceServer::new(api.clone())))
+        .add_service(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(api)))
+}
+
+/// Makes sure an admin key exists. `configured` (from `POSTERN_ADMIN_KEY`) replaces the
+/// stored one; otherwise the first start generates a key, keeps only its hash, writes the
+/// key to `<data_dir>/admin-key` (mode 0600) and returns it so that it is printed once.
+pub async fn ensure_admin_key(
+    store: &Store,
+    configured: Option<&str>,
+    data_dir: &Path,
+) -> Result<Option<String>, BootstrapError> {
+    if let Some(key) = configured {
+        if key.len() < 16 {
+            return Err(BootstrapError::WeakAdminKey);
+        }
+        store.set_admin_key_hash(&postern_common::ids::secret_hash(key)).await?;
+        return Ok(None);
+    }
+    if store.admin_key_hash().await?.is_some() {
+        return Ok(None);
+    }
+    let key = format!("{}{}", api::ADMIN_KEY_PREFIX, postern_common::ids::random_alphanumeric(40));
+    std::fs::create_dir_all(data_dir).map_err(BootstrapError::Io)?;
+    let path = data_dir.join("admin-key");
+    write_private(&path, &key).map_err(BootstrapError::Io)?;
+    store.set_admin_key_hash(&postern_common::ids::secret_hash(&key)).await?;
+    Ok(Some(key))
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// A failure while preparing the admin key.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// `POSTERN_ADMIN_KEY` is too short to be a secret.
+    #[error("POSTERN_ADMIN_KEY must be at least 16 characters")]
+    WeakAdminKey,
+    /// The key file could not be written.
+    #[error("cannot write the admin key file: {0}")]
+    Io(std::io::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}

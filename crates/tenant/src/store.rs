@@ -1,0 +1,406 @@
+//! The tenant service's storage: tenants, clients, API keys and the admin key, on SQLite or
+//! PostgreSQL through [`postern_common::db::Db`].
+
+use postern_common::db::{Db, DbError, DbLocation, Migrations, is_unique_violation};
+use postern_common::time::now_micros;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::domain::{ApiKey, AppType, Client, ClientPatch, NewClient, Tenant};
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// What can go wrong in the store, as the API needs to tell it apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named tenant does not exist.
+    #[error("tenant not found")]
+    TenantNotFound,
+    /// A row with the same unique key exists.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// The tenant service's store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+const CLIENT_COLUMNS: &str = "c.client_id, t.name AS tenant, c.name, c.app_type, c.callbacks, \
+     c.allowed_logout_urls, c.create_time, c.update_time, c.seq";
+
+impl Store {
+    /// Opens the store at `location`, running its migrations.
+    pub async fn open(location: &DbLocation) -> Result<Self, DbError> {
+        let db = Db::open(location, Migrations { sqlite: &SQLITE, postgres: &POSTGRES }).await?;
+        Ok(Self { db })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
+    // ---- tenants ----
+
+    /// Inserts a tenant; [`StoreError::AlreadyExists`] if the name is taken.
+    pub async fn create_tenant(&self, name: &str, display_name: &str) -> Result<Tenant, StoreError> {
+        let now = now_micros();
+        let id = postern_common::ids::new_id();
+        sqlx::query(
+            "INSERT INTO tenants (id, name, display_name, create_time, update_time) VALUES ($1, $2, $3, $4, $4)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(display_name)
+        .bind(now)
+        .execute(self.db.pool())
+        .await
+        .map_err(dup)?;
+        Ok(Tenant { name: name.to_owned(), display_name: display_name.to_owned(), create_time: now, update_time: now })
+    }
+
+    /// The tenant called `name`.
+    pub async fn get_tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        let row = sqlx::query("SELECT name, display_name, create_time, update_time FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    /// Up to `limit` tenants after name `after`, in name order; only `only` when given.
+    pub async fn list_tenants(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        only: Option<&str>,
+    ) -> Result<Vec<Tenant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, display_name, create_time, update_time FROM tenants \
+             WHERE name > $1 AND ($2 = '' OR name = $2) ORDER BY name LIMIT $3",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(only.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    /// Sets a tenant's display name; `None` if there is no such tenant.
+    pub async fn update_tenant(&self, name: &str, display_name: Option<&str>) -> Result<Option<Tenant>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE tenants SET display_name = COALESCE($2, display_name), update_time = $3 WHERE name = $1 \
+             RETURNING name, display_name, create_time, update_time",
+        )
+        .bind(name)
+        .bind(display_name)
+        .bind(now_micros())
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    /// Deletes a tenant with its clients and keys; whether it existed.
+    pub async fn delete_tenant(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name).execute(self.db.pool()).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---- clients ----
+
+    /// Inserts a client into `tenant`.
+    pub async fn create_client(
+        &self,
+        tenant: &str,
+        client: &NewClient,
+        secret_hash: &[u8],
+    ) -> Result<Client, StoreError> {
+        let now = now_micros();
+        let seq = postern_common::ids::new_id();
+        let row = sqlx::query(
+            "INSERT INTO clients (client_id, tenant_id, seq, name, app_type, callbacks, allowed_logout_urls, secret_hash, create_time, update_time) \
+             SELECT $1, id, $2, $3, $4, $5, $6, $7, $8, $8 FROM tenants WHERE name = $9 RETURNING client_id",
+        )
+        .bind(&client.client_id)
+        .bind(&seq)
+        .bind(&client.name)
+        .bind(client.app_type as i64)
+        .bind(json_list(&client.callbacks))
+        .bind(json_list(&client.allowed_logout_urls))
+        .bind(secret_hash)
+        .bind(now)
+        .bind(tenant)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(dup)?;
+        if row.is_none() {
+            return Err(StoreError::TenantNotFound);
+        }
+        Ok(Client {
+            client_id: client.client_id.clone(),
+            tenant: tenant.to_owned(),
+            name: client.name.clone(),
+            app_type: client.app_type,
+            callbacks: client.callbacks.clone(),
+            allowed_logout_urls: client.allowed_logout_urls.clone(),
+            create_time: now,
+            update_time: now,
+        })
+    }
+
+    /// The client `client_id` of `tenant`.
+    pub async fn get_client(&self, tenant: &str, client_id: &str) -> Result<Option<Client>, StoreError> {
+        Ok(self.get_client_with_secret(tenant, client_id).await?.map(|(c, _)| c))
+    }
+
+    /// The client `client_id` of `tenant` with its secret hash.
+    pub async fn get_client_with_secret(
+        &self,
+        tenant: &str,
+        client_id: &str,
+    ) -> Result<Option<(Client, Vec<u8>)>, StoreError> {
+        let sql = format!(
+            "SELECT {CLIENT_COLUMNS}, c.secret_hash FROM clients c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE t.name = $1 AND c.client_id = $2"
+        );
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(client_id).fetch_optional(self.db.pool()).await?;
+        match row {
+            Some(r) => Ok(Some((client_from_row(&r)?, r.try_get("secret_hash")?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` clients of `tenant` after position `after`, oldest first, each with its
+    /// position (for the next page token). [`StoreError::TenantNotFound`] if no such tenant.
+    pub async fn list_clients(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Client)>, StoreError> {
+        let tenant_id = self.tenant_id(tenant).await?;
+        let sql = format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE c.tenant_id = $1 AND c.seq > $2 ORDER BY c.seq LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&tenant_id)
+            .bind(after.unwrap_or(""))
+            .bind(limit as i64)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("seq")?, client_from_row(r)?))).collect()
+    }
+
+    /// Applies `patch` to a client atomically; `None` if there is no such client.
+    pub async fn update_client(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        patch: &ClientPatch,
+    ) -> Result<Option<Client>, StoreError> {
+        let done = sqlx::query(
+            "UPDATE clients SET name = COALESCE($3, name), app_type = COALESCE($4, app_type), \
+             callbacks = COALESCE($5, callbacks), allowed_logout_urls = COALESCE($6, allowed_logout_urls), update_time = $7 \
+             WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)",
+        )
+        .bind(tenant)
+        .bind(client_id)
+        .bind(patch.name.as_deref())
+        .bind(patch.app_type.map(|a| a as i64))
+        .bind(patch.callbacks.as_deref().map(json_list))
+        .bind(patch.allowed_logout_urls.as_deref().map(json_list))
+        .bind(now_micros())
+        .execute(self.db.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_client(tenant, client_id).await
+    }
+
+    /// Deletes a client; whether it existed.
+    pub async fn delete_client(&self, tenant: &str, client_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM clients WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)",
+        )
+        .bind(tenant)
+        .bind(client_id)
+        .execute(self.db.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Replaces a client's secret hash; whether the client exists.
+    pub async fn set_client_secret(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        secret_hash: &[u8],
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE clients SET secret_hash = $3, update_time = $4 \
+             WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)",
+        )
+        .bind(tenant)
+        .bind(client_id)
+        .bind(secret_hash)
+        .bind(now_micros())
+        .execute(self.db.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---- API keys ----
+
+    /// Inserts an API key of `tenant`.
+    pub async fn create_api_key(&self, tenant: &str, key: &ApiKey, key_hash: &[u8]) -> Result<ApiKey, StoreError> {
+        let seq = postern_common::ids::new_id();
+        let row = sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, seq, description, key_hash, create_time, expire_time) \
+             SELECT $1, id, $2, $3, $4, $5, $6 FROM tenants WHERE name = $7 RETURNING id",
+        )
+        .bind(&key.id)
+        .bind(&seq)
+        .bind(&key.description)
+        .bind(key_hash)
+        .bind(key.create_time)
+        .bind(key.expire_time)
+        .bind(tenant)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(dup)?;
+        match row {
+            Some(_) => Ok(key.clone()),
+            None => Err(StoreError::TenantNotFound),
+        }
+    }
+
+    /// Up to `limit` keys of `tenant` after position `after`, oldest first.
+    pub async fn list_api_keys(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, ApiKey)>, StoreError> {
+        let tenant_id = self.tenant_id(tenant).await?;
+        let rows = sqlx::query(
+            "SELECT id, seq, description, create_time, expire_time FROM api_keys \
+             WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(&tenant_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("seq")?,
+                    ApiKey {
+                        id: r.try_get("id")?,
+                        description: r.try_get("description")?,
+                        create_time: r.try_get("create_time")?,
+                        expire_time: r.try_get("expire_time")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Deletes a key of `tenant`; whether it existed.
+    pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM api_keys WHERE id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)")
+                .bind(tenant)
+                .bind(id)
+                .execute(self.db.pool())
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The tenant and key id of the API key with this hash, unless expired.
+    pub async fn find_api_key(&self, key_hash: &[u8]) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.id, t.name FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+             WHERE k.key_hash = $1 AND (k.expire_time IS NULL OR k.expire_time > $2)",
+        )
+        .bind(key_hash)
+        .bind(now_micros())
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|r| Ok((r.try_get("name")?, r.try_get("id")?))).transpose()
+    }
+
+    /// The hash of the admin key, if one was set.
+    pub async fn admin_key_hash(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT key_hash FROM admin_key WHERE id = 1").fetch_optional(self.db.pool()).await?;
+        Ok(row.map(|r| r.try_get("key_hash")).transpose()?)
+    }
+
+    /// Sets (or replaces) the hash of the admin key.
+    pub async fn set_admin_key_hash(&self, key_hash: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("DELETE FROM admin_key").execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO admin_key (id, key_hash, create_time) VALUES (1, $1, $2)")
+            .bind(key_hash)
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn tenant_id(&self, tenant: &str) -> Result<String, StoreError> {
+        let row =
+            sqlx::query("SELECT id FROM tenants WHERE name = $1").bind(tenant).fetch_optional(self.db.pool()).await?;
+        match row {
+            Some(r) => Ok(r.try_get("id")?),
+            None => Err(StoreError::TenantNotFound),
+        }
+    }
+}
+
+fn dup(e: sqlx::Error) -> StoreError {
+    if is_unique_violation(&e) { StoreError::AlreadyExists } else { StoreError::Db(e) }
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn parse_list(text: &str) -> Result<Vec<String>, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn tenant_from_row(r: &AnyRow) -> Result<Tenant, StoreError> {
+    Ok(Tenant {
+        name: r.try_get("name")?,
+        display_name: r.try_get("display_name")?,
+        create_time: r.try_get("create_time")?,
+        update_time: r.try_get("update_time")?,
+    })
+}
+
+fn client_from_row(r: &AnyRow) -> Result<Client, StoreError> {
+    let app_type: i64 = r.try_get("app_type")?;
+    Ok(Client {
+        client_id: r.try_get("client_id")?,
+        tenant: r.try_get("tenant")?,
+        name: r.try_get("name")?,
+        app_type: AppType::from_i64(app_type)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown app type {app_type} in store").into()))?,
+        callbacks: parse_list(&r.try_get::<String, _>("callbacks")?)?,
+        allowed_logout_urls: parse_list(&r.try_get::<String, _>("allowed_logout_urls")?)?,
+        create_time: r.try_get("create_time")?,
+        update_time: r.try_get("update_time")?,
+    })
+}

@@ -1,0 +1,216 @@
+//! The test kit: starts Postern the way users run it and hands back typed clients that
+//! talk to it as users do (through the gateway, with a bearer key).
+//!
+//! - [`Suite::start`] runs the all-in-one suite in this process on free ports, over SQLite
+//!   in a temporary directory (or PostgreSQL), through the same `postern::run` as the binary.
+//! - [`Process`] runs the real binary (`postern serve …`) as a child process, for restarts,
+//!   crashes and the split mode.
+//! - [`peers`] finds the real peers (PostgreSQL, grpcurl) and decides between skipping and
+//!   failing when one is missing (`POSTERN_REQUIRE_PEERS=1`).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod peers;
+mod process;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use postern::{Component, Settings};
+use postern_proto::tenant::v1 as tenant;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub use process::Process;
+
+/// The admin key the kit starts suites with.
+pub const ADMIN_KEY: &str = "psta_test-admin-key-0123456789abcdef";
+
+/// Settings for a suite on free loopback ports with data under `data_dir`.
+pub fn settings(data_dir: &Path) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        http_listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        data_dir: data_dir.to_owned(),
+        database_url: None,
+        admin_key: Some(ADMIN_KEY.to_owned()),
+        internal_key: None,
+        tenant_url: Vec::new(),
+        rate_limit: 0,
+        rate_burst: 0,
+        call_timeout_ms: 30_000,
+        key_cache_secs: 10,
+    }
+}
+
+/// A running all-in-one suite in this process.
+pub struct Suite {
+    /// The gateway's gRPC address.
+    pub grpc: SocketAddr,
+    /// The gateway's HTTP address.
+    pub http: SocketAddr,
+    /// The data directory (kept until the suite is dropped, unless given by the caller).
+    pub data_dir: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Suite {
+    /// Starts the suite over SQLite in a fresh temporary directory.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts the suite with settings adjusted by `adjust` (a fresh temporary data directory
+    /// unless `adjust` sets one).
+    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let mut s = settings(temp.path());
+        adjust(&mut s);
+        let keep = (s.data_dir == temp.path()).then_some(temp);
+        let data_dir = s.data_dir.clone();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(postern::run(Component::All, s, rx, move |b| {
+            let _ = bound_tx.send(b);
+        }));
+        let bound = match bound_rx.await {
+            Ok(b) => b,
+            Err(_) => {
+                return Err(match task.await {
+                    Ok(Err(e)) => e.context("the suite failed to start"),
+                    Ok(Ok(())) => anyhow::anyhow!("the suite stopped before binding"),
+                    Err(e) => anyhow::anyhow!("the suite panicked: {e}"),
+                });
+            }
+        };
+        Ok(Self {
+            grpc: bound.grpc,
+            http: bound.http.ok_or_else(|| anyhow::anyhow!("no HTTP address"))?,
+            data_dir,
+            stop,
+            task,
+            _temp: keep,
+        })
+    }
+
+    /// Stops the suite, draining in-flight calls, and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await?
+    }
+
+    /// A channel to the gateway.
+    pub async fn channel(&self) -> Channel {
+        channel(self.grpc).await
+    }
+
+    /// Typed clients authenticated with `key`.
+    pub async fn clients(&self, key: &str) -> Clients {
+        Clients::new(self.channel().await, key)
+    }
+
+    /// Typed clients with the admin key.
+    pub async fn admin(&self) -> Clients {
+        self.clients(ADMIN_KEY).await
+    }
+}
+
+/// A lazily connecting channel to `addr`.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    match Channel::from_shared(format!("http://{addr}")) {
+        Ok(endpoint) => endpoint.connect_lazy(),
+        Err(_) => unreachable!("a socket address is a valid URI"),
+    }
+}
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel that sends a bearer key.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// The typed clients of every service, sharing one channel and key.
+#[derive(Clone)]
+pub struct Clients {
+    /// `postern.tenant.v1.TenantService`
+    pub tenants: tenant::tenant_service_client::TenantServiceClient<Authed>,
+    /// `postern.tenant.v1.ClientService`
+    pub clients: tenant::client_service_client::ClientServiceClient<Authed>,
+    /// `postern.tenant.v1.ApiKeyService`
+    pub keys: tenant::api_key_service_client::ApiKeyServiceClient<Authed>,
+}
+
+impl Clients {
+    /// Clients over `channel` sending `key` (none when empty).
+    pub fn new(channel: Channel, key: &str) -> Self {
+        let bearer = Bearer((!key.is_empty()).then(|| format!("Bearer {key}").parse().ok()).flatten());
+        let authed = InterceptedService::new(channel, bearer);
+        Self {
+            tenants: tenant::tenant_service_client::TenantServiceClient::new(authed.clone()),
+            clients: tenant::client_service_client::ClientServiceClient::new(authed.clone()),
+            keys: tenant::api_key_service_client::ApiKeyServiceClient::new(authed),
+        }
+    }
+
+    /// Creates a tenant (display name = name).
+    pub async fn create_tenant(&mut self, name: &str) -> Result<tenant::Tenant, tonic::Status> {
+        let t = tenant::Tenant { name: name.into(), display_name: name.into(), ..Default::default() };
+        let r = self.tenants.create_tenant(tenant::CreateTenantRequest { tenant: Some(t) }).await?;
+        r.into_inner().tenant.ok_or_else(|| tonic::Status::internal("no tenant in the answer"))
+    }
+
+    /// Creates a regular web client in `tenant`.
+    pub async fn create_client(&mut self, tenant: &str, name: &str) -> Result<tenant::Client, tonic::Status> {
+        let c = tenant::Client {
+            name: name.into(),
+            app_type: tenant::AppType::RegularWeb as i32,
+            callbacks: vec!["https://app.example.com/callback".into()],
+            ..Default::default()
+        };
+        let r =
+            self.clients.create_client(tenant::CreateClientRequest { tenant: tenant.into(), client: Some(c) }).await?;
+        r.into_inner().client.ok_or_else(|| tonic::Status::internal("no client in the answer"))
+    }
+
+    /// Creates an API key for `tenant` and returns the bearer key.
+    pub async fn create_api_key(&mut self, tenant: &str) -> Result<String, tonic::Status> {
+        let r = self
+            .keys
+            .create_api_key(tenant::CreateApiKeyRequest {
+                tenant: tenant.into(),
+                api_key: Some(tenant::ApiKey { description: "test".into(), ..Default::default() }),
+            })
+            .await?;
+        r.into_inner().api_key.map(|k| k.key).ok_or_else(|| tonic::Status::internal("no key in the answer"))
+    }
+}
+
+/// The field paths named in an INVALID_ARGUMENT status's `BadRequest` details.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The `ErrorInfo.reason` of a status, if any.
+pub fn reason(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    status.get_error_details().error_info().map(|i| i.reason.clone())
+}

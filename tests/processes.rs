@@ -1,0 +1,161 @@
+//! The real binary as users run it: the generated admin key, restarts and crashes keeping
+//! every acknowledged write, SIGTERM, the split mode, and the README's grpcurl walk-through.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use postern_proto::tenant::v1 as pb;
+use postern_testkit::{Clients, Process, channel};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const BIN: &str = env!("CARGO_BIN_EXE_postern-e2e");
+
+fn loopback_args(dir: &Path) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--http-listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+    ]
+}
+
+fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    for pair in loopback_args(dir).chunks(2) {
+        if !extra.contains(&pair[0].as_str()) {
+            args.extend(pair.iter().cloned());
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Process::start(Path::new(BIN), &args, env).expect("postern starts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_start_prints_the_admin_key_once_and_writes_survive_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", "")]);
+    let printed = first.stdout.iter().find(|l| l.starts_with("psta_")).cloned().expect("the admin key is printed");
+    let file = std::fs::read_to_string(dir.path().join("admin-key")).expect("admin-key file");
+    assert_eq!(file.trim(), printed);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("admin-key")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The database keeps only a hash of it.
+    let db = std::fs::read(dir.path().join("tenant.db")).expect("db");
+    assert!(!db.windows(printed.len()).any(|w| w == printed.as_bytes()), "the admin key is not stored in clear");
+
+    let mut admin = Clients::new(channel(first.grpc).await, &printed);
+    let mut names = Vec::new();
+    for i in 0..20 {
+        let name = format!("tenant-{i:02}");
+        admin.create_tenant(&name).await.expect("create");
+        names.push(name);
+    }
+    let client = admin.create_client("tenant-00", "Fabrikam Employee Timesheets").await.expect("client");
+    // SIGKILL right after the last acknowledged write.
+    first.crash().expect("crash");
+
+    let second = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", "")]);
+    assert!(!second.stdout.iter().any(|l| l.starts_with("psta_")), "the key is printed only on the first start");
+    let mut admin = Clients::new(channel(second.grpc).await, &printed);
+    let listed = admin
+        .tenants
+        .list_tenants(pb::ListTenantsRequest { page_size: 100, ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.tenants.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), names);
+    admin
+        .clients
+        .get_client(pb::GetClientRequest { tenant: "tenant-00".into(), client_id: client.client_id })
+        .await
+        .expect("the client survived");
+    assert!(second.terminate().expect("terminate"), "SIGTERM stops postern cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_mode_runs_the_tenant_service_and_gateway_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let internal = "a".repeat(64);
+    let env = [("POSTERN_INTERNAL_KEY", internal.as_str()), ("POSTERN_ADMIN_KEY", postern_testkit::ADMIN_KEY)];
+    let tenant = start(dir.path(), &["tenant"], &env);
+    let tenant_url = format!("http://{}", tenant.grpc);
+    let gateway = start(dir.path(), &["gateway", "--tenant-url", &tenant_url], &env);
+
+    let mut admin = Clients::new(channel(gateway.grpc).await, postern_testkit::ADMIN_KEY);
+    admin.create_tenant("fabrikam-internal").await.expect("create through the split gateway");
+    let key = admin.create_api_key("fabrikam-internal").await.expect("key");
+    let mut scoped = Clients::new(channel(gateway.grpc).await, &key);
+    scoped.create_client("fabrikam-internal", "Fabrikam Employee Timesheets").await.expect("client");
+
+    // The tenant service reached directly trusts no caller: without the gateway's signed
+    // principal every call is refused.
+    let mut direct = Clients::new(channel(tenant.grpc).await, postern_testkit::ADMIN_KEY);
+    let err = direct.tenants.list_tenants(pb::ListTenantsRequest::default()).await.expect_err("direct");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(pb::ListTenantsRequest::default());
+    req.metadata_mut().insert("x-postern-principal", "v1|admin|99999999999|abcd".parse().expect("ascii"));
+    let err = direct.tenants.list_tenants(req).await.expect_err("forged");
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // The gateway's health follows the backend: down means NOT_SERVING and fast UNAVAILABLE.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(gateway.grpc).await);
+    let status = |h: tonic_health::pb::HealthCheckResponse| h.status;
+    let check = tonic_health::pb::HealthCheckRequest { service: "postern.tenant.v1.TenantService".into() };
+    assert_eq!(status(health.check(check.clone()).await.expect("health").into_inner()), ServingStatus::Serving as i32);
+    let tenant_addr = tenant.grpc.to_string();
+    assert!(tenant.terminate().expect("terminate"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(health.check(check.clone()).await.expect("health").into_inner());
+        if s == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not notice the backend went down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let mut fresh = Clients::new(channel(gateway.grpc).await, postern_testkit::ADMIN_KEY);
+    let err = fresh.tenants.list_tenants(pb::ListTenantsRequest::default()).await.expect_err("backend down");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(started.elapsed() < Duration::from_secs(2), "fails fast, took {:?}", started.elapsed());
+
+    // And comes back when the backend does.
+    let tenant = start(dir.path(), &["tenant", "--listen", &tenant_addr], &env);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if fresh.tenants.list_tenants(pb::ListTenantsRequest::default()).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not reconnect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(tenant);
+    drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_walkthrough_runs_with_grpcurl() {
+    if postern_testkit::peers::command("the_readme_walkthrough_runs_with_grpcurl", "grpcurl", "-version").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", "")]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/walkthrough.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("POSTERN", server.grpc.to_string())
+        .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim())
+        .output()
+        .expect("run the walk-through");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "walk-through failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("walk-through complete"), "{stdout}");
+}
