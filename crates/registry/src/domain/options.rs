@@ -1,0 +1,1123 @@
+//! The options of each connection family: the domain types, their validation from the
+//! contract's messages, and their conversion back.
+//!
+//! The domain types hold no secret: a conversion from the contract moves each secret field
+//! into a [`Secrets`] and leaves the public options behind. Defaults that do not depend on
+//! another field are applied on the way in (a code length of 0 is stored as 6), so that
+//! reads show what is in force.
+
+use serde::{Deserialize, Serialize};
+
+use postern_common::error::Violations;
+use postern_common::validate;
+use postern_proto::connections::v1 as pb;
+
+use super::catalogue::{OptionsFamily, Strategy};
+use super::rules;
+use super::secret::{Secret, Secrets, names};
+
+/// Declares a domain enum mirroring a contract enum whose `…_UNSPECIFIED` means `default`.
+macro_rules! wire_enum {
+    (
+        $(#[$doc:meta])* $name:ident mirrors $pb:ident, default $def:ident, allowed $allowed:literal {
+            $($(#[$vdoc:meta])* $var:ident => $wire:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $wire)] $var),+
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::$def
+            }
+        }
+
+        impl $name {
+            /// What the contract allows, for messages.
+            pub const ALLOWED: &'static str = $allowed;
+
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$var => $wire),+
+                }
+            }
+
+            /// The value of a contract enum number: unspecified is the default; `None` for a
+            /// number outside the enum.
+            pub fn from_proto(value: i32) -> Option<Self> {
+                match pb::$pb::try_from(value).ok()? {
+                    pb::$pb::Unspecified => Some($name::$def),
+                    $(pb::$pb::$var => Some($name::$var),)+
+                }
+            }
+
+            /// The contract's value.
+            pub fn to_proto(self) -> pb::$pb {
+                match self {
+                    $($name::$var => pb::$pb::$var),+
+                }
+            }
+
+            /// Reads a contract enum field, recording a violation (and answering the default)
+            /// for a number outside the enum.
+            pub(crate) fn read(v: &mut Violations, path: &str, value: i32) -> Self {
+                Self::from_proto(value).unwrap_or_else(|| {
+                    v.add(path, format!("{value} is not allowed; use {}", Self::ALLOWED));
+                    Self::default()
+                })
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// When a login copies the source's profile onto the user's root attributes.
+    UserProfileSync mirrors UserProfileSync, default OnEachLogin,
+    allowed "USER_PROFILE_SYNC_ON_EACH_LOGIN, USER_PROFILE_SYNC_ON_FIRST_LOGIN or USER_PROFILE_SYNC_NEVER_ON_LOGIN" {
+        /// Every login overwrites the root attributes (the default).
+        OnEachLogin => "on_each_login",
+        /// Only the first login copies the profile.
+        OnFirstLogin => "on_first_login",
+        /// No login copies the profile.
+        NeverOnLogin => "never_on_login",
+    }
+}
+
+wire_enum! {
+    /// Password strength levels, as Auth0 defines them.
+    PasswordPolicy mirrors PasswordPolicy, default Good,
+    allowed "PASSWORD_POLICY_NONE, PASSWORD_POLICY_LOW, PASSWORD_POLICY_FAIR, PASSWORD_POLICY_GOOD or PASSWORD_POLICY_EXCELLENT" {
+        /// At least 1 character.
+        None => "none",
+        /// At least 6 characters.
+        Low => "low",
+        /// At least 8 characters with lowercase, uppercase and digits.
+        Fair => "fair",
+        /// At least 8 characters with 3 of lowercase, uppercase, digits, special (the default).
+        Good => "good",
+        /// At least 10 characters, 3 of the 4 kinds, no character more than twice in a row.
+        Excellent => "excellent",
+    }
+}
+
+wire_enum! {
+    /// How a custom database's users move into Postern's store.
+    ImportMode mirrors ImportMode, default Never,
+    allowed "IMPORT_MODE_NEVER or IMPORT_MODE_LAZY" {
+        /// Every login asks the custom database (the default).
+        Never => "never",
+        /// The first successful login imports the user.
+        Lazy => "lazy",
+    }
+}
+
+wire_enum! {
+    /// How an OIDC connection receives tokens.
+    OidcChannel mirrors OidcChannel, default Back,
+    allowed "OIDC_CHANNEL_BACK or OIDC_CHANNEL_FRONT" {
+        /// Authorization code flow with the client secret (the default).
+        Back => "back_channel",
+        /// Implicit flow, ID token through the browser; no client secret.
+        Front => "front_channel",
+    }
+}
+
+wire_enum! {
+    /// The SAML binding of authentication requests.
+    SamlBinding mirrors SamlBinding, default HttpRedirect,
+    allowed "SAML_BINDING_HTTP_REDIRECT or SAML_BINDING_HTTP_POST" {
+        /// HTTP-Redirect (the default).
+        HttpRedirect => "http_redirect",
+        /// HTTP-POST.
+        HttpPost => "http_post",
+    }
+}
+
+wire_enum! {
+    /// SAML signature algorithms; SHA-1 is never accepted.
+    SamlSignatureAlgorithm mirrors SamlSignatureAlgorithm, default RsaSha256,
+    allowed "SAML_SIGNATURE_ALGORITHM_RSA_SHA256 or SAML_SIGNATURE_ALGORITHM_RSA_SHA512" {
+        /// RSA with SHA-256 (the default).
+        RsaSha256 => "rsa-sha256",
+        /// RSA with SHA-512.
+        RsaSha512 => "rsa-sha512",
+    }
+}
+
+wire_enum! {
+    /// How the SMTP connection is secured.
+    SmtpTls mirrors SmtpTls, default Starttls,
+    allowed "SMTP_TLS_STARTTLS, SMTP_TLS_IMPLICIT or SMTP_TLS_NONE" {
+        /// STARTTLS, required (the default; port 587).
+        Starttls => "starttls",
+        /// TLS from the first byte (port 465).
+        Implicit => "implicit",
+        /// No encryption (port 25); for local test sinks.
+        None => "none",
+    }
+}
+
+impl PasswordPolicy {
+    /// The shortest password the level allows.
+    pub fn min_length(self) -> u32 {
+        match self {
+            PasswordPolicy::None => 1,
+            PasswordPolicy::Low => 6,
+            PasswordPolicy::Fair | PasswordPolicy::Good => 8,
+            PasswordPolicy::Excellent => 10,
+        }
+    }
+
+    /// Checks a new password against the level with at least `min_length` characters;
+    /// `Err` says what is missing, without echoing the password.
+    pub fn check(self, password: &str, min_length: u32) -> Result<(), String> {
+        let min = min_length.max(self.min_length());
+        let len = password.chars().count();
+        if len < min as usize {
+            return Err(format!("the password must have at least {min} characters"));
+        }
+        let lower = password.chars().any(char::is_lowercase);
+        let upper = password.chars().any(char::is_uppercase);
+        let digit = password.chars().any(|c| c.is_ascii_digit());
+        let special = password.chars().any(|c| !c.is_alphanumeric() && !c.is_whitespace());
+        let kinds = [lower, upper, digit, special].into_iter().filter(|k| *k).count();
+        match self {
+            PasswordPolicy::None | PasswordPolicy::Low => Ok(()),
+            PasswordPolicy::Fair if !(lower && upper && digit) => {
+                Err("the password must contain lowercase letters, uppercase letters and digits".into())
+            }
+            PasswordPolicy::Fair => Ok(()),
+            PasswordPolicy::Good | PasswordPolicy::Excellent if kinds < 3 => Err(
+                "the password must contain 3 of these 4 kinds of characters: lowercase letters, uppercase letters, digits, special characters"
+                    .into(),
+            ),
+            PasswordPolicy::Good => Ok(()),
+            PasswordPolicy::Excellent => {
+                let chars: Vec<char> = password.chars().collect();
+                if chars.windows(3).any(|w| w[0] == w[1] && w[1] == w[2]) {
+                    Err("the password must not repeat a character more than twice in a row".into())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+impl SmtpTls {
+    /// The port used when `smtp_port` is 0.
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Implicit => 465,
+            SmtpTls::None => 25,
+        }
+    }
+}
+
+/// The options of a connection: one variant per options family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum Options {
+    /// `auth0`.
+    Database(DatabaseOptions),
+    /// The social strategies.
+    Oauth2(OAuth2Options),
+    /// `oidc`.
+    Oidc(OidcOptions),
+    /// `google-apps`.
+    GoogleApps(GoogleAppsOptions),
+    /// `ad` and `ldap`.
+    Ldap(LdapOptions),
+    /// `samlp`.
+    Saml(SamlOptions),
+    /// `waad`.
+    AzureAd(AzureAdOptions),
+    /// `email`.
+    Email(EmailOptions),
+    /// `sms`.
+    Sms(SmsOptions),
+}
+
+/// Options of a database connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseOptions {
+    /// Whether users also have a username.
+    pub requires_username: bool,
+    /// The shortest username (1 to 128).
+    pub username_min_length: u32,
+    /// The longest username (`username_min_length` to 128).
+    pub username_max_length: u32,
+    /// The strength required of new passwords.
+    pub password_policy: PasswordPolicy,
+    /// The shortest password on top of the policy; 0 means the policy's own minimum. Kept as
+    /// given so that a later change of policy does not clash with it; see
+    /// [`DatabaseOptions::effective_password_min_length`].
+    pub password_min_length: u32,
+    /// How many previous passwords a new one must differ from (0 to 24).
+    pub password_history_size: u32,
+    /// Refuses passwords containing the user's name, username or email local part.
+    pub password_no_personal_info: bool,
+    /// Refuses common passwords.
+    pub password_dictionary: PasswordDictionary,
+    /// Whether repeated failed logins lock an account out.
+    pub brute_force_protection: bool,
+    /// Refuses public sign-ups.
+    pub disable_signup: bool,
+    /// The customer's own store, if any.
+    pub custom_database: Option<CustomDatabase>,
+}
+
+/// A dictionary of refused passwords.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordDictionary {
+    /// Whether the check is on.
+    pub enable: bool,
+    /// Extra refused passwords (at most 200, each 1 to 50 characters).
+    pub words: Vec<String>,
+}
+
+/// A customer's user store behind `postern.customdb.v1`. Its optional bearer token is the
+/// secret [`names::CUSTOM_DATABASE_TOKEN`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomDatabase {
+    /// The gRPC endpoint, an absolute `http(s)` URL.
+    pub endpoint: String,
+    /// Whether users are imported.
+    pub import_mode: ImportMode,
+    /// Call timeout in seconds (1 to 60).
+    pub timeout_seconds: u32,
+}
+
+/// Options of the social strategies and of generic `oauth2`. The client secret is the secret
+/// [`names::CLIENT_SECRET`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth2Options {
+    /// The client id at the provider.
+    pub client_id: String,
+    /// Scopes asked besides the provider's defaults.
+    pub scopes: Vec<String>,
+    /// Authorization endpoint; empty means the provider's well-known one.
+    pub authorization_endpoint: String,
+    /// Token endpoint; empty means the provider's well-known one.
+    pub token_endpoint: String,
+    /// Profile endpoint; empty means the provider's well-known one.
+    pub userinfo_endpoint: String,
+}
+
+/// Options of `oidc`. The client secret is the secret [`names::CLIENT_SECRET`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcOptions {
+    /// The issuer; empty when only `discovery_url` is given.
+    pub issuer: String,
+    /// The discovery document URL; empty means `<issuer>/.well-known/openid-configuration`.
+    pub discovery_url: String,
+    /// The client id.
+    pub client_id: String,
+    /// Scopes asked besides `openid`.
+    pub scopes: Vec<String>,
+    /// How tokens are received.
+    pub channel: OidcChannel,
+}
+
+/// Options of `google-apps`. The client secret is the secret [`names::CLIENT_SECRET`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoogleAppsOptions {
+    /// The Workspace primary domain, lowercase.
+    pub domain: String,
+    /// The OAuth client id.
+    pub client_id: String,
+    /// Further Workspace domains allowed, lowercase.
+    pub allowed_domains: Vec<String>,
+}
+
+/// Which directory attribute holds each profile attribute (defaults applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LdapAttributes {
+    /// Email attribute.
+    pub email: String,
+    /// Full name attribute.
+    pub name: String,
+    /// Given name attribute.
+    pub given_name: String,
+    /// Family name attribute.
+    pub family_name: String,
+    /// Username (and user id) attribute.
+    pub username: String,
+}
+
+/// Options of `ad` and `ldap`. The bind password is the secret [`names::BIND_PASSWORD`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LdapOptions {
+    /// `ldap://` or `ldaps://` URL.
+    pub url: String,
+    /// StartTLS on an `ldap://` URL.
+    pub start_tls: bool,
+    /// The service account's DN.
+    pub bind_dn: String,
+    /// Where users are searched.
+    pub base_dn: String,
+    /// The search filter with its `{username}` placeholder (default applied).
+    pub user_filter: String,
+    /// The attribute mapping (defaults applied).
+    pub attributes: LdapAttributes,
+    /// Operation timeout in seconds (1 to 60).
+    pub timeout_seconds: u32,
+    /// Extra trusted CA certificates (PEM); empty for none.
+    pub ca_certificates: String,
+}
+
+/// Which SAML attribute holds each profile attribute (defaults applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamlAttributes {
+    /// Email attribute.
+    pub email: String,
+    /// Full name attribute.
+    pub name: String,
+    /// Given name attribute.
+    pub given_name: String,
+    /// Family name attribute.
+    pub family_name: String,
+}
+
+/// Options of `samlp`. The request signing key is the secret [`names::REQUEST_SIGNING_KEY`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamlOptions {
+    /// The IdP's single sign-on URL.
+    pub sign_in_url: String,
+    /// The IdP's single logout URL; empty for none.
+    pub sign_out_url: String,
+    /// The IdP's signing certificates (PEM), at least one.
+    pub signing_certificates: Vec<String>,
+    /// The IdP's entity id; empty means the response issuer is not checked against one.
+    pub entity_id: String,
+    /// The SP entity id; empty means `urn:postern:<tenant>:<connection name>`.
+    pub audience: String,
+    /// Whether requests are signed.
+    pub sign_request: bool,
+    /// Signature algorithm of requests and required of responses.
+    pub signature_algorithm: SamlSignatureAlgorithm,
+    /// Certificate (PEM) of the request signing key; empty for none.
+    pub request_signing_certificate: String,
+    /// Binding of requests.
+    pub binding: SamlBinding,
+    /// The attribute mapping (defaults applied).
+    pub attributes: SamlAttributes,
+}
+
+/// Options of `waad`. The client secret is the secret [`names::CLIENT_SECRET`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AzureAdOptions {
+    /// The directory's primary domain, lowercase.
+    pub domain: String,
+    /// The directory id (GUID, lowercase); empty means addressed by `domain`.
+    pub tenant_id: String,
+    /// The application id (GUID, lowercase).
+    pub client_id: String,
+}
+
+/// Options of `email`. The SMTP password is the secret [`names::SMTP_PASSWORD`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailOptions {
+    /// The sender.
+    pub from: String,
+    /// The subject (default applied).
+    pub subject: String,
+    /// The code message body with `{{code}}` (default applied).
+    pub code_template: String,
+    /// The magic link message body with `{{link}}` (default applied).
+    pub link_template: String,
+    /// Digits of a code (4 to 10).
+    pub code_length: u32,
+    /// Validity of a code or link in seconds (30 to 86,400).
+    pub code_lifetime_seconds: u32,
+    /// Wrong codes allowed (1 to 10).
+    pub max_attempts: u32,
+    /// SMTP host.
+    pub smtp_host: String,
+    /// SMTP port; 0 means [`SmtpTls::default_port`].
+    pub smtp_port: u16,
+    /// SMTP user; empty means no authentication.
+    pub smtp_username: String,
+    /// SMTP transport security.
+    pub smtp_tls: SmtpTls,
+    /// Sends a magic link instead of a code.
+    pub magic_link: bool,
+}
+
+/// Options of `sms`. The provider token is the secret [`names::TOKEN`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmsOptions {
+    /// The sender number or id.
+    pub from: String,
+    /// The message with `{{code}}` (default applied).
+    pub template: String,
+    /// The provider API's base URL.
+    pub provider_url: String,
+    /// The account at the provider.
+    pub account: String,
+    /// Digits of a code (4 to 10).
+    pub code_length: u32,
+    /// Validity of a code in seconds (30 to 86,400).
+    pub code_lifetime_seconds: u32,
+    /// Wrong codes allowed (1 to 10).
+    pub max_attempts: u32,
+}
+
+/// Auth0's default length of a one-time code.
+pub const DEFAULT_CODE_LENGTH: u32 = 6;
+/// Auth0's default lifetime of a one-time code, in seconds.
+pub const DEFAULT_CODE_LIFETIME_SECONDS: u32 = 180;
+/// Auth0's default number of wrong codes allowed.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The default subject of a passwordless email.
+pub const DEFAULT_EMAIL_SUBJECT: &str = "Your verification code";
+/// The default body of a code email.
+pub const DEFAULT_EMAIL_CODE_TEMPLATE: &str =
+    "Your verification code is {{code}}. It expires in a few minutes. If you did not ask for it, ignore this message.";
+/// The default body of a magic link email.
+pub const DEFAULT_EMAIL_LINK_TEMPLATE: &str =
+    "Open this link to log in: {{link}} It expires in a few minutes. If you did not ask for it, ignore this message.";
+/// The default SMS text.
+pub const DEFAULT_SMS_TEMPLATE: &str = "Your verification code is {{code}}";
+
+impl DatabaseOptions {
+    /// The shortest password accepted: the larger of the policy's minimum and
+    /// `password_min_length`.
+    pub fn effective_password_min_length(&self) -> u32 {
+        self.password_min_length.max(self.password_policy.min_length())
+    }
+}
+
+impl EmailOptions {
+    /// The SMTP port in force.
+    pub fn effective_smtp_port(&self) -> u16 {
+        if self.smtp_port == 0 { self.smtp_tls.default_port() } else { self.smtp_port }
+    }
+}
+
+impl LdapOptions {
+    /// The default search filter of a strategy.
+    pub fn default_user_filter(strategy: Strategy) -> &'static str {
+        if strategy == Strategy::Ad {
+            "(&(objectClass=user)(sAMAccountName={username}))"
+        } else {
+            "(&(objectClass=person)(uid={username}))"
+        }
+    }
+}
+
+impl Options {
+    /// The family of these options.
+    pub fn family(&self) -> OptionsFamily {
+        match self {
+            Options::Database(_) => OptionsFamily::Database,
+            Options::Oauth2(_) => OptionsFamily::Oauth2,
+            Options::Oidc(_) => OptionsFamily::Oidc,
+            Options::GoogleApps(_) => OptionsFamily::GoogleApps,
+            Options::Ldap(_) => OptionsFamily::Ldap,
+            Options::Saml(_) => OptionsFamily::Saml,
+            Options::AzureAd(_) => OptionsFamily::AzureAd,
+            Options::Email(_) => OptionsFamily::Email,
+            Options::Sms(_) => OptionsFamily::Sms,
+        }
+    }
+
+    /// The names of every secret a family can hold (see [`names`]).
+    pub fn secret_names(family: OptionsFamily) -> &'static [&'static str] {
+        match family {
+            OptionsFamily::Database => &[names::CUSTOM_DATABASE_TOKEN],
+            OptionsFamily::Oauth2 | OptionsFamily::Oidc | OptionsFamily::GoogleApps | OptionsFamily::AzureAd => {
+                &[names::CLIENT_SECRET]
+            }
+            OptionsFamily::Ldap => &[names::BIND_PASSWORD],
+            OptionsFamily::Saml => &[names::REQUEST_SIGNING_KEY],
+            OptionsFamily::Email => &[names::SMTP_PASSWORD],
+            OptionsFamily::Sms => &[names::TOKEN],
+        }
+    }
+
+    /// The secrets these options need, each with the reason, for the violation when missing.
+    pub fn required_secrets(&self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Options::Database(_) => vec![],
+            Options::Oauth2(_) | Options::GoogleApps(_) | Options::AzureAd(_) => {
+                vec![(names::CLIENT_SECRET, "is required: the client secret registered with the provider")]
+            }
+            Options::Oidc(o) if o.channel == OidcChannel::Back => vec![(
+                names::CLIENT_SECRET,
+                "is required for the back channel (OIDC_CHANNEL_BACK); set it, or use OIDC_CHANNEL_FRONT",
+            )],
+            Options::Oidc(_) => vec![],
+            Options::Ldap(_) => vec![(
+                names::BIND_PASSWORD,
+                "is required: the password of bind_dn (an empty password would be an unauthenticated bind)",
+            )],
+            Options::Saml(o) if o.sign_request => {
+                vec![(names::REQUEST_SIGNING_KEY, "is required when sign_request is set: a PEM private key")]
+            }
+            Options::Saml(_) => vec![],
+            Options::Email(o) if !o.smtp_username.is_empty() => {
+                vec![(names::SMTP_PASSWORD, "is required when smtp_username is set")]
+            }
+            Options::Email(_) => vec![],
+            Options::Sms(_) => vec![(names::TOKEN, "is required: the provider API token")],
+        }
+    }
+
+    /// Records a violation under `path` (`connection.options`) for every required secret that
+    /// `secrets` lacks.
+    pub fn check_required_secrets(&self, secrets: &Secrets, path: &str, v: &mut Violations) {
+        let family = self.family().field_name();
+        for (name, why) in self.required_secrets() {
+            if !secrets.is_set(name) {
+                v.add(format!("{path}.{family}.{name}"), why);
+            }
+        }
+    }
+
+    /// Validates the contract's options for `strategy`, at `path` (`connection.options`).
+    /// Absent options stand for the family's defaults. Answers `None` (with a violation) when
+    /// the family does not fit the strategy; secrets found go into `secrets`.
+    pub fn from_proto(
+        strategy: Strategy,
+        options: Option<pb::connection::Options>,
+        path: &str,
+        v: &mut Violations,
+        secrets: &mut Secrets,
+    ) -> Option<Options> {
+        use pb::connection::Options as O;
+        let family = strategy.family();
+        let options = match options {
+            Some(o) if OptionsFamily::of_proto(&o) != family => {
+                v.add(
+                    path,
+                    format!(
+                        "strategy {strategy:?} takes `{}` options, not `{}`",
+                        family.field_name(),
+                        OptionsFamily::of_proto(&o).field_name()
+                    ),
+                );
+                return None;
+            }
+            Some(o) => o,
+            None => empty_proto(family),
+        };
+        let at = format!("{path}.{}", family.field_name());
+        let out = match options {
+            O::Database(o) => Options::Database(database(o, &at, v, secrets)),
+            O::Oauth2(o) => Options::Oauth2(oauth2(strategy, o, &at, v, secrets)),
+            O::Oidc(o) => Options::Oidc(oidc(o, &at, v, secrets)),
+            O::GoogleApps(o) => Options::GoogleApps(google_apps(o, &at, v, secrets)),
+            O::Ldap(o) => Options::Ldap(ldap(strategy, o, &at, v, secrets)),
+            O::Saml(o) => Options::Saml(saml(o, &at, v, secrets)),
+            O::AzureAd(o) => Options::AzureAd(azure_ad(o, &at, v, secrets)),
+            O::Email(o) => Options::Email(email(o, &at, v, secrets)),
+            O::Sms(o) => Options::Sms(sms(o, &at, v, secrets)),
+        };
+        Some(out)
+    }
+
+    /// The contract's options. Secret fields are empty and their `_set` companions tell
+    /// whether `secrets` holds them; with `reveal` (ResolveConnection only) the secret fields
+    /// carry the values too.
+    pub fn to_proto(&self, secrets: &Secrets, reveal: bool) -> pb::connection::Options {
+        use pb::connection::Options as O;
+        let secret = |name: &str| -> (String, bool) {
+            match secrets.get(name) {
+                Some(s) if reveal => (s.expose().to_owned(), true),
+                Some(_) => (String::new(), true),
+                None => (String::new(), false),
+            }
+        };
+        match self {
+            Options::Database(o) => {
+                let (token, token_set) = secret(names::CUSTOM_DATABASE_TOKEN);
+                O::Database(pb::DatabaseOptions {
+                    requires_username: o.requires_username,
+                    username_min_length: to_i32(o.username_min_length),
+                    username_max_length: to_i32(o.username_max_length),
+                    password_policy: o.password_policy.to_proto() as i32,
+                    password_min_length: to_i32(o.password_min_length),
+                    password_history_size: to_i32(o.password_history_size),
+                    password_no_personal_info: o.password_no_personal_info,
+                    password_dictionary: Some(pb::PasswordDictionary {
+                        enable: o.password_dictionary.enable,
+                        words: o.password_dictionary.words.clone(),
+                    }),
+                    brute_force_protection: Some(o.brute_force_protection),
+                    disable_signup: o.disable_signup,
+                    custom_database: o.custom_database.as_ref().map(|c| pb::CustomDatabase {
+                        endpoint: c.endpoint.clone(),
+                        import_mode: c.import_mode.to_proto() as i32,
+                        timeout_seconds: to_i32(c.timeout_seconds),
+                        token,
+                        token_set,
+                    }),
+                })
+            }
+            Options::Oauth2(o) => {
+                let (client_secret, client_secret_set) = secret(names::CLIENT_SECRET);
+                O::Oauth2(pb::OAuth2Options {
+                    client_id: o.client_id.clone(),
+                    client_secret,
+                    client_secret_set,
+                    scopes: o.scopes.clone(),
+                    authorization_endpoint: o.authorization_endpoint.clone(),
+                    token_endpoint: o.token_endpoint.clone(),
+                    userinfo_endpoint: o.userinfo_endpoint.clone(),
+                })
+            }
+            Options::Oidc(o) => {
+                let (client_secret, client_secret_set) = secret(names::CLIENT_SECRET);
+                O::Oidc(pb::OidcOptions {
+                    issuer: o.issuer.clone(),
+                    discovery_url: o.discovery_url.clone(),
+                    client_id: o.client_id.clone(),
+                    client_secret,
+                    client_secret_set,
+                    scopes: o.scopes.clone(),
+                    channel: o.channel.to_proto() as i32,
+                })
+            }
+            Options::GoogleApps(o) => {
+                let (client_secret, client_secret_set) = secret(names::CLIENT_SECRET);
+                O::GoogleApps(pb::GoogleAppsOptions {
+                    domain: o.domain.clone(),
+                    client_id: o.client_id.clone(),
+                    client_secret,
+                    client_secret_set,
+                    allowed_domains: o.allowed_domains.clone(),
+                })
+            }
+            Options::Ldap(o) => {
+                let (bind_password, bind_password_set) = secret(names::BIND_PASSWORD);
+                O::Ldap(pb::LdapOptions {
+                    url: o.url.clone(),
+                    start_tls: o.start_tls,
+                    bind_dn: o.bind_dn.clone(),
+                    bind_password,
+                    bind_password_set,
+                    base_dn: o.base_dn.clone(),
+                    user_filter: o.user_filter.clone(),
+                    attributes: Some(pb::LdapAttributeMapping {
+                        email: o.attributes.email.clone(),
+                        name: o.attributes.name.clone(),
+                        given_name: o.attributes.given_name.clone(),
+                        family_name: o.attributes.family_name.clone(),
+                        username: o.attributes.username.clone(),
+                    }),
+                    timeout_seconds: to_i32(o.timeout_seconds),
+                    ca_certificates: o.ca_certificates.clone(),
+                })
+            }
+            Options::Saml(o) => {
+                let (request_signing_key, request_signing_key_set) = secret(names::REQUEST_SIGNING_KEY);
+                O::Saml(pb::SamlOptions {
+                    sign_in_url: o.sign_in_url.clone(),
+                    sign_out_url: o.sign_out_url.clone(),
+                    signing_certificates: o.signing_certificates.clone(),
+                    entity_id: o.entity_id.clone(),
+                    audience: o.audience.clone(),
+                    sign_request: o.sign_request,
+                    signature_algorithm: o.signature_algorithm.to_proto() as i32,
+                    request_signing_key,
+                    request_signing_key_set,
+                    request_signing_certificate: o.request_signing_certificate.clone(),
+                    binding: o.binding.to_proto() as i32,
+                    attributes: Some(pb::SamlAttributeMapping {
+                        email: o.attributes.email.clone(),
+                        name: o.attributes.name.clone(),
+                        given_name: o.attributes.given_name.clone(),
+                        family_name: o.attributes.family_name.clone(),
+                    }),
+                })
+            }
+            Options::AzureAd(o) => {
+                let (client_secret, client_secret_set) = secret(names::CLIENT_SECRET);
+                O::AzureAd(pb::AzureAdOptions {
+                    domain: o.domain.clone(),
+                    tenant_id: o.tenant_id.clone(),
+                    client_id: o.client_id.clone(),
+                    client_secret,
+                    client_secret_set,
+                })
+            }
+            Options::Email(o) => {
+                let (smtp_password, smtp_password_set) = secret(names::SMTP_PASSWORD);
+                O::Email(pb::EmailOptions {
+                    from: o.from.clone(),
+                    subject: o.subject.clone(),
+                    code_template: o.code_template.clone(),
+                    link_template: o.link_template.clone(),
+                    code_length: to_i32(o.code_length),
+                    code_lifetime_seconds: to_i32(o.code_lifetime_seconds),
+                    max_attempts: to_i32(o.max_attempts),
+                    smtp_host: o.smtp_host.clone(),
+                    smtp_port: i32::from(o.smtp_port),
+                    smtp_username: o.smtp_username.clone(),
+                    smtp_password,
+                    smtp_password_set,
+                    smtp_tls: o.smtp_tls.to_proto() as i32,
+                    magic_link: o.magic_link,
+                })
+            }
+            Options::Sms(o) => {
+                let (token, token_set) = secret(names::TOKEN);
+                O::Sms(pb::SmsOptions {
+                    from: o.from.clone(),
+                    template: o.template.clone(),
+                    provider_url: o.provider_url.clone(),
+                    account: o.account.clone(),
+                    token,
+                    token_set,
+                    code_length: to_i32(o.code_length),
+                    code_lifetime_seconds: to_i32(o.code_lifetime_seconds),
+                    max_attempts: to_i32(o.max_attempts),
+                })
+            }
+        }
+    }
+}
+
+/// The contract's empty options of a family (every field at its zero value).
+pub(crate) fn empty_proto(family: OptionsFamily) -> pb::connection::Options {
+    use pb::connection::Options as O;
+    match family {
+        OptionsFamily::Database => O::Database(Default::default()),
+        OptionsFamily::Oauth2 => O::Oauth2(Default::default()),
+        OptionsFamily::Oidc => O::Oidc(Default::default()),
+        OptionsFamily::GoogleApps => O::GoogleApps(Default::default()),
+        OptionsFamily::Ldap => O::Ldap(Default::default()),
+        OptionsFamily::Saml => O::Saml(Default::default()),
+        OptionsFamily::AzureAd => O::AzureAd(Default::default()),
+        OptionsFamily::Email => O::Email(Default::default()),
+        OptionsFamily::Sms => O::Sms(Default::default()),
+    }
+}
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Moves a non-empty secret field into `secrets`.
+fn take_secret(secrets: &mut Secrets, name: &str, value: String) {
+    if !value.is_empty() {
+        secrets.insert(name, Secret::new(value));
+    }
+}
+
+fn database(o: pb::DatabaseOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> DatabaseOptions {
+    let p = |f: &str| format!("{at}.{f}");
+    let username_min_length = rules::int_or_default(v, &p("username_min_length"), o.username_min_length, 1, 1, 128);
+    let username_max_length = rules::int_or_default(v, &p("username_max_length"), o.username_max_length, 15, 1, 128);
+    if username_min_length > username_max_length {
+        v.add(
+            p("username_max_length"),
+            format!("must be at least username_min_length ({username_min_length}); got {username_max_length}"),
+        );
+    }
+    let password_policy = PasswordPolicy::read(v, &p("password_policy"), o.password_policy);
+    let password_min_length = rules::int_or_default(v, &p("password_min_length"), o.password_min_length, 0, 1, 128);
+    if password_min_length != 0 && password_min_length < password_policy.min_length() {
+        v.add(
+            p("password_min_length"),
+            format!(
+                "must be 0 or at least {} (the minimum of password policy {:?}) up to 128; got {password_min_length}",
+                password_policy.min_length(),
+                password_policy.as_str()
+            ),
+        );
+    }
+    let password_history_size =
+        rules::int_or_default(v, &p("password_history_size"), o.password_history_size, 0, 0, 24);
+    let dictionary = o.password_dictionary.unwrap_or_default();
+    if dictionary.words.len() > 200 {
+        v.add(p("password_dictionary.words"), format!("holds at most 200 words; got {}", dictionary.words.len()));
+    }
+    for (i, w) in dictionary.words.iter().enumerate() {
+        v.check(format!("{at}.password_dictionary.words[{i}]"), validate::display_text(w, 1, 50));
+    }
+    let custom_database = o.custom_database.map(|c| {
+        let cp = |f: &str| format!("{at}.custom_database.{f}");
+        rules::url(v, &cp("endpoint"), &c.endpoint, true, "the gRPC endpoint of the custom database");
+        let import_mode = ImportMode::read(v, &cp("import_mode"), c.import_mode);
+        let timeout_seconds = rules::int_or_default(v, &cp("timeout_seconds"), c.timeout_seconds, 10, 1, 60);
+        take_secret(secrets, names::CUSTOM_DATABASE_TOKEN, c.token);
+        CustomDatabase { endpoint: c.endpoint, import_mode, timeout_seconds }
+    });
+    DatabaseOptions {
+        requires_username: o.requires_username,
+        username_min_length,
+        username_max_length,
+        password_policy,
+        password_min_length,
+        password_history_size,
+        password_no_personal_info: o.password_no_personal_info,
+        password_dictionary: PasswordDictionary { enable: dictionary.enable, words: dictionary.words },
+        brute_force_protection: o.brute_force_protection.unwrap_or(true),
+        disable_signup: o.disable_signup,
+        custom_database,
+    }
+}
+
+fn oauth2(
+    strategy: Strategy,
+    o: pb::OAuth2Options,
+    at: &str,
+    v: &mut Violations,
+    secrets: &mut Secrets,
+) -> OAuth2Options {
+    let p = |f: &str| format!("{at}.{f}");
+    rules::client_id(v, &p("client_id"), &o.client_id);
+    rules::scopes(v, &p("scopes"), &o.scopes);
+    // The generic strategy has no well-known endpoints: it needs all three.
+    let required = strategy == Strategy::Oauth2;
+    for (field, value) in [
+        ("authorization_endpoint", &o.authorization_endpoint),
+        ("token_endpoint", &o.token_endpoint),
+        ("userinfo_endpoint", &o.userinfo_endpoint),
+    ] {
+        if required && value.is_empty() {
+            v.add(p(field), "is required for strategy \"oauth2\": an absolute http or https URL of the provider");
+        } else {
+            rules::url(v, &p(field), value, false, "");
+        }
+    }
+    take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
+    OAuth2Options {
+        client_id: o.client_id,
+        scopes: o.scopes,
+        authorization_endpoint: o.authorization_endpoint,
+        token_endpoint: o.token_endpoint,
+        userinfo_endpoint: o.userinfo_endpoint,
+    }
+}
+
+fn oidc(o: pb::OidcOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> OidcOptions {
+    let p = |f: &str| format!("{at}.{f}");
+    if o.issuer.is_empty() && o.discovery_url.is_empty() {
+        v.add(p("issuer"), "is required unless discovery_url is set: the provider's issuer URL (https://…)");
+    }
+    rules::url(v, &p("issuer"), &o.issuer, false, "");
+    rules::url(v, &p("discovery_url"), &o.discovery_url, false, "");
+    rules::client_id(v, &p("client_id"), &o.client_id);
+    rules::scopes(v, &p("scopes"), &o.scopes);
+    let channel = OidcChannel::read(v, &p("channel"), o.channel);
+    take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
+    OidcOptions { issuer: o.issuer, discovery_url: o.discovery_url, client_id: o.client_id, scopes: o.scopes, channel }
+}
+
+fn google_apps(o: pb::GoogleAppsOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> GoogleAppsOptions {
+    let p = |f: &str| format!("{at}.{f}");
+    let domain = o.domain.to_ascii_lowercase();
+    if domain.is_empty() {
+        v.add(p("domain"), "is required: the Google Workspace primary domain (fabrikam.example)");
+    } else {
+        v.check(p("domain"), rules::domain_name(&domain));
+    }
+    rules::client_id(v, &p("client_id"), &o.client_id);
+    let allowed_domains = rules::domain_list(v, &p("allowed_domains"), o.allowed_domains);
+    take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
+    GoogleAppsOptions { domain, client_id: o.client_id, allowed_domains }
+}
+
+fn ldap(strategy: Strategy, o: pb::LdapOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> LdapOptions {
+    let p = |f: &str| format!("{at}.{f}");
+    match rules::ldap_url(&o.url) {
+        Ok(secure) if secure && o.start_tls => {
+            v.add(p("start_tls"), "must be false with an ldaps:// URL, which is TLS already; use ldap:// for StartTLS");
+        }
+        Ok(_) => {}
+        Err(e) => v.add(p("url"), e),
+    }
+    v.check(p("bind_dn"), rules::dn(&o.bind_dn, "the DN of the service account that searches for users"));
+    v.check(p("base_dn"), rules::dn(&o.base_dn, "the DN under which users are searched"));
+    let user_filter =
+        if o.user_filter.is_empty() { LdapOptions::default_user_filter(strategy).to_owned() } else { o.user_filter };
+    v.check(p("user_filter"), rules::ldap_filter(&user_filter));
+    let a = o.attributes.unwrap_or_default();
+    let ad = strategy == Strategy::Ad;
+    let mut attr = |field: &str, value: String, default: &str| -> String {
+        let value = if value.is_empty() { default.to_owned() } else { value };
+        v.check(format!("{at}.attributes.{field}"), rules::ldap_attribute(&value));
+        value
+    };
+    let attributes = LdapAttributes {
+        email: attr("email", a.email, "mail"),
+        name: attr("name", a.name, if ad { "displayName" } else { "cn" }),
+        given_name: attr("given_name", a.given_name, "givenName"),
+        family_name: attr("family_name", a.family_name, "sn"),
+        username: attr("username", a.username, if ad { "sAMAccountName" } else { "uid" }),
+    };
+    let timeout_seconds = rules::int_or_default(v, &p("timeout_seconds"), o.timeout_seconds, 10, 1, 60);
+    if !o.ca_certificates.is_empty() {
+        v.check(p("ca_certificates"), rules::pem_certificates(&o.ca_certificates).map(|_| ()));
+    }
+    take_secret(secrets, names::BIND_PASSWORD, o.bind_password);
+    LdapOptions {
+        url: o.url,
+        start_tls: o.start_tls,
+        bind_dn: o.bind_dn,
+        base_dn: o.base_dn,
+        user_filter,
+        attributes,
+        timeout_seconds,
+        ca_certificates: o.ca_certificates,
+    }
+}
+
+fn saml(o: pb::SamlOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> SamlOptions {
+    let p = |f: &str| format!("{at}.{f}");
+    rules::url(v, &p("sign_in_url"), &o.sign_in_url, true, "the identity provider's single sign-on URL");
+    rules::url(v, &p("sign_out_url"), &o.sign_out_url, false, "");
+    if o.signing_certificates.is_empty() {
+        v.add(
+            p("signing_certificates"),
+            "needs at least one PEM certificate (-----BEGIN CERTIFICATE-----) of the identity provider: without one no signature could be checked",
+        );
+    } else if o.signing_certificates.len() > 5 {
+        v.add(p("signing_certificates"), format!("holds at most 5 certificates; got {}", o.signing_certificates.len()));
+    }
+    for (i, c) in o.signing_certificates.iter().enumerate() {
+        v.check(format!("{at}.signing_certificates[{i}]"), rules::pem_certificates(c).map(|_| ()));
+    }
+    v.check(p("entity_id"), rules::optional_text(&o.entity_id, 1024));
+    v.check(p("audience"), rules::optional_text(&o.audience, 1024));
+    let signature_algorithm = SamlSignatureAlgorithm::read(v, &p("signature_algorithm"), o.signature_algorithm);
+    let binding = SamlBinding::read(v, &p("binding"), o.binding);
+    if !o.request_signing_key.is_empty() {
+        v.check(p("request_signing_key"), rules::pem_private_key(&o.request_signing_key));
+    }
+    if !o.request_signing_certificate.is_empty() {
+        v.check(p("request_signing_certificate"), rules::pem_certificates(&o.request_signing_certificate).map(|_| ()));
+    }
+    let a = o.attributes.unwrap_or_default();
+    let mut attr = |field: &str, value: String, default: &str| -> String {
+        let value = if value.is_empty() { default.to_owned() } else { value };
+        v.check(format!("{at}.attributes.{field}"), rules::optional_text(&value, 1024));
+        value
+    };
+    let attributes = SamlAttributes {
+        email: attr("email", a.email, "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress"),
+        name: attr("name", a.name, "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name"),
+        given_name: attr("given_name", a.given_name, "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/givenname"),
+        family_name: attr(
+            "family_name",
+            a.family_name,
+            "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/surname",
+        ),
+    };
+    take_secret(secrets, names::REQUEST_SIGNING_KEY, o.request_signing_key);
+    SamlOptions {
+        sign_in_url: o.sign_in_url,
+        sign_out_url: o.sign_out_url,
+        signing_certificates: o.signing_certificates,
+        entity_id: o.entity_id,
+        audience: o.audience,
+        sign_request: o.sign_request,
+        signature_algorithm,
+        request_signing_certificate: o.request_signing_certificate,
+        binding,
+        attributes,
+    }
+}
+
+fn azure_ad(o: pb::AzureAdOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> AzureAdOptions {
+    let p = |f: &str| format!("{at}.{f}");
+    let domain = o.domain.to_ascii_lowercase();
+    if domain.is_empty() {
+        v.add(p("domain"), "is required: the directory's primary domain (fabrikam.onmicrosoft.com)");
+    } else {
+        v.check(p("domain"), rules::domain_name(&domain));
+    }
+    let tenant_id = o.tenant_id.to_ascii_lowercase();
+    if !tenant_id.is_empty() {
+        v.check(p("tenant_id"), rules::guid(&tenant_id, "the directory (tenant) id"));
+    }
+    let client_id = o.client_id.to_ascii_lowercase();
+    if client_id.is_empty() {
+        v.add(p("client_id"), "is required: the application (client) id, a GUID");
+    } else {
+        v.check(p("client_id"), rules::guid(&client_id, "the application (client) id"));
+    }
+    take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
+    AzureAdOptions { domain, tenant_id, client_id }
+}
+
+fn email(o: pb::EmailOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> EmailOptions {
+    let p = |f: &str| format!("{at}.{f}");
+    v.check(p("from"), rules::mailbox(&o.from));
+    let subject = rules::or_default(o.subject, DEFAULT_EMAIL_SUBJECT);
+    v.check(p("subject"), validate::display_text(&subject, 1, 255));
+    let code_template = rules::or_default(o.code_template, DEFAULT_EMAIL_CODE_TEMPLATE);
+    v.check(p("code_template"), rules::template(&code_template, "{{code}}", 10_000));
+    let link_template = rules::or_default(o.link_template, DEFAULT_EMAIL_LINK_TEMPLATE);
+    v.check(p("link_template"), rules::template(&link_template, "{{link}}", 10_000));
+    let (code_length, code_lifetime_seconds, max_attempts) =
+        code_settings(v, at, o.code_length, o.code_lifetime_seconds, o.max_attempts);
+    v.check(p("smtp_host"), rules::host(&o.smtp_host));
+    let smtp_port = rules::int_or_default(v, &p("smtp_port"), o.smtp_port, 0, 1, 65535);
+    v.check(p("smtp_username"), rules::optional_text(&o.smtp_username, 255));
+    let smtp_tls = SmtpTls::read(v, &p("smtp_tls"), o.smtp_tls);
+    take_secret(secrets, names::SMTP_PASSWORD, o.smtp_password);
+    EmailOptions {
+        from: o.from,
+        subject,
+        code_template,
+        link_template,
+        code_length,
+        code_lifetime_seconds,
+        max_attempts,
+        smtp_host: o.smtp_host,
+        smtp_port: u16::try_from(smtp_port).unwrap_or(0),
+        smtp_username: o.smtp_username,
+        smtp_tls,
+        magic_link: o.magic_link,
+    }
+}
+
+fn sms(o: pb::SmsOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> SmsOptions {
+    let p = |f: &str| format!("{at}.{f}");
+    v.check(p("from"), rules::sms_sender(&o.from));
+    let template = rules::or_default(o.template, DEFAULT_SMS_TEMPLATE);
+    v.check(p("template"), rules::template(&template, "{{code}}", 1600));
+    rules::url(v, &p("provider_url"), &o.provider_url, true, "the SMS provider API's base URL");
+    if o.account.is_empty() {
+        v.add(p("account"), "is required: the account at the provider (Twilio's account SID)");
+    } else {
+        v.check(p("account"), validate::display_text(&o.account, 1, 255));
+    }
+    let (code_length, code_lifetime_seconds, max_attempts) =
+        code_settings(v, at, o.code_length, o.code_lifetime_seconds, o.max_attempts);
+    take_secret(secrets, names::TOKEN, o.token);
+    SmsOptions {
+        from: o.from,
+        template,
+        provider_url: o.provider_url,
+        account: o.account,
+        code_length,
+        code_lifetime_seconds,
+        max_attempts,
+    }
+}
+
+/// Code length, lifetime and attempts of the passwordless families, with Auth0's defaults.
+fn code_settings(v: &mut Violations, at: &str, length: i32, lifetime: i32, attempts: i32) -> (u32, u32, u32) {
+    (
+        rules::int_or_default(v, &format!("{at}.code_length"), length, DEFAULT_CODE_LENGTH, 4, 10),
+        rules::int_or_default(
+            v,
+            &format!("{at}.code_lifetime_seconds"),
+            lifetime,
+            DEFAULT_CODE_LIFETIME_SECONDS,
+            30,
+            86_400,
+        ),
+        rules::int_or_default(v, &format!("{at}.max_attempts"), attempts, DEFAULT_MAX_ATTEMPTS, 1, 10),
+    )
+}
