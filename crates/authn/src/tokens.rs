@@ -1,0 +1,887 @@
+//! Tokens: each tenant's signing keys, their JSON Web Key Set, and the ID and access tokens
+//! a login issues.
+//!
+//! A tenant has one current key (RS256 with a 2048-bit RSA key by default, or EdDSA with
+//! Ed25519) and any number of retired keys. Rotation retires the current key; a retired key
+//! stays in the key set until every token it signed has expired (its retirement plus the
+//! longest token lifetime), so that a relying party never meets a token it cannot verify.
+//!
+//! Private keys are PKCS#8 documents that the caller stores encrypted; a key's id (`kid`)
+//! is the RFC 7638 thumbprint of its public JWK. Tokens are JWTs signed with `jsonwebtoken`
+//! on aws-lc.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters,
+    OctetKeyPairType, PublicKeyUse, RSAKeyParameters, RSAKeyType, ThumbprintHash,
+};
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// How long an ID token is valid by default (Auth0's default: 10 hours).
+pub const DEFAULT_ID_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 3600);
+/// How long an access token is valid by default (Auth0's default: 24 hours).
+pub const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The scopes granted when a login asks for none.
+pub const DEFAULT_SCOPE: &str = "openid profile email";
+/// The `token_type` of the access token.
+pub const TOKEN_TYPE: &str = "Bearer";
+
+/// The algorithm a signing key signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit RSA keys. The default.
+    Rs256,
+    /// EdDSA with Ed25519 keys.
+    EdDsa,
+}
+
+impl Algorithm {
+    /// The JOSE name: `RS256` or `EdDSA`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Rs256 => "RS256",
+            Algorithm::EdDsa => "EdDSA",
+        }
+    }
+
+    fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Algorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
+            Algorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = Error;
+
+    /// Parses the JOSE name (`RS256`, `EdDSA`), as stored.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "RS256" => Ok(Algorithm::Rs256),
+            "EdDSA" => Ok(Algorithm::EdDsa),
+            other => Err(Error::UnsupportedAlgorithm(other.to_owned())),
+        }
+    }
+}
+
+/// What can go wrong with keys and tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The crypto library could not generate a key.
+    #[error("signing key generation failed")]
+    KeyGeneration,
+    /// A stored private key is not a PKCS#8 document of the expected algorithm.
+    #[error("the stored private key is malformed or not a {0} key")]
+    MalformedKey(Algorithm),
+    /// An algorithm name that Postern does not sign with.
+    #[error("unsupported signing algorithm {0:?}: RS256 and EdDSA are supported")]
+    UnsupportedAlgorithm(String),
+    /// Signing failed.
+    #[error("token signing failed: {0}")]
+    Signing(jsonwebtoken::errors::Error),
+    /// A token names no key of the key set (or none at all): it was not signed by this
+    /// tenant, or by a key that has left the set.
+    #[error("the token's key is not in the key set")]
+    UnknownKey,
+    /// A token failed verification: bad signature, wrong issuer or audience, expired,
+    /// malformed, or an algorithm other than its key's.
+    #[error("invalid token: {0}")]
+    InvalidToken(jsonwebtoken::errors::Error),
+    /// The blocking task generating a key was cancelled or panicked.
+    #[error("the key generation task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// One of a tenant's signing keys: the private key (PKCS#8) and its public JWK.
+#[derive(Clone)]
+pub struct SigningKey {
+    /// The key id, `kid` in the tokens' header and in the JWK: the RFC 7638 thumbprint of
+    /// the public key for generated keys.
+    pub kid: String,
+    /// The algorithm.
+    pub alg: Algorithm,
+    /// When the key was created.
+    pub created: SystemTime,
+    /// When the key stopped signing; `None` for the current key.
+    pub retired_at: Option<SystemTime>,
+    private_pkcs8: Vec<u8>,
+    public_jwk: Jwk,
+    encoding: EncodingKey,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("created", &self.created)
+            .field("retired_at", &self.retired_at)
+            .field("private_pkcs8", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Generates a new current key: a 2048-bit RSA key for RS256, an Ed25519 key for EdDSA.
+    /// RSA generation takes tens to hundreds of milliseconds; call it off the async runtime
+    /// (`spawn_blocking`).
+    pub fn generate(alg: Algorithm, now: SystemTime) -> Result<Self, Error> {
+        let pkcs8 = match alg {
+            Algorithm::Rs256 => {
+                let pair = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| Error::KeyGeneration)?;
+                let der = pair.as_der().map_err(|_| Error::KeyGeneration)?;
+                der.as_ref().to_vec()
+            }
+            Algorithm::EdDsa => {
+                // PKCS#8 v1 (private key only), the form `openssl genpkey` writes.
+                let doc = Ed25519KeyPair::generate_pkcs8v1(&SystemRandom::new()).map_err(|_| Error::KeyGeneration)?;
+                doc.as_ref().to_vec()
+            }
+        };
+        let jwk = public_jwk(alg, &pkcs8)?;
+        let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|_| Error::KeyGeneration)?;
+        Self::from_stored(kid, alg, pkcs8, now, None)
+    }
+
+    /// [`generate`](Self::generate) on the blocking pool, for async callers (rotation, a
+    /// tenant's first key).
+    pub async fn generate_async(alg: Algorithm, now: SystemTime) -> Result<Self, Error> {
+        tokio::task::spawn_blocking(move || Self::generate(alg, now)).await?
+    }
+
+    /// Rebuilds a key from what the store kept: its id, algorithm, decrypted PKCS#8 DER
+    /// private key and dates. The public JWK is derived from the private key.
+    pub fn from_stored(
+        kid: String,
+        alg: Algorithm,
+        private_pkcs8: Vec<u8>,
+        created: SystemTime,
+        retired_at: Option<SystemTime>,
+    ) -> Result<Self, Error> {
+        let mut jwk = public_jwk(alg, &private_pkcs8)?;
+        jwk.common.key_id = Some(kid.clone());
+        let encoding = match alg {
+            // jsonwebtoken's aws-lc backend reads RSA keys as PKCS#1 `RSAPrivateKey`.
+            Algorithm::Rs256 => {
+                EncodingKey::from_rsa_der(pkcs1_of_pkcs8(&private_pkcs8).ok_or(Error::MalformedKey(alg))?)
+            }
+            Algorithm::EdDsa => EncodingKey::from_ed_der(&private_pkcs8),
+        };
+        Ok(SigningKey { kid, alg, created, retired_at, private_pkcs8, public_jwk: jwk, encoding })
+    }
+
+    /// The private key as PKCS#8 DER: store it encrypted, never log it.
+    pub fn private_pkcs8_der(&self) -> &[u8] {
+        &self.private_pkcs8
+    }
+
+    /// The private key as a PKCS#8 PEM document (`-----BEGIN PRIVATE KEY-----`).
+    pub fn private_pkcs8_pem(&self) -> String {
+        let b64 = STANDARD.encode(&self.private_pkcs8);
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        pem
+    }
+
+    /// The public key as a JWK, with `kid`, `alg` and `use: sig`.
+    pub fn public_jwk(&self) -> &Jwk {
+        &self.public_jwk
+    }
+
+    /// The public JWK as JSON, as published in the key set.
+    pub fn public_jwk_json(&self) -> String {
+        // Serializing a struct of strings cannot fail.
+        serde_json::to_string(&self.public_jwk).unwrap_or_default()
+    }
+
+    /// Whether this key signs new tokens.
+    pub fn is_current(&self) -> bool {
+        self.retired_at.is_none()
+    }
+
+    /// Stops the key signing from `now` on (rotation).
+    pub fn retire(&mut self, now: SystemTime) {
+        self.retired_at.get_or_insert(now);
+    }
+
+    /// When a retired key leaves the key set: its retirement plus the longest token
+    /// lifetime. `None` for the current key.
+    pub fn expire_time(&self, max_token_lifetime: Duration) -> Option<SystemTime> {
+        self.retired_at.map(|t| t + max_token_lifetime)
+    }
+
+    /// Whether the key belongs in the key set at `now`: current, or retired but some token
+    /// it signed may still be valid.
+    pub fn is_published(&self, now: SystemTime, max_token_lifetime: Duration) -> bool {
+        self.expire_time(max_token_lifetime).is_none_or(|expiry| now < expiry)
+    }
+
+    /// Signs `claims` as a JWT with this key (`alg` and `kid` in the header).
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, Error> {
+        let mut header = Header::new(self.alg.jwt());
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(Error::Signing)
+    }
+}
+
+fn public_jwk(alg: Algorithm, pkcs8: &[u8]) -> Result<Jwk, Error> {
+    let algorithm = match alg {
+        Algorithm::Rs256 => {
+            let pair = RsaKeyPair::from_pkcs8(pkcs8).map_err(|_| Error::MalformedKey(alg))?;
+            let public = pair.public_key();
+            AlgorithmParameters::RSA(RSAKeyParameters {
+                key_type: RSAKeyType::RSA,
+                n: URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+                e: URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+            })
+        }
+        Algorithm::EdDsa => {
+            let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| Error::MalformedKey(alg))?;
+            AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+            })
+        }
+    };
+    let key_algorithm = match alg {
+        Algorithm::Rs256 => KeyAlgorithm::RS256,
+        Algorithm::EdDsa => KeyAlgorithm::EdDSA,
+    };
+    Ok(Jwk {
+        common: CommonParameters {
+            public_key_use: Some(PublicKeyUse::Signature),
+            key_algorithm: Some(key_algorithm),
+            ..CommonParameters::default()
+        },
+        algorithm,
+    })
+}
+
+/// The `privateKey` OCTET STRING of a PKCS#8 `PrivateKeyInfo` (RFC 5208), which for RSA is
+/// the PKCS#1 `RSAPrivateKey`. `None` if the DER is not shaped so.
+fn pkcs1_of_pkcs8(der: &[u8]) -> Option<&[u8]> {
+    let (tag, info, rest) = read_tlv(der)?;
+    if tag != 0x30 || !rest.is_empty() {
+        return None;
+    }
+    let (tag, _version, rest) = read_tlv(info)?;
+    if tag != 0x02 {
+        return None;
+    }
+    let (tag, _algorithm, rest) = read_tlv(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, key, _attributes) = read_tlv(rest)?;
+    (tag == 0x04).then_some(key)
+}
+
+/// Reads one DER tag-length-value: `(tag, value, rest)`.
+fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, input) = input.split_first()?;
+    let (&first, mut input) = input.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = input.split_at_checked(count)?;
+        input = rest;
+        bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    let (value, rest) = input.split_at_checked(len)?;
+    Some((tag, value, rest))
+}
+
+/// The key set of a tenant: the public JWKs of its keys that are published at `now`
+/// (the current key and the retired keys some token may still need).
+pub fn jwks(keys: &[SigningKey], now: SystemTime, max_token_lifetime: Duration) -> JwkSet {
+    JwkSet {
+        keys: keys.iter().filter(|k| k.is_published(now, max_token_lifetime)).map(|k| k.public_jwk.clone()).collect(),
+    }
+}
+
+/// [`jwks`] as the JSON document served at `/<tenant>/.well-known/jwks.json`.
+pub fn jwks_json(keys: &[SigningKey], now: SystemTime, max_token_lifetime: Duration) -> String {
+    // Serializing a struct of strings cannot fail.
+    serde_json::to_string(&jwks(keys, now, max_token_lifetime)).unwrap_or_default()
+}
+
+/// A tenant's issuer: the public URL, then `/<tenant>/` (`https://id.example.com/acme/`).
+pub fn issuer(public_url: &str, tenant: &str) -> String {
+    format!("{}/{tenant}/", public_url.trim_end_matches('/'))
+}
+
+/// The OpenID Provider metadata of a tenant (OpenID Connect Discovery 1.0), served at
+/// `/<tenant>/.well-known/openid-configuration`. `algorithms` are those of the published
+/// keys. The authorization, token and userinfo endpoints are the paths the gateway's
+/// browser login serves under the issuer (`authorize`, `oauth/token`, `userinfo`).
+pub fn openid_configuration(issuer: &str, algorithms: &[Algorithm]) -> serde_json::Value {
+    let mut algs: Vec<&str> = algorithms.iter().map(|a| a.as_str()).collect();
+    if algs.is_empty() {
+        algs.push(Algorithm::Rs256.as_str());
+    }
+    algs.sort_unstable();
+    algs.dedup();
+    serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}authorize"),
+        "token_endpoint": format!("{issuer}oauth/token"),
+        "userinfo_endpoint": format!("{issuer}userinfo"),
+        "jwks_uri": format!("{issuer}.well-known/jwks.json"),
+        "response_types_supported": ["code", "id_token", "token id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algs,
+        "scopes_supported": ["openid", "profile", "email"],
+        "claims_supported": [
+            "iss", "aud", "sub", "iat", "exp", "nonce", "email", "email_verified", "name",
+            "given_name", "family_name", "nickname", "picture", "updated_at"
+        ],
+    })
+}
+
+/// The profile claims of an ID token (OpenID Connect standard claims). `None` is left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileClaims {
+    /// The user's email address (scope `email`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Whether the email address is verified (scope `email`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    /// The user's full name (scope `profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The user's given name (scope `profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    /// The user's family name (scope `profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<String>,
+    /// The user's casual name (scope `profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    /// The URL of the user's picture (scope `profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picture: Option<String>,
+    /// When the profile was last changed, in seconds since the epoch (scope `profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<u64>,
+}
+
+impl ProfileClaims {
+    /// Keeps only the claims the scopes grant: `email` gives email and email_verified,
+    /// `profile` the others.
+    pub fn for_scope(self, scope: &str) -> Self {
+        let has = |s: &str| scope.split_whitespace().any(|x| x == s);
+        let (email, profile) = (has("email"), has("profile"));
+        ProfileClaims {
+            email: self.email.filter(|_| email),
+            email_verified: self.email_verified.filter(|_| email),
+            name: self.name.filter(|_| profile),
+            given_name: self.given_name.filter(|_| profile),
+            family_name: self.family_name.filter(|_| profile),
+            nickname: self.nickname.filter(|_| profile),
+            picture: self.picture.filter(|_| profile),
+            updated_at: self.updated_at.filter(|_| profile),
+        }
+    }
+}
+
+/// The claims of an ID token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdTokenClaims {
+    /// The issuer: `<public URL>/<tenant>/`.
+    pub iss: String,
+    /// The audience: the client_id.
+    pub aud: String,
+    /// The subject: the user_id.
+    pub sub: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the epoch.
+    pub exp: u64,
+    /// The nonce the application sent with an authorization request, echoed back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The profile claims the scopes grant.
+    #[serde(flatten)]
+    pub profile: ProfileClaims,
+}
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    /// The issuer: `<public URL>/<tenant>/`.
+    pub iss: String,
+    /// The audience: the API's identifier, or the client_id when none was asked for.
+    pub aud: String,
+    /// The subject: the user_id.
+    pub sub: String,
+    /// The authorized party: the client_id.
+    pub azp: String,
+    /// The granted scopes, space separated.
+    pub scope: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the epoch.
+    pub exp: u64,
+}
+
+/// How long the tokens of a login are valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// The ID token's lifetime.
+    pub id_token: Duration,
+    /// The access token's lifetime (the login's `expires_in`).
+    pub access_token: Duration,
+}
+
+impl Lifetimes {
+    /// Auth0's defaults: 10 hours for ID tokens, 24 hours for access tokens.
+    pub const DEFAULT: Lifetimes =
+        Lifetimes { id_token: DEFAULT_ID_TOKEN_LIFETIME, access_token: DEFAULT_ACCESS_TOKEN_LIFETIME };
+
+    /// The longest of the two: how long a retired key must stay published.
+    pub fn max(&self) -> Duration {
+        self.id_token.max(self.access_token)
+    }
+}
+
+/// What a successful login needs signed.
+#[derive(Debug, Clone)]
+pub struct TokenRequest<'a> {
+    /// The tenant's issuer ([`issuer`]).
+    pub issuer: &'a str,
+    /// The client the user logged in to.
+    pub client_id: &'a str,
+    /// The API the access token is for; `None` (or empty) means the client itself.
+    pub audience: Option<&'a str>,
+    /// The user's id (`auth0|…`).
+    pub user_id: &'a str,
+    /// The requested scopes; empty means [`DEFAULT_SCOPE`]. `openid` is always granted.
+    pub scope: &'a str,
+    /// The user's profile; filtered by the scopes.
+    pub profile: ProfileClaims,
+    /// The nonce to echo in the ID token, if any.
+    pub nonce: Option<&'a str>,
+    /// The time of issue.
+    pub now: SystemTime,
+    /// How long the tokens are valid.
+    pub lifetimes: Lifetimes,
+}
+
+/// The tokens of a login, as the Login response carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedTokens {
+    /// The signed ID token.
+    pub id_token: String,
+    /// The signed access token.
+    pub access_token: String,
+    /// Always [`TOKEN_TYPE`].
+    pub token_type: &'static str,
+    /// The access token's lifetime in seconds.
+    pub expires_in: u64,
+    /// The granted scopes, space separated.
+    pub scope: String,
+}
+
+/// The granted scopes: the requested ones (or [`DEFAULT_SCOPE`]) with `openid` first,
+/// without duplicates.
+pub fn normalize_scope(scope: &str) -> String {
+    let requested = if scope.trim().is_empty() { DEFAULT_SCOPE } else { scope };
+    let mut granted = vec!["openid"];
+    for s in requested.split_whitespace() {
+        if !granted.contains(&s) {
+            granted.push(s);
+        }
+    }
+    granted.join(" ")
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Signs the ID token and the access token of a login with `key`.
+pub fn issue(key: &SigningKey, request: &TokenRequest<'_>) -> Result<IssuedTokens, Error> {
+    let scope = normalize_scope(request.scope);
+    let iat = unix_seconds(request.now);
+    let id = IdTokenClaims {
+        iss: request.issuer.to_owned(),
+        aud: request.client_id.to_owned(),
+        sub: request.user_id.to_owned(),
+        iat,
+        exp: iat + request.lifetimes.id_token.as_secs(),
+        nonce: request.nonce.map(str::to_owned),
+        profile: request.profile.clone().for_scope(&scope),
+    };
+    let audience = request.audience.filter(|a| !a.is_empty()).unwrap_or(request.client_id);
+    let access = AccessTokenClaims {
+        iss: request.issuer.to_owned(),
+        aud: audience.to_owned(),
+        sub: request.user_id.to_owned(),
+        azp: request.client_id.to_owned(),
+        scope: scope.clone(),
+        iat,
+        exp: iat + request.lifetimes.access_token.as_secs(),
+    };
+    Ok(IssuedTokens {
+        id_token: key.sign(&id)?,
+        access_token: key.sign(&access)?,
+        token_type: TOKEN_TYPE,
+        expires_in: request.lifetimes.access_token.as_secs(),
+        scope,
+    })
+}
+
+/// Verifies a token as a relying party would: finds its key in `jwks` by `kid`, checks
+/// that the header's algorithm is the key's, the signature, `iss`, `aud`, and `exp` (at
+/// the system clock, with no leeway), then answers the claims.
+pub fn verify<T: DeserializeOwned>(token: &str, jwks: &JwkSet, issuer: &str, audience: &str) -> Result<T, Error> {
+    let header = jsonwebtoken::decode_header(token).map_err(Error::InvalidToken)?;
+    let kid = header.kid.ok_or(Error::UnknownKey)?;
+    let jwk = jwks.find(&kid).ok_or(Error::UnknownKey)?;
+    let alg = match jwk.common.key_algorithm {
+        Some(KeyAlgorithm::RS256) => jsonwebtoken::Algorithm::RS256,
+        Some(KeyAlgorithm::EdDSA) => jsonwebtoken::Algorithm::EdDSA,
+        _ => return Err(Error::UnknownKey),
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(Error::InvalidToken)?;
+    // Only the key's own algorithm: a header naming another one fails here.
+    let mut validation = Validation::new(alg);
+    validation.leeway = 0;
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<T>(token, &key, &validation).map(|data| data.claims).map_err(Error::InvalidToken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUER: &str = "https://id.example.com/fabrikam-public/";
+    const CLIENT: &str = "client-portal";
+
+    fn alice() -> ProfileClaims {
+        ProfileClaims {
+            email: Some("alice@fabrikam.com".into()),
+            email_verified: Some(true),
+            name: Some("Alice Liddell".into()),
+            given_name: Some("Alice".into()),
+            family_name: Some("Liddell".into()),
+            nickname: Some("alice".into()),
+            picture: Some("https://example.com/alice.png".into()),
+            updated_at: Some(1_700_000_000),
+        }
+    }
+
+    fn request(now: SystemTime) -> TokenRequest<'static> {
+        TokenRequest {
+            issuer: ISSUER,
+            client_id: CLIENT,
+            audience: None,
+            user_id: "auth0|0193",
+            scope: "",
+            profile: alice(),
+            nonce: None,
+            now,
+            lifetimes: Lifetimes::DEFAULT,
+        }
+    }
+
+    fn both() -> [Algorithm; 2] {
+        [Algorithm::Rs256, Algorithm::EdDsa]
+    }
+
+    #[tokio::test]
+    async fn generate_off_the_runtime() {
+        let key = SigningKey::generate_async(Algorithm::Rs256, SystemTime::now()).await.unwrap();
+        assert!(key.is_current());
+        assert_eq!(key.alg, Algorithm::Rs256);
+    }
+
+    #[test]
+    fn issuer_of_a_tenant() {
+        assert_eq!(issuer("https://id.example.com", "acme"), "https://id.example.com/acme/");
+        assert_eq!(issuer("https://id.example.com/", "acme"), "https://id.example.com/acme/");
+    }
+
+    #[test]
+    fn sign_and_verify_against_the_key_set() {
+        for alg in both() {
+            let now = SystemTime::now();
+            let key = SigningKey::generate(alg, now).unwrap();
+            let set = jwks(std::slice::from_ref(&key), now, Lifetimes::DEFAULT.max());
+            // As a third party: the key set as fetched over HTTP, parsed from JSON.
+            let fetched: JwkSet =
+                serde_json::from_str(&jwks_json(std::slice::from_ref(&key), now, Lifetimes::DEFAULT.max())).unwrap();
+            assert_eq!(fetched, set);
+
+            let tokens = issue(&key, &request(now)).unwrap();
+            assert_eq!(tokens.token_type, "Bearer");
+            assert_eq!(tokens.expires_in, 86_400);
+            assert_eq!(tokens.scope, "openid profile email");
+
+            let header = jsonwebtoken::decode_header(&tokens.id_token).unwrap();
+            assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));
+            assert_eq!(header.alg, alg.jwt());
+
+            let id: IdTokenClaims = verify(&tokens.id_token, &fetched, ISSUER, CLIENT).unwrap();
+            assert_eq!(id.iss, ISSUER);
+            assert_eq!(id.aud, CLIENT);
+            assert_eq!(id.sub, "auth0|0193");
+            assert_eq!(id.exp - id.iat, 36_000);
+            assert_eq!(id.profile, alice());
+
+            let access: AccessTokenClaims = verify(&tokens.access_token, &fetched, ISSUER, CLIENT).unwrap();
+            assert_eq!(access.azp, CLIENT);
+            assert_eq!(access.aud, CLIENT);
+            assert_eq!(access.scope, "openid profile email");
+            assert_eq!(access.exp - access.iat, 86_400);
+        }
+    }
+
+    #[test]
+    fn the_raw_claims_are_what_a_relying_party_expects() {
+        let now = SystemTime::now();
+        let key = SigningKey::generate(Algorithm::EdDsa, now).unwrap();
+        let tokens = issue(&key, &TokenRequest { scope: "openid email", nonce: Some("n-1"), ..request(now) }).unwrap();
+        let set = jwks(&[key], now, Lifetimes::DEFAULT.max());
+        let raw: serde_json::Value = verify(&tokens.id_token, &set, ISSUER, CLIENT).unwrap();
+        let object = raw.as_object().unwrap();
+        let mut names: Vec<&str> = object.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["aud", "email", "email_verified", "exp", "iat", "iss", "nonce", "sub"]);
+        assert_eq!(raw["email_verified"], true);
+    }
+
+    #[test]
+    fn access_token_for_an_api() {
+        let now = SystemTime::now();
+        let key = SigningKey::generate(Algorithm::EdDsa, now).unwrap();
+        let tokens = issue(
+            &key,
+            &TokenRequest { audience: Some("https://api.fabrikam.com"), scope: "read:timesheets", ..request(now) },
+        )
+        .unwrap();
+        let set = jwks(&[key], now, Lifetimes::DEFAULT.max());
+        let access: AccessTokenClaims = verify(&tokens.access_token, &set, ISSUER, "https://api.fabrikam.com").unwrap();
+        assert_eq!(access.scope, "openid read:timesheets");
+        assert_eq!(access.azp, CLIENT);
+        // The ID token is still for the client, and the scope grants no profile claims.
+        let id: IdTokenClaims = verify(&tokens.id_token, &set, ISSUER, CLIENT).unwrap();
+        assert_eq!(id.profile, ProfileClaims::default());
+        assert!(matches!(
+            verify::<AccessTokenClaims>(&tokens.access_token, &set, ISSUER, CLIENT),
+            Err(Error::InvalidToken(_))
+        ));
+    }
+
+    #[test]
+    fn expired_tokens_fail() {
+        for alg in both() {
+            let now = SystemTime::now();
+            let key = SigningKey::generate(alg, now).unwrap();
+            let past = now - Duration::from_secs(2 * 86_400);
+            let tokens = issue(&key, &request(past)).unwrap();
+            let set = jwks(&[key], now, Lifetimes::DEFAULT.max());
+            let err = verify::<IdTokenClaims>(&tokens.id_token, &set, ISSUER, CLIENT).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidToken(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_issuer_or_audience_fails() {
+        let now = SystemTime::now();
+        let key = SigningKey::generate(Algorithm::EdDsa, now).unwrap();
+        let tokens = issue(&key, &request(now)).unwrap();
+        let set = jwks(&[key], now, Lifetimes::DEFAULT.max());
+        assert!(verify::<IdTokenClaims>(&tokens.id_token, &set, "https://id.example.com/other/", CLIENT).is_err());
+        assert!(verify::<IdTokenClaims>(&tokens.id_token, &set, ISSUER, "another-client").is_err());
+    }
+
+    #[test]
+    fn another_tenants_key_set_fails() {
+        for alg in both() {
+            let now = SystemTime::now();
+            let ours = SigningKey::generate(alg, now).unwrap();
+            let theirs = SigningKey::generate(alg, now).unwrap();
+            let tokens = issue(&ours, &request(now)).unwrap();
+            let their_set = jwks(std::slice::from_ref(&theirs), now, Lifetimes::DEFAULT.max());
+            assert!(matches!(
+                verify::<IdTokenClaims>(&tokens.id_token, &their_set, ISSUER, CLIENT),
+                Err(Error::UnknownKey)
+            ));
+            // Even a key set whose key carries our kid does not verify our signature.
+            let mut impostor = their_set.clone();
+            impostor.keys[0].common.key_id = Some(ours.kid.clone());
+            assert!(matches!(
+                verify::<IdTokenClaims>(&tokens.id_token, &impostor, ISSUER, CLIENT),
+                Err(Error::InvalidToken(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn tampered_and_algorithm_swapped_tokens_fail() {
+        let now = SystemTime::now();
+        let rsa = SigningKey::generate(Algorithm::Rs256, now).unwrap();
+        let tokens = issue(&rsa, &request(now)).unwrap();
+        let set = jwks(std::slice::from_ref(&rsa), now, Lifetimes::DEFAULT.max());
+        // Change the payload, keep the signature.
+        let mut parts: Vec<String> = tokens.id_token.split('.').map(str::to_owned).collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+        claims["sub"] = "auth0|admin".into();
+        parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+        assert!(verify::<IdTokenClaims>(&parts.join("."), &set, ISSUER, CLIENT).is_err());
+        // A header that names HS256 with the RSA key's kid.
+        let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(rsa.kid.clone());
+        let forged = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(b"public?")).unwrap();
+        assert!(verify::<IdTokenClaims>(&forged, &set, ISSUER, CLIENT).is_err());
+        // No kid at all.
+        let unnamed = jsonwebtoken::encode(
+            &Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"x"),
+        )
+        .unwrap();
+        assert!(matches!(verify::<IdTokenClaims>(&unnamed, &set, ISSUER, CLIENT), Err(Error::UnknownKey)));
+    }
+
+    #[test]
+    fn stored_keys_round_trip() {
+        for alg in both() {
+            let now = SystemTime::now();
+            let key = SigningKey::generate(alg, now).unwrap();
+            let stored =
+                SigningKey::from_stored(key.kid.clone(), alg, key.private_pkcs8_der().to_vec(), key.created, None)
+                    .unwrap();
+            assert_eq!(stored.public_jwk(), key.public_jwk());
+            let token = stored
+                .sign(&serde_json::json!({"iss": ISSUER, "aud": CLIENT, "sub": "u", "iat": 1, "exp": 9_999_999_999u64}))
+                .unwrap();
+            let set = jwks(std::slice::from_ref(&key), now, Lifetimes::DEFAULT.max());
+            let _: serde_json::Value = verify(&token, &set, ISSUER, CLIENT).unwrap();
+
+            let pem = key.private_pkcs8_pem();
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n") && pem.ends_with("-----END PRIVATE KEY-----\n"));
+            assert!(pem.lines().all(|l| l.len() <= 64));
+
+            let jwk: serde_json::Value = serde_json::from_str(&key.public_jwk_json()).unwrap();
+            assert_eq!(jwk["kid"], key.kid.as_str());
+            assert_eq!(jwk["alg"], alg.as_str());
+            assert_eq!(jwk["use"], "sig");
+            assert!(jwk.get("d").is_none(), "no private part in the JWK");
+            assert_eq!(key.kid, key.public_jwk().thumbprint(ThumbprintHash::SHA256).unwrap());
+            assert!(format!("{key:?}").contains("<redacted>"));
+        }
+        let rsa = SigningKey::generate(Algorithm::Rs256, SystemTime::now()).unwrap();
+        let jwk: serde_json::Value = serde_json::from_str(&rsa.public_jwk_json()).unwrap();
+        assert_eq!(jwk["kty"], "RSA");
+        assert_eq!(jwk["e"], "AQAB");
+        assert_eq!(URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap().len(), 256);
+        let ed = SigningKey::generate(Algorithm::EdDsa, SystemTime::now()).unwrap();
+        let jwk: serde_json::Value = serde_json::from_str(&ed.public_jwk_json()).unwrap();
+        assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
+    }
+
+    #[test]
+    fn malformed_stored_keys_are_errors() {
+        let now = SystemTime::now();
+        let ed = SigningKey::generate(Algorithm::EdDsa, now).unwrap();
+        let rsa = SigningKey::generate(Algorithm::Rs256, now).unwrap();
+        let cases: [(Algorithm, Vec<u8>); 4] = [
+            (Algorithm::Rs256, ed.private_pkcs8_der().to_vec()),
+            (Algorithm::EdDsa, rsa.private_pkcs8_der().to_vec()),
+            (Algorithm::Rs256, vec![]),
+            (Algorithm::EdDsa, vec![0x30, 0x82, 0xff]),
+        ];
+        for (alg, der) in cases {
+            assert!(matches!(SigningKey::from_stored("k".into(), alg, der, now, None), Err(Error::MalformedKey(_))));
+        }
+        let der = rsa.private_pkcs8_der();
+        for cut in [0, 1, 2, 5, 20, der.len() - 1] {
+            assert!(pkcs1_of_pkcs8(&der[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_the_retired_key_until_its_tokens_expire() {
+        let t0 = SystemTime::now();
+        let lifetime = Lifetimes::DEFAULT.max();
+        let mut old = SigningKey::generate(Algorithm::Rs256, t0).unwrap();
+        let old_token = issue(&old, &request(t0)).unwrap().id_token;
+
+        let t1 = t0 + Duration::from_secs(3600);
+        old.retire(t1);
+        let new = SigningKey::generate(Algorithm::EdDsa, t1).unwrap();
+        assert!(!old.is_current() && new.is_current());
+        assert_eq!(old.expire_time(lifetime), Some(t1 + lifetime));
+        assert_eq!(new.expire_time(lifetime), None);
+
+        let keys = [new.clone(), old.clone()];
+        let set = jwks(&keys, t1, lifetime);
+        assert_eq!(set.keys.len(), 2);
+        let _: IdTokenClaims = verify(&old_token, &set, ISSUER, CLIENT).unwrap();
+
+        let later = jwks(&keys, t1 + lifetime, lifetime);
+        assert_eq!(later.keys.len(), 1);
+        assert_eq!(later.keys[0].common.key_id.as_deref(), Some(new.kid.as_str()));
+        assert!(matches!(verify::<IdTokenClaims>(&old_token, &later, ISSUER, CLIENT), Err(Error::UnknownKey)));
+
+        // Retiring twice keeps the first date.
+        old.retire(t1 + Duration::from_secs(5));
+        assert_eq!(old.retired_at, Some(t1));
+    }
+
+    #[test]
+    fn scopes_and_discovery() {
+        assert_eq!(normalize_scope(""), "openid profile email");
+        assert_eq!(normalize_scope("email openid email"), "openid email");
+        assert_eq!(normalize_scope("read:x"), "openid read:x");
+        assert_eq!(alice().for_scope("openid").clone(), ProfileClaims::default());
+
+        let doc = openid_configuration(ISSUER, &[Algorithm::Rs256, Algorithm::EdDsa, Algorithm::Rs256]);
+        assert_eq!(doc["issuer"], ISSUER);
+        assert_eq!(doc["jwks_uri"], "https://id.example.com/fabrikam-public/.well-known/jwks.json");
+        assert_eq!(doc["id_token_signing_alg_values_supported"], serde_json::json!(["EdDSA", "RS256"]));
+        assert_eq!(
+            openid_configuration(ISSUER, &[])["id_token_signing_alg_values_supported"],
+            serde_json::json!(["RS256"])
+        );
+        assert_eq!("EdDSA".parse::<Algorithm>().unwrap(), Algorithm::EdDsa);
+        assert!("HS256".parse::<Algorithm>().is_err());
+    }
+}
