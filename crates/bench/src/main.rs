@@ -1,1 +1,55 @@
-fn main() {}
+//! Postern's benchmark program. It measures, in one run on this machine, what the issues
+//! set targets for, and prints each figure beside what it is compared against:
+//!
+//! - `gateway`: the same unary read called directly on the tenant service and through the
+//!   gateway (throughput, p50/p99 latency, and their ratio).
+//!
+//! Run it in release mode: `cargo run --release -p postern-bench` (`--help` for options;
+//! `--only gateway` runs one section).
+
+#![forbid(unsafe_code)]
+
+mod gateway;
+mod stats;
+
+use clap::Parser;
+
+/// Postern's benchmark.
+#[derive(Debug, Parser)]
+#[command(about)]
+pub struct Args {
+    /// Run only these sections (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+impl Args {
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!(
+        "postern-bench: {} s per measurement, {} concurrent callers, {} cores",
+        args.seconds,
+        args.concurrency,
+        num_cpus()
+    );
+    if args.wants("gateway") {
+        gateway::run(&args).await?;
+    }
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
