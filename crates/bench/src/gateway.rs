@@ -17,7 +17,7 @@ use postern_proto::tenant::v1 as pb;
 use postern_proto::tenant::v1::tenant_service_client::TenantServiceClient;
 use tonic::transport::Channel;
 
-use crate::stats::{measure, micros};
+use crate::stats::{call, interleaved, micros};
 
 const TENANT: &str = "fabrikam-internal";
 const METHOD: &str = "/postern.tenant.v1.TenantService/GetTenant";
@@ -55,7 +55,6 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
         anyhow::Ok(v)
     };
     let seconds = Duration::from_secs(args.seconds);
-    let warmup = Duration::from_secs(1);
 
     let direct_channels = channels(tenant.0).await?;
     let key = internal.clone();
@@ -90,30 +89,25 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     // Throughput under load (many callers), and latency unloaded (one caller at a time), so
     // that the latency figure is the path's own cost rather than queueing.
     let n = args.concurrency;
-    println!("  throughput, {n} concurrent callers:");
-    let loaded = [
-        ("direct to the tenant service    ", measure(n, warmup, seconds, direct.clone()).await),
-        ("through the gateway (all-in-one)", measure(n, warmup, seconds, all_in_one.clone()).await),
-        ("through the gateway (split)     ", measure(n, warmup, seconds, split_mode.clone()).await),
-    ];
-    for (name, m) in &loaded {
+    let paths = [call(direct), call(all_in_one), call(split_mode)];
+    let names =
+        ["direct to the tenant service    ", "through the gateway (all-in-one)", "through the gateway (split)     "];
+    println!("  throughput, {n} concurrent callers ({} rounds, interleaved):", ROUNDS);
+    let loaded = interleaved(n, seconds, ROUNDS, &paths).await;
+    for (name, m) in names.iter().zip(&loaded) {
         println!("    {name} {}", m.line());
     }
-    println!("  latency, one caller at a time:");
-    let unloaded = [
-        ("direct to the tenant service    ", measure(1, warmup, seconds, direct).await),
-        ("through the gateway (all-in-one)", measure(1, warmup, seconds, all_in_one).await),
-        ("through the gateway (split)     ", measure(1, warmup, seconds, split_mode).await),
-    ];
-    for (name, m) in &unloaded {
+    println!("  latency, one caller at a time ({} rounds, interleaved):", ROUNDS);
+    let unloaded = interleaved(1, seconds, ROUNDS, &paths).await;
+    for (name, m) in names.iter().zip(&unloaded) {
         println!("    {name} {}", m.line());
     }
     for (i, mode) in [(1, "all-in-one"), (2, "split")] {
         println!(
             "  gateway ({mode}): {:.0}% of direct throughput; adds {:+.1} µs at p50, {:+.1} µs at p99 (unloaded)",
-            100.0 * loaded[i].1.throughput / loaded[0].1.throughput.max(1.0),
-            micros(unloaded[i].1.p50) - micros(unloaded[0].1.p50),
-            micros(unloaded[i].1.p99) - micros(unloaded[0].1.p99),
+            100.0 * loaded[i].throughput / loaded[0].throughput.max(1.0),
+            micros(unloaded[i].p50) - micros(unloaded[0].p50),
+            micros(unloaded[i].p99) - micros(unloaded[0].p99),
         );
     }
     println!("  target: the gateway keeps >= 80% of direct throughput and adds <= 150 µs at p50");
@@ -124,6 +118,9 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Measurements per path are merged over this many alternating rounds.
+const ROUNDS: u32 = 5;
 
 type Running = (std::net::SocketAddr, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>);
 
