@@ -11,6 +11,7 @@
 //! - [`validate`]: names, display texts, URLs.
 //! - [`mask`]: update masks.
 //! - [`ids`], [`time`]: identifiers, secret hashes, timestamps.
+//! - [`seal`]: encryption at rest under the master key.
 //! - [`server`]: boxed backends, reflection, health, per-RPC spans, shutdown.
 
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod ids;
 pub mod mask;
 pub mod paging;
 pub mod principal;
+pub mod seal;
 pub mod server;
 pub mod time;
 pub mod validate;
