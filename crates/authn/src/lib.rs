@@ -1,25 +1,107 @@
 //! The authenticator: the users of each tenant, the login through a connection, and the
 //! tokens a successful login issues.
 //!
-//! A login checks the client, resolves the connection (cached, kept fresh by the connection
-//! registry's watch stream), runs the connection's strategy, creates or updates the user
-//! and its identity under the connection's profile-sync rule, and signs an ID token and an
-//! access token with the tenant's current key. The database strategy keeps Argon2id hashes
-//! in this service's own store, or asks the customer's store through the custom database
-//! contract (`postern.customdb.v1`).
+//! A login checks the client (the tenant service's internal `VerifyClientSecret`), resolves
+//! the connection (cached, kept fresh by the connection registry's watch stream), runs the
+//! connection's strategy, creates or updates the user and its identity under the
+//! connection's profile-sync rule, and signs an ID token and an access token with the
+//! tenant's current key. The database strategy keeps Argon2id hashes in this service's own
+//! store, or asks the customer's store through the custom database contract
+//! (`postern.customdb.v1`), optionally importing users lazily.
 //!
 //! # Layout
 //!
+//! - [`api`]: the tonic handlers of `AuthenticationService`, `UserService` and
+//!   `SigningKeyService`, with the login path.
+//! - [`domain`]: users, identities, profiles and the profile-sync rule.
+//! - [`store`]: sqlx storage; `migrations/{sqlite,postgres}` beside `src/`.
+//! - [`cache`]: connections resolved through the registry, cached and kept fresh.
+//! - [`customdb`]: the client of a customer's custom database.
+//! - [`keys`]: the tenants' signing keys, sealed at rest, opened and cached.
 //! - [`password`]: Argon2id hashing and verification (and legacy bcrypt), and the password
-//!   policy of a database connection (strength levels, minimum length, history, personal
-//!   information, dictionary).
-//! - [`tokens`]: the tenant's signing keys (RS256, EdDSA), their JSON Web Key Set, and the
-//!   signing and verification of ID and access tokens.
-//! - [`bruteforce`]: the counting rule of brute-force protection, as a pure state machine
-//!   that the store applies atomically.
+//!   policy of a database connection.
+//! - [`tokens`]: signing keys (RS256, EdDSA), their JSON Web Key Set, and the signing and
+//!   verification of ID and access tokens.
+//! - [`bruteforce`]: the counting rule of brute-force protection, which the store applies
+//!   in one atomic statement.
+//! - [`json`]: protobuf `Struct` to JSON and back.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod api;
 pub mod bruteforce;
+pub mod cache;
+pub mod customdb;
+pub mod domain;
+pub mod json;
+pub mod keys;
 pub mod password;
+pub mod store;
 pub mod tokens;
+
+use postern_common::principal::{InternalKey, Principal, PrincipalLayer, SignLayer, SignService};
+use postern_common::seal::MasterKey;
+use postern_common::server::HttpService;
+use postern_proto::authn::v1 as pb;
+use tower::Layer;
+
+pub use api::AuthnApi;
+pub use store::Store;
+
+/// The gRPC services this crate serves, by full name.
+pub const SERVICES: &[&str] =
+    &["postern.authn.v1.AuthenticationService", "postern.authn.v1.UserService", "postern.authn.v1.SigningKeyService"];
+
+/// The RPCs of this service that only other Postern services may call: none. (The key set
+/// and discovery documents are public, and served over HTTP by the gateway.)
+pub const INTERNAL_METHODS: &[&str] = &[];
+
+/// Another Postern service, called as `Service("authn")`.
+pub type Peer = SignService<HttpService>;
+
+/// How the authenticator behaves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The public URL of the gateway's HTTP port (`https://id.example.com`): the tokens'
+    /// issuer is this plus `/<tenant>/`.
+    pub public_url: String,
+    /// Seals the signing keys at rest.
+    pub master_key: MasterKey,
+    /// How long tokens are valid.
+    pub lifetimes: tokens::Lifetimes,
+    /// Whether resolved connections are cached (kept fresh by the registry's watch stream).
+    /// Off only to measure what the cache saves.
+    pub cache_connections: bool,
+}
+
+/// The services the authenticator calls.
+#[derive(Clone)]
+pub struct Peers {
+    /// The tenant service.
+    pub tenant: HttpService,
+    /// The connection registry.
+    pub registry: HttpService,
+}
+
+impl Peers {
+    fn signed(svc: &HttpService, key: &InternalKey) -> Peer {
+        SignLayer::new(key.clone(), Principal::Service("authn".into())).layer(svc.clone())
+    }
+}
+
+/// Builds the handlers (and starts following the registry's change stream). Call inside a
+/// Tokio runtime.
+pub fn api(store: Store, peers: &Peers, key: &InternalKey, config: Config) -> AuthnApi {
+    AuthnApi::new(store, Peers::signed(&peers.tenant, key), Peers::signed(&peers.registry, key), config)
+}
+
+/// The service's routes, each behind the check of the caller's signed principal.
+pub fn routes(api: AuthnApi, key: InternalKey) -> tonic::service::Routes {
+    let layer = PrincipalLayer::new(key);
+    tonic::service::Routes::new(
+        layer.layer(pb::authentication_service_server::AuthenticationServiceServer::new(api.clone())),
+    )
+    .add_service(layer.layer(pb::user_service_server::UserServiceServer::new(api.clone())))
+    .add_service(layer.layer(pb::signing_key_service_server::SigningKeyServiceServer::new(api)))
+}

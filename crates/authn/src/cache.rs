@@ -1,0 +1,288 @@
+//! Connections as the login path sees them: resolved through the registry (with their
+//! secrets) and cached, kept fresh by the registry's change stream, so that a warm login
+//! asks the registry nothing.
+//!
+//! Correctness rests on three rules. The cache answers only while the change stream is up
+//! (`live`); when it breaks, everything cached is dropped and logins ask the registry until
+//! the stream is back. Any change to a tenant's connections drops that tenant's entries
+//! (changes are rare; precision here would buy nothing). A resolution that raced with a
+//! change is not cached: each tenant has a generation that every change bumps, and an answer
+//! is kept only if the generation it started under is still current.
+//!
+//! The same stream tells the authenticator about deleted connections (their identities go,
+//! with the users left with none) and about profile-sync changes (which decide whether
+//! UpdateUser may edit root attributes).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use postern_common::error::{not_found, permission_denied};
+use postern_proto::connections::v1 as pb;
+use tokio_stream::StreamExt;
+use tonic::{Code, Status};
+
+use crate::Peer;
+use crate::domain::ProfileSync;
+use crate::store::Store;
+
+type Registry = pb::connection_service_client::ConnectionServiceClient<Peer>;
+
+/// A connection with its secrets, as ResolveConnection answered it.
+pub type Resolved = Arc<pb::Connection>;
+
+#[derive(Default)]
+struct State {
+    live: bool,
+    generations: HashMap<String, u64>,
+    entries: HashMap<(String, String, String), Resolved>,
+}
+
+struct Inner {
+    registry: Registry,
+    store: Store,
+    enabled: bool,
+    state: Mutex<State>,
+    registry_calls: AtomicU64,
+}
+
+/// The connection cache. Cloning shares it.
+#[derive(Clone)]
+pub struct ConnectionCache {
+    inner: Arc<Inner>,
+}
+
+impl ConnectionCache {
+    /// A cache over the registry behind `registry`. With `enabled` false every login asks
+    /// the registry (for the benchmark's comparison). Starts the watch task.
+    pub fn new(registry: Peer, store: Store, enabled: bool) -> Self {
+        let inner = Arc::new(Inner {
+            registry: Registry::new(registry),
+            store,
+            enabled,
+            state: Mutex::new(State::default()),
+            registry_calls: AtomicU64::new(0),
+        });
+        tokio::spawn(watch(Arc::downgrade(&inner)));
+        Self { inner }
+    }
+
+    /// How many ResolveConnection calls reached the registry so far.
+    pub fn registry_calls(&self) -> u64 {
+        self.inner.registry_calls.load(Ordering::Relaxed)
+    }
+
+    /// Whether the change stream is up (the cache answers only then).
+    pub fn is_live(&self) -> bool {
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner).live
+    }
+
+    fn registry(&self) -> Registry {
+        self.inner.registry.clone()
+    }
+
+    /// The connection `connection` (name or id) of `tenant` enabled for `client_id`.
+    /// NOT_FOUND if the tenant has no such connection; PERMISSION_DENIED if it is not
+    /// enabled for the client; UNAVAILABLE if the registry cannot be reached.
+    pub async fn resolve(&self, tenant: &str, client_id: &str, connection: &str) -> Result<Resolved, Status> {
+        let key = (tenant.to_owned(), client_id.to_owned(), connection.to_owned());
+        let generation = {
+            let state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.inner.enabled
+                && state.live
+                && let Some(hit) = state.entries.get(&key)
+            {
+                return Ok(hit.clone());
+            }
+            state.generations.get(tenant).copied().unwrap_or(0)
+        };
+        self.inner.registry_calls.fetch_add(1, Ordering::Relaxed);
+        let answer = self
+            .registry()
+            .resolve_connection(pb::ResolveConnectionRequest {
+                tenant: tenant.to_owned(),
+                client_id: client_id.to_owned(),
+                connection: connection.to_owned(),
+            })
+            .await;
+        match answer {
+            Ok(r) => {
+                let conn = r
+                    .into_inner()
+                    .connection
+                    .ok_or_else(|| Status::unavailable("the registry answered no connection"))?;
+                let conn = Arc::new(conn);
+                let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if self.inner.enabled && state.live && state.generations.get(tenant).copied().unwrap_or(0) == generation
+                {
+                    state.entries.insert(key, conn.clone());
+                }
+                Ok(conn)
+            }
+            Err(s) if matches!(s.code(), Code::NotFound | Code::PermissionDenied) => {
+                Err(self.explain_refusal(tenant, client_id, connection).await)
+            }
+            Err(s) => Err(unavailable(&s)),
+        }
+    }
+
+    /// Why a resolution was refused: the connection does not exist, or is not enabled for
+    /// the client. Asked only on the failure path.
+    async fn explain_refusal(&self, tenant: &str, client_id: &str, connection: &str) -> Status {
+        let exists = self
+            .registry()
+            .get_connection(pb::GetConnectionRequest { tenant: tenant.to_owned(), connection: connection.to_owned() })
+            .await;
+        match exists {
+            Ok(_) => permission_denied(
+                "CONNECTION_NOT_ENABLED",
+                format!(
+                    "connection {connection:?} is not enabled for client {:?}; enable it with ConnectionService/EnableClient",
+                    postern_common::validate::truncate(client_id, 64)
+                ),
+            ),
+            Err(s) if s.code() == Code::NotFound => not_found(
+                "CONNECTION_NOT_FOUND",
+                format!(
+                    "tenant {tenant:?} has no connection {:?}",
+                    postern_common::validate::truncate(connection, 128)
+                ),
+            ),
+            Err(s) => unavailable(&s),
+        }
+    }
+
+    /// The connection `connection` (name or id) with its secrets, for management calls
+    /// that name no client (ChangePassword, DeleteUser): resolved through any client it is
+    /// enabled for, or, when it is enabled for none, read without secrets.
+    pub async fn resolve_any(&self, tenant: &str, connection: &str) -> Result<Resolved, Status> {
+        let clients = self
+            .registry()
+            .list_connection_clients(pb::ListConnectionClientsRequest {
+                tenant: tenant.to_owned(),
+                connection: connection.to_owned(),
+                page_size: 1,
+                page_token: String::new(),
+            })
+            .await;
+        match clients {
+            Ok(r) => {
+                if let Some(client) = r.into_inner().client_ids.into_iter().next()
+                    && let Ok(c) = self.resolve(tenant, &client, connection).await
+                {
+                    return Ok(c);
+                }
+                let got = self
+                    .registry()
+                    .get_connection(pb::GetConnectionRequest {
+                        tenant: tenant.to_owned(),
+                        connection: connection.to_owned(),
+                    })
+                    .await
+                    .map_err(
+                        |s| if s.code() == Code::NotFound { connection_gone(connection) } else { unavailable(&s) },
+                    )?;
+                got.into_inner().connection.map(Arc::new).ok_or_else(|| connection_gone(connection))
+            }
+            Err(s) if s.code() == Code::NotFound => Err(connection_gone(connection)),
+            Err(s) => Err(unavailable(&s)),
+        }
+    }
+
+    fn apply(&self, event: &pb::WatchConnectionsResponse) {
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        *state.generations.entry(event.tenant.clone()).or_default() += 1;
+        state.entries.retain(|(tenant, _, _), _| *tenant != event.tenant);
+    }
+
+    fn set_live(&self, live: bool) {
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.live = live;
+        state.entries.clear();
+        for g in state.generations.values_mut() {
+            *g += 1;
+        }
+    }
+}
+
+fn connection_gone(connection: &str) -> Status {
+    not_found(
+        "CONNECTION_NOT_FOUND",
+        format!("connection {:?} does not exist (any more)", postern_common::validate::truncate(connection, 128)),
+    )
+}
+
+fn unavailable(s: &Status) -> Status {
+    tracing::warn!(code = ?s.code(), message = s.message(), "connection registry call failed");
+    Status::unavailable("the connection registry is unavailable; retry shortly")
+}
+
+/// Follows the registry's change stream of every tenant for as long as the cache lives,
+/// reconnecting after a break.
+async fn watch(inner: Weak<Inner>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let cache = ConnectionCache { inner: strong };
+        let stream = cache.registry().watch_connections(pb::WatchConnectionsRequest { tenant: String::new() }).await;
+        match stream {
+            Ok(stream) => {
+                backoff = Duration::from_millis(100);
+                cache.set_live(true);
+                tracing::debug!("following the connection registry's change stream");
+                let mut stream = stream.into_inner();
+                let weak = Arc::downgrade(&cache.inner);
+                drop(cache);
+                while let Some(item) = stream.next().await {
+                    let Some(strong) = weak.upgrade() else { return };
+                    let cache = ConnectionCache { inner: strong };
+                    match item {
+                        Ok(event) => {
+                            cache.apply(&event);
+                            handle(&cache.inner.store, &event).await;
+                        }
+                        Err(s) => {
+                            tracing::info!(code = ?s.code(), "the connection change stream broke; reconnecting");
+                            break;
+                        }
+                    }
+                }
+                if let Some(strong) = weak.upgrade() {
+                    ConnectionCache { inner: strong }.set_live(false);
+                }
+            }
+            Err(s) => {
+                cache.set_live(false);
+                tracing::debug!(code = ?s.code(), message = s.message(), "cannot follow connection changes yet");
+                drop(cache);
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// What a change means for the authenticator's own data.
+async fn handle(store: &Store, event: &pb::WatchConnectionsResponse) {
+    let Some(conn) = &event.connection else { return };
+    match pb::ChangeType::try_from(event.change_type) {
+        Ok(pb::ChangeType::Deleted) => match store.delete_connection(&event.tenant, &conn.id).await {
+            Ok((identities, users)) => {
+                if identities > 0 {
+                    tracing::info!(tenant = %event.tenant, connection = %conn.name, identities, users,
+                        "connection deleted: removed its identities and the users left without one");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, tenant = %event.tenant, connection = %conn.name,
+                "could not remove the identities of a deleted connection"),
+        },
+        Ok(pb::ChangeType::Updated) => {
+            let sync = ProfileSync::from_i64(i64::from(conn.user_profile_sync));
+            if let Err(e) = store.set_connection_sync(&event.tenant, &conn.id, sync).await {
+                tracing::error!(error = %e, "could not record a connection's profile-sync mode");
+            }
+        }
+        _ => {}
+    }
+}

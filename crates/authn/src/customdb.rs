@@ -1,0 +1,270 @@
+//! The client side of the custom database contract (`postern.customdb.v1`): calls to the
+//! customer's endpoint with a deadline and its bearer token, and the mapping of its answers
+//! to outcomes the login path understands. A failure of the customer's store never
+//! reaches the end user as anything but UNAVAILABLE; its status is logged.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use postern_proto::connections::v1 as conn_pb;
+use postern_proto::customdb::v1 as pb;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::domain::Profile;
+
+/// The deadline of a call when the connection sets none (`timeout_seconds` = 0).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a call to the custom database ended, when not with an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CustomDbError {
+    /// Wrong credentials or unknown user (Login).
+    #[error("wrong credentials")]
+    WrongCredentials,
+    /// No such user.
+    #[error("no such user")]
+    NotFound,
+    /// The user exists already (Create).
+    #[error("the user already exists")]
+    AlreadyExists,
+    /// The store refused the input; the message is the store's, meant for the caller.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed, timed out or cannot be reached.
+    #[error("the custom database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A user as the custom database answered it.
+#[derive(Debug, Clone)]
+pub struct SourceUser {
+    /// The id in the customer's store.
+    pub id: String,
+    /// The root attributes.
+    pub profile: Profile,
+    /// The raw profile, for `profile_data`.
+    pub raw: serde_json::Value,
+    /// Its user_metadata.
+    pub user_metadata: serde_json::Map<String, serde_json::Value>,
+    /// Its app_metadata.
+    pub app_metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Where and how to call one connection's custom database.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The endpoint URL.
+    pub endpoint: String,
+    /// The bearer token, if any.
+    pub token: String,
+    /// The deadline of each call.
+    pub timeout: Duration,
+    /// The context sent with each call.
+    pub context: pb::Context,
+}
+
+impl Target {
+    /// The target of a database connection's `custom_database` options, for `tenant`.
+    pub fn of(tenant: &str, connection: &conn_pb::Connection, options: &conn_pb::CustomDatabase) -> Self {
+        let secs = u64::try_from(options.timeout_seconds).unwrap_or(0);
+        Target {
+            endpoint: options.endpoint.clone(),
+            token: options.token.clone(),
+            timeout: if secs == 0 { DEFAULT_TIMEOUT } else { Duration::from_secs(secs.min(60)) },
+            context: pb::Context { tenant: tenant.to_owned(), connection: connection.name.clone() },
+        }
+    }
+}
+
+/// Channels to custom database endpoints, one per endpoint, shared by every call.
+#[derive(Debug, Default)]
+pub struct CustomDbClient {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+type Client = pb::custom_database_service_client::CustomDatabaseServiceClient<Channel>;
+
+impl CustomDbClient {
+    /// A client with no open channel yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn client(&self, endpoint: &str) -> Result<Client, CustomDbError> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = channels.get(endpoint) {
+            return Ok(Client::new(c.clone()));
+        }
+        if endpoint.starts_with("https://") {
+            return Err(CustomDbError::Unavailable(
+                "https custom database endpoints need TLS support, which this build of Postern lacks; \
+                 use http on a private network or a TLS-terminating proxy"
+                    .into(),
+            ));
+        }
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| CustomDbError::Unavailable(format!("bad endpoint: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(endpoint.to_owned(), channel.clone());
+        Ok(Client::new(channel))
+    }
+
+    fn request<T>(target: &Target, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(target.timeout);
+        if !target.token.is_empty()
+            && let Ok(v) = format!("Bearer {}", target.token).parse()
+        {
+            req.metadata_mut().insert("authorization", v);
+        }
+        req
+    }
+
+    /// Checks credentials.
+    pub async fn login(&self, target: &Target, username: &str, password: &str) -> Result<SourceUser, CustomDbError> {
+        let mut client = self.client(&target.endpoint)?;
+        let req = Self::request(
+            target,
+            pb::LoginRequest {
+                context: Some(target.context.clone()),
+                username: username.to_owned(),
+                password: password.to_owned(),
+            },
+        );
+        let answer = deadline(target, client.login(req)).await?;
+        source_user(answer.into_inner().profile)
+    }
+
+    /// Looks a user up without credentials; `None` when there is none.
+    pub async fn get_user(&self, target: &Target, username: &str) -> Result<Option<SourceUser>, CustomDbError> {
+        let mut client = self.client(&target.endpoint)?;
+        let req = Self::request(
+            target,
+            pb::GetUserRequest { context: Some(target.context.clone()), username: username.to_owned() },
+        );
+        match deadline(target, client.get_user(req)).await {
+            Ok(r) => source_user(r.into_inner().profile).map(Some),
+            Err(CustomDbError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a user.
+    pub async fn create(
+        &self,
+        target: &Target,
+        email: &str,
+        username: &str,
+        password: &str,
+        user_metadata: Option<prost_types::Struct>,
+    ) -> Result<SourceUser, CustomDbError> {
+        let mut client = self.client(&target.endpoint)?;
+        let req = Self::request(
+            target,
+            pb::CreateRequest {
+                context: Some(target.context.clone()),
+                email: email.to_owned(),
+                username: username.to_owned(),
+                password: password.to_owned(),
+                user_metadata,
+            },
+        );
+        let answer = deadline(target, client.create(req)).await?;
+        match answer.into_inner().profile.filter(|p| !p.user_id.is_empty()) {
+            Some(p) => source_user(Some(p)),
+            None => self
+                .get_user(target, email)
+                .await?
+                .ok_or(CustomDbError::Unavailable("the custom database created the user but cannot find it".into())),
+        }
+    }
+
+    /// Sets a user's password.
+    pub async fn change_password(&self, target: &Target, email: &str, password: &str) -> Result<(), CustomDbError> {
+        let mut client = self.client(&target.endpoint)?;
+        let req = Self::request(
+            target,
+            pb::ChangePasswordRequest {
+                context: Some(target.context.clone()),
+                email: email.to_owned(),
+                new_password: password.to_owned(),
+            },
+        );
+        deadline(target, client.change_password(req)).await.map(|_| ())
+    }
+
+    /// Deletes a user; a user already gone counts as done.
+    pub async fn delete(&self, target: &Target, id: &str) -> Result<(), CustomDbError> {
+        let mut client = self.client(&target.endpoint)?;
+        let req =
+            Self::request(target, pb::DeleteRequest { context: Some(target.context.clone()), user_id: id.to_owned() });
+        match deadline(target, client.delete(req)).await {
+            Ok(_) | Err(CustomDbError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn deadline<T>(
+    target: &Target,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, CustomDbError> {
+    // The grpc-timeout header tells the store; this bounds the wait even if it ignores it.
+    match tokio::time::timeout(target.timeout + Duration::from_millis(200), call).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(s)) => Err(map_status(target, &s)),
+        Err(_) => {
+            tracing::warn!(endpoint = %target.endpoint, "custom database call timed out");
+            Err(CustomDbError::Unavailable(format!("no answer within {:?}", target.timeout)))
+        }
+    }
+}
+
+fn map_status(target: &Target, s: &tonic::Status) -> CustomDbError {
+    match s.code() {
+        Code::Unauthenticated => CustomDbError::WrongCredentials,
+        Code::NotFound => CustomDbError::NotFound,
+        Code::AlreadyExists => CustomDbError::AlreadyExists,
+        Code::InvalidArgument => {
+            CustomDbError::Invalid(postern_common::validate::truncate(s.message(), 500).to_owned())
+        }
+        code => {
+            tracing::warn!(endpoint = %target.endpoint, ?code, message = s.message(), "custom database call failed");
+            CustomDbError::Unavailable(format!("{code:?}"))
+        }
+    }
+}
+
+fn source_user(profile: Option<pb::Profile>) -> Result<SourceUser, CustomDbError> {
+    let p = profile.ok_or_else(|| CustomDbError::Unavailable("the custom database answered no profile".into()))?;
+    if p.user_id.is_empty() || p.email.is_empty() {
+        return Err(CustomDbError::Unavailable(
+            "the custom database answered a profile without user_id or email, which the contract requires".into(),
+        ));
+    }
+    let profile = Profile {
+        email: p.email.clone(),
+        email_verified: p.email_verified,
+        username: p.username.clone(),
+        name: p.name.clone(),
+        given_name: p.given_name.clone(),
+        family_name: p.family_name.clone(),
+        nickname: p.nickname.clone(),
+        picture: p.picture.clone(),
+    };
+    let mut raw = profile.to_json();
+    if let serde_json::Value::Object(m) = &mut raw {
+        m.insert("user_id".into(), serde_json::Value::String(p.user_id.clone()));
+    }
+    Ok(SourceUser {
+        id: p.user_id,
+        profile,
+        raw,
+        user_metadata: p.user_metadata.map(|s| crate::json::from_struct(&s)).unwrap_or_default(),
+        app_metadata: p.app_metadata.map(|s| crate::json::from_struct(&s)).unwrap_or_default(),
+    })
+}

@@ -1,0 +1,767 @@
+//! The authenticator's storage: users, identities, password hashes and their history,
+//! brute-force counters and signing keys, on SQLite or PostgreSQL through
+//! [`postern_common::db::Db`].
+
+use postern_common::db::{Db, DbError, DbLocation, Migrations, is_unique_violation};
+use serde_json::{Map, Value};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::bruteforce::{Admission, Outcome};
+use crate::domain::{Identity, Profile, ProfileSync, User, UserPatch};
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// What can go wrong in the store, as the API needs to tell it apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A row with the same unique key exists (email, username, user id, current key).
+    #[error("already exists")]
+    AlreadyExists,
+    /// A stored value could not be read back.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// A new identity, with the user it belongs to when that user is new.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// `auth0|<id>`.
+    pub user_id: String,
+    /// The root attributes to start with.
+    pub profile: Profile,
+    /// Initial user_metadata.
+    pub user_metadata: Map<String, Value>,
+    /// Initial app_metadata.
+    pub app_metadata: Map<String, Value>,
+}
+
+/// How a login changes an existing identity and its user.
+#[derive(Debug, Clone)]
+pub struct LoginUpdate<'a> {
+    /// The end user's address.
+    pub ip: &'a str,
+    /// New root attributes (sync), or `None` to leave them.
+    pub profile: Option<&'a Profile>,
+    /// The profile the source sent, for `profile_data`; `None` leaves it.
+    pub profile_data: Option<&'a Value>,
+    /// The connection's current sync mode.
+    pub profile_sync: ProfileSync,
+    /// Whether the profile comes from outside Postern.
+    pub external: bool,
+    /// A new password hash (import or rehash); `None` leaves it.
+    pub password_hash: Option<&'a str>,
+}
+
+/// A stored signing key: the private key still sealed.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    /// The key id.
+    pub kid: String,
+    /// `RS256` or `EdDSA`.
+    pub alg: String,
+    /// PKCS#8 sealed under the master key.
+    pub sealed_key: Vec<u8>,
+    /// Creation, unix microseconds.
+    pub create_time: i64,
+    /// Retirement, unix microseconds; `None` for the current key.
+    pub retire_time: Option<i64>,
+}
+
+/// The authenticator's store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+const USER_COLUMNS: &str = "user_id, seq, email, email_verified, username, name, given_name, family_name, \
+     nickname, picture, user_metadata, app_metadata, blocked, last_login, last_ip, logins_count, create_time, update_time";
+const IDENTITY_COLUMNS: &str = "connection_id, source_id, user_id, connection, strategy, is_social, login_email, \
+     login_username, profile_data, profile_sync, external, password_hash";
+
+impl Store {
+    /// Opens the store at `location`, running its migrations.
+    pub async fn open(location: &DbLocation) -> Result<Self, DbError> {
+        let db = Db::open(location, Migrations { sqlite: &SQLITE, postgres: &POSTGRES }).await?;
+        Ok(Self { db })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
+    // ---- users and identities ----
+
+    /// Creates a user with its first identity, atomically. [`StoreError::AlreadyExists`] if
+    /// the connection has that login email or username, or the user id is taken.
+    pub async fn create_user(
+        &self,
+        tenant: &str,
+        user: &NewUser,
+        identity: &Identity,
+        ip: Option<&str>,
+    ) -> Result<User, StoreError> {
+        let now = postern_common::time::now_micros();
+        let mut tx = self.db.begin_write().await?;
+        let p = &user.profile;
+        sqlx::query(
+            "INSERT INTO users (tenant, user_id, seq, email, email_lower, email_verified, username, name, given_name, \
+             family_name, nickname, picture, user_metadata, app_metadata, blocked, last_login, last_ip, logins_count, \
+             create_time, update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17, $18, $18)",
+        )
+        .bind(tenant)
+        .bind(&user.user_id)
+        .bind(postern_common::ids::new_id())
+        .bind(&p.email)
+        .bind(p.email.to_lowercase())
+        .bind(i64::from(p.email_verified))
+        .bind(&p.username)
+        .bind(&p.name)
+        .bind(&p.given_name)
+        .bind(&p.family_name)
+        .bind(&p.nickname)
+        .bind(&p.picture)
+        .bind(json_text(&user.user_metadata))
+        .bind(json_text(&user.app_metadata))
+        .bind(ip.map(|_| now))
+        .bind(ip.unwrap_or(""))
+        .bind(i64::from(ip.is_some()))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(dup)?;
+        insert_identity(&mut tx, tenant, &user.user_id, identity, now).await?;
+        tx.commit().await?;
+        self.get_user(tenant, &user.user_id).await?.ok_or_else(|| StoreError::Corrupt("user vanished".into()))
+    }
+
+    /// The identity of a database connection whose login email or username is `login`
+    /// (lowercased), with its user id.
+    pub async fn find_login(
+        &self,
+        tenant: &str,
+        connection_id: &str,
+        login: &str,
+    ) -> Result<Option<(String, Identity)>, StoreError> {
+        if login.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {IDENTITY_COLUMNS} FROM identities WHERE tenant = $1 AND connection_id = $2 \
+             AND (login_email = $3 OR login_username = $3)"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(connection_id)
+            .bind(login)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| Ok((r.try_get("user_id")?, identity_from_row(&r)?))).transpose()
+    }
+
+    /// The identity `source_id` of a connection, with its user id.
+    pub async fn find_identity(
+        &self,
+        tenant: &str,
+        connection_id: &str,
+        source_id: &str,
+    ) -> Result<Option<(String, Identity)>, StoreError> {
+        let sql = format!(
+            "SELECT {IDENTITY_COLUMNS} FROM identities WHERE tenant = $1 AND connection_id = $2 AND source_id = $3"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(connection_id)
+            .bind(source_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| Ok((r.try_get("user_id")?, identity_from_row(&r)?))).transpose()
+    }
+
+    /// Records a successful login on an existing identity: counts it, and applies `update`.
+    pub async fn record_login(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        connection_id: &str,
+        source_id: &str,
+        update: &LoginUpdate<'_>,
+    ) -> Result<User, StoreError> {
+        let now = postern_common::time::now_micros();
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "UPDATE users SET last_login = $3, last_ip = $4, logins_count = logins_count + 1, update_time = $3 \
+             WHERE tenant = $1 AND user_id = $2",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .bind(now)
+        .bind(update.ip)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(p) = update.profile {
+            sqlx::query(
+                "UPDATE users SET email = $3, email_lower = $4, email_verified = $5, username = $6, name = $7, \
+                 given_name = $8, family_name = $9, nickname = $10, picture = $11 WHERE tenant = $1 AND user_id = $2",
+            )
+            .bind(tenant)
+            .bind(user_id)
+            .bind(&p.email)
+            .bind(p.email.to_lowercase())
+            .bind(i64::from(p.email_verified))
+            .bind(&p.username)
+            .bind(&p.name)
+            .bind(&p.given_name)
+            .bind(&p.family_name)
+            .bind(&p.nickname)
+            .bind(&p.picture)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, external = $6, \
+             password_hash = COALESCE($7, password_hash), update_time = $8 \
+             WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
+        )
+        .bind(tenant)
+        .bind(connection_id)
+        .bind(source_id)
+        .bind(update.profile_data.map(Value::to_string))
+        .bind(update.profile_sync.as_i64())
+        .bind(i64::from(update.external))
+        .bind(update.password_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.get_user(tenant, user_id).await?.ok_or_else(|| StoreError::Corrupt("user vanished".into()))
+    }
+
+    /// A user with its identities.
+    pub async fn get_user(&self, tenant: &str, user_id: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant = $1 AND user_id = $2");
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(user_id).fetch_optional(self.db.pool()).await?;
+        match row {
+            Some(r) => Ok(Some(self.user_from_row(tenant, &r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` users after position `after`, oldest first, each with its position;
+    /// only those with an identity in `connection` (by name) and with `email` when given.
+    pub async fn list_users(
+        &self,
+        tenant: &str,
+        connection: Option<&str>,
+        email: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, User)>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.tenant = $1 AND u.seq > $2 \
+             AND ($3 = '' OR u.email_lower = $3) \
+             AND ($4 = '' OR EXISTS (SELECT 1 FROM identities i WHERE i.tenant = u.tenant AND i.user_id = u.user_id \
+                                     AND i.connection = $4)) \
+             ORDER BY u.seq LIMIT $5"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(after.unwrap_or(""))
+            .bind(email.map(str::to_lowercase).unwrap_or_default())
+            .bind(connection.unwrap_or(""))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.db.pool())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push((r.try_get("seq")?, self.user_from_row(tenant, r).await?));
+        }
+        Ok(out)
+    }
+
+    /// Applies `patch` to a user; `None` if there is no such user.
+    pub async fn update_user(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        patch: &UserPatch,
+    ) -> Result<Option<User>, StoreError> {
+        let done = sqlx::query(
+            "UPDATE users SET email = COALESCE($3, email), email_lower = COALESCE($4, email_lower), \
+             email_verified = COALESCE($5, email_verified), username = COALESCE($6, username), \
+             name = COALESCE($7, name), given_name = COALESCE($8, given_name), \
+             family_name = COALESCE($9, family_name), nickname = COALESCE($10, nickname), \
+             picture = COALESCE($11, picture), user_metadata = COALESCE($12, user_metadata), \
+             app_metadata = COALESCE($13, app_metadata), blocked = COALESCE($14, blocked), update_time = $15 \
+             WHERE tenant = $1 AND user_id = $2",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .bind(patch.email.as_deref())
+        .bind(patch.email.as_deref().map(str::to_lowercase))
+        .bind(patch.email_verified.map(i64::from))
+        .bind(patch.username.as_deref())
+        .bind(patch.name.as_deref())
+        .bind(patch.given_name.as_deref())
+        .bind(patch.family_name.as_deref())
+        .bind(patch.nickname.as_deref())
+        .bind(patch.picture.as_deref())
+        .bind(patch.user_metadata.as_ref().map(json_text))
+        .bind(patch.app_metadata.as_ref().map(json_text))
+        .bind(patch.blocked.map(i64::from))
+        .bind(postern_common::time::now_micros())
+        .execute(self.db.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_user(tenant, user_id).await
+    }
+
+    /// Deletes a user with its identities, password history and counters; whether it existed.
+    pub async fn delete_user(&self, tenant: &str, user_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "DELETE FROM password_history WHERE tenant = $1 AND EXISTS (SELECT 1 FROM identities i \
+             WHERE i.tenant = password_history.tenant AND i.connection_id = password_history.connection_id \
+             AND i.source_id = password_history.source_id AND i.user_id = $2)",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM identities WHERE tenant = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2")
+            .bind(tenant)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM users WHERE tenant = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes every identity of a connection, and the users left with none. Answers how
+    /// many identities and users went.
+    pub async fn delete_connection(&self, tenant: &str, connection_id: &str) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("DELETE FROM password_history WHERE tenant = $1 AND connection_id = $2")
+            .bind(tenant)
+            .bind(connection_id)
+            .execute(&mut *tx)
+            .await?;
+        let affected: Vec<String> =
+            sqlx::query("SELECT DISTINCT user_id FROM identities WHERE tenant = $1 AND connection_id = $2")
+                .bind(tenant)
+                .bind(connection_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("user_id"))
+                .collect::<Result<_, _>>()?;
+        let identities = sqlx::query("DELETE FROM identities WHERE tenant = $1 AND connection_id = $2")
+            .bind(tenant)
+            .bind(connection_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let mut users = 0;
+        for user_id in &affected {
+            users += sqlx::query(
+                "DELETE FROM users WHERE tenant = $1 AND user_id = $2 AND NOT EXISTS \
+                 (SELECT 1 FROM identities i WHERE i.tenant = $1 AND i.user_id = $2)",
+            )
+            .bind(tenant)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND NOT EXISTS \
+                         (SELECT 1 FROM users u WHERE u.tenant = $1 AND u.user_id = $2)",
+            )
+            .bind(tenant)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((identities, users))
+    }
+
+    /// Records a connection's new profile-sync mode on its identities.
+    pub async fn set_connection_sync(
+        &self,
+        tenant: &str,
+        connection_id: &str,
+        sync: ProfileSync,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE identities SET profile_sync = $3 WHERE tenant = $1 AND connection_id = $2 AND profile_sync <> $3",
+        )
+        .bind(tenant)
+        .bind(connection_id)
+        .bind(sync.as_i64())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    // ---- passwords ----
+
+    /// Replaces an identity's password hash, keeping the old one in the history (at most
+    /// `keep` entries), and lifts the user's brute-force blocks.
+    pub async fn set_password(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        connection_id: &str,
+        source_id: &str,
+        hash: &str,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let now = postern_common::time::now_micros();
+        let mut tx = self.db.begin_write().await?;
+        let old: Option<Option<String>> = sqlx::query(
+            "SELECT password_hash FROM identities WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
+        )
+        .bind(tenant)
+        .bind(connection_id)
+        .bind(source_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get("password_hash"))
+        .transpose()?;
+        if let Some(Some(old)) = old {
+            sqlx::query(
+                "INSERT INTO password_history (tenant, connection_id, source_id, seq, password_hash, create_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(tenant)
+            .bind(connection_id)
+            .bind(source_id)
+            .bind(postern_common::ids::new_id())
+            .bind(&old)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Keep only the newest `keep` past hashes.
+        sqlx::query(
+            "DELETE FROM password_history WHERE tenant = $1 AND connection_id = $2 AND source_id = $3 AND seq NOT IN \
+             (SELECT seq FROM password_history WHERE tenant = $1 AND connection_id = $2 AND source_id = $3 \
+              ORDER BY seq DESC LIMIT $4)",
+        )
+        .bind(tenant)
+        .bind(connection_id)
+        .bind(source_id)
+        .bind(i64::try_from(keep).unwrap_or(0))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE identities SET password_hash = $4, update_time = $5 \
+             WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
+        )
+        .bind(tenant)
+        .bind(connection_id)
+        .bind(source_id)
+        .bind(hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE users SET update_time = $3 WHERE tenant = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2")
+            .bind(tenant)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The current hash then the past ones, newest first.
+    pub async fn password_history(
+        &self,
+        tenant: &str,
+        connection_id: &str,
+        source_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        if let Some((_, identity)) = self.find_identity(tenant, connection_id, source_id).await?
+            && let Some(h) = identity.password_hash
+        {
+            out.push(h);
+        }
+        let rows = sqlx::query(
+            "SELECT password_hash FROM password_history WHERE tenant = $1 AND connection_id = $2 AND source_id = $3 \
+             ORDER BY seq DESC",
+        )
+        .bind(tenant)
+        .bind(connection_id)
+        .bind(source_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        for r in rows {
+            out.push(r.try_get("password_hash")?);
+        }
+        Ok(out)
+    }
+
+    // ---- brute-force protection (see `bruteforce` for the rule) ----
+
+    /// Admits an attempt for `user_key` from `address`, counting it as a failure in advance,
+    /// or refuses it when `max` failures are already counted. One atomic statement.
+    pub async fn admit(&self, tenant: &str, user_key: &str, address: &str, max: u32) -> Result<Admission, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO login_failures (tenant, user_key, address, failures) VALUES ($1, $2, $3, 1) \
+             ON CONFLICT (tenant, user_key, address) \
+             DO UPDATE SET failures = login_failures.failures + 1 WHERE login_failures.failures < $4 \
+             RETURNING failures",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(address)
+        .bind(i64::from(max))
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(if row.is_some() { Admission::Admitted } else { Admission::Blocked })
+    }
+
+    /// Settles an admitted attempt.
+    pub async fn settle(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        address: &str,
+        outcome: Outcome,
+    ) -> Result<(), StoreError> {
+        let sql = match outcome {
+            Outcome::WrongCredentials => return Ok(()),
+            Outcome::Success => "DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3",
+            Outcome::NotChecked => {
+                "UPDATE login_failures SET failures = failures - 1 \
+                 WHERE tenant = $1 AND user_key = $2 AND address = $3 AND failures > 0"
+            }
+        };
+        sqlx::query(sql).bind(tenant).bind(user_key).bind(address).execute(self.db.pool()).await?;
+        Ok(())
+    }
+
+    /// Lifts every block of `user_key`: answers how many addresses were blocked (`max`
+    /// failures or more).
+    pub async fn unblock(&self, tenant: &str, user_key: &str, max: u32) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let blocked: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM login_failures WHERE tenant = $1 AND user_key = $2 AND failures >= $3",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(i64::from(max))
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        sqlx::query("DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2")
+            .bind(tenant)
+            .bind(user_key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(u64::try_from(blocked).unwrap_or(0))
+    }
+
+    /// The failures counted for `user_key` from `address` (for tests and diagnostics).
+    pub async fn failures(&self, tenant: &str, user_key: &str, address: &str) -> Result<u32, StoreError> {
+        let row =
+            sqlx::query("SELECT failures FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3")
+                .bind(tenant)
+                .bind(user_key)
+                .bind(address)
+                .fetch_optional(self.db.pool())
+                .await?;
+        let n: i64 = row.map(|r| r.try_get("failures")).transpose()?.unwrap_or(0);
+        Ok(u32::try_from(n).unwrap_or(0))
+    }
+
+    // ---- signing keys ----
+
+    /// A tenant's keys, the current first, then the retired ones newest first.
+    pub async fn signing_keys(&self, tenant: &str) -> Result<Vec<StoredKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, alg, sealed_key, create_time, retire_time FROM signing_keys WHERE tenant = $1 \
+             ORDER BY CASE WHEN retire_time IS NULL THEN 0 ELSE 1 END, create_time DESC",
+        )
+        .bind(tenant)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredKey {
+                    kid: r.try_get("kid")?,
+                    alg: r.try_get("alg")?,
+                    sealed_key: r.try_get("sealed_key")?,
+                    create_time: r.try_get("create_time")?,
+                    retire_time: r.try_get("retire_time")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a new current key, retiring the current one (if any) at `now`, atomically.
+    /// With `only_if_none`, adds it only when the tenant has no current key
+    /// ([`StoreError::AlreadyExists`] otherwise: another replica made the first key).
+    pub async fn add_signing_key(
+        &self,
+        tenant: &str,
+        key: &StoredKey,
+        now: i64,
+        only_if_none: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        if !only_if_none {
+            sqlx::query("UPDATE signing_keys SET retire_time = $2 WHERE tenant = $1 AND retire_time IS NULL")
+                .bind(tenant)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO signing_keys (tenant, kid, alg, sealed_key, create_time, retire_time) \
+             VALUES ($1, $2, $3, $4, $5, NULL)",
+        )
+        .bind(tenant)
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(&key.sealed_key)
+        .bind(key.create_time)
+        .execute(&mut *tx)
+        .await
+        .map_err(dup)?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets retired keys that left the key set before `before`.
+    pub async fn prune_signing_keys(&self, tenant: &str, before: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM signing_keys WHERE tenant = $1 AND retire_time IS NOT NULL AND retire_time < $2")
+            .bind(tenant)
+            .bind(before)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn user_from_row(&self, tenant: &str, r: &AnyRow) -> Result<User, StoreError> {
+        let user_id: String = r.try_get("user_id")?;
+        let sql = format!(
+            "SELECT {IDENTITY_COLUMNS} FROM identities WHERE tenant = $1 AND user_id = $2 ORDER BY create_time, connection"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(&user_id).fetch_all(self.db.pool()).await?;
+        let identities = rows.iter().map(identity_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(User {
+            user_id,
+            profile: Profile {
+                email: r.try_get("email")?,
+                email_verified: r.try_get::<i64, _>("email_verified")? != 0,
+                username: r.try_get("username")?,
+                name: r.try_get("name")?,
+                given_name: r.try_get("given_name")?,
+                family_name: r.try_get("family_name")?,
+                nickname: r.try_get("nickname")?,
+                picture: r.try_get("picture")?,
+            },
+            user_metadata: json_map(&r.try_get::<String, _>("user_metadata")?)?,
+            app_metadata: json_map(&r.try_get::<String, _>("app_metadata")?)?,
+            blocked: r.try_get::<i64, _>("blocked")? != 0,
+            last_login: r.try_get("last_login")?,
+            last_ip: r.try_get("last_ip")?,
+            logins_count: r.try_get("logins_count")?,
+            create_time: r.try_get("create_time")?,
+            update_time: r.try_get("update_time")?,
+            identities,
+        })
+    }
+}
+
+async fn insert_identity(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    user_id: &str,
+    i: &Identity,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO identities (tenant, connection_id, source_id, user_id, connection, strategy, is_social, \
+         login_email, login_username, profile_data, profile_sync, external, password_hash, create_time, update_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+    )
+    .bind(tenant)
+    .bind(&i.connection_id)
+    .bind(&i.source_id)
+    .bind(user_id)
+    .bind(&i.connection)
+    .bind(&i.strategy)
+    .bind(i64::from(i.is_social))
+    .bind(&i.login_email)
+    .bind(&i.login_username)
+    .bind(i.profile_data.to_string())
+    .bind(i.profile_sync.as_i64())
+    .bind(i64::from(i.external))
+    .bind(i.password_hash.as_deref())
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(dup)?;
+    Ok(())
+}
+
+fn identity_from_row(r: &AnyRow) -> Result<Identity, StoreError> {
+    let profile_data: String = r.try_get("profile_data")?;
+    Ok(Identity {
+        connection_id: r.try_get("connection_id")?,
+        connection: r.try_get("connection")?,
+        strategy: r.try_get("strategy")?,
+        source_id: r.try_get("source_id")?,
+        is_social: r.try_get::<i64, _>("is_social")? != 0,
+        login_email: r.try_get("login_email")?,
+        login_username: r.try_get("login_username")?,
+        profile_data: serde_json::from_str(&profile_data).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        profile_sync: ProfileSync::from_i64(r.try_get("profile_sync")?),
+        external: r.try_get::<i64, _>("external")? != 0,
+        password_hash: r.try_get("password_hash")?,
+    })
+}
+
+fn dup(e: sqlx::Error) -> StoreError {
+    if is_unique_violation(&e) { StoreError::AlreadyExists } else { StoreError::Db(e) }
+}
+
+fn json_text(m: &Map<String, Value>) -> String {
+    Value::Object(m.clone()).to_string()
+}
+
+fn json_map(text: &str) -> Result<Map<String, Value>, StoreError> {
+    match serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))? {
+        Value::Object(m) => Ok(m),
+        _ => Err(StoreError::Corrupt("metadata is not a JSON object".into())),
+    }
+}

@@ -1,0 +1,273 @@
+//! The authenticator's store, the same tests on SQLite and PostgreSQL
+//! (`POSTERN_TEST_POSTGRES_URL`; skipped with a reason when unset, a failure under
+//! `POSTERN_REQUIRE_PEERS=1`).
+
+use std::sync::Arc;
+
+use postern_authn::bruteforce::{Admission, MAX_CONSECUTIVE_FAILURES, Outcome};
+use postern_authn::domain::{Identity, Profile, ProfileSync, UserPatch};
+use postern_authn::store::{LoginUpdate, NewUser, Store, StoreError, StoredKey};
+use postern_common::db::DbLocation;
+
+enum Backend {
+    Sqlite { _dir: tempfile::TempDir },
+    Postgres { url: String, schema: String },
+}
+
+async fn stores(test: &str) -> Vec<(Store, Backend)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(&DbLocation::SqliteFile(dir.path().join("authn.db"))).await.unwrap();
+    let mut out = vec![(sqlite, Backend::Sqlite { _dir: dir })];
+    match std::env::var("POSTERN_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => {
+            let schema = format!("authn_test_{}", postern_common::ids::random_alphanumeric(12).to_lowercase())
+                .chars()
+                .map(|c| if c.is_ascii_digit() { 'x' } else { c })
+                .collect::<String>();
+            let store = Store::open(&DbLocation::Postgres { url: url.clone(), schema: schema.clone() }).await.unwrap();
+            out.push((store, Backend::Postgres { url, schema }));
+        }
+        _ => {
+            if std::env::var("POSTERN_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
+                panic!("{test}: POSTERN_TEST_POSTGRES_URL is not set, and POSTERN_REQUIRE_PEERS=1 requires it");
+            }
+            eprintln!("SKIPPED {test} on PostgreSQL: POSTERN_TEST_POSTGRES_URL is not set");
+        }
+    }
+    out
+}
+
+async fn cleanup(store: Store, backend: Backend) {
+    store.close().await;
+    if let Backend::Postgres { url, schema } = backend {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&mut conn).await.unwrap();
+    }
+}
+
+fn identity(conn: &str, source: &str, email: &str, username: &str, hash: Option<&str>) -> Identity {
+    Identity {
+        connection_id: format!("con_{conn}"),
+        connection: conn.into(),
+        strategy: "auth0".into(),
+        source_id: source.into(),
+        is_social: false,
+        login_email: email.to_lowercase(),
+        login_username: username.to_lowercase(),
+        profile_data: serde_json::json!({}),
+        profile_sync: ProfileSync::OnEachLogin,
+        external: false,
+        password_hash: hash.map(str::to_owned),
+    }
+}
+
+fn new_user(id: &str, email: &str) -> NewUser {
+    NewUser {
+        user_id: format!("auth0|{id}"),
+        profile: Profile { email: email.into(), nickname: "n".into(), ..Profile::default() },
+        user_metadata: serde_json::Map::new(),
+        app_metadata: serde_json::Map::new(),
+    }
+}
+
+#[tokio::test]
+async fn users_and_identities() {
+    for (store, backend) in stores("users_and_identities").await {
+        let t = "fabrikam";
+        let alice = store
+            .create_user(
+                t,
+                &new_user("a1", "Alice@Example.com"),
+                &identity("db", "a1", "alice@example.com", "alice", Some("h1")),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(alice.user_id, "auth0|a1");
+        assert_eq!(alice.identities.len(), 1);
+        assert_eq!(alice.logins_count, 0);
+        // Same email in the same connection: refused, and nothing half-written.
+        let dup = store
+            .create_user(
+                t,
+                &new_user("a2", "alice@example.com"),
+                &identity("db", "a2", "alice@example.com", "", None),
+                None,
+            )
+            .await;
+        assert!(matches!(dup, Err(StoreError::AlreadyExists)));
+        assert!(store.get_user(t, "auth0|a2").await.unwrap().is_none());
+        // Same username too; but another connection or tenant is fine.
+        let dup = store
+            .create_user(
+                t,
+                &new_user("a3", "x@example.com"),
+                &identity("db", "a3", "x@example.com", "ALICE", None),
+                None,
+            )
+            .await;
+        assert!(matches!(dup, Err(StoreError::AlreadyExists)));
+        store
+            .create_user(
+                t,
+                &new_user("b1", "alice@example.com"),
+                &identity("other", "b1", "alice@example.com", "", None),
+                None,
+            )
+            .await
+            .unwrap();
+        store
+            .create_user(
+                "contoso",
+                &new_user("a1", "alice@example.com"),
+                &identity("db", "a1", "alice@example.com", "", None),
+                None,
+            )
+            .await
+            .unwrap();
+
+        let (uid, found) = store.find_login(t, "con_db", "alice").await.unwrap().unwrap();
+        assert_eq!((uid.as_str(), found.password_hash.as_deref()), ("auth0|a1", Some("h1")));
+        assert!(store.find_login(t, "con_db", "alice@example.com").await.unwrap().is_some());
+        assert!(store.find_login(t, "con_db", "bob").await.unwrap().is_none());
+        assert!(store.find_login("nobody", "con_db", "alice").await.unwrap().is_none());
+
+        let synced = Profile { email: "alice@example.com".into(), name: "Alice L".into(), ..Profile::default() };
+        let data = serde_json::json!({"name": "Alice L"});
+        let update = LoginUpdate {
+            ip: "203.0.113.7",
+            profile: Some(&synced),
+            profile_data: Some(&data),
+            profile_sync: ProfileSync::OnFirstLogin,
+            external: true,
+            password_hash: None,
+        };
+        let after = store.record_login(t, "auth0|a1", "con_db", "a1", &update).await.unwrap();
+        assert_eq!(
+            (after.logins_count, after.last_ip.as_str(), after.profile.name.as_str()),
+            (1, "203.0.113.7", "Alice L")
+        );
+        assert!(after.last_login.is_some());
+        assert_eq!(after.identities[0].profile_data, data);
+        assert_eq!(after.identities[0].password_hash.as_deref(), Some("h1"), "a login without a new hash keeps it");
+        assert_eq!(after.identities[0].profile_sync, ProfileSync::OnFirstLogin);
+
+        let patch = UserPatch {
+            name: Some("Alice".into()),
+            app_metadata: Some(serde_json::json!({"plan": "gold"}).as_object().unwrap().clone()),
+            blocked: Some(true),
+            ..UserPatch::default()
+        };
+        let updated = store.update_user(t, "auth0|a1", &patch).await.unwrap().unwrap();
+        assert_eq!(updated.profile.name, "Alice");
+        assert!(updated.blocked);
+        assert_eq!(updated.app_metadata["plan"], "gold");
+        assert!(store.update_user(t, "auth0|none", &patch).await.unwrap().is_none());
+
+        // Listing: paging, filters, tenant isolation.
+        let all = store.list_users(t, None, None, None, 10).await.unwrap();
+        assert_eq!(all.len(), 2);
+        let first = store.list_users(t, None, None, None, 1).await.unwrap();
+        let rest = store.list_users(t, None, None, Some(&first[0].0), 10).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_ne!(first[0].1.user_id, rest[0].1.user_id);
+        assert_eq!(store.list_users(t, Some("other"), None, None, 10).await.unwrap().len(), 1);
+        assert_eq!(store.list_users(t, None, Some("ALICE@example.com"), None, 10).await.unwrap().len(), 2);
+        assert_eq!(store.list_users("contoso", None, None, None, 10).await.unwrap().len(), 1);
+
+        // Deleting a connection removes its identities and the users left with none.
+        store.set_connection_sync(t, "con_other", ProfileSync::NeverOnLogin).await.unwrap();
+        assert_eq!(store.delete_connection(t, "con_other").await.unwrap(), (1, 1));
+        assert!(store.get_user(t, "auth0|b1").await.unwrap().is_none());
+        assert!(store.get_user(t, "auth0|a1").await.unwrap().is_some());
+        assert!(store.get_user("contoso", "auth0|a1").await.unwrap().is_some(), "other tenants untouched");
+
+        assert!(store.delete_user(t, "auth0|a1").await.unwrap());
+        assert!(!store.delete_user(t, "auth0|a1").await.unwrap());
+        assert!(store.find_login(t, "con_db", "alice").await.unwrap().is_none());
+        cleanup(store, backend).await;
+    }
+}
+
+#[tokio::test]
+async fn password_history_is_trimmed() {
+    for (store, backend) in stores("password_history_is_trimmed").await {
+        store
+            .create_user(
+                "t1",
+                &new_user("u", "u@example.com"),
+                &identity("db", "u", "u@example.com", "", Some("h0")),
+                None,
+            )
+            .await
+            .unwrap();
+        for i in 1..=5 {
+            store.set_password("t1", "auth0|u", "con_db", "u", &format!("h{i}"), 2).await.unwrap();
+        }
+        let history = store.password_history("t1", "con_db", "u").await.unwrap();
+        assert_eq!(history, ["h5", "h4", "h3"]);
+        cleanup(store, backend).await;
+    }
+}
+
+#[tokio::test]
+async fn brute_force_counting_is_exact_under_concurrency() {
+    for (store, backend) in stores("brute_force_counting_is_exact_under_concurrency").await {
+        let store = Arc::new(store);
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let a = store.admit("t1", "auth0|alice", "203.0.113.7", MAX_CONSECUTIVE_FAILURES).await.unwrap();
+                    if a == Admission::Admitted {
+                        store.settle("t1", "auth0|alice", "203.0.113.7", Outcome::WrongCredentials).await.unwrap();
+                    }
+                    a
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for h in handles {
+            if h.await.unwrap() == Admission::Admitted {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 10);
+        assert_eq!(store.failures("t1", "auth0|alice", "203.0.113.7").await.unwrap(), 10);
+        assert_eq!(store.admit("t1", "auth0|alice", "198.51.100.1", 10).await.unwrap(), Admission::Admitted);
+        assert_eq!(store.admit("t2", "auth0|alice", "203.0.113.7", 10).await.unwrap(), Admission::Admitted);
+        // A check that did not happen gives its failure back; a success resets.
+        store.settle("t1", "auth0|alice", "198.51.100.1", Outcome::NotChecked).await.unwrap();
+        assert_eq!(store.failures("t1", "auth0|alice", "198.51.100.1").await.unwrap(), 0);
+        assert_eq!(store.unblock("t1", "auth0|alice", 10).await.unwrap(), 1);
+        assert_eq!(store.admit("t1", "auth0|alice", "203.0.113.7", 10).await.unwrap(), Admission::Admitted);
+        store.settle("t1", "auth0|alice", "203.0.113.7", Outcome::Success).await.unwrap();
+        assert_eq!(store.failures("t1", "auth0|alice", "203.0.113.7").await.unwrap(), 0);
+        let store = Arc::try_unwrap(store).unwrap();
+        cleanup(store, backend).await;
+    }
+}
+
+#[tokio::test]
+async fn signing_keys() {
+    for (store, backend) in stores("signing_keys").await {
+        let key = |kid: &str, at: i64| StoredKey {
+            kid: kid.into(),
+            alg: "RS256".into(),
+            sealed_key: vec![1, 2, 3],
+            create_time: at,
+            retire_time: None,
+        };
+        store.add_signing_key("t1", &key("k1", 1), 1, true).await.unwrap();
+        assert!(matches!(store.add_signing_key("t1", &key("k2", 2), 2, true).await, Err(StoreError::AlreadyExists)));
+        store.add_signing_key("t1", &key("k3", 3), 3, false).await.unwrap();
+        let keys = store.signing_keys("t1").await.unwrap();
+        let shown: Vec<(&str, Option<i64>)> = keys.iter().map(|k| (k.kid.as_str(), k.retire_time)).collect();
+        assert_eq!(shown, [("k3", None), ("k1", Some(3))]);
+        assert!(store.signing_keys("t2").await.unwrap().is_empty());
+        store.prune_signing_keys("t1", 4).await.unwrap();
+        assert_eq!(store.signing_keys("t1").await.unwrap().len(), 1);
+        cleanup(store, backend).await;
+    }
+}
