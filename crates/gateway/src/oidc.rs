@@ -1,0 +1,120 @@
+//! The public OpenID documents of each tenant on the HTTP port:
+//! `GET /<tenant>/.well-known/jwks.json` and `GET /<tenant>/.well-known/openid-configuration`.
+//!
+//! The gateway asks the authenticator's `SigningKeyService` (as `Service("gateway")`, over
+//! the same backend as gRPC calls) and keeps each answer briefly, never longer than the
+//! `max_age` the authenticator gives, so that a burst of relying parties fetching keys costs
+//! the authenticator one call. An unknown tenant is a 404 with a JSON body.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use postern_common::principal::{InternalKey, Principal, SignLayer};
+use postern_proto::authn::v1 as pb;
+use tonic::Code;
+use tower::Layer;
+
+use crate::routing::{Backend, RouteTable};
+
+/// The service that publishes the documents.
+pub const SIGNING_KEY_SERVICE: &str = "postern.authn.v1.SigningKeyService";
+
+/// The longest the gateway keeps a document, whatever max_age says.
+const MAX_CACHE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Doc {
+    Jwks,
+    Discovery,
+}
+
+/// A cached document: when fetched, how long to keep it, the body, its max_age.
+type Cached = (Instant, Duration, String, u32);
+
+struct Oidc {
+    backend: Option<Backend>,
+    key: InternalKey,
+    cache: Mutex<HashMap<(String, Doc), Cached>>,
+}
+
+/// The routes of the documents, over the authenticator's backend in `routes` (404 for every
+/// tenant when the gateway routes no authenticator).
+pub fn router(routes: &RouteTable, key: InternalKey) -> Router {
+    let state = Arc::new(Oidc { backend: routes.get(SIGNING_KEY_SERVICE).cloned(), key, cache: Mutex::default() });
+    Router::new()
+        .route("/{tenant}/.well-known/jwks.json", get(|s, p| document(s, p, Doc::Jwks)))
+        .route("/{tenant}/.well-known/openid-configuration", get(|s, p| document(s, p, Doc::Discovery)))
+        .with_state(state)
+}
+
+fn error(code: StatusCode, error: &str, description: &str) -> Response {
+    let body = serde_json::json!({ "error": error, "error_description": description }).to_string();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn document(State(oidc): State<Arc<Oidc>>, Path(tenant): Path<String>, doc: Doc) -> Response {
+    let key = (tenant.clone(), doc);
+    let cached = oidc.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
+    let (body, max_age) = match cached {
+        Some((at, ttl, body, max_age)) if at.elapsed() < ttl => (body, max_age),
+        _ => match fetch(&oidc, &tenant, doc).await {
+            Ok((body, max_age)) => {
+                let ttl = Duration::from_secs(u64::from(max_age)).min(MAX_CACHE);
+                let mut cache = oidc.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                if cache.len() > 10_000 {
+                    cache.clear();
+                }
+                cache.insert(key, (Instant::now(), ttl, body.clone(), max_age));
+                (body, max_age)
+            }
+            Err(response) => return response,
+        },
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::CACHE_CONTROL, format!("public, max-age={max_age}")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn fetch(oidc: &Oidc, tenant: &str, doc: Doc) -> Result<(String, u32), Response> {
+    let not_found = || error(StatusCode::NOT_FOUND, "not_found", "no such tenant");
+    if postern_common::validate::tenant_name(tenant).is_err() {
+        return Err(not_found());
+    }
+    let endpoint = oidc.backend.as_ref().and_then(|b| b.pick().cloned()).ok_or_else(|| {
+        error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable")
+    })?;
+    let svc = SignLayer::new(oidc.key.clone(), Principal::Service("gateway".into())).layer(endpoint.service());
+    let mut client = pb::signing_key_service_client::SigningKeyServiceClient::new(svc);
+    let answer = match doc {
+        Doc::Jwks => client
+            .get_jwks(pb::GetJwksRequest { tenant: tenant.to_owned() })
+            .await
+            .map(|r| r.into_inner())
+            .map(|r| (r.jwks_json, r.max_age_seconds)),
+        Doc::Discovery => client
+            .get_open_id_configuration(pb::GetOpenIdConfigurationRequest { tenant: tenant.to_owned() })
+            .await
+            .map(|r| r.into_inner())
+            .map(|r| (r.openid_configuration_json, r.max_age_seconds)),
+    };
+    match answer {
+        Ok((body, max_age)) => Ok((body, u32::try_from(max_age).unwrap_or(0))),
+        Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument) => Err(not_found()),
+        Err(s) => {
+            tracing::warn!(code = ?s.code(), message = s.message(), "cannot fetch a tenant's OpenID document");
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable"))
+        }
+    }
+}
