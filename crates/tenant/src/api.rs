@@ -11,7 +11,7 @@ use postern_proto::tenant::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, ApiKey, check_display_name, check_tenant_name};
-use crate::store::{Store, StoreError};
+use crate::store::{EventType, Store, StoreError};
 
 /// The prefix of tenant API keys, so that a leaked key is recognisable by secret scanners.
 pub const API_KEY_PREFIX: &str = "pst_";
@@ -171,6 +171,79 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         }
         tracing::info!(tenant = %name, "tenant deleted with its clients and API keys");
         Ok(Response::new(pb::DeleteTenantResponse {}))
+    }
+
+    type WatchTenantEventsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::WatchTenantEventsResponse, Status>>;
+
+    async fn watch_tenant_events(
+        &self,
+        req: Request<pb::WatchTenantEventsRequest>,
+    ) -> Result<Response<Self::WatchTenantEventsStream>, Status> {
+        principal(&req)?.require_internal()?;
+        let after = req.into_inner().after_sequence;
+        if after < 0 {
+            return Err(invalid_field("after_sequence", "must be 0 or the sequence of an event"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BATCH);
+        tokio::spawn(follow_events(self.store.clone(), after, tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// How many events are read and buffered at a time.
+const EVENT_BATCH: usize = 256;
+/// How often the log is read when nothing in this process signalled a new event (events
+/// written by another replica over a shared database).
+const EVENT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sends every event after `after`, then each new one, until the receiver goes away.
+async fn follow_events(
+    store: Store,
+    mut after: i64,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchTenantEventsResponse, Status>>,
+) {
+    let mut changed = store.subscribe_events();
+    let mut closing = store.closing();
+    loop {
+        if *closing.borrow() {
+            return;
+        }
+        changed.borrow_and_update();
+        let events = match store.events_after(after, EVENT_BATCH).await {
+            Ok(events) => events,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let full = events.len() == EVENT_BATCH;
+        for e in events {
+            after = e.sequence;
+            let event_type = match e.event_type {
+                EventType::TenantDeleted => pb::TenantEventType::TenantDeleted,
+                EventType::ClientDeleted => pb::TenantEventType::ClientDeleted,
+            };
+            let msg = pb::WatchTenantEventsResponse {
+                sequence: e.sequence,
+                event_type: event_type as i32,
+                tenant: e.tenant,
+                client_id: e.client_id,
+                event_time: Some(postern_common::time::to_timestamp(e.event_time)),
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            _ = changed.changed() => {}
+            () = tokio::time::sleep(EVENT_POLL) => {}
+            () = tx.closed() => return,
+            () = async { let _ = closing.changed().await; } => return,
+        }
     }
 }
 

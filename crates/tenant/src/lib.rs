@@ -30,8 +30,11 @@ pub const SERVICES: &[&str] =
     &["postern.tenant.v1.TenantService", "postern.tenant.v1.ClientService", "postern.tenant.v1.ApiKeyService"];
 
 /// The RPCs of this service that only other Postern services may call.
-pub const INTERNAL_METHODS: &[&str] =
-    &["/postern.tenant.v1.ApiKeyService/AuthenticateKey", "/postern.tenant.v1.ClientService/VerifyClientSecret"];
+pub const INTERNAL_METHODS: &[&str] = &[
+    "/postern.tenant.v1.ApiKeyService/AuthenticateKey",
+    "/postern.tenant.v1.ClientService/VerifyClientSecret",
+    "/postern.tenant.v1.TenantService/WatchTenantEvents",
+];
 
 /// The service's routes, each behind the check of the caller's signed principal.
 pub fn routes(store: Store, key: InternalKey) -> tonic::service::Routes {

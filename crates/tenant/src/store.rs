@@ -6,6 +6,8 @@ use postern_common::time::now_micros;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use postern_common::db::Backend;
+
 use crate::domain::{ApiKey, AppType, Client, ClientPatch, NewClient, Tenant};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -29,6 +31,34 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    /// Bumped after each committed event, so that event streams wake at once.
+    events: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Turns true at shutdown, ending the event streams.
+    closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// What an entry of the event log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// A tenant was deleted, with its clients and API keys.
+    TenantDeleted = 1,
+    /// A client was deleted.
+    ClientDeleted = 2,
+}
+
+/// One entry of the durable event log that other services follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the log, strictly increasing.
+    pub sequence: i64,
+    /// What happened.
+    pub event_type: EventType,
+    /// The tenant's name.
+    pub tenant: String,
+    /// The deleted client, for [`EventType::ClientDeleted`]; empty otherwise.
+    pub client_id: String,
+    /// When, unix microseconds.
+    pub event_time: i64,
 }
 
 const CLIENT_COLUMNS: &str = "c.client_id, t.name AS tenant, c.name, c.app_type, c.callbacks, \
@@ -38,7 +68,84 @@ impl Store {
     /// Opens the store at `location`, running its migrations.
     pub async fn open(location: &DbLocation) -> Result<Self, DbError> {
         let db = Db::open(location, Migrations { sqlite: &SQLITE, postgres: &POSTGRES }).await?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            events: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+            closing: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+        })
+    }
+
+    /// Ends every open event stream (at shutdown, so that a graceful stop is not held up by
+    /// streams that never end).
+    pub fn shutdown_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// A receiver that turns true at shutdown.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// A receiver that changes after each event this process commits (other replicas'
+    /// events are seen by polling).
+    pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events.subscribe()
+    }
+
+    /// Up to `limit` events after sequence `after`, in order.
+    pub async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sequence, event_type, tenant, client_id, event_time FROM events \
+             WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: i64 = r.try_get("event_type")?;
+                let event_type = match kind {
+                    1 => EventType::TenantDeleted,
+                    2 => EventType::ClientDeleted,
+                    k => return Err(sqlx::Error::Decode(format!("unknown event type {k} in store").into()).into()),
+                };
+                Ok(Event {
+                    sequence: r.try_get("sequence")?,
+                    event_type,
+                    tenant: r.try_get("tenant")?,
+                    client_id: r.try_get("client_id")?,
+                    event_time: r.try_get("event_time")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends an event in `tx`, the transaction of the change it records. On PostgreSQL the
+    /// table is locked first so that events commit in sequence order: a follower that read
+    /// up to N never finds a smaller sequence committed after it.
+    async fn append_event(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        event_type: EventType,
+        tenant: &str,
+        client_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        if self.db.backend() == Backend::Postgres {
+            sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut **tx).await?;
+        }
+        sqlx::query("INSERT INTO events (event_type, tenant, client_id, event_time) VALUES ($1, $2, $3, $4)")
+            .bind(event_type as i64)
+            .bind(tenant)
+            .bind(client_id)
+            .bind(now_micros())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    fn events_committed(&self) {
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Closes the pool.
@@ -109,8 +216,15 @@ impl Store {
 
     /// Deletes a tenant with its clients and keys; whether it existed.
     pub async fn delete_tenant(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name).execute(self.db.pool()).await?;
-        Ok(done.rows_affected() > 0)
+        let mut tx = self.db.begin_write().await?;
+        let done = sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.append_event(&mut tx, EventType::TenantDeleted, name, "").await?;
+        tx.commit().await?;
+        self.events_committed();
+        Ok(true)
     }
 
     // ---- clients ----
@@ -229,14 +343,21 @@ impl Store {
 
     /// Deletes a client; whether it existed.
     pub async fn delete_client(&self, tenant: &str, client_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
         let done = sqlx::query(
             "DELETE FROM clients WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)",
         )
         .bind(tenant)
         .bind(client_id)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.append_event(&mut tx, EventType::ClientDeleted, tenant, client_id).await?;
+        tx.commit().await?;
+        self.events_committed();
+        Ok(true)
     }
 
     /// Replaces a client's secret hash; whether the client exists.
@@ -346,16 +467,17 @@ impl Store {
         Ok(row.map(|r| r.try_get("key_hash")).transpose()?)
     }
 
-    /// Sets (or replaces) the hash of the admin key.
+    /// Sets (or replaces) the hash of the admin key. An upsert, so that replicas starting
+    /// together with the same configured key do not trip over each other.
     pub async fn set_admin_key_hash(&self, key_hash: &[u8]) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().await?;
-        sqlx::query("DELETE FROM admin_key").execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO admin_key (id, key_hash, create_time) VALUES (1, $1, $2)")
-            .bind(key_hash)
-            .bind(now_micros())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        sqlx::query(
+            "INSERT INTO admin_key (id, key_hash, create_time) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, create_time = excluded.create_time",
+        )
+        .bind(key_hash)
+        .bind(now_micros())
+        .execute(self.db.pool())
+        .await?;
         Ok(())
     }
 
