@@ -7,16 +7,91 @@
 //! (client secrets, bind passwords, private keys, SMTP and SMS credentials) never leave the
 //! registry except through the internal `ResolveConnection`: reads show only that each is set.
 //!
+//! The registry calls the tenant service (signed as `Service("registry")`) to check that a
+//! tenant exists before creating connections in it and that a client exists before enabling
+//! a connection for it, and follows the tenant service's log of deletions so that deleted
+//! clients leave every connection and deleted tenants take their connections with them.
+//!
 //! # Layout
 //!
+//! - [`api`]: the tonic handlers of `ConnectionService`.
 //! - [`domain`]: connections as Rust types, the catalogue of strategies, the validation of
 //!   every field, the conversions from and to the `postern.connections.v1` contract, and the
 //!   update-mask rules. Pure: no I/O.
 //! - [`secrets`]: encryption at rest of a connection's secrets (XChaCha20-Poly1305 under the
 //!   master key, bound to the tenant and the connection).
+//! - [`store`]: sqlx storage; `migrations/{sqlite,postgres}` beside `src/`.
+//! - [`watch`]: the live change stream behind `WatchConnections`.
+//! - `tenant_events`: the follower of the tenant service's deletions.
+//! - [`Registry`] assembles them; its [`Registry::routes`] are the same in the all-in-one
+//!   process and when the registry runs alone.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod domain;
 pub mod secrets;
+pub mod store;
+mod tenant_events;
+pub mod watch;
+
+use postern_common::principal::{InternalKey, Principal, PrincipalLayer, SignLayer};
+use postern_common::server::HttpService;
+use postern_proto::connections::v1 as pb;
+use tower::Layer;
+
+pub use api::RegistryApi;
+pub use secrets::MasterKey;
+pub use store::Store;
+
+/// The gRPC services this crate serves, by full name.
+pub const SERVICES: &[&str] = &["postern.connections.v1.ConnectionService"];
+
+/// The RPCs of this service that only other Postern services may call.
+pub const INTERNAL_METHODS: &[&str] = &["/postern.connections.v1.ConnectionService/ResolveConnection"];
+
+/// The principal the registry signs its calls to the tenant service with.
+pub const SERVICE_NAME: &str = "registry";
+
+/// A running registry: its handlers, and the follower of the tenant service's deletions.
+pub struct Registry {
+    api: RegistryApi,
+    key: InternalKey,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Registry {
+    /// Starts the registry over `store`, sealing secrets with `master_key`, trusting
+    /// principals signed with `key`, and calling the tenant service through `tenant`
+    /// (its routes in process, or a channel to it), which it signs as
+    /// `Service("registry")`. Spawns the follower of the tenant service's deletions, so it
+    /// must run inside a Tokio runtime.
+    pub fn start(store: Store, master_key: MasterKey, key: InternalKey, tenant: HttpService) -> Self {
+        let tenant = SignLayer::new(key.clone(), Principal::Service(SERVICE_NAME.to_owned())).layer(tenant);
+        let changes = watch::Changes::new();
+        let api = RegistryApi::new(store, master_key, tenant.clone(), changes.clone());
+        let follower = tokio::spawn(tenant_events::follow(api.clone(), tenant, changes.closing()));
+        Self { api, key, follower }
+    }
+
+    /// The service's routes, behind the check of the caller's signed principal.
+    pub fn routes(&self) -> tonic::service::Routes {
+        let layer = PrincipalLayer::new(self.key.clone());
+        tonic::service::Routes::new(
+            layer.layer(pb::connection_service_server::ConnectionServiceServer::new(self.api.clone())),
+        )
+    }
+
+    /// Ends every open `WatchConnections` stream and stops following the tenant service,
+    /// so that a graceful shutdown is not held up by streams that never end.
+    pub fn shutdown(&self) {
+        self.api.changes.close();
+    }
+
+    /// Stops and waits for the follower of the tenant service.
+    pub async fn stopped(self) {
+        self.shutdown();
+        let _ = self.follower.await;
+    }
+}

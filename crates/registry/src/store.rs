@@ -1,0 +1,467 @@
+//! The registry's storage, on SQLite or PostgreSQL through [`postern_common::db::Db`].
+//!
+//! A connection is one row: its spec as JSON (no secrets), its secrets sealed as one blob,
+//! and the columns that queries filter on (tenant, name, strategy, category). Enablement and
+//! domain aliases are relations of their own, each indexed in both directions, so that the
+//! questions asked at login (`ListClientConnections`, `ResolveConnection`,
+//! `DiscoverConnection`) are index lookups whatever the size of the tenant.
+//!
+//! The store never sees a secret in clear: the API seals and opens the blob.
+
+use postern_common::db::{Db, DbError, DbLocation, Migrations, is_foreign_key_violation, is_unique_violation};
+use postern_common::time::now_micros;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::domain::{Connection, ConnectionRef, ConnectionSpec};
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// What can go wrong in the store, as the API needs to tell it apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The tenant has a connection with that name (or the id is taken).
+    #[error("a connection with that name already exists")]
+    AlreadyExists,
+    /// The connection does not exist (any more).
+    #[error("connection not found")]
+    NotFound,
+    /// The client was deleted from the tenant.
+    #[error("the client was deleted")]
+    ClientDeleted,
+    /// A stored spec could not be read back.
+    #[error("stored connection is unreadable: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// A connection as stored: the connection and its sealed secrets.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The connection, without secrets.
+    pub connection: Connection,
+    /// Its secrets, sealed with the master key for (tenant, id).
+    pub sealed: Vec<u8>,
+}
+
+/// The registry's store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+const COLUMNS: &str = "id, spec, secrets, create_time, update_time";
+
+impl Store {
+    /// Opens the store at `location`, running its migrations.
+    pub async fn open(location: &DbLocation) -> Result<Self, DbError> {
+        let db = Db::open(location, Migrations { sqlite: &SQLITE, postgres: &POSTGRES }).await?;
+        Ok(Self { db })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
+    /// Inserts a connection with its domain index; [`StoreError::AlreadyExists`] if the
+    /// tenant has one of that name.
+    pub async fn create(&self, tenant: &str, connection: &Connection, sealed: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        insert(&mut tx, tenant, connection, sealed).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Inserts many connections and enablements in one transaction: how seeds and
+    /// benchmarks load big tenants without one RPC per row. `enable` pairs a connection id
+    /// with a client id.
+    pub async fn bulk_load(
+        &self,
+        tenant: &str,
+        connections: &[(Connection, Vec<u8>)],
+        enable: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        for (c, sealed) in connections {
+            insert(&mut tx, tenant, c, sealed).await?;
+        }
+        for (connection_id, client_id) in enable {
+            sqlx::query(
+                "INSERT INTO connection_clients (connection_id, tenant, client_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(connection_id)
+            .bind(tenant)
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The connection `reference` of `tenant`.
+    pub async fn get(&self, tenant: &str, reference: &ConnectionRef) -> Result<Option<Stored>, StoreError> {
+        let (column, value) = by(reference);
+        let sql = format!("SELECT {COLUMNS} FROM connections WHERE tenant = $1 AND {column} = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(value).fetch_optional(self.db.pool()).await?;
+        row.map(|r| stored_from_row(&r)).transpose()
+    }
+
+    /// Up to `limit` connections of `tenant` after name `after`, in name order, filtered by
+    /// strategy (`""` for any) and category (0 for any, else the contract's value).
+    pub async fn list(
+        &self,
+        tenant: &str,
+        strategy: &str,
+        category: i32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM connections WHERE tenant = $1 AND name > $2 \
+             AND ($3 = '' OR strategy = $3) AND ($4 = 0 OR category = $4) ORDER BY name LIMIT $5"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(after.unwrap_or(""))
+            .bind(strategy)
+            .bind(i64::from(category))
+            .bind(limit as i64)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(stored_from_row).collect()
+    }
+
+    /// Replaces a connection's spec and secrets if it was last changed at `seen_update_time`
+    /// (optimistic concurrency: `None` means someone else changed it meanwhile, read again).
+    pub async fn update(
+        &self,
+        tenant: &str,
+        id: &str,
+        seen_update_time: i64,
+        spec: &ConnectionSpec,
+        sealed: &[u8],
+    ) -> Result<Option<i64>, StoreError> {
+        let json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Strictly later than the last change, so that the optimistic check never confuses
+        // two updates within one microsecond.
+        let now = now_micros().max(seen_update_time + 1);
+        let mut tx = self.db.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE connections SET spec = $4, secrets = $5, update_time = $6 \
+             WHERE tenant = $1 AND id = $2 AND update_time = $3",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(seen_update_time)
+        .bind(json)
+        .bind(sealed)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        sqlx::query("DELETE FROM connection_domains WHERE connection_id = $1").bind(id).execute(&mut *tx).await?;
+        insert_domains(&mut tx, tenant, id, spec).await?;
+        tx.commit().await?;
+        Ok(Some(now))
+    }
+
+    /// Deletes a connection with its enablement and domains; the deleted connection, if any.
+    pub async fn delete(&self, tenant: &str, reference: &ConnectionRef) -> Result<Option<Stored>, StoreError> {
+        let (column, value) = by(reference);
+        let mut tx = self.db.begin_write().await?;
+        let sql = format!("SELECT {COLUMNS} FROM connections WHERE tenant = $1 AND {column} = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(value).fetch_optional(&mut *tx).await?;
+        let Some(row) = row else { return Ok(None) };
+        let stored = stored_from_row(&row)?;
+        sqlx::query("DELETE FROM connections WHERE id = $1").bind(&stored.connection.id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(stored))
+    }
+
+    /// Enables connection `connection_id` for `client_id`: whether it was not enabled before.
+    /// [`StoreError::NotFound`] if the connection is gone; [`StoreError::ClientDeleted`] if
+    /// the tenant service reported the client deleted.
+    pub async fn enable(&self, tenant: &str, connection_id: &str, client_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let gone = sqlx::query("SELECT 1 AS x FROM deleted_clients WHERE tenant = $1 AND client_id = $2")
+            .bind(tenant)
+            .bind(client_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if gone.is_some() {
+            return Err(StoreError::ClientDeleted);
+        }
+        let done = sqlx::query(
+            "INSERT INTO connection_clients (connection_id, tenant, client_id) \
+             SELECT id, tenant, $3 FROM connections WHERE id = $1 AND tenant = $2 ON CONFLICT DO NOTHING",
+        )
+        .bind(connection_id)
+        .bind(tenant)
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| if is_foreign_key_violation(&e) { StoreError::NotFound } else { StoreError::Db(e) })?;
+        let inserted = done.rows_affected() > 0;
+        if !inserted {
+            // Either already enabled, or the connection is gone.
+            let exists = sqlx::query("SELECT 1 AS x FROM connections WHERE id = $1 AND tenant = $2")
+                .bind(connection_id)
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Disables connection `connection_id` for `client_id`: whether it was enabled.
+    pub async fn disable(&self, tenant: &str, connection_id: &str, client_id: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM connection_clients WHERE connection_id = $1 AND client_id = $2 AND tenant = $3")
+                .bind(connection_id)
+                .bind(client_id)
+                .bind(tenant)
+                .execute(self.db.pool())
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Up to `limit` client ids connection `connection_id` is enabled for, after `after`, in
+    /// order.
+    pub async fn connection_clients(
+        &self,
+        connection_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT client_id FROM connection_clients WHERE connection_id = $1 AND client_id > $2 \
+             ORDER BY client_id LIMIT $3",
+        )
+        .bind(connection_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("client_id")?)).collect()
+    }
+
+    /// The connections enabled for `client_id` of `tenant`, in name order.
+    pub async fn client_connections(&self, tenant: &str, client_id: &str) -> Result<Vec<Stored>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
+             FROM connection_clients e JOIN connections c ON c.id = e.connection_id \
+             WHERE e.tenant = $1 AND e.client_id = $2 ORDER BY c.name",
+        )
+        .bind(tenant)
+        .bind(client_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(stored_from_row).collect()
+    }
+
+    /// The connection `reference` of `tenant` if it is enabled for `client_id`.
+    pub async fn resolve(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        reference: &ConnectionRef,
+    ) -> Result<Option<Stored>, StoreError> {
+        let (column, value) = by(reference);
+        let sql = format!(
+            "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
+             FROM connections c JOIN connection_clients e ON e.connection_id = c.id AND e.client_id = $3 \
+             WHERE c.tenant = $1 AND c.{column} = $2"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(value)
+            .bind(client_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| stored_from_row(&r)).transpose()
+    }
+
+    /// The connections of `tenant` enabled for `client_id` whose discovery domains hold
+    /// `domain` (lowercase), in name order.
+    pub async fn discover(&self, tenant: &str, client_id: &str, domain: &str) -> Result<Vec<Stored>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
+             FROM connection_domains d \
+             JOIN connection_clients e ON e.connection_id = d.connection_id AND e.client_id = $3 \
+             JOIN connections c ON c.id = d.connection_id \
+             WHERE d.tenant = $1 AND d.domain = $2 ORDER BY c.name",
+        )
+        .bind(tenant)
+        .bind(domain)
+        .bind(client_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(stored_from_row).collect()
+    }
+
+    // ---- the tenant service's deletions ----
+
+    /// The sequence of the last tenant event applied.
+    pub async fn tenant_events_cursor(&self) -> Result<i64, StoreError> {
+        let row =
+            sqlx::query("SELECT sequence FROM tenant_events_cursor WHERE id = 1").fetch_one(self.db.pool()).await?;
+        Ok(row.try_get("sequence")?)
+    }
+
+    /// Applies "client `client_id` of `tenant` was deleted" (event `sequence`): the client
+    /// leaves every connection's enabled clients and cannot be enabled again. Answers the
+    /// connections it left. Idempotent, and a no-op for an event already applied.
+    pub async fn apply_client_deleted(
+        &self,
+        sequence: i64,
+        tenant: &str,
+        client_id: &str,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        if !advance_cursor(&mut tx, sequence).await? {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
+             FROM connection_clients e JOIN connections c ON c.id = e.connection_id \
+             WHERE e.tenant = $1 AND e.client_id = $2 ORDER BY c.name",
+        )
+        .bind(tenant)
+        .bind(client_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let left = rows.iter().map(stored_from_row).collect::<Result<Vec<_>, _>>()?;
+        sqlx::query("DELETE FROM connection_clients WHERE tenant = $1 AND client_id = $2")
+            .bind(tenant)
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO deleted_clients (tenant, client_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(tenant)
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(left)
+    }
+
+    /// Applies "tenant `tenant` was deleted" (event `sequence`): its connections go, with
+    /// their enablement. Answers the deleted connections. A no-op for an event already
+    /// applied.
+    pub async fn apply_tenant_deleted(&self, sequence: i64, tenant: &str) -> Result<Vec<Stored>, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        if !advance_cursor(&mut tx, sequence).await? {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT {COLUMNS} FROM connections WHERE tenant = $1 ORDER BY name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).fetch_all(&mut *tx).await?;
+        let deleted = rows.iter().map(stored_from_row).collect::<Result<Vec<_>, _>>()?;
+        sqlx::query("DELETE FROM connections WHERE tenant = $1").bind(tenant).execute(&mut *tx).await?;
+        // The tenant's name may be taken again by a new tenant: its client ids are fresh, so
+        // the tombstones of the old one's clients can go.
+        sqlx::query("DELETE FROM deleted_clients WHERE tenant = $1").bind(tenant).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Records event `sequence` as applied without doing anything (an event this version
+    /// does not know).
+    pub async fn skip_tenant_event(&self, sequence: i64) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        advance_cursor(&mut tx, sequence).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Moves the cursor to `sequence` if it is ahead; whether it was (the event is new).
+async fn advance_cursor(tx: &mut sqlx::Transaction<'static, sqlx::Any>, sequence: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE tenant_events_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
+        .bind(sequence)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+async fn insert(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    c: &Connection,
+    sealed: &[u8],
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(&c.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO connections (id, tenant, name, strategy, category, spec, secrets, create_time, update_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&c.id)
+    .bind(tenant)
+    .bind(&c.spec.name)
+    .bind(c.spec.strategy.as_str())
+    .bind(c.spec.category().to_proto() as i64)
+    .bind(json)
+    .bind(sealed)
+    .bind(c.create_time)
+    .bind(c.update_time)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| if is_unique_violation(&e) { StoreError::AlreadyExists } else { StoreError::Db(e) })?;
+    insert_domains(tx, tenant, &c.id, &c.spec).await?;
+    Ok(())
+}
+
+async fn insert_domains(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    id: &str,
+    spec: &ConnectionSpec,
+) -> Result<(), sqlx::Error> {
+    for domain in spec.discovery_domains() {
+        sqlx::query(
+            "INSERT INTO connection_domains (connection_id, tenant, domain) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(domain)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The column and value a reference selects on. Both columns are indexed with the tenant.
+fn by(reference: &ConnectionRef) -> (&'static str, &str) {
+    match reference {
+        ConnectionRef::Id(id) => ("id", id),
+        ConnectionRef::Name(name) => ("name", name),
+    }
+}
+
+fn stored_from_row(r: &AnyRow) -> Result<Stored, StoreError> {
+    let json: String = r.try_get("spec")?;
+    let spec: ConnectionSpec = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(Stored {
+        connection: Connection {
+            id: r.try_get("id")?,
+            spec,
+            create_time: r.try_get("create_time")?,
+            update_time: r.try_get("update_time")?,
+        },
+        sealed: r.try_get("secrets")?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! The store's tests, each run on SQLite and on PostgreSQL (`POSTERN_TEST_POSTGRES_URL`;
+//! skipped with a printed reason when unset, a failure under `POSTERN_REQUIRE_PEERS=1`).
+
+use std::future::Future;
+
+use postern_common::db::DbLocation;
+use postern_proto::connections::v1 as pb;
+use sqlx::Connection as _;
+
+use super::*;
+use crate::domain::{Connection, NewConnection};
+
+const T: &str = "fabrikam-internal";
+
+/// Runs `body` against a fresh store on each backend.
+async fn each_backend<F, Fut>(test: &str, body: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&DbLocation::SqliteFile(dir.path().join("registry.db"))).await.unwrap();
+    body(store.clone()).await;
+    store.close().await;
+
+    let base = match std::env::var("POSTERN_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            if std::env::var("POSTERN_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
+                panic!("{test}: POSTERN_TEST_POSTGRES_URL is not set, and POSTERN_REQUIRE_PEERS=1 requires it");
+            }
+            eprintln!("SKIPPED {test} on PostgreSQL: POSTERN_TEST_POSTGRES_URL is not set");
+            return;
+        }
+    };
+    let name = format!("postern_test_{}", postern_common::ids::random_alphanumeric(16).to_lowercase());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    let url = match base.rsplit_once('/') {
+        Some((head, _)) if head.contains("://") && !head.ends_with('/') => format!("{head}/{name}"),
+        _ => format!("{}/{name}", base.trim_end_matches('/')),
+    };
+    let store =
+        Store::open(&DbLocation::Postgres { url, schema: "registry".into() }).await.expect("open on PostgreSQL");
+    body(store.clone()).await;
+    store.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+fn connection(name: &str, strategy: &str) -> Connection {
+    let options = match strategy {
+        "ad" => Some(pb::connection::Options::Ldap(pb::LdapOptions {
+            url: "ldaps://dc1.fabrikam.example".into(),
+            bind_dn: "CN=postern,DC=fabrikam,DC=example".into(),
+            bind_password: "pw".into(),
+            base_dn: "DC=fabrikam,DC=example".into(),
+            ..Default::default()
+        })),
+        "google-apps" => Some(pb::connection::Options::GoogleApps(pb::GoogleAppsOptions {
+            domain: "fabrikam.example".into(),
+            client_id: "gid".into(),
+            client_secret: "gsecret".into(),
+            ..Default::default()
+        })),
+        "facebook" => Some(pb::connection::Options::Oauth2(pb::OAuth2Options {
+            client_id: "fb".into(),
+            client_secret: "fbsecret".into(),
+            ..Default::default()
+        })),
+        _ => None,
+    };
+    let aliases = if strategy == "ad" { vec!["corp.fabrikam.example".to_owned()] } else { Vec::new() };
+    let new = NewConnection::try_from(pb::Connection {
+        name: name.into(),
+        strategy: strategy.into(),
+        domain_aliases: aliases,
+        options,
+        ..Default::default()
+    })
+    .expect("a valid connection");
+    let now = postern_common::time::now_micros();
+    Connection { id: Connection::new_id(), spec: new.spec, create_time: now, update_time: now }
+}
+
+fn names(rows: &[Stored]) -> Vec<&str> {
+    rows.iter().map(|s| s.connection.spec.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn create_get_list_and_unique_names() {
+    each_backend("create_get_list_and_unique_names", |store| async move {
+        let ad = connection("fabrikam-ad", "ad");
+        store.create(T, &ad, b"sealed-ad").await.unwrap();
+        for (n, s) in [("google", "google-apps"), ("facebook", "facebook"), ("db", "auth0")] {
+            store.create(T, &connection(n, s), b"x").await.unwrap();
+        }
+        // Same name in another tenant is fine; in the same tenant it is not.
+        store.create("fabrikam-public", &connection("fabrikam-ad", "ad"), b"x").await.unwrap();
+        assert!(matches!(
+            store.create(T, &connection("fabrikam-ad", "auth0"), b"x").await,
+            Err(StoreError::AlreadyExists)
+        ));
+
+        let by_name = store.get(T, &ConnectionRef::Name("fabrikam-ad".into())).await.unwrap().unwrap();
+        assert_eq!(by_name.connection, ad);
+        assert_eq!(by_name.sealed, b"sealed-ad");
+        let by_id = store.get(T, &ConnectionRef::Id(ad.id.clone())).await.unwrap().unwrap();
+        assert_eq!(by_id.connection.id, ad.id);
+        assert!(store.get("fabrikam-public", &ConnectionRef::Id(ad.id.clone())).await.unwrap().is_none());
+
+        let all = store.list(T, "", 0, None, 10).await.unwrap();
+        assert_eq!(names(&all), ["db", "fabrikam-ad", "facebook", "google"]);
+        let page = store.list(T, "", 0, Some("fabrikam-ad"), 1).await.unwrap();
+        assert_eq!(names(&page), ["facebook"]);
+        let social = store.list(T, "", pb::Category::Social as i32, None, 10).await.unwrap();
+        assert_eq!(names(&social), ["facebook"]);
+        let ad_only = store.list(T, "ad", 0, None, 10).await.unwrap();
+        assert_eq!(names(&ad_only), ["fabrikam-ad"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_name_let_exactly_one_win() {
+    each_backend("concurrent_creates_of_one_name_let_exactly_one_win", |store| async move {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move { store.create(T, &connection("race", "auth0"), b"x").await }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(StoreError::AlreadyExists) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(ok, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn enablement_both_ways_resolve_and_discovery() {
+    each_backend("enablement_both_ways_resolve_and_discovery", |store| async move {
+        let ad = connection("fabrikam-ad", "ad");
+        let google = connection("fabrikam-google-apps", "google-apps");
+        let other = connection("other", "auth0");
+        for c in [&ad, &google, &other] {
+            store.create(T, c, b"x").await.unwrap();
+        }
+        assert!(store.enable(T, &ad.id, "timesheets").await.unwrap());
+        assert!(!store.enable(T, &ad.id, "timesheets").await.unwrap(), "idempotent");
+        assert!(store.enable(T, &google.id, "timesheets").await.unwrap());
+        assert!(store.enable(T, &ad.id, "portal").await.unwrap());
+        // A connection of another tenant cannot be enabled through this one.
+        assert!(matches!(store.enable("fabrikam-public", &ad.id, "x").await, Err(StoreError::NotFound)));
+        assert!(matches!(store.enable(T, "con_missing", "x").await, Err(StoreError::NotFound)));
+
+        let for_client = store.client_connections(T, "timesheets").await.unwrap();
+        assert_eq!(names(&for_client), ["fabrikam-ad", "fabrikam-google-apps"]);
+        assert!(store.client_connections("fabrikam-public", "timesheets").await.unwrap().is_empty());
+        assert_eq!(store.connection_clients(&ad.id, None, 10).await.unwrap(), ["portal", "timesheets"]);
+        assert_eq!(store.connection_clients(&ad.id, Some("portal"), 10).await.unwrap(), ["timesheets"]);
+
+        let resolved = store.resolve(T, "timesheets", &ConnectionRef::Name("fabrikam-ad".into())).await.unwrap();
+        assert_eq!(resolved.map(|s| s.connection.id), Some(ad.id.clone()));
+        assert!(store.resolve(T, "timesheets", &ConnectionRef::Id(other.id.clone())).await.unwrap().is_none());
+
+        let found = store.discover(T, "timesheets", "corp.fabrikam.example").await.unwrap();
+        assert_eq!(names(&found), ["fabrikam-ad"]);
+        let found = store.discover(T, "timesheets", "fabrikam.example").await.unwrap();
+        assert_eq!(names(&found), ["fabrikam-google-apps"]);
+        assert!(store.discover(T, "portal", "fabrikam.example").await.unwrap().is_empty());
+
+        assert!(store.disable(T, &ad.id, "timesheets").await.unwrap());
+        assert!(!store.disable(T, &ad.id, "timesheets").await.unwrap(), "idempotent");
+        assert_eq!(names(&store.client_connections(T, "timesheets").await.unwrap()), ["fabrikam-google-apps"]);
+
+        // Deleting a connection takes its enablement and domains with it.
+        let deleted = store.delete(T, &ConnectionRef::Name("fabrikam-google-apps".into())).await.unwrap();
+        assert_eq!(deleted.map(|s| s.connection.id), Some(google.id.clone()));
+        assert!(store.client_connections(T, "timesheets").await.unwrap().is_empty());
+        assert!(store.discover(T, "timesheets", "fabrikam.example").await.unwrap().is_empty());
+        assert!(store.delete(T, &ConnectionRef::Id(google.id.clone())).await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn updates_are_optimistic_and_reindex_domains() {
+    each_backend("updates_are_optimistic_and_reindex_domains", |store| async move {
+        let ad = connection("fabrikam-ad", "ad");
+        store.create(T, &ad, b"v1").await.unwrap();
+        store.enable(T, &ad.id, "c").await.unwrap();
+        let mut spec = ad.spec.clone();
+        spec.domain_aliases = vec!["new.fabrikam.example".into()];
+        let t = store.update(T, &ad.id, ad.update_time, &spec, b"v2").await.unwrap().expect("applies");
+        assert!(t > ad.update_time);
+        // A writer that read the old version loses and must read again.
+        assert!(store.update(T, &ad.id, ad.update_time, &spec, b"v3").await.unwrap().is_none());
+        let now = store.get(T, &ConnectionRef::Id(ad.id.clone())).await.unwrap().unwrap();
+        assert_eq!(now.sealed, b"v2");
+        assert_eq!(now.connection.spec.domain_aliases, ["new.fabrikam.example"]);
+        assert!(store.discover(T, "c", "corp.fabrikam.example").await.unwrap().is_empty());
+        assert_eq!(names(&store.discover(T, "c", "new.fabrikam.example").await.unwrap()), ["fabrikam-ad"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tenant_events_apply_once_and_block_deleted_clients() {
+    each_backend("tenant_events_apply_once_and_block_deleted_clients", |store| async move {
+        let ad = connection("fabrikam-ad", "ad");
+        let google = connection("google", "google-apps");
+        store.create(T, &ad, b"x").await.unwrap();
+        store.create(T, &google, b"x").await.unwrap();
+        store.create("fabrikam-public", &connection("facebook", "facebook"), b"x").await.unwrap();
+        store.enable(T, &ad.id, "timesheets").await.unwrap();
+        store.enable(T, &google.id, "timesheets").await.unwrap();
+        store.enable(T, &ad.id, "other").await.unwrap();
+        assert_eq!(store.tenant_events_cursor().await.unwrap(), 0);
+
+        let left = store.apply_client_deleted(1, T, "timesheets").await.unwrap();
+        assert_eq!(names(&left), ["fabrikam-ad", "google"]);
+        assert_eq!(store.tenant_events_cursor().await.unwrap(), 1);
+        assert!(store.client_connections(T, "timesheets").await.unwrap().is_empty());
+        assert_eq!(store.connection_clients(&ad.id, None, 10).await.unwrap(), ["other"]);
+        // A deleted client cannot come back through a late EnableClient.
+        assert!(matches!(store.enable(T, &ad.id, "timesheets").await, Err(StoreError::ClientDeleted)));
+        // Replayed events are no-ops.
+        store.enable(T, &ad.id, "late").await.unwrap();
+        assert!(store.apply_client_deleted(1, T, "late").await.unwrap().is_empty());
+        assert_eq!(store.connection_clients(&ad.id, None, 10).await.unwrap(), ["late", "other"]);
+
+        store.skip_tenant_event(2).await.unwrap();
+        let deleted = store.apply_tenant_deleted(3, T).await.unwrap();
+        assert_eq!(names(&deleted), ["fabrikam-ad", "google"]);
+        assert!(store.list(T, "", 0, None, 10).await.unwrap().is_empty());
+        assert!(store.client_connections(T, "other").await.unwrap().is_empty());
+        assert_eq!(names(&store.list("fabrikam-public", "", 0, None, 10).await.unwrap()), ["facebook"]);
+        assert_eq!(store.tenant_events_cursor().await.unwrap(), 3);
+    })
+    .await;
+}
