@@ -1,8 +1,8 @@
 //! Assembly of the suite: the settings, and the wiring of the services and the gateway for
 //! the all-in-one process (`postern serve`) and for each piece alone (`postern serve tenant`,
-//! `postern serve gateway`). Both modes call the same builders of the service crates; the
-//! all-in-one mode only routes the gateway to the services in process instead of over
-//! sockets. The test kit starts the suite through [`run`] too.
+//! `postern serve registry`, `postern serve gateway`). Both modes call the same builders of
+//! the service crates; the all-in-one mode only routes the gateway to the services in process
+//! instead of over sockets. The test kit starts the suite through [`run`] too.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -30,6 +30,10 @@ pub enum Component {
     Tenant,
     /// The gateway alone, in front of services running elsewhere.
     Gateway,
+    /// The connection registry alone (needs `--tenant-url`).
+    Registry,
+    /// The authenticator alone (needs `--tenant-url` and `--registry-url`).
+    Authn,
 }
 
 /// The settings of `postern serve`; every flag has a `POSTERN_…` environment twin.
@@ -59,6 +63,29 @@ pub struct Settings {
     /// The tenant service's addresses, for `serve gateway` (comma-separated `http://host:port`).
     #[arg(long, env = "POSTERN_TENANT_URL", value_delimiter = ',')]
     pub tenant_url: Vec<String>,
+    /// The connection registry's addresses, for `serve gateway` (comma-separated
+    /// `http://host:port`). Without it the gateway serves no connection registry.
+    #[arg(long, env = "POSTERN_REGISTRY_URL", value_delimiter = ',')]
+    pub registry_url: Vec<String>,
+    /// The master key that encrypts connection secrets at rest: 64 hex digits or the base64
+    /// of 32 bytes (`openssl rand -base64 32`). When unset, the first start generates one into
+    /// `<data-dir>/master-key` (mode 0600) and later starts read it from there. Losing it
+    /// loses every connection secret.
+    #[arg(long, env = "POSTERN_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+    /// The authenticator's addresses, for `serve gateway` (comma-separated
+    /// `http://host:port`). Without it the gateway serves no authenticator.
+    #[arg(long, env = "POSTERN_AUTHN_URL", value_delimiter = ',')]
+    pub authn_url: Vec<String>,
+    /// The public URL of the gateway's HTTP port, as relying parties reach it
+    /// (`https://id.example.com`): tokens are issued by `<public-url>/<tenant>/`, whose
+    /// `.well-known/jwks.json` publishes the keys. Default: `http://<http-listen>`.
+    #[arg(long, env = "POSTERN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Whether the authenticator caches resolved connections (kept fresh by the registry's
+    /// change stream). Turn off only to measure what the cache saves.
+    #[arg(long, env = "POSTERN_CONNECTION_CACHE", default_value_t = true, action = clap::ArgAction::Set, hide = true)]
+    pub connection_cache: bool,
     /// Calls per second allowed per API key (and per address for failed authentication); 0
     /// turns the limit off.
     #[arg(long, env = "POSTERN_RATE_LIMIT", default_value_t = 200)]
@@ -93,7 +120,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut settings = settings;
     // An empty variable means unset, as in most tools (`POSTERN_ADMIN_KEY= postern serve`).
-    for value in [&mut settings.database_url, &mut settings.admin_key, &mut settings.internal_key] {
+    for value in
+        [&mut settings.database_url, &mut settings.admin_key, &mut settings.internal_key, &mut settings.master_key]
+    {
         if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
             *value = None;
         }
@@ -108,14 +137,47 @@ pub async fn run(
     match component {
         Component::All => {
             let tenant_store = open_tenant_store(&settings).await?;
-            let tenant_routes = postern_tenant::routes(tenant_store, internal_key.clone());
+            let tenant_routes = postern_tenant::routes(tenant_store.clone(), internal_key.clone());
+            let tenant_service = in_process(RpcSpanLayer.layer(tenant_routes));
+            let registry = start_registry(&settings, internal_key.clone(), tenant_service.clone()).await?;
+            let registry_service = in_process(RpcSpanLayer.layer(registry.routes()));
+            let (authn, public_url) = start_authn(
+                &settings,
+                &internal_key,
+                postern_authn::Peers { tenant: tenant_service.clone(), registry: registry_service.clone() },
+            )
+            .await?;
             let mut routes = RouteTable::new();
             routes
-                .route(
-                    postern_tenant::SERVICES,
-                    Backend::new(vec![Endpoint::in_process(in_process(RpcSpanLayer.layer(tenant_routes)))]),
-                )
+                .route(postern_tenant::SERVICES, Backend::new(vec![Endpoint::in_process(tenant_service)]))
                 .internal(postern_tenant::INTERNAL_METHODS);
+            routes
+                .route(postern_registry::SERVICES, Backend::new(vec![Endpoint::in_process(registry_service)]))
+                .internal(postern_registry::INTERNAL_METHODS);
+            routes
+                .route(
+                    postern_authn::SERVICES,
+                    Backend::new(vec![Endpoint::in_process(in_process(
+                        RpcSpanLayer.layer(postern_authn::routes(authn, internal_key.clone())),
+                    ))]),
+                )
+                .internal(postern_authn::INTERNAL_METHODS);
+            let stopping = stop();
+            let streams = tenant_store.clone();
+            let registry = std::sync::Arc::new(registry);
+            let ending = registry.clone();
+            tokio::spawn(async move {
+                stopping.await;
+                // Streams that never end would hold up the graceful stop.
+                ending.shutdown();
+                streams.shutdown_streams();
+            });
+            let on_bound = move |bound: Bound| {
+                if let Some(http) = bound.http {
+                    let _ = public_url.set(format!("http://{http}"));
+                }
+                on_bound(bound);
+            };
             serve_gateway(routes, internal_key, &settings, stop, on_bound).await
         }
         Component::Gateway => {
@@ -131,11 +193,85 @@ pub async fn run(
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let mut routes = RouteTable::new();
             routes.route(postern_tenant::SERVICES, Backend::new(endpoints)).internal(postern_tenant::INTERNAL_METHODS);
+            if !settings.registry_url.is_empty() {
+                let endpoints = settings
+                    .registry_url
+                    .iter()
+                    .map(|u| Endpoint::remote(u).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                routes
+                    .route(postern_registry::SERVICES, Backend::new(endpoints))
+                    .internal(postern_registry::INTERNAL_METHODS);
+            }
+            if !settings.authn_url.is_empty() {
+                let endpoints = settings
+                    .authn_url
+                    .iter()
+                    .map(|u| Endpoint::remote(u).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                routes.route(postern_authn::SERVICES, Backend::new(endpoints)).internal(postern_authn::INTERNAL_METHODS);
+            }
             serve_gateway(routes, internal_key, &settings, stop, on_bound).await
+        }
+        Component::Registry => {
+            let [tenant_url] = settings.tenant_url.as_slice() else {
+                bail!(
+                    "`serve registry` needs the tenant service's address: --tenant-url http://host:port (POSTERN_TENANT_URL), one address"
+                );
+            };
+            let tenant_service = postern_common::server::remote(tenant_url).map_err(anyhow::Error::msg)?;
+            let registry = start_registry(&settings, internal_key, tenant_service).await?;
+            let listener = TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.listen))?;
+            let grpc = listener.local_addr()?;
+            on_bound(Bound { grpc, http: None });
+            tracing::info!(%grpc, "connection registry listening");
+            let stopping = stop();
+            let registry = std::sync::Arc::new(registry);
+            let ending = registry.clone();
+            tokio::spawn(async move {
+                stopping.await;
+                ending.shutdown();
+            });
+            postern_common::server::serve_backend(listener, registry.routes(), postern_registry::SERVICES, stop())
+                .await
+                .map_err(|e| anyhow::anyhow!("connection registry failed: {e}"))?;
+            Ok(())
+        }
+        Component::Authn => {
+            let ([tenant_url], [registry_url]) = (settings.tenant_url.as_slice(), settings.registry_url.as_slice()) else {
+                bail!(
+                    "`serve authn` needs one tenant service address and one registry address: --tenant-url \
+                     http://host:port (POSTERN_TENANT_URL) and --registry-url http://host:port (POSTERN_REGISTRY_URL)"
+                );
+            };
+            let peers = postern_authn::Peers {
+                tenant: postern_common::server::remote(tenant_url).map_err(anyhow::Error::msg)?,
+                registry: postern_common::server::remote(registry_url).map_err(anyhow::Error::msg)?,
+            };
+            let (authn, _) = start_authn(&settings, &internal_key, peers).await?;
+            let listener = TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.listen))?;
+            let grpc = listener.local_addr()?;
+            on_bound(Bound { grpc, http: None });
+            tracing::info!(%grpc, "authenticator listening");
+            let routes = postern_authn::routes(authn, internal_key);
+            postern_common::server::serve_backend(listener, routes, postern_authn::SERVICES, stop())
+                .await
+                .map_err(|e| anyhow::anyhow!("authenticator failed: {e}"))?;
+            Ok(())
         }
         Component::Tenant => {
             let store = open_tenant_store(&settings).await?;
             let routes = postern_tenant::routes(store.clone(), internal_key);
+            let stopping = stop();
+            let streams = store.clone();
+            tokio::spawn(async move {
+                stopping.await;
+                streams.shutdown_streams();
+            });
             let listener = TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -166,6 +302,89 @@ async fn open_tenant_store(settings: &Settings) -> anyhow::Result<postern_tenant
     Ok(store)
 }
 
+/// Opens the registry's store and starts it, calling the tenant service through `tenant`.
+async fn start_registry(
+    settings: &Settings,
+    internal_key: InternalKey,
+    tenant: postern_common::server::HttpService,
+) -> anyhow::Result<postern_registry::Registry> {
+    let master_key = master_key(settings)?;
+    let location = DbLocation::for_service("registry", &settings.data_dir, settings.database_url.as_deref());
+    let store =
+        postern_registry::Store::open(&location).await.context("cannot open the connection registry's database")?;
+    Ok(postern_registry::Registry::start(store, master_key, internal_key, tenant))
+}
+
+/// Opens the authenticator's store and builds its handlers, calling `peers`.
+async fn start_authn(
+    settings: &Settings,
+    internal_key: &InternalKey,
+    peers: postern_authn::Peers,
+) -> anyhow::Result<(postern_authn::AuthnApi, postern_authn::PublicUrl)> {
+    // The same master key as the registry's, as the sealing module of postern-common reads it.
+    let master_key = postern_common::seal::MasterKey::parse(&master_key(settings)?.to_base64())
+        .context("the master key")?;
+    let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref());
+    let store = postern_authn::Store::open(&location).await.context("cannot open the authenticator's database")?;
+    let public_url = postern_authn::PublicUrl::default();
+    match &settings.public_url {
+        Some(url) => {
+            let _ = public_url.set(url.trim_end_matches('/').to_owned());
+        }
+        // A port picked by the system is known only once bound: `run` sets it then.
+        None if settings.http_listen.port() != 0 => {
+            let _ = public_url.set(format!("http://{}", settings.http_listen));
+        }
+        None => {}
+    }
+    let config = postern_authn::Config {
+        public_url: public_url.clone(),
+        master_key,
+        lifetimes: postern_authn::tokens::Lifetimes::DEFAULT,
+        cache_connections: settings.connection_cache,
+    };
+    Ok((postern_authn::api(store, &peers, internal_key, config), public_url))
+}
+
+/// The master key: configured, or the one in `<data-dir>/master-key`, which the first start
+/// generates (mode 0600).
+fn master_key(settings: &Settings) -> anyhow::Result<postern_registry::MasterKey> {
+    use postern_registry::MasterKey;
+    if let Some(text) = &settings.master_key {
+        return MasterKey::parse(text).context("POSTERN_MASTER_KEY");
+    }
+    let path = settings.data_dir.join("master-key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return MasterKey::parse(&text).with_context(|| format!("{}", path.display()));
+    }
+    let key = MasterKey::generate().context("cannot generate a master key")?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(mut f) => {
+            use std::io::Write;
+            f.write_all(key.to_base64().as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            tracing::info!(path = %path.display(), "generated the master key of connection secrets; back it up");
+            Ok(key)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(&path)?;
+            MasterKey::parse(&text).with_context(|| format!("{}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
 async fn serve_gateway<F, Fut>(
     routes: RouteTable,
     internal_key: InternalKey,
@@ -177,6 +396,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let internal_key_for_web = internal_key.clone();
     let config = GatewayConfig {
         internal_key,
         key_cache_ttl: Duration::from_secs(settings.key_cache_secs),
@@ -192,7 +412,8 @@ where
         .with_context(|| format!("cannot listen on {}", settings.http_listen))?;
     let bound = Bound { grpc: listener.local_addr()?, http: Some(http_listener.local_addr()?) };
     let metrics = metrics_render();
-    let web = postern_gateway::web::router(gateway.routes().clone(), metrics);
+    let web = postern_gateway::web::router(gateway.routes().clone(), metrics)
+        .merge(postern_gateway::oidc::router(gateway.routes(), internal_key_for_web));
     tracing::info!(grpc = %bound.grpc, http = ?bound.http, "gateway listening");
     on_bound(bound);
     let http = tokio::spawn(postern_gateway::web::serve(http_listener, web, stop()));

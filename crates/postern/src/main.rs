@@ -1,5 +1,5 @@
 //! `postern`: the one binary. `postern serve` starts every service and the gateway in one
-//! process; `postern serve tenant|gateway` starts one piece alone.
+//! process; `postern serve tenant|registry|gateway` starts one piece alone.
 
 #![forbid(unsafe_code)]
 

@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use postern::{Component, Settings};
+use postern_proto::authn::v1 as authn;
+use postern_proto::connections::v1 as connections;
 use postern_proto::tenant::v1 as tenant;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -38,6 +40,11 @@ pub fn settings(data_dir: &Path) -> Settings {
         admin_key: Some(ADMIN_KEY.to_owned()),
         internal_key: None,
         tenant_url: Vec::new(),
+        registry_url: Vec::new(),
+        master_key: None,
+        authn_url: Vec::new(),
+        public_url: None,
+        connection_cache: true,
         rate_limit: 0,
         rate_burst: 0,
         call_timeout_ms: 30_000,
@@ -152,6 +159,14 @@ pub struct Clients {
     pub clients: tenant::client_service_client::ClientServiceClient<Authed>,
     /// `postern.tenant.v1.ApiKeyService`
     pub keys: tenant::api_key_service_client::ApiKeyServiceClient<Authed>,
+    /// `postern.connections.v1.ConnectionService`
+    pub connections: connections::connection_service_client::ConnectionServiceClient<Authed>,
+    /// `postern.authn.v1.AuthenticationService`
+    pub authn: authn::authentication_service_client::AuthenticationServiceClient<Authed>,
+    /// `postern.authn.v1.UserService`
+    pub users: authn::user_service_client::UserServiceClient<Authed>,
+    /// `postern.authn.v1.SigningKeyService`
+    pub signing_keys: authn::signing_key_service_client::SigningKeyServiceClient<Authed>,
 }
 
 impl Clients {
@@ -162,7 +177,11 @@ impl Clients {
         Self {
             tenants: tenant::tenant_service_client::TenantServiceClient::new(authed.clone()),
             clients: tenant::client_service_client::ClientServiceClient::new(authed.clone()),
-            keys: tenant::api_key_service_client::ApiKeyServiceClient::new(authed),
+            keys: tenant::api_key_service_client::ApiKeyServiceClient::new(authed.clone()),
+            connections: connections::connection_service_client::ConnectionServiceClient::new(authed.clone()),
+            authn: authn::authentication_service_client::AuthenticationServiceClient::new(authed.clone()),
+            users: authn::user_service_client::UserServiceClient::new(authed.clone()),
+            signing_keys: authn::signing_key_service_client::SigningKeyServiceClient::new(authed),
         }
     }
 
@@ -213,4 +232,41 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 pub fn reason(status: &tonic::Status) -> Option<String> {
     use tonic_types::StatusExt;
     status.get_error_details().error_info().map(|i| i.reason.clone())
+}
+
+/// An HTTP/1.1 `GET` of `path` on `addr`, as any HTTP client would send it: the status code,
+/// the headers (names lowercased) and the body. Enough for the gateway's HTTP port, without
+/// an HTTP client library.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no end of headers"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line.split(' ').nth(1).unwrap_or_default().parse()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned())))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(body)? } else { body.to_owned() };
+    Ok((status, headers, body))
+}
+
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").ok_or_else(|| anyhow::anyhow!("bad chunk"))?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..size).ok_or_else(|| anyhow::anyhow!("short chunk"))?;
+        out.push_str(chunk);
+        body = rest.get(size + 2..).unwrap_or_default();
+    }
 }

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The seed's multi-tenant example, set up with grpcurl alone against a fresh `postern serve`:
+#   fabrikam-internal: client "Fabrikam Employee Timesheets"; connections Active Directory
+#                      (`ad`) and Google Apps (`google-apps`), both enabled for it.
+#   fabrikam-public:   client "Fabrikam Customer Portal"; connections Google Apps, Facebook
+#                      and LinkedIn, all enabled for it.
+# Then it checks what each client may log in with, that each tenant's key sees only its own
+# connections, that secrets never come back, and that a bad option names its field.
+#   POSTERN            the gateway's gRPC address (default 127.0.0.1:50051)
+#   POSTERN_ADMIN_KEY  the admin key (default: the contents of ./postern-data/admin-key)
+set -euo pipefail
+
+addr=${POSTERN:-127.0.0.1:50051}
+admin=${POSTERN_ADMIN_KEY:-$(cat ./postern-data/admin-key)}
+step() { printf '\n== %s\n' "$*"; }
+call() { local key=$1; shift; grpcurl -plaintext -H "authorization: Bearer $key" "$@"; }
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)"; }
+expect_error() { # expect_error CODE key args...: the call must fail with CODE
+  local code=$1; shift
+  local out
+  if out=$(call "$@" 2>&1); then echo "expected $code, the call succeeded: $out" >&2; exit 1; fi
+  grep -q "Code: $code" <<<"$out" || { echo "expected $code, got: $out" >&2; exit 1; }
+  echo "$out"
+}
+# expect_names JSON NAME...: the answer's connections are exactly these names, in order.
+expect_names() {
+  local json=$1; shift
+  local got
+  got=$(python3 -c "import json,sys; print(' '.join(c['name'] for c in json.loads(sys.argv[1]).get('connections', [])))" "$json")
+  [[ "$got" == "$*" ]] || { echo "expected connections [$*], got [$got]" >&2; exit 1; }
+  echo "connections: $got"
+}
+svc=postern.connections.v1.ConnectionService
+
+step "The registry's contract (reflection needs no key)"
+grpcurl -plaintext "$addr" describe $svc
+grpcurl -plaintext -d '{"service":"'$svc'"}' "$addr" grpc.health.v1.Health/Check
+
+step "The two tenants and their applications"
+call "$admin" -d '{"tenant":{"name":"fabrikam-internal","display_name":"Fabrikam-Internal"}}' \
+  "$addr" postern.tenant.v1.TenantService/CreateTenant
+call "$admin" -d '{"tenant":{"name":"fabrikam-public","display_name":"Fabrikam-Public"}}' \
+  "$addr" postern.tenant.v1.TenantService/CreateTenant
+timesheets=$(call "$admin" -d '{"tenant":"fabrikam-internal","client":{"name":"Fabrikam Employee Timesheets","app_type":"APP_TYPE_REGULAR_WEB","callbacks":["https://timesheets.fabrikam.example/callback"]}}' \
+  "$addr" postern.tenant.v1.ClientService/CreateClient | field "['client']['clientId']")
+portal=$(call "$admin" -d '{"tenant":"fabrikam-public","client":{"name":"Fabrikam Customer Portal","app_type":"APP_TYPE_SPA","callbacks":["https://portal.fabrikam.example/callback"]}}' \
+  "$addr" postern.tenant.v1.ClientService/CreateClient | field "['client']['clientId']")
+echo "Fabrikam Employee Timesheets: $timesheets"
+echo "Fabrikam Customer Portal:     $portal"
+
+step "fabrikam-internal: Active Directory and Google Apps"
+call "$admin" -d '{"tenant":"fabrikam-internal","connection":{
+    "name":"fabrikam-ad","display_name":"Fabrikam AD","strategy":"ad",
+    "domain_aliases":["corp.fabrikam.example"],
+    "ldap":{"url":"ldaps://dc1.corp.fabrikam.example","bind_dn":"CN=postern,OU=Service,DC=corp,DC=fabrikam,DC=example",
+            "bind_password":"ad-bind-password","base_dn":"OU=People,DC=corp,DC=fabrikam,DC=example"}}}' \
+  "$addr" $svc/CreateConnection
+call "$admin" -d '{"tenant":"fabrikam-internal","connection":{
+    "name":"fabrikam-google-apps","display_name":"Fabrikam Google Workspace","strategy":"google-apps",
+    "google_apps":{"domain":"fabrikam.example","client_id":"internal-google-client","client_secret":"internal-google-secret"}}}' \
+  "$addr" $svc/CreateConnection
+
+step "fabrikam-public: Google Apps, Facebook and LinkedIn"
+call "$admin" -d '{"tenant":"fabrikam-public","connection":{
+    "name":"fabrikam-google-apps","strategy":"google-apps","show_as_button":true,
+    "google_apps":{"domain":"fabrikam-partners.example","client_id":"public-google-client","client_secret":"public-google-secret"}}}' \
+  "$addr" $svc/CreateConnection
+call "$admin" -d '{"tenant":"fabrikam-public","connection":{"name":"facebook","strategy":"facebook","show_as_button":true,
+    "oauth2":{"client_id":"fabrikam-fb-app","client_secret":"facebook-app-secret","scopes":["email","public_profile"]}}}' \
+  "$addr" $svc/CreateConnection
+call "$admin" -d '{"tenant":"fabrikam-public","connection":{"name":"linkedin","strategy":"linkedin","show_as_button":true,
+    "oauth2":{"client_id":"fabrikam-li-app","client_secret":"linkedin-app-secret"}}}' \
+  "$addr" $svc/CreateConnection
+
+step "Enable each connection for its tenant's application (enabling twice is fine)"
+for c in fabrikam-ad fabrikam-google-apps fabrikam-ad; do
+  call "$admin" -d '{"tenant":"fabrikam-internal","connection":"'$c'","client_id":"'$timesheets'"}' "$addr" $svc/EnableClient
+done
+for c in fabrikam-google-apps facebook linkedin; do
+  call "$admin" -d '{"tenant":"fabrikam-public","connection":"'$c'","client_id":"'$portal'"}' "$addr" $svc/EnableClient
+done
+
+step "What each application may log in with"
+out=$(call "$admin" -d '{"tenant":"fabrikam-internal","client_id":"'$timesheets'"}' "$addr" $svc/ListClientConnections)
+expect_names "$out" fabrikam-ad fabrikam-google-apps
+out=$(call "$admin" -d '{"tenant":"fabrikam-public","client_id":"'$portal'"}' "$addr" $svc/ListClientConnections)
+expect_names "$out" fabrikam-google-apps facebook linkedin
+
+step "Home realm discovery: an employee's email finds Active Directory"
+call "$admin" -d '{"tenant":"fabrikam-internal","client_id":"'$timesheets'","email":"alice@corp.fabrikam.example"}' \
+  "$addr" $svc/DiscoverConnection | field "['connection']['name']"
+
+step "Secrets are write-only: reads say they are set, never what they are"
+out=$(call "$admin" -d '{"tenant":"fabrikam-internal","connection":"fabrikam-ad"}' "$addr" $svc/GetConnection)
+echo "$out"
+grep -q '"bindPasswordSet": true' <<<"$out" || { echo "bind_password_set should be true" >&2; exit 1; }
+if grep -q 'ad-bind-password' <<<"$out"; then echo "a read returned a secret" >&2; exit 1; fi
+
+step "Each tenant's key sees its own connections only"
+public_key=$(call "$admin" -d '{"tenant":"fabrikam-public","api_key":{"description":"portal CI"}}' \
+  "$addr" postern.tenant.v1.ApiKeyService/CreateApiKey | field "['apiKey']['key']")
+out=$(call "$public_key" -d '{"tenant":"fabrikam-public"}' "$addr" $svc/ListConnections)
+expect_names "$out" fabrikam-google-apps facebook linkedin
+expect_error PermissionDenied "$public_key" -d '{"tenant":"fabrikam-internal"}' "$addr" $svc/ListConnections
+expect_error PermissionDenied "$public_key" -d '{"tenant":"fabrikam-internal","connection":"fabrikam-ad"}' "$addr" $svc/GetConnection
+
+step "A bad option gets a field violation"
+expect_error InvalidArgument "$admin" -d '{"tenant":"fabrikam-internal","connection":{"name":"bad-ldap","strategy":"ldap",
+    "ldap":{"url":"http://dc1.corp.fabrikam.example","bind_dn":"CN=x","bind_password":"p","base_dn":"DC=x"}}}' \
+  "$addr" $svc/CreateConnection | grep connection.options.ldap.url
+
+step "Secrets come back to Postern's authenticator only: ResolveConnection is internal"
+expect_error PermissionDenied "$admin" -d '{"tenant":"fabrikam-internal","client_id":"'$timesheets'","connection":"fabrikam-ad"}' \
+  "$addr" $svc/ResolveConnection
+
+echo
+echo "fabrikam scenario complete"
