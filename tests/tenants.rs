@@ -457,3 +457,23 @@ async fn the_suite_runs_on_postgres() {
     suite.stop().await.expect("stop");
     db.drop_db().await.expect("drop");
 }
+
+#[tokio::test]
+async fn unknown_services_are_unimplemented() {
+    let suite = Suite::start().await.expect("suite");
+    // A service that is not routed is UNIMPLEMENTED, naming it.
+    let mut health_as_unknown = tonic::client::Grpc::new(suite.channel().await);
+    health_as_unknown.ready().await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static("/postern.nowhere.v1.NoService/Call");
+    let err = health_as_unknown
+        .unary::<_, pb::ListTenantsResponse, _>(
+            tonic::Request::new(pb::ListTenantsRequest::default()),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("unknown service");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("postern.nowhere.v1.NoService"), "{}", err.message());
+    suite.stop().await.expect("stop");
+}
