@@ -1,0 +1,210 @@
+//! The gateway alone, in front of stand-in backends: routing and balancing over several
+//! endpoints, the deadline, the identity a backend sees, and fail-fast when all are down.
+
+use std::time::{Duration, Instant};
+
+use postern_common::principal::{InternalKey, Principal, PrincipalLayer, principal};
+use postern_common::server::in_process;
+use postern_gateway::{Backend, Endpoint, Gateway, GatewayConfig, RateLimit, RouteTable};
+use postern_proto::tenant::v1 as pb;
+use tonic::{Code, Request, Response, Status};
+use tower::Layer;
+
+const KEY: &str = "test-key";
+
+/// Answers every key `KEY` as the admin.
+#[derive(Clone)]
+struct Keys;
+
+#[tonic::async_trait]
+impl pb::api_key_service_server::ApiKeyService for Keys {
+    async fn create_api_key(
+        &self,
+        _: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn list_api_keys(
+        &self,
+        _: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn revoke_api_key(
+        &self,
+        _: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn authenticate_key(
+        &self,
+        req: Request<pb::AuthenticateKeyRequest>,
+    ) -> Result<Response<pb::AuthenticateKeyResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        if req.get_ref().key != KEY {
+            return Err(Status::unauthenticated("unknown key"));
+        }
+        Ok(Response::new(pb::AuthenticateKeyResponse { admin: false, tenant: "t-one".into(), key_id: "key_1".into() }))
+    }
+}
+
+/// GetTenant answers which backend served it and who it thought called; `slow` sleeps.
+#[derive(Clone)]
+struct Tenants(&'static str);
+
+#[tonic::async_trait]
+impl pb::tenant_service_server::TenantService for Tenants {
+    async fn create_tenant(
+        &self,
+        _: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Result<Response<pb::GetTenantResponse>, Status> {
+        let who = principal(&req)?;
+        if req.get_ref().name == "slow" {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let tenant =
+            pb::Tenant { name: req.into_inner().name, display_name: format!("{} {who}", self.0), ..Default::default() };
+        Ok(Response::new(pb::GetTenantResponse { tenant: Some(tenant) }))
+    }
+    async fn list_tenants(
+        &self,
+        _: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn update_tenant(
+        &self,
+        _: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn delete_tenant(
+        &self,
+        _: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    type WatchTenantEventsStream = tokio_stream::Empty<Result<pb::WatchTenantEventsResponse, Status>>;
+    async fn watch_tenant_events(
+        &self,
+        _: Request<pb::WatchTenantEventsRequest>,
+    ) -> Result<Response<Self::WatchTenantEventsStream>, Status> {
+        Err(Status::unimplemented(""))
+    }
+}
+
+async fn start(tenant_backend: Backend, deadline: Duration) -> std::net::SocketAddr {
+    let key = InternalKey::generate();
+    let layer = PrincipalLayer::new(key.clone());
+    let keys = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(Keys)));
+    let mut routes = RouteTable::new();
+    routes
+        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![Endpoint::in_process(in_process(keys))]))
+        .route(&["postern.tenant.v1.TenantService"], tenant_backend)
+        .internal(&["/postern.tenant.v1.ApiKeyService/AuthenticateKey"]);
+    let config = GatewayConfig {
+        internal_key: key.clone(),
+        key_cache_ttl: Duration::from_secs(10),
+        rate_limit: RateLimit { per_second: 0, burst: 0 },
+        default_deadline: deadline,
+        health_interval: Duration::from_millis(100),
+    };
+    let gateway = Gateway::new(routes, config).expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    addr
+}
+
+fn tenant_endpoint(name: &'static str, key: &InternalKey) -> Endpoint {
+    let routes = tonic::service::Routes::new(
+        PrincipalLayer::new(key.clone()).layer(pb::tenant_service_server::TenantServiceServer::new(Tenants(name))),
+    );
+    Endpoint::in_process(in_process(routes))
+}
+
+async fn client(
+    addr: std::net::SocketAddr,
+) -> pb::tenant_service_client::TenantServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
+    pb::tenant_service_client::TenantServiceClient::new(channel)
+}
+
+fn get(name: &str) -> Request<pb::GetTenantRequest> {
+    let mut req = Request::new(pb::GetTenantRequest { name: name.into() });
+    req.metadata_mut().insert("authorization", format!("Bearer {KEY}").parse().expect("ascii"));
+    req
+}
+
+/// A gateway whose tenant route balances over two in-process endpoints sharing its key.
+async fn balanced(deadline: Duration) -> std::net::SocketAddr {
+    let key = InternalKey::generate();
+    let backend = Backend::new(vec![tenant_endpoint("backend-a", &key), tenant_endpoint("backend-b", &key)]);
+    let layer = PrincipalLayer::new(key.clone());
+    let keys = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(Keys)));
+    let mut routes = RouteTable::new();
+    routes
+        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![Endpoint::in_process(in_process(keys))]))
+        .route(&["postern.tenant.v1.TenantService"], backend);
+    let config = GatewayConfig {
+        internal_key: key,
+        key_cache_ttl: Duration::from_secs(10),
+        rate_limit: RateLimit { per_second: 0, burst: 0 },
+        default_deadline: deadline,
+        health_interval: Duration::from_millis(100),
+    };
+    let gateway = Gateway::new(routes, config).expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn balances_and_hands_backends_the_verified_principal() {
+    let addr = balanced(Duration::from_secs(5)).await;
+    let mut c = client(addr).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let mut req = get("t-one");
+        // A forged identity header is dropped, not trusted.
+        req.metadata_mut().insert("x-postern-principal", "v1|admin|99999999999|00".parse().expect("ascii"));
+        let t = c.get_tenant(req).await.expect("get").into_inner().tenant.expect("tenant");
+        let expected = Principal::Tenant { tenant: "t-one".into(), key_id: "key_1".into() };
+        assert!(t.display_name.ends_with(&expected.to_string()), "{}", t.display_name);
+        seen.insert(t.display_name.split(' ').next().unwrap_or_default().to_owned());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["backend-a", "backend-b"], "round robin over both endpoints");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deadline_cuts_slow_calls() {
+    let addr = balanced(Duration::from_millis(200)).await;
+    let mut c = client(addr).await;
+    let started = Instant::now();
+    let err = c.get_tenant(get("slow")).await.expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_endpoints_down_fails_fast() {
+    // Nothing listens on these ports.
+    let down = |port| Endpoint::remote(&format!("http://127.0.0.1:{port}")).expect("endpoint");
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr = start(Backend::new(vec![down(free()), down(free())]), Duration::from_secs(5)).await;
+    let mut c = client(addr).await;
+    let started = Instant::now();
+    let err = c.get_tenant(get("t-one")).await.expect_err("down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    // After the health check notices, calls are refused without trying.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let err = c.get_tenant(get("t-one")).await.expect_err("down");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(100), "took {:?}", started.elapsed());
+}
