@@ -349,7 +349,8 @@ impl AuthnApi {
     }
 
     fn issuer(&self, tenant: &str) -> String {
-        tokens::issuer(&self.inner.config.public_url, tenant)
+        let url = self.inner.config.public_url.get().map_or("http://localhost", String::as_str);
+        tokens::issuer(url, tenant)
     }
 
     /// Checks the credentials, applying brute-force protection around the check.

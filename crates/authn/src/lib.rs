@@ -60,12 +60,16 @@ pub const INTERNAL_METHODS: &[&str] = &[];
 /// Another Postern service, called as `Service("authn")`.
 pub type Peer = SignService<HttpService>;
 
+/// The public URL, settable once after start.
+pub type PublicUrl = std::sync::Arc<std::sync::OnceLock<String>>;
+
 /// How the authenticator behaves.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The public URL of the gateway's HTTP port (`https://id.example.com`): the tokens'
-    /// issuer is this plus `/<tenant>/`.
-    pub public_url: String,
+    /// issuer is this plus `/<tenant>/`. Set once, possibly after start (when the gateway
+    /// binds a port picked by the system).
+    pub public_url: PublicUrl,
     /// Seals the signing keys at rest.
     pub master_key: MasterKey,
     /// How long tokens are valid.

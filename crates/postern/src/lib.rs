@@ -209,7 +209,9 @@ pub async fn run(
                     .iter()
                     .map(|u| Endpoint::remote(u).map_err(anyhow::Error::msg))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                routes.route(postern_authn::SERVICES, Backend::new(endpoints)).internal(postern_authn::INTERNAL_METHODS);
+                routes
+                    .route(postern_authn::SERVICES, Backend::new(endpoints))
+                    .internal(postern_authn::INTERNAL_METHODS);
             }
             serve_gateway(routes, internal_key, &settings, stop, on_bound).await
         }
@@ -240,7 +242,8 @@ pub async fn run(
             Ok(())
         }
         Component::Authn => {
-            let ([tenant_url], [registry_url]) = (settings.tenant_url.as_slice(), settings.registry_url.as_slice()) else {
+            let ([tenant_url], [registry_url]) = (settings.tenant_url.as_slice(), settings.registry_url.as_slice())
+            else {
                 bail!(
                     "`serve authn` needs one tenant service address and one registry address: --tenant-url \
                      http://host:port (POSTERN_TENANT_URL) and --registry-url http://host:port (POSTERN_REGISTRY_URL)"
@@ -322,8 +325,8 @@ async fn start_authn(
     peers: postern_authn::Peers,
 ) -> anyhow::Result<(postern_authn::AuthnApi, postern_authn::PublicUrl)> {
     // The same master key as the registry's, as the sealing module of postern-common reads it.
-    let master_key = postern_common::seal::MasterKey::parse(&master_key(settings)?.to_base64())
-        .context("the master key")?;
+    let master_key =
+        postern_common::seal::MasterKey::parse(&master_key(settings)?.to_base64()).context("the master key")?;
     let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref());
     let store = postern_authn::Store::open(&location).await.context("cannot open the authenticator's database")?;
     let public_url = postern_authn::PublicUrl::default();

@@ -1,0 +1,619 @@
+//! The authenticator through the gateway, as an application drives it: signup and login
+//! through database connections (Postern's store and a custom database), tokens verified
+//! by an independent JWT implementation against the key set fetched over HTTP, password
+//! policies, brute-force protection, profile sync, and tenant isolation.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use postern_proto::authn::v1 as authn;
+use postern_proto::connections::v1 as conn;
+use postern_testkit::{Clients, Suite, http_get, reason, violated_fields};
+use tonic::Code;
+
+const STRONG: &str = "Wonder-Land-42!";
+
+/// A tenant with a confidential client: `(client_id, client_secret)`.
+async fn tenant_with_client(admin: &mut Clients, tenant: &str) -> (String, String) {
+    admin.create_tenant(tenant).await.expect("tenant");
+    let client = admin.create_client(tenant, "Fabrikam Customer Portal").await.expect("client");
+    (client.client_id, client.client_secret)
+}
+
+/// Creates a database connection with `options` and enables it for `client_id`.
+async fn database(
+    admin: &mut Clients,
+    tenant: &str,
+    name: &str,
+    options: conn::DatabaseOptions,
+    sync: conn::UserProfileSync,
+    client_id: Option<&str>,
+) {
+    let connection = conn::Connection {
+        name: name.into(),
+        strategy: "auth0".into(),
+        user_profile_sync: sync as i32,
+        options: Some(conn::connection::Options::Database(options)),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: tenant.into(), connection: Some(connection) })
+        .await
+        .expect("create connection");
+    if let Some(client_id) = client_id {
+        admin
+            .connections
+            .enable_client(conn::EnableClientRequest {
+                tenant: tenant.into(),
+                connection: name.into(),
+                client_id: client_id.into(),
+            })
+            .await
+            .expect("enable");
+    }
+}
+
+fn policy(level: conn::PasswordPolicy) -> conn::DatabaseOptions {
+    conn::DatabaseOptions { password_policy: level as i32, ..Default::default() }
+}
+
+fn signup(tenant: &str, client_id: &str, connection: &str, email: &str, password: &str) -> authn::SignupRequest {
+    authn::SignupRequest {
+        tenant: tenant.into(),
+        client_id: client_id.into(),
+        connection: connection.into(),
+        email: email.into(),
+        password: password.into(),
+        ..Default::default()
+    }
+}
+
+struct App<'a> {
+    tenant: &'a str,
+    client_id: &'a str,
+    secret: &'a str,
+    connection: &'a str,
+}
+
+impl App<'_> {
+    fn login(&self, username: &str, password: &str, ip: &str) -> authn::LoginRequest {
+        authn::LoginRequest {
+            tenant: self.tenant.into(),
+            client_id: self.client_id.into(),
+            client_secret: self.secret.into(),
+            connection: self.connection.into(),
+            username: username.into(),
+            password: password.into(),
+            ip: ip.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Verifies an ID token as a relying party would, with `jsonwebtoken` and the key set and
+/// discovery document fetched from the gateway's HTTP port. Answers the claims.
+async fn verify_id_token(http: SocketAddr, tenant: &str, token: &str, audience: &str) -> serde_json::Value {
+    let (code, _, body) = http_get(http, &format!("/{tenant}/.well-known/openid-configuration")).await.expect("get");
+    assert_eq!(code, 200, "{body}");
+    let discovery: serde_json::Value = serde_json::from_str(&body).expect("discovery JSON");
+    let issuer = discovery["issuer"].as_str().expect("issuer").to_owned();
+    assert_eq!(issuer, format!("http://{http}/{tenant}/"));
+    assert_eq!(discovery["jwks_uri"], format!("http://{http}/{tenant}/.well-known/jwks.json"));
+
+    let (code, headers, body) = http_get(http, &format!("/{tenant}/.well-known/jwks.json")).await.expect("get");
+    assert_eq!(code, 200, "{body}");
+    assert!(headers.iter().any(|(k, v)| k == "cache-control" && v.contains("max-age=")), "{headers:?}");
+    let set: JwkSet = serde_json::from_str(&body).expect("JWKS");
+    let header = jsonwebtoken::decode_header(token).expect("header");
+    let jwk = set.find(header.kid.as_deref().expect("kid")).expect("the token's key is in the set");
+    let key = DecodingKey::from_jwk(jwk).expect("decoding key");
+    let mut validation = Validation::new(header.alg);
+    validation.set_issuer(&[issuer.as_str()]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).expect("the ID token verifies").claims
+}
+
+#[tokio::test]
+async fn signup_login_and_the_token_verifies_against_the_published_keys() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "fabrikam-public";
+    let (client_id, secret) = tenant_with_client(&mut admin, tenant).await;
+    database(
+        &mut admin,
+        tenant,
+        "customers",
+        policy(conn::PasswordPolicy::Good),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    let key = admin.create_api_key(tenant).await.expect("key");
+    let mut app = suite.clients(&key).await;
+
+    let created = app
+        .authn
+        .signup(signup(tenant, &client_id, "customers", "Alice@Fabrikam.example", STRONG))
+        .await
+        .expect("signup")
+        .into_inner()
+        .user
+        .expect("user");
+    assert!(created.user_id.starts_with("auth0|"), "{}", created.user_id);
+    assert_eq!(created.nickname, "Alice");
+    assert_eq!(created.identities[0].connection, "customers");
+    let again = app.authn.signup(signup(tenant, &client_id, "customers", "alice@fabrikam.example", STRONG)).await;
+    assert_eq!(again.expect_err("duplicate").code(), Code::AlreadyExists);
+
+    let a = App { tenant, client_id: &client_id, secret: &secret, connection: "customers" };
+    let login =
+        app.authn.login(a.login("alice@fabrikam.example", STRONG, "203.0.113.7")).await.expect("login").into_inner();
+    assert_eq!(login.token_type, "Bearer");
+    assert_eq!(login.expires_in, 86_400);
+    let user = login.user.expect("user");
+    assert_eq!((user.logins_count, user.last_ip.as_str()), (1, "203.0.113.7"));
+
+    let claims = verify_id_token(suite.http, tenant, &login.id_token, &client_id).await;
+    assert_eq!(claims["sub"], created.user_id.as_str());
+    assert_eq!(claims["aud"], client_id.as_str());
+    assert_eq!(claims["email"], "Alice@Fabrikam.example");
+    let (iat, exp) = (claims["iat"].as_u64().expect("iat"), claims["exp"].as_u64().expect("exp"));
+    assert_eq!(exp - iat, 36_000);
+
+    // Wrong password and unknown user: the same answer.
+    let wrong = app.authn.login(a.login("alice@fabrikam.example", "Wrong-Pass-42!", "")).await.expect_err("wrong");
+    let unknown = app.authn.login(a.login("nobody@fabrikam.example", STRONG, "")).await.expect_err("unknown");
+    assert_eq!((wrong.code(), unknown.code()), (Code::Unauthenticated, Code::Unauthenticated));
+    assert_eq!(wrong.message(), unknown.message());
+    assert_eq!(reason(&wrong), reason(&unknown));
+    // The confidential client's secret is required.
+    let no_secret = App { secret: "", ..a };
+    let err = app.authn.login(no_secret.login("alice@fabrikam.example", STRONG, "")).await.expect_err("no secret");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(reason(&err).as_deref(), Some("CLIENT_SECRET_INVALID"));
+
+    // A connection not enabled for the client is refused; an unknown one is not found.
+    database(&mut admin, tenant, "staff", policy(conn::PasswordPolicy::None), conn::UserProfileSync::Unspecified, None)
+        .await;
+    let staff = App { connection: "staff", ..a };
+    let err = app.authn.login(staff.login("alice@fabrikam.example", STRONG, "")).await.expect_err("not enabled");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("CONNECTION_NOT_ENABLED"));
+    let err =
+        app.authn.signup(signup(tenant, &client_id, "staff", "bob@fabrikam.example", STRONG)).await.expect_err("x");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let nothing = App { connection: "nothing-here", ..a };
+    let err = app.authn.login(nothing.login("alice@fabrikam.example", STRONG, "")).await.expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Tenant isolation: another tenant's key sees nothing; its key set does not verify our token.
+    let (other_client, _) = tenant_with_client(&mut admin, "contoso").await;
+    let other_key = admin.create_api_key("contoso").await.expect("key");
+    let mut other = suite.clients(&other_key).await;
+    let err = other
+        .users
+        .get_user(authn::GetUserRequest { tenant: tenant.into(), user_id: created.user_id.clone() })
+        .await
+        .expect_err("other tenant");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = admin
+        .users
+        .get_user(authn::GetUserRequest { tenant: "contoso".into(), user_id: created.user_id.clone() })
+        .await
+        .expect_err("not in contoso");
+    assert_eq!(err.code(), Code::NotFound);
+    let (_, _, body) = http_get(suite.http, "/contoso/.well-known/jwks.json").await.expect("get");
+    let theirs: JwkSet = serde_json::from_str(&body).expect("JWKS");
+    let kid = jsonwebtoken::decode_header(&login.id_token).expect("header").kid.expect("kid");
+    assert!(theirs.find(&kid).is_none());
+    let _ = other_client;
+
+    // An unknown tenant's documents are a JSON 404.
+    let (code, _, body) = http_get(suite.http, "/no-such-tenant/.well-known/jwks.json").await.expect("get");
+    assert_eq!(code, 404);
+    assert!(body.contains("not_found"), "{body}");
+
+    // Rotation: the new key signs, the old one stays published.
+    let rotated = admin
+        .signing_keys
+        .rotate_signing_key(authn::RotateSigningKeyRequest {
+            tenant: tenant.into(),
+            algorithm: authn::SigningAlgorithm::Eddsa as i32,
+        })
+        .await
+        .expect("rotate")
+        .into_inner();
+    assert_eq!(rotated.retired_signing_key.expect("retired").kid, kid);
+    let keys = admin
+        .signing_keys
+        .list_signing_keys(authn::ListSigningKeysRequest { tenant: tenant.into() })
+        .await
+        .expect("list")
+        .into_inner()
+        .signing_keys;
+    assert_eq!(keys.len(), 2);
+    assert!(keys[0].current && !keys[1].current);
+    let login2 = app.authn.login(a.login("alice@fabrikam.example", STRONG, "")).await.expect("login").into_inner();
+    let header = jsonwebtoken::decode_header(&login2.id_token).expect("header");
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn password_policy_levels() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "policies";
+    let (client_id, _) = tenant_with_client(&mut admin, tenant).await;
+    // (level, refused password, the violation says, accepted password)
+    let cases = [
+        (conn::PasswordPolicy::None, "", "at least 1 character", "x"),
+        (conn::PasswordPolicy::Low, "abcde", "at least 6 characters", "abcdef"),
+        (conn::PasswordPolicy::Fair, "abcdefg1", "uppercase", "Abcdefg1"),
+        (conn::PasswordPolicy::Good, "abcdefg1", "3 of these 4", "abcdef1!"),
+        (conn::PasswordPolicy::Excellent, "Abc111!xyz", "identical characters", "Abcdef1!xy"),
+    ];
+    for (i, (level, bad, says, good)) in cases.into_iter().enumerate() {
+        let name = format!("level-{i}");
+        database(&mut admin, tenant, &name, policy(level), conn::UserProfileSync::Unspecified, Some(&client_id)).await;
+        let email = format!("user{i}@example.com");
+        let err = admin.authn.signup(signup(tenant, &client_id, &name, &email, bad)).await.expect_err("weak");
+        assert_eq!(err.code(), Code::InvalidArgument, "{level:?}: {err:?}");
+        assert_eq!(violated_fields(&err), ["password"], "{level:?}");
+        assert!(err.message().contains(says), "{level:?}: {}", err.message());
+        admin.authn.signup(signup(tenant, &client_id, &name, &email, good)).await.expect("strong enough");
+    }
+    // Minimum length, personal information, dictionary, usernames and disabled signup.
+    let options = conn::DatabaseOptions {
+        password_policy: conn::PasswordPolicy::Low as i32,
+        password_min_length: 12,
+        password_no_personal_info: true,
+        password_dictionary: Some(conn::PasswordDictionary { enable: true, words: vec!["fabrikam-rocks".into()] }),
+        requires_username: true,
+        ..Default::default()
+    };
+    database(&mut admin, tenant, "strict", options, conn::UserProfileSync::Unspecified, Some(&client_id)).await;
+    let mut req = signup(tenant, &client_id, "strict", "marguerite@example.com", "marguerite-1");
+    req.username = "x y".into();
+    let err = admin.authn.signup(req.clone()).await.expect_err("bad");
+    let fields = violated_fields(&err);
+    assert!(fields.contains(&"username".to_owned()) && fields.contains(&"password".to_owned()), "{err:?}");
+    assert!(err.message().contains("personal information"), "{}", err.message());
+    req.username = "marg".into();
+    req.password = "FABRIKAM-ROCKS".into();
+    let err = admin.authn.signup(req.clone()).await.expect_err("dictionary");
+    assert!(err.message().contains("too common"), "{}", err.message());
+    req.password = "a-long-enough-one".into();
+    admin.authn.signup(req).await.expect("ok");
+    database(
+        &mut admin,
+        tenant,
+        "closed",
+        conn::DatabaseOptions { disable_signup: true, ..Default::default() },
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    let err =
+        admin.authn.signup(signup(tenant, &client_id, "closed", "a@example.com", STRONG)).await.expect_err("closed");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn brute_force_block_and_unblock() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "brute";
+    let (client_id, secret) = tenant_with_client(&mut admin, tenant).await;
+    database(
+        &mut admin,
+        tenant,
+        "db",
+        policy(conn::PasswordPolicy::Low),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    let user = admin
+        .authn
+        .signup(signup(tenant, &client_id, "db", "victim@example.com", STRONG))
+        .await
+        .expect("signup")
+        .into_inner()
+        .user
+        .expect("user");
+    let a = App { tenant, client_id: &client_id, secret: &secret, connection: "db" };
+
+    // 20 wrong attempts at once from one address: exactly 10 are checked.
+    let attempts: Vec<_> = (0..20)
+        .map(|_| {
+            let mut c = admin.clone();
+            let req = a.login("victim@example.com", "wrong-password", "203.0.113.66");
+            tokio::spawn(async move { c.authn.login(req).await.expect_err("wrong").code() })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for h in attempts {
+        codes.push(h.await.expect("task"));
+    }
+    let wrong = codes.iter().filter(|c| **c == Code::Unauthenticated).count();
+    let blocked = codes.iter().filter(|c| **c == Code::ResourceExhausted).count();
+    assert_eq!((wrong, blocked), (10, 10), "{codes:?}");
+
+    // Blocked even with the right password, from that address only.
+    let err = admin.authn.login(a.login("victim@example.com", STRONG, "203.0.113.66")).await.expect_err("blocked");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    admin.authn.login(a.login("victim@example.com", STRONG, "198.51.100.9")).await.expect("another address");
+
+    let lifted = admin
+        .users
+        .unblock_user(authn::UnblockUserRequest { tenant: tenant.into(), user_id: user.user_id.clone() })
+        .await
+        .expect("unblock")
+        .into_inner();
+    assert_eq!(lifted.unblocked_addresses, 1);
+    admin.authn.login(a.login("victim@example.com", STRONG, "203.0.113.66")).await.expect("unblocked");
+
+    // A password change lifts a block too.
+    for _ in 0..10 {
+        let _ = admin.authn.login(a.login("victim@example.com", "wrong-password", "203.0.113.67")).await;
+    }
+    let err = admin.authn.login(a.login("victim@example.com", STRONG, "203.0.113.67")).await.expect_err("blocked");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    admin
+        .authn
+        .change_password(authn::ChangePasswordRequest {
+            tenant: tenant.into(),
+            user_id: user.user_id.clone(),
+            connection: String::new(),
+            new_password: "Another-Pass-7".into(),
+        })
+        .await
+        .expect("change");
+    admin.authn.login(a.login("victim@example.com", "Another-Pass-7", "203.0.113.67")).await.expect("after change");
+    let err = admin.authn.login(a.login("victim@example.com", STRONG, "")).await.expect_err("old password");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    suite.stop().await.expect("stop");
+}
+
+/// Runs the example custom database on a free port over a fresh SQLite file.
+async fn custom_db() -> (postern_custom_db_example::Store, String, tokio::sync::oneshot::Sender<()>, tempfile::TempDir)
+{
+    let dir = tempfile::tempdir().expect("dir");
+    let store = postern_custom_db_example::Store::open(&dir.path().join("users.db")).await.expect("store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = store.clone();
+    tokio::spawn(async move {
+        let _ = postern_custom_db_example::serve(listener, serving, Some("s3cret-token".into()), async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    (store, url, tx, dir)
+}
+
+fn custom_options(endpoint: &str, import: conn::ImportMode) -> conn::DatabaseOptions {
+    conn::DatabaseOptions {
+        password_policy: conn::PasswordPolicy::Low as i32,
+        custom_database: Some(conn::CustomDatabase {
+            endpoint: endpoint.into(),
+            import_mode: import as i32,
+            timeout_seconds: 2,
+            token: "s3cret-token".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn custom_database_with_and_without_import() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "legacy";
+    let (client_id, secret) = tenant_with_client(&mut admin, tenant).await;
+    let (store, url, stop_db, _dir) = custom_db().await;
+    for (email, name) in [("plain@example.com", "Plain"), ("moving@example.com", "Moving")] {
+        store
+            .add_user(&postern_custom_db_example::NewUser {
+                email: email.into(),
+                password: "legacy-pass".into(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("add");
+    }
+    database(
+        &mut admin,
+        tenant,
+        "remote",
+        custom_options(&url, conn::ImportMode::Never),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    database(
+        &mut admin,
+        tenant,
+        "importing",
+        custom_options(&url, conn::ImportMode::Lazy),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    let remote = App { tenant, client_id: &client_id, secret: &secret, connection: "remote" };
+    let importing = App { connection: "importing", ..remote };
+
+    let login =
+        admin.authn.login(remote.login("plain@example.com", "legacy-pass", "")).await.expect("login").into_inner();
+    let user = login.user.expect("user");
+    assert!(user.user_id.starts_with("auth0|cdb-"), "{}", user.user_id);
+    assert_eq!(user.name, "Plain");
+    let claims = verify_id_token(suite.http, tenant, &login.id_token, &client_id).await;
+    assert_eq!(claims["name"], "Plain");
+    let err = admin.authn.login(remote.login("plain@example.com", "nope", "")).await.expect_err("wrong");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = admin.authn.login(remote.login("ghost@example.com", "nope", "")).await.expect_err("unknown");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Signup without import creates the user in the customer's store.
+    admin.authn.signup(signup(tenant, &client_id, "remote", "new@example.com", "fresh-pass")).await.expect("signup");
+    assert_eq!(store.count().await.expect("count"), 3);
+    admin.authn.login(remote.login("new@example.com", "fresh-pass", "")).await.expect("login new");
+    // The store's own refusal reaches the caller as a field violation.
+    let err = admin.authn.signup(signup(tenant, &client_id, "remote", "short@example.com", "abcdef")).await;
+    assert!(err.is_ok() || err.as_ref().is_err_and(|e| e.code() == Code::InvalidArgument));
+
+    admin.authn.login(importing.login("moving@example.com", "legacy-pass", "")).await.expect("first login imports");
+    // The customer's store goes away: imported users still log in, the others cannot.
+    let _ = stop_db.send(());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    admin.authn.login(importing.login("moving@example.com", "legacy-pass", "")).await.expect("local after import");
+    let err = admin.authn.login(importing.login("moving@example.com", "bad", "")).await.expect_err("wrong");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = admin.authn.login(remote.login("plain@example.com", "legacy-pass", "")).await.expect_err("down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(!err.message().contains("127.0.0.1"), "no internals: {}", err.message());
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn profile_sync_in_all_three_modes() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "syncing";
+    let (client_id, secret) = tenant_with_client(&mut admin, tenant).await;
+    let (store, url, _stop, _dir) = custom_db().await;
+    let modes = [
+        ("each", conn::UserProfileSync::OnEachLogin),
+        ("first", conn::UserProfileSync::OnFirstLogin),
+        ("never", conn::UserProfileSync::NeverOnLogin),
+    ];
+    for (name, mode) in modes {
+        database(&mut admin, tenant, name, custom_options(&url, conn::ImportMode::Never), mode, Some(&client_id)).await;
+        let email = format!("{name}@example.com");
+        store
+            .add_user(&postern_custom_db_example::NewUser {
+                email: email.clone(),
+                password: "pass-word".into(),
+                name: "Source One".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("add");
+        let app = App { tenant, client_id: &client_id, secret: &secret, connection: name };
+        let first = admin.authn.login(app.login(&email, "pass-word", "")).await.expect("login").into_inner();
+        let user = first.user.expect("user");
+        let expected_first = if name == "never" { "" } else { "Source One" };
+        assert_eq!(user.name, expected_first, "{name}: first login");
+
+        let edit = admin
+            .users
+            .update_user(authn::UpdateUserRequest {
+                tenant: tenant.into(),
+                user: Some(authn::User {
+                    user_id: user.user_id.clone(),
+                    name: "App Edit".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["name".into()] }),
+            })
+            .await;
+        if name == "each" {
+            let err = edit.expect_err("synced attributes are read-only");
+            assert_eq!(err.code(), Code::FailedPrecondition);
+            assert!(err.message().contains("ON_EACH_LOGIN"), "{}", err.message());
+            // Metadata stays editable.
+            let mut meta = prost_types::Struct::default();
+            meta.fields.insert(
+                "theme".into(),
+                prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("dark".into())) },
+            );
+            admin
+                .users
+                .update_user(authn::UpdateUserRequest {
+                    tenant: tenant.into(),
+                    user: Some(authn::User {
+                        user_id: user.user_id.clone(),
+                        user_metadata: Some(meta),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask { paths: vec!["user_metadata".into()] }),
+                })
+                .await
+                .expect("metadata");
+        } else {
+            assert_eq!(edit.expect("editable").into_inner().user.expect("user").name, "App Edit");
+        }
+
+        store.set_profile(&email, "Source Two", "https://example.com/p.png").await.expect("change at source");
+        let second = admin.authn.login(app.login(&email, "pass-word", "")).await.expect("login").into_inner();
+        let user = second.user.expect("user");
+        let expected = if name == "each" { "Source Two" } else { "App Edit" };
+        assert_eq!(user.name, expected, "{name}: second login");
+        assert_eq!(user.logins_count, 2);
+        // The identity keeps what the source sent, whatever the mode.
+        let data = user.identities[0].profile_data.clone().expect("profile data");
+        assert!(
+            matches!(&data.fields["name"].kind, Some(prost_types::value::Kind::StringValue(s)) if s == "Source Two")
+        );
+    }
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn deleting_a_connection_deletes_its_users() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "cleanup";
+    let (client_id, _) = tenant_with_client(&mut admin, tenant).await;
+    database(
+        &mut admin,
+        tenant,
+        "doomed",
+        policy(conn::PasswordPolicy::None),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    database(
+        &mut admin,
+        tenant,
+        "kept",
+        policy(conn::PasswordPolicy::None),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    admin.authn.signup(signup(tenant, &client_id, "doomed", "a@example.com", "x")).await.expect("signup");
+    admin.authn.signup(signup(tenant, &client_id, "kept", "b@example.com", "x")).await.expect("signup");
+    let list = |connection: &str| authn::ListUsersRequest {
+        tenant: tenant.into(),
+        connection: connection.into(),
+        ..Default::default()
+    };
+    assert_eq!(admin.users.list_users(list("")).await.expect("list").into_inner().users.len(), 2);
+    admin
+        .connections
+        .delete_connection(conn::DeleteConnectionRequest { tenant: tenant.into(), connection: "doomed".into() })
+        .await
+        .expect("delete");
+    let mut left = 2;
+    for _ in 0..50 {
+        left = admin.users.list_users(list("")).await.expect("list").into_inner().users.len();
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 1, "the deleted connection's user is gone within 5 s");
+    assert!(admin.users.list_users(list("doomed")).await.expect("list").into_inner().users.is_empty());
+    suite.stop().await.expect("stop");
+}
