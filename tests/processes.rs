@@ -159,3 +159,152 @@ async fn the_readme_walkthrough_runs_with_grpcurl() {
     assert!(out.status.success(), "walk-through failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("walk-through complete"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fabrikam_script_runs_with_grpcurl() {
+    if postern_testkit::peers::command("the_fabrikam_script_runs_with_grpcurl", "grpcurl", "-version").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", ""), ("POSTERN_MASTER_KEY", "")]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fabrikam/fabrikam.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("POSTERN", server.grpc.to_string())
+        .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim())
+        .output()
+        .expect("run the Fabrikam script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fabrikam.sh failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("fabrikam scenario complete"), "{stdout}");
+    // The first start generated the master key, readable by its owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("master-key")).expect("master-key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(server.terminate().expect("terminate"), "SIGTERM stops postern cleanly");
+}
+
+/// Calls `method` of the registry with the internal credential, as the authenticator does.
+fn as_service<T>(key: &postern_common::principal::InternalKey, method: &str, msg: T) -> tonic::Request<T> {
+    use postern_common::principal::{PRINCIPAL_HEADER, Principal};
+    let mut req = tonic::Request::new(msg);
+    let value = key.sign(&Principal::Service("authn".into()), method);
+    let value = value.to_str().expect("ascii").parse().expect("metadata");
+    req.metadata_mut().insert(PRINCIPAL_HEADER, value);
+    req
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_mode_runs_the_registry_apart_and_it_misses_no_deletion() {
+    use postern_proto::connections::v1 as cpb;
+    use postern_proto::connections::v1::connection_service_client::ConnectionServiceClient;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let internal = "b".repeat(64);
+    let master = "c".repeat(64);
+    let env = [
+        ("POSTERN_INTERNAL_KEY", internal.as_str()),
+        ("POSTERN_ADMIN_KEY", postern_testkit::ADMIN_KEY),
+        ("POSTERN_MASTER_KEY", master.as_str()),
+    ];
+    let key = postern_common::principal::InternalKey::from_hex(&internal).expect("key");
+    let tenant = start(dir.path(), &["tenant"], &env);
+    let tenant_url = format!("http://{}", tenant.grpc);
+    let registry = start(dir.path(), &["registry", "--tenant-url", &tenant_url], &env);
+    let registry_addr = registry.grpc.to_string();
+    let registry_url = format!("http://{registry_addr}");
+    let gateway = start(dir.path(), &["gateway", "--tenant-url", &tenant_url, "--registry-url", &registry_url], &env);
+
+    let mut admin = Clients::new(channel(gateway.grpc).await, postern_testkit::ADMIN_KEY);
+    admin.create_tenant("fabrikam-internal").await.expect("tenant");
+    let leaving = admin.create_client("fabrikam-internal", "Leaving app").await.expect("client").client_id;
+    let staying = admin.create_client("fabrikam-internal", "Staying app").await.expect("client").client_id;
+    let ad = cpb::Connection {
+        name: "fabrikam-ad".into(),
+        strategy: "ad".into(),
+        options: Some(cpb::connection::Options::Ldap(cpb::LdapOptions {
+            url: "ldaps://dc1.fabrikam.example".into(),
+            bind_dn: "CN=postern,DC=fabrikam,DC=example".into(),
+            bind_password: "split-bind-password".into(),
+            base_dn: "DC=fabrikam,DC=example".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(cpb::CreateConnectionRequest { tenant: "fabrikam-internal".into(), connection: Some(ad) })
+        .await
+        .expect("create through the split gateway");
+    for client_id in [&leaving, &staying] {
+        admin
+            .connections
+            .enable_client(cpb::EnableClientRequest {
+                tenant: "fabrikam-internal".into(),
+                connection: "fabrikam-ad".into(),
+                client_id: client_id.clone(),
+            })
+            .await
+            .expect("enable: the registry asks the tenant service over the network");
+    }
+
+    // Reached directly, the registry trusts no caller; with the internal credential,
+    // ResolveConnection answers the decrypted secrets.
+    let mut direct = ConnectionServiceClient::new(channel(registry.grpc).await);
+    let resolve = cpb::ResolveConnectionRequest {
+        tenant: "fabrikam-internal".into(),
+        client_id: staying.clone(),
+        connection: "fabrikam-ad".into(),
+    };
+    let err = direct.resolve_connection(resolve.clone()).await.expect_err("no principal");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    const RESOLVE: &str = "/postern.connections.v1.ConnectionService/ResolveConnection";
+    let resolved = direct.resolve_connection(as_service(&key, RESOLVE, resolve.clone())).await.expect("internal");
+    let Some(cpb::connection::Options::Ldap(ldap)) = resolved.into_inner().connection.and_then(|c| c.options) else {
+        panic!("ldap options expected")
+    };
+    assert_eq!(ldap.bind_password, "split-bind-password");
+
+    // A client deleted while the registry is down is still removed once it is back.
+    assert!(registry.terminate().expect("terminate"), "the registry stops cleanly");
+    admin
+        .clients
+        .delete_client(pb::DeleteClientRequest { tenant: "fabrikam-internal".into(), client_id: leaving.clone() })
+        .await
+        .expect("delete while the registry is down");
+    let registry = start(dir.path(), &["registry", "--tenant-url", &tenant_url, "--listen", &registry_addr], &env);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let listed = admin
+            .connections
+            .list_connection_clients(cpb::ListConnectionClientsRequest {
+                tenant: "fabrikam-internal".into(),
+                connection: "fabrikam-ad".into(),
+                ..Default::default()
+            })
+            .await;
+        if listed.is_ok_and(|l| l.into_inner().client_ids == [staying.clone()]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deletion made while the registry was down was not applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Without the tenant service, the registry cannot vouch for a client: UNAVAILABLE.
+    assert!(tenant.terminate().expect("terminate"), "the tenant service stops cleanly despite the open stream");
+    const ENABLE: &str = "/postern.connections.v1.ConnectionService/EnableClient";
+    let enable = cpb::EnableClientRequest {
+        tenant: "fabrikam-internal".into(),
+        connection: "fabrikam-ad".into(),
+        client_id: staying.clone(),
+    };
+    let mut direct = ConnectionServiceClient::new(channel(registry.grpc).await);
+    let err = direct.enable_client(as_service(&key, ENABLE, enable)).await.expect_err("tenant service down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(registry.terminate().expect("terminate"));
+    drop(gateway);
+}

@@ -39,7 +39,8 @@ impl Process {
         let mut lines = Vec::new();
         let mut grpc = None;
         let mut http = None;
-        let wants_http = !args.contains(&"tenant");
+        // Only `postern serve` and `serve gateway` have an HTTP port; a service alone has none.
+        let wants_http = !args.iter().any(|a| ["tenant", "registry", "authn"].contains(a));
         while grpc.is_none() || (wants_http && http.is_none()) {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
