@@ -938,14 +938,16 @@ impl pb::user_service_server::UserService for AuthnApi {
                 ));
             }
         }
-        if patch.email.is_some() || patch.username.is_some() {
-            // The login names of database identities follow the root attributes they mirror.
-            // Kept simple: a user's login email and username change with them only for
-            // Postern's own database identities (not yet: see the report).
-        }
         let updated = store
             .update_user(&req.tenant, &user.user_id, &patch)
-            .await?
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists => already_exists(
+                    "USER_ALREADY_EXISTS",
+                    "another user of the same database connection has that email or username",
+                ),
+                e => e.into(),
+            })?
             .ok_or_else(|| user_not_found(&req.tenant, &user.user_id))?;
         Ok(Response::new(pb::UpdateUserResponse { user: Some(user_to_pb(&updated)) }))
     }

@@ -98,6 +98,7 @@ impl ConnectionCache {
             state.generations.get(tenant).copied().unwrap_or(0)
         };
         self.inner.registry_calls.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("postern_authn_connection_resolutions_total").increment(1);
         let answer = self
             .registry()
             .resolve_connection(pb::ResolveConnectionRequest {

@@ -286,13 +286,31 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies `patch` to a user; `None` if there is no such user.
+    /// Applies `patch` to a user; `None` if there is no such user. A new email or username
+    /// also becomes the login name of the user's identities in Postern's own database
+    /// connections ([`StoreError::AlreadyExists`] if another user there has it).
     pub async fn update_user(
         &self,
         tenant: &str,
         user_id: &str,
         patch: &UserPatch,
     ) -> Result<Option<User>, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        for (column, value) in [("login_email", &patch.email), ("login_username", &patch.username)] {
+            if let Some(value) = value {
+                let sql = format!(
+                    "UPDATE identities SET {column} = $3 WHERE tenant = $1 AND user_id = $2 AND strategy = 'auth0' \
+                     AND external = 0 AND password_hash IS NOT NULL"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(user_id)
+                    .bind(value.trim().to_lowercase())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(dup)?;
+            }
+        }
         let done = sqlx::query(
             "UPDATE users SET email = COALESCE($3, email), email_lower = COALESCE($4, email_lower), \
              email_verified = COALESCE($5, email_verified), username = COALESCE($6, username), \
@@ -317,11 +335,12 @@ impl Store {
         .bind(patch.app_metadata.as_ref().map(json_text))
         .bind(patch.blocked.map(i64::from))
         .bind(postern_common::time::now_micros())
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
+        tx.commit().await?;
         self.get_user(tenant, user_id).await
     }
 
