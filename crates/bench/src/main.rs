@@ -3,12 +3,15 @@
 //!
 //! - `gateway`: the same unary read called directly on the tenant service and through the
 //!   gateway (throughput, p50/p99 latency, and their ratio).
+//! - `authn`: the raw Argon2id verify rate against logins per second through the gateway,
+//!   and logins with the connection cache warm against the registry asked on every login.
 //!
 //! Run it in release mode: `cargo run --release -p postern-bench` (`--help` for options;
 //! `--only gateway` runs one section).
 
 #![forbid(unsafe_code)]
 
+mod authn;
 mod gateway;
 mod stats;
 
@@ -46,6 +49,9 @@ async fn main() -> anyhow::Result<()> {
     );
     if args.wants("gateway") {
         gateway::run(&args).await?;
+    }
+    if args.wants("authn") {
+        authn::run(&args).await?;
     }
     Ok(())
 }
