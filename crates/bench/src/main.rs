@@ -13,6 +13,7 @@
 
 mod authn;
 mod gateway;
+mod registry;
 mod stats;
 
 use clap::Parser;
@@ -49,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
     );
     if args.wants("gateway") {
         gateway::run(&args).await?;
+    }
+    if args.wants("registry") {
+        registry::run(&args).await?;
     }
     if args.wants("authn") {
         authn::run(&args).await?;
