@@ -6,6 +6,7 @@
 #   POSTERN            the gateway's gRPC address (default 127.0.0.1:50051)
 #   POSTERN_HTTP       the gateway's HTTP address (default 127.0.0.1:8080)
 #   POSTERN_ADMIN_KEY  the admin key (default: the contents of ./postern-data/admin-key)
+#   POSTERN_PUBLIC_URL the public URL postern was started with, if any (the tokens' issuer)
 set -euo pipefail
 
 addr=${POSTERN:-127.0.0.1:50051}
@@ -15,6 +16,8 @@ tenant=${TENANT:-contoso-shop}
 step() { printf '\n== %s\n' "$*"; }
 call() { grpcurl -plaintext -H "authorization: Bearer $admin" "$@"; }
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)"; }
+jwks_file=$(mktemp)
+trap 'rm -f "$jwks_file"' EXIT
 
 step "A tenant and its application (a confidential client: note its secret)"
 call -d "{\"tenant\":{\"name\":\"$tenant\"}}" "$addr" postern.tenant.v1.TenantService/CreateTenant
@@ -46,17 +49,17 @@ echo "id_token ${id_token:0:40}…"
 
 step "The tenant's OpenID configuration and key set"
 curl -fsS "http://$http/$tenant/.well-known/openid-configuration"; echo
-curl -fsS "http://$http/$tenant/.well-known/jwks.json" > /tmp/postern-jwks.json
-cat /tmp/postern-jwks.json; echo
+curl -fsS "http://$http/$tenant/.well-known/jwks.json" > "$jwks_file"
+cat "$jwks_file"; echo
 
 step "Verify the ID token against the key set (signature, iss, aud, exp)"
-ID_TOKEN=$id_token ISSUER="http://$http/$tenant/" AUDIENCE=$client_id python3 - <<'PY'
+ID_TOKEN=$id_token JWKS_FILE=$jwks_file ISSUER="${POSTERN_PUBLIC_URL:-http://$http}/$tenant/" AUDIENCE=$client_id python3 - <<'PY'
 import base64, hashlib, json, os, time
 def b64(s): return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 token = os.environ["ID_TOKEN"]
 head, body, sig = token.split(".")
 header, claims = json.loads(b64(head)), json.loads(b64(body))
-jwk = next(k for k in json.load(open("/tmp/postern-jwks.json"))["keys"] if k["kid"] == header["kid"])
+jwk = next(k for k in json.load(open(os.environ["JWKS_FILE"]))["keys"] if k["kid"] == header["kid"])
 assert header["alg"] == "RS256" == jwk["alg"], header
 n, e = (int.from_bytes(b64(jwk[x]), "big") for x in ("n", "e"))
 k = (n.bit_length() + 7) // 8
@@ -77,3 +80,4 @@ done
 
 step "The tenant's users"
 call -d "{\"tenant\":\"$tenant\"}" "$addr" postern.authn.v1.UserService/ListUsers
+echo "login walk-through complete"

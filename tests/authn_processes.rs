@@ -1,0 +1,157 @@
+//! The authenticator as users run it: `postern serve authn` apart from the tenant service,
+//! the registry and the gateway (with `--public-url`), and the README's login walk-through
+//! with grpcurl against `postern serve`.
+
+use std::path::Path;
+
+use jsonwebtoken::jwk::JwkSet;
+use postern_proto::authn::v1 as authn;
+use postern_proto::connections::v1 as conn;
+use postern_testkit::{Clients, Process, channel, http_get};
+
+const BIN: &str = env!("CARGO_BIN_EXE_postern-e2e");
+
+fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut all: Vec<&str> = args.to_vec();
+    let data = dir.display().to_string();
+    all.extend(["--listen", "127.0.0.1:0", "--data-dir"]);
+    all.push(&data);
+    if !args.iter().any(|a| ["tenant", "registry", "authn"].contains(a)) {
+        all.extend(["--http-listen", "127.0.0.1:0"]);
+    }
+    Process::start(Path::new(BIN), &all, env).expect("postern starts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_mode_runs_the_authenticator_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let internal = "d".repeat(64);
+    let master = "e".repeat(64);
+    let env = [
+        ("POSTERN_INTERNAL_KEY", internal.as_str()),
+        ("POSTERN_ADMIN_KEY", postern_testkit::ADMIN_KEY),
+        ("POSTERN_MASTER_KEY", master.as_str()),
+    ];
+    let tenant = start(dir.path(), &["tenant"], &env);
+    let tenant_url = format!("http://{}", tenant.grpc);
+    let registry = start(dir.path(), &["registry", "--tenant-url", &tenant_url], &env);
+    let registry_url = format!("http://{}", registry.grpc);
+    let authn = start(
+        dir.path(),
+        &[
+            "authn",
+            "--tenant-url",
+            &tenant_url,
+            "--registry-url",
+            &registry_url,
+            "--public-url",
+            "https://id.fabrikam.example",
+        ],
+        &env,
+    );
+    let authn_url = format!("http://{}", authn.grpc);
+    let gateway = start(
+        dir.path(),
+        &["gateway", "--tenant-url", &tenant_url, "--registry-url", &registry_url, "--authn-url", &authn_url],
+        &env,
+    );
+
+    let mut admin = Clients::new(channel(gateway.grpc).await, postern_testkit::ADMIN_KEY);
+    admin.create_tenant("fabrikam-public").await.expect("tenant");
+    let client = admin.create_client("fabrikam-public", "Portal").await.expect("client");
+    let connection = conn::Connection {
+        name: "customers".into(),
+        strategy: "auth0".into(),
+        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest {
+            tenant: "fabrikam-public".into(),
+            connection: Some(connection),
+        })
+        .await
+        .expect("connection");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: "fabrikam-public".into(),
+            connection: "customers".into(),
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+    admin
+        .authn
+        .signup(authn::SignupRequest {
+            tenant: "fabrikam-public".into(),
+            client_id: client.client_id.clone(),
+            connection: "customers".into(),
+            email: "alice@fabrikam.example".into(),
+            password: "Wonder-Land-42!".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("signup through the split gateway");
+    let login = admin
+        .authn
+        .login(authn::LoginRequest {
+            tenant: "fabrikam-public".into(),
+            client_id: client.client_id.clone(),
+            client_secret: client.client_secret.clone(),
+            connection: "customers".into(),
+            username: "alice@fabrikam.example".into(),
+            password: "Wonder-Land-42!".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("login: the authenticator asks the tenant service and the registry over the network")
+        .into_inner();
+
+    let http = gateway.http.expect("the gateway's HTTP port");
+    let (code, _, body) = http_get(http, "/fabrikam-public/.well-known/jwks.json").await.expect("jwks");
+    assert_eq!(code, 200, "{body}");
+    let set: JwkSet = serde_json::from_str(&body).expect("JWKS");
+    let header = jsonwebtoken::decode_header(&login.id_token).expect("header");
+    let key = jsonwebtoken::DecodingKey::from_jwk(set.find(&header.kid.expect("kid")).expect("key")).expect("key");
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&["https://id.fabrikam.example/fabrikam-public/"]);
+    validation.set_audience(&[client.client_id.as_str()]);
+    jsonwebtoken::decode::<serde_json::Value>(&login.id_token, &key, &validation).expect("verifies");
+    let (_, _, body) = http_get(http, "/fabrikam-public/.well-known/openid-configuration").await.expect("discovery");
+    assert!(body.contains("\"issuer\":\"https://id.fabrikam.example/fabrikam-public/\""), "{body}");
+
+    for p in [gateway, authn, registry, tenant] {
+        assert!(p.terminate().expect("terminate"), "stops cleanly on SIGTERM");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_login_walkthrough_runs_with_grpcurl() {
+    if postern_testkit::peers::command("the_readme_login_walkthrough_runs_with_grpcurl", "grpcurl", "-version")
+        .is_none()
+    {
+        return;
+    }
+    if postern_testkit::peers::command("the_readme_login_walkthrough_runs_with_grpcurl", "curl", "--version").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", ""), ("POSTERN_MASTER_KEY", "")]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/authn/walkthrough.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("POSTERN", server.grpc.to_string())
+        .env("POSTERN_HTTP", server.http.expect("http").to_string())
+        .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim())
+        .output()
+        .expect("run the walk-through");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "walk-through failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ID token verified"), "{stdout}");
+    assert!(stdout.contains("login walk-through complete"), "{stdout}");
+    assert!(server.terminate().expect("terminate"));
+}
