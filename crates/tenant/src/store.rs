@@ -526,3 +526,6 @@ fn client_from_row(r: &AnyRow) -> Result<Client, StoreError> {
         update_time: r.try_get("update_time")?,
     })
 }
+
+#[cfg(test)]
+mod tests;
