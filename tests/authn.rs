@@ -617,3 +617,57 @@ async fn deleting_a_connection_deletes_its_users() {
     assert!(admin.users.list_users(list("doomed")).await.expect("list").into_inner().users.is_empty());
     suite.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn deleting_a_tenant_leaves_nothing_for_a_namesake() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "ephemeral";
+    let (client_id, secret) = tenant_with_client(&mut admin, tenant).await;
+    database(
+        &mut admin,
+        tenant,
+        "db",
+        policy(conn::PasswordPolicy::None),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    admin.authn.signup(signup(tenant, &client_id, "db", "a@example.com", "x")).await.expect("signup");
+    let a = App { tenant, client_id: &client_id, secret: &secret, connection: "db" };
+    let login = admin.authn.login(a.login("a@example.com", "x", "")).await.expect("login").into_inner();
+    let old_kid = jsonwebtoken::decode_header(&login.id_token).expect("header").kid.expect("kid");
+
+    admin
+        .tenants
+        .delete_tenant(postern_proto::tenant::v1::DeleteTenantRequest { name: tenant.into() })
+        .await
+        .expect("delete tenant");
+    admin.create_tenant(tenant).await.expect("a namesake");
+    let mut users = 1;
+    for _ in 0..50 {
+        users = admin
+            .users
+            .list_users(authn::ListUsersRequest { tenant: tenant.into(), ..Default::default() })
+            .await
+            .expect("list")
+            .into_inner()
+            .users
+            .len();
+        if users == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(users, 0, "the deleted tenant's users are gone");
+    let keys = admin
+        .signing_keys
+        .list_signing_keys(authn::ListSigningKeysRequest { tenant: tenant.into() })
+        .await
+        .expect("keys")
+        .into_inner()
+        .signing_keys;
+    assert_eq!(keys.len(), 1);
+    assert_ne!(keys[0].kid, old_kid, "the namesake does not inherit the deleted tenant's key");
+    suite.stop().await.expect("stop");
+}

@@ -37,7 +37,7 @@ const DATABASE_STRATEGY: &str = "auth0";
 
 struct Inner {
     store: Store,
-    keys: KeyRing,
+    keys: Arc<KeyRing>,
     cache: ConnectionCache,
     customdb: CustomDbClient,
     tenant_clients: tenant_pb::client_service_client::ClientServiceClient<Peer>,
@@ -55,7 +55,8 @@ impl AuthnApi {
     /// Handlers over `store`, calling the tenant service and the registry through `tenant`
     /// and `registry`. Starts following the registry's change stream.
     pub fn new(store: Store, tenant: Peer, registry: Peer, config: Config) -> Self {
-        let keys = KeyRing::new(store.clone(), config.master_key.clone(), config.lifetimes);
+        let keys = Arc::new(KeyRing::new(store.clone(), config.master_key.clone(), config.lifetimes));
+        tokio::spawn(crate::tenants::follow(store.clone(), Arc::downgrade(&keys), tenant.clone()));
         let cache = ConnectionCache::new(registry, store.clone(), config.cache_connections);
         Self {
             inner: Arc::new(Inner {

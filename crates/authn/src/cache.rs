@@ -232,6 +232,9 @@ async fn watch(inner: Weak<Inner>) {
                 backoff = Duration::from_millis(100);
                 cache.set_live(true);
                 tracing::debug!("following the connection registry's change stream");
+                // Changes made while the stream was down are not replayed: look for
+                // connections that went meanwhile.
+                tokio::spawn(reconcile(cache.registry(), cache.inner.store.clone()));
                 let mut stream = stream.into_inner();
                 let weak = Arc::downgrade(&cache.inner);
                 drop(cache);
@@ -261,6 +264,24 @@ async fn watch(inner: Weak<Inner>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Removes the identities of connections that no longer exist (deleted while the change
+/// stream was down). Only a NOT_FOUND answer counts; any other failure leaves them be.
+async fn reconcile(mut registry: Registry, store: Store) {
+    let Ok(pairs) = store.identity_connections().await else { return };
+    for (tenant, connection_id) in pairs {
+        let answer = registry
+            .get_connection(pb::GetConnectionRequest { tenant: tenant.clone(), connection: connection_id.clone() })
+            .await;
+        if answer.is_err_and(|s| s.code() == Code::NotFound) {
+            match store.delete_connection(&tenant, &connection_id).await {
+                Ok((identities, users)) => tracing::info!(%tenant, %connection_id, identities, users,
+                    "a connection deleted while the change stream was down: removed its identities"),
+                Err(e) => tracing::error!(error = %e, "could not remove the identities of a deleted connection"),
+            }
+        }
     }
 }
 

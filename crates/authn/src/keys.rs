@@ -128,7 +128,8 @@ impl KeyRing {
         Ok((key, retired))
     }
 
-    fn forget(&self, tenant: &str) {
+    /// Drops the opened keys of `tenant` (after its deletion).
+    pub fn forget(&self, tenant: &str) {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner).remove(tenant);
     }
 

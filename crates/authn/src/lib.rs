@@ -25,6 +25,7 @@
 //! - [`bruteforce`]: the counting rule of brute-force protection, which the store applies
 //!   in one atomic statement.
 //! - [`json`]: protobuf `Struct` to JSON and back.
+//! - `tenants`: follows the tenant service's deletion log (a deleted tenant leaves nothing).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -38,6 +39,7 @@ pub mod json;
 pub mod keys;
 pub mod password;
 pub mod store;
+mod tenants;
 pub mod tokens;
 
 use postern_common::principal::{InternalKey, Principal, PrincipalLayer, SignLayer, SignService};

@@ -441,6 +441,49 @@ impl Store {
         Ok(())
     }
 
+    /// The tenants and connections that identities refer to, to check against the registry.
+    pub async fn identity_connections(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT tenant, connection_id FROM identities ORDER BY tenant, connection_id")
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("tenant")?, r.try_get("connection_id")?))).collect()
+    }
+
+    // ---- the tenant service's deletions ----
+
+    /// The sequence of the last tenant event applied.
+    pub async fn tenant_events_cursor(&self) -> Result<i64, StoreError> {
+        let row =
+            sqlx::query("SELECT sequence FROM tenant_events_cursor WHERE id = 1").fetch_one(self.db.pool()).await?;
+        Ok(row.try_get("sequence")?)
+    }
+
+    /// Applies tenant event `sequence`: for a deleted tenant (`deleted_tenant`), forgets
+    /// everything of it (users, identities, password history, counters, signing keys), so
+    /// that a tenant created later under the same name starts empty and cannot inherit keys.
+    /// Moves the cursor in the same transaction; an event already applied is a no-op.
+    pub async fn apply_tenant_event(&self, sequence: i64, deleted_tenant: Option<&str>) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let moved = sqlx::query("UPDATE tenant_events_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
+            .bind(sequence)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved == 0 {
+            return Ok(false);
+        }
+        if let Some(tenant) = deleted_tenant {
+            for table in ["password_history", "identities", "users", "login_failures", "signing_keys"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE tenant = $1")))
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(deleted_tenant.is_some())
+    }
+
     // ---- passwords ----
 
     /// Replaces an identity's password hash, keeping the old one in the history (at most

@@ -271,3 +271,43 @@ async fn signing_keys() {
         cleanup(store, backend).await;
     }
 }
+
+#[tokio::test]
+async fn a_deleted_tenant_leaves_nothing() {
+    for (store, backend) in stores("a_deleted_tenant_leaves_nothing").await {
+        for t in ["gone", "kept"] {
+            store
+                .create_user(
+                    t,
+                    &new_user("u", "u@example.com"),
+                    &identity("db", "u", "u@example.com", "", Some("h")),
+                    None,
+                )
+                .await
+                .unwrap();
+            store.set_password(t, "auth0|u", "con_db", "u", "h2", 5).await.unwrap();
+            store.admit(t, "auth0|u", "203.0.113.1", 10).await.unwrap();
+            let key = StoredKey {
+                kid: "k".into(),
+                alg: "RS256".into(),
+                sealed_key: vec![1],
+                create_time: 1,
+                retire_time: None,
+            };
+            store.add_signing_key(t, &key, 1, true).await.unwrap();
+        }
+        assert_eq!(store.tenant_events_cursor().await.unwrap(), 0);
+        assert!(store.apply_tenant_event(3, Some("gone")).await.unwrap());
+        assert!(!store.apply_tenant_event(3, Some("gone")).await.unwrap(), "applied once");
+        assert!(!store.apply_tenant_event(4, None).await.unwrap());
+        assert_eq!(store.tenant_events_cursor().await.unwrap(), 4);
+        assert!(store.get_user("gone", "auth0|u").await.unwrap().is_none());
+        assert!(store.signing_keys("gone").await.unwrap().is_empty());
+        assert!(store.password_history("gone", "con_db", "u").await.unwrap().is_empty());
+        assert_eq!(store.failures("gone", "auth0|u", "203.0.113.1").await.unwrap(), 0);
+        assert!(store.get_user("kept", "auth0|u").await.unwrap().is_some());
+        assert_eq!(store.signing_keys("kept").await.unwrap().len(), 1);
+        assert_eq!(store.identity_connections().await.unwrap(), [("kept".to_owned(), "con_db".to_owned())]);
+        cleanup(store, backend).await;
+    }
+}

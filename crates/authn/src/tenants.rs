@@ -1,0 +1,68 @@
+//! Following the tenant service's deletion log (`WatchTenantEvents`, internal), so that a
+//! deleted tenant leaves nothing behind in the authenticator: users, identities, password
+//! history, brute-force counters and signing keys go with it. A tenant created later under
+//! the same name starts empty and cannot inherit the old tenant's keys (which would make the
+//! old tenant's tokens verify for the new one).
+//!
+//! As in the registry, each event is applied with the cursor (the last sequence applied) in
+//! one transaction, and every (re)connection asks for the events after the cursor: nothing is
+//! missed across restarts of either service.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use postern_proto::tenant::v1 as pb;
+use tokio_stream::StreamExt;
+
+use crate::Peer;
+use crate::keys::KeyRing;
+use crate::store::Store;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Follows the log for as long as `alive` can be upgraded (the service exists).
+pub(crate) async fn follow(store: Store, keys: Weak<KeyRing>, tenant: Peer) {
+    let mut backoff = MIN_BACKOFF;
+    let mut client = pb::tenant_service_client::TenantServiceClient::new(tenant);
+    loop {
+        if keys.strong_count() == 0 {
+            return;
+        }
+        match follow_once(&store, &keys, &mut client, &mut backoff).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, "cannot follow the tenant service's deletions yet; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn follow_once(
+    store: &Store,
+    keys: &Weak<KeyRing>,
+    client: &mut pb::tenant_service_client::TenantServiceClient<Peer>,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let after = store.tenant_events_cursor().await.map_err(|e| e.to_string())?;
+    let mut stream = client
+        .watch_tenant_events(pb::WatchTenantEventsRequest { after_sequence: after })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    *backoff = MIN_BACKOFF;
+    while let Some(item) = stream.next().await {
+        let event = item.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        let Some(ring) = keys.upgrade() else { return Ok(()) };
+        let deleted = (event.event_type == pb::TenantEventType::TenantDeleted as i32).then_some(event.tenant.as_str());
+        match store.apply_tenant_event(event.sequence, deleted).await {
+            Ok(true) => {
+                ring.forget(&event.tenant);
+                tracing::info!(tenant = %event.tenant, "tenant deleted: removed its users, identities and signing keys");
+            }
+            Ok(false) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("the tenant event stream ended".into())
+}
