@@ -49,6 +49,7 @@ impl From<StoreError> for Status {
             }
             StoreError::NotFound => not_found("CONNECTION_NOT_FOUND", "the connection does not exist"),
             StoreError::ClientDeleted => not_found("CLIENT_NOT_FOUND", "the client was deleted from the tenant"),
+            StoreError::TenantDeleted => not_found("TENANT_NOT_FOUND", "the tenant was deleted"),
             e @ (StoreError::Corrupt(_) | StoreError::Db(_)) => internal(&e),
         }
     }
@@ -132,12 +133,18 @@ impl RegistryApi {
         self.store.get(tenant, reference).await?.ok_or_else(|| connection_not_found(tenant, raw))
     }
 
-    /// Asks the tenant service whether `tenant` exists.
-    async fn check_tenant_exists(&self, tenant: &str) -> Result<(), Status> {
+    /// Asks the tenant service whether `tenant` exists; answers its create time, which
+    /// tells it apart from an earlier tenant of the same name.
+    async fn check_tenant_exists(&self, tenant: &str) -> Result<i64, Status> {
         let mut client = tenant_pb::tenant_service_client::TenantServiceClient::new(self.tenant.clone());
         let call = client.get_tenant(tenant_pb::GetTenantRequest { name: tenant.to_owned() });
         match tokio::time::timeout(TENANT_TIMEOUT, call).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(r)) => Ok(r
+                .into_inner()
+                .tenant
+                .and_then(|t| t.create_time)
+                .and_then(|t| postern_common::time::from_timestamp(&t))
+                .unwrap_or(0)),
             Ok(Err(s)) if s.code() == Code::NotFound => {
                 Err(not_found("TENANT_NOT_FOUND", format!("tenant {tenant:?} does not exist")))
             }
@@ -188,12 +195,12 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         v.into_result()?;
         let new = new.ok_or_else(|| invalid_field("connection", "is invalid"))?;
         p.require_tenant(&req.tenant)?;
-        self.check_tenant_exists(&req.tenant).await?;
+        let tenant_create_time = self.check_tenant_exists(&req.tenant).await?;
         let now = now_micros();
         let connection = Connection { id: Connection::new_id(), spec: new.spec, create_time: now, update_time: now };
         let sealed =
             self.master_key.seal_secrets(&req.tenant, &connection.id, &new.secrets).map_err(|e| internal(&e))?;
-        self.store.create(&req.tenant, &connection, &sealed).await.map_err(|e| match e {
+        self.store.create(&req.tenant, tenant_create_time, &connection, &sealed).await.map_err(|e| match e {
             StoreError::AlreadyExists => already_exists(
                 "CONNECTION_ALREADY_EXISTS",
                 format!("tenant {:?} already has a connection named {:?}", req.tenant, connection.spec.name),

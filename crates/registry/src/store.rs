@@ -30,6 +30,9 @@ pub enum StoreError {
     /// The client was deleted from the tenant.
     #[error("the client was deleted")]
     ClientDeleted,
+    /// The tenant was deleted.
+    #[error("the tenant was deleted")]
+    TenantDeleted,
     /// A stored spec could not be read back.
     #[error("stored connection is unreadable: {0}")]
     Corrupt(String),
@@ -67,11 +70,26 @@ impl Store {
         self.db.close().await;
     }
 
-    /// Inserts a connection with its domain index; [`StoreError::AlreadyExists`] if the
-    /// tenant has one of that name.
-    pub async fn create(&self, tenant: &str, connection: &Connection, sealed: &[u8]) -> Result<(), StoreError> {
+    /// Inserts a connection with its domain index into the tenant called `tenant` that was
+    /// created at `tenant_create_time`; [`StoreError::AlreadyExists`] if the tenant has one of
+    /// that name, [`StoreError::TenantDeleted`] if that tenant's deletion was applied already.
+    pub async fn create(
+        &self,
+        tenant: &str,
+        tenant_create_time: i64,
+        connection: &Connection,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().await?;
-        insert(&mut tx, tenant, connection, sealed).await?;
+        let gone = sqlx::query("SELECT 1 AS x FROM deleted_tenants WHERE tenant = $1 AND tenant_create_time = $2")
+            .bind(tenant)
+            .bind(tenant_create_time)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if gone.is_some() {
+            return Err(StoreError::TenantDeleted);
+        }
+        insert(&mut tx, tenant, tenant_create_time, connection, sealed).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -87,7 +105,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().await?;
         for (c, sealed) in connections {
-            insert(&mut tx, tenant, c, sealed).await?;
+            insert(&mut tx, tenant, 0, c, sealed).await?;
         }
         for (connection_id, client_id) in enable {
             sqlx::query(
@@ -357,18 +375,35 @@ impl Store {
         Ok(left)
     }
 
-    /// Applies "tenant `tenant` was deleted" (event `sequence`): its connections go, with
-    /// their enablement. Answers the deleted connections. A no-op for an event already
-    /// applied.
-    pub async fn apply_tenant_deleted(&self, sequence: i64, tenant: &str) -> Result<Vec<Stored>, StoreError> {
+    /// Applies "tenant `tenant`, created at `tenant_create_time`, was deleted" (event
+    /// `sequence`): its connections go, with their enablement, and no connection can be
+    /// created in it any more; a later tenant of the same name is left alone. Answers the
+    /// deleted connections. A no-op for an event already applied.
+    pub async fn apply_tenant_deleted(
+        &self,
+        sequence: i64,
+        tenant: &str,
+        tenant_create_time: i64,
+    ) -> Result<Vec<Stored>, StoreError> {
         let mut tx = self.db.begin_write().await?;
         if !advance_cursor(&mut tx, sequence).await? {
             return Ok(Vec::new());
         }
-        let sql = format!("SELECT {COLUMNS} FROM connections WHERE tenant = $1 ORDER BY name");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).fetch_all(&mut *tx).await?;
+        let sql =
+            format!("SELECT {COLUMNS} FROM connections WHERE tenant = $1 AND tenant_create_time <= $2 ORDER BY name");
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(tenant_create_time).fetch_all(&mut *tx).await?;
         let deleted = rows.iter().map(stored_from_row).collect::<Result<Vec<_>, _>>()?;
-        sqlx::query("DELETE FROM connections WHERE tenant = $1").bind(tenant).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM connections WHERE tenant = $1 AND tenant_create_time <= $2")
+            .bind(tenant)
+            .bind(tenant_create_time)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO deleted_tenants (tenant, tenant_create_time) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(tenant)
+            .bind(tenant_create_time)
+            .execute(&mut *tx)
+            .await?;
         // The tenant's name may be taken again by a new tenant: its client ids are fresh, so
         // the tombstones of the old one's clients can go.
         sqlx::query("DELETE FROM deleted_clients WHERE tenant = $1").bind(tenant).execute(&mut *tx).await?;
@@ -398,13 +433,14 @@ async fn advance_cursor(tx: &mut sqlx::Transaction<'static, sqlx::Any>, sequence
 async fn insert(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     tenant: &str,
+    tenant_create_time: i64,
     c: &Connection,
     sealed: &[u8],
 ) -> Result<(), StoreError> {
     let json = serde_json::to_string(&c.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
-        "INSERT INTO connections (id, tenant, name, strategy, category, spec, secrets, create_time, update_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO connections (id, tenant, name, strategy, category, spec, secrets, create_time, update_time, \
+         tenant_create_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&c.id)
     .bind(tenant)
@@ -415,6 +451,7 @@ async fn insert(
     .bind(sealed)
     .bind(c.create_time)
     .bind(c.update_time)
+    .bind(tenant_create_time)
     .execute(&mut **tx)
     .await
     .map_err(|e| if is_unique_violation(&e) { StoreError::AlreadyExists } else { StoreError::Db(e) })?;

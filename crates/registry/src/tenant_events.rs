@@ -99,7 +99,9 @@ async fn apply(api: &RegistryApi, event: tenant_pb::WatchTenantEventsResponse) -
             }
         }
         Ok(tenant_pb::TenantEventType::TenantDeleted) => {
-            let deleted = api.store.apply_tenant_deleted(event.sequence, &event.tenant).await?;
+            let tenant_create_time =
+                event.tenant_create_time.and_then(|t| postern_common::time::from_timestamp(&t)).unwrap_or(0);
+            let deleted = api.store.apply_tenant_deleted(event.sequence, &event.tenant, tenant_create_time).await?;
             tracing::info!(tenant = %event.tenant, connections = deleted.len(), "deleted tenant's connections removed");
             for stored in deleted {
                 api.changes.publish(Change {

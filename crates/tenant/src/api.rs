@@ -230,6 +230,7 @@ async fn follow_events(
                 tenant: e.tenant,
                 client_id: e.client_id,
                 event_time: Some(postern_common::time::to_timestamp(e.event_time)),
+                tenant_create_time: Some(postern_common::time::to_timestamp(e.tenant_create_time)),
             };
             if tx.send(Ok(msg)).await.is_err() {
                 return;

@@ -59,6 +59,9 @@ pub struct Event {
     pub client_id: String,
     /// When, unix microseconds.
     pub event_time: i64,
+    /// The create time of the tenant concerned (unix microseconds): tells a deleted tenant
+    /// apart from a later one of the same name.
+    pub tenant_create_time: i64,
 }
 
 const CLIENT_COLUMNS: &str = "c.client_id, t.name AS tenant, c.name, c.app_type, c.callbacks, \
@@ -95,7 +98,7 @@ impl Store {
     /// Up to `limit` events after sequence `after`, in order.
     pub async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT sequence, event_type, tenant, client_id, event_time FROM events \
+            "SELECT sequence, event_type, tenant, client_id, event_time, tenant_create_time FROM events \
              WHERE sequence > $1 ORDER BY sequence LIMIT $2",
         )
         .bind(after)
@@ -116,6 +119,7 @@ impl Store {
                     tenant: r.try_get("tenant")?,
                     client_id: r.try_get("client_id")?,
                     event_time: r.try_get("event_time")?,
+                    tenant_create_time: r.try_get("tenant_create_time")?,
                 })
             })
             .collect()
@@ -129,18 +133,23 @@ impl Store {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         event_type: EventType,
         tenant: &str,
+        tenant_create_time: i64,
         client_id: &str,
     ) -> Result<(), sqlx::Error> {
         if self.db.backend() == Backend::Postgres {
             sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut **tx).await?;
         }
-        sqlx::query("INSERT INTO events (event_type, tenant, client_id, event_time) VALUES ($1, $2, $3, $4)")
-            .bind(event_type as i64)
-            .bind(tenant)
-            .bind(client_id)
-            .bind(now_micros())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO events (event_type, tenant, client_id, event_time, tenant_create_time) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(event_type as i64)
+        .bind(tenant)
+        .bind(client_id)
+        .bind(now_micros())
+        .bind(tenant_create_time)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
@@ -217,11 +226,15 @@ impl Store {
     /// Deletes a tenant with its clients and keys; whether it existed.
     pub async fn delete_tenant(&self, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await?;
-        let done = sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name).execute(&mut *tx).await?;
-        if done.rows_affected() == 0 {
+        let row = sqlx::query("DELETE FROM tenants WHERE name = $1 RETURNING create_time")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
             return Ok(false);
-        }
-        self.append_event(&mut tx, EventType::TenantDeleted, name, "").await?;
+        };
+        let tenant_create_time: i64 = row.try_get("create_time")?;
+        self.append_event(&mut tx, EventType::TenantDeleted, name, tenant_create_time, "").await?;
         tx.commit().await?;
         self.events_committed();
         Ok(true)
@@ -344,17 +357,19 @@ impl Store {
     /// Deletes a client; whether it existed.
     pub async fn delete_client(&self, tenant: &str, client_id: &str) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await?;
-        let done = sqlx::query(
-            "DELETE FROM clients WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)",
+        let row = sqlx::query(
+            "DELETE FROM clients WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1) \
+             RETURNING (SELECT create_time FROM tenants WHERE name = $1) AS tenant_create_time",
         )
         .bind(tenant)
         .bind(client_id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        let Some(row) = row else {
             return Ok(false);
-        }
-        self.append_event(&mut tx, EventType::ClientDeleted, tenant, client_id).await?;
+        };
+        let tenant_create_time: i64 = row.try_get("tenant_create_time")?;
+        self.append_event(&mut tx, EventType::ClientDeleted, tenant, tenant_create_time, client_id).await?;
         tx.commit().await?;
         self.events_committed();
         Ok(true)

@@ -93,14 +93,14 @@ fn names(rows: &[Stored]) -> Vec<&str> {
 async fn create_get_list_and_unique_names() {
     each_backend("create_get_list_and_unique_names", |store| async move {
         let ad = connection("fabrikam-ad", "ad");
-        store.create(T, &ad, b"sealed-ad").await.unwrap();
+        store.create(T, 1, &ad, b"sealed-ad").await.unwrap();
         for (n, s) in [("google", "google-apps"), ("facebook", "facebook"), ("db", "auth0")] {
-            store.create(T, &connection(n, s), b"x").await.unwrap();
+            store.create(T, 1, &connection(n, s), b"x").await.unwrap();
         }
         // Same name in another tenant is fine; in the same tenant it is not.
-        store.create("fabrikam-public", &connection("fabrikam-ad", "ad"), b"x").await.unwrap();
+        store.create("fabrikam-public", 1, &connection("fabrikam-ad", "ad"), b"x").await.unwrap();
         assert!(matches!(
-            store.create(T, &connection("fabrikam-ad", "auth0"), b"x").await,
+            store.create(T, 1, &connection("fabrikam-ad", "auth0"), b"x").await,
             Err(StoreError::AlreadyExists)
         ));
 
@@ -129,7 +129,7 @@ async fn concurrent_creates_of_one_name_let_exactly_one_win() {
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let store = store.clone();
-            tasks.push(tokio::spawn(async move { store.create(T, &connection("race", "auth0"), b"x").await }));
+            tasks.push(tokio::spawn(async move { store.create(T, 1, &connection("race", "auth0"), b"x").await }));
         }
         let mut ok = 0;
         for t in tasks {
@@ -151,7 +151,7 @@ async fn enablement_both_ways_resolve_and_discovery() {
         let google = connection("fabrikam-google-apps", "google-apps");
         let other = connection("other", "auth0");
         for c in [&ad, &google, &other] {
-            store.create(T, c, b"x").await.unwrap();
+            store.create(T, 1, c, b"x").await.unwrap();
         }
         assert!(store.enable(T, &ad.id, "timesheets").await.unwrap());
         assert!(!store.enable(T, &ad.id, "timesheets").await.unwrap(), "idempotent");
@@ -195,7 +195,7 @@ async fn enablement_both_ways_resolve_and_discovery() {
 async fn updates_are_optimistic_and_reindex_domains() {
     each_backend("updates_are_optimistic_and_reindex_domains", |store| async move {
         let ad = connection("fabrikam-ad", "ad");
-        store.create(T, &ad, b"v1").await.unwrap();
+        store.create(T, 1, &ad, b"v1").await.unwrap();
         store.enable(T, &ad.id, "c").await.unwrap();
         let mut spec = ad.spec.clone();
         spec.domain_aliases = vec!["new.fabrikam.example".into()];
@@ -217,9 +217,9 @@ async fn tenant_events_apply_once_and_block_deleted_clients() {
     each_backend("tenant_events_apply_once_and_block_deleted_clients", |store| async move {
         let ad = connection("fabrikam-ad", "ad");
         let google = connection("google", "google-apps");
-        store.create(T, &ad, b"x").await.unwrap();
-        store.create(T, &google, b"x").await.unwrap();
-        store.create("fabrikam-public", &connection("facebook", "facebook"), b"x").await.unwrap();
+        store.create(T, 1, &ad, b"x").await.unwrap();
+        store.create(T, 1, &google, b"x").await.unwrap();
+        store.create("fabrikam-public", 1, &connection("facebook", "facebook"), b"x").await.unwrap();
         store.enable(T, &ad.id, "timesheets").await.unwrap();
         store.enable(T, &google.id, "timesheets").await.unwrap();
         store.enable(T, &ad.id, "other").await.unwrap();
@@ -238,12 +238,19 @@ async fn tenant_events_apply_once_and_block_deleted_clients() {
         assert_eq!(store.connection_clients(&ad.id, None, 10).await.unwrap(), ["late", "other"]);
 
         store.skip_tenant_event(2).await.unwrap();
-        let deleted = store.apply_tenant_deleted(3, T).await.unwrap();
+        // A later tenant of the same name (created at 2) is not the deleted one (created at 1).
+        store.create(T, 2, &connection("reborn", "auth0"), b"x").await.unwrap();
+        let deleted = store.apply_tenant_deleted(3, T, 1).await.unwrap();
         assert_eq!(names(&deleted), ["fabrikam-ad", "google"]);
+        // A create that raced the deletion is refused once it is applied.
+        assert!(matches!(store.create(T, 1, &connection("late", "auth0"), b"x").await, Err(StoreError::TenantDeleted)));
+        assert!(store.apply_tenant_deleted(3, T, 2).await.unwrap().is_empty(), "replayed: a no-op");
+        assert_eq!(names(&store.list(T, "", 0, None, 10).await.unwrap()), ["reborn"]);
+        store.apply_tenant_deleted(4, T, 2).await.unwrap();
         assert!(store.list(T, "", 0, None, 10).await.unwrap().is_empty());
         assert!(store.client_connections(T, "other").await.unwrap().is_empty());
         assert_eq!(names(&store.list("fabrikam-public", "", 0, None, 10).await.unwrap()), ["facebook"]);
-        assert_eq!(store.tenant_events_cursor().await.unwrap(), 3);
+        assert_eq!(store.tenant_events_cursor().await.unwrap(), 4);
     })
     .await;
 }

@@ -80,6 +80,8 @@ async fn deletions_are_logged_in_order_and_only_when_they_happen() {
             ]
         );
         assert!(events[0].sequence < events[1].sequence);
+        let created = store.get_tenant("fabrikam-public").await.unwrap().unwrap().create_time;
+        assert!(events.iter().all(|e| e.tenant_create_time > 0 && e.tenant_create_time <= created));
         let after_first = store.events_after(events[0].sequence, 10).await.unwrap();
         assert_eq!(after_first, events[1..]);
         assert!(store.events_after(events[1].sequence, 10).await.unwrap().is_empty());
