@@ -190,6 +190,18 @@ async fn signup_login_and_the_token_verifies_against_the_published_keys() {
     let err = app.authn.login(nothing.login("alice@fabrikam.example", STRONG, "")).await.expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
 
+    // An administrator's block stops logins, even with the right password.
+    let block = |blocked: bool| authn::UpdateUserRequest {
+        tenant: tenant.into(),
+        user: Some(authn::User { user_id: created.user_id.clone(), blocked, ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["blocked".into()] }),
+    };
+    app.users.update_user(block(true)).await.expect("block");
+    let err = app.authn.login(a.login("alice@fabrikam.example", STRONG, "")).await.expect_err("blocked");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(reason(&err).as_deref(), Some("USER_BLOCKED"));
+    app.users.update_user(block(false)).await.expect("unblock");
+
     // Tenant isolation: another tenant's key sees nothing; its key set does not verify our token.
     let (other_client, _) = tenant_with_client(&mut admin, "contoso").await;
     let other_key = admin.create_api_key("contoso").await.expect("key");
@@ -471,6 +483,21 @@ async fn custom_database_with_and_without_import() {
     let err = admin.authn.signup(signup(tenant, &client_id, "remote", "short@example.com", "abcdef")).await;
     assert!(err.is_ok() || err.as_ref().is_err_and(|e| e.code() == Code::InvalidArgument));
 
+    // A password change of a custom database user goes to the customer's store.
+    admin
+        .authn
+        .change_password(authn::ChangePasswordRequest {
+            tenant: tenant.into(),
+            user_id: user.user_id.clone(),
+            connection: String::new(),
+            new_password: "changed-pass".into(),
+        })
+        .await
+        .expect("change at the source");
+    admin.authn.login(remote.login("plain@example.com", "changed-pass", "")).await.expect("new password");
+    let err = admin.authn.login(remote.login("plain@example.com", "legacy-pass", "")).await.expect_err("old one");
+    assert_eq!(err.code(), Code::Unauthenticated);
+
     admin.authn.login(importing.login("moving@example.com", "legacy-pass", "")).await.expect("first login imports");
     // The customer's store goes away: imported users still log in, the others cannot.
     let _ = stop_db.send(());
@@ -478,7 +505,7 @@ async fn custom_database_with_and_without_import() {
     admin.authn.login(importing.login("moving@example.com", "legacy-pass", "")).await.expect("local after import");
     let err = admin.authn.login(importing.login("moving@example.com", "bad", "")).await.expect_err("wrong");
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = admin.authn.login(remote.login("plain@example.com", "legacy-pass", "")).await.expect_err("down");
+    let err = admin.authn.login(remote.login("plain@example.com", "changed-pass", "")).await.expect_err("down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(!err.message().contains("127.0.0.1"), "no internals: {}", err.message());
     suite.stop().await.expect("stop");
