@@ -648,3 +648,51 @@ async fn bad_options_name_their_field() {
     assert_eq!(violated_fields(&err), ["update_mask.paths[0]"]);
     suite.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_with_another_master_key_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_owned();
+    let first = "a".repeat(64);
+    let suite = Suite::start_with(|s| {
+        s.data_dir = data.clone();
+        s.master_key = Some(first.clone());
+    })
+    .await
+    .expect("suite");
+    let mut admin = suite.admin().await;
+    admin.create_tenant(INTERNAL).await.expect("tenant");
+    create(&mut admin, INTERNAL, ad("fabrikam-ad")).await.expect("create");
+    suite.stop().await.expect("stop");
+
+    let err = match Suite::start_with(|s| {
+        s.data_dir = data.clone();
+        s.master_key = Some("b".repeat(64));
+    })
+    .await
+    {
+        Ok(_) => panic!("a different master key must be refused"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("master key does not match"), "{err}");
+
+    // The right key still reads everything, secrets included (as flags).
+    let suite = Suite::start_with(|s| {
+        s.data_dir = data.clone();
+        s.master_key = Some(first.clone());
+    })
+    .await
+    .expect("suite");
+    let mut admin = suite.admin().await;
+    let got = admin
+        .connections
+        .get_connection(pb::GetConnectionRequest { tenant: INTERNAL.into(), connection: "fabrikam-ad".into() })
+        .await
+        .expect("get after restart")
+        .into_inner();
+    let Some(pb::connection::Options::Ldap(ldap)) = got.connection.and_then(|c| c.options) else {
+        panic!("ldap options expected")
+    };
+    assert!(ldap.bind_password_set);
+    suite.stop().await.expect("stop");
+}

@@ -315,6 +315,7 @@ async fn start_registry(
     let location = DbLocation::for_service("registry", &settings.data_dir, settings.database_url.as_deref());
     let store =
         postern_registry::Store::open(&location).await.context("cannot open the connection registry's database")?;
+    postern_registry::check_master_key(&store, &master_key).await?;
     Ok(postern_registry::Registry::start(store, master_key, internal_key, tenant))
 }
 

@@ -54,6 +54,47 @@ pub const INTERNAL_METHODS: &[&str] = &["/postern.connections.v1.ConnectionServi
 /// The principal the registry signs its calls to the tenant service with.
 pub const SERVICE_NAME: &str = "registry";
 
+/// Why the registry cannot use its master key with its database.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterKeyError {
+    /// The database was written with another master key.
+    #[error(
+        "the master key does not match the one this registry's database was first used with; \
+         start with that key (POSTERN_MASTER_KEY or <data-dir>/master-key), or every connection secret is unreadable"
+    )]
+    Mismatch,
+    /// The check value could not be sealed.
+    #[error(transparent)]
+    Seal(#[from] secrets::SecretsError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// The associated data of the master key's check value (no tenant or connection has these).
+const CHECK_TENANT: &str = "-";
+const CHECK_ID: &str = "master-key-check";
+
+/// Checks that `master_key` is the key `store` was first used with, recording it on the
+/// first use. Run it at start-up, so that a wrong key stops the process with a clear message
+/// instead of making every read fail.
+pub async fn check_master_key(store: &Store, master_key: &MasterKey) -> Result<(), MasterKeyError> {
+    match store.master_key_check().await? {
+        Some(sealed) => match master_key.open(CHECK_TENANT, CHECK_ID, &sealed) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(MasterKeyError::Mismatch),
+        },
+        None => {
+            store.set_master_key_check(&master_key.seal(CHECK_TENANT, CHECK_ID, b"postern")?).await?;
+            // Another replica may have recorded its own first: check against what is stored.
+            match store.master_key_check().await? {
+                Some(sealed) if master_key.open(CHECK_TENANT, CHECK_ID, &sealed).is_ok() => Ok(()),
+                _ => Err(MasterKeyError::Mismatch),
+            }
+        }
+    }
+}
+
 /// A running registry: its handlers, and the follower of the tenant service's deletions.
 pub struct Registry {
     api: RegistryApi,

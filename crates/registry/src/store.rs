@@ -329,6 +329,22 @@ impl Store {
         rows.iter().map(stored_from_row).collect()
     }
 
+    /// The value sealed with the master key when the database was first used, if any.
+    pub async fn master_key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let row =
+            sqlx::query("SELECT sealed FROM master_key_check WHERE id = 1").fetch_optional(self.db.pool()).await?;
+        Ok(row.map(|r| r.try_get("sealed")).transpose()?)
+    }
+
+    /// Records the master key's check value unless one is recorded (the first start wins).
+    pub async fn set_master_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO master_key_check (id, sealed) VALUES (1, $1) ON CONFLICT DO NOTHING")
+            .bind(sealed)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
     // ---- the tenant service's deletions ----
 
     /// The sequence of the last tenant event applied.

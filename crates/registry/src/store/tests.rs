@@ -254,3 +254,17 @@ async fn tenant_events_apply_once_and_block_deleted_clients() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_first_master_key_is_the_only_one_accepted() {
+    each_backend("the_first_master_key_is_the_only_one_accepted", |store| async move {
+        let key = crate::MasterKey::generate().unwrap();
+        crate::check_master_key(&store, &key).await.expect("first use records it");
+        crate::check_master_key(&store, &key).await.expect("same key again");
+        let other = crate::MasterKey::generate().unwrap();
+        let err = crate::check_master_key(&store, &other).await.expect_err("another key");
+        assert!(matches!(err, crate::MasterKeyError::Mismatch));
+        assert!(err.to_string().contains("does not match"));
+    })
+    .await;
+}
