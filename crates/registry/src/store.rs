@@ -58,6 +58,28 @@ pub struct Store {
 
 const COLUMNS: &str = "id, spec, secrets, create_time, update_time";
 
+/// The connections enabled for a client: an index search on `(tenant, client_id)`, then a
+/// primary-key lookup per connection.
+const CLIENT_CONNECTIONS: &str = "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
+     FROM connection_clients e JOIN connections c ON c.id = e.connection_id \
+     WHERE e.tenant = $1 AND e.client_id = $2 ORDER BY c.name";
+
+/// The enterprise connections of a domain enabled for a client: index searches only.
+const DISCOVER: &str = "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
+     FROM connection_domains d \
+     JOIN connection_clients e ON e.connection_id = d.connection_id AND e.client_id = $3 \
+     JOIN connections c ON c.id = d.connection_id \
+     WHERE d.tenant = $1 AND d.domain = $2 ORDER BY c.name";
+
+/// A connection by `column` (`id` or `name`) if enabled for a client: two index searches.
+fn resolve_sql(column: &str) -> String {
+    format!(
+        "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
+         FROM connections c JOIN connection_clients e ON e.connection_id = c.id AND e.client_id = $3 \
+         WHERE c.tenant = $1 AND c.{column} = $2"
+    )
+}
+
 impl Store {
     /// Opens the store at `location`, running its migrations.
     pub async fn open(location: &DbLocation) -> Result<Self, DbError> {
@@ -277,15 +299,7 @@ impl Store {
 
     /// The connections enabled for `client_id` of `tenant`, in name order.
     pub async fn client_connections(&self, tenant: &str, client_id: &str) -> Result<Vec<Stored>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
-             FROM connection_clients e JOIN connections c ON c.id = e.connection_id \
-             WHERE e.tenant = $1 AND e.client_id = $2 ORDER BY c.name",
-        )
-        .bind(tenant)
-        .bind(client_id)
-        .fetch_all(self.db.pool())
-        .await?;
+        let rows = sqlx::query(CLIENT_CONNECTIONS).bind(tenant).bind(client_id).fetch_all(self.db.pool()).await?;
         rows.iter().map(stored_from_row).collect()
     }
 
@@ -297,12 +311,7 @@ impl Store {
         reference: &ConnectionRef,
     ) -> Result<Option<Stored>, StoreError> {
         let (column, value) = by(reference);
-        let sql = format!(
-            "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
-             FROM connections c JOIN connection_clients e ON e.connection_id = c.id AND e.client_id = $3 \
-             WHERE c.tenant = $1 AND c.{column} = $2"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(sqlx::AssertSqlSafe(resolve_sql(column)))
             .bind(tenant)
             .bind(value)
             .bind(client_id)
@@ -314,18 +323,7 @@ impl Store {
     /// The connections of `tenant` enabled for `client_id` whose discovery domains hold
     /// `domain` (lowercase), in name order.
     pub async fn discover(&self, tenant: &str, client_id: &str, domain: &str) -> Result<Vec<Stored>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
-             FROM connection_domains d \
-             JOIN connection_clients e ON e.connection_id = d.connection_id AND e.client_id = $3 \
-             JOIN connections c ON c.id = d.connection_id \
-             WHERE d.tenant = $1 AND d.domain = $2 ORDER BY c.name",
-        )
-        .bind(tenant)
-        .bind(domain)
-        .bind(client_id)
-        .fetch_all(self.db.pool())
-        .await?;
+        let rows = sqlx::query(DISCOVER).bind(tenant).bind(domain).bind(client_id).fetch_all(self.db.pool()).await?;
         rows.iter().map(stored_from_row).collect()
     }
 
@@ -367,15 +365,7 @@ impl Store {
         if !advance_cursor(&mut tx, sequence).await? {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT c.id, c.spec, c.secrets, c.create_time, c.update_time \
-             FROM connection_clients e JOIN connections c ON c.id = e.connection_id \
-             WHERE e.tenant = $1 AND e.client_id = $2 ORDER BY c.name",
-        )
-        .bind(tenant)
-        .bind(client_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query(CLIENT_CONNECTIONS).bind(tenant).bind(client_id).fetch_all(&mut *tx).await?;
         let left = rows.iter().map(stored_from_row).collect::<Result<Vec<_>, _>>()?;
         sqlx::query("DELETE FROM connection_clients WHERE tenant = $1 AND client_id = $2")
             .bind(tenant)

@@ -268,3 +268,31 @@ async fn the_first_master_key_is_the_only_one_accepted() {
     })
     .await;
 }
+
+/// The login-path queries are index searches, never scans (checked on SQLite's plans; the
+/// benchmark shows the same on the figures).
+#[tokio::test]
+async fn login_path_queries_search_indexes_and_never_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&DbLocation::SqliteFile(dir.path().join("registry.db"))).await.unwrap();
+    let plans = [
+        ("ListClientConnections", CLIENT_CONNECTIONS.to_owned()),
+        ("ResolveConnection by name", resolve_sql("name")),
+        ("ResolveConnection by id", resolve_sql("id")),
+        ("DiscoverConnection", DISCOVER.to_owned()),
+    ];
+    for (what, sql) in plans {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+            .bind("t")
+            .bind("x")
+            .bind("c")
+            .fetch_all(store.db.pool())
+            .await
+            .unwrap();
+        let details: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("detail").unwrap()).collect();
+        eprintln!("{what}: {details:?}");
+        assert!(!details.is_empty(), "{what}: no plan");
+        assert!(details.iter().all(|d| !d.starts_with("SCAN")), "{what} scans: {details:?}");
+    }
+    store.close().await;
+}
