@@ -221,6 +221,14 @@ async fn split_mode_runs_the_registry_apart_and_it_misses_no_deletion() {
 
     let mut admin = Clients::new(channel(gateway.grpc).await, postern_testkit::ADMIN_KEY);
     admin.create_tenant("fabrikam-internal").await.expect("tenant");
+    // Postern's own services may watch every tenant at once (the authenticator's cache does).
+    const WATCH: &str = "/postern.connections.v1.ConnectionService/WatchConnections";
+    let mut watcher = ConnectionServiceClient::new(channel(registry.grpc).await);
+    let mut all_tenants = watcher
+        .watch_connections(as_service(&key, WATCH, cpb::WatchConnectionsRequest { tenant: String::new() }))
+        .await
+        .expect("an internal caller watches every tenant")
+        .into_inner();
     let leaving = admin.create_client("fabrikam-internal", "Leaving app").await.expect("client").client_id;
     let staying = admin.create_client("fabrikam-internal", "Staying app").await.expect("client").client_id;
     let ad = cpb::Connection {
@@ -240,6 +248,16 @@ async fn split_mode_runs_the_registry_apart_and_it_misses_no_deletion() {
         .create_connection(cpb::CreateConnectionRequest { tenant: "fabrikam-internal".into(), connection: Some(ad) })
         .await
         .expect("create through the split gateway");
+    let change = tokio::time::timeout(Duration::from_secs(2), all_tenants.message())
+        .await
+        .expect("delivered within a second or two")
+        .expect("stream")
+        .expect("open");
+    assert_eq!(change.change_type, cpb::ChangeType::Created as i32);
+    assert_eq!(
+        (change.tenant.as_str(), change.connection.map(|c| c.name)),
+        ("fabrikam-internal", Some("fabrikam-ad".into()))
+    );
     for client_id in [&leaving, &staying] {
         admin
             .connections
