@@ -597,6 +597,19 @@ async fn resolve_connection_is_refused_from_outside() {
         .expect_err("internal only");
     assert_eq!((err.code(), reason(&err).as_deref()), (Code::PermissionDenied, Some("INTERNAL_ONLY")));
     no_secret(&format!("{err:?}"));
+    // Nor does the tenant service's log of deletions, which the registry follows.
+    let mut events = admin
+        .tenants
+        .watch_tenant_events(tpb::WatchTenantEventsRequest { after_sequence: 0 })
+        .await
+        .expect_err("internal only");
+    assert_eq!((events.code(), reason(&events).as_deref()), (Code::PermissionDenied, Some("INTERNAL_ONLY")));
+    events = admin
+        .connections
+        .watch_connections(pb::WatchConnectionsRequest { tenant: String::new() })
+        .await
+        .expect_err("every tenant at once is internal");
+    assert_eq!(events.code(), Code::InvalidArgument);
     suite.stop().await.expect("stop");
 }
 
@@ -717,5 +730,80 @@ async fn a_watch_outlives_the_gateways_call_deadline() {
         .expect("the stream is still open")
         .expect("a change");
     assert_eq!(e.change_type, pb::ChangeType::Created as i32);
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_page_and_filter() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    admin.create_tenant(INTERNAL).await.expect("tenant");
+    create(&mut admin, INTERNAL, ad("fabrikam-ad")).await.expect("create");
+    create(&mut admin, INTERNAL, google_apps("fabrikam.example", "s")).await.expect("create");
+    for name in ["db-1", "db-2", "db-3"] {
+        create(&mut admin, INTERNAL, auth0(name)).await.expect("create");
+    }
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = admin
+            .connections
+            .list_connections(pb::ListConnectionsRequest {
+                tenant: INTERNAL.into(),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        pages += 1;
+        names.extend(page.connections.into_iter().map(|c| c.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, ["db-1", "db-2", "db-3", "fabrikam-ad", "fabrikam-google-apps"]);
+
+    let filtered = |strategy: &str, category: pb::Category| pb::ListConnectionsRequest {
+        tenant: INTERNAL.into(),
+        strategy: strategy.into(),
+        category: category as i32,
+        ..Default::default()
+    };
+    let enterprise =
+        admin.connections.list_connections(filtered("", pb::Category::Enterprise)).await.expect("list").into_inner();
+    assert_eq!(
+        enterprise.connections.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["fabrikam-ad", "fabrikam-google-apps"]
+    );
+    let ad_only =
+        admin.connections.list_connections(filtered("ad", pb::Category::Unspecified)).await.expect("list").into_inner();
+    assert_eq!(ad_only.connections.len(), 1);
+    let err = admin
+        .connections
+        .list_connections(filtered("myspace", pb::Category::Unspecified))
+        .await
+        .expect_err("unknown strategy");
+    assert_eq!(violated_fields(&err), ["strategy"]);
+    // A token is bound to its list and filters.
+    let first = admin
+        .connections
+        .list_connections(pb::ListConnectionsRequest { tenant: INTERNAL.into(), page_size: 1, ..Default::default() })
+        .await
+        .expect("page")
+        .into_inner();
+    let err = admin
+        .connections
+        .list_connections(pb::ListConnectionsRequest {
+            page_token: first.next_page_token,
+            ..filtered("auth0", pb::Category::Unspecified)
+        })
+        .await
+        .expect_err("token of another list");
+    assert_eq!(violated_fields(&err), ["page_token"]);
     suite.stop().await.expect("stop");
 }

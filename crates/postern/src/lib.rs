@@ -60,7 +60,8 @@ pub struct Settings {
     /// `<data-dir>/internal-key`, which the first of them creates.
     #[arg(long, env = "POSTERN_INTERNAL_KEY", hide_env_values = true)]
     pub internal_key: Option<String>,
-    /// The tenant service's addresses, for `serve gateway` (comma-separated `http://host:port`).
+    /// The tenant service's addresses, for `serve gateway` (comma-separated `http://host:port`)
+    /// and `serve registry` (one address).
     #[arg(long, env = "POSTERN_TENANT_URL", value_delimiter = ',')]
     pub tenant_url: Vec<String>,
     /// The connection registry's addresses, for `serve gateway` (comma-separated
