@@ -30,6 +30,10 @@ pub use process::Process;
 /// The admin key the kit starts suites with.
 pub const ADMIN_KEY: &str = "psta_test-admin-key-0123456789abcdef";
 
+/// The master key the kit starts suites with (64 hex digits), so that a suite restarted on
+/// the same PostgreSQL database with a fresh data directory reads its connection secrets.
+pub const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
 /// Settings for a suite on free loopback ports with data under `data_dir`.
 pub fn settings(data_dir: &Path) -> Settings {
     Settings {
@@ -41,7 +45,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         internal_key: None,
         tenant_url: Vec::new(),
         registry_url: Vec::new(),
-        master_key: None,
+        master_key: Some(MASTER_KEY.to_owned()),
         authn_url: Vec::new(),
         public_url: None,
         connection_cache: true,
