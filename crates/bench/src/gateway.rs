@@ -63,10 +63,8 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
         let key = key.clone();
         async move {
             let mut req = tonic::Request::new(pb::GetTenantRequest { name: TENANT.into() });
-            if let Ok(v) = key.sign(&Principal::Admin, METHOD).to_str().map(str::parse) {
-                if let Ok(v) = v {
-                    req.metadata_mut().insert(PRINCIPAL_HEADER, v);
-                }
+            if let Ok(Ok(v)) = key.sign(&Principal::Admin, METHOD).to_str().map(str::parse) {
+                req.metadata_mut().insert(PRINCIPAL_HEADER, v);
             }
             client.get_tenant(req).await.is_ok()
         }
