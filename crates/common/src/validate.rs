@@ -46,7 +46,10 @@ pub fn redirect_url(value: &str) -> Result<(), String> {
         "https" => {}
         "http" if local => {}
         "http" => {
-            return Err(format!("{:?} uses http, which is allowed only for localhost; use https", truncate(value, 200)));
+            return Err(format!(
+                "{:?} uses http, which is allowed only for localhost; use https",
+                truncate(value, 200)
+            ));
         }
         other => {
             return Err(format!(
