@@ -698,3 +698,111 @@ async fn deleting_a_tenant_leaves_nothing_for_a_namesake() {
     assert_ne!(keys[0].kid, old_kid, "the namesake does not inherit the deleted tenant's key");
     suite.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn users_are_listed_in_pages_updated_with_masks_and_deleted() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "directory";
+    let (client_id, _) = tenant_with_client(&mut admin, tenant).await;
+    for name in ["one", "two"] {
+        database(
+            &mut admin,
+            tenant,
+            name,
+            policy(conn::PasswordPolicy::None),
+            conn::UserProfileSync::Unspecified,
+            Some(&client_id),
+        )
+        .await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let connection = if i < 3 { "one" } else { "two" };
+        let user = admin
+            .authn
+            .signup(signup(tenant, &client_id, connection, &format!("u{i}@example.com"), "x"))
+            .await
+            .expect("signup")
+            .into_inner()
+            .user
+            .expect("user");
+        ids.push(user.user_id);
+    }
+    let key = admin.create_api_key(tenant).await.expect("key");
+    let mut app = suite.clients(&key).await;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .users
+            .list_users(authn::ListUsersRequest {
+                tenant: tenant.into(),
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.users.len() <= 2);
+        seen.extend(page.users.into_iter().map(|u| u.user_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, ids, "every user once, oldest first");
+    let only = |connection: &str, email: &str| authn::ListUsersRequest {
+        tenant: tenant.into(),
+        connection: connection.into(),
+        email: email.into(),
+        ..Default::default()
+    };
+    assert_eq!(app.users.list_users(only("two", "")).await.expect("list").into_inner().users.len(), 2);
+    let by_email = app.users.list_users(only("", "U1@EXAMPLE.COM")).await.expect("list").into_inner().users;
+    assert_eq!(by_email.len(), 1);
+    assert_eq!(by_email[0].user_id, ids[1]);
+    let bad = authn::ListUsersRequest { tenant: tenant.into(), page_token: "garbage".into(), ..Default::default() };
+    let err = app.users.list_users(bad).await.expect_err("bad token");
+    assert_eq!(violated_fields(&err), ["page_token"]);
+
+    let update = |paths: &[&str]| authn::UpdateUserRequest {
+        tenant: tenant.into(),
+        user: Some(authn::User {
+            user_id: ids[0].clone(),
+            name: "Una".into(),
+            email: "una@example.com".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() }),
+    };
+    let err = app.users.update_user(update(&["logins_count"])).await.expect_err("output only");
+    assert_eq!(violated_fields(&err), ["update_mask.paths[0]"]);
+    let err = app.users.update_user(update(&[])).await.expect_err("mask required");
+    assert_eq!(violated_fields(&err), ["update_mask"]);
+    let user =
+        app.users.update_user(update(&["name", "email"])).await.expect("update").into_inner().user.expect("user");
+    assert_eq!((user.name.as_str(), user.email.as_str()), ("Una", "una@example.com"));
+    // The new email is the user's login name now: nobody else may sign up with it.
+    let err = admin.authn.signup(signup(tenant, &client_id, "one", "una@example.com", "x")).await.expect_err("taken");
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    app.users
+        .delete_user(authn::DeleteUserRequest { tenant: tenant.into(), user_id: ids[0].clone() })
+        .await
+        .expect("delete");
+    let err = app
+        .users
+        .get_user(authn::GetUserRequest { tenant: tenant.into(), user_id: ids[0].clone() })
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = app
+        .users
+        .delete_user(authn::DeleteUserRequest { tenant: tenant.into(), user_id: ids[0].clone() })
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+    suite.stop().await.expect("stop");
+}
