@@ -458,11 +458,14 @@ impl Store {
         Ok(row.try_get("sequence")?)
     }
 
-    /// Applies tenant event `sequence`: for a deleted tenant (`deleted_tenant`), forgets
-    /// everything of it (users, identities, password history, counters, signing keys), so
-    /// that a tenant created later under the same name starts empty and cannot inherit keys.
-    /// Moves the cursor in the same transaction; an event already applied is a no-op.
-    pub async fn apply_tenant_event(&self, sequence: i64, deleted_tenant: Option<&str>) -> Result<bool, StoreError> {
+    /// Applies tenant event `sequence`. For a deleted tenant (`deleted`: its name and the
+    /// time of its deletion, unix microseconds), forgets everything of it made before that
+    /// time (users with their identities and password history, signing keys) and its
+    /// brute-force counters, so that a tenant created later under the same name starts
+    /// empty and cannot inherit keys; what that later tenant made is kept, even when the
+    /// event is applied late. Moves the cursor in the same transaction; an event already
+    /// applied is a no-op. Answers whether a deletion was applied.
+    pub async fn apply_tenant_event(&self, sequence: i64, deleted: Option<(&str, i64)>) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await?;
         let moved = sqlx::query("UPDATE tenant_events_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
             .bind(sequence)
@@ -472,16 +475,24 @@ impl Store {
         if moved == 0 {
             return Ok(false);
         }
-        if let Some(tenant) = deleted_tenant {
-            for table in ["password_history", "identities", "users", "login_failures", "signing_keys"] {
-                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE tenant = $1")))
-                    .bind(tenant)
-                    .execute(&mut *tx)
-                    .await?;
+        if let Some((tenant, before)) = deleted {
+            let statements = [
+                "DELETE FROM password_history WHERE tenant = $1 AND EXISTS (SELECT 1 FROM identities i \
+                 JOIN users u ON u.tenant = i.tenant AND u.user_id = i.user_id \
+                 WHERE i.tenant = password_history.tenant AND i.connection_id = password_history.connection_id \
+                 AND i.source_id = password_history.source_id AND u.create_time <= $2)",
+                "DELETE FROM identities WHERE tenant = $1 AND user_id IN \
+                 (SELECT user_id FROM users WHERE tenant = $1 AND create_time <= $2)",
+                "DELETE FROM users WHERE tenant = $1 AND create_time <= $2",
+                "DELETE FROM signing_keys WHERE tenant = $1 AND create_time <= $2",
+                "DELETE FROM login_failures WHERE tenant = $1 AND $2 = $2",
+            ];
+            for sql in statements {
+                sqlx::query(sql).bind(tenant).bind(before).execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
-        Ok(deleted_tenant.is_some())
+        Ok(deleted.is_some())
     }
 
     // ---- passwords ----

@@ -54,7 +54,10 @@ async fn follow_once(
     while let Some(item) = stream.next().await {
         let event = item.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
         let Some(ring) = keys.upgrade() else { return Ok(()) };
-        let deleted = (event.event_type == pb::TenantEventType::TenantDeleted as i32).then_some(event.tenant.as_str());
+        // What the deleted tenant made is older than its deletion; a later namesake's is not.
+        let when = event.event_time.as_ref().and_then(postern_common::time::from_timestamp).unwrap_or(i64::MAX);
+        let deleted =
+            (event.event_type == pb::TenantEventType::TenantDeleted as i32).then_some((event.tenant.as_str(), when));
         match store.apply_tenant_event(event.sequence, deleted).await {
             Ok(true) => {
                 ring.forget(&event.tenant);

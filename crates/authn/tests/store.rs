@@ -297,12 +297,23 @@ async fn a_deleted_tenant_leaves_nothing() {
             store.add_signing_key(t, &key, 1, true).await.unwrap();
         }
         assert_eq!(store.tenant_events_cursor().await.unwrap(), 0);
-        assert!(store.apply_tenant_event(3, Some("gone")).await.unwrap());
-        assert!(!store.apply_tenant_event(3, Some("gone")).await.unwrap(), "applied once");
+        let deleted_at = postern_common::time::now_micros();
+        // A namesake created after the deletion keeps what it made, even if the event comes late.
+        let key = StoredKey {
+            kid: "later".into(),
+            alg: "EdDSA".into(),
+            sealed_key: vec![2],
+            create_time: deleted_at + 1,
+            retire_time: None,
+        };
+        store.add_signing_key("gone", &key, deleted_at + 1, false).await.unwrap();
+        assert!(store.apply_tenant_event(3, Some(("gone", deleted_at))).await.unwrap());
+        assert!(!store.apply_tenant_event(3, Some(("gone", deleted_at))).await.unwrap(), "applied once");
         assert!(!store.apply_tenant_event(4, None).await.unwrap());
         assert_eq!(store.tenant_events_cursor().await.unwrap(), 4);
         assert!(store.get_user("gone", "auth0|u").await.unwrap().is_none());
-        assert!(store.signing_keys("gone").await.unwrap().is_empty());
+        let left: Vec<String> = store.signing_keys("gone").await.unwrap().into_iter().map(|k| k.kid).collect();
+        assert_eq!(left, ["later"]);
         assert!(store.password_history("gone", "con_db", "u").await.unwrap().is_empty());
         assert_eq!(store.failures("gone", "auth0|u", "203.0.113.1").await.unwrap(), 0);
         assert!(store.get_user("kept", "auth0|u").await.unwrap().is_some());
