@@ -17,7 +17,7 @@ use postern_common::principal::{InternalKey, PRINCIPAL_HEADER, Principal};
 use postern_proto::connections::v1 as pb;
 use postern_proto::connections::v1::connection_service_client::ConnectionServiceClient;
 use postern_registry::domain::{Connection, NewConnection};
-use postern_registry::{MasterKey, Registry, Store};
+use postern_registry::{ConnectionSeal, MasterKey, Registry, Store};
 use tonic::transport::Channel;
 
 use crate::stats::{Call, Measurement, call, interleaved};

@@ -326,9 +326,8 @@ async fn start_authn(
     internal_key: &InternalKey,
     peers: postern_authn::Peers,
 ) -> anyhow::Result<(postern_authn::AuthnApi, postern_authn::PublicUrl)> {
-    // The same master key as the registry's, as the sealing module of postern-common reads it.
-    let master_key =
-        postern_common::seal::MasterKey::parse(&master_key(settings)?.to_base64()).context("the master key")?;
+    // The same master key as the registry's (postern_common::seal), under its own label.
+    let master_key = master_key(settings)?;
     let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref());
     let store = postern_authn::Store::open(&location).await.context("cannot open the authenticator's database")?;
     let public_url = postern_authn::PublicUrl::default();
@@ -353,8 +352,8 @@ async fn start_authn(
 
 /// The master key: configured, or the one in `<data-dir>/master-key`, which the first start
 /// generates (mode 0600).
-fn master_key(settings: &Settings) -> anyhow::Result<postern_registry::MasterKey> {
-    use postern_registry::MasterKey;
+fn master_key(settings: &Settings) -> anyhow::Result<postern_common::seal::MasterKey> {
+    use postern_common::seal::MasterKey;
     if let Some(text) = &settings.master_key {
         return MasterKey::parse(text).context("POSTERN_MASTER_KEY");
     }

@@ -17,7 +17,7 @@ use postern_proto::tenant::v1 as tenant_pb;
 use tonic::{Code, Request, Response, Status};
 
 use crate::domain::{Category, Connection, ConnectionRef, NewConnection, Secrets, Strategy, apply_update, rules};
-use crate::secrets::MasterKey;
+use crate::secrets::{ConnectionSeal, MasterKey};
 use crate::store::{Store, StoreError, Stored};
 use crate::watch::{Change, Changes};
 

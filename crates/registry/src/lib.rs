@@ -42,7 +42,7 @@ use postern_proto::connections::v1 as pb;
 use tower::Layer;
 
 pub use api::RegistryApi;
-pub use secrets::MasterKey;
+pub use secrets::{ConnectionSeal, MasterKey};
 pub use store::Store;
 
 /// The gRPC services this crate serves, by full name.
@@ -80,15 +80,15 @@ const CHECK_ID: &str = "master-key-check";
 /// instead of making every read fail.
 pub async fn check_master_key(store: &Store, master_key: &MasterKey) -> Result<(), MasterKeyError> {
     match store.master_key_check().await? {
-        Some(sealed) => match master_key.open(CHECK_TENANT, CHECK_ID, &sealed) {
+        Some(sealed) => match master_key.open_for(CHECK_TENANT, CHECK_ID, &sealed) {
             Ok(_) => Ok(()),
             Err(_) => Err(MasterKeyError::Mismatch),
         },
         None => {
-            store.set_master_key_check(&master_key.seal(CHECK_TENANT, CHECK_ID, b"postern")?).await?;
+            store.set_master_key_check(&master_key.seal_for(CHECK_TENANT, CHECK_ID, b"postern")?).await?;
             // Another replica may have recorded its own first: check against what is stored.
             match store.master_key_check().await? {
-                Some(sealed) if master_key.open(CHECK_TENANT, CHECK_ID, &sealed).is_ok() => Ok(()),
+                Some(sealed) if master_key.open_for(CHECK_TENANT, CHECK_ID, &sealed).is_ok() => Ok(()),
                 _ => Err(MasterKeyError::Mismatch),
             }
         }
