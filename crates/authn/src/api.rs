@@ -237,7 +237,7 @@ fn address<T>(req: &Request<T>, reported: &str) -> String {
     if !reported.trim().is_empty() {
         return truncate(reported.trim(), 64).to_owned();
     }
-    req.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
+    postern_common::principal::peer_addr(req).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
 /// The user in the contract's terms.

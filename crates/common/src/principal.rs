@@ -22,6 +22,20 @@ use crate::error::{permission_denied, unauthenticated};
 /// The header that carries the signed principal from the gateway to a backend.
 pub const PRINCIPAL_HEADER: &str = "x-postern-principal";
 
+/// The header carrying the end caller's IP address from the gateway to a backend. A backend
+/// believes it only on a request whose principal verified (only Postern's own processes can
+/// send one), and the gateway always replaces what a caller sent.
+pub const PEER_HEADER: &str = "x-postern-peer";
+
+/// The end caller's address as the gateway saw it, in a request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
+/// The end caller's address: the one the gateway vouched for, else the connection's peer.
+pub fn peer_addr<T>(request: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+    request.extensions().get::<PeerAddr>().map(|p| p.0).or_else(|| request.remote_addr().map(|a| a.ip()))
+}
+
 /// How long a signed principal stays valid, in seconds (covers clock skew between hosts).
 const PRINCIPAL_LIFETIME_SECS: u64 = 120;
 
@@ -249,10 +263,15 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         req.extensions_mut().remove::<Principal>();
+        req.extensions_mut().remove::<PeerAddr>();
+        let peer = req.headers_mut().remove(PEER_HEADER);
         if let Some(value) = req.headers_mut().remove(PRINCIPAL_HEADER) {
             match self.key.verify(value.as_bytes(), req.uri().path()) {
                 Some(p) => {
                     req.extensions_mut().insert(p);
+                    if let Some(ip) = peer.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+                        req.extensions_mut().insert(PeerAddr(ip));
+                    }
                 }
                 None => {
                     let status = unauthenticated("PRINCIPAL_INVALID", "the caller identity header is not valid");

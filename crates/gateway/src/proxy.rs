@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderValue, Request, Response};
 use postern_common::error::{permission_denied, status};
-use postern_common::principal::{InternalKey, PRINCIPAL_HEADER, Principal};
+use postern_common::principal::{InternalKey, PEER_HEADER, PRINCIPAL_HEADER, Principal};
 use postern_common::server::{REQUEST_ID_HEADER, TRACEPARENT_HEADER, trace_id};
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -138,6 +138,7 @@ impl Inner {
 
         // A caller never speaks for Postern: drop any principal it sent, and its key after use.
         req.headers_mut().remove(PRINCIPAL_HEADER);
+        req.headers_mut().remove(PEER_HEADER);
         let authorization = req.headers_mut().remove(http::header::AUTHORIZATION);
         let peer = req
             .extensions()
@@ -163,6 +164,10 @@ impl Inner {
             .ok_or_else(|| Status::unavailable(format!("{service} is unavailable: no backend is up; retry later")))?
             .clone();
         req.headers_mut().insert(PRINCIPAL_HEADER, self.internal_key.sign(&principal, path));
+        // Backends reached over a socket see the gateway's address; tell them the caller's.
+        if let Some(v) = peer.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()) {
+            req.headers_mut().insert(PEER_HEADER, v);
+        }
 
         let deadline = requested_deadline(&req).map_or(self.default_deadline, |d| d.min(self.default_deadline));
         if let Ok(v) = HeaderValue::from_str(&format!("{}m", deadline.as_millis().max(1))) {

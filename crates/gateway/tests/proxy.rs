@@ -62,11 +62,15 @@ impl pb::tenant_service_server::TenantService for Tenants {
     }
     async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Result<Response<pb::GetTenantResponse>, Status> {
         let who = principal(&req)?;
+        let peer = postern_common::principal::peer_addr(&req).map(|ip| ip.to_string()).unwrap_or_default();
         if req.get_ref().name == "slow" {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
-        let tenant =
-            pb::Tenant { name: req.into_inner().name, display_name: format!("{} {who}", self.0), ..Default::default() };
+        let tenant = pb::Tenant {
+            name: req.into_inner().name,
+            display_name: format!("{} {who}|{peer}", self.0),
+            ..Default::default()
+        };
         Ok(Response::new(pb::GetTenantResponse { tenant: Some(tenant) }))
     }
     async fn list_tenants(
@@ -172,9 +176,13 @@ async fn balances_and_hands_backends_the_verified_principal() {
         let mut req = get("t-one");
         // A forged identity header is dropped, not trusted.
         req.metadata_mut().insert("x-postern-principal", "v1|admin|99999999999|00".parse().expect("ascii"));
+        // So is a forged caller address: backends learn the real one.
+        req.metadata_mut().insert("x-postern-peer", "10.9.9.9".parse().expect("ascii"));
         let t = c.get_tenant(req).await.expect("get").into_inner().tenant.expect("tenant");
         let expected = Principal::Tenant { tenant: "t-one".into(), key_id: "key_1".into() };
-        assert!(t.display_name.ends_with(&expected.to_string()), "{}", t.display_name);
+        let (who, peer) = t.display_name.split_once('|').expect("who|peer");
+        assert!(who.ends_with(&expected.to_string()), "{}", t.display_name);
+        assert_eq!(peer, "127.0.0.1");
         seen.insert(t.display_name.split(' ').next().unwrap_or_default().to_owned());
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["backend-a", "backend-b"], "round robin over both endpoints");
