@@ -633,14 +633,14 @@ async fn deleting_a_connection_deletes_its_users() {
         .await
         .expect("delete");
     let mut left = 2;
-    for _ in 0..50 {
+    for _ in 0..200 {
         left = admin.users.list_users(list("")).await.expect("list").into_inner().users.len();
         if left == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(left, 1, "the deleted connection's user is gone within 5 s");
+    assert_eq!(left, 1, "the deleted connection's user is gone within 20 s");
     assert!(admin.users.list_users(list("doomed")).await.expect("list").into_inner().users.is_empty());
     suite.stop().await.expect("stop");
 }
@@ -672,7 +672,9 @@ async fn deleting_a_tenant_leaves_nothing_for_a_namesake() {
         .expect("delete tenant");
     admin.create_tenant(tenant).await.expect("a namesake");
     let mut users = 1;
-    for _ in 0..50 {
+    // Generous: the deletion travels through the tenant service's event log, and CI machines
+    // are busy.
+    for _ in 0..200 {
         users = admin
             .users
             .list_users(authn::ListUsersRequest { tenant: tenant.into(), ..Default::default() })

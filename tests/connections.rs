@@ -495,9 +495,9 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within 5 s");
+        assert!(Instant::now() < deadline, "{what} did not happen within 20 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
