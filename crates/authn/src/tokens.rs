@@ -24,7 +24,7 @@ use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters,
     OctetKeyPairType, PublicKeyUse, RSAKeyParameters, RSAKeyType, ThumbprintHash,
 };
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, Header, Validation};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +97,12 @@ pub enum Error {
     /// Signing failed.
     #[error("token signing failed: {0}")]
     Signing(jsonwebtoken::errors::Error),
+    /// The token's header or claims could not be written as JSON.
+    #[error("token encoding failed: {0}")]
+    Encoding(serde_json::Error),
+    /// The crypto library refused to sign.
+    #[error("the signature could not be computed")]
+    SignatureFailed,
     /// A token names no key of the key set (or none at all): it was not signed by this
     /// tenant, or by a key that has left the set.
     #[error("the token's key is not in the key set")]
@@ -124,7 +130,15 @@ pub struct SigningKey {
     pub retired_at: Option<SystemTime>,
     private_pkcs8: Vec<u8>,
     public_jwk: Jwk,
-    encoding: EncodingKey,
+    signer: Signer,
+}
+
+/// The private key parsed once, so that signing a token does not parse (and re-validate)
+/// the key again: for RSA that parse costs more than the signature itself.
+#[derive(Clone)]
+enum Signer {
+    Rsa(std::sync::Arc<RsaKeyPair>),
+    Ed25519(std::sync::Arc<Ed25519KeyPair>),
 }
 
 impl fmt::Debug for SigningKey {
@@ -178,14 +192,15 @@ impl SigningKey {
     ) -> Result<Self, Error> {
         let mut jwk = public_jwk(alg, &private_pkcs8)?;
         jwk.common.key_id = Some(kid.clone());
-        let encoding = match alg {
-            // jsonwebtoken's aws-lc backend reads RSA keys as PKCS#1 `RSAPrivateKey`.
-            Algorithm::Rs256 => {
-                EncodingKey::from_rsa_der(pkcs1_of_pkcs8(&private_pkcs8).ok_or(Error::MalformedKey(alg))?)
-            }
-            Algorithm::EdDsa => EncodingKey::from_ed_der(&private_pkcs8),
+        let signer = match alg {
+            Algorithm::Rs256 => Signer::Rsa(std::sync::Arc::new(
+                RsaKeyPair::from_pkcs8(&private_pkcs8).map_err(|_| Error::MalformedKey(alg))?,
+            )),
+            Algorithm::EdDsa => Signer::Ed25519(std::sync::Arc::new(
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(&private_pkcs8).map_err(|_| Error::MalformedKey(alg))?,
+            )),
         };
-        Ok(SigningKey { kid, alg, created, retired_at, private_pkcs8, public_jwk: jwk, encoding })
+        Ok(SigningKey { kid, alg, created, retired_at, private_pkcs8, public_jwk: jwk, signer })
     }
 
     /// The private key as PKCS#8 DER: store it encrypted, never log it.
@@ -242,7 +257,21 @@ impl SigningKey {
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, Error> {
         let mut header = Header::new(self.alg.jwt());
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(Error::Signing)
+        let mut token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(Error::Encoding)?);
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).map_err(Error::Encoding)?));
+        let signature = match &self.signer {
+            Signer::Rsa(pair) => {
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &SystemRandom::new(), token.as_bytes(), &mut sig)
+                    .map_err(|_| Error::SignatureFailed)?;
+                sig
+            }
+            Signer::Ed25519(pair) => pair.sign(token.as_bytes()).as_ref().to_vec(),
+        };
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok(token)
     }
 }
 
@@ -278,44 +307,6 @@ fn public_jwk(alg: Algorithm, pkcs8: &[u8]) -> Result<Jwk, Error> {
         },
         algorithm,
     })
-}
-
-/// The `privateKey` OCTET STRING of a PKCS#8 `PrivateKeyInfo` (RFC 5208), which for RSA is
-/// the PKCS#1 `RSAPrivateKey`. `None` if the DER is not shaped so.
-fn pkcs1_of_pkcs8(der: &[u8]) -> Option<&[u8]> {
-    let (tag, info, rest) = read_tlv(der)?;
-    if tag != 0x30 || !rest.is_empty() {
-        return None;
-    }
-    let (tag, _version, rest) = read_tlv(info)?;
-    if tag != 0x02 {
-        return None;
-    }
-    let (tag, _algorithm, rest) = read_tlv(rest)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, key, _attributes) = read_tlv(rest)?;
-    (tag == 0x04).then_some(key)
-}
-
-/// Reads one DER tag-length-value: `(tag, value, rest)`.
-fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, input) = input.split_first()?;
-    let (&first, mut input) = input.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return None;
-        }
-        let (bytes, rest) = input.split_at_checked(count)?;
-        input = rest;
-        bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
-    };
-    let (value, rest) = input.split_at_checked(len)?;
-    Some((tag, value, rest))
 }
 
 /// The key set of a tenant: the public JWKs of its keys that are published at `now`
@@ -585,6 +576,7 @@ pub fn verify<T: DeserializeOwned>(token: &str, jwks: &JwkSet, issuer: &str, aud
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::EncodingKey;
 
     const ISSUER: &str = "https://id.example.com/fabrikam-public/";
     const CLIENT: &str = "client-portal";
@@ -833,7 +825,14 @@ mod tests {
         }
         let der = rsa.private_pkcs8_der();
         for cut in [0, 1, 2, 5, 20, der.len() - 1] {
-            assert!(pkcs1_of_pkcs8(&der[..cut]).is_none(), "cut at {cut}");
+            let truncated = der[..cut].to_vec();
+            assert!(
+                matches!(
+                    SigningKey::from_stored("k".into(), Algorithm::Rs256, truncated, now, None),
+                    Err(Error::MalformedKey(_))
+                ),
+                "cut at {cut}"
+            );
         }
     }
 
