@@ -116,7 +116,9 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
             async move { client.login(req).await.is_ok() }
         }
     };
-    let n = args.concurrency;
+    // Hashing keeps a core busy per call: four callers per core keep every core busy while
+    // others wait on I/O; more would only queue (and stretch calls past the windows. edges).
+    let n = args.concurrency.min(4 * crate::num_cpus()).max(1);
     let paths = [call(raw), call(via(&warm)), call(via(&cold))];
     let names = [
         "raw Argon2id verify                           ",
