@@ -430,8 +430,22 @@ where
 fn metrics_render() -> postern_gateway::web::MetricsRender {
     static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
         std::sync::OnceLock::new();
-    let handle =
-        HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()).clone();
+    let handle = HANDLE
+        .get_or_init(|| {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()?;
+            // Histogram samples pile up until drained: drain them now and then, so that a
+            // server nobody scrapes does not grow without bound.
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            Some(handle)
+        })
+        .clone();
     Arc::new(move || handle.as_ref().map(|h| h.render()).unwrap_or_default())
 }
 
