@@ -32,6 +32,15 @@ expect_names() {
 }
 svc=postern.connections.v1.ConnectionService
 
+# The walk-through of the README creates the same two tenants: refuse to run over them.
+for t in fabrikam-internal fabrikam-public; do
+  if call "$admin" -d '{"name":"'$t'"}' "$addr" postern.tenant.v1.TenantService/GetTenant >/dev/null 2>&1; then
+    echo "tenant $t exists already: run this against a fresh postern serve (e.g. --data-dir /tmp/fabrikam)," >&2
+    echo "or delete it first: grpcurl ... -d '{\"name\":\"$t\"}' $addr postern.tenant.v1.TenantService/DeleteTenant" >&2
+    exit 1
+  fi
+done
+
 step "The registry's contract (reflection needs no key)"
 grpcurl -plaintext "$addr" describe $svc
 grpcurl -plaintext -d '{"service":"'$svc'"}' "$addr" grpc.health.v1.Health/Check
