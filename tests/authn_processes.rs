@@ -155,3 +155,42 @@ async fn the_readme_login_walkthrough_runs_with_grpcurl() {
     assert!(stdout.contains("login walk-through complete"), "{stdout}");
     assert!(server.terminate().expect("terminate"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_authenticator_alone_refuses_another_master_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_owned();
+    let first = "a".repeat(64);
+    // A suite that has signed with a key sealed under the first master key.
+    let suite = postern_testkit::Suite::start_with(|s| {
+        s.data_dir = data.clone();
+        s.master_key = Some(first.clone());
+    })
+    .await
+    .expect("suite");
+    let mut admin = suite.admin().await;
+    admin.create_tenant("fabrikam-public").await.expect("tenant");
+    admin
+        .signing_keys
+        .rotate_signing_key(postern_proto::authn::v1::RotateSigningKeyRequest {
+            tenant: "fabrikam-public".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a signing key");
+    suite.stop().await.expect("stop");
+
+    // `postern serve authn` on that data with another master key stops at once, saying why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postern-e2e"))
+        .args(["serve", "authn", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(["--tenant-url", "http://127.0.0.1:9", "--registry-url", "http://127.0.0.1:9"])
+        .env("POSTERN_MASTER_KEY", "b".repeat(64))
+        .env("POSTERN_INTERNAL_KEY", "c".repeat(64))
+        .output()
+        .expect("run postern");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("master key does not match"), "{stderr}");
+    assert!(!stderr.contains(&"b".repeat(64)), "the key is not echoed");
+}

@@ -14,6 +14,19 @@ use crate::tokens::{Algorithm, Lifetimes, SigningKey};
 /// The label binding sealed signing keys to their use.
 const SEAL_LABEL: &[u8] = b"postern.authn.v1/signing-key";
 
+/// Checks that `master` opens the signing keys already stored, so that a start with another
+/// master key is refused at once instead of failing every login later. `Ok` for a store with
+/// no keys yet.
+pub async fn check_master_key(store: &Store, master: &MasterKey) -> Result<(), KeyError> {
+    match store.any_signing_key().await? {
+        None => Ok(()),
+        Some((tenant, stored)) => {
+            master.open(SEAL_LABEL, &[&tenant, &stored.kid], &stored.sealed_key)?;
+            Ok(())
+        }
+    }
+}
+
 /// How long opened keys are reused before the store is read again: the delay after which
 /// a rotation made by another replica is seen.
 const CACHE_TTL: Duration = Duration::from_secs(10);

@@ -677,6 +677,27 @@ impl Store {
 
     // ---- signing keys ----
 
+    /// Some stored key and its tenant, to check at start that the master key opens the keys.
+    pub async fn any_signing_key(&self) -> Result<Option<(String, StoredKey)>, StoreError> {
+        let row =
+            sqlx::query("SELECT tenant, kid, alg, sealed_key, create_time, retire_time FROM signing_keys LIMIT 1")
+                .fetch_optional(self.db.pool())
+                .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get("tenant")?,
+                StoredKey {
+                    kid: r.try_get("kid")?,
+                    alg: r.try_get("alg")?,
+                    sealed_key: r.try_get("sealed_key")?,
+                    create_time: r.try_get("create_time")?,
+                    retire_time: r.try_get("retire_time")?,
+                },
+            ))
+        })
+        .transpose()
+    }
+
     /// A tenant's keys, the current first, then the retired ones newest first.
     pub async fn signing_keys(&self, tenant: &str) -> Result<Vec<StoredKey>, StoreError> {
         let rows = sqlx::query(

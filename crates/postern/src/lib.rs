@@ -330,6 +330,14 @@ async fn start_authn(
     let master_key = master_key(settings)?;
     let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref());
     let store = postern_authn::Store::open(&location).await.context("cannot open the authenticator's database")?;
+    match postern_authn::keys::check_master_key(&store, &master_key).await {
+        Ok(()) => {}
+        Err(postern_authn::keys::KeyError::Seal(_)) => anyhow::bail!(
+            "the master key does not match the one that sealed the authenticator's signing keys; \
+             start with the original POSTERN_MASTER_KEY (or <data-dir>/master-key)"
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot check the master key against the signing keys")),
+    }
     let public_url = postern_authn::PublicUrl::default();
     match &settings.public_url {
         Some(url) => {
