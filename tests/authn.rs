@@ -497,6 +497,39 @@ async fn custom_database_with_and_without_import() {
     admin.authn.login(remote.login("plain@example.com", "changed-pass", "")).await.expect("new password");
     let err = admin.authn.login(remote.login("plain@example.com", "legacy-pass", "")).await.expect_err("old one");
     assert_eq!(err.code(), Code::Unauthenticated);
+    // An administrator's password change needs no client: with the connection enabled for
+    // none, it still reaches the token-protected store.
+    let toggle = |enable: bool| {
+        let mut connections = admin.connections.clone();
+        let (tenant, client_id) = (tenant.to_owned(), client_id.clone());
+        async move {
+            if enable {
+                connections
+                    .enable_client(conn::EnableClientRequest { tenant, connection: "remote".into(), client_id })
+                    .await
+                    .map(|_| ())
+            } else {
+                connections
+                    .disable_client(conn::DisableClientRequest { tenant, connection: "remote".into(), client_id })
+                    .await
+                    .map(|_| ())
+            }
+        }
+    };
+    toggle(false).await.expect("disable");
+    admin
+        .authn
+        .change_password(authn::ChangePasswordRequest {
+            tenant: tenant.into(),
+            user_id: user.user_id.clone(),
+            connection: String::new(),
+            new_password: "changed-again".into(),
+        })
+        .await
+        .expect("change with the connection enabled for no client");
+    toggle(true).await.expect("enable");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin.authn.login(remote.login("plain@example.com", "changed-again", "")).await.expect("newest password");
 
     admin.authn.login(importing.login("moving@example.com", "legacy-pass", "")).await.expect("first login imports");
     // The customer's store goes away: imported users still log in, the others cannot.
@@ -505,7 +538,7 @@ async fn custom_database_with_and_without_import() {
     admin.authn.login(importing.login("moving@example.com", "legacy-pass", "")).await.expect("local after import");
     let err = admin.authn.login(importing.login("moving@example.com", "bad", "")).await.expect_err("wrong");
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = admin.authn.login(remote.login("plain@example.com", "changed-pass", "")).await.expect_err("down");
+    let err = admin.authn.login(remote.login("plain@example.com", "changed-again", "")).await.expect_err("down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(!err.message().contains("127.0.0.1"), "no internals: {}", err.message());
     suite.stop().await.expect("stop");

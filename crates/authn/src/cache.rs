@@ -155,37 +155,20 @@ impl ConnectionCache {
     }
 
     /// The connection `connection` (name or id) with its secrets, for management calls
-    /// that name no client (ChangePassword, DeleteUser): resolved through any client it is
-    /// enabled for, or, when it is enabled for none, read without secrets.
+    /// that name no client (ChangePassword, DeleteUser). Not cached: these are rare.
     pub async fn resolve_any(&self, tenant: &str, connection: &str) -> Result<Resolved, Status> {
-        let clients = self
+        // No client to check enablement for: the registry answers the connection with its
+        // secrets (a custom database's token included) whatever clients it is enabled for.
+        let answer = self
             .registry()
-            .list_connection_clients(pb::ListConnectionClientsRequest {
+            .resolve_connection(pb::ResolveConnectionRequest {
                 tenant: tenant.to_owned(),
+                client_id: String::new(),
                 connection: connection.to_owned(),
-                page_size: 1,
-                page_token: String::new(),
             })
             .await;
-        match clients {
-            Ok(r) => {
-                if let Some(client) = r.into_inner().client_ids.into_iter().next()
-                    && let Ok(c) = self.resolve(tenant, &client, connection).await
-                {
-                    return Ok(c);
-                }
-                let got = self
-                    .registry()
-                    .get_connection(pb::GetConnectionRequest {
-                        tenant: tenant.to_owned(),
-                        connection: connection.to_owned(),
-                    })
-                    .await
-                    .map_err(
-                        |s| if s.code() == Code::NotFound { connection_gone(connection) } else { unavailable(&s) },
-                    )?;
-                got.into_inner().connection.map(Arc::new).ok_or_else(|| connection_gone(connection))
-            }
+        match answer {
+            Ok(r) => r.into_inner().connection.map(Arc::new).ok_or_else(|| connection_gone(connection)),
             Err(s) if s.code() == Code::NotFound => Err(connection_gone(connection)),
             Err(s) => Err(unavailable(&s)),
         }

@@ -532,10 +532,20 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         let req = req.into_inner();
         let mut v = Violations::new();
         check_tenant(&mut v, &req.tenant);
-        check_client_id(&mut v, "client_id", &req.client_id);
+        if !req.client_id.is_empty() {
+            check_client_id(&mut v, "client_id", &req.client_id);
+        }
         let reference = read_ref(&mut v, "connection", &req.connection);
         v.into_result()?;
         let reference = reference.ok_or_else(|| invalid_field("connection", "is invalid"))?;
+        if req.client_id.is_empty() {
+            // An administrative operation that names no client: no enablement to check.
+            let stored = self.get_stored(&req.tenant, &reference, &req.connection).await?;
+            let secrets = self.open(&req.tenant, &stored)?;
+            return Ok(Response::new(pb::ResolveConnectionResponse {
+                connection: Some(stored.connection.to_proto_with_secrets(&secrets)),
+            }));
+        }
         let stored = self.store.resolve(&req.tenant, &req.client_id, &reference).await?.ok_or_else(|| {
             not_found(
                 "CONNECTION_NOT_ENABLED",
