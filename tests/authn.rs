@@ -6,11 +6,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use postern_proto::authn::v1 as authn;
 use postern_proto::connections::v1 as conn;
-use postern_testkit::{Clients, Suite, http_get, reason, violated_fields};
+use postern_testkit::{Clients, Suite, eventually, http_get, reason, violated_fields};
 use tonic::Code;
 
 const STRONG: &str = "Wonder-Land-42!";
@@ -665,15 +666,12 @@ async fn deleting_a_connection_deletes_its_users() {
         .delete_connection(conn::DeleteConnectionRequest { tenant: tenant.into(), connection: "doomed".into() })
         .await
         .expect("delete");
-    let mut left = 2;
-    for _ in 0..200 {
-        left = admin.users.list_users(list("")).await.expect("list").into_inner().users.len();
-        if left == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, 1, "the deleted connection's user is gone within 20 s");
+    eventually("the deleted connection's user going", || {
+        let mut users = admin.users.clone();
+        let req = list("");
+        async move { users.list_users(req).await.expect("list").into_inner().users.len() == 1 }
+    })
+    .await;
     assert!(admin.users.list_users(list("doomed")).await.expect("list").into_inner().users.is_empty());
     suite.stop().await.expect("stop");
 }
@@ -704,40 +702,26 @@ async fn deleting_a_tenant_leaves_nothing_for_a_namesake() {
         .await
         .expect("delete tenant");
     admin.create_tenant(tenant).await.expect("a namesake");
-    let mut users = 1;
-    // Generous: the deletion travels through the tenant service's event log, and CI machines
-    // are busy.
-    for _ in 0..200 {
-        users = admin
-            .users
-            .list_users(authn::ListUsersRequest { tenant: tenant.into(), ..Default::default() })
-            .await
-            .expect("list")
-            .into_inner()
-            .users
-            .len();
-        if users == 0 {
-            break;
+    let users_of = |a: &Clients| {
+        let mut users = a.users.clone();
+        async move {
+            let req = authn::ListUsersRequest { tenant: tenant.into(), ..Default::default() };
+            users.list_users(req).await.expect("list").into_inner().users.len()
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(users, 0, "the deleted tenant's users are gone");
+    };
+    // The deletion travels through the tenant service's event log.
+    eventually("the deleted tenant's users going", || users_of(&admin).map(|n| n == 0)).await;
     // The keys go in the same transaction; the authenticator's key cache lets go of them just
     // after it commits, so look until the namesake answers with a key of its own.
-    let mut keys = Vec::new();
-    for _ in 0..200 {
-        keys = admin
-            .signing_keys
-            .list_signing_keys(authn::ListSigningKeysRequest { tenant: tenant.into() })
-            .await
-            .expect("keys")
-            .into_inner()
-            .signing_keys;
-        if keys.iter().all(|k| k.kid != old_kid) {
-            break;
+    let keys_of = |a: &Clients| {
+        let mut keys = a.signing_keys.clone();
+        async move {
+            let req = authn::ListSigningKeysRequest { tenant: tenant.into() };
+            keys.list_signing_keys(req).await.expect("keys").into_inner().signing_keys
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    eventually("the namesake's own signing key", || keys_of(&admin).map(|k| k.iter().all(|k| k.kid != old_kid))).await;
+    let keys = keys_of(&admin).await;
     assert_eq!(keys.len(), 1);
     assert_ne!(keys[0].kid, old_kid, "the namesake does not inherit the deleted tenant's key");
     suite.stop().await.expect("stop");

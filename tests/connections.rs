@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use postern_proto::connections::v1 as pb;
 use postern_proto::tenant::v1 as tpb;
-use postern_testkit::{Clients, Suite, reason, violated_fields};
+use postern_testkit::{Clients, Suite, eventually, reason, violated_fields};
 use prost_types::FieldMask;
 use tonic::Code;
 
@@ -487,19 +487,6 @@ async fn enablement_is_idempotent_and_checks_the_client() {
     let err = create(&mut admin, "no-such-tenant", auth0("x")).await.expect_err("no tenant");
     assert_eq!((err.code(), reason(&err).as_deref()), (Code::NotFound, Some("TENANT_NOT_FOUND")));
     suite.stop().await.expect("stop");
-}
-
-/// Polls `check` until it holds (the registry applies deletions asynchronously).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,6 +13,7 @@
 //! - [`ids`], [`time`]: identifiers, secret hashes, timestamps.
 //! - [`seal`]: encryption at rest under the master key.
 //! - [`server`]: boxed backends, reflection, health, per-RPC spans, shutdown.
+//! - `testing` (feature `testing`): real-peer rules and fresh PostgreSQL databases for tests.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -25,5 +26,7 @@ pub mod paging;
 pub mod principal;
 pub mod seal;
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod validate;

@@ -2,70 +2,7 @@
 
 use std::process::Command;
 
-/// Whether missing peers must fail the run (as in CI) instead of skipping.
-pub fn required() -> bool {
-    std::env::var("POSTERN_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
-
-/// Reports a missing peer: panics when peers are required, otherwise prints why the test
-/// skips. Returns so that the caller can `return` from the test.
-pub fn missing(test: &str, why: &str) {
-    if required() {
-        panic!("{test}: {why}, and POSTERN_REQUIRE_PEERS=1 requires it");
-    }
-    eprintln!("SKIPPED {test}: {why} (set POSTERN_REQUIRE_PEERS=1 to make this a failure)");
-}
-
-/// The base PostgreSQL URL for tests (`POSTERN_TEST_POSTGRES_URL`), or `None` after
-/// reporting it missing.
-pub fn postgres(test: &str) -> Option<String> {
-    match std::env::var("POSTERN_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            missing(test, "POSTERN_TEST_POSTGRES_URL is not set");
-            None
-        }
-    }
-}
-
-/// A fresh PostgreSQL database, dropped by [`TestDatabase::drop_db`].
-pub struct TestDatabase {
-    /// The URL of the fresh database.
-    pub url: String,
-    base: String,
-    name: String,
-}
-
-impl TestDatabase {
-    /// Creates `postern_test_<random>` on the server at `base` (a URL to any database).
-    pub async fn create(base: &str) -> anyhow::Result<Self> {
-        use sqlx::Connection;
-        let name = format!("postern_test_{}", postern_common::ids::random_alphanumeric(16).to_lowercase());
-        let mut conn = sqlx::PgConnection::connect(base).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
-        conn.close().await?;
-        let url = match base.rfind('/') {
-            Some(i) if base[..i].contains("://") && i > base.find("://").map_or(0, |p| p + 2) => {
-                let (head, tail) = base.split_at(i);
-                let query = tail.find('?').map(|q| &tail[q..]).unwrap_or("");
-                format!("{head}/{name}{query}")
-            }
-            _ => format!("{}/{name}", base.trim_end_matches('/')),
-        };
-        Ok(Self { url, base: base.to_owned(), name })
-    }
-
-    /// Drops the database.
-    pub async fn drop_db(self) -> anyhow::Result<()> {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&self.base).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
-        Ok(())
-    }
-}
+pub use postern_common::testing::{TestDatabase, missing, postgres, required};
 
 /// Whether a command runs (`grpcurl -version`), or `None` after reporting it missing.
 pub fn command(test: &str, program: &str, probe_arg: &str) -> Option<()> {

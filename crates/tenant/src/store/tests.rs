@@ -2,7 +2,6 @@
 //! skipped with a printed reason when unset, a failure under `POSTERN_REQUIRE_PEERS=1`).
 
 use postern_common::db::DbLocation;
-use sqlx::Connection as _;
 
 use super::*;
 use crate::domain::{AppType, NewClient};
@@ -17,30 +16,13 @@ where
     body(store.clone()).await;
     store.close().await;
 
-    let base = match std::env::var("POSTERN_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            if std::env::var("POSTERN_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-                panic!("{test}: POSTERN_TEST_POSTGRES_URL is not set, and POSTERN_REQUIRE_PEERS=1 requires it");
-            }
-            eprintln!("SKIPPED {test} on PostgreSQL: POSTERN_TEST_POSTGRES_URL is not set");
-            return;
-        }
-    };
-    let name = format!("postern_test_{}", postern_common::ids::random_alphanumeric(16).to_lowercase());
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
-    let url = match base.rsplit_once('/') {
-        Some((head, _)) if head.contains("://") && !head.ends_with('/') => format!("{head}/{name}"),
-        _ => format!("{}/{name}", base.trim_end_matches('/')),
-    };
-    let store = Store::open(&DbLocation::Postgres { url, schema: "tenant".into() }).await.expect("PostgreSQL");
+    let Some(base) = postern_common::testing::postgres(test) else { return };
+    let db = postern_common::testing::TestDatabase::create(&base).await.expect("a fresh database");
+    let store =
+        Store::open(&DbLocation::Postgres { url: db.url.clone(), schema: "tenant".into() }).await.expect("PostgreSQL");
     body(store.clone()).await;
     store.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    db.drop_db().await.expect("drop the database");
 }
 
 fn client(id: &str) -> NewClient {
