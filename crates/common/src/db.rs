@@ -4,9 +4,14 @@
 //! microseconds), `TEXT`, and `BLOB`/`BYTEA`. Each service ships its migrations for both.
 //!
 //! SQLite (the embedded default) runs in WAL mode with `synchronous=FULL`, so every
-//! acknowledged write survives a crash; write transactions start with `BEGIN IMMEDIATE` so that
-//! concurrent writers queue on the busy timeout instead of failing. PostgreSQL keeps each
-//! service in its own schema of the database it is given.
+//! acknowledged write survives a crash. SQLite lets one writer in at a time, and a writer
+//! that finds the lock taken sleeps in SQLite's busy handler (1, 2, 5 … 100 ms) however soon
+//! the lock is free again. So on SQLite every write goes through [`Db::writer`], a pool of one
+//! connection: writers queue in order on the pool, without sleeping, and the lock is never
+//! contended within the process. Write transactions still start with `BEGIN IMMEDIATE`, so
+//! that another process on the same file queues on the busy timeout instead of failing.
+//! PostgreSQL keeps each service in its own schema of the database it is given, and its
+//! writer is the common pool.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -63,6 +68,8 @@ pub struct Migrations {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// SQLite: the one connection that writes. PostgreSQL: the common pool.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -100,9 +107,8 @@ impl Db {
                 }
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 let options = AnyConnectOptions::from_str(&url).map_err(|e| DbError::Config(e.to_string()))?;
-                let pool = AnyPoolOptions::new()
-                    .max_connections(8)
-                    .after_connect(|conn, _| {
+                let sqlite_pool = |size: u32| {
+                    AnyPoolOptions::new().max_connections(size).after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute("PRAGMA synchronous = FULL").await?;
@@ -111,9 +117,11 @@ impl Db {
                             Ok(())
                         })
                     })
-                    .connect_with(options)
-                    .await?;
-                Db { pool, backend: Backend::Sqlite }
+                };
+                // The writer first: it creates the file and turns WAL on before readers open it.
+                let writer = sqlite_pool(1).connect_with(options.clone()).await?;
+                let pool = sqlite_pool(8).connect_with(options).await?;
+                Db { pool, writer, backend: Backend::Sqlite }
             }
             DbLocation::Postgres { url, schema } => {
                 if !schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
@@ -139,20 +147,27 @@ impl Db {
                     })
                     .connect_with(options)
                     .await?;
-                Db { pool, backend: Backend::Postgres }
+                Db { writer: pool.clone(), pool, backend: Backend::Postgres }
             }
         };
         let migrator = match db.backend {
             Backend::Sqlite => migrations.sqlite,
             Backend::Postgres => migrations.postgres,
         };
-        migrator.run(&db.pool).await?;
+        migrator.run(&db.writer).await?;
         Ok(db)
     }
 
-    /// The pool, for queries.
+    /// The pool, for reads.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool for single-statement writes outside [`begin_write`](Self::begin_write): on
+    /// SQLite its one connection, so that writers queue in order instead of contending for
+    /// the lock. A caller holding a write transaction must not wait on it.
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
     }
 
     /// The engine behind the pool.
@@ -160,11 +175,12 @@ impl Db {
         self.backend
     }
 
-    /// Starts a write transaction. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`), so that concurrent writers wait their turn instead of failing.
+    /// Starts a write transaction. On SQLite it waits its turn for the one writing
+    /// connection, then takes the write lock up front (`BEGIN IMMEDIATE`), so that a writer
+    /// in another process makes it wait instead of fail.
     pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
         }
     }
@@ -172,6 +188,7 @@ impl Db {
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 

@@ -272,7 +272,7 @@ impl Store {
                 .bind(connection_id)
                 .bind(client_id)
                 .bind(tenant)
-                .execute(self.db.pool())
+                .execute(self.db.writer())
                 .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -338,7 +338,7 @@ impl Store {
     pub async fn set_master_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO master_key_check (id, sealed) VALUES (1, $1) ON CONFLICT DO NOTHING")
             .bind(sealed)
-            .execute(self.db.pool())
+            .execute(self.db.writer())
             .await?;
         Ok(())
     }

@@ -175,7 +175,7 @@ impl Store {
         .bind(name)
         .bind(display_name)
         .bind(now)
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await
         .map_err(dup)?;
         Ok(Tenant { name: name.to_owned(), display_name: display_name.to_owned(), create_time: now, update_time: now })
@@ -218,7 +218,7 @@ impl Store {
         .bind(name)
         .bind(display_name)
         .bind(now_micros())
-        .fetch_optional(self.db.pool())
+        .fetch_optional(self.db.writer())
         .await?;
         row.map(|r| tenant_from_row(&r)).transpose()
     }
@@ -264,7 +264,7 @@ impl Store {
         .bind(secret_hash)
         .bind(now)
         .bind(tenant)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(self.db.writer())
         .await
         .map_err(dup)?;
         if row.is_none() {
@@ -346,7 +346,7 @@ impl Store {
         .bind(patch.callbacks.as_deref().map(json_list))
         .bind(patch.allowed_logout_urls.as_deref().map(json_list))
         .bind(now_micros())
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?;
         if done.rows_affected() == 0 {
             return Ok(None);
@@ -390,7 +390,7 @@ impl Store {
         .bind(client_id)
         .bind(secret_hash)
         .bind(now_micros())
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -411,7 +411,7 @@ impl Store {
         .bind(key.create_time)
         .bind(key.expire_time)
         .bind(tenant)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(self.db.writer())
         .await
         .map_err(dup)?;
         match row {
@@ -458,7 +458,7 @@ impl Store {
             sqlx::query("DELETE FROM api_keys WHERE id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)")
                 .bind(tenant)
                 .bind(id)
-                .execute(self.db.pool())
+                .execute(self.db.writer())
                 .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -491,7 +491,7 @@ impl Store {
         )
         .bind(key_hash)
         .bind(now_micros())
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?;
         Ok(())
     }
