@@ -24,7 +24,7 @@ use crate::customdb::{CustomDbClient, CustomDbError, SourceUser, Target};
 use crate::domain::{self, Identity, Profile, ProfileSync, SYNCED_ATTRIBUTES, User, UserPatch};
 use crate::keys::{KeyError, KeyRing};
 use crate::password::{self, PasswordPolicy, PersonalInfo, Strength};
-use crate::store::{LoginUpdate, NewUser, Store, StoreError};
+use crate::store::{LoginUpdate, NewUser, Recorded, Store, StoreError};
 use crate::tokens::{self, Algorithm, ProfileClaims, TokenRequest};
 use crate::{Config, Peer};
 
@@ -354,7 +354,10 @@ impl AuthnApi {
         tokens::issuer(url, tenant)
     }
 
-    /// Checks the credentials, applying brute-force protection around the check.
+    /// Checks the credentials, applying brute-force protection around the check. A failed
+    /// check is settled here; a successful one answers its brute-force key, which the caller
+    /// clears with the login's record ([`LoginUpdate::clear_failures`]) or, when the login
+    /// stops short of that, with [`Store::settle`].
     async fn check_credentials(
         &self,
         tenant: &str,
@@ -363,7 +366,7 @@ impl AuthnApi {
         login: &str,
         password: &str,
         address: &str,
-    ) -> Result<Checked, Status> {
+    ) -> Result<(Checked, Option<String>), Status> {
         let store = &self.inner.store;
         let local = store.find_login(tenant, &conn.id, login).await?;
         let user_key = match &local {
@@ -380,16 +383,17 @@ impl AuthnApi {
                  block with UserService/UnblockUser, or the password can be changed",
             ));
         }
-        let result = self.check_inner(tenant, conn, rules, local, login, password).await;
-        if rules.brute_force {
-            let outcome = match &result {
-                Ok(_) => Outcome::Success,
-                Err(s) if s.code() == Code::Unauthenticated => Outcome::WrongCredentials,
-                Err(_) => Outcome::NotChecked,
-            };
-            store.settle(tenant, &user_key, address, outcome).await?;
+        match self.check_inner(tenant, conn, rules, local, login, password).await {
+            Ok(checked) => Ok((checked, rules.brute_force.then_some(user_key))),
+            Err(s) => {
+                if rules.brute_force {
+                    let outcome =
+                        if s.code() == Code::Unauthenticated { Outcome::WrongCredentials } else { Outcome::NotChecked };
+                    store.settle(tenant, &user_key, address, outcome).await?;
+                }
+                Err(s)
+            }
         }
-        result
     }
 
     async fn check_inner(
@@ -449,8 +453,9 @@ impl AuthnApi {
                 profile_sync: sync,
                 external: !import,
                 password_hash: hash.as_deref(),
+                clear_failures: None,
             };
-            return Ok(store.record_login(tenant, &user_id, &conn.id, &source.id, &update).await?);
+            return recorded(store.record_login(tenant, &user_id, &conn.id, &source.id, &update).await?);
         }
         let profile = match sync {
             ProfileSync::NeverOnLogin => source.profile.identifying_only(),
@@ -483,6 +488,76 @@ impl AuthnApi {
             ),
             e => e.into(),
         })
+    }
+
+    /// Records a login whose password Postern's own hash verified, clearing `clear` (the
+    /// brute-force count) in the same transaction; rehashes a hash of outdated parameters.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_local_login(
+        &self,
+        req: &pb::LoginRequest,
+        conn: &conn_pb::Connection,
+        user_id: &str,
+        identity: &Identity,
+        rehash: bool,
+        clear: Option<(&str, &str)>,
+        address: &str,
+    ) -> Result<User, Status> {
+        let hash = if rehash { Some(password::hash_async(req.password.clone()).await?) } else { None };
+        let update = LoginUpdate {
+            ip: address,
+            profile: None,
+            profile_data: None,
+            profile_sync: sync_of(conn),
+            external: false,
+            password_hash: hash.as_deref(),
+            clear_failures: clear,
+        };
+        recorded(
+            self.inner
+                .store
+                .record_login(&req.tenant, user_id, &identity.connection_id, &identity.source_id, &update)
+                .await?,
+        )
+    }
+
+    /// The tokens of a successful login.
+    async fn issue_login(&self, req: &pb::LoginRequest, user: User) -> Result<Response<pb::LoginResponse>, Status> {
+        let key = self.inner.keys.current(&req.tenant).await?;
+        let issuer = self.issuer(&req.tenant);
+        let issued = tokens::issue(
+            &key,
+            &TokenRequest {
+                issuer: &issuer,
+                client_id: &req.client_id,
+                audience: Some(req.audience.as_str()),
+                user_id: &user.user_id,
+                scope: &req.scope,
+                profile: claims_of(&user),
+                nonce: None,
+                now: SystemTime::now(),
+                lifetimes: self.inner.keys.lifetimes(),
+            },
+        )
+        .map_err(|e| internal(&e))?;
+        Ok(Response::new(pb::LoginResponse {
+            id_token: issued.id_token,
+            access_token: issued.access_token,
+            token_type: issued.token_type.to_owned(),
+            expires_in: i64::try_from(issued.expires_in).unwrap_or(i64::MAX),
+            user: Some(user_to_pb(&user)),
+            scope: issued.scope,
+        }))
+    }
+}
+
+/// The user of a recorded login, or why there is none.
+fn recorded(r: Recorded) -> Result<User, Status> {
+    match r {
+        Recorded::Login(user) => Ok(user),
+        Recorded::Blocked => Err(blocked()),
+        // Deleted while logging in: as if it never existed.
+        Recorded::Missing => Err(wrong_credentials()),
     }
 }
 
@@ -652,59 +727,27 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             return Err(wrong_credentials());
         }
         let login = domain::login_key(&req.username);
-        let checked = self.check_credentials(&req.tenant, &conn, &rules, &login, &req.password, &address).await?;
+        let (checked, admitted) =
+            self.check_credentials(&req.tenant, &conn, &rules, &login, &req.password, &address).await?;
         let store = &self.inner.store;
-        let user = match checked {
+        let recorded = match checked {
             Checked::Local { user_id, identity, rehash } => {
-                let current = store.get_user(&req.tenant, &user_id).await?.ok_or_else(wrong_credentials)?;
-                if current.blocked {
-                    return Err(blocked());
+                let clear = admitted.as_deref().map(|key| (key, address.as_str()));
+                match self.record_local_login(&req, &conn, &user_id, &identity, rehash, clear, &address).await {
+                    // Recorded, and the brute-force count cleared with it.
+                    Ok(user) => return self.issue_login(&req, user).await,
+                    Err(s) => Err(s),
                 }
-                let hash = if rehash { Some(password::hash_async(req.password.clone()).await?) } else { None };
-                let update = LoginUpdate {
-                    ip: &address,
-                    profile: None,
-                    profile_data: None,
-                    profile_sync: sync_of(&conn),
-                    external: false,
-                    password_hash: hash.as_deref(),
-                };
-                store.record_login(&req.tenant, &user_id, &identity.connection_id, &identity.source_id, &update).await?
             }
             Checked::Source(source) => {
-                if let Some((user_id, _)) = store.find_identity(&req.tenant, &conn.id, &source.id).await?
-                    && store.get_user(&req.tenant, &user_id).await?.is_some_and(|u| u.blocked)
-                {
-                    return Err(blocked());
-                }
-                self.upsert_source_user(&req.tenant, &conn, &rules, &source, &req.password, &address).await?
+                self.upsert_source_user(&req.tenant, &conn, &rules, &source, &req.password, &address).await
             }
         };
-        let key = self.inner.keys.current(&req.tenant).await?;
-        let issuer = self.issuer(&req.tenant);
-        let issued = tokens::issue(
-            &key,
-            &TokenRequest {
-                issuer: &issuer,
-                client_id: &req.client_id,
-                audience: Some(req.audience.as_str()),
-                user_id: &user.user_id,
-                scope: &req.scope,
-                profile: claims_of(&user),
-                nonce: None,
-                now: SystemTime::now(),
-                lifetimes: self.inner.keys.lifetimes(),
-            },
-        )
-        .map_err(|e| internal(&e))?;
-        Ok(Response::new(pb::LoginResponse {
-            id_token: issued.id_token,
-            access_token: issued.access_token,
-            token_type: issued.token_type.to_owned(),
-            expires_in: i64::try_from(issued.expires_in).unwrap_or(i64::MAX),
-            user: Some(user_to_pb(&user)),
-            scope: issued.scope,
-        }))
+        // The password was right: the attempt counted in advance is not a failure.
+        if let Some(key) = &admitted {
+            store.settle(&req.tenant, key, &address, Outcome::Success).await?;
+        }
+        self.issue_login(&req, recorded?).await
     }
 
     async fn change_password(

@@ -55,6 +55,20 @@ pub struct LoginUpdate<'a> {
     pub external: bool,
     /// A new password hash (import or rehash); `None` leaves it.
     pub password_hash: Option<&'a str>,
+    /// The brute-force count this successful login clears (user key and address), in the
+    /// same transaction: see [`Store::settle`].
+    pub clear_failures: Option<(&'a str, &'a str)>,
+}
+
+/// What [`Store::record_login`] found.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// The login was recorded: the user as it is now.
+    Login(User),
+    /// The user is blocked (`UpdateUser` set `blocked`): nothing was recorded.
+    Blocked,
+    /// The user is gone (deleted while logging in): nothing was recorded.
+    Missing,
 }
 
 /// A stored signing key: the private key still sealed.
@@ -184,7 +198,9 @@ impl Store {
         row.map(|r| Ok((r.try_get("user_id")?, identity_from_row(&r)?))).transpose()
     }
 
-    /// Records a successful login on an existing identity: counts it, and applies `update`.
+    /// Records a successful login on an existing identity, in one transaction: counts it on
+    /// the user, applies `update`, and clears the brute-force count it names. A blocked or
+    /// vanished user is left untouched.
     pub async fn record_login(
         &self,
         tenant: &str,
@@ -192,19 +208,9 @@ impl Store {
         connection_id: &str,
         source_id: &str,
         update: &LoginUpdate<'_>,
-    ) -> Result<User, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         let now = postern_common::time::now_micros();
         let mut tx = self.db.begin_write().await?;
-        sqlx::query(
-            "UPDATE users SET last_login = $3, last_ip = $4, logins_count = logins_count + 1, update_time = $3 \
-             WHERE tenant = $1 AND user_id = $2",
-        )
-        .bind(tenant)
-        .bind(user_id)
-        .bind(now)
-        .bind(update.ip)
-        .execute(&mut *tx)
-        .await?;
         if let Some(p) = update.profile {
             sqlx::query(
                 "UPDATE users SET email = $3, email_lower = $4, email_verified = $5, username = $6, name = $7, \
@@ -224,6 +230,27 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let sql = format!(
+            "UPDATE users SET last_login = $3, last_ip = $4, logins_count = logins_count + 1, update_time = $3 \
+             WHERE tenant = $1 AND user_id = $2 AND blocked = 0 RETURNING {USER_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(user_id)
+            .bind(now)
+            .bind(update.ip)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            let exists = sqlx::query("SELECT 1 FROM users WHERE tenant = $1 AND user_id = $2")
+                .bind(tenant)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            tx.rollback().await?;
+            return Ok(if exists { Recorded::Blocked } else { Recorded::Missing });
+        };
         sqlx::query(
             "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, external = $6, \
              password_hash = COALESCE($7, password_hash), update_time = $8 \
@@ -239,8 +266,17 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        if let Some((user_key, address)) = update.clear_failures {
+            sqlx::query("DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3")
+                .bind(tenant)
+                .bind(user_key)
+                .bind(address)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let identities = identities_of(&mut *tx, tenant, user_id).await?;
         tx.commit().await?;
-        self.get_user(tenant, user_id).await?.ok_or_else(|| StoreError::Corrupt("user vanished".into()))
+        Ok(Recorded::Login(user_of(&row, identities)?))
     }
 
     /// A user with its identities.
@@ -436,7 +472,7 @@ impl Store {
         .bind(tenant)
         .bind(connection_id)
         .bind(sync.as_i64())
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?;
         Ok(())
     }
@@ -615,7 +651,7 @@ impl Store {
         .bind(user_key)
         .bind(address)
         .bind(i64::from(max))
-        .fetch_optional(self.db.pool())
+        .fetch_optional(self.db.writer())
         .await?;
         Ok(if row.is_some() { Admission::Admitted } else { Admission::Blocked })
     }
@@ -636,7 +672,7 @@ impl Store {
                  WHERE tenant = $1 AND user_key = $2 AND address = $3 AND failures > 0"
             }
         };
-        sqlx::query(sql).bind(tenant).bind(user_key).bind(address).execute(self.db.pool()).await?;
+        sqlx::query(sql).bind(tenant).bind(user_key).bind(address).execute(self.db.writer()).await?;
         Ok(())
     }
 
@@ -759,41 +795,54 @@ impl Store {
         sqlx::query("DELETE FROM signing_keys WHERE tenant = $1 AND retire_time IS NOT NULL AND retire_time < $2")
             .bind(tenant)
             .bind(before)
-            .execute(self.db.pool())
+            .execute(self.db.writer())
             .await?;
         Ok(())
     }
 
     async fn user_from_row(&self, tenant: &str, r: &AnyRow) -> Result<User, StoreError> {
         let user_id: String = r.try_get("user_id")?;
-        let sql = format!(
-            "SELECT {IDENTITY_COLUMNS} FROM identities WHERE tenant = $1 AND user_id = $2 ORDER BY create_time, connection"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(&user_id).fetch_all(self.db.pool()).await?;
-        let identities = rows.iter().map(identity_from_row).collect::<Result<Vec<_>, _>>()?;
-        Ok(User {
-            user_id,
-            profile: Profile {
-                email: r.try_get("email")?,
-                email_verified: r.try_get::<i64, _>("email_verified")? != 0,
-                username: r.try_get("username")?,
-                name: r.try_get("name")?,
-                given_name: r.try_get("given_name")?,
-                family_name: r.try_get("family_name")?,
-                nickname: r.try_get("nickname")?,
-                picture: r.try_get("picture")?,
-            },
-            user_metadata: json_map(&r.try_get::<String, _>("user_metadata")?)?,
-            app_metadata: json_map(&r.try_get::<String, _>("app_metadata")?)?,
-            blocked: r.try_get::<i64, _>("blocked")? != 0,
-            last_login: r.try_get("last_login")?,
-            last_ip: r.try_get("last_ip")?,
-            logins_count: r.try_get("logins_count")?,
-            create_time: r.try_get("create_time")?,
-            update_time: r.try_get("update_time")?,
-            identities,
-        })
+        let identities = identities_of(self.db.pool(), tenant, &user_id).await?;
+        user_of(r, identities)
     }
+}
+
+/// The identities of a user, oldest first.
+async fn identities_of<'e, E>(executor: E, tenant: &str, user_id: &str) -> Result<Vec<Identity>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!(
+        "SELECT {IDENTITY_COLUMNS} FROM identities WHERE tenant = $1 AND user_id = $2 ORDER BY create_time, connection"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(user_id).fetch_all(executor).await?;
+    rows.iter().map(identity_from_row).collect()
+}
+
+/// A user from a row of [`USER_COLUMNS`] and its identities.
+fn user_of(r: &AnyRow, identities: Vec<Identity>) -> Result<User, StoreError> {
+    Ok(User {
+        user_id: r.try_get("user_id")?,
+        profile: Profile {
+            email: r.try_get("email")?,
+            email_verified: r.try_get::<i64, _>("email_verified")? != 0,
+            username: r.try_get("username")?,
+            name: r.try_get("name")?,
+            given_name: r.try_get("given_name")?,
+            family_name: r.try_get("family_name")?,
+            nickname: r.try_get("nickname")?,
+            picture: r.try_get("picture")?,
+        },
+        user_metadata: json_map(&r.try_get::<String, _>("user_metadata")?)?,
+        app_metadata: json_map(&r.try_get::<String, _>("app_metadata")?)?,
+        blocked: r.try_get::<i64, _>("blocked")? != 0,
+        last_login: r.try_get("last_login")?,
+        last_ip: r.try_get("last_ip")?,
+        logins_count: r.try_get("logins_count")?,
+        create_time: r.try_get("create_time")?,
+        update_time: r.try_get("update_time")?,
+        identities,
+    })
 }
 
 async fn insert_identity(

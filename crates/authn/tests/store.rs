@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use postern_authn::bruteforce::{Admission, MAX_CONSECUTIVE_FAILURES, Outcome};
 use postern_authn::domain::{Identity, Profile, ProfileSync, UserPatch};
-use postern_authn::store::{LoginUpdate, NewUser, Store, StoreError, StoredKey};
+use postern_authn::store::{LoginUpdate, NewUser, Recorded, Store, StoreError, StoredKey};
 use postern_common::db::DbLocation;
 
 enum Backend {
@@ -135,6 +135,15 @@ async fn users_and_identities() {
 
         let synced = Profile { email: "alice@example.com".into(), name: "Alice L".into(), ..Profile::default() };
         let data = serde_json::json!({"name": "Alice L"});
+        // A login admitted by brute-force protection clears its count in its own transaction.
+        assert_eq!(
+            store.admit(t, "auth0|a1", "203.0.113.7", MAX_CONSECUTIVE_FAILURES).await.unwrap(),
+            Admission::Admitted
+        );
+        assert_eq!(
+            store.admit(t, "auth0|a1", "198.51.100.1", MAX_CONSECUTIVE_FAILURES).await.unwrap(),
+            Admission::Admitted
+        );
         let update = LoginUpdate {
             ip: "203.0.113.7",
             profile: Some(&synced),
@@ -142,8 +151,13 @@ async fn users_and_identities() {
             profile_sync: ProfileSync::OnFirstLogin,
             external: true,
             password_hash: None,
+            clear_failures: Some(("auth0|a1", "203.0.113.7")),
         };
-        let after = store.record_login(t, "auth0|a1", "con_db", "a1", &update).await.unwrap();
+        let Recorded::Login(after) = store.record_login(t, "auth0|a1", "con_db", "a1", &update).await.unwrap() else {
+            panic!("the login of an existing, unblocked user is recorded")
+        };
+        assert_eq!(store.failures(t, "auth0|a1", "203.0.113.7").await.unwrap(), 0);
+        assert_eq!(store.failures(t, "auth0|a1", "198.51.100.1").await.unwrap(), 1, "other addresses keep theirs");
         assert_eq!(
             (after.logins_count, after.last_ip.as_str(), after.profile.name.as_str()),
             (1, "203.0.113.7", "Alice L")
@@ -164,6 +178,13 @@ async fn users_and_identities() {
         assert!(updated.blocked);
         assert_eq!(updated.app_metadata["plan"], "gold");
         assert!(store.update_user(t, "auth0|none", &patch).await.unwrap().is_none());
+        // A blocked user's login is not recorded, nor is a vanished user's.
+        assert!(matches!(store.record_login(t, "auth0|a1", "con_db", "a1", &update).await.unwrap(), Recorded::Blocked));
+        assert_eq!(store.get_user(t, "auth0|a1").await.unwrap().unwrap().logins_count, 1);
+        assert!(matches!(
+            store.record_login(t, "auth0|none", "con_db", "x", &update).await.unwrap(),
+            Recorded::Missing
+        ));
 
         // Listing: paging, filters, tenant isolation.
         let all = store.list_users(t, None, None, None, 10).await.unwrap();
