@@ -48,12 +48,21 @@ pub enum KeyError {
 /// Opened keys of a tenant and when they were read.
 type Cached = (Instant, Arc<Vec<SigningKey>>);
 
+/// The opened keys, and how many times any were forgotten: a read of the store that began
+/// before a [`KeyRing::forget`] must not put back what the forget dropped (for
+/// [`CACHE_TTL`] a rotation would go unused, or a deleted tenant's keys stay published).
+#[derive(Default)]
+struct Cache {
+    forgotten: u64,
+    tenants: HashMap<String, Cached>,
+}
+
 /// The keys of every tenant.
 pub struct KeyRing {
     store: Store,
     master: MasterKey,
     lifetimes: Lifetimes,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<Cache>,
 }
 
 fn to_system(micros: i64) -> SystemTime {
@@ -67,7 +76,7 @@ fn to_micros(t: SystemTime) -> i64 {
 impl KeyRing {
     /// Keys kept in `store`, sealed with `master`.
     pub fn new(store: Store, master: MasterKey, lifetimes: Lifetimes) -> Self {
-        Self { store, master, lifetimes, cache: Mutex::new(HashMap::new()) }
+        Self { store, master, lifetimes, cache: Mutex::new(Cache::default()) }
     }
 
     /// The token lifetimes (a retired key stays published for the longest).
@@ -77,11 +86,15 @@ impl KeyRing {
 
     /// The tenant's published keys, current first; empty when it has none yet.
     pub async fn keys(&self, tenant: &str) -> Result<Arc<Vec<SigningKey>>, KeyError> {
-        if let Some((at, keys)) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(tenant)
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(keys.clone());
-        }
+        let forgotten = {
+            let cache = self.cache();
+            if let Some((at, keys)) = cache.tenants.get(tenant)
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(keys.clone());
+            }
+            cache.forgotten
+        };
         let now = SystemTime::now();
         let max = self.lifetimes.max();
         let mut keys = Vec::new();
@@ -92,10 +105,11 @@ impl KeyRing {
             }
         }
         let keys = Arc::new(keys);
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(tenant.to_owned(), (Instant::now(), keys.clone()));
+        let mut cache = self.cache();
+        // Kept only if nothing was forgotten while the store was read.
+        if cache.forgotten == forgotten {
+            cache.tenants.insert(tenant.to_owned(), (Instant::now(), keys.clone()));
+        }
         Ok(keys)
     }
 
@@ -143,7 +157,13 @@ impl KeyRing {
 
     /// Drops the opened keys of `tenant` (after its deletion).
     pub fn forget(&self, tenant: &str) {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).remove(tenant);
+        let mut cache = self.cache();
+        cache.forgotten += 1;
+        cache.tenants.remove(tenant);
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn seal(&self, tenant: &str, key: &SigningKey) -> Result<StoredKey, KeyError> {
