@@ -554,7 +554,7 @@ impl AuthnApi {
 /// The user of a recorded login, or why there is none.
 fn recorded(r: Recorded) -> Result<User, Status> {
     match r {
-        Recorded::Login(user) => Ok(user),
+        Recorded::Login(user) => Ok(*user),
         Recorded::Blocked => Err(blocked()),
         // Deleted while logging in: as if it never existed.
         Recorded::Missing => Err(wrong_credentials()),

@@ -64,7 +64,7 @@ pub struct LoginUpdate<'a> {
 #[derive(Debug, Clone)]
 pub enum Recorded {
     /// The login was recorded: the user as it is now.
-    Login(User),
+    Login(Box<User>),
     /// The user is blocked (`UpdateUser` set `blocked`): nothing was recorded.
     Blocked,
     /// The user is gone (deleted while logging in): nothing was recorded.
@@ -276,7 +276,7 @@ impl Store {
         }
         let identities = identities_of(&mut *tx, tenant, user_id).await?;
         tx.commit().await?;
-        Ok(Recorded::Login(user_of(&row, identities)?))
+        Ok(Recorded::Login(Box::new(user_of(&row, identities)?)))
     }
 
     /// A user with its identities.
