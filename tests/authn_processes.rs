@@ -141,13 +141,15 @@ async fn the_readme_login_walkthrough_runs_with_grpcurl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", ""), ("POSTERN_MASTER_KEY", "")]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/authn/walkthrough.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .env("POSTERN", server.grpc.to_string())
-        .env("POSTERN_HTTP", server.http.expect("http").to_string())
-        .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim())
-        .output()
-        .expect("run the walk-through");
+    let out = postern_testkit::output_within(
+        std::process::Command::new("bash")
+            .arg(&script)
+            .env("POSTERN", server.grpc.to_string())
+            .env("POSTERN_HTTP", server.http.expect("http").to_string())
+            .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim()),
+        std::time::Duration::from_secs(300),
+    )
+    .expect("run the walk-through");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "walk-through failed:\n{stdout}\n{stderr}");
@@ -181,14 +183,16 @@ async fn the_authenticator_alone_refuses_another_master_key() {
     suite.stop().await.expect("stop");
 
     // `postern serve authn` on that data with another master key stops at once, saying why.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postern-e2e"))
-        .args(["serve", "authn", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .args(["--tenant-url", "http://127.0.0.1:9", "--registry-url", "http://127.0.0.1:9"])
-        .env("POSTERN_MASTER_KEY", "b".repeat(64))
-        .env("POSTERN_INTERNAL_KEY", "c".repeat(64))
-        .output()
-        .expect("run postern");
+    let out = postern_testkit::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_postern-e2e"))
+            .args(["serve", "authn", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(["--tenant-url", "http://127.0.0.1:9", "--registry-url", "http://127.0.0.1:9"])
+            .env("POSTERN_MASTER_KEY", "b".repeat(64))
+            .env("POSTERN_INTERNAL_KEY", "c".repeat(64)),
+        std::time::Duration::from_secs(60),
+    )
+    .expect("run postern");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("master key does not match"), "{stderr}");

@@ -148,12 +148,14 @@ async fn the_readme_walkthrough_runs_with_grpcurl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", "")]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/walkthrough.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .env("POSTERN", server.grpc.to_string())
-        .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim())
-        .output()
-        .expect("run the walk-through");
+    let out = postern_testkit::output_within(
+        std::process::Command::new("bash")
+            .arg(&script)
+            .env("POSTERN", server.grpc.to_string())
+            .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim()),
+        std::time::Duration::from_secs(300),
+    )
+    .expect("run the walk-through");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "walk-through failed:\n{stdout}\n{stderr}");
@@ -168,12 +170,14 @@ async fn the_fabrikam_script_runs_with_grpcurl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", ""), ("POSTERN_MASTER_KEY", "")]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fabrikam/fabrikam.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .env("POSTERN", server.grpc.to_string())
-        .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim())
-        .output()
-        .expect("run the Fabrikam script");
+    let out = postern_testkit::output_within(
+        std::process::Command::new("bash")
+            .arg(&script)
+            .env("POSTERN", server.grpc.to_string())
+            .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim()),
+        std::time::Duration::from_secs(300),
+    )
+    .expect("run the Fabrikam script");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "fabrikam.sh failed:\n{stdout}\n{stderr}");

@@ -29,12 +29,14 @@ pub fn postgres(test: &str) -> Option<String> {
     }
 }
 
-/// A fresh PostgreSQL database, dropped by [`TestDatabase::drop_db`].
+/// A fresh PostgreSQL database, dropped by [`TestDatabase::drop_db`], or when it goes out of
+/// scope (as when its test panics).
 pub struct TestDatabase {
     /// The URL of the fresh database.
     pub url: String,
     base: String,
     name: String,
+    dropped: bool,
 }
 
 impl TestDatabase {
@@ -53,17 +55,40 @@ impl TestDatabase {
             }
             _ => format!("{}/{name}", base.trim_end_matches('/')),
         };
-        Ok(Self { url, base: base.to_owned(), name })
+        Ok(Self { url, base: base.to_owned(), name, dropped: false })
     }
 
     /// Drops the database.
-    pub async fn drop_db(self) -> Result<(), sqlx::Error> {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&self.base).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
+    pub async fn drop_db(mut self) -> Result<(), sqlx::Error> {
+        drop_database(&self.base, &self.name).await?;
+        self.dropped = true;
         Ok(())
     }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // Dropped without `drop_db`, most likely while its test panics, maybe inside a
+        // runtime that may not block: drop the database from a thread of its own.
+        let (base, name) = (self.base.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(drop_database(&base, &name)).map_err(std::io::Error::other)
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+async fn drop_database(base: &str, name: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(base).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
 }

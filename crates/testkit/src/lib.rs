@@ -25,7 +25,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub use process::Process;
+pub use process::{Process, output_within};
 
 /// The admin key the kit starts suites with.
 pub const ADMIN_KEY: &str = "psta_test-admin-key-0123456789abcdef";
