@@ -1,7 +1,9 @@
 //! The client side of the custom database contract (`postern.customdb.v1`): calls to the
 //! customer's endpoint with a deadline and its bearer token, and the mapping of its answers
-//! to outcomes the login path understands. A failure of the customer's store never
-//! reaches the end user as anything but UNAVAILABLE; its status is logged.
+//! to outcomes the login path understands. An `https` endpoint is called over TLS, its
+//! certificate verified against the public roots or the connection's `ca_certificate`. A
+//! failure of the customer's store, a failed TLS handshake included, never reaches the end
+//! user as anything but UNAVAILABLE; its cause is logged.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -57,6 +59,9 @@ pub struct SourceUser {
 pub struct Target {
     /// The endpoint URL.
     pub endpoint: String,
+    /// PEM CA certificates trusted for an `https` endpoint instead of the public roots;
+    /// empty for the public roots.
+    pub ca_certificate: String,
     /// The bearer token, if any.
     pub token: String,
     /// The deadline of each call.
@@ -71,6 +76,7 @@ impl Target {
         let secs = u64::try_from(options.timeout_seconds).unwrap_or(0);
         Target {
             endpoint: options.endpoint.clone(),
+            ca_certificate: options.ca_certificate.clone(),
             token: options.token.clone(),
             timeout: if secs == 0 { DEFAULT_TIMEOUT } else { Duration::from_secs(secs.min(60)) },
             context: pb::Context { tenant: tenant.to_owned(), connection: connection.name.clone() },
@@ -78,10 +84,12 @@ impl Target {
     }
 }
 
-/// Channels to custom database endpoints, one per endpoint, shared by every call.
+/// Channels to custom database endpoints, one per endpoint and trusted CA, shared by every
+/// call.
 #[derive(Debug, Default)]
 pub struct CustomDbClient {
-    channels: Mutex<HashMap<String, Channel>>,
+    /// By endpoint, then by `ca_certificate`.
+    channels: Mutex<HashMap<String, HashMap<String, Channel>>>,
 }
 
 type Client = pb::custom_database_service_client::CustomDatabaseServiceClient<Channel>;
@@ -92,24 +100,19 @@ impl CustomDbClient {
         Self::default()
     }
 
-    fn client(&self, endpoint: &str) -> Result<Client, CustomDbError> {
+    fn client(&self, target: &Target) -> Result<Client, CustomDbError> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = channels.get(endpoint) {
+        if let Some(c) = channels.get(&target.endpoint).and_then(|by_ca| by_ca.get(&target.ca_certificate)) {
             return Ok(Client::new(c.clone()));
         }
-        if endpoint.starts_with("https://") {
-            return Err(CustomDbError::Unavailable(
-                "https custom database endpoints need TLS support, which this build of Postern lacks; \
-                 use http on a private network or a TLS-terminating proxy"
-                    .into(),
-            ));
-        }
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| CustomDbError::Unavailable(format!("bad endpoint: {e}")))?
+        let channel = endpoint(target)
+            .inspect_err(
+                |e| tracing::warn!(endpoint = %target.endpoint, error = %e, "custom database endpoint unusable"),
+            )?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect_lazy();
-        channels.insert(endpoint.to_owned(), channel.clone());
+        channels.entry(target.endpoint.clone()).or_default().insert(target.ca_certificate.clone(), channel.clone());
         Ok(Client::new(channel))
     }
 
@@ -126,7 +129,7 @@ impl CustomDbClient {
 
     /// Checks credentials.
     pub async fn login(&self, target: &Target, username: &str, password: &str) -> Result<SourceUser, CustomDbError> {
-        let mut client = self.client(&target.endpoint)?;
+        let mut client = self.client(target)?;
         let req = Self::request(
             target,
             pb::LoginRequest {
@@ -141,7 +144,7 @@ impl CustomDbClient {
 
     /// Looks a user up without credentials; `None` when there is none.
     pub async fn get_user(&self, target: &Target, username: &str) -> Result<Option<SourceUser>, CustomDbError> {
-        let mut client = self.client(&target.endpoint)?;
+        let mut client = self.client(target)?;
         let req = Self::request(
             target,
             pb::GetUserRequest { context: Some(target.context.clone()), username: username.to_owned() },
@@ -162,7 +165,7 @@ impl CustomDbClient {
         password: &str,
         user_metadata: Option<prost_types::Struct>,
     ) -> Result<SourceUser, CustomDbError> {
-        let mut client = self.client(&target.endpoint)?;
+        let mut client = self.client(target)?;
         let req = Self::request(
             target,
             pb::CreateRequest {
@@ -185,7 +188,7 @@ impl CustomDbClient {
 
     /// Sets a user's password.
     pub async fn change_password(&self, target: &Target, email: &str, password: &str) -> Result<(), CustomDbError> {
-        let mut client = self.client(&target.endpoint)?;
+        let mut client = self.client(target)?;
         let req = Self::request(
             target,
             pb::ChangePasswordRequest {
@@ -199,7 +202,7 @@ impl CustomDbClient {
 
     /// Deletes a user; a user already gone counts as done.
     pub async fn delete(&self, target: &Target, id: &str) -> Result<(), CustomDbError> {
-        let mut client = self.client(&target.endpoint)?;
+        let mut client = self.client(target)?;
         let req =
             Self::request(target, pb::DeleteRequest { context: Some(target.context.clone()), user_id: id.to_owned() });
         match deadline(target, client.delete(req)).await {
@@ -207,6 +210,60 @@ impl CustomDbClient {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The endpoint of `target`: over TLS for `https`, verified against `ca_certificate` when
+/// set, else against the public roots.
+fn endpoint(target: &Target) -> Result<tonic::transport::Endpoint, CustomDbError> {
+    use tonic::transport::{ClientTlsConfig, Endpoint};
+    let bad = |e: &dyn std::fmt::Display| CustomDbError::Unavailable(format!("bad endpoint: {e}"));
+    let https = target.endpoint.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    // `from_shared` alone would turn TLS on for https with every root enabled; the config
+    // below says which roots.
+    let endpoint = Endpoint::from_shared(target.endpoint.clone()).map_err(|e| bad(&e))?;
+    if !https {
+        return Ok(endpoint);
+    }
+    let tls = if target.ca_certificate.is_empty() {
+        ClientTlsConfig::new().with_webpki_roots()
+    } else {
+        ClientTlsConfig::new().trust_anchors(trust_anchors(&target.ca_certificate)?)
+    };
+    endpoint.tls_config(tls).map_err(|e| bad(&e))
+}
+
+/// The trust anchors of PEM CA certificates (validated by the registry; checked again here).
+fn trust_anchors(pem: &str) -> Result<Vec<rustls_pki_types::TrustAnchor<'static>>, CustomDbError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let unusable =
+        |why: String| CustomDbError::Unavailable(format!("the connection's ca_certificate is unusable: {why}"));
+    let mut anchors = Vec::new();
+    for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let der = der.map_err(|e| unusable(format!("not PEM: {e}")))?;
+        let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| unusable(format!("not X.509: {e:?}")))?;
+        anchors.push(anchor.to_owned());
+    }
+    if anchors.is_empty() {
+        return Err(unusable("no certificate".into()));
+    }
+    Ok(anchors)
+}
+
+/// The cause of a failed call: its message, then its chain of sources (a TLS handshake's
+/// verdict, a refused connection), for the log.
+fn cause(s: &tonic::Status) -> String {
+    let mut out = s.message().to_owned();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(if out.is_empty() { "" } else { ": " });
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 async fn deadline<T>(
@@ -218,7 +275,7 @@ async fn deadline<T>(
         Ok(Ok(r)) => Ok(r),
         Ok(Err(s)) => Err(map_status(target, &s)),
         Err(_) => {
-            tracing::warn!(endpoint = %target.endpoint, "custom database call timed out");
+            tracing::warn!(endpoint = %target.endpoint, timeout = ?target.timeout, "custom database call timed out");
             Err(CustomDbError::Unavailable(format!("no answer within {:?}", target.timeout)))
         }
     }
@@ -233,8 +290,9 @@ fn map_status(target: &Target, s: &tonic::Status) -> CustomDbError {
             CustomDbError::Invalid(postern_common::validate::truncate(s.message(), 500).to_owned())
         }
         code => {
-            tracing::warn!(endpoint = %target.endpoint, ?code, message = s.message(), "custom database call failed");
-            CustomDbError::Unavailable(format!("{code:?}"))
+            let cause = cause(s);
+            tracing::warn!(endpoint = %target.endpoint, ?code, %cause, "custom database call failed");
+            CustomDbError::Unavailable(format!("{code:?}: {cause}"))
         }
     }
 }
@@ -267,4 +325,48 @@ fn source_user(profile: Option<pb::Profile>) -> Result<SourceUser, CustomDbError
         user_metadata: p.user_metadata.map(|s| crate::json::from_struct(&s)).unwrap_or_default(),
         app_metadata: p.app_metadata.map(|s| crate::json::from_struct(&s)).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(endpoint: &str, ca_certificate: &str) -> Target {
+        Target {
+            endpoint: endpoint.into(),
+            ca_certificate: ca_certificate.into(),
+            token: String::new(),
+            timeout: DEFAULT_TIMEOUT,
+            context: pb::Context::default(),
+        }
+    }
+
+    fn ca() -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).expect("certificate").pem()
+    }
+
+    #[test]
+    fn trust_anchors_of_pem() {
+        let (a, b) = (ca(), ca());
+        assert_eq!(trust_anchors(&a).expect("one").len(), 1);
+        assert_eq!(trust_anchors(&format!("{a}{b}")).expect("two").len(), 2);
+        for bad in ["", "hello", "-----BEGIN CERTIFICATE-----\nMIIAAAAA\n-----END CERTIFICATE-----\n"] {
+            let Err(CustomDbError::Unavailable(why)) = trust_anchors(bad) else { panic!("{bad:?} is no CA") };
+            assert!(why.contains("ca_certificate"), "{why}");
+        }
+    }
+
+    #[test]
+    fn endpoints_over_tls_or_not() {
+        let ca = ca();
+        assert!(endpoint(&target("https://customdb.example:443", "")).is_ok());
+        assert!(endpoint(&target("https://127.0.0.1:50061", &ca)).is_ok());
+        assert!(endpoint(&target("HTTPS://customdb.example", &ca)).is_ok());
+        assert!(endpoint(&target("http://127.0.0.1:50061", "")).is_ok());
+        assert!(matches!(endpoint(&target("https://customdb.example", "junk")), Err(CustomDbError::Unavailable(_))));
+        assert!(matches!(endpoint(&target("not a url", "")), Err(CustomDbError::Unavailable(_))));
+    }
 }

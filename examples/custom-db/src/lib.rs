@@ -267,15 +267,59 @@ impl pb::custom_database_service_server::CustomDatabaseService for CustomDb {
     }
 }
 
-/// Serves the custom database on `listener` until `shutdown` resolves.
+/// Serves the custom database in plaintext (for `http://` endpoints) on `listener` until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
     token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_tls(listener, store, token, None, shutdown).await
+}
+
+/// A server certificate (chain) and its private key, both PEM, to serve TLS with.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate chain, leaf first (`-----BEGIN CERTIFICATE-----` …).
+    pub cert_pem: Vec<u8>,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key_pem: Vec<u8>,
+}
+
+impl TlsIdentity {
+    /// Checks that the certificate and key are PEM that TLS can serve with, without serving.
+    pub fn check(&self) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder().tls_config(self.config()).map(|_| ())
+    }
+
+    fn config(&self) -> tonic::transport::ServerTlsConfig {
+        let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
+        tonic::transport::ServerTlsConfig::new().identity(identity)
+    }
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity").field("cert_pem", &self.cert_pem.len()).finish_non_exhaustive()
+    }
+}
+
+/// Serves the custom database on `listener` until `shutdown` resolves: over TLS with `tls`
+/// (for `https://` endpoints, HTTP/2 negotiated by ALPN), in plaintext without.
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    token: Option<String>,
+    tls: Option<TlsIdentity>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.config())?;
+    }
+    builder
         .add_service(pb::custom_database_service_server::CustomDatabaseServiceServer::new(CustomDb::new(store, token)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -5,11 +5,15 @@
 //!     --add-user 'alice@example.com:Correct-Horse-9:Alice Liddell'
 //! ```
 //! then point a database connection's `custom_database.endpoint` at `http://127.0.0.1:50061`.
+//! With `--tls-cert cert.pem --tls-key key.pem` it serves TLS instead, for an
+//! `https://` endpoint (set the connection's `custom_database.ca_certificate` to the CA that
+//! issued the certificate unless a public CA did).
 
 #![forbid(unsafe_code)]
 
+use anyhow::Context as _;
 use clap::Parser;
-use postern_custom_db_example::{NewUser, Store, serve};
+use postern_custom_db_example::{NewUser, Store, TlsIdentity, serve_with_tls};
 
 /// A custom database (postern.customdb.v1) over its own SQLite user store.
 #[derive(Debug, Parser)]
@@ -28,6 +32,13 @@ struct Args {
     /// emails are left alone.
     #[arg(long = "add-user")]
     add_user: Vec<String>,
+    /// Serve TLS with this PEM certificate chain (leaf first), for an `https://` endpoint;
+    /// needs --tls-key. Plaintext (`http://`) without.
+    #[arg(long, env = "CUSTOM_DB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "CUSTOM_DB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -51,11 +62,23 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity {
+            cert_pem: std::fs::read(cert).with_context(|| format!("reading --tls-cert {}", cert.display()))?,
+            key_pem: std::fs::read(key).with_context(|| format!("reading --tls-key {}", key.display()))?,
+        }),
+        _ => None,
+    };
+    if let Some(tls) = &tls {
+        tls.check().context("--tls-cert and --tls-key must be a PEM certificate chain and its PEM private key")?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("custom-db-example: serving postern.customdb.v1 on {}", listener.local_addr()?);
-    serve(listener, store, args.token, async {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("custom-db-example: serving postern.customdb.v1 on {scheme}://{}", listener.local_addr()?);
+    serve_with_tls(listener, store, args.token, tls, async {
         let _ = tokio::signal::ctrl_c().await;
     })
-    .await?;
+    .await
+    .context("serving")?;
     Ok(())
 }

@@ -291,6 +291,10 @@ pub struct CustomDatabase {
     pub import_mode: ImportMode,
     /// Call timeout in seconds (1 to 60).
     pub timeout_seconds: u32,
+    /// PEM CA certificates the `https` endpoint's certificate must chain to, instead of the
+    /// public roots; empty for the public roots. Not a secret.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_certificate: String,
 }
 
 /// Options of the social strategies and of generic `oauth2`. The client secret is the secret
@@ -657,6 +661,7 @@ impl Options {
                         timeout_seconds: to_i32(c.timeout_seconds),
                         token,
                         token_set,
+                        ca_certificate: c.ca_certificate.clone(),
                     }),
                 })
             }
@@ -847,8 +852,19 @@ fn database(o: pb::DatabaseOptions, at: &str, v: &mut Violations, secrets: &mut 
         rules::url(v, &cp("endpoint"), &c.endpoint, true, "the gRPC endpoint of the custom database");
         let import_mode = ImportMode::read(v, &cp("import_mode"), c.import_mode);
         let timeout_seconds = rules::int_or_default(v, &cp("timeout_seconds"), c.timeout_seconds, 10, 1, 60);
+        if !c.ca_certificate.is_empty() {
+            if c.endpoint.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")) {
+                v.check(cp("ca_certificate"), rules::pem_trust_anchors(&c.ca_certificate).map(|_| ()));
+            } else {
+                v.add(
+                    cp("ca_certificate"),
+                    "needs an https endpoint: a CA certificate verifies the endpoint's TLS certificate, and an http \
+                     endpoint has none; use https:// in endpoint, or leave ca_certificate empty",
+                );
+            }
+        }
         take_secret(secrets, names::CUSTOM_DATABASE_TOKEN, c.token);
-        CustomDatabase { endpoint: c.endpoint, import_mode, timeout_seconds }
+        CustomDatabase { endpoint: c.endpoint, import_mode, timeout_seconds, ca_certificate: c.ca_certificate }
     });
     DatabaseOptions {
         requires_username: o.requires_username,

@@ -258,6 +258,24 @@ pub fn pem_certificates(text: &str) -> Result<usize, String> {
     }
 }
 
+/// One or more PEM certificates that parse as X.509 and can serve as trust anchors (what a
+/// TLS client does with a CA certificate). Answers how many.
+pub fn pem_trust_anchors(text: &str) -> Result<usize, String> {
+    pem_certificates(text)?;
+    let blocks = pem_blocks(text, &["CERTIFICATE"])?;
+    for (i, der) in blocks.iter().enumerate() {
+        let der = rustls_pki_types::CertificateDer::from(der.as_slice());
+        if let Err(e) = webpki::anchor_from_trusted_cert(&der) {
+            let which = if blocks.len() == 1 { "the certificate".to_owned() } else { format!("certificate {}", i + 1) };
+            return Err(format!(
+                "is not a usable X.509 CA certificate: {which} does not parse ({e:?}); paste the CA's PEM \
+                 certificate (-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----)"
+            ));
+        }
+    }
+    Ok(blocks.len())
+}
+
 /// One PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC). Never quotes the value.
 pub fn pem_private_key(text: &str) -> Result<(), String> {
     const RULE: &str = "must be one PEM private key (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY)";
@@ -431,6 +449,22 @@ mod tests {
         check(pem_private_key(&cert), false);
         let err = pem_private_key("-----BEGIN PRIVATE KEY-----\nsecret-material\n").unwrap_err();
         assert!(!err.contains("secret-material"), "{err}");
+    }
+
+    #[test]
+    fn trust_anchors() {
+        let ca = include_str!("test-ca.pem");
+        assert_eq!(pem_trust_anchors(ca).unwrap(), 1);
+        assert_eq!(pem_trust_anchors(&format!("{ca}\n{ca}")).unwrap(), 2);
+        // PEM of the right shape whose body is not a certificate.
+        let body = "MII".to_owned() + &"A".repeat(61);
+        let fake = format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n");
+        let err = pem_trust_anchors(&fake).unwrap_err();
+        assert!(err.contains("X.509"), "{err}");
+        let err = pem_trust_anchors(&format!("{ca}{fake}")).unwrap_err();
+        assert!(err.contains("certificate 2"), "{err}");
+        check(pem_trust_anchors("hello"), false);
+        check(pem_trust_anchors(""), false);
     }
 
     #[test]

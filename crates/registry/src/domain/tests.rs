@@ -12,6 +12,11 @@ fn cert() -> String {
     format!("-----BEGIN CERTIFICATE-----\nMII{}\n-----END CERTIFICATE-----\n", "A".repeat(61))
 }
 
+/// A real CA certificate (self-signed, EC P-256), for fields that parse X.509.
+fn test_ca() -> String {
+    include_str!("test-ca.pem").to_owned()
+}
+
 fn private_key() -> String {
     format!("-----BEGIN PRIVATE KEY-----\nMII{}\n-----END PRIVATE KEY-----\n", "A".repeat(61))
 }
@@ -153,6 +158,14 @@ fn good_variants() {
                 timeout_seconds: 5,
                 token: "t".into(),
                 token_set: false,
+                ca_certificate: String::new(),
+            });
+        }),
+        ("auth0", |c| {
+            db(c).custom_database = Some(pb::CustomDatabase {
+                endpoint: "https://customdb.internal:50051".into(),
+                ca_certificate: test_ca(),
+                ..Default::default()
             });
         }),
         ("github", |c| oauth2(c).scopes = vec!["repo".into(), "read:org".into()]),
@@ -272,6 +285,40 @@ fn bad_variants_name_their_field() {
                     Some(pb::CustomDatabase { endpoint: "http://x".into(), import_mode: 7, ..Default::default() })
             },
             "connection.options.database.custom_database.import_mode",
+        ),
+        (
+            "auth0",
+            |c| {
+                db(c).custom_database = Some(pb::CustomDatabase {
+                    endpoint: "https://x".into(),
+                    ca_certificate: "not a certificate".into(),
+                    ..Default::default()
+                })
+            },
+            "connection.options.database.custom_database.ca_certificate",
+        ),
+        (
+            "auth0",
+            // PEM of the right shape whose body is not X.509.
+            |c| {
+                db(c).custom_database = Some(pb::CustomDatabase {
+                    endpoint: "https://x".into(),
+                    ca_certificate: cert(),
+                    ..Default::default()
+                })
+            },
+            "connection.options.database.custom_database.ca_certificate",
+        ),
+        (
+            "auth0",
+            |c| {
+                db(c).custom_database = Some(pb::CustomDatabase {
+                    endpoint: "http://x".into(),
+                    ca_certificate: test_ca(),
+                    ..Default::default()
+                })
+            },
+            "connection.options.database.custom_database.ca_certificate",
         ),
         // oauth2 (social and generic)
         ("google-oauth2", |c| c.options = None, "connection.options.oauth2.client_id"),
@@ -551,6 +598,42 @@ fn updates_keep_secrets_left_empty() {
 }
 
 #[test]
+fn custom_database_ca_certificate_is_kept_and_read_back() {
+    let mut c = good("auth0");
+    db(&mut c).custom_database = Some(pb::CustomDatabase {
+        endpoint: "https://customdb.internal:50051".into(),
+        token: "tok".into(),
+        ca_certificate: test_ca(),
+        ..Default::default()
+    });
+    let new = NewConnection::try_from(c).unwrap();
+    // Stored as the spec's JSON: the field survives it, and a spec stored before the field
+    // existed still reads (as no CA).
+    let json = serde_json::to_string(&new.spec).unwrap();
+    let spec: ConnectionSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(spec, new.spec);
+    let stored = Connection { id: "con_x".into(), spec, create_time: 0, update_time: 0 };
+    let read = stored.to_proto(&new.secrets);
+    let Some(O::Database(d)) = &read.options else { panic!() };
+    let cd = d.custom_database.as_ref().unwrap();
+    assert_eq!(cd.ca_certificate, test_ca(), "not a secret: returned by reads");
+    assert!(cd.token.is_empty() && cd.token_set);
+    let old = json.replace(&format!(",\"ca_certificate\":{}", serde_json::to_string(&test_ca()).unwrap()), "");
+    assert!(!old.contains("ca_certificate"), "{old}");
+    let spec: ConnectionSpec = serde_json::from_str(&old).unwrap();
+    let Options::Database(d) = &spec.options else { panic!() };
+    assert_eq!(d.custom_database.as_ref().unwrap().ca_certificate, "");
+
+    // On an http endpoint the violation says why.
+    let mut c = good("auth0");
+    db(&mut c).custom_database =
+        Some(pb::CustomDatabase { endpoint: "http://x".into(), ca_certificate: test_ca(), ..Default::default() });
+    let v = NewConnection::try_from(c).unwrap_err();
+    let x = v.as_slice().iter().find(|x| x.field.ends_with("ca_certificate")).unwrap();
+    assert!(x.description.contains("https"), "{}", x.description);
+}
+
+#[test]
 fn custom_database_token_has_its_own_path() {
     let (mut current, mut secrets) = stored("auth0");
     if let Options::Database(d) = &mut current.spec.options {
@@ -558,6 +641,7 @@ fn custom_database_token_has_its_own_path() {
             endpoint: "http://customdb:50051".into(),
             import_mode: ImportMode::Lazy,
             timeout_seconds: 10,
+            ca_certificate: String::new(),
         });
     }
     secrets.insert(names::CUSTOM_DATABASE_TOKEN, Secret::new("tok"));
