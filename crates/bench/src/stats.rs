@@ -18,6 +18,9 @@ pub struct Measurement {
     pub p99: Duration,
     /// Calls that failed (not counted in the throughput).
     pub errors: u64,
+    /// The CPU time this process spent per completed call (every thread: callers, servers,
+    /// databases), when the system tells it (Linux).
+    pub cpu_per_call: Option<Duration>,
 }
 
 impl Measurement {
@@ -30,6 +33,11 @@ impl Measurement {
             micros(self.p99),
             if self.errors > 0 { format!("   ({} errors)", self.errors) } else { String::new() }
         )
+    }
+
+    /// The CPU time per call, in milliseconds, or `?` where the system does not tell it.
+    pub fn cpu_ms(&self) -> String {
+        self.cpu_per_call.map_or_else(|| "?".to_owned(), |d| format!("{:.2}", d.as_secs_f64() * 1e3))
     }
 }
 
@@ -55,15 +63,16 @@ where
 /// merges each path's rounds into one measurement.
 pub async fn interleaved(concurrency: usize, duration: Duration, rounds: u32, paths: &[Call]) -> Vec<Measurement> {
     let rounds = rounds.max(1);
-    let mut samples: Vec<(Vec<Duration>, u64)> = vec![(Vec::new(), 0); paths.len()];
+    let mut samples: Vec<Sample> = vec![Sample::default(); paths.len()];
     for _ in 0..rounds {
         for (i, path) in paths.iter().enumerate() {
-            let (l, e) = run(concurrency, Duration::from_millis(200), duration / rounds, path.clone()).await;
-            samples[i].0.extend(l);
-            samples[i].1 += e;
+            let s = run(concurrency, Duration::from_millis(200), duration / rounds, path.clone()).await;
+            samples[i].latencies.extend(s.latencies);
+            samples[i].errors += s.errors;
+            samples[i].cpu = samples[i].cpu.zip(s.cpu).map(|(a, b)| a + b);
         }
     }
-    samples.into_iter().map(|(l, e)| summarize(l, e, duration)).collect()
+    samples.into_iter().map(|s| summarize(s, duration)).collect()
 }
 
 /// Runs `f` from `concurrency` tasks for `warmup` (discarded) and then `duration`.
@@ -73,21 +82,61 @@ where
     F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send + 'static,
 {
-    let (all, errors) = run(concurrency, warmup, duration, call(f)).await;
-    summarize(all, errors, duration)
+    summarize(run(concurrency, warmup, duration, call(f)).await, duration)
 }
 
-fn summarize(mut all: Vec<Duration>, errors: u64, duration: Duration) -> Measurement {
+/// What one or more runs of a path collected.
+#[derive(Debug, Clone)]
+struct Sample {
+    latencies: Vec<Duration>,
+    errors: u64,
+    /// CPU time of the process over the measured windows, if known.
+    cpu: Option<Duration>,
+}
+
+impl Default for Sample {
+    fn default() -> Self {
+        Sample { latencies: Vec::new(), errors: 0, cpu: Some(Duration::ZERO) }
+    }
+}
+
+fn summarize(mut s: Sample, duration: Duration) -> Measurement {
+    let all = &mut s.latencies;
     all.sort_unstable();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default()
     };
-    Measurement { throughput: all.len() as f64 / duration.as_secs_f64(), p50: pct(0.50), p99: pct(0.99), errors }
+    let calls = u32::try_from(all.len()).unwrap_or(u32::MAX);
+    Measurement {
+        throughput: all.len() as f64 / duration.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors: s.errors,
+        cpu_per_call: s.cpu.filter(|_| calls > 0).map(|cpu| cpu / calls),
+    }
 }
 
-async fn run(concurrency: usize, warmup: Duration, duration: Duration, call: Call) -> (Vec<Duration>, u64) {
+/// The CPU time (user and system, all threads) this process has used, on Linux.
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command (which may hold spaces) in parentheses; utime and stime
+    // are the 14th and 15th fields, in clock ticks (USER_HZ, 100 on every Linux platform).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let ticks = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+async fn run(concurrency: usize, warmup: Duration, duration: Duration, call: Call) -> Sample {
     let start = Instant::now() + warmup;
     let end = start + duration;
+    // The process's CPU time over the measured window, read when it opens and closes.
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(start.into()).await;
+        let first = process_cpu();
+        tokio::time::sleep_until(end.into()).await;
+        first.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a))
+    });
     let mut tasks = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
         let call = call.clone();
@@ -119,5 +168,5 @@ async fn run(concurrency: usize, warmup: Duration, duration: Duration, call: Cal
             errors += e;
         }
     }
-    (all, errors)
+    Sample { latencies: all, errors, cpu: cpu.await.ok().flatten() }
 }
