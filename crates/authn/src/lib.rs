@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+mod argon2_memory;
 pub mod bruteforce;
 pub mod cache;
 pub mod customdb;

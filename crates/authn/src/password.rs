@@ -13,9 +13,11 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Params, Version};
 use postern_common::error::Violations;
+
+use crate::argon2_memory;
 
 /// Argon2 memory cost in KiB (OWASP: 19 MiB).
 pub const ARGON2_M_COST: u32 = 19_456;
@@ -67,7 +69,32 @@ fn hasher() -> Argon2<'static> {
 /// Hashes a password with Argon2id at the configured parameters and a random salt, as a
 /// PHC string. Blocking: tens of milliseconds of CPU; prefer [`hash_async`] in async code.
 pub fn hash(password: &str) -> Result<String, Error> {
-    hasher().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| Error::Hashing(e.to_string()))
+    let random = argon2::password_hash::try_generate_salt().map_err(|e| Error::Hashing(e.to_string()))?;
+    let salt = Salt::new(&random).map_err(|e| Error::Hashing(e.to_string()))?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    argon2_into(&hasher(), password.as_bytes(), &salt, &mut out)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&PARAMS).map_err(|e| Error::Hashing(e.to_string()))?,
+        salt: Some(salt),
+        hash: Some(Output::new(&out).map_err(|e| Error::Hashing(e.to_string()))?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Argon2 of `password` and `salt` into `out`, in working memory kept between hashes (see
+/// [`crate::argon2_memory`]).
+fn argon2_into(argon: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), Error> {
+    let blocks = argon.params().block_count();
+    argon2_memory::AREAS
+        .with_area(blocks, PARAMS.block_count(), hashing_turns(), |area| {
+            argon.hash_password_into_with_memory(password, salt, out, area)
+        })
+        .map_err(|e| match e {
+            argon2::Error::OutOfMemory => Error::Hashing(e.to_string()),
+            _ => Error::MalformedHash,
+        })
 }
 
 /// Whether `password` matches the PHC string `phc` (Argon2 of any variant and parameters,
@@ -75,19 +102,21 @@ pub fn hash(password: &str) -> Result<String, Error> {
 pub fn verify(password: &str, phc: &str) -> Result<bool, Error> {
     if phc.starts_with("$argon2") {
         let parsed = PasswordHash::new(phc).map_err(|_| Error::MalformedHash)?;
+        let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+            return Err(Error::MalformedHash);
+        };
         // The parameters come from the hash itself, not from `hasher()`.
-        match hasher().verify_password(password.as_bytes(), &parsed) {
-            Ok(()) => Ok(true),
-            Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
-            Err(
-                argon2::password_hash::Error::Algorithm
-                | argon2::password_hash::Error::EncodingInvalid
-                | argon2::password_hash::Error::ParamsInvalid
-                | argon2::password_hash::Error::SaltInvalid
-                | argon2::password_hash::Error::Version,
-            ) => Err(Error::MalformedHash),
-            Err(e) => Err(Error::Hashing(e.to_string())),
-        }
+        let params = Params::try_from(&parsed).map_err(|_| Error::MalformedHash)?;
+        let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).map_err(|_| Error::MalformedHash)?;
+        let version = match parsed.version {
+            Some(v) => Version::try_from(v).map_err(|_| Error::MalformedHash)?,
+            None => Version::default(),
+        };
+        let mut buffer = [0u8; Output::MAX_LENGTH];
+        let out = buffer.get_mut(..expected.len()).ok_or(Error::MalformedHash)?;
+        argon2_into(&Argon2::new(algorithm, version, params), password.as_bytes(), salt, out)?;
+        // `Output` compares in constant time.
+        Ok(Output::new(out).is_ok_and(|computed| computed == *expected))
     } else if is_bcrypt(phc) {
         bcrypt::verify(password.as_bytes(), phc).map_err(|_| Error::MalformedHash)
     } else {
@@ -135,7 +164,14 @@ pub fn needs_rehash(phc: &str) -> bool {
 /// [`hash`] on the blocking pool.
 pub async fn hash_async(password: String) -> Result<String, Error> {
     let _permit = hashing_permit().await;
-    tokio::task::spawn_blocking(move || hash(&password)).await?
+    let hashed = tokio::task::spawn_blocking(move || hash(&password)).await?;
+    argon2_memory::AREAS.free_when_idle();
+    hashed
+}
+
+/// How many hashes run at once: one per core.
+fn hashing_turns() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// A turn to hash. Argon2id at these parameters is memory-hard (19 MiB a hash): running
@@ -145,9 +181,7 @@ pub async fn hash_async(password: String) -> Result<String, Error> {
 /// order, without holding a thread or memory.
 async fn hashing_permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
     static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let turns = TURNS.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
-    });
+    let turns = TURNS.get_or_init(|| tokio::sync::Semaphore::new(hashing_turns()));
     // The semaphore is never closed, so acquiring cannot fail.
     turns.acquire().await.ok()
 }
@@ -155,7 +189,9 @@ async fn hashing_permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
 /// [`verify_user`] on the blocking pool: `None` for an unknown user.
 pub async fn verify_async(password: String, phc: Option<String>) -> Result<bool, Error> {
     let _permit = hashing_permit().await;
-    tokio::task::spawn_blocking(move || verify_user(&password, phc.as_deref())).await?
+    let verified = tokio::task::spawn_blocking(move || verify_user(&password, phc.as_deref())).await?;
+    argon2_memory::AREAS.free_when_idle();
+    verified
 }
 
 /// The strength levels of Auth0's password policy.
@@ -451,6 +487,8 @@ static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
 
 #[cfg(test)]
 mod tests {
+    use argon2::password_hash::PasswordHasher;
+
     use super::*;
 
     const ALICE: PersonalInfo<'static> = PersonalInfo {
@@ -604,6 +642,13 @@ mod tests {
         assert!(!needs_rehash(&phc));
         // Each hash has its own salt.
         assert_ne!(phc, hash("correct horse").unwrap());
+        // The library's own verifier agrees, both ways.
+        use argon2::password_hash::PasswordVerifier;
+        assert!(hasher().verify_password(b"correct horse", phc.as_str()).is_ok());
+        assert!(hasher().verify_password(b"correct horsE", phc.as_str()).is_err());
+        let theirs = hasher().hash_password(b"correct horse").unwrap().to_string();
+        assert!(verify("correct horse", &theirs).unwrap());
+        assert!(!verify("correct horsE", &theirs).unwrap());
     }
 
     #[test]
