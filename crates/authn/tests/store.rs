@@ -8,41 +8,30 @@ use postern_authn::bruteforce::{Admission, MAX_CONSECUTIVE_FAILURES, Outcome};
 use postern_authn::domain::{Identity, Profile, ProfileSync, UserPatch};
 use postern_authn::store::{LoginUpdate, NewUser, Recorded, Store, StoreError, StoredKey};
 use postern_common::db::DbLocation;
+use postern_common::testing::TestDatabase;
 
 enum Backend {
     Sqlite { _dir: tempfile::TempDir },
-    Postgres { url: String, schema: String },
+    /// A fresh database, dropped at the end of the test, or when it panics.
+    Postgres(TestDatabase),
 }
 
 async fn stores(test: &str) -> Vec<(Store, Backend)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::open(&DbLocation::SqliteFile(dir.path().join("authn.db"))).await.unwrap();
     let mut out = vec![(sqlite, Backend::Sqlite { _dir: dir })];
-    match std::env::var("POSTERN_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => {
-            let schema = format!("authn_test_{}", postern_common::ids::random_alphanumeric(12).to_lowercase())
-                .chars()
-                .map(|c| if c.is_ascii_digit() { 'x' } else { c })
-                .collect::<String>();
-            let store = Store::open(&DbLocation::Postgres { url: url.clone(), schema: schema.clone() }).await.unwrap();
-            out.push((store, Backend::Postgres { url, schema }));
-        }
-        _ => {
-            if std::env::var("POSTERN_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-                panic!("{test}: POSTERN_TEST_POSTGRES_URL is not set, and POSTERN_REQUIRE_PEERS=1 requires it");
-            }
-            eprintln!("SKIPPED {test} on PostgreSQL: POSTERN_TEST_POSTGRES_URL is not set");
-        }
+    if let Some(base) = postern_common::testing::postgres(test) {
+        let db = TestDatabase::create(&base).await.expect("a fresh database");
+        let store = Store::open(&DbLocation::Postgres { url: db.url.clone(), schema: "authn".into() }).await.unwrap();
+        out.push((store, Backend::Postgres(db)));
     }
     out
 }
 
 async fn cleanup(store: Store, backend: Backend) {
     store.close().await;
-    if let Backend::Postgres { url, schema } = backend {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&mut conn).await.unwrap();
+    if let Backend::Postgres(db) = backend {
+        db.drop_db().await.expect("drop the database");
     }
 }
 
