@@ -11,7 +11,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use postern_proto::authn::v1 as authn;
 use postern_proto::connections::v1 as conn;
-use postern_testkit::{Clients, Suite, eventually, http_get, reason, violated_fields};
+use postern_testkit::{Clients, Suite, eventually, http_get, http_request, reason, violated_fields};
 use tonic::Code;
 
 const STRONG: &str = "Wonder-Land-42!";
@@ -832,5 +832,176 @@ async fn users_are_listed_in_pages_updated_with_masks_and_deleted() {
         .await
         .expect_err("gone");
     assert_eq!(err.code(), Code::NotFound);
+    suite.stop().await.expect("stop");
+}
+
+/// `GET` (or `POST`) `/<tenant>/userinfo` with `Authorization: Bearer <token>`: the status,
+/// the headers and the body.
+async fn userinfo(http: SocketAddr, method: &str, tenant: &str, token: &str) -> (u16, Vec<(String, String)>, String) {
+    let bearer = format!("Bearer {token}");
+    http_request(http, method, &format!("/{tenant}/userinfo"), &[("authorization", bearer.as_str())])
+        .await
+        .expect("userinfo request")
+}
+
+/// The claims of a 200 from `/userinfo`, checking that it is JSON and not cached.
+async fn claims_at_userinfo(http: SocketAddr, tenant: &str, token: &str) -> serde_json::Value {
+    let (code, headers, body) = userinfo(http, "GET", tenant, token).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(headers.iter().any(|(k, v)| k == "cache-control" && v == "no-store"), "{headers:?}");
+    assert!(headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("application/json")), "{headers:?}");
+    serde_json::from_str(&body).expect("userinfo JSON")
+}
+
+/// Asserts a 401 with `WWW-Authenticate: Bearer error="invalid_token", …`.
+fn assert_invalid_token((code, headers, body): (u16, Vec<(String, String)>, String), what: &str) {
+    assert_eq!(code, 401, "{what}: {body}");
+    let challenge = headers.iter().find(|(k, _)| k == "www-authenticate").map(|(_, v)| v.as_str());
+    let challenge = challenge.unwrap_or_else(|| panic!("{what}: no WWW-Authenticate in {headers:?}"));
+    assert!(challenge.starts_with("Bearer error=\"invalid_token\", error_description=\""), "{what}: {challenge}");
+    assert!(body.contains("invalid_token"), "{what}: {body}");
+}
+
+fn keys_of(value: &serde_json::Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value.as_object().expect("object").keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// Changes the character in the middle of `token` (a base64 character stays one).
+fn tamper(token: &str) -> String {
+    let mut bytes = token.as_bytes().to_vec();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).expect("ASCII")
+}
+
+#[tokio::test]
+async fn access_tokens_and_the_userinfo_endpoint() {
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "fabrikam-public";
+    let (client_id, secret) = tenant_with_client(&mut admin, tenant).await;
+    database(
+        &mut admin,
+        tenant,
+        "customers",
+        policy(conn::PasswordPolicy::Good),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    let created = admin
+        .authn
+        .signup(signup(tenant, &client_id, "customers", "alice@fabrikam.example", STRONG))
+        .await
+        .expect("signup")
+        .into_inner()
+        .user
+        .expect("user");
+    let a = App { tenant, client_id: &client_id, secret: &secret, connection: "customers" };
+    let login_with = |scope: &str, audience: &str| authn::LoginRequest {
+        scope: scope.into(),
+        audience: audience.into(),
+        ..a.login("alice@fabrikam.example", STRONG, "")
+    };
+    let http = suite.http;
+
+    // Without an audience: an opaque access token, good at /userinfo (GET and POST).
+    let login = admin.authn.login(login_with("openid", "")).await.expect("login").into_inner();
+    assert_eq!((login.token_type.as_str(), login.expires_in), ("Bearer", 86_400));
+    assert_ne!(login.access_token.split('.').count(), 3, "not a JWT: {}", login.access_token);
+    assert!(jsonwebtoken::decode_header(&login.access_token).is_err());
+    let claims = claims_at_userinfo(http, tenant, &login.access_token).await;
+    assert_eq!(claims, serde_json::json!({ "sub": created.user_id }));
+    let (code, _, body) = userinfo(http, "POST", tenant, &login.access_token).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).expect("JSON"), claims);
+
+    let full = admin.authn.login(login_with("openid profile email", "")).await.expect("login").into_inner();
+    let claims = claims_at_userinfo(http, tenant, &full.access_token).await;
+    // The user has no name, given or family name, nor picture: those claims are left out.
+    assert_eq!(keys_of(&claims), ["email", "email_verified", "nickname", "sub", "updated_at"]);
+    assert_eq!(claims["sub"], created.user_id.as_str());
+    assert_eq!(claims["email"], "alice@fabrikam.example");
+    assert_eq!(claims["email_verified"], false);
+    assert_eq!(claims["nickname"], "alice");
+    assert!(claims["updated_at"].as_u64().is_some(), "{claims}");
+    let email_only = admin.authn.login(login_with("openid email", "")).await.expect("login").into_inner();
+    let claims = claims_at_userinfo(http, tenant, &email_only.access_token).await;
+    assert_eq!(keys_of(&claims), ["email", "email_verified", "sub"]);
+
+    // With an audience: a JWT for the API whose aud also names /userinfo.
+    let api = "https://api.fabrikam.example";
+    let for_api = admin.authn.login(login_with("openid profile", api)).await.expect("login").into_inner();
+    let issuer = format!("http://{http}/{tenant}/");
+    let jwt = verify_id_token(http, tenant, &for_api.access_token, api).await;
+    assert_eq!(jwt["aud"], serde_json::json!([api, format!("{issuer}userinfo")]));
+    assert_eq!(jwt["sub"], created.user_id.as_str());
+    assert_eq!(jwt["azp"], client_id.as_str());
+    assert_eq!(jwt["scope"], "openid profile");
+    verify_id_token(http, tenant, &for_api.access_token, &format!("{issuer}userinfo")).await;
+    let claims = claims_at_userinfo(http, tenant, &for_api.access_token).await;
+    assert_eq!(claims["nickname"], "alice");
+    assert!(claims.get("email").is_none(), "scope has no email: {claims}");
+
+    // Refused: no token, a tampered token (opaque and JWT), an ID token, garbage.
+    let no_token = http_request(http, "GET", &format!("/{tenant}/userinfo"), &[]).await.expect("request");
+    assert_invalid_token(no_token, "no token");
+    assert_invalid_token(userinfo(http, "GET", tenant, &tamper(&full.access_token)).await, "tampered opaque token");
+    let mut parts: Vec<String> = for_api.access_token.split('.').map(str::to_owned).collect();
+    parts[1] = tamper(&parts[1]);
+    assert_invalid_token(userinfo(http, "GET", tenant, &parts.join(".")).await, "tampered JWT");
+    assert_invalid_token(userinfo(http, "GET", tenant, &login.id_token).await, "an ID token");
+    assert_invalid_token(userinfo(http, "POST", tenant, "garbage").await, "garbage");
+
+    // Another tenant's tokens, both ways.
+    let (other_client, other_secret) = tenant_with_client(&mut admin, "contoso").await;
+    database(
+        &mut admin,
+        "contoso",
+        "customers",
+        policy(conn::PasswordPolicy::Good),
+        conn::UserProfileSync::Unspecified,
+        Some(&other_client),
+    )
+    .await;
+    admin
+        .authn
+        .signup(signup("contoso", &other_client, "customers", "alice@fabrikam.example", STRONG))
+        .await
+        .expect("signup at contoso");
+    let b = App { tenant: "contoso", client_id: &other_client, secret: &other_secret, connection: "customers" };
+    let theirs = admin.authn.login(b.login("alice@fabrikam.example", STRONG, "")).await.expect("login").into_inner();
+    claims_at_userinfo(http, "contoso", &theirs.access_token).await;
+    assert_invalid_token(userinfo(http, "GET", tenant, &theirs.access_token).await, "contoso's token here");
+    assert_invalid_token(userinfo(http, "GET", "contoso", &full.access_token).await, "our opaque token at contoso");
+    assert_invalid_token(userinfo(http, "GET", "contoso", &for_api.access_token).await, "our JWT at contoso");
+    assert_invalid_token(userinfo(http, "GET", "no-such-tenant", &full.access_token).await, "unknown tenant");
+
+    // The current profile, not the token's copy.
+    admin
+        .users
+        .update_user(authn::UpdateUserRequest {
+            tenant: tenant.into(),
+            user: Some(authn::User {
+                user_id: created.user_id.clone(),
+                name: "Alice Liddell".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["name".into()] }),
+        })
+        .await
+        .expect("update");
+    assert_eq!(claims_at_userinfo(http, tenant, &full.access_token).await["name"], "Alice Liddell");
+    assert_eq!(claims_at_userinfo(http, tenant, &for_api.access_token).await["name"], "Alice Liddell");
+
+    // A deleted user's tokens stop working.
+    admin
+        .users
+        .delete_user(authn::DeleteUserRequest { tenant: tenant.into(), user_id: created.user_id.clone() })
+        .await
+        .expect("delete");
+    assert_invalid_token(userinfo(http, "GET", tenant, &full.access_token).await, "deleted user");
     suite.stop().await.expect("stop");
 }

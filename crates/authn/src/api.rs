@@ -528,6 +528,8 @@ impl AuthnApi {
         let issued = tokens::issue(
             &key,
             &TokenRequest {
+                tenant: &req.tenant,
+                master: &self.inner.config.master_key,
                 issuer: &issuer,
                 client_id: &req.client_id,
                 audience: Some(req.audience.as_str()),
@@ -1161,4 +1163,92 @@ impl pb::signing_key_service_server::SigningKeyService for AuthnApi {
             max_age_seconds: DOCUMENT_MAX_AGE_SECS,
         }))
     }
+
+    async fn get_user_info(
+        &self,
+        req: Request<pb::GetUserInfoRequest>,
+    ) -> Result<Response<pb::GetUserInfoResponse>, Status> {
+        // Public like the documents: the access token is the credential.
+        principal(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        check_tenant(&mut v, "tenant", &req.tenant);
+        v.into_result()?;
+        let (user_id, scope) = self.access_token_subject(&req.tenant, &req.access_token).await?;
+        let user = self
+            .inner
+            .store
+            .get_user(&req.tenant, &user_id)
+            .await?
+            .ok_or_else(|| not_found("USER_NOT_FOUND", "the access token's user no longer exists"))?;
+        let info = UserInfo { sub: user.user_id.clone(), profile: claims_of(&user).for_scope(&scope) };
+        let claims_json = serde_json::to_string(&info).map_err(|e| internal(&e))?;
+        Ok(Response::new(pb::GetUserInfoResponse { claims_json }))
+    }
+}
+
+/// The answer of the userinfo endpoint: the subject, then the claims the scope grants.
+#[derive(serde::Serialize)]
+struct UserInfo {
+    sub: String,
+    #[serde(flatten)]
+    profile: ProfileClaims,
+}
+
+fn invalid_access_token(message: impl Into<String>) -> Status {
+    unauthenticated("INVALID_ACCESS_TOKEN", message)
+}
+
+impl AuthnApi {
+    /// Checks an access token presented at `tenant`'s userinfo endpoint and answers its
+    /// subject and scope: an opaque token must open under the master key for this tenant,
+    /// a JWT must verify against the tenant's key set with the tenant's issuer and the
+    /// userinfo endpoint among its audiences. Both must be unexpired.
+    async fn access_token_subject(&self, tenant: &str, token: &str) -> Result<(String, String), Status> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(invalid_access_token(
+                "no access token: present the access token of a login as `Authorization: Bearer <access token>`",
+            ));
+        }
+        if tokens::is_opaque_access_token(token) {
+            let claims = tokens::open_access_token(&self.inner.config.master_key, tenant, token, SystemTime::now())
+                .map_err(|e| match e {
+                    tokens::Error::Expired => invalid_access_token("the access token has expired; log in again"),
+                    _ => invalid_access_token(format!(
+                        "the access token is malformed, altered, or was not issued by tenant {tenant:?}"
+                    )),
+                })?;
+            return Ok((claims.sub, claims.scope));
+        }
+        let issuer = self.issuer(tenant);
+        let audience = tokens::userinfo_endpoint(&issuer);
+        // The published keys only: checking a token never creates a tenant's first key.
+        let keys = self.inner.keys.keys(tenant).await?;
+        let set = tokens::jwks(&keys, SystemTime::now(), self.inner.keys.lifetimes().max());
+        let claims: tokens::AccessTokenClaims =
+            tokens::verify(token, &set, &issuer, &audience).map_err(|e| jwt_refusal(tenant, &audience, &e))?;
+        Ok((claims.sub, claims.scope))
+    }
+}
+
+fn jwt_refusal(tenant: &str, audience: &str, e: &tokens::Error) -> Status {
+    use jsonwebtoken::errors::ErrorKind;
+    let message = match e {
+        tokens::Error::UnknownKey => {
+            format!("the access token was not signed by a key of tenant {tenant:?} (another tenant's, or no token)")
+        }
+        tokens::Error::InvalidToken(e) => match e.kind() {
+            ErrorKind::ExpiredSignature => "the access token has expired; log in again".to_owned(),
+            ErrorKind::InvalidIssuer => format!("the access token was not issued by tenant {tenant:?}"),
+            ErrorKind::InvalidAudience => format!(
+                "the token is not an access token for this endpoint: its `aud` does not include {audience:?} (an ID \
+                 token is not an access token)"
+            ),
+            ErrorKind::InvalidSignature => "the access token's signature does not verify".to_owned(),
+            _ => "the access token is malformed: neither an opaque access token nor a valid JWT".to_owned(),
+        },
+        _ => "the access token is malformed: neither an opaque access token nor a valid JWT".to_owned(),
+    };
+    invalid_access_token(message)
 }

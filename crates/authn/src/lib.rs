@@ -4,8 +4,9 @@
 //! A login checks the client (the tenant service's internal `VerifyClientSecret`), resolves
 //! the connection (cached, kept fresh by the connection registry's watch stream), runs the
 //! connection's strategy, creates or updates the user and its identity under the
-//! connection's profile-sync rule, and signs an ID token and an access token with the
-//! tenant's current key. The database strategy keeps Argon2id hashes in this service's own
+//! connection's profile-sync rule, and signs an ID token with the tenant's current key; the
+//! access token is a JWT signed with the same key for a login that names an API, else an
+//! opaque token sealed under the master key, good at the tenant's `/userinfo`. The database strategy keeps Argon2id hashes in this service's own
 //! store, or asks the customer's store through the custom database contract
 //! (`postern.customdb.v1`), optionally importing users lazily.
 //!

@@ -8,7 +8,9 @@
 //!
 //! Private keys are PKCS#8 documents that the caller stores encrypted; a key's id (`kid`)
 //! is the RFC 7638 thumbprint of its public JWK. Tokens are JWTs signed with `jsonwebtoken`
-//! on aws-lc.
+//! on aws-lc, except the access token of a login that names no API (Auth0's behaviour): that
+//! one is opaque, its claims sealed (XChaCha20-Poly1305) under the master key and bound to
+//! the tenant, good only at the tenant's `/userinfo` endpoint, and costs no signature.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,6 +27,7 @@ use jsonwebtoken::jwk::{
     OctetKeyPairType, PublicKeyUse, RSAKeyParameters, RSAKeyType, ThumbprintHash,
 };
 use jsonwebtoken::{DecodingKey, Header, Validation};
+use postern_common::seal::{MasterKey, SealError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +39,11 @@ pub const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 360
 pub const DEFAULT_SCOPE: &str = "openid profile email";
 /// The `token_type` of the access token.
 pub const TOKEN_TYPE: &str = "Bearer";
+/// How an opaque access token begins (then the URL-safe base64, unpadded, of the sealed
+/// claims).
+pub const OPAQUE_ACCESS_TOKEN_PREFIX: &str = "pat_";
+/// The label binding sealed access tokens to their use (the tenant is the bound part).
+const ACCESS_TOKEN_LABEL: &[u8] = b"postern.authn.v1/access-token";
 
 /// The algorithm a signing key signs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,6 +122,16 @@ pub enum Error {
     /// The blocking task generating a key was cancelled or panicked.
     #[error("the key generation task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// An opaque access token could not be sealed.
+    #[error("the access token could not be sealed: {0}")]
+    Seal(SealError),
+    /// An opaque access token is malformed, altered, sealed under another master key, or
+    /// issued by another tenant.
+    #[error("the access token is malformed, altered, or not issued by this tenant")]
+    InvalidOpaqueToken,
+    /// An opaque access token has expired.
+    #[error("the access token has expired")]
+    Expired,
 }
 
 /// One of a tenant's signing keys: the private key (PKCS#8) and its public JWK.
@@ -328,6 +346,12 @@ pub fn issuer(public_url: &str, tenant: &str) -> String {
     format!("{}/{tenant}/", public_url.trim_end_matches('/'))
 }
 
+/// The tenant's userinfo endpoint, `<issuer>userinfo`: also an audience of every JWT access
+/// token, since `openid` is always granted.
+pub fn userinfo_endpoint(issuer: &str) -> String {
+    format!("{issuer}userinfo")
+}
+
 /// The OpenID Provider metadata of a tenant (OpenID Connect Discovery 1.0), served at
 /// `/<tenant>/.well-known/openid-configuration`. `algorithms` are those of the published
 /// keys. The authorization, token and userinfo endpoints are the paths the gateway's
@@ -343,7 +367,7 @@ pub fn openid_configuration(issuer: &str, algorithms: &[Algorithm]) -> serde_jso
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}authorize"),
         "token_endpoint": format!("{issuer}oauth/token"),
-        "userinfo_endpoint": format!("{issuer}userinfo"),
+        "userinfo_endpoint": userinfo_endpoint(issuer),
         "jwks_uri": format!("{issuer}.well-known/jwks.json"),
         "response_types_supported": ["code", "id_token", "token id_token"],
         "subject_types_supported": ["public"],
@@ -425,13 +449,15 @@ pub struct IdTokenClaims {
     pub profile: ProfileClaims,
 }
 
-/// The claims of an access token.
+/// The claims of a JWT access token (a login that named an API).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessTokenClaims {
     /// The issuer: `<public URL>/<tenant>/`.
     pub iss: String,
-    /// The audience: the API's identifier, or the client_id when none was asked for.
-    pub aud: String,
+    /// The audiences: the API's identifier, then the tenant's userinfo endpoint. Written as
+    /// an array; read from an array or a single string.
+    #[serde(deserialize_with = "one_or_many")]
+    pub aud: Vec<String>,
     /// The subject: the user_id.
     pub sub: String,
     /// The authorized party: the client_id.
@@ -442,6 +468,72 @@ pub struct AccessTokenClaims {
     pub iat: u64,
     /// Expires at, seconds since the epoch.
     pub exp: u64,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(a) => a,
+    })
+}
+
+/// The claims sealed in an opaque access token (a login that named no API). No issuer nor
+/// audience: the seal binds the token to its tenant, and it is good only at `/userinfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpaqueAccessClaims {
+    /// The subject: the user_id.
+    pub sub: String,
+    /// The authorized party: the client_id.
+    pub azp: String,
+    /// The granted scopes, space separated.
+    pub scope: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the epoch.
+    pub exp: u64,
+}
+
+/// Seals `claims` into an opaque access token of `tenant`: [`OPAQUE_ACCESS_TOKEN_PREFIX`],
+/// then the URL-safe base64 (unpadded) of the claims as JSON sealed under `master` with the
+/// access-token label, bound to the tenant.
+pub fn seal_access_token(master: &MasterKey, tenant: &str, claims: &OpaqueAccessClaims) -> Result<String, Error> {
+    let json = serde_json::to_vec(claims).map_err(Error::Encoding)?;
+    let sealed = master.seal(ACCESS_TOKEN_LABEL, &[tenant], &json).map_err(Error::Seal)?;
+    Ok(format!("{OPAQUE_ACCESS_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(sealed)))
+}
+
+/// Whether `token` has the form of an opaque access token (not whether it opens).
+pub fn is_opaque_access_token(token: &str) -> bool {
+    token.starts_with(OPAQUE_ACCESS_TOKEN_PREFIX)
+}
+
+/// Opens an opaque access token of `tenant` and checks its expiry at `now` (no leeway).
+/// Fails with [`Error::InvalidOpaqueToken`] for anything that is not an intact token sealed
+/// under `master` for this tenant, and [`Error::Expired`] for an expired one.
+pub fn open_access_token(
+    master: &MasterKey,
+    tenant: &str,
+    token: &str,
+    now: SystemTime,
+) -> Result<OpaqueAccessClaims, Error> {
+    let encoded = token.strip_prefix(OPAQUE_ACCESS_TOKEN_PREFIX).ok_or(Error::InvalidOpaqueToken)?;
+    // A login's token is a few hundred characters; refuse to decode anything far larger.
+    if encoded.len() > 4096 {
+        return Err(Error::InvalidOpaqueToken);
+    }
+    let sealed = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| Error::InvalidOpaqueToken)?;
+    let json = master.open(ACCESS_TOKEN_LABEL, &[tenant], &sealed).map_err(|_| Error::InvalidOpaqueToken)?;
+    let claims: OpaqueAccessClaims = serde_json::from_slice(&json).map_err(|_| Error::InvalidOpaqueToken)?;
+    if unix_seconds(now) >= claims.exp {
+        return Err(Error::Expired);
+    }
+    Ok(claims)
 }
 
 /// How long the tokens of a login are valid.
@@ -464,14 +556,19 @@ impl Lifetimes {
     }
 }
 
-/// What a successful login needs signed.
+/// What a successful login needs signed (or sealed).
 #[derive(Debug, Clone)]
 pub struct TokenRequest<'a> {
+    /// The tenant's name: an opaque access token is bound to it.
+    pub tenant: &'a str,
+    /// Seals the opaque access token.
+    pub master: &'a MasterKey,
     /// The tenant's issuer ([`issuer`]).
     pub issuer: &'a str,
     /// The client the user logged in to.
     pub client_id: &'a str,
-    /// The API the access token is for; `None` (or empty) means the client itself.
+    /// The API the access token is for; `None` (or empty) means none: the access token is
+    /// then opaque, good only at the userinfo endpoint.
     pub audience: Option<&'a str>,
     /// The user's id (`auth0|…`).
     pub user_id: &'a str,
@@ -492,7 +589,7 @@ pub struct TokenRequest<'a> {
 pub struct IssuedTokens {
     /// The signed ID token.
     pub id_token: String,
-    /// The signed access token.
+    /// The access token: opaque (sealed) without an audience, a signed JWT with one.
     pub access_token: String,
     /// Always [`TOKEN_TYPE`].
     pub token_type: &'static str,
@@ -519,7 +616,9 @@ fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Signs the ID token and the access token of a login with `key`.
+/// Signs the ID token of a login with `key`, and makes its access token: without an
+/// audience an opaque token sealed under the master key (no signature), with one a JWT
+/// signed with `key` whose `aud` is [audience, [`userinfo_endpoint`]].
 pub fn issue(key: &SigningKey, request: &TokenRequest<'_>) -> Result<IssuedTokens, Error> {
     let scope = normalize_scope(request.scope);
     let iat = unix_seconds(request.now);
@@ -532,19 +631,32 @@ pub fn issue(key: &SigningKey, request: &TokenRequest<'_>) -> Result<IssuedToken
         nonce: request.nonce.map(str::to_owned),
         profile: request.profile.clone().for_scope(&scope),
     };
-    let audience = request.audience.filter(|a| !a.is_empty()).unwrap_or(request.client_id);
-    let access = AccessTokenClaims {
-        iss: request.issuer.to_owned(),
-        aud: audience.to_owned(),
-        sub: request.user_id.to_owned(),
-        azp: request.client_id.to_owned(),
-        scope: scope.clone(),
-        iat,
-        exp: iat + request.lifetimes.access_token.as_secs(),
+    let exp = iat + request.lifetimes.access_token.as_secs();
+    let access_token = match request.audience.filter(|a| !a.is_empty()) {
+        Some(audience) => key.sign(&AccessTokenClaims {
+            iss: request.issuer.to_owned(),
+            aud: vec![audience.to_owned(), userinfo_endpoint(request.issuer)],
+            sub: request.user_id.to_owned(),
+            azp: request.client_id.to_owned(),
+            scope: scope.clone(),
+            iat,
+            exp,
+        })?,
+        None => seal_access_token(
+            request.master,
+            request.tenant,
+            &OpaqueAccessClaims {
+                sub: request.user_id.to_owned(),
+                azp: request.client_id.to_owned(),
+                scope: scope.clone(),
+                iat,
+                exp,
+            },
+        )?,
     };
     Ok(IssuedTokens {
         id_token: key.sign(&id)?,
-        access_token: key.sign(&access)?,
+        access_token,
         token_type: TOKEN_TYPE,
         expires_in: request.lifetimes.access_token.as_secs(),
         scope,
@@ -579,7 +691,14 @@ mod tests {
     use jsonwebtoken::EncodingKey;
 
     const ISSUER: &str = "https://id.example.com/fabrikam-public/";
+    const TENANT: &str = "fabrikam-public";
     const CLIENT: &str = "client-portal";
+    const USERINFO: &str = "https://id.example.com/fabrikam-public/userinfo";
+
+    fn master() -> &'static MasterKey {
+        static MASTER: std::sync::OnceLock<MasterKey> = std::sync::OnceLock::new();
+        MASTER.get_or_init(|| MasterKey::generate().unwrap())
+    }
 
     fn alice() -> ProfileClaims {
         ProfileClaims {
@@ -596,6 +715,8 @@ mod tests {
 
     fn request(now: SystemTime) -> TokenRequest<'static> {
         TokenRequest {
+            tenant: TENANT,
+            master: master(),
             issuer: ISSUER,
             client_id: CLIENT,
             audience: None,
@@ -652,9 +773,13 @@ mod tests {
             assert_eq!(id.exp - id.iat, 36_000);
             assert_eq!(id.profile, alice());
 
-            let access: AccessTokenClaims = verify(&tokens.access_token, &fetched, ISSUER, CLIENT).unwrap();
+            // Without an audience the access token is opaque: not a JWT, sealed for the tenant.
+            assert!(tokens.access_token.starts_with(OPAQUE_ACCESS_TOKEN_PREFIX));
+            assert_ne!(tokens.access_token.split('.').count(), 3);
+            assert!(verify::<AccessTokenClaims>(&tokens.access_token, &fetched, ISSUER, CLIENT).is_err());
+            let access = open_access_token(master(), TENANT, &tokens.access_token, now).unwrap();
+            assert_eq!(access.sub, "auth0|0193");
             assert_eq!(access.azp, CLIENT);
-            assert_eq!(access.aud, CLIENT);
             assert_eq!(access.scope, "openid profile email");
             assert_eq!(access.exp - access.iat, 86_400);
         }
@@ -687,6 +812,12 @@ mod tests {
         let access: AccessTokenClaims = verify(&tokens.access_token, &set, ISSUER, "https://api.fabrikam.com").unwrap();
         assert_eq!(access.scope, "openid read:timesheets");
         assert_eq!(access.azp, CLIENT);
+        // For the API and, since `openid` is always granted, for the userinfo endpoint.
+        assert_eq!(access.aud, ["https://api.fabrikam.com", USERINFO]);
+        let raw: serde_json::Value = verify(&tokens.access_token, &set, ISSUER, USERINFO).unwrap();
+        assert_eq!(raw["aud"], serde_json::json!(["https://api.fabrikam.com", USERINFO]));
+        // Not an opaque token.
+        assert!(!is_opaque_access_token(&tokens.access_token));
         // The ID token is still for the client, and the scope grants no profile claims.
         let id: IdTokenClaims = verify(&tokens.id_token, &set, ISSUER, CLIENT).unwrap();
         assert_eq!(id.profile, ProfileClaims::default());
@@ -694,6 +825,41 @@ mod tests {
             verify::<AccessTokenClaims>(&tokens.access_token, &set, ISSUER, CLIENT),
             Err(Error::InvalidToken(_))
         ));
+    }
+
+    #[test]
+    fn opaque_access_tokens_open_only_for_their_tenant_intact_and_in_time() {
+        let now = SystemTime::now();
+        let key = SigningKey::generate(Algorithm::EdDsa, now).unwrap();
+        let token = issue(&key, &TokenRequest { scope: "openid email", ..request(now) }).unwrap().access_token;
+        let encoded = token.strip_prefix(OPAQUE_ACCESS_TOKEN_PREFIX).unwrap();
+        assert!(!encoded.contains(['=', '+', '/']), "URL-safe base64 without padding: {token}");
+        let claims = open_access_token(master(), TENANT, &token, now).unwrap();
+        assert_eq!(
+            claims,
+            OpaqueAccessClaims {
+                sub: "auth0|0193".into(),
+                azp: CLIENT.into(),
+                scope: "openid email".into(),
+                iat: unix_seconds(now),
+                exp: unix_seconds(now) + 86_400,
+            }
+        );
+        // Another tenant, another master key.
+        assert!(matches!(open_access_token(master(), "contoso", &token, now), Err(Error::InvalidOpaqueToken)));
+        let other = MasterKey::generate().unwrap();
+        assert!(matches!(open_access_token(&other, TENANT, &token, now), Err(Error::InvalidOpaqueToken)));
+        // Any changed character, a cut, no prefix, garbage.
+        let mut bytes = token.clone().into_bytes();
+        let i = bytes.len() / 2;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).unwrap();
+        for bad in [tampered.as_str(), &token[..token.len() - 4], encoded, "pat_", "pat_!!!", ""] {
+            assert!(matches!(open_access_token(master(), TENANT, bad, now), Err(Error::InvalidOpaqueToken)), "{bad}");
+        }
+        // Expired: at its exp and later.
+        let later = now + Duration::from_secs(86_400);
+        assert!(matches!(open_access_token(master(), TENANT, &token, later), Err(Error::Expired)));
     }
 
     #[test]
@@ -875,6 +1041,7 @@ mod tests {
         let doc = openid_configuration(ISSUER, &[Algorithm::Rs256, Algorithm::EdDsa, Algorithm::Rs256]);
         assert_eq!(doc["issuer"], ISSUER);
         assert_eq!(doc["jwks_uri"], "https://id.example.com/fabrikam-public/.well-known/jwks.json");
+        assert_eq!(doc["userinfo_endpoint"], USERINFO);
         assert_eq!(doc["id_token_signing_alg_values_supported"], serde_json::json!(["EdDSA", "RS256"]));
         assert_eq!(
             openid_configuration(ISSUER, &[])["id_token_signing_alg_values_supported"],

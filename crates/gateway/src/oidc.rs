@@ -1,10 +1,17 @@
 //! The public OpenID documents of each tenant on the HTTP port:
-//! `GET /<tenant>/.well-known/jwks.json` and `GET /<tenant>/.well-known/openid-configuration`.
+//! `GET /<tenant>/.well-known/jwks.json` and `GET /<tenant>/.well-known/openid-configuration`,
+//! and the userinfo endpoint `GET|POST /<tenant>/userinfo` (OpenID Connect Core 1.0, 5.3).
 //!
 //! The gateway asks the authenticator's `SigningKeyService` (as `Service("gateway")`, over
 //! the same backend as gRPC calls) and keeps each answer briefly, never longer than the
 //! `max_age` the authenticator gives, so that a burst of relying parties fetching keys costs
 //! the authenticator one call. An unknown tenant is a 404 with a JSON body.
+//!
+//! `/userinfo` takes the access token from `Authorization: Bearer <token>`, asks the
+//! authenticator's `GetUserInfo` on every request (never cached: it answers the user's
+//! current profile) and answers the claims as JSON with `Cache-Control: no-store`. A
+//! missing, malformed, expired or other tenant's token, or a deleted user, is a 401 with
+//! `WWW-Authenticate: Bearer error="invalid_token", error_description="..."` (RFC 6750).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use postern_common::principal::{InternalKey, Principal, SignLayer};
@@ -50,6 +57,7 @@ pub fn router(routes: &RouteTable, key: InternalKey) -> Router {
     Router::new()
         .route("/{tenant}/.well-known/jwks.json", get(|s, p| document(s, p, Doc::Jwks)))
         .route("/{tenant}/.well-known/openid-configuration", get(|s, p| document(s, p, Doc::Discovery)))
+        .route("/{tenant}/userinfo", get(userinfo).post(userinfo))
         .with_state(state)
 }
 
@@ -115,6 +123,67 @@ async fn fetch(oidc: &Oidc, tenant: &str, doc: Doc) -> Result<(String, u32), Res
         Err(s) => {
             tracing::warn!(code = ?s.code(), message = s.message(), "cannot fetch a tenant's OpenID document");
             Err(error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable"))
+        }
+    }
+}
+
+/// A 401 of the userinfo endpoint: `WWW-Authenticate` with `invalid_token` and the reason,
+/// and the same in a JSON body.
+fn invalid_token(description: &str) -> Response {
+    // The description goes into a quoted header parameter: keep printable ASCII without quotes
+    // or backslashes (RFC 6750 3: %x20-21 / %x23-5B / %x5D-7E).
+    let clean: String = description
+        .chars()
+        .map(|c| if c == ' ' || (c.is_ascii_graphic() && c != '"' && c != '\\') { c } else { '\'' })
+        .collect();
+    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{clean}\"");
+    let mut response = error(StatusCode::UNAUTHORIZED, "invalid_token", description);
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        headers.insert(header::WWW_AUTHENTICATE, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The bearer token of `Authorization: Bearer <token>` (the scheme in any case).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+async fn userinfo(State(oidc): State<Arc<Oidc>>, Path(tenant): Path<String>, headers: HeaderMap) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return invalid_token("no access token: send it as `Authorization: Bearer <access token>`");
+    };
+    if postern_common::validate::tenant_name(&tenant).is_err() {
+        return invalid_token("the access token was not issued by this tenant");
+    }
+    let Some(endpoint) = oidc.backend.as_ref().and_then(|b| b.pick().cloned()) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable");
+    };
+    let svc = SignLayer::new(oidc.key.clone(), Principal::Service("gateway".into())).layer(endpoint.service());
+    let mut client = pb::signing_key_service_client::SigningKeyServiceClient::new(svc);
+    let answer =
+        client.get_user_info(pb::GetUserInfoRequest { tenant: tenant.clone(), access_token: token.to_owned() }).await;
+    match answer {
+        Ok(r) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::PRAGMA, "no-cache"),
+            ],
+            r.into_inner().claims_json,
+        )
+            .into_response(),
+        Err(s) if matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument) => invalid_token(s.message()),
+        Err(s) if s.code() == Code::NotFound => invalid_token("the access token's user no longer exists"),
+        Err(s) => {
+            tracing::warn!(code = ?s.code(), message = s.message(), "cannot answer a userinfo request");
+            error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable")
         }
     }
 }

@@ -256,10 +256,25 @@ pub fn reason(status: &tonic::Status) -> Option<String> {
 /// the headers (names lowercased) and the body. Enough for the gateway's HTTP port, without
 /// an HTTP client library.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+    http_request(addr, "GET", path, &[]).await
+}
+
+/// An HTTP/1.1 request with no body, `method` and extra `headers` (such as
+/// `("authorization", "Bearer …")`) to `addr`: the status, the headers (names in lower
+/// case) and the body, as [`http_get`] answers them.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let length = if method == "GET" { "" } else { "Content-Length: 0\r\n" };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{extra}{length}Connection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
