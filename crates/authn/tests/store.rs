@@ -11,7 +11,9 @@ use postern_common::db::DbLocation;
 use postern_common::testing::TestDatabase;
 
 enum Backend {
-    Sqlite { _dir: tempfile::TempDir },
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
     /// A fresh database, dropped at the end of the test, or when it panics.
     Postgres(TestDatabase),
 }
