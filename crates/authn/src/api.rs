@@ -1219,6 +1219,12 @@ impl AuthnApi {
                         "the access token is malformed, altered, or was not issued by tenant {tenant:?}"
                     )),
                 })?;
+            // Issued under a key the tenant still publishes: not by an earlier namesake.
+            if !self.inner.keys.keys(tenant).await?.iter().any(|k| k.kid == claims.kid) {
+                return Err(invalid_access_token(format!(
+                    "the access token was not issued by tenant {tenant:?}, or its signing key has left the key set"
+                )));
+            }
             return Ok((claims.sub, claims.scope));
         }
         let issuer = self.issuer(tenant);

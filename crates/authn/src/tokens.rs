@@ -497,6 +497,10 @@ pub struct OpaqueAccessClaims {
     pub iat: u64,
     /// Expires at, seconds since the epoch.
     pub exp: u64,
+    /// The signing key that was the tenant's current key at issue: the token is good only
+    /// while that key is published, so the tokens of a deleted tenant do not serve a later
+    /// tenant of the same name (whose keys are new).
+    pub kid: String,
 }
 
 /// Seals `claims` into an opaque access token of `tenant`: [`OPAQUE_ACCESS_TOKEN_PREFIX`],
@@ -651,6 +655,7 @@ pub fn issue(key: &SigningKey, request: &TokenRequest<'_>) -> Result<IssuedToken
                 scope: scope.clone(),
                 iat,
                 exp,
+                kid: key.kid.clone(),
             },
         )?,
     };
@@ -843,6 +848,7 @@ mod tests {
                 scope: "openid email".into(),
                 iat: unix_seconds(now),
                 exp: unix_seconds(now) + 86_400,
+                kid: key.kid.clone(),
             }
         );
         // Another tenant, another master key.
