@@ -996,6 +996,18 @@ async fn access_tokens_and_the_userinfo_endpoint() {
     assert_eq!(claims_at_userinfo(http, tenant, &full.access_token).await["name"], "Alice Liddell");
     assert_eq!(claims_at_userinfo(http, tenant, &for_api.access_token).await["name"], "Alice Liddell");
 
+    // A blocked user's tokens serve nothing until the block is lifted.
+    let block = |blocked: bool| authn::UpdateUserRequest {
+        tenant: tenant.into(),
+        user: Some(authn::User { user_id: created.user_id.clone(), blocked, ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["blocked".into()] }),
+    };
+    admin.users.update_user(block(true)).await.expect("block");
+    assert_invalid_token(userinfo(http, "GET", tenant, &full.access_token).await, "blocked user");
+    assert_invalid_token(userinfo(http, "GET", tenant, &for_api.access_token).await, "blocked user (JWT)");
+    admin.users.update_user(block(false)).await.expect("unblock");
+    claims_at_userinfo(http, tenant, &full.access_token).await;
+
     // A deleted user's tokens stop working.
     admin
         .users

@@ -1181,6 +1181,10 @@ impl pb::signing_key_service_server::SigningKeyService for AuthnApi {
             .get_user(&req.tenant, &user_id)
             .await?
             .ok_or_else(|| not_found("USER_NOT_FOUND", "the access token's user no longer exists"))?;
+        if user.blocked {
+            // As at login: a blocked user's tokens serve nothing until the block is lifted.
+            return Err(invalid_access_token("the access token's user is blocked"));
+        }
         let info = UserInfo { sub: user.user_id.clone(), profile: claims_of(&user).for_scope(&scope) };
         let claims_json = serde_json::to_string(&info).map_err(|e| internal(&e))?;
         Ok(Response::new(pb::GetUserInfoResponse { claims_json }))
