@@ -137,7 +137,7 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
         100.0 * m[1].throughput / m[0].throughput.max(1e-9)
     );
     // The rate moves with whatever else the machine runs; the CPU a call costs this process
-    // does not, so it tells the same story steadily.
+    // moves less, so it tells the story more steadily.
     if let (Some(hash), Some(login)) = (m[0].cpu_per_call, m[1].cpu_per_call) {
         println!(
             "  CPU per login beyond the hash: {:.2} ms ({:.1}% of a login's CPU)",

@@ -76,19 +76,20 @@ impl KeyAuthenticator {
 
 /// The key of an `authorization: Bearer <key>` header.
 fn bearer(value: Option<&str>) -> Result<&str, Status> {
-    let missing = || {
+    bearer_token(value).ok_or_else(|| {
         postern_common::error::unauthenticated(
             "API_KEY_MISSING",
             "missing credentials: send `authorization: Bearer <key>` with the admin key or a tenant API key",
         )
-    };
-    let value = value.ok_or_else(missing)?;
-    let (scheme, key) = value.split_once(' ').ok_or_else(missing)?;
-    let key = key.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() {
-        return Err(missing());
-    }
-    Ok(key)
+    })
+}
+
+/// The token of an `authorization: Bearer <token>` header value (the scheme in any case),
+/// or `None` when there is none.
+pub(crate) fn bearer_token(value: Option<&str>) -> Option<&str> {
+    let (scheme, token) = value?.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]

@@ -95,16 +95,32 @@ async fn document(State(oidc): State<Arc<Oidc>>, Path(tenant): Path<String>, doc
         .into_response()
 }
 
+/// A client of the authenticator's `SigningKeyService`, signing its calls.
+type SigningKeys = pb::signing_key_service_client::SigningKeyServiceClient<
+    postern_common::principal::SignService<postern_common::server::HttpService>,
+>;
+
+impl Oidc {
+    /// A client of the authenticator's `SigningKeyService` on a healthy endpoint, calling as
+    /// `Service("gateway")`; `None` when there is none ([`unavailable`]).
+    fn client(&self) -> Option<SigningKeys> {
+        let endpoint = self.backend.as_ref().and_then(|b| b.pick().cloned())?;
+        let svc = SignLayer::new(self.key.clone(), Principal::Service("gateway".into())).layer(endpoint.service());
+        Some(pb::signing_key_service_client::SigningKeyServiceClient::new(svc))
+    }
+}
+
+/// The 503 when the authenticator cannot be reached.
+fn unavailable() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable")
+}
+
 async fn fetch(oidc: &Oidc, tenant: &str, doc: Doc) -> Result<(String, u32), Response> {
     let not_found = || error(StatusCode::NOT_FOUND, "not_found", "no such tenant");
     if postern_common::validate::tenant_name(tenant).is_err() {
         return Err(not_found());
     }
-    let endpoint = oidc.backend.as_ref().and_then(|b| b.pick().cloned()).ok_or_else(|| {
-        error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable")
-    })?;
-    let svc = SignLayer::new(oidc.key.clone(), Principal::Service("gateway".into())).layer(endpoint.service());
-    let mut client = pb::signing_key_service_client::SigningKeyServiceClient::new(svc);
+    let mut client = oidc.client().ok_or_else(unavailable)?;
     let answer = match doc {
         Doc::Jwks => client
             .get_jwks(pb::GetJwksRequest { tenant: tenant.to_owned() })
@@ -122,7 +138,7 @@ async fn fetch(oidc: &Oidc, tenant: &str, doc: Doc) -> Result<(String, u32), Res
         Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument) => Err(not_found()),
         Err(s) => {
             tracing::warn!(code = ?s.code(), message = s.message(), "cannot fetch a tenant's OpenID document");
-            Err(error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable"))
+            Err(unavailable())
         }
     }
 }
@@ -146,26 +162,15 @@ fn invalid_token(description: &str) -> Response {
     response
 }
 
-/// The bearer token of `Authorization: Bearer <token>` (the scheme in any case).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 async fn userinfo(State(oidc): State<Arc<Oidc>>, Path(tenant): Path<String>, headers: HeaderMap) -> Response {
-    let Some(token) = bearer(&headers) else {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(token) = crate::auth::bearer_token(authorization) else {
         return invalid_token("no access token: send it as `Authorization: Bearer <access token>`");
     };
     if postern_common::validate::tenant_name(&tenant).is_err() {
         return invalid_token("the access token was not issued by this tenant");
     }
-    let Some(endpoint) = oidc.backend.as_ref().and_then(|b| b.pick().cloned()) else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable");
-    };
-    let svc = SignLayer::new(oidc.key.clone(), Principal::Service("gateway".into())).layer(endpoint.service());
-    let mut client = pb::signing_key_service_client::SigningKeyServiceClient::new(svc);
+    let Some(mut client) = oidc.client() else { return unavailable() };
     let answer =
         client.get_user_info(pb::GetUserInfoRequest { tenant: tenant.clone(), access_token: token.to_owned() }).await;
     match answer {
@@ -183,7 +188,7 @@ async fn userinfo(State(oidc): State<Arc<Oidc>>, Path(tenant): Path<String>, hea
         Err(s) if s.code() == Code::NotFound => invalid_token("the access token's user no longer exists"),
         Err(s) => {
             tracing::warn!(code = ?s.code(), message = s.message(), "cannot answer a userinfo request");
-            error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable")
+            unavailable()
         }
     }
 }
