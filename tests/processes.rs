@@ -76,6 +76,13 @@ async fn first_start_prints_the_admin_key_once_and_writes_survive_a_crash() {
         .get_client(pb::GetClientRequest { tenant: "tenant-00".into(), client_id: client.client_id })
         .await
         .expect("the client survived");
+    // The data directory has one owner: a second server on it stops at once, saying why.
+    let mut again = std::process::Command::new(BIN);
+    again.arg("serve").args(loopback_args(dir.path())).env("POSTERN_ADMIN_KEY", "");
+    let refused = postern_testkit::output_within(&mut again, Duration::from_secs(60)).expect("run postern");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a second owner is refused");
+    assert!(stderr.contains("is in use by another process"), "{stderr}");
     assert!(second.terminate().expect("terminate"), "SIGTERM stops postern cleanly");
 }
 

@@ -8,8 +8,11 @@
 //! that finds the lock taken sleeps in SQLite's busy handler (1, 2, 5 … 100 ms) however soon
 //! the lock is free again. So on SQLite every write goes through [`Db::writer`], a pool of one
 //! connection: writers queue in order on the pool, without sleeping, and the lock is never
-//! contended within the process. Write transactions still start with `BEGIN IMMEDIATE`, so
-//! that another process on the same file queues on the busy timeout instead of failing.
+//! contended within the process. The process owns its file: it holds an exclusive lock on
+//! `<file>.lock` while open, and a second process opening the same file is refused (services
+//! that run apart share PostgreSQL, not an SQLite file). What the process keeps in memory
+//! about its file's rows (the login attempts in flight, say) can rely on that. Write
+//! transactions still start with `BEGIN IMMEDIATE`, as SQLite's own tools may open the file.
 //! PostgreSQL keeps each service in its own schema of the database it is given, and its
 //! writer is the common pool.
 
@@ -71,6 +74,9 @@ pub struct Db {
     /// SQLite: the one connection that writes. PostgreSQL: the common pool.
     writer: AnyPool,
     backend: Backend,
+    /// SQLite: the locked `<file>.lock`, held until [`close`](Self::close) or until the last
+    /// handle goes.
+    owner: Option<std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>>,
 }
 
 /// A storage failure.
@@ -85,6 +91,16 @@ pub enum DbError {
     /// A migration failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Another process has the SQLite file open.
+    #[error(
+        "the database {path} is in use by another process (it holds {path}.lock); an SQLite database has one \
+         owner: stop the other process, or give each process its own --data-dir (services run apart share \
+         PostgreSQL through --database-url)"
+    )]
+    InUse {
+        /// The database file.
+        path: String,
+    },
     /// The data directory could not be prepared.
     #[error("cannot prepare {path}: {source}")]
     Io {
@@ -93,6 +109,23 @@ pub enum DbError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Takes the exclusive lock of the SQLite file at `path`. The operating system drops it when
+/// the process ends, however it ends.
+fn own(path: &Path) -> Result<std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>, DbError> {
+    let lock_path = format!("{}.lock", path.display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| DbError::Io { path: lock_path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(std::sync::Arc::new(std::sync::Mutex::new(Some(file)))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DbError::InUse { path: path.display().to_string() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(DbError::Io { path: lock_path, source }),
+    }
 }
 
 impl Db {
@@ -105,10 +138,14 @@ impl Db {
                     std::fs::create_dir_all(dir)
                         .map_err(|source| DbError::Io { path: dir.display().to_string(), source })?;
                 }
+                let owner = own(path)?;
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 let options = AnyConnectOptions::from_str(&url).map_err(|e| DbError::Config(e.to_string()))?;
+                // No ping before handing out a pooled connection (sqlx's `test_before_acquire`):
+                // a file cannot drop a connection the way a network can, and the ping is a
+                // round trip to the connection's thread before every statement.
                 let sqlite_pool = |size: u32| {
-                    AnyPoolOptions::new().max_connections(size).after_connect(|conn, _| {
+                    AnyPoolOptions::new().max_connections(size).test_before_acquire(false).after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute("PRAGMA synchronous = FULL").await?;
@@ -121,7 +158,7 @@ impl Db {
                 // The writer first: it creates the file and turns WAL on before readers open it.
                 let writer = sqlite_pool(1).connect_with(options.clone()).await?;
                 let pool = sqlite_pool(8).connect_with(options).await?;
-                Db { pool, writer, backend: Backend::Sqlite }
+                Db { pool, writer, backend: Backend::Sqlite, owner: Some(owner) }
             }
             DbLocation::Postgres { url, schema } => {
                 if !schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
@@ -147,7 +184,7 @@ impl Db {
                     })
                     .connect_with(options)
                     .await?;
-                Db { writer: pool.clone(), pool, backend: Backend::Postgres }
+                Db { writer: pool.clone(), pool, backend: Backend::Postgres, owner: None }
             }
         };
         let migrator = match db.backend {
@@ -185,10 +222,14 @@ impl Db {
         }
     }
 
-    /// Closes the pool, waiting for connections to be returned.
+    /// Closes the pool, waiting for connections to be returned, and gives the SQLite file up.
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;
+        // Nothing can write through this handle any more: the file may have another owner.
+        if let Some(owner) = &self.owner {
+            owner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        }
     }
 }
 
@@ -211,5 +252,23 @@ pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
                 || db.code().is_some_and(|c| c == "23503" || c == "787")
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_sqlite_file_has_one_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.db");
+        let first = own(&path).expect("the first owner");
+        match own(&path) {
+            Err(DbError::InUse { path: p }) => assert_eq!(p, path.display().to_string()),
+            other => panic!("a second owner must be refused, got {other:?}"),
+        }
+        drop(first);
+        own(&path).expect("free again once the owner is gone");
     }
 }

@@ -140,9 +140,10 @@ pub async fn run(
             let tenant_store = open_tenant_store(&settings).await?;
             let tenant_routes = postern_tenant::routes(tenant_store.clone(), internal_key.clone());
             let tenant_service = in_process(RpcSpanLayer.layer(tenant_routes));
-            let registry = start_registry(&settings, internal_key.clone(), tenant_service.clone()).await?;
+            let (registry, registry_store) =
+                start_registry(&settings, internal_key.clone(), tenant_service.clone()).await?;
             let registry_service = in_process(RpcSpanLayer.layer(registry.routes()));
-            let (authn, public_url) = start_authn(
+            let (authn, public_url, authn_store) = start_authn(
                 &settings,
                 &internal_key,
                 postern_authn::Peers { tenant: tenant_service.clone(), registry: registry_service.clone() },
@@ -179,7 +180,12 @@ pub async fn run(
                 }
                 on_bound(bound);
             };
-            serve_gateway(routes, internal_key, &settings, stop, on_bound).await
+            let served = serve_gateway(routes, internal_key, &settings, stop, on_bound).await;
+            // Closing gives each SQLite file up (its lock) even while tasks still hold handles.
+            authn_store.close().await;
+            registry_store.close().await;
+            tenant_store.close().await;
+            served
         }
         Component::Gateway => {
             if settings.tenant_url.is_empty() {
@@ -223,7 +229,7 @@ pub async fn run(
                 );
             };
             let tenant_service = postern_common::server::remote(tenant_url).map_err(anyhow::Error::msg)?;
-            let registry = start_registry(&settings, internal_key, tenant_service).await?;
+            let (registry, store) = start_registry(&settings, internal_key, tenant_service).await?;
             let listener = TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -240,6 +246,7 @@ pub async fn run(
             postern_common::server::serve_backend(listener, registry.routes(), postern_registry::SERVICES, stop())
                 .await
                 .map_err(|e| anyhow::anyhow!("connection registry failed: {e}"))?;
+            store.close().await;
             Ok(())
         }
         Component::Authn => {
@@ -254,7 +261,7 @@ pub async fn run(
                 tenant: postern_common::server::remote(tenant_url).map_err(anyhow::Error::msg)?,
                 registry: postern_common::server::remote(registry_url).map_err(anyhow::Error::msg)?,
             };
-            let (authn, _) = start_authn(&settings, &internal_key, peers).await?;
+            let (authn, _, store) = start_authn(&settings, &internal_key, peers).await?;
             let listener = TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -265,6 +272,7 @@ pub async fn run(
             postern_common::server::serve_backend(listener, routes, postern_authn::SERVICES, stop())
                 .await
                 .map_err(|e| anyhow::anyhow!("authenticator failed: {e}"))?;
+            store.close().await;
             Ok(())
         }
         Component::Tenant => {
@@ -306,26 +314,28 @@ async fn open_tenant_store(settings: &Settings) -> anyhow::Result<postern_tenant
     Ok(store)
 }
 
-/// Opens the registry's store and starts it, calling the tenant service through `tenant`.
+/// Opens the registry's store and starts it, calling the tenant service through `tenant`;
+/// answers the store too, to close at the end.
 async fn start_registry(
     settings: &Settings,
     internal_key: InternalKey,
     tenant: postern_common::server::HttpService,
-) -> anyhow::Result<postern_registry::Registry> {
+) -> anyhow::Result<(postern_registry::Registry, postern_registry::Store)> {
     let master_key = master_key(settings)?;
     let location = DbLocation::for_service("registry", &settings.data_dir, settings.database_url.as_deref());
     let store =
         postern_registry::Store::open(&location).await.context("cannot open the connection registry's database")?;
     postern_registry::check_master_key(&store, &master_key).await?;
-    Ok(postern_registry::Registry::start(store, master_key, internal_key, tenant))
+    Ok((postern_registry::Registry::start(store.clone(), master_key, internal_key, tenant), store))
 }
 
-/// Opens the authenticator's store and builds its handlers, calling `peers`.
+/// Opens the authenticator's store and builds its handlers, calling `peers`; answers the
+/// store too, to close at the end.
 async fn start_authn(
     settings: &Settings,
     internal_key: &InternalKey,
     peers: postern_authn::Peers,
-) -> anyhow::Result<(postern_authn::AuthnApi, postern_authn::PublicUrl)> {
+) -> anyhow::Result<(postern_authn::AuthnApi, postern_authn::PublicUrl, postern_authn::Store)> {
     // The same master key as the registry's (postern_common::seal), under its own label.
     let master_key = master_key(settings)?;
     let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref());
@@ -355,7 +365,7 @@ async fn start_authn(
         lifetimes: postern_authn::tokens::Lifetimes::DEFAULT,
         cache_connections: settings.connection_cache,
     };
-    Ok((postern_authn::api(store, &peers, internal_key, config), public_url))
+    Ok((postern_authn::api(store.clone(), &peers, internal_key, config), public_url, store))
 }
 
 /// The master key: configured, or the one in `<data-dir>/master-key`, which the first start
