@@ -18,13 +18,13 @@ use postern_proto::connections::v1 as conn_pb;
 use postern_proto::tenant::v1 as tenant_pb;
 use tonic::{Code, Request, Response, Status};
 
-use crate::bruteforce::{Admission, MAX_CONSECUTIVE_FAILURES, Outcome};
+use crate::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
 use crate::cache::ConnectionCache;
 use crate::customdb::{CustomDbClient, CustomDbError, SourceUser, Target};
 use crate::domain::{self, Identity, Profile, ProfileSync, SYNCED_ATTRIBUTES, User, UserPatch};
 use crate::keys::{KeyError, KeyRing};
 use crate::password::{self, PasswordPolicy, PersonalInfo, Strength};
-use crate::store::{LoginUpdate, NewUser, Recorded, Store, StoreError};
+use crate::store::{Admitted, LoginUpdate, NewUser, Recorded, Store, StoreError};
 use crate::tokens::{self, Algorithm, ProfileClaims, TokenRequest};
 use crate::{Config, Peer};
 
@@ -366,30 +366,35 @@ impl AuthnApi {
         login: &str,
         password: &str,
         address: &str,
-    ) -> Result<(Checked, Option<String>), Status> {
+    ) -> Result<(Checked, Option<Admitted>), Status> {
         let store = &self.inner.store;
         let local = store.find_login(tenant, &conn.id, login).await?;
         let user_key = match &local {
             Some((user_id, _)) => user_id.clone(),
             None => format!("login:{}:{login}", conn.id),
         };
-        if rules.brute_force
-            && store.admit(tenant, &user_key, address, MAX_CONSECUTIVE_FAILURES).await? == Admission::Blocked
-        {
-            return Err(status(
-                Code::ResourceExhausted,
-                "TOO_MANY_ATTEMPTS",
-                "this user is blocked from this address after too many failed logins; an administrator can lift the \
-                 block with UserService/UnblockUser, or the password can be changed",
-            ));
-        }
+        let attempt = if rules.brute_force {
+            match store.admit(tenant, &user_key, address, MAX_CONSECUTIVE_FAILURES).await? {
+                Some(attempt) => Some(attempt),
+                None => {
+                    return Err(status(
+                        Code::ResourceExhausted,
+                        "TOO_MANY_ATTEMPTS",
+                        "this user is blocked from this address after too many failed logins; an administrator can \
+                         lift the block with UserService/UnblockUser, or the password can be changed",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         match self.check_inner(tenant, conn, rules, local, login, password).await {
-            Ok(checked) => Ok((checked, rules.brute_force.then_some(user_key))),
+            Ok(checked) => Ok((checked, attempt)),
             Err(s) => {
-                if rules.brute_force {
+                if let Some(attempt) = attempt {
                     let outcome =
                         if s.code() == Code::Unauthenticated { Outcome::WrongCredentials } else { Outcome::NotChecked };
-                    store.settle(tenant, &user_key, address, outcome).await?;
+                    store.settle(attempt, outcome).await?;
                 }
                 Err(s)
             }
@@ -454,6 +459,7 @@ impl AuthnApi {
                 external: !import,
                 password_hash: hash.as_deref(),
                 clear_failures: None,
+                identity_current: false,
             };
             return recorded(store.record_login(tenant, &user_id, &conn.id, &source.id, &update).await?);
         }
@@ -504,14 +510,16 @@ impl AuthnApi {
         address: &str,
     ) -> Result<User, Status> {
         let hash = if rehash { Some(password::hash_async(req.password.clone()).await?) } else { None };
+        let sync = sync_of(conn);
         let update = LoginUpdate {
             ip: address,
             profile: None,
             profile_data: None,
-            profile_sync: sync_of(conn),
+            profile_sync: sync,
             external: false,
             password_hash: hash.as_deref(),
             clear_failures: clear,
+            identity_current: identity.profile_sync == sync && !identity.external,
         };
         recorded(
             self.inner
@@ -734,10 +742,15 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
         let store = &self.inner.store;
         let recorded = match checked {
             Checked::Local { user_id, identity, rehash } => {
-                let clear = admitted.as_deref().map(|key| (key, address.as_str()));
+                let clear = admitted.as_ref().and_then(Admitted::clear);
                 match self.record_local_login(&req, &conn, &user_id, &identity, rehash, clear, &address).await {
                     // Recorded, and the brute-force count cleared with it.
-                    Ok(user) => return self.issue_login(&req, user).await,
+                    Ok(user) => {
+                        if let Some(attempt) = admitted {
+                            store.recorded(attempt);
+                        }
+                        return self.issue_login(&req, user).await;
+                    }
                     Err(s) => Err(s),
                 }
             }
@@ -746,8 +759,8 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             }
         };
         // The password was right: the attempt counted in advance is not a failure.
-        if let Some(key) = &admitted {
-            store.settle(&req.tenant, key, &address, Outcome::Success).await?;
+        if let Some(attempt) = admitted {
+            store.settle(attempt, Outcome::Success).await?;
         }
         self.issue_login(&req, recorded?).await
     }

@@ -14,8 +14,8 @@
 //! the count, a wrong password keeps the failure already counted, and an attempt whose
 //! check did not happen (the source was unavailable) gives its failure back.
 //!
-//! In SQL (SQLite 3.35+ and PostgreSQL alike), admission is one statement, atomic on its
-//! own, with `max` = [`MAX_CONSECUTIVE_FAILURES`]:
+//! On PostgreSQL, which several authenticator replicas may share, admission is one
+//! statement, atomic on its own, with `max` = [`MAX_CONSECUTIVE_FAILURES`]:
 //!
 //! ```sql
 //! INSERT INTO login_failures (tenant, user_key, address, failures) VALUES ($1, $2, $3, 1)
@@ -27,6 +27,11 @@
 //! Success is `DELETE … WHERE tenant, user_key, address`; giving a failure back is
 //! `UPDATE … SET failures = failures - 1 WHERE … AND failures > 0`; `UnblockUser` and a
 //! password change are `DELETE … WHERE tenant, user_key`.
+//!
+//! On SQLite, whose file one process owns, the advance count lives in that process
+//! ([`attempts`](crate::attempts)) and the table holds the settled failures only, each
+//! written before its caller is answered: the same rule, without a durable write before
+//! every password check.
 //!
 //! The `user_key` should be the user's id when the user exists and the normalized login
 //! name (connection and lowercased email or username) when it does not, so that unknown

@@ -24,7 +24,9 @@
 //! - [`tokens`]: signing keys (RS256, EdDSA), their JSON Web Key Set, and the signing and
 //!   verification of ID and access tokens.
 //! - [`bruteforce`]: the counting rule of brute-force protection, which the store applies
-//!   in one atomic statement.
+//!   in one atomic statement on PostgreSQL.
+//! - [`attempts`]: on SQLite, the attempts in flight counted in this process, so that only
+//!   settled failures are written.
 //! - [`json`]: protobuf `Struct` to JSON and back.
 //! - `tenants`: follows the tenant service's deletion log (a deleted tenant leaves nothing).
 
@@ -33,6 +35,7 @@
 
 pub mod api;
 mod argon2_memory;
+pub mod attempts;
 pub mod bruteforce;
 pub mod cache;
 pub mod customdb;

@@ -2,12 +2,15 @@
 //! brute-force counters and signing keys, on SQLite or PostgreSQL through
 //! [`postern_common::db::Db`].
 
-use postern_common::db::{Db, DbError, DbLocation, Migrations, is_unique_violation};
+use postern_common::db::{Backend, Db, DbError, DbLocation, Migrations, is_unique_violation};
 use serde_json::{Map, Value};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::bruteforce::{Admission, Outcome};
+use std::sync::Arc;
+
+use crate::attempts::{Attempt, InFlight, Key};
+use crate::bruteforce::Outcome;
 use crate::domain::{Identity, Profile, ProfileSync, User, UserPatch};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -58,6 +61,21 @@ pub struct LoginUpdate<'a> {
     /// The brute-force count this successful login clears (user key and address), in the
     /// same transaction: see [`Store::settle`].
     pub clear_failures: Option<(&'a str, &'a str)>,
+    /// Whether the identity's row already holds `profile_sync` and `external`, as found
+    /// when the password was checked: with no profile data or hash to write either, the
+    /// row is left as it is.
+    pub identity_current: bool,
+}
+
+impl LoginUpdate<'_> {
+    /// Whether the login writes nothing but the user's login counters.
+    fn counters_only(&self) -> bool {
+        self.profile.is_none()
+            && self.profile_data.is_none()
+            && self.password_hash.is_none()
+            && self.clear_failures.is_none()
+            && self.identity_current
+    }
 }
 
 /// What [`Store::record_login`] found.
@@ -90,6 +108,33 @@ pub struct StoredKey {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    /// On SQLite, the login attempts in flight (see [`attempts`](crate::attempts)); on
+    /// PostgreSQL, `None`: they are counted in the table.
+    in_flight: Option<Arc<InFlight>>,
+}
+
+/// An admitted login attempt (brute-force protection), to settle with
+/// [`Store::settle`] or, once a login's record cleared its count, [`Store::recorded`].
+/// Dropped unsettled, it counts as a failure on PostgreSQL (the count was written in
+/// advance) and as no attempt on SQLite.
+#[derive(Debug)]
+pub struct Admitted {
+    tenant: String,
+    user_key: String,
+    address: String,
+    local: Option<Attempt>,
+}
+
+impl Admitted {
+    /// The user key and address whose count a successful login clears
+    /// ([`LoginUpdate::clear_failures`]); `None` when the table held no failure for them as
+    /// the attempt was admitted (on SQLite, where it holds only settled failures). A failure
+    /// settled meanwhile by a concurrent attempt then stays: the two overlapped, and it
+    /// counts as the later.
+    pub fn clear(&self) -> Option<(&str, &str)> {
+        let nothing_stored = self.local.as_ref().is_some_and(|a| a.stored_at_admission() == 0);
+        (!nothing_stored).then_some((&self.user_key, &self.address))
+    }
 }
 
 const USER_COLUMNS: &str = "user_id, seq, email, email_verified, username, name, given_name, family_name, \
@@ -101,7 +146,8 @@ impl Store {
     /// Opens the store at `location`, running its migrations.
     pub async fn open(location: &DbLocation) -> Result<Self, DbError> {
         let db = Db::open(location, Migrations { sqlite: &SQLITE, postgres: &POSTGRES }).await?;
-        Ok(Self { db })
+        let in_flight = (db.backend() == Backend::Sqlite).then(|| Arc::new(InFlight::new()));
+        Ok(Self { db, in_flight })
     }
 
     /// Closes the pool.
@@ -210,6 +256,25 @@ impl Store {
         update: &LoginUpdate<'_>,
     ) -> Result<Recorded, StoreError> {
         let now = postern_common::time::now_micros();
+        let count = format!(
+            "UPDATE users SET last_login = $3, last_ip = $4, logins_count = logins_count + 1, update_time = $3 \
+             WHERE tenant = $1 AND user_id = $2 AND blocked = 0 RETURNING {USER_COLUMNS}"
+        );
+        if update.counters_only() {
+            // The usual login: one statement, durable on its own, then a read.
+            let row = sqlx::query(sqlx::AssertSqlSafe(count))
+                .bind(tenant)
+                .bind(user_id)
+                .bind(now)
+                .bind(update.ip)
+                .fetch_optional(self.db.writer())
+                .await?;
+            let Some(row) = row else {
+                return self.not_recorded(self.db.pool(), tenant, user_id).await;
+            };
+            let identities = identities_of(self.db.pool(), tenant, user_id).await?;
+            return Ok(Recorded::Login(Box::new(user_of(&row, identities)?)));
+        }
         let mut tx = self.db.begin_write().await?;
         if let Some(p) = update.profile {
             sqlx::query(
@@ -230,11 +295,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let sql = format!(
-            "UPDATE users SET last_login = $3, last_ip = $4, logins_count = logins_count + 1, update_time = $3 \
-             WHERE tenant = $1 AND user_id = $2 AND blocked = 0 RETURNING {USER_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(sqlx::AssertSqlSafe(count))
             .bind(tenant)
             .bind(user_id)
             .bind(now)
@@ -242,14 +303,9 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
-            let exists = sqlx::query("SELECT 1 FROM users WHERE tenant = $1 AND user_id = $2")
-                .bind(tenant)
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+            let recorded = self.not_recorded(&mut *tx, tenant, user_id).await?;
             tx.rollback().await?;
-            return Ok(if exists { Recorded::Blocked } else { Recorded::Missing });
+            return Ok(recorded);
         };
         sqlx::query(
             "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, external = $6, \
@@ -277,6 +333,20 @@ impl Store {
         let identities = identities_of(&mut *tx, tenant, user_id).await?;
         tx.commit().await?;
         Ok(Recorded::Login(Box::new(user_of(&row, identities)?)))
+    }
+
+    /// Why a login's counting statement matched no user: blocked, or gone.
+    async fn not_recorded<'e, E>(&self, executor: E, tenant: &str, user_id: &str) -> Result<Recorded, StoreError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let exists = sqlx::query("SELECT 1 FROM users WHERE tenant = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(user_id)
+            .fetch_optional(executor)
+            .await?
+            .is_some();
+        Ok(if exists { Recorded::Blocked } else { Recorded::Missing })
     }
 
     /// A user with its identities.
@@ -408,6 +478,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.reload_failures(|k| k.tenant == tenant && k.user_key == user_id);
         Ok(done.rows_affected() > 0)
     }
 
@@ -456,6 +527,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.reload_failures(|k| k.tenant == tenant && affected.contains(&k.user_key));
         Ok((identities, users))
     }
 
@@ -528,6 +600,9 @@ impl Store {
             }
         }
         tx.commit().await?;
+        if let Some((tenant, _)) = deleted {
+            self.reload_failures(|k| k.tenant == tenant);
+        }
         Ok(deleted.is_some())
     }
 
@@ -605,6 +680,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.reload_failures(|k| k.tenant == tenant && k.user_key == user_id);
         Ok(())
     }
 
@@ -638,42 +714,118 @@ impl Store {
 
     // ---- brute-force protection (see `bruteforce` for the rule) ----
 
-    /// Admits an attempt for `user_key` from `address`, counting it as a failure in advance,
-    /// or refuses it when `max` failures are already counted. One atomic statement.
-    pub async fn admit(&self, tenant: &str, user_key: &str, address: &str, max: u32) -> Result<Admission, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO login_failures (tenant, user_key, address, failures) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (tenant, user_key, address) \
-             DO UPDATE SET failures = login_failures.failures + 1 WHERE login_failures.failures < $4 \
-             RETURNING failures",
-        )
-        .bind(tenant)
-        .bind(user_key)
-        .bind(address)
-        .bind(i64::from(max))
-        .fetch_optional(self.db.writer())
-        .await?;
-        Ok(if row.is_some() { Admission::Admitted } else { Admission::Blocked })
-    }
-
-    /// Settles an admitted attempt.
-    pub async fn settle(
+    /// Admits a login attempt for `user_key` from `address`, counting it as a failure until
+    /// it is settled; `None` when `max` failures block it. Exact under concurrency: of any
+    /// number of simultaneous attempts, at most `max` are admitted.
+    pub async fn admit(
         &self,
         tenant: &str,
         user_key: &str,
         address: &str,
-        outcome: Outcome,
-    ) -> Result<(), StoreError> {
-        let sql = match outcome {
-            Outcome::WrongCredentials => return Ok(()),
-            Outcome::Success => "DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3",
-            Outcome::NotChecked => {
-                "UPDATE login_failures SET failures = failures - 1 \
-                 WHERE tenant = $1 AND user_key = $2 AND address = $3 AND failures > 0"
-            }
+        max: u32,
+    ) -> Result<Option<Admitted>, StoreError> {
+        let admitted = |local| Admitted {
+            tenant: tenant.to_owned(),
+            user_key: user_key.to_owned(),
+            address: address.to_owned(),
+            local,
         };
-        sqlx::query(sql).bind(tenant).bind(user_key).bind(address).execute(self.db.writer()).await?;
+        let Some(in_flight) = &self.in_flight else {
+            // Shared by replicas: the advance count is written, atomically.
+            let row = sqlx::query(
+                "INSERT INTO login_failures (tenant, user_key, address, failures) VALUES ($1, $2, $3, 1) \
+                 ON CONFLICT (tenant, user_key, address) \
+                 DO UPDATE SET failures = login_failures.failures + 1 WHERE login_failures.failures < $4 \
+                 RETURNING failures",
+            )
+            .bind(tenant)
+            .bind(user_key)
+            .bind(address)
+            .bind(i64::from(max))
+            .fetch_optional(self.db.writer())
+            .await?;
+            return Ok(row.map(|_| admitted(None)));
+        };
+        let key = Key { tenant: tenant.to_owned(), user_key: user_key.to_owned(), address: address.to_owned() };
+        let turn = in_flight.turn(&key).await;
+        let stored = match turn.stored() {
+            Some(n) => n,
+            None => self.stored_failures(tenant, user_key, address).await?,
+        };
+        Ok(turn.admit(stored, max).map(|a| admitted(Some(a))))
+    }
+
+    /// Settles an admitted attempt: a success clears the count, a wrong password keeps its
+    /// failure (written now on SQLite, before the caller is answered), and a check that did
+    /// not happen gives it back.
+    pub async fn settle(&self, attempt: Admitted, outcome: Outcome) -> Result<(), StoreError> {
+        let Admitted { tenant, user_key, address, local } = attempt;
+        let (Some(in_flight), Some(local)) = (&self.in_flight, local) else {
+            let sql = match outcome {
+                Outcome::WrongCredentials => return Ok(()),
+                Outcome::Success => "DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3",
+                Outcome::NotChecked => {
+                    "UPDATE login_failures SET failures = failures - 1 \
+                     WHERE tenant = $1 AND user_key = $2 AND address = $3 AND failures > 0"
+                }
+            };
+            sqlx::query(sql).bind(&tenant).bind(&user_key).bind(&address).execute(self.db.writer()).await?;
+            return Ok(());
+        };
+        match outcome {
+            Outcome::WrongCredentials => {
+                let turn = in_flight.turn(local.key()).await;
+                sqlx::query(
+                    "INSERT INTO login_failures (tenant, user_key, address, failures) VALUES ($1, $2, $3, 1) \
+                     ON CONFLICT (tenant, user_key, address) DO UPDATE SET failures = login_failures.failures + 1",
+                )
+                .bind(&tenant)
+                .bind(&user_key)
+                .bind(&address)
+                .execute(self.db.writer())
+                .await?;
+                turn.failed(local);
+            }
+            Outcome::Success => {
+                sqlx::query("DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3")
+                    .bind(&tenant)
+                    .bind(&user_key)
+                    .bind(&address)
+                    .execute(self.db.writer())
+                    .await?;
+                local.succeeded();
+            }
+            Outcome::NotChecked => local.not_checked(),
+        }
         Ok(())
+    }
+
+    /// Settles an attempt whose login [`record_login`](Self::record_login) recorded with
+    /// [`LoginUpdate::clear_failures`], which cleared the count in the login's transaction.
+    pub fn recorded(&self, attempt: Admitted) {
+        if let Some(local) = attempt.local {
+            local.succeeded();
+        }
+    }
+
+    /// The settled failures in the table.
+    async fn stored_failures(&self, tenant: &str, user_key: &str, address: &str) -> Result<u32, StoreError> {
+        let row =
+            sqlx::query("SELECT failures FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3")
+                .bind(tenant)
+                .bind(user_key)
+                .bind(address)
+                .fetch_optional(self.db.pool())
+                .await?;
+        let n: i64 = row.map(|r| r.try_get("failures")).transpose()?.unwrap_or(0);
+        Ok(u32::try_from(n).unwrap_or(0))
+    }
+
+    /// After the table's counts changed outside a turn: forget what this process knew of them.
+    fn reload_failures(&self, matches: impl Fn(&Key) -> bool) {
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.reload(matches);
+        }
     }
 
     /// Lifts every block of `user_key`: answers how many addresses were blocked (`max`
@@ -695,20 +847,18 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.reload_failures(|k| k.tenant == tenant && k.user_key == user_key);
         Ok(u64::try_from(blocked).unwrap_or(0))
     }
 
-    /// The failures counted for `user_key` from `address` (for tests and diagnostics).
+    /// The failures counted for `user_key` from `address`, including the attempts admitted
+    /// and not yet settled (for tests and diagnostics).
     pub async fn failures(&self, tenant: &str, user_key: &str, address: &str) -> Result<u32, StoreError> {
-        let row =
-            sqlx::query("SELECT failures FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3")
-                .bind(tenant)
-                .bind(user_key)
-                .bind(address)
-                .fetch_optional(self.db.pool())
-                .await?;
-        let n: i64 = row.map(|r| r.try_get("failures")).transpose()?.unwrap_or(0);
-        Ok(u32::try_from(n).unwrap_or(0))
+        let stored = self.stored_failures(tenant, user_key, address).await?;
+        let in_flight = self.in_flight.as_ref().map_or(0, |f| {
+            f.in_flight(&Key { tenant: tenant.to_owned(), user_key: user_key.to_owned(), address: address.to_owned() })
+        });
+        Ok(stored + in_flight)
     }
 
     // ---- signing keys ----

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use postern_authn::bruteforce::{Admission, MAX_CONSECUTIVE_FAILURES, Outcome};
+use postern_authn::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
 use postern_authn::domain::{Identity, Profile, ProfileSync, UserPatch};
 use postern_authn::store::{LoginUpdate, NewUser, Recorded, Store, StoreError, StoredKey};
 use postern_common::db::DbLocation;
@@ -127,14 +127,9 @@ async fn users_and_identities() {
         let synced = Profile { email: "alice@example.com".into(), name: "Alice L".into(), ..Profile::default() };
         let data = serde_json::json!({"name": "Alice L"});
         // A login admitted by brute-force protection clears its count in its own transaction.
-        assert_eq!(
-            store.admit(t, "auth0|a1", "203.0.113.7", MAX_CONSECUTIVE_FAILURES).await.unwrap(),
-            Admission::Admitted
-        );
-        assert_eq!(
-            store.admit(t, "auth0|a1", "198.51.100.1", MAX_CONSECUTIVE_FAILURES).await.unwrap(),
-            Admission::Admitted
-        );
+        let here = store.admit(t, "auth0|a1", "203.0.113.7", MAX_CONSECUTIVE_FAILURES).await.unwrap();
+        let there = store.admit(t, "auth0|a1", "198.51.100.1", MAX_CONSECUTIVE_FAILURES).await.unwrap();
+        let (here, there) = (here.expect("admitted"), there.expect("admitted"));
         let update = LoginUpdate {
             ip: "203.0.113.7",
             profile: Some(&synced),
@@ -143,12 +138,15 @@ async fn users_and_identities() {
             external: true,
             password_hash: None,
             clear_failures: Some(("auth0|a1", "203.0.113.7")),
+            identity_current: false,
         };
         let Recorded::Login(after) = store.record_login(t, "auth0|a1", "con_db", "a1", &update).await.unwrap() else {
             panic!("the login of an existing, unblocked user is recorded")
         };
+        store.recorded(here);
         assert_eq!(store.failures(t, "auth0|a1", "203.0.113.7").await.unwrap(), 0);
         assert_eq!(store.failures(t, "auth0|a1", "198.51.100.1").await.unwrap(), 1, "other addresses keep theirs");
+        drop(there);
         assert_eq!(
             (after.logins_count, after.last_ip.as_str(), after.profile.name.as_str()),
             (1, "203.0.113.7", "Alice L")
@@ -157,6 +155,25 @@ async fn users_and_identities() {
         assert_eq!(after.identities[0].profile_data, data);
         assert_eq!(after.identities[0].password_hash.as_deref(), Some("h1"), "a login without a new hash keeps it");
         assert_eq!(after.identities[0].profile_sync, ProfileSync::OnFirstLogin);
+
+        // The usual login (nothing to write but the counters) takes one statement.
+        let usual = LoginUpdate {
+            ip: "192.0.2.4",
+            profile: None,
+            profile_data: None,
+            profile_sync: ProfileSync::OnFirstLogin,
+            external: false,
+            password_hash: None,
+            clear_failures: None,
+            identity_current: true,
+        };
+        let Recorded::Login(again) = store.record_login(t, "auth0|a1", "con_db", "a1", &usual).await.unwrap() else {
+            panic!("recorded")
+        };
+        assert_eq!((again.logins_count, again.last_ip.as_str()), (2, "192.0.2.4"));
+        assert_eq!(again.identities.len(), 1);
+        assert_eq!(again.identities[0].profile_data, data, "the identity is left as it was");
+        assert!(again.identities[0].external, "the identity is left as it was");
 
         let patch = UserPatch {
             name: Some("Alice".into()),
@@ -170,12 +187,17 @@ async fn users_and_identities() {
         assert_eq!(updated.app_metadata["plan"], "gold");
         assert!(store.update_user(t, "auth0|none", &patch).await.unwrap().is_none());
         // A blocked user's login is not recorded, nor is a vanished user's.
-        assert!(matches!(store.record_login(t, "auth0|a1", "con_db", "a1", &update).await.unwrap(), Recorded::Blocked));
-        assert_eq!(store.get_user(t, "auth0|a1").await.unwrap().unwrap().logins_count, 1);
-        assert!(matches!(
-            store.record_login(t, "auth0|none", "con_db", "x", &update).await.unwrap(),
-            Recorded::Missing
-        ));
+        for update in [&update, &usual] {
+            assert!(matches!(
+                store.record_login(t, "auth0|a1", "con_db", "a1", update).await.unwrap(),
+                Recorded::Blocked
+            ));
+            assert_eq!(store.get_user(t, "auth0|a1").await.unwrap().unwrap().logins_count, 2);
+            assert!(matches!(
+                store.record_login(t, "auth0|none", "con_db", "x", update).await.unwrap(),
+                Recorded::Missing
+            ));
+        }
 
         // Listing: paging, filters, tenant isolation.
         let all = store.list_users(t, None, None, None, 10).await.unwrap();
@@ -232,33 +254,85 @@ async fn brute_force_counting_is_exact_under_concurrency() {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let a = store.admit("t1", "auth0|alice", "203.0.113.7", MAX_CONSECUTIVE_FAILURES).await.unwrap();
-                    if a == Admission::Admitted {
-                        store.settle("t1", "auth0|alice", "203.0.113.7", Outcome::WrongCredentials).await.unwrap();
+                    let admitted = a.is_some();
+                    if let Some(a) = a {
+                        // Some time checking the password, so that the attempts overlap.
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        store.settle(a, Outcome::WrongCredentials).await.unwrap();
                     }
-                    a
+                    admitted
                 })
             })
             .collect();
         let mut admitted = 0;
         for h in handles {
-            if h.await.unwrap() == Admission::Admitted {
+            if h.await.unwrap() {
                 admitted += 1;
             }
         }
         assert_eq!(admitted, 10);
         assert_eq!(store.failures("t1", "auth0|alice", "203.0.113.7").await.unwrap(), 10);
-        assert_eq!(store.admit("t1", "auth0|alice", "198.51.100.1", 10).await.unwrap(), Admission::Admitted);
-        assert_eq!(store.admit("t2", "auth0|alice", "203.0.113.7", 10).await.unwrap(), Admission::Admitted);
+        assert!(store.admit("t1", "auth0|alice", "203.0.113.7", 10).await.unwrap().is_none(), "blocked");
+        let elsewhere = store.admit("t1", "auth0|alice", "198.51.100.1", 10).await.unwrap().expect("other address");
+        let other_tenant = store.admit("t2", "auth0|alice", "203.0.113.7", 10).await.unwrap().expect("other tenant");
+        drop(other_tenant);
         // A check that did not happen gives its failure back; a success resets.
-        store.settle("t1", "auth0|alice", "198.51.100.1", Outcome::NotChecked).await.unwrap();
+        store.settle(elsewhere, Outcome::NotChecked).await.unwrap();
         assert_eq!(store.failures("t1", "auth0|alice", "198.51.100.1").await.unwrap(), 0);
         assert_eq!(store.unblock("t1", "auth0|alice", 10).await.unwrap(), 1);
-        assert_eq!(store.admit("t1", "auth0|alice", "203.0.113.7", 10).await.unwrap(), Admission::Admitted);
-        store.settle("t1", "auth0|alice", "203.0.113.7", Outcome::Success).await.unwrap();
+        let again = store.admit("t1", "auth0|alice", "203.0.113.7", 10).await.unwrap().expect("unblocked");
+        store.settle(again, Outcome::Success).await.unwrap();
         assert_eq!(store.failures("t1", "auth0|alice", "203.0.113.7").await.unwrap(), 0);
         let store = Arc::try_unwrap(store).unwrap();
         cleanup(store, backend).await;
     }
+}
+
+/// Attempts in flight when an unblock lands are counted against the fresh count, not the
+/// lifted one; an attempt whose caller went away mid-check does not count on SQLite, where
+/// nothing was written before the check, and counts on PostgreSQL, where it was.
+#[tokio::test]
+async fn brute_force_unblock_and_abandoned_attempts() {
+    for (store, backend) in stores("brute_force_unblock_and_abandoned_attempts").await {
+        let (t, who, at) = ("t1", "auth0|bob", "203.0.113.9");
+        for _ in 0..9 {
+            let a = store.admit(t, who, at, 10).await.unwrap().expect("admitted");
+            store.settle(a, Outcome::WrongCredentials).await.unwrap();
+        }
+        let last = store.admit(t, who, at, 10).await.unwrap().expect("the tenth attempt");
+        assert!(store.admit(t, who, at, 10).await.unwrap().is_none(), "nine failures and one in flight block");
+        store.unblock(t, who, 10).await.unwrap();
+        let after_unblock = store.admit(t, who, at, 10).await.unwrap().expect("the count started over");
+        store.settle(last, Outcome::WrongCredentials).await.unwrap();
+        // SQLite writes the late failure when it is settled; PostgreSQL counted it in
+        // advance, and the unblock lifted that count.
+        let (late, abandoned) = match backend {
+            Backend::Sqlite { .. } => (1, 0),
+            Backend::Postgres(_) => (0, 1),
+        };
+        assert_eq!(store.failures(t, who, at).await.unwrap(), late + 1, "with the attempt in flight");
+        drop(after_unblock);
+        assert_eq!(store.failures(t, who, at).await.unwrap(), late + abandoned);
+        cleanup(store, backend).await;
+    }
+}
+
+/// A failure is written before the caller hears of it: a store opened afresh on the same
+/// file (a restart) still blocks.
+#[tokio::test]
+async fn brute_force_failures_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = DbLocation::SqliteFile(dir.path().join("authn.db"));
+    let store = Store::open(&location).await.unwrap();
+    for _ in 0..10 {
+        let a = store.admit("t1", "auth0|carol", "203.0.113.5", 10).await.unwrap().expect("admitted");
+        store.settle(a, Outcome::WrongCredentials).await.unwrap();
+    }
+    drop(store);
+    let reopened = Store::open(&location).await.unwrap();
+    assert!(reopened.admit("t1", "auth0|carol", "203.0.113.5", 10).await.unwrap().is_none());
+    assert_eq!(reopened.failures("t1", "auth0|carol", "203.0.113.5").await.unwrap(), 10);
+    reopened.close().await;
 }
 
 #[tokio::test]
@@ -298,7 +372,8 @@ async fn a_deleted_tenant_leaves_nothing() {
                 .await
                 .unwrap();
             store.set_password(t, "auth0|u", "con_db", "u", "h2", 5).await.unwrap();
-            store.admit(t, "auth0|u", "203.0.113.1", 10).await.unwrap();
+            let a = store.admit(t, "auth0|u", "203.0.113.1", 10).await.unwrap().expect("admitted");
+            store.settle(a, Outcome::WrongCredentials).await.unwrap();
             let key = StoredKey {
                 kid: "k".into(),
                 alg: "RS256".into(),
