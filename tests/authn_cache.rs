@@ -1,27 +1,48 @@
-//! The authenticator's connection cache, measured from outside: a warm login asks the
-//! registry nothing (the `postern_authn_connection_resolutions_total` counter on the
-//! gateway's `/metrics` stays put), and a change in the registry reaches the cache at once.
-//! Alone in its test binary, because the metrics recorder is one per process.
+//! The authenticator's caches, measured from outside: a warm login asks the registry nothing
+//! (the `postern_authn_connection_resolutions_total` counter on the gateway's `/metrics`
+//! stays put) and the tenant service nothing (`postern_authn_client_checks_total`), and a
+//! change in the registry or to the client reaches the authenticator at once. One test, alone
+//! in its binary, because the metrics recorder is one per process.
 
 use std::time::Duration;
 
 use postern_proto::authn::v1 as authn;
 use postern_proto::connections::v1 as conn;
+use postern_proto::tenant::v1 as tpb;
 use postern_testkit::{Suite, http_get};
 use tonic::Code;
 
-async fn resolutions(suite: &Suite) -> u64 {
+async fn counter(suite: &Suite, name: &str) -> u64 {
     let (code, _, body) = http_get(suite.http, "/metrics").await.expect("metrics");
     assert_eq!(code, 200);
     body.lines()
-        .find(|l| l.starts_with("postern_authn_connection_resolutions_total"))
+        .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
 
+async fn resolutions(suite: &Suite) -> u64 {
+    counter(suite, "postern_authn_connection_resolutions_total").await
+}
+
+async fn client_checks(suite: &Suite) -> u64 {
+    counter(suite, "postern_authn_client_checks_total").await
+}
+
+/// The code of the first refusal of `login` within about a second, if any.
+async fn refused_soon(admin: &mut postern_testkit::Clients, login: &authn::LoginRequest) -> Option<Code> {
+    for _ in 0..20 {
+        match admin.authn.login(login.clone()).await {
+            Err(e) => return Some(e.code()),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    None
+}
+
 #[tokio::test]
-async fn a_warm_login_asks_the_registry_nothing() {
+async fn a_warm_login_asks_the_registry_and_the_tenant_service_nothing() {
     let suite = Suite::start().await.expect("suite");
     let mut admin = suite.admin().await;
     let tenant = "cached";
@@ -74,11 +95,20 @@ async fn a_warm_login_asks_the_registry_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let before = resolutions(&suite).await;
+    let checks = client_checks(&suite).await;
     assert!(before >= 1, "the cold login asked the registry");
+    assert!(checks >= 1, "the cold login asked the tenant service");
     for _ in 0..20 {
         admin.authn.login(login.clone()).await.expect("login");
     }
     assert_eq!(resolutions(&suite).await, before, "20 warm logins asked the registry nothing");
+    assert_eq!(client_checks(&suite).await, checks, "20 warm logins asked the tenant service nothing");
+    let wrong = authn::LoginRequest { client_secret: "not-the-secret".into(), ..login.clone() };
+    for _ in 0..2 {
+        let e = admin.authn.login(wrong.clone()).await.expect_err("a wrong secret");
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    assert_eq!(client_checks(&suite).await, checks + 2, "a refusal is asked again each time");
 
     // Disabling the connection for the client reaches the cache through the change stream.
     admin
@@ -90,19 +120,57 @@ async fn a_warm_login_asks_the_registry_nothing() {
         })
         .await
         .expect("disable");
-    let mut refused = None;
-    for _ in 0..20 {
-        match admin.authn.login(login.clone()).await {
-            Err(e) => {
-                refused = Some(e.code());
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    assert_eq!(refused, Some(Code::PermissionDenied), "refused within a second of the change");
+    assert_eq!(refused_soon(&mut admin, &login).await, Some(Code::PermissionDenied), "refused within a second");
     admin.connections.enable_client(enable).await.expect("enable again");
     tokio::time::sleep(Duration::from_millis(100)).await;
     admin.authn.login(login.clone()).await.expect("login after enabling again");
+
+    // A rotated secret stops working at once; the new one works.
+    let rotated = admin
+        .clients
+        .rotate_client_secret(tpb::RotateClientSecretRequest {
+            tenant: tenant.into(),
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("rotate")
+        .into_inner();
+    assert_eq!(refused_soon(&mut admin, &login).await, Some(Code::Unauthenticated), "the old secret is refused");
+    let login = authn::LoginRequest { client_secret: rotated.client.expect("the client").client_secret, ..login };
+    admin.authn.login(login.clone()).await.expect("the new secret");
+
+    // A client that turns from public to confidential needs its secret again at once.
+    let set_type = |app_type: tpb::AppType| tpb::UpdateClientRequest {
+        tenant: tenant.into(),
+        client: Some(tpb::Client {
+            client_id: client.client_id.clone(),
+            app_type: app_type as i32,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["app_type".into()] }),
+    };
+    admin.clients.update_client(set_type(tpb::AppType::Spa)).await.expect("public");
+    let public = authn::LoginRequest { client_secret: String::new(), ..login.clone() };
+    let mut passed = false;
+    for _ in 0..20 {
+        if admin.authn.login(public.clone()).await.is_ok() {
+            passed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(passed, "a public client logs in without a secret");
+    admin.authn.login(public.clone()).await.expect("remembered");
+    admin.clients.update_client(set_type(tpb::AppType::RegularWeb)).await.expect("confidential");
+    assert_eq!(refused_soon(&mut admin, &public).await, Some(Code::Unauthenticated), "the secret is required again");
+
+    // A deleted client is refused at once.
+    admin.authn.login(login.clone()).await.expect("login");
+    admin
+        .clients
+        .delete_client(tpb::DeleteClientRequest { tenant: tenant.into(), client_id: client.client_id.clone() })
+        .await
+        .expect("delete");
+    assert!(refused_soon(&mut admin, &login).await.is_some(), "a deleted client is refused");
     suite.stop().await.expect("stop");
 }

@@ -20,6 +20,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
 use crate::cache::ConnectionCache;
+use crate::clients::ClientChecks;
 use crate::customdb::{CustomDbClient, CustomDbError, SourceUser, Target};
 use crate::domain::{self, Identity, Profile, ProfileSync, SYNCED_ATTRIBUTES, User, UserPatch};
 use crate::keys::{KeyError, KeyRing};
@@ -41,6 +42,8 @@ struct Inner {
     cache: ConnectionCache,
     customdb: CustomDbClient,
     tenant_clients: tenant_pb::client_service_client::ClientServiceClient<Peer>,
+    /// The client checks that passed, retired by the tenant event log.
+    client_checks: Arc<ClientChecks>,
     tenants: tenant_pb::tenant_service_client::TenantServiceClient<Peer>,
     config: Config,
 }
@@ -56,7 +59,13 @@ impl AuthnApi {
     /// and `registry`. Starts following the registry's change stream.
     pub fn new(store: Store, tenant: Peer, registry: Peer, config: Config) -> Self {
         let keys = Arc::new(KeyRing::new(store.clone(), config.master_key.clone(), config.lifetimes));
-        tokio::spawn(crate::tenants::follow(store.clone(), Arc::downgrade(&keys), tenant.clone()));
+        let client_checks = Arc::new(ClientChecks::new());
+        tokio::spawn(crate::tenants::follow(
+            store.clone(),
+            Arc::downgrade(&keys),
+            client_checks.clone(),
+            tenant.clone(),
+        ));
         let cache = ConnectionCache::new(registry, store.clone(), config.cache_connections);
         Self {
             inner: Arc::new(Inner {
@@ -65,6 +74,7 @@ impl AuthnApi {
                 cache,
                 customdb: CustomDbClient::new(),
                 tenant_clients: tenant_pb::client_service_client::ClientServiceClient::new(tenant.clone()),
+                client_checks,
                 tenants: tenant_pb::tenant_service_client::TenantServiceClient::new(tenant),
                 config,
             }),
@@ -309,7 +319,16 @@ enum Checked {
 }
 
 impl AuthnApi {
+    /// Checks that the client belongs to the tenant and, if it is confidential, its secret:
+    /// remembered when it passed before and nothing has changed the client since
+    /// ([`ClientChecks`]), asked of the tenant service otherwise.
     async fn verify_client(&self, tenant: &str, client_id: &str, secret: &str) -> Result<(), Status> {
+        let checks = &self.inner.client_checks;
+        if checks.passed(tenant, client_id, secret) {
+            return Ok(());
+        }
+        let asked = checks.asking();
+        metrics::counter!("postern_authn_client_checks_total").increment(1);
         let answer = self
             .inner
             .tenant_clients
@@ -321,7 +340,10 @@ impl AuthnApi {
             })
             .await;
         match answer {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                checks.remember(asked, tenant, client_id, secret);
+                Ok(())
+            }
             Err(s) => Err(client_refusal(tenant, client_id, &s)),
         }
     }

@@ -17,6 +17,8 @@
 //! - [`domain`]: users, identities, profiles and the profile-sync rule.
 //! - [`store`]: sqlx storage; `migrations/{sqlite,postgres}` beside `src/`.
 //! - [`cache`]: connections resolved through the registry, cached and kept fresh.
+//! - [`clients`]: client checks that passed, remembered until the tenant event log retires
+//!   them.
 //! - [`customdb`]: the client of a customer's custom database.
 //! - [`keys`]: the tenants' signing keys, sealed at rest, opened and cached.
 //! - [`password`]: Argon2id hashing and verification (and legacy bcrypt), and the password
@@ -38,6 +40,7 @@ mod argon2_memory;
 pub mod attempts;
 pub mod bruteforce;
 pub mod cache;
+pub mod clients;
 pub mod customdb;
 pub mod domain;
 pub mod json;

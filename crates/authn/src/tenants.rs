@@ -1,20 +1,22 @@
-//! Following the tenant service's deletion log (`WatchTenantEvents`, internal), so that a
+//! Following the tenant service's event log (`WatchTenantEvents`, internal), so that a
 //! deleted tenant leaves nothing behind in the authenticator: users, identities, password
 //! history, brute-force counters and signing keys go with it. A tenant created later under
 //! the same name starts empty and cannot inherit the old tenant's keys (which would make the
-//! old tenant's tokens verify for the new one).
+//! old tenant's tokens verify for the new one). The same log retires the client checks the
+//! authenticator remembers ([`clients`](crate::clients)) when a client changes or goes.
 //!
 //! As in the registry, each event is applied with the cursor (the last sequence applied) in
 //! one transaction, and every (re)connection asks for the events after the cursor: nothing is
 //! missed across restarts of either service.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use postern_proto::tenant::v1 as pb;
 use tokio_stream::StreamExt;
 
 use crate::Peer;
+use crate::clients::ClientChecks;
 use crate::keys::KeyRing;
 use crate::store::Store;
 
@@ -22,16 +24,19 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Follows the log for as long as `alive` can be upgraded (the service exists).
-pub(crate) async fn follow(store: Store, keys: Weak<KeyRing>, tenant: Peer) {
+pub(crate) async fn follow(store: Store, keys: Weak<KeyRing>, clients: Arc<ClientChecks>, tenant: Peer) {
     let mut backoff = MIN_BACKOFF;
     let mut client = pb::tenant_service_client::TenantServiceClient::new(tenant);
     loop {
         if keys.strong_count() == 0 {
             return;
         }
-        match follow_once(&store, &keys, &mut client, &mut backoff).await {
+        let followed = follow_once(&store, &keys, &clients, &mut client, &mut backoff).await;
+        // Not following, the log could say something this process does not hear.
+        clients.set_live(false);
+        match followed {
             Ok(()) => return,
-            Err(e) => tracing::debug!(error = %e, "cannot follow the tenant service's deletions yet; retrying"),
+            Err(e) => tracing::debug!(error = %e, "cannot follow the tenant service's event log yet; retrying"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -41,6 +46,7 @@ pub(crate) async fn follow(store: Store, keys: Weak<KeyRing>, tenant: Peer) {
 async fn follow_once(
     store: &Store,
     keys: &Weak<KeyRing>,
+    clients: &ClientChecks,
     client: &mut pb::tenant_service_client::TenantServiceClient<Peer>,
     backoff: &mut Duration,
 ) -> Result<(), String> {
@@ -51,9 +57,17 @@ async fn follow_once(
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
     *backoff = MIN_BACKOFF;
+    clients.set_live(true);
     while let Some(item) = stream.next().await {
         let event = item.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
         let Some(ring) = keys.upgrade() else { return Ok(()) };
+        match pb::TenantEventType::try_from(event.event_type) {
+            Ok(pb::TenantEventType::ClientChanged | pb::TenantEventType::ClientDeleted) => {
+                clients.forget_client(&event.tenant, &event.client_id);
+            }
+            Ok(pb::TenantEventType::TenantDeleted) => clients.forget_tenant(&event.tenant),
+            _ => {}
+        }
         // What the deleted tenant made is older than its deletion; a later namesake's is not.
         let when = event.event_time.as_ref().and_then(postern_common::time::from_timestamp).unwrap_or(i64::MAX);
         let deleted =

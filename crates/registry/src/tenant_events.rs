@@ -113,6 +113,8 @@ async fn apply(api: &RegistryApi, event: tenant_pb::WatchTenantEventsResponse) -
                 });
             }
         }
+        // The registry keeps nothing about a client beyond its enablements.
+        Ok(tenant_pb::TenantEventType::ClientChanged) => api.store.skip_tenant_event(event.sequence).await?,
         _ => {
             tracing::warn!(sequence = event.sequence, kind = event.event_type, "skipping an unknown tenant event");
             api.store.skip_tenant_event(event.sequence).await?;

@@ -223,6 +223,7 @@ async fn follow_events(
             let event_type = match e.event_type {
                 EventType::TenantDeleted => pb::TenantEventType::TenantDeleted,
                 EventType::ClientDeleted => pb::TenantEventType::ClientDeleted,
+                EventType::ClientChanged => pb::TenantEventType::ClientChanged,
             };
             let msg = pb::WatchTenantEventsResponse {
                 sequence: e.sequence,

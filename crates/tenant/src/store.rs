@@ -44,6 +44,9 @@ pub enum EventType {
     TenantDeleted = 1,
     /// A client was deleted.
     ClientDeleted = 2,
+    /// A client was updated or its secret rotated: what others remember of it (a secret
+    /// they saw verified) no longer holds.
+    ClientChanged = 3,
 }
 
 /// One entry of the durable event log that other services follow.
@@ -55,7 +58,8 @@ pub struct Event {
     pub event_type: EventType,
     /// The tenant's name.
     pub tenant: String,
-    /// The deleted client, for [`EventType::ClientDeleted`]; empty otherwise.
+    /// The client concerned, for [`EventType::ClientDeleted`] and
+    /// [`EventType::ClientChanged`]; empty otherwise.
     pub client_id: String,
     /// When, unix microseconds.
     pub event_time: i64,
@@ -111,6 +115,7 @@ impl Store {
                 let event_type = match kind {
                     1 => EventType::TenantDeleted,
                     2 => EventType::ClientDeleted,
+                    3 => EventType::ClientChanged,
                     k => return Err(sqlx::Error::Decode(format!("unknown event type {k} in store").into()).into()),
                 };
                 Ok(Event {
@@ -334,10 +339,12 @@ impl Store {
         client_id: &str,
         patch: &ClientPatch,
     ) -> Result<Option<Client>, StoreError> {
-        let done = sqlx::query(
+        let mut tx = self.db.begin_write().await?;
+        let row = sqlx::query(
             "UPDATE clients SET name = COALESCE($3, name), app_type = COALESCE($4, app_type), \
              callbacks = COALESCE($5, callbacks), allowed_logout_urls = COALESCE($6, allowed_logout_urls), update_time = $7 \
-             WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)",
+             WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1) \
+             RETURNING (SELECT create_time FROM tenants WHERE name = $1) AS tenant_create_time",
         )
         .bind(tenant)
         .bind(client_id)
@@ -346,11 +353,15 @@ impl Store {
         .bind(patch.callbacks.as_deref().map(json_list))
         .bind(patch.allowed_logout_urls.as_deref().map(json_list))
         .bind(now_micros())
-        .execute(self.db.writer())
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        let Some(row) = row else {
             return Ok(None);
-        }
+        };
+        let tenant_create_time: i64 = row.try_get("tenant_create_time")?;
+        self.append_event(&mut tx, EventType::ClientChanged, tenant, tenant_create_time, client_id).await?;
+        tx.commit().await?;
+        self.events_committed();
         self.get_client(tenant, client_id).await
     }
 
@@ -382,17 +393,26 @@ impl Store {
         client_id: &str,
         secret_hash: &[u8],
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let mut tx = self.db.begin_write().await?;
+        let row = sqlx::query(
             "UPDATE clients SET secret_hash = $3, update_time = $4 \
-             WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)",
+             WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1) \
+             RETURNING (SELECT create_time FROM tenants WHERE name = $1) AS tenant_create_time",
         )
         .bind(tenant)
         .bind(client_id)
         .bind(secret_hash)
         .bind(now_micros())
-        .execute(self.db.writer())
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() > 0)
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let tenant_create_time: i64 = row.try_get("tenant_create_time")?;
+        self.append_event(&mut tx, EventType::ClientChanged, tenant, tenant_create_time, client_id).await?;
+        tx.commit().await?;
+        self.events_committed();
+        Ok(true)
     }
 
     // ---- API keys ----

@@ -1,0 +1,199 @@
+//! Client checks remembered between logins, so that a warm login asks the tenant service
+//! nothing, as it asks the registry nothing.
+//!
+//! A login checks that the client belongs to the tenant and, for a confidential client, its
+//! secret (the tenant service's internal `VerifyClientSecret`). What passed is remembered:
+//! the tenant, the client and a SHA-256 digest of the secret presented (never the secret).
+//! Only passes are remembered; a refusal is asked again each time.
+//!
+//! What is remembered holds exactly as long as the tenant service's event log says nothing
+//! of the client. The log's follower ([`tenants`](crate::tenants)) forgets a client when it
+//! is updated, its secret rotated or it is deleted (`TENANT_EVENT_TYPE_CLIENT_CHANGED`,
+//! `…_CLIENT_DELETED`), and a tenant's clients when the tenant is deleted; so a rotated secret
+//! stops working here within the log's delivery time (milliseconds), not at the end of some
+//! expiry. While the follower is not connected, nothing is remembered or used: the log could
+//! be saying something this process does not hear.
+//!
+//! A check that was asked before a forget and answered after it is not remembered (a
+//! generation counter tells), so an answer about the old secret cannot outlive the event
+//! that retired it.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use sha2::{Digest, Sha256};
+
+/// At most this many clients are remembered; past it, everything is forgotten and the
+/// memory starts over (a tenant cannot grow it without bound by inventing client ids, as
+/// only passes are kept, but many real clients can).
+const MAX_CLIENTS: usize = 10_000;
+/// At most this many secrets are remembered per client (each a digest).
+const MAX_SECRETS: usize = 2;
+
+type Secret = [u8; 32];
+
+#[derive(Debug, Default)]
+struct State {
+    /// The follower of the tenant event log is connected.
+    live: bool,
+    /// Bumped by every forget.
+    generation: u64,
+    passed: HashMap<(String, String), Vec<Secret>>,
+}
+
+/// The client checks that passed, while they hold.
+#[derive(Debug, Default)]
+pub struct ClientChecks {
+    state: Mutex<State>,
+}
+
+/// Where a check stood when it was asked of the tenant service: see
+/// [`ClientChecks::remember`].
+#[derive(Debug, Clone, Copy)]
+pub struct Asked(u64);
+
+fn digest(secret: &str) -> Secret {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+impl ClientChecks {
+    /// Nothing remembered, and not live until the follower connects.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Each update is whole under the lock: a poisoned lock holds no half-state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `secret` passed for the client before and still holds.
+    pub fn passed(&self, tenant: &str, client_id: &str, secret: &str) -> bool {
+        let state = self.state();
+        if !state.live {
+            return false;
+        }
+        let key = (tenant.to_owned(), client_id.to_owned());
+        state.passed.get(&key).is_some_and(|secrets| secrets.contains(&digest(secret)))
+    }
+
+    /// Marks the moment a check is asked of the tenant service.
+    pub fn asking(&self) -> Asked {
+        Asked(self.state().generation)
+    }
+
+    /// Remembers a check that passed, unless something was forgotten since it was asked or
+    /// the follower is not connected.
+    pub fn remember(&self, asked: Asked, tenant: &str, client_id: &str, secret: &str) {
+        let mut state = self.state();
+        if !state.live || state.generation != asked.0 {
+            return;
+        }
+        if state.passed.len() >= MAX_CLIENTS {
+            state.passed.clear();
+        }
+        let secrets = state.passed.entry((tenant.to_owned(), client_id.to_owned())).or_default();
+        let d = digest(secret);
+        if !secrets.contains(&d) {
+            if secrets.len() >= MAX_SECRETS {
+                secrets.remove(0);
+            }
+            secrets.push(d);
+        }
+    }
+
+    /// Forgets a client (updated, its secret rotated, or deleted).
+    pub fn forget_client(&self, tenant: &str, client_id: &str) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.passed.remove(&(tenant.to_owned(), client_id.to_owned()));
+    }
+
+    /// Forgets a tenant's clients (the tenant was deleted).
+    pub fn forget_tenant(&self, tenant: &str) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.passed.retain(|(t, _), _| t != tenant);
+    }
+
+    /// The follower connected (`true`), or lost the log (`false`: everything is forgotten,
+    /// and nothing is remembered until it is back).
+    pub fn set_live(&self, live: bool) {
+        let mut state = self.state();
+        if !live {
+            state.generation += 1;
+            state.passed.clear();
+        }
+        state.live = live;
+    }
+
+    /// How many clients are remembered.
+    pub fn len(&self) -> usize {
+        self.state().passed.len()
+    }
+
+    /// Whether no client is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_are_remembered_while_live_and_until_forgotten() {
+        let c = ClientChecks::new();
+        let asked = c.asking();
+        c.remember(asked, "t", "app", "s3cret");
+        assert!(!c.passed("t", "app", "s3cret"), "nothing is remembered before the follower is live");
+
+        c.set_live(true);
+        let asked = c.asking();
+        c.remember(asked, "t", "app", "s3cret");
+        assert!(c.passed("t", "app", "s3cret"));
+        assert!(!c.passed("t", "app", "other"), "another secret is asked again");
+        assert!(!c.passed("u", "app", "s3cret"), "tenants apart");
+
+        c.forget_client("t", "app");
+        assert!(!c.passed("t", "app", "s3cret"), "a rotation or update forgets");
+
+        c.remember(c.asking(), "t", "app", "s3cret");
+        c.remember(c.asking(), "t", "web", "x");
+        c.forget_tenant("t");
+        assert!(c.is_empty(), "a deleted tenant's clients go");
+
+        c.remember(c.asking(), "t", "app", "s3cret");
+        c.set_live(false);
+        assert!(!c.passed("t", "app", "s3cret"));
+        c.set_live(true);
+        assert!(!c.passed("t", "app", "s3cret"), "what was known before the log was lost stays forgotten");
+    }
+
+    #[test]
+    fn an_answer_older_than_a_forget_is_not_remembered() {
+        let c = ClientChecks::new();
+        c.set_live(true);
+        let asked = c.asking();
+        // The secret is rotated while the old one is being checked.
+        c.forget_client("t", "app");
+        c.remember(asked, "t", "app", "old");
+        assert!(!c.passed("t", "app", "old"));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let c = ClientChecks::new();
+        c.set_live(true);
+        for i in 0..3 {
+            c.remember(c.asking(), "t", "app", &format!("s{i}"));
+        }
+        assert!(!c.passed("t", "app", "s0"), "at most {MAX_SECRETS} secrets a client");
+        assert!(c.passed("t", "app", "s2"));
+        for i in 0..=MAX_CLIENTS {
+            c.remember(c.asking(), "t", &format!("c{i}"), "s");
+        }
+        assert!(c.len() <= MAX_CLIENTS);
+    }
+}
