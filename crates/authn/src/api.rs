@@ -25,7 +25,7 @@ use crate::customdb::{CustomDbClient, CustomDbError, SourceUser, Target};
 use crate::domain::{self, Identity, Profile, ProfileSync, SYNCED_ATTRIBUTES, User, UserPatch};
 use crate::keys::{KeyError, KeyRing};
 use crate::password::{self, PasswordPolicy, PersonalInfo, Strength};
-use crate::store::{Admitted, LoginUpdate, NewUser, Recorded, Store, StoreError};
+use crate::store::{Admitted, LoginFound, LoginUpdate, NewUser, Recorded, Store, StoreError};
 use crate::tokens::{self, Algorithm, ProfileClaims, TokenRequest};
 use crate::{Config, Peer};
 
@@ -313,7 +313,7 @@ fn with_default_nickname(mut p: Profile) -> Profile {
 /// What the credential check found.
 enum Checked {
     /// Postern's own hash matched this identity.
-    Local { user_id: String, identity: Identity, rehash: bool },
+    Local { found: LoginFound, rehash: bool },
     /// The custom database accepted the credentials.
     Source(SourceUser),
 }
@@ -390,13 +390,13 @@ impl AuthnApi {
         address: &str,
     ) -> Result<(Checked, Option<Admitted>), Status> {
         let store = &self.inner.store;
-        let local = store.find_login(tenant, &conn.id, login).await?;
-        let user_key = match &local {
-            Some((user_id, _)) => user_id.clone(),
-            None => format!("login:{}:{login}", conn.id),
+        let local = store.find_login_from(tenant, &conn.id, login, address).await?;
+        let (user_key, known) = match &local {
+            Some(found) => (found.user_id.clone(), found.stored),
+            None => (format!("login:{}:{login}", conn.id), None),
         };
         let attempt = if rules.brute_force {
-            match store.admit(tenant, &user_key, address, MAX_CONSECUTIVE_FAILURES).await? {
+            match store.admit(tenant, &user_key, address, MAX_CONSECUTIVE_FAILURES, known).await? {
                 Some(attempt) => Some(attempt),
                 None => {
                     return Err(status(
@@ -428,16 +428,16 @@ impl AuthnApi {
         tenant: &str,
         conn: &conn_pb::Connection,
         rules: &DatabaseRules,
-        local: Option<(String, Identity)>,
+        local: Option<LoginFound>,
         login: &str,
         password: &str,
     ) -> Result<Checked, Status> {
         match (local, &rules.custom) {
-            (Some((user_id, identity)), _) if identity.password_hash.is_some() => {
-                let hash = identity.password_hash.clone();
+            (Some(found), _) if found.identity.password_hash.is_some() => {
+                let hash = found.identity.password_hash.clone();
                 if password::verify_async(password.to_owned(), hash.clone()).await? {
                     let rehash = hash.as_deref().is_some_and(password::needs_rehash);
-                    Ok(Checked::Local { user_id, identity, rehash })
+                    Ok(Checked::Local { found, rehash })
                 } else {
                     Err(wrong_credentials())
                 }
@@ -482,6 +482,7 @@ impl AuthnApi {
                 password_hash: hash.as_deref(),
                 clear_failures: None,
                 identity_current: false,
+                identities: None,
             };
             return recorded(store.record_login(tenant, &user_id, &conn.id, &source.id, &update).await?);
         }
@@ -520,13 +521,11 @@ impl AuthnApi {
 
     /// Records a login whose password Postern's own hash verified, clearing `clear` (the
     /// brute-force count) in the same transaction; rehashes a hash of outdated parameters.
-    #[allow(clippy::too_many_arguments)]
     async fn record_local_login(
         &self,
         req: &pb::LoginRequest,
         conn: &conn_pb::Connection,
-        user_id: &str,
-        identity: &Identity,
+        found: &LoginFound,
         rehash: bool,
         clear: Option<(&str, &str)>,
         address: &str,
@@ -541,12 +540,14 @@ impl AuthnApi {
             external: false,
             password_hash: hash.as_deref(),
             clear_failures: clear,
-            identity_current: identity.profile_sync == sync && !identity.external,
+            identity_current: found.identity.profile_sync == sync && !found.identity.external,
+            identities: Some(&found.identities),
         };
+        let identity = &found.identity;
         recorded(
             self.inner
                 .store
-                .record_login(&req.tenant, user_id, &identity.connection_id, &identity.source_id, &update)
+                .record_login(&req.tenant, &found.user_id, &identity.connection_id, &identity.source_id, &update)
                 .await?,
         )
     }
@@ -763,9 +764,9 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             self.check_credentials(&req.tenant, &conn, &rules, &login, &req.password, &address).await?;
         let store = &self.inner.store;
         let recorded = match checked {
-            Checked::Local { user_id, identity, rehash } => {
+            Checked::Local { found, rehash } => {
                 let clear = admitted.as_ref().and_then(Admitted::clear);
-                match self.record_local_login(&req, &conn, &user_id, &identity, rehash, clear, &address).await {
+                match self.record_local_login(&req, &conn, &found, rehash, clear, &address).await {
                     // Recorded, and the brute-force count cleared with it.
                     Ok(user) => {
                         if let Some(attempt) = admitted {

@@ -14,12 +14,15 @@
 //!
 //! An attempt is admitted while `stored + in_flight < max`. Reading the stored count and
 //! writing a failure take the key's *turn* (an async lock), so neither interleaves with the
-//! other; the password check runs outside the turn. An entry lives only while an attempt
+//! other; the password check runs outside the turn. The login's first read (its identity)
+//! also reads the stored count, outside any turn; it is used only if no failure was written
+//! anywhere since (an epoch counter tells), and read again within the turn otherwise. An entry lives only while an attempt
 //! for its key is in flight or waiting, so the map is bounded by the calls in progress. An
 //! [`Attempt`] dropped unsettled (the caller went away mid-check) gives its place back, as a
 //! check that did not happen does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Whose attempts: tenant, user key (see [`bruteforce`](crate::bruteforce)), address.
@@ -62,6 +65,9 @@ type Cells = Mutex<HashMap<Key, Arc<Cell>>>;
 #[derive(Debug, Default)]
 pub struct InFlight {
     cells: Arc<Cells>,
+    /// Counts the failures written: a count read outside a turn holds while this has not
+    /// moved since before the read (writes that lower a count only make it cautious).
+    epoch: AtomicU64,
 }
 
 /// A key's turn: held while its stored count is read or a failure is written.
@@ -180,6 +186,16 @@ impl InFlight {
     fn cell(&self, key: &Key) -> Arc<Cell> {
         let mut map = self.cells.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(key.clone()).or_default().clone()
+    }
+
+    /// The epoch of failure writes: take it before reading a count outside a turn.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Moves the epoch on, after a failure was written (and before its turn ends).
+    pub fn failure_written(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Waits for `key`'s turn.

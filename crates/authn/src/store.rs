@@ -65,6 +65,9 @@ pub struct LoginUpdate<'a> {
     /// when the password was checked: with no profile data or hash to write either, the
     /// row is left as it is.
     pub identity_current: bool,
+    /// The user's identities as read when the password was checked
+    /// ([`Store::find_login_from`]): a login that writes none of them answers these.
+    pub identities: Option<&'a [Identity]>,
 }
 
 impl LoginUpdate<'_> {
@@ -76,6 +79,28 @@ impl LoginUpdate<'_> {
             && self.clear_failures.is_none()
             && self.identity_current
     }
+}
+
+/// What [`Store::find_login_from`] found.
+#[derive(Debug, Clone)]
+pub struct LoginFound {
+    /// The user's id.
+    pub user_id: String,
+    /// The identity the login names.
+    pub identity: Identity,
+    /// Every identity of the user.
+    pub identities: Vec<Identity>,
+    /// On SQLite, the failures stored for the user and the address, for
+    /// [`Store::admit`]; `None` on PostgreSQL.
+    pub stored: Option<Stored>,
+}
+
+/// Failures read from the table outside a turn, with the epoch of failure writes before
+/// the read: usable for an admission while no failure was written since.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    failures: u32,
+    epoch: u64,
 }
 
 /// What [`Store::record_login`] found.
@@ -209,20 +234,42 @@ impl Store {
         connection_id: &str,
         login: &str,
     ) -> Result<Option<(String, Identity)>, StoreError> {
+        Ok(self.find_login_from(tenant, connection_id, login, "").await?.map(|f| (f.user_id, f.identity)))
+    }
+
+    /// What a login by `login` (lowercased email or username) from `address` needs, in one
+    /// read: the identity, every identity of its user, and the brute-force failures stored
+    /// for the user and address.
+    pub async fn find_login_from(
+        &self,
+        tenant: &str,
+        connection_id: &str,
+        login: &str,
+        address: &str,
+    ) -> Result<Option<LoginFound>, StoreError> {
         if login.is_empty() {
             return Ok(None);
         }
-        let sql = format!(
-            "SELECT {IDENTITY_COLUMNS} FROM identities WHERE tenant = $1 AND connection_id = $2 \
-             AND (login_email = $3 OR login_username = $3)"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // Taken before the read: a failure written after it makes the read's count too old.
+        let epoch = self.in_flight.as_ref().map(|f| f.epoch());
+        let rows = sqlx::query(sqlx::AssertSqlSafe(find_login_sql()))
             .bind(tenant)
             .bind(connection_id)
             .bind(login)
-            .fetch_optional(self.db.pool())
+            .bind(address)
+            .fetch_all(self.db.pool())
             .await?;
-        row.map(|r| Ok((r.try_get("user_id")?, identity_from_row(&r)?))).transpose()
+        let Some(first) = rows.first() else { return Ok(None) };
+        let user_id: String = first.try_get("user_id")?;
+        let failures: Option<i64> = first.try_get("failures")?;
+        let identities = rows.iter().map(identity_from_row).collect::<Result<Vec<_>, _>>()?;
+        let identity = identities
+            .iter()
+            .find(|i| i.connection_id == connection_id && (i.login_email == login || i.login_username == login))
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt("the identity found is not among its user's".into()))?;
+        let stored = epoch.map(|epoch| Stored { failures: u32::try_from(failures.unwrap_or(0)).unwrap_or(0), epoch });
+        Ok(Some(LoginFound { user_id, identity, identities, stored }))
     }
 
     /// The identity `source_id` of a connection, with its user id.
@@ -272,7 +319,10 @@ impl Store {
             let Some(row) = row else {
                 return self.not_recorded(self.db.pool(), tenant, user_id).await;
             };
-            let identities = identities_of(self.db.pool(), tenant, user_id).await?;
+            let identities = match update.identities {
+                Some(known) => known.to_vec(),
+                None => identities_of(self.db.pool(), tenant, user_id).await?,
+            };
             return Ok(Recorded::Login(Box::new(user_of(&row, identities)?)));
         }
         let mut tx = self.db.begin_write().await?;
@@ -717,12 +767,16 @@ impl Store {
     /// Admits a login attempt for `user_key` from `address`, counting it as a failure until
     /// it is settled; `None` when `max` failures block it. Exact under concurrency: of any
     /// number of simultaneous attempts, at most `max` are admitted.
+    ///
+    /// `known` is the count [`find_login_from`](Self::find_login_from) read, used when no
+    /// failure was written since (SQLite); otherwise the count is read again.
     pub async fn admit(
         &self,
         tenant: &str,
         user_key: &str,
         address: &str,
         max: u32,
+        known: Option<Stored>,
     ) -> Result<Option<Admitted>, StoreError> {
         let admitted = |local| Admitted {
             tenant: tenant.to_owned(),
@@ -748,9 +802,10 @@ impl Store {
         };
         let key = Key { tenant: tenant.to_owned(), user_key: user_key.to_owned(), address: address.to_owned() };
         let turn = in_flight.turn(&key).await;
-        let stored = match turn.stored() {
-            Some(n) => n,
-            None => self.stored_failures(tenant, user_key, address).await?,
+        let stored = match (turn.stored(), known) {
+            (Some(n), _) => n,
+            (None, Some(k)) if k.epoch == in_flight.epoch() => k.failures,
+            (None, _) => self.stored_failures(tenant, user_key, address).await?,
         };
         Ok(turn.admit(stored, max).map(|a| admitted(Some(a))))
     }
@@ -784,6 +839,8 @@ impl Store {
                 .bind(&address)
                 .execute(self.db.writer())
                 .await?;
+                // After the write: a read that began before it must not be trusted.
+                in_flight.failure_written();
                 turn.failed(local);
             }
             Outcome::Success => {
@@ -969,6 +1026,21 @@ where
     rows.iter().map(identity_from_row).collect()
 }
 
+/// The login's first read ([`Store::find_login_from`]). Each side of the `OR` repeats the
+/// partial indexes' condition (`<> ''`) so that both backends search those indexes rather
+/// than every identity of the connection.
+fn find_login_sql() -> String {
+    format!(
+        "SELECT {IDENTITY_COLUMNS}, \
+         (SELECT f.failures FROM login_failures f WHERE f.tenant = $1 AND f.user_key = i.user_id \
+          AND f.address = $4) AS failures \
+         FROM identities i WHERE i.tenant = $1 AND i.user_id = \
+         (SELECT m.user_id FROM identities m WHERE m.tenant = $1 AND m.connection_id = $2 \
+          AND ((m.login_email = $3 AND m.login_email <> '') OR (m.login_username = $3 AND m.login_username <> ''))) \
+         ORDER BY i.create_time, i.connection"
+    )
+}
+
 /// A user from a row of [`USER_COLUMNS`] and its identities.
 fn user_of(r: &AnyRow, identities: Vec<Identity>) -> Result<User, StoreError> {
     Ok(User {
@@ -1056,5 +1128,35 @@ fn json_map(text: &str) -> Result<Map<String, Value>, StoreError> {
     match serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))? {
         Value::Object(m) => Ok(m),
         _ => Err(StoreError::Corrupt("metadata is not a JSON object".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The login's read searches the login indexes: it does not walk every identity of the
+    /// connection (checked on SQLite's plan).
+    #[tokio::test]
+    async fn the_login_read_searches_the_login_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&DbLocation::SqliteFile(dir.path().join("authn.db"))).await.unwrap();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", find_login_sql())))
+            .bind("t")
+            .bind("con")
+            .bind("alice")
+            .bind("203.0.113.1")
+            .fetch_all(store.db.pool())
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("detail").unwrap()).collect();
+        let uses = |index: &str| plan.iter().any(|d| d.contains(index));
+        assert!(uses("identities_by_email") && uses("identities_by_username"), "{plan:?}");
+        assert!(uses("identities_by_user"), "{plan:?}");
+        assert!(
+            plan.iter().all(|d| !d.starts_with("SCAN") && !d.ends_with("(tenant=? AND connection_id=?)")),
+            "{plan:?}"
+        );
+        store.close().await;
     }
 }

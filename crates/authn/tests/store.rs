@@ -127,8 +127,8 @@ async fn users_and_identities() {
         let synced = Profile { email: "alice@example.com".into(), name: "Alice L".into(), ..Profile::default() };
         let data = serde_json::json!({"name": "Alice L"});
         // A login admitted by brute-force protection clears its count in its own transaction.
-        let here = store.admit(t, "auth0|a1", "203.0.113.7", MAX_CONSECUTIVE_FAILURES).await.unwrap();
-        let there = store.admit(t, "auth0|a1", "198.51.100.1", MAX_CONSECUTIVE_FAILURES).await.unwrap();
+        let here = store.admit(t, "auth0|a1", "203.0.113.7", MAX_CONSECUTIVE_FAILURES, None).await.unwrap();
+        let there = store.admit(t, "auth0|a1", "198.51.100.1", MAX_CONSECUTIVE_FAILURES, None).await.unwrap();
         let (here, there) = (here.expect("admitted"), there.expect("admitted"));
         let update = LoginUpdate {
             ip: "203.0.113.7",
@@ -139,6 +139,7 @@ async fn users_and_identities() {
             password_hash: None,
             clear_failures: Some(("auth0|a1", "203.0.113.7")),
             identity_current: false,
+            identities: None,
         };
         let Recorded::Login(after) = store.record_login(t, "auth0|a1", "con_db", "a1", &update).await.unwrap() else {
             panic!("the login of an existing, unblocked user is recorded")
@@ -166,6 +167,7 @@ async fn users_and_identities() {
             password_hash: None,
             clear_failures: None,
             identity_current: true,
+            identities: None,
         };
         let Recorded::Login(again) = store.record_login(t, "auth0|a1", "con_db", "a1", &usual).await.unwrap() else {
             panic!("recorded")
@@ -253,7 +255,8 @@ async fn brute_force_counting_is_exact_under_concurrency() {
             .map(|_| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    let a = store.admit("t1", "auth0|alice", "203.0.113.7", MAX_CONSECUTIVE_FAILURES).await.unwrap();
+                    let a =
+                        store.admit("t1", "auth0|alice", "203.0.113.7", MAX_CONSECUTIVE_FAILURES, None).await.unwrap();
                     let admitted = a.is_some();
                     if let Some(a) = a {
                         // Some time checking the password, so that the attempts overlap.
@@ -272,15 +275,17 @@ async fn brute_force_counting_is_exact_under_concurrency() {
         }
         assert_eq!(admitted, 10);
         assert_eq!(store.failures("t1", "auth0|alice", "203.0.113.7").await.unwrap(), 10);
-        assert!(store.admit("t1", "auth0|alice", "203.0.113.7", 10).await.unwrap().is_none(), "blocked");
-        let elsewhere = store.admit("t1", "auth0|alice", "198.51.100.1", 10).await.unwrap().expect("other address");
-        let other_tenant = store.admit("t2", "auth0|alice", "203.0.113.7", 10).await.unwrap().expect("other tenant");
+        assert!(store.admit("t1", "auth0|alice", "203.0.113.7", 10, None).await.unwrap().is_none(), "blocked");
+        let elsewhere =
+            store.admit("t1", "auth0|alice", "198.51.100.1", 10, None).await.unwrap().expect("other address");
+        let other_tenant =
+            store.admit("t2", "auth0|alice", "203.0.113.7", 10, None).await.unwrap().expect("other tenant");
         drop(other_tenant);
         // A check that did not happen gives its failure back; a success resets.
         store.settle(elsewhere, Outcome::NotChecked).await.unwrap();
         assert_eq!(store.failures("t1", "auth0|alice", "198.51.100.1").await.unwrap(), 0);
         assert_eq!(store.unblock("t1", "auth0|alice", 10).await.unwrap(), 1);
-        let again = store.admit("t1", "auth0|alice", "203.0.113.7", 10).await.unwrap().expect("unblocked");
+        let again = store.admit("t1", "auth0|alice", "203.0.113.7", 10, None).await.unwrap().expect("unblocked");
         store.settle(again, Outcome::Success).await.unwrap();
         assert_eq!(store.failures("t1", "auth0|alice", "203.0.113.7").await.unwrap(), 0);
         let store = Arc::try_unwrap(store).unwrap();
@@ -296,13 +301,13 @@ async fn brute_force_unblock_and_abandoned_attempts() {
     for (store, backend) in stores("brute_force_unblock_and_abandoned_attempts").await {
         let (t, who, at) = ("t1", "auth0|bob", "203.0.113.9");
         for _ in 0..9 {
-            let a = store.admit(t, who, at, 10).await.unwrap().expect("admitted");
+            let a = store.admit(t, who, at, 10, None).await.unwrap().expect("admitted");
             store.settle(a, Outcome::WrongCredentials).await.unwrap();
         }
-        let last = store.admit(t, who, at, 10).await.unwrap().expect("the tenth attempt");
-        assert!(store.admit(t, who, at, 10).await.unwrap().is_none(), "nine failures and one in flight block");
+        let last = store.admit(t, who, at, 10, None).await.unwrap().expect("the tenth attempt");
+        assert!(store.admit(t, who, at, 10, None).await.unwrap().is_none(), "nine failures and one in flight block");
         store.unblock(t, who, 10).await.unwrap();
-        let after_unblock = store.admit(t, who, at, 10).await.unwrap().expect("the count started over");
+        let after_unblock = store.admit(t, who, at, 10, None).await.unwrap().expect("the count started over");
         store.settle(last, Outcome::WrongCredentials).await.unwrap();
         // SQLite writes the late failure when it is settled; PostgreSQL counted it in
         // advance, and the unblock lifted that count.
@@ -325,12 +330,12 @@ async fn brute_force_failures_survive_a_restart() {
     let location = DbLocation::SqliteFile(dir.path().join("authn.db"));
     let store = Store::open(&location).await.unwrap();
     for _ in 0..10 {
-        let a = store.admit("t1", "auth0|carol", "203.0.113.5", 10).await.unwrap().expect("admitted");
+        let a = store.admit("t1", "auth0|carol", "203.0.113.5", 10, None).await.unwrap().expect("admitted");
         store.settle(a, Outcome::WrongCredentials).await.unwrap();
     }
     drop(store);
     let reopened = Store::open(&location).await.unwrap();
-    assert!(reopened.admit("t1", "auth0|carol", "203.0.113.5", 10).await.unwrap().is_none());
+    assert!(reopened.admit("t1", "auth0|carol", "203.0.113.5", 10, None).await.unwrap().is_none());
     assert_eq!(reopened.failures("t1", "auth0|carol", "203.0.113.5").await.unwrap(), 10);
     reopened.close().await;
 }
@@ -372,7 +377,7 @@ async fn a_deleted_tenant_leaves_nothing() {
                 .await
                 .unwrap();
             store.set_password(t, "auth0|u", "con_db", "u", "h2", 5).await.unwrap();
-            let a = store.admit(t, "auth0|u", "203.0.113.1", 10).await.unwrap().expect("admitted");
+            let a = store.admit(t, "auth0|u", "203.0.113.1", 10, None).await.unwrap().expect("admitted");
             store.settle(a, Outcome::WrongCredentials).await.unwrap();
             let key = StoredKey {
                 kid: "k".into(),
@@ -406,6 +411,50 @@ async fn a_deleted_tenant_leaves_nothing() {
         assert!(store.get_user("kept", "auth0|u").await.unwrap().is_some());
         assert_eq!(store.signing_keys("kept").await.unwrap().len(), 1);
         assert_eq!(store.identity_connections().await.unwrap(), [("kept".to_owned(), "con_db".to_owned())]);
+        cleanup(store, backend).await;
+    }
+}
+
+/// A login's first read brings the identity, its user's identities and the failures stored
+/// for the address; a count read before a failure was written is not trusted by admission.
+#[tokio::test]
+async fn the_login_read_and_a_count_read_too_early() {
+    for (store, backend) in stores("the_login_read_and_a_count_read_too_early").await {
+        let t = "t1";
+        store
+            .create_user(
+                t,
+                &new_user("d1", "dan@example.com"),
+                &identity("db", "d1", "dan@example.com", "dan", Some("h")),
+                None,
+            )
+            .await
+            .unwrap();
+        let at = "203.0.113.20";
+        let found = store.find_login_from(t, "con_db", "dan", at).await.unwrap().expect("found by username");
+        assert_eq!((found.user_id.as_str(), found.identity.source_id.as_str()), ("auth0|d1", "d1"));
+        assert_eq!(found.identities.len(), 1);
+        assert!(store.find_login_from(t, "con_db", "nobody", at).await.unwrap().is_none());
+        assert!(store.find_login_from("t2", "con_db", "dan", at).await.unwrap().is_none(), "tenants apart");
+
+        // Ten failures written after that read: the read's count (none) no longer holds.
+        for _ in 0..10 {
+            let a = store.admit(t, "auth0|d1", at, 10, None).await.unwrap().expect("admitted");
+            store.settle(a, Outcome::WrongCredentials).await.unwrap();
+        }
+        assert!(
+            store.admit(t, "auth0|d1", at, 10, found.stored).await.unwrap().is_none(),
+            "a stale count is read again"
+        );
+        let fresh = store.find_login_from(t, "con_db", "dan@example.com", at).await.unwrap().expect("found by email");
+        if let Backend::Sqlite { .. } = backend {
+            assert!(fresh.stored.is_some(), "SQLite reads the count with the identity");
+        }
+        assert!(store.admit(t, "auth0|d1", at, 10, fresh.stored).await.unwrap().is_none());
+        let elsewhere = store.find_login_from(t, "con_db", "dan", "198.51.100.20").await.unwrap().unwrap();
+        let a = store.admit(t, "auth0|d1", "198.51.100.20", 10, elsewhere.stored).await.unwrap();
+        assert!(a.is_some(), "another address has no failures");
+        drop(a);
         cleanup(store, backend).await;
     }
 }
