@@ -699,7 +699,8 @@ async fn a_restart_with_another_master_key_is_refused_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_outlives_the_gateways_call_deadline() {
-    let suite = Suite::start_with(|s| s.call_timeout_ms = 300).await.expect("suite");
+    // Short, but not so short that a create on a loaded 2-core machine misses it.
+    let suite = Suite::start_with(|s| s.call_timeout_ms = 1000).await.expect("suite");
     let mut admin = suite.admin().await;
     admin.create_tenant(INTERNAL).await.expect("tenant");
     let mut watch = admin
@@ -709,7 +710,7 @@ async fn a_watch_outlives_the_gateways_call_deadline() {
         .expect("watch")
         .into_inner();
     // The deadline bounds the wait for an answer to start, not a stream's life.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     create(&mut admin, INTERNAL, auth0("employees")).await.expect("create");
     let e = tokio::time::timeout(Duration::from_secs(1), watch.message())
         .await
