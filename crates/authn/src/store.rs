@@ -162,6 +162,8 @@ impl Admitted {
     }
 }
 
+/// Clears the brute-force count of a user key and an address (a success).
+const CLEAR_FAILURES: &str = "DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3";
 const USER_COLUMNS: &str = "user_id, seq, email, email_verified, username, name, given_name, family_name, \
      nickname, picture, user_metadata, app_metadata, blocked, last_login, last_ip, logins_count, create_time, update_time";
 const IDENTITY_COLUMNS: &str = "connection_id, source_id, user_id, connection, strategy, is_social, login_email, \
@@ -224,17 +226,6 @@ impl Store {
         insert_identity(&mut tx, tenant, &user.user_id, identity, now).await?;
         tx.commit().await?;
         self.get_user(tenant, &user.user_id).await?.ok_or_else(|| StoreError::Corrupt("user vanished".into()))
-    }
-
-    /// The identity of a database connection whose login email or username is `login`
-    /// (lowercased), with its user id.
-    pub async fn find_login(
-        &self,
-        tenant: &str,
-        connection_id: &str,
-        login: &str,
-    ) -> Result<Option<(String, Identity)>, StoreError> {
-        Ok(self.find_login_from(tenant, connection_id, login, "").await?.map(|f| (f.user_id, f.identity)))
     }
 
     /// What a login by `login` (lowercased email or username) from `address` needs, in one
@@ -373,12 +364,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if let Some((user_key, address)) = update.clear_failures {
-            sqlx::query("DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3")
-                .bind(tenant)
-                .bind(user_key)
-                .bind(address)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(CLEAR_FAILURES).bind(tenant).bind(user_key).bind(address).execute(&mut *tx).await?;
         }
         let identities = identities_of(&mut *tx, tenant, user_id).await?;
         tx.commit().await?;
@@ -818,7 +804,7 @@ impl Store {
         let (Some(in_flight), Some(local)) = (&self.in_flight, local) else {
             let sql = match outcome {
                 Outcome::WrongCredentials => return Ok(()),
-                Outcome::Success => "DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3",
+                Outcome::Success => CLEAR_FAILURES,
                 Outcome::NotChecked => {
                     "UPDATE login_failures SET failures = failures - 1 \
                      WHERE tenant = $1 AND user_key = $2 AND address = $3 AND failures > 0"
@@ -844,7 +830,7 @@ impl Store {
                 turn.failed(local);
             }
             Outcome::Success => {
-                sqlx::query("DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3")
+                sqlx::query(CLEAR_FAILURES)
                     .bind(&tenant)
                     .bind(&user_key)
                     .bind(&address)

@@ -118,11 +118,12 @@ async fn users_and_identities() {
             .await
             .unwrap();
 
-        let (uid, found) = store.find_login(t, "con_db", "alice").await.unwrap().unwrap();
+        let found = store.find_login_from(t, "con_db", "alice", "").await.unwrap().unwrap();
+        let (uid, found) = (found.user_id, found.identity);
         assert_eq!((uid.as_str(), found.password_hash.as_deref()), ("auth0|a1", Some("h1")));
-        assert!(store.find_login(t, "con_db", "alice@example.com").await.unwrap().is_some());
-        assert!(store.find_login(t, "con_db", "bob").await.unwrap().is_none());
-        assert!(store.find_login("nobody", "con_db", "alice").await.unwrap().is_none());
+        assert!(store.find_login_from(t, "con_db", "alice@example.com", "").await.unwrap().is_some());
+        assert!(store.find_login_from(t, "con_db", "bob", "").await.unwrap().is_none());
+        assert!(store.find_login_from("nobody", "con_db", "alice", "").await.unwrap().is_none());
 
         let synced = Profile { email: "alice@example.com".into(), name: "Alice L".into(), ..Profile::default() };
         let data = serde_json::json!({"name": "Alice L"});
@@ -221,7 +222,7 @@ async fn users_and_identities() {
 
         assert!(store.delete_user(t, "auth0|a1").await.unwrap());
         assert!(!store.delete_user(t, "auth0|a1").await.unwrap());
-        assert!(store.find_login(t, "con_db", "alice").await.unwrap().is_none());
+        assert!(store.find_login_from(t, "con_db", "alice", "").await.unwrap().is_none());
         cleanup(store, backend).await;
     }
 }

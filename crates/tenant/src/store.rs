@@ -355,14 +355,31 @@ impl Store {
         .bind(now_micros())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
+        if !self.commit_client_event(tx, row, EventType::ClientChanged, tenant, client_id).await? {
             return Ok(None);
+        }
+        self.get_client(tenant, client_id).await
+    }
+
+    /// Ends the transaction of a change to a client: with `row` (the changed client's
+    /// `tenant_create_time`), appends the change's event and commits; without it (no such
+    /// client), rolls back. Whether the client existed.
+    async fn commit_client_event(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        row: Option<sqlx::any::AnyRow>,
+        event_type: EventType,
+        tenant: &str,
+        client_id: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(row) = row else {
+            return Ok(false);
         };
         let tenant_create_time: i64 = row.try_get("tenant_create_time")?;
-        self.append_event(&mut tx, EventType::ClientChanged, tenant, tenant_create_time, client_id).await?;
+        self.append_event(&mut tx, event_type, tenant, tenant_create_time, client_id).await?;
         tx.commit().await?;
         self.events_committed();
-        self.get_client(tenant, client_id).await
+        Ok(true)
     }
 
     /// Deletes a client; whether it existed.
@@ -376,14 +393,7 @@ impl Store {
         .bind(client_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(false);
-        };
-        let tenant_create_time: i64 = row.try_get("tenant_create_time")?;
-        self.append_event(&mut tx, EventType::ClientDeleted, tenant, tenant_create_time, client_id).await?;
-        tx.commit().await?;
-        self.events_committed();
-        Ok(true)
+        self.commit_client_event(tx, row, EventType::ClientDeleted, tenant, client_id).await
     }
 
     /// Replaces a client's secret hash; whether the client exists.
@@ -405,14 +415,7 @@ impl Store {
         .bind(now_micros())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(false);
-        };
-        let tenant_create_time: i64 = row.try_get("tenant_create_time")?;
-        self.append_event(&mut tx, EventType::ClientChanged, tenant, tenant_create_time, client_id).await?;
-        tx.commit().await?;
-        self.events_committed();
-        Ok(true)
+        self.commit_client_event(tx, row, EventType::ClientChanged, tenant, client_id).await
     }
 
     // ---- API keys ----
