@@ -12,8 +12,11 @@
 //!
 //! # Layout
 //!
-//! - [`api`]: the tonic handlers of `AuthenticationService`, `UserService` and
-//!   `SigningKeyService`, with the login path.
+//! - [`api`]: the service's shared state ([`AuthnApi`]) and the tonic handlers of
+//!   `AuthenticationService`, `UserService` and `SigningKeyService`, one module each, with
+//!   the conversions to the contract.
+//! - [`login`]: the login orchestration the handlers and the OpenID provider call: the
+//!   client check, the password login, the signup, the tokens of a login.
 //! - [`domain`]: users, identities, profiles and the profile-sync rule.
 //! - [`store`]: sqlx storage; `migrations/{sqlite,postgres}` beside `src/`.
 //! - [`cache`]: connections resolved through the registry, cached and kept fresh.
@@ -30,6 +33,8 @@
 //! - [`attempts`]: on SQLite, the attempts in flight counted in this process, so that only
 //!   settled failures are written.
 //! - [`json`]: protobuf `Struct` to JSON and back.
+//! - `status`: every error in the contract's terms (gRPC codes and `ErrorInfo` reasons).
+//! - `validate`: the field checks shared by the handlers and the orchestration's inputs.
 //! - `tenants`: follows the tenant service's deletion log (a deleted tenant leaves nothing).
 
 #![forbid(unsafe_code)]
@@ -45,10 +50,13 @@ pub mod customdb;
 pub mod domain;
 pub mod json;
 pub mod keys;
+pub mod login;
 pub mod password;
+mod status;
 pub mod store;
 mod tenants;
 pub mod tokens;
+mod validate;
 
 use postern_common::principal::{InternalKey, Principal, PrincipalLayer, SignLayer, SignService};
 use postern_common::seal::MasterKey;
@@ -57,6 +65,7 @@ use postern_proto::authn::v1 as pb;
 use tower::Layer;
 
 pub use api::AuthnApi;
+pub use login::{IssueTokens, PasswordLogin, SignupInput};
 pub use store::Store;
 
 /// The gRPC services this crate serves, by full name.

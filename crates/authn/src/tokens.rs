@@ -590,7 +590,7 @@ pub struct TokenRequest<'a> {
 
 /// The tokens of a login, as the Login response carries them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssuedTokens {
+pub struct Issued {
     /// The signed ID token.
     pub id_token: String,
     /// The access token: opaque (sealed) without an audience, a signed JWT with one.
@@ -623,7 +623,7 @@ fn unix_seconds(t: SystemTime) -> u64 {
 /// Signs the ID token of a login with `key`, and makes its access token: without an
 /// audience an opaque token sealed under the master key (no signature), with one a JWT
 /// signed with `key` whose `aud` is [audience, [`userinfo_endpoint`]].
-pub fn issue(key: &SigningKey, request: &TokenRequest<'_>) -> Result<IssuedTokens, Error> {
+pub fn issue(key: &SigningKey, request: &TokenRequest<'_>) -> Result<Issued, Error> {
     let scope = normalize_scope(request.scope);
     let iat = unix_seconds(request.now);
     let id = IdTokenClaims {
@@ -659,7 +659,7 @@ pub fn issue(key: &SigningKey, request: &TokenRequest<'_>) -> Result<IssuedToken
             },
         )?,
     };
-    Ok(IssuedTokens {
+    Ok(Issued {
         id_token: key.sign(&id)?,
         access_token,
         token_type: TOKEN_TYPE,

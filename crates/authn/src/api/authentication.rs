@@ -1,0 +1,79 @@
+//! `AuthenticationService`: signup, the login, password changes. Each handler validates,
+//! checks the caller's right to the tenant, and calls the orchestration ([`crate::login`]).
+
+use postern_common::error::Violations;
+use postern_common::principal::principal;
+use postern_proto::authn::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::convert::{login_to_pb, user_to_pb};
+use super::{AuthnApi, address};
+use crate::login::{IssueTokens, PasswordLogin, SignupInput};
+use crate::validate::{check_tenant, required};
+
+#[tonic::async_trait]
+impl pb::authentication_service_server::AuthenticationService for AuthnApi {
+    async fn signup(&self, req: Request<pb::SignupRequest>) -> Result<Response<pb::SignupResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let input = SignupInput {
+            tenant: &req.tenant,
+            client_id: &req.client_id,
+            connection: &req.connection,
+            email: &req.email,
+            username: &req.username,
+            password: &req.password,
+            user_metadata: req.user_metadata.as_ref(),
+        };
+        input.validate()?;
+        p.require_tenant(&req.tenant)?;
+        let user = AuthnApi::signup(self, &input).await?;
+        Ok(Response::new(pb::SignupResponse { user: Some(user_to_pb(&user)) }))
+    }
+
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let p = principal(&req)?;
+        let address = address(&req, &req.get_ref().ip);
+        let req = req.into_inner();
+        let login = PasswordLogin {
+            tenant: &req.tenant,
+            client_id: &req.client_id,
+            connection: &req.connection,
+            username: &req.username,
+            password: &req.password,
+            address: &address,
+        };
+        login.validate()?;
+        p.require_tenant(&req.tenant)?;
+        self.verify_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        let user = self.password_login(&login).await?;
+        let issued = self
+            .issue_tokens(&IssueTokens {
+                tenant: &req.tenant,
+                client_id: &req.client_id,
+                user: &user,
+                scope: &req.scope,
+                audience: &req.audience,
+                nonce: None,
+            })
+            .await?;
+        Ok(Response::new(login_to_pb(issued, &user)))
+    }
+
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        check_tenant(&mut v, "tenant", &req.tenant);
+        required(&mut v, "user_id", &req.user_id);
+        required(&mut v, "new_password", &req.new_password);
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let user =
+            AuthnApi::change_password(self, &req.tenant, &req.user_id, &req.connection, &req.new_password).await?;
+        Ok(Response::new(pb::ChangePasswordResponse { user: Some(user_to_pb(&user)) }))
+    }
+}

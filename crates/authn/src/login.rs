@@ -1,0 +1,728 @@
+//! The login orchestration: resolve the connection, check the credentials under brute-force
+//! protection, create or update the user and its identity under the connection's
+//! profile-sync rule, and issue the tokens. The gRPC handlers ([`crate::api`]) and the
+//! OpenID provider call these steps; neither repeats them.
+//!
+//! A login is three calls: [`AuthnApi::verify_client`], [`AuthnApi::password_login`],
+//! [`AuthnApi::issue_tokens`]; a signup is [`AuthnApi::signup`].
+
+use std::time::SystemTime;
+
+use postern_common::error::permission_denied;
+use postern_common::error::{Violations, already_exists, failed_precondition, internal, invalid_field};
+use postern_proto::connections::v1 as conn_pb;
+use postern_proto::tenant::v1 as tenant_pb;
+use tonic::{Code, Status};
+
+use crate::api::AuthnApi;
+use crate::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
+use crate::customdb::{SourceUser, Target};
+use crate::domain::{self, Identity, Profile, ProfileSync, User};
+use crate::password::{self, PasswordPolicy, PersonalInfo, Strength};
+use crate::status::{
+    client_refusal, custom_db_status, tenant_service_unavailable, too_many_attempts, user_not_found, wrong_credentials,
+};
+use crate::store::{Admitted, LoginFound, LoginUpdate, NewUser, Recorded, StoreError};
+use crate::tokens::{self, ProfileClaims, TokenRequest};
+use crate::validate::{check_email, check_tenant, required};
+
+/// The strategy of database connections.
+pub(crate) const DATABASE_STRATEGY: &str = "auth0";
+
+/// A login by username (or email) and password through a database connection.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordLogin<'a> {
+    /// The tenant's name.
+    pub tenant: &'a str,
+    /// The client the user logs in to (already checked by [`AuthnApi::verify_client`]).
+    pub client_id: &'a str,
+    /// The connection's name; it must be enabled for the client.
+    pub connection: &'a str,
+    /// The email address or username the user typed.
+    pub username: &'a str,
+    /// The password the user typed.
+    pub password: &'a str,
+    /// The address brute-force protection counts against (the user's, as the application
+    /// reports it, else the caller's).
+    pub address: &'a str,
+}
+
+impl PasswordLogin<'_> {
+    /// Checks the fields. A password longer than any ever accepted is wrong credentials, not
+    /// bad input, and is refused before anything else (no hash is computed for it).
+    pub fn validate(&self) -> Result<(), Status> {
+        let mut v = Violations::new();
+        check_tenant(&mut v, "tenant", self.tenant);
+        required(&mut v, "client_id", self.client_id);
+        required(&mut v, "connection", self.connection);
+        required(&mut v, "username", self.username);
+        if self.password.chars().count() > password::MAX_PASSWORD_LENGTH {
+            // Wrong by construction: no password this long was ever accepted.
+            return Err(wrong_credentials());
+        }
+        v.into_result()
+    }
+}
+
+/// A signup through a database connection.
+#[derive(Debug, Clone, Copy)]
+pub struct SignupInput<'a> {
+    /// The tenant's name.
+    pub tenant: &'a str,
+    /// The client the user signs up to.
+    pub client_id: &'a str,
+    /// The connection's name; it must be enabled for the client and allow signups.
+    pub connection: &'a str,
+    /// The user's email address.
+    pub email: &'a str,
+    /// The username, where the connection requires one; else empty.
+    pub username: &'a str,
+    /// The password, checked against the connection's policy.
+    pub password: &'a str,
+    /// The user's own metadata, if any.
+    pub user_metadata: Option<&'a prost_types::Struct>,
+}
+
+impl SignupInput<'_> {
+    /// Checks the fields that do not depend on the connection (the username and the password
+    /// are checked against the connection's rules by [`AuthnApi::signup`]).
+    pub fn validate(&self) -> Result<(), Status> {
+        let mut v = Violations::new();
+        check_tenant(&mut v, "tenant", self.tenant);
+        required(&mut v, "client_id", self.client_id);
+        required(&mut v, "connection", self.connection);
+        check_email(&mut v, "email", self.email);
+        v.into_result()
+    }
+}
+
+/// The tokens of a successful login.
+#[derive(Debug, Clone, Copy)]
+pub struct IssueTokens<'a> {
+    /// The tenant's name.
+    pub tenant: &'a str,
+    /// The client the user logged in to: the ID token's audience.
+    pub client_id: &'a str,
+    /// The user who logged in.
+    pub user: &'a User,
+    /// The requested scopes; empty means [`tokens::DEFAULT_SCOPE`].
+    pub scope: &'a str,
+    /// The API the access token is for; empty means none (the access token is then opaque,
+    /// good only at the userinfo endpoint).
+    pub audience: &'a str,
+    /// The nonce to echo in the ID token, if any.
+    pub nonce: Option<&'a str>,
+}
+
+/// The database options of a resolved connection, with Auth0's defaults.
+pub(crate) struct DatabaseRules {
+    pub(crate) policy: PasswordPolicy,
+    requires_username: bool,
+    username_min: usize,
+    username_max: usize,
+    brute_force: bool,
+    disable_signup: bool,
+    pub(crate) custom: Option<conn_pb::CustomDatabase>,
+}
+
+impl DatabaseRules {
+    pub(crate) fn of(conn: &conn_pb::Connection) -> Result<Self, Status> {
+        let opts = match &conn.options {
+            Some(conn_pb::connection::Options::Database(d)) => d.clone(),
+            None if conn.strategy == DATABASE_STRATEGY => conn_pb::DatabaseOptions::default(),
+            _ => {
+                return Err(failed_precondition(
+                    "NOT_A_DATABASE_CONNECTION",
+                    format!(
+                        "connection {:?} uses strategy {:?}; passwords are checked only by database connections (strategy `auth0`)",
+                        conn.name, conn.strategy
+                    ),
+                ));
+            }
+        };
+        let strength = match conn_pb::PasswordPolicy::try_from(opts.password_policy) {
+            Ok(conn_pb::PasswordPolicy::None) => Strength::None,
+            Ok(conn_pb::PasswordPolicy::Low) => Strength::Low,
+            Ok(conn_pb::PasswordPolicy::Fair) => Strength::Fair,
+            Ok(conn_pb::PasswordPolicy::Excellent) => Strength::Excellent,
+            _ => Strength::Good,
+        };
+        let dictionary = opts.password_dictionary.clone().unwrap_or_default();
+        let positive = |n: i32, default: usize| if n > 0 { usize::try_from(n).unwrap_or(default) } else { default };
+        Ok(DatabaseRules {
+            policy: PasswordPolicy {
+                strength,
+                min_length: u32::try_from(opts.password_min_length).ok().filter(|n| *n > 0),
+                history_size: u32::try_from(opts.password_history_size).unwrap_or(0),
+                no_personal_info: opts.password_no_personal_info,
+                dictionary: dictionary.enable,
+                dictionary_words: dictionary.words,
+            },
+            requires_username: opts.requires_username,
+            username_min: positive(opts.username_min_length, 1),
+            username_max: positive(opts.username_max_length, 15),
+            brute_force: opts.brute_force_protection.unwrap_or(true),
+            disable_signup: opts.disable_signup,
+            custom: opts.custom_database.filter(|c| !c.endpoint.is_empty()),
+        })
+    }
+
+    fn import(&self) -> bool {
+        self.custom.as_ref().is_some_and(|c| c.import_mode == conn_pb::ImportMode::Lazy as i32)
+    }
+
+    fn check_username(&self, v: &mut Violations, field: &str, username: &str) {
+        if !self.requires_username {
+            if !username.is_empty() {
+                v.add(field, "must be empty: this connection does not use usernames (requires_username is off)");
+            }
+            return;
+        }
+        let len = username.chars().count();
+        if len < self.username_min || len > self.username_max {
+            v.add(field, format!("must be {} to {} characters long (got {len})", self.username_min, self.username_max));
+        }
+        if !username.chars().all(|c| c.is_ascii_alphanumeric() || "_-.+!#$'^`~".contains(c)) {
+            v.add(field, "may contain only letters, digits and _ - . + ! # $ ' ^ ` ~ (no @, no spaces)");
+        }
+    }
+}
+
+fn sync_of(conn: &conn_pb::Connection) -> ProfileSync {
+    ProfileSync::from_i64(i64::from(conn.user_profile_sync))
+}
+
+/// The profile claims of a user, before the scopes filter them.
+pub(crate) fn claims_of(u: &User) -> ProfileClaims {
+    let p = &u.profile;
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    ProfileClaims {
+        email: some(&p.email),
+        email_verified: (!p.email.is_empty()).then_some(p.email_verified),
+        name: some(&p.name),
+        given_name: some(&p.given_name),
+        family_name: some(&p.family_name),
+        nickname: some(&p.nickname),
+        picture: some(&p.picture),
+        updated_at: u64::try_from(u.update_time / 1_000_000).ok(),
+    }
+}
+
+fn with_default_nickname(mut p: Profile) -> Profile {
+    if p.nickname.is_empty() {
+        p.nickname = domain::default_nickname(&p.email);
+    }
+    p
+}
+
+fn uuid_simple() -> String {
+    postern_common::ids::new_id().replace('-', "")
+}
+
+/// The user of a recorded login, or why there is none.
+fn recorded(r: Recorded) -> Result<User, Status> {
+    match r {
+        Recorded::Login(user) => Ok(*user),
+        Recorded::Blocked => Err(crate::status::blocked()),
+        // Deleted while logging in: as if it never existed.
+        Recorded::Missing => Err(wrong_credentials()),
+    }
+}
+
+/// What the credential check found.
+enum Checked {
+    /// Postern's own hash matched this identity.
+    Local { found: LoginFound, rehash: bool },
+    /// The custom database accepted the credentials.
+    Source(SourceUser),
+}
+
+impl AuthnApi {
+    /// Checks that the client belongs to the tenant and, if it is confidential, its secret:
+    /// remembered when it passed before and nothing has changed the client since
+    /// ([`crate::clients::ClientChecks`]), asked of the tenant service otherwise.
+    pub async fn verify_client(&self, tenant: &str, client_id: &str, secret: &str) -> Result<(), Status> {
+        let checks = &self.client_checks;
+        if checks.passed(tenant, client_id, secret) {
+            return Ok(());
+        }
+        let asked = checks.asking();
+        metrics::counter!("postern_authn_client_checks_total").increment(1);
+        let answer = self
+            .tenant_clients
+            .clone()
+            .verify_client_secret(tenant_pb::VerifyClientSecretRequest {
+                tenant: tenant.to_owned(),
+                client_id: client_id.to_owned(),
+                client_secret: secret.to_owned(),
+            })
+            .await;
+        match answer {
+            Ok(_) => {
+                checks.remember(asked, tenant, client_id, secret);
+                Ok(())
+            }
+            Err(s) => Err(client_refusal(tenant, client_id, &s)),
+        }
+    }
+
+    /// Checks that the tenant has the client (a public check: no secret).
+    async fn client_exists(&self, tenant: &str, client_id: &str) -> Result<(), Status> {
+        let answer = self
+            .tenant_clients
+            .clone()
+            .get_client(tenant_pb::GetClientRequest { tenant: tenant.to_owned(), client_id: client_id.to_owned() })
+            .await;
+        answer.map(|_| ()).map_err(|s| client_refusal(tenant, client_id, &s))
+    }
+
+    /// Checks that the tenant exists (the tenant service's answer).
+    pub(crate) async fn tenant_exists(&self, tenant: &str) -> Result<(), Status> {
+        match self.tenants.clone().get_tenant(tenant_pb::GetTenantRequest { name: tenant.to_owned() }).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => {
+                Err(postern_common::error::not_found("TENANT_NOT_FOUND", format!("tenant {tenant:?} does not exist")))
+            }
+            Err(s) => Err(tenant_service_unavailable(&s)),
+        }
+    }
+
+    /// The issuer of `tenant`'s tokens.
+    pub(crate) fn issuer(&self, tenant: &str) -> String {
+        let url = self.config.public_url.get().map_or("http://localhost", String::as_str);
+        tokens::issuer(url, tenant)
+    }
+
+    /// Logs a user in by password, once the client is checked: resolves the connection
+    /// (enabled for the client, a database connection), checks the credentials under
+    /// brute-force protection (Postern's own hash, else the custom database), and records
+    /// the login, creating or updating the user under the profile-sync rule. The caller
+    /// issues the tokens ([`AuthnApi::issue_tokens`]).
+    pub async fn password_login(&self, l: &PasswordLogin<'_>) -> Result<User, Status> {
+        l.validate()?;
+        let conn = self.cache.resolve(l.tenant, l.client_id, l.connection).await?;
+        let rules = DatabaseRules::of(&conn)?;
+        if l.password.is_empty() {
+            return Err(wrong_credentials());
+        }
+        let login = domain::login_key(l.username);
+        let (checked, admitted) =
+            self.check_credentials(l.tenant, &conn, &rules, &login, l.password, l.address).await?;
+        let store = &self.store;
+        let recorded = match checked {
+            Checked::Local { found, rehash } => {
+                let clear = admitted.as_ref().and_then(Admitted::clear);
+                match self.record_local_login(l, &conn, &found, rehash, clear).await {
+                    // Recorded, and the brute-force count cleared with it.
+                    Ok(user) => {
+                        if let Some(attempt) = admitted {
+                            store.recorded(attempt);
+                        }
+                        return Ok(user);
+                    }
+                    Err(s) => Err(s),
+                }
+            }
+            Checked::Source(source) => {
+                self.upsert_source_user(l.tenant, &conn, &rules, &source, l.password, l.address).await
+            }
+        };
+        // The password was right: the attempt counted in advance is not a failure.
+        if let Some(attempt) = admitted {
+            store.settle(attempt, Outcome::Success).await?;
+        }
+        recorded
+    }
+
+    /// Signs a user up, once the caller may act for the tenant: checks the client, resolves
+    /// the connection (enabled for the client, a database connection allowing signups),
+    /// checks the username and the password against the connection's rules, and creates the
+    /// user: in Postern's store with an Argon2id hash, or in the custom database (unless it
+    /// imports lazily, in which case a name it already has is taken).
+    pub async fn signup(&self, s: &SignupInput<'_>) -> Result<User, Status> {
+        s.validate()?;
+        self.client_exists(s.tenant, s.client_id).await?;
+        let conn = self.cache.resolve(s.tenant, s.client_id, s.connection).await?;
+        let rules = DatabaseRules::of(&conn)?;
+        if rules.disable_signup {
+            return Err(permission_denied(
+                "SIGNUP_DISABLED",
+                format!("connection {:?} does not allow signups (disable_signup is on)", conn.name),
+            ));
+        }
+        let mut v = Violations::new();
+        rules.check_username(&mut v, "username", s.username);
+        let info = PersonalInfo {
+            email: s.email,
+            username: s.username,
+            nickname: &domain::default_nickname(s.email),
+            ..PersonalInfo::default()
+        };
+        rules.policy.check(s.password, &info, "password", &mut v);
+        v.into_result()?;
+
+        let metadata = s.user_metadata.map(crate::json::from_struct).unwrap_or_default();
+        let profile = Profile {
+            email: s.email.to_owned(),
+            username: s.username.to_owned(),
+            nickname: domain::default_nickname(s.email),
+            ..Profile::default()
+        };
+        let taken = || {
+            already_exists(
+                "USER_ALREADY_EXISTS",
+                format!("connection {:?} already has a user with that email or username", conn.name),
+            )
+        };
+        let store = &self.store;
+        let user = match &rules.custom {
+            Some(custom) if !rules.import() => {
+                let target = Target::of(s.tenant, &conn, custom);
+                let source = self
+                    .customdb
+                    .create(&target, s.email, s.username, s.password, s.user_metadata.cloned())
+                    .await
+                    .map_err(custom_db_status)?;
+                let sync = sync_of(&conn);
+                let new = NewUser {
+                    user_id: format!("{DATABASE_STRATEGY}|{}", source.id),
+                    profile: with_default_nickname(source.profile.clone()),
+                    user_metadata: if source.user_metadata.is_empty() {
+                        metadata
+                    } else {
+                        source.user_metadata.clone()
+                    },
+                    app_metadata: source.app_metadata.clone(),
+                };
+                let identity = Identity {
+                    connection_id: conn.id.clone(),
+                    connection: conn.name.clone(),
+                    strategy: conn.strategy.clone(),
+                    source_id: source.id.clone(),
+                    is_social: false,
+                    login_email: domain::login_key(&source.profile.email),
+                    login_username: domain::login_key(&source.profile.username),
+                    profile_data: source.raw.clone(),
+                    profile_sync: sync,
+                    external: true,
+                    password_hash: None,
+                };
+                store.create_user(s.tenant, &new, &identity, None).await.map_err(|e| match e {
+                    StoreError::AlreadyExists => taken(),
+                    e => e.into(),
+                })?
+            }
+            custom => {
+                // With lazy import, a user still only in the customer's store is taken too.
+                if let Some(custom) = custom {
+                    let target = Target::of(s.tenant, &conn, custom);
+                    for name in [s.email, s.username] {
+                        if !name.is_empty()
+                            && self.customdb.get_user(&target, name).await.map_err(custom_db_status)?.is_some()
+                        {
+                            return Err(taken());
+                        }
+                    }
+                }
+                let hash = password::hash_async(s.password.to_owned()).await?;
+                let id = uuid_simple();
+                let new = NewUser {
+                    user_id: format!("{DATABASE_STRATEGY}|{id}"),
+                    profile,
+                    user_metadata: metadata,
+                    app_metadata: serde_json::Map::new(),
+                };
+                let identity = Identity {
+                    connection_id: conn.id.clone(),
+                    connection: conn.name.clone(),
+                    strategy: conn.strategy.clone(),
+                    source_id: id,
+                    is_social: false,
+                    login_email: domain::login_key(s.email),
+                    login_username: domain::login_key(s.username),
+                    profile_data: serde_json::Value::Object(serde_json::Map::new()),
+                    profile_sync: sync_of(&conn),
+                    external: false,
+                    password_hash: Some(hash),
+                };
+                store.create_user(s.tenant, &new, &identity, None).await.map_err(|e| match e {
+                    StoreError::AlreadyExists => taken(),
+                    e => e.into(),
+                })?
+            }
+        };
+        tracing::info!(tenant = %s.tenant, user_id = %user.user_id, connection = %conn.name, "user signed up");
+        Ok(user)
+    }
+
+    /// Signs the tokens of a successful login with the tenant's current key (making its
+    /// first key if it has none).
+    pub async fn issue_tokens(&self, t: &IssueTokens<'_>) -> Result<tokens::Issued, Status> {
+        let key = self.keys.current(t.tenant).await?;
+        let issuer = self.issuer(t.tenant);
+        tokens::issue(
+            &key,
+            &TokenRequest {
+                tenant: t.tenant,
+                master: &self.config.master_key,
+                issuer: &issuer,
+                client_id: t.client_id,
+                audience: Some(t.audience),
+                user_id: &t.user.user_id,
+                scope: t.scope,
+                profile: claims_of(t.user),
+                nonce: t.nonce,
+                now: SystemTime::now(),
+                lifetimes: self.keys.lifetimes(),
+            },
+        )
+        .map_err(|e| internal(&e))
+    }
+
+    /// Changes the password of a user's database identity (in `connection`, required when it
+    /// has several), checked against the connection's policy and password history: in
+    /// Postern's store, or in the custom database that keeps it.
+    pub(crate) async fn change_password(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        connection: &str,
+        new_password: &str,
+    ) -> Result<User, Status> {
+        let store = &self.store;
+        let user = store.get_user(tenant, user_id).await?.ok_or_else(|| user_not_found(tenant, user_id))?;
+        let databases: Vec<&Identity> = user
+            .identities
+            .iter()
+            .filter(|i| i.strategy == DATABASE_STRATEGY && (connection.is_empty() || i.connection == connection))
+            .collect();
+        let identity = match databases.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(failed_precondition(
+                    "NO_DATABASE_IDENTITY",
+                    "the user has no identity in a database connection (with that name); only database users have passwords",
+                ));
+            }
+            _ => return Err(invalid_field("connection", "is required: the user has several database identities")),
+        };
+        let conn = self.cache.resolve_any(tenant, &identity.connection_id).await?;
+        let rules = DatabaseRules::of(&conn)?;
+        let history = store.password_history(tenant, &identity.connection_id, &identity.source_id).await?;
+        let pr = &user.profile;
+        let info = PersonalInfo {
+            email: &pr.email,
+            username: &pr.username,
+            nickname: &pr.nickname,
+            name: &pr.name,
+            given_name: &pr.given_name,
+            family_name: &pr.family_name,
+            other: &[],
+        };
+        let mut v = Violations::new();
+        rules.policy.check_with_history(new_password, &info, &history, "new_password", &mut v).await?;
+        v.into_result()?;
+        if identity.password_hash.is_none() {
+            let custom = rules.custom.as_ref().ok_or_else(|| {
+                failed_precondition("NO_PASSWORD", "this identity's credentials are not kept by Postern")
+            })?;
+            let target = Target::of(tenant, &conn, custom);
+            self.customdb.change_password(&target, &pr.email, new_password).await.map_err(custom_db_status)?;
+            store.unblock(tenant, &user.user_id, MAX_CONSECUTIVE_FAILURES).await?;
+        } else {
+            let hash = password::hash_async(new_password.to_owned()).await?;
+            let keep = usize::try_from(rules.policy.history_size).unwrap_or(0).min(password::MAX_HISTORY_SIZE);
+            store
+                .set_password(tenant, &user.user_id, &identity.connection_id, &identity.source_id, &hash, keep)
+                .await?;
+        }
+        tracing::info!(tenant = %tenant, user_id = %user.user_id, "password changed");
+        store.get_user(tenant, user_id).await?.ok_or_else(|| user_not_found(tenant, user_id))
+    }
+
+    /// Deletes, from their custom databases, the users behind `user`'s identities that live
+    /// there (a connection that no longer exists is skipped).
+    pub(crate) async fn delete_external_identities(&self, tenant: &str, user: &User) -> Result<(), Status> {
+        for identity in user.identities.iter().filter(|i| i.external && i.strategy == DATABASE_STRATEGY) {
+            let conn = match self.cache.resolve_any(tenant, &identity.connection_id).await {
+                Ok(c) => c,
+                Err(s) if s.code() == Code::NotFound => continue,
+                Err(s) => return Err(s),
+            };
+            if let Ok(rules) = DatabaseRules::of(&conn)
+                && let Some(custom) = &rules.custom
+            {
+                let target = Target::of(tenant, &conn, custom);
+                self.customdb.delete(&target, &identity.source_id).await.map_err(custom_db_status)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the credentials, applying brute-force protection around the check. A failed
+    /// check is settled here; a successful one answers its brute-force key, which the caller
+    /// clears with the login's record ([`LoginUpdate::clear_failures`]) or, when the login
+    /// stops short of that, with [`crate::Store::settle`].
+    async fn check_credentials(
+        &self,
+        tenant: &str,
+        conn: &conn_pb::Connection,
+        rules: &DatabaseRules,
+        login: &str,
+        password: &str,
+        address: &str,
+    ) -> Result<(Checked, Option<Admitted>), Status> {
+        let store = &self.store;
+        let local = store.find_login_from(tenant, &conn.id, login, address).await?;
+        let (user_key, known) = match &local {
+            Some(found) => (found.user_id.clone(), found.stored),
+            None => (format!("login:{}:{login}", conn.id), None),
+        };
+        let attempt = if rules.brute_force {
+            match store.admit(tenant, &user_key, address, MAX_CONSECUTIVE_FAILURES, known).await? {
+                Some(attempt) => Some(attempt),
+                None => return Err(too_many_attempts()),
+            }
+        } else {
+            None
+        };
+        match self.check_inner(tenant, conn, rules, local, login, password).await {
+            Ok(checked) => Ok((checked, attempt)),
+            Err(s) => {
+                if let Some(attempt) = attempt {
+                    let outcome =
+                        if s.code() == Code::Unauthenticated { Outcome::WrongCredentials } else { Outcome::NotChecked };
+                    store.settle(attempt, outcome).await?;
+                }
+                Err(s)
+            }
+        }
+    }
+
+    async fn check_inner(
+        &self,
+        tenant: &str,
+        conn: &conn_pb::Connection,
+        rules: &DatabaseRules,
+        local: Option<LoginFound>,
+        login: &str,
+        password: &str,
+    ) -> Result<Checked, Status> {
+        match (local, &rules.custom) {
+            (Some(found), _) if found.identity.password_hash.is_some() => {
+                let hash = found.identity.password_hash.clone();
+                if password::verify_async(password.to_owned(), hash.clone()).await? {
+                    let rehash = hash.as_deref().is_some_and(password::needs_rehash);
+                    Ok(Checked::Local { found, rehash })
+                } else {
+                    Err(wrong_credentials())
+                }
+            }
+            (_, Some(custom)) => {
+                let target = Target::of(tenant, conn, custom);
+                match self.customdb.login(&target, login, password).await {
+                    Ok(source) => Ok(Checked::Source(source)),
+                    Err(e) => Err(custom_db_status(e)),
+                }
+            }
+            _ => {
+                // Unknown user: spend the time of a real check, then answer as for a wrong one.
+                password::verify_async(password.to_owned(), None).await?;
+                Err(wrong_credentials())
+            }
+        }
+    }
+
+    /// Creates or updates the user of a login whose profile came from a custom database.
+    async fn upsert_source_user(
+        &self,
+        tenant: &str,
+        conn: &conn_pb::Connection,
+        rules: &DatabaseRules,
+        source: &SourceUser,
+        password: &str,
+        ip: &str,
+    ) -> Result<User, Status> {
+        let store = &self.store;
+        let sync = sync_of(conn);
+        let import = rules.import();
+        let hash = if import { Some(password::hash_async(password.to_owned()).await?) } else { None };
+        if let Some((user_id, _)) = store.find_identity(tenant, &conn.id, &source.id).await? {
+            let profile = with_default_nickname(source.profile.clone());
+            let update = LoginUpdate {
+                ip,
+                profile: (sync == ProfileSync::OnEachLogin).then_some(&profile),
+                profile_data: Some(&source.raw),
+                profile_sync: sync,
+                external: !import,
+                password_hash: hash.as_deref(),
+                clear_failures: None,
+                identity_current: false,
+                identities: None,
+            };
+            return recorded(store.record_login(tenant, &user_id, &conn.id, &source.id, &update).await?);
+        }
+        let profile = match sync {
+            ProfileSync::NeverOnLogin => source.profile.identifying_only(),
+            _ => with_default_nickname(source.profile.clone()),
+        };
+        let new = NewUser {
+            user_id: format!("{DATABASE_STRATEGY}|{}", source.id),
+            profile,
+            user_metadata: source.user_metadata.clone(),
+            app_metadata: source.app_metadata.clone(),
+        };
+        let identity = Identity {
+            connection_id: conn.id.clone(),
+            connection: conn.name.clone(),
+            strategy: conn.strategy.clone(),
+            source_id: source.id.clone(),
+            is_social: false,
+            login_email: domain::login_key(&source.profile.email),
+            login_username: domain::login_key(&source.profile.username),
+            profile_data: source.raw.clone(),
+            profile_sync: sync,
+            external: !import,
+            password_hash: hash,
+        };
+        store.create_user(tenant, &new, &identity, Some(ip)).await.map_err(|e| match e {
+            StoreError::AlreadyExists => failed_precondition(
+                "USER_CONFLICT",
+                "the custom database answered a user whose email, username or id belongs to another user of \
+                 this tenant; its ids must be stable and unique",
+            ),
+            e => e.into(),
+        })
+    }
+
+    /// Records a login whose password Postern's own hash verified, clearing `clear` (the
+    /// brute-force count) in the same transaction; rehashes a hash of outdated parameters.
+    async fn record_local_login(
+        &self,
+        l: &PasswordLogin<'_>,
+        conn: &conn_pb::Connection,
+        found: &LoginFound,
+        rehash: bool,
+        clear: Option<(&str, &str)>,
+    ) -> Result<User, Status> {
+        let hash = if rehash { Some(password::hash_async(l.password.to_owned()).await?) } else { None };
+        let sync = sync_of(conn);
+        let update = LoginUpdate {
+            ip: l.address,
+            profile: None,
+            profile_data: None,
+            profile_sync: sync,
+            external: false,
+            password_hash: hash.as_deref(),
+            clear_failures: clear,
+            identity_current: found.identity.profile_sync == sync && !found.identity.external,
+            identities: Some(&found.identities),
+        };
+        let identity = &found.identity;
+        recorded(
+            self.store
+                .record_login(l.tenant, &found.user_id, &identity.connection_id, &identity.source_id, &update)
+                .await?,
+        )
+    }
+}

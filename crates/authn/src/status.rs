@@ -1,0 +1,128 @@
+//! The statuses the authenticator answers: every error a login, a user call or a key call
+//! can meet becomes a gRPC status here, with its `ErrorInfo` reason.
+
+use postern_common::error::{
+    already_exists, internal, invalid_field, not_found, permission_denied, status, unauthenticated,
+};
+use postern_common::validate::truncate;
+use tonic::{Code, Status};
+
+use crate::customdb::CustomDbError;
+use crate::keys::KeyError;
+use crate::password;
+use crate::store::StoreError;
+use crate::tokens;
+
+/// The one message of wrong credentials, whether the user exists or not.
+const WRONG_CREDENTIALS: &str = "wrong email, username or password";
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists => already_exists("ALREADY_EXISTS", "a user with that email or username exists"),
+            e => internal(&e),
+        }
+    }
+}
+
+impl From<KeyError> for Status {
+    fn from(e: KeyError) -> Self {
+        internal(&e)
+    }
+}
+
+impl From<password::Error> for Status {
+    fn from(e: password::Error) -> Self {
+        internal(&e)
+    }
+}
+
+/// Wrong credentials, the same whether the user exists or not.
+pub(crate) fn wrong_credentials() -> Status {
+    unauthenticated("INVALID_CREDENTIALS", WRONG_CREDENTIALS)
+}
+
+/// The tenant has no such user.
+pub(crate) fn user_not_found(tenant: &str, user_id: &str) -> Status {
+    not_found("USER_NOT_FOUND", format!("tenant {tenant:?} has no user {:?}", truncate(user_id, 128)))
+}
+
+/// The user is blocked by an administrator.
+pub(crate) fn blocked() -> Status {
+    permission_denied("USER_BLOCKED", "the user is blocked by an administrator")
+}
+
+/// The user is blocked from this address by brute-force protection.
+pub(crate) fn too_many_attempts() -> Status {
+    status(
+        Code::ResourceExhausted,
+        "TOO_MANY_ATTEMPTS",
+        "this user is blocked from this address after too many failed logins; an administrator can lift the block \
+         with UserService/UnblockUser, or the password can be changed",
+    )
+}
+
+/// What a custom database's answer means to the caller.
+pub(crate) fn custom_db_status(e: CustomDbError) -> Status {
+    match e {
+        CustomDbError::WrongCredentials => wrong_credentials(),
+        CustomDbError::NotFound => not_found("USER_NOT_FOUND", "the custom database has no such user"),
+        CustomDbError::AlreadyExists => {
+            already_exists("USER_ALREADY_EXISTS", "the connection already has a user with that email or username")
+        }
+        CustomDbError::Invalid(msg) => invalid_field("password", format!("refused by the custom database: {msg}")),
+        CustomDbError::Unavailable(_) => status(
+            Code::Unavailable,
+            "CUSTOM_DATABASE_UNAVAILABLE",
+            "the connection's custom database is unavailable; retry later",
+        ),
+    }
+}
+
+/// The tenant service refused a client check, or could not answer it.
+pub(crate) fn client_refusal(tenant: &str, client_id: &str, s: &Status) -> Status {
+    match s.code() {
+        Code::NotFound => {
+            not_found("CLIENT_NOT_FOUND", format!("tenant {tenant:?} has no client {:?}", truncate(client_id, 64)))
+        }
+        Code::Unauthenticated => unauthenticated(
+            "CLIENT_SECRET_INVALID",
+            "the client secret is wrong or missing; a confidential client must present its secret",
+        ),
+        Code::InvalidArgument => invalid_field("client_id", "is not a valid client id"),
+        _ => tenant_service_unavailable(s),
+    }
+}
+
+/// The tenant service could not answer.
+pub(crate) fn tenant_service_unavailable(s: &Status) -> Status {
+    tracing::warn!(code = ?s.code(), message = s.message(), "tenant service call failed");
+    Status::unavailable("the tenant service is unavailable; retry shortly")
+}
+
+/// An access token the userinfo endpoint refuses.
+pub(crate) fn invalid_access_token(message: impl Into<String>) -> Status {
+    unauthenticated("INVALID_ACCESS_TOKEN", message)
+}
+
+/// Why a JWT access token was refused at `tenant`'s userinfo endpoint (`audience`).
+pub(crate) fn jwt_refusal(tenant: &str, audience: &str, e: &tokens::Error) -> Status {
+    use jsonwebtoken::errors::ErrorKind;
+    let message = match e {
+        tokens::Error::UnknownKey => {
+            format!("the access token was not signed by a key of tenant {tenant:?} (another tenant's, or no token)")
+        }
+        tokens::Error::InvalidToken(e) => match e.kind() {
+            ErrorKind::ExpiredSignature => "the access token has expired; log in again".to_owned(),
+            ErrorKind::InvalidIssuer => format!("the access token was not issued by tenant {tenant:?}"),
+            ErrorKind::InvalidAudience => format!(
+                "the token is not an access token for this endpoint: its `aud` does not include {audience:?} (an ID \
+                 token is not an access token)"
+            ),
+            ErrorKind::InvalidSignature => "the access token's signature does not verify".to_owned(),
+            _ => "the access token is malformed: neither an opaque access token nor a valid JWT".to_owned(),
+        },
+        _ => "the access token is malformed: neither an opaque access token nor a valid JWT".to_owned(),
+    };
+    invalid_access_token(message)
+}
