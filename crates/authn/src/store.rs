@@ -1,6 +1,7 @@
 //! The authenticator's storage: users, identities, password hashes and their history,
 //! brute-force counters and signing keys, on SQLite or PostgreSQL through
-//! [`postern_common::db::Db`].
+//! [`postern_common::db::Db`]; the OpenID provider's transactions, codes, sessions and
+//! refresh tokens in [`oauth`].
 
 use postern_common::db::{Backend, Db, DbError, DbLocation, Migrations, is_unique_violation};
 use serde_json::{Map, Value};
@@ -12,6 +13,8 @@ use std::sync::Arc;
 use crate::attempts::{Attempt, InFlight, Key};
 use crate::bruteforce::Outcome;
 use crate::domain::{Identity, Profile, ProfileSync, User, UserPatch};
+
+pub mod oauth;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -508,6 +511,9 @@ impl Store {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        for sql in oauth::DELETE_USER_GRANTS {
+            sqlx::query(sql).bind(tenant).bind(user_id).execute(&mut *tx).await?;
+        }
         let done = sqlx::query("DELETE FROM users WHERE tenant = $1 AND user_id = $2")
             .bind(tenant)
             .bind(user_id)
@@ -544,7 +550,7 @@ impl Store {
             .rows_affected();
         let mut users = 0;
         for user_id in &affected {
-            users += sqlx::query(
+            let gone = sqlx::query(
                 "DELETE FROM users WHERE tenant = $1 AND user_id = $2 AND NOT EXISTS \
                  (SELECT 1 FROM identities i WHERE i.tenant = $1 AND i.user_id = $2)",
             )
@@ -553,6 +559,12 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            if gone > 0 {
+                for sql in oauth::DELETE_USER_GRANTS {
+                    sqlx::query(sql).bind(tenant).bind(user_id).execute(&mut *tx).await?;
+                }
+            }
+            users += gone;
             sqlx::query(
                 "DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND NOT EXISTS \
                          (SELECT 1 FROM users u WHERE u.tenant = $1 AND u.user_id = $2)",
@@ -631,7 +643,7 @@ impl Store {
                 "DELETE FROM signing_keys WHERE tenant = $1 AND create_time <= $2",
                 "DELETE FROM login_failures WHERE tenant = $1 AND $2 = $2",
             ];
-            for sql in statements {
+            for sql in statements.into_iter().chain(oauth::DELETE_TENANT_GRANTS) {
                 sqlx::query(sql).bind(tenant).bind(before).execute(&mut *tx).await?;
             }
         }

@@ -1,6 +1,7 @@
 //! Following the tenant service's event log (`WatchTenantEvents`, internal), so that a
 //! deleted tenant leaves nothing behind in the authenticator: users, identities, password
-//! history, brute-force counters and signing keys go with it. A tenant created later under
+//! history, brute-force counters, signing keys, SSO sessions, codes and refresh tokens go
+//! with it (and a deleted client's codes and refresh tokens). A tenant created later under
 //! the same name starts empty and cannot inherit the old tenant's keys (which would make the
 //! old tenant's tokens verify for the new one). The same log retires the client checks the
 //! authenticator remembers ([`clients`](crate::clients)) when a client changes or goes.
@@ -62,8 +63,12 @@ async fn follow_once(
         let event = item.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
         let Some(ring) = keys.upgrade() else { return Ok(()) };
         match pb::TenantEventType::try_from(event.event_type) {
-            Ok(pb::TenantEventType::ClientChanged | pb::TenantEventType::ClientDeleted) => {
+            Ok(pb::TenantEventType::ClientChanged) => clients.forget_client(&event.tenant, &event.client_id),
+            Ok(pb::TenantEventType::ClientDeleted) => {
                 clients.forget_client(&event.tenant, &event.client_id);
+                // A deleted client's codes and refresh tokens stop working (idempotent, so
+                // applying it again after a restart is harmless).
+                store.delete_client_grants(&event.tenant, &event.client_id).await.map_err(|e| e.to_string())?;
             }
             Ok(pb::TenantEventType::TenantDeleted) => clients.forget_tenant(&event.tenant),
             _ => {}

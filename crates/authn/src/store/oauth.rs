@@ -1,0 +1,568 @@
+//! The OpenID provider's storage: login transactions, authorization codes, SSO sessions and
+//! refresh tokens. Each bearer secret is stored as the hex SHA-256 of its value
+//! ([`secret_digest`]), so the tables hold nothing a reader could present. Every time is
+//! given by the caller (unix microseconds from its [`Clock`](postern_common::time::Clock)),
+//! so that expiry is tested without sleeping.
+//!
+//! Single use is one conditional `UPDATE … WHERE used_time IS NULL` (or a `DELETE`), which
+//! both backends apply atomically: of two concurrent redemptions of a code or a refresh
+//! token, exactly one wins, and the other is then a replay.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError};
+
+/// The stored form of a bearer secret: the hex SHA-256 of its value.
+pub fn secret_digest(secret: &str) -> String {
+    hex_lower(&postern_common::ids::secret_hash(secret))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A login transaction to store.
+#[derive(Debug, Clone)]
+pub struct NewTransaction<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The digest of the transaction id.
+    pub id_hash: &'a str,
+    /// The digest of its CSRF token.
+    pub csrf_hash: &'a str,
+    /// The client of the authorization request.
+    pub client_id: &'a str,
+    /// The validated authorization request, as JSON.
+    pub request: &'a str,
+    /// Now.
+    pub now: i64,
+    /// When it expires.
+    pub expire_time: i64,
+}
+
+/// A stored login transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTransaction {
+    /// The digest of its CSRF token.
+    pub csrf_hash: String,
+    /// The client of the authorization request.
+    pub client_id: String,
+    /// The authorization request, as JSON.
+    pub request: String,
+}
+
+/// What an authorization code grants, as stored with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeGrant {
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The redirect URI of the authorization request, to match at the exchange.
+    pub redirect_uri: String,
+    /// The user.
+    pub user_id: String,
+    /// The granted scopes.
+    pub scope: String,
+    /// The API of the access token; empty for none.
+    pub audience: String,
+    /// The nonce to put in the ID token; empty for none.
+    pub nonce: String,
+    /// The PKCE challenge (S256); empty for none.
+    pub code_challenge: String,
+    /// The digest of the SSO session it came from.
+    pub session_hash: String,
+    /// When the user authenticated (unix microseconds).
+    pub auth_time: i64,
+}
+
+/// The outcome of redeeming a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// First use within its lifetime: what it grants.
+    Granted(CodeGrant),
+    /// Used before: the refresh tokens of its exchange (if any) were revoked.
+    Replayed,
+    /// No such code, or expired.
+    Unknown,
+}
+
+/// A browser's SSO session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The user.
+    pub user_id: String,
+    /// When the user authenticated (unix microseconds).
+    pub auth_time: i64,
+    /// When the session ends at the latest (unix microseconds).
+    pub absolute_expire: i64,
+}
+
+/// What a refresh token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshGrant {
+    /// Its family: every token rotated from the same code exchange.
+    pub family_id: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The user.
+    pub user_id: String,
+    /// The granted scopes.
+    pub scope: String,
+    /// The API of the access tokens; empty for none.
+    pub audience: String,
+    /// The nonce of the original authorization.
+    pub nonce: String,
+    /// When the user authenticated (unix microseconds).
+    pub auth_time: i64,
+    /// The digest of the SSO session of the original login.
+    pub session_hash: String,
+    /// When the family ends, whatever its use (unix microseconds).
+    pub family_expire: i64,
+}
+
+/// The outcome of rotating a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotated {
+    /// The token was current: the new token replaces it, with this grant.
+    Rotated(RefreshGrant),
+    /// The token was rotated before: its whole family is revoked.
+    Reused,
+    /// No such token (never issued, revoked, or expired).
+    Unknown,
+}
+
+fn code_grant(r: &AnyRow) -> Result<CodeGrant, sqlx::Error> {
+    Ok(CodeGrant {
+        client_id: r.try_get("client_id")?,
+        redirect_uri: r.try_get("redirect_uri")?,
+        user_id: r.try_get("user_id")?,
+        scope: r.try_get("scope")?,
+        audience: r.try_get("audience")?,
+        nonce: r.try_get("nonce")?,
+        code_challenge: r.try_get("code_challenge")?,
+        session_hash: r.try_get("session_hash")?,
+        auth_time: r.try_get("auth_time")?,
+    })
+}
+
+fn refresh_grant(r: &AnyRow) -> Result<RefreshGrant, sqlx::Error> {
+    Ok(RefreshGrant {
+        family_id: r.try_get("family_id")?,
+        client_id: r.try_get("client_id")?,
+        user_id: r.try_get("user_id")?,
+        scope: r.try_get("scope")?,
+        audience: r.try_get("audience")?,
+        nonce: r.try_get("nonce")?,
+        auth_time: r.try_get("auth_time")?,
+        session_hash: r.try_get("session_hash")?,
+        family_expire: r.try_get("family_expire")?,
+    })
+}
+
+/// The statements that forget a user's OpenID state (`$1` tenant, `$2` user id).
+pub(super) const DELETE_USER_GRANTS: [&str; 3] = [
+    "DELETE FROM authorization_codes WHERE tenant = $1 AND user_id = $2",
+    "DELETE FROM refresh_tokens WHERE tenant = $1 AND user_id = $2",
+    "DELETE FROM sso_sessions WHERE tenant = $1 AND user_id = $2",
+];
+
+/// The statements that forget a deleted tenant's OpenID state made before its deletion
+/// (`$1` tenant, `$2` the deletion's time).
+pub(super) const DELETE_TENANT_GRANTS: [&str; 4] = [
+    "DELETE FROM login_transactions WHERE tenant = $1 AND create_time <= $2",
+    "DELETE FROM authorization_codes WHERE tenant = $1 AND create_time <= $2",
+    "DELETE FROM refresh_tokens WHERE tenant = $1 AND create_time <= $2",
+    "DELETE FROM sso_sessions WHERE tenant = $1 AND auth_time <= $2",
+];
+
+impl Store {
+    // ---- login transactions ----
+
+    /// Stores a login transaction.
+    pub async fn create_transaction(&self, t: &NewTransaction<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO login_transactions (tenant, id_hash, csrf_hash, client_id, request, create_time, \
+             expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(t.tenant)
+        .bind(t.id_hash)
+        .bind(t.csrf_hash)
+        .bind(t.client_id)
+        .bind(t.request)
+        .bind(t.now)
+        .bind(t.expire_time)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// A live (unexpired, unused) login transaction.
+    pub async fn transaction(
+        &self,
+        tenant: &str,
+        id_hash: &str,
+        now: i64,
+    ) -> Result<Option<StoredTransaction>, StoreError> {
+        let row = sqlx::query(
+            "SELECT csrf_hash, client_id, request FROM login_transactions \
+             WHERE tenant = $1 AND id_hash = $2 AND expire_time > $3",
+        )
+        .bind(tenant)
+        .bind(id_hash)
+        .bind(now)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|r| {
+            Ok(StoredTransaction {
+                csrf_hash: r.try_get("csrf_hash")?,
+                client_id: r.try_get("client_id")?,
+                request: r.try_get("request")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Uses up a login transaction: whether it was live (and is now gone). Of two
+    /// concurrent uses, one answers `true`.
+    pub async fn take_transaction(&self, tenant: &str, id_hash: &str, now: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM login_transactions WHERE tenant = $1 AND id_hash = $2 AND expire_time > $3")
+                .bind(tenant)
+                .bind(id_hash)
+                .bind(now)
+                .execute(self.db.writer())
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- authorization codes ----
+
+    /// Stores an authorization code (by digest) granting `grant` until `expire_time`.
+    pub async fn create_code(
+        &self,
+        tenant: &str,
+        code_hash: &str,
+        grant: &CodeGrant,
+        now: i64,
+        expire_time: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO authorization_codes (tenant, code_hash, client_id, redirect_uri, user_id, scope, audience, \
+             nonce, code_challenge, session_hash, auth_time, create_time, expire_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(tenant)
+        .bind(code_hash)
+        .bind(&grant.client_id)
+        .bind(&grant.redirect_uri)
+        .bind(&grant.user_id)
+        .bind(&grant.scope)
+        .bind(&grant.audience)
+        .bind(&grant.nonce)
+        .bind(&grant.code_challenge)
+        .bind(&grant.session_hash)
+        .bind(grant.auth_time)
+        .bind(now)
+        .bind(expire_time)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Redeems a code once: the first redemption within its lifetime gets its grant and
+    /// records `family_id` (the refresh tokens the exchange will issue); any later one
+    /// revokes that family and answers [`Redeemed::Replayed`].
+    pub async fn redeem_code(
+        &self,
+        tenant: &str,
+        code_hash: &str,
+        family_id: &str,
+        now: i64,
+    ) -> Result<Redeemed, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let used = sqlx::query(
+            "UPDATE authorization_codes SET used_time = $3, family_id = $4 \
+             WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3",
+        )
+        .bind(tenant)
+        .bind(code_hash)
+        .bind(now)
+        .bind(family_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let row = sqlx::query(
+            "SELECT client_id, redirect_uri, user_id, scope, audience, nonce, code_challenge, session_hash, \
+             auth_time, family_id FROM authorization_codes WHERE tenant = $1 AND code_hash = $2",
+        )
+        .bind(tenant)
+        .bind(code_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match (used, row) {
+            (1, Some(r)) => Redeemed::Granted(code_grant(&r)?),
+            (_, Some(r)) => {
+                let family: Option<String> = r.try_get("family_id")?;
+                match family {
+                    Some(family) => {
+                        sqlx::query("DELETE FROM refresh_tokens WHERE tenant = $1 AND family_id = $2")
+                            .bind(tenant)
+                            .bind(&family)
+                            .execute(&mut *tx)
+                            .await?;
+                        Redeemed::Replayed
+                    }
+                    // Never used, so expired.
+                    None => Redeemed::Unknown,
+                }
+            }
+            _ => Redeemed::Unknown,
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    // ---- SSO sessions ----
+
+    /// Starts an SSO session for `user_id`, authenticated at `auth_time` (= now).
+    pub async fn create_session(
+        &self,
+        tenant: &str,
+        id_hash: &str,
+        user_id: &str,
+        now: i64,
+        idle_expire: i64,
+        absolute_expire: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sso_sessions (tenant, id_hash, user_id, auth_time, last_seen, idle_expire, absolute_expire) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6)",
+        )
+        .bind(tenant)
+        .bind(id_hash)
+        .bind(user_id)
+        .bind(now)
+        .bind(idle_expire.min(absolute_expire))
+        .bind(absolute_expire)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// A live session, its idle expiry moved to `now + idle` (never past its absolute
+    /// expiry). `None` when unknown, ended, idle too long or past its absolute lifetime.
+    pub async fn touch_session(
+        &self,
+        tenant: &str,
+        id_hash: &str,
+        now: i64,
+        idle: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let live = sqlx::query(
+            "UPDATE sso_sessions SET last_seen = $3, idle_expire = CASE WHEN absolute_expire < $3 + $4 \
+             THEN absolute_expire ELSE $3 + $4 END \
+             WHERE tenant = $1 AND id_hash = $2 AND idle_expire > $3 AND absolute_expire > $3",
+        )
+        .bind(tenant)
+        .bind(id_hash)
+        .bind(now)
+        .bind(idle)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let session = if live == 1 {
+            let r = sqlx::query(
+                "SELECT user_id, auth_time, absolute_expire FROM sso_sessions WHERE tenant = $1 AND id_hash = $2",
+            )
+            .bind(tenant)
+            .bind(id_hash)
+            .fetch_one(&mut *tx)
+            .await?;
+            Some(Session {
+                user_id: r.try_get("user_id")?,
+                auth_time: r.try_get("auth_time")?,
+                absolute_expire: r.try_get("absolute_expire")?,
+            })
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(session)
+    }
+
+    /// Ends a session; whether it existed.
+    pub async fn end_session(&self, tenant: &str, id_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM sso_sessions WHERE tenant = $1 AND id_hash = $2")
+            .bind(tenant)
+            .bind(id_hash)
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- refresh tokens ----
+
+    /// Stores a refresh token (by digest) of `grant`'s family, valid until `expire_time`.
+    pub async fn create_refresh_token(
+        &self,
+        tenant: &str,
+        token_hash: &str,
+        grant: &RefreshGrant,
+        now: i64,
+        expire_time: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (tenant, token_hash, family_id, client_id, user_id, scope, audience, nonce, \
+             auth_time, session_hash, create_time, expire_time, family_expire) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(tenant)
+        .bind(token_hash)
+        .bind(&grant.family_id)
+        .bind(&grant.client_id)
+        .bind(&grant.user_id)
+        .bind(&grant.scope)
+        .bind(&grant.audience)
+        .bind(&grant.nonce)
+        .bind(grant.auth_time)
+        .bind(&grant.session_hash)
+        .bind(now)
+        .bind(expire_time.min(grant.family_expire))
+        .bind(grant.family_expire)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Rotates a refresh token: marks `old_hash` used and stores `new_hash` in its family,
+    /// valid for `idle` more (never past the family's end), in one transaction. A token used
+    /// before revokes its whole family.
+    pub async fn rotate_refresh_token(
+        &self,
+        tenant: &str,
+        old_hash: &str,
+        new_hash: &str,
+        now: i64,
+        idle: i64,
+    ) -> Result<Rotated, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let used = sqlx::query(
+            "UPDATE refresh_tokens SET used_time = $3 \
+             WHERE tenant = $1 AND token_hash = $2 AND used_time IS NULL AND expire_time > $3",
+        )
+        .bind(tenant)
+        .bind(old_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let row = sqlx::query(
+            "SELECT family_id, client_id, user_id, scope, audience, nonce, auth_time, session_hash, family_expire, \
+             used_time FROM refresh_tokens WHERE tenant = $1 AND token_hash = $2",
+        )
+        .bind(tenant)
+        .bind(old_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match (used, row) {
+            (1, Some(r)) => {
+                let grant = refresh_grant(&r)?;
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (tenant, token_hash, family_id, client_id, user_id, scope, audience, \
+                     nonce, auth_time, session_hash, create_time, expire_time, family_expire) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(tenant)
+                .bind(new_hash)
+                .bind(&grant.family_id)
+                .bind(&grant.client_id)
+                .bind(&grant.user_id)
+                .bind(&grant.scope)
+                .bind(&grant.audience)
+                .bind(&grant.nonce)
+                .bind(grant.auth_time)
+                .bind(&grant.session_hash)
+                .bind(now)
+                .bind(now.saturating_add(idle).min(grant.family_expire))
+                .bind(grant.family_expire)
+                .execute(&mut *tx)
+                .await?;
+                Rotated::Rotated(grant)
+            }
+            (_, Some(r)) => {
+                let used_time: Option<i64> = r.try_get("used_time")?;
+                if used_time.is_some() {
+                    let family: String = r.try_get("family_id")?;
+                    sqlx::query("DELETE FROM refresh_tokens WHERE tenant = $1 AND family_id = $2")
+                        .bind(tenant)
+                        .bind(&family)
+                        .execute(&mut *tx)
+                        .await?;
+                    Rotated::Reused
+                } else {
+                    Rotated::Unknown
+                }
+            }
+            _ => Rotated::Unknown,
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Revokes the family of a refresh token issued to `client_id`; whether one was revoked.
+    /// Another client's token is left alone.
+    pub async fn revoke_refresh_token(
+        &self,
+        tenant: &str,
+        token_hash: &str,
+        client_id: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM refresh_tokens WHERE tenant = $1 AND family_id IN (SELECT family_id FROM refresh_tokens \
+             WHERE tenant = $1 AND token_hash = $2 AND client_id = $3)",
+        )
+        .bind(tenant)
+        .bind(token_hash)
+        .bind(client_id)
+        .execute(self.db.writer())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Forgets the codes and refresh tokens of a deleted client; how many rows went.
+    pub async fn delete_client_grants(&self, tenant: &str, client_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM refresh_tokens WHERE tenant = $1 AND client_id = $2",
+            "DELETE FROM authorization_codes WHERE tenant = $1 AND client_id = $2",
+            "DELETE FROM login_transactions WHERE tenant = $1 AND client_id = $2",
+        ] {
+            n += sqlx::query(sql).bind(tenant).bind(client_id).execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Deletes what has expired by `now` (transactions, codes, sessions, refresh tokens);
+    /// how many rows went. Used codes are kept until they expire, to detect replays.
+    pub async fn prune_oauth(&self, now: i64) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM login_transactions WHERE expire_time <= $1",
+            "DELETE FROM authorization_codes WHERE expire_time <= $1",
+            "DELETE FROM sso_sessions WHERE idle_expire <= $1 OR absolute_expire <= $1",
+            "DELETE FROM refresh_tokens WHERE family_expire <= $1 OR (used_time IS NULL AND expire_time <= $1)",
+        ] {
+            n += sqlx::query(sql).bind(now).execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+}
