@@ -394,22 +394,38 @@ async fn brute_force_block_and_unblock() {
     suite.stop().await.expect("stop");
 }
 
+/// The example custom database serving on a free port; stopped by [`CustomDb::stop`], or
+/// when dropped.
+struct CustomDb {
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl CustomDb {
+    /// Stops the server and waits until it has closed its listener and connections.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.served)
+            .await
+            .expect("the custom database stops within 20 s")
+            .expect("the server task")
+            .expect("the server");
+    }
+}
+
 /// Runs the example custom database on a free port over a fresh SQLite file.
-async fn custom_db() -> (postern_custom_db_example::Store, String, tokio::sync::oneshot::Sender<()>, tempfile::TempDir)
-{
+async fn custom_db() -> (postern_custom_db_example::Store, String, CustomDb, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let store = postern_custom_db_example::Store::open(&dir.path().join("users.db")).await.expect("store");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let serving = store.clone();
-    tokio::spawn(async move {
-        let _ = postern_custom_db_example::serve(listener, serving, Some("s3cret-token".into()), async {
+    let served =
+        tokio::spawn(postern_custom_db_example::serve(listener, serving, Some("s3cret-token".into()), async {
             let _ = rx.await;
-        })
-        .await;
-    });
-    (store, url, tx, dir)
+        }));
+    (store, url, CustomDb { stop: tx, served }, dir)
 }
 
 fn custom_options(endpoint: &str, import: conn::ImportMode) -> conn::DatabaseOptions {
@@ -480,9 +496,29 @@ async fn custom_database_with_and_without_import() {
     admin.authn.signup(signup(tenant, &client_id, "remote", "new@example.com", "fresh-pass")).await.expect("signup");
     assert_eq!(store.count().await.expect("count"), 3);
     admin.authn.login(remote.login("new@example.com", "fresh-pass", "")).await.expect("login new");
-    // The store's own refusal reaches the caller as a field violation.
-    let err = admin.authn.signup(signup(tenant, &client_id, "remote", "short@example.com", "abcdef")).await;
-    assert!(err.is_ok() || err.as_ref().is_err_and(|e| e.code() == Code::InvalidArgument));
+    // The store's own refusal reaches the caller as a field violation: a connection whose
+    // policy allows any password hands the store one it refuses (it wants 4 characters).
+    database(
+        &mut admin,
+        tenant,
+        "lenient",
+        conn::DatabaseOptions {
+            password_policy: conn::PasswordPolicy::None as i32,
+            ..custom_options(&url, conn::ImportMode::Never)
+        },
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    let err = admin
+        .authn
+        .signup(signup(tenant, &client_id, "lenient", "short@example.com", "abc"))
+        .await
+        .expect_err("the store refuses a 3-character password");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(violated_fields(&err), ["password"], "{err:?}");
+    assert!(err.message().contains("at least 4 characters"), "the store's reason: {}", err.message());
+    assert_eq!(store.count().await.expect("count"), 3, "nothing was created");
 
     // A password change of a custom database user goes to the customer's store.
     admin
@@ -529,13 +565,17 @@ async fn custom_database_with_and_without_import() {
         .await
         .expect("change with the connection enabled for no client");
     toggle(true).await.expect("enable");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    admin.authn.login(remote.login("plain@example.com", "changed-again", "")).await.expect("newest password");
+    // Enabling reaches the login path through the registry's change stream.
+    eventually("the connection enabled again logs in", || {
+        let mut authn = admin.authn.clone();
+        let login = remote.login("plain@example.com", "changed-again", "");
+        async move { authn.login(login).await.is_ok() }
+    })
+    .await;
 
     admin.authn.login(importing.login("moving@example.com", "legacy-pass", "")).await.expect("first login imports");
     // The customer's store goes away: imported users still log in, the others cannot.
-    let _ = stop_db.send(());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_db.stop().await;
     admin.authn.login(importing.login("moving@example.com", "legacy-pass", "")).await.expect("local after import");
     let err = admin.authn.login(importing.login("moving@example.com", "bad", "")).await.expect_err("wrong");
     assert_eq!(err.code(), Code::Unauthenticated);

@@ -4,12 +4,10 @@
 //! change in the registry or to the client reaches the authenticator at once. One test, alone
 //! in its binary, because the metrics recorder is one per process.
 
-use std::time::Duration;
-
 use postern_proto::authn::v1 as authn;
 use postern_proto::connections::v1 as conn;
 use postern_proto::tenant::v1 as tpb;
-use postern_testkit::{Suite, http_get};
+use postern_testkit::{Suite, eventually, http_get};
 use tonic::Code;
 
 async fn counter(suite: &Suite, name: &str) -> u64 {
@@ -30,15 +28,30 @@ async fn client_checks(suite: &Suite) -> u64 {
     counter(suite, "postern_authn_client_checks_total").await
 }
 
-/// The code of the first refusal of `login` within about a second, if any.
-async fn refused_soon(admin: &mut postern_testkit::Clients, login: &authn::LoginRequest) -> Option<Code> {
-    for _ in 0..20 {
-        match admin.authn.login(login.clone()).await {
-            Err(e) => return Some(e.code()),
-            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+/// The code of the first refusal of `login`: a change that reaches the authenticator through
+/// the registry's change stream or the tenant event log refuses the login once it arrived.
+/// Fails the test if no refusal comes within 20 s.
+async fn refused(admin: &postern_testkit::Clients, login: &authn::LoginRequest) -> Code {
+    let code = std::sync::Arc::new(std::sync::Mutex::new(None));
+    eventually("a refusal", || {
+        let (mut authn, login, code) = (admin.authn.clone(), login.clone(), code.clone());
+        async move {
+            let Err(e) = authn.login(login).await else { return false };
+            *code.lock().expect("lock") = Some(e.code());
+            true
         }
-    }
-    None
+    })
+    .await;
+    code.lock().expect("lock").take().expect("a code")
+}
+
+/// Waits until `login` succeeds (a change that allows it has reached the authenticator).
+async fn accepted(admin: &postern_testkit::Clients, login: &authn::LoginRequest, what: &str) {
+    eventually(what, || {
+        let (mut authn, login) = (admin.authn.clone(), login.clone());
+        async move { authn.login(login).await.is_ok() }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -89,11 +102,18 @@ async fn a_warm_login_asks_the_registry_and_the_tenant_service_nothing() {
         password: "pw".into(),
         ..Default::default()
     };
-    // Warm the cache (the change stream may still be connecting on the very first call).
-    for _ in 0..3 {
-        admin.authn.login(login.clone()).await.expect("login");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Warm the cache: the change stream may still be connecting on the first calls, and the
+    // cache answers only once it is up. Warm is when a login asks the registry nothing.
+    eventually("a login answered from the cache", || {
+        let (mut authn, login, suite) = (admin.authn.clone(), login.clone(), &suite);
+        async move {
+            authn.login(login.clone()).await.expect("login");
+            let before = resolutions(suite).await;
+            authn.login(login).await.expect("login");
+            resolutions(suite).await == before
+        }
+    })
+    .await;
     let before = resolutions(&suite).await;
     let checks = client_checks(&suite).await;
     assert!(before >= 1, "the cold login asked the registry");
@@ -120,10 +140,9 @@ async fn a_warm_login_asks_the_registry_and_the_tenant_service_nothing() {
         })
         .await
         .expect("disable");
-    assert_eq!(refused_soon(&mut admin, &login).await, Some(Code::PermissionDenied), "refused within a second");
+    assert_eq!(refused(&admin, &login).await, Code::PermissionDenied, "refused once the change arrives");
     admin.connections.enable_client(enable).await.expect("enable again");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    admin.authn.login(login.clone()).await.expect("login after enabling again");
+    accepted(&admin, &login, "a login after enabling again").await;
 
     // A rotated secret stops working at once; the new one works.
     let rotated = admin
@@ -135,7 +154,7 @@ async fn a_warm_login_asks_the_registry_and_the_tenant_service_nothing() {
         .await
         .expect("rotate")
         .into_inner();
-    assert_eq!(refused_soon(&mut admin, &login).await, Some(Code::Unauthenticated), "the old secret is refused");
+    assert_eq!(refused(&admin, &login).await, Code::Unauthenticated, "the old secret is refused");
     let login = authn::LoginRequest { client_secret: rotated.client.expect("the client").client_secret, ..login };
     admin.authn.login(login.clone()).await.expect("the new secret");
 
@@ -151,18 +170,10 @@ async fn a_warm_login_asks_the_registry_and_the_tenant_service_nothing() {
     };
     admin.clients.update_client(set_type(tpb::AppType::Spa)).await.expect("public");
     let public = authn::LoginRequest { client_secret: String::new(), ..login.clone() };
-    let mut passed = false;
-    for _ in 0..20 {
-        if admin.authn.login(public.clone()).await.is_ok() {
-            passed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(passed, "a public client logs in without a secret");
+    accepted(&admin, &public, "a public client logging in without a secret").await;
     admin.authn.login(public.clone()).await.expect("remembered");
     admin.clients.update_client(set_type(tpb::AppType::RegularWeb)).await.expect("confidential");
-    assert_eq!(refused_soon(&mut admin, &public).await, Some(Code::Unauthenticated), "the secret is required again");
+    assert_eq!(refused(&admin, &public).await, Code::Unauthenticated, "the secret is required again");
 
     // A deleted client is refused at once.
     admin.authn.login(login.clone()).await.expect("login");
@@ -171,6 +182,6 @@ async fn a_warm_login_asks_the_registry_and_the_tenant_service_nothing() {
         .delete_client(tpb::DeleteClientRequest { tenant: tenant.into(), client_id: client.client_id.clone() })
         .await
         .expect("delete");
-    assert!(refused_soon(&mut admin, &login).await.is_some(), "a deleted client is refused");
+    refused(&admin, &login).await;
     suite.stop().await.expect("stop");
 }

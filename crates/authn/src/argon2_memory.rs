@@ -10,9 +10,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::Block;
+// Tokio's clock, which tests can pause and move (outside tests it is the system's).
+use tokio::time::Instant;
 
 /// How long unused areas are kept.
 pub const IDLE: Duration = Duration::from_secs(30);
@@ -148,7 +150,8 @@ mod tests {
         assert_eq!(areas.count(), 2);
     }
 
-    #[tokio::test]
+    /// On tokio's paused clock: each sleep moves time exactly, with no real waiting.
+    #[tokio::test(start_paused = true)]
     async fn idle_areas_are_freed() {
         static SHORT: Areas = Areas::new(Duration::from_millis(100));
         SHORT.with_area(8, 8, 2, |_| ());
@@ -159,11 +162,13 @@ mod tests {
         SHORT.with_area(8, 8, 2, |_| ());
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(SHORT.count(), 1, "used again within the idle time: kept");
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(71)).await;
         assert_eq!(SHORT.count(), 0, "freed after the idle time");
         SHORT.with_area(8, 8, 2, |_| ());
         SHORT.free_when_idle();
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(99)).await;
+        assert_eq!(SHORT.count(), 1, "kept until the idle time is up");
+        tokio::time::sleep(Duration::from_millis(2)).await;
         assert_eq!(SHORT.count(), 0, "a later reaper frees again");
     }
 }

@@ -10,11 +10,29 @@ pub fn required() -> bool {
 
 /// Reports a missing peer: panics when peers are required, otherwise prints why the test
 /// skips. Returns so that the caller can `return` from the test.
+///
+/// The line goes to the process's standard error through `std::io::stderr()` itself, not
+/// `eprintln!`: libtest captures only the print macros, and shows what it captured only for
+/// a failing test, so a skip announced with `eprintln!` would never be seen in `cargo test`.
 pub fn missing(test: &str, why: &str) {
     if required() {
         panic!("{test}: {why}, and POSTERN_REQUIRE_PEERS=1 requires it");
     }
-    eprintln!("SKIPPED {test}: {why} (set POSTERN_REQUIRE_PEERS=1 to make this a failure)");
+    announce(&skip_line(test, why));
+}
+
+/// The line a skipped test prints.
+pub fn skip_line(test: &str, why: &str) -> String {
+    format!("SKIPPED {test}: {why} (set POSTERN_REQUIRE_PEERS=1 to make this a failure)\n")
+}
+
+/// Writes `line` to the terminal past libtest's output capture, in one write so that lines
+/// of parallel tests do not interleave.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(line.as_bytes());
+    let _ = err.flush();
 }
 
 /// The base PostgreSQL URL for tests (`POSTERN_TEST_POSTGRES_URL`), or `None` after

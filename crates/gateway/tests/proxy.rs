@@ -8,6 +8,8 @@ use postern_common::server::in_process;
 use postern_gateway::{Backend, Endpoint, Gateway, GatewayConfig, RateLimit, RouteTable};
 use postern_proto::tenant::v1 as pb;
 use tonic::{Code, Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tower::Layer;
 
 const KEY: &str = "test-key";
@@ -49,8 +51,11 @@ impl pb::api_key_service_server::ApiKeyService for Keys {
 }
 
 /// GetTenant answers which backend served it and who it thought called; `slow` sleeps.
+/// WatchTenantEvents streams what the test sends on `events` (the stream of the first call).
 #[derive(Clone)]
-struct Tenants(&'static str);
+struct Tenants(&'static str, Events);
+
+type Events = std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<pb::WatchTenantEventsResponse>>>>;
 
 #[tonic::async_trait]
 impl pb::tenant_service_server::TenantService for Tenants {
@@ -91,12 +96,17 @@ impl pb::tenant_service_server::TenantService for Tenants {
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
         Err(Status::unimplemented(""))
     }
-    type WatchTenantEventsStream = tokio_stream::Empty<Result<pb::WatchTenantEventsResponse, Status>>;
+    type WatchTenantEventsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchTenantEventsResponse, Status>> + Send>>;
     async fn watch_tenant_events(
         &self,
         _: Request<pb::WatchTenantEventsRequest>,
     ) -> Result<Response<Self::WatchTenantEventsStream>, Status> {
-        Err(Status::unimplemented(""))
+        let events = self.1.lock().expect("lock").take().ok_or_else(|| Status::unavailable("one watch only"))?;
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(events),
+            Ok,
+        ))))
     }
 }
 
@@ -124,8 +134,13 @@ async fn start(tenant_backend: Backend, deadline: Duration) -> std::net::SocketA
 }
 
 fn tenant_endpoint(name: &'static str, key: &InternalKey) -> Endpoint {
+    tenant_endpoint_with(name, key, Events::default())
+}
+
+fn tenant_endpoint_with(name: &'static str, key: &InternalKey, events: Events) -> Endpoint {
     let routes = tonic::service::Routes::new(
-        PrincipalLayer::new(key.clone()).layer(pb::tenant_service_server::TenantServiceServer::new(Tenants(name))),
+        PrincipalLayer::new(key.clone())
+            .layer(pb::tenant_service_server::TenantServiceServer::new(Tenants(name, events))),
     );
     Endpoint::in_process(in_process(routes))
 }
@@ -147,6 +162,11 @@ fn get(name: &str) -> Request<pb::GetTenantRequest> {
 async fn balanced(deadline: Duration) -> std::net::SocketAddr {
     let key = InternalKey::generate();
     let backend = Backend::new(vec![tenant_endpoint("backend-a", &key), tenant_endpoint("backend-b", &key)]);
+    gateway_over(key, backend, deadline).await
+}
+
+/// A gateway routing the tenant service to `backend`, whose endpoints use `key`.
+async fn gateway_over(key: InternalKey, backend: Backend, deadline: Duration) -> std::net::SocketAddr {
     let layer = PrincipalLayer::new(key.clone());
     let keys = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(Keys)));
     let mut routes = RouteTable::new();
@@ -209,10 +229,49 @@ async fn all_endpoints_down_fails_fast() {
     let err = c.get_tenant(get("t-one")).await.expect_err("down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-    // After the health check notices, calls are refused without trying.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // After the health check notices (the gateway's health service says so), calls are
+    // refused without trying.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
+    let mut health = HealthClient::new(channel)
+        .watch(HealthCheckRequest { service: "postern.tenant.v1.TenantService".into() })
+        .await
+        .expect("watch health")
+        .into_inner();
+    loop {
+        let status = tokio::time::timeout(Duration::from_secs(20), health.message())
+            .await
+            .expect("the health check notices within 20 s")
+            .expect("the health stream")
+            .expect("a status");
+        if status.status == ServingStatus::NotServing as i32 {
+            break;
+        }
+    }
     let started = Instant::now();
     let err = c.get_tenant(get("t-one")).await.expect_err("down");
     assert_eq!(err.code(), Code::Unavailable);
     assert!(started.elapsed() < Duration::from_millis(100), "took {:?}", started.elapsed());
+}
+
+/// The deadline bounds the wait for an answer to start, not a stream's life: a watch stays
+/// open and delivers long after it. Runs on tokio's paused clock, so "long after" costs no
+/// real time.
+#[tokio::test(start_paused = true)]
+async fn a_stream_outlives_the_deadline() {
+    let key = InternalKey::generate();
+    let (events, receiver) = tokio::sync::mpsc::channel(4);
+    let shared: Events = std::sync::Arc::new(std::sync::Mutex::new(Some(receiver)));
+    let backend = Backend::new(vec![tenant_endpoint_with("backend-a", &key, shared)]);
+    let addr = gateway_over(key, backend, Duration::from_secs(1)).await;
+    let mut c = client(addr).await;
+    let mut req = Request::new(pb::WatchTenantEventsRequest::default());
+    req.metadata_mut().insert("authorization", format!("Bearer {KEY}").parse().expect("ascii"));
+    let mut watch = c.watch_tenant_events(req).await.expect("watch").into_inner();
+    let opened = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(opened.elapsed() >= Duration::from_secs(30), "the clock moved past the deadline");
+    let event = pb::WatchTenantEventsResponse { sequence: 7, ..Default::default() };
+    events.send(event).await.expect("the backend's stream is still open");
+    let got = watch.message().await.expect("the stream is still open").expect("an event");
+    assert_eq!(got.sequence, 7);
 }

@@ -7,10 +7,15 @@
 //!   crashes and the split mode.
 //! - [`peers`] finds the real peers (PostgreSQL, grpcurl) and decides between skipping and
 //!   failing when one is missing (`POSTERN_REQUIRE_PEERS=1`).
+//! - [`browser`] drives headless Chromium over WebDriver, a fresh profile per test.
+//! - [`node`] runs the scripts of the node workspace (`tests/node`): npm's `openid-client`
+//!   as an independent relying party, npm's `oidc-provider` as a reference provider.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod browser;
+pub mod node;
 pub mod peers;
 mod process;
 
