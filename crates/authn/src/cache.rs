@@ -109,10 +109,12 @@ impl ConnectionCache {
             .await;
         match answer {
             Ok(r) => {
-                let conn = r
-                    .into_inner()
-                    .connection
-                    .ok_or_else(|| Status::unavailable("the registry answered no connection"))?;
+                let conn = r.into_inner().connection.ok_or_else(|| {
+                    postern_common::error::unavailable(
+                        "REGISTRY_UNAVAILABLE",
+                        "the connection registry answered without a connection; retry shortly",
+                    )
+                })?;
                 let conn = Arc::new(conn);
                 let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
                 if self.inner.enabled && state.live && state.generations.get(tenant).copied().unwrap_or(0) == generation
@@ -199,7 +201,7 @@ fn connection_gone(connection: &str) -> Status {
 
 fn unavailable(s: &Status) -> Status {
     tracing::warn!(code = ?s.code(), message = s.message(), "connection registry call failed");
-    Status::unavailable("the connection registry is unavailable; retry shortly")
+    postern_common::error::unavailable("REGISTRY_UNAVAILABLE", "the connection registry is unavailable; retry shortly")
 }
 
 /// Follows the registry's change stream of every tenant for as long as the cache lives,

@@ -82,8 +82,22 @@ pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -
 
 /// A status with `code`, `message` and an `ErrorInfo` carrying `reason`.
 pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    status_with_metadata(code, reason, message, [])
+}
+
+/// A status with `code`, `message` and an `ErrorInfo` carrying `reason` and `metadata`
+/// (`{"service": "postern.tenant.v1.TenantService"}`), for what a program reacting to the
+/// error needs besides its reason.
+pub fn status_with_metadata<const N: usize>(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: [(&str, &str); N],
+) -> Status {
     let mut details = ErrorDetails::new();
-    details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    let metadata: std::collections::HashMap<String, String> =
+        metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
     Status::with_error_details(code, message.into(), details)
 }
 
@@ -112,6 +126,22 @@ pub fn unauthenticated(reason: &str, message: impl Into<String>) -> Status {
     status(Code::Unauthenticated, reason, message)
 }
 
+/// UNAVAILABLE with reason `reason` (`TENANT_SERVICE_UNAVAILABLE`): something this call
+/// needs is down, and the caller may retry.
+pub fn unavailable(reason: &str, message: impl Into<String>) -> Status {
+    status(Code::Unavailable, reason, message)
+}
+
+/// DEADLINE_EXCEEDED with reason `reason`: the call did not finish in time.
+pub fn deadline_exceeded(reason: &str, message: impl Into<String>) -> Status {
+    status(Code::DeadlineExceeded, reason, message)
+}
+
+/// The `ErrorInfo` reason of a status, if it carries one.
+pub fn reason(status: &Status) -> Option<String> {
+    status.get_error_details().error_info().map(|i| i.reason.clone())
+}
+
 /// INTERNAL with a generic message; the cause is logged, never sent to the caller.
 pub fn internal(cause: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %cause, "internal error");
@@ -134,5 +164,17 @@ mod tests {
         let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["tenant.name", "tenant.display_name"]);
         assert!(status.message().contains("tenant.name: must be 3 to 63 characters"));
+    }
+
+    #[test]
+    fn outages_carry_a_reason() {
+        let s = unavailable("REGISTRY_UNAVAILABLE", "down");
+        assert_eq!((s.code(), reason(&s).as_deref()), (Code::Unavailable, Some("REGISTRY_UNAVAILABLE")));
+        let s = deadline_exceeded("BACKEND_DEADLINE_EXCEEDED", "slow");
+        assert_eq!((s.code(), reason(&s).as_deref()), (Code::DeadlineExceeded, Some("BACKEND_DEADLINE_EXCEEDED")));
+        let s = status_with_metadata(Code::PermissionDenied, "X", "m", [("scope", "USERS")]);
+        let info = s.get_error_details().error_info().cloned().expect("info");
+        assert_eq!(info.metadata.get("scope").map(String::as_str), Some("USERS"));
+        assert_eq!(reason(&Status::unavailable("bare")), None);
     }
 }

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`db`]: one sqlx pool for both backends, migrations, write transactions.
 //! - [`error`]: `tonic::Status` with `ErrorInfo` and `BadRequest` field violations.
+//! - [`files`]: key files only their owner may read.
 //! - [`principal`]: the signed caller identity and the layers that sign and verify it.
 //! - [`paging`]: page sizes and opaque keyset page tokens.
 //! - [`validate`]: names, display texts, URLs.
@@ -20,6 +21,7 @@
 
 pub mod db;
 pub mod error;
+pub mod files;
 pub mod ids;
 pub mod mask;
 pub mod paging;

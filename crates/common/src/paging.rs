@@ -31,6 +31,17 @@ pub fn encode_token(scope: &str, last_key: &str) -> String {
     URL_SAFE_NO_PAD.encode(raw.to_string())
 }
 
+/// Ends a page. The store was asked for `limit + 1` rows: when it found more than `limit`,
+/// `rows` is cut to `limit` and the answer is the token of the next page, made from the last
+/// kept row's key; otherwise the list is over and the answer is the empty token.
+pub fn next_page_token<T>(rows: &mut Vec<T>, limit: usize, scope: &str, key: impl FnOnce(&T) -> String) -> String {
+    if rows.len() <= limit {
+        return String::new();
+    }
+    rows.truncate(limit);
+    rows.last().map(|row| encode_token(scope, &key(row))).unwrap_or_default()
+}
+
 /// Decodes a page token: `None` for the first page, the last key otherwise.
 pub fn decode_token(scope: &str, token: &str) -> Result<Option<String>, Status> {
     if token.is_empty() {
@@ -69,5 +80,23 @@ mod tests {
         assert!(decode_token("t2", &t).is_err());
         assert!(decode_token("t1", "garbage!").is_err());
         assert_eq!(decode_token("t1", "").ok(), Some(None));
+    }
+
+    #[test]
+    fn next_page() {
+        // One row more than the page: cut, and the token continues after the last kept row.
+        let mut rows = vec![1, 2, 3];
+        let token = next_page_token(&mut rows, 2, "s", |n| n.to_string());
+        assert_eq!(rows, [1, 2]);
+        assert_eq!(decode_token("s", &token).ok(), Some(Some("2".to_owned())));
+        // A full last page or a short one: no more pages.
+        let mut rows = vec![1, 2];
+        assert_eq!(next_page_token(&mut rows, 2, "s", |n| n.to_string()), "");
+        assert_eq!(rows, [1, 2]);
+        let mut rows: Vec<i32> = vec![];
+        assert_eq!(next_page_token(&mut rows, 2, "s", |n| n.to_string()), "");
+        // A page of zero rows cannot continue anywhere.
+        let mut rows = vec![1];
+        assert_eq!(next_page_token(&mut rows, 0, "s", |n| n.to_string()), "");
     }
 }

@@ -49,7 +49,10 @@ impl KeyAuthenticator {
                 )
             } else {
                 tracing::warn!(code = ?s.code(), message = s.message(), "key check failed");
-                Status::unavailable("cannot check the bearer key now: the tenant service is unavailable; retry")
+                postern_common::error::unavailable(
+                    "TENANT_SERVICE_UNAVAILABLE",
+                    "cannot check the bearer key now: the tenant service is unavailable; retry",
+                )
             }
         })?;
         let answer = answer.into_inner();

@@ -145,16 +145,24 @@ impl tower::Service<http::Request<tonic::body::Body>> for KeyBackend {
         let endpoint = self.0.pick().cloned();
         async move {
             let Some(endpoint) = endpoint else {
-                return Ok(tonic::Status::unavailable("the tenant service is unavailable").into_http());
+                return Ok(tenant_unavailable().into_http());
             };
             match endpoint.service().oneshot(req).await {
                 Ok(r) => Ok(r),
                 Err(e) => {
                     endpoint.mark_down();
-                    Ok(tonic::Status::unavailable(format!("the tenant service is unavailable: {e}")).into_http())
+                    tracing::warn!(address = %endpoint.address, error = %e, "tenant service call failed");
+                    Ok(tenant_unavailable().into_http())
                 }
             }
         }
         .boxed()
     }
+}
+
+fn tenant_unavailable() -> tonic::Status {
+    postern_common::error::unavailable(
+        "TENANT_SERVICE_UNAVAILABLE",
+        "cannot check the bearer key now: the tenant service is unavailable; retry",
+    )
 }

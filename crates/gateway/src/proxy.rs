@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderValue, Request, Response};
-use postern_common::error::{permission_denied, status};
+use postern_common::error::{permission_denied, status, status_with_metadata};
 use postern_common::principal::{InternalKey, PEER_HEADER, PRINCIPAL_HEADER, Principal};
 use postern_common::server::{REQUEST_ID_HEADER, TRACEPARENT_HEADER, trace_id};
 use tonic::body::Body;
@@ -161,7 +161,14 @@ impl Inner {
 
         let endpoint = backend
             .pick()
-            .ok_or_else(|| Status::unavailable(format!("{service} is unavailable: no backend is up; retry later")))?
+            .ok_or_else(|| {
+                status_with_metadata(
+                    Code::Unavailable,
+                    "SERVICE_UNAVAILABLE",
+                    format!("{service} is unavailable: no backend is up; retry later"),
+                    [("service", service)],
+                )
+            })?
             .clone();
         req.headers_mut().insert(PRINCIPAL_HEADER, self.internal_key.sign(&principal, path));
         // Backends reached over a socket see the gateway's address; tell them the caller's.
@@ -174,14 +181,22 @@ impl Inner {
             req.headers_mut().insert("grpc-timeout", v);
         }
         match tokio::time::timeout(deadline, endpoint.service().oneshot(req)).await {
-            Err(_) => {
-                Err(Status::deadline_exceeded(format!("{service} did not answer within {} ms", deadline.as_millis())))
-            }
+            Err(_) => Err(status_with_metadata(
+                Code::DeadlineExceeded,
+                "SERVICE_DEADLINE_EXCEEDED",
+                format!("{service} did not answer within {} ms", deadline.as_millis()),
+                [("service", service)],
+            )),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 endpoint.mark_down();
                 tracing::warn!(address = %endpoint.address, error = %e, "backend call failed");
-                Err(Status::unavailable(format!("{service} is unavailable; retry later")))
+                Err(status_with_metadata(
+                    Code::Unavailable,
+                    "SERVICE_UNAVAILABLE",
+                    format!("{service} is unavailable; retry later"),
+                    [("service", service)],
+                ))
             }
         }
     }

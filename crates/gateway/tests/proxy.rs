@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use postern_common::error::reason;
 use postern_common::principal::{InternalKey, Principal, PrincipalLayer, principal};
 use postern_common::server::in_process;
 use postern_gateway::{Backend, Endpoint, Gateway, GatewayConfig, RateLimit, RouteTable};
@@ -215,6 +216,7 @@ async fn the_deadline_cuts_slow_calls() {
     let started = Instant::now();
     let err = c.get_tenant(get("slow")).await.expect_err("deadline");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("SERVICE_DEADLINE_EXCEEDED"), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
@@ -228,6 +230,7 @@ async fn all_endpoints_down_fails_fast() {
     let started = Instant::now();
     let err = c.get_tenant(get("t-one")).await.expect_err("down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("SERVICE_UNAVAILABLE"), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     // After the health check notices (the gateway's health service says so), calls are
     // refused without trying.
@@ -250,6 +253,7 @@ async fn all_endpoints_down_fails_fast() {
     let started = Instant::now();
     let err = c.get_tenant(get("t-one")).await.expect_err("down");
     assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(reason(&err).as_deref(), Some("SERVICE_UNAVAILABLE"), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(100), "took {:?}", started.elapsed());
 }
 
@@ -274,4 +278,33 @@ async fn a_stream_outlives_the_deadline() {
     events.send(event).await.expect("the backend's stream is still open");
     let got = watch.message().await.expect("the stream is still open").expect("an event");
     assert_eq!(got.sequence, 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_service_outage_says_so() {
+    let key = InternalKey::generate();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let down = Endpoint::remote(&format!("http://127.0.0.1:{free}")).expect("endpoint");
+    let mut routes = RouteTable::new();
+    routes
+        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![down]))
+        .route(&["postern.tenant.v1.TenantService"], Backend::new(vec![tenant_endpoint("backend-a", &key)]));
+    let config = GatewayConfig {
+        internal_key: key,
+        key_cache_ttl: Duration::from_secs(10),
+        rate_limit: RateLimit { per_second: 0, burst: 0 },
+        default_deadline: Duration::from_secs(5),
+        health_interval: Duration::from_secs(60),
+    };
+    let gateway = Gateway::new(routes, config).expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let mut c = client(addr).await;
+    // Once while the endpoint is thought up (the call fails), once after it is marked down.
+    for _ in 0..2 {
+        let err = c.get_tenant(get("t-one")).await.expect_err("no key check");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert_eq!(reason(&err).as_deref(), Some("TENANT_SERVICE_UNAVAILABLE"), "{err:?}");
+    }
 }

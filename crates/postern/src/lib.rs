@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use postern_common::db::DbLocation;
+use postern_common::files::{Existing, write_private};
 use postern_common::principal::InternalKey;
 use postern_common::server::{RpcSpanLayer, in_process};
 use postern_gateway::{Backend, Endpoint, Gateway, GatewayConfig, RateLimit, RouteTable};
@@ -382,19 +383,11 @@ fn master_key(settings: &Settings) -> anyhow::Result<postern_common::seal::Maste
     let key = MasterKey::generate().context("cannot generate a master key")?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(&path) {
-        Ok(mut f) => {
-            use std::io::Write;
-            f.write_all(key.to_base64().as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
+    // Zeroized when dropped, like the key itself.
+    let mut text = key.to_base64();
+    text.push('\n');
+    match write_private(&path, text.as_bytes(), Existing::Keep) {
+        Ok(()) => {
             tracing::info!(path = %path.display(), "generated the master key of connection secrets; back it up");
             Ok(key)
         }
@@ -488,20 +481,8 @@ fn read_or_create_key(path: &Path) -> anyhow::Result<InternalKey> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(path) {
-        Ok(mut f) => {
-            use std::io::Write;
-            f.write_all(key.to_hex().as_bytes())?;
-            f.sync_all()?;
-            Ok(key)
-        }
+    match write_private(path, key.to_hex().as_bytes(), Existing::Keep) {
+        Ok(()) => Ok(key),
         // Another process created it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let text = std::fs::read_to_string(path)?;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use postern_common::error::{Violations, already_exists, internal, invalid_field, not_found, status};
-use postern_common::paging::{decode_token, encode_token, page_size};
+use postern_common::paging::{decode_token, next_page_token, page_size};
 use postern_common::principal::principal;
 use postern_common::server::HttpService;
 use postern_common::time::now_micros;
@@ -263,12 +263,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         let scope = format!("connections|{}|{}|{}", req.tenant, req.strategy, req.category);
         let after = decode_token(&scope, &req.page_token)?;
         let mut rows = self.store.list(&req.tenant, &req.strategy, req.category, after.as_deref(), limit + 1).await?;
-        let next_page_token = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(|s| encode_token(&scope, &s.connection.spec.name)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&mut rows, limit, &scope, |s| s.connection.spec.name.clone());
         let connections = rows.iter().map(|s| self.view(&req.tenant, s)).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListConnectionsResponse { connections, next_page_token }))
     }
@@ -414,12 +409,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         let scope = format!("connection-clients|{}|{}", req.tenant, stored.connection.id);
         let after = decode_token(&scope, &req.page_token)?;
         let mut client_ids = self.store.connection_clients(&stored.connection.id, after.as_deref(), limit + 1).await?;
-        let next_page_token = if client_ids.len() > limit {
-            client_ids.truncate(limit);
-            client_ids.last().map(|c| encode_token(&scope, c)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&mut client_ids, limit, &scope, Clone::clone);
         Ok(Response::new(pb::ListConnectionClientsResponse { client_ids, next_page_token }))
     }
 

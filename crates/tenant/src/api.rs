@@ -4,7 +4,7 @@
 
 use postern_common::error::{Violations, already_exists, internal, invalid_field, not_found, unauthenticated};
 use postern_common::ids::{constant_time_eq, prefixed, random_alphanumeric, secret_hash};
-use postern_common::paging::{decode_token, encode_token, page_size};
+use postern_common::paging::{decode_token, next_page_token, page_size};
 use postern_common::principal::{Principal, principal};
 use postern_common::time::{from_timestamp, now_micros};
 use postern_proto::tenant::v1 as pb;
@@ -112,12 +112,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         let scope = format!("tenants|{}", p.tenant_scope().unwrap_or(""));
         let after = decode_token(&scope, &req.page_token)?;
         let mut tenants = self.store.list_tenants(after.as_deref(), limit + 1, p.tenant_scope()).await?;
-        let next_page_token = if tenants.len() > limit {
-            tenants.truncate(limit);
-            tenants.last().map(|t| encode_token(&scope, &t.name)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&mut tenants, limit, &scope, |t| t.name.clone());
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: tenants.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -301,12 +296,7 @@ impl pb::client_service_server::ClientService for TenantApi {
             .list_clients(&req.tenant, after.as_deref(), limit + 1)
             .await
             .map_err(map_tenant_missing(&req.tenant))?;
-        let next_page_token = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(|(seq, _)| encode_token(&scope, seq)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&mut rows, limit, &scope, |(seq, _)| seq.clone());
         Ok(Response::new(pb::ListClientsResponse {
             clients: rows.into_iter().map(|(_, c)| c.into_pb(None)).collect(),
             next_page_token,
@@ -452,12 +442,7 @@ impl pb::api_key_service_server::ApiKeyService for TenantApi {
             .list_api_keys(&req.tenant, after.as_deref(), limit + 1)
             .await
             .map_err(map_tenant_missing(&req.tenant))?;
-        let next_page_token = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(|(seq, _)| encode_token(&scope, seq)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&mut rows, limit, &scope, |(seq, _)| seq.clone());
         Ok(Response::new(pb::ListApiKeysResponse {
             api_keys: rows.into_iter().map(|(_, k)| k.into_pb(None)).collect(),
             next_page_token,

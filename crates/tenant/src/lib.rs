@@ -18,6 +18,7 @@ pub mod store;
 
 use std::path::Path;
 
+use postern_common::files::Existing;
 use postern_common::principal::{InternalKey, PrincipalLayer};
 use postern_proto::tenant::v1 as pb;
 use tower::Layer;
@@ -66,24 +67,10 @@ pub async fn ensure_admin_key(
     let key = format!("{}{}", api::ADMIN_KEY_PREFIX, postern_common::ids::random_alphanumeric(40));
     std::fs::create_dir_all(data_dir).map_err(BootstrapError::Io)?;
     let path = data_dir.join("admin-key");
-    write_private(&path, &key).map_err(BootstrapError::Io)?;
+    postern_common::files::write_private(&path, format!("{key}\n").as_bytes(), Existing::Replace)
+        .map_err(BootstrapError::Io)?;
     store.set_admin_key_hash(&postern_common::ids::secret_hash(&key)).await?;
     Ok(Some(key))
-}
-
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()
 }
 
 /// A failure while preparing the admin key.
