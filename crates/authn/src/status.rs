@@ -97,7 +97,7 @@ pub(crate) fn client_refusal(tenant: &str, client_id: &str, s: &Status) -> Statu
 /// The tenant service could not answer.
 pub(crate) fn tenant_service_unavailable(s: &Status) -> Status {
     tracing::warn!(code = ?s.code(), message = s.message(), "tenant service call failed");
-    Status::unavailable("the tenant service is unavailable; retry shortly")
+    postern_common::error::unavailable("TENANT_SERVICE_UNAVAILABLE", "the tenant service is unavailable; retry shortly")
 }
 
 /// An access token the userinfo endpoint refuses.
