@@ -29,8 +29,8 @@ use crate::store::Store;
 
 type Registry = pb::connection_service_client::ConnectionServiceClient<Peer>;
 
-/// A connection with its secrets, as ResolveConnection answered it.
-pub type Resolved = Arc<pb::Connection>;
+/// A connection with its secrets, as ResolveConnection answered it, in the shared model.
+pub type Resolved = Arc<postern_connection::Resolved>;
 
 #[derive(Default)]
 struct State {
@@ -115,7 +115,7 @@ impl ConnectionCache {
                         "the connection registry answered without a connection; retry shortly",
                     )
                 })?;
-                let conn = Arc::new(conn);
+                let conn = Arc::new(typed(conn)?);
                 let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
                 if self.inner.enabled && state.live && state.generations.get(tenant).copied().unwrap_or(0) == generation
                 {
@@ -170,7 +170,7 @@ impl ConnectionCache {
             })
             .await;
         match answer {
-            Ok(r) => r.into_inner().connection.map(Arc::new).ok_or_else(|| connection_gone(connection)),
+            Ok(r) => Ok(Arc::new(typed(r.into_inner().connection.ok_or_else(|| connection_gone(connection))?)?)),
             Err(s) if s.code() == Code::NotFound => Err(connection_gone(connection)),
             Err(s) => Err(unavailable(&s)),
         }
@@ -190,6 +190,12 @@ impl ConnectionCache {
             *g += 1;
         }
     }
+}
+
+/// The registry's answer in the shared connection model: the edge where the contract's
+/// connection stops.
+fn typed(conn: pb::Connection) -> Result<postern_connection::Resolved, Status> {
+    postern_connection::Resolved::try_from(conn).map_err(|e| postern_common::error::internal(&e))
 }
 
 fn connection_gone(connection: &str) -> Status {
@@ -285,7 +291,7 @@ async fn handle(store: &Store, event: &pb::WatchConnectionsResponse) {
                 "could not remove the identities of a deleted connection"),
         },
         Ok(pb::ChangeType::Updated) => {
-            let sync = ProfileSync::from_i64(i64::from(conn.user_profile_sync));
+            let sync = ProfileSync::from_proto(conn.user_profile_sync).unwrap_or_default();
             if let Err(e) = store.set_connection_sync(&event.tenant, &conn.id, sync).await {
                 tracing::error!(error = %e, "could not record a connection's profile-sync mode");
             }

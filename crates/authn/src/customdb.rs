@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use postern_proto::connections::v1 as conn_pb;
+use postern_connection::secret::names;
+use postern_connection::{CustomDatabase, Resolved};
 use postern_proto::customdb::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -72,14 +73,15 @@ pub struct Target {
 
 impl Target {
     /// The target of a database connection's `custom_database` options, for `tenant`.
-    pub fn of(tenant: &str, connection: &conn_pb::Connection, options: &conn_pb::CustomDatabase) -> Self {
-        let secs = u64::try_from(options.timeout_seconds).unwrap_or(0);
+    pub fn of(tenant: &str, connection: &Resolved, options: &CustomDatabase) -> Self {
+        let token = connection.secret(names::CUSTOM_DATABASE_TOKEN).map(|t| t.expose().to_owned()).unwrap_or_default();
+        let secs = u64::from(options.timeout_seconds);
         Target {
             endpoint: options.endpoint.clone(),
             ca_certificate: options.ca_certificate.clone(),
-            token: options.token.clone(),
+            token,
             timeout: if secs == 0 { DEFAULT_TIMEOUT } else { Duration::from_secs(secs.min(60)) },
-            context: pb::Context { tenant: tenant.to_owned(), connection: connection.name.clone() },
+            context: pb::Context { tenant: tenant.to_owned(), connection: connection.connection.spec.name.clone() },
         }
     }
 }

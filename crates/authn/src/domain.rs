@@ -3,37 +3,9 @@
 
 use serde_json::{Map, Value};
 
-/// When a login copies the source's profile onto the user's root attributes (the
-/// connection's `user_profile_sync`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProfileSync {
-    /// Every login overwrites the root attributes (the default).
-    OnEachLogin,
-    /// Only the login that creates the user copies them.
-    OnFirstLogin,
-    /// No login copies them (the user is created with its email and username only).
-    NeverOnLogin,
-}
-
-impl ProfileSync {
-    /// As stored: 1, 2, 3.
-    pub fn as_i64(self) -> i64 {
-        match self {
-            ProfileSync::OnEachLogin => 1,
-            ProfileSync::OnFirstLogin => 2,
-            ProfileSync::NeverOnLogin => 3,
-        }
-    }
-
-    /// From the stored value or the contract's enum number (0, unspecified, is the default).
-    pub fn from_i64(v: i64) -> Self {
-        match v {
-            2 => ProfileSync::OnFirstLogin,
-            3 => ProfileSync::NeverOnLogin,
-            _ => ProfileSync::OnEachLogin,
-        }
-    }
-}
+/// When a login copies the source's profile onto the user's root attributes: the
+/// connection's `user_profile_sync`, in the shared connection model.
+pub use postern_connection::UserProfileSync as ProfileSync;
 
 /// The root profile attributes a source provides and a login may copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

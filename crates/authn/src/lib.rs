@@ -19,13 +19,14 @@
 //!   client check, the password login, the signup, the tokens of a login.
 //! - [`domain`]: users, identities, profiles and the profile-sync rule.
 //! - [`store`]: sqlx storage; `migrations/{sqlite,postgres}` beside `src/`.
-//! - [`cache`]: connections resolved through the registry, cached and kept fresh.
+//! - [`cache`]: connections resolved through the registry, converted at this edge into the
+//!   shared typed model (`postern_connection::Resolved`), cached and kept fresh.
 //! - [`clients`]: client checks that passed, remembered until the tenant event log retires
 //!   them.
 //! - [`customdb`]: the client of a customer's custom database.
 //! - [`keys`]: the tenants' signing keys, sealed at rest, opened and cached.
-//! - [`password`]: Argon2id hashing and verification (and legacy bcrypt), and the password
-//!   policy of a database connection.
+//! - [`password`]: Argon2id hashing and verification (and legacy bcrypt), and the history
+//!   rule of the password policy (the policy itself is `postern_connection::password`).
 //! - [`tokens`]: signing keys (RS256, EdDSA), their JSON Web Key Set, and the signing and
 //!   verification of ID and access tokens.
 //! - [`bruteforce`]: the counting rule of brute-force protection, which the store applies

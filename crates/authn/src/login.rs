@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use postern_common::error::permission_denied;
 use postern_common::error::{Violations, already_exists, failed_precondition, internal, invalid_field};
-use postern_proto::connections::v1 as conn_pb;
+use postern_connection::{DatabaseOptions, Options, PersonalInfo, Resolved};
 use postern_proto::tenant::v1 as tenant_pb;
 use tonic::{Code, Status};
 
@@ -18,7 +18,7 @@ use crate::api::AuthnApi;
 use crate::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
 use crate::customdb::{SourceUser, Target};
 use crate::domain::{self, Identity, Profile, ProfileSync, User};
-use crate::password::{self, PasswordPolicy, PersonalInfo, Strength};
+use crate::password;
 use crate::status::{
     client_refusal, custom_db_status, tenant_service_unavailable, too_many_attempts, user_not_found, wrong_credentials,
 };
@@ -114,82 +114,20 @@ pub struct IssueTokens<'a> {
     pub nonce: Option<&'a str>,
 }
 
-/// The database options of a resolved connection, with Auth0's defaults.
-pub(crate) struct DatabaseRules {
-    pub(crate) policy: PasswordPolicy,
-    requires_username: bool,
-    username_min: usize,
-    username_max: usize,
-    brute_force: bool,
-    disable_signup: bool,
-    pub(crate) custom: Option<conn_pb::CustomDatabase>,
-}
-
-impl DatabaseRules {
-    pub(crate) fn of(conn: &conn_pb::Connection) -> Result<Self, Status> {
-        let opts = match &conn.options {
-            Some(conn_pb::connection::Options::Database(d)) => d.clone(),
-            None if conn.strategy == DATABASE_STRATEGY => conn_pb::DatabaseOptions::default(),
-            _ => {
-                return Err(failed_precondition(
-                    "NOT_A_DATABASE_CONNECTION",
-                    format!(
-                        "connection {:?} uses strategy {:?}; passwords are checked only by database connections (strategy `auth0`)",
-                        conn.name, conn.strategy
-                    ),
-                ));
-            }
-        };
-        let strength = match conn_pb::PasswordPolicy::try_from(opts.password_policy) {
-            Ok(conn_pb::PasswordPolicy::None) => Strength::None,
-            Ok(conn_pb::PasswordPolicy::Low) => Strength::Low,
-            Ok(conn_pb::PasswordPolicy::Fair) => Strength::Fair,
-            Ok(conn_pb::PasswordPolicy::Excellent) => Strength::Excellent,
-            _ => Strength::Good,
-        };
-        let dictionary = opts.password_dictionary.clone().unwrap_or_default();
-        let positive = |n: i32, default: usize| if n > 0 { usize::try_from(n).unwrap_or(default) } else { default };
-        Ok(DatabaseRules {
-            policy: PasswordPolicy {
-                strength,
-                min_length: u32::try_from(opts.password_min_length).ok().filter(|n| *n > 0),
-                history_size: u32::try_from(opts.password_history_size).unwrap_or(0),
-                no_personal_info: opts.password_no_personal_info,
-                dictionary: dictionary.enable,
-                dictionary_words: dictionary.words,
-            },
-            requires_username: opts.requires_username,
-            username_min: positive(opts.username_min_length, 1),
-            username_max: positive(opts.username_max_length, 15),
-            brute_force: opts.brute_force_protection.unwrap_or(true),
-            disable_signup: opts.disable_signup,
-            custom: opts.custom_database.filter(|c| !c.endpoint.is_empty()),
-        })
+/// The database options of a resolved connection; FAILED_PRECONDITION for a connection of
+/// another strategy.
+pub(crate) fn database_options(conn: &Resolved) -> Result<&DatabaseOptions, Status> {
+    match &conn.connection.spec.options {
+        Options::Database(d) => Ok(d),
+        _ => Err(failed_precondition(
+            "NOT_A_DATABASE_CONNECTION",
+            format!(
+                "connection {:?} uses strategy {:?}; passwords are checked only by database connections (strategy `auth0`)",
+                conn.connection.spec.name,
+                conn.connection.spec.strategy.as_str()
+            ),
+        )),
     }
-
-    fn import(&self) -> bool {
-        self.custom.as_ref().is_some_and(|c| c.import_mode == conn_pb::ImportMode::Lazy as i32)
-    }
-
-    fn check_username(&self, v: &mut Violations, field: &str, username: &str) {
-        if !self.requires_username {
-            if !username.is_empty() {
-                v.add(field, "must be empty: this connection does not use usernames (requires_username is off)");
-            }
-            return;
-        }
-        let len = username.chars().count();
-        if len < self.username_min || len > self.username_max {
-            v.add(field, format!("must be {} to {} characters long (got {len})", self.username_min, self.username_max));
-        }
-        if !username.chars().all(|c| c.is_ascii_alphanumeric() || "_-.+!#$'^`~".contains(c)) {
-            v.add(field, "may contain only letters, digits and _ - . + ! # $ ' ^ ` ~ (no @, no spaces)");
-        }
-    }
-}
-
-fn sync_of(conn: &conn_pb::Connection) -> ProfileSync {
-    ProfileSync::from_i64(i64::from(conn.user_profile_sync))
 }
 
 /// The profile claims of a user, before the scopes filter them.
@@ -301,13 +239,12 @@ impl AuthnApi {
     pub async fn password_login(&self, l: &PasswordLogin<'_>) -> Result<User, Status> {
         l.validate()?;
         let conn = self.cache.resolve(l.tenant, l.client_id, l.connection).await?;
-        let rules = DatabaseRules::of(&conn)?;
+        let db = database_options(&conn)?;
         if l.password.is_empty() {
             return Err(wrong_credentials());
         }
         let login = domain::login_key(l.username);
-        let (checked, admitted) =
-            self.check_credentials(l.tenant, &conn, &rules, &login, l.password, l.address).await?;
+        let (checked, admitted) = self.check_credentials(l.tenant, &conn, db, &login, l.password, l.address).await?;
         let store = &self.store;
         let recorded = match checked {
             Checked::Local { found, rehash } => {
@@ -324,7 +261,7 @@ impl AuthnApi {
                 }
             }
             Checked::Source(source) => {
-                self.upsert_source_user(l.tenant, &conn, &rules, &source, l.password, l.address).await
+                self.upsert_source_user(l.tenant, &conn, db, &source, l.password, l.address).await
             }
         };
         // The password was right: the attempt counted in advance is not a failure.
@@ -343,22 +280,22 @@ impl AuthnApi {
         s.validate()?;
         self.client_exists(s.tenant, s.client_id).await?;
         let conn = self.cache.resolve(s.tenant, s.client_id, s.connection).await?;
-        let rules = DatabaseRules::of(&conn)?;
-        if rules.disable_signup {
+        let db = database_options(&conn)?;
+        if db.disable_signup {
             return Err(permission_denied(
                 "SIGNUP_DISABLED",
-                format!("connection {:?} does not allow signups (disable_signup is on)", conn.name),
+                format!("connection {:?} does not allow signups (disable_signup is on)", conn.connection.spec.name),
             ));
         }
         let mut v = Violations::new();
-        rules.check_username(&mut v, "username", s.username);
+        db.check_username(&mut v, "username", s.username);
         let info = PersonalInfo {
             email: s.email,
             username: s.username,
             nickname: &domain::default_nickname(s.email),
             ..PersonalInfo::default()
         };
-        rules.policy.check(s.password, &info, "password", &mut v);
+        db.password_rules().check(s.password, &info, "password", &mut v);
         v.into_result()?;
 
         let metadata = s.user_metadata.map(crate::json::from_struct).unwrap_or_default();
@@ -371,19 +308,19 @@ impl AuthnApi {
         let taken = || {
             already_exists(
                 "USER_ALREADY_EXISTS",
-                format!("connection {:?} already has a user with that email or username", conn.name),
+                format!("connection {:?} already has a user with that email or username", conn.connection.spec.name),
             )
         };
         let store = &self.store;
-        let user = match &rules.custom {
-            Some(custom) if !rules.import() => {
+        let user = match &db.custom_database {
+            Some(custom) if !db.imports_lazily() => {
                 let target = Target::of(s.tenant, &conn, custom);
                 let source = self
                     .customdb
                     .create(&target, s.email, s.username, s.password, s.user_metadata.cloned())
                     .await
                     .map_err(custom_db_status)?;
-                let sync = sync_of(&conn);
+                let sync = conn.connection.spec.user_profile_sync;
                 let new = NewUser {
                     user_id: format!("{DATABASE_STRATEGY}|{}", source.id),
                     profile: with_default_nickname(source.profile.clone()),
@@ -395,9 +332,9 @@ impl AuthnApi {
                     app_metadata: source.app_metadata.clone(),
                 };
                 let identity = Identity {
-                    connection_id: conn.id.clone(),
-                    connection: conn.name.clone(),
-                    strategy: conn.strategy.clone(),
+                    connection_id: conn.connection.id.clone(),
+                    connection: conn.connection.spec.name.clone(),
+                    strategy: conn.connection.spec.strategy.as_str().to_owned(),
                     source_id: source.id.clone(),
                     is_social: false,
                     login_email: domain::login_key(&source.profile.email),
@@ -433,15 +370,15 @@ impl AuthnApi {
                     app_metadata: serde_json::Map::new(),
                 };
                 let identity = Identity {
-                    connection_id: conn.id.clone(),
-                    connection: conn.name.clone(),
-                    strategy: conn.strategy.clone(),
+                    connection_id: conn.connection.id.clone(),
+                    connection: conn.connection.spec.name.clone(),
+                    strategy: conn.connection.spec.strategy.as_str().to_owned(),
                     source_id: id,
                     is_social: false,
                     login_email: domain::login_key(s.email),
                     login_username: domain::login_key(s.username),
                     profile_data: serde_json::Value::Object(serde_json::Map::new()),
-                    profile_sync: sync_of(&conn),
+                    profile_sync: conn.connection.spec.user_profile_sync,
                     external: false,
                     password_hash: Some(hash),
                 };
@@ -451,7 +388,7 @@ impl AuthnApi {
                 })?
             }
         };
-        tracing::info!(tenant = %s.tenant, user_id = %user.user_id, connection = %conn.name, "user signed up");
+        tracing::info!(tenant = %s.tenant, user_id = %user.user_id, connection = %conn.connection.spec.name, "user signed up");
         Ok(user)
     }
 
@@ -507,7 +444,7 @@ impl AuthnApi {
             _ => return Err(invalid_field("connection", "is required: the user has several database identities")),
         };
         let conn = self.cache.resolve_any(tenant, &identity.connection_id).await?;
-        let rules = DatabaseRules::of(&conn)?;
+        let db = database_options(&conn)?;
         let history = store.password_history(tenant, &identity.connection_id, &identity.source_id).await?;
         let pr = &user.profile;
         let info = PersonalInfo {
@@ -519,11 +456,12 @@ impl AuthnApi {
             family_name: &pr.family_name,
             other: &[],
         };
+        let policy = db.password_rules();
         let mut v = Violations::new();
-        rules.policy.check_with_history(new_password, &info, &history, "new_password", &mut v).await?;
+        password::check_with_history(&policy, new_password, &info, &history, "new_password", &mut v).await?;
         v.into_result()?;
         if identity.password_hash.is_none() {
-            let custom = rules.custom.as_ref().ok_or_else(|| {
+            let custom = db.custom_database.as_ref().ok_or_else(|| {
                 failed_precondition("NO_PASSWORD", "this identity's credentials are not kept by Postern")
             })?;
             let target = Target::of(tenant, &conn, custom);
@@ -531,7 +469,7 @@ impl AuthnApi {
             store.unblock(tenant, &user.user_id, MAX_CONSECUTIVE_FAILURES).await?;
         } else {
             let hash = password::hash_async(new_password.to_owned()).await?;
-            let keep = usize::try_from(rules.policy.history_size).unwrap_or(0).min(password::MAX_HISTORY_SIZE);
+            let keep = usize::try_from(policy.history_size).unwrap_or(0).min(password::MAX_HISTORY_SIZE);
             store
                 .set_password(tenant, &user.user_id, &identity.connection_id, &identity.source_id, &hash, keep)
                 .await?;
@@ -549,8 +487,8 @@ impl AuthnApi {
                 Err(s) if s.code() == Code::NotFound => continue,
                 Err(s) => return Err(s),
             };
-            if let Ok(rules) = DatabaseRules::of(&conn)
-                && let Some(custom) = &rules.custom
+            if let Ok(db) = database_options(&conn)
+                && let Some(custom) = &db.custom_database
             {
                 let target = Target::of(tenant, &conn, custom);
                 self.customdb.delete(&target, &identity.source_id).await.map_err(custom_db_status)?;
@@ -566,19 +504,19 @@ impl AuthnApi {
     async fn check_credentials(
         &self,
         tenant: &str,
-        conn: &conn_pb::Connection,
-        rules: &DatabaseRules,
+        conn: &Resolved,
+        db: &DatabaseOptions,
         login: &str,
         password: &str,
         address: &str,
     ) -> Result<(Checked, Option<Admitted>), Status> {
         let store = &self.store;
-        let local = store.find_login_from(tenant, &conn.id, login, address).await?;
+        let local = store.find_login_from(tenant, &conn.connection.id, login, address).await?;
         let (user_key, known) = match &local {
             Some(found) => (found.user_id.clone(), found.stored),
-            None => (format!("login:{}:{login}", conn.id), None),
+            None => (format!("login:{}:{login}", conn.connection.id), None),
         };
-        let attempt = if rules.brute_force {
+        let attempt = if db.brute_force_protection {
             match store.admit(tenant, &user_key, address, MAX_CONSECUTIVE_FAILURES, known).await? {
                 Some(attempt) => Some(attempt),
                 None => return Err(too_many_attempts()),
@@ -586,7 +524,7 @@ impl AuthnApi {
         } else {
             None
         };
-        match self.check_inner(tenant, conn, rules, local, login, password).await {
+        match self.check_inner(tenant, conn, db, local, login, password).await {
             Ok(checked) => Ok((checked, attempt)),
             Err(s) => {
                 if let Some(attempt) = attempt {
@@ -602,13 +540,13 @@ impl AuthnApi {
     async fn check_inner(
         &self,
         tenant: &str,
-        conn: &conn_pb::Connection,
-        rules: &DatabaseRules,
+        conn: &Resolved,
+        db: &DatabaseOptions,
         local: Option<LoginFound>,
         login: &str,
         password: &str,
     ) -> Result<Checked, Status> {
-        match (local, &rules.custom) {
+        match (local, &db.custom_database) {
             (Some(found), _) if found.identity.password_hash.is_some() => {
                 let hash = found.identity.password_hash.clone();
                 if password::verify_async(password.to_owned(), hash.clone()).await? {
@@ -637,17 +575,17 @@ impl AuthnApi {
     async fn upsert_source_user(
         &self,
         tenant: &str,
-        conn: &conn_pb::Connection,
-        rules: &DatabaseRules,
+        conn: &Resolved,
+        db: &DatabaseOptions,
         source: &SourceUser,
         password: &str,
         ip: &str,
     ) -> Result<User, Status> {
         let store = &self.store;
-        let sync = sync_of(conn);
-        let import = rules.import();
+        let sync = conn.connection.spec.user_profile_sync;
+        let import = db.imports_lazily();
         let hash = if import { Some(password::hash_async(password.to_owned()).await?) } else { None };
-        if let Some((user_id, _)) = store.find_identity(tenant, &conn.id, &source.id).await? {
+        if let Some((user_id, _)) = store.find_identity(tenant, &conn.connection.id, &source.id).await? {
             let profile = with_default_nickname(source.profile.clone());
             let update = LoginUpdate {
                 ip,
@@ -660,7 +598,7 @@ impl AuthnApi {
                 identity_current: false,
                 identities: None,
             };
-            return recorded(store.record_login(tenant, &user_id, &conn.id, &source.id, &update).await?);
+            return recorded(store.record_login(tenant, &user_id, &conn.connection.id, &source.id, &update).await?);
         }
         let profile = match sync {
             ProfileSync::NeverOnLogin => source.profile.identifying_only(),
@@ -673,9 +611,9 @@ impl AuthnApi {
             app_metadata: source.app_metadata.clone(),
         };
         let identity = Identity {
-            connection_id: conn.id.clone(),
-            connection: conn.name.clone(),
-            strategy: conn.strategy.clone(),
+            connection_id: conn.connection.id.clone(),
+            connection: conn.connection.spec.name.clone(),
+            strategy: conn.connection.spec.strategy.as_str().to_owned(),
             source_id: source.id.clone(),
             is_social: false,
             login_email: domain::login_key(&source.profile.email),
@@ -700,13 +638,13 @@ impl AuthnApi {
     async fn record_local_login(
         &self,
         l: &PasswordLogin<'_>,
-        conn: &conn_pb::Connection,
+        conn: &Resolved,
         found: &LoginFound,
         rehash: bool,
         clear: Option<(&str, &str)>,
     ) -> Result<User, Status> {
         let hash = if rehash { Some(password::hash_async(l.password.to_owned()).await?) } else { None };
-        let sync = sync_of(conn);
+        let sync = conn.connection.spec.user_profile_sync;
         let update = LoginUpdate {
             ip: l.address,
             profile: None,

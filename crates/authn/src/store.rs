@@ -360,7 +360,7 @@ impl Store {
         .bind(connection_id)
         .bind(source_id)
         .bind(update.profile_data.map(Value::to_string))
-        .bind(update.profile_sync.as_i64())
+        .bind(sync_code(update.profile_sync))
         .bind(i64::from(update.external))
         .bind(update.password_hash)
         .bind(now)
@@ -591,7 +591,7 @@ impl Store {
         )
         .bind(tenant)
         .bind(connection_id)
-        .bind(sync.as_i64())
+        .bind(sync_code(sync))
         .execute(self.db.writer())
         .await?;
         Ok(())
@@ -1087,7 +1087,7 @@ async fn insert_identity(
     .bind(&i.login_email)
     .bind(&i.login_username)
     .bind(i.profile_data.to_string())
-    .bind(i.profile_sync.as_i64())
+    .bind(sync_code(i.profile_sync))
     .bind(i64::from(i.external))
     .bind(i.password_hash.as_deref())
     .bind(now)
@@ -1108,7 +1108,7 @@ fn identity_from_row(r: &AnyRow) -> Result<Identity, StoreError> {
         login_email: r.try_get("login_email")?,
         login_username: r.try_get("login_username")?,
         profile_data: serde_json::from_str(&profile_data).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        profile_sync: ProfileSync::from_i64(r.try_get("profile_sync")?),
+        profile_sync: sync_of_code(r.try_get("profile_sync")?),
         external: r.try_get::<i64, _>("external")? != 0,
         password_hash: r.try_get("password_hash")?,
     })
@@ -1126,6 +1126,24 @@ fn json_map(text: &str) -> Result<Map<String, Value>, StoreError> {
     match serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))? {
         Value::Object(m) => Ok(m),
         _ => Err(StoreError::Corrupt("metadata is not a JSON object".into())),
+    }
+}
+
+/// The store's code of a profile-sync mode (its own numbering, not the contract's).
+fn sync_code(sync: ProfileSync) -> i64 {
+    match sync {
+        ProfileSync::OnEachLogin => 1,
+        ProfileSync::OnFirstLogin => 2,
+        ProfileSync::NeverOnLogin => 3,
+    }
+}
+
+/// The profile-sync mode of a stored code; an unknown code reads as the default.
+fn sync_of_code(code: i64) -> ProfileSync {
+    match code {
+        2 => ProfileSync::OnFirstLogin,
+        3 => ProfileSync::NeverOnLogin,
+        _ => ProfileSync::OnEachLogin,
     }
 }
 

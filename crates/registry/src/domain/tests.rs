@@ -447,7 +447,7 @@ fn defaults_follow_auth0() {
     assert_eq!(e.effective_smtp_port(), 587);
     let db_conn = NewConnection::try_from(good("auth0")).unwrap();
     let Options::Database(d) = &db_conn.spec.options else { panic!() };
-    assert_eq!(d.password_policy, PasswordPolicy::Good);
+    assert_eq!(d.password_policy, PasswordStrength::Good);
     assert_eq!(d.effective_password_min_length(), 8);
     assert!(d.brute_force_protection);
     assert_eq!((d.username_min_length, d.username_max_length), (1, 15));
@@ -467,22 +467,58 @@ fn defaults_follow_auth0() {
 
 #[test]
 fn password_policies() {
+    // The policy a database connection's options set is the one the authenticator checks.
+    let policy_of = |f: fn(&mut pb::DatabaseOptions)| {
+        let mut c = good("auth0");
+        let mut d = pb::DatabaseOptions::default();
+        f(&mut d);
+        c.options = Some(O::Database(d));
+        let conn = NewConnection::try_from(c).unwrap();
+        let Options::Database(d) = &conn.spec.options else { panic!() };
+        d.password_rules()
+    };
     #[track_caller]
-    fn check_pw(policy: PasswordPolicy, pw: &str, ok: bool) {
-        assert_eq!(policy.check(pw, 0).is_ok(), ok, "{policy:?} {pw:?}");
+    fn check_pw(policy: &PasswordPolicy, pw: &str, ok: bool) {
+        let mut v = postern_common::error::Violations::new();
+        policy.check(pw, &PersonalInfo { email: "alice@fabrikam.example", ..PersonalInfo::default() }, "p", &mut v);
+        assert_eq!(v.is_empty(), ok, "{policy:?} {pw:?}: {v:?}");
     }
-    check_pw(PasswordPolicy::None, "a", true);
-    check_pw(PasswordPolicy::None, "", false);
-    check_pw(PasswordPolicy::Low, "abcdef", true);
-    check_pw(PasswordPolicy::Low, "abcde", false);
-    check_pw(PasswordPolicy::Fair, "abcDEF12", true);
-    check_pw(PasswordPolicy::Fair, "abcdef12", false);
-    check_pw(PasswordPolicy::Good, "abcdef1!", true);
-    check_pw(PasswordPolicy::Good, "abcdefg1", false);
-    check_pw(PasswordPolicy::Excellent, "abcDEF12!x", true);
-    check_pw(PasswordPolicy::Excellent, "aaaDEF12!x", false);
-    check_pw(PasswordPolicy::Excellent, "abcDEF12!", false);
-    assert!(PasswordPolicy::Low.check("abcdef", 10).is_err());
+    let level = |p: pb::PasswordPolicy| {
+        policy_of(match p {
+            pb::PasswordPolicy::None => |d| d.password_policy = pb::PasswordPolicy::None as i32,
+            pb::PasswordPolicy::Low => |d| d.password_policy = pb::PasswordPolicy::Low as i32,
+            pb::PasswordPolicy::Fair => |d| d.password_policy = pb::PasswordPolicy::Fair as i32,
+            pb::PasswordPolicy::Excellent => |d| d.password_policy = pb::PasswordPolicy::Excellent as i32,
+            _ => |_| {},
+        })
+    };
+    check_pw(&level(pb::PasswordPolicy::None), "a", true);
+    check_pw(&level(pb::PasswordPolicy::None), "", false);
+    check_pw(&level(pb::PasswordPolicy::Low), "abcdef", true);
+    check_pw(&level(pb::PasswordPolicy::Low), "abcde", false);
+    check_pw(&level(pb::PasswordPolicy::Fair), "abcDEF12", true);
+    check_pw(&level(pb::PasswordPolicy::Fair), "abcdef12", false);
+    // Unspecified is `good`.
+    check_pw(&level(pb::PasswordPolicy::Unspecified), "abcdef1!", true);
+    check_pw(&level(pb::PasswordPolicy::Unspecified), "abcdefg1", false);
+    check_pw(&level(pb::PasswordPolicy::Excellent), "abcDEF12!x", true);
+    check_pw(&level(pb::PasswordPolicy::Excellent), "aaaDEF12!x", false);
+    check_pw(&level(pb::PasswordPolicy::Excellent), "abcDEF12!", false);
+    let longer = policy_of(|d| {
+        d.password_policy = pb::PasswordPolicy::Low as i32;
+        d.password_min_length = 10;
+    });
+    check_pw(&longer, "abcdef", false);
+    check_pw(&longer, "abcdefghij", true);
+    let rules = policy_of(|d| {
+        d.password_history_size = 5;
+        d.password_no_personal_info = true;
+        d.password_dictionary = Some(pb::PasswordDictionary { enable: true, words: vec!["Fabrikam-2026!".into()] });
+    });
+    assert_eq!(rules.history_size, 5);
+    check_pw(&rules, "Alice-2026!", false);
+    check_pw(&rules, "fabrikam-2026!", false);
+    check_pw(&rules, "Qz7-rainbow!", true);
 }
 
 #[test]

@@ -88,8 +88,8 @@ wire_enum! {
 }
 
 wire_enum! {
-    /// Password strength levels, as Auth0 defines them.
-    PasswordPolicy mirrors PasswordPolicy, default Good,
+    /// Password strength levels, as Auth0 defines them (the level of a [`crate::PasswordPolicy`]).
+    PasswordStrength mirrors PasswordPolicy, default Good,
     allowed "PASSWORD_POLICY_NONE, PASSWORD_POLICY_LOW, PASSWORD_POLICY_FAIR, PASSWORD_POLICY_GOOD or PASSWORD_POLICY_EXCELLENT" {
         /// At least 1 character.
         None => "none",
@@ -161,49 +161,14 @@ wire_enum! {
     }
 }
 
-impl PasswordPolicy {
+impl PasswordStrength {
     /// The shortest password the level allows.
     pub fn min_length(self) -> u32 {
         match self {
-            PasswordPolicy::None => 1,
-            PasswordPolicy::Low => 6,
-            PasswordPolicy::Fair | PasswordPolicy::Good => 8,
-            PasswordPolicy::Excellent => 10,
-        }
-    }
-
-    /// Checks a new password against the level with at least `min_length` characters;
-    /// `Err` says what is missing, without echoing the password.
-    pub fn check(self, password: &str, min_length: u32) -> Result<(), String> {
-        let min = min_length.max(self.min_length());
-        let len = password.chars().count();
-        if len < min as usize {
-            return Err(format!("the password must have at least {min} characters"));
-        }
-        let lower = password.chars().any(char::is_lowercase);
-        let upper = password.chars().any(char::is_uppercase);
-        let digit = password.chars().any(|c| c.is_ascii_digit());
-        let special = password.chars().any(|c| !c.is_alphanumeric() && !c.is_whitespace());
-        let kinds = [lower, upper, digit, special].into_iter().filter(|k| *k).count();
-        match self {
-            PasswordPolicy::None | PasswordPolicy::Low => Ok(()),
-            PasswordPolicy::Fair if !(lower && upper && digit) => {
-                Err("the password must contain lowercase letters, uppercase letters and digits".into())
-            }
-            PasswordPolicy::Fair => Ok(()),
-            PasswordPolicy::Good | PasswordPolicy::Excellent if kinds < 3 => Err(
-                "the password must contain 3 of these 4 kinds of characters: lowercase letters, uppercase letters, digits, special characters"
-                    .into(),
-            ),
-            PasswordPolicy::Good => Ok(()),
-            PasswordPolicy::Excellent => {
-                let chars: Vec<char> = password.chars().collect();
-                if chars.windows(3).any(|w| w[0] == w[1] && w[1] == w[2]) {
-                    Err("the password must not repeat a character more than twice in a row".into())
-                } else {
-                    Ok(())
-                }
-            }
+            PasswordStrength::None => 1,
+            PasswordStrength::Low => 6,
+            PasswordStrength::Fair | PasswordStrength::Good => 8,
+            PasswordStrength::Excellent => 10,
         }
     }
 }
@@ -253,7 +218,7 @@ pub struct DatabaseOptions {
     /// The longest username (`username_min_length` to 128).
     pub username_max_length: u32,
     /// The strength required of new passwords.
-    pub password_policy: PasswordPolicy,
+    pub password_policy: PasswordStrength,
     /// The shortest password on top of the policy; 0 means the policy's own minimum. Kept as
     /// given so that a later change of policy does not clash with it; see
     /// [`DatabaseOptions::effective_password_min_length`].
@@ -494,6 +459,33 @@ impl DatabaseOptions {
     /// `password_min_length`.
     pub fn effective_password_min_length(&self) -> u32 {
         self.password_min_length.max(self.password_policy.min_length())
+    }
+}
+
+impl DatabaseOptions {
+    /// Checks a new user's username against these options, adding violations of `field`:
+    /// empty when the connection uses no usernames, else within the length bounds and of
+    /// the allowed characters.
+    pub fn check_username(&self, v: &mut Violations, field: &str, username: &str) {
+        if !self.requires_username {
+            if !username.is_empty() {
+                v.add(field, "must be empty: this connection does not use usernames (requires_username is off)");
+            }
+            return;
+        }
+        let (min, max) = (self.username_min_length, self.username_max_length);
+        let len = username.chars().count();
+        if len < min as usize || len > max as usize {
+            v.add(field, format!("must be {min} to {max} characters long (got {len})"));
+        }
+        if !username.chars().all(|c| c.is_ascii_alphanumeric() || "_-.+!#$'^`~".contains(c)) {
+            v.add(field, "may contain only letters, digits and _ - . + ! # $ ' ^ ` ~ (no @, no spaces)");
+        }
+    }
+
+    /// Whether the custom database's users are imported on their first login.
+    pub fn imports_lazily(&self) -> bool {
+        self.custom_database.as_ref().is_some_and(|c| c.import_mode == ImportMode::Lazy)
     }
 }
 
@@ -790,7 +782,7 @@ impl Options {
 }
 
 /// The contract's empty options of a family (every field at its zero value).
-pub(crate) fn empty_proto(family: OptionsFamily) -> pb::connection::Options {
+pub fn empty_proto(family: OptionsFamily) -> pb::connection::Options {
     use pb::connection::Options as O;
     match family {
         OptionsFamily::Database => O::Database(Default::default()),
@@ -826,7 +818,7 @@ fn database(o: pb::DatabaseOptions, at: &str, v: &mut Violations, secrets: &mut 
             format!("must be at least username_min_length ({username_min_length}); got {username_max_length}"),
         );
     }
-    let password_policy = PasswordPolicy::read(v, &p("password_policy"), o.password_policy);
+    let password_policy = PasswordStrength::read(v, &p("password_policy"), o.password_policy);
     let password_min_length = rules::int_or_default(v, &p("password_min_length"), o.password_min_length, 0, 1, 128);
     if password_min_length != 0 && password_min_length < password_policy.min_length() {
         v.add(
