@@ -8,6 +8,8 @@
 //! - [`peers`] finds the real peers (PostgreSQL, grpcurl) and decides between skipping and
 //!   failing when one is missing (`POSTERN_REQUIRE_PEERS=1`).
 //! - [`browser`] drives headless Chromium over WebDriver, a fresh profile per test.
+//! - [`web`] walks HTML pages over HTTP as a browser without JavaScript does (a cookie
+//!   jar, forms, redirects looked at one by one).
 //! - [`node`] runs the scripts of the node workspace (`tests/node`): npm's `openid-client`
 //!   as an independent relying party, npm's `oidc-provider` as a reference provider.
 
@@ -18,6 +20,7 @@ pub mod browser;
 pub mod node;
 pub mod peers;
 mod process;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -136,19 +136,34 @@ impl Node {
         limit: Duration,
     ) -> Result<(NodeServer, serde_json::Value), NodeError> {
         let mut cmd = self.command(script, args, env);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| NodeError::Spawn { script: script.into(), source })?;
-        let Some(stdout) = child.stdout.take() else {
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(NodeError::Failed { script: script.into(), status: "no output".into(), output: String::new() });
         };
+        // What the server says on standard error (warnings, a failure) is kept for the error
+        // of a failed start, and otherwise dropped.
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let keep = said.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut said = keep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if said.len() < 64 * 1024 {
+                    said.push_str(&line);
+                    said.push('\n');
+                }
+            }
+        });
+        let output = || said.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut lines = BufReader::new(stdout).lines();
         let first = match tokio::time::timeout(limit, lines.next_line()).await {
             Ok(Ok(Some(line))) => line,
             Ok(_) => {
                 let status = child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string());
-                return Err(NodeError::Failed { script: script.into(), status, output: String::new() });
+                return Err(NodeError::Failed { script: script.into(), status, output: output() });
             }
-            Err(_) => return Err(NodeError::Timeout { script: script.into(), limit, output: String::new() }),
+            Err(_) => return Err(NodeError::Timeout { script: script.into(), limit, output: output() }),
         };
         let ready = serde_json::from_str(&first).map_err(|e| NodeError::Failed {
             script: script.into(),
