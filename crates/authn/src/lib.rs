@@ -27,6 +27,8 @@
 //! - [`keys`]: the tenants' signing keys, sealed at rest, opened and cached.
 //! - [`password`]: Argon2id hashing and verification (and legacy bcrypt), and the history
 //!   rule of the password policy (the policy itself is `postern_connection::password`).
+//! - [`oauth`]: the OpenID provider's steps (`OAuthService`): authorization requests, the
+//!   hosted page's login and signup, SSO sessions and logout, the token grants and revocation.
 //! - [`tokens`]: signing keys (RS256, EdDSA), their JSON Web Key Set, and the signing and
 //!   verification of ID and access tokens.
 //! - [`bruteforce`]: the counting rule of brute-force protection, which the store applies
@@ -52,6 +54,7 @@ pub mod domain;
 pub mod json;
 pub mod keys;
 pub mod login;
+pub mod oauth;
 pub mod password;
 mod status;
 pub mod store;
@@ -70,12 +73,23 @@ pub use login::{IssueTokens, PasswordLogin, SignupInput};
 pub use store::Store;
 
 /// The gRPC services this crate serves, by full name.
-pub const SERVICES: &[&str] =
-    &["postern.authn.v1.AuthenticationService", "postern.authn.v1.UserService", "postern.authn.v1.SigningKeyService"];
+pub const SERVICES: &[&str] = &[
+    "postern.authn.v1.AuthenticationService",
+    "postern.authn.v1.UserService",
+    "postern.authn.v1.SigningKeyService",
+    "postern.authn.v1.OAuthService",
+];
 
-/// The RPCs of this service that only other Postern services may call: none. (The key set
+/// The RPCs of this service that only other Postern services may call: the browser steps of
+/// the OpenID provider, which only its HTTP routes (`postern-provider`) call. (The key set
 /// and discovery documents are public, and served over HTTP by the gateway.)
-pub const INTERNAL_METHODS: &[&str] = &[];
+pub const INTERNAL_METHODS: &[&str] = &[
+    "/postern.authn.v1.OAuthService/StartAuthorization",
+    "/postern.authn.v1.OAuthService/GetLoginPage",
+    "/postern.authn.v1.OAuthService/SubmitLogin",
+    "/postern.authn.v1.OAuthService/SubmitSignup",
+    "/postern.authn.v1.OAuthService/EndSession",
+];
 
 /// Another Postern service, called as `Service("authn")`.
 pub type Peer = SignService<HttpService>;
@@ -97,6 +111,9 @@ pub struct Config {
     /// Whether resolved connections are cached (kept fresh by the registry's watch stream).
     /// Off only to measure what the cache saves.
     pub cache_connections: bool,
+    /// Where the OpenID provider's expiry rules (codes, sessions, refresh tokens) read the
+    /// time: the system clock, or a manual one in tests.
+    pub clock: postern_common::time::Clock,
 }
 
 /// The services the authenticator calls.
@@ -127,5 +144,9 @@ pub fn routes(api: AuthnApi, key: InternalKey) -> tonic::service::Routes {
         layer.layer(pb::authentication_service_server::AuthenticationServiceServer::new(api.clone())),
     )
     .add_service(layer.layer(pb::user_service_server::UserServiceServer::new(api.clone())))
-    .add_service(layer.layer(pb::signing_key_service_server::SigningKeyServiceServer::new(api)))
+    .add_service(layer.layer(pb::signing_key_service_server::SigningKeyServiceServer::new(api.clone())))
+    .add_service(layer.layer(pb::o_auth_service_server::OAuthServiceServer::new(oauth::OAuthApi::new(
+        api.clone(),
+        oauth::OAuthConfig::new(api.config.clock.clone()),
+    ))))
 }

@@ -365,6 +365,7 @@ async fn start_authn(
         master_key,
         lifetimes: postern_authn::tokens::Lifetimes::DEFAULT,
         cache_connections: settings.connection_cache,
+        clock: postern_common::time::Clock::system(),
     };
     Ok((postern_authn::api(store.clone(), &peers, internal_key, config), public_url, store))
 }

@@ -179,6 +179,8 @@ pub struct Clients {
     pub users: authn::user_service_client::UserServiceClient<Authed>,
     /// `postern.authn.v1.SigningKeyService`
     pub signing_keys: authn::signing_key_service_client::SigningKeyServiceClient<Authed>,
+    /// `postern.authn.v1.OAuthService` (its public RPCs; the gateway refuses the internal ones)
+    pub oauth: authn::o_auth_service_client::OAuthServiceClient<Authed>,
 }
 
 impl Clients {
@@ -193,7 +195,8 @@ impl Clients {
             connections: connections::connection_service_client::ConnectionServiceClient::new(authed.clone()),
             authn: authn::authentication_service_client::AuthenticationServiceClient::new(authed.clone()),
             users: authn::user_service_client::UserServiceClient::new(authed.clone()),
-            signing_keys: authn::signing_key_service_client::SigningKeyServiceClient::new(authed),
+            signing_keys: authn::signing_key_service_client::SigningKeyServiceClient::new(authed.clone()),
+            oauth: authn::o_auth_service_client::OAuthServiceClient::new(authed),
         }
     }
 

@@ -40,6 +40,8 @@ pub struct AuthnApi {
     /// The client checks that passed, retired by the tenant event log.
     pub(crate) client_checks: Arc<ClientChecks>,
     pub(crate) tenants: tenant_pb::tenant_service_client::TenantServiceClient<Peer>,
+    /// The registry, asked for the connections the hosted login page lists.
+    pub(crate) registry: postern_proto::connections::v1::connection_service_client::ConnectionServiceClient<Peer>,
     pub(crate) config: Config,
 }
 
@@ -55,7 +57,7 @@ impl AuthnApi {
             client_checks.clone(),
             tenant.clone(),
         ));
-        let cache = ConnectionCache::new(registry, store.clone(), config.cache_connections);
+        let cache = ConnectionCache::new(registry.clone(), store.clone(), config.cache_connections);
         Self {
             store,
             keys,
@@ -64,6 +66,7 @@ impl AuthnApi {
             tenant_clients: tenant_pb::client_service_client::ClientServiceClient::new(tenant.clone()),
             client_checks,
             tenants: tenant_pb::tenant_service_client::TenantServiceClient::new(tenant),
+            registry: postern_proto::connections::v1::connection_service_client::ConnectionServiceClient::new(registry),
             config,
         }
     }

@@ -1,0 +1,1042 @@
+//! The OpenID provider of each tenant, as RPCs (`OAuthService`): the authorization request,
+//! the hosted page's login and signup, SSO sessions and logout, the token endpoint's grants
+//! and revocation. The HTTP routes of `postern-provider` call these (the browser steps are
+//! internal); `ExchangeToken` and `RevokeToken` are public twins of the token and revocation
+//! endpoints, sharing this code path.
+//!
+//! Every bearer secret made here (transaction id, CSRF token, code, session id, refresh
+//! token) is 256 random bits, handed out once and stored as its SHA-256 digest
+//! ([`store::oauth`](crate::store::oauth)). Time comes from the configured
+//! [`Clock`], so that expiry rules are tested without sleeping.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use postern_common::error::{
+    Violations, failed_precondition, internal, invalid_field, not_found, permission_denied, status,
+};
+use postern_common::ids::constant_time_eq;
+use postern_common::principal::principal;
+use postern_common::time::Clock;
+use postern_common::validate::truncate;
+use postern_proto::authn::v1 as pb;
+use postern_proto::connections::v1 as conn_pb;
+use postern_proto::tenant::v1 as tenant_pb;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tonic::{Code, Request, Response, Status};
+
+use crate::AuthnApi;
+use crate::store::Store;
+use crate::store::oauth::{CodeGrant, NewTransaction, Redeemed, RefreshGrant, Rotated, secret_digest};
+use crate::tokens::{self, ProfileClaims};
+
+/// How long the provider's grants and sessions last.
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    /// Where time comes from.
+    pub clock: Clock,
+    /// How long a login transaction waits for the hosted page (10 minutes).
+    pub transaction_lifetime: Duration,
+    /// How long an authorization code may be exchanged (60 seconds).
+    pub code_lifetime: Duration,
+    /// How long an SSO session lives without use (Auth0's default: 3 days).
+    pub session_idle: Duration,
+    /// How long an SSO session lives at most (Auth0's default: 7 days).
+    pub session_absolute: Duration,
+    /// How long a refresh token lives without use (Auth0's default: 15 days).
+    pub refresh_idle: Duration,
+    /// How long a family of rotated refresh tokens lives at most (Auth0's default: 30 days).
+    pub refresh_absolute: Duration,
+}
+
+impl OAuthConfig {
+    /// The defaults above, on `clock`.
+    pub fn new(clock: Clock) -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            clock,
+            transaction_lifetime: Duration::from_secs(600),
+            code_lifetime: Duration::from_secs(60),
+            session_idle: Duration::from_secs(3 * DAY),
+            session_absolute: Duration::from_secs(7 * DAY),
+            refresh_idle: Duration::from_secs(15 * DAY),
+            refresh_absolute: Duration::from_secs(30 * DAY),
+        }
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The handlers of `OAuthService`, over the authenticator's state and login orchestration.
+#[derive(Clone)]
+pub struct OAuthApi {
+    authn: AuthnApi,
+    oauth: OAuthConfig,
+}
+
+/// A new bearer secret: 256 random bits, base64url.
+fn new_secret() -> String {
+    URL_SAFE_NO_PAD.encode(rand_bytes())
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    // aws-lc's CSPRNG; it fails only if the OS has no entropy, which no server survives.
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        tracing::error!("the system's random number generator failed");
+    }
+    b
+}
+
+/// The validated authorization request a transaction and a code carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AuthRequest {
+    client_id: String,
+    redirect_uri: String,
+    response_mode: String,
+    scope: String,
+    state: String,
+    nonce: String,
+    code_challenge: String,
+    connection: String,
+    login_hint: String,
+    audience: String,
+}
+
+/// The OAuth 2.0 error codes of RFC 6749 (4.1.2.1 and 5.2) as `ErrorInfo` reasons.
+mod reason {
+    pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
+    pub const INVALID_CLIENT: &str = "INVALID_CLIENT";
+    pub const INVALID_GRANT: &str = "INVALID_GRANT";
+    pub const UNAUTHORIZED_CLIENT: &str = "UNAUTHORIZED_CLIENT";
+    pub const UNSUPPORTED_GRANT_TYPE: &str = "UNSUPPORTED_GRANT_TYPE";
+    pub const INVALID_SCOPE: &str = "INVALID_SCOPE";
+}
+
+fn invalid_grant(message: impl Into<String>) -> Status {
+    status(Code::FailedPrecondition, reason::INVALID_GRANT, message)
+}
+
+fn invalid_client(message: impl Into<String>) -> Status {
+    status(Code::Unauthenticated, reason::INVALID_CLIENT, message)
+}
+
+fn invalid_request(field: &str, message: impl Into<String>) -> Status {
+    let message = message.into();
+    let mut details = tonic_types::ErrorDetails::new();
+    details.add_bad_request_violation(field, message.clone());
+    details.set_error_info(reason::INVALID_REQUEST, postern_common::error::ERROR_DOMAIN, HashMap::new());
+    <Status as tonic_types::StatusExt>::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {message}"),
+        details,
+    )
+}
+
+/// Whether `s` is a PKCE verifier or S256 challenge: 43 to 128 unreserved characters.
+fn pkce_shaped(s: &str) -> bool {
+    (43..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+/// The S256 challenge of a PKCE verifier.
+pub fn s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+fn has_scope(scope: &str, s: &str) -> bool {
+    scope.split_whitespace().any(|x| x == s)
+}
+
+fn seconds(t: i64) -> u64 {
+    u64::try_from(t.div_euclid(1_000_000)).unwrap_or(0)
+}
+
+/// The ID token of the code flow: the login's claims plus `nonce` and `auth_time`.
+#[derive(Serialize, Deserialize)]
+struct IdToken {
+    iss: String,
+    aud: String,
+    sub: String,
+    iat: u64,
+    exp: u64,
+    auth_time: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nonce: Option<String>,
+    #[serde(flatten)]
+    profile: ProfileClaims,
+}
+
+/// The access token of `client_credentials` (Auth0's shape).
+#[derive(Serialize)]
+struct ClientAccessToken<'a> {
+    iss: &'a str,
+    sub: String,
+    aud: &'a str,
+    iat: u64,
+    exp: u64,
+    scope: &'a str,
+    gty: &'static str,
+    azp: &'a str,
+}
+
+/// The claims an `id_token_hint` must carry.
+#[derive(Deserialize)]
+struct Hint {
+    aud: String,
+}
+
+/// A user's tokens to issue.
+struct UserTokens<'a> {
+    tenant: &'a str,
+    client_id: &'a str,
+    user_id: &'a str,
+    scope: &'a str,
+    audience: &'a str,
+    nonce: &'a str,
+    auth_time: i64,
+}
+
+impl OAuthApi {
+    /// Handlers over `authn`'s state (store, keys, peers) and login orchestration.
+    pub fn new(authn: AuthnApi, oauth: OAuthConfig) -> Self {
+        Self { authn, oauth }
+    }
+
+    fn store(&self) -> &Store {
+        &self.authn.store
+    }
+
+    fn now(&self) -> i64 {
+        self.oauth.clock.now_micros()
+    }
+
+    fn issuer(&self, tenant: &str) -> String {
+        let url = self.authn.config.public_url.get().map_or("http://localhost", String::as_str);
+        tokens::issuer(url, tenant)
+    }
+
+    /// The client, or the status the caller shows on an error page (never a redirect).
+    async fn client(&self, tenant: &str, client_id: &str) -> Result<tenant_pb::Client, Status> {
+        let answer = self
+            .authn
+            .tenant_clients
+            .clone()
+            .get_client(tenant_pb::GetClientRequest { tenant: tenant.to_owned(), client_id: client_id.to_owned() })
+            .await;
+        match answer {
+            Ok(r) => r.into_inner().client.ok_or_else(|| internal(&"GetClient answered no client")),
+            Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument) => Err(not_found(
+                "CLIENT_NOT_FOUND",
+                format!("tenant {tenant:?} has no client {:?}", truncate(client_id, 64)),
+            )),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), message = s.message(), "tenant service call failed");
+                Err(Status::unavailable("the tenant service is unavailable; retry shortly"))
+            }
+        }
+    }
+
+    /// Authenticates a client at the token or revocation endpoint: its secret when
+    /// confidential; a public client has none (PKCE stands in for it).
+    async fn authenticate_client(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<tenant_pb::Client, Status> {
+        if client_id.is_empty() {
+            return Err(invalid_client("client authentication failed: no client_id"));
+        }
+        let client = self.client(tenant, client_id).await.map_err(|s| match s.code() {
+            Code::NotFound => invalid_client("client authentication failed: unknown client"),
+            _ => s,
+        })?;
+        if client.confidential || !secret.is_empty() {
+            self.authn.verify_client(tenant, client_id, secret).await.map_err(|s| match s.code() {
+                Code::Unauthenticated | Code::NotFound | Code::InvalidArgument => {
+                    invalid_client("client authentication failed: wrong or missing client secret")
+                }
+                _ => s,
+            })?;
+        }
+        Ok(client)
+    }
+
+    /// A new code for `request`'s client, granted to `user_id` authenticated at
+    /// `auth_time` in the session `session_hash`, as the redirect that carries it.
+    async fn code_redirect(
+        &self,
+        tenant: &str,
+        request: &AuthRequest,
+        user_id: &str,
+        session_hash: &str,
+        auth_time: i64,
+    ) -> Result<pb::Redirect, Status> {
+        let code = new_secret();
+        let now = self.now();
+        let grant = CodeGrant {
+            client_id: request.client_id.clone(),
+            redirect_uri: request.redirect_uri.clone(),
+            user_id: user_id.to_owned(),
+            scope: request.scope.clone(),
+            audience: request.audience.clone(),
+            nonce: request.nonce.clone(),
+            code_challenge: request.code_challenge.clone(),
+            session_hash: session_hash.to_owned(),
+            auth_time,
+        };
+        let expire = now.saturating_add(micros(self.oauth.code_lifetime));
+        self.store().create_code(tenant, &secret_digest(&code), &grant, now, expire).await?;
+        let mut parameters = HashMap::from([("code".to_owned(), code)]);
+        if !request.state.is_empty() {
+            parameters.insert("state".into(), request.state.clone());
+        }
+        Ok(pb::Redirect { uri: request.redirect_uri.clone(), response_mode: request.response_mode.clone(), parameters })
+    }
+
+    /// Starts a session for a user who just authenticated, and answers the code.
+    async fn logged_in(&self, tenant: &str, request: &AuthRequest, user_id: &str) -> Result<pb::LoggedIn, Status> {
+        let session = new_secret();
+        let session_hash = secret_digest(&session);
+        let now = self.now();
+        let absolute = now.saturating_add(micros(self.oauth.session_absolute));
+        self.store()
+            .create_session(
+                tenant,
+                &session_hash,
+                user_id,
+                now,
+                now.saturating_add(micros(self.oauth.session_idle)),
+                absolute,
+            )
+            .await?;
+        let redirect = self.code_redirect(tenant, request, user_id, &session_hash, now).await?;
+        tracing::info!(tenant = %tenant, user_id = %user_id, client_id = %request.client_id, "browser login");
+        Ok(pb::LoggedIn {
+            redirect: Some(redirect),
+            session,
+            session_max_age: i64::try_from(self.oauth.session_absolute.as_secs()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// The live transaction `transaction` of `tenant` and its request, checking `csrf`
+    /// when given.
+    async fn transaction(&self, tenant: &str, transaction: &str, csrf: Option<&str>) -> Result<AuthRequest, Status> {
+        let gone = || {
+            not_found(
+                "LOGIN_TRANSACTION_NOT_FOUND",
+                "this login page has expired or was already used; go back to the application and sign in again",
+            )
+        };
+        if transaction.is_empty() || transaction.len() > 128 {
+            return Err(gone());
+        }
+        let stored =
+            self.store().transaction(tenant, &secret_digest(transaction), self.now()).await?.ok_or_else(gone)?;
+        if let Some(csrf) = csrf
+            && !constant_time_eq(secret_digest(csrf).as_bytes(), stored.csrf_hash.as_bytes())
+        {
+            return Err(permission_denied("CSRF_TOKEN_INVALID", "the form's CSRF token does not belong to this login"));
+        }
+        serde_json::from_str(&stored.request).map_err(|e| internal(&e))
+    }
+
+    /// Uses up a transaction after a successful login (single use).
+    async fn finish_transaction(&self, tenant: &str, transaction: &str) -> Result<(), Status> {
+        if self.store().take_transaction(tenant, &secret_digest(transaction), self.now()).await? {
+            Ok(())
+        } else {
+            Err(failed_precondition("LOGIN_TRANSACTION_USED", "this login was already completed in another tab"))
+        }
+    }
+
+    /// Checks that `connection` may be used for the transaction's request.
+    fn check_connection(request: &AuthRequest, connection: &str) -> Result<(), Status> {
+        if !request.connection.is_empty() && request.connection != connection {
+            return Err(permission_denied(
+                "CONNECTION_NOT_ALLOWED",
+                format!("this login is limited to connection {:?}", request.connection),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The tokens of a user for a grant: an ID token with `nonce` and `auth_time`, an
+    /// access token (a JWT for an audience, otherwise opaque).
+    async fn user_tokens(&self, t: &UserTokens<'_>) -> Result<tokens::Issued, Status> {
+        let user = self
+            .store()
+            .get_user(t.tenant, t.user_id)
+            .await?
+            .ok_or_else(|| invalid_grant("the user of this grant no longer exists"))?;
+        if user.blocked {
+            return Err(invalid_grant("the user of this grant is blocked"));
+        }
+        let key = self.authn.keys.current(t.tenant).await?;
+        let issuer = self.issuer(t.tenant);
+        let lifetimes = self.authn.keys.lifetimes();
+        let scope = tokens::normalize_scope(t.scope);
+        let profile = crate::login::claims_of(&user);
+        let iat = seconds(self.now());
+        let exp = iat + lifetimes.access_token.as_secs();
+        // The access token follows Login's rules: a JWT for an API, otherwise opaque.
+        let access_token = if t.audience.is_empty() {
+            tokens::seal_access_token(
+                &self.authn.config.master_key,
+                t.tenant,
+                &tokens::OpaqueAccessClaims {
+                    sub: t.user_id.to_owned(),
+                    azp: t.client_id.to_owned(),
+                    scope: scope.clone(),
+                    iat,
+                    exp,
+                    kid: key.kid.clone(),
+                },
+            )
+        } else {
+            key.sign(&tokens::AccessTokenClaims {
+                iss: issuer.clone(),
+                aud: vec![t.audience.to_owned(), tokens::userinfo_endpoint(&issuer)],
+                sub: t.user_id.to_owned(),
+                azp: t.client_id.to_owned(),
+                scope: scope.clone(),
+                iat,
+                exp,
+            })
+        }
+        .map_err(|e| internal(&e))?;
+        let id = IdToken {
+            iss: issuer.clone(),
+            aud: t.client_id.to_owned(),
+            sub: t.user_id.to_owned(),
+            iat,
+            exp: iat + lifetimes.id_token.as_secs(),
+            auth_time: seconds(t.auth_time),
+            nonce: (!t.nonce.is_empty()).then(|| t.nonce.to_owned()),
+            profile: profile.for_scope(&scope),
+        };
+        Ok(tokens::Issued {
+            id_token: key.sign(&id).map_err(|e| internal(&e))?,
+            access_token,
+            token_type: tokens::TOKEN_TYPE,
+            expires_in: lifetimes.access_token.as_secs(),
+            scope,
+        })
+    }
+
+    fn token_response(issued: tokens::Issued, refresh_token: String, id_token: bool) -> pb::ExchangeTokenResponse {
+        pb::ExchangeTokenResponse {
+            access_token: issued.access_token,
+            id_token: if id_token { issued.id_token } else { String::new() },
+            refresh_token,
+            token_type: issued.token_type.to_owned(),
+            expires_in: i64::try_from(issued.expires_in).unwrap_or(i64::MAX),
+            scope: issued.scope,
+        }
+    }
+
+    async fn authorization_code(
+        &self,
+        req: &pb::ExchangeTokenRequest,
+        client: &tenant_pb::Client,
+    ) -> Result<pb::ExchangeTokenResponse, Status> {
+        if req.code.is_empty() {
+            return Err(invalid_request("code", "is required for grant_type=authorization_code"));
+        }
+        if req.redirect_uri.is_empty() {
+            return Err(invalid_request("redirect_uri", "is required for grant_type=authorization_code"));
+        }
+        let family = postern_common::ids::new_id();
+        let grant = match self.store().redeem_code(&req.tenant, &secret_digest(&req.code), &family, self.now()).await? {
+            Redeemed::Granted(g) => g,
+            Redeemed::Replayed => {
+                tracing::warn!(tenant = %req.tenant, client_id = %req.client_id, "authorization code replayed: its refresh tokens are revoked");
+                return Err(invalid_grant("the authorization code was already used; the tokens it issued are revoked"));
+            }
+            Redeemed::Unknown => return Err(invalid_grant("the authorization code is invalid or expired")),
+        };
+        if grant.client_id != client.client_id {
+            return Err(invalid_grant("the authorization code was issued to another client"));
+        }
+        if grant.redirect_uri != req.redirect_uri {
+            return Err(invalid_grant("redirect_uri differs from the authorization request's"));
+        }
+        if grant.code_challenge.is_empty() {
+            if !client.confidential {
+                return Err(invalid_grant("a public client's code must be bound to a PKCE challenge"));
+            }
+        } else {
+            if req.code_verifier.is_empty() {
+                return Err(invalid_grant("code_verifier is required: the authorization request had a code_challenge"));
+            }
+            if !pkce_shaped(&req.code_verifier)
+                || !constant_time_eq(s256(&req.code_verifier).as_bytes(), grant.code_challenge.as_bytes())
+            {
+                return Err(invalid_grant("code_verifier does not match the code_challenge"));
+            }
+        }
+        let issued = self
+            .user_tokens(&UserTokens {
+                tenant: &req.tenant,
+                client_id: &grant.client_id,
+                user_id: &grant.user_id,
+                scope: &grant.scope,
+                audience: &grant.audience,
+                nonce: &grant.nonce,
+                auth_time: grant.auth_time,
+            })
+            .await?;
+        let refresh_token = if has_scope(&grant.scope, "offline_access") {
+            let now = self.now();
+            let token = new_secret();
+            let refresh = RefreshGrant {
+                family_id: family,
+                client_id: grant.client_id.clone(),
+                user_id: grant.user_id.clone(),
+                scope: grant.scope.clone(),
+                audience: grant.audience.clone(),
+                nonce: grant.nonce.clone(),
+                auth_time: grant.auth_time,
+                session_hash: grant.session_hash.clone(),
+                family_expire: now.saturating_add(micros(self.oauth.refresh_absolute)),
+            };
+            let expire = now.saturating_add(micros(self.oauth.refresh_idle));
+            self.store().create_refresh_token(&req.tenant, &secret_digest(&token), &refresh, now, expire).await?;
+            token
+        } else {
+            String::new()
+        };
+        Ok(Self::token_response(issued, refresh_token, true))
+    }
+
+    async fn refresh(
+        &self,
+        req: &pb::ExchangeTokenRequest,
+        client: &tenant_pb::Client,
+    ) -> Result<pb::ExchangeTokenResponse, Status> {
+        if req.refresh_token.is_empty() {
+            return Err(invalid_request("refresh_token", "is required for grant_type=refresh_token"));
+        }
+        let next = new_secret();
+        let rotated = self
+            .store()
+            .rotate_refresh_token(
+                &req.tenant,
+                &secret_digest(&req.refresh_token),
+                &secret_digest(&next),
+                self.now(),
+                micros(self.oauth.refresh_idle),
+            )
+            .await?;
+        let grant = match rotated {
+            Rotated::Rotated(g) => g,
+            Rotated::Reused => {
+                tracing::warn!(tenant = %req.tenant, client_id = %req.client_id, "refresh token reused: its family is revoked");
+                return Err(invalid_grant("the refresh token was already used; every token of its grant is revoked"));
+            }
+            Rotated::Unknown => return Err(invalid_grant("the refresh token is invalid, expired or revoked")),
+        };
+        if grant.client_id != client.client_id {
+            // Presented by another client: treat the token as stolen.
+            self.store().revoke_refresh_token(&req.tenant, &secret_digest(&next), &grant.client_id).await?;
+            return Err(invalid_grant("the refresh token was issued to another client"));
+        }
+        let scope = if req.scope.trim().is_empty() {
+            grant.scope.clone()
+        } else {
+            if let Some(extra) = req.scope.split_whitespace().find(|s| !has_scope(&grant.scope, s)) {
+                return Err(status(
+                    Code::InvalidArgument,
+                    reason::INVALID_SCOPE,
+                    format!("scope {:?} was not granted; ask for a subset of {:?}", truncate(extra, 64), grant.scope),
+                ));
+            }
+            req.scope.clone()
+        };
+        let issued = self
+            .user_tokens(&UserTokens {
+                tenant: &req.tenant,
+                client_id: &grant.client_id,
+                user_id: &grant.user_id,
+                scope: &scope,
+                audience: &grant.audience,
+                nonce: &grant.nonce,
+                auth_time: grant.auth_time,
+            })
+            .await?;
+        Ok(Self::token_response(issued, next, has_scope(&scope, "openid")))
+    }
+
+    async fn client_credentials(
+        &self,
+        req: &pb::ExchangeTokenRequest,
+        client: &tenant_pb::Client,
+    ) -> Result<pb::ExchangeTokenResponse, Status> {
+        if client.app_type != tenant_pb::AppType::MachineToMachine as i32 || !client.confidential {
+            return Err(status(
+                Code::PermissionDenied,
+                reason::UNAUTHORIZED_CLIENT,
+                "client_credentials is only for machine-to-machine clients (APP_TYPE_MACHINE_TO_MACHINE)",
+            ));
+        }
+        if req.audience.trim().is_empty() {
+            return Err(invalid_request("audience", "is required: the identifier of the API the token is for"));
+        }
+        let key = self.authn.keys.current(&req.tenant).await?;
+        let issuer = self.issuer(&req.tenant);
+        let lifetime = self.authn.keys.lifetimes().access_token;
+        let iat = seconds(self.now());
+        let scope = req.scope.split_whitespace().collect::<Vec<_>>().join(" ");
+        let claims = ClientAccessToken {
+            iss: &issuer,
+            sub: format!("{}@clients", client.client_id),
+            aud: req.audience.trim(),
+            iat,
+            exp: iat + lifetime.as_secs(),
+            scope: &scope,
+            gty: "client-credentials",
+            azp: &client.client_id,
+        };
+        let access_token = key.sign(&claims).map_err(|e| internal(&e))?;
+        metrics::counter!("postern_authn_client_credentials_total").increment(1);
+        Ok(pb::ExchangeTokenResponse {
+            access_token,
+            id_token: String::new(),
+            refresh_token: String::new(),
+            token_type: tokens::TOKEN_TYPE.to_owned(),
+            expires_in: i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX),
+            scope,
+        })
+    }
+
+    /// Validates an authorization request up to the redirect URI (errors: an error page),
+    /// then the rest (errors: back to the application).
+    async fn validate_authorization(
+        &self,
+        req: &pb::StartAuthorizationRequest,
+    ) -> Result<(tenant_pb::Client, Result<AuthRequest, (&'static str, String)>), Status> {
+        let mut v = Violations::new();
+        v.check("tenant", postern_common::validate::tenant_name(&req.tenant));
+        if req.client_id.is_empty() {
+            v.add("client_id", "is required");
+        }
+        if req.redirect_uri.is_empty() {
+            v.add("redirect_uri", "is required");
+        }
+        v.into_result()?;
+        let client = self.client(&req.tenant, &req.client_id).await?;
+        if !client.callbacks.iter().any(|c| c == &req.redirect_uri) {
+            return Err(invalid_field(
+                "redirect_uri",
+                "is not one of the client's registered callback URLs (they must match exactly)",
+            ));
+        }
+        let response_mode = match req.response_mode.as_str() {
+            "" | "query" => "query",
+            "form_post" => "form_post",
+            _ => "query",
+        };
+        let fail = |error: &'static str, description: &str| Err((error, description.to_owned()));
+        let checked = if !matches!(req.response_mode.as_str(), "" | "query" | "form_post") {
+            fail("invalid_request", "response_mode must be query or form_post")
+        } else if req.response_type != "code" {
+            fail("unsupported_response_type", "response_type must be code")
+        } else if client.app_type == tenant_pb::AppType::MachineToMachine as i32 {
+            fail("unauthorized_client", "a machine-to-machine client cannot use the authorization code flow")
+        } else if !has_scope(&req.scope, "openid") {
+            fail("invalid_scope", "scope must include openid")
+        } else if !matches!(req.prompt.as_str(), "" | "none" | "login") {
+            fail("invalid_request", "prompt must be none or login")
+        } else if req.max_age.is_some_and(|m| m < 0) {
+            fail("invalid_request", "max_age must be zero or more seconds")
+        } else if !req.code_challenge_method.is_empty() && req.code_challenge_method != "S256" {
+            fail("invalid_request", "code_challenge_method must be S256")
+        } else if !req.code_challenge.is_empty() && !pkce_shaped(&req.code_challenge) {
+            fail("invalid_request", "code_challenge must be the base64url SHA-256 of the verifier (43 characters)")
+        } else if req.code_challenge.is_empty() && !client.confidential {
+            fail("invalid_request", "code_challenge (PKCE, S256) is required for single-page and native applications")
+        } else if req.nonce.len() > 512 || req.state.len() > 2048 || req.login_hint.len() > 254 {
+            fail("invalid_request", "state, nonce or login_hint is too long")
+        } else {
+            Ok(AuthRequest {
+                client_id: client.client_id.clone(),
+                redirect_uri: req.redirect_uri.clone(),
+                response_mode: response_mode.to_owned(),
+                scope: tokens::normalize_scope(&req.scope),
+                state: req.state.clone(),
+                nonce: req.nonce.clone(),
+                code_challenge: req.code_challenge.clone(),
+                connection: req.connection.clone(),
+                login_hint: req.login_hint.clone(),
+                audience: req.audience.clone(),
+            })
+        };
+        Ok((client, checked))
+    }
+
+    /// The password rules of a database connection, in words.
+    fn password_rules(options: &conn_pb::DatabaseOptions) -> Vec<String> {
+        let mut rules = Vec::new();
+        let min = match conn_pb::PasswordPolicy::try_from(options.password_policy) {
+            Ok(conn_pb::PasswordPolicy::None) => 1,
+            Ok(conn_pb::PasswordPolicy::Low) => 6,
+            Ok(conn_pb::PasswordPolicy::Excellent) => 10,
+            _ => 8,
+        };
+        let min = if options.password_min_length > 0 { options.password_min_length } else { min };
+        rules.push(format!("At least {min} characters"));
+        match conn_pb::PasswordPolicy::try_from(options.password_policy) {
+            Ok(conn_pb::PasswordPolicy::Fair) => {
+                rules.push("Lower case letters, upper case letters and digits".to_owned());
+            }
+            Ok(conn_pb::PasswordPolicy::Good | conn_pb::PasswordPolicy::Unspecified) | Err(_) => rules
+                .push("At least 3 of: lower case letters, upper case letters, digits, special characters".to_owned()),
+            Ok(conn_pb::PasswordPolicy::Excellent) => {
+                rules.push(
+                    "At least 3 of: lower case letters, upper case letters, digits, special characters".to_owned(),
+                );
+                rules.push("No more than 2 identical characters in a row".to_owned());
+            }
+            _ => {}
+        }
+        if options.password_no_personal_info {
+            rules.push("Not containing your name, email or username".to_owned());
+        }
+        if options.password_dictionary.as_ref().is_some_and(|d| d.enable) {
+            rules.push("Not a common password".to_owned());
+        }
+        rules
+    }
+}
+
+fn redirect_error(request: &pb::StartAuthorizationRequest, error: &str, description: &str) -> pb::Redirect {
+    let mut parameters = HashMap::from([
+        ("error".to_owned(), error.to_owned()),
+        ("error_description".to_owned(), description.to_owned()),
+    ]);
+    if !request.state.is_empty() {
+        parameters.insert("state".into(), request.state.clone());
+    }
+    let response_mode = if request.response_mode == "form_post" { "form_post" } else { "query" };
+    pb::Redirect { uri: request.redirect_uri.clone(), response_mode: response_mode.to_owned(), parameters }
+}
+
+fn redirect(r: pb::Redirect) -> Response<pb::StartAuthorizationResponse> {
+    Response::new(pb::StartAuthorizationResponse {
+        outcome: Some(pb::start_authorization_response::Outcome::Redirect(r)),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::o_auth_service_server::OAuthService for OAuthApi {
+    async fn start_authorization(
+        &self,
+        req: Request<pb::StartAuthorizationRequest>,
+    ) -> Result<Response<pb::StartAuthorizationResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let (_client, checked) = self.validate_authorization(&req).await?;
+        let request = match checked {
+            Ok(r) => r,
+            Err((error, description)) => return Ok(redirect(redirect_error(&req, error, &description))),
+        };
+        let now = self.now();
+        if !req.session.is_empty() && req.prompt != "login" && req.session.len() <= 128 {
+            let hash = secret_digest(&req.session);
+            if let Some(session) =
+                self.store().touch_session(&req.tenant, &hash, now, micros(self.oauth.session_idle)).await?
+            {
+                let fresh = req
+                    .max_age
+                    .is_none_or(|max| now.saturating_sub(session.auth_time) <= max.saturating_mul(1_000_000));
+                let user = self.store().get_user(&req.tenant, &session.user_id).await?;
+                if fresh && user.is_some_and(|u| !u.blocked) {
+                    let r =
+                        self.code_redirect(&req.tenant, &request, &session.user_id, &hash, session.auth_time).await?;
+                    return Ok(redirect(r));
+                }
+            }
+        }
+        if req.prompt == "none" {
+            return Ok(redirect(redirect_error(&req, "login_required", "the user is not logged in")));
+        }
+        let transaction = new_secret();
+        let csrf = new_secret();
+        let json = serde_json::to_string(&request).map_err(|e| internal(&e))?;
+        self.store()
+            .create_transaction(&NewTransaction {
+                tenant: &req.tenant,
+                id_hash: &secret_digest(&transaction),
+                csrf_hash: &secret_digest(&csrf),
+                client_id: &request.client_id,
+                request: &json,
+                now,
+                expire_time: now.saturating_add(micros(self.oauth.transaction_lifetime)),
+            })
+            .await?;
+        Ok(Response::new(pb::StartAuthorizationResponse {
+            outcome: Some(pb::start_authorization_response::Outcome::Login(pb::LoginTransaction {
+                transaction,
+                csrf_token: csrf,
+                expires_in: i64::try_from(self.oauth.transaction_lifetime.as_secs()).unwrap_or(i64::MAX),
+            })),
+        }))
+    }
+
+    async fn get_login_page(
+        &self,
+        req: Request<pb::GetLoginPageRequest>,
+    ) -> Result<Response<pb::GetLoginPageResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let request = self.transaction(&req.tenant, &req.transaction, None).await?;
+        let client = self.client(&req.tenant, &request.client_id).await?;
+        let tenant = self
+            .authn
+            .tenants
+            .clone()
+            .get_tenant(tenant_pb::GetTenantRequest { name: req.tenant.clone() })
+            .await?
+            .into_inner()
+            .tenant
+            .unwrap_or_default();
+        let connections = self
+            .authn
+            .registry
+            .clone()
+            .list_client_connections(conn_pb::ListClientConnectionsRequest {
+                tenant: req.tenant.clone(),
+                client_id: request.client_id.clone(),
+            })
+            .await?
+            .into_inner()
+            .connections;
+        let home_realm_discovery = connections.iter().any(|c| !c.domain_aliases.is_empty());
+        let page_connections = connections
+            .into_iter()
+            .filter(|c| request.connection.is_empty() || c.name == request.connection)
+            .map(|c| {
+                let database = match &c.options {
+                    Some(conn_pb::connection::Options::Database(d)) => Some(d.clone()),
+                    _ if c.strategy == "auth0" => Some(conn_pb::DatabaseOptions::default()),
+                    _ => None,
+                };
+                let passwordless = matches!(c.strategy.as_str(), "email" | "sms");
+                pb::PageConnection {
+                    display_name: if c.display_name.is_empty() { c.name.clone() } else { c.display_name.clone() },
+                    strategy: c.strategy.clone(),
+                    password: database.is_some(),
+                    signup: database.as_ref().is_some_and(|d| !d.disable_signup),
+                    requires_username: database.as_ref().is_some_and(|d| d.requires_username),
+                    password_rules: database.as_ref().map(Self::password_rules).unwrap_or_default(),
+                    redirect: database.is_none() && !passwordless,
+                    name: c.name,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetLoginPageResponse {
+            tenant_display_name: if tenant.display_name.is_empty() { req.tenant.clone() } else { tenant.display_name },
+            client_name: client.name,
+            connections: page_connections,
+            login_hint: request.login_hint,
+            home_realm_discovery,
+        }))
+    }
+
+    async fn submit_login(
+        &self,
+        req: Request<pb::SubmitLoginRequest>,
+    ) -> Result<Response<pb::SubmitLoginResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let request = self.transaction(&req.tenant, &req.transaction, Some(&req.csrf_token)).await?;
+        Self::check_connection(&request, &req.connection)?;
+        let user = self
+            .authn
+            .password_login(&crate::login::PasswordLogin {
+                tenant: &req.tenant,
+                client_id: &request.client_id,
+                connection: &req.connection,
+                username: &req.username,
+                password: &req.password,
+                address: &req.address,
+            })
+            .await?;
+        self.finish_transaction(&req.tenant, &req.transaction).await?;
+        let logged_in = self.logged_in(&req.tenant, &request, &user.user_id).await?;
+        Ok(Response::new(pb::SubmitLoginResponse { logged_in: Some(logged_in) }))
+    }
+
+    async fn submit_signup(
+        &self,
+        req: Request<pb::SubmitSignupRequest>,
+    ) -> Result<Response<pb::SubmitSignupResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let request = self.transaction(&req.tenant, &req.transaction, Some(&req.csrf_token)).await?;
+        Self::check_connection(&request, &req.connection)?;
+        let user = self
+            .authn
+            .signup(&crate::login::SignupInput {
+                tenant: &req.tenant,
+                client_id: &request.client_id,
+                connection: &req.connection,
+                email: &req.email,
+                username: &req.username,
+                password: &req.password,
+                user_metadata: None,
+            })
+            .await?;
+        self.finish_transaction(&req.tenant, &req.transaction).await?;
+        let logged_in = self.logged_in(&req.tenant, &request, &user.user_id).await?;
+        Ok(Response::new(pb::SubmitSignupResponse { logged_in: Some(logged_in) }))
+    }
+
+    async fn end_session(
+        &self,
+        req: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        v.check("tenant", postern_common::validate::tenant_name(&req.tenant));
+        v.into_result()?;
+        let mut client_id = req.client_id.clone();
+        if !req.id_token_hint.is_empty() {
+            let aud = self.hinted_client(&req.tenant, &req.id_token_hint).await?;
+            if !client_id.is_empty() && client_id != aud {
+                return Err(invalid_field("client_id", "differs from the audience of id_token_hint"));
+            }
+            client_id = aud;
+        }
+        // Validate the destination before ending anything.
+        let redirect = if req.return_to.is_empty() {
+            None
+        } else {
+            if client_id.is_empty() {
+                return Err(invalid_field(
+                    "client_id",
+                    "is required with returnTo (or send id_token_hint): the URL must be one of the client's allowed \
+                     logout URLs",
+                ));
+            }
+            let client = self.client(&req.tenant, &client_id).await?;
+            if !client.allowed_logout_urls.iter().any(|u| u == &req.return_to) {
+                return Err(invalid_field(
+                    "return_to",
+                    "is not one of the client's allowed logout URLs (they must match exactly)",
+                ));
+            }
+            let mut parameters = HashMap::new();
+            if !req.state.is_empty() {
+                parameters.insert("state".to_owned(), req.state.clone());
+            }
+            Some(pb::Redirect { uri: req.return_to.clone(), response_mode: "query".into(), parameters })
+        };
+        let ended = !req.session.is_empty()
+            && req.session.len() <= 128
+            && self.store().end_session(&req.tenant, &secret_digest(&req.session)).await?;
+        if ended {
+            tracing::info!(tenant = %req.tenant, "SSO session ended");
+        }
+        Ok(Response::new(pb::EndSessionResponse { redirect, ended }))
+    }
+
+    async fn exchange_token(
+        &self,
+        req: Request<pb::ExchangeTokenRequest>,
+    ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
+        // The client's credentials in the request are what counts, whoever relays it.
+        principal(&req)?;
+        let req = req.into_inner();
+        if postern_common::validate::tenant_name(&req.tenant).is_err() {
+            return Err(invalid_request("tenant", "is not a tenant name"));
+        }
+        if !matches!(req.grant_type.as_str(), "authorization_code" | "refresh_token" | "client_credentials") {
+            return Err(status(
+                Code::InvalidArgument,
+                reason::UNSUPPORTED_GRANT_TYPE,
+                "grant_type must be authorization_code, refresh_token or client_credentials",
+            ));
+        }
+        let client = self.authenticate_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        let answer = match req.grant_type.as_str() {
+            "authorization_code" => self.authorization_code(&req, &client).await?,
+            "refresh_token" => self.refresh(&req, &client).await?,
+            _ => self.client_credentials(&req, &client).await?,
+        };
+        Ok(Response::new(answer))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        principal(&req)?;
+        let req = req.into_inner();
+        if postern_common::validate::tenant_name(&req.tenant).is_err() {
+            return Err(invalid_request("tenant", "is not a tenant name"));
+        }
+        let client = self.authenticate_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        if req.token.is_empty() {
+            return Err(invalid_request("token", "is required"));
+        }
+        if self.store().revoke_refresh_token(&req.tenant, &secret_digest(&req.token), &client.client_id).await? {
+            tracing::info!(tenant = %req.tenant, client_id = %client.client_id, "refresh token revoked");
+        }
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+}
+
+impl OAuthApi {
+    /// The client an `id_token_hint` was issued to: its signature must verify against the
+    /// tenant's published keys and its issuer be the tenant's; its expiry is not checked.
+    async fn hinted_client(&self, tenant: &str, hint: &str) -> Result<String, Status> {
+        let bad = || invalid_field("id_token_hint", "is not an ID token issued by this tenant");
+        let header = jsonwebtoken::decode_header(hint).map_err(|_| bad())?;
+        let kid = header.kid.ok_or_else(bad)?;
+        let keys = self.authn.keys.keys(tenant).await?;
+        let set = tokens::jwks(&keys, SystemTime::now().max(UNIX_EPOCH), self.authn.keys.lifetimes().max());
+        let jwk = set.find(&kid).ok_or_else(bad)?;
+        let alg = match jwk.common.key_algorithm {
+            Some(jsonwebtoken::jwk::KeyAlgorithm::RS256) => jsonwebtoken::Algorithm::RS256,
+            Some(jsonwebtoken::jwk::KeyAlgorithm::EdDSA) => jsonwebtoken::Algorithm::EdDSA,
+            _ => return Err(bad()),
+        };
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| bad())?;
+        let mut validation = jsonwebtoken::Validation::new(alg);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["iss", "aud", "sub"]);
+        validation.set_issuer(&[self.issuer(tenant)]);
+        let data = jsonwebtoken::decode::<Hint>(hint, &key, &validation).map_err(|_| bad())?;
+        Ok(data.claims.aud)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce() {
+        // RFC 7636, appendix B.
+        assert_eq!(s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert!(pkce_shaped("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"));
+        assert!(!pkce_shaped("short"));
+        assert!(!pkce_shaped(&"a".repeat(129)));
+        assert!(!pkce_shaped(&format!("{}+", "a".repeat(43))));
+    }
+
+    #[test]
+    fn secrets_are_long_and_distinct() {
+        let (a, b) = (new_secret(), new_secret());
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, b);
+    }
+}
