@@ -678,39 +678,25 @@ impl OAuthApi {
         };
         Ok((client, checked))
     }
+}
 
-    /// The password rules of a database connection, in words.
-    fn password_rules(options: &conn_pb::DatabaseOptions) -> Vec<String> {
-        let mut rules = Vec::new();
-        let min = match conn_pb::PasswordPolicy::try_from(options.password_policy) {
-            Ok(conn_pb::PasswordPolicy::None) => 1,
-            Ok(conn_pb::PasswordPolicy::Low) => 6,
-            Ok(conn_pb::PasswordPolicy::Excellent) => 10,
-            _ => 8,
-        };
-        let min = if options.password_min_length > 0 { options.password_min_length } else { min };
-        rules.push(format!("At least {min} characters"));
-        match conn_pb::PasswordPolicy::try_from(options.password_policy) {
-            Ok(conn_pb::PasswordPolicy::Fair) => {
-                rules.push("Lower case letters, upper case letters and digits".to_owned());
-            }
-            Ok(conn_pb::PasswordPolicy::Good | conn_pb::PasswordPolicy::Unspecified) | Err(_) => rules
-                .push("At least 3 of: lower case letters, upper case letters, digits, special characters".to_owned()),
-            Ok(conn_pb::PasswordPolicy::Excellent) => {
-                rules.push(
-                    "At least 3 of: lower case letters, upper case letters, digits, special characters".to_owned(),
-                );
-                rules.push("No more than 2 identical characters in a row".to_owned());
-            }
-            _ => {}
-        }
-        if options.password_no_personal_info {
-            rules.push("Not containing your name, email or username".to_owned());
-        }
-        if options.password_dictionary.as_ref().is_some_and(|d| d.enable) {
-            rules.push("Not a common password".to_owned());
-        }
-        rules
+/// A connection as the hosted page offers it.
+fn page_connection(spec: &postern_connection::ConnectionSpec) -> pb::PageConnection {
+    use postern_connection::Category;
+    use postern_connection::options::Options;
+    let database = match &spec.options {
+        Options::Database(d) => Some(d),
+        _ => None,
+    };
+    pb::PageConnection {
+        name: spec.name.clone(),
+        display_name: spec.display_name.clone(),
+        strategy: spec.strategy.as_str().to_owned(),
+        password: database.is_some(),
+        signup: database.is_some_and(|d| !d.disable_signup),
+        requires_username: database.is_some_and(|d| d.requires_username),
+        password_rules: database.map(|d| d.password_rules().describe()).unwrap_or_default(),
+        redirect: matches!(spec.category(), Category::Social | Category::Enterprise),
     }
 }
 
@@ -820,22 +806,11 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         let page_connections = connections
             .into_iter()
             .filter(|c| request.connection.is_empty() || c.name == request.connection)
-            .map(|c| {
-                let database = match &c.options {
-                    Some(conn_pb::connection::Options::Database(d)) => Some(d.clone()),
-                    _ if c.strategy == "auth0" => Some(conn_pb::DatabaseOptions::default()),
-                    _ => None,
-                };
-                let passwordless = matches!(c.strategy.as_str(), "email" | "sms");
-                pb::PageConnection {
-                    display_name: if c.display_name.is_empty() { c.name.clone() } else { c.display_name.clone() },
-                    strategy: c.strategy.clone(),
-                    password: database.is_some(),
-                    signup: database.as_ref().is_some_and(|d| !d.disable_signup),
-                    requires_username: database.as_ref().is_some_and(|d| d.requires_username),
-                    password_rules: database.as_ref().map(Self::password_rules).unwrap_or_default(),
-                    redirect: database.is_none() && !passwordless,
-                    name: c.name,
+            .filter_map(|c| match postern_connection::Resolved::try_from(c) {
+                Ok(r) => Some(page_connection(&r.connection.spec)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a connection does not fit the model; left off the login page");
+                    None
                 }
             })
             .collect();

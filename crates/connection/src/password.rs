@@ -115,6 +115,32 @@ impl PasswordPolicy {
         }
     }
 
+    /// The rules in words, one line each, as a login page shows them next to the password
+    /// field of its signup form (the history rule needs no words: it applies to changes).
+    pub fn describe(&self) -> Vec<String> {
+        let min = self.effective_min_length();
+        let unit = if min == 1 { "character" } else { "characters" };
+        let mut rules = vec![format!("At least {min} {unit}")];
+        match self.strength {
+            PasswordStrength::None | PasswordStrength::Low => {}
+            PasswordStrength::Fair => rules.push("A lowercase letter, an uppercase letter and a number".to_owned()),
+            PasswordStrength::Good | PasswordStrength::Excellent => rules.push(
+                "At least 3 of: lowercase letters, uppercase letters, numbers, special characters (such as !@#$%^&*)"
+                    .to_owned(),
+            ),
+        }
+        if self.strength == PasswordStrength::Excellent {
+            rules.push("No more than 2 identical characters in a row".to_owned());
+        }
+        if self.no_personal_info {
+            rules.push("Not containing your email address's name, your username or your name".to_owned());
+        }
+        if self.dictionary {
+            rules.push("Not a common password".to_owned());
+        }
+        rules
+    }
+
     fn in_dictionary(&self, password: &str) -> bool {
         let lower = password.to_lowercase();
         COMMON_PASSWORDS.contains(lower.as_str()) || self.dictionary_words.iter().any(|w| w.to_lowercase() == lower)
@@ -244,6 +270,23 @@ impl DatabaseOptions {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn described_as_checked() {
+        let mut policy = PasswordPolicy::none();
+        assert_eq!(policy.describe(), ["At least 1 character"]);
+        policy.strength = PasswordStrength::Excellent;
+        policy.no_personal_info = true;
+        policy.dictionary = true;
+        let rules = policy.describe();
+        assert_eq!(rules[0], "At least 10 characters");
+        assert_eq!(rules.len(), 5, "{rules:?}");
+        policy.min_length = Some(14);
+        assert_eq!(policy.describe()[0], "At least 14 characters");
+        policy.strength = PasswordStrength::Fair;
+        assert!(policy.describe()[1].contains("uppercase"));
+    }
+
     use super::*;
 
     const ALICE: PersonalInfo<'static> = PersonalInfo {
