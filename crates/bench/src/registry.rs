@@ -71,6 +71,9 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
         listener,
         registry.routes(),
         postern_registry::SERVICES,
+        postern_common::connections::Connections::new(
+            postern_common::connections::ConnectionLimits::with_max_connections(1024),
+        ),
         async move {
             let _ = stopped.wait_for(|s| *s).await;
         },

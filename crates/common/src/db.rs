@@ -115,7 +115,7 @@ pub enum DbError {
 /// the process ends, however it ends.
 fn own(path: &Path) -> Result<std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>, DbError> {
     let lock_path = format!("{}.lock", path.display());
-    let file = std::fs::OpenOptions::new()
+    let file = crate::files::private_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -128,16 +128,32 @@ fn own(path: &Path) -> Result<std::sync::Arc<std::sync::Mutex<Option<std::fs::Fi
     }
 }
 
+/// Creates the database file at `path` (and its directory) private to this account before
+/// SQLite opens it, so that SQLite, which gives the `-wal` and `-shm` files the database
+/// file's mode, keeps them private too; tightens what exists with wider modes.
+fn prepare_sqlite_file(path: &Path) -> Result<(), DbError> {
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |source| DbError::Io { path: p, source }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::files::private_dir(dir).map_err(io(dir))?;
+    }
+    crate::files::private_file(path).map_err(io(path))?;
+    for suffix in ["-wal", "-shm", "-journal", ".lock"] {
+        let companion = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        crate::files::tighten(&companion, crate::files::FILE_MODE).map_err(io(&companion))?;
+    }
+    Ok(())
+}
+
 impl Db {
     /// Opens (creating when needed) the database at `location` and runs `migrations`.
     pub async fn open(location: &DbLocation, migrations: Migrations) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let db = match location {
             DbLocation::SqliteFile(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|source| DbError::Io { path: dir.display().to_string(), source })?;
-                }
+                prepare_sqlite_file(path)?;
                 let owner = own(path)?;
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 let options = AnyConnectOptions::from_str(&url).map_err(|e| DbError::Config(e.to_string()))?;

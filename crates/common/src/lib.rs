@@ -4,9 +4,10 @@
 //! pieces of a gRPC server (reflection, health, tracing, shutdown).
 //!
 //! # Layout
+//! - [`connections`]: bounded connections (timeouts, a limit below the open-file limit).
 //! - [`db`]: one sqlx pool for both backends, migrations, write transactions.
 //! - [`error`]: `tonic::Status` with `ErrorInfo` and `BadRequest` field violations.
-//! - [`files`]: key files only their owner may read.
+//! - [`files`]: the data directory 0700 and its files 0600 whatever the umask; key files.
 //! - [`principal`]: the signed caller identity and the layers that sign and verify it.
 //! - [`paging`]: page sizes and opaque keyset page tokens.
 //! - [`validate`]: names, display texts, URLs.
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod files;

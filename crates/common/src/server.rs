@@ -12,6 +12,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
+use crate::connections::{Connections, TrackLayer};
+
 /// The error of an [`HttpService`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -96,12 +98,13 @@ pub fn reflection(
 }
 
 /// Serves a backend alone (the split mode): `routes` (already wrapped in the principal
-/// layer) beside health (SERVING for `services` and the whole) and reflection, until
-/// `shutdown` resolves; then drains in-flight calls.
+/// layer) beside health (SERVING for `services` and the whole) and reflection, accepting
+/// through `connections`, until `shutdown` resolves; then drains in-flight calls.
 pub async fn serve_backend(
     listener: TcpListener,
     routes: tonic::service::Routes,
     services: &[&str],
+    connections: Connections,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), BoxError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -111,12 +114,33 @@ pub async fn serve_backend(
     }
     let (v1, v1alpha) = reflection(services)?;
     let router = routes.add_service(health).add_service(v1).add_service(v1alpha).prepare().into_axum_router();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    grpc_server(&connections)
         .layer(RpcSpanLayer)
-        .serve_with_incoming_shutdown(router, incoming, shutdown)
+        .serve_with_incoming_shutdown(router, connections.incoming(listener), closing(connections.clone(), shutdown))
         .await?;
     Ok(())
+}
+
+/// A gRPC server with the HTTP/2 limits of `connections` (keepalive, concurrent streams,
+/// header list size) that marks each connection busy while it has a call in flight; serve it
+/// with [`Connections::incoming`] and [`closing`].
+pub fn grpc_server(
+    connections: &Connections,
+) -> tonic::transport::Server<tower::layer::util::Stack<TrackLayer, tower::layer::util::Identity>> {
+    let limits = connections.limits();
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_max_header_list_size(Some(limits.max_header_list_size))
+        .layer(TrackLayer::tonic())
+}
+
+/// `shutdown`, then [`Connections::shutdown`]: the signal a server drains on, after which idle
+/// connections close at once instead of holding the drain up.
+pub async fn closing(connections: Connections, shutdown: impl std::future::Future<Output = ()>) {
+    shutdown.await;
+    connections.shutdown();
 }
 
 /// A tracing span per RPC, carrying the method, the request id and the W3C trace id that

@@ -28,6 +28,7 @@ pub mod web;
 
 use std::time::Duration;
 
+use postern_common::connections::Connections;
 use postern_common::principal::InternalKey;
 use postern_common::server::BoxError;
 use tokio::net::TcpListener;
@@ -52,6 +53,8 @@ pub struct GatewayConfig {
     pub default_deadline: Duration,
     /// How often remote backends are health-checked.
     pub health_interval: Duration,
+    /// The process's connections: timeouts, limits, HTTP/2 settings.
+    pub connections: Connections,
 }
 
 /// A gateway ready to serve.
@@ -116,10 +119,12 @@ impl Gateway {
                 self.proxy.map_request(|r: http::Request<axum::body::Body>| r.map(tonic::body::Body::new)),
             )
             .with_state(());
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let result = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .serve_with_incoming_shutdown(router, incoming, shutdown)
+        let result = postern_common::server::grpc_server(&self.config.connections)
+            .serve_with_incoming_shutdown(
+                router,
+                self.config.connections.incoming(listener),
+                postern_common::server::closing(self.config.connections.clone(), shutdown),
+            )
             .await;
         watcher.abort();
         result.map_err(|e| GatewayError::Serve(Box::new(e)))

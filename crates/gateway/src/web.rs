@@ -5,9 +5,12 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+
+use postern_common::connections::{ConnInfo, Connections, LimitedStream, TrackLayer};
 
 use crate::routing::RouteTable;
 
@@ -41,11 +44,53 @@ pub fn router(routes: RouteTable, metrics: MetricsRender) -> Router {
         }))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` until `shutdown` resolves, accepting through
+/// `connections` (its timeouts and limit); idle connections then close at once, busy ones when
+/// answered.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    connections: Connections,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    let router = router.layer(TrackLayer::new(|e| e.get::<ConnectInfo<HttpConn>>().map(|c| c.0.0.clone())));
+    let closing = connections.clone();
+    let listener = HttpListener { listener, connections };
+    axum::serve(listener, router.into_make_service_with_connect_info::<HttpConn>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.shutdown();
+        })
+        .await
+}
+
+/// The HTTP port's listener: accepts through [`Connections`].
+struct HttpListener {
+    listener: tokio::net::TcpListener,
+    connections: Connections,
+}
+
+impl axum::serve::Listener for HttpListener {
+    type Io = LimitedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let stream = self.connections.accept(&self.listener).await;
+        let remote = stream.info().tcp.remote_addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        (stream, remote)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A request's connection on the HTTP port, for [`TrackLayer`].
+#[derive(Clone)]
+struct HttpConn(ConnInfo);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpListener>> for HttpConn {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpListener>) -> Self {
+        Self(stream.io().info().clone())
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use postern_common::connections::{ConnectionLimits, Connections};
 use postern_common::error::reason;
 use postern_common::principal::{InternalKey, Principal, PrincipalLayer, principal};
 use postern_common::server::in_process;
@@ -126,6 +127,7 @@ async fn start(tenant_backend: Backend, deadline: Duration) -> std::net::SocketA
         rate_limit: RateLimit { per_second: 0, burst: 0 },
         default_deadline: deadline,
         health_interval: Duration::from_millis(100),
+        connections: Connections::new(ConnectionLimits::with_max_connections(64)),
     };
     let gateway = Gateway::new(routes, config).expect("gateway");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -180,6 +182,7 @@ async fn gateway_over(key: InternalKey, backend: Backend, deadline: Duration) ->
         rate_limit: RateLimit { per_second: 0, burst: 0 },
         default_deadline: deadline,
         health_interval: Duration::from_millis(100),
+        connections: Connections::new(ConnectionLimits::with_max_connections(64)),
     };
     let gateway = Gateway::new(routes, config).expect("gateway");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

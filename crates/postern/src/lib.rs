@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use postern_common::connections::{ConnectionLimits, Connections};
 use postern_common::db::DbLocation;
 use postern_common::files::{Existing, write_private};
 use postern_common::principal::InternalKey;
@@ -101,6 +102,17 @@ pub struct Settings {
     /// How long the gateway trusts a checked API key before asking again, in seconds.
     #[arg(long, env = "POSTERN_KEY_CACHE_SECS", default_value_t = 10)]
     pub key_cache_secs: u64,
+    /// Connections open at once across the process's ports; 0 means as many as the open-file
+    /// limit allows (raised to its hard maximum at start), less what the process needs
+    /// besides. At the limit a new connection replaces the one idle longest.
+    #[arg(long, env = "POSTERN_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// How long a new connection may take to start its first request, in milliseconds.
+    #[arg(long, env = "POSTERN_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// How long a connection may stay open with no call in flight, in milliseconds.
+    #[arg(long, env = "POSTERN_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
 }
 
 /// The addresses a started suite listens on.
@@ -130,6 +142,7 @@ pub async fn run(
         }
     }
     let internal_key = internal_key(component, &settings)?;
+    let connections = connections(&settings);
     let stop = move || {
         let mut rx = shutdown.clone();
         async move {
@@ -181,7 +194,7 @@ pub async fn run(
                 }
                 on_bound(bound);
             };
-            let served = serve_gateway(routes, internal_key, &settings, stop, on_bound).await;
+            let served = serve_gateway(routes, internal_key, &settings, connections, stop, on_bound).await;
             // Closing gives each SQLite file up (its lock) even while tasks still hold handles.
             authn_store.close().await;
             registry_store.close().await;
@@ -221,7 +234,7 @@ pub async fn run(
                     .route(postern_authn::SERVICES, Backend::new(endpoints))
                     .internal(postern_authn::INTERNAL_METHODS);
             }
-            serve_gateway(routes, internal_key, &settings, stop, on_bound).await
+            serve_gateway(routes, internal_key, &settings, connections, stop, on_bound).await
         }
         Component::Registry => {
             let [tenant_url] = settings.tenant_url.as_slice() else {
@@ -244,9 +257,15 @@ pub async fn run(
                 stopping.await;
                 ending.shutdown();
             });
-            postern_common::server::serve_backend(listener, registry.routes(), postern_registry::SERVICES, stop())
-                .await
-                .map_err(|e| anyhow::anyhow!("connection registry failed: {e}"))?;
+            postern_common::server::serve_backend(
+                listener,
+                registry.routes(),
+                postern_registry::SERVICES,
+                connections,
+                stop(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("connection registry failed: {e}"))?;
             store.close().await;
             Ok(())
         }
@@ -270,7 +289,7 @@ pub async fn run(
             on_bound(Bound { grpc, http: None });
             tracing::info!(%grpc, "authenticator listening");
             let routes = postern_authn::routes(authn, internal_key);
-            postern_common::server::serve_backend(listener, routes, postern_authn::SERVICES, stop())
+            postern_common::server::serve_backend(listener, routes, postern_authn::SERVICES, connections, stop())
                 .await
                 .map_err(|e| anyhow::anyhow!("authenticator failed: {e}"))?;
             store.close().await;
@@ -291,7 +310,7 @@ pub async fn run(
             let grpc = listener.local_addr()?;
             on_bound(Bound { grpc, http: None });
             tracing::info!(%grpc, "tenant service listening");
-            postern_common::server::serve_backend(listener, routes, postern_tenant::SERVICES, stop())
+            postern_common::server::serve_backend(listener, routes, postern_tenant::SERVICES, connections, stop())
                 .await
                 .map_err(|e| anyhow::anyhow!("tenant service failed: {e}"))?;
             store.close().await;
@@ -379,10 +398,11 @@ fn master_key(settings: &Settings) -> anyhow::Result<postern_common::seal::Maste
     }
     let path = settings.data_dir.join("master-key");
     if let Ok(text) = std::fs::read_to_string(&path) {
+        postern_common::files::tighten(&path, postern_common::files::FILE_MODE)?;
         return MasterKey::parse(&text).with_context(|| format!("{}", path.display()));
     }
     let key = MasterKey::generate().context("cannot generate a master key")?;
-    std::fs::create_dir_all(&settings.data_dir)
+    postern_common::files::private_dir(&settings.data_dir)
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     // Zeroized when dropped, like the key itself.
     let mut text = key.to_base64();
@@ -401,10 +421,36 @@ fn master_key(settings: &Settings) -> anyhow::Result<postern_common::seal::Maste
     }
 }
 
+/// The connections of this process: the open-file limit raised to its hard maximum, and at
+/// most as many connections as it leaves room for (fewer when configured so).
+fn connections(settings: &Settings) -> Connections {
+    let files = postern_common::connections::raise_file_limit();
+    let budget = postern_common::connections::connection_budget(files);
+    let max = match settings.max_connections {
+        0 => budget,
+        n if n > budget => {
+            tracing::warn!(
+                configured = n,
+                files = ?files,
+                "POSTERN_MAX_CONNECTIONS is more than the open-file limit leaves room for; using {budget}"
+            );
+            budget
+        }
+        n => n,
+    };
+    tracing::info!(files = ?files, max_connections = max, "connection limit");
+    Connections::new(ConnectionLimits {
+        handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms.max(1)),
+        idle_timeout: Duration::from_millis(settings.idle_timeout_ms.max(1)),
+        ..ConnectionLimits::with_max_connections(max)
+    })
+}
+
 async fn serve_gateway<F, Fut>(
     routes: RouteTable,
     internal_key: InternalKey,
     settings: &Settings,
+    connections: Connections,
     stop: F,
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()>
@@ -419,6 +465,7 @@ where
         rate_limit: RateLimit { per_second: settings.rate_limit, burst: settings.rate_burst },
         default_deadline: Duration::from_millis(settings.call_timeout_ms.max(1)),
         health_interval: Duration::from_secs(1),
+        connections: connections.clone(),
     };
     let gateway = Gateway::new(routes, config)?;
     let listener =
@@ -432,7 +479,7 @@ where
         .merge(postern_gateway::oidc::router(gateway.routes(), internal_key_for_web));
     tracing::info!(grpc = %bound.grpc, http = ?bound.http, "gateway listening");
     on_bound(bound);
-    let http = tokio::spawn(postern_gateway::web::serve(http_listener, web, stop()));
+    let http = tokio::spawn(postern_gateway::web::serve(http_listener, web, connections, stop()));
     gateway.serve(listener, stop()).await?;
     http.await.context("HTTP server task")?.context("HTTP server")?;
     Ok(())
@@ -476,11 +523,12 @@ fn internal_key(component: Component, settings: &Settings) -> anyhow::Result<Int
 
 fn read_or_create_key(path: &Path) -> anyhow::Result<InternalKey> {
     if let Ok(text) = std::fs::read_to_string(path) {
+        postern_common::files::tighten(path, postern_common::files::FILE_MODE)?;
         return InternalKey::from_hex(&text).map_err(anyhow::Error::msg).with_context(|| format!("{}", path.display()));
     }
     let key = InternalKey::generate();
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        postern_common::files::private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     match write_private(path, key.to_hex().as_bytes(), Existing::Keep) {
         Ok(()) => Ok(key),

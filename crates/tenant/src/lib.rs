@@ -65,7 +65,7 @@ pub async fn ensure_admin_key(
         return Ok(None);
     }
     let key = format!("{}{}", api::ADMIN_KEY_PREFIX, postern_common::ids::random_alphanumeric(40));
-    std::fs::create_dir_all(data_dir).map_err(BootstrapError::Io)?;
+    postern_common::files::private_dir(data_dir).map_err(BootstrapError::Io)?;
     let path = data_dir.join("admin-key");
     postern_common::files::write_private(&path, format!("{key}\n").as_bytes(), Existing::Replace)
         .map_err(BootstrapError::Io)?;

@@ -61,6 +61,9 @@ pub fn settings(data_dir: &Path) -> Settings {
         rate_burst: 0,
         call_timeout_ms: 30_000,
         key_cache_secs: 10,
+        max_connections: 0,
+        handshake_timeout_ms: 10_000,
+        idle_timeout_ms: 60_000,
     }
 }
 

@@ -21,10 +21,20 @@ impl Process {
     /// Runs `binary serve <args>` with `env` and waits until it prints where it listens.
     pub fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary);
-        cmd.arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg("serve").args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Only `postern serve` and `serve gateway` have an HTTP port; a service alone has none.
+        let wants_http = !args.iter().any(|a| ["tenant", "registry", "authn"].contains(a));
+        Self::spawn(cmd, wants_http)
+    }
+
+    /// Runs `cmd`, which must end up running `postern serve …` (through a shell that sets a
+    /// umask or a resource limit first, say, and `exec`s it), and waits until it prints
+    /// where it listens (the HTTP address too when `wants_http`).
+    pub fn spawn(mut cmd: Command, wants_http: bool) -> anyhow::Result<Self> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -39,8 +49,6 @@ impl Process {
         let mut lines = Vec::new();
         let mut grpc = None;
         let mut http = None;
-        // Only `postern serve` and `serve gateway` have an HTTP port; a service alone has none.
-        let wants_http = !args.iter().any(|a| ["tenant", "registry", "authn"].contains(a));
         while grpc.is_none() || (wants_http && http.is_none()) {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))

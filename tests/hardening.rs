@@ -1,0 +1,236 @@
+//! Hardening: what an attacker's probe found (issue 10), each kept fixed by a test that runs
+//! the real binary or the suite as a caller or a local user would meet it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use postern_testkit::{Clients, Process, channel};
+
+const BIN: &str = env!("CARGO_BIN_EXE_postern-e2e");
+
+/// `postern serve <args>` started by a shell under `umask`, as a service manager would.
+fn start_under_umask(umask: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!("umask {umask} && exec \"$0\" serve \"$@\"")).arg(BIN).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let wants_http = !args.iter().any(|a| ["tenant", "registry", "authn"].contains(a));
+    Process::spawn(cmd, wants_http).expect("postern starts")
+}
+
+/// Every file and directory under `dir` (itself included) with its permission bits.
+fn modes(dir: &Path) -> Vec<(PathBuf, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        out.push((path.clone(), meta.is_dir(), meta.permissions().mode() & 0o777));
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read_dir") {
+                stack.push(entry.expect("entry").path());
+            }
+        }
+    }
+    out
+}
+
+#[track_caller]
+fn assert_private(dir: &Path, expect_files: &[&str]) {
+    let found = modes(dir);
+    let wrong: Vec<String> = found
+        .iter()
+        .filter(|(_, is_dir, mode)| *mode != if *is_dir { 0o700 } else { 0o600 })
+        .map(|(p, is_dir, mode)| format!("{} {} {mode:o}", if *is_dir { "dir" } else { "file" }, p.display()))
+        .collect();
+    assert!(wrong.is_empty(), "readable or writable by others: {wrong:?}");
+    for name in expect_files {
+        assert!(found.iter().any(|(p, _, _)| p.file_name().is_some_and(|f| f == *name)), "{name} was created");
+    }
+}
+
+/// Issue 10, item 9: under the usual umask 022 the data directory is 0700 and every file in
+/// it (databases, their WAL and shared-memory files, locks, keys) 0600; an older data
+/// directory with wider modes is tightened on start.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_directory_is_private_whatever_the_umask() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().join("data");
+    let dir_arg = dir.display().to_string();
+    let args = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", &dir_arg];
+    let all = start_under_umask("022", &args, &[("POSTERN_ADMIN_KEY", ""), ("POSTERN_MASTER_KEY", "")]);
+    let key = all.stdout.iter().find(|l| l.starts_with("psta_")).cloned().expect("the admin key is printed");
+    let mut admin = Clients::new(channel(all.grpc).await, &key);
+    admin.create_tenant("fabrikam-internal").await.expect("create");
+    admin.create_client("fabrikam-internal", "Fabrikam Employee Timesheets").await.expect("client");
+    // While it runs: the databases with their WAL and shared memory, the locks, the keys.
+    assert_private(
+        &dir,
+        &["tenant.db", "tenant.db-wal", "tenant.db-shm", "tenant.db.lock", "authn.db", "registry.db-wal", "admin-key"],
+    );
+    assert_private(&dir, &["master-key"]);
+    assert!(all.terminate().expect("terminate"), "SIGTERM stops postern cleanly");
+    assert_private(&dir, &["tenant.db", "registry.db", "authn.db"]);
+
+    // A data directory left with wider modes (by an older version, by hand) is tightened.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(dir.join("tenant.db"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    // A service alone writes the internal key shared by split processes.
+    let tenant = start_under_umask("022", &["tenant", "--listen", "127.0.0.1:0", "--data-dir", &dir_arg], &[]);
+    assert_private(&dir, &["internal-key", "tenant.db", "tenant.db-wal"]);
+    assert!(tenant.terminate().expect("terminate"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("master-key"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let all = start_under_umask("022", &args, &[("POSTERN_ADMIN_KEY", ""), ("POSTERN_MASTER_KEY", "")]);
+    assert_private(&dir, &["master-key", "registry.db-wal"]);
+    drop(all);
+}
+
+/// `postern serve` (all in one) under a shell that sets `limits` first (`ulimit …`), with
+/// `env`.
+fn start_all_with(shell_prefix: &str, data: &Path, env: &[(&str, &str)]) -> Process {
+    let dir = data.display().to_string();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("{shell_prefix} && exec \"$0\" serve \"$@\""))
+        .arg(BIN)
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", &dir])
+        .env("POSTERN_ADMIN_KEY", postern_testkit::ADMIN_KEY)
+        .env("POSTERN_MASTER_KEY", postern_testkit::MASTER_KEY);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Process::spawn(cmd, true).expect("postern starts")
+}
+
+/// Waits (bounded, so that a regression fails instead of hanging) until the server ends
+/// `stream`: a read answers end of stream or a reset.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.is_ok()
+}
+
+/// `/healthz` and the gRPC health check both answer, each within 10 s.
+async fn health_answers(all: &Process) {
+    let http = all.http.expect("http");
+    let probe = tokio::time::timeout(std::time::Duration::from_secs(10), postern_testkit::http_get(http, "/healthz"));
+    let (code, _, body) = probe.await.expect("/healthz answered within 10 s").expect("/healthz");
+    assert_eq!(code, 200, "{body}");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(all.grpc).await);
+    let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() });
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), check)
+        .await
+        .expect("gRPC health answered within 10 s")
+        .expect("gRPC health")
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+/// Issue 10, item 3: idle connections exhaust nothing. Under an open-file limit of 256 (hard
+/// 512, which the server raises its soft limit to), 700 connections that send nothing or
+/// half an HTTP/2 preface, to both ports, leave `/healthz`, gRPC health and real calls
+/// answered; SIGTERM with all of them still open stops the server at once instead of after
+/// its drain.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_exhaust_nothing_and_do_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    // This test's own sockets need room too.
+    postern_common::connections::raise_file_limit();
+    let temp = tempfile::tempdir().expect("tempdir");
+    // Timeouts far away: what keeps the server reachable here is the connection limit.
+    let all = start_all_with(
+        "ulimit -S -n 256 && ulimit -H -n 512",
+        temp.path(),
+        &[("POSTERN_HANDSHAKE_TIMEOUT_MS", "600000"), ("POSTERN_IDLE_TIMEOUT_MS", "600000")],
+    );
+    let http = all.http.expect("http");
+    let mut idle = Vec::new();
+    for i in 0..700 {
+        let addr = if i % 3 == 0 { http } else { all.grpc };
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        if i % 2 == 0 {
+            // Half of the HTTP/2 connection preface (or of an HTTP/1 request line).
+            s.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+        }
+        idle.push(s);
+    }
+    health_answers(&all).await;
+    let mut admin = Clients::new(channel(all.grpc).await, postern_testkit::ADMIN_KEY);
+    admin.create_tenant("fabrikam-internal").await.expect("a real call is served");
+    // Another wave after the first was answered: still served.
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(all.grpc).await.expect("connect"));
+    }
+    health_answers(&all).await;
+
+    // SIGTERM while hundreds of idle connections are open: a clean stop within the
+    // kit's 10 s (the binary's own drain gives up only after 20 s, exiting with failure).
+    assert!(all.terminate().expect("postern stops within 10 s of SIGTERM"), "stopped cleanly");
+    drop(idle);
+}
+
+/// Issue 10, item 3: connections are closed after the handshake timeout when they never
+/// start a request (nothing sent, half a preface, half a request head) and after the idle
+/// timeout when their calls are answered; waits on the close itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_idle_connections_are_closed_after_their_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let temp = tempfile::tempdir().expect("tempdir");
+    let all = start_all_with(
+        "true",
+        temp.path(),
+        &[("POSTERN_HANDSHAKE_TIMEOUT_MS", "500"), ("POSTERN_IDLE_TIMEOUT_MS", "1000")],
+    );
+    let http = all.http.expect("http");
+    let within = std::time::Duration::from_secs(20);
+
+    let mut silent = tokio::net::TcpStream::connect(all.grpc).await.expect("connect");
+    let mut half_preface = tokio::net::TcpStream::connect(all.grpc).await.expect("connect");
+    half_preface.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    let mut half_head = tokio::net::TcpStream::connect(http).await.expect("connect");
+    half_head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    assert!(closed_by_server(&mut silent, within).await, "a silent connection was closed");
+    assert!(closed_by_server(&mut half_preface, within).await, "half a preface was closed");
+    assert!(closed_by_server(&mut half_head, within).await, "half a request head was closed");
+
+    // A keep-alive HTTP/1.1 connection, answered, then left idle.
+    let mut keep = tokio::net::TcpStream::connect(http).await.expect("connect");
+    keep.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut head = vec![0u8; 512];
+    let n = keep.read(&mut head).await.expect("read");
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "answered");
+    assert!(closed_by_server(&mut keep, within).await, "an idle keep-alive connection was closed");
+
+    // An HTTP/2 connection whose call was answered: the server closes it once idle, and
+    // counts it (a tonic channel over it reconnects on its next call).
+    let idle_closed = || async move {
+        let (_, _, body) = postern_testkit::http_get(http, "/metrics").await.expect("metrics");
+        body.lines()
+            .find(|l| l.starts_with("postern_connections_timed_out_total{kind=\"idle\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = idle_closed().await;
+    assert!(before >= 1, "the keep-alive connection was counted");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(all.grpc).await);
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health");
+    postern_testkit::eventually("the idle HTTP/2 connection is closed", || async { idle_closed().await > before })
+        .await;
+    assert!(all.terminate().expect("terminate"));
+}
