@@ -332,20 +332,28 @@ async fn watch_idle(conn: Arc<Conn>, limits: ConnectionLimits, shutting_down: Ca
             },
         };
         let limit = if seen == 0 { limits.handshake_timeout } else { limits.idle_timeout };
-        tokio::select! {
+        let timed_out = tokio::select! {
+            // A request that begins wins over a timer or shutdown that fires with it.
+            biased;
             () = closed.cancelled() => return,
-            () = shutting_down.cancelled() => {
-                conn.close();
-                return;
-            }
-            () = tokio::time::sleep(limit) => {
-                let kind = if seen == 0 { "handshake" } else { "idle" };
-                metrics::counter!("postern_connections_timed_out_total", "kind" => kind).increment(1);
-                conn.close();
-                return;
-            }
-            a = activity.wait_for(|a| a.started != seen) => if a.is_err() { return },
+            a = activity.wait_for(|a| a.started != seen) => match a {
+                Ok(_) => continue,
+                Err(_) => return,
+            },
+            () = shutting_down.cancelled() => false,
+            () = tokio::time::sleep(limit) => true,
+        };
+        // Closed only if still nothing has begun; a request beginning now waits for this.
+        let activity = activity.borrow();
+        if activity.started != seen {
+            continue;
         }
+        if timed_out {
+            let kind = if seen == 0 { "handshake" } else { "idle" };
+            metrics::counter!("postern_connections_timed_out_total", "kind" => kind).increment(1);
+        }
+        conn.close();
+        return;
     }
 }
 
