@@ -298,6 +298,7 @@ async fn a_key_service_outage_says_so() {
         rate_limit: RateLimit { per_second: 0, burst: 0 },
         default_deadline: Duration::from_secs(5),
         health_interval: Duration::from_secs(60),
+        connections: Connections::new(ConnectionLimits::with_max_connections(64)),
     };
     let gateway = Gateway::new(routes, config).expect("gateway");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
