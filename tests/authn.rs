@@ -72,6 +72,7 @@ fn signup(tenant: &str, client_id: &str, connection: &str, email: &str, password
     }
 }
 
+#[derive(Clone, Copy)]
 struct App<'a> {
     tenant: &'a str,
     client_id: &'a str,
@@ -1055,5 +1056,135 @@ async fn access_tokens_and_the_userinfo_endpoint() {
         .await
         .expect("delete");
     assert_invalid_token(userinfo(http, "GET", tenant, &full.access_token).await, "deleted user");
+    suite.stop().await.expect("stop");
+}
+
+/// An application logs its users in as itself, with no API key: a confidential client by
+/// its id and secret, a public one (SPA) by its id alone; the call acts only for that client.
+/// The public key set, discovery and userinfo need no key; everything else still does.
+#[tokio::test]
+async fn applications_call_as_themselves_without_a_key() {
+    use postern_proto::tenant::v1 as tenant_pb;
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "fabrikam-public";
+    let (client_id, secret) = tenant_with_client(&mut admin, tenant).await;
+    let spa = tenant_pb::Client {
+        name: "Fabrikam Single Page".into(),
+        app_type: tenant_pb::AppType::Spa as i32,
+        callbacks: vec!["https://spa.fabrikam.example/callback".into()],
+        ..Default::default()
+    };
+    let spa = admin
+        .clients
+        .create_client(tenant_pb::CreateClientRequest { tenant: tenant.into(), client: Some(spa) })
+        .await
+        .expect("spa")
+        .into_inner()
+        .client
+        .expect("client");
+    database(
+        &mut admin,
+        tenant,
+        "customers",
+        policy(conn::PasswordPolicy::Good),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: tenant.into(),
+            connection: "customers".into(),
+            client_id: spa.client_id.clone(),
+        })
+        .await
+        .expect("enable for the SPA");
+    let (other_client, _) = tenant_with_client(&mut admin, "fabrikam-internal").await;
+    let mut anonymous = suite.clients("").await;
+
+    // Signup and login with the application's own credentials.
+    let user = anonymous
+        .authn
+        .signup(signup(tenant, &client_id, "customers", "alice@fabrikam.example", STRONG))
+        .await
+        .expect("signup without a key")
+        .into_inner()
+        .user
+        .expect("user");
+    let confidential = App { tenant, client_id: &client_id, secret: &secret, connection: "customers" };
+    let login = anonymous
+        .authn
+        .login(confidential.login("alice@fabrikam.example", STRONG, ""))
+        .await
+        .expect("a confidential client logs in with its secret")
+        .into_inner();
+    verify_id_token(suite.http, tenant, &login.id_token, &client_id).await;
+    for wrong in ["", "not-the-secret"] {
+        let app = App { secret: wrong, ..confidential };
+        let err = anonymous.authn.login(app.login("alice@fabrikam.example", STRONG, "")).await.expect_err("no secret");
+        assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("CLIENT_SECRET_INVALID")));
+    }
+    let public = App { tenant, client_id: &spa.client_id, secret: "", connection: "customers" };
+    let spa_login = anonymous
+        .authn
+        .login(public.login("alice@fabrikam.example", STRONG, ""))
+        .await
+        .expect("a public client logs in with its id alone")
+        .into_inner();
+    verify_id_token(suite.http, tenant, &spa_login.id_token, &spa.client_id).await;
+    // A client acts only in its own tenant.
+    let foreign = App { client_id: &other_client, ..public };
+    let err = anonymous.authn.login(foreign.login("alice@fabrikam.example", STRONG, "")).await.expect_err("foreign");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = anonymous.authn.signup(signup(tenant, &other_client, "customers", "bob@fabrikam.example", STRONG)).await;
+    assert_eq!(err.expect_err("foreign client").code(), Code::NotFound);
+
+    // Public documents and userinfo.
+    let jwks = anonymous.signing_keys.get_jwks(authn::GetJwksRequest { tenant: tenant.into() }).await;
+    assert!(jwks.expect("jwks without a key").into_inner().jwks_json.contains("\"kid\""));
+    anonymous
+        .signing_keys
+        .get_open_id_configuration(authn::GetOpenIdConfigurationRequest { tenant: tenant.into() })
+        .await
+        .expect("discovery without a key");
+    let info = anonymous
+        .signing_keys
+        .get_user_info(authn::GetUserInfoRequest { tenant: tenant.into(), access_token: login.access_token })
+        .await
+        .expect("userinfo without a key");
+    assert!(info.into_inner().claims_json.contains(&user.user_id));
+
+    // Everything else needs a key.
+    let missing = |err: tonic::Status| {
+        assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("API_KEY_MISSING")), "{err:?}");
+    };
+    let change = authn::ChangePasswordRequest {
+        tenant: tenant.into(),
+        user_id: user.user_id.clone(),
+        connection: "customers".into(),
+        new_password: "Another-Strong-43!".into(),
+    };
+    missing(anonymous.authn.change_password(change).await.expect_err("change password"));
+    missing(
+        anonymous
+            .users
+            .list_users(authn::ListUsersRequest { tenant: tenant.into(), ..Default::default() })
+            .await
+            .expect_err("users"),
+    );
+    missing(
+        anonymous
+            .signing_keys
+            .rotate_signing_key(authn::RotateSigningKeyRequest { tenant: tenant.into(), ..Default::default() })
+            .await
+            .expect_err("rotate"),
+    );
+    missing(anonymous.tenants.list_tenants(tenant_pb::ListTenantsRequest::default()).await.expect_err("tenants"));
+    // A key that is presented is checked, even on a public method.
+    let mut bad_key = suite.clients("not-a-key").await;
+    let err = bad_key.authn.login(confidential.login("alice@fabrikam.example", STRONG, "")).await.expect_err("bad key");
+    assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("API_KEY_INVALID")));
     suite.stop().await.expect("stop");
 }

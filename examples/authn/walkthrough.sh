@@ -33,16 +33,20 @@ call -d "{\"tenant\":\"$tenant\",\"connection\":{\"name\":\"shop-users\",\"strat
 call -d "{\"tenant\":\"$tenant\",\"connection\":\"shop-users\",\"client_id\":\"$client_id\"}" \
   "$addr" postern.connections.v1.ConnectionService/EnableClient
 
+# From here the application acts as itself: Signup and Login need no API key, only its own
+# client id (and, for this confidential client, its secret).
+app() { grpcurl -plaintext "$@"; }
+
 step "A weak password is refused with a field violation"
-grpcurl -plaintext -H "authorization: Bearer $admin" -d "{\"tenant\":\"$tenant\",\"client_id\":\"$client_id\",\"connection\":\"shop-users\",\"email\":\"alice@contoso.example\",\"password\":\"password\"}" \
+app -d "{\"tenant\":\"$tenant\",\"client_id\":\"$client_id\",\"connection\":\"shop-users\",\"email\":\"alice@contoso.example\",\"password\":\"password\"}" \
   "$addr" postern.authn.v1.AuthenticationService/Signup 2>&1 | grep -E "Code|Message" || true
 
 step "Sign up"
-call -d "{\"tenant\":\"$tenant\",\"client_id\":\"$client_id\",\"connection\":\"shop-users\",\"email\":\"alice@contoso.example\",\"password\":\"Wonder-Land-42!\"}" \
+app -d "{\"tenant\":\"$tenant\",\"client_id\":\"$client_id\",\"connection\":\"shop-users\",\"email\":\"alice@contoso.example\",\"password\":\"Wonder-Land-42!\"}" \
   "$addr" postern.authn.v1.AuthenticationService/Signup
 
 step "Log in"
-login=$(call -d "{\"tenant\":\"$tenant\",\"client_id\":\"$client_id\",\"client_secret\":\"$client_secret\",\"connection\":\"shop-users\",\"username\":\"alice@contoso.example\",\"password\":\"Wonder-Land-42!\"}" \
+login=$(app -d "{\"tenant\":\"$tenant\",\"client_id\":\"$client_id\",\"client_secret\":\"$client_secret\",\"connection\":\"shop-users\",\"username\":\"alice@contoso.example\",\"password\":\"Wonder-Land-42!\"}" \
   "$addr" postern.authn.v1.AuthenticationService/Login)
 id_token=$(field "['idToken']" <<<"$login")
 echo "id_token ${id_token:0:40}…"
@@ -74,7 +78,7 @@ PY
 
 step "A wrong password and an unknown user get the same answer"
 for who in "alice@contoso.example:wrong-Password-1" "nobody@contoso.example:Wonder-Land-42!"; do
-  grpcurl -plaintext -H "authorization: Bearer $admin" -d "{\"tenant\":\"$tenant\",\"client_id\":\"$client_id\",\"client_secret\":\"$client_secret\",\"connection\":\"shop-users\",\"username\":\"${who%%:*}\",\"password\":\"${who#*:}\"}" \
+  app -d "{\"tenant\":\"$tenant\",\"client_id\":\"$client_id\",\"client_secret\":\"$client_secret\",\"connection\":\"shop-users\",\"username\":\"${who%%:*}\",\"password\":\"${who#*:}\"}" \
     "$addr" postern.authn.v1.AuthenticationService/Login 2>&1 | grep -E "Code|Message" || true
 done
 

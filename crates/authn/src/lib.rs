@@ -91,6 +91,23 @@ pub const INTERNAL_METHODS: &[&str] = &[
     "/postern.authn.v1.OAuthService/EndSession",
 ];
 
+/// The RPCs of this service a caller may reach without an API key, as the gateway's
+/// anonymous principal (the gateway lets such a caller through only to these, and
+/// [`routes`] refuses it everywhere else):
+/// - the documented-public key set, discovery document and userinfo;
+/// - `Login` and `Signup`, in which the application authenticates as itself: its client id
+///   and, for a confidential client, its secret (a public client, SPA or native, has none),
+///   and which act only for that client. `ChangePassword` sets a password without knowing
+///   the old one, a management operation: it needs an API key, as do `UserService` and key
+///   rotation.
+pub const PUBLIC_METHODS: &[&str] = &[
+    "/postern.authn.v1.SigningKeyService/GetJwks",
+    "/postern.authn.v1.SigningKeyService/GetOpenIdConfiguration",
+    "/postern.authn.v1.SigningKeyService/GetUserInfo",
+    "/postern.authn.v1.AuthenticationService/Login",
+    "/postern.authn.v1.AuthenticationService/Signup",
+];
+
 /// Another Postern service, called as `Service("authn")`.
 pub type Peer = SignService<HttpService>;
 
@@ -139,7 +156,7 @@ pub fn api(store: Store, peers: &Peers, key: &InternalKey, config: Config) -> Au
 
 /// The service's routes, each behind the check of the caller's signed principal.
 pub fn routes(api: AuthnApi, key: InternalKey) -> tonic::service::Routes {
-    let layer = PrincipalLayer::new(key);
+    let layer = PrincipalLayer::new(key).public(PUBLIC_METHODS);
     tonic::service::Routes::new(
         layer.layer(pb::authentication_service_server::AuthenticationServiceServer::new(api.clone())),
     )

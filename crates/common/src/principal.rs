@@ -53,6 +53,12 @@ pub enum Principal {
     },
     /// Another Postern service (`gateway`, `registry`, `authn`).
     Service(String),
+    /// A caller that presented no key, let through by the gateway to a method that its
+    /// service lists as public (the key set, discovery, userinfo; a login or signup in which
+    /// the application presents its own credentials). The gateway signs it like any other
+    /// principal, and [`PrincipalLayer`] refuses it on every method not listed, so neither
+    /// an unsigned call nor an anonymous one reaches anything else.
+    Anonymous,
 }
 
 impl Principal {
@@ -64,6 +70,7 @@ impl Principal {
                 "ADMIN_KEY_REQUIRED",
                 "this operation needs the admin key; a tenant API key cannot do it",
             )),
+            Principal::Anonymous => Err(key_missing()),
         }
     }
 
@@ -76,6 +83,7 @@ impl Principal {
                 "TENANT_NOT_ALLOWED",
                 format!("this API key does not reach tenant {:?}", crate::validate::truncate(tenant, 63)),
             )),
+            Principal::Anonymous => Err(key_missing()),
         }
     }
 
@@ -90,7 +98,18 @@ impl Principal {
         }
     }
 
-    /// The tenant a tenant key is limited to; `None` for the admin key and services.
+    /// Allows every caller whose key the gateway authenticated, and services; refuses an
+    /// anonymous caller. For methods that are public only to callers presenting their own
+    /// credentials in the request, which the handler then checks.
+    pub fn require_key(&self) -> Result<(), Status> {
+        match self {
+            Principal::Anonymous => Err(key_missing()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The tenant a tenant key is limited to; `None` for the admin key and services (and an
+    /// anonymous caller, which reaches only public methods).
     pub fn tenant_scope(&self) -> Option<&str> {
         match self {
             Principal::Tenant { tenant, .. } => Some(tenant),
@@ -103,6 +122,7 @@ impl Principal {
             Principal::Admin => "admin".to_owned(),
             Principal::Tenant { tenant, key_id } => format!("tenant:{tenant}:{key_id}"),
             Principal::Service(name) => format!("service:{name}"),
+            Principal::Anonymous => "anonymous".to_owned(),
         }
     }
 
@@ -112,6 +132,7 @@ impl Principal {
             ("admin", None, None) => Principal::Admin,
             ("tenant", Some(t), Some(k)) => Principal::Tenant { tenant: t.to_owned(), key_id: k.to_owned() },
             ("service", Some(n), None) => Principal::Service(n.to_owned()),
+            ("anonymous", None, None) => Principal::Anonymous,
             _ => return None,
         };
         parts.next().is_none().then_some(p)
@@ -124,6 +145,7 @@ impl fmt::Display for Principal {
             Principal::Admin => f.write_str("admin"),
             Principal::Tenant { tenant, key_id } => write!(f, "tenant {tenant} (key {key_id})"),
             Principal::Service(n) => write!(f, "service {n}"),
+            Principal::Anonymous => f.write_str("anonymous"),
         }
     }
 }
@@ -198,6 +220,14 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// UNAUTHENTICATED for a call that needs a key and came without one.
+fn key_missing() -> Status {
+    unauthenticated(
+        "API_KEY_MISSING",
+        "missing credentials: send `authorization: Bearer <key>` with the admin key or a tenant API key",
+    )
+}
+
 /// The principal of a request, as [`PrincipalLayer`] established it; UNAUTHENTICATED when
 /// the request came without one (straight to a backend, without the gateway).
 pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
@@ -211,23 +241,33 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
 
 /// A layer for a backend's routes: verifies the signed principal header and puts the
 /// [`Principal`] into the request's extensions. A request with a forged or expired header is
-/// refused with UNAUTHENTICATED; one with none gets no principal, which handlers refuse.
+/// refused with UNAUTHENTICATED; one with none gets no principal, which handlers refuse; an
+/// [`Principal::Anonymous`] one is refused unless its method is one of the service's public
+/// methods.
 #[derive(Clone, Debug)]
 pub struct PrincipalLayer {
     key: InternalKey,
+    public: &'static [&'static str],
 }
 
 impl PrincipalLayer {
-    /// A layer that trusts principals signed with `key`.
+    /// A layer that trusts principals signed with `key`, and no anonymous caller.
     pub fn new(key: InternalKey) -> Self {
-        Self { key }
+        Self { key, public: &[] }
+    }
+
+    /// Lets an anonymous caller (signed as such by the gateway) reach `methods`
+    /// (`/pkg.Service/Method`): the service's `PUBLIC_METHODS`.
+    pub fn public(mut self, methods: &'static [&'static str]) -> Self {
+        self.public = methods;
+        self
     }
 }
 
 impl<S> tower::Layer<S> for PrincipalLayer {
     type Service = PrincipalService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        PrincipalService { inner, key: self.key.clone() }
+        PrincipalService { inner, key: self.key.clone(), public: self.public }
     }
 }
 
@@ -236,6 +276,7 @@ impl<S> tower::Layer<S> for PrincipalLayer {
 pub struct PrincipalService<S> {
     inner: S,
     key: InternalKey,
+    public: &'static [&'static str],
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for PrincipalService<S> {
@@ -267,6 +308,10 @@ where
         let peer = req.headers_mut().remove(PEER_HEADER);
         if let Some(value) = req.headers_mut().remove(PRINCIPAL_HEADER) {
             match self.key.verify(value.as_bytes(), req.uri().path()) {
+                Some(Principal::Anonymous) if !self.public.contains(&req.uri().path()) => {
+                    let status = key_missing();
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
                 Some(p) => {
                     req.extensions_mut().insert(p);
                     if let Some(ip) = peer.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
@@ -363,6 +408,43 @@ mod tests {
         assert!(Principal::Admin.require_tenant("x").is_ok());
         assert!(Principal::Admin.require_internal().is_err());
         assert!(Principal::Service("registry".into()).require_internal().is_ok());
+        // An anonymous caller reaches no tenant, no admin operation, nothing internal.
+        let a = Principal::Anonymous;
+        assert_eq!(a.require_tenant("a-b").map_err(|s| s.code()), Err(tonic::Code::Unauthenticated));
+        assert!(a.require_admin().is_err() && a.require_internal().is_err() && a.require_key().is_err());
+        assert_eq!(a.tenant_scope(), None);
+        assert!(t.require_key().is_ok());
+    }
+
+    /// Calls `path` through a [`PrincipalLayer`] with public `/s/Open`, signed as `who`;
+    /// the answer's `grpc-status`, or 0 when the inner service was reached.
+    async fn through_layer(key: &InternalKey, who: Option<&Principal>, path: &str) -> i32 {
+        use tower::{Layer, ServiceExt};
+        let inner = tower::service_fn(|_: http::Request<()>| async move {
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let svc = PrincipalLayer::new(key.clone()).public(&["/s/Open"]).layer(inner);
+        let mut req = http::Request::builder().uri(path).body(()).expect("request");
+        if let Some(p) = who {
+            req.headers_mut().insert(PRINCIPAL_HEADER, key.sign(p, path));
+        }
+        let response = svc.oneshot(req).await.expect("infallible");
+        response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn anonymous_callers_reach_public_methods_only() {
+        let key = InternalKey::generate();
+        let anonymous = Principal::Anonymous;
+        assert_eq!(through_layer(&key, Some(&anonymous), "/s/Open").await, 0);
+        assert_eq!(through_layer(&key, Some(&anonymous), "/s/Closed").await, tonic::Code::Unauthenticated as i32);
+        assert_eq!(through_layer(&key, Some(&Principal::Admin), "/s/Closed").await, 0);
+        // Unsigned, a call reaches the handler without a principal, which handlers refuse.
+        assert_eq!(through_layer(&key, None, "/s/Open").await, 0);
+        // Anonymous signed by another key: refused.
+        let forged = InternalKey::generate().sign(&anonymous, "/s/Open");
+        assert_eq!(key.verify(forged.as_bytes(), "/s/Open"), None);
+        assert_eq!(key.verify(key.sign(&anonymous, "/s/Open").as_bytes(), "/s/Open"), Some(Principal::Anonymous));
     }
 
     #[test]

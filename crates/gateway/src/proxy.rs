@@ -145,19 +145,22 @@ impl Inner {
             .get::<tonic::transport::server::TcpConnectInfo>()
             .and_then(|c| c.remote_addr)
             .map(|a| a.ip());
-        let principal = match self.auth.authenticate(authorization.as_ref().and_then(|v| v.to_str().ok())).await {
-            Ok(p) => p,
-            Err(s) => {
-                // Failed attempts count against the caller's address, so guessing keys is slow.
-                self.check_rate(&format!(
-                    "addr:{}",
-                    peer.map_or_else(|| "unknown".into(), |ip: IpAddr| ip.to_string())
-                ))?;
-                return Err(s);
+        let by_address = format!("addr:{}", peer.map_or_else(|| "unknown".into(), |ip: IpAddr| ip.to_string()));
+        let principal = if authorization.is_none() && self.routes.is_public(path) {
+            // A public method called without a key: the caller is anonymous, limited by address.
+            Principal::Anonymous
+        } else {
+            match self.auth.authenticate(authorization.as_ref().and_then(|v| v.to_str().ok())).await {
+                Ok(p) => p,
+                Err(s) => {
+                    // Failed attempts count against the caller's address, so guessing keys is slow.
+                    self.check_rate(&by_address)?;
+                    return Err(s);
+                }
             }
         };
         tracing::Span::current().record("principal", tracing::field::display(&principal));
-        self.check_rate(&rate_key(&principal))?;
+        self.check_rate(&rate_key(&principal).unwrap_or(by_address))?;
 
         let endpoint = backend
             .pick()
@@ -221,11 +224,13 @@ impl Inner {
     }
 }
 
-fn rate_key(p: &Principal) -> String {
+/// What a caller's calls are counted by: its key, or (`None`) its address when it has none.
+fn rate_key(p: &Principal) -> Option<String> {
     match p {
-        Principal::Admin => "admin".into(),
-        Principal::Tenant { key_id, .. } => format!("key:{key_id}"),
-        Principal::Service(s) => format!("service:{s}"),
+        Principal::Admin => Some("admin".into()),
+        Principal::Tenant { key_id, .. } => Some(format!("key:{key_id}")),
+        Principal::Service(s) => Some(format!("service:{s}")),
+        Principal::Anonymous => None,
     }
 }
 

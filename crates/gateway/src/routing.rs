@@ -87,11 +87,13 @@ impl Backend {
     }
 }
 
-/// The routing table: gRPC service name → backend, and the methods never routed from outside.
+/// The routing table: gRPC service name → backend, the methods never routed from outside,
+/// and the methods a caller may reach without a key.
 #[derive(Clone, Default)]
 pub struct RouteTable {
     routes: HashMap<String, Backend>,
     internal: std::collections::HashSet<String>,
+    public: std::collections::HashSet<String>,
 }
 
 impl RouteTable {
@@ -114,6 +116,14 @@ impl RouteTable {
         self
     }
 
+    /// Marks `methods` (`/pkg.Service/Method`) as public: a caller without a key reaches them
+    /// as [`Principal::Anonymous`](postern_common::principal::Principal::Anonymous) (the
+    /// service's backend checks the list again).
+    pub fn public(&mut self, methods: &[&str]) -> &mut Self {
+        self.public.extend(methods.iter().map(|m| (*m).to_owned()));
+        self
+    }
+
     /// The backend of a service.
     pub fn get(&self, service: &str) -> Option<&Backend> {
         self.routes.get(service)
@@ -122,6 +132,11 @@ impl RouteTable {
     /// Whether a method is internal-only.
     pub fn is_internal(&self, path: &str) -> bool {
         self.internal.contains(path)
+    }
+
+    /// Whether a caller without a key may call a method.
+    pub fn is_public(&self, path: &str) -> bool {
+        self.public.contains(path)
     }
 
     /// The routed service names, sorted.

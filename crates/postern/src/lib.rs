@@ -166,10 +166,12 @@ pub async fn run(
             let mut routes = RouteTable::new();
             routes
                 .route(postern_tenant::SERVICES, Backend::new(vec![Endpoint::in_process(tenant_service)]))
-                .internal(postern_tenant::INTERNAL_METHODS);
+                .internal(postern_tenant::INTERNAL_METHODS)
+                .public(postern_tenant::PUBLIC_METHODS);
             routes
                 .route(postern_registry::SERVICES, Backend::new(vec![Endpoint::in_process(registry_service)]))
-                .internal(postern_registry::INTERNAL_METHODS);
+                .internal(postern_registry::INTERNAL_METHODS)
+                .public(postern_registry::PUBLIC_METHODS);
             routes
                 .route(
                     postern_authn::SERVICES,
@@ -177,7 +179,8 @@ pub async fn run(
                         RpcSpanLayer.layer(postern_authn::routes(authn, internal_key.clone())),
                     ))]),
                 )
-                .internal(postern_authn::INTERNAL_METHODS);
+                .internal(postern_authn::INTERNAL_METHODS)
+                .public(postern_authn::PUBLIC_METHODS);
             let stopping = stop();
             let streams = tenant_store.clone();
             let registry = std::sync::Arc::new(registry);
@@ -213,7 +216,10 @@ pub async fn run(
                 .map(|u| Endpoint::remote(u).map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let mut routes = RouteTable::new();
-            routes.route(postern_tenant::SERVICES, Backend::new(endpoints)).internal(postern_tenant::INTERNAL_METHODS);
+            routes
+                .route(postern_tenant::SERVICES, Backend::new(endpoints))
+                .internal(postern_tenant::INTERNAL_METHODS)
+                .public(postern_tenant::PUBLIC_METHODS);
             if !settings.registry_url.is_empty() {
                 let endpoints = settings
                     .registry_url
@@ -222,7 +228,8 @@ pub async fn run(
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 routes
                     .route(postern_registry::SERVICES, Backend::new(endpoints))
-                    .internal(postern_registry::INTERNAL_METHODS);
+                    .internal(postern_registry::INTERNAL_METHODS)
+                    .public(postern_registry::PUBLIC_METHODS);
             }
             if !settings.authn_url.is_empty() {
                 let endpoints = settings
@@ -232,7 +239,8 @@ pub async fn run(
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 routes
                     .route(postern_authn::SERVICES, Backend::new(endpoints))
-                    .internal(postern_authn::INTERNAL_METHODS);
+                    .internal(postern_authn::INTERNAL_METHODS)
+                    .public(postern_authn::PUBLIC_METHODS);
             }
             serve_gateway(routes, internal_key, &settings, connections, stop, on_bound).await
         }

@@ -51,6 +51,9 @@ pub const SERVICES: &[&str] = &["postern.connections.v1.ConnectionService"];
 /// The RPCs of this service that only other Postern services may call.
 pub const INTERNAL_METHODS: &[&str] = &["/postern.connections.v1.ConnectionService/ResolveConnection"];
 
+/// The RPCs of this service a caller may reach without an API key: none.
+pub const PUBLIC_METHODS: &[&str] = &[];
+
 /// The principal the registry signs its calls to the tenant service with.
 pub const SERVICE_NAME: &str = "registry";
 
@@ -118,7 +121,7 @@ impl Registry {
 
     /// The service's routes, behind the check of the caller's signed principal.
     pub fn routes(&self) -> tonic::service::Routes {
-        let layer = PrincipalLayer::new(self.key.clone());
+        let layer = PrincipalLayer::new(self.key.clone()).public(PUBLIC_METHODS);
         tonic::service::Routes::new(
             layer.layer(pb::connection_service_server::ConnectionServiceServer::new(self.api.clone())),
         )

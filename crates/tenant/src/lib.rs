@@ -37,10 +37,13 @@ pub const INTERNAL_METHODS: &[&str] = &[
     "/postern.tenant.v1.TenantService/WatchTenantEvents",
 ];
 
+/// The RPCs of this service a caller may reach without an API key: none.
+pub const PUBLIC_METHODS: &[&str] = &[];
+
 /// The service's routes, each behind the check of the caller's signed principal.
 pub fn routes(store: Store, key: InternalKey) -> tonic::service::Routes {
     let api = TenantApi::new(store);
-    let layer = PrincipalLayer::new(key);
+    let layer = PrincipalLayer::new(key).public(PUBLIC_METHODS);
     tonic::service::Routes::new(layer.layer(pb::tenant_service_server::TenantServiceServer::new(api.clone())))
         .add_service(layer.layer(pb::client_service_server::ClientServiceServer::new(api.clone())))
         .add_service(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(api)))

@@ -1,8 +1,10 @@
 //! `AuthenticationService`: signup, the login, password changes. Each handler validates,
 //! checks the caller's right to the tenant, and calls the orchestration ([`crate::login`]).
+//! `Login` and `Signup` also serve a caller without an API key (the application itself,
+//! named by its client id and, for a confidential client, authenticated by its secret).
 
 use postern_common::error::Violations;
-use postern_common::principal::principal;
+use postern_common::principal::{Principal, principal};
 use postern_proto::authn::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -26,7 +28,10 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             user_metadata: req.user_metadata.as_ref(),
         };
         input.validate()?;
-        p.require_tenant(&req.tenant)?;
+        // Without a key, the application itself: the client it names must exist.
+        if p != Principal::Anonymous {
+            p.require_tenant(&req.tenant)?;
+        }
         let user = AuthnApi::signup(self, &input).await?;
         Ok(Response::new(pb::SignupResponse { user: Some(user_to_pb(&user)) }))
     }
@@ -44,7 +49,10 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             address: &address,
         };
         login.validate()?;
-        p.require_tenant(&req.tenant)?;
+        // Without a key, the application itself, authenticated by its credentials next.
+        if p != Principal::Anonymous {
+            p.require_tenant(&req.tenant)?;
+        }
         self.verify_client(&req.tenant, &req.client_id, &req.client_secret).await?;
         let user = self.password_login(&login).await?;
         let issued = self
