@@ -1156,6 +1156,26 @@ async fn applications_call_as_themselves_without_a_key() {
         .expect("userinfo without a key");
     assert!(info.into_inner().claims_json.contains(&user.user_id));
 
+    // The token endpoint's twins: the client's own credentials count.
+    let mut oauth = authn::o_auth_service_client::OAuthServiceClient::new(suite.channel().await);
+    let exchange = authn::ExchangeTokenRequest {
+        tenant: tenant.into(),
+        grant_type: "password".into(),
+        client_id: client_id.clone(),
+        client_secret: secret.clone(),
+        ..Default::default()
+    };
+    let err = oauth.exchange_token(exchange).await.expect_err("an unsupported grant");
+    assert_eq!((err.code(), reason(&err).as_deref()), (Code::InvalidArgument, Some("UNSUPPORTED_GRANT_TYPE")));
+    let revoke = authn::RevokeTokenRequest {
+        tenant: tenant.into(),
+        client_id: client_id.clone(),
+        client_secret: secret.clone(),
+        token: "not-a-token".into(),
+        ..Default::default()
+    };
+    oauth.revoke_token(revoke).await.expect("revoking an unknown token is no error, and needs no key");
+
     // Everything else needs a key.
     let missing = |err: tonic::Status| {
         assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("API_KEY_MISSING")), "{err:?}");

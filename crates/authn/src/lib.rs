@@ -99,13 +99,17 @@ pub const INTERNAL_METHODS: &[&str] = &[
 ///   and, for a confidential client, its secret (a public client, SPA or native, has none),
 ///   and which act only for that client. `ChangePassword` sets a password without knowing
 ///   the old one, a management operation: it needs an API key, as do `UserService` and key
-///   rotation.
+///   rotation;
+/// - the token endpoint's twins `ExchangeToken` and `RevokeToken`, where the client's own
+///   credentials (or a public client's PKCE verifier) count.
 pub const PUBLIC_METHODS: &[&str] = &[
     "/postern.authn.v1.SigningKeyService/GetJwks",
     "/postern.authn.v1.SigningKeyService/GetOpenIdConfiguration",
     "/postern.authn.v1.SigningKeyService/GetUserInfo",
     "/postern.authn.v1.AuthenticationService/Login",
     "/postern.authn.v1.AuthenticationService/Signup",
+    "/postern.authn.v1.OAuthService/ExchangeToken",
+    "/postern.authn.v1.OAuthService/RevokeToken",
 ];
 
 /// Another Postern service, called as `Service("authn")`.
