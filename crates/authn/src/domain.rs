@@ -7,53 +7,7 @@ use serde_json::{Map, Value};
 /// connection's `user_profile_sync`, in the shared connection model.
 pub use postern_connection::UserProfileSync as ProfileSync;
 
-/// The root profile attributes a source provides and a login may copy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Profile {
-    /// The email address.
-    pub email: String,
-    /// Whether the email address is verified.
-    pub email_verified: bool,
-    /// The username, if any.
-    pub username: String,
-    /// The full name.
-    pub name: String,
-    /// The given name.
-    pub given_name: String,
-    /// The family name.
-    pub family_name: String,
-    /// The casual name.
-    pub nickname: String,
-    /// The picture URL.
-    pub picture: String,
-}
-
-impl Profile {
-    /// The attributes a user gets when its profile is not copied (`NEVER_ON_LOGIN`): only
-    /// what identifies it.
-    pub fn identifying_only(&self) -> Profile {
-        Profile { email: self.email.clone(), username: self.username.clone(), ..Profile::default() }
-    }
-
-    /// The profile as the JSON an identity's `profile_data` keeps.
-    pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        let mut put = |k: &str, v: &str| {
-            if !v.is_empty() {
-                m.insert(k.to_owned(), Value::String(v.to_owned()));
-            }
-        };
-        put("email", &self.email);
-        put("username", &self.username);
-        put("name", &self.name);
-        put("given_name", &self.given_name);
-        put("family_name", &self.family_name);
-        put("nickname", &self.nickname);
-        put("picture", &self.picture);
-        m.insert("email_verified".into(), Value::Bool(self.email_verified));
-        Value::Object(m)
-    }
-}
+pub use postern_connector::{Profile, default_nickname};
 
 /// The root attributes a login may synchronize, as `UpdateUser` mask paths.
 pub const SYNCED_ATTRIBUTES: &[&str] =
@@ -146,11 +100,6 @@ pub struct UserPatch {
     pub app_metadata: Option<Map<String, Value>>,
     /// New blocked flag.
     pub blocked: Option<bool>,
-}
-
-/// The nickname a user gets by default: the local part of its email.
-pub fn default_nickname(email: &str) -> String {
-    email.split('@').next().unwrap_or_default().to_owned()
 }
 
 /// Normalizes a login name (email or username) for lookups.

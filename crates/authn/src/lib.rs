@@ -23,10 +23,7 @@
 //!   shared typed model (`postern_connection::Resolved`), cached and kept fresh.
 //! - [`clients`]: client checks that passed, remembered until the tenant event log retires
 //!   them.
-//! - [`customdb`]: the client of a customer's custom database.
 //! - [`keys`]: the tenants' signing keys, sealed at rest, opened and cached.
-//! - [`password`]: Argon2id hashing and verification (and legacy bcrypt), and the history
-//!   rule of the password policy (the policy itself is `postern_connection::password`).
 //! - [`oauth`]: the OpenID provider's steps (`OAuthService`): authorization requests, the
 //!   hosted page's login and signup, SSO sessions and logout, the token grants and revocation.
 //! - [`tokens`]: signing keys (RS256, EdDSA), their JSON Web Key Set, and the signing and
@@ -35,7 +32,6 @@
 //!   in one atomic statement on PostgreSQL.
 //! - [`attempts`]: on SQLite, the attempts in flight counted in this process, so that only
 //!   settled failures are written.
-//! - [`json`]: protobuf `Struct` to JSON and back.
 //! - `status`: every error in the contract's terms (gRPC codes and `ErrorInfo` reasons).
 //! - `validate`: the field checks shared by the handlers and the orchestration's inputs.
 //! - `tenants`: follows the tenant service's deletion log (a deleted tenant leaves nothing).
@@ -44,18 +40,14 @@
 #![warn(missing_docs)]
 
 pub mod api;
-mod argon2_memory;
 pub mod attempts;
 pub mod bruteforce;
 pub mod cache;
 pub mod clients;
-pub mod customdb;
 pub mod domain;
-pub mod json;
 pub mod keys;
 pub mod login;
 pub mod oauth;
-pub mod password;
 mod status;
 pub mod store;
 mod tenants;
@@ -135,6 +127,9 @@ pub struct Config {
     /// Where the OpenID provider's expiry rules (codes, sessions, refresh tokens) read the
     /// time: the system clock, or a manual one in tests.
     pub clock: postern_common::time::Clock,
+    /// The connectors, by strategy: a connection whose strategy has none cannot log anyone
+    /// in (the binary registers every connector crate; see `postern_connector`).
+    pub connectors: postern_connector::Connectors,
 }
 
 /// The services the authenticator calls.

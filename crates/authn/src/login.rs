@@ -6,28 +6,27 @@
 //! A login is three calls: [`AuthnApi::verify_client`], [`AuthnApi::password_login`],
 //! [`AuthnApi::issue_tokens`]; a signup is [`AuthnApi::signup`].
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use postern_common::error::permission_denied;
 use postern_common::error::{Violations, already_exists, failed_precondition, internal, invalid_field};
-use postern_connection::{DatabaseOptions, Options, PersonalInfo, Resolved};
+use postern_connection::{PersonalInfo, Resolved, Strategy};
+use postern_connector::{
+    CodeConnector, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, RedirectConnector,
+    RedirectTransaction, SignedUp, Signup, Verified,
+};
 use postern_proto::tenant::v1 as tenant_pb;
 use tonic::{Code, Status};
 
 use crate::api::AuthnApi;
 use crate::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
-use crate::customdb::{SourceUser, Target};
 use crate::domain::{self, Identity, Profile, ProfileSync, User};
-use crate::password;
 use crate::status::{
-    client_refusal, custom_db_status, tenant_service_unavailable, too_many_attempts, user_not_found, wrong_credentials,
+    client_refusal, connector_status, tenant_service_unavailable, too_many_attempts, user_not_found, wrong_credentials,
 };
 use crate::store::{Admitted, LoginFound, LoginUpdate, NewUser, Recorded, StoreError};
 use crate::tokens::{self, ProfileClaims, TokenRequest};
 use crate::validate::{check_email, check_tenant, required};
-
-/// The strategy of database connections.
-pub(crate) const DATABASE_STRATEGY: &str = "auth0";
 
 /// A login by username (or email) and password through a database connection.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +55,7 @@ impl PasswordLogin<'_> {
         required(&mut v, "client_id", self.client_id);
         required(&mut v, "connection", self.connection);
         required(&mut v, "username", self.username);
-        if self.password.chars().count() > password::MAX_PASSWORD_LENGTH {
+        if self.password.chars().count() > postern_connection::password::MAX_PASSWORD_LENGTH {
             // Wrong by construction: no password this long was ever accepted.
             return Err(wrong_credentials());
         }
@@ -114,22 +113,6 @@ pub struct IssueTokens<'a> {
     pub nonce: Option<&'a str>,
 }
 
-/// The database options of a resolved connection; FAILED_PRECONDITION for a connection of
-/// another strategy.
-pub(crate) fn database_options(conn: &Resolved) -> Result<&DatabaseOptions, Status> {
-    match &conn.connection.spec.options {
-        Options::Database(d) => Ok(d),
-        _ => Err(failed_precondition(
-            "NOT_A_DATABASE_CONNECTION",
-            format!(
-                "connection {:?} uses strategy {:?}; passwords are checked only by database connections (strategy `auth0`)",
-                conn.connection.spec.name,
-                conn.connection.spec.strategy.as_str()
-            ),
-        )),
-    }
-}
-
 /// The profile claims of a user, before the scopes filter them.
 pub(crate) fn claims_of(u: &User) -> ProfileClaims {
     let p = &u.profile;
@@ -157,6 +140,18 @@ fn uuid_simple() -> String {
     postern_common::ids::new_id().replace('-', "")
 }
 
+/// A connection whose strategy no connector of `family` serves in this process.
+fn no_connector(spec: &postern_connection::ConnectionSpec, family: &str) -> Status {
+    failed_precondition(
+        "STRATEGY_NOT_SUPPORTED",
+        format!(
+            "connection {:?} uses strategy {:?}, which this server cannot log users in with by {family}",
+            spec.name,
+            spec.strategy.as_str()
+        ),
+    )
+}
+
 /// The user of a recorded login, or why there is none.
 fn recorded(r: Recorded) -> Result<User, Status> {
     match r {
@@ -170,9 +165,9 @@ fn recorded(r: Recorded) -> Result<User, Status> {
 /// What the credential check found.
 enum Checked {
     /// Postern's own hash matched this identity.
-    Local { found: LoginFound, rehash: bool },
-    /// The custom database accepted the credentials.
-    Source(SourceUser),
+    Local { found: Box<LoginFound>, rehash: Option<String> },
+    /// The connection's source accepted the credentials.
+    External { profile: Box<ExternalProfile>, import_hash: Option<String> },
 }
 
 impl AuthnApi {
@@ -239,17 +234,18 @@ impl AuthnApi {
     pub async fn password_login(&self, l: &PasswordLogin<'_>) -> Result<User, Status> {
         l.validate()?;
         let conn = self.cache.resolve(l.tenant, l.client_id, l.connection).await?;
-        let db = database_options(&conn)?;
+        let connector = self.password_connector(&conn)?;
         if l.password.is_empty() {
             return Err(wrong_credentials());
         }
         let login = domain::login_key(l.username);
-        let (checked, admitted) = self.check_credentials(l.tenant, &conn, db, &login, l.password, l.address).await?;
+        let (checked, admitted) =
+            self.check_credentials(l.tenant, &conn, connector.as_ref(), &login, l.password, l.address).await?;
         let store = &self.store;
         let recorded = match checked {
             Checked::Local { found, rehash } => {
                 let clear = admitted.as_ref().and_then(Admitted::clear);
-                match self.record_local_login(l, &conn, &found, rehash, clear).await {
+                match self.record_local_login(l, &conn, &found, rehash.as_deref(), clear).await {
                     // Recorded, and the brute-force count cleared with it.
                     Ok(user) => {
                         if let Some(attempt) = admitted {
@@ -260,8 +256,8 @@ impl AuthnApi {
                     Err(s) => Err(s),
                 }
             }
-            Checked::Source(source) => {
-                self.upsert_source_user(l.tenant, &conn, db, &source, l.password, l.address).await
+            Checked::External { profile, import_hash } => {
+                self.upsert_external_user(l.tenant, &conn, &profile, import_hash, l.address).await
             }
         };
         // The password was right: the attempt counted in advance is not a failure.
@@ -280,49 +276,21 @@ impl AuthnApi {
         s.validate()?;
         self.client_exists(s.tenant, s.client_id).await?;
         let conn = self.cache.resolve(s.tenant, s.client_id, s.connection).await?;
-        let db = database_options(&conn)?;
-        if db.disable_signup {
-            return Err(permission_denied(
-                "SIGNUP_DISABLED",
-                format!("connection {:?} does not allow signups (disable_signup is on)", conn.connection.spec.name),
-            ));
-        }
-        let mut v = Violations::new();
-        db.check_username(&mut v, "username", s.username);
-        let info = PersonalInfo {
-            email: s.email,
-            username: s.username,
-            nickname: &domain::default_nickname(s.email),
-            ..PersonalInfo::default()
-        };
-        db.password_rules().check(s.password, &info, "password", &mut v);
-        v.into_result()?;
-
-        let metadata = s.user_metadata.map(crate::json::from_struct).unwrap_or_default();
-        let profile = Profile {
-            email: s.email.to_owned(),
-            username: s.username.to_owned(),
-            nickname: domain::default_nickname(s.email),
-            ..Profile::default()
-        };
+        let connector = self.password_connector(&conn)?;
+        let metadata = s.user_metadata.map(postern_common::json::from_struct).unwrap_or_default();
+        let signup = Signup { email: s.email, username: s.username, password: s.password, user_metadata: &metadata };
+        let signed_up = connector.sign_up(s.tenant, &conn, &signup).await.map_err(connector_status)?;
+        let spec = &conn.connection.spec;
         let taken = || {
             already_exists(
                 "USER_ALREADY_EXISTS",
-                format!("connection {:?} already has a user with that email or username", conn.connection.spec.name),
+                format!("connection {:?} already has a user with that email or username", spec.name),
             )
         };
-        let store = &self.store;
-        let user = match &db.custom_database {
-            Some(custom) if !db.imports_lazily() => {
-                let target = Target::of(s.tenant, &conn, custom);
-                let source = self
-                    .customdb
-                    .create(&target, s.email, s.username, s.password, s.user_metadata.cloned())
-                    .await
-                    .map_err(custom_db_status)?;
-                let sync = conn.connection.spec.user_profile_sync;
+        let (new, identity) = match signed_up {
+            SignedUp::External(source) => {
                 let new = NewUser {
-                    user_id: format!("{DATABASE_STRATEGY}|{}", source.id),
+                    user_id: format!("{}|{}", spec.strategy.as_str(), source.source_id),
                     profile: with_default_nickname(source.profile.clone()),
                     user_metadata: if source.user_metadata.is_empty() {
                         metadata
@@ -333,62 +301,53 @@ impl AuthnApi {
                 };
                 let identity = Identity {
                     connection_id: conn.connection.id.clone(),
-                    connection: conn.connection.spec.name.clone(),
-                    strategy: conn.connection.spec.strategy.as_str().to_owned(),
-                    source_id: source.id.clone(),
+                    connection: spec.name.clone(),
+                    strategy: spec.strategy.as_str().to_owned(),
+                    source_id: source.source_id.clone(),
                     is_social: false,
                     login_email: domain::login_key(&source.profile.email),
                     login_username: domain::login_key(&source.profile.username),
                     profile_data: source.raw.clone(),
-                    profile_sync: sync,
+                    profile_sync: spec.user_profile_sync,
                     external: true,
                     password_hash: None,
                 };
-                store.create_user(s.tenant, &new, &identity, None).await.map_err(|e| match e {
-                    StoreError::AlreadyExists => taken(),
-                    e => e.into(),
-                })?
+                (new, identity)
             }
-            custom => {
-                // With lazy import, a user still only in the customer's store is taken too.
-                if let Some(custom) = custom {
-                    let target = Target::of(s.tenant, &conn, custom);
-                    for name in [s.email, s.username] {
-                        if !name.is_empty()
-                            && self.customdb.get_user(&target, name).await.map_err(custom_db_status)?.is_some()
-                        {
-                            return Err(taken());
-                        }
-                    }
-                }
-                let hash = password::hash_async(s.password.to_owned()).await?;
+            SignedUp::Local { hash } => {
                 let id = uuid_simple();
                 let new = NewUser {
-                    user_id: format!("{DATABASE_STRATEGY}|{id}"),
-                    profile,
+                    user_id: format!("{}|{id}", spec.strategy.as_str()),
+                    profile: Profile {
+                        email: s.email.to_owned(),
+                        username: s.username.to_owned(),
+                        nickname: domain::default_nickname(s.email),
+                        ..Profile::default()
+                    },
                     user_metadata: metadata,
                     app_metadata: serde_json::Map::new(),
                 };
                 let identity = Identity {
                     connection_id: conn.connection.id.clone(),
-                    connection: conn.connection.spec.name.clone(),
-                    strategy: conn.connection.spec.strategy.as_str().to_owned(),
+                    connection: spec.name.clone(),
+                    strategy: spec.strategy.as_str().to_owned(),
                     source_id: id,
                     is_social: false,
                     login_email: domain::login_key(s.email),
                     login_username: domain::login_key(s.username),
                     profile_data: serde_json::Value::Object(serde_json::Map::new()),
-                    profile_sync: conn.connection.spec.user_profile_sync,
+                    profile_sync: spec.user_profile_sync,
                     external: false,
                     password_hash: Some(hash),
                 };
-                store.create_user(s.tenant, &new, &identity, None).await.map_err(|e| match e {
-                    StoreError::AlreadyExists => taken(),
-                    e => e.into(),
-                })?
+                (new, identity)
             }
         };
-        tracing::info!(tenant = %s.tenant, user_id = %user.user_id, connection = %conn.connection.spec.name, "user signed up");
+        let user = self.store.create_user(s.tenant, &new, &identity, None).await.map_err(|e| match e {
+            StoreError::AlreadyExists => taken(),
+            e => e.into(),
+        })?;
+        tracing::info!(tenant = %s.tenant, user_id = %user.user_id, connection = %spec.name, "user signed up");
         Ok(user)
     }
 
@@ -416,9 +375,104 @@ impl AuthnApi {
         .map_err(|e| internal(&e))
     }
 
-    /// Changes the password of a user's database identity (in `connection`, required when it
-    /// has several), checked against the connection's policy and password history: in
-    /// Postern's store, or in the custom database that keeps it.
+    /// Starts a login through a redirect connection (OIDC, OAuth2 social, SAML) for the
+    /// client: the upstream URL to send the browser to. The hook of the redirect family: a
+    /// strategy served by a [`RedirectConnector`] needs no edit here.
+    pub async fn begin_redirect(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        connection: &str,
+        tx: &RedirectTransaction,
+    ) -> Result<String, Status> {
+        let conn = self.cache.resolve(tenant, client_id, connection).await?;
+        let connector = self.redirect_connector(&conn)?;
+        connector.begin(tenant, &conn, tx).await.map_err(connector_status)
+    }
+
+    /// Completes a redirect login with the upstream's answer (`params`, the callback's
+    /// parameters): the user, created or updated under the connection's profile-sync rule.
+    /// The caller issues the tokens.
+    pub async fn complete_redirect(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        connection: &str,
+        params: &std::collections::HashMap<String, String>,
+        tx: &RedirectTransaction,
+        address: &str,
+    ) -> Result<User, Status> {
+        let conn = self.cache.resolve(tenant, client_id, connection).await?;
+        let connector = self.redirect_connector(&conn)?;
+        let profile = connector.complete(tenant, &conn, params, tx).await.map_err(connector_status)?;
+        self.upsert_external_user(tenant, &conn, &profile, None, address).await
+    }
+
+    /// Sends a one-time code through a passwordless connection (email, SMS). The hook of the
+    /// one-time-code family, served by a [`CodeConnector`].
+    pub async fn send_code(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        connection: &str,
+        recipient: &str,
+    ) -> Result<(), Status> {
+        let conn = self.cache.resolve(tenant, client_id, connection).await?;
+        let connector = self.code_connector(&conn)?;
+        connector.send(tenant, &conn, recipient).await.map_err(connector_status)
+    }
+
+    /// Logs a user in with the one-time code `recipient` received: the user, created or
+    /// updated under the connection's profile-sync rule. The caller issues the tokens.
+    pub async fn code_login(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        connection: &str,
+        recipient: &str,
+        code: &str,
+        address: &str,
+    ) -> Result<User, Status> {
+        let conn = self.cache.resolve(tenant, client_id, connection).await?;
+        let connector = self.code_connector(&conn)?;
+        let profile = connector.verify(tenant, &conn, recipient, code).await.map_err(connector_status)?;
+        self.upsert_external_user(tenant, &conn, &profile, None, address).await
+    }
+
+    fn redirect_connector(&self, conn: &Resolved) -> Result<Arc<dyn RedirectConnector>, Status> {
+        let spec = &conn.connection.spec;
+        self.connectors.redirect(spec.strategy).cloned().ok_or_else(|| no_connector(spec, "redirect"))
+    }
+
+    fn code_connector(&self, conn: &Resolved) -> Result<Arc<dyn CodeConnector>, Status> {
+        let spec = &conn.connection.spec;
+        self.connectors.code(spec.strategy).cloned().ok_or_else(|| no_connector(spec, "one-time code"))
+    }
+
+    /// The password connector of a connection's strategy: FAILED_PRECONDITION when its
+    /// strategy logs users in otherwise (or no connector serves it in this process).
+    fn password_connector(&self, conn: &Resolved) -> Result<Arc<dyn PasswordConnector>, Status> {
+        let spec = &conn.connection.spec;
+        self.connectors.password(spec.strategy).cloned().ok_or_else(|| {
+            failed_precondition(
+                "NOT_A_DATABASE_CONNECTION",
+                format!(
+                    "connection {:?} uses strategy {:?}; passwords are checked only by database connections (strategy `auth0`)",
+                    spec.name,
+                    spec.strategy.as_str()
+                ),
+            )
+        })
+    }
+
+    /// Whether an identity's strategy checks passwords in this process.
+    fn has_password(&self, identity: &Identity) -> bool {
+        Strategy::parse(&identity.strategy).is_some_and(|s| self.connectors.password(s).is_some())
+    }
+
+    /// Changes the password of a user's password identity (in `connection`, required when it
+    /// has several), checked against the connection's policy and password history by its
+    /// connector: kept here as a hash, or by the source that keeps it.
     pub(crate) async fn change_password(
         &self,
         tenant: &str,
@@ -428,12 +482,12 @@ impl AuthnApi {
     ) -> Result<User, Status> {
         let store = &self.store;
         let user = store.get_user(tenant, user_id).await?.ok_or_else(|| user_not_found(tenant, user_id))?;
-        let databases: Vec<&Identity> = user
+        let candidates: Vec<&Identity> = user
             .identities
             .iter()
-            .filter(|i| i.strategy == DATABASE_STRATEGY && (connection.is_empty() || i.connection == connection))
+            .filter(|i| self.has_password(i) && (connection.is_empty() || i.connection == connection))
             .collect();
-        let identity = match databases.as_slice() {
+        let identity = match candidates.as_slice() {
             [one] => (*one).clone(),
             [] => {
                 return Err(failed_precondition(
@@ -444,68 +498,62 @@ impl AuthnApi {
             _ => return Err(invalid_field("connection", "is required: the user has several database identities")),
         };
         let conn = self.cache.resolve_any(tenant, &identity.connection_id).await?;
-        let db = database_options(&conn)?;
+        let connector = self.password_connector(&conn)?;
         let history = store.password_history(tenant, &identity.connection_id, &identity.source_id).await?;
         let pr = &user.profile;
-        let info = PersonalInfo {
-            email: &pr.email,
-            username: &pr.username,
-            nickname: &pr.nickname,
-            name: &pr.name,
-            given_name: &pr.given_name,
-            family_name: &pr.family_name,
-            other: &[],
+        let change = PasswordChange {
+            user: PersonalInfo {
+                email: &pr.email,
+                username: &pr.username,
+                nickname: &pr.nickname,
+                name: &pr.name,
+                given_name: &pr.given_name,
+                family_name: &pr.family_name,
+                other: &[],
+            },
+            history: &history,
+            local: identity.password_hash.is_some(),
+            new_password,
         };
-        let policy = db.password_rules();
-        let mut v = Violations::new();
-        password::check_with_history(&policy, new_password, &info, &history, "new_password", &mut v).await?;
-        v.into_result()?;
-        if identity.password_hash.is_none() {
-            let custom = db.custom_database.as_ref().ok_or_else(|| {
-                failed_precondition("NO_PASSWORD", "this identity's credentials are not kept by Postern")
-            })?;
-            let target = Target::of(tenant, &conn, custom);
-            self.customdb.change_password(&target, &pr.email, new_password).await.map_err(custom_db_status)?;
-            store.unblock(tenant, &user.user_id, MAX_CONSECUTIVE_FAILURES).await?;
-        } else {
-            let hash = password::hash_async(new_password.to_owned()).await?;
-            let keep = usize::try_from(policy.history_size).unwrap_or(0).min(password::MAX_HISTORY_SIZE);
-            store
-                .set_password(tenant, &user.user_id, &identity.connection_id, &identity.source_id, &hash, keep)
-                .await?;
+        match connector.change_password(tenant, &conn, &change, &pr.email).await.map_err(connector_status)? {
+            PasswordChanged::External => {
+                store.unblock(tenant, &user.user_id, MAX_CONSECUTIVE_FAILURES).await?;
+            }
+            PasswordChanged::Local { hash, history } => {
+                store
+                    .set_password(tenant, &user.user_id, &identity.connection_id, &identity.source_id, &hash, history)
+                    .await?;
+            }
         }
         tracing::info!(tenant = %tenant, user_id = %user.user_id, "password changed");
         store.get_user(tenant, user_id).await?.ok_or_else(|| user_not_found(tenant, user_id))
     }
 
-    /// Deletes, from their custom databases, the users behind `user`'s identities that live
-    /// there (a connection that no longer exists is skipped).
+    /// Deletes, from their sources, the users behind `user`'s external identities (a
+    /// connection that no longer exists is skipped).
     pub(crate) async fn delete_external_identities(&self, tenant: &str, user: &User) -> Result<(), Status> {
-        for identity in user.identities.iter().filter(|i| i.external && i.strategy == DATABASE_STRATEGY) {
+        for identity in user.identities.iter().filter(|i| i.external && self.has_password(i)) {
             let conn = match self.cache.resolve_any(tenant, &identity.connection_id).await {
                 Ok(c) => c,
                 Err(s) if s.code() == Code::NotFound => continue,
                 Err(s) => return Err(s),
             };
-            if let Ok(db) = database_options(&conn)
-                && let Some(custom) = &db.custom_database
-            {
-                let target = Target::of(tenant, &conn, custom);
-                self.customdb.delete(&target, &identity.source_id).await.map_err(custom_db_status)?;
+            if let Some(connector) = self.connectors.password(conn.connection.spec.strategy) {
+                connector.delete(tenant, &conn, &identity.source_id).await.map_err(connector_status)?;
             }
         }
         Ok(())
     }
 
-    /// Checks the credentials, applying brute-force protection around the check. A failed
-    /// check is settled here; a successful one answers its brute-force key, which the caller
-    /// clears with the login's record ([`LoginUpdate::clear_failures`]) or, when the login
-    /// stops short of that, with [`crate::Store::settle`].
+    /// Checks the credentials through the connector, applying brute-force protection around
+    /// the check. A failed check is settled here; a successful one answers its brute-force
+    /// key, which the caller clears with the login's record ([`LoginUpdate::clear_failures`])
+    /// or, when the login stops short of that, with [`crate::Store::settle`].
     async fn check_credentials(
         &self,
         tenant: &str,
         conn: &Resolved,
-        db: &DatabaseOptions,
+        connector: &dyn PasswordConnector,
         login: &str,
         password: &str,
         address: &str,
@@ -516,7 +564,7 @@ impl AuthnApi {
             Some(found) => (found.user_id.clone(), found.stored),
             None => (format!("login:{}:{login}", conn.connection.id), None),
         };
-        let attempt = if db.brute_force_protection {
+        let attempt = if connector.brute_force_protection(conn) {
             match store.admit(tenant, &user_key, address, MAX_CONSECUTIVE_FAILURES, known).await? {
                 Some(attempt) => Some(attempt),
                 None => return Err(too_many_attempts()),
@@ -524,7 +572,17 @@ impl AuthnApi {
         } else {
             None
         };
-        match self.check_inner(tenant, conn, db, local, login, password).await {
+        let local_hash = local.as_ref().and_then(|f| f.identity.password_hash.clone());
+        let checked = match connector.verify(tenant, conn, login, password, local_hash.as_deref()).await {
+            Ok(Verified::Local { rehash }) => match local {
+                Some(found) => Ok(Checked::Local { found: Box::new(found), rehash }),
+                // A connector answers Local only for the hash it was given.
+                None => Err(internal(&"a connector verified a local hash it was not given")),
+            },
+            Ok(Verified::External { profile, import_hash }) => Ok(Checked::External { profile, import_hash }),
+            Err(e) => Err(connector_status(e)),
+        };
+        match checked {
             Ok(checked) => Ok((checked, attempt)),
             Err(s) => {
                 if let Some(attempt) = attempt {
@@ -537,96 +595,65 @@ impl AuthnApi {
         }
     }
 
-    async fn check_inner(
+    /// Creates or updates the user of a login whose profile came from the connection's
+    /// source, under the connection's profile-sync rule. `import_hash` makes the identity
+    /// local (its next logins are checked against the hash).
+    async fn upsert_external_user(
         &self,
         tenant: &str,
         conn: &Resolved,
-        db: &DatabaseOptions,
-        local: Option<LoginFound>,
-        login: &str,
-        password: &str,
-    ) -> Result<Checked, Status> {
-        match (local, &db.custom_database) {
-            (Some(found), _) if found.identity.password_hash.is_some() => {
-                let hash = found.identity.password_hash.clone();
-                if password::verify_async(password.to_owned(), hash.clone()).await? {
-                    let rehash = hash.as_deref().is_some_and(password::needs_rehash);
-                    Ok(Checked::Local { found, rehash })
-                } else {
-                    Err(wrong_credentials())
-                }
-            }
-            (_, Some(custom)) => {
-                let target = Target::of(tenant, conn, custom);
-                match self.customdb.login(&target, login, password).await {
-                    Ok(source) => Ok(Checked::Source(source)),
-                    Err(e) => Err(custom_db_status(e)),
-                }
-            }
-            _ => {
-                // Unknown user: spend the time of a real check, then answer as for a wrong one.
-                password::verify_async(password.to_owned(), None).await?;
-                Err(wrong_credentials())
-            }
-        }
-    }
-
-    /// Creates or updates the user of a login whose profile came from a custom database.
-    async fn upsert_source_user(
-        &self,
-        tenant: &str,
-        conn: &Resolved,
-        db: &DatabaseOptions,
-        source: &SourceUser,
-        password: &str,
+        source: &ExternalProfile,
+        import_hash: Option<String>,
         ip: &str,
     ) -> Result<User, Status> {
         let store = &self.store;
-        let sync = conn.connection.spec.user_profile_sync;
-        let import = db.imports_lazily();
-        let hash = if import { Some(password::hash_async(password.to_owned()).await?) } else { None };
-        if let Some((user_id, _)) = store.find_identity(tenant, &conn.connection.id, &source.id).await? {
+        let spec = &conn.connection.spec;
+        let sync = spec.user_profile_sync;
+        let external = import_hash.is_none();
+        if let Some((user_id, _)) = store.find_identity(tenant, &conn.connection.id, &source.source_id).await? {
             let profile = with_default_nickname(source.profile.clone());
             let update = LoginUpdate {
                 ip,
                 profile: (sync == ProfileSync::OnEachLogin).then_some(&profile),
                 profile_data: Some(&source.raw),
                 profile_sync: sync,
-                external: !import,
-                password_hash: hash.as_deref(),
+                external,
+                password_hash: import_hash.as_deref(),
                 clear_failures: None,
                 identity_current: false,
                 identities: None,
             };
-            return recorded(store.record_login(tenant, &user_id, &conn.connection.id, &source.id, &update).await?);
+            return recorded(
+                store.record_login(tenant, &user_id, &conn.connection.id, &source.source_id, &update).await?,
+            );
         }
         let profile = match sync {
             ProfileSync::NeverOnLogin => source.profile.identifying_only(),
             _ => with_default_nickname(source.profile.clone()),
         };
         let new = NewUser {
-            user_id: format!("{DATABASE_STRATEGY}|{}", source.id),
+            user_id: format!("{}|{}", spec.strategy.as_str(), source.source_id),
             profile,
             user_metadata: source.user_metadata.clone(),
             app_metadata: source.app_metadata.clone(),
         };
         let identity = Identity {
             connection_id: conn.connection.id.clone(),
-            connection: conn.connection.spec.name.clone(),
-            strategy: conn.connection.spec.strategy.as_str().to_owned(),
-            source_id: source.id.clone(),
-            is_social: false,
+            connection: spec.name.clone(),
+            strategy: spec.strategy.as_str().to_owned(),
+            source_id: source.source_id.clone(),
+            is_social: spec.category() == postern_connection::Category::Social,
             login_email: domain::login_key(&source.profile.email),
             login_username: domain::login_key(&source.profile.username),
             profile_data: source.raw.clone(),
             profile_sync: sync,
-            external: !import,
-            password_hash: hash,
+            external,
+            password_hash: import_hash,
         };
         store.create_user(tenant, &new, &identity, Some(ip)).await.map_err(|e| match e {
             StoreError::AlreadyExists => failed_precondition(
                 "USER_CONFLICT",
-                "the custom database answered a user whose email, username or id belongs to another user of \
+                "the connection's source answered a user whose email, username or id belongs to another user of \
                  this tenant; its ids must be stable and unique",
             ),
             e => e.into(),
@@ -634,16 +661,16 @@ impl AuthnApi {
     }
 
     /// Records a login whose password Postern's own hash verified, clearing `clear` (the
-    /// brute-force count) in the same transaction; rehashes a hash of outdated parameters.
+    /// brute-force count) in the same transaction; `rehash` replaces a hash of outdated
+    /// parameters.
     async fn record_local_login(
         &self,
         l: &PasswordLogin<'_>,
         conn: &Resolved,
         found: &LoginFound,
-        rehash: bool,
+        rehash: Option<&str>,
         clear: Option<(&str, &str)>,
     ) -> Result<User, Status> {
-        let hash = if rehash { Some(password::hash_async(l.password.to_owned()).await?) } else { None };
         let sync = conn.connection.spec.user_profile_sync;
         let update = LoginUpdate {
             ip: l.address,
@@ -651,7 +678,7 @@ impl AuthnApi {
             profile_data: None,
             profile_sync: sync,
             external: false,
-            password_hash: hash.as_deref(),
+            password_hash: rehash,
             clear_failures: clear,
             identity_current: found.identity.profile_sync == sync && !found.identity.external,
             identities: Some(&found.identities),

@@ -2,16 +2,15 @@
 //! can meet becomes a gRPC status here, with its `ErrorInfo` reason.
 
 use postern_common::error::{
-    already_exists, internal, invalid_field, not_found, permission_denied, status, unauthenticated,
+    already_exists, failed_precondition, internal, invalid_field, not_found, permission_denied, status, unauthenticated,
 };
 use postern_common::validate::truncate;
 use tonic::{Code, Status};
 
-use crate::customdb::CustomDbError;
 use crate::keys::KeyError;
-use crate::password;
 use crate::store::StoreError;
 use crate::tokens;
+use postern_connector::ConnectorError;
 
 /// The one message of wrong credentials, whether the user exists or not.
 const WRONG_CREDENTIALS: &str = "wrong email, username or password";
@@ -27,12 +26,6 @@ impl From<StoreError> for Status {
 
 impl From<KeyError> for Status {
     fn from(e: KeyError) -> Self {
-        internal(&e)
-    }
-}
-
-impl From<password::Error> for Status {
-    fn from(e: password::Error) -> Self {
         internal(&e)
     }
 }
@@ -62,20 +55,18 @@ pub(crate) fn too_many_attempts() -> Status {
     )
 }
 
-/// What a custom database's answer means to the caller.
-pub(crate) fn custom_db_status(e: CustomDbError) -> Status {
+/// What a connector's refusal or failure means to the caller.
+pub(crate) fn connector_status(e: ConnectorError) -> Status {
     match e {
-        CustomDbError::WrongCredentials => wrong_credentials(),
-        CustomDbError::NotFound => not_found("USER_NOT_FOUND", "the custom database has no such user"),
-        CustomDbError::AlreadyExists => {
-            already_exists("USER_ALREADY_EXISTS", "the connection already has a user with that email or username")
-        }
-        CustomDbError::Invalid(msg) => invalid_field("password", format!("refused by the custom database: {msg}")),
-        CustomDbError::Unavailable(_) => status(
-            Code::Unavailable,
-            "CUSTOM_DATABASE_UNAVAILABLE",
-            "the connection's custom database is unavailable; retry later",
-        ),
+        ConnectorError::WrongCredentials => wrong_credentials(),
+        ConnectorError::Invalid(v) => v.into_status(),
+        ConnectorError::Refused { field, message } => invalid_field(field, message),
+        ConnectorError::NotFound { reason, message } => not_found(reason, message),
+        ConnectorError::AlreadyExists { reason, message } => already_exists(reason, message),
+        ConnectorError::PermissionDenied { reason, message } => permission_denied(reason, message),
+        ConnectorError::FailedPrecondition { reason, message } => failed_precondition(reason, message),
+        ConnectorError::Unavailable { reason, message } => status(Code::Unavailable, reason, message),
+        e @ ConnectorError::Internal(_) => internal(&e),
     }
 }
 

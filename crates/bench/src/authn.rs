@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use postern_authn::password;
+use postern_connector_database::password;
 use postern_proto::authn::v1 as authn;
 use postern_proto::authn::v1::authentication_service_client::AuthenticationServiceClient;
 use postern_proto::connections::v1 as conn;

@@ -25,6 +25,7 @@ pub mod db;
 pub mod error;
 pub mod files;
 pub mod ids;
+pub mod json;
 pub mod mask;
 pub mod paging;
 pub mod principal;

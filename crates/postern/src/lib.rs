@@ -393,8 +393,15 @@ async fn start_authn(
         lifetimes: postern_authn::tokens::Lifetimes::DEFAULT,
         cache_connections: settings.connection_cache,
         clock: postern_common::time::Clock::system(),
+        connectors: connectors(),
     };
     Ok((postern_authn::api(store.clone(), &peers, internal_key, config), public_url, store))
+}
+
+/// Every connector this binary has, by strategy: the authenticator runs them and knows no
+/// protocol. A new connector crate is registered here.
+pub fn connectors() -> postern_connector::Connectors {
+    postern_connector_database::register(postern_connector::Connectors::new())
 }
 
 /// The master key: configured, or the one in `<data-dir>/master-key`, which the first start

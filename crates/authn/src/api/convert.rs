@@ -31,13 +31,13 @@ pub fn user_to_pb(u: &User) -> pb::User {
                 user_id: i.source_id.clone(),
                 is_social: i.is_social,
                 profile_data: match &i.profile_data {
-                    serde_json::Value::Object(m) if !m.is_empty() => Some(crate::json::to_struct(m)),
+                    serde_json::Value::Object(m) if !m.is_empty() => Some(postern_common::json::to_struct(m)),
                     _ => None,
                 },
             })
             .collect(),
-        user_metadata: Some(crate::json::to_struct(&u.user_metadata)),
-        app_metadata: Some(crate::json::to_struct(&u.app_metadata)),
+        user_metadata: Some(postern_common::json::to_struct(&u.user_metadata)),
+        app_metadata: Some(postern_common::json::to_struct(&u.app_metadata)),
         blocked: u.blocked,
         last_login: u.last_login.map(to_timestamp),
         last_ip: u.last_ip.clone(),

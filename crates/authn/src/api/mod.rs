@@ -21,7 +21,6 @@ use tonic::Request;
 
 use crate::cache::ConnectionCache;
 use crate::clients::ClientChecks;
-use crate::customdb::CustomDbClient;
 use crate::keys::KeyRing;
 use crate::store::Store;
 use crate::{Config, Peer};
@@ -35,7 +34,8 @@ pub struct AuthnApi {
     pub(crate) store: Store,
     pub(crate) keys: Arc<KeyRing>,
     pub(crate) cache: ConnectionCache,
-    pub(crate) customdb: Arc<CustomDbClient>,
+    /// The connectors, by strategy.
+    pub(crate) connectors: postern_connector::Connectors,
     pub(crate) tenant_clients: tenant_pb::client_service_client::ClientServiceClient<Peer>,
     /// The client checks that passed, retired by the tenant event log.
     pub(crate) client_checks: Arc<ClientChecks>,
@@ -62,7 +62,7 @@ impl AuthnApi {
             store,
             keys,
             cache,
-            customdb: Arc::new(CustomDbClient::new()),
+            connectors: config.connectors.clone(),
             tenant_clients: tenant_pb::client_service_client::ClientServiceClient::new(tenant.clone()),
             client_checks,
             tenants: tenant_pb::tenant_service_client::TenantServiceClient::new(tenant),

@@ -106,11 +106,11 @@ impl pb::user_service_server::UserService for AuthnApi {
                 "picture" => patch.picture = Some(user.picture.clone()),
                 "user_metadata" => {
                     patch.user_metadata =
-                        Some(user.user_metadata.as_ref().map(crate::json::from_struct).unwrap_or_default())
+                        Some(user.user_metadata.as_ref().map(postern_common::json::from_struct).unwrap_or_default())
                 }
                 "app_metadata" => {
                     patch.app_metadata =
-                        Some(user.app_metadata.as_ref().map(crate::json::from_struct).unwrap_or_default())
+                        Some(user.app_metadata.as_ref().map(postern_common::json::from_struct).unwrap_or_default())
                 }
                 "blocked" => patch.blocked = Some(user.blocked),
                 _ => {}

@@ -15,7 +15,7 @@ use postern_proto::customdb::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::domain::Profile;
+use postern_connector::{ExternalProfile, Profile};
 
 /// The deadline of a call when the connection sets none (`timeout_seconds` = 0).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,21 +38,6 @@ pub enum CustomDbError {
     /// The store failed, timed out or cannot be reached.
     #[error("the custom database is unavailable: {0}")]
     Unavailable(String),
-}
-
-/// A user as the custom database answered it.
-#[derive(Debug, Clone)]
-pub struct SourceUser {
-    /// The id in the customer's store.
-    pub id: String,
-    /// The root attributes.
-    pub profile: Profile,
-    /// The raw profile, for `profile_data`.
-    pub raw: serde_json::Value,
-    /// Its user_metadata.
-    pub user_metadata: serde_json::Map<String, serde_json::Value>,
-    /// Its app_metadata.
-    pub app_metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where and how to call one connection's custom database.
@@ -130,7 +115,12 @@ impl CustomDbClient {
     }
 
     /// Checks credentials.
-    pub async fn login(&self, target: &Target, username: &str, password: &str) -> Result<SourceUser, CustomDbError> {
+    pub async fn login(
+        &self,
+        target: &Target,
+        username: &str,
+        password: &str,
+    ) -> Result<ExternalProfile, CustomDbError> {
         let mut client = self.client(target)?;
         let req = Self::request(
             target,
@@ -145,7 +135,7 @@ impl CustomDbClient {
     }
 
     /// Looks a user up without credentials; `None` when there is none.
-    pub async fn get_user(&self, target: &Target, username: &str) -> Result<Option<SourceUser>, CustomDbError> {
+    pub async fn get_user(&self, target: &Target, username: &str) -> Result<Option<ExternalProfile>, CustomDbError> {
         let mut client = self.client(target)?;
         let req = Self::request(
             target,
@@ -166,7 +156,7 @@ impl CustomDbClient {
         username: &str,
         password: &str,
         user_metadata: Option<prost_types::Struct>,
-    ) -> Result<SourceUser, CustomDbError> {
+    ) -> Result<ExternalProfile, CustomDbError> {
         let mut client = self.client(target)?;
         let req = Self::request(
             target,
@@ -299,7 +289,7 @@ fn map_status(target: &Target, s: &tonic::Status) -> CustomDbError {
     }
 }
 
-fn source_user(profile: Option<pb::Profile>) -> Result<SourceUser, CustomDbError> {
+fn source_user(profile: Option<pb::Profile>) -> Result<ExternalProfile, CustomDbError> {
     let p = profile.ok_or_else(|| CustomDbError::Unavailable("the custom database answered no profile".into()))?;
     if p.user_id.is_empty() || p.email.is_empty() {
         return Err(CustomDbError::Unavailable(
@@ -320,12 +310,12 @@ fn source_user(profile: Option<pb::Profile>) -> Result<SourceUser, CustomDbError
     if let serde_json::Value::Object(m) = &mut raw {
         m.insert("user_id".into(), serde_json::Value::String(p.user_id.clone()));
     }
-    Ok(SourceUser {
-        id: p.user_id,
+    Ok(ExternalProfile {
+        source_id: p.user_id,
         profile,
         raw,
-        user_metadata: p.user_metadata.map(|s| crate::json::from_struct(&s)).unwrap_or_default(),
-        app_metadata: p.app_metadata.map(|s| crate::json::from_struct(&s)).unwrap_or_default(),
+        user_metadata: p.user_metadata.map(|s| postern_common::json::from_struct(&s)).unwrap_or_default(),
+        app_metadata: p.app_metadata.map(|s| postern_common::json::from_struct(&s)).unwrap_or_default(),
     })
 }
 

@@ -1,0 +1,378 @@
+//! The connector seam: how a source of users logs someone in, in three families, each
+//! answering the same [`ExternalProfile`].
+//!
+//! - [`PasswordConnector`]: by password (database and custom database; later LDAP and
+//!   Active Directory).
+//! - [`RedirectConnector`]: by a redirect to an upstream and back (later OIDC, OAuth2 social,
+//!   SAML).
+//! - [`CodeConnector`]: by a one-time code (later email, SMS).
+//!
+//! The authenticator orchestrates (resolve the connection, run its connector, upsert user and
+//! identity under the profile-sync rule, issue tokens) and knows no protocol: it finds a
+//! connection's connector in [`Connectors`] by strategy. Each connector family lives in its
+//! own crate under `crates/connectors/`, so that protocol libraries never enter the
+//! authenticator; the binary registers them.
+//!
+//! Architecture invariant: adding a strategy is one connector and its options type (in
+//! `postern-connection`), with no edit to the orchestration.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use postern_common::error::Violations;
+use postern_connection::{Resolved, Strategy};
+use serde_json::{Map, Value};
+
+pub use async_trait::async_trait;
+
+/// The root profile attributes a source provides and a login may copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// The email address.
+    pub email: String,
+    /// Whether the email address is verified.
+    pub email_verified: bool,
+    /// The username, if any.
+    pub username: String,
+    /// The full name.
+    pub name: String,
+    /// The given name.
+    pub given_name: String,
+    /// The family name.
+    pub family_name: String,
+    /// The casual name.
+    pub nickname: String,
+    /// The picture URL.
+    pub picture: String,
+}
+
+impl Profile {
+    /// The attributes a user gets when its profile is not copied (`NEVER_ON_LOGIN`): only
+    /// what identifies it.
+    pub fn identifying_only(&self) -> Profile {
+        Profile { email: self.email.clone(), username: self.username.clone(), ..Profile::default() }
+    }
+
+    /// The profile as the JSON an identity's `profile_data` keeps.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: &str| {
+            if !v.is_empty() {
+                m.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+        };
+        put("email", &self.email);
+        put("username", &self.username);
+        put("name", &self.name);
+        put("given_name", &self.given_name);
+        put("family_name", &self.family_name);
+        put("nickname", &self.nickname);
+        put("picture", &self.picture);
+        m.insert("email_verified".into(), Value::Bool(self.email_verified));
+        Value::Object(m)
+    }
+}
+
+/// The nickname a user gets by default: the local part of its email.
+pub fn default_nickname(email: &str) -> String {
+    email.split('@').next().unwrap_or_default().to_owned()
+}
+
+/// A user as its source describes it, whatever the family: what the authenticator upserts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalProfile {
+    /// The user's stable id at the source.
+    pub source_id: String,
+    /// The root attributes the source provides (`email_verified` among them).
+    pub profile: Profile,
+    /// The raw profile, kept as the identity's `profile_data`.
+    pub raw: Value,
+    /// The user's own metadata, if the source keeps any.
+    pub user_metadata: Map<String, Value>,
+    /// The application's metadata, if the source keeps any.
+    pub app_metadata: Map<String, Value>,
+}
+
+/// Why a connector refused or failed, in terms the authenticator turns into a status: each
+/// variant names its gRPC code, with a stable `ErrorInfo` reason and a message for the
+/// caller where the code needs one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// Wrong credentials or unknown user: one answer for both.
+    #[error("wrong credentials")]
+    WrongCredentials,
+    /// The input breaks the connection's rules (username, password policy), field by field.
+    #[error("the input breaks the connection's rules")]
+    Invalid(Violations),
+    /// The source refused one field of the input; the message is meant for the caller.
+    #[error("{field}: {message}")]
+    Refused {
+        /// The request field.
+        field: &'static str,
+        /// What the source said.
+        message: String,
+    },
+    /// NOT_FOUND.
+    #[error("{message}")]
+    NotFound {
+        /// The ErrorInfo reason.
+        reason: &'static str,
+        /// The message.
+        message: String,
+    },
+    /// ALREADY_EXISTS.
+    #[error("{message}")]
+    AlreadyExists {
+        /// The ErrorInfo reason.
+        reason: &'static str,
+        /// The message.
+        message: String,
+    },
+    /// PERMISSION_DENIED (a signup the connection does not allow).
+    #[error("{message}")]
+    PermissionDenied {
+        /// The ErrorInfo reason.
+        reason: &'static str,
+        /// The message.
+        message: String,
+    },
+    /// FAILED_PRECONDITION (the connection cannot do this).
+    #[error("{message}")]
+    FailedPrecondition {
+        /// The ErrorInfo reason.
+        reason: &'static str,
+        /// The message.
+        message: String,
+    },
+    /// UNAVAILABLE: the source failed, timed out or cannot be reached (the cause is logged
+    /// by the connector, not shown).
+    #[error("{message}")]
+    Unavailable {
+        /// The ErrorInfo reason.
+        reason: &'static str,
+        /// The message.
+        message: String,
+    },
+    /// INTERNAL: a failure of this process (hashing, a task), logged, never shown.
+    #[error("connector failure: {0}")]
+    Internal(String),
+}
+
+/// The outcome of a password check that passed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verified {
+    /// The hash this service keeps for the user matched.
+    Local {
+        /// A fresh hash to keep instead, when the stored one is of outdated parameters or
+        /// scheme.
+        rehash: Option<String>,
+    },
+    /// The source accepted the credentials of this user.
+    External {
+        /// The user as the source describes it.
+        profile: Box<ExternalProfile>,
+        /// A hash of the password to keep, when the connection imports its users (their
+        /// next logins are checked locally); `None` keeps the identity external.
+        import_hash: Option<String>,
+    },
+}
+
+/// A signup, once the authenticator has checked the fields that do not depend on the
+/// connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Signup<'a> {
+    /// The email address.
+    pub email: &'a str,
+    /// The username, where the connection requires one; else empty.
+    pub username: &'a str,
+    /// The password.
+    pub password: &'a str,
+    /// The user's own metadata.
+    pub user_metadata: &'a Map<String, Value>,
+}
+
+/// The outcome of a signup.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SignedUp {
+    /// The authenticator keeps the user: this is the password's hash.
+    Local {
+        /// The password's hash (a PHC string).
+        hash: String,
+    },
+    /// The source created and keeps the user.
+    External(Box<ExternalProfile>),
+}
+
+/// A password change of one identity.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordChange<'a> {
+    /// The user's attributes, for the policy's personal-information rule.
+    pub user: postern_connection::PersonalInfo<'a>,
+    /// The hashes of the identity's previous passwords, newest first (the policy's history
+    /// rule).
+    pub history: &'a [String],
+    /// Whether the authenticator keeps the identity's hash (else the source keeps it).
+    pub local: bool,
+    /// The new password.
+    pub new_password: &'a str,
+}
+
+/// The outcome of a password change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PasswordChanged {
+    /// Keep this hash, and at most `history` previous ones.
+    Local {
+        /// The new password's hash.
+        hash: String,
+        /// How many previous hashes to keep.
+        history: usize,
+    },
+    /// The source changed it.
+    External,
+}
+
+/// A source that checks passwords: database connections (Postern's own store or the
+/// customer's custom database); later LDAP and Active Directory.
+#[async_trait]
+pub trait PasswordConnector: Send + Sync {
+    /// Whether repeated failed logins block a user on this connection.
+    fn brute_force_protection(&self, conn: &Resolved) -> bool;
+
+    /// Checks `password` for the login name `login` (normalized). `local_hash` is the hash
+    /// the authenticator keeps for this user, if it knows the user and keeps one. An unknown
+    /// user costs as much as a wrong password and answers the same.
+    async fn verify(
+        &self,
+        tenant: &str,
+        conn: &Resolved,
+        login: &str,
+        password: &str,
+        local_hash: Option<&str>,
+    ) -> Result<Verified, ConnectorError>;
+
+    /// Signs a user up: checks the connection's rules (signups allowed, username, password
+    /// policy) and creates the user, or answers the hash for the authenticator to keep.
+    async fn sign_up(&self, tenant: &str, conn: &Resolved, signup: &Signup<'_>) -> Result<SignedUp, ConnectorError>;
+
+    /// Changes an identity's password, after the policy (history included).
+    async fn change_password(
+        &self,
+        tenant: &str,
+        conn: &Resolved,
+        change: &PasswordChange<'_>,
+        email: &str,
+    ) -> Result<PasswordChanged, ConnectorError>;
+
+    /// Deletes the user `source_id` from the source, where the source keeps it.
+    async fn delete(&self, tenant: &str, conn: &Resolved, source_id: &str) -> Result<(), ConnectorError>;
+}
+
+/// What a redirect login carries from its start to its callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectTransaction {
+    /// The `state` sent upstream and expected back.
+    pub state: String,
+    /// The nonce the upstream's ID token must carry, where it issues one.
+    pub nonce: String,
+    /// The PKCE verifier of the upstream's code, where it takes one.
+    pub code_verifier: String,
+    /// Where the upstream sends the browser back.
+    pub callback_url: String,
+}
+
+/// A source that logs users in by a redirect to an upstream and back (OIDC, OAuth2 social,
+/// SAML: the issues after the seam's). The authenticator's hooks are
+/// `AuthnApi::begin_redirect` and `AuthnApi::complete_redirect`.
+#[async_trait]
+pub trait RedirectConnector: Send + Sync {
+    /// The upstream URL to send the browser to.
+    async fn begin(&self, tenant: &str, conn: &Resolved, tx: &RedirectTransaction) -> Result<String, ConnectorError>;
+
+    /// Reads the upstream's answer (the callback's parameters) into the user it logged in.
+    async fn complete(
+        &self,
+        tenant: &str,
+        conn: &Resolved,
+        params: &HashMap<String, String>,
+        tx: &RedirectTransaction,
+    ) -> Result<ExternalProfile, ConnectorError>;
+}
+
+/// A source that logs users in by a one-time code (email, SMS: the passwordless issue).
+/// The authenticator's hooks are `AuthnApi::send_code` and `AuthnApi::code_login`.
+#[async_trait]
+pub trait CodeConnector: Send + Sync {
+    /// Sends a fresh code to `recipient` (an email address or phone number).
+    async fn send(&self, tenant: &str, conn: &Resolved, recipient: &str) -> Result<(), ConnectorError>;
+
+    /// Checks the code `recipient` typed, answering its user.
+    async fn verify(
+        &self,
+        tenant: &str,
+        conn: &Resolved,
+        recipient: &str,
+        code: &str,
+    ) -> Result<ExternalProfile, ConnectorError>;
+}
+
+/// The connectors a process has, by strategy. Cloning shares them.
+#[derive(Clone, Default)]
+pub struct Connectors {
+    password: HashMap<Strategy, Arc<dyn PasswordConnector>>,
+    redirect: HashMap<Strategy, Arc<dyn RedirectConnector>>,
+    code: HashMap<Strategy, Arc<dyn CodeConnector>>,
+}
+
+impl Connectors {
+    /// No connector: every login is refused as of a strategy nobody serves.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `connector` for the password strategy `strategy`.
+    pub fn with_password(mut self, strategy: Strategy, connector: Arc<dyn PasswordConnector>) -> Self {
+        self.password.insert(strategy, connector);
+        self
+    }
+
+    /// Registers `connector` for the redirect strategy `strategy`.
+    pub fn with_redirect(mut self, strategy: Strategy, connector: Arc<dyn RedirectConnector>) -> Self {
+        self.redirect.insert(strategy, connector);
+        self
+    }
+
+    /// Registers `connector` for the one-time-code strategy `strategy`.
+    pub fn with_code(mut self, strategy: Strategy, connector: Arc<dyn CodeConnector>) -> Self {
+        self.code.insert(strategy, connector);
+        self
+    }
+
+    /// The password connector of `strategy`, if one is registered.
+    pub fn password(&self, strategy: Strategy) -> Option<&Arc<dyn PasswordConnector>> {
+        self.password.get(&strategy)
+    }
+
+    /// The redirect connector of `strategy`, if one is registered.
+    pub fn redirect(&self, strategy: Strategy) -> Option<&Arc<dyn RedirectConnector>> {
+        self.redirect.get(&strategy)
+    }
+
+    /// The one-time-code connector of `strategy`, if one is registered.
+    pub fn code(&self, strategy: Strategy) -> Option<&Arc<dyn CodeConnector>> {
+        self.code.get(&strategy)
+    }
+}
+
+impl std::fmt::Debug for Connectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |m: Vec<&Strategy>| m.into_iter().map(|s| s.as_str()).collect::<Vec<_>>();
+        f.debug_struct("Connectors")
+            .field("password", &names(self.password.keys().collect()))
+            .field("redirect", &names(self.redirect.keys().collect()))
+            .field("code", &names(self.code.keys().collect()))
+            .finish()
+    }
+}
