@@ -234,3 +234,246 @@ async fn silent_and_idle_connections_are_closed_after_their_timeouts() {
         .await;
     assert!(all.terminate().expect("terminate"));
 }
+
+/// A codec that sends the given bytes as the message and takes any answer's bytes as they
+/// are: what a hostile or broken client puts on the wire.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+#[derive(Clone, Default)]
+struct RawCoder;
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+/// Calls `path` (unary or server streaming alike: the first answer decides) with `bytes` as
+/// the request message and `key`.
+async fn call_raw(ch: tonic::transport::Channel, path: &str, bytes: Vec<u8>, key: &str) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(bytes);
+    req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
+    let path = http::uri::PathAndQuery::try_from(path.to_owned()).expect("path");
+    let answer = grpc.server_streaming(req, path, RawCodec).await?;
+    let mut stream = answer.into_inner();
+    stream.message().await.map(|_| ())
+}
+
+/// Every method of every contract the gateway serves, as reflection lists them (the same
+/// descriptor set), with its gRPC path.
+fn served_methods() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(postern_proto::FILE_DESCRIPTOR_SET).expect("descriptors");
+    let mut out = Vec::new();
+    for file in set.file {
+        let package = file.package().to_owned();
+        for service in &file.service {
+            let full = format!("{package}.{}", service.name());
+            if package.starts_with("postern.customdb") {
+                continue; // implemented by customers, not served
+            }
+            for method in &service.method {
+                out.push(format!("/{full}/{}", method.name()));
+            }
+        }
+    }
+    out
+}
+
+/// Issue 10, item 5: bytes that are not the method's message — the probe's `0a 02 ff fe`
+/// (a string field holding invalid UTF-8), a truncated field, a `Struct` nested far past any
+/// limit — answer INVALID_ARGUMENT (reason MALFORMED_MESSAGE) from every method the gateway
+/// routes, never INTERNAL or UNKNOWN; internal-only methods stay refused as such.
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_messages_are_invalid_argument_on_every_method() {
+    let suite = postern_testkit::Suite::start().await.expect("suite");
+    let ch = suite.channel().await;
+    // Struct { fields: {"a": Value { struct_value: … }} } nested 200 deep, in field 1 and 2.
+    let mut nested = Vec::new();
+    for _ in 0..200 {
+        let value = [vec![0x2a], varint(nested.len()), nested].concat(); // Value.struct_value (5)
+        let entry = [vec![0x0a, 0x01, b'a', 0x12], varint(value.len()), value].concat(); // key, value
+        nested = [vec![0x0a], varint(entry.len()), entry].concat(); // Struct.fields (1)
+    }
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("invalid UTF-8", vec![0x0a, 0x02, 0xff, 0xfe]),
+        ("truncated", vec![0x0a, 0x10, b'x']),
+        ("bad wire type", vec![0x0f]),
+        (
+            "deep nesting",
+            [vec![0x0a], varint(nested.len()), nested.clone(), vec![0x12], varint(nested.len()), nested].concat(),
+        ),
+    ];
+    let methods = served_methods();
+    assert!(methods.len() > 30, "{methods:?}");
+    let mut wrong = Vec::new();
+    for method in &methods {
+        for (what, bytes) in &hostile {
+            let status = match call_raw(ch.clone(), method, bytes.clone(), postern_testkit::ADMIN_KEY).await {
+                Ok(()) => continue, // every field is optional: some junk is a valid message
+                Err(s) => s,
+            };
+            let internal_only = postern_testkit::reason(&status).as_deref() == Some("INTERNAL_ONLY");
+            let fine = match status.code() {
+                tonic::Code::InvalidArgument => true,
+                tonic::Code::PermissionDenied => internal_only,
+                _ => false,
+            };
+            if !fine || matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) {
+                wrong.push(format!("{method} ({what}): {:?} {}", status.code(), status.message()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} wrong answers:\n{}", wrong.len(), wrong.join("\n"));
+    // Still healthy.
+    let mut admin = suite.admin().await;
+    admin.create_tenant("after-the-junk").await.expect("served after the hostile calls");
+    suite.stop().await.expect("stop");
+}
+
+fn varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The size of what a status puts in the trailers (message and details), roughly as HTTP/2
+/// counts a header list.
+fn trailer_size(status: &tonic::Status) -> usize {
+    let headers = status.clone().into_http::<tonic::body::Body>().into_parts().0.headers;
+    headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum()
+}
+
+/// Issue 10, items 5 and 6: a `Struct` nested past 32 levels is INVALID_ARGUMENT naming the
+/// field (past the decoder's limit, MALFORMED_MESSAGE); a request with 10,000 problems (update
+/// mask paths, domain aliases) answers INVALID_ARGUMENT within a small trailer (the first 20
+/// violations and how many more), which a client with a 16 KiB metadata limit still reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_metadata_and_countless_violations_are_answered_small() {
+    use postern_proto::authn::v1 as authn;
+    use postern_proto::connections::v1 as conn;
+    use postern_proto::tenant::v1 as pb;
+    use prost_types::value::Kind;
+    let suite = postern_testkit::Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    admin.create_tenant("fabrikam-public").await.expect("tenant");
+    let client = admin.create_client("fabrikam-public", "Fabrikam Customer Portal").await.expect("client");
+    let connection = conn::Connection {
+        name: "customers".into(),
+        strategy: "auth0".into(),
+        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest {
+            tenant: "fabrikam-public".into(),
+            connection: Some(connection.clone()),
+        })
+        .await
+        .expect("connection");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: "fabrikam-public".into(),
+            connection: "customers".into(),
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+
+    let nested = |depth: usize| {
+        let mut s = prost_types::Struct::default();
+        for _ in 1..depth {
+            let inner = prost_types::Value { kind: Some(Kind::StructValue(s)) };
+            s = prost_types::Struct { fields: [("a".to_owned(), inner)].into() };
+        }
+        s
+    };
+    let signup = |depth: usize, email: &str| authn::SignupRequest {
+        tenant: "fabrikam-public".into(),
+        client_id: client.client_id.clone(),
+        connection: "customers".into(),
+        email: email.into(),
+        password: "Wonder-Land-42!".into(),
+        user_metadata: Some(nested(depth)),
+        ..Default::default()
+    };
+    admin.authn.signup(signup(32, "ok@example.com")).await.expect("32 levels are fine");
+    let err = admin.authn.signup(signup(33, "deep@example.com")).await.expect_err("33 levels");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(postern_testkit::violated_fields(&err), ["user_metadata"]);
+    let err = admin.authn.signup(signup(500, "deeper@example.com")).await.expect_err("500 levels");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(postern_testkit::reason(&err).as_deref(), Some("MALFORMED_MESSAGE"));
+
+    let paths: Vec<String> = (0..10_000).map(|i| format!("no_such_field_{i}_{}", "x".repeat(100))).collect();
+    let err = admin
+        .tenants
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant: Some(pb::Tenant { name: "fabrikam-public".into(), ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        })
+        .await
+        .expect_err("10,000 bad paths");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());
+    assert!(trailer_size(&err) < 12 * 1024, "{} bytes of trailers", trailer_size(&err));
+    assert_eq!(postern_testkit::violated_fields(&err).len(), 21, "20 violations and the count of the rest");
+    assert!(err.message().contains("more"), "{}", err.message());
+
+    let aliases: Vec<String> = (0..10_000).map(|i| format!("not a domain {i}")).collect();
+    let err = admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest {
+            tenant: "fabrikam-public".into(),
+            connection: Some(conn::Connection {
+                name: "workspace".into(),
+                strategy: "google-apps".into(),
+                domain_aliases: aliases,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("10,000 bad aliases");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());
+    assert!(trailer_size(&err) < 12 * 1024, "{} bytes of trailers", trailer_size(&err));
+    suite.stop().await.expect("stop");
+}

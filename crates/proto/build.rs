@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Undecodable bytes answer INVALID_ARGUMENT, not tonic's INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::ProstCodec")
         .file_descriptor_set_path(out.join("postern_descriptor.bin"))
         .compile_protos(&files, &[root.clone(), include])?;
     println!("cargo:rerun-if-changed={}", root.display());

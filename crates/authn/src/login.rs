@@ -277,6 +277,10 @@ impl AuthnApi {
         self.client_exists(s.tenant, s.client_id).await?;
         let conn = self.cache.resolve(s.tenant, s.client_id, s.connection).await?;
         let connector = self.password_connector(&conn)?;
+        if let Some(m) = s.user_metadata {
+            postern_common::json::check_depth(m)
+                .map_err(|d| postern_common::error::invalid_field("user_metadata", d))?;
+        }
         let metadata = s.user_metadata.map(postern_common::json::from_struct).unwrap_or_default();
         let signup = Signup { email: s.email, username: s.username, password: s.password, user_metadata: &metadata };
         let signed_up = connector.sign_up(s.tenant, &conn, &signup).await.map_err(connector_status)?;

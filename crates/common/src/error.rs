@@ -61,15 +61,58 @@ impl Violations {
         if self.is_empty() { Ok(()) } else { Err(self.into_status()) }
     }
 
-    /// The INVALID_ARGUMENT status listing every violation.
+    /// The INVALID_ARGUMENT status listing the violations: every one up to
+    /// [`MAX_DETAILED_VIOLATIONS`] in the details (the message names the first
+    /// [`MAX_MESSAGE_VIOLATIONS`]), then how many more there are; fields and descriptions
+    /// are cut to a few hundred characters. So the answer stays well within the 16 KiB of
+    /// metadata a usual gRPC client accepts, however many problems a request has (10,000
+    /// bad update-mask paths of a megabyte each answer a few kilobytes).
     pub fn into_status(self) -> Status {
-        let message = self.0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
+        let total = self.0.len();
+        let shown: Vec<(String, String)> = self
+            .0
+            .iter()
+            .take(MAX_DETAILED_VIOLATIONS)
+            .map(|v| (cut(&v.field, MAX_FIELD_CHARS), cut(&v.description, MAX_DESCRIPTION_CHARS)))
+            .collect();
+        let more = |shown: usize| match total - shown {
+            0 => String::new(),
+            n => format!("; and {n} more"),
+        };
+        let in_message = shown.len().min(MAX_MESSAGE_VIOLATIONS);
+        let message = shown[..in_message].iter().map(|(f, d)| format!("{f}: {d}")).collect::<Vec<_>>().join("; ");
         let mut details = ErrorDetails::new();
-        for v in &self.0 {
-            details.add_bad_request_violation(v.field.clone(), v.description.clone());
+        for (field, description) in &shown {
+            details.add_bad_request_violation(field.clone(), description.clone());
         }
-        details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, std::collections::HashMap::new());
-        Status::with_error_details(Code::InvalidArgument, format!("invalid request: {message}"), details)
+        if total > shown.len() {
+            details.add_bad_request_violation("", format!("and {} more violations", total - shown.len()));
+        }
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("violations".to_owned(), total.to_string());
+        details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, metadata);
+        Status::with_error_details(
+            Code::InvalidArgument,
+            format!("invalid request: {message}{}", more(in_message)),
+            details,
+        )
+    }
+}
+
+/// The violations an INVALID_ARGUMENT status details at most; the rest are counted.
+pub const MAX_DETAILED_VIOLATIONS: usize = 20;
+/// The violations its message names at most.
+pub const MAX_MESSAGE_VIOLATIONS: usize = 5;
+/// The characters of a violation's field path kept.
+pub const MAX_FIELD_CHARS: usize = 120;
+/// The characters of a violation's description kept.
+pub const MAX_DESCRIPTION_CHARS: usize = 240;
+
+/// `text` cut to `max` characters, with "…" when cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
     }
 }
 
@@ -164,6 +207,31 @@ mod tests {
         let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["tenant.name", "tenant.display_name"]);
         assert!(status.message().contains("tenant.name: must be 3 to 63 characters"));
+    }
+
+    #[test]
+    fn many_or_long_violations_stay_small() {
+        let mut v = Violations::new();
+        for i in 0..10_000 {
+            v.add(format!("update_mask.paths[{i}]"), format!("{} is not a field", "x".repeat(1000)));
+        }
+        v.add("x".repeat(100_000), "long");
+        let status = v.into_status();
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("bad request details");
+        assert_eq!(bad.field_violations.len(), MAX_DETAILED_VIOLATIONS + 1);
+        assert_eq!(bad.field_violations[0].field, "update_mask.paths[0]");
+        assert_eq!(bad.field_violations[MAX_DETAILED_VIOLATIONS].description, "and 9981 more violations");
+        assert!(bad.field_violations[0].description.chars().count() <= MAX_DESCRIPTION_CHARS + 1);
+        assert!(status.message().ends_with("; and 9996 more"), "{}", status.message());
+        let info = details.error_info().expect("info");
+        assert_eq!(info.metadata.get("violations").map(String::as_str), Some("10001"));
+        // Everything a client receives in the trailers.
+        let headers = status.clone().into_http::<tonic::body::Body>().into_parts().0.headers;
+        let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
+        assert!(size < 12 * 1024, "{size} bytes of trailers");
+        assert_eq!(cut("héllo", 2), "hé…");
+        assert_eq!(cut("hé", 2), "hé");
     }
 
     #[test]

@@ -105,10 +105,16 @@ impl pb::user_service_server::UserService for AuthnApi {
                 "nickname" => patch.nickname = Some(user.nickname.clone()),
                 "picture" => patch.picture = Some(user.picture.clone()),
                 "user_metadata" => {
+                    if let Some(m) = &user.user_metadata {
+                        v.check("user.user_metadata", postern_common::json::check_depth(m));
+                    }
                     patch.user_metadata =
                         Some(user.user_metadata.as_ref().map(postern_common::json::from_struct).unwrap_or_default())
                 }
                 "app_metadata" => {
+                    if let Some(m) = &user.app_metadata {
+                        v.check("user.app_metadata", postern_common::json::check_depth(m));
+                    }
                     patch.app_metadata =
                         Some(user.app_metadata.as_ref().map(postern_common::json::from_struct).unwrap_or_default())
                 }
