@@ -151,45 +151,26 @@ pub async fn run(
     };
     match component {
         Component::All => {
-            let tenant_store = open_tenant_store(&settings).await?;
-            let tenant_routes = postern_tenant::routes(tenant_store.clone(), internal_key.clone());
-            let tenant_service = in_process(RpcSpanLayer.layer(tenant_routes));
-            let (registry, registry_store) =
-                start_registry(&settings, internal_key.clone(), tenant_service.clone()).await?;
-            let registry_service = in_process(RpcSpanLayer.layer(registry.routes()));
-            let (authn, public_url, authn_store) = start_authn(
-                &settings,
-                &internal_key,
-                postern_authn::Peers { tenant: tenant_service.clone(), registry: registry_service.clone() },
-            )
-            .await?;
+            let tenant = start_tenant(&settings, internal_key.clone()).await?;
+            let tenant_service = in_process(RpcSpanLayer.layer(tenant.routes.clone()));
+            let registry = start_registry(&settings, internal_key.clone(), tenant_service.clone()).await?;
+            let registry_service = in_process(RpcSpanLayer.layer(registry.routes.clone()));
+            let peers = postern_authn::Peers { tenant: tenant_service.clone(), registry: registry_service.clone() };
+            let (authn, public_url) = start_authn(&settings, &internal_key, peers).await?;
+            let authn_service = in_process(RpcSpanLayer.layer(authn.routes.clone()));
             let mut routes = RouteTable::new();
-            routes
-                .route(postern_tenant::SERVICES, Backend::new(vec![Endpoint::in_process(tenant_service)]))
-                .internal(postern_tenant::INTERNAL_METHODS)
-                .public(postern_tenant::PUBLIC_METHODS);
-            routes
-                .route(postern_registry::SERVICES, Backend::new(vec![Endpoint::in_process(registry_service)]))
-                .internal(postern_registry::INTERNAL_METHODS)
-                .public(postern_registry::PUBLIC_METHODS);
-            routes
-                .route(
-                    postern_authn::SERVICES,
-                    Backend::new(vec![Endpoint::in_process(in_process(
-                        RpcSpanLayer.layer(postern_authn::routes(authn, internal_key.clone())),
-                    ))]),
-                )
-                .internal(postern_authn::INTERNAL_METHODS)
-                .public(postern_authn::PUBLIC_METHODS);
+            for (info, backend) in
+                [(tenant.info, tenant_service), (registry.info, registry_service), (authn.info, authn_service)]
+            {
+                route(&mut routes, info, Backend::new(vec![Endpoint::in_process(backend)]));
+            }
+            let services = [authn, registry, tenant];
             let stopping = stop();
-            let streams = tenant_store.clone();
-            let registry = std::sync::Arc::new(registry);
-            let ending = registry.clone();
+            let on_stop: Vec<_> = services.iter().map(|s| s.on_stop.clone()).collect();
             tokio::spawn(async move {
                 stopping.await;
                 // Streams that never end would hold up the graceful stop.
-                ending.shutdown();
-                streams.shutdown_streams();
+                on_stop.iter().for_each(|f| f());
             });
             let on_bound = move |bound: Bound| {
                 if let Some(http) = bound.http {
@@ -199,9 +180,9 @@ pub async fn run(
             };
             let served = serve_gateway(routes, internal_key, &settings, connections, stop, on_bound).await;
             // Closing gives each SQLite file up (its lock) even while tasks still hold handles.
-            authn_store.close().await;
-            registry_store.close().await;
-            tenant_store.close().await;
+            for service in services {
+                service.close.await;
+            }
             served
         }
         Component::Gateway => {
@@ -210,37 +191,18 @@ pub async fn run(
                     "`serve gateway` needs the tenant service's address: --tenant-url http://host:port (POSTERN_TENANT_URL)"
                 );
             }
-            let endpoints = settings
-                .tenant_url
-                .iter()
-                .map(|u| Endpoint::remote(u).map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut routes = RouteTable::new();
-            routes
-                .route(postern_tenant::SERVICES, Backend::new(endpoints))
-                .internal(postern_tenant::INTERNAL_METHODS)
-                .public(postern_tenant::PUBLIC_METHODS);
-            if !settings.registry_url.is_empty() {
-                let endpoints = settings
-                    .registry_url
+            for (info, urls) in
+                [(&TENANT, &settings.tenant_url), (&REGISTRY, &settings.registry_url), (&AUTHN, &settings.authn_url)]
+            {
+                if urls.is_empty() {
+                    continue;
+                }
+                let endpoints = urls
                     .iter()
                     .map(|u| Endpoint::remote(u).map_err(anyhow::Error::msg))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                routes
-                    .route(postern_registry::SERVICES, Backend::new(endpoints))
-                    .internal(postern_registry::INTERNAL_METHODS)
-                    .public(postern_registry::PUBLIC_METHODS);
-            }
-            if !settings.authn_url.is_empty() {
-                let endpoints = settings
-                    .authn_url
-                    .iter()
-                    .map(|u| Endpoint::remote(u).map_err(anyhow::Error::msg))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                routes
-                    .route(postern_authn::SERVICES, Backend::new(endpoints))
-                    .internal(postern_authn::INTERNAL_METHODS)
-                    .public(postern_authn::PUBLIC_METHODS);
+                route(&mut routes, info, Backend::new(endpoints));
             }
             serve_gateway(routes, internal_key, &settings, connections, stop, on_bound).await
         }
@@ -251,31 +213,8 @@ pub async fn run(
                 );
             };
             let tenant_service = postern_common::server::remote(tenant_url).map_err(anyhow::Error::msg)?;
-            let (registry, store) = start_registry(&settings, internal_key, tenant_service).await?;
-            let listener = TcpListener::bind(settings.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", settings.listen))?;
-            let grpc = listener.local_addr()?;
-            on_bound(Bound { grpc, http: None });
-            tracing::info!(%grpc, "connection registry listening");
-            let stopping = stop();
-            let registry = std::sync::Arc::new(registry);
-            let ending = registry.clone();
-            tokio::spawn(async move {
-                stopping.await;
-                ending.shutdown();
-            });
-            postern_common::server::serve_backend(
-                listener,
-                registry.routes(),
-                postern_registry::SERVICES,
-                connections,
-                stop(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("connection registry failed: {e}"))?;
-            store.close().await;
-            Ok(())
+            let registry = start_registry(&settings, internal_key, tenant_service).await?;
+            serve_alone(registry, &settings, connections, stop, on_bound).await
         }
         Component::Authn => {
             let ([tenant_url], [registry_url]) = (settings.tenant_url.as_slice(), settings.registry_url.as_slice())
@@ -289,42 +228,107 @@ pub async fn run(
                 tenant: postern_common::server::remote(tenant_url).map_err(anyhow::Error::msg)?,
                 registry: postern_common::server::remote(registry_url).map_err(anyhow::Error::msg)?,
             };
-            let (authn, _, store) = start_authn(&settings, &internal_key, peers).await?;
-            let listener = TcpListener::bind(settings.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", settings.listen))?;
-            let grpc = listener.local_addr()?;
-            on_bound(Bound { grpc, http: None });
-            tracing::info!(%grpc, "authenticator listening");
-            let routes = postern_authn::routes(authn, internal_key);
-            postern_common::server::serve_backend(listener, routes, postern_authn::SERVICES, connections, stop())
-                .await
-                .map_err(|e| anyhow::anyhow!("authenticator failed: {e}"))?;
-            store.close().await;
-            Ok(())
+            let (authn, _) = start_authn(&settings, &internal_key, peers).await?;
+            serve_alone(authn, &settings, connections, stop, on_bound).await
         }
         Component::Tenant => {
-            let store = open_tenant_store(&settings).await?;
-            let routes = postern_tenant::routes(store.clone(), internal_key);
-            let stopping = stop();
-            let streams = store.clone();
-            tokio::spawn(async move {
-                stopping.await;
-                streams.shutdown_streams();
-            });
-            let listener = TcpListener::bind(settings.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", settings.listen))?;
-            let grpc = listener.local_addr()?;
-            on_bound(Bound { grpc, http: None });
-            tracing::info!(%grpc, "tenant service listening");
-            postern_common::server::serve_backend(listener, routes, postern_tenant::SERVICES, connections, stop())
-                .await
-                .map_err(|e| anyhow::anyhow!("tenant service failed: {e}"))?;
-            store.close().await;
-            Ok(())
+            let tenant = start_tenant(&settings, internal_key).await?;
+            serve_alone(tenant, &settings, connections, stop, on_bound).await
         }
     }
+}
+
+/// What the binary knows of a backend service: its name, and its methods as the gateway
+/// routes them.
+struct ServiceInfo {
+    /// For logs and errors.
+    name: &'static str,
+    /// The gRPC services it serves, by full name.
+    services: &'static [&'static str],
+    /// The methods only other Postern services may call (never routed).
+    internal: &'static [&'static str],
+    /// The methods any caller may call without a key.
+    public: &'static [&'static str],
+}
+
+const TENANT: ServiceInfo = ServiceInfo {
+    name: "tenant service",
+    services: postern_tenant::SERVICES,
+    internal: postern_tenant::INTERNAL_METHODS,
+    public: postern_tenant::PUBLIC_METHODS,
+};
+const REGISTRY: ServiceInfo = ServiceInfo {
+    name: "connection registry",
+    services: postern_registry::SERVICES,
+    internal: postern_registry::INTERNAL_METHODS,
+    public: postern_registry::PUBLIC_METHODS,
+};
+const AUTHN: ServiceInfo = ServiceInfo {
+    name: "authenticator",
+    services: postern_authn::SERVICES,
+    internal: postern_authn::INTERNAL_METHODS,
+    public: postern_authn::PUBLIC_METHODS,
+};
+
+/// A started backend service, in the one lifecycle the three share: its store opened and its
+/// handlers built (`start_*`), its routes served (in process behind the gateway, or alone on
+/// a port: [`serve_alone`]), its endless streams ended at the stop, its store closed last.
+struct Started {
+    info: &'static ServiceInfo,
+    routes: tonic::service::Routes,
+    /// Ends the streams that would hold up a graceful stop.
+    on_stop: Arc<dyn Fn() + Send + Sync>,
+    /// Closes the store, giving an SQLite file's lock up even while tasks still hold handles.
+    close: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+/// Adds a backend service's methods to the gateway's route table.
+fn route(routes: &mut RouteTable, info: &ServiceInfo, backend: Backend) {
+    routes.route(info.services, backend).internal(info.internal).public(info.public);
+}
+
+/// Serves one backend service alone on `settings.listen` until the stop, then closes it.
+async fn serve_alone<F, Fut>(
+    service: Started,
+    settings: &Settings,
+    connections: Connections,
+    stop: F,
+    on_bound: impl FnOnce(Bound),
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Started { info, routes, on_stop, close } = service;
+    let stopping = stop();
+    tokio::spawn(async move {
+        stopping.await;
+        on_stop();
+    });
+    let listener =
+        TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let grpc = listener.local_addr()?;
+    on_bound(Bound { grpc, http: None });
+    tracing::info!(%grpc, "{} listening", info.name);
+    postern_common::server::serve_backend(listener, routes, info.services, connections, stop())
+        .await
+        .map_err(|e| anyhow::anyhow!("{} failed: {e}", info.name))?;
+    close.await;
+    Ok(())
+}
+
+/// Opens the tenant service's store (making the admin key on the first start) and builds its
+/// handlers.
+async fn start_tenant(settings: &Settings, internal_key: InternalKey) -> anyhow::Result<Started> {
+    let store = open_tenant_store(settings).await?;
+    let routes = postern_tenant::routes(store.clone(), internal_key);
+    let streams = store.clone();
+    Ok(Started {
+        info: &TENANT,
+        routes,
+        on_stop: Arc::new(move || streams.shutdown_streams()),
+        close: Box::pin(async move { store.close().await }),
+    })
 }
 
 async fn open_tenant_store(settings: &Settings) -> anyhow::Result<postern_tenant::Store> {
@@ -342,28 +346,33 @@ async fn open_tenant_store(settings: &Settings) -> anyhow::Result<postern_tenant
     Ok(store)
 }
 
-/// Opens the registry's store and starts it, calling the tenant service through `tenant`;
-/// answers the store too, to close at the end.
+/// Opens the registry's store and starts it, calling the tenant service through `tenant`.
 async fn start_registry(
     settings: &Settings,
     internal_key: InternalKey,
     tenant: postern_common::server::HttpService,
-) -> anyhow::Result<(postern_registry::Registry, postern_registry::Store)> {
+) -> anyhow::Result<Started> {
     let master_key = master_key(settings)?;
     let location = DbLocation::for_service("registry", &settings.data_dir, settings.database_url.as_deref());
     let store =
         postern_registry::Store::open(&location).await.context("cannot open the connection registry's database")?;
     postern_registry::check_master_key(&store, &master_key).await?;
-    Ok((postern_registry::Registry::start(store.clone(), master_key, internal_key, tenant), store))
+    let registry = Arc::new(postern_registry::Registry::start(store.clone(), master_key, internal_key, tenant));
+    Ok(Started {
+        info: &REGISTRY,
+        routes: registry.routes(),
+        on_stop: Arc::new(move || registry.shutdown()),
+        close: Box::pin(async move { store.close().await }),
+    })
 }
 
 /// Opens the authenticator's store and builds its handlers, calling `peers`; answers the
-/// store too, to close at the end.
+/// public URL too, which `run` sets once the HTTP port is bound.
 async fn start_authn(
     settings: &Settings,
     internal_key: &InternalKey,
     peers: postern_authn::Peers,
-) -> anyhow::Result<(postern_authn::AuthnApi, postern_authn::PublicUrl, postern_authn::Store)> {
+) -> anyhow::Result<(Started, postern_authn::PublicUrl)> {
     // The same master key as the registry's (postern_common::seal), under its own label.
     let master_key = master_key(settings)?;
     let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref());
@@ -395,7 +404,14 @@ async fn start_authn(
         clock: postern_common::time::Clock::system(),
         connectors: connectors(),
     };
-    Ok((postern_authn::api(store.clone(), &peers, internal_key, config), public_url, store))
+    let api = postern_authn::api(store.clone(), &peers, internal_key, config);
+    let started = Started {
+        info: &AUTHN,
+        routes: postern_authn::routes(api, internal_key.clone()),
+        on_stop: Arc::new(|| {}),
+        close: Box::pin(async move { store.close().await }),
+    };
+    Ok((started, public_url))
 }
 
 /// Every connector this binary has, by strategy: the authenticator runs them and knows no
