@@ -18,9 +18,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::peers::missing;
 
-/// The node workspace of the repository (`tests/node`).
+/// The node workspace of the repository (`tests/node`): found from the package directory
+/// cargo gives the running test or program (`CARGO_MANIFEST_DIR` at run time), else from
+/// the current directory, else where the test kit was built.
 pub fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/node")
+    let starts = [std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from), std::env::current_dir().ok()];
+    starts
+        .into_iter()
+        .flatten()
+        .find_map(|start| start.ancestors().map(|a| a.join("tests/node")).find(|d| d.join("package.json").is_file()))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/node"))
 }
 
 /// Node.js with the workspace's packages installed.
