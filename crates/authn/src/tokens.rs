@@ -354,8 +354,8 @@ pub fn userinfo_endpoint(issuer: &str) -> String {
 
 /// The OpenID Provider metadata of a tenant (OpenID Connect Discovery 1.0), served at
 /// `/<tenant>/.well-known/openid-configuration`. `algorithms` are those of the published
-/// keys. The authorization, token and userinfo endpoints are the paths the gateway's
-/// browser login serves under the issuer (`authorize`, `oauth/token`, `userinfo`).
+/// keys. It lists exactly what the provider's routes (`postern-provider`) serve under the
+/// issuer: nothing it names answers 404.
 pub fn openid_configuration(issuer: &str, algorithms: &[Algorithm]) -> serde_json::Value {
     let mut algs: Vec<&str> = algorithms.iter().map(|a| a.as_str()).collect();
     if algs.is_empty() {
@@ -367,14 +367,22 @@ pub fn openid_configuration(issuer: &str, algorithms: &[Algorithm]) -> serde_jso
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}authorize"),
         "token_endpoint": format!("{issuer}oauth/token"),
+        "revocation_endpoint": format!("{issuer}oauth/revoke"),
+        "end_session_endpoint": format!("{issuer}oidc/logout"),
         "userinfo_endpoint": userinfo_endpoint(issuer),
         "jwks_uri": format!("{issuer}.well-known/jwks.json"),
-        "response_types_supported": ["code", "id_token", "token id_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query", "form_post"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "prompt_values_supported": ["none", "login"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
-        "scopes_supported": ["openid", "profile", "email"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "claims_supported": [
-            "iss", "aud", "sub", "iat", "exp", "nonce", "email", "email_verified", "name",
+            "iss", "aud", "sub", "iat", "exp", "auth_time", "nonce", "email", "email_verified", "name",
             "given_name", "family_name", "nickname", "picture", "updated_at"
         ],
     })

@@ -14,14 +14,13 @@
 //! - [`routing`]: the route table, backends, balancing, health tracking.
 //! - [`auth`]: bearer keys to principals, with a cache.
 //! - [`proxy`]: the forwarding path.
-//! - [`web`]: the HTTP port (`/healthz`, `/metrics`, and routes other crates add).
-//! - [`oidc`]: each tenant's key set and OpenID configuration on the HTTP port.
+//! - [`web`]: the HTTP port (`/healthz`, `/metrics`, and routes other crates add: the
+//!   OpenID provider of `postern-provider`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
-pub mod oidc;
 pub mod proxy;
 pub mod routing;
 pub mod web;

@@ -1,6 +1,7 @@
 //! The HTTP port: `/healthz` (200 when every backend is up, 503 otherwise) and `/metrics`
-//! (Prometheus text). Other pieces (the authenticator's JWKS and discovery documents) merge
-//! their own routes into the router this returns.
+//! (Prometheus text). Other pieces (the OpenID provider of `postern-provider`) merge their
+//! own routes into the router this returns; their handlers find the peer's address as a
+//! [`PeerAddr`] extension.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use postern_common::connections::{ConnInfo, Connections, LimitedStream, TrackLayer};
+use postern_common::principal::PeerAddr;
 
 use crate::routing::RouteTable;
 
@@ -53,6 +55,14 @@ pub async fn serve(
     connections: Connections,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // The peer's address for the handlers (brute-force protection counts per address).
+    let router = router.layer(tower::util::MapRequestLayer::new(|mut req: axum::http::Request<axum::body::Body>| {
+        let peer = req.extensions().get::<ConnectInfo<HttpConn>>().and_then(|c| c.0.0.tcp.remote_addr);
+        if let Some(addr) = peer {
+            req.extensions_mut().insert(PeerAddr(addr.ip()));
+        }
+        req
+    }));
     let router = router.layer(TrackLayer::new(|e| e.get::<ConnectInfo<HttpConn>>().map(|c| c.0.0.clone())));
     let closing = connections.clone();
     let listener = HttpListener { listener, connections };

@@ -506,8 +506,13 @@ where
         .with_context(|| format!("cannot listen on {}", settings.http_listen))?;
     let bound = Bound { grpc: listener.local_addr()?, http: Some(http_listener.local_addr()?) };
     let metrics = metrics_render();
-    let web = postern_gateway::web::router(gateway.routes().clone(), metrics)
-        .merge(postern_gateway::oidc::router(gateway.routes(), internal_key_for_web));
+    let authn_backend = gateway.routes().get("postern.authn.v1.OAuthService").cloned();
+    let provider = postern_provider::router(postern_provider::ProviderConfig {
+        authn: std::sync::Arc::new(move || authn_backend.as_ref().and_then(|b| b.pick()).map(|e| e.service())),
+        internal_key: internal_key_for_web,
+        secure_cookies: settings.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+    });
+    let web = postern_gateway::web::router(gateway.routes().clone(), metrics).merge(provider);
     tracing::info!(grpc = %bound.grpc, http = ?bound.http, "gateway listening");
     on_bound(bound);
     let http = tokio::spawn(postern_gateway::web::serve(http_listener, web, connections, stop()));

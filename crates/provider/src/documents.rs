@@ -2,7 +2,7 @@
 //! `GET /<tenant>/.well-known/jwks.json` and `GET /<tenant>/.well-known/openid-configuration`,
 //! and the userinfo endpoint `GET|POST /<tenant>/userinfo` (OpenID Connect Core 1.0, 5.3).
 //!
-//! The gateway asks the authenticator's `SigningKeyService` (as `Service("gateway")`, over
+//! The provider asks the authenticator's `SigningKeyService` (as `Service("gateway")`, over
 //! the same backend as gRPC calls) and keeps each answer briefly, never longer than the
 //! `max_age` the authenticator gives, so that a burst of relying parties fetching keys costs
 //! the authenticator one call. An unknown tenant is a 404 with a JSON body.
@@ -17,22 +17,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use postern_common::principal::{InternalKey, Principal, SignLayer};
 use postern_proto::authn::v1 as pb;
 use tonic::Code;
-use tower::Layer;
 
-use crate::routing::{Backend, RouteTable};
+use crate::Provider;
 
-/// The service that publishes the documents.
-pub const SIGNING_KEY_SERVICE: &str = "postern.authn.v1.SigningKeyService";
-
-/// The longest the gateway keeps a document, whatever max_age says.
+/// The longest the provider keeps a document, whatever max_age says.
 const MAX_CACHE: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,37 +37,41 @@ enum Doc {
 /// A cached document: when fetched, how long to keep it, the body, its max_age.
 type Cached = (Instant, Duration, String, u32);
 
-struct Oidc {
-    backend: Option<Backend>,
-    key: InternalKey,
-    cache: Mutex<HashMap<(String, Doc), Cached>>,
+/// The documents fetched lately, per tenant.
+#[derive(Default)]
+pub(crate) struct Cache(Mutex<HashMap<(String, Doc), Cached>>);
+
+/// `GET /<tenant>/.well-known/jwks.json`.
+pub(crate) async fn jwks(s: State<Arc<Provider>>, p: Path<String>) -> Response {
+    document(s, p, Doc::Jwks).await
 }
 
-/// The routes of the documents, over the authenticator's backend in `routes` (404 for every
-/// tenant when the gateway routes no authenticator).
-pub fn router(routes: &RouteTable, key: InternalKey) -> Router {
-    let state = Arc::new(Oidc { backend: routes.get(SIGNING_KEY_SERVICE).cloned(), key, cache: Mutex::default() });
-    Router::new()
-        .route("/{tenant}/.well-known/jwks.json", get(|s, p| document(s, p, Doc::Jwks)))
-        .route("/{tenant}/.well-known/openid-configuration", get(|s, p| document(s, p, Doc::Discovery)))
-        .route("/{tenant}/userinfo", get(userinfo).post(userinfo))
-        .with_state(state)
+/// `GET /<tenant>/.well-known/openid-configuration`.
+pub(crate) async fn discovery(s: State<Arc<Provider>>, p: Path<String>) -> Response {
+    document(s, p, Doc::Discovery).await
 }
 
-fn error(code: StatusCode, error: &str, description: &str) -> Response {
+/// The bearer token of an `Authorization` header value (`Bearer <token>`, any case).
+fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+pub(crate) fn error(code: StatusCode, error: &str, description: &str) -> Response {
     let body = serde_json::json!({ "error": error, "error_description": description }).to_string();
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn document(State(oidc): State<Arc<Oidc>>, Path(tenant): Path<String>, doc: Doc) -> Response {
+async fn document(State(oidc): State<Arc<Provider>>, Path(tenant): Path<String>, doc: Doc) -> Response {
     let key = (tenant.clone(), doc);
-    let cached = oidc.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
+    let cached = oidc.documents.0.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
     let (body, max_age) = match cached {
         Some((at, ttl, body, max_age)) if at.elapsed() < ttl => (body, max_age),
         _ => match fetch(&oidc, &tenant, doc).await {
             Ok((body, max_age)) => {
                 let ttl = Duration::from_secs(u64::from(max_age)).min(MAX_CACHE);
-                let mut cache = oidc.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut cache = oidc.documents.0.lock().unwrap_or_else(PoisonError::into_inner);
                 if cache.len() > 10_000 {
                     cache.clear();
                 }
@@ -95,32 +92,17 @@ async fn document(State(oidc): State<Arc<Oidc>>, Path(tenant): Path<String>, doc
         .into_response()
 }
 
-/// A client of the authenticator's `SigningKeyService`, signing its calls.
-type SigningKeys = pb::signing_key_service_client::SigningKeyServiceClient<
-    postern_common::principal::SignService<postern_common::server::HttpService>,
->;
-
-impl Oidc {
-    /// A client of the authenticator's `SigningKeyService` on a healthy endpoint, calling as
-    /// `Service("gateway")`; `None` when there is none ([`unavailable`]).
-    fn client(&self) -> Option<SigningKeys> {
-        let endpoint = self.backend.as_ref().and_then(|b| b.pick().cloned())?;
-        let svc = SignLayer::new(self.key.clone(), Principal::Service("gateway".into())).layer(endpoint.service());
-        Some(pb::signing_key_service_client::SigningKeyServiceClient::new(svc))
-    }
-}
-
 /// The 503 when the authenticator cannot be reached.
-fn unavailable() -> Response {
+pub(crate) fn unavailable() -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the authenticator is unavailable")
 }
 
-async fn fetch(oidc: &Oidc, tenant: &str, doc: Doc) -> Result<(String, u32), Response> {
+async fn fetch(oidc: &Provider, tenant: &str, doc: Doc) -> Result<(String, u32), Response> {
     let not_found = || error(StatusCode::NOT_FOUND, "not_found", "no such tenant");
     if postern_common::validate::tenant_name(tenant).is_err() {
         return Err(not_found());
     }
-    let mut client = oidc.client().ok_or_else(unavailable)?;
+    let mut client = oidc.signing_keys().ok_or_else(unavailable)?;
     let answer = match doc {
         Doc::Jwks => client
             .get_jwks(pb::GetJwksRequest { tenant: tenant.to_owned() })
@@ -162,15 +144,20 @@ fn invalid_token(description: &str) -> Response {
     response
 }
 
-async fn userinfo(State(oidc): State<Arc<Oidc>>, Path(tenant): Path<String>, headers: HeaderMap) -> Response {
+/// `GET|POST /<tenant>/userinfo`.
+pub(crate) async fn userinfo(
+    State(oidc): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let Some(token) = crate::auth::bearer_token(authorization) else {
+    let Some(token) = bearer_token(authorization) else {
         return invalid_token("no access token: send it as `Authorization: Bearer <access token>`");
     };
     if postern_common::validate::tenant_name(&tenant).is_err() {
         return invalid_token("the access token was not issued by this tenant");
     }
-    let Some(mut client) = oidc.client() else { return unavailable() };
+    let Some(mut client) = oidc.signing_keys() else { return unavailable() };
     let answer =
         client.get_user_info(pb::GetUserInfoRequest { tenant: tenant.clone(), access_token: token.to_owned() }).await;
     match answer {

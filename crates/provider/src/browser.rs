@@ -1,0 +1,477 @@
+//! The browser's side of the authorization code flow: `GET /<tenant>/authorize`, the hosted
+//! login page (`GET|POST /<tenant>/login`, `POST /<tenant>/signup`) and logout
+//! (`GET /<tenant>/v2/logout`, Auth0's, and `GET /<tenant>/oidc/logout`, the OpenID
+//! `end_session_endpoint`).
+//!
+//! An authorization request with an unknown client or an unregistered redirect URI gets an
+//! error page, never a redirect. A login transaction is carried by the page's URL (`tx`) and
+//! its CSRF token by an HttpOnly cookie named after the transaction and by every form; a
+//! post whose token is missing or differs from the cookie's is refused before anything is
+//! checked. The SSO session is an opaque HttpOnly cookie (`postern_session`) scoped to the
+//! tenant's path. Cookies are `SameSite=Lax`, and `Secure` when the public URL is https.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use postern_proto::authn::v1 as pb;
+use serde::{Deserialize, Serialize};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use crate::Provider;
+use crate::html::security_headers;
+
+/// The SSO session cookie.
+const SESSION_COOKIE: &str = "postern_session";
+/// The CSRF cookie of a transaction: this prefix, then the transaction's first characters.
+const CSRF_COOKIE_PREFIX: &str = "postern_csrf_";
+
+fn csrf_cookie_name(tx: &str) -> String {
+    let short: String = tx.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
+    format!("{CSRF_COOKIE_PREFIX}{short}")
+}
+
+/// The value of cookie `name` in the request.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+impl Provider {
+    fn set_cookie(&self, response: &mut Response, tenant: &str, name: &str, value: &str, max_age: i64) {
+        let secure = if self.config.secure_cookies { "; Secure" } else { "" };
+        let cookie = format!("{name}={value}; Path=/{tenant}/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}");
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+
+    fn error_page(&self, status: StatusCode, message: &str) -> Response {
+        let title = if status.is_server_error() { "Try again later" } else { "This login cannot continue" };
+        self.pages.error(status, title, message)
+    }
+
+    /// The page of a status the authenticator answered a browser step with.
+    fn status_page(&self, s: &tonic::Status) -> Response {
+        match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded => {
+                self.error_page(StatusCode::SERVICE_UNAVAILABLE, "The service is unavailable; try again shortly.")
+            }
+            Code::Internal | Code::Unknown | Code::Unimplemented => {
+                tracing::warn!(code = ?s.code(), message = s.message(), "browser step failed");
+                self.error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly.")
+            }
+            _ => self.error_page(StatusCode::BAD_REQUEST, s.message()),
+        }
+    }
+
+    /// Sends the browser on: a 303 to the URL with the parameters in its query, or a page
+    /// whose form posts them (`form_post`).
+    fn deliver(&self, r: &pb::Redirect) -> Response {
+        let parameters: BTreeMap<&str, &str> = r.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        if r.response_mode == "form_post" {
+            return self.pages.render(
+                StatusCode::OK,
+                "form_post.html",
+                minijinja::context! { action => &r.uri, parameters => parameters },
+            );
+        }
+        let Ok(mut url) = url::Url::parse(&r.uri) else {
+            return self.error_page(StatusCode::BAD_REQUEST, "The application's URL is not valid.");
+        };
+        if !parameters.is_empty() {
+            let mut query = url.query_pairs_mut();
+            for (k, v) in &parameters {
+                query.append_pair(k, v);
+            }
+        }
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        if let Ok(v) = HeaderValue::from_str(url.as_str()) {
+            response.headers_mut().insert(header::LOCATION, v);
+        }
+        security_headers(response.headers_mut());
+        response
+    }
+}
+
+fn param(q: &HashMap<String, String>, name: &str) -> String {
+    q.get(name).cloned().unwrap_or_default()
+}
+
+/// `GET /<tenant>/authorize`.
+pub(crate) async fn authorize(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
+    let max_age = match q.get("max_age").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) => Some(n),
+            // Out of range for the application too: it sent a malformed request.
+            Err(_) => Some(-1),
+        },
+    };
+    let request = pb::StartAuthorizationRequest {
+        tenant: tenant.clone(),
+        client_id: param(&q, "client_id"),
+        redirect_uri: param(&q, "redirect_uri"),
+        response_type: param(&q, "response_type"),
+        scope: param(&q, "scope"),
+        state: param(&q, "state"),
+        nonce: param(&q, "nonce"),
+        code_challenge: param(&q, "code_challenge"),
+        code_challenge_method: param(&q, "code_challenge_method"),
+        connection: param(&q, "connection"),
+        login_hint: param(&q, "login_hint"),
+        prompt: param(&q, "prompt"),
+        max_age,
+        response_mode: param(&q, "response_mode"),
+        audience: param(&q, "audience"),
+        session: cookie(&headers, SESSION_COOKIE).unwrap_or_default().to_owned(),
+    };
+    match oauth.start_authorization(request).await.map(|r| r.into_inner().outcome) {
+        Ok(Some(pb::start_authorization_response::Outcome::Redirect(r))) => provider.deliver(&r),
+        Ok(Some(pb::start_authorization_response::Outcome::Login(login))) => {
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            let location = format!("/{tenant}/login?tx={}", login.transaction);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            security_headers(response.headers_mut());
+            provider.set_cookie(
+                &mut response,
+                &tenant,
+                &csrf_cookie_name(&login.transaction),
+                &login.csrf_token,
+                login.expires_in,
+            );
+            response
+        }
+        Ok(None) => provider.error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly."),
+        Err(s) => provider.status_page(&s),
+    }
+}
+
+/// What a signup form said, to show again with its problems.
+#[derive(Debug, Default, Serialize)]
+struct SignupState {
+    connection: String,
+    email: String,
+    username: String,
+    errors: BTreeMap<&'static str, String>,
+}
+
+/// A connection as the template sees it.
+#[derive(Serialize)]
+struct PageConnection {
+    name: String,
+    display_name: String,
+    password: bool,
+    signup: bool,
+    requires_username: bool,
+    password_rules: Vec<String>,
+    redirect: bool,
+}
+
+/// What the login page shows besides the transaction's connections: the answer's status,
+/// a problem of the login form (and the username it had), the signup form's state.
+struct Shown<'a> {
+    status: StatusCode,
+    error: &'a str,
+    username: Option<&'a str>,
+    signup: SignupState,
+}
+
+/// The login page of transaction `tx`.
+async fn render_login(provider: &Provider, tenant: &str, tx: &str, csrf: &str, shown: Shown<'_>) -> Response {
+    let Shown { status, error, username, signup } = shown;
+    let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
+    let page = match oauth
+        .get_login_page(pb::GetLoginPageRequest { tenant: tenant.to_owned(), transaction: tx.to_owned() })
+        .await
+    {
+        Ok(p) => p.into_inner(),
+        Err(s) => return provider.status_page(&s),
+    };
+    let connections: Vec<PageConnection> = page
+        .connections
+        .into_iter()
+        .map(|c| PageConnection {
+            name: c.name,
+            display_name: c.display_name,
+            password: c.password,
+            signup: c.signup,
+            requires_username: c.requires_username,
+            password_rules: c.password_rules,
+            redirect: c.redirect,
+        })
+        .collect();
+    let several = connections.iter().filter(|c| c.password).count() > 1;
+    provider.pages.render(
+        status,
+        "login.html",
+        minijinja::context! {
+            tenant_name => page.tenant_display_name,
+            client_name => page.client_name,
+            connections => connections,
+            several => several,
+            tx => tx,
+            csrf => csrf,
+            error => error,
+            username => username.unwrap_or(&page.login_hint),
+            signup => signup,
+        },
+    )
+}
+
+/// The query of the login page.
+#[derive(Deserialize)]
+pub(crate) struct PageQuery {
+    #[serde(default)]
+    tx: String,
+}
+
+/// `GET /<tenant>/login?tx=…`: the hosted login page.
+pub(crate) async fn login_page(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let Some(csrf) = cookie(&headers, &csrf_cookie_name(&q.tx)).filter(|_| !q.tx.is_empty()) else {
+        return provider.error_page(
+            StatusCode::BAD_REQUEST,
+            "This login page has expired, or your browser did not keep its cookie. Go back to the application and \
+             sign in again (cookies must be enabled).",
+        );
+    };
+    let shown = Shown { status: StatusCode::OK, error: "", username: None, signup: SignupState::default() };
+    render_login(&provider, &tenant, &q.tx, csrf, shown).await
+}
+
+/// The fields of the login form.
+#[derive(Deserialize)]
+pub(crate) struct LoginForm {
+    #[serde(default)]
+    tx: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    connection: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// The fields of the signup form.
+#[derive(Deserialize)]
+pub(crate) struct SignupForm {
+    #[serde(default)]
+    tx: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    connection: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// Whether the form's CSRF token is the one of the transaction's cookie.
+fn csrf_ok(headers: &HeaderMap, tx: &str, posted: &str) -> bool {
+    let Some(expected) = cookie(headers, &csrf_cookie_name(tx)) else { return false };
+    !posted.is_empty() && postern_common::ids::constant_time_eq(expected.as_bytes(), posted.as_bytes())
+}
+
+fn csrf_refused(provider: &Provider) -> Response {
+    provider.error_page(
+        StatusCode::FORBIDDEN,
+        "This form was not sent from its login page, or the page has expired. Go back to the application and sign \
+         in again.",
+    )
+}
+
+/// The browser's address, as the HTTP server saw it.
+fn address(extensions: &Extensions) -> String {
+    extensions.get::<postern_common::principal::PeerAddr>().map(|p| p.0.to_string()).unwrap_or_default()
+}
+
+/// After a successful login or signup: the session cookie, the transaction's CSRF cookie
+/// dropped, and the browser sent back to the application with its code.
+fn logged_in(provider: &Provider, tenant: &str, tx: &str, l: Option<pb::LoggedIn>) -> Response {
+    let Some(l) = l else {
+        return provider.error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly.");
+    };
+    let Some(redirect) = l.redirect.as_ref() else {
+        return provider.error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly.");
+    };
+    let mut response = provider.deliver(redirect);
+    provider.set_cookie(&mut response, tenant, SESSION_COOKIE, &l.session, l.session_max_age);
+    provider.set_cookie(&mut response, tenant, &csrf_cookie_name(tx), "", 0);
+    response
+}
+
+/// `POST /<tenant>/login`: the login form.
+pub(crate) async fn login(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if !csrf_ok(&headers, &f.tx, &f.csrf) {
+        return csrf_refused(&provider);
+    }
+    let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
+    let request = pb::SubmitLoginRequest {
+        tenant: tenant.clone(),
+        transaction: f.tx.clone(),
+        csrf_token: f.csrf.clone(),
+        connection: f.connection.clone(),
+        username: f.username.clone(),
+        password: f.password,
+        address: address(&extensions),
+    };
+    match oauth.submit_login(request).await {
+        Ok(r) => logged_in(&provider, &tenant, &f.tx, r.into_inner().logged_in),
+        Err(s) => {
+            let status = match s.code() {
+                Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+                Code::PermissionDenied => StatusCode::FORBIDDEN,
+                Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                _ => return provider.status_page(&s),
+            };
+            let shown =
+                Shown { status, error: s.message(), username: Some(&f.username), signup: SignupState::default() };
+            render_login(&provider, &tenant, &f.tx, &f.csrf, shown).await
+        }
+    }
+}
+
+/// `POST /<tenant>/signup`: the signup form.
+pub(crate) async fn signup(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    Form(f): Form<SignupForm>,
+) -> Response {
+    if !csrf_ok(&headers, &f.tx, &f.csrf) {
+        return csrf_refused(&provider);
+    }
+    let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
+    let request = pb::SubmitSignupRequest {
+        tenant: tenant.clone(),
+        transaction: f.tx.clone(),
+        csrf_token: f.csrf.clone(),
+        connection: f.connection.clone(),
+        email: f.email.clone(),
+        username: f.username.clone(),
+        password: f.password,
+        address: address(&extensions),
+    };
+    match oauth.submit_signup(request).await {
+        Ok(r) => logged_in(&provider, &tenant, &f.tx, r.into_inner().logged_in),
+        Err(s) => {
+            let mut state =
+                SignupState { connection: f.connection, email: f.email, username: f.username, errors: BTreeMap::new() };
+            let status = match s.code() {
+                Code::InvalidArgument => {
+                    let details = s.get_error_details();
+                    for v in details.bad_request().map(|b| b.field_violations.clone()).unwrap_or_default() {
+                        let key = match v.field.rsplit('.').next().unwrap_or("") {
+                            "email" => "email",
+                            "username" => "username",
+                            "password" => "password",
+                            _ => "other",
+                        };
+                        let entry = state.errors.entry(key).or_default();
+                        if !entry.is_empty() {
+                            entry.push_str("; ");
+                        }
+                        entry.push_str(&v.description);
+                    }
+                    if state.errors.is_empty() {
+                        state.errors.insert("other", s.message().to_owned());
+                    }
+                    StatusCode::BAD_REQUEST
+                }
+                Code::AlreadyExists => {
+                    state.errors.insert("email", "A user with this email address or username already exists.".into());
+                    StatusCode::CONFLICT
+                }
+                Code::PermissionDenied | Code::FailedPrecondition => {
+                    state.errors.insert("other", s.message().to_owned());
+                    StatusCode::FORBIDDEN
+                }
+                _ => return provider.status_page(&s),
+            };
+            let shown = Shown { status, error: "", username: None, signup: state };
+            render_login(&provider, &tenant, &f.tx, &f.csrf, shown).await
+        }
+    }
+}
+
+/// `GET /<tenant>/v2/logout` (Auth0: `client_id`, `returnTo`) and `GET /<tenant>/oidc/logout`
+/// (OpenID: `id_token_hint`, `post_logout_redirect_uri`, `state`, `client_id`).
+pub(crate) async fn logout(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
+    let return_to = q.get("returnTo").or_else(|| q.get("post_logout_redirect_uri")).cloned().unwrap_or_default();
+    let request = pb::EndSessionRequest {
+        tenant: tenant.clone(),
+        session: cookie(&headers, SESSION_COOKIE).unwrap_or_default().to_owned(),
+        client_id: param(&q, "client_id"),
+        return_to,
+        id_token_hint: param(&q, "id_token_hint"),
+        state: param(&q, "state"),
+    };
+    match oauth.end_session(request).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            let mut response = match &r.redirect {
+                Some(redirect) => provider.deliver(redirect),
+                None => provider.pages.render(StatusCode::OK, "logged_out.html", minijinja::context! {}),
+            };
+            provider.set_cookie(&mut response, &tenant, SESSION_COOKIE, "", 0);
+            response
+        }
+        Err(s) => provider.status_page(&s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; postern_session=abc; b=2"));
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, "postern"), None);
+        assert_eq!(csrf_cookie_name("AbC-_123456789012345678"), "postern_csrf_AbC1234567890123");
+    }
+}

@@ -1,0 +1,87 @@
+//! Each tenant's OpenID provider on the gateway's HTTP port. Every route is tenant-scoped
+//! (`/<tenant>/…`) and reaches the services only through their RPCs (the authenticator's
+//! `OAuthService` and `SigningKeyService`, as `Service("gateway")`), so it works the same in
+//! the all-in-one process and in split mode. The gateway's binary mounts [`router`].
+//!
+//! # Layout
+//! - [`documents`]: `/.well-known/jwks.json`, `/.well-known/openid-configuration` (briefly
+//!   cached) and `/userinfo`.
+//! - [`browser`]: `GET /authorize`, the hosted login page (`GET|POST /login`,
+//!   `POST /signup`), `GET /v2/logout` (Auth0's) and `GET /oidc/logout` (the OpenID
+//!   `end_session_endpoint`).
+//! - [`token`]: `POST /oauth/token` and `POST /oauth/revoke`, with RFC 6749 5.2 errors.
+//! - [`html`]: the templates (minijinja, HTML-escaped) and the headers every page carries.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod browser;
+pub mod documents;
+pub mod html;
+pub mod token;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use postern_common::principal::{InternalKey, Principal, SignLayer, SignService};
+use postern_common::server::HttpService;
+use postern_proto::authn::v1 as pb;
+use tower::Layer;
+
+/// Picks a healthy endpoint of the authenticator for each call; `None` when none is up.
+pub type Backend = Arc<dyn Fn() -> Option<HttpService> + Send + Sync>;
+
+/// How the provider behaves.
+#[derive(Clone)]
+pub struct ProviderConfig {
+    /// The authenticator's endpoints.
+    pub authn: Backend,
+    /// Signs the provider's calls as `Service("gateway")`.
+    pub internal_key: InternalKey,
+    /// Whether the public URL is `https`: cookies are then `Secure`.
+    pub secure_cookies: bool,
+}
+
+type Signed = SignService<HttpService>;
+
+/// The provider's shared state.
+pub(crate) struct Provider {
+    config: ProviderConfig,
+    documents: documents::Cache,
+    pages: html::Pages,
+}
+
+impl Provider {
+    fn signed(&self) -> Option<Signed> {
+        let svc = (self.config.authn)()?;
+        Some(SignLayer::new(self.config.internal_key.clone(), Principal::Service("gateway".into())).layer(svc))
+    }
+
+    /// A client of `OAuthService`; `None` when the authenticator is unreachable.
+    pub(crate) fn oauth(&self) -> Option<pb::o_auth_service_client::OAuthServiceClient<Signed>> {
+        self.signed().map(pb::o_auth_service_client::OAuthServiceClient::new)
+    }
+
+    /// A client of `SigningKeyService`; `None` when the authenticator is unreachable.
+    pub(crate) fn signing_keys(&self) -> Option<pb::signing_key_service_client::SigningKeyServiceClient<Signed>> {
+        self.signed().map(pb::signing_key_service_client::SigningKeyServiceClient::new)
+    }
+}
+
+/// The provider's routes.
+pub fn router(config: ProviderConfig) -> Router {
+    let state = Arc::new(Provider { config, documents: documents::Cache::default(), pages: html::Pages::new() });
+    Router::new()
+        .route("/{tenant}/.well-known/jwks.json", get(documents::jwks))
+        .route("/{tenant}/.well-known/openid-configuration", get(documents::discovery))
+        .route("/{tenant}/userinfo", get(documents::userinfo).post(documents::userinfo))
+        .route("/{tenant}/authorize", get(browser::authorize))
+        .route("/{tenant}/login", get(browser::login_page).post(browser::login))
+        .route("/{tenant}/signup", post(browser::signup))
+        .route("/{tenant}/v2/logout", get(browser::logout))
+        .route("/{tenant}/oidc/logout", get(browser::logout))
+        .route("/{tenant}/oauth/token", post(token::token))
+        .route("/{tenant}/oauth/revoke", post(token::revoke))
+        .with_state(state)
+}

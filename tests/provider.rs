@@ -1,0 +1,452 @@
+//! The OpenID provider over HTTP, walked as a browser without JavaScript walks it (the test
+//! kit's user agent with a cookie jar, no redirect followed by itself): `/authorize`, the
+//! hosted page's signup and login, the code exchanged with PKCE, refresh-token rotation,
+//! single sign-on across clients, `prompt` and `max_age`, logout; and the attacks the issue
+//! lists: look-alike redirect URIs, missing or wrong PKCE verifiers, code replay,
+//! refresh-token reuse, forms without their CSRF token, another tenant's client.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use postern_proto::connections::v1 as conn;
+use postern_proto::tenant::v1 as tenant;
+use postern_testkit::web::{Agent, Answer};
+use postern_testkit::{Clients, Suite};
+use sha2::Digest;
+
+const CALLBACK: &str = "https://app.example.com/callback";
+const LOGGED_OUT: &str = "https://app.example.com/logged-out";
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const STRONG: &str = "Wonder-Land-42!";
+
+fn challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+async fn client(admin: &mut Clients, t: &str, app_type: tenant::AppType) -> tenant::Client {
+    let c = tenant::Client {
+        name: format!("{app_type:?} app"),
+        app_type: app_type as i32,
+        callbacks: vec![CALLBACK.into()],
+        allowed_logout_urls: vec![LOGGED_OUT.into()],
+        ..Default::default()
+    };
+    admin
+        .clients
+        .create_client(tenant::CreateClientRequest { tenant: t.into(), client: Some(c) })
+        .await
+        .expect("client")
+        .into_inner()
+        .client
+        .expect("client")
+}
+
+/// A tenant with a single-page app (public) and a regular web app (confidential), both
+/// enabled for database connection `users`.
+async fn setup(suite: &Suite, t: &str) -> (tenant::Client, tenant::Client) {
+    let mut admin = suite.admin().await;
+    admin.create_tenant(t).await.expect("tenant");
+    let spa = client(&mut admin, t, tenant::AppType::Spa).await;
+    let web = client(&mut admin, t, tenant::AppType::RegularWeb).await;
+    let connection = conn::Connection {
+        name: "users".into(),
+        strategy: "auth0".into(),
+        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: t.into(), connection: Some(connection) })
+        .await
+        .expect("connection");
+    for c in [&spa, &web] {
+        admin
+            .connections
+            .enable_client(conn::EnableClientRequest {
+                tenant: t.into(),
+                connection: "users".into(),
+                client_id: c.client_id.clone(),
+            })
+            .await
+            .expect("enable");
+    }
+    (spa, web)
+}
+
+fn base(suite: &Suite) -> String {
+    format!("http://{}", suite.http)
+}
+
+fn authorize_url(suite: &Suite, t: &str, client_id: &str, extra: &[(&str, &str)]) -> String {
+    let mut url = url::Url::parse(&format!("{}/{t}/authorize", base(suite))).expect("url");
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("client_id", client_id)
+            .append_pair("redirect_uri", CALLBACK)
+            .append_pair("response_type", "code")
+            .append_pair("scope", "openid profile email offline_access")
+            .append_pair("state", "st/ä&=?")
+            .append_pair("nonce", "n-0S6_WzA2Mj");
+        for (k, v) in extra {
+            q.append_pair(k, v);
+        }
+    }
+    url.into()
+}
+
+/// The query of a redirect to the application's callback.
+fn callback_query(answer: &Answer) -> std::collections::HashMap<String, String> {
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let location = answer.location().expect("location");
+    assert!(location.starts_with(&format!("{CALLBACK}?")), "{location}");
+    url::Url::parse(location).expect("url").query_pairs().into_owned().collect()
+}
+
+/// Follows `/authorize` to the login page: answers its URL and the page.
+async fn login_page(agent: &mut Agent, suite: &Suite, authorize: &str) -> (String, Answer) {
+    let start = agent.get(authorize).await.expect("authorize");
+    assert_eq!(start.status, 303, "{start:?}");
+    let location = start.location().expect("to the login page");
+    assert!(location.contains("/login?tx="), "{location}");
+    let csrf = start.headers("set-cookie").into_iter().find(|c| c.starts_with("postern_csrf_")).expect("CSRF cookie");
+    assert!(csrf.contains("HttpOnly") && csrf.contains("SameSite=Lax"), "{csrf}");
+    let url = format!("{}{location}", base(suite));
+    let page = agent.get(&url).await.expect("page");
+    assert_eq!(page.status, 200, "{}", page.body);
+    for (name, value) in
+        [("x-frame-options", "DENY"), ("referrer-policy", "no-referrer"), ("cache-control", "no-store")]
+    {
+        assert_eq!(page.header(name), Some(value), "{name}");
+    }
+    assert!(page.header("content-security-policy").is_some_and(|c| c.contains("frame-ancestors 'none'")));
+    (url, page)
+}
+
+async fn token(
+    agent: &mut Agent,
+    suite: &Suite,
+    t: &str,
+    fields: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> (u16, serde_json::Value, Answer) {
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+    let auth = basic.map(|(id, secret)| format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))));
+    let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let answer =
+        agent.send("POST", &format!("{}/{t}/oauth/token", base(suite)), &headers, Some(&body)).await.expect("token");
+    let json = serde_json::from_str(&answer.body).unwrap_or(serde_json::Value::Null);
+    (answer.status, json, answer)
+}
+
+async fn verify_id_token(suite: &Suite, t: &str, token: &str, audience: &str) -> serde_json::Value {
+    let answer = Agent::new().get(&format!("{}/{t}/.well-known/jwks.json", base(suite))).await.expect("jwks");
+    let set: JwkSet = serde_json::from_str(&answer.body).expect("JWKS");
+    let header = jsonwebtoken::decode_header(token).expect("header");
+    let jwk = set.find(header.kid.as_deref().expect("kid")).expect("key");
+    let mut v = Validation::new(header.alg);
+    v.set_issuer(&[format!("{}/{t}/", base(suite))]);
+    v.set_audience(&[audience]);
+    jsonwebtoken::decode::<serde_json::Value>(token, &DecodingKey::from_jwk(jwk).expect("key"), &v)
+        .expect("verifies")
+        .claims
+}
+
+#[tokio::test]
+async fn code_flow_with_pkce_refresh_sso_and_logout() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam";
+    let (spa, web) = setup(&suite, t).await;
+    let mut agent = Agent::new();
+    let c = challenge(VERIFIER);
+    let authorize =
+        authorize_url(&suite, t, &spa.client_id, &[("code_challenge", &c), ("code_challenge_method", "S256")]);
+    let (page_url, page) = login_page(&mut agent, &suite, &authorize).await;
+    assert!(page.body.contains("At least 8 characters"), "the password policy is shown");
+    let forms = page.forms();
+    let mut signup = forms.iter().find(|f| f.action == "signup").expect("signup form").clone();
+    assert!(forms.iter().any(|f| f.action == "login"), "a login form");
+
+    // A weak password: the page again, the violation next to the field.
+    signup.set("email", "alice@example.com").set("password", "short");
+    let weak = agent.submit(&page_url, &signup).await.expect("signup");
+    assert_eq!(weak.status, 400, "{}", weak.body);
+    assert!(weak.body.contains("aria-invalid=\"true\"") && weak.body.contains("at least 8"), "{}", weak.body);
+
+    signup.set("password", STRONG);
+    let done = agent.submit(&page_url, &signup).await.expect("signup");
+    let session = done.headers("set-cookie").into_iter().find(|c| c.starts_with("postern_session=")).expect("session");
+    assert!(session.contains("HttpOnly") && session.contains("SameSite=Lax") && session.contains("Path=/fabrikam/"));
+    let q = callback_query(&done);
+    assert_eq!(q["state"], "st/ä&=?", "state echoed unchanged");
+    let code = q["code"].clone();
+
+    // The code, with the verifier, by the public client alone.
+    let exchange = [
+        ("grant_type", "authorization_code"),
+        ("client_id", spa.client_id.as_str()),
+        ("code", code.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("code_verifier", VERIFIER),
+    ];
+    let (status, tokens, answer) = token(&mut agent, &suite, t, &exchange, None).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+    let claims = verify_id_token(&suite, t, tokens["id_token"].as_str().expect("id_token"), &spa.client_id).await;
+    assert_eq!(claims["nonce"], "n-0S6_WzA2Mj");
+    assert_eq!(claims["email"], "alice@example.com");
+    assert!(claims["auth_time"].as_u64().is_some_and(|a| a > 1_700_000_000), "{claims}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    let userinfo = agent
+        .send(
+            "GET",
+            &format!("{}/{t}/userinfo", base(&suite)),
+            &[("authorization", &format!("Bearer {}", tokens["access_token"].as_str().expect("at")))],
+            None,
+        )
+        .await
+        .expect("userinfo");
+    assert_eq!(userinfo.status, 200, "{}", userinfo.body);
+
+    // Rotation: the refresh token works once; its reuse revokes the family.
+    let r1 = tokens["refresh_token"].as_str().expect("refresh_token (offline_access)").to_owned();
+    let f1 = [("grant_type", "refresh_token"), ("client_id", spa.client_id.as_str()), ("refresh_token", r1.as_str())];
+    let (status, rotated, _) = token(&mut agent, &suite, t, &f1, None).await;
+    assert_eq!(status, 200, "{rotated}");
+    let r2 = rotated["refresh_token"].as_str().expect("a new refresh token").to_owned();
+    assert_ne!(r1, r2);
+    let (status, reuse, _) = token(&mut agent, &suite, t, &f1, None).await;
+    assert_eq!((status, reuse["error"].as_str()), (400, Some("invalid_grant")), "{reuse}");
+    let f2 = [("grant_type", "refresh_token"), ("client_id", spa.client_id.as_str()), ("refresh_token", r2.as_str())];
+    let (status, dead, _) = token(&mut agent, &suite, t, &f2, None).await;
+    assert_eq!(
+        (status, dead["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "the family went with the reuse: {dead}"
+    );
+
+    // Replay of the code: refused.
+    let (status, replay, _) = token(&mut agent, &suite, t, &exchange, None).await;
+    assert_eq!((status, replay["error"].as_str()), (400, Some("invalid_grant")), "{replay}");
+
+    // Single sign-on: the regular web app gets a code without a page; it authenticates
+    // with client_secret_basic and needs no PKCE.
+    let sso = agent.get(&authorize_url(&suite, t, &web.client_id, &[])).await.expect("sso");
+    let code = callback_query(&sso)["code"].clone();
+    let fields = [("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", CALLBACK)];
+    let (status, web_tokens, _) =
+        token(&mut agent, &suite, t, &fields, Some((&web.client_id, &web.client_secret))).await;
+    assert_eq!(status, 200, "{web_tokens}");
+    let web_claims = verify_id_token(&suite, t, web_tokens["id_token"].as_str().expect("id"), &web.client_id).await;
+    assert_eq!(web_claims["sub"], claims["sub"]);
+    assert_eq!(web_claims["auth_time"], claims["auth_time"], "the session's authentication time");
+
+    // prompt=none with the session: a code; prompt=login and max_age=0: the page again.
+    let none = agent.get(&authorize_url(&suite, t, &web.client_id, &[("prompt", "none")])).await.expect("none");
+    assert!(callback_query(&none).contains_key("code"));
+    for extra in [("prompt", "login"), ("max_age", "0")] {
+        let again = agent.get(&authorize_url(&suite, t, &web.client_id, &[extra])).await.expect("again");
+        assert!(again.location().is_some_and(|l| l.contains("/login?tx=")), "{extra:?}: {again:?}");
+    }
+
+    // Logout to an unregistered URL is refused without ending anything; to a registered one
+    // it ends the session.
+    let bad = agent
+        .get(&format!("{}/{t}/v2/logout?client_id={}&returnTo=https://evil.example/", base(&suite), web.client_id))
+        .await
+        .expect("logout");
+    assert_eq!(bad.status, 400);
+    assert!(bad.location().is_none());
+    let still = agent.get(&authorize_url(&suite, t, &web.client_id, &[("prompt", "none")])).await.expect("none");
+    assert!(callback_query(&still).contains_key("code"), "the session survived a refused logout");
+    let out = agent
+        .get(&format!("{}/{t}/v2/logout?client_id={}&returnTo={}", base(&suite), web.client_id, LOGGED_OUT))
+        .await
+        .expect("logout");
+    assert_eq!((out.status, out.location()), (303, Some(LOGGED_OUT)), "{out:?}");
+    let none = agent.get(&authorize_url(&suite, t, &web.client_id, &[("prompt", "none")])).await.expect("none");
+    let q = callback_query(&none);
+    assert_eq!(q["error"], "login_required");
+    assert_eq!(q["state"], "st/ä&=?");
+
+    // The password form logs the user in again.
+    let (page_url, page) = login_page(&mut agent, &suite, &authorize_url(&suite, t, &web.client_id, &[])).await;
+    let mut login = page.forms().into_iter().find(|f| f.action == "login").expect("login form");
+    login.set("username", "alice@example.com").set("password", "wrong-password");
+    let wrong = agent.submit(&page_url, &login).await.expect("wrong");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("wrong email, username or password"), "{}", wrong.body);
+    login.set("password", STRONG);
+    let back = agent.submit(&page_url, &login).await.expect("login");
+    assert!(callback_query(&back).contains_key("code"));
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn attacks_are_refused() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam";
+    let (spa, web) = setup(&suite, t).await;
+    let mut admin = suite.admin().await;
+    admin.create_tenant("contoso").await.expect("tenant B");
+    let c = challenge(VERIFIER);
+    let pkce = [("code_challenge", c.as_str()), ("code_challenge_method", "S256")];
+
+    // Unregistered and look-alike redirect URIs: an error page, never a redirect.
+    for uri in [
+        "https://app.example.com/callback/../admin",
+        "https://app.example.com/callback/",
+        "https://app.example.com/callbackx",
+        "https://app.example.com.evil.example/callback",
+        "https://app.example.com@evil.example/callback",
+        "http://app.example.com/callback",
+        "https://app.example.com:8443/callback",
+        "https://evil.example/callback",
+    ] {
+        let mut url = url::Url::parse(&authorize_url(&suite, t, &web.client_id, &[])).expect("url");
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .into_owned()
+            .map(|(k, v)| if k == "redirect_uri" { (k, uri.to_owned()) } else { (k, v) })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+        let answer = Agent::new().get(url.as_str()).await.expect("authorize");
+        assert_eq!(answer.status, 400, "{uri}: {answer:?}");
+        assert!(answer.location().is_none(), "{uri}");
+        assert!(answer.body.contains("callback"), "{uri}: {}", answer.body);
+    }
+    // An unknown client, and a client of tenant A at tenant B: an error page.
+    for (tenant_name, client_id) in [(t, "no-such-client"), ("contoso", web.client_id.as_str())] {
+        let answer = Agent::new().get(&authorize_url(&suite, tenant_name, client_id, &[])).await.expect("authorize");
+        assert_eq!(answer.status, 400, "{tenant_name}");
+        assert!(answer.location().is_none());
+    }
+    // A public client without PKCE: the error goes back to the application.
+    let no_pkce = Agent::new().get(&authorize_url(&suite, t, &spa.client_id, &[])).await.expect("authorize");
+    let q = callback_query(&no_pkce);
+    assert_eq!(q["error"], "invalid_request");
+    assert_eq!(q["state"], "st/ä&=?");
+
+    // Forms without their CSRF token, or with another: refused before any check.
+    let mut agent = Agent::new();
+    let (page_url, page) = login_page(&mut agent, &suite, &authorize_url(&suite, t, &spa.client_id, &pkce)).await;
+    let mut signup = page.forms().into_iter().find(|f| f.action == "signup").expect("signup");
+    signup.set("email", "bob@example.com").set("password", STRONG);
+    let mut no_csrf = signup.clone();
+    no_csrf.remove("csrf");
+    let answer = agent.submit(&page_url, &no_csrf).await.expect("post");
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    let mut other = signup.clone();
+    other.set("csrf", "forged-token-of-another-transaction-000000");
+    assert_eq!(agent.submit(&page_url, &other).await.expect("post").status, 403);
+    // The same form from another browser (no cookie): refused.
+    assert_eq!(Agent::new().submit(&page_url, &signup).await.expect("post").status, 403);
+    let done = agent.submit(&page_url, &signup).await.expect("signup");
+    let code = callback_query(&done)["code"].clone();
+
+    // A wrong verifier, or none, fails; the code is then spent.
+    let exchange = |verifier: &'static str| {
+        vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("client_id", spa.client_id.clone()),
+            ("code", code.clone()),
+            ("redirect_uri", CALLBACK.to_owned()),
+            ("code_verifier", verifier.to_owned()),
+        ]
+    };
+    let fields = exchange("");
+    let f: Vec<(&str, &str)> = fields.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let (status, body, _) = token(&mut agent, &suite, t, &f, None).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    let fields = exchange(VERIFIER);
+    let f: Vec<(&str, &str)> = fields.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let (status, body, _) = token(&mut agent, &suite, t, &f, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "single use, even after a failure: {body}"
+    );
+
+    let again = agent.get(&authorize_url(&suite, t, &spa.client_id, &pkce)).await.expect("sso");
+    let code = callback_query(&again)["code"].clone();
+    let wrong_verifier = "x".repeat(43);
+    let fields = [
+        ("grant_type", "authorization_code"),
+        ("client_id", spa.client_id.as_str()),
+        ("code", code.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("code_verifier", wrong_verifier.as_str()),
+    ];
+    let (status, body, _) = token(&mut agent, &suite, t, &fields, None).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+
+    // form_post: a page that posts the code to the callback.
+    let posted = agent
+        .get(&authorize_url(&suite, t, &spa.client_id, &[pkce[0], pkce[1], ("response_mode", "form_post")]))
+        .await
+        .expect("form_post");
+    assert_eq!(posted.status, 200, "{posted:?}");
+    let form = posted.forms().into_iter().next().expect("form");
+    assert_eq!(form.action, CALLBACK);
+    assert!(form.value("code").is_some_and(|c| !c.is_empty()));
+    assert_eq!(form.value("state"), Some("st/ä&=?"));
+
+    // The token endpoint: wrong secrets are 401 with WWW-Authenticate; a client of tenant A
+    // is unknown at tenant B.
+    let fields = [("grant_type", "client_credentials"), ("audience", "https://api")];
+    let (status, body, answer) = token(&mut agent, &suite, t, &fields, Some((&web.client_id, "wrong"))).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")));
+    assert!(answer.header("www-authenticate").is_some_and(|h| h.starts_with("Basic")));
+    let (status, body, _) =
+        token(&mut agent, &suite, "contoso", &fields, Some((&web.client_id, &web.client_secret))).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")));
+    let (status, body, _) = token(&mut agent, &suite, t, &fields, Some((&web.client_id, &web.client_secret))).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("unauthorized_client")), "not a machine-to-machine client");
+    let m2m = client(&mut admin, t, tenant::AppType::MachineToMachine).await;
+    let post = [
+        ("grant_type", "client_credentials"),
+        ("audience", "https://api"),
+        ("client_id", m2m.client_id.as_str()),
+        ("client_secret", m2m.client_secret.as_str()),
+    ];
+    let (status, body, _) = token(&mut agent, &suite, t, &post, None).await;
+    assert_eq!(status, 200, "client_secret_post: {body}");
+    assert!(body.get("id_token").is_none() && body.get("refresh_token").is_none());
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn discovery_lists_only_what_is_served() {
+    let suite = Suite::start().await.expect("suite");
+    setup(&suite, "fabrikam").await;
+    let mut agent = Agent::new();
+    let doc = agent.get(&format!("{}/fabrikam/.well-known/openid-configuration", base(&suite))).await.expect("doc");
+    let doc: serde_json::Value = serde_json::from_str(&doc.body).expect("json");
+    assert_eq!(doc["response_types_supported"], serde_json::json!(["code"]));
+    assert_eq!(doc["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+    for (key, method) in [
+        ("authorization_endpoint", "GET"),
+        ("token_endpoint", "POST"),
+        ("revocation_endpoint", "POST"),
+        ("end_session_endpoint", "GET"),
+        ("userinfo_endpoint", "GET"),
+        ("jwks_uri", "GET"),
+    ] {
+        let url = doc[key].as_str().unwrap_or_else(|| panic!("{key}"));
+        let answer = agent
+            .send(
+                method,
+                url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                (method == "POST").then_some(""),
+            )
+            .await
+            .expect("endpoint");
+        assert_ne!(answer.status, 404, "{key} {url}");
+        assert_ne!(answer.status, 405, "{key} {url}");
+    }
+    suite.stop().await.expect("stop");
+}
