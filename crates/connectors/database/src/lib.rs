@@ -232,3 +232,142 @@ impl PasswordConnector for DatabaseConnector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use postern_proto::connections::v1 as pb;
+    use serde_json::Map;
+
+    use super::*;
+
+    fn connection(strategy: &str, options: Option<pb::connection::Options>) -> Resolved {
+        Resolved::try_from(pb::Connection {
+            id: "con_test".into(),
+            name: "users".into(),
+            strategy: strategy.into(),
+            options,
+            ..Default::default()
+        })
+        .expect("a valid connection")
+    }
+
+    fn database(f: impl FnOnce(&mut pb::DatabaseOptions)) -> Resolved {
+        let mut d = pb::DatabaseOptions::default();
+        f(&mut d);
+        connection("auth0", Some(pb::connection::Options::Database(d)))
+    }
+
+    fn signup<'a>(password: &'a str, metadata: &'a Map<String, serde_json::Value>) -> Signup<'a> {
+        Signup { email: "alice@fabrikam.example", username: "", password, user_metadata: metadata }
+    }
+
+    #[track_caller]
+    fn fields(e: ConnectorError) -> Vec<String> {
+        match e {
+            ConnectorError::Invalid(v) => v.as_slice().iter().map(|f| f.field.clone()).collect(),
+            e => panic!("expected field violations, got {e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn local_hashes_verify_and_outdated_ones_are_replaced() {
+        let c = DatabaseConnector::new();
+        let conn = database(|_| {});
+        let hash = password::hash("correct horse 9!").unwrap();
+        let ok = c.verify("t", &conn, "alice", "correct horse 9!", Some(&hash)).await.unwrap();
+        assert_eq!(ok, Verified::Local { rehash: None });
+        let wrong = c.verify("t", &conn, "alice", "correct horse 8!", Some(&hash)).await;
+        assert!(matches!(wrong, Err(ConnectorError::WrongCredentials)), "{wrong:?}");
+        // An unknown user (no hash, no custom database) answers as a wrong password.
+        let unknown = c.verify("t", &conn, "nobody", "correct horse 9!", None).await;
+        assert!(matches!(unknown, Err(ConnectorError::WrongCredentials)), "{unknown:?}");
+        // A bcrypt hash verifies and comes back as a fresh Argon2id hash of the password.
+        let legacy = bcrypt::hash("hunter2", 4).unwrap();
+        let Verified::Local { rehash: Some(fresh) } =
+            c.verify("t", &conn, "bob", "hunter2", Some(&legacy)).await.unwrap()
+        else {
+            panic!("a bcrypt hash must be replaced");
+        };
+        assert!(fresh.starts_with("$argon2id$") && password::verify("hunter2", &fresh).unwrap());
+    }
+
+    #[tokio::test]
+    async fn signup_follows_the_connection_rules() {
+        let c = DatabaseConnector::new();
+        let none = Map::new();
+        let closed = database(|d| d.disable_signup = true);
+        let refused = c.sign_up("t", &closed, &signup("Str0ng-enough!", &none)).await;
+        assert!(
+            matches!(refused, Err(ConnectorError::PermissionDenied { reason: "SIGNUP_DISABLED", .. })),
+            "{refused:?}"
+        );
+        let open = database(|d| d.requires_username = true);
+        let weak = c.sign_up("t", &open, &signup("short", &none)).await.unwrap_err();
+        // Every rule broken is reported: the missing username and the weak password.
+        assert_eq!(fields(weak), ["username", "password", "password"]);
+        let plain = database(|_| {});
+        let SignedUp::Local { hash } = c.sign_up("t", &plain, &signup("Str0ng-enough!", &none)).await.unwrap() else {
+            panic!("a connection without a custom database keeps the hash locally");
+        };
+        assert!(password::verify("Str0ng-enough!", &hash).unwrap());
+    }
+
+    #[tokio::test]
+    async fn password_changes_keep_the_history_rule() {
+        let c = DatabaseConnector::new();
+        let conn = database(|d| d.password_history_size = 2);
+        let history = vec![password::hash("Old-passw0rd!").unwrap()];
+        let change = |new_password| PasswordChange {
+            user: postern_connection::PersonalInfo::default(),
+            history: &history,
+            local: true,
+            new_password,
+        };
+        let reused = c.change_password("t", &conn, &change("Old-passw0rd!"), "a@b.example").await.unwrap_err();
+        assert_eq!(fields(reused), ["new_password"]);
+        let PasswordChanged::Local { hash, history: kept } =
+            c.change_password("t", &conn, &change("New-passw0rd!"), "a@b.example").await.unwrap()
+        else {
+            panic!("a local identity's password is kept locally");
+        };
+        assert_eq!(kept, 2);
+        assert!(password::verify("New-passw0rd!", &hash).unwrap());
+        // An identity whose password nobody here keeps cannot change it here.
+        let external = PasswordChange { local: false, ..change("New-passw0rd!") };
+        let refused = c.change_password("t", &conn, &external, "a@b.example").await;
+        assert!(
+            matches!(refused, Err(ConnectorError::FailedPrecondition { reason: "NO_PASSWORD", .. })),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_strategies_and_brute_force_settings() {
+        let c = DatabaseConnector::new();
+        let social = connection(
+            "github",
+            Some(pb::connection::Options::Oauth2(pb::OAuth2Options {
+                client_id: "cid".into(),
+                client_secret: "csecret".into(),
+                ..Default::default()
+            })),
+        );
+        let refused = c.verify("t", &social, "alice", "pw", None).await;
+        assert!(
+            matches!(refused, Err(ConnectorError::FailedPrecondition { reason: "NOT_A_DATABASE_CONNECTION", .. })),
+            "{refused:?}"
+        );
+        assert!(c.brute_force_protection(&database(|_| {})));
+        assert!(!c.brute_force_protection(&database(|d| d.brute_force_protection = Some(false))));
+        // Deleting a user kept locally asks no one.
+        c.delete("t", &database(|_| {}), "abc").await.unwrap();
+    }
+
+    #[test]
+    fn registered_for_its_strategy_only() {
+        let connectors = register(Connectors::new());
+        assert!(connectors.password(Strategy::Auth0).is_some());
+        assert!(connectors.password(Strategy::Ldap).is_none());
+        assert!(connectors.redirect(Strategy::Auth0).is_none());
+    }
+}
