@@ -55,6 +55,7 @@ pub mod tokens;
 mod validate;
 
 use postern_common::principal::{InternalKey, Principal, PrincipalLayer, SignLayer, SignService};
+use postern_common::scope::{MethodScopes, Need, Scope};
 use postern_common::seal::MasterKey;
 use postern_common::server::HttpService;
 use postern_proto::authn::v1 as pb;
@@ -102,6 +103,31 @@ pub const PUBLIC_METHODS: &[&str] = &[
     "/postern.authn.v1.AuthenticationService/Signup",
     "/postern.authn.v1.OAuthService/ExchangeToken",
     "/postern.authn.v1.OAuthService/RevokeToken",
+];
+
+/// What each RPC of this service needs of a tenant API key's scopes, checked by the
+/// principal layer before any handler runs (a test fails for a method missing here).
+pub const METHOD_SCOPES: MethodScopes = &[
+    ("/postern.authn.v1.AuthenticationService/Signup", Need::Write(Scope::Authentication)),
+    ("/postern.authn.v1.AuthenticationService/Login", Need::Write(Scope::Authentication)),
+    ("/postern.authn.v1.AuthenticationService/ChangePassword", Need::Write(Scope::Authentication)),
+    ("/postern.authn.v1.UserService/GetUser", Need::Read(Scope::Users)),
+    ("/postern.authn.v1.UserService/ListUsers", Need::Read(Scope::Users)),
+    ("/postern.authn.v1.UserService/UpdateUser", Need::Write(Scope::Users)),
+    ("/postern.authn.v1.UserService/DeleteUser", Need::Write(Scope::Users)),
+    ("/postern.authn.v1.UserService/UnblockUser", Need::Write(Scope::Users)),
+    ("/postern.authn.v1.SigningKeyService/ListSigningKeys", Need::Read(Scope::SigningKeys)),
+    ("/postern.authn.v1.SigningKeyService/RotateSigningKey", Need::Write(Scope::SigningKeys)),
+    ("/postern.authn.v1.SigningKeyService/GetJwks", Need::Nothing),
+    ("/postern.authn.v1.SigningKeyService/GetOpenIdConfiguration", Need::Nothing),
+    ("/postern.authn.v1.SigningKeyService/GetUserInfo", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/StartAuthorization", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/GetLoginPage", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/SubmitLogin", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/SubmitSignup", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/EndSession", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/ExchangeToken", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/RevokeToken", Need::Nothing),
 ];
 
 /// Another Postern service, called as `Service("authn")`.
@@ -155,7 +181,7 @@ pub fn api(store: Store, peers: &Peers, key: &InternalKey, config: Config) -> Au
 
 /// The service's routes, each behind the check of the caller's signed principal.
 pub fn routes(api: AuthnApi, key: InternalKey) -> tonic::service::Routes {
-    let layer = PrincipalLayer::new(key).public(PUBLIC_METHODS);
+    let layer = PrincipalLayer::new(key).public(PUBLIC_METHODS).scopes(METHOD_SCOPES);
     tonic::service::Routes::new(
         layer.layer(pb::authentication_service_server::AuthenticationServiceServer::new(api.clone())),
     )

@@ -9,6 +9,7 @@
 //! - [`error`]: `tonic::Status` with `ErrorInfo` and `BadRequest` field violations.
 //! - [`files`]: the data directory 0700 and its files 0600 whatever the umask; key files.
 //! - [`principal`]: the signed caller identity and the layers that sign and verify it.
+//! - [`scope`]: API key scopes and what each method needs of them.
 //! - [`paging`]: page sizes and opaque keyset page tokens.
 //! - [`validate`]: names, display texts, URLs.
 //! - [`mask`]: update masks.
@@ -29,6 +30,7 @@ pub mod json;
 pub mod mask;
 pub mod paging;
 pub mod principal;
+pub mod scope;
 pub mod seal;
 pub mod server;
 #[cfg(feature = "testing")]

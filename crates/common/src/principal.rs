@@ -17,7 +17,8 @@ use http::HeaderValue;
 use sha2::Sha256;
 use tonic::Status;
 
-use crate::error::{permission_denied, unauthenticated};
+use crate::error::{permission_denied, status_with_metadata, unauthenticated};
+use crate::scope::{MethodScopes, Need, Scopes};
 
 /// The header that carries the signed principal from the gateway to a backend.
 pub const PRINCIPAL_HEADER: &str = "x-postern-principal";
@@ -44,12 +45,14 @@ const PRINCIPAL_LIFETIME_SECS: u64 = 120;
 pub enum Principal {
     /// The admin key: every tenant.
     Admin,
-    /// A tenant's API key: that tenant only.
+    /// A tenant's API key: that tenant only, within its scopes.
     Tenant {
         /// The tenant's name.
         tenant: String,
         /// The API key's id.
         key_id: String,
+        /// What the key may do there; [`Scopes::full`] for keys without scopes.
+        scopes: Scopes,
     },
     /// Another Postern service (`gateway`, `registry`, `authn`).
     Service(String),
@@ -120,7 +123,9 @@ impl Principal {
     fn encode(&self) -> String {
         match self {
             Principal::Admin => "admin".to_owned(),
-            Principal::Tenant { tenant, key_id } => format!("tenant:{tenant}:{key_id}"),
+            // Full keys keep the first form of v1 headers; restricted ones add their scopes.
+            Principal::Tenant { tenant, key_id, scopes } if scopes.is_full() => format!("tenant:{tenant}:{key_id}"),
+            Principal::Tenant { tenant, key_id, scopes } => format!("tenant:{tenant}:{key_id}:{}", scopes.encode()),
             Principal::Service(name) => format!("service:{name}"),
             Principal::Anonymous => "anonymous".to_owned(),
         }
@@ -130,7 +135,14 @@ impl Principal {
         let mut parts = s.split(':');
         let p = match (parts.next()?, parts.next(), parts.next()) {
             ("admin", None, None) => Principal::Admin,
-            ("tenant", Some(t), Some(k)) => Principal::Tenant { tenant: t.to_owned(), key_id: k.to_owned() },
+            ("tenant", Some(t), Some(k)) => {
+                let scopes = match parts.next() {
+                    None => Scopes::full(),
+                    Some("") => return None,
+                    Some(text) => Scopes::decode(text)?,
+                };
+                Principal::Tenant { tenant: t.to_owned(), key_id: k.to_owned(), scopes }
+            }
             ("service", Some(n), None) => Principal::Service(n.to_owned()),
             ("anonymous", None, None) => Principal::Anonymous,
             _ => return None,
@@ -143,7 +155,10 @@ impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Principal::Admin => f.write_str("admin"),
-            Principal::Tenant { tenant, key_id } => write!(f, "tenant {tenant} (key {key_id})"),
+            Principal::Tenant { tenant, key_id, scopes } if scopes.is_full() => {
+                write!(f, "tenant {tenant} (key {key_id})")
+            }
+            Principal::Tenant { tenant, key_id, scopes } => write!(f, "tenant {tenant} (key {key_id}, {scopes:?})"),
             Principal::Service(n) => write!(f, "service {n}"),
             Principal::Anonymous => f.write_str("anonymous"),
         }
@@ -248,12 +263,21 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
 pub struct PrincipalLayer {
     key: InternalKey,
     public: &'static [&'static str],
+    scopes: MethodScopes,
 }
 
 impl PrincipalLayer {
     /// A layer that trusts principals signed with `key`, and no anonymous caller.
     pub fn new(key: InternalKey) -> Self {
-        Self { key, public: &[] }
+        Self { key, public: &[], scopes: &[] }
+    }
+
+    /// Checks a tenant key's scopes against `table` (the service's `METHOD_SCOPES`) before
+    /// any handler runs. A key without every scope is refused a method missing from the
+    /// table, so a new method is closed to restricted keys until it is listed.
+    pub fn scopes(mut self, table: MethodScopes) -> Self {
+        self.scopes = table;
+        self
     }
 
     /// Lets an anonymous caller (signed as such by the gateway) reach `methods`
@@ -267,7 +291,7 @@ impl PrincipalLayer {
 impl<S> tower::Layer<S> for PrincipalLayer {
     type Service = PrincipalService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        PrincipalService { inner, key: self.key.clone(), public: self.public }
+        PrincipalService { inner, key: self.key.clone(), public: self.public, scopes: self.scopes }
     }
 }
 
@@ -277,6 +301,7 @@ pub struct PrincipalService<S> {
     inner: S,
     key: InternalKey,
     public: &'static [&'static str],
+    scopes: MethodScopes,
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for PrincipalService<S> {
@@ -313,6 +338,9 @@ where
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
                 Some(p) => {
+                    if let Err(status) = check_scopes(&p, self.scopes, req.uri().path()) {
+                        return Box::pin(async move { Ok(status.into_http()) });
+                    }
                     req.extensions_mut().insert(p);
                     if let Some(ip) = peer.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
                         req.extensions_mut().insert(PeerAddr(ip));
@@ -328,6 +356,34 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move { inner.call(req).await })
     }
+}
+
+/// Refuses a tenant key the scope `path` needs according to `table`:
+/// PERMISSION_DENIED with reason `API_KEY_SCOPE_MISSING` and the scope in the metadata.
+pub fn check_scopes(principal: &Principal, table: MethodScopes, path: &str) -> Result<(), Status> {
+    let Principal::Tenant { scopes, .. } = principal else { return Ok(()) };
+    if scopes.is_full() {
+        return Ok(());
+    }
+    let missing = match need(table, path) {
+        Some(need) => scopes.missing(need).map(|s| s.name()),
+        // Not in the table: only a key with every scope may call it.
+        None => Some("ALL"),
+    };
+    match missing {
+        None => Ok(()),
+        Some(scope) => Err(status_with_metadata(
+            tonic::Code::PermissionDenied,
+            "API_KEY_SCOPE_MISSING",
+            format!("this API key lacks the scope {scope} that {path} needs"),
+            [("scope", scope), ("method", path)],
+        )),
+    }
+}
+
+/// What `path` needs according to `table`, if it is listed.
+pub fn need(table: MethodScopes, path: &str) -> Option<Need> {
+    table.iter().find(|(method, _)| *method == path).map(|(_, need)| *need)
 }
 
 /// A layer for clients of other services: signs each request as `principal` (a service, or
@@ -385,7 +441,7 @@ mod tests {
     #[test]
     fn sign_and_verify() {
         let key = InternalKey::generate();
-        let p = Principal::Tenant { tenant: "fabrikam-public".into(), key_id: "key_1".into() };
+        let p = Principal::Tenant { tenant: "fabrikam-public".into(), key_id: "key_1".into(), scopes: Scopes::full() };
         let v = key.sign(&p, "/postern.tenant.v1.TenantService/GetTenant");
         assert_eq!(key.verify(v.as_bytes(), "/postern.tenant.v1.TenantService/GetTenant"), Some(p));
         // Bound to the method.
@@ -400,7 +456,7 @@ mod tests {
 
     #[test]
     fn scopes() {
-        let t = Principal::Tenant { tenant: "a-b".into(), key_id: "k".into() };
+        let t = Principal::Tenant { tenant: "a-b".into(), key_id: "k".into(), scopes: Scopes::full() };
         assert!(t.require_tenant("a-b").is_ok());
         assert_eq!(t.require_tenant("c-d").map_err(|s| s.code()), Err(tonic::Code::PermissionDenied));
         assert!(t.require_admin().is_err());
@@ -445,6 +501,43 @@ mod tests {
         let forged = InternalKey::generate().sign(&anonymous, "/s/Open");
         assert_eq!(key.verify(forged.as_bytes(), "/s/Open"), None);
         assert_eq!(key.verify(key.sign(&anonymous, "/s/Open").as_bytes(), "/s/Open"), Some(Principal::Anonymous));
+    }
+
+    #[test]
+    fn scoped_principals_round_trip() {
+        use crate::scope::Scope;
+        let key = InternalKey::generate();
+        let p = Principal::Tenant {
+            tenant: "a-b".into(),
+            key_id: "key_1".into(),
+            scopes: Scopes::from_iter([Scope::ReadOnly, Scope::Users]),
+        };
+        let v = key.sign(&p, "/a");
+        assert!(String::from_utf8_lossy(v.as_bytes()).contains("tenant:a-b:key_1:READ_ONLY,USERS|"));
+        assert_eq!(key.verify(v.as_bytes(), "/a"), Some(p));
+        // A header of a full key reads as before scopes existed.
+        let full = Principal::Tenant { tenant: "a-b".into(), key_id: "key_1".into(), scopes: Scopes::full() };
+        assert_eq!(full.encode(), "tenant:a-b:key_1");
+        assert_eq!(Principal::decode("tenant:a-b:key_1"), Some(full));
+        assert_eq!(Principal::decode("tenant:a-b:key_1:"), None);
+        assert_eq!(Principal::decode("tenant:a-b:key_1:ROOT"), None);
+    }
+
+    #[test]
+    fn scope_checks() {
+        use crate::scope::Scope;
+        const TABLE: MethodScopes = &[("/s/Get", Need::Read(Scope::Users)), ("/s/Delete", Need::Write(Scope::Users))];
+        let key = |scopes| Principal::Tenant { tenant: "a-b".into(), key_id: "k".into(), scopes };
+        let read_only = key(Scopes::from_iter([Scope::ReadOnly]));
+        assert!(check_scopes(&read_only, TABLE, "/s/Get").is_ok());
+        let refused = check_scopes(&read_only, TABLE, "/s/Delete").expect_err("write");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let info = tonic_types::StatusExt::get_error_details(&refused).error_info().cloned().expect("info");
+        assert_eq!(info.reason, "API_KEY_SCOPE_MISSING");
+        assert_eq!(info.metadata.get("scope").map(String::as_str), Some("USERS"));
+        assert!(check_scopes(&read_only, TABLE, "/s/Unlisted").is_err());
+        assert!(check_scopes(&key(Scopes::full()), TABLE, "/s/Unlisted").is_ok());
+        assert!(check_scopes(&Principal::Admin, TABLE, "/s/Delete").is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use postern_common::principal::{InternalKey, Principal, SignLayer};
+use postern_common::scope::{Scope, Scopes};
 use postern_common::server::HttpService;
 use postern_proto::tenant::v1::{AuthenticateKeyRequest, api_key_service_client::ApiKeyServiceClient};
 use sha2::{Digest, Sha256};
@@ -59,7 +60,13 @@ impl KeyAuthenticator {
         let principal = if answer.admin {
             Principal::Admin
         } else {
-            Principal::Tenant { tenant: answer.tenant, key_id: answer.key_id }
+            let scopes = if answer.scopes.is_empty() {
+                Scopes::full()
+            } else {
+                // A scope this gateway does not know is left out: it grants nothing here.
+                answer.scopes.iter().filter_map(|s| Scope::from_proto(*s)).collect()
+            };
+            Principal::Tenant { tenant: answer.tenant, key_id: answer.key_id, scopes }
         };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= MAX_CACHED {

@@ -48,7 +48,12 @@ impl pb::api_key_service_server::ApiKeyService for Keys {
         if req.get_ref().key != KEY {
             return Err(Status::unauthenticated("unknown key"));
         }
-        Ok(Response::new(pb::AuthenticateKeyResponse { admin: false, tenant: "t-one".into(), key_id: "key_1".into() }))
+        Ok(Response::new(pb::AuthenticateKeyResponse {
+            admin: false,
+            tenant: "t-one".into(),
+            key_id: "key_1".into(),
+            scopes: Vec::new(),
+        }))
     }
 }
 
@@ -203,7 +208,11 @@ async fn balances_and_hands_backends_the_verified_principal() {
         // So is a forged caller address: backends learn the real one.
         req.metadata_mut().insert("x-postern-peer", "10.9.9.9".parse().expect("ascii"));
         let t = c.get_tenant(req).await.expect("get").into_inner().tenant.expect("tenant");
-        let expected = Principal::Tenant { tenant: "t-one".into(), key_id: "key_1".into() };
+        let expected = Principal::Tenant {
+            tenant: "t-one".into(),
+            key_id: "key_1".into(),
+            scopes: postern_common::scope::Scopes::full(),
+        };
         let (who, peer) = t.display_name.split_once('|').expect("who|peer");
         assert!(who.ends_with(&expected.to_string()), "{}", t.display_name);
         assert_eq!(peer, "127.0.0.1");

@@ -37,6 +37,7 @@ mod tenant_events;
 pub mod watch;
 
 use postern_common::principal::{InternalKey, Principal, PrincipalLayer, SignLayer};
+use postern_common::scope::{MethodScopes, Need, Scope};
 use postern_common::server::HttpService;
 use postern_proto::connections::v1 as pb;
 use tower::Layer;
@@ -53,6 +54,23 @@ pub const INTERNAL_METHODS: &[&str] = &["/postern.connections.v1.ConnectionServi
 
 /// The RPCs of this service a caller may reach without an API key: none.
 pub const PUBLIC_METHODS: &[&str] = &[];
+
+/// What each RPC of this service needs of a tenant API key's scopes, checked by the
+/// principal layer before any handler runs (a test fails for a method missing here).
+pub const METHOD_SCOPES: MethodScopes = &[
+    ("/postern.connections.v1.ConnectionService/CreateConnection", Need::Write(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/GetConnection", Need::Read(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/ListConnections", Need::Read(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/UpdateConnection", Need::Write(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/DeleteConnection", Need::Write(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/EnableClient", Need::Write(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/DisableClient", Need::Write(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/ListConnectionClients", Need::Read(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/ListClientConnections", Need::Read(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/DiscoverConnection", Need::Read(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/WatchConnections", Need::Read(Scope::Connections)),
+    ("/postern.connections.v1.ConnectionService/ResolveConnection", Need::Nothing),
+];
 
 /// The principal the registry signs its calls to the tenant service with.
 pub const SERVICE_NAME: &str = "registry";
@@ -121,7 +139,7 @@ impl Registry {
 
     /// The service's routes, behind the check of the caller's signed principal.
     pub fn routes(&self) -> tonic::service::Routes {
-        let layer = PrincipalLayer::new(self.key.clone()).public(PUBLIC_METHODS);
+        let layer = PrincipalLayer::new(self.key.clone()).public(PUBLIC_METHODS).scopes(METHOD_SCOPES);
         tonic::service::Routes::new(
             layer.layer(pb::connection_service_server::ConnectionServiceServer::new(self.api.clone())),
         )

@@ -2,15 +2,18 @@
 //! `ApiKeyService`. Each handler establishes who calls, validates the request into domain
 //! types, asks the store, and answers in the contract's terms.
 
-use postern_common::error::{Violations, already_exists, internal, invalid_field, not_found, unauthenticated};
+use postern_common::error::{
+    Violations, already_exists, internal, invalid_field, not_found, status_with_metadata, unauthenticated,
+};
 use postern_common::ids::{constant_time_eq, prefixed, random_alphanumeric, secret_hash};
 use postern_common::paging::{decode_token, next_page_token, page_size};
 use postern_common::principal::{Principal, principal};
+use postern_common::scope::Scopes;
 use postern_common::time::{from_timestamp, now_micros};
 use postern_proto::tenant::v1 as pb;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
-use crate::domain::{self, ApiKey, check_display_name, check_tenant_name};
+use crate::domain::{self, ApiKey, check_display_name, check_scopes, check_tenant_name};
 use crate::store::{EventType, Store, StoreError};
 
 /// The prefix of tenant API keys, so that a leaked key is recognisable by secret scanners.
@@ -414,10 +417,24 @@ impl pb::api_key_service_server::ApiKeyService for TenantApi {
                 }
             },
         };
+        let scopes = check_scopes(&mut v, "api_key.scopes", &key.scopes);
         v.into_result()?;
         p.require_tenant(&req.tenant)?;
+        // A key hands on no more than it holds.
+        if let Principal::Tenant { scopes: own, .. } = &p
+            && !scopes.is_subset_of(*own)
+        {
+            let beyond = scopes.iter().find(|s| !own.contains(*s)).map_or("ALL", |s| s.name());
+            return Err(status_with_metadata(
+                Code::PermissionDenied,
+                "API_KEY_SCOPE_MISSING",
+                format!("this API key cannot create a key with the scope {beyond}, which it does not hold itself"),
+                [("scope", beyond)],
+            ));
+        }
         let secret = format!("{API_KEY_PREFIX}{}", random_alphanumeric(40));
-        let record = ApiKey { id: prefixed("key"), description: key.description, create_time: now, expire_time };
+        let record =
+            ApiKey { id: prefixed("key"), description: key.description, create_time: now, expire_time, scopes };
         let created = self
             .store
             .create_api_key(&req.tenant, &record, &secret_hash(&secret))
@@ -481,9 +498,15 @@ impl pb::api_key_service_server::ApiKeyService for TenantApi {
                 admin: true,
                 tenant: String::new(),
                 key_id: "admin".into(),
+                scopes: Vec::new(),
             }));
         }
-        let (tenant, key_id) = self.store.find_api_key(&hash).await?.ok_or_else(invalid)?;
-        Ok(Response::new(pb::AuthenticateKeyResponse { admin: false, tenant, key_id }))
+        let (tenant, key_id, scopes) = self.store.find_api_key(&hash).await?.ok_or_else(invalid)?;
+        // An empty list means every scope, so a key left with none is no key.
+        if scopes == Scopes::none() {
+            return Err(invalid());
+        }
+        let scopes = if scopes.is_full() { Vec::new() } else { scopes.iter().map(|s| s.to_proto() as i32).collect() };
+        Ok(Response::new(pb::AuthenticateKeyResponse { admin: false, tenant, key_id, scopes }))
     }
 }

@@ -3,6 +3,7 @@
 //! collected into one INVALID_ARGUMENT answer naming each bad field.
 
 use postern_common::error::Violations;
+use postern_common::scope::{Scope, Scopes};
 use postern_common::time::to_timestamp;
 use postern_common::validate;
 use postern_proto::tenant::v1 as pb;
@@ -165,6 +166,8 @@ pub struct ApiKey {
     pub create_time: i64,
     /// Expiry, unix microseconds; `None` for never.
     pub expire_time: Option<i64>,
+    /// What the key may do in its tenant.
+    pub scopes: Scopes,
 }
 
 impl ApiKey {
@@ -176,8 +179,37 @@ impl ApiKey {
             key: key.unwrap_or_default(),
             create_time: Some(to_timestamp(self.create_time)),
             expire_time: self.expire_time.map(to_timestamp),
+            // Full keys answer empty, as they were created.
+            scopes: if self.scopes.is_full() {
+                Vec::new()
+            } else {
+                self.scopes.iter().map(|s| s.to_proto() as i32).collect()
+            },
         }
     }
+}
+
+/// The scopes a new key asks for (`field` is their path): each a known scope, none twice;
+/// none at all means every scope.
+pub fn check_scopes(v: &mut Violations, field: &str, requested: &[i32]) -> Scopes {
+    if requested.is_empty() {
+        return Scopes::full();
+    }
+    let mut seen = Vec::new();
+    for (i, value) in requested.iter().enumerate() {
+        match Scope::from_proto(*value) {
+            Some(scope) if seen.contains(&scope) => v.add(format!("{field}[{i}]"), format!("{scope} is listed twice")),
+            Some(scope) => seen.push(scope),
+            None => v.add(
+                format!("{field}[{i}]"),
+                format!(
+                    "must be one of {}; leave the list empty for every scope",
+                    Scope::ALL.iter().map(|s| format!("API_KEY_SCOPE_{s}")).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        }
+    }
+    Scopes::from_iter(seen)
 }
 
 /// Checks the `tenant` field of a request (`field` is its path).

@@ -20,6 +20,7 @@ use std::path::Path;
 
 use postern_common::files::Existing;
 use postern_common::principal::{InternalKey, PrincipalLayer};
+use postern_common::scope::{MethodScopes, Need, Scope};
 use postern_proto::tenant::v1 as pb;
 use tower::Layer;
 
@@ -40,10 +41,33 @@ pub const INTERNAL_METHODS: &[&str] = &[
 /// The RPCs of this service a caller may reach without an API key: none.
 pub const PUBLIC_METHODS: &[&str] = &[];
 
+/// What each RPC of this service needs of a tenant API key's scopes, checked by the
+/// principal layer before any handler runs (a test fails for a method missing here).
+pub const METHOD_SCOPES: MethodScopes = &[
+    // Creating and deleting tenants needs the admin key, whatever a tenant key's scopes.
+    ("/postern.tenant.v1.TenantService/CreateTenant", Need::Write(Scope::Tenant)),
+    ("/postern.tenant.v1.TenantService/GetTenant", Need::Read(Scope::Tenant)),
+    ("/postern.tenant.v1.TenantService/ListTenants", Need::Read(Scope::Tenant)),
+    ("/postern.tenant.v1.TenantService/UpdateTenant", Need::Write(Scope::Tenant)),
+    ("/postern.tenant.v1.TenantService/DeleteTenant", Need::Write(Scope::Tenant)),
+    ("/postern.tenant.v1.TenantService/WatchTenantEvents", Need::Nothing),
+    ("/postern.tenant.v1.ClientService/CreateClient", Need::Write(Scope::Clients)),
+    ("/postern.tenant.v1.ClientService/GetClient", Need::Read(Scope::Clients)),
+    ("/postern.tenant.v1.ClientService/ListClients", Need::Read(Scope::Clients)),
+    ("/postern.tenant.v1.ClientService/UpdateClient", Need::Write(Scope::Clients)),
+    ("/postern.tenant.v1.ClientService/DeleteClient", Need::Write(Scope::Clients)),
+    ("/postern.tenant.v1.ClientService/RotateClientSecret", Need::Write(Scope::Clients)),
+    ("/postern.tenant.v1.ClientService/VerifyClientSecret", Need::Nothing),
+    ("/postern.tenant.v1.ApiKeyService/CreateApiKey", Need::Write(Scope::Tenant)),
+    ("/postern.tenant.v1.ApiKeyService/ListApiKeys", Need::Read(Scope::Tenant)),
+    ("/postern.tenant.v1.ApiKeyService/RevokeApiKey", Need::Write(Scope::Tenant)),
+    ("/postern.tenant.v1.ApiKeyService/AuthenticateKey", Need::Nothing),
+];
+
 /// The service's routes, each behind the check of the caller's signed principal.
 pub fn routes(store: Store, key: InternalKey) -> tonic::service::Routes {
     let api = TenantApi::new(store);
-    let layer = PrincipalLayer::new(key).public(PUBLIC_METHODS);
+    let layer = PrincipalLayer::new(key).public(PUBLIC_METHODS).scopes(METHOD_SCOPES);
     tonic::service::Routes::new(layer.layer(pb::tenant_service_server::TenantServiceServer::new(api.clone())))
         .add_service(layer.layer(pb::client_service_server::ClientServiceServer::new(api.clone())))
         .add_service(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(api)))

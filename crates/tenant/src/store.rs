@@ -2,6 +2,7 @@
 //! PostgreSQL through [`postern_common::db::Db`].
 
 use postern_common::db::{Db, DbError, DbLocation, Migrations, is_unique_violation};
+use postern_common::scope::Scopes;
 use postern_common::time::now_micros;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -424,8 +425,8 @@ impl Store {
     pub async fn create_api_key(&self, tenant: &str, key: &ApiKey, key_hash: &[u8]) -> Result<ApiKey, StoreError> {
         let seq = postern_common::ids::new_id();
         let row = sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, seq, description, key_hash, create_time, expire_time) \
-             SELECT $1, id, $2, $3, $4, $5, $6 FROM tenants WHERE name = $7 RETURNING id",
+            "INSERT INTO api_keys (id, tenant_id, seq, description, key_hash, create_time, expire_time, scopes) \
+             SELECT $1, id, $2, $3, $4, $5, $6, $8 FROM tenants WHERE name = $7 RETURNING id",
         )
         .bind(&key.id)
         .bind(&seq)
@@ -434,6 +435,7 @@ impl Store {
         .bind(key.create_time)
         .bind(key.expire_time)
         .bind(tenant)
+        .bind(key.scopes.encode())
         .fetch_optional(self.db.writer())
         .await
         .map_err(dup)?;
@@ -452,7 +454,7 @@ impl Store {
     ) -> Result<Vec<(String, ApiKey)>, StoreError> {
         let tenant_id = self.tenant_id(tenant).await?;
         let rows = sqlx::query(
-            "SELECT id, seq, description, create_time, expire_time FROM api_keys \
+            "SELECT id, seq, description, create_time, expire_time, scopes FROM api_keys \
              WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(&tenant_id)
@@ -469,6 +471,7 @@ impl Store {
                         description: r.try_get("description")?,
                         create_time: r.try_get("create_time")?,
                         expire_time: r.try_get("expire_time")?,
+                        scopes: stored_scopes(r.try_get("scopes")?),
                     },
                 ))
             })
@@ -486,17 +489,17 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// The tenant and key id of the API key with this hash, unless expired.
-    pub async fn find_api_key(&self, key_hash: &[u8]) -> Result<Option<(String, String)>, StoreError> {
+    /// The tenant, key id and scopes of the API key with this hash, unless expired.
+    pub async fn find_api_key(&self, key_hash: &[u8]) -> Result<Option<(String, String, Scopes)>, StoreError> {
         let row = sqlx::query(
-            "SELECT k.id, t.name FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+            "SELECT k.id, t.name, k.scopes FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.key_hash = $1 AND (k.expire_time IS NULL OR k.expire_time > $2)",
         )
         .bind(key_hash)
         .bind(now_micros())
         .fetch_optional(self.db.pool())
         .await?;
-        row.map(|r| Ok((r.try_get("name")?, r.try_get("id")?))).transpose()
+        row.map(|r| Ok((r.try_get("name")?, r.try_get("id")?, stored_scopes(r.try_get("scopes")?)))).transpose()
     }
 
     /// The hash of the admin key, if one was set.
@@ -567,3 +570,12 @@ fn client_from_row(r: &AnyRow) -> Result<Client, StoreError> {
 
 #[cfg(test)]
 mod tests;
+
+/// A key's stored scopes. Only this store writes them, from valid scopes; a name it cannot
+/// read (written by a later version) takes away every scope rather than granting them.
+fn stored_scopes(text: String) -> Scopes {
+    Scopes::decode(&text).unwrap_or_else(|| {
+        tracing::warn!(scopes = %text, "an API key has scopes this version does not know; it gets none");
+        Scopes::none()
+    })
+}

@@ -72,3 +72,41 @@ async fn deletions_are_logged_in_order_and_only_when_they_happen() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn api_key_scopes_are_kept_and_older_keys_have_them_all() {
+    use postern_common::scope::{Scope, Scopes};
+    each_backend("api_key_scopes_are_kept_and_older_keys_have_them_all", |store| async move {
+        store.create_tenant("fabrikam-public", "Fabrikam-Public").await.unwrap();
+        let key = |id: &str, scopes| ApiKey {
+            id: id.into(),
+            description: String::new(),
+            create_time: now_micros(),
+            expire_time: None,
+            scopes,
+        };
+        let narrow = Scopes::from_iter([Scope::ReadOnly, Scope::Users]);
+        store.create_api_key("fabrikam-public", &key("key_narrow", narrow), b"narrow").await.unwrap();
+        store.create_api_key("fabrikam-public", &key("key_full", Scopes::full()), b"full").await.unwrap();
+        // A key written as before scopes existed: the migration's default applies.
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, seq, description, key_hash, create_time) \
+             SELECT 'key_old', id, 'zzz', '', $1, 0 FROM tenants WHERE name = 'fabrikam-public'",
+        )
+        .bind(&b"old"[..])
+        .execute(store.db.writer())
+        .await
+        .unwrap();
+        let found = |hash: &'static [u8]| {
+            let store = store.clone();
+            async move { store.find_api_key(hash).await.unwrap().map(|(_, _, scopes)| scopes) }
+        };
+        assert_eq!(found(b"narrow").await, Some(narrow));
+        assert_eq!(found(b"full").await, Some(Scopes::full()));
+        assert_eq!(found(b"old").await, Some(Scopes::full()));
+        let listed = store.list_api_keys("fabrikam-public", None, 10).await.unwrap();
+        let scopes: Vec<_> = listed.iter().map(|(_, k)| (k.id.as_str(), k.scopes)).collect();
+        assert_eq!(scopes, [("key_narrow", narrow), ("key_full", Scopes::full()), ("key_old", Scopes::full())]);
+    })
+    .await;
+}
