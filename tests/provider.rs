@@ -450,3 +450,52 @@ async fn discovery_lists_only_what_is_served() {
     }
     suite.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn home_realm_discovery_names_the_organization() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam";
+    let (_, web) = setup(&suite, t).await;
+    let mut admin = suite.admin().await;
+    let workspace = conn::Connection {
+        name: "fabrikam-workspace".into(),
+        display_name: "Fabrikam Workspace".into(),
+        strategy: "google-apps".into(),
+        options: Some(conn::connection::Options::GoogleApps(conn::GoogleAppsOptions {
+            domain: "fabrikam.example".into(),
+            client_id: "gid".into(),
+            client_secret: "gsecret".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: t.into(), connection: Some(workspace) })
+        .await
+        .expect("connection");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: t.into(),
+            connection: "fabrikam-workspace".into(),
+            client_id: web.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+
+    let mut agent = Agent::new();
+    let (page_url, page) = login_page(&mut agent, &suite, &authorize_url(&suite, t, &web.client_id, &[])).await;
+    assert!(page.body.contains("Continue with Fabrikam Workspace") && page.body.contains("disabled"), "a button");
+    let mut hrd = page.forms().into_iter().find(|f| f.has("email") && !f.has("password")).expect("the email box");
+    hrd.set("email", "bob@fabrikam.example");
+    let found = agent.submit(&page_url, &hrd).await.expect("discover");
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert!(found.body.contains("bob@fabrikam.example logs in with Fabrikam Workspace"), "{}", found.body);
+    hrd.set("email", "carol@elsewhere.example");
+    let none = agent.submit(&page_url, &hrd).await.expect("discover");
+    assert!(none.body.contains("No organization logs in carol@elsewhere.example"), "{}", none.body);
+    let login = none.forms().into_iter().find(|f| f.action == "login" && f.has("password")).expect("login form");
+    assert_eq!(login.value("username"), Some("carol@elsewhere.example"), "the email fills the login form");
+    suite.stop().await.expect("stop");
+}

@@ -680,23 +680,29 @@ impl OAuthApi {
     }
 }
 
-/// A connection as the hosted page offers it.
-fn page_connection(spec: &postern_connection::ConnectionSpec) -> pb::PageConnection {
-    use postern_connection::Category;
-    use postern_connection::options::Options;
-    let database = match &spec.options {
-        Options::Database(d) => Some(d),
-        _ => None,
-    };
+/// A connection as the hosted page offers it. A listed connection has no secrets, so
+/// only a database connection's options are read into the typed model (for its password
+/// policy, written once there); the category says the rest.
+fn page_connection(c: &conn_pb::Connection) -> pb::PageConnection {
+    let database = postern_connection::Strategy::parse(&c.strategy)
+        .and_then(|strategy| {
+            let (mut v, mut secrets) = (Violations::new(), postern_connection::Secrets::default());
+            postern_connection::Options::from_proto(strategy, c.options.clone(), "options", &mut v, &mut secrets)
+        })
+        .and_then(|o| match o {
+            postern_connection::Options::Database(d) => Some(d),
+            _ => None,
+        });
+    let category = conn_pb::Category::try_from(c.category).unwrap_or(conn_pb::Category::Unspecified);
     pb::PageConnection {
-        name: spec.name.clone(),
-        display_name: spec.display_name.clone(),
-        strategy: spec.strategy.as_str().to_owned(),
+        name: c.name.clone(),
+        display_name: if c.display_name.is_empty() { c.name.clone() } else { c.display_name.clone() },
+        strategy: c.strategy.clone(),
         password: database.is_some(),
-        signup: database.is_some_and(|d| !d.disable_signup),
-        requires_username: database.is_some_and(|d| d.requires_username),
-        password_rules: database.map(|d| d.password_rules().describe()).unwrap_or_default(),
-        redirect: matches!(spec.category(), Category::Social | Category::Enterprise),
+        signup: database.as_ref().is_some_and(|d| !d.disable_signup),
+        requires_username: database.as_ref().is_some_and(|d| d.requires_username),
+        password_rules: database.as_ref().map(|d| d.password_rules().describe()).unwrap_or_default(),
+        redirect: matches!(category, conn_pb::Category::Social | conn_pb::Category::Enterprise),
     }
 }
 
@@ -802,17 +808,32 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             .await?
             .into_inner()
             .connections;
-        let home_realm_discovery = connections.iter().any(|c| !c.domain_aliases.is_empty());
+        // Listed connections carry no secrets, so they are read from the contract here: the
+        // category says which are enterprise (reached by an email domain).
+        let home_realm_discovery = connections.iter().any(|c| c.category == conn_pb::Category::Enterprise as i32);
+        let discovered = if req.email.trim().is_empty() || !home_realm_discovery {
+            None
+        } else {
+            let answer = self
+                .authn
+                .registry
+                .clone()
+                .discover_connection(conn_pb::DiscoverConnectionRequest {
+                    tenant: req.tenant.clone(),
+                    client_id: request.client_id.clone(),
+                    email: truncate(req.email.trim(), 254).to_owned(),
+                })
+                .await;
+            match answer {
+                Ok(r) => r.into_inner().connection.map(|c| page_connection(&c)),
+                Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument) => None,
+                Err(s) => return Err(s),
+            }
+        };
         let page_connections = connections
             .into_iter()
             .filter(|c| request.connection.is_empty() || c.name == request.connection)
-            .filter_map(|c| match postern_connection::Resolved::try_from(c) {
-                Ok(r) => Some(page_connection(&r.connection.spec)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a connection does not fit the model; left off the login page");
-                    None
-                }
-            })
+            .map(|c| page_connection(&c))
             .collect();
         Ok(Response::new(pb::GetLoginPageResponse {
             tenant_display_name: if tenant.display_name.is_empty() { req.tenant.clone() } else { tenant.display_name },
@@ -820,6 +841,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             connections: page_connections,
             login_hint: request.login_hint,
             home_realm_discovery,
+            discovered,
         }))
     }
 

@@ -187,38 +187,44 @@ struct PageConnection {
 }
 
 /// What the login page shows besides the transaction's connections: the answer's status,
-/// a problem of the login form (and the username it had), the signup form's state.
+/// a problem of the login form (and the username it had), the signup form's state, the
+/// email of the home realm discovery box.
 struct Shown<'a> {
     status: StatusCode,
     error: &'a str,
     username: Option<&'a str>,
     signup: SignupState,
+    email: &'a str,
 }
 
 /// The login page of transaction `tx`.
 async fn render_login(provider: &Provider, tenant: &str, tx: &str, csrf: &str, shown: Shown<'_>) -> Response {
-    let Shown { status, error, username, signup } = shown;
+    let Shown { status, error, username, signup, email } = shown;
     let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
     let page = match oauth
-        .get_login_page(pb::GetLoginPageRequest { tenant: tenant.to_owned(), transaction: tx.to_owned() })
+        .get_login_page(pb::GetLoginPageRequest {
+            tenant: tenant.to_owned(),
+            transaction: tx.to_owned(),
+            email: email.to_owned(),
+        })
         .await
     {
         Ok(p) => p.into_inner(),
         Err(s) => return provider.status_page(&s),
     };
-    let connections: Vec<PageConnection> = page
-        .connections
-        .into_iter()
-        .map(|c| PageConnection {
-            name: c.name,
-            display_name: c.display_name,
-            password: c.password,
-            signup: c.signup,
-            requires_username: c.requires_username,
-            password_rules: c.password_rules,
-            redirect: c.redirect,
-        })
-        .collect();
+    let shown = |c: pb::PageConnection| PageConnection {
+        name: c.name,
+        display_name: c.display_name,
+        password: c.password,
+        signup: c.signup,
+        requires_username: c.requires_username,
+        password_rules: c.password_rules,
+        redirect: c.redirect,
+    };
+    let discovered = page.discovered.map(shown);
+    // Nothing discovered: the email is probably a password login's.
+    let username = username.or((!email.is_empty() && discovered.is_none()).then_some(email));
+    let connections: Vec<PageConnection> = page.connections.into_iter().map(shown).collect();
     let several = connections.iter().filter(|c| c.password).count() > 1;
     provider.pages.render(
         status,
@@ -233,6 +239,9 @@ async fn render_login(provider: &Provider, tenant: &str, tx: &str, csrf: &str, s
             error => error,
             username => username.unwrap_or(&page.login_hint),
             signup => signup,
+            home_realm_discovery => page.home_realm_discovery,
+            email => email,
+            discovered => discovered,
         },
     )
 }
@@ -242,6 +251,9 @@ async fn render_login(provider: &Provider, tenant: &str, tx: &str, csrf: &str, s
 pub(crate) struct PageQuery {
     #[serde(default)]
     tx: String,
+    /// The home realm discovery box's email.
+    #[serde(default)]
+    email: String,
 }
 
 /// `GET /<tenant>/login?tx=…`: the hosted login page.
@@ -258,7 +270,8 @@ pub(crate) async fn login_page(
              sign in again (cookies must be enabled).",
         );
     };
-    let shown = Shown { status: StatusCode::OK, error: "", username: None, signup: SignupState::default() };
+    let shown =
+        Shown { status: StatusCode::OK, error: "", username: None, signup: SignupState::default(), email: &q.email };
     render_login(&provider, &tenant, &q.tx, csrf, shown).await
 }
 
@@ -359,8 +372,13 @@ pub(crate) async fn login(
                 Code::InvalidArgument => StatusCode::BAD_REQUEST,
                 _ => return provider.status_page(&s),
             };
-            let shown =
-                Shown { status, error: s.message(), username: Some(&f.username), signup: SignupState::default() };
+            let shown = Shown {
+                status,
+                error: s.message(),
+                username: Some(&f.username),
+                signup: SignupState::default(),
+                email: "",
+            };
             render_login(&provider, &tenant, &f.tx, &f.csrf, shown).await
         }
     }
@@ -424,7 +442,7 @@ pub(crate) async fn signup(
                 }
                 _ => return provider.status_page(&s),
             };
-            let shown = Shown { status, error: "", username: None, signup: state };
+            let shown = Shown { status, error: "", username: None, signup: state, email: "" };
             render_login(&provider, &tenant, &f.tx, &f.csrf, shown).await
         }
     }
