@@ -113,6 +113,10 @@ pub struct Settings {
     /// How long a connection may stay open with no call in flight, in milliseconds.
     #[arg(long, env = "POSTERN_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+    /// The connectors the authenticator runs, by strategy; `None` (always, from the command
+    /// line) is every connector this binary has ([`connectors`]). Tests set it to add one.
+    #[arg(skip)]
+    pub connectors: Option<postern_connector::Connectors>,
 }
 
 /// The addresses a started suite listens on.
@@ -402,7 +406,7 @@ async fn start_authn(
         lifetimes: postern_authn::tokens::Lifetimes::DEFAULT,
         cache_connections: settings.connection_cache,
         clock: postern_common::time::Clock::system(),
-        connectors: connectors(),
+        connectors: settings.connectors.clone().unwrap_or_else(connectors),
     };
     let api = postern_authn::api(store.clone(), &peers, internal_key, config);
     let started = Started {
