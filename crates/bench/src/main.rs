@@ -5,6 +5,9 @@
 //!   gateway (throughput, p50/p99 latency, and their ratio).
 //! - `authn`: the raw Argon2id verify rate against logins per second through the gateway,
 //!   and logins with the connection cache warm against the registry asked on every login.
+//! - `oauth`: `client_credentials` tokens per second at the token endpoint against npm's
+//!   oidc-provider and the raw RS256 signing rate; authorization-code logins per second end
+//!   to end against the raw Argon2id verify rate.
 //!
 //! Run it in release mode: `cargo run --release -p postern-bench` (`--help` for options;
 //! `--only gateway` runs one section).
@@ -13,6 +16,7 @@
 
 mod authn;
 mod gateway;
+mod oauth;
 mod registry;
 mod stats;
 
@@ -56,6 +60,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.wants("authn") {
         authn::run(&args).await?;
+    }
+    if args.wants("oauth") {
+        oauth::run(&args).await?;
     }
     Ok(())
 }
