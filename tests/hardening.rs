@@ -477,3 +477,159 @@ async fn deep_metadata_and_countless_violations_are_answered_small() {
     assert!(trailer_size(&err) < 12 * 1024, "{} bytes of trailers", trailer_size(&err));
     suite.stop().await.expect("stop");
 }
+
+/// Issue 10, item 4: a connection name the registry refuses as malformed (wrong case, too
+/// long, a space, a NUL) is INVALID_ARGUMENT from Login and Signup as from the registry, not
+/// "the connection registry is unavailable"; one that is well formed but missing is
+/// NOT_FOUND.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_refusal_is_passed_on_not_called_an_outage() {
+    use postern_proto::authn::v1 as authn;
+    let suite = postern_testkit::Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    admin.create_tenant("fabrikam-public").await.expect("tenant");
+    let client = admin.create_client("fabrikam-public", "Fabrikam Customer Portal").await.expect("client");
+    let long = "x".repeat(129);
+    for bad in ["Bad_Name", long.as_str(), "x y", "nul\0byte"] {
+        let login = authn::LoginRequest {
+            tenant: "fabrikam-public".into(),
+            client_id: client.client_id.clone(),
+            client_secret: client.client_secret.clone(),
+            connection: bad.into(),
+            username: "someone@example.com".into(),
+            password: "Wonder-Land-42!".into(),
+            ..Default::default()
+        };
+        let err = admin.authn.login(login).await.expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "login via {bad:?}: {err:?}");
+        assert_eq!(postern_testkit::violated_fields(&err), ["connection"], "{bad:?}");
+        let signup = authn::SignupRequest {
+            tenant: "fabrikam-public".into(),
+            client_id: client.client_id.clone(),
+            connection: bad.into(),
+            email: "someone@example.com".into(),
+            password: "Wonder-Land-42!".into(),
+            ..Default::default()
+        };
+        let err = admin.authn.signup(signup).await.expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "signup via {bad:?}: {err:?}");
+    }
+    let login = authn::LoginRequest {
+        tenant: "fabrikam-public".into(),
+        client_id: client.client_id.clone(),
+        client_secret: client.client_secret.clone(),
+        connection: "no-such-connection".into(),
+        username: "someone@example.com".into(),
+        password: "Wonder-Land-42!".into(),
+        ..Default::default()
+    };
+    let err = admin.authn.login(login).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    suite.stop().await.expect("stop");
+}
+
+/// Login's free-text inputs on a suite (SQLite, or PostgreSQL at `database_url`).
+async fn login_inputs_are_validated_on(database_url: Option<String>) {
+    use postern_proto::authn::v1 as authn;
+    use postern_proto::connections::v1 as conn;
+    let suite = postern_testkit::Suite::start_with(|s| s.database_url = database_url).await.expect("suite");
+    let mut admin = suite.admin().await;
+    admin.create_tenant("fabrikam-public").await.expect("tenant");
+    let client = admin.create_client("fabrikam-public", "Fabrikam Customer Portal").await.expect("client");
+    let connection = conn::Connection {
+        name: "customers".into(),
+        strategy: "auth0".into(),
+        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest {
+            tenant: "fabrikam-public".into(),
+            connection: Some(connection),
+        })
+        .await
+        .expect("connection");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: "fabrikam-public".into(),
+            connection: "customers".into(),
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+    admin
+        .authn
+        .signup(authn::SignupRequest {
+            tenant: "fabrikam-public".into(),
+            client_id: client.client_id.clone(),
+            connection: "customers".into(),
+            email: "alice@example.com".into(),
+            password: "Wonder-Land-42!".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("signup");
+    let login = |f: &dyn Fn(&mut authn::LoginRequest)| {
+        let mut req = authn::LoginRequest {
+            tenant: "fabrikam-public".into(),
+            client_id: client.client_id.clone(),
+            client_secret: client.client_secret.clone(),
+            connection: "customers".into(),
+            username: "alice@example.com".into(),
+            password: "Wonder-Land-42!".into(),
+            ..Default::default()
+        };
+        f(&mut req);
+        req
+    };
+    let mut bad: Vec<(&str, authn::LoginRequest)> = vec![
+        ("ip", login(&|r| r.ip = "not-an-ip\x1b[31m".into())),
+        ("ip", login(&|r| r.ip = "999.999.1.1".into())),
+        ("scope", login(&|r| r.scope = "openid ".repeat(200_000))),
+        ("scope", login(&|r| r.scope = "openid\0profile".into())),
+        ("audience", login(&|r| r.audience = "https://api.example.com/\u{7}".into())),
+        ("audience", login(&|r| r.audience = "a".repeat(1_000_000))),
+        ("username", login(&|r| r.username = "a".repeat(2_800))),
+    ];
+    // Wrong username spellings that are still valid text stay wrong credentials.
+    for (field, req) in bad.drain(..) {
+        let err = admin.authn.login(req).await.expect_err(field);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(postern_testkit::violated_fields(&err), [field], "{err:?}");
+    }
+    let err = admin.authn.login(login(&|r| r.username = "b".repeat(300))).await.expect_err("no such user");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    // The same address however it is spelled: the IPv4-mapped IPv6 form is the IPv4 one.
+    let answer = admin.authn.login(login(&|r| r.ip = "::ffff:203.0.113.7".into())).await.expect("login").into_inner();
+    let user_id = answer.user.expect("user").user_id;
+    let user = admin
+        .users
+        .get_user(authn::GetUserRequest { tenant: "fabrikam-public".into(), user_id })
+        .await
+        .expect("user")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(user.last_ip, "203.0.113.7");
+    suite.stop().await.expect("stop");
+}
+
+/// Issue 10, items 5 and 8: `Login.ip` is parsed and normalised (garbage refused, IPv4-mapped
+/// IPv6 stored as IPv4), `scope` and `audience` have length and character limits, and a
+/// 2,800-character username is INVALID_ARGUMENT instead of overflowing PostgreSQL's index.
+#[tokio::test(flavor = "multi_thread")]
+async fn login_inputs_are_validated_on_sqlite() {
+    login_inputs_are_validated_on(None).await;
+}
+
+/// As [`login_inputs_are_validated_on_sqlite`], on PostgreSQL.
+#[tokio::test(flavor = "multi_thread")]
+async fn login_inputs_are_validated_on_postgres() {
+    let Some(base) = postern_testkit::peers::postgres("login_inputs_are_validated_on_postgres") else { return };
+    let db = postern_testkit::peers::TestDatabase::create(&base).await.expect("database");
+    login_inputs_are_validated_on(Some(db.url.clone())).await;
+    db.drop_db().await.expect("drop");
+}

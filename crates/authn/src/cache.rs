@@ -205,9 +205,16 @@ fn connection_gone(connection: &str) -> Status {
     )
 }
 
+/// The registry's refusal of the request passed on as it is (INVALID_ARGUMENT for a
+/// malformed connection name, say); UNAVAILABLE only for an outage.
 fn unavailable(s: &Status) -> Status {
-    tracing::warn!(code = ?s.code(), message = s.message(), "connection registry call failed");
-    postern_common::error::unavailable("REGISTRY_UNAVAILABLE", "the connection registry is unavailable; retry shortly")
+    postern_common::error::from_upstream(s, |s| {
+        tracing::warn!(code = ?s.code(), message = s.message(), "connection registry call failed");
+        postern_common::error::unavailable(
+            "REGISTRY_UNAVAILABLE",
+            "the connection registry is unavailable; retry shortly",
+        )
+    })
 }
 
 /// Follows the registry's change stream of every tenant for as long as the cache lives,

@@ -55,6 +55,9 @@ impl PasswordLogin<'_> {
         required(&mut v, "client_id", self.client_id);
         required(&mut v, "connection", self.connection);
         required(&mut v, "username", self.username);
+        // Within what every backend's index of login failures holds (PostgreSQL's B-tree
+        // stops at about 2,700 bytes a row).
+        v.check("username", postern_common::validate::display_text(self.username, 0, MAX_USERNAME_CHARS));
         if self.password.chars().count() > postern_connection::password::MAX_PASSWORD_LENGTH {
             // Wrong by construction: no password this long was ever accepted.
             return Err(wrong_credentials());
@@ -62,6 +65,9 @@ impl PasswordLogin<'_> {
         v.into_result()
     }
 }
+
+/// The longest username or email a login may name (an email address has at most 254).
+pub const MAX_USERNAME_CHARS: usize = 320;
 
 /// A signup through a database connection.
 #[derive(Debug, Clone, Copy)]

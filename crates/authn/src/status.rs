@@ -85,10 +85,16 @@ pub(crate) fn client_refusal(tenant: &str, client_id: &str, s: &Status) -> Statu
     }
 }
 
-/// The tenant service could not answer.
+/// The tenant service did not serve the call: its refusal of the request passed on as it is
+/// (INVALID_ARGUMENT, NOT_FOUND, …), UNAVAILABLE for an outage.
 pub(crate) fn tenant_service_unavailable(s: &Status) -> Status {
-    tracing::warn!(code = ?s.code(), message = s.message(), "tenant service call failed");
-    postern_common::error::unavailable("TENANT_SERVICE_UNAVAILABLE", "the tenant service is unavailable; retry shortly")
+    postern_common::error::from_upstream(s, |s| {
+        tracing::warn!(code = ?s.code(), message = s.message(), "tenant service call failed");
+        postern_common::error::unavailable(
+            "TENANT_SERVICE_UNAVAILABLE",
+            "the tenant service is unavailable; retry shortly",
+        )
+    })
 }
 
 /// An access token the userinfo endpoint refuses.

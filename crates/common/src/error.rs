@@ -175,6 +175,23 @@ pub fn unavailable(reason: &str, message: impl Into<String>) -> Status {
     status(Code::Unavailable, reason, message)
 }
 
+/// Whether a status another Postern service answered is about the request itself (the
+/// caller's mistake, or a resource that is not there) rather than an outage.
+pub fn is_about_the_request(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition | Code::OutOfRange
+    )
+}
+
+/// What this service answers when a call to another Postern service failed with `s`: a
+/// status about the request (INVALID_ARGUMENT, NOT_FOUND, …) passes on as it is, details
+/// and all, for the request the caller sent is the same one; anything else is an outage,
+/// answered by `outage` (UNAVAILABLE with the service's reason).
+pub fn from_upstream(s: &Status, outage: impl FnOnce(&Status) -> Status) -> Status {
+    if is_about_the_request(s.code()) { s.clone() } else { outage(s) }
+}
+
 /// DEADLINE_EXCEEDED with reason `reason`: the call did not finish in time.
 pub fn deadline_exceeded(reason: &str, message: impl Into<String>) -> Status {
     status(Code::DeadlineExceeded, reason, message)

@@ -148,7 +148,7 @@ impl RegistryApi {
             Ok(Err(s)) if s.code() == Code::NotFound => {
                 Err(not_found("TENANT_NOT_FOUND", format!("tenant {tenant:?} does not exist")))
             }
-            Ok(Err(s)) => Err(tenant_unavailable(&s)),
+            Ok(Err(s)) => Err(postern_common::error::from_upstream(&s, |s| tenant_unavailable(s))),
             Err(e) => Err(tenant_unavailable(&e)),
         }
     }
@@ -161,7 +161,7 @@ impl RegistryApi {
         match tokio::time::timeout(TENANT_TIMEOUT, call).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(s)) if s.code() == Code::NotFound => Err(client_not_found(tenant, client_id)),
-            Ok(Err(s)) => Err(tenant_unavailable(&s)),
+            Ok(Err(s)) => Err(postern_common::error::from_upstream(&s, |s| tenant_unavailable(s))),
             Err(e) => Err(tenant_unavailable(&e)),
         }
     }

@@ -38,8 +38,12 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
 
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let p = principal(&req)?;
-        let address = address(&req, &req.get_ref().ip);
+        let address = address(&req, &req.get_ref().ip)?;
         let req = req.into_inner();
+        let mut v = Violations::new();
+        v.check("scope", postern_common::validate::display_text(&req.scope, 0, MAX_SCOPE_CHARS));
+        v.check("audience", postern_common::validate::display_text(&req.audience, 0, MAX_AUDIENCE_CHARS));
+        v.into_result()?;
         let login = PasswordLogin {
             tenant: &req.tenant,
             client_id: &req.client_id,
@@ -85,3 +89,8 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
         Ok(Response::new(pb::ChangePasswordResponse { user: Some(user_to_pb(&user)) }))
     }
 }
+
+/// The longest `scope` a login may ask for.
+const MAX_SCOPE_CHARS: usize = 1024;
+/// The longest `audience` (an API identifier, usually a URL).
+const MAX_AUDIENCE_CHARS: usize = 512;

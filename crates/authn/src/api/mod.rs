@@ -15,7 +15,6 @@ pub mod users;
 
 use std::sync::Arc;
 
-use postern_common::validate::truncate;
 use postern_proto::tenant::v1 as tenant_pb;
 use tonic::Request;
 
@@ -79,9 +78,21 @@ impl AuthnApi {
 
 /// The address brute-force protection counts against: the one the application reports,
 /// else the caller's.
-fn address<T>(req: &Request<T>, reported: &str) -> String {
-    if !reported.trim().is_empty() {
-        return truncate(reported.trim(), 64).to_owned();
+/// The address a login counts against: the `ip` the application reports, parsed and in its
+/// one canonical spelling (an IPv4-mapped IPv6 address is the IPv4 address, so
+/// `::ffff:127.0.0.1` is not a way around a block of `127.0.0.1`), else the caller's.
+/// INVALID_ARGUMENT when the reported one is not an address.
+fn address<T>(req: &Request<T>, reported: &str) -> Result<String, tonic::Status> {
+    let reported = reported.trim();
+    if !reported.is_empty() {
+        return match reported.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(ip.to_canonical().to_string()),
+            Err(_) => Err(postern_common::error::invalid_field(
+                "ip",
+                "must be an IPv4 or IPv6 address (203.0.113.7, 2001:db8::7), or empty for the caller's",
+            )),
+        };
     }
-    postern_common::principal::peer_addr(req).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+    Ok(postern_common::principal::peer_addr(req)
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_canonical().to_string()))
 }
