@@ -121,7 +121,25 @@ struct Shared {
     open: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     shutting_down: CancellationToken,
+    /// Notified each time a connection leaves the open set, so that a newcomer held back
+    /// while evicted connections are still closing is admitted as soon as they are gone.
+    gone: tokio::sync::Notify,
 }
+
+/// What admission decided for a newly accepted connection.
+enum Admission {
+    /// Registered: serve it.
+    Admitted(LimitedStream),
+    /// Every connection is busy, or the server is shutting down: close it.
+    Refused,
+    /// At the limit with many evicted connections still closing: try again once some are
+    /// gone (holding the newcomer back instead of resetting it).
+    Wait(TcpStream),
+}
+
+/// How long a newcomer is held back waiting for evicted connections to go before it is
+/// closed after all.
+const ADMISSION_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What one open connection is doing.
 #[derive(Debug, Clone, Copy)]
@@ -195,6 +213,7 @@ impl Connections {
                 open: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
                 shutting_down: CancellationToken::new(),
+                gone: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -223,7 +242,7 @@ impl Connections {
             match listener.accept().await {
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);
-                    if let Some(stream) = self.admit(stream, remote) {
+                    if let Some(stream) = self.admit_patiently(stream, remote).await {
                         return stream;
                     }
                 }
@@ -250,23 +269,46 @@ impl Connections {
         })
     }
 
-    /// Registers `stream`, making room when at the limit; `None` when it must go.
-    fn admit(&self, stream: TcpStream, remote: SocketAddr) -> Option<LimitedStream> {
+    /// Admits `stream`, holding it back (up to [`ADMISSION_PATIENCE`]) while the
+    /// connections evicted to make room are still closing; `None` when it must go.
+    async fn admit_patiently(&self, mut stream: TcpStream, remote: SocketAddr) -> Option<LimitedStream> {
+        let deadline = tokio::time::Instant::now() + ADMISSION_PATIENCE;
+        loop {
+            // Registered before admission looks, so that a departure in between is not missed.
+            let gone = self.shared.gone.notified();
+            match self.admit(stream, remote) {
+                Admission::Admitted(s) => return Some(s),
+                Admission::Refused => return None,
+                Admission::Wait(s) => stream = s,
+            }
+            if tokio::time::timeout_at(deadline, gone).await.is_err() {
+                metrics::counter!("postern_connections_refused_total").increment(1);
+                tracing::debug!(%remote, "connection refused: evicted connections did not close in time");
+                return None;
+            }
+        }
+    }
+
+    /// Registers `stream`, making room when at the limit.
+    fn admit(&self, stream: TcpStream, remote: SocketAddr) -> Admission {
         let limits = self.shared.limits;
         if self.shared.shutting_down.is_cancelled() {
-            return None;
+            return Admission::Refused;
         }
         let conn = {
             let mut open = self.shared.open.lock().unwrap_or_else(PoisonError::into_inner);
             if open.len() >= limits.max_connections {
                 let closing = open.values().filter(|c| c.close.is_cancelled()).count();
                 // Room is made by closing the connection idle longest; the ones already
-                // closing are counted until they are gone, within a few of the limit.
-                let made_room = closing < 64 && Self::evict_idlest_in(&open);
-                if !made_room {
+                // closing are counted until they are gone, within a few of the limit. With
+                // many still closing, the newcomer waits for them rather than being reset.
+                if closing >= 64 {
+                    return Admission::Wait(stream);
+                }
+                if !Self::evict_idlest_in(&open) {
                     metrics::counter!("postern_connections_refused_total").increment(1);
                     tracing::debug!(%remote, "connection refused: every connection is busy");
-                    return None;
+                    return Admission::Refused;
                 }
             }
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -285,7 +327,7 @@ impl Connections {
             conn: conn.clone(),
         };
         let closed = conn.close.clone().cancelled_owned();
-        Some(LimitedStream {
+        Admission::Admitted(LimitedStream {
             io: stream,
             closed: Box::pin(closed),
             is_closed: false,
@@ -370,6 +412,7 @@ impl Drop for Registration {
         // Ends the connection's timer task too.
         self.conn.close();
         self.shared.open.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+        self.shared.gone.notify_waiters();
     }
 }
 
