@@ -6,7 +6,6 @@ use std::path::Path;
 
 use jsonwebtoken::jwk::JwkSet;
 use postern_proto::authn::v1 as authn;
-use postern_proto::connections::v1 as conn;
 use postern_testkit::{Clients, Process, channel, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_postern-e2e");
@@ -59,29 +58,7 @@ async fn split_mode_runs_the_authenticator_apart() {
     let mut admin = Clients::new(channel(gateway.grpc).await, postern_testkit::ADMIN_KEY);
     admin.create_tenant("fabrikam-public").await.expect("tenant");
     let client = admin.create_client("fabrikam-public", "Portal").await.expect("client");
-    let connection = conn::Connection {
-        name: "customers".into(),
-        strategy: "auth0".into(),
-        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
-        ..Default::default()
-    };
-    admin
-        .connections
-        .create_connection(conn::CreateConnectionRequest {
-            tenant: "fabrikam-public".into(),
-            connection: Some(connection),
-        })
-        .await
-        .expect("connection");
-    admin
-        .connections
-        .enable_client(conn::EnableClientRequest {
-            tenant: "fabrikam-public".into(),
-            connection: "customers".into(),
-            client_id: client.client_id.clone(),
-        })
-        .await
-        .expect("enable");
+    admin.create_database_connection("fabrikam-public", "customers", &client.client_id).await.expect("connection");
     admin
         .authn
         .signup(authn::SignupRequest {

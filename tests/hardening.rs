@@ -531,34 +531,11 @@ async fn an_upstream_refusal_is_passed_on_not_called_an_outage() {
 /// Login's free-text inputs on a suite (SQLite, or PostgreSQL at `database_url`).
 async fn login_inputs_are_validated_on(database_url: Option<String>) {
     use postern_proto::authn::v1 as authn;
-    use postern_proto::connections::v1 as conn;
     let suite = postern_testkit::Suite::start_with(|s| s.database_url = database_url).await.expect("suite");
     let mut admin = suite.admin().await;
     admin.create_tenant("fabrikam-public").await.expect("tenant");
     let client = admin.create_client("fabrikam-public", "Fabrikam Customer Portal").await.expect("client");
-    let connection = conn::Connection {
-        name: "customers".into(),
-        strategy: "auth0".into(),
-        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
-        ..Default::default()
-    };
-    admin
-        .connections
-        .create_connection(conn::CreateConnectionRequest {
-            tenant: "fabrikam-public".into(),
-            connection: Some(connection),
-        })
-        .await
-        .expect("connection");
-    admin
-        .connections
-        .enable_client(conn::EnableClientRequest {
-            tenant: "fabrikam-public".into(),
-            connection: "customers".into(),
-            client_id: client.client_id.clone(),
-        })
-        .await
-        .expect("enable");
+    admin.create_database_connection("fabrikam-public", "customers", &client.client_id).await.expect("connection");
     admin
         .authn
         .signup(authn::SignupRequest {

@@ -224,6 +224,34 @@ impl Clients {
         r.into_inner().client.ok_or_else(|| tonic::Status::internal("no client in the answer"))
     }
 
+    /// Creates a database connection (`auth0`, default options) named `name` in `tenant` and
+    /// enables it for `client_id`.
+    pub async fn create_database_connection(
+        &mut self,
+        tenant: &str,
+        name: &str,
+        client_id: &str,
+    ) -> Result<connections::Connection, tonic::Status> {
+        let c = connections::Connection {
+            name: name.into(),
+            strategy: "auth0".into(),
+            options: Some(connections::connection::Options::Database(connections::DatabaseOptions::default())),
+            ..Default::default()
+        };
+        let r = self
+            .connections
+            .create_connection(connections::CreateConnectionRequest { tenant: tenant.into(), connection: Some(c) })
+            .await?;
+        self.connections
+            .enable_client(connections::EnableClientRequest {
+                tenant: tenant.into(),
+                connection: name.into(),
+                client_id: client_id.into(),
+            })
+            .await?;
+        r.into_inner().connection.ok_or_else(|| tonic::Status::internal("no connection in the answer"))
+    }
+
     /// Creates an API key for `tenant` and returns the bearer key.
     pub async fn create_api_key(&mut self, tenant: &str) -> Result<String, tonic::Status> {
         let r = self
