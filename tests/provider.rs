@@ -20,6 +20,11 @@ const LOGGED_OUT: &str = "https://app.example.com/logged-out";
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const STRONG: &str = "Wonder-Land-42!";
 
+/// The `at_hash` of an RS256 ID token for `access_token` (OpenID Connect Core 3.1.3.6).
+fn at_hash(access_token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(&sha2::Sha256::digest(access_token.as_bytes())[..16])
+}
+
 fn challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
@@ -200,6 +205,13 @@ async fn code_flow_with_pkce_refresh_sso_and_logout() {
     assert_eq!(claims["email"], "alice@example.com");
     assert!(claims["auth_time"].as_u64().is_some_and(|a| a > 1_700_000_000), "{claims}");
     assert_eq!(tokens["token_type"], "Bearer");
+    // at_hash: the left half of the access token's SHA-256 (RS256), base64url.
+    let access_token = tokens["access_token"].as_str().expect("access_token");
+    assert_eq!(claims["at_hash"], at_hash(access_token), "{claims}");
+    // sid: the SSO session's id, not its cookie.
+    let sid = claims["sid"].as_str().expect("sid").to_owned();
+    let cookie = session.trim_start_matches("postern_session=").split(';').next().expect("value");
+    assert!(sid.len() >= 16 && !cookie.contains(&sid) && !sid.contains(cookie), "{sid} vs the cookie");
     let userinfo = agent
         .send(
             "GET",
@@ -216,6 +228,9 @@ async fn code_flow_with_pkce_refresh_sso_and_logout() {
     let f1 = [("grant_type", "refresh_token"), ("client_id", spa.client_id.as_str()), ("refresh_token", r1.as_str())];
     let (status, rotated, _) = token(&mut agent, &suite, t, &f1, None).await;
     assert_eq!(status, 200, "{rotated}");
+    let refreshed = verify_id_token(&suite, t, rotated["id_token"].as_str().expect("id_token"), &spa.client_id).await;
+    assert_eq!(refreshed["sid"], sid.as_str(), "a refresh keeps the session's sid");
+    assert_eq!(refreshed["at_hash"], at_hash(rotated["access_token"].as_str().expect("at")));
     let r2 = rotated["refresh_token"].as_str().expect("a new refresh token").to_owned();
     assert_ne!(r1, r2);
     let (status, reuse, _) = token(&mut agent, &suite, t, &f1, None).await;
@@ -243,6 +258,36 @@ async fn code_flow_with_pkce_refresh_sso_and_logout() {
     let web_claims = verify_id_token(&suite, t, web_tokens["id_token"].as_str().expect("id"), &web.client_id).await;
     assert_eq!(web_claims["sub"], claims["sub"]);
     assert_eq!(web_claims["auth_time"], claims["auth_time"], "the session's authentication time");
+    assert_eq!(web_claims["sid"], sid.as_str(), "one session, one sid, whichever client");
+
+    // RFC 7009: another client's refresh token is refused (and stays valid); the owner's
+    // own revocation works, and an unknown token is no error.
+    let web_refresh = web_tokens["refresh_token"].as_str().expect("refresh_token").to_owned();
+    let revoke = |client_id: &str, token: &str| {
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([("client_id", client_id), ("token", token), ("token_type_hint", "refresh_token")])
+            .finish()
+    };
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let revoke_url = format!("{}/{t}/oauth/revoke", base(&suite));
+    let refused =
+        agent.send("POST", &revoke_url, &form, Some(&revoke(&spa.client_id, &web_refresh))).await.expect("revoke");
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("unauthorized_client"), "{}", refused.body);
+    let f = [("grant_type", "refresh_token"), ("refresh_token", web_refresh.as_str())];
+    let (status, kept, _) = token(&mut agent, &suite, t, &f, Some((&web.client_id, &web.client_secret))).await;
+    assert_eq!(status, 200, "the refused revocation revoked nothing: {kept}");
+    let web_refresh = kept["refresh_token"].as_str().expect("rotated").to_owned();
+    let basic = format!("Basic {}", STANDARD.encode(format!("{}:{}", web.client_id, web.client_secret)));
+    let own = [form[0], ("authorization", basic.as_str())];
+    let body = url::form_urlencoded::Serializer::new(String::new()).append_pair("token", &web_refresh).finish();
+    let revoked = agent.send("POST", &revoke_url, &own, Some(&body)).await.expect("revoke");
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let f = [("grant_type", "refresh_token"), ("refresh_token", web_refresh.as_str())];
+    let (status, gone, _) = token(&mut agent, &suite, t, &f, Some((&web.client_id, &web.client_secret))).await;
+    assert_eq!((status, gone["error"].as_str()), (400, Some("invalid_grant")), "{gone}");
+    let unknown = agent.send("POST", &revoke_url, &own, Some(&body)).await.expect("revoke");
+    assert_eq!(unknown.status, 200, "an unknown token: 200 (RFC 7009 2.2)");
 
     // prompt=none with the session: a code; prompt=login and max_age=0: the page again.
     let none = agent.get(&authorize_url(&suite, t, &web.client_id, &[("prompt", "none")])).await.expect("none");
@@ -281,7 +326,12 @@ async fn code_flow_with_pkce_refresh_sso_and_logout() {
     assert!(wrong.body.contains("wrong email, username or password"), "{}", wrong.body);
     login.set("password", STRONG);
     let back = agent.submit(&page_url, &login).await.expect("login");
-    assert!(callback_query(&back).contains_key("code"));
+    let code = callback_query(&back)["code"].clone();
+    let fields = [("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", CALLBACK)];
+    let (status, again, _) = token(&mut agent, &suite, t, &fields, Some((&web.client_id, &web.client_secret))).await;
+    assert_eq!(status, 200, "{again}");
+    let again = verify_id_token(&suite, t, again["id_token"].as_str().expect("id"), &web.client_id).await;
+    assert!(again["sid"].as_str().is_some_and(|s| s != sid), "a new session, a new sid");
     suite.stop().await.expect("stop");
 }
 
@@ -497,5 +547,191 @@ async fn home_realm_discovery_names_the_organization() {
     assert!(none.body.contains("No organization logs in carol@elsewhere.example"), "{}", none.body);
     let login = none.forms().into_iter().find(|f| f.action == "login" && f.has("password")).expect("login form");
     assert_eq!(login.value("username"), Some("carol@elsewhere.example"), "the email fills the login form");
+    suite.stop().await.expect("stop");
+}
+
+/// The tokens of a code, exchanged by the regular web application.
+async fn exchange(
+    agent: &mut Agent,
+    suite: &Suite,
+    t: &str,
+    web: &tenant::Client,
+    code: &str,
+) -> (u16, serde_json::Value) {
+    let fields = [("grant_type", "authorization_code"), ("code", code), ("redirect_uri", CALLBACK)];
+    let (status, body, _) = token(agent, suite, t, &fields, Some((&web.client_id, &web.client_secret))).await;
+    (status, body)
+}
+
+/// A refresh token's rotation by the regular web application.
+async fn refresh(agent: &mut Agent, suite: &Suite, t: &str, web: &tenant::Client, r: &str) -> (u16, serde_json::Value) {
+    let fields = [("grant_type", "refresh_token"), ("refresh_token", r)];
+    let (status, body, _) = token(agent, suite, t, &fields, Some((&web.client_id, &web.client_secret))).await;
+    (status, body)
+}
+
+/// A code for the regular web application without a page (`prompt=none`), or the error.
+async fn silent(agent: &mut Agent, suite: &Suite, t: &str, web: &tenant::Client) -> Result<String, String> {
+    let answer = agent.get(&authorize_url(suite, t, &web.client_id, &[("prompt", "none")])).await.expect("authorize");
+    let q = callback_query(&answer);
+    q.get("code").cloned().ok_or_else(|| q["error"].clone())
+}
+
+/// Logs alice in on the hosted page: the code.
+async fn password_login(agent: &mut Agent, suite: &Suite, t: &str, web: &tenant::Client) -> String {
+    let (page_url, page) = login_page(agent, suite, &authorize_url(suite, t, &web.client_id, &[])).await;
+    let mut login = page.forms().into_iter().find(|f| f.action == "login").expect("login form");
+    login.set("username", "alice@example.com").set("password", STRONG);
+    let done = agent.submit(&page_url, &login).await.expect("login");
+    callback_query(&done)["code"].clone()
+}
+
+/// Every expiry of the provider, end to end on a clock the test moves (`Settings::clock`):
+/// the login transaction (10 minutes), the code (60 seconds), the SSO session (3 days
+/// idle, 7 days at most) and refresh tokens (15 days idle, 30 days at most), each just
+/// before and at its end.
+#[tokio::test]
+async fn expiries_follow_the_clock() {
+    use std::time::Duration;
+    const SEC: Duration = Duration::from_secs(1);
+    const DAY: Duration = Duration::from_secs(86_400);
+    let clock = postern_common::time::Clock::manual(postern_common::time::now_micros());
+    let suite = Suite::start_with(|s| s.clock = Some(clock.clone())).await.expect("suite");
+    let t = "fabrikam";
+    let (_, web) = setup(&suite, t).await;
+    let mut agent = Agent::new();
+
+    // The login transaction: the page works until its tenth minute, not at it.
+    let (page_url, page) = login_page(&mut agent, &suite, &authorize_url(&suite, t, &web.client_id, &[])).await;
+    let mut signup = page.forms().into_iter().find(|f| f.action == "signup").expect("signup form");
+    signup.set("email", "alice@example.com").set("password", STRONG);
+    clock.advance(600 * SEC - SEC);
+    assert_eq!(agent.get(&page_url).await.expect("page").status, 200, "still open at 9:59");
+    clock.advance(SEC);
+    let late = agent.submit(&page_url, &signup).await.expect("signup");
+    assert!(late.location().is_none() && late.body.contains("expired"), "{late:?}");
+    let (page_url, page) = login_page(&mut agent, &suite, &authorize_url(&suite, t, &web.client_id, &[])).await;
+    let mut signup = page.forms().into_iter().find(|f| f.action == "signup").expect("signup form");
+    signup.set("email", "alice@example.com").set("password", STRONG);
+    let done = agent.submit(&page_url, &signup).await.expect("signup");
+    let first = callback_query(&done)["code"].clone();
+
+    // Codes: good for 59 seconds, not 60.
+    let (second, third) = (silent(&mut agent, &suite, t, &web).await, silent(&mut agent, &suite, t, &web).await);
+    let (second, third) = (second.expect("SSO"), third.expect("SSO"));
+    clock.advance(59 * SEC);
+    let (status, r) = exchange(&mut agent, &suite, t, &web, &second).await;
+    assert_eq!(status, 200, "at 59 s: {r}");
+    let (status, q) = exchange(&mut agent, &suite, t, &web, &third).await;
+    assert_eq!(status, 200, "at 59 s: {q}");
+    clock.advance(SEC);
+    let (status, late) = exchange(&mut agent, &suite, t, &web, &first).await;
+    assert_eq!((status, late["error"].as_str()), (400, Some("invalid_grant")), "at 60 s: {late}");
+
+    // Refresh tokens: 15 days without use, 30 days for the family whatever its use.
+    let (r, q) =
+        (r["refresh_token"].as_str().expect("r").to_owned(), q["refresh_token"].as_str().expect("q").to_owned());
+    // They were issued a second before the clock's present (the code's 60th second).
+    clock.advance(15 * DAY - 2 * SEC);
+    let (status, r) = refresh(&mut agent, &suite, t, &web, &r).await;
+    assert_eq!(status, 200, "unused for 15 days less a second: {r}");
+    clock.advance(SEC);
+    let (status, idle) = refresh(&mut agent, &suite, t, &web, &q).await;
+    assert_eq!((status, idle["error"].as_str()), (400, Some("invalid_grant")), "unused for 15 days: {idle}");
+    clock.advance(15 * DAY - 2 * SEC);
+    let (status, r) = refresh(&mut agent, &suite, t, &web, r["refresh_token"].as_str().expect("rotated")).await;
+    assert_eq!(status, 200, "{r}");
+    clock.advance(SEC);
+    let (status, r) = refresh(&mut agent, &suite, t, &web, r["refresh_token"].as_str().expect("rotated")).await;
+    assert_eq!(status, 200, "the family's last second: {r}");
+    clock.advance(SEC);
+    let (status, ended) = refresh(&mut agent, &suite, t, &web, r["refresh_token"].as_str().expect("rotated")).await;
+    assert_eq!((status, ended["error"].as_str()), (400, Some("invalid_grant")), "30 days at most: {ended}");
+
+    // The SSO session: each use keeps it 3 more days, never past its 7th.
+    assert_eq!(silent(&mut agent, &suite, t, &web).await, Err("login_required".into()), "long idle");
+    let code = password_login(&mut agent, &suite, t, &web).await;
+    assert_eq!(exchange(&mut agent, &suite, t, &web, &code).await.0, 200);
+    for _ in 0..2 {
+        clock.advance(3 * DAY - SEC);
+        assert!(silent(&mut agent, &suite, t, &web).await.is_ok(), "used within 3 days");
+    }
+    clock.advance(DAY + SEC);
+    assert!(silent(&mut agent, &suite, t, &web).await.is_ok(), "the 7th day's last second");
+    clock.advance(SEC);
+    assert_eq!(silent(&mut agent, &suite, t, &web).await, Err("login_required".into()), "7 days at most");
+    password_login(&mut agent, &suite, t, &web).await;
+    clock.advance(3 * DAY);
+    assert_eq!(silent(&mut agent, &suite, t, &web).await, Err("login_required".into()), "3 days idle");
+    suite.stop().await.expect("stop");
+}
+
+/// The tenant's logo: an https URL only, checked by the tenant service (the field named in
+/// the answer), shown on the hosted page, and removed by naming it with no value.
+#[tokio::test]
+async fn the_tenant_logo_is_shown_on_the_hosted_page() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam";
+    let (_, web) = setup(&suite, t).await;
+    let mut admin = suite.admin().await;
+    let update = |logo: &str| tenant::UpdateTenantRequest {
+        tenant: Some(tenant::Tenant { name: t.into(), logo_url: logo.into(), ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["logo_url".into()] }),
+    };
+    for bad in [
+        "http://cdn.fabrikam.example/logo.png",
+        "javascript:alert(1)",
+        "data:image/svg+xml,<svg/>",
+        "https://user:pw@cdn.fabrikam.example/logo.png",
+        "/logo.png",
+    ] {
+        let err = admin.tenants.update_tenant(update(bad)).await.expect_err(bad);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}: {err:?}");
+        assert!(err.message().contains("tenant.logo_url"), "{bad}: {}", err.message());
+        assert!(!bad.starts_with("http:") || err.message().contains("only https"), "{}", err.message());
+    }
+    let logo = "https://cdn.fabrikam.example/logo.png?v=\"2\"";
+    let updated = admin.tenants.update_tenant(update(logo)).await.expect("https logo").into_inner();
+    assert_eq!(updated.tenant.expect("tenant").logo_url, logo);
+
+    let mut agent = Agent::new();
+    let (_, page) = login_page(&mut agent, &suite, &authorize_url(&suite, t, &web.client_id, &[])).await;
+    assert!(
+        page.body.contains(
+            "<img class=\"logo\" src=\"https:&#x2f;&#x2f;cdn.fabrikam.example&#x2f;logo.png?v=&quot;2&quot;\""
+        ) || page.body.contains("<img class=\"logo\" src=\"https://cdn.fabrikam.example/logo.png?v=&quot;2&quot;\""),
+        "the logo, escaped: {}",
+        page.body
+    );
+
+    // Named with no value, the logo goes; a tenant created with one keeps it.
+    admin.tenants.update_tenant(update("")).await.expect("removed");
+    let (_, page) = login_page(&mut agent, &suite, &authorize_url(&suite, t, &web.client_id, &[])).await;
+    assert!(!page.body.contains("class=\"logo\""), "no logo: {}", page.body);
+    let created = admin
+        .tenants
+        .create_tenant(tenant::CreateTenantRequest {
+            tenant: Some(tenant::Tenant {
+                name: "contoso".into(),
+                logo_url: "https://contoso.example/logo.svg".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("created with a logo")
+        .into_inner();
+    assert_eq!(created.tenant.expect("tenant").logo_url, "https://contoso.example/logo.svg");
+    let err = admin
+        .tenants
+        .create_tenant(tenant::CreateTenantRequest {
+            tenant: Some(tenant::Tenant {
+                name: "woodgrove".into(),
+                logo_url: "http://x".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("http logo");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
     suite.stop().await.expect("stop");
 }

@@ -193,9 +193,29 @@ impl ConnectionCache {
 }
 
 /// The registry's answer in the shared connection model: the edge where the contract's
-/// connection stops.
+/// connection stops. A stored connection that no longer meets today's creation rules is
+/// still used (it was valid when stored; the cause is logged); one the model cannot
+/// represent at all (a strategy or options family this authenticator does not know, as
+/// from a newer registry) is `FAILED_PRECONDITION` for the caller, never `INTERNAL`.
 fn typed(conn: pb::Connection) -> Result<postern_connection::Resolved, Status> {
-    postern_connection::Resolved::try_from(conn).map_err(|e| postern_common::error::internal(&e))
+    match postern_connection::Resolved::read(conn) {
+        Ok((resolved, None)) => Ok(resolved),
+        Ok((resolved, Some(outdated))) => {
+            tracing::warn!(problems = %outdated, "a stored connection no longer meets the creation rules; used as stored");
+            Ok(resolved)
+        }
+        Err(unusable) => {
+            tracing::error!(error = %unusable, "the registry answered a connection this authenticator cannot read");
+            Err(postern_common::error::failed_precondition(
+                "CONNECTION_UNUSABLE",
+                format!(
+                    "connection {:?} cannot be used by this authenticator (its strategy or options are not known \
+                     here); an administrator must check the connection or upgrade the service",
+                    postern_common::validate::truncate(&unusable.name, 64)
+                ),
+            ))
+        }
+    }
 }
 
 fn connection_gone(connection: &str) -> Status {

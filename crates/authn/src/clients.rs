@@ -1,10 +1,13 @@
-//! Client checks remembered between logins, so that a warm login asks the tenant service
-//! nothing, as it asks the registry nothing.
+//! Client checks remembered between logins, so that a warm login or token request asks the
+//! tenant service nothing, as it asks the registry nothing.
 //!
 //! A login checks that the client belongs to the tenant and, for a confidential client, its
 //! secret (the tenant service's internal `VerifyClientSecret`). What passed is remembered:
 //! the tenant, the client and a SHA-256 digest of the secret presented (never the secret).
-//! Only passes are remembered; a refusal is asked again each time.
+//! Only passes are remembered; a refusal is asked again each time. The client itself as
+//! `GetClient` answered it (its type, whether it is confidential, its callback and logout
+//! URLs; never a secret) is remembered the same way, so that the token endpoint and the
+//! authorization request do not ask for it on every call.
 //!
 //! What is remembered holds exactly as long as the tenant service's event log says nothing
 //! of the client. The log's follower ([`tenants`](crate::tenants)) forgets a client when it
@@ -19,8 +22,9 @@
 //! that retired it.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use postern_proto::tenant::v1 as tenant_pb;
 use sha2::{Digest, Sha256};
 
 /// At most this many clients are remembered; past it, everything is forgotten and the
@@ -32,13 +36,22 @@ const MAX_SECRETS: usize = 2;
 
 type Secret = [u8; 32];
 
+/// What is remembered of one client.
+#[derive(Debug, Default)]
+struct Known {
+    /// The client as the tenant service answered it (no secret in it).
+    client: Option<Arc<tenant_pb::Client>>,
+    /// Digests of secrets that passed.
+    secrets: Vec<Secret>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// The follower of the tenant event log is connected.
     live: bool,
     /// Bumped by every forget.
     generation: u64,
-    passed: HashMap<(String, String), Vec<Secret>>,
+    passed: HashMap<(String, String), Known>,
 }
 
 /// The client checks that passed, while they hold.
@@ -74,7 +87,38 @@ impl ClientChecks {
             return false;
         }
         let key = (tenant.to_owned(), client_id.to_owned());
-        state.passed.get(&key).is_some_and(|secrets| secrets.contains(&digest(secret)))
+        state.passed.get(&key).is_some_and(|known| known.secrets.contains(&digest(secret)))
+    }
+
+    /// The client as the tenant service answered it, if remembered and still holding.
+    pub fn client(&self, tenant: &str, client_id: &str) -> Option<Arc<tenant_pb::Client>> {
+        let state = self.state();
+        if !state.live {
+            return None;
+        }
+        state.passed.get(&(tenant.to_owned(), client_id.to_owned())).and_then(|known| known.client.clone())
+    }
+
+    /// Remembers the client as `GetClient` answered it (any secret in it is dropped),
+    /// unless something was forgotten since it was asked or the follower is not connected.
+    pub fn remember_client(&self, asked: Asked, tenant: &str, client: &tenant_pb::Client) -> Arc<tenant_pb::Client> {
+        let client = Arc::new(tenant_pb::Client { client_secret: String::new(), ..client.clone() });
+        self.update(asked, tenant, &client.client_id, |known| known.client = Some(client.clone()));
+        client
+    }
+
+    /// Updates what is remembered of a client, unless something was forgotten since it was
+    /// asked or the follower is not connected.
+    fn update(&self, asked: Asked, tenant: &str, client_id: &str, f: impl FnOnce(&mut Known)) {
+        let mut state = self.state();
+        if !state.live || state.generation != asked.0 {
+            return;
+        }
+        let key = (tenant.to_owned(), client_id.to_owned());
+        if state.passed.len() >= MAX_CLIENTS && !state.passed.contains_key(&key) {
+            state.passed.clear();
+        }
+        f(state.passed.entry(key).or_default());
     }
 
     /// Marks the moment a check is asked of the tenant service.
@@ -85,21 +129,16 @@ impl ClientChecks {
     /// Remembers a check that passed, unless something was forgotten since it was asked or
     /// the follower is not connected.
     pub fn remember(&self, asked: Asked, tenant: &str, client_id: &str, secret: &str) {
-        let mut state = self.state();
-        if !state.live || state.generation != asked.0 {
-            return;
-        }
-        if state.passed.len() >= MAX_CLIENTS {
-            state.passed.clear();
-        }
-        let secrets = state.passed.entry((tenant.to_owned(), client_id.to_owned())).or_default();
         let d = digest(secret);
-        if !secrets.contains(&d) {
-            if secrets.len() >= MAX_SECRETS {
-                secrets.remove(0);
+        self.update(asked, tenant, client_id, |known| {
+            let secrets = &mut known.secrets;
+            if !secrets.contains(&d) {
+                if secrets.len() >= MAX_SECRETS {
+                    secrets.remove(0);
+                }
+                secrets.push(d);
             }
-            secrets.push(d);
-        }
+        });
     }
 
     /// Forgets a client (updated, its secret rotated, or deleted).
@@ -169,6 +208,34 @@ mod tests {
         assert!(!c.passed("t", "app", "s3cret"));
         c.set_live(true);
         assert!(!c.passed("t", "app", "s3cret"), "what was known before the log was lost stays forgotten");
+    }
+
+    #[test]
+    fn clients_are_remembered_without_secret_until_forgotten() {
+        let c = ClientChecks::new();
+        let client = tenant_pb::Client {
+            client_id: "app".into(),
+            client_secret: "never-kept".into(),
+            confidential: true,
+            ..Default::default()
+        };
+        c.remember_client(c.asking(), "t", &client);
+        assert!(c.client("t", "app").is_none(), "nothing is remembered before the follower is live");
+        c.set_live(true);
+        let asked = c.asking();
+        let kept = c.remember_client(asked, "t", &client);
+        assert!(kept.client_secret.is_empty(), "a secret is never kept");
+        assert!(c.client("t", "app").is_some_and(|k| k.confidential && k.client_secret.is_empty()));
+        assert!(c.client("u", "app").is_none(), "tenants apart");
+        c.remember(c.asking(), "t", "app", "s3cret");
+        assert!(c.client("t", "app").is_some() && c.passed("t", "app", "s3cret"), "both kept side by side");
+        c.forget_client("t", "app");
+        assert!(c.client("t", "app").is_none(), "an update forgets the client");
+        // Asked before a forget, answered after: not kept.
+        let asked = c.asking();
+        c.forget_tenant("t");
+        c.remember_client(asked, "t", &client);
+        assert!(c.client("t", "app").is_none());
     }
 
     #[test]

@@ -205,14 +205,28 @@ impl AuthnApi {
         }
     }
 
-    /// Checks that the tenant has the client (a public check: no secret).
+    /// Checks that the tenant has the client (a public check: no secret): remembered like
+    /// the secret checks, asked of the tenant service otherwise.
     async fn client_exists(&self, tenant: &str, client_id: &str) -> Result<(), Status> {
+        let checks = &self.client_checks;
+        if checks.client(tenant, client_id).is_some() {
+            return Ok(());
+        }
+        let asked = checks.asking();
         let answer = self
             .tenant_clients
             .clone()
             .get_client(tenant_pb::GetClientRequest { tenant: tenant.to_owned(), client_id: client_id.to_owned() })
             .await;
-        answer.map(|_| ()).map_err(|s| client_refusal(tenant, client_id, &s))
+        match answer {
+            Ok(r) => {
+                if let Some(client) = r.into_inner().client.filter(|c| c.client_id == client_id) {
+                    checks.remember_client(asked, tenant, &client);
+                }
+                Ok(())
+            }
+            Err(s) => Err(client_refusal(tenant, client_id, &s)),
+        }
     }
 
     /// Checks that the tenant exists (the tenant service's answer).

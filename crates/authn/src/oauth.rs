@@ -10,6 +10,7 @@
 //! [`Clock`], so that expiry rules are tested without sleeping.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -30,7 +31,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::AuthnApi;
 use crate::store::Store;
-use crate::store::oauth::{CodeGrant, NewTransaction, Redeemed, RefreshGrant, Rotated, secret_digest};
+use crate::store::oauth::{CodeGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, secret_digest};
 use crate::tokens::{self, ProfileClaims};
 
 /// How long the provider's grants and sessions last.
@@ -156,7 +157,8 @@ fn seconds(t: i64) -> u64 {
     u64::try_from(t.div_euclid(1_000_000)).unwrap_or(0)
 }
 
-/// The ID token of the code flow: the login's claims plus `nonce` and `auth_time`.
+/// The ID token of the code flow: the login's claims plus `nonce`, `auth_time`, `at_hash`
+/// (OpenID Connect Core 3.1.3.6) and `sid` (the SSO session, as in Front-Channel Logout 3).
 #[derive(Serialize, Deserialize)]
 struct IdToken {
     iss: String,
@@ -167,6 +169,10 @@ struct IdToken {
     auth_time: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nonce: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
     #[serde(flatten)]
     profile: ProfileClaims,
 }
@@ -199,6 +205,18 @@ struct UserTokens<'a> {
     audience: &'a str,
     nonce: &'a str,
     auth_time: i64,
+    /// The digest of the SSO session the login started (empty: none).
+    session_hash: &'a str,
+}
+
+/// The `sid` of an SSO session: stable for the session's life, the same in every ID token
+/// it yields, and neither its cookie nor the digest the store looks it up by (a relying
+/// party holding `sid` can present nothing with it).
+pub fn session_id(session_hash: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"postern.authn.v1/sid\0");
+    h.update(session_hash.as_bytes());
+    URL_SAFE_NO_PAD.encode(&h.finalize()[..16])
 }
 
 impl OAuthApi {
@@ -220,8 +238,17 @@ impl OAuthApi {
         tokens::issuer(url, tenant)
     }
 
-    /// The client, or the status the caller shows on an error page (never a redirect).
-    async fn client(&self, tenant: &str, client_id: &str) -> Result<tenant_pb::Client, Status> {
+    /// The client, or the status the caller shows on an error page (never a redirect):
+    /// remembered while the tenant event log says nothing of it
+    /// ([`ClientChecks`](crate::clients::ClientChecks)), asked of the tenant service
+    /// otherwise.
+    async fn client(&self, tenant: &str, client_id: &str) -> Result<Arc<tenant_pb::Client>, Status> {
+        let checks = &self.authn.client_checks;
+        if let Some(client) = checks.client(tenant, client_id) {
+            return Ok(client);
+        }
+        let asked = checks.asking();
+        metrics::counter!("postern_authn_client_reads_total").increment(1);
         let answer = self
             .authn
             .tenant_clients
@@ -229,7 +256,10 @@ impl OAuthApi {
             .get_client(tenant_pb::GetClientRequest { tenant: tenant.to_owned(), client_id: client_id.to_owned() })
             .await;
         match answer {
-            Ok(r) => r.into_inner().client.ok_or_else(|| internal(&"GetClient answered no client")),
+            Ok(r) => match r.into_inner().client {
+                Some(client) if client.client_id == client_id => Ok(checks.remember_client(asked, tenant, &client)),
+                _ => Err(internal(&"GetClient answered no client, or another one")),
+            },
             Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument) => Err(not_found(
                 "CLIENT_NOT_FOUND",
                 format!("tenant {tenant:?} has no client {:?}", truncate(client_id, 64)),
@@ -248,7 +278,7 @@ impl OAuthApi {
         tenant: &str,
         client_id: &str,
         secret: &str,
-    ) -> Result<tenant_pb::Client, Status> {
+    ) -> Result<Arc<tenant_pb::Client>, Status> {
         if client_id.is_empty() {
             return Err(invalid_client("client authentication failed: no client_id"));
         }
@@ -418,6 +448,8 @@ impl OAuthApi {
             exp: iat + lifetimes.id_token.as_secs(),
             auth_time: seconds(t.auth_time),
             nonce: (!t.nonce.is_empty()).then(|| t.nonce.to_owned()),
+            at_hash: Some(tokens::at_hash(key.alg, &access_token)),
+            sid: (!t.session_hash.is_empty()).then(|| session_id(t.session_hash)),
             profile: profile.for_scope(&scope),
         };
         Ok(tokens::Issued {
@@ -489,6 +521,7 @@ impl OAuthApi {
                 audience: &grant.audience,
                 nonce: &grant.nonce,
                 auth_time: grant.auth_time,
+                session_hash: &grant.session_hash,
             })
             .await?;
         let refresh_token = if has_scope(&grant.scope, "offline_access") {
@@ -567,6 +600,7 @@ impl OAuthApi {
                 audience: &grant.audience,
                 nonce: &grant.nonce,
                 auth_time: grant.auth_time,
+                session_hash: &grant.session_hash,
             })
             .await?;
         Ok(Self::token_response(issued, next, has_scope(&scope, "openid")))
@@ -619,7 +653,7 @@ impl OAuthApi {
     async fn validate_authorization(
         &self,
         req: &pb::StartAuthorizationRequest,
-    ) -> Result<(tenant_pb::Client, Result<AuthRequest, (&'static str, String)>), Status> {
+    ) -> Result<(Arc<tenant_pb::Client>, Result<AuthRequest, (&'static str, String)>), Status> {
         let mut v = Violations::new();
         v.check("tenant", postern_common::validate::tenant_name(&req.tenant));
         if req.client_id.is_empty() {
@@ -837,7 +871,8 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             .collect();
         Ok(Response::new(pb::GetLoginPageResponse {
             tenant_display_name: if tenant.display_name.is_empty() { req.tenant.clone() } else { tenant.display_name },
-            client_name: client.name,
+            tenant_logo_url: tenant.logo_url,
+            client_name: client.name.clone(),
             connections: page_connections,
             login_hint: request.login_hint,
             home_realm_discovery,
@@ -983,8 +1018,21 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         if req.token.is_empty() {
             return Err(invalid_request("token", "is required"));
         }
-        if self.store().revoke_refresh_token(&req.tenant, &secret_digest(&req.token), &client.client_id).await? {
-            tracing::info!(tenant = %req.tenant, client_id = %client.client_id, "refresh token revoked");
+        // RFC 7009 2.1: a token issued to another client is refused and stays valid; an
+        // unknown (or already revoked) token is not an error (2.2).
+        match self.store().revoke_refresh_token(&req.tenant, &secret_digest(&req.token), &client.client_id).await? {
+            Revoked::Revoked => {
+                tracing::info!(tenant = %req.tenant, client_id = %client.client_id, "refresh token revoked");
+            }
+            Revoked::Unknown => {}
+            Revoked::OtherClient => {
+                tracing::warn!(tenant = %req.tenant, client_id = %client.client_id, "refused to revoke another client's token");
+                return Err(status(
+                    Code::PermissionDenied,
+                    reason::UNAUTHORIZED_CLIENT,
+                    "the token was issued to another client; a client may revoke only its own tokens",
+                ));
+            }
         }
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }

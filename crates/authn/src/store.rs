@@ -1108,7 +1108,7 @@ fn identity_from_row(r: &AnyRow) -> Result<Identity, StoreError> {
         login_email: r.try_get("login_email")?,
         login_username: r.try_get("login_username")?,
         profile_data: serde_json::from_str(&profile_data).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        profile_sync: sync_of_code(r.try_get("profile_sync")?),
+        profile_sync: sync_of_code(&r.try_get::<String, _>("profile_sync")?)?,
         external: r.try_get::<i64, _>("external")? != 0,
         password_hash: r.try_get("password_hash")?,
     })
@@ -1129,22 +1129,18 @@ fn json_map(text: &str) -> Result<Map<String, Value>, StoreError> {
     }
 }
 
-/// The store's code of a profile-sync mode (its own numbering, not the contract's).
-fn sync_code(sync: ProfileSync) -> i64 {
-    match sync {
-        ProfileSync::OnEachLogin => 1,
-        ProfileSync::OnFirstLogin => 2,
-        ProfileSync::NeverOnLogin => 3,
-    }
+/// The stored name of a profile-sync mode (the connection model's, never a number).
+fn sync_code(sync: ProfileSync) -> &'static str {
+    sync.as_str()
 }
 
-/// The profile-sync mode of a stored code; an unknown code reads as the default.
-fn sync_of_code(code: i64) -> ProfileSync {
-    match code {
-        2 => ProfileSync::OnFirstLogin,
-        3 => ProfileSync::NeverOnLogin,
-        _ => ProfileSync::OnEachLogin,
-    }
+/// The profile-sync mode stored by its name (`on_each_login`, …, the connection model's
+/// names, as the registry stores them); another name is a corrupt row.
+fn sync_of_code(name: &str) -> Result<ProfileSync, StoreError> {
+    [ProfileSync::OnEachLogin, ProfileSync::OnFirstLogin, ProfileSync::NeverOnLogin]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown profile_sync {name:?} in identities")))
 }
 
 #[cfg(test)]

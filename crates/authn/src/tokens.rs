@@ -624,6 +624,20 @@ pub fn normalize_scope(scope: &str) -> String {
     granted.join(" ")
 }
 
+/// The `at_hash` of an ID token issued with `access_token` (OpenID Connect Core 3.1.3.6):
+/// the base64url of the left half of the access token's hash under the hash of the ID
+/// token's `alg` (SHA-256 for RS256; SHA-512 for EdDSA with Ed25519, as the OpenID
+/// Foundation's errata and certified relying parties read it).
+pub fn at_hash(alg: Algorithm, access_token: &str) -> String {
+    let digest_alg = match alg {
+        Algorithm::Rs256 => &aws_lc_rs::digest::SHA256,
+        Algorithm::EdDsa => &aws_lc_rs::digest::SHA512,
+    };
+    let digest = aws_lc_rs::digest::digest(digest_alg, access_token.as_bytes());
+    let bytes = digest.as_ref();
+    URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() / 2])
+}
+
 fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -751,6 +765,13 @@ mod tests {
         let key = SigningKey::generate_async(Algorithm::Rs256, SystemTime::now()).await.unwrap();
         assert!(key.is_current());
         assert_eq!(key.alg, Algorithm::Rs256);
+    }
+
+    #[test]
+    fn at_hash_is_the_left_half_of_the_access_tokens_hash() {
+        // OpenID Connect Core A.3 (the example's access token and at_hash, RS256).
+        assert_eq!(at_hash(Algorithm::Rs256, "jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"), "77QmUPtjPfzWtF2AnpK9RQ");
+        assert_eq!(at_hash(Algorithm::EdDsa, "jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y").len(), 43, "32 bytes");
     }
 
     #[test]

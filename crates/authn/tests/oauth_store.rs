@@ -4,7 +4,9 @@
 //! call, so expiry needs no sleep.
 
 use postern_authn::domain::{Identity, Profile, ProfileSync};
-use postern_authn::store::oauth::{CodeGrant, NewTransaction, Redeemed, RefreshGrant, Rotated, Session, secret_digest};
+use postern_authn::store::oauth::{
+    CodeGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, Session, secret_digest,
+};
 use postern_authn::store::{NewUser, Store};
 use postern_common::db::DbLocation;
 use postern_common::testing::TestDatabase;
@@ -231,9 +233,15 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
         let (f1, f2, f3) = (secret_digest("f1"), secret_digest("f2"), secret_digest("f3"));
         store.create_refresh_token(T, &f1, &g, T0, T0 + day).await.unwrap();
         assert!(matches!(store.rotate_refresh_token(T, &f1, &f2, T0 + SEC, day).await.unwrap(), Rotated::Rotated(_)));
-        assert!(!store.revoke_refresh_token(T, &f2, "c2").await.unwrap(), "another client's token");
-        assert!(store.revoke_refresh_token(T, &f1, "c1").await.unwrap(), "a rotated token names its family");
-        assert_eq!(store.rotate_refresh_token(T, &f2, &f3, T0 + 2 * SEC, day).await.unwrap(), Rotated::Unknown);
+        assert_eq!(store.revoke_refresh_token(T, &f2, "c2").await.unwrap(), Revoked::OtherClient, "another client's");
+        assert!(
+            matches!(store.rotate_refresh_token(T, &f2, &f3, T0 + 2 * SEC, day).await.unwrap(), Rotated::Rotated(_)),
+            "another client's refusal revokes nothing"
+        );
+        assert_eq!(store.revoke_refresh_token(T, &f1, "c1").await.unwrap(), Revoked::Revoked, "names its family");
+        assert_eq!(store.revoke_refresh_token(T, &f1, "c1").await.unwrap(), Revoked::Unknown, "already gone");
+        let f4 = secret_digest("f4");
+        assert_eq!(store.rotate_refresh_token(T, &f3, &f4, T0 + 3 * SEC, day).await.unwrap(), Rotated::Unknown);
         cleanup(store, backend).await;
     }
 }

@@ -126,8 +126,8 @@ pub fn urlencode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-const TENANT: &str = "bench-oauth";
-const AUDIENCE: &str = "https://api.bench.example/";
+pub const TENANT: &str = "bench-oauth";
+pub const AUDIENCE: &str = "https://api.bench.example/";
 const USERS: usize = 32;
 const PASSWORD: &str = "Bench-Mark-2026!";
 /// Rounds per path of the login comparison: hashing is slow, so more rounds even out the
@@ -148,6 +148,14 @@ const CALLBACK: &str = "http://127.0.0.1:9/callback";
 async fn setup() -> anyhow::Result<Setup> {
     let suite = Suite::start().await?;
     let mut admin = suite.admin().await;
+    let (m2m, web) = populate(&mut admin).await?;
+    Ok(Setup { suite, m2m, web })
+}
+
+/// Fills a fresh suite through `admin`: the tenant, a machine-to-machine client, and a
+/// regular web application whose database connection has [`USERS`] users. Answers the two
+/// clients (with their secrets).
+pub async fn populate(admin: &mut postern_testkit::Clients) -> anyhow::Result<(tenant::Client, tenant::Client)> {
     admin.create_tenant(TENANT).await?;
     let create = |app_type: tenant::AppType, name: &str| tenant::CreateClientRequest {
         tenant: TENANT.into(),
@@ -194,7 +202,7 @@ async fn setup() -> anyhow::Result<Setup> {
             })
             .await?;
     }
-    Ok(Setup { suite, m2m, web })
+    Ok((m2m, web))
 }
 
 /// `client_credentials` at Postern's token endpoint.
@@ -226,7 +234,7 @@ async fn postern_client_credentials(s: &Setup, concurrency: usize, seconds: u64)
 /// do it: `GET /authorize` (PKCE S256), the hosted page's form post, the redirect with the
 /// code, and the code's exchange with the verifier for tokens. A fresh cookie jar each time,
 /// so that no session skips the password.
-async fn code_login(http_addr: std::net::SocketAddr, web: &tenant::Client, worker: usize) -> anyhow::Result<()> {
+pub async fn code_login(http_addr: std::net::SocketAddr, web: &tenant::Client, worker: usize) -> anyhow::Result<()> {
     let verifier = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
     let mut authorize = url::Url::parse(&format!("http://{http_addr}/{TENANT}/authorize"))?;

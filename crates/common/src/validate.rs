@@ -70,6 +70,36 @@ pub fn redirect_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The most characters an image URL (a tenant's logo) may have.
+pub const MAX_IMAGE_URL: usize = 2048;
+
+/// The URL of an image a browser loads from a page Postern serves (a tenant's logo): an
+/// absolute `https` URL with a host, no user information, no fragment, at most
+/// [`MAX_IMAGE_URL`] characters. Plain `http` would be blocked as mixed content on an https
+/// page, and leak the page's visits on the network.
+pub fn image_url(value: &str) -> Result<(), String> {
+    if value.chars().count() > MAX_IMAGE_URL {
+        return Err(format!("must be at most {MAX_IMAGE_URL} characters, got {}", value.chars().count()));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
+    }
+    let url = url::Url::parse(value).map_err(|e| format!("{:?} is not an absolute URL ({e})", truncate(value, 200)))?;
+    if url.scheme() != "https" {
+        return Err(format!("{:?} has scheme {:?}; only https is allowed", truncate(value, 200), url.scheme()));
+    }
+    if url.host().is_none() {
+        return Err(format!("{:?} has no host", truncate(value, 200)));
+    }
+    if url.fragment().is_some() {
+        return Err(format!("{:?} must not contain a fragment (#…)", truncate(value, 200)));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{:?} must not contain user information", truncate(value, 200)));
+    }
+    Ok(())
+}
+
 /// An absolute `http(s)` URL of a server Postern calls (an endpoint, an issuer). `http` is
 /// allowed anywhere: deployments often reach internal services that way.
 pub fn service_url(value: &str) -> Result<(), String> {
@@ -138,6 +168,27 @@ mod tests {
             "not a url",
         ] {
             check(redirect_url(bad), false);
+        }
+    }
+
+    #[test]
+    fn image_urls() {
+        for good in ["https://cdn.fabrikam.example/logo.png", "https://x.example/l.svg?v=2"] {
+            check(image_url(good), true);
+        }
+        let long = format!("https://x.example/{}", "a".repeat(MAX_IMAGE_URL));
+        for bad in [
+            "http://cdn.fabrikam.example/logo.png",
+            "http://localhost/logo.png",
+            "data:image/png;base64,AAAA",
+            "javascript:alert(1)",
+            "https://u:p@x.example/logo.png",
+            "https://x.example/logo.png#x",
+            "https://x.example/\u{7}",
+            "//x.example/logo.png",
+            long.as_str(),
+        ] {
+            check(image_url(bad), false);
         }
     }
 }

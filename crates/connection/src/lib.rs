@@ -330,22 +330,77 @@ impl Resolved {
 impl TryFrom<pb::Connection> for Resolved {
     type Error = InvalidConnection;
 
-    /// Reads a connection answered by ResolveConnection (secret fields with their values)
-    /// under the same rules as a creation, the required secrets included.
+    /// Reads a connection answered by ResolveConnection: see [`Resolved::read`] (what it
+    /// would refuse today under the creation rules is let through).
     fn try_from(c: pb::Connection) -> Result<Self, InvalidConnection> {
+        Resolved::read(c).map(|(resolved, _)| resolved)
+    }
+}
+
+impl Resolved {
+    /// Reads a connection answered by ResolveConnection (secret fields with their values).
+    /// The registry stored it under the rules of its day, so only what the model cannot
+    /// represent is refused (an unknown strategy, options of another family); a rule of
+    /// the creation checks it no longer meets (a limit tightened since, a secret now
+    /// required) is answered beside it, for the log, instead of making a stored
+    /// connection unusable.
+    pub fn read(c: pb::Connection) -> Result<(Self, Option<InvalidConnection>), InvalidConnection> {
         let id = c.id.clone();
         let name = c.name.clone();
         let time = |t: &Option<prost_types::Timestamp>| t.as_ref().and_then(postern_common::time::from_timestamp);
         let (create_time, update_time) = (time(&c.create_time).unwrap_or(0), time(&c.update_time).unwrap_or(0));
-        let NewConnection { spec, secrets } = NewConnection::try_from(c).map_err(|v| InvalidConnection {
-            name,
+        let mut v = Violations::new();
+        let parsed = parse_connection(c, &mut v);
+        if let Some((spec, secrets)) = &parsed {
+            spec.options.check_required_secrets(secrets, &format!("{CONNECTION}.options"), &mut v);
+        }
+        let problems = |v: &Violations| InvalidConnection {
+            name: name.clone(),
             problems: v
                 .as_slice()
                 .iter()
                 .map(|f| format!("{}: {}", f.field, f.description))
                 .collect::<Vec<_>>()
                 .join("; "),
-        })?;
-        Ok(Resolved { connection: Connection { id, spec, create_time, update_time }, secrets })
+        };
+        match parsed {
+            Some((spec, secrets)) => Ok((
+                Resolved { connection: Connection { id, spec, create_time, update_time }, secrets },
+                (!v.is_empty()).then(|| problems(&v)),
+            )),
+            None => Err(problems(&v)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(name: &str, strategy: &str, metadata: usize) -> pb::Connection {
+        pb::Connection {
+            id: "con_0123".into(),
+            name: name.into(),
+            strategy: strategy.into(),
+            metadata: (0..metadata).map(|i| (format!("k{i}"), "v".to_owned())).collect(),
+            options: Some(pb::connection::Options::Database(pb::DatabaseOptions::default())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_stored_connection_outside_todays_creation_rules_still_reads() {
+        let (fine, problems) = Resolved::read(stored("users", "auth0", 1)).expect("reads");
+        assert!(problems.is_none());
+        assert_eq!(fine.connection.spec.strategy, Strategy::Auth0);
+        // Stored before a limit was tightened: too many metadata keys, a name now refused.
+        let (old, problems) = Resolved::read(stored("Old_Name", "auth0", MAX_METADATA_KEYS + 1)).expect("reads");
+        let problems = problems.expect("the rules it breaks, for the log").problems;
+        assert!(problems.contains("connection.name") && problems.contains("connection.metadata"), "{problems}");
+        assert_eq!(old.connection.spec.name, "Old_Name");
+        assert!(Resolved::try_from(stored("Old_Name", "auth0", 0)).is_ok());
+        // What the model cannot represent is refused.
+        let unknown = Resolved::read(stored("users", "future-strategy", 0)).expect_err("unknown strategy");
+        assert!(unknown.problems.contains("connection.strategy"), "{}", unknown.problems);
     }
 }

@@ -117,6 +117,12 @@ pub struct Settings {
     /// line) is every connector this binary has ([`connectors`]). Tests set it to add one.
     #[arg(skip)]
     pub connectors: Option<postern_connector::Connectors>,
+    /// Where the OpenID provider's expiry rules (login transactions, codes, SSO sessions,
+    /// refresh tokens) and the tokens' `iat`/`exp` read the time: `None` (always, from the
+    /// command line) is the system clock. Tests set a manual clock to move time instead of
+    /// sleeping.
+    #[arg(skip)]
+    pub clock: Option<postern_common::time::Clock>,
 }
 
 /// The addresses a started suite listens on.
@@ -405,7 +411,7 @@ async fn start_authn(
         master_key,
         lifetimes: postern_authn::tokens::Lifetimes::DEFAULT,
         cache_connections: settings.connection_cache,
-        clock: postern_common::time::Clock::system(),
+        clock: settings.clock.clone().unwrap_or_else(postern_common::time::Clock::system),
         connectors: settings.connectors.clone().unwrap_or_else(connectors),
     };
     let api = postern_authn::api(store.clone(), &peers, internal_key, config);

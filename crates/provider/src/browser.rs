@@ -231,6 +231,9 @@ async fn render_login(provider: &Provider, tenant: &str, tx: &str, csrf: &str, s
         "login.html",
         minijinja::context! {
             tenant_name => page.tenant_display_name,
+            // The tenant service accepts only https logos; checked again as the page's own
+            // rule (the CSP's `img-src https:` would block anything else anyway).
+            logo_url => Some(page.tenant_logo_url).filter(|u| u.starts_with("https://")),
             client_name => page.client_name,
             connections => connections,
             several => several,

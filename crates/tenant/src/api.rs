@@ -13,7 +13,7 @@ use postern_common::time::{from_timestamp, now_micros};
 use postern_proto::tenant::v1 as pb;
 use tonic::{Code, Request, Response, Status};
 
-use crate::domain::{self, ApiKey, check_display_name, check_scopes, check_tenant_name};
+use crate::domain::{self, ApiKey, check_display_name, check_logo_url, check_scopes, check_tenant_name};
 use crate::store::{EventType, Store, StoreError};
 
 /// The prefix of tenant API keys, so that a leaked key is recognisable by secret scanners.
@@ -83,13 +83,15 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         let mut v = Violations::new();
         check_tenant_name(&mut v, "tenant.name", &tenant.name);
         check_display_name(&mut v, "tenant.display_name", &display_name);
+        check_logo_url(&mut v, "tenant.logo_url", &tenant.logo_url);
         v.into_result()?;
-        let created = self.store.create_tenant(&tenant.name, &display_name).await.map_err(|e| match e {
-            StoreError::AlreadyExists => {
-                already_exists("TENANT_ALREADY_EXISTS", format!("tenant {:?} already exists", tenant.name))
-            }
-            e => e.into(),
-        })?;
+        let created =
+            self.store.create_tenant(&tenant.name, &display_name, &tenant.logo_url).await.map_err(|e| match e {
+                StoreError::AlreadyExists => {
+                    already_exists("TENANT_ALREADY_EXISTS", format!("tenant {:?} already exists", tenant.name))
+                }
+                e => e.into(),
+            })?;
         tracing::info!(tenant = %created.name, "tenant created");
         Ok(Response::new(pb::CreateTenantResponse { tenant: Some(created.into()) }))
     }
@@ -135,9 +137,13 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         let paths = postern_common::mask::effective_paths(
             &mut v,
             &mask,
-            &["display_name"],
+            &["display_name", "logo_url"],
             &["name", "create_time", "update_time"],
-            |p| p == "display_name" && !tenant.display_name.is_empty(),
+            |p| match p {
+                "display_name" => !tenant.display_name.is_empty(),
+                "logo_url" => !tenant.logo_url.is_empty(),
+                _ => false,
+            },
         );
         let display_name = if paths.contains(&"display_name") {
             check_display_name(&mut v, "tenant.display_name", &tenant.display_name);
@@ -145,11 +151,17 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         } else {
             None
         };
+        let logo_url = if paths.contains(&"logo_url") {
+            check_logo_url(&mut v, "tenant.logo_url", &tenant.logo_url);
+            Some(tenant.logo_url.as_str())
+        } else {
+            None
+        };
         v.into_result()?;
         p.require_tenant(&tenant.name)?;
         let updated = self
             .store
-            .update_tenant(&tenant.name, display_name)
+            .update_tenant(&tenant.name, display_name, logo_url)
             .await?
             .ok_or_else(|| tenant_not_found(&tenant.name))?;
         Ok(Response::new(pb::UpdateTenantResponse { tenant: Some(updated.into()) }))

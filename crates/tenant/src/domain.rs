@@ -18,6 +18,8 @@ pub struct Tenant {
     pub name: String,
     /// The human-readable name.
     pub display_name: String,
+    /// The logo's `https` URL, shown on the hosted login page; empty: none.
+    pub logo_url: String,
     /// Creation time, unix microseconds.
     pub create_time: i64,
     /// Last change, unix microseconds.
@@ -31,6 +33,7 @@ impl From<Tenant> for pb::Tenant {
             display_name: t.display_name,
             create_time: Some(to_timestamp(t.create_time)),
             update_time: Some(to_timestamp(t.update_time)),
+            logo_url: t.logo_url,
         }
     }
 }
@@ -220,6 +223,13 @@ pub fn check_tenant_name(v: &mut Violations, field: &str, name: &str) {
 /// Checks a display name.
 pub fn check_display_name(v: &mut Violations, field: &str, value: &str) {
     v.check(field, validate::display_text(value, 1, 128));
+}
+
+/// Checks a logo's URL (empty: no logo).
+pub fn check_logo_url(v: &mut Violations, field: &str, value: &str) {
+    if !value.is_empty() {
+        v.check(field, validate::image_url(value));
+    }
 }
 
 /// Checks a list of redirect URLs.

@@ -171,28 +171,37 @@ impl Store {
     // ---- tenants ----
 
     /// Inserts a tenant; [`StoreError::AlreadyExists`] if the name is taken.
-    pub async fn create_tenant(&self, name: &str, display_name: &str) -> Result<Tenant, StoreError> {
+    pub async fn create_tenant(&self, name: &str, display_name: &str, logo_url: &str) -> Result<Tenant, StoreError> {
         let now = now_micros();
         let id = postern_common::ids::new_id();
         sqlx::query(
-            "INSERT INTO tenants (id, name, display_name, create_time, update_time) VALUES ($1, $2, $3, $4, $4)",
+            "INSERT INTO tenants (id, name, display_name, logo_url, create_time, update_time) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
         )
         .bind(&id)
         .bind(name)
         .bind(display_name)
+        .bind(logo_url)
         .bind(now)
         .execute(self.db.writer())
         .await
         .map_err(dup)?;
-        Ok(Tenant { name: name.to_owned(), display_name: display_name.to_owned(), create_time: now, update_time: now })
+        Ok(Tenant {
+            name: name.to_owned(),
+            display_name: display_name.to_owned(),
+            logo_url: logo_url.to_owned(),
+            create_time: now,
+            update_time: now,
+        })
     }
 
     /// The tenant called `name`.
     pub async fn get_tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
-        let row = sqlx::query("SELECT name, display_name, create_time, update_time FROM tenants WHERE name = $1")
-            .bind(name)
-            .fetch_optional(self.db.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT name, display_name, logo_url, create_time, update_time FROM tenants WHERE name = $1")
+                .bind(name)
+                .fetch_optional(self.db.pool())
+                .await?;
         row.map(|r| tenant_from_row(&r)).transpose()
     }
 
@@ -204,7 +213,7 @@ impl Store {
         only: Option<&str>,
     ) -> Result<Vec<Tenant>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, display_name, create_time, update_time FROM tenants \
+            "SELECT name, display_name, logo_url, create_time, update_time FROM tenants \
              WHERE name > $1 AND ($2 = '' OR name = $2) ORDER BY name LIMIT $3",
         )
         .bind(after.unwrap_or(""))
@@ -215,14 +224,21 @@ impl Store {
         rows.iter().map(tenant_from_row).collect()
     }
 
-    /// Sets a tenant's display name; `None` if there is no such tenant.
-    pub async fn update_tenant(&self, name: &str, display_name: Option<&str>) -> Result<Option<Tenant>, StoreError> {
+    /// Sets a tenant's display name and logo (each when given); `None` if there is no such
+    /// tenant.
+    pub async fn update_tenant(
+        &self,
+        name: &str,
+        display_name: Option<&str>,
+        logo_url: Option<&str>,
+    ) -> Result<Option<Tenant>, StoreError> {
         let row = sqlx::query(
-            "UPDATE tenants SET display_name = COALESCE($2, display_name), update_time = $3 WHERE name = $1 \
-             RETURNING name, display_name, create_time, update_time",
+            "UPDATE tenants SET display_name = COALESCE($2, display_name), logo_url = COALESCE($3, logo_url), \
+             update_time = $4 WHERE name = $1 RETURNING name, display_name, logo_url, create_time, update_time",
         )
         .bind(name)
         .bind(display_name)
+        .bind(logo_url)
         .bind(now_micros())
         .fetch_optional(self.db.writer())
         .await?;
@@ -548,6 +564,7 @@ fn tenant_from_row(r: &AnyRow) -> Result<Tenant, StoreError> {
     Ok(Tenant {
         name: r.try_get("name")?,
         display_name: r.try_get("display_name")?,
+        logo_url: r.try_get("logo_url")?,
         create_time: r.try_get("create_time")?,
         update_time: r.try_get("update_time")?,
     })

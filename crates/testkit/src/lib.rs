@@ -65,6 +65,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         handshake_timeout_ms: 10_000,
         idle_timeout_ms: 60_000,
         connectors: None,
+        clock: None,
     }
 }
 

@@ -135,6 +135,17 @@ pub enum Rotated {
     Unknown,
 }
 
+/// The outcome of revoking a refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// The token's whole family is revoked.
+    Revoked,
+    /// No such token (never issued, already revoked, or expired and pruned).
+    Unknown,
+    /// The token was issued to another client: nothing was revoked.
+    OtherClient,
+}
+
 fn code_grant(r: &AnyRow) -> Result<CodeGrant, sqlx::Error> {
     Ok(CodeGrant {
         client_id: r.try_get("client_id")?,
@@ -514,24 +525,41 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Revokes the family of a refresh token issued to `client_id`; whether one was revoked.
-    /// Another client's token is left alone.
+    /// Revokes the family of a refresh token issued to `client_id`. Another client's token
+    /// is left alone (RFC 7009 2.1: the revocation is refused).
     pub async fn revoke_refresh_token(
         &self,
         tenant: &str,
         token_hash: &str,
         client_id: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM refresh_tokens WHERE tenant = $1 AND family_id IN (SELECT family_id FROM refresh_tokens \
-             WHERE tenant = $1 AND token_hash = $2 AND client_id = $3)",
-        )
-        .bind(tenant)
-        .bind(token_hash)
-        .bind(client_id)
-        .execute(self.db.writer())
-        .await?;
-        Ok(done.rows_affected() > 0)
+    ) -> Result<Revoked, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let owner: Option<String> =
+            sqlx::query("SELECT client_id FROM refresh_tokens WHERE tenant = $1 AND token_hash = $2")
+                .bind(tenant)
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("client_id"))
+                .transpose()?;
+        let outcome = match owner {
+            None => Revoked::Unknown,
+            Some(owner) if owner != client_id => Revoked::OtherClient,
+            Some(_) => {
+                sqlx::query(
+                    "DELETE FROM refresh_tokens WHERE tenant = $1 AND family_id IN (SELECT family_id FROM \
+                     refresh_tokens WHERE tenant = $1 AND token_hash = $2 AND client_id = $3)",
+                )
+                .bind(tenant)
+                .bind(token_hash)
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await?;
+                Revoked::Revoked
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     /// Forgets the codes and refresh tokens of a deleted client; how many rows went.

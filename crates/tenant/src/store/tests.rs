@@ -39,8 +39,8 @@ fn client(id: &str) -> NewClient {
 async fn deletions_are_logged_in_order_and_only_when_they_happen() {
     each_backend("deletions_are_logged_in_order_and_only_when_they_happen", |store| async move {
         let mut changed = store.subscribe_events();
-        store.create_tenant("fabrikam-internal", "Fabrikam-Internal").await.unwrap();
-        store.create_tenant("fabrikam-public", "Fabrikam-Public").await.unwrap();
+        store.create_tenant("fabrikam-internal", "Fabrikam-Internal", "").await.unwrap();
+        store.create_tenant("fabrikam-public", "Fabrikam-Public", "").await.unwrap();
         store.create_client("fabrikam-internal", &client("c1"), b"h").await.unwrap();
         store.create_client("fabrikam-internal", &client("c2"), b"h").await.unwrap();
         assert!(store.events_after(0, 10).await.unwrap().is_empty(), "creations are not logged");
@@ -77,7 +77,7 @@ async fn deletions_are_logged_in_order_and_only_when_they_happen() {
 async fn api_key_scopes_are_kept_and_older_keys_have_them_all() {
     use postern_common::scope::{Scope, Scopes};
     each_backend("api_key_scopes_are_kept_and_older_keys_have_them_all", |store| async move {
-        store.create_tenant("fabrikam-public", "Fabrikam-Public").await.unwrap();
+        store.create_tenant("fabrikam-public", "Fabrikam-Public", "").await.unwrap();
         let key = |id: &str, scopes| ApiKey {
             id: id.into(),
             description: String::new(),
