@@ -46,6 +46,13 @@ impl Identity {
     pub fn locks_root_attributes(&self) -> bool {
         self.external && self.profile_sync == ProfileSync::OnEachLogin
     }
+
+    /// Whether this is the primary identity of the user `user_id`: the one the user was
+    /// created with, whose `<strategy>|<source id>` the user's id is. The others were linked
+    /// to the user ([`crate::linking`]).
+    pub fn is_primary_of(&self, user_id: &str) -> bool {
+        user_id.strip_prefix(self.strategy.as_str()).and_then(|rest| rest.strip_prefix('|')) == Some(&self.source_id)
+    }
 }
 
 /// A user of a tenant.
@@ -71,7 +78,8 @@ pub struct User {
     pub create_time: i64,
     /// Last change, unix microseconds.
     pub update_time: i64,
-    /// The identities, oldest first.
+    /// The identities: the primary one (which the user's id names) first, then those linked
+    /// to the user, oldest first.
     pub identities: Vec<Identity>,
 }
 

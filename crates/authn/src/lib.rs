@@ -18,6 +18,8 @@
 //! - [`login`]: the login orchestration the handlers and the OpenID provider call: the
 //!   client check, the password login, the signup, the tokens of a login.
 //! - [`domain`]: users, identities, profiles and the profile-sync rule.
+//! - [`linking`]: account linking and unlinking (Auth0's): a secondary user's identities
+//!   moved to a primary user, one identity given back as a user of its own.
 //! - [`store`]: sqlx storage; `migrations/{sqlite,postgres}` beside `src/`.
 //! - [`cache`]: connections resolved through the registry, converted at this edge into the
 //!   shared typed model (`postern_connection::Resolved`), cached and kept fresh.
@@ -46,6 +48,7 @@ pub mod cache;
 pub mod clients;
 pub mod domain;
 pub mod keys;
+pub mod linking;
 pub mod login;
 pub mod oauth;
 mod status;
@@ -116,6 +119,8 @@ pub const METHOD_SCOPES: MethodScopes = &[
     ("/postern.authn.v1.UserService/UpdateUser", Need::Write(Scope::Users)),
     ("/postern.authn.v1.UserService/DeleteUser", Need::Write(Scope::Users)),
     ("/postern.authn.v1.UserService/UnblockUser", Need::Write(Scope::Users)),
+    ("/postern.authn.v1.UserService/LinkUserAccount", Need::Write(Scope::Users)),
+    ("/postern.authn.v1.UserService/UnlinkUserAccount", Need::Write(Scope::Users)),
     ("/postern.authn.v1.SigningKeyService/ListSigningKeys", Need::Read(Scope::SigningKeys)),
     ("/postern.authn.v1.SigningKeyService/RotateSigningKey", Need::Write(Scope::SigningKeys)),
     ("/postern.authn.v1.SigningKeyService/GetJwks", Need::Nothing),

@@ -634,11 +634,14 @@ impl AuthnApi {
         let spec = &conn.connection.spec;
         let sync = spec.user_profile_sync;
         let external = import_hash.is_none();
-        if let Some((user_id, _)) = store.find_identity(tenant, &conn.connection.id, &source.source_id).await? {
+        if let Some((user_id, identity)) = store.find_identity(tenant, &conn.connection.id, &source.source_id).await? {
             let profile = with_default_nickname(source.profile.clone());
+            // The root attributes are the primary identity's: a linked identity's login
+            // refreshes only its own profile data.
+            let sync_root = sync == ProfileSync::OnEachLogin && identity.is_primary_of(&user_id);
             let update = LoginUpdate {
                 ip,
-                profile: (sync == ProfileSync::OnEachLogin).then_some(&profile),
+                profile: sync_root.then_some(&profile),
                 profile_data: Some(&source.raw),
                 profile_sync: sync,
                 external,

@@ -14,6 +14,7 @@ use crate::attempts::{Attempt, InFlight, Key};
 use crate::bruteforce::Outcome;
 use crate::domain::{Identity, Profile, ProfileSync, User, UserPatch};
 
+pub mod linking;
 pub mod oauth;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -1039,10 +1040,13 @@ fn find_login_sql() -> String {
     )
 }
 
-/// A user from a row of [`USER_COLUMNS`] and its identities.
-fn user_of(r: &AnyRow, identities: Vec<Identity>) -> Result<User, StoreError> {
+/// A user from a row of [`USER_COLUMNS`] and its identities, the primary identity (the one
+/// the user's id names) first and the linked ones after it, oldest first.
+fn user_of(r: &AnyRow, mut identities: Vec<Identity>) -> Result<User, StoreError> {
+    let user_id: String = r.try_get("user_id")?;
+    identities.sort_by_key(|i| !i.is_primary_of(&user_id));
     Ok(User {
-        user_id: r.try_get("user_id")?,
+        user_id,
         profile: Profile {
             email: r.try_get("email")?,
             email_verified: r.try_get::<i64, _>("email_verified")? != 0,

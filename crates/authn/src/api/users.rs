@@ -1,4 +1,5 @@
-//! `UserService`: read, list, update, delete and unblock the users of a tenant.
+//! `UserService`: read, list, update, delete and unblock the users of a tenant, and link and
+//! unlink their accounts ([`crate::linking`]).
 
 use postern_common::error::{Violations, already_exists, failed_precondition, invalid_field};
 use postern_common::paging::{decode_token, encode_token, page_size};
@@ -10,6 +11,7 @@ use super::AuthnApi;
 use super::convert::user_to_pb;
 use crate::bruteforce::MAX_CONSECUTIVE_FAILURES;
 use crate::domain::{SYNCED_ATTRIBUTES, UserPatch};
+use crate::linking::LinkCheck;
 use crate::status::user_not_found;
 use crate::store::StoreError;
 use crate::validate::{check_email, check_tenant, required, user_scope};
@@ -213,5 +215,50 @@ impl pb::user_service_server::UserService for AuthnApi {
             }
         }
         Ok(Response::new(pb::UnblockUserResponse { unblocked_addresses: i32::try_from(lifted).unwrap_or(i32::MAX) }))
+    }
+
+    async fn link_user_account(
+        &self,
+        req: Request<pb::LinkUserAccountRequest>,
+    ) -> Result<Response<pb::LinkUserAccountResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        check_tenant(&mut v, "tenant", &req.tenant);
+        required(&mut v, "user_id", &req.user_id);
+        required(&mut v, "secondary_user_id", &req.secondary_user_id);
+        let check = match pb::LinkCheck::try_from(req.check) {
+            Ok(pb::LinkCheck::Unspecified | pb::LinkCheck::VerifiedEmail) => LinkCheck::VerifiedEmail,
+            Ok(pb::LinkCheck::CallerVerified) => LinkCheck::CallerVerified,
+            Err(_) => {
+                v.add("check", "is not a link check; use LINK_CHECK_VERIFIED_EMAIL or LINK_CHECK_CALLER_VERIFIED");
+                LinkCheck::VerifiedEmail
+            }
+        };
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let user = self.link_users(&req.tenant, &req.user_id, &req.secondary_user_id, check).await?;
+        Ok(Response::new(pb::LinkUserAccountResponse { user: Some(user_to_pb(&user)) }))
+    }
+
+    async fn unlink_user_account(
+        &self,
+        req: Request<pb::UnlinkUserAccountRequest>,
+    ) -> Result<Response<pb::UnlinkUserAccountResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        check_tenant(&mut v, "tenant", &req.tenant);
+        required(&mut v, "user_id", &req.user_id);
+        required(&mut v, "connection", &req.connection);
+        required(&mut v, "identity_user_id", &req.identity_user_id);
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let (user, unlinked) =
+            self.unlink_identity(&req.tenant, &req.user_id, &req.connection, &req.identity_user_id).await?;
+        Ok(Response::new(pb::UnlinkUserAccountResponse {
+            user: Some(user_to_pb(&user)),
+            unlinked_user: Some(user_to_pb(&unlinked)),
+        }))
     }
 }
