@@ -66,6 +66,8 @@ pub(crate) fn connector_status(e: ConnectorError) -> Status {
         ConnectorError::PermissionDenied { reason, message } => permission_denied(reason, message),
         ConnectorError::FailedPrecondition { reason, message } => failed_precondition(reason, message),
         ConnectorError::Unavailable { reason, message } => status(Code::Unavailable, reason, message),
+        ConnectorError::Denied { message } => permission_denied("UPSTREAM_ACCESS_DENIED", message),
+        ConnectorError::Rejected { reason, message } => permission_denied(reason, message),
         e @ ConnectorError::Internal(_) => internal(&e),
     }
 }

@@ -156,6 +156,23 @@ pub enum ConnectorError {
         /// The message.
         message: String,
     },
+    /// The upstream answered an error, or the user cancelled there (a redirect login): the
+    /// application gets `access_denied`.
+    #[error("the upstream refused the login: {message}")]
+    Denied {
+        /// What the upstream said (its `error` and `error_description`), for the application.
+        message: String,
+    },
+    /// The upstream's answer failed validation (a redirect login: a token of another
+    /// audience, a wrong nonce, an expired token, a bad signature, a domain not allowed):
+    /// nothing is stored, and the application gets `access_denied`.
+    #[error("{message}")]
+    Rejected {
+        /// A stable ErrorInfo reason (`ID_TOKEN_INVALID`, `DOMAIN_NOT_ALLOWED`).
+        reason: &'static str,
+        /// What was wrong, for the application (never a token).
+        message: String,
+    },
     /// INTERNAL: a failure of this process (hashing, a task), logged, never shown.
     #[error("connector failure: {0}")]
     Internal(String),
@@ -270,35 +287,132 @@ pub trait PasswordConnector: Send + Sync {
     async fn delete(&self, tenant: &str, conn: &Resolved, source_id: &str) -> Result<(), ConnectorError>;
 }
 
-/// What a redirect login carries from its start to its callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a redirect login carries from its start to its callback. The authenticator makes
+/// it (fresh random `state`, `nonce` and `code_verifier` per login) and stores it, the
+/// bearer parts hashed or sealed, for a few minutes and for one use: any replica can finish
+/// what another began.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RedirectTransaction {
-    /// The `state` sent upstream and expected back.
+    /// The `state` sent upstream and expected back (a SAML connector sends it as
+    /// `RelayState`): the authenticator finds the transaction by it.
     pub state: String,
     /// The nonce the upstream's ID token must carry, where it issues one.
     pub nonce: String,
-    /// The PKCE verifier of the upstream's code, where it takes one.
+    /// The PKCE verifier of the upstream's code, where it takes one (send its S256
+    /// challenge at [`RedirectConnector::begin`]).
     pub code_verifier: String,
-    /// Where the upstream sends the browser back.
+    /// Where the upstream sends the browser back: the tenant's `/login/callback`.
     pub callback_url: String,
+    /// The email or username the application suggested (`login_hint`), for upstreams that
+    /// take a hint; empty for none.
+    pub login_hint: String,
+    /// What the connector asked to keep at `begin` ([`Begun::data`]), given back unchanged
+    /// at `complete` (a SAML request id, say); `Null` when none. Stored with the
+    /// transaction: never a secret.
+    pub data: Value,
+}
+
+/// How the browser is sent to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamRequest {
+    /// A `303 See Other` to this URL (the query carries the request).
+    Redirect(String),
+    /// A page whose form posts `fields` to `url` (SAML's HTTP-POST binding).
+    FormPost {
+        /// The form's action.
+        url: String,
+        /// The hidden fields, in order.
+        fields: Vec<(String, String)>,
+    },
+}
+
+/// The start of a redirect login.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Begun {
+    /// Where the browser goes.
+    pub request: UpstreamRequest,
+    /// What to keep with the transaction for `complete` ([`RedirectTransaction::data`]);
+    /// `Null` for nothing.
+    pub data: Value,
+}
+
+impl Begun {
+    /// A redirect to `url`, keeping nothing.
+    pub fn redirect(url: impl Into<String>) -> Self {
+        Begun { request: UpstreamRequest::Redirect(url.into()), data: Value::Null }
+    }
+}
+
+/// The upstream's tokens of a login, kept sealed on the identity when the connection asks
+/// for it (the connector answers them only then).
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamTokens {
+    /// The upstream's access token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub access_token: String,
+    /// The upstream's refresh token, if it issued one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub refresh_token: String,
+    /// The upstream's ID token, if it issued one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id_token: String,
+    /// The access token's type (`Bearer`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token_type: String,
+    /// The scopes the upstream granted, space-separated.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    /// When the access token expires (unix seconds), if the upstream said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl std::fmt::Debug for UpstreamTokens {
+    // Tokens are bearer secrets: never in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTokens")
+            .field("token_type", &self.token_type)
+            .field("scope", &self.scope)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The end of a redirect login: who logged in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    /// The user as the upstream describes it.
+    pub profile: ExternalProfile,
+    /// The upstream's tokens, when the connection keeps them; else `None`.
+    pub tokens: Option<UpstreamTokens>,
+    /// Whether the upstream sends some attributes only sometimes (Apple sends the name on
+    /// the first login only): an empty attribute then leaves the stored one as it is,
+    /// whatever the profile-sync rule.
+    pub partial_profile: bool,
 }
 
 /// A source that logs users in by a redirect to an upstream and back (OIDC, OAuth2 social,
-/// SAML: the issues after the seam's). The authenticator's hooks are
-/// `AuthnApi::begin_redirect` and `AuthnApi::complete_redirect`.
+/// SAML). The authenticator's hooks are `AuthnApi::begin_redirect` and
+/// `AuthnApi::complete_redirect`: it makes and stores the transaction, finds it again by
+/// `state` (or `RelayState`) at the callback and uses it up before `complete` runs, so a
+/// connector checks only what its protocol carries.
 #[async_trait]
 pub trait RedirectConnector: Send + Sync {
-    /// The upstream URL to send the browser to.
-    async fn begin(&self, tenant: &str, conn: &Resolved, tx: &RedirectTransaction) -> Result<String, ConnectorError>;
+    /// Where to send the browser to log in at the upstream, and what to keep for
+    /// `complete`.
+    async fn begin(&self, tenant: &str, conn: &Resolved, tx: &RedirectTransaction) -> Result<Begun, ConnectorError>;
 
-    /// Reads the upstream's answer (the callback's parameters) into the user it logged in.
+    /// Reads the upstream's answer (the callback's query or form parameters) into the user
+    /// it logged in: exchanges the code, validates what came back. An upstream error or a
+    /// user who cancelled is [`ConnectorError::Denied`]; an answer that fails validation is
+    /// [`ConnectorError::Rejected`].
     async fn complete(
         &self,
         tenant: &str,
         conn: &Resolved,
         params: &HashMap<String, String>,
         tx: &RedirectTransaction,
-    ) -> Result<ExternalProfile, ConnectorError>;
+    ) -> Result<Completed, ConnectorError>;
 }
 
 /// A source that logs users in by a one-time code (email, SMS: the passwordless issue).
