@@ -276,6 +276,27 @@ pub struct OAuth2Options {
     pub token_endpoint: String,
     /// Profile endpoint; empty means the provider's well-known one.
     pub userinfo_endpoint: String,
+    /// The OpenID Connect social strategies: the issuer of their ID tokens; empty means the
+    /// provider's own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
+    /// The OpenID Connect social strategies: the discovery document; empty means the
+    /// issuer's (or the provider's well-known one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub discovery_url: String,
+    /// The OpenID Connect social strategies: the signing keys' URL; empty means the
+    /// discovery document's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jwks_uri: String,
+    /// Whether the provider's tokens are kept (sealed) on the identity.
+    #[serde(default)]
+    pub store_tokens: bool,
+    /// `apple`: the developer team id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub apple_team_id: String,
+    /// `apple`: the Sign in with Apple key's id (its private key is the client secret).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub apple_key_id: String,
 }
 
 /// Options of `oidc`. The client secret is the secret [`names::CLIENT_SECRET`].
@@ -291,6 +312,24 @@ pub struct OidcOptions {
     pub scopes: Vec<String>,
     /// How tokens are received.
     pub channel: OidcChannel,
+    /// Authorization endpoint; empty means the discovery document's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub authorization_endpoint: String,
+    /// Token endpoint; empty means the discovery document's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token_endpoint: String,
+    /// Userinfo endpoint; set, it is read after each login.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub userinfo_endpoint: String,
+    /// The signing keys' URL; empty means the discovery document's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jwks_uri: String,
+    /// Whether the provider's tokens are kept (sealed) on the identity.
+    #[serde(default)]
+    pub store_tokens: bool,
+    /// Whether userinfo is read after each login.
+    #[serde(default)]
+    pub fetch_userinfo: bool,
 }
 
 /// Options of `google-apps`. The client secret is the secret [`names::CLIENT_SECRET`].
@@ -302,6 +341,15 @@ pub struct GoogleAppsOptions {
     pub client_id: String,
     /// Further Workspace domains allowed, lowercase.
     pub allowed_domains: Vec<String>,
+    /// The issuer of Google's ID tokens; empty means `https://accounts.google.com`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
+    /// The discovery document; empty means the issuer's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub discovery_url: String,
+    /// Whether Google's tokens are kept (sealed) on the identity.
+    #[serde(default)]
+    pub store_tokens: bool,
 }
 
 /// Which directory attribute holds each profile attribute (defaults applied).
@@ -383,10 +431,20 @@ pub struct SamlOptions {
 pub struct AzureAdOptions {
     /// The directory's primary domain, lowercase.
     pub domain: String,
-    /// The directory id (GUID, lowercase); empty means addressed by `domain`.
+    /// The directory id (GUID, lowercase), or `organizations` / `common` for a multi-tenant
+    /// application; empty means addressed by `domain`.
     pub tenant_id: String,
     /// The application id (GUID, lowercase).
     pub client_id: String,
+    /// The discovery document; empty means Microsoft's v2.0 document of the directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub discovery_url: String,
+    /// A multi-tenant application's admitted directory ids (lowercase); empty admits any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_tenant_ids: Vec<String>,
+    /// Whether Entra ID's tokens are kept (sealed) on the identity.
+    #[serde(default)]
+    pub store_tokens: bool,
 }
 
 /// Options of `email`. The SMTP password is the secret [`names::SMTP_PASSWORD`].
@@ -667,6 +725,12 @@ impl Options {
                     authorization_endpoint: o.authorization_endpoint.clone(),
                     token_endpoint: o.token_endpoint.clone(),
                     userinfo_endpoint: o.userinfo_endpoint.clone(),
+                    issuer: o.issuer.clone(),
+                    discovery_url: o.discovery_url.clone(),
+                    jwks_uri: o.jwks_uri.clone(),
+                    store_tokens: o.store_tokens,
+                    apple_team_id: o.apple_team_id.clone(),
+                    apple_key_id: o.apple_key_id.clone(),
                 })
             }
             Options::Oidc(o) => {
@@ -679,6 +743,12 @@ impl Options {
                     client_secret_set,
                     scopes: o.scopes.clone(),
                     channel: o.channel.to_proto() as i32,
+                    authorization_endpoint: o.authorization_endpoint.clone(),
+                    token_endpoint: o.token_endpoint.clone(),
+                    userinfo_endpoint: o.userinfo_endpoint.clone(),
+                    jwks_uri: o.jwks_uri.clone(),
+                    store_tokens: o.store_tokens,
+                    fetch_userinfo: o.fetch_userinfo,
                 })
             }
             Options::GoogleApps(o) => {
@@ -689,6 +759,9 @@ impl Options {
                     client_secret,
                     client_secret_set,
                     allowed_domains: o.allowed_domains.clone(),
+                    issuer: o.issuer.clone(),
+                    discovery_url: o.discovery_url.clone(),
+                    store_tokens: o.store_tokens,
                 })
             }
             Options::Ldap(o) => {
@@ -742,6 +815,9 @@ impl Options {
                     client_id: o.client_id.clone(),
                     client_secret,
                     client_secret_set,
+                    discovery_url: o.discovery_url.clone(),
+                    allowed_tenant_ids: o.allowed_tenant_ids.clone(),
+                    store_tokens: o.store_tokens,
                 })
             }
             Options::Email(o) => {
@@ -896,6 +972,23 @@ fn oauth2(
             rules::url(v, &p(field), value, false, "");
         }
     }
+    for (field, value) in [("issuer", &o.issuer), ("discovery_url", &o.discovery_url), ("jwks_uri", &o.jwks_uri)] {
+        rules::url(v, &p(field), value, false, "");
+    }
+    let apple_id = |v: &mut Violations, field: &str, value: &str, what: &str| {
+        if strategy == Strategy::Apple {
+            if value.len() != 10 || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                v.add(p(field), format!("is required for strategy \"apple\": {what}, 10 letters and digits"));
+            }
+        } else if !value.is_empty() {
+            v.add(p(field), "is only for strategy \"apple\"; leave it empty");
+        }
+    };
+    apple_id(v, "apple_team_id", &o.apple_team_id, "the Apple developer team id");
+    apple_id(v, "apple_key_id", &o.apple_key_id, "the id of the Sign in with Apple key");
+    if strategy == Strategy::Apple && !o.client_secret.is_empty() {
+        v.check(p("client_secret"), rules::pem_private_key(&o.client_secret));
+    }
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
     OAuth2Options {
         client_id: o.client_id,
@@ -903,6 +996,12 @@ fn oauth2(
         authorization_endpoint: o.authorization_endpoint,
         token_endpoint: o.token_endpoint,
         userinfo_endpoint: o.userinfo_endpoint,
+        issuer: o.issuer,
+        discovery_url: o.discovery_url,
+        jwks_uri: o.jwks_uri,
+        store_tokens: o.store_tokens,
+        apple_team_id: o.apple_team_id,
+        apple_key_id: o.apple_key_id,
     }
 }
 
@@ -916,8 +1015,28 @@ fn oidc(o: pb::OidcOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
     rules::client_id(v, &p("client_id"), &o.client_id);
     rules::scopes(v, &p("scopes"), &o.scopes);
     let channel = OidcChannel::read(v, &p("channel"), o.channel);
+    for (field, value) in [
+        ("authorization_endpoint", &o.authorization_endpoint),
+        ("token_endpoint", &o.token_endpoint),
+        ("userinfo_endpoint", &o.userinfo_endpoint),
+        ("jwks_uri", &o.jwks_uri),
+    ] {
+        rules::url(v, &p(field), value, false, "");
+    }
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
-    OidcOptions { issuer: o.issuer, discovery_url: o.discovery_url, client_id: o.client_id, scopes: o.scopes, channel }
+    OidcOptions {
+        issuer: o.issuer,
+        discovery_url: o.discovery_url,
+        client_id: o.client_id,
+        scopes: o.scopes,
+        channel,
+        authorization_endpoint: o.authorization_endpoint,
+        token_endpoint: o.token_endpoint,
+        userinfo_endpoint: o.userinfo_endpoint,
+        jwks_uri: o.jwks_uri,
+        store_tokens: o.store_tokens,
+        fetch_userinfo: o.fetch_userinfo,
+    }
 }
 
 fn google_apps(o: pb::GoogleAppsOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> GoogleAppsOptions {
@@ -930,8 +1049,17 @@ fn google_apps(o: pb::GoogleAppsOptions, at: &str, v: &mut Violations, secrets: 
     }
     rules::client_id(v, &p("client_id"), &o.client_id);
     let allowed_domains = rules::domain_list(v, &p("allowed_domains"), o.allowed_domains);
+    rules::url(v, &p("issuer"), &o.issuer, false, "");
+    rules::url(v, &p("discovery_url"), &o.discovery_url, false, "");
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
-    GoogleAppsOptions { domain, client_id: o.client_id, allowed_domains }
+    GoogleAppsOptions {
+        domain,
+        client_id: o.client_id,
+        allowed_domains,
+        issuer: o.issuer,
+        discovery_url: o.discovery_url,
+        store_tokens: o.store_tokens,
+    }
 }
 
 fn ldap(strategy: Strategy, o: pb::LdapOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> LdapOptions {
@@ -1044,8 +1172,20 @@ fn azure_ad(o: pb::AzureAdOptions, at: &str, v: &mut Violations, secrets: &mut S
         v.check(p("domain"), rules::domain_name(&domain));
     }
     let tenant_id = o.tenant_id.to_ascii_lowercase();
-    if !tenant_id.is_empty() {
-        v.check(p("tenant_id"), rules::guid(&tenant_id, "the directory (tenant) id"));
+    let multi_tenant = matches!(tenant_id.as_str(), "organizations" | "common");
+    if !tenant_id.is_empty() && !multi_tenant {
+        v.check(
+            p("tenant_id"),
+            rules::guid(&tenant_id, "the directory (tenant) id, or organizations / common for a multi-tenant app"),
+        );
+    }
+    rules::url(v, &p("discovery_url"), &o.discovery_url, false, "");
+    if o.allowed_tenant_ids.len() > 100 {
+        v.add(p("allowed_tenant_ids"), format!("holds at most 100 directory ids; got {}", o.allowed_tenant_ids.len()));
+    }
+    let allowed_tenant_ids: Vec<String> = o.allowed_tenant_ids.iter().map(|t| t.to_ascii_lowercase()).collect();
+    for (i, t) in allowed_tenant_ids.iter().enumerate() {
+        v.check(format!("{at}.allowed_tenant_ids[{i}]"), rules::guid(t, "a directory (tenant) id"));
     }
     let client_id = o.client_id.to_ascii_lowercase();
     if client_id.is_empty() {
@@ -1054,7 +1194,14 @@ fn azure_ad(o: pb::AzureAdOptions, at: &str, v: &mut Violations, secrets: &mut S
         v.check(p("client_id"), rules::guid(&client_id, "the application (client) id"));
     }
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
-    AzureAdOptions { domain, tenant_id, client_id }
+    AzureAdOptions {
+        domain,
+        tenant_id,
+        client_id,
+        discovery_url: o.discovery_url,
+        allowed_tenant_ids,
+        store_tokens: o.store_tokens,
+    }
 }
 
 fn email(o: pb::EmailOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> EmailOptions {

@@ -27,7 +27,13 @@ fn good(strategy: &str) -> pb::Connection {
         || pb::OAuth2Options { client_id: "cid".into(), client_secret: "csecret".into(), ..Default::default() };
     let options = match strategy {
         "auth0" => None,
-        "google-oauth2" | "facebook" | "linkedin" | "github" | "apple" | "windowslive" => Some(O::Oauth2(oauth2())),
+        "google-oauth2" | "facebook" | "linkedin" | "github" | "windowslive" => Some(O::Oauth2(oauth2())),
+        "apple" => Some(O::Oauth2(pb::OAuth2Options {
+            client_secret: private_key(),
+            apple_team_id: "TEAM123456".into(),
+            apple_key_id: "KEY1234567".into(),
+            ..oauth2()
+        })),
         "oauth2" => Some(O::Oauth2(pb::OAuth2Options {
             authorization_endpoint: "https://idp.example/authorize".into(),
             token_endpoint: "https://idp.example/token".into(),
@@ -326,6 +332,16 @@ fn bad_variants_name_their_field() {
         ("linkedin", |c| oauth2(c).client_id = "a b".into(), "connection.options.oauth2.client_id"),
         ("github", |c| oauth2(c).client_secret.clear(), "connection.options.oauth2.client_secret"),
         ("apple", |c| oauth2(c).scopes = vec!["has space".into()], "connection.options.oauth2.scopes[0]"),
+        ("apple", |c| oauth2(c).apple_team_id = String::new(), "connection.options.oauth2.apple_team_id"),
+        ("apple", |c| oauth2(c).apple_key_id = "short".into(), "connection.options.oauth2.apple_key_id"),
+        ("apple", |c| oauth2(c).client_secret = "not a key".into(), "connection.options.oauth2.client_secret"),
+        ("github", |c| oauth2(c).apple_team_id = "TEAM123456".into(), "connection.options.oauth2.apple_team_id"),
+        ("oidc", |c| oidc(c).jwks_uri = "ftp://x".into(), "connection.options.oidc.jwks_uri"),
+        (
+            "waad",
+            |c| azure(c).allowed_tenant_ids = vec!["nope".into()],
+            "connection.options.azure_ad.allowed_tenant_ids[0]",
+        ),
         ("windowslive", |c| oauth2(c).scopes = vec!["s".into(); 51], "connection.options.oauth2.scopes"),
         (
             "google-oauth2",
