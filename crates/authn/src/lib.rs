@@ -85,6 +85,8 @@ pub const INTERNAL_METHODS: &[&str] = &[
     "/postern.authn.v1.OAuthService/SubmitLogin",
     "/postern.authn.v1.OAuthService/SubmitSignup",
     "/postern.authn.v1.OAuthService/EndSession",
+    "/postern.authn.v1.OAuthService/StartUpstreamLogin",
+    "/postern.authn.v1.OAuthService/CompleteUpstreamLogin",
 ];
 
 /// The RPCs of this service a caller may reach without an API key, as the gateway's
@@ -133,6 +135,8 @@ pub const METHOD_SCOPES: MethodScopes = &[
     ("/postern.authn.v1.OAuthService/EndSession", Need::Nothing),
     ("/postern.authn.v1.OAuthService/ExchangeToken", Need::Nothing),
     ("/postern.authn.v1.OAuthService/RevokeToken", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/StartUpstreamLogin", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/CompleteUpstreamLogin", Need::Nothing),
 ];
 
 /// Another Postern service, called as `Service("authn")`.

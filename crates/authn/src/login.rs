@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use postern_common::error::{Violations, already_exists, failed_precondition, internal, invalid_field};
 use postern_connection::{PersonalInfo, Resolved, Strategy};
 use postern_connector::{
-    CodeConnector, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, RedirectConnector,
+    Begun, CodeConnector, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, RedirectConnector,
     RedirectTransaction, SignedUp, Signup, Verified,
 };
 use postern_proto::tenant::v1 as tenant_pb;
@@ -400,23 +400,33 @@ impl AuthnApi {
     }
 
     /// Starts a login through a redirect connection (OIDC, OAuth2 social, SAML) for the
-    /// client: the upstream URL to send the browser to. The hook of the redirect family: a
-    /// strategy served by a [`RedirectConnector`] needs no edit here.
+    /// client: where to send the browser, and what the connector keeps for the callback.
+    /// The hook of the redirect family: a strategy served by a [`RedirectConnector`] needs
+    /// no edit here.
     pub async fn begin_redirect(
         &self,
         tenant: &str,
         client_id: &str,
         connection: &str,
         tx: &RedirectTransaction,
-    ) -> Result<String, Status> {
+    ) -> Result<Begun, Status> {
         let conn = self.cache.resolve(tenant, client_id, connection).await?;
         let connector = self.redirect_connector(&conn)?;
         connector.begin(tenant, &conn, tx).await.map_err(connector_status)
     }
 
+    /// Whether `connection`, enabled for the client, logs users in by a redirect in this
+    /// process (`None`: the connection cannot be resolved for the client).
+    pub async fn is_redirect_connection(&self, tenant: &str, client_id: &str, connection: &str) -> Option<bool> {
+        let conn = self.cache.resolve(tenant, client_id, connection).await.ok()?;
+        Some(self.connectors.redirect(conn.connection.spec.strategy).is_some())
+    }
+
     /// Completes a redirect login with the upstream's answer (`params`, the callback's
-    /// parameters): the user, created or updated under the connection's profile-sync rule.
-    /// The caller issues the tokens.
+    /// parameters): the user, created or updated under the connection's profile-sync rule,
+    /// with the upstream's tokens sealed on its identity when the connector answers them.
+    /// Nothing is stored when the connector refuses the answer. The caller issues the
+    /// tokens.
     pub async fn complete_redirect(
         &self,
         tenant: &str,
@@ -428,8 +438,57 @@ impl AuthnApi {
     ) -> Result<User, Status> {
         let conn = self.cache.resolve(tenant, client_id, connection).await?;
         let connector = self.redirect_connector(&conn)?;
-        let profile = connector.complete(tenant, &conn, params, tx).await.map_err(connector_status)?;
-        self.upsert_external_user(tenant, &conn, &profile, None, address).await
+        let completed = connector.complete(tenant, &conn, params, tx).await.map_err(connector_status)?;
+        let mut source = completed.profile;
+        if completed.partial_profile {
+            self.keep_missing_attributes(tenant, &conn, &mut source).await?;
+        }
+        let user = self.upsert_external_user(tenant, &conn, &source, None, address).await?;
+        if let Some(tokens) = completed.tokens {
+            let sealed = crate::oauth::federation::seal_tokens(
+                &self.config.master_key,
+                tenant,
+                &conn.connection.id,
+                &source.source_id,
+                &tokens,
+            )?;
+            self.store.set_upstream_tokens(tenant, &conn.connection.id, &source.source_id, Some(&sealed)).await?;
+        }
+        Ok(user)
+    }
+
+    /// Fills the attributes an upstream left empty (it sends them only sometimes) with the
+    /// ones the user has, so that a later login does not erase them.
+    async fn keep_missing_attributes(
+        &self,
+        tenant: &str,
+        conn: &Resolved,
+        source: &mut ExternalProfile,
+    ) -> Result<(), Status> {
+        let Some((user_id, identity)) =
+            self.store.find_identity(tenant, &conn.connection.id, &source.source_id).await?
+        else {
+            return Ok(());
+        };
+        let Some(user) = self.store.get_user(tenant, &user_id).await? else { return Ok(()) };
+        let (p, kept) = (&mut source.profile, &user.profile);
+        for (mine, theirs) in [
+            (&mut p.name, &kept.name),
+            (&mut p.given_name, &kept.given_name),
+            (&mut p.family_name, &kept.family_name),
+            (&mut p.nickname, &kept.nickname),
+            (&mut p.picture, &kept.picture),
+        ] {
+            if mine.is_empty() {
+                mine.clone_from(theirs);
+            }
+        }
+        if let (Some(raw), Some(before)) = (source.raw.as_object_mut(), identity.profile_data.as_object()) {
+            for (k, v) in before {
+                raw.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Sends a one-time code through a passwordless connection (email, SMS). The hook of the

@@ -34,6 +34,8 @@ use crate::store::Store;
 use crate::store::oauth::{CodeGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, secret_digest};
 use crate::tokens::{self, ProfileClaims};
 
+pub(crate) mod federation;
+
 /// How long the provider's grants and sessions last.
 #[derive(Debug, Clone)]
 pub struct OAuthConfig {
@@ -791,6 +793,14 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         if req.prompt == "none" {
             return Ok(redirect(redirect_error(&req, "login_required", "the user is not logged in")));
         }
+        // A redirect connection named: straight to its upstream, no page.
+        if !request.connection.is_empty()
+            && self.authn.is_redirect_connection(&req.tenant, &request.client_id, &request.connection).await
+                == Some(true)
+        {
+            let outcome = self.authorize_upstream(&req.tenant, &request).await?;
+            return Ok(Response::new(pb::StartAuthorizationResponse { outcome: Some(outcome) }));
+        }
         let transaction = new_secret();
         let csrf = new_secret();
         let json = serde_json::to_string(&request).map_err(|e| internal(&e))?;
@@ -1035,6 +1045,22 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             }
         }
         Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn start_upstream_login(
+        &self,
+        req: Request<pb::StartUpstreamLoginRequest>,
+    ) -> Result<Response<pb::StartUpstreamLoginResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        Ok(Response::new(self.start_upstream(req.get_ref()).await?))
+    }
+
+    async fn complete_upstream_login(
+        &self,
+        req: Request<pb::CompleteUpstreamLoginRequest>,
+    ) -> Result<Response<pb::CompleteUpstreamLoginResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        Ok(Response::new(self.complete_upstream(req.get_ref()).await?))
     }
 }
 

@@ -16,6 +16,7 @@ use crate::domain::{Identity, Profile, ProfileSync, User, UserPatch};
 
 pub mod linking;
 pub mod oauth;
+pub mod upstream;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -1,7 +1,10 @@
 //! The browser's side of the authorization code flow: `GET /<tenant>/authorize`, the hosted
 //! login page (`GET|POST /<tenant>/login`, `POST /<tenant>/signup`) and logout
 //! (`GET /<tenant>/v2/logout`, Auth0's, and `GET /<tenant>/oidc/logout`, the OpenID
-//! `end_session_endpoint`).
+//! `end_session_endpoint`); redirect logins through an upstream (`POST
+//! /<tenant>/login/upstream`, a "Continue with …" button, and `GET|POST
+//! /<tenant>/login/callback`, where the upstream sends the browser back with its answer,
+//! bound to the browser that started the login by a cookie named after its `state`).
 //!
 //! An authorization request with an unknown client or an unregistered redirect URI gets an
 //! error page, never a redirect. A login transaction is carried by the page's URL (`tx`) and
@@ -144,6 +147,7 @@ pub(crate) async fn authorize(
     };
     match oauth.start_authorization(request).await.map(|r| r.into_inner().outcome) {
         Ok(Some(pb::start_authorization_response::Outcome::Redirect(r))) => provider.deliver(&r),
+        Ok(Some(pb::start_authorization_response::Outcome::Upstream(u))) => provider.to_upstream(&tenant, &u),
         Ok(Some(pb::start_authorization_response::Outcome::Login(login))) => {
             let mut response = StatusCode::SEE_OTHER.into_response();
             let location = format!("/{tenant}/login?tx={}", login.transaction);
@@ -449,6 +453,151 @@ pub(crate) async fn signup(
             render_login(&provider, &tenant, &f.tx, &f.csrf, shown).await
         }
     }
+}
+
+/// The binding cookie of an upstream login: this prefix, then the state's first characters.
+const UPSTREAM_COOKIE_PREFIX: &str = "postern_up_";
+
+fn upstream_cookie_name(state: &str) -> String {
+    let short: String = state.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
+    format!("{UPSTREAM_COOKIE_PREFIX}{short}")
+}
+
+impl Provider {
+    /// Sends the browser to an upstream (a 303, or a page whose form posts there) with the
+    /// login's binding cookie. An upstream may answer with a cross-site form post (Apple's
+    /// `form_post`), which a `SameSite=Lax` cookie would miss: over https the cookie is
+    /// `SameSite=None; Secure` (it names nothing but this one login, and is useless without
+    /// the upstream's answer).
+    fn to_upstream(&self, tenant: &str, u: &pb::UpstreamLogin) -> Response {
+        let mut response = if u.form_fields.is_empty() {
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            match HeaderValue::from_str(&u.url) {
+                Ok(v) => {
+                    response.headers_mut().insert(header::LOCATION, v);
+                }
+                Err(_) => return self.error_page(StatusCode::BAD_GATEWAY, "The upstream's login URL is not valid."),
+            }
+            security_headers(response.headers_mut());
+            response
+        } else {
+            let parameters: BTreeMap<&str, &str> =
+                u.form_fields.iter().map(|f| (f.name.as_str(), f.value.as_str())).collect();
+            self.pages.render(
+                StatusCode::OK,
+                "form_post.html",
+                minijinja::context! { action => &u.url, parameters => parameters },
+            )
+        };
+        let same_site = if self.config.secure_cookies { "None; Secure" } else { "Lax" };
+        let cookie = format!(
+            "{}={}; Path=/{tenant}/; Max-Age={}; HttpOnly; SameSite={same_site}",
+            upstream_cookie_name(&u.state),
+            u.binding,
+            u.expires_in
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+        response
+    }
+}
+
+/// The fields of a "Continue with …" button.
+#[derive(Deserialize)]
+pub(crate) struct UpstreamForm {
+    #[serde(default)]
+    tx: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    connection: String,
+}
+
+/// `POST /<tenant>/login/upstream`: a "Continue with …" button of the hosted page.
+pub(crate) async fn login_upstream(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<UpstreamForm>,
+) -> Response {
+    if !csrf_ok(&headers, &f.tx, &f.csrf) {
+        return csrf_refused(&provider);
+    }
+    let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
+    let request = pb::StartUpstreamLoginRequest {
+        tenant: tenant.clone(),
+        transaction: f.tx,
+        csrf_token: f.csrf,
+        connection: f.connection,
+    };
+    match oauth.start_upstream_login(request).await.map(|r| r.into_inner().upstream) {
+        Ok(Some(u)) => provider.to_upstream(&tenant, &u),
+        Ok(None) => provider.error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly."),
+        Err(s) => provider.status_page(&s),
+    }
+}
+
+/// `GET /<tenant>/login/callback`: an upstream's answer in the query.
+pub(crate) async fn callback_get(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    callback(&provider, tenant, &headers, &extensions, q).await
+}
+
+/// `POST /<tenant>/login/callback`: an upstream's answer in a form (`form_post`, SAML).
+pub(crate) async fn callback_post(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    callback(&provider, tenant, &headers, &extensions, f).await
+}
+
+/// Completes an upstream login: the application's code (and the session cookie), or the
+/// application's error; the login's binding cookie is dropped either way.
+async fn callback(
+    provider: &Provider,
+    tenant: String,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+    parameters: HashMap<String, String>,
+) -> Response {
+    let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
+    let state = parameters.get("state").or_else(|| parameters.get("RelayState")).cloned().unwrap_or_default();
+    let cookie_name = upstream_cookie_name(&state);
+    let request = pb::CompleteUpstreamLoginRequest {
+        tenant: tenant.clone(),
+        binding: cookie(headers, &cookie_name).unwrap_or_default().to_owned(),
+        parameters,
+        address: address(extensions),
+    };
+    let mut response = match oauth.complete_upstream_login(request).await.map(|r| r.into_inner().outcome) {
+        Ok(Some(pb::complete_upstream_login_response::Outcome::LoggedIn(l))) => {
+            let Some(redirect) = l.redirect.as_ref() else {
+                return provider
+                    .error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly.");
+            };
+            let mut response = provider.deliver(redirect);
+            provider.set_cookie(&mut response, &tenant, SESSION_COOKIE, &l.session, l.session_max_age);
+            response
+        }
+        Ok(Some(pb::complete_upstream_login_response::Outcome::Redirect(r))) => provider.deliver(&r),
+        Ok(None) => {
+            return provider.error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly.");
+        }
+        Err(s) => provider.status_page(&s),
+    };
+    if !state.is_empty() {
+        provider.set_cookie(&mut response, &tenant, &cookie_name, "", 0);
+    }
+    response
 }
 
 /// `GET /<tenant>/v2/logout` (Auth0: `client_id`, `returnTo`) and `GET /<tenant>/oidc/logout`

@@ -7,7 +7,8 @@
 //! - [`documents`]: `/.well-known/jwks.json`, `/.well-known/openid-configuration` (briefly
 //!   cached) and `/userinfo`.
 //! - [`browser`]: `GET /authorize`, the hosted login page (`GET|POST /login`,
-//!   `POST /signup`), `GET /v2/logout` (Auth0's) and `GET /oidc/logout` (the OpenID
+//!   `POST /signup`), redirect logins (`POST /login/upstream`, `GET|POST
+//!   /login/callback`), `GET /v2/logout` (Auth0's) and `GET /oidc/logout` (the OpenID
 //!   `end_session_endpoint`).
 //! - [`token`]: `POST /oauth/token` and `POST /oauth/revoke`, with RFC 6749 5.2 errors.
 //! - [`html`]: the templates (minijinja, HTML-escaped) and the headers every page carries.
@@ -79,6 +80,8 @@ pub fn router(config: ProviderConfig) -> Router {
         .route("/{tenant}/authorize", get(browser::authorize))
         .route("/{tenant}/login", get(browser::login_page).post(browser::login))
         .route("/{tenant}/signup", post(browser::signup))
+        .route("/{tenant}/login/upstream", post(browser::login_upstream))
+        .route("/{tenant}/login/callback", get(browser::callback_get).post(browser::callback_post))
         .route("/{tenant}/v2/logout", get(browser::logout))
         .route("/{tenant}/oidc/logout", get(browser::logout))
         .route("/{tenant}/oauth/token", post(token::token))

@@ -183,8 +183,9 @@ pub(super) const DELETE_USER_GRANTS: [&str; 3] = [
 
 /// The statements that forget a deleted tenant's OpenID state made before its deletion
 /// (`$1` tenant, `$2` the deletion's time).
-pub(super) const DELETE_TENANT_GRANTS: [&str; 4] = [
+pub(super) const DELETE_TENANT_GRANTS: [&str; 5] = [
     "DELETE FROM login_transactions WHERE tenant = $1 AND create_time <= $2",
+    "DELETE FROM upstream_transactions WHERE tenant = $1 AND create_time <= $2",
     "DELETE FROM authorization_codes WHERE tenant = $1 AND create_time <= $2",
     "DELETE FROM refresh_tokens WHERE tenant = $1 AND create_time <= $2",
     "DELETE FROM sso_sessions WHERE tenant = $1 AND auth_time <= $2",
@@ -570,6 +571,7 @@ impl Store {
             "DELETE FROM refresh_tokens WHERE tenant = $1 AND client_id = $2",
             "DELETE FROM authorization_codes WHERE tenant = $1 AND client_id = $2",
             "DELETE FROM login_transactions WHERE tenant = $1 AND client_id = $2",
+            "DELETE FROM upstream_transactions WHERE tenant = $1 AND client_id = $2",
         ] {
             n += sqlx::query(sql).bind(tenant).bind(client_id).execute(&mut *tx).await?.rows_affected();
         }
@@ -584,6 +586,7 @@ impl Store {
         let mut n = 0;
         for sql in [
             "DELETE FROM login_transactions WHERE expire_time <= $1",
+            "DELETE FROM upstream_transactions WHERE expire_time <= $1",
             "DELETE FROM authorization_codes WHERE expire_time <= $1",
             "DELETE FROM sso_sessions WHERE idle_expire <= $1 OR absolute_expire <= $1",
             "DELETE FROM refresh_tokens WHERE family_expire <= $1 OR (used_time IS NULL AND expire_time <= $1)",

@@ -1,0 +1,285 @@
+//! Redirect logins through an upstream (OIDC, OAuth2 social, SAML), as the provider's
+//! internal RPCs: `StartUpstreamLogin` (a button of the hosted page), the
+//! `connection=` shortcut of `StartAuthorization`, and `CompleteUpstreamLogin` (the
+//! `/login/callback` route).
+//!
+//! A start makes an upstream login transaction: a fresh `state` (the lookup key, stored as
+//! its digest), `nonce` and PKCE verifier (sealed under the master key, bound to the tenant
+//! and the state's digest), a browser binding (the digest of a cookie the provider sets),
+//! and the application's validated request. A callback uses the transaction up before
+//! anything else, so a replayed callback finds nothing; then the connector validates the
+//! upstream's answer and only an accepted answer stores anything. Whatever goes wrong after
+//! the transaction is found goes back to the application as an RFC 6749 error with its
+//! `state`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use postern_common::error::{internal, not_found};
+use postern_common::ids::constant_time_eq;
+use postern_common::seal::MasterKey;
+use postern_connector::{RedirectTransaction, UpstreamRequest, UpstreamTokens};
+use postern_proto::authn::v1 as pb;
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status};
+
+use super::{AuthRequest, OAuthApi, micros, new_secret};
+use crate::store::oauth::secret_digest;
+use crate::store::upstream::NewUpstreamTransaction;
+
+/// The seal label of an upstream transaction's secrets.
+const TRANSACTION_LABEL: &[u8] = b"postern upstream transaction";
+/// The seal label of an identity's upstream tokens.
+const TOKENS_LABEL: &[u8] = b"postern upstream tokens";
+
+/// The secret parts of an upstream transaction, sealed at rest.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    nonce: String,
+    code_verifier: String,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+/// Seals an identity's upstream tokens for storage (base64), bound to the identity.
+pub(crate) fn seal_tokens(
+    master: &MasterKey,
+    tenant: &str,
+    connection_id: &str,
+    source_id: &str,
+    tokens: &UpstreamTokens,
+) -> Result<String, Status> {
+    let json = zeroize::Zeroizing::new(serde_json::to_vec(tokens).map_err(|e| internal(&e))?);
+    let sealed = master.seal(TOKENS_LABEL, &[tenant, connection_id, source_id], &json).map_err(|e| internal(&e))?;
+    Ok(URL_SAFE_NO_PAD.encode(sealed))
+}
+
+/// Opens what [`seal_tokens`] sealed for the same identity.
+#[cfg(test)]
+pub(crate) fn open_tokens(
+    master: &MasterKey,
+    tenant: &str,
+    connection_id: &str,
+    source_id: &str,
+    sealed: &str,
+) -> Result<UpstreamTokens, Status> {
+    let bytes = URL_SAFE_NO_PAD.decode(sealed).map_err(|e| internal(&e))?;
+    let json = master.open(TOKENS_LABEL, &[tenant, connection_id, source_id], &bytes).map_err(|e| internal(&e))?;
+    serde_json::from_slice(&json).map_err(|e| internal(&e))
+}
+
+/// An error for the application, at its redirect URI, with its `state`.
+fn app_error(request: &AuthRequest, error: &str, description: &str) -> pb::Redirect {
+    let mut parameters = std::collections::HashMap::from([
+        ("error".to_owned(), error.to_owned()),
+        ("error_description".to_owned(), description.to_owned()),
+    ]);
+    if !request.state.is_empty() {
+        parameters.insert("state".into(), request.state.clone());
+    }
+    pb::Redirect { uri: request.redirect_uri.clone(), response_mode: request.response_mode.clone(), parameters }
+}
+
+/// The RFC 6749 error of a failed upstream step: the upstream or this service unavailable,
+/// a failure of this process, or else a refused login.
+fn error_of(s: &Status) -> (&'static str, String) {
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded => {
+            ("temporarily_unavailable", format!("the login could not be completed: {}", s.message()))
+        }
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            ("server_error", "the login could not be completed; try again shortly".to_owned())
+        }
+        _ => ("access_denied", s.message().to_owned()),
+    }
+}
+
+impl OAuthApi {
+    /// The tenant's callback URL, where upstreams send the browser back.
+    fn callback_url(&self, tenant: &str) -> String {
+        let url = self.authn.config.public_url.get().map_or("http://localhost", String::as_str);
+        format!("{}/{tenant}/login/callback", url.trim_end_matches('/'))
+    }
+
+    /// Starts a login at `connection`'s upstream for the application's `request`: stores
+    /// the transaction and answers where the browser goes.
+    pub(super) async fn begin_upstream(
+        &self,
+        tenant: &str,
+        request: &AuthRequest,
+        connection: &str,
+    ) -> Result<pb::UpstreamLogin, Status> {
+        let (state, binding) = (new_secret(), new_secret());
+        let mut tx = RedirectTransaction {
+            state: state.clone(),
+            nonce: new_secret(),
+            code_verifier: new_secret(),
+            callback_url: self.callback_url(tenant),
+            login_hint: request.login_hint.clone(),
+            data: serde_json::Value::Null,
+        };
+        let begun = self.authn.begin_redirect(tenant, &request.client_id, connection, &tx).await?;
+        tx.data = begun.data;
+        let state_hash = secret_digest(&state);
+        let secrets = Sealed { nonce: tx.nonce, code_verifier: tx.code_verifier, data: tx.data };
+        let json = zeroize::Zeroizing::new(serde_json::to_vec(&secrets).map_err(|e| internal(&e))?);
+        let master = &self.authn.config.master_key;
+        let sealed = master.seal(TRANSACTION_LABEL, &[tenant, &state_hash], &json).map_err(|e| internal(&e))?;
+        let now = self.now();
+        let lifetime = self.oauth.transaction_lifetime;
+        self.store()
+            .create_upstream_transaction(&NewUpstreamTransaction {
+                tenant,
+                state_hash: &state_hash,
+                binding_hash: &secret_digest(&binding),
+                client_id: &request.client_id,
+                connection,
+                request: &serde_json::to_string(request).map_err(|e| internal(&e))?,
+                sealed: &URL_SAFE_NO_PAD.encode(sealed),
+                now,
+                expire_time: now.saturating_add(micros(lifetime)),
+            })
+            .await?;
+        let (url, form_fields) = match begun.request {
+            UpstreamRequest::Redirect(url) => (url, Vec::new()),
+            UpstreamRequest::FormPost { url, fields } => {
+                (url, fields.into_iter().map(|(name, value)| pb::FormField { name, value }).collect())
+            }
+        };
+        tracing::info!(tenant = %tenant, client_id = %request.client_id, connection = %connection, "upstream login started");
+        Ok(pb::UpstreamLogin {
+            url,
+            form_fields,
+            binding,
+            state,
+            expires_in: i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// `StartAuthorization` naming a redirect connection: straight to its upstream, or back
+    /// to the application when the upstream cannot be reached.
+    pub(super) async fn authorize_upstream(
+        &self,
+        tenant: &str,
+        request: &AuthRequest,
+    ) -> Result<pb::start_authorization_response::Outcome, Status> {
+        use pb::start_authorization_response::Outcome;
+        match self.begin_upstream(tenant, request, &request.connection).await {
+            Ok(upstream) => Ok(Outcome::Upstream(upstream)),
+            Err(s) => {
+                let (error, description) = error_of(&s);
+                if error == "server_error" {
+                    tracing::warn!(code = ?s.code(), message = s.message(), "upstream login could not start");
+                }
+                Ok(Outcome::Redirect(app_error(request, error, &description)))
+            }
+        }
+    }
+
+    /// `StartUpstreamLogin`.
+    pub(super) async fn start_upstream(
+        &self,
+        req: &pb::StartUpstreamLoginRequest,
+    ) -> Result<pb::StartUpstreamLoginResponse, Status> {
+        let request = self.transaction(&req.tenant, &req.transaction, Some(&req.csrf_token)).await?;
+        Self::check_connection(&request, &req.connection)?;
+        let upstream = self.begin_upstream(&req.tenant, &request, &req.connection).await?;
+        Ok(pb::StartUpstreamLoginResponse { upstream: Some(upstream) })
+    }
+
+    /// `CompleteUpstreamLogin`.
+    pub(super) async fn complete_upstream(
+        &self,
+        req: &pb::CompleteUpstreamLoginRequest,
+    ) -> Result<pb::CompleteUpstreamLoginResponse, Status> {
+        use pb::complete_upstream_login_response::Outcome;
+        let gone = || {
+            not_found(
+                "UPSTREAM_LOGIN_NOT_FOUND",
+                "this login has expired or was already completed; go back to the application and sign in again",
+            )
+        };
+        let tenant = req.tenant.as_str();
+        let state = req.parameters.get("state").or_else(|| req.parameters.get("RelayState")).ok_or_else(gone)?;
+        if state.is_empty() || state.len() > 128 {
+            return Err(gone());
+        }
+        let state_hash = secret_digest(state);
+        let taken = self.store().take_upstream_transaction(tenant, &state_hash).await?.ok_or_else(gone)?;
+        let request: AuthRequest = serde_json::from_str(&taken.request).map_err(|e| internal(&e))?;
+        let refuse = |error: &str, description: &str| {
+            tracing::info!(tenant = %tenant, client_id = %request.client_id, connection = %taken.connection, error, description, "upstream login refused");
+            Ok(pb::CompleteUpstreamLoginResponse {
+                outcome: Some(Outcome::Redirect(app_error(&request, error, description))),
+            })
+        };
+        if taken.expire_time <= self.now() {
+            return refuse("access_denied", "the login at the upstream took too long; sign in again");
+        }
+        if req.binding.is_empty()
+            || !constant_time_eq(secret_digest(&req.binding).as_bytes(), taken.binding_hash.as_bytes())
+        {
+            return refuse("access_denied", "the login was not completed in the browser that started it");
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(&taken.sealed).map_err(|e| internal(&e))?;
+        let json = self
+            .authn
+            .config
+            .master_key
+            .open(TRANSACTION_LABEL, &[tenant, &state_hash], &bytes)
+            .map_err(|e| internal(&e))?;
+        let secrets: Sealed = serde_json::from_slice(&json).map_err(|e| internal(&e))?;
+        let tx = RedirectTransaction {
+            state: state.clone(),
+            nonce: secrets.nonce,
+            code_verifier: secrets.code_verifier,
+            callback_url: self.callback_url(tenant),
+            login_hint: request.login_hint.clone(),
+            data: secrets.data,
+        };
+        let completed = self
+            .authn
+            .complete_redirect(tenant, &request.client_id, &taken.connection, &req.parameters, &tx, &req.address)
+            .await;
+        match completed {
+            Ok(user) => {
+                let logged_in = self.logged_in(tenant, &request, &user.user_id).await?;
+                Ok(pb::CompleteUpstreamLoginResponse { outcome: Some(Outcome::LoggedIn(logged_in)) })
+            }
+            Err(s) => {
+                let (error, description) = error_of(&s);
+                if error == "server_error" {
+                    tracing::warn!(code = ?s.code(), message = s.message(), "upstream login failed");
+                }
+                refuse(error, &description)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_open_only_for_their_identity() {
+        let master = MasterKey::generate().expect("key");
+        let tokens = UpstreamTokens {
+            access_token: "upstream-access-token".into(),
+            refresh_token: "upstream-refresh-token".into(),
+            ..Default::default()
+        };
+        let sealed = seal_tokens(&master, "t", "con_1", "u1", &tokens).expect("sealed");
+        assert!(!sealed.contains("upstream-access-token"), "not in clear");
+        assert_eq!(open_tokens(&master, "t", "con_1", "u1", &sealed).expect("opens"), tokens);
+        assert!(open_tokens(&master, "t", "con_1", "u2", &sealed).is_err(), "bound to the identity");
+        assert!(open_tokens(&master, "other", "con_1", "u1", &sealed).is_err(), "bound to the tenant");
+    }
+
+    #[test]
+    fn failures_map_to_rfc6749_errors() {
+        assert_eq!(error_of(&Status::unavailable("down")).0, "temporarily_unavailable");
+        assert_eq!(error_of(&Status::internal("x")).0, "server_error");
+        assert_eq!(error_of(&Status::permission_denied("bad token")).0, "access_denied");
+        assert_eq!(error_of(&Status::permission_denied("bad token")).1, "bad token");
+    }
+}
