@@ -427,7 +427,8 @@ async fn start_authn(
 /// Every connector this binary has, by strategy: the authenticator runs them and knows no
 /// protocol. A new connector crate is registered here.
 pub fn connectors() -> postern_connector::Connectors {
-    postern_connector_database::register(postern_connector::Connectors::new())
+    let connectors = postern_connector_database::register(postern_connector::Connectors::new());
+    postern_connector_oidc::register(connectors)
 }
 
 /// The master key: configured, or the one in `<data-dir>/master-key`, which the first start

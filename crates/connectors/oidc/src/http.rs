@@ -1,0 +1,155 @@
+//! The upstream's HTTP: one reqwest client (redirects off, timeouts, bounded bodies) used
+//! directly for discovery, keys and userinfo, and handed to `openidconnect` as its async
+//! HTTP client (a closure) for the code exchange.
+
+use std::time::Duration;
+
+use postern_connector::ConnectorError;
+
+/// The largest body read from an upstream (discovery, keys, tokens, userinfo).
+const MAX_BODY: usize = 1 << 20;
+
+/// How long an upstream may take to answer one request.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an upstream HTTP request failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HttpError {
+    /// No answer: connection refused, timeout, TLS.
+    #[error("{0}")]
+    Transport(#[source] reqwest::Error),
+    /// The answer was larger than [`MAX_BODY`].
+    #[error("the answer is larger than {MAX_BODY} bytes")]
+    TooLarge,
+    /// The answer could not be rebuilt as an `http` response.
+    #[error("{0}")]
+    Http(#[source] http::Error),
+}
+
+/// The client every upstream call goes through: no redirects (an upstream endpoint that
+/// redirects is misconfigured, and following it would send secrets elsewhere), bounded time.
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_else(|e| {
+            // Building fails only if the TLS backend cannot start; a default client then
+            // fails each request, which answers UNAVAILABLE.
+            tracing::error!(error = %e, "cannot build the upstream HTTP client");
+            reqwest::Client::new()
+        })
+}
+
+/// Reads a body, refusing one larger than [`MAX_BODY`].
+pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, HttpError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(HttpError::Transport)? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(HttpError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Sends an `openidconnect` request with `client`: the async HTTP client of the crate.
+pub(crate) async fn execute(
+    client: reqwest::Client,
+    request: openidconnect::HttpRequest,
+) -> Result<openidconnect::HttpResponse, HttpError> {
+    let (parts, body) = request.into_parts();
+    let response = client
+        .request(parts.method, parts.uri.to_string())
+        .headers(parts.headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(HttpError::Transport)?;
+    let mut builder = http::Response::builder().status(response.status());
+    for (name, value) in response.headers() {
+        builder = builder.header(name, value);
+    }
+    let body = read_body(response).await?;
+    builder.body(body).map_err(HttpError::Http)
+}
+
+/// A JSON document fetched with `GET`, and how long it may be cached (its
+/// `Cache-Control: max-age`, capped; `no-store`/`no-cache` mean not at all; an hour when
+/// the upstream says nothing).
+pub(crate) struct Fetched {
+    /// The document.
+    pub(crate) json: serde_json::Value,
+    /// How long it may be kept.
+    pub(crate) max_age: Duration,
+}
+
+/// The longest an upstream document is kept, whatever it says.
+const MAX_CACHE: Duration = Duration::from_secs(24 * 3600);
+/// How long an upstream document is kept when it says nothing.
+const DEFAULT_CACHE: Duration = Duration::from_secs(3600);
+
+/// The lifetime a `Cache-Control` header gives.
+pub(crate) fn cache_lifetime(cache_control: Option<&str>) -> Duration {
+    let Some(value) = cache_control else { return DEFAULT_CACHE };
+    let mut max_age = None;
+    for directive in value.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Duration::ZERO;
+        }
+        if let Some(seconds) = lower.strip_prefix("max-age=") {
+            max_age = seconds.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+        }
+    }
+    max_age.unwrap_or(DEFAULT_CACHE).min(MAX_CACHE)
+}
+
+/// Fetches the JSON document at `url` for the connection `connection` (named in errors).
+pub(crate) async fn get_json(
+    client: &reqwest::Client,
+    connection: &str,
+    what: &str,
+    url: &str,
+    bearer: Option<&str>,
+) -> Result<Fetched, ConnectorError> {
+    let unavailable = |detail: String| {
+        tracing::warn!(connection, url, detail = %detail, "upstream {what} unavailable");
+        ConnectorError::Unavailable {
+            reason: "UPSTREAM_UNAVAILABLE",
+            message: format!("connection {connection:?}: the upstream's {what} could not be read ({detail})"),
+        }
+    };
+    let mut request = client.get(url).header(http::header::ACCEPT, "application/json");
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| unavailable(e.without_url().to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(unavailable(format!("HTTP {}", status.as_u16())));
+    }
+    let cache_control = response.headers().get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
+    let max_age = cache_lifetime(cache_control);
+    let body = read_body(response).await.map_err(|e| unavailable(e.to_string()))?;
+    let json = serde_json::from_slice(&body).map_err(|e| unavailable(format!("not JSON: {e}")))?;
+    Ok(Fetched { json, max_age })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_lifetimes() {
+        assert_eq!(cache_lifetime(None), DEFAULT_CACHE);
+        assert_eq!(cache_lifetime(Some("public, max-age=300")), Duration::from_secs(300));
+        assert_eq!(cache_lifetime(Some("max-age=0")), Duration::ZERO);
+        assert_eq!(cache_lifetime(Some("no-store")), Duration::ZERO);
+        assert_eq!(cache_lifetime(Some("private, no-cache, max-age=60")), Duration::ZERO);
+        assert_eq!(cache_lifetime(Some("max-age=99999999")), MAX_CACHE);
+        assert_eq!(cache_lifetime(Some("public")), DEFAULT_CACHE);
+    }
+}
