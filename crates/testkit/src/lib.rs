@@ -10,6 +10,8 @@
 //! - [`browser`] drives headless Chromium over WebDriver, a fresh profile per test.
 //! - [`web`] walks HTML pages over HTTP as a browser without JavaScript does (a cookie
 //!   jar, forms, redirects looked at one by one).
+//! - [`upstream`] shares one npm `oidc-provider` per test binary as the upstream of
+//!   federated logins, with broken answers on demand.
 //! - [`node`] runs the scripts of the node workspace (`tests/node`): npm's `openid-client`
 //!   as an independent relying party, npm's `oidc-provider` as a reference provider.
 
@@ -20,6 +22,7 @@ pub mod browser;
 pub mod node;
 pub mod peers;
 mod process;
+pub mod upstream;
 pub mod web;
 
 use std::net::SocketAddr;

@@ -1,0 +1,641 @@
+//! Federated logins through the redirect flow, against npm's `oidc-provider` as the
+//! upstream (one per test binary, `postern_testkit::upstream`): `/authorize?connection=`, the
+//! hosted page's "Continue with …" button and home realm discovery send the browser to the
+//! upstream; its login page is filled in; `/login/callback` completes the login and the
+//! application gets its code, whose ID token names the federated user
+//! (`oidc|<connection>|<sub>`, `google-apps|<sub>`, `waad|<oid>`).
+//!
+//! Broken upstream answers are refused — wrong `aud`, `iss` or `nonce`, an expired token,
+//! `alg: none`, another key, a missing or foreign Workspace domain, another Entra directory
+//! — with `error=access_denied` and the application's `state`, and nothing stored; a key
+//! rotation is followed by one refetch of the keys; a user who cancels returns as
+//! `access_denied`; the three profile-sync modes across logins whose upstream profile
+//! changed; a real browser clicks "Continue with …".
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use postern_proto::authn::v1 as authn;
+use postern_proto::connections::v1 as conn;
+use postern_proto::tenant::v1 as tenant;
+use postern_testkit::upstream::Upstream;
+use postern_testkit::web::{Agent, Answer};
+use postern_testkit::{Clients, Suite};
+use serde_json::json;
+
+const CALLBACK: &str = "https://app.example.com/callback";
+const STATE: &str = "app-state/ä&=?";
+
+fn base(suite: &Suite) -> String {
+    format!("http://{}", suite.http)
+}
+
+fn callback_of(suite: &Suite, t: &str) -> String {
+    format!("{}/{t}/login/callback", base(suite))
+}
+
+/// A tenant with a confidential web application.
+async fn app(admin: &mut Clients, t: &str) -> tenant::Client {
+    admin.create_tenant(t).await.expect("tenant");
+    let c = tenant::Client {
+        name: "Fabrikam Portal".into(),
+        app_type: tenant::AppType::RegularWeb as i32,
+        callbacks: vec![CALLBACK.into()],
+        ..Default::default()
+    };
+    admin
+        .clients
+        .create_client(tenant::CreateClientRequest { tenant: t.into(), client: Some(c) })
+        .await
+        .expect("client")
+        .into_inner()
+        .client
+        .expect("client")
+}
+
+/// Creates `connection` and enables it for `client`.
+async fn connect(admin: &mut Clients, t: &str, client: &tenant::Client, connection: conn::Connection) {
+    let name = connection.name.clone();
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: t.into(), connection: Some(connection) })
+        .await
+        .expect("connection");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: t.into(),
+            connection: name,
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+}
+
+/// An `oidc` connection named `name` to a fresh client of the upstream, whose ID tokens get
+/// `mode` (empty: none) and `claims`.
+async fn oidc_connection(
+    upstream: &Upstream,
+    suite: &Suite,
+    t: &str,
+    name: &str,
+    mode: &str,
+    claims: serde_json::Value,
+    adjust: impl FnOnce(&mut conn::OidcOptions),
+) -> conn::Connection {
+    let (id, secret) = upstream.register_client(&callback_of(suite, t), "client_secret_basic").await.expect("register");
+    if !mode.is_empty() || !claims.is_null() {
+        upstream.set_mode(&id, mode, claims).await.expect("mode");
+    }
+    let mut o = conn::OidcOptions {
+        issuer: upstream.issuer.clone(),
+        client_id: id,
+        client_secret: secret,
+        scopes: vec!["email".into(), "profile".into()],
+        ..Default::default()
+    };
+    adjust(&mut o);
+    conn::Connection {
+        name: name.into(),
+        display_name: format!("Upstream {name}"),
+        strategy: "oidc".into(),
+        options: Some(conn::connection::Options::Oidc(o)),
+        ..Default::default()
+    }
+}
+
+fn authorize_url(suite: &Suite, t: &str, client_id: &str, extra: &[(&str, &str)]) -> String {
+    let mut url = url::Url::parse(&format!("{}/{t}/authorize", base(suite))).expect("url");
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("client_id", client_id)
+            .append_pair("redirect_uri", CALLBACK)
+            .append_pair("response_type", "code")
+            .append_pair("scope", "openid profile email")
+            .append_pair("state", STATE)
+            .append_pair("nonce", "app-nonce");
+        for (k, v) in extra {
+            q.append_pair(k, v);
+        }
+    }
+    url.into()
+}
+
+/// The query of the redirect to the application.
+fn app_query(answer: &Answer) -> HashMap<String, String> {
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let location = answer.location().expect("location");
+    assert!(location.starts_with(&format!("{CALLBACK}?")), "{location}");
+    url::Url::parse(location).expect("url").query_pairs().into_owned().collect()
+}
+
+/// From a 303 to the upstream: logs `login` in there (or cancels) and follows the browser
+/// back to Postern's callback; answers the callback's answer.
+async fn through_upstream(
+    upstream: &Upstream,
+    agent: &mut Agent,
+    to_upstream: &Answer,
+    login: &str,
+    cancel: bool,
+) -> Answer {
+    assert_eq!(to_upstream.status, 303, "{to_upstream:?}");
+    let location = to_upstream.location().expect("to the upstream");
+    assert!(location.starts_with(&upstream.issuer), "{location}");
+    let binding =
+        to_upstream.headers("set-cookie").into_iter().find(|c| c.starts_with("postern_up_")).expect("binding cookie");
+    assert!(binding.contains("HttpOnly") && binding.contains("SameSite=Lax"), "{binding}");
+    let back = upstream.log_in(agent, location, login, cancel).await.expect("upstream login");
+    assert!(back.url().contains("/login/callback"), "{back:?}");
+    back.follow(agent).await.expect("callback")
+}
+
+/// A whole login through `connection`: `/authorize?connection=` to the application's answer.
+async fn federated_login(
+    upstream: &Upstream,
+    suite: &Suite,
+    t: &str,
+    client_id: &str,
+    connection: &str,
+    login: &str,
+) -> HashMap<String, String> {
+    let mut agent = Agent::new();
+    let start = agent
+        .get(&authorize_url(suite, t, client_id, &[("connection", connection), ("prompt", "login")]))
+        .await
+        .expect("authorize");
+    let done = through_upstream(upstream, &mut agent, &start, login, false).await;
+    app_query(&done)
+}
+
+/// The claims of an ID token (the signature is checked by the provider's own tests).
+fn claims_of(jwt: &str) -> serde_json::Value {
+    let body = jwt.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).expect("base64url")).expect("JSON")
+}
+
+async fn exchange(suite: &Suite, t: &str, client: &tenant::Client, code: &str) -> serde_json::Value {
+    let fields: Vec<(String, String)> = [
+        ("grant_type", "authorization_code"),
+        ("client_id", client.client_id.as_str()),
+        ("client_secret", client.client_secret.as_str()),
+        ("code", code),
+        ("redirect_uri", CALLBACK),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let answer = Agent::new().post_form(&format!("{}/{t}/oauth/token", base(suite)), &fields).await.expect("token");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    serde_json::from_str(&answer.body).expect("JSON")
+}
+
+async fn user(admin: &mut Clients, t: &str, user_id: &str) -> Option<authn::User> {
+    match admin.users.get_user(authn::GetUserRequest { tenant: t.into(), user_id: user_id.into() }).await {
+        Ok(r) => r.into_inner().user,
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => panic!("GetUser: {s:?}"),
+    }
+}
+
+async fn user_count(admin: &mut Clients, t: &str) -> usize {
+    admin
+        .users
+        .list_users(authn::ListUsersRequest { tenant: t.into(), ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner()
+        .users
+        .len()
+}
+
+#[tokio::test]
+async fn an_oidc_login_end_to_end_by_connection_button_and_discovery() {
+    let Some(upstream) = Upstream::shared("an_oidc_login_end_to_end_by_connection_button_and_discovery") else {
+        return;
+    };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-public";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let c = oidc_connection(upstream, &suite, t, "fabrikam-op", "", serde_json::Value::Null, |_| {}).await;
+    connect(&mut admin, t, &portal, c).await;
+
+    // `connection=`: straight to the upstream, back with a code.
+    let mut agent = Agent::new();
+    let start = agent
+        .get(&authorize_url(&suite, t, &portal.client_id, &[("connection", "fabrikam-op"), ("login_hint", "alice")]))
+        .await
+        .expect("authorize");
+    let to = url::Url::parse(start.location().expect("upstream")).expect("url");
+    let q: HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["login_hint"], "alice");
+    assert!(q["scope"].split(' ').any(|s| s == "openid"), "{q:?}");
+    assert_eq!(q["redirect_uri"], callback_of(&suite, t));
+    let callback = through_upstream(upstream, &mut agent, &start, "alice", false).await;
+    assert!(
+        callback.headers("set-cookie").iter().any(|c| c.starts_with("postern_session=") && c.contains("HttpOnly")),
+        "an SSO session: {callback:?}"
+    );
+    let answer = app_query(&callback);
+    assert_eq!(answer["state"], STATE, "the application's state, unchanged");
+    let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+    let id = claims_of(tokens["id_token"].as_str().expect("id_token"));
+    assert_eq!(id["sub"], "oidc|fabrikam-op|alice");
+    assert_eq!(id["nonce"], "app-nonce");
+    assert_eq!(id["email"], "alice@fabrikam.example");
+    assert_eq!(id["email_verified"], true, "the upstream asserts it");
+    assert_eq!(id["name"], "Jane Doe");
+    let alice = user(&mut admin, t, "oidc|fabrikam-op|alice").await.expect("the user is stored");
+    assert_eq!(alice.identities.len(), 1);
+    assert_eq!(alice.identities[0].connection, "fabrikam-op");
+
+    // The callback again (a replay): the transaction is used up.
+    let replay = agent.get(&format!("{}/{t}/login/callback?state=gone&code=x", base(&suite))).await.expect("replay");
+    assert_eq!(replay.status, 400, "{replay:?}");
+
+    // SSO: the next /authorize of the application skips everything.
+    let sso = agent.get(&authorize_url(&suite, t, &portal.client_id, &[])).await.expect("sso");
+    assert!(app_query(&sso).contains_key("code"), "{sso:?}");
+
+    // The hosted page's button, in another browser.
+    let mut bob = Agent::new();
+    let start = bob.get(&authorize_url(&suite, t, &portal.client_id, &[])).await.expect("authorize");
+    let page_url = format!("{}{}", base(&suite), start.location().expect("page"));
+    let page = bob.get(&page_url).await.expect("page");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Continue with Upstream fabrikam-op"), "{}", page.body);
+    let button = page
+        .forms()
+        .into_iter()
+        .find(|f| f.action == "login/upstream" && f.value("connection") == Some("fabrikam-op"))
+        .expect("a Continue with … button");
+    let mut tampered = button.clone();
+    tampered.set("csrf", "forged");
+    assert_eq!(bob.submit(&page_url, &tampered).await.expect("forged").status, 403, "the CSRF token is checked");
+    let to_upstream = bob.submit(&page_url, &button).await.expect("button");
+    let answer = app_query(&through_upstream(upstream, &mut bob, &to_upstream, "bob", false).await);
+    let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+    assert_eq!(claims_of(tokens["id_token"].as_str().expect("id_token"))["sub"], "oidc|fabrikam-op|bob");
+
+    // A callback in a browser that did not start the login (no binding cookie): refused.
+    let mut carol = Agent::new();
+    let start = carol
+        .get(&authorize_url(&suite, t, &portal.client_id, &[("connection", "fabrikam-op")]))
+        .await
+        .expect("authorize");
+    let back = upstream.log_in(&mut carol, start.location().expect("upstream"), "carol", false).await.expect("login");
+    let mut mallory = Agent::new();
+    let refused = app_query(&back.follow(&mut mallory).await.expect("callback"));
+    assert_eq!(refused["error"], "access_denied", "{refused:?}");
+    assert!(refused["error_description"].contains("browser"), "{refused:?}");
+    assert!(user(&mut admin, t, "oidc|fabrikam-op|carol").await.is_none(), "nothing stored");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn broken_upstream_answers_are_refused_and_nothing_is_stored() {
+    let Some(upstream) = Upstream::shared("broken_upstream_answers_are_refused_and_nothing_is_stored") else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-public";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let cases = [
+        ("wrong-aud", "wrong_aud", "audience"),
+        ("wrong-iss", "wrong_iss", "issuer"),
+        ("wrong-nonce", "wrong_nonce", "nonce"),
+        ("expired", "expired", "xpired"),
+        ("alg-none", "alg_none", "token"),
+        ("other-key", "other_key", "ID token"),
+    ];
+    for (name, mode, hint) in cases {
+        let c = oidc_connection(upstream, &suite, t, name, mode, serde_json::Value::Null, |_| {}).await;
+        connect(&mut admin, t, &portal, c).await;
+        let answer = federated_login(upstream, &suite, t, &portal.client_id, name, &format!("user-{name}")).await;
+        assert_eq!(answer.get("error").map(String::as_str), Some("access_denied"), "{mode}: {answer:?}");
+        assert_eq!(answer["state"], STATE, "{mode}");
+        assert!(!answer.contains_key("code"), "{mode}");
+        assert!(answer["error_description"].contains(hint), "{mode}: {answer:?}");
+        assert!(answer["error_description"].contains(name), "{mode}: names the connection: {answer:?}");
+    }
+
+    // Google Workspace: only the connection's domains, by the hd claim.
+    for (name, claims, ok) in [
+        ("workspace", json!({"hd": "fabrikam.example"}), true),
+        ("workspace-other", json!({"hd": "contoso.example"}), false),
+        ("workspace-personal", serde_json::Value::Null, false),
+    ] {
+        let (id, secret) = upstream.register_client(&callback_of(&suite, t), "client_secret_basic").await.expect("reg");
+        upstream.set_mode(&id, "claims", claims).await.expect("mode");
+        let c = conn::Connection {
+            name: name.into(),
+            strategy: "google-apps".into(),
+            options: Some(conn::connection::Options::GoogleApps(conn::GoogleAppsOptions {
+                domain: "fabrikam.example".into(),
+                client_id: id,
+                client_secret: secret,
+                issuer: upstream.issuer.clone(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        connect(&mut admin, t, &portal, c).await;
+        let login = format!("user-{name}");
+        let answer = federated_login(upstream, &suite, t, &portal.client_id, name, &login).await;
+        if ok {
+            let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+            assert_eq!(claims_of(tokens["id_token"].as_str().expect("id"))["sub"], format!("google-apps|{login}"));
+        } else {
+            assert_eq!(answer.get("error").map(String::as_str), Some("access_denied"), "{name}: {answer:?}");
+            assert!(answer["error_description"].contains("Workspace"), "{name}: {answer:?}");
+        }
+    }
+
+    // Entra ID: the directory's tid, and the object id as the user's id.
+    let tid = "5a8f1c1e-0000-4000-8000-00000000aaaa";
+    for (name, claims, ok) in [
+        ("entra", json!({"tid": tid, "oid": "object-1"}), true),
+        ("entra-other", json!({"tid": "5a8f1c1e-0000-4000-8000-00000000bbbb", "oid": "object-2"}), false),
+    ] {
+        let (id, secret) = upstream.register_client(&callback_of(&suite, t), "client_secret_basic").await.expect("reg");
+        upstream.set_mode(&id, "claims", claims).await.expect("mode");
+        let c = conn::Connection {
+            name: name.into(),
+            strategy: "waad".into(),
+            options: Some(conn::connection::Options::AzureAd(conn::AzureAdOptions {
+                domain: "fabrikam.onmicrosoft.com".into(),
+                tenant_id: tid.into(),
+                client_id: id,
+                client_secret: secret,
+                discovery_url: format!("{}/.well-known/openid-configuration", upstream.issuer),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        connect(&mut admin, t, &portal, c).await;
+        let answer = federated_login(upstream, &suite, t, &portal.client_id, name, &format!("user-{name}")).await;
+        if ok {
+            let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+            let id = claims_of(tokens["id_token"].as_str().expect("id"));
+            assert_eq!(id["sub"], "waad|object-1", "the object id");
+            assert_eq!(id["email_verified"], false, "Entra ID asserts no verified email");
+        } else {
+            assert_eq!(answer.get("error").map(String::as_str), Some("access_denied"), "{name}: {answer:?}");
+            assert!(answer["error_description"].contains("directory"), "{name}: {answer:?}");
+        }
+    }
+
+    assert_eq!(
+        user_count(&mut admin, t).await,
+        2,
+        "only the Workspace and Entra ID users of the allowed domain and directory"
+    );
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_key_rotation_is_followed_by_one_refetch_of_the_keys() {
+    let Some(upstream) = Upstream::shared("a_key_rotation_is_followed_by_one_refetch_of_the_keys") else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-public";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let jwks = format!("{}/__test/jwks", upstream.issuer);
+    let c = oidc_connection(upstream, &suite, t, "rotating", "rotated", serde_json::Value::Null, |o| {
+        o.jwks_uri = jwks.clone();
+    })
+    .await;
+    connect(&mut admin, t, &portal, c).await;
+    let fetches = || async { upstream.stats().await.expect("stats")["jwks_fetches"].as_u64().expect("count") };
+    let before = fetches().await;
+    let first = federated_login(upstream, &suite, t, &portal.client_id, "rotating", "rita").await;
+    assert!(first.contains_key("code"), "{first:?}");
+    assert_eq!(fetches().await, before + 1, "the keys fetched once");
+    let second = federated_login(upstream, &suite, t, &portal.client_id, "rotating", "rita").await;
+    assert!(second.contains_key("code"), "{second:?}");
+    assert_eq!(fetches().await, before + 1, "cached for their HTTP lifetime (max-age=300)");
+    upstream.rotate().await.expect("rotate");
+    let third = federated_login(upstream, &suite, t, &portal.client_id, "rotating", "rita").await;
+    assert!(third.contains_key("code"), "a token of the new key is accepted after one refetch: {third:?}");
+    assert_eq!(fetches().await, before + 2, "one refetch for the unknown kid");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_cancelled_upstream_login_returns_access_denied() {
+    let Some(upstream) = Upstream::shared("a_cancelled_upstream_login_returns_access_denied") else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-public";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let c = oidc_connection(upstream, &suite, t, "cancelled", "", serde_json::Value::Null, |_| {}).await;
+    connect(&mut admin, t, &portal, c).await;
+    let mut agent = Agent::new();
+    let start = agent
+        .get(&authorize_url(
+            &suite,
+            t,
+            &portal.client_id,
+            &[("connection", "cancelled"), ("response_mode", "form_post")],
+        ))
+        .await
+        .expect("authorize");
+    let done = through_upstream(upstream, &mut agent, &start, "dave", true).await;
+    // form_post: a page whose form posts the error to the application.
+    assert_eq!(done.status, 200, "{done:?}");
+    let form = done.forms().into_iter().find(|f| f.action == CALLBACK).expect("the form to the application");
+    assert_eq!(form.value("error"), Some("access_denied"));
+    assert_eq!(form.value("state"), Some(STATE));
+    assert!(form.value("error_description").is_some_and(|d| d.contains("aborted")), "the upstream's words: {form:?}");
+    assert_eq!(user_count(&mut admin, t).await, 0);
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn profile_sync_modes_across_logins_whose_upstream_profile_changed() {
+    let Some(upstream) = Upstream::shared("profile_sync_modes_across_logins_whose_upstream_profile_changed") else {
+        return;
+    };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-public";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    for (name, sync, expected_first, expected_second) in [
+        ("sync-each", conn::UserProfileSync::OnEachLogin, "First Name", "Second Name"),
+        ("sync-first", conn::UserProfileSync::OnFirstLogin, "First Name", "First Name"),
+        ("sync-never", conn::UserProfileSync::NeverOnLogin, "", ""),
+    ] {
+        let mut c = oidc_connection(upstream, &suite, t, name, "", serde_json::Value::Null, |_| {}).await;
+        c.user_profile_sync = sync as i32;
+        connect(&mut admin, t, &portal, c).await;
+        let login = format!("erin-{name}");
+        upstream.set_account(&login, json!({"name": "First Name"})).await.expect("account");
+        let first = federated_login(upstream, &suite, t, &portal.client_id, name, &login).await;
+        assert!(first.contains_key("code"), "{first:?}");
+        let id = format!("oidc|{name}|{login}");
+        let u = user(&mut admin, t, &id).await.expect("user");
+        assert_eq!(u.name, expected_first, "{name}, first login");
+        upstream.set_account(&login, json!({"name": "Second Name"})).await.expect("account");
+        let second = federated_login(upstream, &suite, t, &portal.client_id, name, &login).await;
+        assert!(second.contains_key("code"), "{second:?}");
+        let u = user(&mut admin, t, &id).await.expect("user");
+        assert_eq!(u.name, expected_second, "{name}, second login");
+        assert_eq!(u.email, format!("{login}@fabrikam.example"), "{name}: the email identifies the user");
+    }
+    suite.stop().await.expect("stop");
+}
+
+/// A loopback application that answers every request with a small page.
+async fn loopback_app() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let page = "<html><body><h1 id=app>The application</h1></body></html>";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_continues_with_the_upstream_and_lands_at_the_application() {
+    let test = "a_browser_continues_with_the_upstream_and_lands_at_the_application";
+    let Some(upstream) = Upstream::shared(test) else { return };
+    let Some(browser) = postern_testkit::browser::Browser::open(test).await else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-public";
+    let mut admin = suite.admin().await;
+    let (app_addr, app_task) = loopback_app().await;
+    let callback = format!("http://{app_addr}/callback");
+    admin.create_tenant(t).await.expect("tenant");
+    let portal = admin
+        .clients
+        .create_client(tenant::CreateClientRequest {
+            tenant: t.into(),
+            client: Some(tenant::Client {
+                name: "Fabrikam Customer Portal".into(),
+                app_type: tenant::AppType::RegularWeb as i32,
+                callbacks: vec![callback.clone()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("client")
+        .into_inner()
+        .client
+        .expect("client");
+    let c = oidc_connection(upstream, &suite, t, "fabrikam-op", "", serde_json::Value::Null, |_| {}).await;
+    connect(&mut admin, t, &portal, c).await;
+
+    let mut url = url::Url::parse(&format!("{}/{t}/authorize", base(&suite))).expect("url");
+    url.query_pairs_mut()
+        .append_pair("client_id", &portal.client_id)
+        .append_pair("redirect_uri", &callback)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid profile email")
+        .append_pair("state", "browser-state")
+        .append_pair("nonce", "browser-nonce");
+    browser.goto(url.as_str()).await.expect("authorize");
+    browser.click("button[data-connection=fabrikam-op]").await.expect("Continue with …");
+    browser.fill("input[name=login]", "frank").await.expect("the upstream's login page");
+    browser.fill("input[name=password]", "any password").await.expect("password");
+    browser.click("button[type=submit]").await.expect("sign in");
+    let landed = browser
+        .wait_for_url("the application", |u| u.host_str() == Some("127.0.0.1") && u.port() == Some(app_addr.port()))
+        .await
+        .expect("back at the application");
+    let q: HashMap<String, String> = landed.query_pairs().into_owned().collect();
+    assert_eq!(q.get("state").map(String::as_str), Some("browser-state"), "{landed}");
+    let fields: Vec<(String, String)> = [
+        ("grant_type", "authorization_code"),
+        ("client_id", portal.client_id.as_str()),
+        ("client_secret", portal.client_secret.as_str()),
+        ("code", q["code"].as_str()),
+        ("redirect_uri", callback.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let answer = Agent::new().post_form(&format!("{}/{t}/oauth/token", base(&suite)), &fields).await.expect("token");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let tokens: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    let id = claims_of(tokens["id_token"].as_str().expect("id_token"));
+    assert_eq!(id["sub"], "oidc|fabrikam-op|frank");
+    assert_eq!(id["email"], "frank@fabrikam.example");
+    browser.close().await.expect("close");
+    app_task.abort();
+    suite.stop().await.expect("stop");
+}
+
+/// A P-256 key made for this test only: the "Sign in with Apple" key of the connection.
+const APPLE_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgzjGef1p6d0ONrBXM
+ZwvQA1leXukGBh+rD3WLyUs1qNShRANCAATw8AeqG7RSNo++7Qc9s9uguOgos/J/
+o7Gr6dgbivR05F2MqfXS0bfC0EGUgC6+VqyVxFZkZ9C0YL89euP30zq/
+-----END PRIVATE KEY-----
+";
+const APPLE_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8PAHqhu0UjaPvu0HPbPboLjoKLPy
+f6Oxq+nYG4r0dORdjKn10tG3wtBBlIAuvlaslcRWZGfQtGC/PXrj99M6vw==
+-----END PUBLIC KEY-----
+";
+
+#[tokio::test]
+async fn sign_in_with_apple_posts_back_and_authenticates_with_a_client_secret_jwt() {
+    let Some(upstream) = Upstream::shared("sign_in_with_apple_posts_back_and_authenticates_with_a_client_secret_jwt")
+    else {
+        return;
+    };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-public";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let (id, secret) = upstream.register_client(&callback_of(&suite, t), "client_secret_post").await.expect("register");
+    let apple =
+        json!({"secret": secret, "public_key": APPLE_PUBLIC_KEY, "team_id": "TEAM123456", "key_id": "KEY1234567"});
+    upstream.set_mode(&id, "apple", apple).await.expect("mode");
+    let c = conn::Connection {
+        name: "apple".into(),
+        display_name: "Apple".into(),
+        strategy: "apple".into(),
+        options: Some(conn::connection::Options::Oauth2(conn::OAuth2Options {
+            client_id: id,
+            client_secret: APPLE_KEY.into(),
+            issuer: upstream.issuer.clone(),
+            apple_team_id: "TEAM123456".into(),
+            apple_key_id: "KEY1234567".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    connect(&mut admin, t, &portal, c).await;
+    let before = upstream.stats().await.expect("stats")["apple_refusals"].as_u64().unwrap_or(0);
+    let mut agent = Agent::new();
+    let start =
+        agent.get(&authorize_url(&suite, t, &portal.client_id, &[("connection", "apple")])).await.expect("authorize");
+    let to = url::Url::parse(start.location().expect("to Apple")).expect("url");
+    assert!(to.query_pairs().any(|(k, v)| k == "response_mode" && v == "form_post"), "{to}");
+    let back = upstream.log_in(&mut agent, to.as_str(), "grace", false).await.expect("login");
+    assert!(matches!(back, postern_testkit::upstream::Back::FormPost { .. }), "Apple posts its answer: {back:?}");
+    let answer = app_query(&back.follow(&mut agent).await.expect("callback"));
+    assert!(answer.contains_key("code"), "{answer:?}");
+    assert_eq!(
+        upstream.stats().await.expect("stats")["apple_refusals"].as_u64().unwrap_or(0),
+        before,
+        "the client secret JWT was accepted"
+    );
+    let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+    assert_eq!(claims_of(tokens["id_token"].as_str().expect("id_token"))["sub"], "apple|grace");
+    suite.stop().await.expect("stop");
+}

@@ -1,0 +1,191 @@
+// npm's oidc-provider (a certified OpenID Provider) as the upstream of Postern's federated
+// logins (tests/federation.rs): the `oidc` strategy and the OpenID Connect profiles (Google,
+// Workspace, Entra ID, LinkedIn, Microsoft accounts) point their issuer at it.
+//
+//   node upstream.mjs
+//
+// Prints one JSON line once it listens on a free loopback port: {issuer}.
+//
+// - Clients register themselves (dynamic registration, `POST /reg`), one per test, with the
+//   callback of that test's Postern; its login form (development interactions) takes any
+//   login name: the account id. Consent is granted without a page.
+// - Accounts: `sub` is the login name; claims are `<login>@fabrikam.example`, verified, and
+//   a name, unless `POST /__test/account {id, claims}` set others (a profile that changes
+//   between logins).
+// - Broken answers, per client (`POST /__test/mode {client_id, mode, claims}`): the ID token
+//   of the token endpoint is rewritten and signed again with the provider's own key (so only
+//   the named defect is wrong): `wrong_aud`, `wrong_iss`, `wrong_nonce`, `expired`, `alg_none`
+//   (unsigned), `other_key` (signed by another key under the same kid), `claims` (extra
+//   claims merged, such as `hd` or `tid`), `rotated` (signed by a second key, published only
+//   at `/__test/jwks` after `POST /__test/rotate`).
+// - Sign in with Apple's client authentication (`mode: "apple"`, `claims: {secret, public_key,
+//   team_id, key_id}`): the token request's `client_secret` must be an ES256 JWT of the team,
+//   for the client, signed by that key; it is then swapped for the client's real secret.
+// - `/__test/jwks` serves the keys with `Cache-Control: max-age=300` and counts its fetches
+//   (`GET /__test/stats`).
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createServer } from 'node:net';
+import * as querystring from 'node:querystring';
+import * as jose from 'jose';
+import Provider from 'oidc-provider';
+
+function rsaJwk(kid) {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
+}
+
+const signing = rsaJwk('upstream-1');
+const rotatedKey = rsaJwk('upstream-2');
+const impostor = { ...rsaJwk('upstream-1') };
+const publicOf = ({ kty, n, e, kid, alg, use }) => ({ kty, n, e, kid, alg, use });
+
+const accounts = new Map();
+const modes = new Map();
+const stats = { jwks_fetches: 0, token_requests: 0 };
+let rotated = false;
+
+function claimsOf(id) {
+  return {
+    sub: id,
+    email: `${id}@fabrikam.example`,
+    email_verified: true,
+    name: 'Jane Doe',
+    given_name: 'Jane',
+    family_name: 'Doe',
+    ...(accounts.get(id) ?? {}),
+  };
+}
+
+async function sign(payload, jwk) {
+  const key = await jose.importJWK(jwk, 'RS256');
+  return new jose.SignJWT(payload).setProtectedHeader({ alg: 'RS256', kid: jwk.kid, typ: 'JWT' }).sign(key);
+}
+
+async function rewrite(idToken, { mode, claims }) {
+  const payload = jose.decodeJwt(idToken);
+  const now = Math.floor(Date.now() / 1000);
+  switch (mode) {
+    case 'wrong_aud': payload.aud = 'another-client'; break;
+    case 'wrong_iss': payload.iss = 'https://impostor.example'; break;
+    case 'wrong_nonce': payload.nonce = 'not-the-nonce-that-was-sent'; break;
+    case 'expired': payload.iat = now - 600; payload.exp = now - 300; break;
+    case 'alg_none': {
+      const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+      return `${enc({ alg: 'none', typ: 'JWT' })}.${enc(payload)}.`;
+    }
+    case 'other_key': return sign(payload, impostor);
+    case 'rotated': return sign(payload, rotated ? rotatedKey : signing);
+    default: break;
+  }
+  Object.assign(payload, claims ?? {});
+  return sign(payload, signing);
+}
+
+async function body(ctx) {
+  const chunks = [];
+  for await (const c of ctx.req) chunks.push(c);
+  return chunks.length ? JSON.parse(Buffer.concat(chunks).toString('utf8')) : {};
+}
+
+function start(port) {
+  const issuer = `http://127.0.0.1:${port}`;
+  const provider = new Provider(issuer, {
+    jwks: { keys: [signing] },
+    features: {
+      devInteractions: { enabled: true },
+      // Client ids are GUIDs, as Entra ID's are (its connections require them).
+      registration: { enabled: true, idFactory: () => randomUUID() },
+    },
+    claims: {
+      openid: ['sub'],
+      email: ['email', 'email_verified'],
+      profile: ['name', 'given_name', 'family_name', 'nickname', 'picture'],
+      // Sign in with Apple's scope.
+      name: ['name', 'given_name', 'family_name'],
+    },
+    conformIdTokenClaims: false,
+    pkce: { required: () => true },
+    findAccount: async (ctx, id) => ({ accountId: id, claims: async () => claimsOf(id) }),
+    // Consent is granted without a page: every scope and claim the client asks.
+    loadExistingGrant: async (ctx) => {
+      const grantId = ctx.oidc.result?.consent?.grantId || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+      if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+      const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
+      grant.addOIDCScope('openid email profile name offline_access');
+      await grant.save();
+      return grant;
+    },
+    ttl: { Session: 60, Interaction: 600, Grant: 600 },
+  });
+  provider.use(async (ctx, next) => {
+    if (ctx.path === '/__test/account' && ctx.method === 'POST') {
+      const { id, claims } = await body(ctx);
+      accounts.set(id, claims);
+      ctx.body = { ok: true };
+      return;
+    }
+    if (ctx.path === '/__test/mode' && ctx.method === 'POST') {
+      const { client_id: clientId, mode, claims } = await body(ctx);
+      modes.set(clientId, { mode, claims });
+      ctx.body = { ok: true };
+      return;
+    }
+    if (ctx.path === '/__test/rotate' && ctx.method === 'POST') {
+      rotated = true;
+      ctx.body = { ok: true };
+      return;
+    }
+    if (ctx.path === '/__test/jwks' && ctx.method === 'GET') {
+      stats.jwks_fetches += 1;
+      ctx.set('cache-control', 'public, max-age=300');
+      ctx.body = { keys: rotated ? [publicOf(signing), publicOf(rotatedKey)] : [publicOf(signing)] };
+      return;
+    }
+    if (ctx.path === '/__test/stats' && ctx.method === 'GET') {
+      ctx.body = stats;
+      return;
+    }
+    if (ctx.path === '/token' && ctx.method === 'POST') {
+      const chunks = [];
+      for await (const c of ctx.req) chunks.push(c);
+      const form = querystring.parse(Buffer.concat(chunks).toString('utf8'));
+      const apple = modes.get(form.client_id);
+      if (apple?.mode === 'apple') {
+        const { secret, public_key: publicKey, team_id: team, key_id: keyId } = apple.claims;
+        try {
+          const { protectedHeader } = await jose.jwtVerify(form.client_secret, await jose.importSPKI(publicKey, 'ES256'), {
+            issuer: team, audience: issuer, subject: form.client_id, algorithms: ['ES256'],
+          });
+          if (protectedHeader.kid !== keyId) throw new Error(`kid ${protectedHeader.kid}`);
+          form.client_secret = secret;
+        } catch (e) {
+          stats.apple_refusals = (stats.apple_refusals ?? 0) + 1;
+          form.client_secret = 'refused';
+        }
+      }
+      ctx.request.body = form;
+    }
+    await next();
+    if (ctx.path === '/token' && ctx.method === 'POST') {
+      stats.token_requests += 1;
+      if (ctx.status === 200 && ctx.body?.id_token) {
+        const aud = jose.decodeJwt(ctx.body.id_token).aud;
+        const settings = modes.get(Array.isArray(aud) ? aud[0] : aud);
+        if (settings && settings.mode !== 'apple') {
+          ctx.body = { ...ctx.body, id_token: await rewrite(ctx.body.id_token, settings) };
+        }
+      }
+    }
+  });
+  const server = provider.listen(port, '127.0.0.1', () => {
+    process.stdout.write(`${JSON.stringify({ issuer })}\n`);
+  });
+  return server;
+}
+
+// The issuer must name the port, so bind once to learn a free one, then start there.
+const probe = createServer();
+probe.listen(0, '127.0.0.1', () => {
+  const { port } = probe.address();
+  probe.close(() => start(port));
+});
