@@ -639,3 +639,39 @@ async fn sign_in_with_apple_posts_back_and_authenticates_with_a_client_secret_jw
     assert_eq!(claims_of(tokens["id_token"].as_str().expect("id_token"))["sub"], "apple|grace");
     suite.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn the_social_openid_profiles_log_in_with_their_strategy_ids() {
+    let Some(upstream) = Upstream::shared("the_social_openid_profiles_log_in_with_their_strategy_ids") else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-public";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    for strategy in ["google-oauth2", "linkedin", "windowslive"] {
+        let (id, secret) = upstream.register_client(&callback_of(&suite, t), "client_secret_basic").await.expect("reg");
+        let c = conn::Connection {
+            name: strategy.into(),
+            strategy: strategy.into(),
+            options: Some(conn::connection::Options::Oauth2(conn::OAuth2Options {
+                client_id: id,
+                client_secret: secret,
+                // The provider's own issuer by default; here the loopback stand-in's.
+                issuer: upstream.issuer.clone(),
+                store_tokens: true,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        connect(&mut admin, t, &portal, c).await;
+        let login = format!("henry-{strategy}");
+        let answer = federated_login(upstream, &suite, t, &portal.client_id, strategy, &login).await;
+        let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+        let id = claims_of(tokens["id_token"].as_str().expect("id_token"));
+        assert_eq!(id["sub"], format!("{strategy}|{login}"), "{strategy}");
+        // Microsoft asserts no verified email; Google and LinkedIn do.
+        assert_eq!(id["email_verified"], strategy != "windowslive", "{strategy}");
+        let user = user(&mut admin, t, &format!("{strategy}|{login}")).await.expect("user");
+        assert!(user.identities[0].is_social, "{strategy} is a social connection");
+    }
+    suite.stop().await.expect("stop");
+}
