@@ -183,6 +183,11 @@ function start(port) {
   return server;
 }
 
+// The test binary holds this process's standard input open and never writes to it: when the
+// binary ends, however it ends, the input closes and the provider stops with it.
+process.stdin.resume();
+process.stdin.on('end', () => process.exit(0));
+
 // The issuer must name the port, so bind once to learn a free one, then start there.
 const probe = createServer();
 probe.listen(0, '127.0.0.1', () => {
