@@ -177,18 +177,33 @@ async fn the_fabrikam_script_runs_with_grpcurl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", ""), ("POSTERN_MASTER_KEY", "")]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fabrikam/fabrikam.sh");
-    let out = postern_testkit::output_within(
-        std::process::Command::new("bash")
-            .arg(&script)
-            .env("POSTERN", server.grpc.to_string())
-            .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim()),
-        std::time::Duration::from_secs(300),
-    )
-    .expect("run the Fabrikam script");
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(&script)
+        .env("POSTERN", server.grpc.to_string())
+        .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim());
+    // With the throwaway directory, an employee logs in with Active Directory (`ad`).
+    let directory = postern_testkit::slapd::Slapd::shared("the_fabrikam_script_runs_with_grpcurl (ad login)");
+    if let Some(d) = directory {
+        use postern_testkit::slapd;
+        command
+            .env("FABRIKAM_AD_URL", &d.ldaps_url)
+            .env("FABRIKAM_AD_CA_FILE", d.dir.join("ca.pem"))
+            .env("FABRIKAM_AD_BIND_DN", slapd::SERVICE_DN)
+            .env("FABRIKAM_AD_BIND_PASSWORD", slapd::SERVICE_PASSWORD)
+            .env("FABRIKAM_AD_BASE_DN", slapd::PEOPLE)
+            .env("FABRIKAM_AD_USER", "carol")
+            .env("FABRIKAM_AD_PASSWORD", slapd::USER_PASSWORD);
+    }
+    let out = postern_testkit::output_within(&mut command, std::time::Duration::from_secs(300))
+        .expect("run the Fabrikam script");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "fabrikam.sh failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("fabrikam scenario complete"), "{stdout}");
+    if directory.is_some() {
+        assert!(stdout.contains("logged in: ad|fabrikam-ad|"), "{stdout}");
+    }
     // The first start generated the master key, readable by its owner only.
     #[cfg(unix)]
     {

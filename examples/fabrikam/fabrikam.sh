@@ -6,8 +6,13 @@
 #                      and LinkedIn, all enabled for it.
 # Then it checks what each client may log in with, that each tenant's key sees only its own
 # connections, that secrets never come back, and that a bad option names its field.
+# With a directory (FABRIKAM_AD_URL set; the test kit's throwaway slapd is one), the `ad`
+# connection points at it, is tried with TestConnection, and an employee logs in to the
+# Timesheets application with it, while the Customer Portal cannot use it.
 #   POSTERN            the gateway's gRPC address (default 127.0.0.1:50051)
 #   POSTERN_ADMIN_KEY  the admin key (default: the contents of ./postern-data/admin-key)
+#   FABRIKAM_AD_URL, FABRIKAM_AD_CA_FILE, FABRIKAM_AD_BIND_DN, FABRIKAM_AD_BIND_PASSWORD,
+#   FABRIKAM_AD_BASE_DN, FABRIKAM_AD_USER, FABRIKAM_AD_PASSWORD   the directory (optional)
 set -euo pipefail
 
 addr=${POSTERN:-127.0.0.1:50051}
@@ -50,19 +55,28 @@ call "$admin" -d '{"tenant":{"name":"fabrikam-internal","display_name":"Fabrikam
   "$addr" postern.tenant.v1.TenantService/CreateTenant
 call "$admin" -d '{"tenant":{"name":"fabrikam-public","display_name":"Fabrikam-Public"}}' \
   "$addr" postern.tenant.v1.TenantService/CreateTenant
-timesheets=$(call "$admin" -d '{"tenant":"fabrikam-internal","client":{"name":"Fabrikam Employee Timesheets","app_type":"APP_TYPE_REGULAR_WEB","callbacks":["https://timesheets.fabrikam.example/callback"]}}' \
-  "$addr" postern.tenant.v1.ClientService/CreateClient | field "['client']['clientId']")
+timesheets_json=$(call "$admin" -d '{"tenant":"fabrikam-internal","client":{"name":"Fabrikam Employee Timesheets","app_type":"APP_TYPE_REGULAR_WEB","callbacks":["https://timesheets.fabrikam.example/callback"]}}' \
+  "$addr" postern.tenant.v1.ClientService/CreateClient)
+timesheets=$(field "['client']['clientId']" <<<"$timesheets_json")
+timesheets_secret=$(field "['client']['clientSecret']" <<<"$timesheets_json")
 portal=$(call "$admin" -d '{"tenant":"fabrikam-public","client":{"name":"Fabrikam Customer Portal","app_type":"APP_TYPE_SPA","callbacks":["https://portal.fabrikam.example/callback"]}}' \
   "$addr" postern.tenant.v1.ClientService/CreateClient | field "['client']['clientId']")
 echo "Fabrikam Employee Timesheets: $timesheets"
 echo "Fabrikam Customer Portal:     $portal"
 
 step "fabrikam-internal: Active Directory and Google Apps"
+if [[ -n "${FABRIKAM_AD_URL:-}" ]]; then
+  ad_options=$(python3 -c 'import json,os; print(json.dumps({"url": os.environ["FABRIKAM_AD_URL"],
+      "bind_dn": os.environ["FABRIKAM_AD_BIND_DN"], "bind_password": os.environ["FABRIKAM_AD_BIND_PASSWORD"],
+      "base_dn": os.environ["FABRIKAM_AD_BASE_DN"], "ca_certificates": open(os.environ["FABRIKAM_AD_CA_FILE"]).read()}))')
+else
+  ad_options='{"url":"ldaps://dc1.corp.fabrikam.example","bind_dn":"CN=postern,OU=Service,DC=corp,DC=fabrikam,DC=example",
+            "bind_password":"ad-bind-password","base_dn":"OU=People,DC=corp,DC=fabrikam,DC=example"}'
+fi
 call "$admin" -d '{"tenant":"fabrikam-internal","connection":{
     "name":"fabrikam-ad","display_name":"Fabrikam AD","strategy":"ad",
     "domain_aliases":["corp.fabrikam.example"],
-    "ldap":{"url":"ldaps://dc1.corp.fabrikam.example","bind_dn":"CN=postern,OU=Service,DC=corp,DC=fabrikam,DC=example",
-            "bind_password":"ad-bind-password","base_dn":"OU=People,DC=corp,DC=fabrikam,DC=example"}}}' \
+    "ldap":'"$ad_options"'}}' \
   "$addr" $svc/CreateConnection
 call "$admin" -d '{"tenant":"fabrikam-internal","connection":{
     "name":"fabrikam-google-apps","display_name":"Fabrikam Google Workspace","strategy":"google-apps",
@@ -121,6 +135,30 @@ expect_error InvalidArgument "$admin" -d '{"tenant":"fabrikam-internal","connect
 step "Secrets come back to Postern's authenticator only: ResolveConnection is internal"
 expect_error PermissionDenied "$admin" -d '{"tenant":"fabrikam-internal","client_id":"'$timesheets'","connection":"fabrikam-ad"}' \
   "$addr" $svc/ResolveConnection
+
+if [[ -n "${FABRIKAM_AD_URL:-}" ]]; then
+  step "Try the directory before anyone logs in: each step of TestConnection"
+  out=$(call "$admin" -d '{"tenant":"fabrikam-internal","connection":"fabrikam-ad"}' "$addr" postern.authn.v1.AuthenticationService/TestConnection)
+  echo "$out"
+  [[ $(field "['ok']" <<<"$out") == True ]] || { echo "TestConnection found a problem" >&2; exit 1; }
+  if grep -q "$FABRIKAM_AD_BIND_PASSWORD" <<<"$out"; then echo "TestConnection showed a secret" >&2; exit 1; fi
+
+  step "An employee logs in to Fabrikam Employee Timesheets with Active Directory (no API key)"
+  out=$(grpcurl -plaintext -d '{"tenant":"fabrikam-internal","client_id":"'$timesheets'","client_secret":"'$timesheets_secret'",
+      "connection":"fabrikam-ad","username":"'$FABRIKAM_AD_USER'","password":"'$FABRIKAM_AD_PASSWORD'"}' \
+      "$addr" postern.authn.v1.AuthenticationService/Login)
+  user_id=$(field "['user']['userId']" <<<"$out")
+  echo "logged in: $user_id"
+  [[ $user_id == ad\|fabrikam-ad\|* ]] || { echo "expected an ad|fabrikam-ad|<objectGUID> user id" >&2; exit 1; }
+  expect_error Unauthenticated "$admin" -d '{"tenant":"fabrikam-internal","client_id":"'$timesheets'","client_secret":"'$timesheets_secret'",
+      "connection":"fabrikam-ad","username":"'$FABRIKAM_AD_USER'","password":"not-the-password"}' \
+      "$addr" postern.authn.v1.AuthenticationService/Login
+
+  step "The Customer Portal cannot use Fabrikam's Active Directory"
+  expect_error NotFound "$admin" -d '{"tenant":"fabrikam-public","client_id":"'$portal'",
+      "connection":"fabrikam-ad","username":"'$FABRIKAM_AD_USER'","password":"'$FABRIKAM_AD_PASSWORD'"}' \
+      "$addr" postern.authn.v1.AuthenticationService/Login
+fi
 
 echo
 echo "fabrikam scenario complete"

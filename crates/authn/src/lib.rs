@@ -116,6 +116,7 @@ pub const METHOD_SCOPES: MethodScopes = &[
     ("/postern.authn.v1.AuthenticationService/Signup", Need::Write(Scope::Authentication)),
     ("/postern.authn.v1.AuthenticationService/Login", Need::Write(Scope::Authentication)),
     ("/postern.authn.v1.AuthenticationService/ChangePassword", Need::Write(Scope::Authentication)),
+    ("/postern.authn.v1.AuthenticationService/TestConnection", Need::Write(Scope::Connections)),
     ("/postern.authn.v1.UserService/GetUser", Need::Read(Scope::Users)),
     ("/postern.authn.v1.UserService/ListUsers", Need::Read(Scope::Users)),
     ("/postern.authn.v1.UserService/UpdateUser", Need::Write(Scope::Users)),

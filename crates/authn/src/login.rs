@@ -132,7 +132,23 @@ pub(crate) fn claims_of(u: &User) -> ProfileClaims {
         nickname: some(&p.nickname),
         picture: some(&p.picture),
         updated_at: u64::try_from(u.update_time / 1_000_000).ok(),
+        groups: groups_of(u),
     }
+}
+
+/// The groups the user's identities' sources put in their profiles (directories whose
+/// connection reads groups), deduplicated; `None` when there are none.
+fn groups_of(u: &User) -> Option<Vec<String>> {
+    let mut groups: Vec<String> = u
+        .identities
+        .iter()
+        .filter_map(|i| i.profile_data.get("groups")?.as_array())
+        .flatten()
+        .filter_map(|g| g.as_str().map(str::to_owned))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    (!groups.is_empty()).then_some(groups)
 }
 
 fn with_default_nickname(mut p: Profile) -> Profile {
@@ -520,6 +536,30 @@ impl AuthnApi {
         let connector = self.code_connector(&conn)?;
         let profile = connector.verify(tenant, &conn, recipient, code).await.map_err(connector_status)?;
         self.upsert_external_user(tenant, &conn, &profile, None, address).await
+    }
+
+    /// Tries a connection (name or id) step by step without logging anyone in, through the
+    /// connector of its strategy: its strategy and the steps.
+    pub async fn test_connection(
+        &self,
+        tenant: &str,
+        connection: &str,
+    ) -> Result<(String, postern_connector::TestReport), Status> {
+        let conn = self.cache.resolve_any(tenant, connection).await?;
+        let spec = &conn.connection.spec;
+        let strategy = spec.strategy;
+        let report = if let Some(c) = self.connectors.password(strategy) {
+            c.test(tenant, &conn).await
+        } else if let Some(c) = self.connectors.redirect(strategy) {
+            c.test(tenant, &conn).await
+        } else if let Some(c) = self.connectors.code(strategy) {
+            c.test(tenant, &conn).await
+        } else {
+            return Err(no_connector(spec, "any means"));
+        };
+        let report = report.map_err(connector_status)?;
+        tracing::info!(tenant = %tenant, connection = %spec.name, ok = report.ok, "connection tested");
+        Ok((strategy.as_str().to_owned(), report))
     }
 
     fn redirect_connector(&self, conn: &Resolved) -> Result<Arc<dyn RedirectConnector>, Status> {

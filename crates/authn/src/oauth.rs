@@ -718,8 +718,12 @@ impl OAuthApi {
 
 /// A connection as the hosted page offers it. A listed connection has no secrets, so
 /// only a database connection's options are read into the typed model (for its password
-/// policy, written once there); the category says the rest.
-fn page_connection(c: &conn_pb::Connection) -> pb::PageConnection {
+/// policy, written once there); the category says the rest. A connection whose strategy a
+/// password connector serves (`connectors`) gets a username and password form.
+fn page_connection(c: &conn_pb::Connection, connectors: &postern_connector::Connectors) -> pb::PageConnection {
+    let strategy = postern_connection::Strategy::parse(&c.strategy);
+    let password_family = strategy.is_some_and(|s| connectors.password(s).is_some());
+    let directory = matches!(strategy, Some(postern_connection::Strategy::Ad | postern_connection::Strategy::Ldap));
     let database = postern_connection::Strategy::parse(&c.strategy)
         .and_then(|strategy| {
             let (mut v, mut secrets) = (Violations::new(), postern_connection::Secrets::default());
@@ -734,11 +738,12 @@ fn page_connection(c: &conn_pb::Connection) -> pb::PageConnection {
         name: c.name.clone(),
         display_name: if c.display_name.is_empty() { c.name.clone() } else { c.display_name.clone() },
         strategy: c.strategy.clone(),
-        password: database.is_some(),
+        password: password_family,
         signup: database.as_ref().is_some_and(|d| !d.disable_signup),
         requires_username: database.as_ref().is_some_and(|d| d.requires_username),
         password_rules: database.as_ref().map(|d| d.password_rules().describe()).unwrap_or_default(),
-        redirect: matches!(category, conn_pb::Category::Social | conn_pb::Category::Enterprise),
+        redirect: !password_family && matches!(category, conn_pb::Category::Social | conn_pb::Category::Enterprise),
+        directory,
     }
 }
 
@@ -869,7 +874,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
                 })
                 .await;
             match answer {
-                Ok(r) => r.into_inner().connection.map(|c| page_connection(&c)),
+                Ok(r) => r.into_inner().connection.map(|c| page_connection(&c, &self.authn.connectors)),
                 Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument) => None,
                 Err(s) => return Err(s),
             }
@@ -877,7 +882,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         let page_connections = connections
             .into_iter()
             .filter(|c| request.connection.is_empty() || c.name == request.connection)
-            .map(|c| page_connection(&c))
+            .map(|c| page_connection(&c, &self.authn.connectors))
             .collect();
         Ok(Response::new(pb::GetLoginPageResponse {
             tenant_display_name: if tenant.display_name.is_empty() { req.tenant.clone() } else { tenant.display_name },

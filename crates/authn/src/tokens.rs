@@ -415,6 +415,9 @@ pub struct ProfileClaims {
     /// When the profile was last changed, in seconds since the epoch (scope `profile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<u64>,
+    /// The user's groups in a directory whose connection reads them (scope `profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
 }
 
 impl ProfileClaims {
@@ -432,6 +435,7 @@ impl ProfileClaims {
             nickname: self.nickname.filter(|_| profile),
             picture: self.picture.filter(|_| profile),
             updated_at: self.updated_at.filter(|_| profile),
+            groups: self.groups.filter(|_| profile),
         }
     }
 }
@@ -737,6 +741,7 @@ mod tests {
             nickname: Some("alice".into()),
             picture: Some("https://example.com/alice.png".into()),
             updated_at: Some(1_700_000_000),
+            groups: None,
         }
     }
 

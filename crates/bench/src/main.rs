@@ -8,6 +8,8 @@
 //! - `oauth`: `client_credentials` tokens per second at the token endpoint against npm's
 //!   oidc-provider and the raw RS256 signing rate; authorization-code logins per second end
 //!   to end against the raw Argon2id verify rate.
+//! - `ldap`: LDAP logins per second end to end against the throwaway slapd's raw bind rate
+//!   measured with the `ldap3` crate alone.
 //!
 //! Run it in release mode: `cargo run --release -p postern-bench` (`--help` for options;
 //! `--only gateway` runs one section).
@@ -16,6 +18,7 @@
 
 mod authn;
 mod gateway;
+mod ldap;
 mod oauth;
 mod registry;
 mod stats;
@@ -63,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.wants("oauth") {
         oauth::run(&args).await?;
+    }
+    if args.wants("ldap") {
+        ldap::run(&args).await?;
     }
     Ok(())
 }

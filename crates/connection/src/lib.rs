@@ -40,7 +40,7 @@ pub mod secret;
 pub use catalogue::{Category, OptionsFamily, ProviderEndpoints, Strategy};
 pub use options::{
     AzureAdOptions, CustomDatabase, DatabaseOptions, EmailOptions, GoogleAppsOptions, ImportMode, LdapAttributes,
-    LdapOptions, OAuth2Options, OidcChannel, OidcOptions, Options, PasswordDictionary, PasswordStrength,
+    LdapGroups, LdapOptions, OAuth2Options, OidcChannel, OidcOptions, Options, PasswordDictionary, PasswordStrength,
     SamlAttributes, SamlBinding, SamlOptions, SamlSignatureAlgorithm, SmsOptions, SmtpTls, UserProfileSync,
 };
 pub use password::{PasswordPolicy, PersonalInfo};

@@ -386,6 +386,34 @@ pub struct LdapOptions {
     pub timeout_seconds: u32,
     /// Extra trusted CA certificates (PEM); empty for none.
     pub ca_certificates: String,
+    /// Whether an `ldap://` URL without StartTLS (passwords in clear) is allowed.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// The groups read into the `groups` claim, when enabled.
+    #[serde(default)]
+    pub groups: LdapGroups,
+}
+
+/// Which groups a directory user belongs to (defaults applied).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LdapGroups {
+    /// Whether groups are read at each login into the `groups` claim.
+    pub enabled: bool,
+    /// Where groups are searched.
+    pub base_dn: String,
+    /// The filter of the groups listing a DN, with its `{dn}` placeholder.
+    pub filter: String,
+    /// The attribute naming a group in the claim.
+    pub name_attribute: String,
+    /// For `ldap`: how many levels of nesting are followed (1 to 10).
+    pub max_depth: u32,
+}
+
+impl LdapOptions {
+    /// Whether the connection's traffic is TLS (`ldaps://` or StartTLS).
+    pub fn is_tls(&self) -> bool {
+        self.start_tls || self.url.starts_with("ldaps://")
+    }
 }
 
 /// Which SAML attribute holds each profile attribute (defaults applied).
@@ -558,7 +586,7 @@ impl LdapOptions {
     /// The default search filter of a strategy.
     pub fn default_user_filter(strategy: Strategy) -> &'static str {
         if strategy == Strategy::Ad {
-            "(&(objectClass=user)(sAMAccountName={username}))"
+            "(&(objectClass=user)(|(sAMAccountName={username})(userPrincipalName={username})))"
         } else {
             "(&(objectClass=person)(uid={username}))"
         }
@@ -783,6 +811,14 @@ impl Options {
                     }),
                     timeout_seconds: to_i32(o.timeout_seconds),
                     ca_certificates: o.ca_certificates.clone(),
+                    allow_plaintext: o.allow_plaintext,
+                    groups: Some(pb::LdapGroups {
+                        enabled: o.groups.enabled,
+                        base_dn: o.groups.base_dn.clone(),
+                        filter: o.groups.filter.clone(),
+                        name_attribute: o.groups.name_attribute.clone(),
+                        max_depth: to_i32(o.groups.max_depth),
+                    }),
                 })
             }
             Options::Saml(o) => {
@@ -1094,6 +1130,24 @@ fn ldap(strategy: Strategy, o: pb::LdapOptions, at: &str, v: &mut Violations, se
     if !o.ca_certificates.is_empty() {
         v.check(p("ca_certificates"), rules::pem_certificates(&o.ca_certificates).map(|_| ()));
     }
+    let g = o.groups.unwrap_or_default();
+    let gp = |f: &str| format!("{at}.groups.{f}");
+    let group_base_dn = if g.base_dn.is_empty() { o.base_dn.clone() } else { g.base_dn };
+    if !group_base_dn.is_empty() {
+        v.check(gp("base_dn"), rules::dn(&group_base_dn, "the DN under which groups are searched"));
+    }
+    let group_filter = if g.filter.is_empty() {
+        if ad { "(member:1.2.840.113556.1.4.1941:={dn})" } else { "(&(objectClass=groupOfNames)(member={dn}))" }
+            .to_owned()
+    } else {
+        g.filter
+    };
+    v.check(gp("filter"), rules::ldap_filter_with(&group_filter, "{dn}", "the escaped DN of the member"));
+    let name_attribute = if g.name_attribute.is_empty() { "cn".to_owned() } else { g.name_attribute };
+    v.check(gp("name_attribute"), rules::ldap_attribute(&name_attribute));
+    let max_depth = rules::int_or_default(v, &gp("max_depth"), g.max_depth, 5, 1, 10);
+    let groups =
+        LdapGroups { enabled: g.enabled, base_dn: group_base_dn, filter: group_filter, name_attribute, max_depth };
     take_secret(secrets, names::BIND_PASSWORD, o.bind_password);
     LdapOptions {
         url: o.url,
@@ -1104,6 +1158,8 @@ fn ldap(strategy: Strategy, o: pb::LdapOptions, at: &str, v: &mut Violations, se
         attributes,
         timeout_seconds,
         ca_certificates: o.ca_certificates,
+        allow_plaintext: o.allow_plaintext,
+        groups,
     }
 }
 

@@ -171,6 +171,11 @@ pub fn dn(value: &str, what: &str) -> Result<(), String> {
 
 /// An LDAP search filter holding the `{username}` placeholder.
 pub fn ldap_filter(value: &str) -> Result<(), String> {
+    ldap_filter_with(value, "{username}", "the escaped login name")
+}
+
+/// An LDAP search filter holding the placeholder `placeholder`, which `what` replaces.
+pub fn ldap_filter_with(value: &str, placeholder: &str, what: &str) -> Result<(), String> {
     let mut depth = 0i32;
     let mut balanced = true;
     for c in value.chars() {
@@ -192,9 +197,9 @@ pub fn ldap_filter(value: &str) -> Result<(), String> {
             truncate(value, 120)
         ));
     }
-    if !value.contains("{username}") {
+    if !value.contains(placeholder) {
         return Err(format!(
-            "{:?} must hold the {{username}} placeholder, which the escaped login name replaces",
+            "{:?} must hold the {placeholder} placeholder, which {what} replaces",
             truncate(value, 120)
         ));
     }

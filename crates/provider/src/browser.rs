@@ -188,6 +188,7 @@ struct PageConnection {
     requires_username: bool,
     password_rules: Vec<String>,
     redirect: bool,
+    directory: bool,
 }
 
 /// What the login page shows besides the transaction's connections: the answer's status,
@@ -224,11 +225,20 @@ async fn render_login(provider: &Provider, tenant: &str, tx: &str, csrf: &str, s
         requires_username: c.requires_username,
         password_rules: c.password_rules,
         redirect: c.redirect,
+        directory: c.directory,
     };
     let discovered = page.discovered.map(shown);
-    // Nothing discovered: the email is probably a password login's.
-    let username = username.or((!email.is_empty() && discovered.is_none()).then_some(email));
-    let connections: Vec<PageConnection> = page.connections.into_iter().map(shown).collect();
+    // Nothing discovered: the email is probably a password login's. A discovered connection
+    // with a password form (a directory) is the only form shown, the email as its username.
+    let password_discovered = discovered.as_ref().filter(|d| d.password).map(|d| d.name.clone());
+    let username =
+        username.or((!email.is_empty() && (discovered.is_none() || password_discovered.is_some())).then_some(email));
+    let connections: Vec<PageConnection> = page
+        .connections
+        .into_iter()
+        .map(shown)
+        .filter(|c| password_discovered.as_ref().is_none_or(|name| *name == c.name))
+        .collect();
     let several = connections.iter().filter(|c| c.password).count() > 1;
     provider.pages.render(
         status,

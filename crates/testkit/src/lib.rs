@@ -12,6 +12,8 @@
 //!   jar, forms, redirects looked at one by one).
 //! - [`upstream`] shares one npm `oidc-provider` per test binary as the upstream of
 //!   federated logins, with broken answers on demand.
+//! - [`slapd`] runs a throwaway OpenLDAP directory with TLS, an Active Directory shaped
+//!   schema, users and groups, once per test binary.
 //! - [`node`] runs the scripts of the node workspace (`tests/node`): npm's `openid-client`
 //!   as an independent relying party, npm's `oidc-provider` as a reference provider.
 
@@ -23,6 +25,7 @@ pub mod node;
 pub mod peers;
 mod process;
 pub mod upstream;
+pub mod slapd;
 pub mod web;
 
 use std::net::SocketAddr;

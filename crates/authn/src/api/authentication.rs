@@ -88,6 +88,35 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             AuthnApi::change_password(self, &req.tenant, &req.user_id, &req.connection, &req.new_password).await?;
         Ok(Response::new(pb::ChangePasswordResponse { user: Some(user_to_pb(&user)) }))
     }
+
+    async fn test_connection(
+        &self,
+        req: Request<pb::TestConnectionRequest>,
+    ) -> Result<Response<pb::TestConnectionResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        check_tenant(&mut v, "tenant", &req.tenant);
+        required(&mut v, "connection", &req.connection);
+        v.check("connection", postern_common::validate::display_text(&req.connection, 0, 128));
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let (strategy, report) = AuthnApi::test_connection(self, &req.tenant, &req.connection).await?;
+        Ok(Response::new(pb::TestConnectionResponse {
+            ok: report.ok,
+            steps: report
+                .steps
+                .into_iter()
+                .map(|s| pb::TestConnectionStep {
+                    name: s.name,
+                    ok: s.ok,
+                    detail: s.detail,
+                    elapsed_ms: u32::try_from(s.elapsed.as_millis()).unwrap_or(u32::MAX),
+                })
+                .collect(),
+            strategy,
+        }))
+    }
 }
 
 /// The longest `scope` a login may ask for.

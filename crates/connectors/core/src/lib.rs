@@ -251,6 +251,40 @@ pub enum PasswordChanged {
     External,
 }
 
+/// One step of a connection's test ([`PasswordConnector::test`]): what was tried and what
+/// came of it. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestStep {
+    /// What was tried (`connect`, `start_tls`, `service_bind`, `search`, `discovery`, …).
+    pub name: String,
+    /// Whether it worked.
+    pub ok: bool,
+    /// What was found, or why it failed, for the administrator.
+    pub detail: String,
+    /// How long it took.
+    pub elapsed: std::time::Duration,
+}
+
+/// The outcome of a connection's test: its steps in order, stopping at the first that failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestReport {
+    /// Whether every step worked.
+    pub ok: bool,
+    /// The steps tried.
+    pub steps: Vec<TestStep>,
+}
+
+/// The answer of a connector that cannot test its connections yet.
+fn test_not_supported(conn: &Resolved) -> ConnectorError {
+    ConnectorError::FailedPrecondition {
+        reason: "TEST_NOT_SUPPORTED",
+        message: format!(
+            "connections of strategy {:?} cannot be tested by this server yet",
+            conn.connection.spec.strategy.as_str()
+        ),
+    }
+}
+
 /// A source that checks passwords: database connections (Postern's own store or the
 /// customer's custom database); later LDAP and Active Directory.
 #[async_trait]
@@ -285,6 +319,11 @@ pub trait PasswordConnector: Send + Sync {
 
     /// Deletes the user `source_id` from the source, where the source keeps it.
     async fn delete(&self, tenant: &str, conn: &Resolved, source_id: &str) -> Result<(), ConnectorError>;
+
+    /// Tries the connection step by step without logging anyone in (TestConnection).
+    async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
+        Err(test_not_supported(conn))
+    }
 }
 
 /// What a redirect login carries from its start to its callback. The authenticator makes
@@ -413,6 +452,12 @@ pub trait RedirectConnector: Send + Sync {
         params: &HashMap<String, String>,
         tx: &RedirectTransaction,
     ) -> Result<Completed, ConnectorError>;
+
+    /// Tries the connection step by step without logging anyone in (TestConnection): fetch
+    /// the discovery document or metadata and the keys, check the certificates' dates.
+    async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
+        Err(test_not_supported(conn))
+    }
 }
 
 /// A source that logs users in by a one-time code (email, SMS: the passwordless issue).
@@ -430,6 +475,11 @@ pub trait CodeConnector: Send + Sync {
         recipient: &str,
         code: &str,
     ) -> Result<ExternalProfile, ConnectorError>;
+
+    /// Tries the connection step by step without sending anyone a code (TestConnection).
+    async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
+        Err(test_not_supported(conn))
+    }
 }
 
 /// The connectors a process has, by strategy. Cloning shares them.

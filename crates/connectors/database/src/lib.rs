@@ -22,8 +22,8 @@ use std::sync::Arc;
 use postern_common::error::Violations;
 use postern_connection::{DatabaseOptions, Options, PersonalInfo, Resolved, Strategy};
 use postern_connector::{
-    ConnectorError, Connectors, PasswordChange, PasswordChanged, PasswordConnector, SignedUp, Signup, Verified,
-    async_trait, default_nickname,
+    ConnectorError, Connectors, PasswordChange, PasswordChanged, PasswordConnector, SignedUp, Signup, TestReport,
+    TestStep, Verified, async_trait, default_nickname,
 };
 
 use crate::customdb::{CustomDbClient, CustomDbError, Target};
@@ -230,6 +230,32 @@ impl PasswordConnector for DatabaseConnector {
             self.customdb.delete(&target, source_id).await.map_err(custom_db_error)?;
         }
         Ok(())
+    }
+
+    async fn test(&self, tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
+        let db = options(conn)?;
+        let started = std::time::Instant::now();
+        let Some(custom) = &db.custom_database else {
+            let step = TestStep {
+                name: "store".into(),
+                ok: true,
+                detail: "Postern keeps this connection's users and their hashes: there is nothing to reach".into(),
+                elapsed: started.elapsed(),
+            };
+            return Ok(TestReport { ok: true, steps: vec![step] });
+        };
+        // A lookup of a name no store holds: any answer but an outage shows the store reached.
+        let target = Target::of(tenant, conn, custom);
+        let answer = self.customdb.get_user(&target, "postern-connection-test@invalid.example").await;
+        let (ok, detail) = match answer {
+            Ok(_) | Err(CustomDbError::NotFound) => (true, format!("{} answered GetUser", custom.endpoint)),
+            Err(CustomDbError::Invalid(m)) => {
+                (true, format!("{} answered GetUser, refusing the test name: {m}", custom.endpoint))
+            }
+            Err(e) => (false, format!("{} did not answer: {e}", custom.endpoint)),
+        };
+        let step = TestStep { name: "custom_database".into(), ok, detail, elapsed: started.elapsed() };
+        Ok(TestReport { ok, steps: vec![step] })
     }
 }
 

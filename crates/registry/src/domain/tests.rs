@@ -471,7 +471,7 @@ fn defaults_follow_auth0() {
     assert_eq!(db_conn.spec.user_profile_sync, UserProfileSync::OnEachLogin);
     let ad = NewConnection::try_from(good("ad")).unwrap();
     let Options::Ldap(l) = &ad.spec.options else { panic!() };
-    assert_eq!(l.user_filter, "(&(objectClass=user)(sAMAccountName={username}))");
+    assert_eq!(l.user_filter, "(&(objectClass=user)(|(sAMAccountName={username})(userPrincipalName={username})))");
     assert_eq!(l.attributes.username, "sAMAccountName");
     let ga = {
         let mut c = good("google-apps");

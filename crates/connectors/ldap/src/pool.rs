@@ -1,0 +1,225 @@
+//! Directory connections, kept in a small pool per Postern connection: at most
+//! [`MAX_OPEN`] open at once (more logins wait for one), at most [`MAX_IDLE`] kept between
+//! logins. A pool is replaced when its connection changes (its `update_time`), so new options
+//! or a new bind password take effect at the next login.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError};
+use postern_connection::{LdapOptions, Resolved};
+use postern_connector::ConnectorError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{name, timeout, tls};
+
+/// Directory connections open at once, per Postern connection.
+pub const MAX_OPEN: usize = 8;
+/// Directory connections kept idle between logins, per Postern connection.
+pub const MAX_IDLE: usize = 4;
+
+/// The pools, by connection id.
+#[derive(Debug, Default)]
+pub struct Pools(Mutex<HashMap<String, Arc<Pool>>>);
+
+impl Pools {
+    /// The pool of `conn`, made (or remade, when the connection changed) on first use.
+    pub fn get(&self, conn: &Resolved) -> Arc<Pool> {
+        let mut pools = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let version = conn.connection.update_time;
+        match pools.get(&conn.connection.id) {
+            Some(p) if p.version == version => p.clone(),
+            _ => {
+                let p = Arc::new(Pool {
+                    version,
+                    idle: Mutex::new(Vec::new()),
+                    permits: Arc::new(Semaphore::new(MAX_OPEN)),
+                });
+                pools.insert(conn.connection.id.clone(), p.clone());
+                p
+            }
+        }
+    }
+}
+
+/// The directory connections of one Postern connection.
+#[derive(Debug)]
+pub struct Pool {
+    version: i64,
+    idle: Mutex<Vec<Ldap>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A directory connection in use.
+pub struct Session {
+    /// The LDAP handle.
+    pub ldap: Ldap,
+    /// Set when an operation failed: the connection is closed, not pooled.
+    pub broken: bool,
+    /// Whether the connection came from the pool (the directory may have closed it since).
+    pub reused: bool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Pool {
+    /// A connection to the directory: an idle one, else a new one.
+    pub async fn take(&self, conn: &Resolved, o: &LdapOptions) -> Result<Session, ConnectorError> {
+        let permit = tokio::time::timeout(timeout(o), self.permits.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| ConnectorError::Unavailable {
+                reason: "DIRECTORY_BUSY",
+                message: format!(
+                    "every connection to the directory of connection {:?} is busy; retry shortly",
+                    name(conn)
+                ),
+            })?;
+        let pooled = {
+            let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut found = None;
+            while let Some(mut ldap) = idle.pop() {
+                if !ldap.is_closed() {
+                    found = Some(ldap);
+                    break;
+                }
+            }
+            found
+        };
+        let mut session = match pooled {
+            Some(ldap) => Session { ldap, broken: false, reused: true, _permit: None },
+            None => open(conn, o).await.map_err(|e| e.into_connector_error(conn))?,
+        };
+        session._permit = Some(permit);
+        Ok(session)
+    }
+
+    /// A fresh connection in place of `stale`, a pooled one the directory closed meanwhile.
+    pub async fn reopen(&self, stale: Session, conn: &Resolved, o: &LdapOptions) -> Result<Session, ConnectorError> {
+        let mut fresh = open(conn, o).await.map_err(|e| e.into_connector_error(conn))?;
+        fresh._permit = stale._permit;
+        Ok(fresh)
+    }
+
+    /// Gives a connection back: kept when it works and the pool has room, else closed.
+    pub fn put_back(&self, mut session: Session) {
+        if session.broken || session.ldap.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(session.ldap);
+        }
+    }
+}
+
+/// Why a directory connection could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The TLS configuration could not be built from the connection's certificates.
+    Config(String),
+    /// No answer within the timeout.
+    Timeout(Duration),
+    /// TLS failed: the certificate is not trusted, or the handshake failed.
+    Tls(String),
+    /// The directory cannot be reached.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Config(e) => write!(f, "the TLS configuration cannot be built: {e}"),
+            OpenError::Timeout(d) => write!(f, "no answer within {} s", d.as_secs()),
+            OpenError::Tls(e) => write!(
+                f,
+                "TLS with the directory failed ({e}); check that ca_certificates holds the CA of its certificate \
+                 and that the URL's host is named in it"
+            ),
+            OpenError::Unreachable(e) => write!(f, "the directory cannot be reached ({e})"),
+        }
+    }
+}
+
+impl OpenError {
+    /// UNAVAILABLE naming the connection (TLS failures told apart: they need a fix).
+    pub fn into_connector_error(self, conn: &Resolved) -> ConnectorError {
+        tracing::warn!(connection = %name(conn), error = %self, "directory connection failed");
+        match self {
+            OpenError::Config(_) | OpenError::Tls(_) => ConnectorError::Unavailable {
+                reason: "DIRECTORY_TLS_FAILED",
+                message: format!(
+                    "TLS with the directory of connection {:?} failed: its certificate is not trusted by the \
+                     connection's ca_certificates or does not name its host",
+                    name(conn)
+                ),
+            },
+            OpenError::Timeout(_) | OpenError::Unreachable(_) => ConnectorError::Unavailable {
+                reason: "DIRECTORY_UNAVAILABLE",
+                message: format!("the directory of connection {:?} cannot be reached; retry shortly", name(conn)),
+            },
+        }
+    }
+}
+
+/// Whether an LDAP error is a TLS failure.
+fn is_tls(e: &LdapError) -> bool {
+    match e {
+        LdapError::Rustls { .. } | LdapError::DNSName { .. } => true,
+        LdapError::Io { source } => source.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()),
+        _ => false,
+    }
+}
+
+/// Opens a connection to the directory (with StartTLS when the connection says so).
+pub async fn open(conn: &Resolved, o: &LdapOptions) -> Result<Session, OpenError> {
+    let limit = timeout(o);
+    let mut settings = LdapConnSettings::new().set_conn_timeout(limit).set_starttls(o.start_tls);
+    if o.is_tls() {
+        settings = settings.set_config(tls::config(&o.ca_certificates).map_err(OpenError::Config)?);
+    }
+    let connected = tokio::time::timeout(limit, LdapConnAsync::with_settings(settings, &o.url))
+        .await
+        .map_err(|_| OpenError::Timeout(limit))?;
+    let (driver, ldap) = match connected {
+        Ok(c) => c,
+        Err(e) if is_tls(&e) => return Err(OpenError::Tls(e.to_string())),
+        Err(LdapError::Timeout { .. }) => return Err(OpenError::Timeout(limit)),
+        Err(e) => return Err(OpenError::Unreachable(e.to_string())),
+    };
+    let connection = name(conn).to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = driver.drive().await {
+            tracing::debug!(%connection, error = %e, "directory connection closed");
+        }
+    });
+    Ok(Session { ldap, broken: false, reused: false, _permit: None })
+}
+
+/// Whether the directory's port accepts a TCP connection (TestConnection's first step).
+pub async fn reach(o: &LdapOptions) -> Result<String, String> {
+    let url = url_host_port(&o.url).ok_or_else(|| format!("{:?} names no host", o.url))?;
+    let limit = timeout(o);
+    match tokio::time::timeout(limit, tokio::net::TcpStream::connect((url.0.as_str(), url.1))).await {
+        Ok(Ok(_)) => Ok(format!("{}:{} accepts connections", url.0, url.1)),
+        Ok(Err(e)) => Err(format!("{}:{} cannot be reached: {e}", url.0, url.1)),
+        Err(_) => Err(format!("{}:{} did not answer within {} s", url.0, url.1, limit.as_secs())),
+    }
+}
+
+/// The host and port of an `ldap://` or `ldaps://` URL.
+fn url_host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = if scheme.eq_ignore_ascii_case("ldaps") { 636 } else { 389 };
+    let authority = rest.split('/').next()?;
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':').map_or(Some(default), |p| p.parse().ok())?;
+        return Some((host.to_owned(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
+        None => Some((authority.to_owned(), default)),
+    }
+}
