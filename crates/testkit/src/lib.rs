@@ -24,8 +24,8 @@ pub mod browser;
 pub mod node;
 pub mod peers;
 mod process;
-pub mod upstream;
 pub mod slapd;
+pub mod upstream;
 pub mod web;
 
 use std::net::SocketAddr;
