@@ -832,8 +832,15 @@ async fn loopback_app() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>
     (url, rx)
 }
 
-async fn next_request(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(WAIT, rx.recv()).await.expect("the browser reached the application").expect("running")
+async fn next_request(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, browser: &Browser) -> String {
+    match tokio::time::timeout(WAIT, rx.recv()).await {
+        Ok(Some(target)) => target,
+        _ => panic!(
+            "the browser did not reach the application; it is at {:?} showing {}",
+            browser.url().await.map(|u| u.to_string()),
+            browser.source().await.unwrap_or_default()
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -879,7 +886,7 @@ async fn a_browser_logs_in_with_an_emailed_code_and_with_a_magic_link() {
     let code = code_in(&smtp.mail_to("browser.user@example.com", 0).await.text);
     browser.fill("input[autocomplete=one-time-code]", &code).await.expect("code");
     browser.click("form[action*=verify] [type=submit]").await.expect("continue");
-    let target = next_request(&mut requests).await;
+    let target = next_request(&mut requests, &browser).await;
     assert!(target.contains("state=b1") && target.contains("code="), "{target}");
 
     // A magic link, in the same browser after logging out.
@@ -890,7 +897,7 @@ async fn a_browser_logs_in_with_an_emailed_code_and_with_a_magic_link() {
     browser.find("#sent").await.expect("check your email");
     let link = link_in(&smtp.mail_to("browser.user@example.com", 1).await.text);
     browser.goto(&link).await.expect("open the link");
-    let target = next_request(&mut requests).await;
+    let target = next_request(&mut requests, &browser).await;
     assert!(target.contains("state=b2") && target.contains("code="), "{target}");
     browser.close().await.expect("close");
     suite.stop().await.expect("stop");

@@ -67,7 +67,7 @@ fn sent_page(provider: &Provider, status: StatusCode, s: &Sent<'_>) -> Response 
         status,
         "passwordless.html",
         minijinja::context! {
-            tenant_name => s.tenant,
+            tenant => s.tenant,
             tx => s.tx,
             csrf => s.csrf,
             connection => s.connection,
