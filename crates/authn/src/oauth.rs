@@ -1189,6 +1189,8 @@ impl OAuthApi {
                 audience: &req.audience,
                 nonce: "",
                 auth_time: self.now(),
+                // No browser session: the grant is the application's own.
+                session_hash: "",
             })
             .await?;
         Ok(Self::token_response(issued, String::new(), true))
