@@ -13,8 +13,8 @@ use std::time::SystemTime;
 use postern_common::error::{Violations, already_exists, failed_precondition, internal, invalid_field};
 use postern_connection::{PersonalInfo, Resolved, Strategy};
 use postern_connector::{
-    Begun, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, RedirectConnector,
-    RedirectTransaction, SignedUp, Signup, Verified,
+    Begun, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, RedirectConnector, RedirectTransaction,
+    SignedUp, Signup, Verified,
 };
 use postern_proto::tenant::v1 as tenant_pb;
 use tonic::{Code, Status};

@@ -16,8 +16,8 @@ use crate::domain::{Identity, Profile, ProfileSync, User, UserPatch};
 
 pub mod linking;
 pub mod oauth;
-pub mod upstream;
 pub mod passwordless;
+pub mod upstream;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
