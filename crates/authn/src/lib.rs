@@ -26,6 +26,8 @@
 //! - [`clients`]: client checks that passed, remembered until the tenant event log retires
 //!   them.
 //! - [`keys`]: the tenants' signing keys, sealed at rest, opened and cached.
+//! - [`passwordless`]: the one-time-code family's logins (email, SMS): codes and magic
+//!   links drawn, stored hashed, counted and checked here; connectors only deliver.
 //! - [`oauth`]: the OpenID provider's steps (`OAuthService`): authorization requests, the
 //!   hosted page's login and signup, SSO sessions and logout, the token grants and revocation.
 //! - [`tokens`]: signing keys (RS256, EdDSA), their JSON Web Key Set, and the signing and
@@ -51,6 +53,7 @@ pub mod keys;
 pub mod linking;
 pub mod login;
 pub mod oauth;
+pub mod passwordless;
 mod status;
 pub mod store;
 mod tenants;
@@ -87,6 +90,9 @@ pub const INTERNAL_METHODS: &[&str] = &[
     "/postern.authn.v1.OAuthService/EndSession",
     "/postern.authn.v1.OAuthService/StartUpstreamLogin",
     "/postern.authn.v1.OAuthService/CompleteUpstreamLogin",
+    "/postern.authn.v1.OAuthService/SubmitPasswordlessStart",
+    "/postern.authn.v1.OAuthService/SubmitPasswordlessCode",
+    "/postern.authn.v1.OAuthService/CompleteMagicLink",
 ];
 
 /// The RPCs of this service a caller may reach without an API key, as the gateway's
@@ -99,13 +105,17 @@ pub const INTERNAL_METHODS: &[&str] = &[
 ///   the old one, a management operation: it needs an API key, as do `UserService` and key
 ///   rotation;
 /// - the token endpoint's twins `ExchangeToken` and `RevokeToken`, where the client's own
-///   credentials (or a public client's PKCE verifier) count.
+///   credentials (or a public client's PKCE verifier) count;
+/// - `StartPasswordless` and `VerifyPasswordless`, where the application authenticates as
+///   itself as in `Login`.
 pub const PUBLIC_METHODS: &[&str] = &[
     "/postern.authn.v1.SigningKeyService/GetJwks",
     "/postern.authn.v1.SigningKeyService/GetOpenIdConfiguration",
     "/postern.authn.v1.SigningKeyService/GetUserInfo",
     "/postern.authn.v1.AuthenticationService/Login",
     "/postern.authn.v1.AuthenticationService/Signup",
+    "/postern.authn.v1.AuthenticationService/StartPasswordless",
+    "/postern.authn.v1.AuthenticationService/VerifyPasswordless",
     "/postern.authn.v1.OAuthService/ExchangeToken",
     "/postern.authn.v1.OAuthService/RevokeToken",
 ];
@@ -117,6 +127,8 @@ pub const METHOD_SCOPES: MethodScopes = &[
     ("/postern.authn.v1.AuthenticationService/Login", Need::Write(Scope::Authentication)),
     ("/postern.authn.v1.AuthenticationService/ChangePassword", Need::Write(Scope::Authentication)),
     ("/postern.authn.v1.AuthenticationService/TestConnection", Need::Write(Scope::Connections)),
+    ("/postern.authn.v1.AuthenticationService/StartPasswordless", Need::Write(Scope::Authentication)),
+    ("/postern.authn.v1.AuthenticationService/VerifyPasswordless", Need::Write(Scope::Authentication)),
     ("/postern.authn.v1.UserService/GetUser", Need::Read(Scope::Users)),
     ("/postern.authn.v1.UserService/ListUsers", Need::Read(Scope::Users)),
     ("/postern.authn.v1.UserService/UpdateUser", Need::Write(Scope::Users)),
@@ -138,6 +150,9 @@ pub const METHOD_SCOPES: MethodScopes = &[
     ("/postern.authn.v1.OAuthService/RevokeToken", Need::Nothing),
     ("/postern.authn.v1.OAuthService/StartUpstreamLogin", Need::Nothing),
     ("/postern.authn.v1.OAuthService/CompleteUpstreamLogin", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/SubmitPasswordlessStart", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/SubmitPasswordlessCode", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/CompleteMagicLink", Need::Nothing),
 ];
 
 /// Another Postern service, called as `Service("authn")`.

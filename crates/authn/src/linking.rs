@@ -194,6 +194,8 @@ pub fn profile_of_identity(identity: &Identity) -> Profile {
         family_name: text("family_name"),
         nickname: text("nickname"),
         picture: text("picture"),
+        phone_number: text("phone_number"),
+        phone_verified: data.and_then(|m| m.get("phone_verified")).and_then(Value::as_bool).unwrap_or(false),
     };
     if p.email.is_empty() {
         p.email = identity.login_email.clone();

@@ -4,7 +4,8 @@
 //! OpenID provider call these steps; neither repeats them.
 //!
 //! A login is three calls: [`AuthnApi::verify_client`], [`AuthnApi::password_login`],
-//! [`AuthnApi::issue_tokens`]; a signup is [`AuthnApi::signup`].
+//! [`AuthnApi::issue_tokens`]; a signup is [`AuthnApi::signup`]. The one-time-code family's
+//! steps are in [`crate::passwordless`].
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,8 +13,8 @@ use std::time::SystemTime;
 use postern_common::error::{Violations, already_exists, failed_precondition, internal, invalid_field};
 use postern_connection::{PersonalInfo, Resolved, Strategy};
 use postern_connector::{
-    Begun, CodeConnector, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, RedirectConnector,
-    RedirectTransaction, SignedUp, Signup, Verified,
+    Begun, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, RedirectConnector, RedirectTransaction,
+    SignedUp, Signup, Verified,
 };
 use postern_proto::tenant::v1 as tenant_pb;
 use tonic::{Code, Status};
@@ -507,37 +508,6 @@ impl AuthnApi {
         Ok(())
     }
 
-    /// Sends a one-time code through a passwordless connection (email, SMS). The hook of the
-    /// one-time-code family, served by a [`CodeConnector`].
-    pub async fn send_code(
-        &self,
-        tenant: &str,
-        client_id: &str,
-        connection: &str,
-        recipient: &str,
-    ) -> Result<(), Status> {
-        let conn = self.cache.resolve(tenant, client_id, connection).await?;
-        let connector = self.code_connector(&conn)?;
-        connector.send(tenant, &conn, recipient).await.map_err(connector_status)
-    }
-
-    /// Logs a user in with the one-time code `recipient` received: the user, created or
-    /// updated under the connection's profile-sync rule. The caller issues the tokens.
-    pub async fn code_login(
-        &self,
-        tenant: &str,
-        client_id: &str,
-        connection: &str,
-        recipient: &str,
-        code: &str,
-        address: &str,
-    ) -> Result<User, Status> {
-        let conn = self.cache.resolve(tenant, client_id, connection).await?;
-        let connector = self.code_connector(&conn)?;
-        let profile = connector.verify(tenant, &conn, recipient, code).await.map_err(connector_status)?;
-        self.upsert_external_user(tenant, &conn, &profile, None, address).await
-    }
-
     /// Tries a connection (name or id) step by step without logging anyone in, through the
     /// connector of its strategy: its strategy and the steps.
     pub async fn test_connection(
@@ -565,11 +535,6 @@ impl AuthnApi {
     fn redirect_connector(&self, conn: &Resolved) -> Result<Arc<dyn RedirectConnector>, Status> {
         let spec = &conn.connection.spec;
         self.connectors.redirect(spec.strategy).cloned().ok_or_else(|| no_connector(spec, "redirect"))
-    }
-
-    fn code_connector(&self, conn: &Resolved) -> Result<Arc<dyn CodeConnector>, Status> {
-        let spec = &conn.connection.spec;
-        self.connectors.code(spec.strategy).cloned().ok_or_else(|| no_connector(spec, "one-time code"))
     }
 
     /// The password connector of a connection's strategy: FAILED_PRECONDITION when its
@@ -721,7 +686,7 @@ impl AuthnApi {
     /// Creates or updates the user of a login whose profile came from the connection's
     /// source, under the connection's profile-sync rule. `import_hash` makes the identity
     /// local (its next logins are checked against the hash).
-    async fn upsert_external_user(
+    pub(crate) async fn upsert_external_user(
         &self,
         tenant: &str,
         conn: &Resolved,
@@ -770,7 +735,12 @@ impl AuthnApi {
             source_id: source.source_id.clone(),
             is_social: spec.category() == postern_connection::Category::Social,
             login_email: domain::login_key(&source.profile.email),
-            login_username: domain::login_key(&source.profile.username),
+            // A passwordless SMS identity logs in by its phone number.
+            login_username: domain::login_key(if source.profile.username.is_empty() {
+                &source.profile.phone_number
+            } else {
+                &source.profile.username
+            }),
             profile_data: source.raw.clone(),
             profile_sync: sync,
             external,

@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status};
 
 use crate::AuthnApi;
+use crate::passwordless::{CodeLogin, CodeStart, LinkTarget, RecipientInput, SendKind};
 use crate::store::Store;
 use crate::store::oauth::{CodeGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, secret_digest};
 use crate::tokens::{self, ProfileClaims};
@@ -120,6 +121,9 @@ mod reason {
     pub const UNSUPPORTED_GRANT_TYPE: &str = "UNSUPPORTED_GRANT_TYPE";
     pub const INVALID_SCOPE: &str = "INVALID_SCOPE";
 }
+
+/// Auth0's grant of a passwordless code at the token endpoint.
+pub const PASSWORDLESS_OTP_GRANT: &str = "http://auth0.com/oauth/grant-type/passwordless/otp";
 
 fn invalid_grant(message: impl Into<String>) -> Status {
     status(Code::FailedPrecondition, reason::INVALID_GRANT, message)
@@ -744,6 +748,8 @@ fn page_connection(c: &conn_pb::Connection, connectors: &postern_connector::Conn
         password_rules: database.as_ref().map(|d| d.password_rules().describe()).unwrap_or_default(),
         redirect: !password_family && matches!(category, conn_pb::Category::Social | conn_pb::Category::Enterprise),
         directory,
+        passwordless: if category == conn_pb::Category::Passwordless { c.strategy.clone() } else { String::new() },
+        magic_link: matches!(&c.options, Some(conn_pb::connection::Options::Email(e)) if e.magic_link),
     }
 }
 
@@ -1000,21 +1006,28 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
         // The client's credentials in the request are what counts, whoever relays it.
         principal(&req)?;
-        let req = req.into_inner();
-        if postern_common::validate::tenant_name(&req.tenant).is_err() {
+        if postern_common::validate::tenant_name(&req.get_ref().tenant).is_err() {
             return Err(invalid_request("tenant", "is not a tenant name"));
         }
-        if !matches!(req.grant_type.as_str(), "authorization_code" | "refresh_token" | "client_credentials") {
+        if !matches!(
+            req.get_ref().grant_type.as_str(),
+            "authorization_code" | "refresh_token" | "client_credentials" | PASSWORDLESS_OTP_GRANT
+        ) {
             return Err(status(
                 Code::InvalidArgument,
                 reason::UNSUPPORTED_GRANT_TYPE,
-                "grant_type must be authorization_code, refresh_token or client_credentials",
+                "grant_type must be authorization_code, refresh_token, client_credentials or \
+                 http://auth0.com/oauth/grant-type/passwordless/otp",
             ));
         }
+        let address = postern_common::principal::peer_addr(&req)
+            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_canonical().to_string());
+        let req = req.into_inner();
         let client = self.authenticate_client(&req.tenant, &req.client_id, &req.client_secret).await?;
         let answer = match req.grant_type.as_str() {
             "authorization_code" => self.authorization_code(&req, &client).await?,
             "refresh_token" => self.refresh(&req, &client).await?,
+            PASSWORDLESS_OTP_GRANT => self.passwordless_otp(&req, &client, &address).await?,
             _ => self.client_credentials(&req, &client).await?,
         };
         Ok(Response::new(answer))
@@ -1067,9 +1080,127 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         principal(&req)?.require_internal()?;
         Ok(Response::new(self.complete_upstream(req.get_ref()).await?))
     }
+
+    async fn submit_passwordless_start(
+        &self,
+        req: Request<pb::SubmitPasswordlessStartRequest>,
+    ) -> Result<Response<pb::SubmitPasswordlessStartResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let request = self.transaction(&req.tenant, &req.transaction, Some(&req.csrf_token)).await?;
+        Self::check_connection(&request, &req.connection)?;
+        let transaction_hash = secret_digest(&req.transaction);
+        let csrf_hash = secret_digest(&req.csrf_token);
+        let expires_in = self
+            .authn
+            .send_code(&CodeStart {
+                tenant: &req.tenant,
+                client_id: &request.client_id,
+                connection: &req.connection,
+                recipient: RecipientInput::One { field: "recipient", value: &req.recipient },
+                send: if req.link { SendKind::Link } else { SendKind::Code },
+                link_target: Some(LinkTarget { transaction_hash: &transaction_hash, csrf_hash: &csrf_hash }),
+                address: &req.address,
+            })
+            .await?;
+        Ok(Response::new(pb::SubmitPasswordlessStartResponse { expires_in: i64::from(expires_in) }))
+    }
+
+    async fn submit_passwordless_code(
+        &self,
+        req: Request<pb::SubmitPasswordlessCodeRequest>,
+    ) -> Result<Response<pb::SubmitPasswordlessCodeResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let request = self.transaction(&req.tenant, &req.transaction, Some(&req.csrf_token)).await?;
+        Self::check_connection(&request, &req.connection)?;
+        let user = self
+            .authn
+            .code_login(&CodeLogin {
+                tenant: &req.tenant,
+                client_id: &request.client_id,
+                connection: &req.connection,
+                recipient: RecipientInput::One { field: "recipient", value: &req.recipient },
+                code: &req.code,
+                address: &req.address,
+            })
+            .await?;
+        self.finish_transaction(&req.tenant, &req.transaction).await?;
+        let logged_in = self.logged_in(&req.tenant, &request, &user.user_id).await?;
+        Ok(Response::new(pb::SubmitPasswordlessCodeResponse { logged_in: Some(logged_in) }))
+    }
+
+    async fn complete_magic_link(
+        &self,
+        req: Request<pb::CompleteMagicLinkRequest>,
+    ) -> Result<Response<pb::CompleteMagicLinkResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let login = self.authn.link_login(&req.tenant, &req.token, &req.csrf_cookies, &req.address).await?;
+        let now = self.now();
+        let gone = || {
+            failed_precondition(
+                "LOGIN_TRANSACTION_USED",
+                "the login this link belongs to has expired or was completed; go back to the application and sign \
+                 in again",
+            )
+        };
+        let stored = self.store().transaction(&req.tenant, &login.transaction_hash, now).await?.ok_or_else(gone)?;
+        let request: AuthRequest = serde_json::from_str(&stored.request).map_err(|e| internal(&e))?;
+        if !self.store().take_transaction(&req.tenant, &login.transaction_hash, now).await? {
+            return Err(gone());
+        }
+        let logged_in = self.logged_in(&req.tenant, &request, &login.user.user_id).await?;
+        Ok(Response::new(pb::CompleteMagicLinkResponse { logged_in: Some(logged_in) }))
+    }
 }
 
 impl OAuthApi {
+    /// The passwordless grant: the code `otp` sent to `username` through the connection
+    /// `realm` (Auth0's `http://auth0.com/oauth/grant-type/passwordless/otp`), for
+    /// applications that drive their own UI. Tokens as an authorization code's, without a
+    /// refresh token.
+    async fn passwordless_otp(
+        &self,
+        req: &pb::ExchangeTokenRequest,
+        client: &tenant_pb::Client,
+        address: &str,
+    ) -> Result<pb::ExchangeTokenResponse, Status> {
+        for (field, value) in [("realm", &req.realm), ("username", &req.username), ("otp", &req.otp)] {
+            if value.is_empty() {
+                return Err(invalid_request(field, "is required for the passwordless grant"));
+            }
+        }
+        let login = CodeLogin {
+            tenant: &req.tenant,
+            client_id: &client.client_id,
+            connection: &req.realm,
+            recipient: RecipientInput::One { field: "username", value: &req.username },
+            code: &req.otp,
+            address,
+        };
+        let user = self.authn.code_login(&login).await.map_err(|s| match s.code() {
+            // RFC 6749: a wrong code is an invalid grant.
+            Code::Unauthenticated => invalid_grant(s.message().to_owned()),
+            _ => s,
+        })?;
+        let scope = if req.scope.is_empty() { "openid profile email" } else { req.scope.as_str() };
+        let issued = self
+            .user_tokens(&UserTokens {
+                tenant: &req.tenant,
+                client_id: &client.client_id,
+                user_id: &user.user_id,
+                scope,
+                audience: &req.audience,
+                nonce: "",
+                auth_time: self.now(),
+                // No browser session: the grant is the application's own.
+                session_hash: "",
+            })
+            .await?;
+        Ok(Self::token_response(issued, String::new(), true))
+    }
+
     /// The client an `id_token_hint` was issued to: its signature must verify against the
     /// tenant's published keys and its issuer be the tenant's; its expiry is not checked.
     async fn hinted_client(&self, tenant: &str, hint: &str) -> Result<String, Status> {

@@ -16,6 +16,7 @@ use crate::domain::{Identity, Profile, ProfileSync, User, UserPatch};
 
 pub mod linking;
 pub mod oauth;
+pub mod passwordless;
 pub mod upstream;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -170,7 +171,8 @@ impl Admitted {
 /// Clears the brute-force count of a user key and an address (a success).
 const CLEAR_FAILURES: &str = "DELETE FROM login_failures WHERE tenant = $1 AND user_key = $2 AND address = $3";
 const USER_COLUMNS: &str = "user_id, seq, email, email_verified, username, name, given_name, family_name, \
-     nickname, picture, user_metadata, app_metadata, blocked, last_login, last_ip, logins_count, create_time, update_time";
+     nickname, picture, phone_number, phone_verified, user_metadata, app_metadata, blocked, last_login, last_ip, \
+     logins_count, create_time, update_time";
 const IDENTITY_COLUMNS: &str = "connection_id, source_id, user_id, connection, strategy, is_social, login_email, \
      login_username, profile_data, profile_sync, external, password_hash";
 
@@ -204,8 +206,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO users (tenant, user_id, seq, email, email_lower, email_verified, username, name, given_name, \
              family_name, nickname, picture, user_metadata, app_metadata, blocked, last_login, last_ip, logins_count, \
-             create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17, $18, $18)",
+             create_time, update_time, phone_number, phone_verified) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17, $18, $18, $19, $20)",
         )
         .bind(tenant)
         .bind(&user.user_id)
@@ -225,6 +227,8 @@ impl Store {
         .bind(ip.unwrap_or(""))
         .bind(i64::from(ip.is_some()))
         .bind(now)
+        .bind(&p.phone_number)
+        .bind(i64::from(p.phone_verified))
         .execute(&mut *tx)
         .await
         .map_err(dup)?;
@@ -325,7 +329,8 @@ impl Store {
         if let Some(p) = update.profile {
             sqlx::query(
                 "UPDATE users SET email = $3, email_lower = $4, email_verified = $5, username = $6, name = $7, \
-                 given_name = $8, family_name = $9, nickname = $10, picture = $11 WHERE tenant = $1 AND user_id = $2",
+                 given_name = $8, family_name = $9, nickname = $10, picture = $11, phone_number = $12, \
+                 phone_verified = $13 WHERE tenant = $1 AND user_id = $2",
             )
             .bind(tenant)
             .bind(user_id)
@@ -338,6 +343,8 @@ impl Store {
             .bind(&p.family_name)
             .bind(&p.nickname)
             .bind(&p.picture)
+            .bind(&p.phone_number)
+            .bind(i64::from(p.phone_verified))
             .execute(&mut *tx)
             .await?;
         }
@@ -530,6 +537,11 @@ impl Store {
     /// many identities and users went.
     pub async fn delete_connection(&self, tenant: &str, connection_id: &str) -> Result<(u64, u64), StoreError> {
         let mut tx = self.db.begin_write().await?;
+        sqlx::query("DELETE FROM passwordless_codes WHERE tenant = $1 AND connection_id = $2")
+            .bind(tenant)
+            .bind(connection_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM password_history WHERE tenant = $1 AND connection_id = $2")
             .bind(tenant)
             .bind(connection_id)
@@ -645,7 +657,9 @@ impl Store {
                 "DELETE FROM signing_keys WHERE tenant = $1 AND create_time <= $2",
                 "DELETE FROM login_failures WHERE tenant = $1 AND $2 = $2",
             ];
-            for sql in statements.into_iter().chain(oauth::DELETE_TENANT_GRANTS) {
+            for sql in
+                statements.into_iter().chain(oauth::DELETE_TENANT_GRANTS).chain(passwordless::DELETE_TENANT_CODES)
+            {
                 sqlx::query(sql).bind(tenant).bind(before).execute(&mut *tx).await?;
             }
         }
@@ -1057,6 +1071,8 @@ fn user_of(r: &AnyRow, mut identities: Vec<Identity>) -> Result<User, StoreError
             family_name: r.try_get("family_name")?,
             nickname: r.try_get("nickname")?,
             picture: r.try_get("picture")?,
+            phone_number: r.try_get("phone_number")?,
+            phone_verified: r.try_get::<i64, _>("phone_verified")? != 0,
         },
         user_metadata: json_map(&r.try_get::<String, _>("user_metadata")?)?,
         app_metadata: json_map(&r.try_get::<String, _>("app_metadata")?)?,

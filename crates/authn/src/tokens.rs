@@ -371,7 +371,12 @@ pub fn openid_configuration(issuer: &str, algorithms: &[Algorithm]) -> serde_jso
         "end_session_endpoint": format!("{issuer}oidc/logout"),
         "userinfo_endpoint": userinfo_endpoint(issuer),
         "jwks_uri": format!("{issuer}.well-known/jwks.json"),
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": [
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            "http://auth0.com/oauth/grant-type/passwordless/otp"
+        ],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
         "code_challenge_methods_supported": ["S256"],

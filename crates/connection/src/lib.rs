@@ -41,7 +41,8 @@ pub use catalogue::{Category, OptionsFamily, ProviderEndpoints, Strategy};
 pub use options::{
     AzureAdOptions, CustomDatabase, DatabaseOptions, EmailOptions, GoogleAppsOptions, ImportMode, LdapAttributes,
     LdapGroups, LdapOptions, OAuth2Options, OidcChannel, OidcOptions, Options, PasswordDictionary, PasswordStrength,
-    SamlAttributes, SamlBinding, SamlOptions, SamlSignatureAlgorithm, SmsOptions, SmtpTls, UserProfileSync,
+    SamlAttributes, SamlBinding, SamlOptions, SamlSignatureAlgorithm, SmsOptions, SmsProvider, SmtpTls,
+    UserProfileSync,
 };
 pub use password::{PasswordPolicy, PersonalInfo};
 pub use secret::{Secret, Secrets, SecretsFormatError};

@@ -151,13 +151,26 @@ wire_enum! {
 wire_enum! {
     /// How the SMTP connection is secured.
     SmtpTls mirrors SmtpTls, default Starttls,
-    allowed "SMTP_TLS_STARTTLS, SMTP_TLS_IMPLICIT or SMTP_TLS_NONE" {
+    allowed "SMTP_TLS_STARTTLS, SMTP_TLS_IMPLICIT, SMTP_TLS_NONE or SMTP_TLS_OPPORTUNISTIC" {
         /// STARTTLS, required (the default; port 587).
         Starttls => "starttls",
         /// TLS from the first byte (port 465).
         Implicit => "implicit",
         /// No encryption (port 25); for local test sinks.
         None => "none",
+        /// STARTTLS when offered, else plain (port 25); a credential-less local relay.
+        Opportunistic => "opportunistic",
+    }
+}
+
+wire_enum! {
+    /// The HTTP API an `sms` connection sends through.
+    SmsProvider mirrors SmsProvider, default Twilio,
+    allowed "SMS_PROVIDER_TWILIO or SMS_PROVIDER_WEBHOOK" {
+        /// Twilio's Messages API shape (the default).
+        Twilio => "twilio",
+        /// A webhook signed with HMAC-SHA256.
+        Webhook => "webhook",
     }
 }
 
@@ -179,7 +192,7 @@ impl SmtpTls {
         match self {
             SmtpTls::Starttls => 587,
             SmtpTls::Implicit => 465,
-            SmtpTls::None => 25,
+            SmtpTls::None | SmtpTls::Opportunistic => 25,
         }
     }
 }
@@ -500,8 +513,18 @@ pub struct EmailOptions {
     pub smtp_username: String,
     /// SMTP transport security.
     pub smtp_tls: SmtpTls,
-    /// Sends a magic link instead of a code.
+    /// Sends a magic link instead of a code when the request does not say.
     pub magic_link: bool,
+    /// Refuses to create users (only known addresses log in).
+    #[serde(default)]
+    pub disable_signup: bool,
+    /// A magic link logs in only in the browser that asked for it.
+    #[serde(default)]
+    pub magic_link_same_browser: bool,
+    /// PEM CA certificates the SMTP server's certificate must chain to; empty for the
+    /// system's roots.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub smtp_ca_certificate: String,
 }
 
 /// Options of `sms`. The provider token is the secret [`names::TOKEN`].
@@ -521,6 +544,12 @@ pub struct SmsOptions {
     pub code_lifetime_seconds: u32,
     /// Wrong codes allowed (1 to 10).
     pub max_attempts: u32,
+    /// The API the messages go through.
+    #[serde(default)]
+    pub provider: SmsProvider,
+    /// Refuses to create users (only known phone numbers log in).
+    #[serde(default)]
+    pub disable_signup: bool,
 }
 
 /// Auth0's default length of a one-time code.
@@ -873,6 +902,9 @@ impl Options {
                     smtp_password_set,
                     smtp_tls: o.smtp_tls.to_proto() as i32,
                     magic_link: o.magic_link,
+                    disable_signup: o.disable_signup,
+                    magic_link_same_browser: o.magic_link_same_browser,
+                    smtp_ca_certificate: o.smtp_ca_certificate.clone(),
                 })
             }
             Options::Sms(o) => {
@@ -887,6 +919,8 @@ impl Options {
                     code_length: to_i32(o.code_length),
                     code_lifetime_seconds: to_i32(o.code_lifetime_seconds),
                     max_attempts: to_i32(o.max_attempts),
+                    provider: o.provider.to_proto() as i32,
+                    disable_signup: o.disable_signup,
                 })
             }
         }
@@ -1275,6 +1309,20 @@ fn email(o: pb::EmailOptions, at: &str, v: &mut Violations, secrets: &mut Secret
     let smtp_port = rules::int_or_default(v, &p("smtp_port"), o.smtp_port, 0, 1, 65535);
     v.check(p("smtp_username"), rules::optional_text(&o.smtp_username, 255));
     let smtp_tls = SmtpTls::read(v, &p("smtp_tls"), o.smtp_tls);
+    if !o.smtp_username.is_empty() && matches!(smtp_tls, SmtpTls::None | SmtpTls::Opportunistic) {
+        v.add(
+            p("smtp_tls"),
+            "must be SMTP_TLS_STARTTLS or SMTP_TLS_IMPLICIT when smtp_username is set: a password never crosses in \
+             plaintext",
+        );
+    }
+    if !o.smtp_ca_certificate.is_empty() {
+        if o.smtp_ca_certificate.len() > 65_536 {
+            v.add(p("smtp_ca_certificate"), "must be at most 65,536 characters");
+        } else {
+            v.check(p("smtp_ca_certificate"), rules::pem_trust_anchors(&o.smtp_ca_certificate).map(|_| ()));
+        }
+    }
     take_secret(secrets, names::SMTP_PASSWORD, o.smtp_password);
     EmailOptions {
         from: o.from,
@@ -1289,6 +1337,9 @@ fn email(o: pb::EmailOptions, at: &str, v: &mut Violations, secrets: &mut Secret
         smtp_username: o.smtp_username,
         smtp_tls,
         magic_link: o.magic_link,
+        disable_signup: o.disable_signup,
+        magic_link_same_browser: o.magic_link_same_browser,
+        smtp_ca_certificate: o.smtp_ca_certificate,
     }
 }
 
@@ -1298,8 +1349,11 @@ fn sms(o: pb::SmsOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -
     let template = rules::or_default(o.template, DEFAULT_SMS_TEMPLATE);
     v.check(p("template"), rules::template(&template, "{{code}}", 1600));
     rules::url(v, &p("provider_url"), &o.provider_url, true, "the SMS provider API's base URL");
+    let provider = SmsProvider::read(v, &p("provider"), o.provider);
     if o.account.is_empty() {
-        v.add(p("account"), "is required: the account at the provider (Twilio's account SID)");
+        if provider == SmsProvider::Twilio {
+            v.add(p("account"), "is required: the account at the provider (Twilio's account SID)");
+        }
     } else {
         v.check(p("account"), validate::display_text(&o.account, 1, 255));
     }
@@ -1314,6 +1368,8 @@ fn sms(o: pb::SmsOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -
         code_length,
         code_lifetime_seconds,
         max_attempts,
+        provider,
+        disable_signup: o.disable_signup,
     }
 }
 

@@ -344,7 +344,9 @@ pub fn template(value: &str, placeholder: &str, max: usize) -> Result<(), String
     if value.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
         return Err("must not contain control characters other than line breaks and tabs".into());
     }
-    if !value.contains(placeholder) {
+    // Spaces inside the braces are the template language's own (`{{ code }}`).
+    let squeezed = value.replace("{{ ", "{{").replace(" }}", "}}");
+    if !squeezed.contains(placeholder) {
         return Err(format!("must hold the {placeholder} placeholder"));
     }
     Ok(())

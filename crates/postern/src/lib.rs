@@ -118,7 +118,7 @@ pub struct Settings {
     #[arg(skip)]
     pub connectors: Option<postern_connector::Connectors>,
     /// Where the OpenID provider's expiry rules (login transactions, codes, SSO sessions,
-    /// refresh tokens) and the tokens' `iat`/`exp` read the time: `None` (always, from the
+    /// refresh tokens, passwordless codes and their rate windows) and the tokens' `iat`/`exp` read the time: `None` (always, from the
     /// command line) is the system clock. Tests set a manual clock to move time instead of
     /// sleeping.
     #[arg(skip)]
@@ -429,7 +429,8 @@ async fn start_authn(
 pub fn connectors() -> postern_connector::Connectors {
     let connectors = postern_connector_database::register(postern_connector::Connectors::new());
     let connectors = postern_connector_oidc::register(connectors);
-    postern_connector_ldap::register(connectors, postern_common::time::Clock::system())
+    let connectors = postern_connector_ldap::register(connectors, postern_common::time::Clock::system());
+    postern_connector_passwordless::register(connectors)
 }
 
 /// The master key: configured, or the one in `<data-dir>/master-key`, which the first start

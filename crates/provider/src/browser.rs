@@ -31,15 +31,15 @@ use crate::html::security_headers;
 /// The SSO session cookie.
 const SESSION_COOKIE: &str = "postern_session";
 /// The CSRF cookie of a transaction: this prefix, then the transaction's first characters.
-const CSRF_COOKIE_PREFIX: &str = "postern_csrf_";
+pub(crate) const CSRF_COOKIE_PREFIX: &str = "postern_csrf_";
 
-fn csrf_cookie_name(tx: &str) -> String {
+pub(crate) fn csrf_cookie_name(tx: &str) -> String {
     let short: String = tx.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
     format!("{CSRF_COOKIE_PREFIX}{short}")
 }
 
 /// The value of cookie `name` in the request.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -59,13 +59,13 @@ impl Provider {
         }
     }
 
-    fn error_page(&self, status: StatusCode, message: &str) -> Response {
+    pub(crate) fn error_page(&self, status: StatusCode, message: &str) -> Response {
         let title = if status.is_server_error() { "Try again later" } else { "This login cannot continue" };
         self.pages.error(status, title, message)
     }
 
     /// The page of a status the authenticator answered a browser step with.
-    fn status_page(&self, s: &tonic::Status) -> Response {
+    pub(crate) fn status_page(&self, s: &tonic::Status) -> Response {
         match s.code() {
             Code::Unavailable | Code::DeadlineExceeded => {
                 self.error_page(StatusCode::SERVICE_UNAVAILABLE, "The service is unavailable; try again shortly.")
@@ -171,7 +171,7 @@ pub(crate) async fn authorize(
 
 /// What a signup form said, to show again with its problems.
 #[derive(Debug, Default, Serialize)]
-struct SignupState {
+pub(crate) struct SignupState {
     connection: String,
     email: String,
     username: String,
@@ -189,21 +189,29 @@ struct PageConnection {
     password_rules: Vec<String>,
     redirect: bool,
     directory: bool,
+    passwordless: String,
+    magic_link: bool,
 }
 
 /// What the login page shows besides the transaction's connections: the answer's status,
 /// a problem of the login form (and the username it had), the signup form's state, the
 /// email of the home realm discovery box.
-struct Shown<'a> {
-    status: StatusCode,
-    error: &'a str,
-    username: Option<&'a str>,
-    signup: SignupState,
-    email: &'a str,
+pub(crate) struct Shown<'a> {
+    pub(crate) status: StatusCode,
+    pub(crate) error: &'a str,
+    pub(crate) username: Option<&'a str>,
+    pub(crate) signup: SignupState,
+    pub(crate) email: &'a str,
 }
 
 /// The login page of transaction `tx`.
-async fn render_login(provider: &Provider, tenant: &str, tx: &str, csrf: &str, shown: Shown<'_>) -> Response {
+pub(crate) async fn render_login(
+    provider: &Provider,
+    tenant: &str,
+    tx: &str,
+    csrf: &str,
+    shown: Shown<'_>,
+) -> Response {
     let Shown { status, error, username, signup, email } = shown;
     let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
     let page = match oauth
@@ -226,6 +234,8 @@ async fn render_login(provider: &Provider, tenant: &str, tx: &str, csrf: &str, s
         password_rules: c.password_rules,
         redirect: c.redirect,
         directory: c.directory,
+        passwordless: c.passwordless,
+        magic_link: c.magic_link,
     };
     let discovered = page.discovered.map(shown);
     // Nothing discovered: the email is probably a password login's. A discovered connection
@@ -325,12 +335,12 @@ pub(crate) struct SignupForm {
 }
 
 /// Whether the form's CSRF token is the one of the transaction's cookie.
-fn csrf_ok(headers: &HeaderMap, tx: &str, posted: &str) -> bool {
+pub(crate) fn csrf_ok(headers: &HeaderMap, tx: &str, posted: &str) -> bool {
     let Some(expected) = cookie(headers, &csrf_cookie_name(tx)) else { return false };
     !posted.is_empty() && postern_common::ids::constant_time_eq(expected.as_bytes(), posted.as_bytes())
 }
 
-fn csrf_refused(provider: &Provider) -> Response {
+pub(crate) fn csrf_refused(provider: &Provider) -> Response {
     provider.error_page(
         StatusCode::FORBIDDEN,
         "This form was not sent from its login page, or the page has expired. Go back to the application and sign \
@@ -339,13 +349,13 @@ fn csrf_refused(provider: &Provider) -> Response {
 }
 
 /// The browser's address, as the HTTP server saw it.
-fn address(extensions: &Extensions) -> String {
+pub(crate) fn address(extensions: &Extensions) -> String {
     extensions.get::<postern_common::principal::PeerAddr>().map(|p| p.0.to_string()).unwrap_or_default()
 }
 
 /// After a successful login or signup: the session cookie, the transaction's CSRF cookie
 /// dropped, and the browser sent back to the application with its code.
-fn logged_in(provider: &Provider, tenant: &str, tx: &str, l: Option<pb::LoggedIn>) -> Response {
+pub(crate) fn logged_in(provider: &Provider, tenant: &str, tx: &str, l: Option<pb::LoggedIn>) -> Response {
     let Some(l) = l else {
         return provider.error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly.");
     };

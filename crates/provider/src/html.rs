@@ -14,6 +14,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("error.html", include_str!("templates/error.html")),
     ("form_post.html", include_str!("templates/form_post.html")),
     ("logged_out.html", include_str!("templates/logged_out.html")),
+    ("passwordless.html", include_str!("templates/passwordless.html")),
 ];
 
 /// The compiled templates.

@@ -10,6 +10,8 @@
 //!   `POST /signup`), redirect logins (`POST /login/upstream`, `GET|POST
 //!   /login/callback`), `GET /v2/logout` (Auth0's) and `GET /oidc/logout` (the OpenID
 //!   `end_session_endpoint`).
+//! - [`passwordless`]: the hosted page's passwordless forms (`POST /passwordless/start`,
+//!   `POST /passwordless/verify`) and magic links (`GET /passwordless/verify_redirect`).
 //! - [`token`]: `POST /oauth/token` and `POST /oauth/revoke`, with RFC 6749 5.2 errors.
 //! - [`html`]: the templates (minijinja, HTML-escaped) and the headers every page carries.
 
@@ -19,6 +21,7 @@
 pub mod browser;
 pub mod documents;
 pub mod html;
+pub mod passwordless;
 pub mod token;
 
 use std::sync::Arc;
@@ -84,6 +87,9 @@ pub fn router(config: ProviderConfig) -> Router {
         .route("/{tenant}/login/callback", get(browser::callback_get).post(browser::callback_post))
         .route("/{tenant}/v2/logout", get(browser::logout))
         .route("/{tenant}/oidc/logout", get(browser::logout))
+        .route("/{tenant}/passwordless/start", post(passwordless::start))
+        .route("/{tenant}/passwordless/verify", post(passwordless::verify))
+        .route("/{tenant}/passwordless/verify_redirect", get(passwordless::verify_redirect))
         .route("/{tenant}/oauth/token", post(token::token))
         .route("/{tenant}/oauth/revoke", post(token::revoke))
         .with_state(state)

@@ -128,6 +128,10 @@ pub(crate) async fn token(
         refresh_token: field(&form, "refresh_token"),
         scope: field(&form, "scope"),
         audience: field(&form, "audience"),
+        // The passwordless grant (`http://auth0.com/oauth/grant-type/passwordless/otp`).
+        realm: field(&form, "realm"),
+        username: field(&form, "username"),
+        otp: field(&form, "otp"),
     };
     match oauth.exchange_token(request).await {
         Ok(r) => {

@@ -1,6 +1,7 @@
 //! `AuthenticationService`: signup, the login, password changes. Each handler validates,
 //! checks the caller's right to the tenant, and calls the orchestration ([`crate::login`]).
-//! `Login` and `Signup` also serve a caller without an API key (the application itself,
+//! `StartPasswordless` and `VerifyPasswordless` are the passwordless login's two steps.
+//! `Login`, `Signup` and the passwordless steps also serve a caller without an API key (the application itself,
 //! named by its client id and, for a confidential client, authenticated by its secret).
 
 use postern_common::error::Violations;
@@ -11,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{login_to_pb, user_to_pb};
 use super::{AuthnApi, address};
 use crate::login::{IssueTokens, PasswordLogin, SignupInput};
+use crate::passwordless::{CodeLogin, CodeStart, RecipientInput, SendKind};
 use crate::validate::{check_tenant, required};
 
 #[tonic::async_trait]
@@ -115,6 +117,97 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
                 })
                 .collect(),
             strategy,
+        }))
+    }
+
+    async fn start_passwordless(
+        &self,
+        req: Request<pb::StartPasswordlessRequest>,
+    ) -> Result<Response<pb::StartPasswordlessResponse>, Status> {
+        let p = principal(&req)?;
+        let address = address(&req, &req.get_ref().ip)?;
+        let req = req.into_inner();
+        let send = match pb::PasswordlessSend::try_from(req.send) {
+            Ok(pb::PasswordlessSend::Unspecified) => SendKind::Default,
+            Ok(pb::PasswordlessSend::Code) => SendKind::Code,
+            Ok(pb::PasswordlessSend::Link) => SendKind::Link,
+            Err(_) => {
+                return Err(postern_common::error::invalid_field(
+                    "send",
+                    format!("{} is not allowed; use PASSWORDLESS_SEND_CODE or PASSWORDLESS_SEND_LINK", req.send),
+                ));
+            }
+        };
+        let mut v = Violations::new();
+        check_tenant(&mut v, "tenant", &req.tenant);
+        required(&mut v, "client_id", &req.client_id);
+        required(&mut v, "connection", &req.connection);
+        v.into_result()?;
+        // Without a key, the application itself, authenticated by its credentials next.
+        if p != Principal::Anonymous {
+            p.require_tenant(&req.tenant)?;
+        }
+        self.verify_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        let expires_in = self
+            .send_code(&CodeStart {
+                tenant: &req.tenant,
+                client_id: &req.client_id,
+                connection: &req.connection,
+                recipient: RecipientInput::Split { email: &req.email, phone_number: &req.phone_number },
+                send,
+                link_target: None,
+                address: &address,
+            })
+            .await?;
+        Ok(Response::new(pb::StartPasswordlessResponse { expires_in: i64::from(expires_in) }))
+    }
+
+    async fn verify_passwordless(
+        &self,
+        req: Request<pb::VerifyPasswordlessRequest>,
+    ) -> Result<Response<pb::VerifyPasswordlessResponse>, Status> {
+        let p = principal(&req)?;
+        let address = address(&req, &req.get_ref().ip)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        check_tenant(&mut v, "tenant", &req.tenant);
+        required(&mut v, "client_id", &req.client_id);
+        required(&mut v, "connection", &req.connection);
+        v.check("scope", postern_common::validate::display_text(&req.scope, 0, MAX_SCOPE_CHARS));
+        v.check("audience", postern_common::validate::display_text(&req.audience, 0, MAX_AUDIENCE_CHARS));
+        v.into_result()?;
+        if p != Principal::Anonymous {
+            p.require_tenant(&req.tenant)?;
+        }
+        self.verify_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        let user = self
+            .code_login(&CodeLogin {
+                tenant: &req.tenant,
+                client_id: &req.client_id,
+                connection: &req.connection,
+                recipient: RecipientInput::Split { email: &req.email, phone_number: &req.phone_number },
+                code: &req.code,
+                address: &address,
+            })
+            .await?;
+        let issued = self
+            .issue_tokens(&IssueTokens {
+                tenant: &req.tenant,
+                client_id: &req.client_id,
+                user: &user,
+                scope: &req.scope,
+                audience: &req.audience,
+                nonce: None,
+            })
+            .await?;
+        let l = login_to_pb(issued, &user);
+        Ok(Response::new(pb::VerifyPasswordlessResponse {
+            id_token: l.id_token,
+            access_token: l.access_token,
+            token_type: l.token_type,
+            expires_in: l.expires_in,
+            user: l.user,
+            scope: l.scope,
         }))
     }
 }

@@ -22,6 +22,8 @@ pub fn user_to_pb(u: &User) -> pb::User {
         family_name: p.family_name.clone(),
         nickname: p.nickname.clone(),
         picture: p.picture.clone(),
+        phone_number: p.phone_number.clone(),
+        phone_verified: p.phone_verified,
         identities: u
             .identities
             .iter()

@@ -5,7 +5,7 @@
 //!   Active Directory).
 //! - [`RedirectConnector`]: by a redirect to an upstream and back (later OIDC, OAuth2 social,
 //!   SAML).
-//! - [`CodeConnector`]: by a one-time code (later email, SMS).
+//! - [`CodeConnector`]: by a one-time code or magic link (email, SMS).
 //!
 //! The authenticator orchestrates (resolve the connection, run its connector, upsert user and
 //! identity under the profile-sync rule, issue tokens) and knows no protocol: it finds a
@@ -47,13 +47,24 @@ pub struct Profile {
     pub nickname: String,
     /// The picture URL.
     pub picture: String,
+    /// The phone number (E.164), if any.
+    pub phone_number: String,
+    /// Whether the phone number is verified.
+    pub phone_verified: bool,
 }
 
 impl Profile {
     /// The attributes a user gets when its profile is not copied (`NEVER_ON_LOGIN`): only
     /// what identifies it.
     pub fn identifying_only(&self) -> Profile {
-        Profile { email: self.email.clone(), username: self.username.clone(), ..Profile::default() }
+        Profile {
+            email: self.email.clone(),
+            email_verified: self.email_verified,
+            username: self.username.clone(),
+            phone_number: self.phone_number.clone(),
+            phone_verified: self.phone_verified,
+            ..Profile::default()
+        }
     }
 
     /// The profile as the JSON an identity's `profile_data` keeps.
@@ -71,7 +82,11 @@ impl Profile {
         put("family_name", &self.family_name);
         put("nickname", &self.nickname);
         put("picture", &self.picture);
+        put("phone_number", &self.phone_number);
         m.insert("email_verified".into(), Value::Bool(self.email_verified));
+        if !self.phone_number.is_empty() {
+            m.insert("phone_verified".into(), Value::Bool(self.phone_verified));
+        }
         Value::Object(m)
     }
 }
@@ -460,21 +475,76 @@ pub trait RedirectConnector: Send + Sync {
     }
 }
 
-/// A source that logs users in by a one-time code (email, SMS: the passwordless issue).
-/// The authenticator's hooks are `AuthnApi::send_code` and `AuthnApi::code_login`.
+/// Where a one-time code goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// An email address (validated as a database connection's emails are).
+    Email,
+    /// A phone number in E.164 form.
+    Sms,
+}
+
+/// What the authenticator needs to know of a one-time-code connection to run the code's
+/// state machine (which it keeps: the connector only delivers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeSettings {
+    /// Where codes go.
+    pub channel: Channel,
+    /// Digits of a code.
+    pub length: u32,
+    /// How long a code or link stays valid, in seconds.
+    pub lifetime_seconds: u32,
+    /// Attempts a code allows; then it is void.
+    pub max_attempts: u32,
+    /// Whether a first login creates the user.
+    pub signup: bool,
+    /// Whether a start that does not say what to send sends a magic link.
+    pub link_by_default: bool,
+    /// Whether a magic link logs in only in the browser that asked for it.
+    pub link_same_browser: bool,
+}
+
+/// A message to deliver: a one-time code or a magic link, with what its template may show.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeMessage<'a> {
+    /// The email address or phone number (validated and normalized).
+    pub recipient: &'a str,
+    /// The code, or the magic link.
+    pub secret: CodeSecret<'a>,
+    /// The application's name.
+    pub application: &'a str,
+    /// The tenant's display name.
+    pub tenant_name: &'a str,
+    /// How long the code or link stays valid, in seconds.
+    pub lifetime_seconds: u32,
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, Copy)]
+pub enum CodeSecret<'a> {
+    /// A one-time code.
+    Code(&'a str),
+    /// A magic link (an absolute URL), and the code it stands for.
+    Link {
+        /// The link.
+        link: &'a str,
+        /// The code it stands for (templates may show it as well).
+        code: &'a str,
+    },
+}
+
+/// A source that logs users in by a one-time code or magic link (email, SMS). The
+/// authenticator draws, stores and checks the codes (durably, shared by its replicas); the
+/// connector only says how the connection's codes work and delivers them. The
+/// authenticator's hooks are `AuthnApi::send_code` and `AuthnApi::code_login`.
 #[async_trait]
 pub trait CodeConnector: Send + Sync {
-    /// Sends a fresh code to `recipient` (an email address or phone number).
-    async fn send(&self, tenant: &str, conn: &Resolved, recipient: &str) -> Result<(), ConnectorError>;
+    /// The connection's code rules.
+    fn settings(&self, conn: &Resolved) -> CodeSettings;
 
-    /// Checks the code `recipient` typed, answering its user.
-    async fn verify(
-        &self,
-        tenant: &str,
-        conn: &Resolved,
-        recipient: &str,
-        code: &str,
-    ) -> Result<ExternalProfile, ConnectorError>;
+    /// Delivers `message`. A failure is [`ConnectorError::Unavailable`] naming the connection
+    /// (the cause is logged, never the code).
+    async fn deliver(&self, tenant: &str, conn: &Resolved, message: &CodeMessage<'_>) -> Result<(), ConnectorError>;
 
     /// Tries the connection step by step without sending anyone a code (TestConnection).
     async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {

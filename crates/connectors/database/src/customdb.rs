@@ -305,6 +305,7 @@ fn source_user(profile: Option<pb::Profile>) -> Result<ExternalProfile, CustomDb
         family_name: p.family_name.clone(),
         nickname: p.nickname.clone(),
         picture: p.picture.clone(),
+        ..Profile::default()
     };
     let mut raw = profile.to_json();
     if let serde_json::Value::Object(m) = &mut raw {

@@ -551,6 +551,7 @@ fn external_profile(p: &Profile, claims: &Map<String, Value>) -> Result<External
         family_name: text(claims, "family_name").to_owned(),
         nickname: text(claims, "nickname").to_owned(),
         picture: text(claims, "picture").to_owned(),
+        ..postern_connector::Profile::default()
     };
     let raw: Map<String, Value> = claims
         .iter()

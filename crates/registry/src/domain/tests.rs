@@ -426,7 +426,17 @@ fn bad_variants_name_their_field() {
         ("email", |c| email(c).smtp_host.clear(), "connection.options.email.smtp_host"),
         ("email", |c| email(c).smtp_port = 70_000, "connection.options.email.smtp_port"),
         ("email", |c| email(c).smtp_username = "mailer".into(), "connection.options.email.smtp_password"),
-        ("email", |c| email(c).smtp_tls = 4, "connection.options.email.smtp_tls"),
+        ("email", |c| email(c).smtp_tls = 5, "connection.options.email.smtp_tls"),
+        (
+            "email",
+            |c| {
+                let e = email(c);
+                e.smtp_username = "mailer".into();
+                e.smtp_password = "pw".into();
+                e.smtp_tls = pb::SmtpTls::None as i32;
+            },
+            "connection.options.email.smtp_tls",
+        ),
         // sms
         ("sms", |c| sms(c).from = "5551234567".into(), "connection.options.sms.from"),
         ("sms", |c| sms(c).template = "no placeholder".into(), "connection.options.sms.template"),

@@ -290,6 +290,9 @@ fn copy_option_field(
                 smtp_password,
                 smtp_tls,
                 magic_link,
+                disable_signup,
+                magic_link_same_browser,
+                smtp_ca_certificate,
             ],
             [smtp_password_set]
         ),
@@ -297,7 +300,18 @@ fn copy_option_field(
             d,
             s,
             "sms",
-            [from, template, provider_url, account, token, code_length, code_lifetime_seconds, max_attempts],
+            [
+                from,
+                template,
+                provider_url,
+                account,
+                token,
+                code_length,
+                code_lifetime_seconds,
+                max_attempts,
+                provider,
+                disable_signup
+            ],
             [token_set]
         ),
         // Both sides are of the connection's family by construction.

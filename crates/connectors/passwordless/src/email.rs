@@ -1,0 +1,168 @@
+//! Email over SMTP with `lettre`. Transport security follows the connection's `smtp_tls`:
+//! implicit TLS (port 465), required STARTTLS (the default, and the only choice besides
+//! implicit TLS once a user name is set, so a password never crosses in plaintext),
+//! opportunistic STARTTLS or none for a credential-less local relay. The server's certificate
+//! must chain to the system's roots, or to the connection's `smtp_ca_certificate`. Each
+//! connection has one pooled transport, kept while its settings stay the same.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use postern_connection::secret::names;
+use postern_connection::{EmailOptions, Options, Resolved, SmtpTls};
+use postern_connector::{Channel, CodeConnector, CodeMessage, CodeSecret, CodeSettings, ConnectorError, async_trait};
+use sha2::{Digest, Sha256};
+
+use crate::template::{self, Vars};
+use crate::{delivery_failed, misconfigured, wrong_family};
+
+type Transport = AsyncSmtpTransport<Tokio1Executor>;
+
+/// How long an SMTP exchange may take.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The connector of `email` connections.
+#[derive(Default)]
+pub struct EmailConnector {
+    /// One pooled transport per connection id, with the digest of the settings it was built
+    /// from (a change of settings builds a new one).
+    transports: Mutex<HashMap<String, (String, Arc<Transport>)>>,
+}
+
+impl std::fmt::Debug for EmailConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConnector").finish_non_exhaustive()
+    }
+}
+
+impl EmailConnector {
+    /// A connector with no transport open yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn transport(&self, conn: &Resolved, o: &EmailOptions) -> Result<Arc<Transport>, ConnectorError> {
+        let password = conn.secret(names::SMTP_PASSWORD).map(|s| s.expose().to_owned()).unwrap_or_default();
+        let mut digest = Sha256::new();
+        digest.update(serde_json::to_vec(o).unwrap_or_default());
+        digest.update([0]);
+        digest.update(password.as_bytes());
+        let fingerprint = hex::encode(digest.finalize());
+        let id = &conn.connection.id;
+        let mut transports = self.transports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((f, t)) = transports.get(id)
+            && *f == fingerprint
+        {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(build_transport(conn, o, &password)?);
+        transports.insert(id.clone(), (fingerprint, t.clone()));
+        Ok(t)
+    }
+}
+
+fn build_transport(conn: &Resolved, o: &EmailOptions, password: &str) -> Result<Transport, ConnectorError> {
+    let host = o.smtp_host.as_str();
+    let tls_parameters = || -> Result<TlsParameters, ConnectorError> {
+        let mut b = TlsParameters::builder(host.to_owned());
+        if !o.smtp_ca_certificate.is_empty() {
+            let cert = Certificate::from_pem(o.smtp_ca_certificate.as_bytes())
+                .map_err(|e| misconfigured(conn, "smtp_ca_certificate", &e))?;
+            b = b.add_root_certificate(cert);
+        }
+        b.build_rustls().map_err(|e| misconfigured(conn, "smtp_ca_certificate", &e))
+    };
+    let tls = match o.smtp_tls {
+        SmtpTls::Starttls => Tls::Required(tls_parameters()?),
+        SmtpTls::Implicit => Tls::Wrapper(tls_parameters()?),
+        SmtpTls::Opportunistic => Tls::Opportunistic(tls_parameters()?),
+        SmtpTls::None => Tls::None,
+    };
+    let mut builder = Transport::builder_dangerous(host)
+        .port(o.effective_smtp_port())
+        .tls(tls)
+        .timeout(Some(SMTP_TIMEOUT))
+        .pool_config(PoolConfig::new().max_size(4).idle_timeout(Duration::from_secs(60)));
+    if !o.smtp_username.is_empty() {
+        // The options refuse a user name without TLS (required STARTTLS or implicit).
+        builder = builder.credentials(Credentials::new(o.smtp_username.clone(), password.to_owned()));
+    }
+    Ok(builder.build())
+}
+
+fn options(conn: &Resolved) -> Result<&EmailOptions, ConnectorError> {
+    match &conn.connection.spec.options {
+        Options::Email(o) => Ok(o),
+        _ => Err(wrong_family(conn)),
+    }
+}
+
+/// Renders the message of `m` under the connection's templates.
+pub fn render(conn: &Resolved, o: &EmailOptions, m: &CodeMessage<'_>) -> Result<Message, ConnectorError> {
+    let vars = Vars::of(m);
+    let (body_field, body) = match m.secret {
+        CodeSecret::Code(_) => ("code_template", &o.code_template),
+        CodeSecret::Link { .. } => ("link_template", &o.link_template),
+    };
+    let subject = template::subject(&o.subject, &vars).map_err(|e| misconfigured(conn, "subject", &e))?;
+    let text = template::text(body, &vars).map_err(|e| misconfigured(conn, body_field, &e))?;
+    let html = template::html(body, &vars).map_err(|e| misconfigured(conn, body_field, &e))?;
+    let from: Mailbox = o.from.parse().map_err(|e| misconfigured(conn, "from", &e))?;
+    let to: Mailbox = m.recipient.parse().map_err(|_| ConnectorError::Refused {
+        field: "email",
+        message: "is not an address this server can send to".into(),
+    })?;
+    Message::builder()
+        .from(from)
+        .to(to)
+        .subject(subject)
+        .multipart(MultiPart::alternative_plain_html(text, html))
+        .map_err(|e| misconfigured(conn, "from", &e))
+}
+
+#[async_trait]
+impl CodeConnector for EmailConnector {
+    fn settings(&self, conn: &Resolved) -> CodeSettings {
+        let (length, lifetime_seconds, max_attempts, signup, link, same) = match &conn.connection.spec.options {
+            Options::Email(o) => (
+                o.code_length,
+                o.code_lifetime_seconds,
+                o.max_attempts,
+                !o.disable_signup,
+                o.magic_link,
+                o.magic_link_same_browser,
+            ),
+            _ => (6, 180, 3, false, false, false),
+        };
+        CodeSettings {
+            channel: Channel::Email,
+            length,
+            lifetime_seconds,
+            max_attempts,
+            signup,
+            link_by_default: link,
+            link_same_browser: same,
+        }
+    }
+
+    async fn deliver(&self, _tenant: &str, conn: &Resolved, m: &CodeMessage<'_>) -> Result<(), ConnectorError> {
+        let o = options(conn)?;
+        let message = render(conn, o, m)?;
+        let transport = self.transport(conn, o)?;
+        match transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // A broken pooled connection is not retried here: the caller sees the failure,
+                // and no code stays valid. Forget the transport so the next send starts anew.
+                self.transports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&conn.connection.id);
+                Err(delivery_failed(conn, &e))
+            }
+        }
+    }
+}
