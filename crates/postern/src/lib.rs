@@ -428,7 +428,8 @@ async fn start_authn(
 /// protocol. A new connector crate is registered here.
 pub fn connectors() -> postern_connector::Connectors {
     let connectors = postern_connector_database::register(postern_connector::Connectors::new());
-    postern_connector_oidc::register(connectors)
+    let connectors = postern_connector_oidc::register(connectors);
+    postern_connector_social::register(connectors)
 }
 
 /// The master key: configured, or the one in `<data-dir>/master-key`, which the first start
