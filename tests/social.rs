@@ -55,7 +55,15 @@ fn start_upstream() -> Result<Upstream, String> {
     let lifeline = child.stdin.take().ok_or("no pipe to node's shell")?;
     let stdout = child.stdout.take().ok_or("no output of node")?;
     let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stdout);
+    reader.read_line(&mut first).map_err(|e| e.to_string())?;
+    // Keep reading, so node never writes into a closed pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
     let ready: Value = serde_json::from_str(&first).map_err(|e| format!("social-op.mjs printed {first:?}: {e}"))?;
     let issuer = ready["issuer"].as_str().ok_or("no issuer")?.to_owned();
     Ok(Upstream { issuer, _child: Mutex::new(child), _lifeline: Mutex::new(lifeline) })
@@ -184,8 +192,9 @@ fn connection(strategy: &str, issuer: &str, apis: &str, adjust: impl FnOnce(&mut
         client_secret: format!("{client}-secret"),
         authorization_endpoint: format!("{issuer}/auth"),
         token_endpoint: format!("{issuer}/token"),
-        // The provider's userinfo needs `openid` in the grant.
-        scopes: vec!["openid".into()],
+        // The provider's userinfo (behind the stand-in APIs too) needs `openid` in the grant,
+        // and `email` and `profile` for those claims.
+        scopes: vec!["openid".into(), "email".into(), "profile".into()],
         ..Default::default()
     };
     match strategy {
@@ -196,7 +205,6 @@ fn connection(strategy: &str, issuer: &str, apis: &str, adjust: impl FnOnce(&mut
         "facebook" => o.userinfo_endpoint = format!("{apis}/me"),
         _ => {
             o.userinfo_endpoint = format!("{issuer}/me");
-            o.scopes.extend(["email".into(), "profile".into()]);
         }
     }
     adjust(&mut o);
@@ -353,7 +361,8 @@ async fn the_providers_refusals_fail_the_login() {
     other.code_verifier = format!("{}x", tx.code_verifier);
     let e = connector.complete(TENANT, &conn, &params, &other).await.expect_err("PKCE");
     assert!(e.to_string().contains("connection \"oauth2-login\"") && e.to_string().contains("invalid_grant"), "{e}");
-    // A code is good once: the refused attempt above used it up at the provider.
+    // The right verifier redeems it, once: a replay is refused.
+    connector.complete(TENANT, &conn, &params, &tx).await.expect("the code with its verifier");
     let e = connector.complete(TENANT, &conn, &params, &tx).await.expect_err("replay");
     assert!(e.to_string().contains("invalid_grant"), "{e}");
 

