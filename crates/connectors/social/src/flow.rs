@@ -281,23 +281,22 @@ mod tests {
 
     #[test]
     fn the_callback_is_checked_before_any_exchange() {
-        let p = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        assert_eq!(callback_code("c", &p(&[("code", "abc"), ("state", "s")]), "s"), Ok("abc"));
-        let cancelled = callback_code(
-            "fb",
-            &p(&[("error", "access_denied"), ("error_reason", "user_denied"), ("state", "s")]),
-            "s",
-        );
+        let p = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let ok = p(&[("code", "abc"), ("state", "s")]);
+        assert_eq!(callback_code("c", &ok, "s"), Ok("abc"));
+        let cancel = p(&[("error", "access_denied"), ("error_reason", "user_denied"), ("state", "s")]);
         assert_eq!(
-            cancelled,
+            callback_code("fb", &cancel, "s"),
             Err(Failure::Denied("connection \"fb\": the provider answered access_denied: user_denied".into()))
         );
-        assert!(matches!(
-            callback_code("c", &p(&[("code", "abc"), ("state", "x")]), "s"),
-            Err(Failure::Rejected("STATE_MISMATCH", _))
-        ));
-        assert!(matches!(callback_code("c", &p(&[("code", "abc")]), "s"), Err(Failure::Rejected("STATE_MISMATCH", _))));
-        assert!(matches!(callback_code("c", &p(&[("state", "s")]), "s"), Err(Failure::Rejected("CODE_MISSING", _))));
+        let other_state = p(&[("code", "abc"), ("state", "x")]);
+        assert!(matches!(callback_code("c", &other_state, "s"), Err(Failure::Rejected("STATE_MISMATCH", _))));
+        let no_state = p(&[("code", "abc")]);
+        assert!(matches!(callback_code("c", &no_state, "s"), Err(Failure::Rejected("STATE_MISMATCH", _))));
+        let no_code = p(&[("state", "s")]);
+        assert!(matches!(callback_code("c", &no_code, "s"), Err(Failure::Rejected("CODE_MISSING", _))));
     }
 
     #[track_caller]
