@@ -307,8 +307,9 @@ pub struct OAuth2Options {
     pub emails_endpoint: String,
     /// `oauth2`: where the profile attributes are in the profile endpoint's answer; `None`
     /// means the OpenID Connect claim names.
+    /// Boxed: most connections have none, and the options enum stays small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile_mapping: Option<ProfileMapping>,
+    pub profile_mapping: Option<Box<ProfileMapping>>,
 }
 
 impl OAuth2Options {
@@ -1151,7 +1152,7 @@ fn oauth2(
                 v.check(format!("{}.{field}", p("profile_mapping")), rules::json_path(path));
             }
         }
-        m
+        Box::new(m)
     });
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
     OAuth2Options {

@@ -222,7 +222,7 @@ impl SocialConnector {
         let profile = match self.provider {
             Provider::Facebook => profiles::facebook(&read, &o.profile_fields, secret).await?,
             Provider::Github => profiles::github(&read).await?,
-            Provider::Generic => profiles::generic(&read, o.profile_mapping.as_ref()).await?,
+            Provider::Generic => profiles::generic(&read, o.profile_mapping.as_deref()).await?,
         };
         Ok((profile, tokens))
     }
