@@ -220,7 +220,8 @@ impl Strategy {
             Strategy::Facebook => ProviderEndpoints {
                 authorization: "https://www.facebook.com/dialog/oauth",
                 token: "https://graph.facebook.com/oauth/access_token",
-                userinfo: Some("https://graph.facebook.com/me?fields=id,name,email,first_name,last_name,picture"),
+                // The Graph API fields are the connection's `profile_fields`.
+                userinfo: Some("https://graph.facebook.com/me"),
                 scopes: &["email", "public_profile"],
             },
             Strategy::Linkedin => ProviderEndpoints {

@@ -40,9 +40,9 @@ pub mod secret;
 pub use catalogue::{Category, OptionsFamily, ProviderEndpoints, Strategy};
 pub use options::{
     AzureAdOptions, CustomDatabase, DatabaseOptions, EmailOptions, GoogleAppsOptions, ImportMode, LdapAttributes,
-    LdapGroups, LdapOptions, OAuth2Options, OidcChannel, OidcOptions, Options, PasswordDictionary, PasswordStrength,
-    SamlAttributes, SamlBinding, SamlOptions, SamlSignatureAlgorithm, SmsOptions, SmsProvider, SmtpTls,
-    UserProfileSync,
+    LdapGroups, LdapOptions, MappedAttribute, OAuth2Options, OidcChannel, OidcOptions, Options, PasswordDictionary,
+    PasswordStrength, ProfileMapping, SamlAttributes, SamlBinding, SamlOptions, SamlSignatureAlgorithm, SmsOptions,
+    SmsProvider, SmtpTls, UserProfileSync,
 };
 pub use password::{PasswordPolicy, PersonalInfo};
 pub use secret::{Secret, Secrets, SecretsFormatError};

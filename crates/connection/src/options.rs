@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use postern_common::error::Violations;
-use postern_common::validate;
+use postern_common::validate::{self, truncate};
 use postern_proto::connections::v1 as pb;
 
 use super::catalogue::{OptionsFamily, Strategy};
@@ -310,6 +310,114 @@ pub struct OAuth2Options {
     /// `apple`: the Sign in with Apple key's id (its private key is the client secret).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub apple_key_id: String,
+    /// `facebook`: the Graph API fields the profile is read with; empty means
+    /// [`OAuth2Options::DEFAULT_FACEBOOK_FIELDS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profile_fields: Vec<String>,
+    /// `github`: where the email addresses are read; empty means
+    /// [`OAuth2Options::GITHUB_EMAILS_ENDPOINT`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub emails_endpoint: String,
+    /// `oauth2`: where the profile attributes are in the profile endpoint's answer; `None`
+    /// means the OpenID Connect claim names.
+    /// Boxed: most connections have none, and the options enum stays small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_mapping: Option<Box<ProfileMapping>>,
+}
+
+impl OAuth2Options {
+    /// The Graph API fields a `facebook` connection reads by default.
+    pub const DEFAULT_FACEBOOK_FIELDS: &'static [&'static str] =
+        &["id", "name", "email", "first_name", "last_name", "picture"];
+    /// GitHub's endpoint of the user's email addresses.
+    pub const GITHUB_EMAILS_ENDPOINT: &'static str = "https://api.github.com/user/emails";
+}
+
+/// Where a generic `oauth2` connection finds each profile attribute in the profile
+/// endpoint's JSON answer: dotted paths of member names and array indexes. An empty path
+/// takes the attribute's default (the OpenID Connect claim name; see
+/// [`ProfileMapping::path`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProfileMapping {
+    /// The user's stable id; empty means `sub`, else `id`.
+    pub user_id: String,
+    /// The email address.
+    pub email: String,
+    /// Whether the email address is verified (only `true` counts).
+    pub email_verified: String,
+    /// The full name.
+    pub name: String,
+    /// The given name.
+    pub given_name: String,
+    /// The family name.
+    pub family_name: String,
+    /// The casual name.
+    pub nickname: String,
+    /// The picture URL.
+    pub picture: String,
+    /// The username; empty means `preferred_username`.
+    pub username: String,
+}
+
+/// A profile attribute a [`ProfileMapping`] locates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappedAttribute {
+    /// The email address.
+    Email,
+    /// Whether it is verified.
+    EmailVerified,
+    /// The full name.
+    Name,
+    /// The given name.
+    GivenName,
+    /// The family name.
+    FamilyName,
+    /// The casual name.
+    Nickname,
+    /// The picture URL.
+    Picture,
+    /// The username.
+    Username,
+}
+
+impl ProfileMapping {
+    /// The longest path.
+    pub const MAX_PATH_CHARS: usize = 200;
+
+    /// The paths tried for the user's id, in order.
+    pub fn user_id_paths(&self) -> Vec<&str> {
+        if self.user_id.is_empty() { vec!["sub", "id"] } else { vec![self.user_id.as_str()] }
+    }
+
+    /// The path of `attribute`: the one configured, else its default.
+    pub fn path(&self, attribute: MappedAttribute) -> &str {
+        let (set, default) = match attribute {
+            MappedAttribute::Email => (&self.email, "email"),
+            MappedAttribute::EmailVerified => (&self.email_verified, "email_verified"),
+            MappedAttribute::Name => (&self.name, "name"),
+            MappedAttribute::GivenName => (&self.given_name, "given_name"),
+            MappedAttribute::FamilyName => (&self.family_name, "family_name"),
+            MappedAttribute::Nickname => (&self.nickname, "nickname"),
+            MappedAttribute::Picture => (&self.picture, "picture"),
+            MappedAttribute::Username => (&self.username, "preferred_username"),
+        };
+        if set.is_empty() { default } else { set }
+    }
+
+    fn fields(&self) -> [(&'static str, &str); 9] {
+        [
+            ("user_id", &self.user_id),
+            ("email", &self.email),
+            ("email_verified", &self.email_verified),
+            ("name", &self.name),
+            ("given_name", &self.given_name),
+            ("family_name", &self.family_name),
+            ("nickname", &self.nickname),
+            ("picture", &self.picture),
+            ("username", &self.username),
+        ]
+    }
 }
 
 /// Options of `oidc`. The client secret is the secret [`names::CLIENT_SECRET`].
@@ -788,6 +896,19 @@ impl Options {
                     store_tokens: o.store_tokens,
                     apple_team_id: o.apple_team_id.clone(),
                     apple_key_id: o.apple_key_id.clone(),
+                    profile_fields: o.profile_fields.clone(),
+                    emails_endpoint: o.emails_endpoint.clone(),
+                    profile_mapping: o.profile_mapping.as_ref().map(|m| pb::ProfileMapping {
+                        user_id: m.user_id.clone(),
+                        email: m.email.clone(),
+                        email_verified: m.email_verified.clone(),
+                        name: m.name.clone(),
+                        given_name: m.given_name.clone(),
+                        family_name: m.family_name.clone(),
+                        nickname: m.nickname.clone(),
+                        picture: m.picture.clone(),
+                        username: m.username.clone(),
+                    }),
                 })
             }
             Options::Oidc(o) => {
@@ -1059,6 +1180,50 @@ fn oauth2(
     if strategy == Strategy::Apple && !o.client_secret.is_empty() {
         v.check(p("client_secret"), rules::pem_private_key(&o.client_secret));
     }
+    let only = |v: &mut Violations, field: &str, set: bool, owner: Strategy| {
+        if set && strategy != owner {
+            v.add(p(field), format!("is an option of strategy {:?} only; leave it empty", owner.as_str()));
+        }
+    };
+    only(v, "profile_fields", !o.profile_fields.is_empty(), Strategy::Facebook);
+    only(v, "emails_endpoint", !o.emails_endpoint.is_empty(), Strategy::Github);
+    only(v, "profile_mapping", o.profile_mapping.is_some(), Strategy::Oauth2);
+    if o.profile_fields.len() > 50 {
+        v.add(p("profile_fields"), format!("holds at most 50 fields; got {}", o.profile_fields.len()));
+    }
+    for (i, f) in o.profile_fields.iter().enumerate() {
+        let ok =
+            (1..=100).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.(){},".contains(&b));
+        if !ok {
+            v.add(
+                format!("{}[{i}]", p("profile_fields")),
+                format!(
+                    "{:?} is not a Graph API field: use 1 to 100 of A-Z a-z 0-9 _ . ( ) {{ }} , (`picture.type(large)`)",
+                    truncate(f, 80)
+                ),
+            );
+        }
+    }
+    rules::url(v, &p("emails_endpoint"), &o.emails_endpoint, false, "");
+    let profile_mapping = o.profile_mapping.map(|m| {
+        let m = ProfileMapping {
+            user_id: m.user_id,
+            email: m.email,
+            email_verified: m.email_verified,
+            name: m.name,
+            given_name: m.given_name,
+            family_name: m.family_name,
+            nickname: m.nickname,
+            picture: m.picture,
+            username: m.username,
+        };
+        for (field, path) in m.fields() {
+            if !path.is_empty() {
+                v.check(format!("{}.{field}", p("profile_mapping")), rules::json_path(path));
+            }
+        }
+        Box::new(m)
+    });
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
     OAuth2Options {
         client_id: o.client_id,
@@ -1072,6 +1237,9 @@ fn oauth2(
         store_tokens: o.store_tokens,
         apple_team_id: o.apple_team_id,
         apple_key_id: o.apple_key_id,
+        profile_fields: o.profile_fields,
+        emails_endpoint: o.emails_endpoint,
+        profile_mapping,
     }
 }
 

@@ -79,6 +79,21 @@ pub fn scopes(v: &mut Violations, path: &str, scopes: &[String]) {
     }
 }
 
+/// A dotted path into a JSON document (`data.emails.0.value`): 1 to 200 printable
+/// characters without spaces, segments separated by single dots.
+pub fn json_path(value: &str) -> Result<(), String> {
+    let max = crate::options::ProfileMapping::MAX_PATH_CHARS;
+    let printable = value.chars().all(|c| !c.is_whitespace() && !c.is_control());
+    if value.chars().count() > max || !printable || value.split('.').any(str::is_empty) {
+        return Err(format!(
+            "{:?} is not a path: use member names and array indexes separated by dots (`data.emails.0.value`), 1 to \
+             {max} characters without spaces",
+            truncate(value, 80)
+        ));
+    }
+    Ok(())
+}
+
 /// A lowercase DNS domain name of at least two labels (`fabrikam.example`).
 pub fn domain_name(value: &str) -> Result<(), String> {
     let rule = "must be a lowercase domain name of at least two labels (fabrikam.example), each label 1 to 63 letters, digits and hyphens not at its ends";

@@ -430,7 +430,8 @@ pub fn connectors() -> postern_connector::Connectors {
     let connectors = postern_connector_database::register(postern_connector::Connectors::new());
     let connectors = postern_connector_oidc::register(connectors);
     let connectors = postern_connector_ldap::register(connectors, postern_common::time::Clock::system());
-    postern_connector_passwordless::register(connectors)
+    let connectors = postern_connector_passwordless::register(connectors);
+    postern_connector_social::register(connectors)
 }
 
 /// The master key: configured, or the one in `<data-dir>/master-key`, which the first start

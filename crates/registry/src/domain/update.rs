@@ -220,7 +220,17 @@ fn copy_option_field(
             d,
             s,
             "oauth2",
-            [client_id, client_secret, scopes, authorization_endpoint, token_endpoint, userinfo_endpoint],
+            [
+                client_id,
+                client_secret,
+                scopes,
+                authorization_endpoint,
+                token_endpoint,
+                userinfo_endpoint,
+                profile_fields,
+                emails_endpoint,
+                profile_mapping,
+            ],
             [client_secret_set]
         ),
         (O::Oidc(d), O::Oidc(s)) => fields!(
