@@ -291,6 +291,8 @@ fn profile_of(conn: &Resolved, o: &LdapOptions, entry: &SearchEntry) -> Result<E
         family_name: get(&a.family_name),
         nickname: String::new(),
         picture: String::new(),
+        phone_number: String::new(),
+        phone_verified: false,
     };
     let mut raw = Map::new();
     raw.insert("dn".into(), Value::String(entry.dn.clone()));

@@ -131,6 +131,7 @@ pub async fn facebook(read: &Read<'_>, fields: &[String], app_secret: &str) -> R
         family_name: attribute(&text_at(&me, "last_name")),
         nickname: String::new(),
         picture: attribute(&picture),
+        ..Profile::default()
     };
     Ok(external(source_id, profile, me))
 }
@@ -185,6 +186,7 @@ pub async fn github(read: &Read<'_>) -> Result<ExternalProfile, Failure> {
         family_name: String::new(),
         nickname: attribute(&text_at(&user, "login")),
         picture: attribute(&text_at(&user, "avatar_url")),
+        ..Profile::default()
     };
     Ok(external(source_id, profile, user))
 }
@@ -215,6 +217,7 @@ pub async fn generic(read: &Read<'_>, mapping: Option<&ProfileMapping>) -> Resul
         family_name: attribute(&get(MappedAttribute::FamilyName)),
         nickname: attribute(&get(MappedAttribute::Nickname)),
         picture: attribute(&get(MappedAttribute::Picture)),
+        ..Profile::default()
     };
     Ok(external(source_id, profile, body))
 }
