@@ -231,7 +231,9 @@ async fn signup_login_and_the_token_verifies_against_the_published_keys() {
     assert_eq!(code, 404);
     assert!(body.contains("not_found"), "{body}");
 
-    // Rotation: the new key signs, the old one stays published.
+    // Rotation to another algorithm: a new key is published now and signs only once it has
+    // been published for 80 s (tests/coherence.rs moves a clock past that); until then the
+    // current key signs. The next key of the new algorithm is published too.
     let rotated = admin
         .signing_keys
         .rotate_signing_key(authn::RotateSigningKeyRequest {
@@ -241,7 +243,15 @@ async fn signup_login_and_the_token_verifies_against_the_published_keys() {
         .await
         .expect("rotate")
         .into_inner();
-    assert_eq!(rotated.retired_signing_key.expect("retired").kid, kid);
+    let retired = rotated.retired_signing_key.expect("retired");
+    let promoted = rotated.signing_key.expect("promoted");
+    assert_eq!(retired.kid, kid);
+    assert_eq!(promoted.algorithm, authn::SigningAlgorithm::Eddsa as i32);
+    let activates = promoted.activate_time.expect("activate time").seconds;
+    let created = promoted.create_time.expect("create time").seconds;
+    assert_eq!(activates - created, 80, "published 80 s before it signs");
+    assert_eq!(retired.retire_time.expect("retire time").seconds, activates);
+    assert!(!promoted.current && retired.current);
     let keys = admin
         .signing_keys
         .list_signing_keys(authn::ListSigningKeysRequest { tenant: tenant.into() })
@@ -249,11 +259,26 @@ async fn signup_login_and_the_token_verifies_against_the_published_keys() {
         .expect("list")
         .into_inner()
         .signing_keys;
-    assert_eq!(keys.len(), 2);
-    assert!(keys[0].current && !keys[1].current);
+    let kids: Vec<&str> = keys.iter().map(|k| k.kid.as_str()).collect();
+    assert_eq!(kids, [kid.as_str(), promoted.kid.as_str(), rotated.next_signing_key.expect("next").kid.as_str()]);
+    assert!(keys[0].current && !keys[1].current && keys[2].next);
+    // The key set the gateway serves (which it keeps up to 10 s) shows it long before it signs.
+    eventually("the promoted key in the published key set", || async {
+        let (_, _, body) = http_get(suite.http, &format!("/{tenant}/.well-known/jwks.json")).await.expect("get");
+        let published: JwkSet = serde_json::from_str(&body).expect("JWKS");
+        published.find(&promoted.kid).is_some()
+    })
+    .await;
     let login2 = app.authn.login(a.login("alice@fabrikam.example", STRONG, "")).await.expect("login").into_inner();
     let header = jsonwebtoken::decode_header(&login2.id_token).expect("header");
-    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    assert_eq!(header.kid.as_deref(), Some(kid.as_str()), "the current key signs until the new one activates");
+    // A second rotation while the first is pending says when to try again.
+    let err = admin
+        .signing_keys
+        .rotate_signing_key(authn::RotateSigningKeyRequest { tenant: tenant.into(), ..Default::default() })
+        .await
+        .expect_err("pending");
+    assert_eq!((err.code(), reason(&err).as_deref()), (Code::FailedPrecondition, Some("SIGNING_KEY_ROTATION_PENDING")));
     suite.stop().await.expect("stop");
 }
 
@@ -763,8 +788,8 @@ async fn deleting_a_tenant_leaves_nothing_for_a_namesake() {
     };
     eventually("the namesake's own signing key", || keys_of(&admin).map(|k| k.iter().all(|k| k.kid != old_kid))).await;
     let keys = keys_of(&admin).await;
-    assert_eq!(keys.len(), 1);
-    assert_ne!(keys[0].kid, old_kid, "the namesake does not inherit the deleted tenant's key");
+    assert_eq!(keys.len(), 2, "a current key and a next key");
+    assert!(keys.iter().all(|k| k.kid != old_kid), "the namesake does not inherit the deleted tenant's key");
     suite.stop().await.expect("stop");
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -1208,7 +1208,7 @@ impl OAuthApi {
         let header = jsonwebtoken::decode_header(hint).map_err(|_| bad())?;
         let kid = header.kid.ok_or_else(bad)?;
         let keys = self.authn.keys.keys(tenant).await?;
-        let set = tokens::jwks(&keys, SystemTime::now().max(UNIX_EPOCH), self.authn.keys.lifetimes().max());
+        let set = tokens::jwks(&keys, self.authn.keys.now(), self.authn.keys.published_after_retirement());
         let jwk = set.find(&kid).ok_or_else(bad)?;
         let alg = match jwk.common.key_algorithm {
             Some(jsonwebtoken::jwk::KeyAlgorithm::RS256) => jsonwebtoken::Algorithm::RS256,

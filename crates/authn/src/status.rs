@@ -26,7 +26,10 @@ impl From<StoreError> for Status {
 
 impl From<KeyError> for Status {
     fn from(e: KeyError) -> Self {
-        internal(&e)
+        match e {
+            KeyError::Settling => postern_common::error::unavailable("SIGNING_KEYS_SETTLING", e.to_string()),
+            e => internal(&e),
+        }
     }
 }
 

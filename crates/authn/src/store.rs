@@ -131,8 +131,55 @@ pub struct StoredKey {
     pub sealed_key: Vec<u8>,
     /// Creation, unix microseconds.
     pub create_time: i64,
-    /// Retirement, unix microseconds; `None` for the current key.
+    /// When it signs from, unix microseconds; `None` for the tenant's next key.
+    pub activate_time: Option<i64>,
+    /// When it stops signing, unix microseconds; `None` while no rotation replaced it.
     pub retire_time: Option<i64>,
+}
+
+/// What a rotation makes sign: the tenant's next key, or a new key that replaces it (the
+/// next key has another algorithm, or there is none).
+#[derive(Debug, Clone)]
+pub enum Promoted<'a> {
+    /// The next key, by id.
+    Next(&'a str),
+    /// A new key, inserted scheduled; the unscheduled next key (if any) is dropped, since
+    /// it never signed anything.
+    Replacement(&'a StoredKey),
+}
+
+/// Why a rotation was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationRefused {
+    /// A rotation already scheduled a key that does not sign yet; it signs from this time.
+    #[error("a rotation is already scheduled")]
+    Pending(i64),
+    /// The next key changed meanwhile (another rotation won).
+    #[error("the next key changed meanwhile")]
+    Raced,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for RotationRefused {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// The columns of a stored signing key.
+const KEY_COLUMNS: &str = "kid, alg, sealed_key, create_time, activate_time, retire_time";
+
+fn stored_key(r: &AnyRow) -> Result<StoredKey, StoreError> {
+    Ok(StoredKey {
+        kid: r.try_get("kid")?,
+        alg: r.try_get("alg")?,
+        sealed_key: r.try_get("sealed_key")?,
+        create_time: r.try_get("create_time")?,
+        activate_time: r.try_get("activate_time")?,
+        retire_time: r.try_get("retire_time")?,
+    })
 }
 
 /// The authenticator's store.
@@ -936,77 +983,99 @@ impl Store {
 
     /// Some stored key and its tenant, to check at start that the master key opens the keys.
     pub async fn any_signing_key(&self) -> Result<Option<(String, StoredKey)>, StoreError> {
-        let row =
-            sqlx::query("SELECT tenant, kid, alg, sealed_key, create_time, retire_time FROM signing_keys LIMIT 1")
-                .fetch_optional(self.db.pool())
-                .await?;
-        row.map(|r| {
-            Ok((
-                r.try_get("tenant")?,
-                StoredKey {
-                    kid: r.try_get("kid")?,
-                    alg: r.try_get("alg")?,
-                    sealed_key: r.try_get("sealed_key")?,
-                    create_time: r.try_get("create_time")?,
-                    retire_time: r.try_get("retire_time")?,
-                },
-            ))
-        })
-        .transpose()
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT tenant, {KEY_COLUMNS} FROM signing_keys LIMIT 1")))
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| Ok((r.try_get("tenant")?, stored_key(&r)?))).transpose()
     }
 
-    /// A tenant's keys, the current first, then the retired ones newest first.
+    /// A tenant's keys, newest first.
     pub async fn signing_keys(&self, tenant: &str) -> Result<Vec<StoredKey>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kid, alg, sealed_key, create_time, retire_time FROM signing_keys WHERE tenant = $1 \
-             ORDER BY CASE WHEN retire_time IS NULL THEN 0 ELSE 1 END, create_time DESC",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM signing_keys WHERE tenant = $1 ORDER BY create_time DESC"
+        )))
         .bind(tenant)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredKey {
-                    kid: r.try_get("kid")?,
-                    alg: r.try_get("alg")?,
-                    sealed_key: r.try_get("sealed_key")?,
-                    create_time: r.try_get("create_time")?,
-                    retire_time: r.try_get("retire_time")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_key).collect()
     }
 
-    /// Adds a new current key, retiring the current one (if any) at `now`, atomically.
-    /// With `only_if_none`, adds it only when the tenant has no current key
-    /// ([`StoreError::AlreadyExists`] otherwise: another replica made the first key).
-    pub async fn add_signing_key(
+    /// Adds keys to a tenant in one transaction: its first keys (a current key and its next
+    /// key), or a next key to a tenant whose keys predate next keys.
+    /// [`StoreError::AlreadyExists`] if the tenant has a next key already (another replica or
+    /// call made it meanwhile).
+    pub async fn add_signing_keys(&self, tenant: &str, keys: &[&StoredKey]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        for key in keys {
+            insert_key(&mut tx, tenant, key).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A rotation at `now`, atomically: `promoted` signs from `activate_at`, the key signing
+    /// until then retires at `activate_at`, and `next` becomes the tenant's next key.
+    /// Refused while an earlier rotation's key does not sign yet.
+    pub async fn rotate_signing_keys(
         &self,
         tenant: &str,
-        key: &StoredKey,
         now: i64,
-        only_if_none: bool,
-    ) -> Result<(), StoreError> {
+        activate_at: i64,
+        promoted: Promoted<'_>,
+        next: &StoredKey,
+    ) -> Result<(), RotationRefused> {
         let mut tx = self.db.begin_write().await?;
-        if !only_if_none {
-            sqlx::query("UPDATE signing_keys SET retire_time = $2 WHERE tenant = $1 AND retire_time IS NULL")
+        let pending: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(activate_time) FROM signing_keys WHERE tenant = $1 AND activate_time > $2")
                 .bind(tenant)
                 .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Some(at) = pending {
+            return Err(RotationRefused::Pending(at));
+        }
+        let promoted_kid = match promoted {
+            Promoted::Next(kid) => {
+                let done = sqlx::query(
+                    "UPDATE signing_keys SET activate_time = $3 WHERE tenant = $1 AND kid = $2 AND activate_time IS NULL",
+                )
+                .bind(tenant)
+                .bind(kid)
+                .bind(activate_at)
                 .execute(&mut *tx)
                 .await?;
-        }
+                if done.rows_affected() != 1 {
+                    return Err(RotationRefused::Raced);
+                }
+                kid
+            }
+            Promoted::Replacement(key) => {
+                sqlx::query("DELETE FROM signing_keys WHERE tenant = $1 AND activate_time IS NULL")
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_key(&mut tx, tenant, &StoredKey { activate_time: Some(activate_at), ..key.clone() })
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::AlreadyExists => RotationRefused::Raced,
+                        e => e.into(),
+                    })?;
+                key.kid.as_str()
+            }
+        };
         sqlx::query(
-            "INSERT INTO signing_keys (tenant, kid, alg, sealed_key, create_time, retire_time) \
-             VALUES ($1, $2, $3, $4, $5, NULL)",
+            "UPDATE signing_keys SET retire_time = $3 \
+             WHERE tenant = $1 AND kid <> $2 AND activate_time IS NOT NULL AND retire_time IS NULL",
         )
         .bind(tenant)
-        .bind(&key.kid)
-        .bind(&key.alg)
-        .bind(&key.sealed_key)
-        .bind(key.create_time)
+        .bind(promoted_kid)
+        .bind(activate_at)
         .execute(&mut *tx)
-        .await
-        .map_err(dup)?;
+        .await?;
+        insert_key(&mut tx, tenant, &StoredKey { activate_time: None, ..next.clone() }).await.map_err(|e| match e {
+            StoreError::AlreadyExists => RotationRefused::Raced,
+            e => e.into(),
+        })?;
         tx.commit().await?;
         Ok(())
     }
@@ -1133,6 +1202,29 @@ fn identity_from_row(r: &AnyRow) -> Result<Identity, StoreError> {
         external: r.try_get::<i64, _>("external")? != 0,
         password_hash: r.try_get("password_hash")?,
     })
+}
+
+/// Inserts a signing key; [`StoreError::AlreadyExists`] on a second next key.
+async fn insert_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &str,
+    key: &StoredKey,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO signing_keys (tenant, kid, alg, sealed_key, create_time, activate_time, retire_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(tenant)
+    .bind(&key.kid)
+    .bind(&key.alg)
+    .bind(&key.sealed_key)
+    .bind(key.create_time)
+    .bind(key.activate_time)
+    .bind(key.retire_time)
+    .execute(&mut **tx)
+    .await
+    .map_err(dup)?;
+    Ok(())
 }
 
 fn dup(e: sqlx::Error) -> StoreError {

@@ -144,7 +144,10 @@ pub struct SigningKey {
     pub alg: Algorithm,
     /// When the key was created.
     pub created: SystemTime,
-    /// When the key stopped signing; `None` for the current key.
+    /// When the key starts (or started) signing; `None` for a tenant's *next* key, which
+    /// is published ahead of any rotation and signs nothing until one schedules it.
+    pub activates: Option<SystemTime>,
+    /// When the key stops (or stopped) signing; `None` while no rotation has replaced it.
     pub retired_at: Option<SystemTime>,
     private_pkcs8: Vec<u8>,
     public_jwk: Jwk,
@@ -190,7 +193,7 @@ impl SigningKey {
         };
         let jwk = public_jwk(alg, &pkcs8)?;
         let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|_| Error::KeyGeneration)?;
-        Self::from_stored(kid, alg, pkcs8, now, None)
+        Self::from_stored(kid, alg, pkcs8, now, Some(now), None)
     }
 
     /// [`generate`](Self::generate) on the blocking pool, for async callers (rotation, a
@@ -206,6 +209,7 @@ impl SigningKey {
         alg: Algorithm,
         private_pkcs8: Vec<u8>,
         created: SystemTime,
+        activates: Option<SystemTime>,
         retired_at: Option<SystemTime>,
     ) -> Result<Self, Error> {
         let mut jwk = public_jwk(alg, &private_pkcs8)?;
@@ -218,7 +222,7 @@ impl SigningKey {
                 Ed25519KeyPair::from_pkcs8_maybe_unchecked(&private_pkcs8).map_err(|_| Error::MalformedKey(alg))?,
             )),
         };
-        Ok(SigningKey { kid, alg, created, retired_at, private_pkcs8, public_jwk: jwk, signer })
+        Ok(SigningKey { kid, alg, created, activates, retired_at, private_pkcs8, public_jwk: jwk, signer })
     }
 
     /// The private key as PKCS#8 DER: store it encrypted, never log it.
@@ -249,9 +253,27 @@ impl SigningKey {
         serde_json::to_string(&self.public_jwk).unwrap_or_default()
     }
 
-    /// Whether this key signs new tokens.
-    pub fn is_current(&self) -> bool {
-        self.retired_at.is_none()
+    /// Whether this key signs new tokens at `now`: activated, and not yet retired.
+    pub fn is_current(&self, now: SystemTime) -> bool {
+        self.activates.is_some_and(|t| t <= now) && self.retired_at.is_none_or(|t| now < t)
+    }
+
+    /// Whether this is the tenant's next key: published, signing nothing, until a rotation
+    /// schedules it.
+    pub fn is_next(&self) -> bool {
+        self.activates.is_none()
+    }
+
+    /// Whether a rotation has scheduled this key to sign from a time after `now`.
+    pub fn is_scheduled(&self, now: SystemTime) -> bool {
+        self.activates.is_some_and(|t| now < t)
+    }
+
+    /// The key as a *next* key: published, not signing.
+    #[must_use]
+    pub fn into_next(mut self) -> Self {
+        self.activates = None;
+        self
     }
 
     /// Stops the key signing from `now` on (rotation).
@@ -773,7 +795,7 @@ mod tests {
     #[tokio::test]
     async fn generate_off_the_runtime() {
         let key = SigningKey::generate_async(Algorithm::Rs256, SystemTime::now()).await.unwrap();
-        assert!(key.is_current());
+        assert!(key.is_current(SystemTime::now()));
         assert_eq!(key.alg, Algorithm::Rs256);
     }
 
@@ -988,9 +1010,15 @@ mod tests {
         for alg in both() {
             let now = SystemTime::now();
             let key = SigningKey::generate(alg, now).unwrap();
-            let stored =
-                SigningKey::from_stored(key.kid.clone(), alg, key.private_pkcs8_der().to_vec(), key.created, None)
-                    .unwrap();
+            let stored = SigningKey::from_stored(
+                key.kid.clone(),
+                alg,
+                key.private_pkcs8_der().to_vec(),
+                key.created,
+                Some(key.created),
+                None,
+            )
+            .unwrap();
             assert_eq!(stored.public_jwk(), key.public_jwk());
             let token = stored
                 .sign(&serde_json::json!({"iss": ISSUER, "aud": CLIENT, "sub": "u", "iat": 1, "exp": 9_999_999_999u64}))
@@ -1032,14 +1060,17 @@ mod tests {
             (Algorithm::EdDsa, vec![0x30, 0x82, 0xff]),
         ];
         for (alg, der) in cases {
-            assert!(matches!(SigningKey::from_stored("k".into(), alg, der, now, None), Err(Error::MalformedKey(_))));
+            assert!(matches!(
+                SigningKey::from_stored("k".into(), alg, der, now, Some(now), None),
+                Err(Error::MalformedKey(_))
+            ));
         }
         let der = rsa.private_pkcs8_der();
         for cut in [0, 1, 2, 5, 20, der.len() - 1] {
             let truncated = der[..cut].to_vec();
             assert!(
                 matches!(
-                    SigningKey::from_stored("k".into(), Algorithm::Rs256, truncated, now, None),
+                    SigningKey::from_stored("k".into(), Algorithm::Rs256, truncated, now, Some(now), None),
                     Err(Error::MalformedKey(_))
                 ),
                 "cut at {cut}"
@@ -1057,7 +1088,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(3600);
         old.retire(t1);
         let new = SigningKey::generate(Algorithm::EdDsa, t1).unwrap();
-        assert!(!old.is_current() && new.is_current());
+        assert!(!old.is_current(t1) && new.is_current(t1) && old.is_current(t1 - Duration::from_secs(1)));
         assert_eq!(old.expire_time(lifetime), Some(t1 + lifetime));
         assert_eq!(new.expire_time(lifetime), None);
 

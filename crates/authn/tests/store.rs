@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use postern_authn::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
 use postern_authn::domain::{Identity, Profile, ProfileSync, UserPatch};
-use postern_authn::store::{LoginUpdate, NewUser, Recorded, Store, StoreError, StoredKey};
+use postern_authn::store::{LoginUpdate, NewUser, Promoted, Recorded, RotationRefused, Store, StoreError, StoredKey};
 use postern_common::db::DbLocation;
 use postern_common::testing::TestDatabase;
 
@@ -344,22 +344,46 @@ async fn brute_force_failures_survive_a_restart() {
 #[tokio::test]
 async fn signing_keys() {
     for (store, backend) in stores("signing_keys").await {
-        let key = |kid: &str, at: i64| StoredKey {
+        let key = |kid: &str, at: i64, activate: Option<i64>| StoredKey {
             kid: kid.into(),
             alg: "RS256".into(),
             sealed_key: vec![1, 2, 3],
             create_time: at,
+            activate_time: activate,
             retire_time: None,
         };
-        store.add_signing_key("t1", &key("k1", 1), 1, true).await.unwrap();
-        assert!(matches!(store.add_signing_key("t1", &key("k2", 2), 2, true).await, Err(StoreError::AlreadyExists)));
-        store.add_signing_key("t1", &key("k3", 3), 3, false).await.unwrap();
+        // The first keys: a current one and a next one; a second next key is refused.
+        store.add_signing_keys("t1", &[&key("k1", 0, Some(0)), &key("n1", 1, None)]).await.unwrap();
+        assert!(matches!(store.add_signing_keys("t1", &[&key("n2", 2, None)]).await, Err(StoreError::AlreadyExists)));
+        // A rotation at 10 makes n1 sign from 81; a second one before then is refused.
+        store.rotate_signing_keys("t1", 10, 81, Promoted::Next("n1"), &key("n2", 10, None)).await.unwrap();
+        assert!(matches!(
+            store.rotate_signing_keys("t1", 20, 100, Promoted::Next("n2"), &key("n3", 20, None)).await,
+            Err(RotationRefused::Pending(81))
+        ));
         let keys = store.signing_keys("t1").await.unwrap();
-        let shown: Vec<(&str, Option<i64>)> = keys.iter().map(|k| (k.kid.as_str(), k.retire_time)).collect();
-        assert_eq!(shown, [("k3", None), ("k1", Some(3))]);
+        let shown: Vec<(&str, Option<i64>, Option<i64>)> =
+            keys.iter().map(|k| (k.kid.as_str(), k.activate_time, k.retire_time)).collect();
+        assert_eq!(shown, [("n2", None, None), ("n1", Some(81), None), ("k1", Some(0), Some(81))]);
+        // A rotation that names a next key another rotation took is refused as raced.
+        assert!(matches!(
+            store.rotate_signing_keys("t1", 90, 90, Promoted::Next("n1"), &key("n3", 90, None)).await,
+            Err(RotationRefused::Raced)
+        ));
+        // A replacement (another algorithm) drops the unscheduled next key, which signed nothing.
+        let ed = StoredKey { alg: "EdDSA".into(), ..key("e1", 100, None) };
+        store.rotate_signing_keys("t1", 100, 180, Promoted::Replacement(&ed), &key("e2", 100, None)).await.unwrap();
+        let keys = store.signing_keys("t1").await.unwrap();
+        let mut shown: Vec<(&str, Option<i64>, Option<i64>)> =
+            keys.iter().map(|k| (k.kid.as_str(), k.activate_time, k.retire_time)).collect();
+        shown.sort_unstable();
+        assert_eq!(
+            shown,
+            [("e1", Some(180), None), ("e2", None, None), ("k1", Some(0), Some(81)), ("n1", Some(81), Some(180))]
+        );
         assert!(store.signing_keys("t2").await.unwrap().is_empty());
-        store.prune_signing_keys("t1", 4).await.unwrap();
-        assert_eq!(store.signing_keys("t1").await.unwrap().len(), 1);
+        store.prune_signing_keys("t1", 82).await.unwrap();
+        assert_eq!(store.signing_keys("t1").await.unwrap().len(), 3);
         cleanup(store, backend).await;
     }
 }
@@ -385,9 +409,10 @@ async fn a_deleted_tenant_leaves_nothing() {
                 alg: "RS256".into(),
                 sealed_key: vec![1],
                 create_time: 1,
+                activate_time: Some(1),
                 retire_time: None,
             };
-            store.add_signing_key(t, &key, 1, true).await.unwrap();
+            store.add_signing_keys(t, &[&key]).await.unwrap();
         }
         assert_eq!(store.tenant_events_cursor().await.unwrap(), 0);
         let deleted_at = postern_common::time::now_micros();
@@ -397,9 +422,10 @@ async fn a_deleted_tenant_leaves_nothing() {
             alg: "EdDSA".into(),
             sealed_key: vec![2],
             create_time: deleted_at + 1,
+            activate_time: Some(deleted_at + 1),
             retire_time: None,
         };
-        store.add_signing_key("gone", &key, deleted_at + 1, false).await.unwrap();
+        store.add_signing_keys("gone", &[&key]).await.unwrap();
         assert!(store.apply_tenant_event(3, Some(("gone", deleted_at))).await.unwrap());
         assert!(!store.apply_tenant_event(3, Some(("gone", deleted_at))).await.unwrap(), "applied once");
         assert!(!store.apply_tenant_event(4, None).await.unwrap());

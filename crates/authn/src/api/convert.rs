@@ -63,7 +63,7 @@ pub fn login_to_pb(issued: tokens::Issued, user: &User) -> pb::LoginResponse {
 
 /// A signing key in the contract's terms; `max_lifetime` (the longest token lifetime)
 /// decides when a retired key expires.
-pub fn key_to_pb(k: &tokens::SigningKey, max_lifetime: std::time::Duration) -> pb::SigningKey {
+pub fn key_to_pb(k: &tokens::SigningKey, now: SystemTime, max_lifetime: std::time::Duration) -> pb::SigningKey {
     let ts = |t: SystemTime| {
         let micros = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
         to_timestamp(i64::try_from(micros).unwrap_or(i64::MAX))
@@ -75,9 +75,11 @@ pub fn key_to_pb(k: &tokens::SigningKey, max_lifetime: std::time::Duration) -> p
             Algorithm::EdDsa => pb::SigningAlgorithm::Eddsa as i32,
         },
         public_jwk: k.public_jwk_json(),
-        current: k.is_current(),
+        current: k.is_current(now),
         create_time: Some(ts(k.created)),
         retire_time: k.retired_at.map(ts),
         expire_time: k.expire_time(max_lifetime).map(ts),
+        activate_time: k.activates.map(ts),
+        next: k.is_next(),
     }
 }

@@ -48,7 +48,8 @@ impl AuthnApi {
     /// Handlers over `store`, calling the tenant service and the registry through `tenant`
     /// and `registry`. Starts following the registry's change stream.
     pub fn new(store: Store, tenant: Peer, registry: Peer, config: Config) -> Self {
-        let keys = Arc::new(KeyRing::new(store.clone(), config.master_key.clone(), config.lifetimes));
+        let keys =
+            Arc::new(KeyRing::new(store.clone(), config.master_key.clone(), config.lifetimes, config.clock.clone()));
         let client_checks = Arc::new(ClientChecks::new());
         tokio::spawn(crate::tenants::follow(
             store.clone(),
