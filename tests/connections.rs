@@ -587,7 +587,7 @@ async fn resolve_connection_is_refused_from_outside() {
     // Nor does the tenant service's log of deletions, which the registry follows.
     let mut events = admin
         .tenants
-        .watch_tenant_events(tpb::WatchTenantEventsRequest { after_sequence: 0 })
+        .watch_tenant_events(tpb::WatchTenantEventsRequest { after_sequence: 0, from_end: false })
         .await
         .expect_err("internal only");
     assert_eq!((events.code(), reason(&events).as_deref()), (Code::PermissionDenied, Some("INTERNAL_ONLY")));

@@ -248,8 +248,20 @@ impl AuthnApi {
 
     /// Checks that the tenant exists (the tenant service's answer).
     pub(crate) async fn tenant_exists(&self, tenant: &str) -> Result<(), Status> {
+        self.tenant_created(tenant).await.map(|_| ())
+    }
+
+    /// When the tenant named `tenant` now was created (unix microseconds), asked of the
+    /// tenant service itself, not of anything cached: this tells its users apart from those
+    /// of a deleted tenant of the same name that this service has not removed yet.
+    pub(crate) async fn tenant_created(&self, tenant: &str) -> Result<i64, Status> {
         match self.tenants.clone().get_tenant(tenant_pb::GetTenantRequest { name: tenant.to_owned() }).await {
-            Ok(_) => Ok(()),
+            Ok(t) => Ok(t
+                .into_inner()
+                .tenant
+                .and_then(|t| t.create_time)
+                .and_then(|t| postern_common::time::from_timestamp(&t))
+                .unwrap_or(0)),
             Err(s) if s.code() == Code::NotFound => {
                 Err(postern_common::error::not_found("TENANT_NOT_FOUND", format!("tenant {tenant:?} does not exist")))
             }

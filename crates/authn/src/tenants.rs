@@ -53,7 +53,7 @@ async fn follow_once(
 ) -> Result<(), String> {
     let after = store.tenant_events_cursor().await.map_err(|e| e.to_string())?;
     let mut stream = client
-        .watch_tenant_events(pb::WatchTenantEventsRequest { after_sequence: after })
+        .watch_tenant_events(pb::WatchTenantEventsRequest { after_sequence: after, from_end: false })
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
@@ -70,16 +70,23 @@ async fn follow_once(
                 // applying it again after a restart is harmless).
                 store.delete_client_grants(&event.tenant, &event.client_id).await.map_err(|e| e.to_string())?;
             }
-            Ok(pb::TenantEventType::TenantDeleted) => clients.forget_tenant(&event.tenant),
+            Ok(pb::TenantEventType::TenantDeleted) => {
+                clients.forget_tenant(&event.tenant);
+                // At once, before the (longer) removal of its rows below.
+                ring.tenant_deleting(&event.tenant);
+            }
             _ => {}
         }
         // What the deleted tenant made is older than its deletion; a later namesake's is not.
         let when = event.event_time.as_ref().and_then(postern_common::time::from_timestamp).unwrap_or(i64::MAX);
         let deleted =
             (event.event_type == pb::TenantEventType::TenantDeleted as i32).then_some((event.tenant.as_str(), when));
-        match store.apply_tenant_event(event.sequence, deleted).await {
+        let applied = store.apply_tenant_event(event.sequence, deleted).await;
+        if deleted.is_some() && applied.is_ok() {
+            ring.tenant_deleted(&event.tenant);
+        }
+        match applied {
             Ok(true) => {
-                ring.forget(&event.tenant);
                 tracing::info!(tenant = %event.tenant, "tenant deleted: removed its users, identities and signing keys");
             }
             Ok(false) => {}

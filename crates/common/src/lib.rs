@@ -4,6 +4,7 @@
 //! pieces of a gRPC server (reflection, health, tracing, shutdown).
 //!
 //! # Layout
+//! - [`coherence`]: caches of tenant data retired by the tenant event log.
 //! - [`connections`]: bounded connections (timeouts, a limit below the open-file limit).
 //! - [`db`]: one sqlx pool for both backends, migrations, write transactions.
 //! - [`error`]: `tonic::Status` with `ErrorInfo` and `BadRequest` field violations.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod coherence;
 pub mod connections;
 pub mod db;
 pub mod error;

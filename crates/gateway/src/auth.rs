@@ -1,11 +1,16 @@
 //! Authenticating callers: a bearer key is resolved to a [`Principal`] by the tenant
-//! service (which owns keys) and the answer is cached for a short while, so that a warm call
-//! costs the gateway a hash and a map lookup.
+//! service (which owns keys) and the answer is cached, so that a warm call costs the gateway
+//! a hash and a map lookup. A cached answer is used only while the tenant event log says
+//! nothing new about its tenant ([`Coherence`]): a revoked key, or a deleted tenant's key,
+//! stops working as soon as the event reaches this process, never after a time to live; and
+//! nothing is cached while the log is not followed. The time to live only bounds how long an
+//! unchanged answer is reused, and a key's own expiry is kept too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use postern_common::coherence::{Coherence, Stamp};
 use postern_common::principal::{InternalKey, Principal, SignLayer};
 use postern_common::scope::{Scope, Scopes};
 use postern_common::server::HttpService;
@@ -18,18 +23,31 @@ use tower::Layer;
 /// grow memory without bound).
 const MAX_CACHED: usize = 10_000;
 
+/// A remembered answer: the principal, until when it may be used, and its stamp.
+type Cached = (Principal, Instant, Stamp);
+
 /// Resolves bearer keys to principals, with a cache.
 pub struct KeyAuthenticator {
     tenant_service: HttpService,
     internal_key: InternalKey,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    coherence: Coherence,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+/// The tenant an answer is about, as [`Coherence`] names it (the admin key's is empty).
+fn tenant_of(p: &Principal) -> &str {
+    match p {
+        Principal::Tenant { tenant, .. } => tenant,
+        _ => "",
+    }
 }
 
 impl KeyAuthenticator {
-    /// Asks the tenant service behind `tenant_service`; keeps answers for `ttl`.
-    pub fn new(tenant_service: HttpService, internal_key: InternalKey, ttl: Duration) -> Self {
-        Self { tenant_service, internal_key, ttl, cache: Mutex::new(HashMap::new()) }
+    /// Asks the tenant service behind `tenant_service`; reuses answers for at most `ttl`,
+    /// and only while `coherence` keeps their stamp current.
+    pub fn new(tenant_service: HttpService, internal_key: InternalKey, ttl: Duration, coherence: Coherence) -> Self {
+        Self { tenant_service, internal_key, ttl, coherence, cache: Mutex::new(HashMap::new()) }
     }
 
     /// The principal a presented `authorization` header value stands for.
@@ -42,6 +60,8 @@ impl KeyAuthenticator {
         let svc = SignLayer::new(self.internal_key.clone(), Principal::Service("gateway".into()))
             .layer(self.tenant_service.clone());
         let mut client = ApiKeyServiceClient::new(svc);
+        // Before asking: an event that lands while the answer is on its way retires it.
+        let (changes, asked) = (self.coherence.changes(), Instant::now());
         let answer = client.authenticate_key(AuthenticateKeyRequest { key: key.to_owned() }).await.map_err(|s| {
             if s.code() == Code::Unauthenticated {
                 postern_common::error::unauthenticated(
@@ -68,19 +88,31 @@ impl KeyAuthenticator {
             };
             Principal::Tenant { tenant: answer.tenant, key_id: answer.key_id, scopes }
         };
-        if let Ok(mut cache) = self.cache.lock() {
+        let stamp = self.coherence.stamp(tenant_of(&principal)).filter(|_| self.coherence.changes() == changes);
+        let mut until = asked + self.ttl;
+        if let Some(expiry) = answer.expire_time.as_ref().and_then(postern_common::time::from_timestamp) {
+            let left = u64::try_from(expiry - postern_common::time::now_micros()).unwrap_or(0);
+            until = until.min(asked + Duration::from_micros(left));
+        }
+        if let Some(stamp) = stamp
+            && let Ok(mut cache) = self.cache.lock()
+        {
             if cache.len() >= MAX_CACHED {
                 cache.clear();
             }
-            cache.insert(digest, (principal.clone(), Instant::now()));
+            cache.insert(digest, (principal.clone(), until, stamp));
         }
         Ok(principal)
     }
 
     fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
-        let cache = self.cache.lock().ok()?;
-        let (p, at) = cache.get(digest)?;
-        (at.elapsed() < self.ttl).then(|| p.clone())
+        let mut cache = self.cache.lock().ok()?;
+        let (p, until, stamp) = cache.get(digest)?;
+        if Instant::now() < *until && self.coherence.current(tenant_of(p), *stamp) {
+            return Some(p.clone());
+        }
+        cache.remove(digest);
+        None
     }
 }
 

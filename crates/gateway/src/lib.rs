@@ -13,6 +13,7 @@
 //! # Layout
 //! - [`routing`]: the route table, backends, balancing, health tracking.
 //! - [`auth`]: bearer keys to principals, with a cache.
+//! - [`events`]: the tenant event log, which retires what the caches hold.
 //! - [`proxy`]: the forwarding path.
 //! - [`web`]: the HTTP port (`/healthz`, `/metrics`, and routes other crates add: the
 //!   OpenID provider of `postern-provider`).
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod events;
 pub mod proxy;
 pub mod routing;
 pub mod web;
@@ -61,6 +63,8 @@ pub struct Gateway {
     routes: RouteTable,
     proxy: proxy::Proxy,
     config: GatewayConfig,
+    tenant_service: postern_common::server::HttpService,
+    coherence: postern_common::coherence::Coherence,
 }
 
 /// A gateway that cannot start.
@@ -81,10 +85,13 @@ impl Gateway {
     /// A gateway over `routes`.
     pub fn new(routes: RouteTable, config: GatewayConfig) -> Result<Self, GatewayError> {
         let key_backend = routes.get(KEY_SERVICE).ok_or(GatewayError::NoKeyService)?.clone();
+        let tenant_service = postern_common::server::in_process(KeyBackend(key_backend));
+        let coherence = postern_common::coherence::Coherence::default();
         let auth = auth::KeyAuthenticator::new(
-            postern_common::server::in_process(KeyBackend(key_backend)),
+            tenant_service.clone(),
             config.internal_key.clone(),
             config.key_cache_ttl,
+            coherence.clone(),
         );
         let proxy = proxy::Proxy::new(
             routes.clone(),
@@ -93,7 +100,14 @@ impl Gateway {
             config.rate_limit,
             config.default_deadline,
         );
-        Ok(Self { routes, proxy, config })
+        Ok(Self { routes, proxy, config, tenant_service, coherence })
+    }
+
+    /// What this gateway's caches of tenant data consult, for others in the process that
+    /// cache tenant data too (the OpenID provider's documents): it is kept by the gateway's
+    /// follower of the tenant event log once [`serve`](Self::serve) runs.
+    pub fn coherence(&self) -> postern_common::coherence::Coherence {
+        self.coherence.clone()
     }
 
     /// The route table, e.g. to report health on the HTTP port.
@@ -110,6 +124,11 @@ impl Gateway {
         let (reporter, health) = tonic_health::server::health_reporter();
         let (v1, v1alpha) = postern_common::server::reflection(&self.routes.services())?;
         let watcher = tokio::spawn(self.routes.clone().watch_health(reporter, self.config.health_interval));
+        let follower = tokio::spawn(events::follow(
+            self.tenant_service.clone(),
+            self.config.internal_key.clone(),
+            self.coherence.clone(),
+        ));
         let router = tonic::service::Routes::new(health)
             .add_service(v1)
             .add_service(v1alpha)
@@ -126,6 +145,8 @@ impl Gateway {
             )
             .await;
         watcher.abort();
+        follower.abort();
+        self.coherence.set_live(false);
         result.map_err(|e| GatewayError::Serve(Box::new(e)))
     }
 }

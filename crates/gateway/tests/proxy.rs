@@ -53,6 +53,7 @@ impl pb::api_key_service_server::ApiKeyService for Keys {
             tenant: "t-one".into(),
             key_id: "key_1".into(),
             scopes: Vec::new(),
+            expire_time: None,
         }))
     }
 }

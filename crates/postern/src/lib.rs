@@ -525,6 +525,7 @@ where
         authn: std::sync::Arc::new(move || authn_backend.as_ref().and_then(|b| b.pick()).map(|e| e.service())),
         internal_key: internal_key_for_web,
         secure_cookies: settings.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+        coherence: gateway.coherence(),
     });
     let web = postern_gateway::web::router(gateway.routes().clone(), metrics).merge(provider);
     tracing::info!(grpc = %bound.grpc, http = ?bound.http, "gateway listening");

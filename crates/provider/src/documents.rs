@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use postern_common::coherence::Stamp;
 use postern_proto::authn::v1 as pb;
 use tonic::Code;
 
@@ -28,14 +29,19 @@ use crate::Provider;
 /// The longest the provider keeps a document, whatever max_age says.
 const MAX_CACHE: Duration = Duration::from_secs(10);
 
+/// How long after an event about a tenant its documents are not cached.
+const SETTLE: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Doc {
     Jwks,
     Discovery,
 }
 
-/// A cached document: when fetched, how long to keep it, the body, its max_age.
-type Cached = (Instant, Duration, String, u32);
+/// A cached document: when fetched, how long to keep it, the body, its max_age, and its
+/// stamp (it goes as soon as the tenant event log says something about its tenant: a
+/// deleted tenant's keys are never served for a later namesake).
+type Cached = (Instant, Duration, String, u32, Stamp);
 
 /// The documents fetched lately, per tenant.
 #[derive(Default)]
@@ -65,21 +71,31 @@ pub(crate) fn error(code: StatusCode, error: &str, description: &str) -> Respons
 
 async fn document(State(oidc): State<Arc<Provider>>, Path(tenant): Path<String>, doc: Doc) -> Response {
     let key = (tenant.clone(), doc);
+    let coherence = &oidc.config.coherence;
     let cached = oidc.documents.0.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
     let (body, max_age) = match cached {
-        Some((at, ttl, body, max_age)) if at.elapsed() < ttl => (body, max_age),
-        _ => match fetch(&oidc, &tenant, doc).await {
-            Ok((body, max_age)) => {
-                let ttl = Duration::from_secs(u64::from(max_age)).min(MAX_CACHE);
-                let mut cache = oidc.documents.0.lock().unwrap_or_else(PoisonError::into_inner);
-                if cache.len() > 10_000 {
-                    cache.clear();
+        Some((at, ttl, body, max_age, stamp)) if at.elapsed() < ttl && coherence.current(&tenant, stamp) => {
+            (body, max_age)
+        }
+        _ => {
+            // Not cached in the moments after an event about the tenant: the authenticator
+            // hears the same event a little later and may still answer what it replaces.
+            let stamp = coherence.stamp(&tenant).filter(|_| coherence.settled(&tenant, SETTLE));
+            match fetch(&oidc, &tenant, doc).await {
+                Ok((body, max_age)) => {
+                    if let Some(stamp) = stamp {
+                        let ttl = Duration::from_secs(u64::from(max_age)).min(MAX_CACHE);
+                        let mut cache = oidc.documents.0.lock().unwrap_or_else(PoisonError::into_inner);
+                        if cache.len() > 10_000 {
+                            cache.clear();
+                        }
+                        cache.insert(key, (Instant::now(), ttl, body.clone(), max_age, stamp));
+                    }
+                    (body, max_age)
                 }
-                cache.insert(key, (Instant::now(), ttl, body.clone(), max_age));
-                (body, max_age)
+                Err(response) => return response,
             }
-            Err(response) => return response,
-        },
+        }
     };
     (
         StatusCode::OK,

@@ -45,6 +45,10 @@ pub struct ProviderConfig {
     pub internal_key: InternalKey,
     /// Whether the public URL is `https`: cookies are then `Secure`.
     pub secure_cookies: bool,
+    /// Retires the cached documents of a tenant when the tenant event log says it changed
+    /// (the gateway's [`Coherence`](postern_common::coherence::Coherence)); nothing is cached
+    /// while it is not live.
+    pub coherence: postern_common::coherence::Coherence,
 }
 
 type Signed = SignService<HttpService>;

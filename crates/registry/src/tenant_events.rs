@@ -58,7 +58,8 @@ async fn follow_once(
 ) -> Result<(), String> {
     let after = api.store.tenant_events_cursor().await.map_err(|e| e.to_string())?;
     let mut client = tenant_pb::tenant_service_client::TenantServiceClient::new(tenant);
-    let call = client.watch_tenant_events(tenant_pb::WatchTenantEventsRequest { after_sequence: after });
+    let call =
+        client.watch_tenant_events(tenant_pb::WatchTenantEventsRequest { after_sequence: after, from_end: false });
     let mut stream = tokio::select! {
         r = call => r.map_err(|s| format!("{}: {}", s.code(), s.message()))?.into_inner(),
         () = crate::watch::closed(closing) => return Ok(()),
@@ -113,8 +114,10 @@ async fn apply(api: &RegistryApi, event: tenant_pb::WatchTenantEventsResponse) -
                 });
             }
         }
-        // The registry keeps nothing about a client beyond its enablements.
-        Ok(tenant_pb::TenantEventType::ClientChanged) => api.store.skip_tenant_event(event.sequence).await?,
+        // The registry keeps nothing about a client beyond its enablements, nor about keys.
+        Ok(tenant_pb::TenantEventType::ClientChanged | tenant_pb::TenantEventType::ApiKeyRevoked) => {
+            api.store.skip_tenant_event(event.sequence).await?
+        }
         _ => {
             tracing::warn!(sequence = event.sequence, kind = event.event_type, "skipping an unknown tenant event");
             api.store.skip_tenant_event(event.sequence).await?;

@@ -191,7 +191,8 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         req: Request<pb::WatchTenantEventsRequest>,
     ) -> Result<Response<Self::WatchTenantEventsStream>, Status> {
         principal(&req)?.require_internal()?;
-        let after = req.into_inner().after_sequence;
+        let req = req.into_inner();
+        let after = if req.from_end { self.store.last_event_sequence().await? } else { req.after_sequence };
         if after < 0 {
             return Err(invalid_field("after_sequence", "must be 0 or the sequence of an event"));
         }
@@ -234,12 +235,14 @@ async fn follow_events(
                 EventType::TenantDeleted => pb::TenantEventType::TenantDeleted,
                 EventType::ClientDeleted => pb::TenantEventType::ClientDeleted,
                 EventType::ClientChanged => pb::TenantEventType::ClientChanged,
+                EventType::ApiKeyRevoked => pb::TenantEventType::ApiKeyRevoked,
             };
             let msg = pb::WatchTenantEventsResponse {
                 sequence: e.sequence,
                 event_type: event_type as i32,
                 tenant: e.tenant,
                 client_id: e.client_id,
+                api_key_id: e.api_key_id,
                 event_time: Some(postern_common::time::to_timestamp(e.event_time)),
                 tenant_create_time: Some(postern_common::time::to_timestamp(e.tenant_create_time)),
             };
@@ -511,14 +514,25 @@ impl pb::api_key_service_server::ApiKeyService for TenantApi {
                 tenant: String::new(),
                 key_id: "admin".into(),
                 scopes: Vec::new(),
+                expire_time: None,
             }));
         }
-        let (tenant, key_id, scopes) = self.store.find_api_key(&hash).await?.ok_or_else(invalid)?;
+        let found = self.store.find_api_key(&hash).await?.ok_or_else(invalid)?;
         // An empty list means every scope, so a key left with none is no key.
-        if scopes == Scopes::none() {
+        if found.scopes == Scopes::none() {
             return Err(invalid());
         }
-        let scopes = if scopes.is_full() { Vec::new() } else { scopes.iter().map(|s| s.to_proto() as i32).collect() };
-        Ok(Response::new(pb::AuthenticateKeyResponse { admin: false, tenant, key_id, scopes }))
+        let scopes = if found.scopes.is_full() {
+            Vec::new()
+        } else {
+            found.scopes.iter().map(|s| s.to_proto() as i32).collect()
+        };
+        Ok(Response::new(pb::AuthenticateKeyResponse {
+            admin: false,
+            tenant: found.tenant,
+            key_id: found.key_id,
+            scopes,
+            expire_time: found.expire_time.map(postern_common::time::to_timestamp),
+        }))
     }
 }

@@ -48,6 +48,8 @@ pub enum EventType {
     /// A client was updated or its secret rotated: what others remember of it (a secret
     /// they saw verified) no longer holds.
     ClientChanged = 3,
+    /// An API key was revoked.
+    ApiKeyRevoked = 4,
 }
 
 /// One entry of the durable event log that other services follow.
@@ -62,11 +64,26 @@ pub struct Event {
     /// The client concerned, for [`EventType::ClientDeleted`] and
     /// [`EventType::ClientChanged`]; empty otherwise.
     pub client_id: String,
+    /// The API key concerned, for [`EventType::ApiKeyRevoked`]; empty otherwise.
+    pub api_key_id: String,
     /// When, unix microseconds.
     pub event_time: i64,
     /// The create time of the tenant concerned (unix microseconds): tells a deleted tenant
     /// apart from a later one of the same name.
     pub tenant_create_time: i64,
+}
+
+/// An API key found by its hash.
+#[derive(Debug, Clone)]
+pub struct FoundKey {
+    /// The tenant it reaches.
+    pub tenant: String,
+    /// Its id.
+    pub key_id: String,
+    /// Its scopes.
+    pub scopes: Scopes,
+    /// When it expires (unix microseconds), if ever.
+    pub expire_time: Option<i64>,
 }
 
 const CLIENT_COLUMNS: &str = "c.client_id, t.name AS tenant, c.name, c.app_type, c.callbacks, \
@@ -103,8 +120,8 @@ impl Store {
     /// Up to `limit` events after sequence `after`, in order.
     pub async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT sequence, event_type, tenant, client_id, event_time, tenant_create_time FROM events \
-             WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+            "SELECT sequence, event_type, tenant, client_id, api_key_id, event_time, tenant_create_time \
+             FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
         )
         .bind(after)
         .bind(limit as i64)
@@ -117,6 +134,7 @@ impl Store {
                     1 => EventType::TenantDeleted,
                     2 => EventType::ClientDeleted,
                     3 => EventType::ClientChanged,
+                    4 => EventType::ApiKeyRevoked,
                     k => return Err(sqlx::Error::Decode(format!("unknown event type {k} in store").into()).into()),
                 };
                 Ok(Event {
@@ -124,11 +142,19 @@ impl Store {
                     event_type,
                     tenant: r.try_get("tenant")?,
                     client_id: r.try_get("client_id")?,
+                    api_key_id: r.try_get("api_key_id")?,
                     event_time: r.try_get("event_time")?,
                     tenant_create_time: r.try_get("tenant_create_time")?,
                 })
             })
             .collect()
+    }
+
+    /// The sequence of the last event committed; 0 for an empty log.
+    pub async fn last_event_sequence(&self) -> Result<i64, StoreError> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(sequence) FROM events").fetch_one(self.db.pool()).await?;
+        Ok(last.unwrap_or(0))
     }
 
     /// Appends an event in `tx`, the transaction of the change it records. On PostgreSQL the
@@ -140,18 +166,21 @@ impl Store {
         event_type: EventType,
         tenant: &str,
         tenant_create_time: i64,
-        client_id: &str,
+        subject: &str,
     ) -> Result<(), sqlx::Error> {
         if self.db.backend() == Backend::Postgres {
             sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut **tx).await?;
         }
+        let (client_id, api_key_id) =
+            if event_type == EventType::ApiKeyRevoked { ("", subject) } else { (subject, "") };
         sqlx::query(
-            "INSERT INTO events (event_type, tenant, client_id, event_time, tenant_create_time) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO events (event_type, tenant, client_id, api_key_id, event_time, tenant_create_time) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(event_type as i64)
         .bind(tenant)
         .bind(client_id)
+        .bind(api_key_id)
         .bind(now_micros())
         .bind(tenant_create_time)
         .execute(&mut **tx)
@@ -494,28 +523,46 @@ impl Store {
             .collect()
     }
 
-    /// Deletes a key of `tenant`; whether it existed.
+    /// Deletes a key of `tenant`, recording it in the event log; whether it existed.
     pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("DELETE FROM api_keys WHERE id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1)")
-                .bind(tenant)
-                .bind(id)
-                .execute(self.db.writer())
-                .await?;
-        Ok(done.rows_affected() > 0)
+        let mut tx = self.db.begin_write().await?;
+        let row = sqlx::query(
+            "DELETE FROM api_keys WHERE id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1) \
+             RETURNING (SELECT create_time FROM tenants WHERE name = $1) AS tenant_create_time",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let tenant_create_time: i64 = row.try_get("tenant_create_time")?;
+        self.append_event(&mut tx, EventType::ApiKeyRevoked, tenant, tenant_create_time, id).await?;
+        tx.commit().await?;
+        self.events_committed();
+        Ok(true)
     }
 
-    /// The tenant, key id and scopes of the API key with this hash, unless expired.
-    pub async fn find_api_key(&self, key_hash: &[u8]) -> Result<Option<(String, String, Scopes)>, StoreError> {
+    /// The API key with this hash, unless expired.
+    pub async fn find_api_key(&self, key_hash: &[u8]) -> Result<Option<FoundKey>, StoreError> {
         let row = sqlx::query(
-            "SELECT k.id, t.name, k.scopes FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+            "SELECT k.id, t.name, k.scopes, k.expire_time FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.key_hash = $1 AND (k.expire_time IS NULL OR k.expire_time > $2)",
         )
         .bind(key_hash)
         .bind(now_micros())
         .fetch_optional(self.db.pool())
         .await?;
-        row.map(|r| Ok((r.try_get("name")?, r.try_get("id")?, stored_scopes(r.try_get("scopes")?)))).transpose()
+        row.map(|r| {
+            Ok(FoundKey {
+                tenant: r.try_get("name")?,
+                key_id: r.try_get("id")?,
+                scopes: stored_scopes(r.try_get("scopes")?),
+                expire_time: r.try_get("expire_time")?,
+            })
+        })
+        .transpose()
     }
 
     /// The hash of the admin key, if one was set.

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use postern_common::error::{Violations, internal, invalid_field, not_found};
+use postern_common::error::{Violations, failed_precondition, internal, invalid_field, not_found};
 use postern_common::principal::{Principal, principal};
 use postern_proto::authn::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::AuthnApi;
 use super::convert::key_to_pb;
+use crate::keys::{KeyError, PUBLISH_LEAD};
 use crate::login::claims_of;
 use crate::status::{invalid_access_token, jwt_refusal};
 use crate::tokens::{self, Algorithm, ProfileClaims};
@@ -20,15 +21,37 @@ use crate::validate::{check_tenant, tenant_only};
 const DOCUMENT_MAX_AGE_SECS: i32 = 60;
 
 impl AuthnApi {
-    /// The tenant's published keys, making its first key when it has none (and exists).
+    /// The tenant's published keys, making its first keys when it has none (and exists),
+    /// and a next key when its keys predate next keys.
     async fn published_keys(&self, tenant: &str) -> Result<Arc<Vec<tokens::SigningKey>>, Status> {
         let keys = self.keys.keys(tenant).await?;
-        if keys.iter().any(|k| k.is_current()) {
+        if keys.iter().any(tokens::SigningKey::is_next) {
             return Ok(keys);
         }
         self.tenant_exists(tenant).await?;
         self.keys.current(tenant).await?;
+        self.keys.ensure_next(tenant).await?;
         Ok(self.keys.keys(tenant).await?)
+    }
+
+    /// The keys as the contract shows them: current, scheduled, next, then retired.
+    fn keys_to_pb(&self, keys: &[tokens::SigningKey]) -> Vec<pb::SigningKey> {
+        let now = self.keys.now();
+        let max = self.keys.published_after_retirement();
+        let rank = |k: &tokens::SigningKey| {
+            if k.is_current(now) {
+                0
+            } else if k.is_scheduled(now) {
+                1
+            } else if k.is_next() {
+                2
+            } else {
+                3
+            }
+        };
+        let mut keys: Vec<&tokens::SigningKey> = keys.iter().collect();
+        keys.sort_by_key(|k| (rank(k), std::cmp::Reverse(k.created)));
+        keys.into_iter().map(|k| key_to_pb(k, now, max)).collect()
     }
 }
 
@@ -42,10 +65,7 @@ impl pb::signing_key_service_server::SigningKeyService for AuthnApi {
         let req = req.into_inner();
         tenant_only(&p, &req.tenant)?;
         let keys = self.published_keys(&req.tenant).await?;
-        let max = self.keys.lifetimes().max();
-        Ok(Response::new(pb::ListSigningKeysResponse {
-            signing_keys: keys.iter().map(|k| key_to_pb(k, max)).collect(),
-        }))
+        Ok(Response::new(pb::ListSigningKeysResponse { signing_keys: self.keys_to_pb(&keys) }))
     }
 
     async fn rotate_signing_key(
@@ -66,12 +86,25 @@ impl pb::signing_key_service_server::SigningKeyService for AuthnApi {
             }
         };
         self.tenant_exists(&req.tenant).await?;
-        let (new, retired) = self.keys.rotate(&req.tenant, alg).await?;
-        let max = self.keys.lifetimes().max();
-        tracing::info!(tenant = %req.tenant, kid = %new.kid, alg = %new.alg, "signing key rotated");
+        let rotation = self.keys.rotate(&req.tenant, alg).await.map_err(|e| match e {
+            KeyError::RotationPending(at) => failed_precondition(
+                "SIGNING_KEY_ROTATION_PENDING",
+                format!(
+                    "an earlier rotation's key signs from {}, once it has been published for {} s; rotate again after then",
+                    humantime_utc(at),
+                    PUBLISH_LEAD.as_secs()
+                ),
+            ),
+            e => e.into(),
+        })?;
+        let now = self.keys.now();
+        let max = self.keys.published_after_retirement();
+        let activates = rotation.promoted.activates.map(humantime_utc).unwrap_or_default();
+        tracing::info!(tenant = %req.tenant, kid = %rotation.promoted.kid, alg = %rotation.promoted.alg, activates = %activates, "signing key rotated");
         Ok(Response::new(pb::RotateSigningKeyResponse {
-            signing_key: Some(key_to_pb(&new, max)),
-            retired_signing_key: retired.as_ref().map(|k| key_to_pb(k, max)),
+            signing_key: Some(key_to_pb(&rotation.promoted, now, max)),
+            retired_signing_key: rotation.retired.as_ref().map(|k| key_to_pb(k, now, max)),
+            next_signing_key: Some(key_to_pb(&rotation.next, now, max)),
         }))
     }
 
@@ -81,7 +114,7 @@ impl pb::signing_key_service_server::SigningKeyService for AuthnApi {
         let tenant = req.into_inner().tenant;
         tenant_only(&Principal::Admin, &tenant)?;
         let keys = self.published_keys(&tenant).await?;
-        let json = tokens::jwks_json(&keys, SystemTime::now(), self.keys.lifetimes().max());
+        let json = tokens::jwks_json(&keys, self.keys.now(), self.keys.published_after_retirement());
         Ok(Response::new(pb::GetJwksResponse { jwks_json: json, max_age_seconds: DOCUMENT_MAX_AGE_SECS }))
     }
 
@@ -112,11 +145,27 @@ impl pb::signing_key_service_server::SigningKeyService for AuthnApi {
         check_tenant(&mut v, "tenant", &req.tenant);
         v.into_result()?;
         let (user_id, scope) = self.access_token_subject(&req.tenant, &req.access_token).await?;
+        // The tenant as it is now, asked of its owner (this service removes a deleted
+        // tenant's users a moment after the deletion is acknowledged): a deleted tenant's
+        // tokens serve nothing, nor does a user left over from it serve a later tenant of
+        // the same name.
+        let created = match self.tenant_created(&req.tenant).await {
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(invalid_access_token(format!("tenant {:?} no longer exists", req.tenant)));
+            }
+            other => other?,
+        };
         let user = self
             .store
             .get_user(&req.tenant, &user_id)
             .await?
             .ok_or_else(|| not_found("USER_NOT_FOUND", "the access token's user no longer exists"))?;
+        if user.create_time < created {
+            return Err(invalid_access_token(format!(
+                "the access token's user belongs to an earlier tenant named {:?}, since deleted",
+                req.tenant
+            )));
+        }
         if user.blocked {
             // As at login: a blocked user's tokens serve nothing until the block is lifted.
             return Err(invalid_access_token("the access token's user is blocked"));
@@ -139,7 +188,8 @@ impl AuthnApi {
     /// Checks an access token presented at `tenant`'s userinfo endpoint and answers its
     /// subject and scope: an opaque token must open under the master key for this tenant,
     /// a JWT must verify against the tenant's key set with the tenant's issuer and the
-    /// userinfo endpoint among its audiences. Both must be unexpired.
+    /// userinfo endpoint among its audiences. Both must be unexpired. Answers the subject
+    /// and the scope.
     async fn access_token_subject(&self, tenant: &str, token: &str) -> Result<(String, String), Status> {
         let token = token.trim();
         if token.is_empty() {
@@ -169,9 +219,16 @@ impl AuthnApi {
         let audience = tokens::userinfo_endpoint(&issuer);
         // The published keys only: checking a token never creates a tenant's first key.
         let keys = self.keys.keys(tenant).await?;
-        let set = tokens::jwks(&keys, SystemTime::now(), self.keys.lifetimes().max());
+        let set = tokens::jwks(&keys, self.keys.now(), self.keys.published_after_retirement());
         let claims: tokens::AccessTokenClaims =
             tokens::verify(token, &set, &issuer, &audience).map_err(|e| jwt_refusal(tenant, &audience, &e))?;
         Ok((claims.sub, claims.scope))
     }
+}
+
+/// A time as RFC 3339 UTC, to the second.
+fn humantime_utc(t: SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let ts = prost_types::Timestamp { seconds: i64::try_from(secs).unwrap_or(i64::MAX), nanos: 0 };
+    ts.to_string()
 }

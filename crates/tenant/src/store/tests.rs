@@ -99,7 +99,7 @@ async fn api_key_scopes_are_kept_and_older_keys_have_them_all() {
         .unwrap();
         let found = |hash: &'static [u8]| {
             let store = store.clone();
-            async move { store.find_api_key(hash).await.unwrap().map(|(_, _, scopes)| scopes) }
+            async move { store.find_api_key(hash).await.unwrap().map(|k| k.scopes) }
         };
         assert_eq!(found(b"narrow").await, Some(narrow));
         assert_eq!(found(b"full").await, Some(Scopes::full()));
