@@ -610,3 +610,221 @@ async fn login_inputs_are_validated_on_postgres() {
     login_inputs_are_validated_on(Some(db.url.clone())).await;
     db.drop_db().await.expect("drop");
 }
+
+/// `/healthz` and the gRPC health check both answered, as a probe that retries gets them:
+/// each within 10 s (room is made by closing a connection busy for longer than the long-call
+/// time, so a newcomer may be turned away until one is).
+async fn health_answers_retrying(all: &Process) {
+    let http = all.http.expect("http");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = String::new();
+    loop {
+        assert!(std::time::Instant::now() < deadline, "/healthz not answered within 10 s: {last}");
+        match postern_testkit::http_get(http, "/healthz").await {
+            Ok((200, _, _)) => break,
+            Ok((code, _, body)) => last = format!("{code} {body}"),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    loop {
+        assert!(std::time::Instant::now() < deadline, "gRPC health not answered within 10 s: {last}");
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel(all.grpc).await);
+        match health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await {
+            Ok(r) => {
+                let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+                assert_eq!(r.into_inner().status, serving);
+                break;
+            }
+            Err(e) => last = format!("{e:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A real call served within 10 s, retried while it answers UNAVAILABLE (its connection
+/// turned away or closed to make room).
+async fn served<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) if e.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    }
+}
+
+/// A request body that sends `first` and then nothing more, ever: the slowest client there is.
+struct StalledBody {
+    first: Option<prost::bytes::Bytes>,
+}
+
+impl http_body::Body for StalledBody {
+    type Data = prost::bytes::Bytes;
+    type Error = tonic::Status;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.first.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// A `GetTenant` whose message announces 100 bytes and sends 2 of them, on a connection of
+/// its own; resolves when the server has answered it (or ended its stream).
+async fn stalled_grpc_call(grpc: std::net::SocketAddr) -> Result<http::Response<tonic::body::Body>, String> {
+    use tower::Service;
+    let mut ch = channel(grpc).await;
+    tower::ServiceExt::<http::Request<tonic::body::Body>>::ready(&mut ch).await.map_err(|e| e.to_string())?;
+    let body = StalledBody { first: Some(prost::bytes::Bytes::from_static(&[0, 0, 0, 0, 100, 0x0a, 0x10])) };
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/postern.tenant.v1.TenantService/GetTenant")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", postern_testkit::ADMIN_KEY))
+        .body(tonic::body::Body::new(body))
+        .map_err(|e| e.to_string())?;
+    ch.call(req).await.map_err(|e| e.to_string())
+}
+
+/// A raw TCP connection to `addr` with a receive buffer as small as the system allows.
+async fn tiny_window(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(1024).expect("SO_RCVBUF");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Issue 10 (exhaustion): open streams and slow clients against a low file limit. Under an
+/// open-file limit of 256 (room for about 96 connections): 150 `WatchConnections` streams on
+/// connections of their own, 256 streams (the per-connection limit) on one connection, 40
+/// gRPC calls and 40 HTTP requests whose bodies stall after a byte or two, 40 gRPC clients
+/// with a 16-byte receive window that never get their `GetJwks` answer, and 40 HTTP/1.1
+/// clients that pipeline JWKS requests and never read. Through all of it `/healthz` and gRPC
+/// health answer, real calls are served, stalled calls end at the call deadline, and SIGTERM
+/// stops the server within its drain.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_streams_and_slow_clients_exhaust_nothing() {
+    use postern_proto::authn::v1 as authn;
+    use postern_proto::connections::v1 as conn;
+    use tokio::io::AsyncWriteExt;
+    postern_common::connections::raise_file_limit();
+    let temp = tempfile::tempdir().expect("tempdir");
+    let all = start_all_with(
+        "ulimit -n 256",
+        temp.path(),
+        &[("POSTERN_CALL_TIMEOUT_MS", "3000"), ("POSTERN_LONG_CALL_MS", "2000")],
+    );
+    let http = all.http.expect("http");
+    let mut admin = Clients::new(channel(all.grpc).await, postern_testkit::ADMIN_KEY);
+    admin.create_tenant("fabrikam-internal").await.expect("tenant");
+    let watch = |tenant: &str| conn::WatchConnectionsRequest { tenant: tenant.into() };
+
+    // Streams held open, each on a connection of its own; past the connection limit the
+    // server makes room as it must (a newcomer or an old stream may be refused or cut).
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for _ in 0..150 {
+        let mut c = Clients::new(channel(all.grpc).await, postern_testkit::ADMIN_KEY);
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            c.connections.watch_connections(watch("fabrikam-internal")),
+        )
+        .await
+        {
+            Ok(Ok(s)) => streams.push(s.into_inner()),
+            Ok(Err(_)) => refused += 1,
+            Err(_) => panic!("opening a stream neither succeeded nor failed within 10 s"),
+        }
+    }
+    eprintln!("{} streams open on their own connections, {refused} refused", streams.len());
+    health_answers_retrying(&all).await;
+
+    // The per-connection limit of concurrent streams, all on one connection.
+    let one = Clients::new(channel(all.grpc).await, postern_testkit::ADMIN_KEY);
+    let mut many = Vec::new();
+    for _ in 0..256 {
+        let mut c = one.clone();
+        many.push(tokio::spawn(async move {
+            c.connections.watch_connections(conn::WatchConnectionsRequest { tenant: "fabrikam-internal".into() }).await
+        }));
+    }
+    let mut on_one = Vec::new();
+    for h in many {
+        if let Ok(Ok(Ok(s))) = tokio::time::timeout(std::time::Duration::from_secs(20), h).await {
+            on_one.push(s.into_inner());
+        }
+    }
+    eprintln!("{} streams open on one connection", on_one.len());
+    health_answers_retrying(&all).await;
+
+    // Slow bodies: gRPC messages and HTTP request bodies that stall.
+    let stalled: Vec<_> = (0..40).map(|_| tokio::spawn(stalled_grpc_call(all.grpc))).collect();
+    let mut slow_http = Vec::new();
+    for _ in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(http).await.expect("connect");
+        let head = format!(
+            "POST /fabrikam-internal/oauth/token HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ng"
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        slow_http.push(s);
+    }
+    // Clients that never read: a gRPC window of 16 bytes, and HTTP/1.1 pipelines.
+    let mut non_readers = Vec::new();
+    for _ in 0..40 {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", all.grpc))
+            .expect("endpoint")
+            .initial_stream_window_size(Some(16))
+            .initial_connection_window_size(Some(16));
+        let mut c = Clients::new(endpoint.connect_lazy(), postern_testkit::ADMIN_KEY);
+        non_readers.push(tokio::spawn(async move {
+            c.signing_keys.get_jwks(authn::GetJwksRequest { tenant: "fabrikam-internal".into() }).await
+        }));
+    }
+    let mut pipelines = Vec::new();
+    for _ in 0..40 {
+        let mut s = tiny_window(http).await;
+        let get = format!("GET /fabrikam-internal/.well-known/jwks.json HTTP/1.1\r\nHost: {http}\r\n\r\n");
+        pipelines.push(tokio::spawn(async move {
+            for _ in 0..2_000 {
+                if s.write_all(get.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            s
+        }));
+    }
+    health_answers_retrying(&all).await;
+    served("a real call", || {
+        let mut admin = admin.clone();
+        async move { admin.create_client("fabrikam-internal", "Fabrikam Employee Timesheets").await }
+    })
+    .await;
+
+    // The stalled gRPC calls end at the call deadline (3 s) instead of holding on.
+    for h in stalled {
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(20), h).await;
+        assert!(answer.is_ok(), "a call whose body stalled was still open after 20 s");
+    }
+    health_answers_retrying(&all).await;
+    let fresh = Clients::new(channel(all.grpc).await, postern_testkit::ADMIN_KEY);
+    served("a real call on a new connection", || {
+        let mut fresh = fresh.clone();
+        async move { fresh.create_client("fabrikam-internal", "Fabrikam Customer Portal").await }
+    })
+    .await;
+
+    // SIGTERM with all of it still open: a clean stop within the kit's 10 s.
+    assert!(all.terminate().expect("postern stops within 10 s of SIGTERM"), "stopped cleanly");
+    drop((streams, on_one, slow_http, non_readers, pipelines));
+}

@@ -13,6 +13,11 @@
 //!
 //! Run it in release mode: `cargo run --release -p postern-bench` (`--help` for options;
 //! `--only gateway` runs one section).
+//!
+//! `--soak [--minutes N]` runs the soak instead (see [`soak`]): N minutes (default 10) of
+//! mixed traffic against a `postern serve` it starts (the `postern` binary built beside this
+//! one: `cargo build --release -p postern -p postern-bench`), printing calls, errors and the
+//! server's RSS over time; it exits non-zero on any error.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +26,7 @@ mod gateway;
 mod ldap;
 mod oauth;
 mod registry;
+mod soak;
 mod stats;
 
 use clap::Parser;
@@ -38,6 +44,19 @@ pub struct Args {
     /// Concurrent callers.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Run the soak (mixed traffic against a real `postern serve`) instead of the sections.
+    #[arg(long)]
+    soak: bool,
+    /// Minutes the soak runs.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// The soak's traffic: `mixed`, or `hostile` (hostile inputs alone, a new connection per
+    /// call: to watch memory under the probe of issue 10).
+    #[arg(long, default_value = "mixed")]
+    mix: String,
+    /// The `postern` binary the soak starts (default: the one beside this program).
+    #[arg(long)]
+    postern: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -49,6 +68,13 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.soak {
+        let clean = soak::run(args.minutes, args.concurrency, args.postern.clone(), args.mix == "hostile").await?;
+        if !clean {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     println!(
         "postern-bench: {} s per measurement, {} concurrent callers, {} cores",
         args.seconds,

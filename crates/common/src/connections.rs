@@ -11,11 +11,15 @@
 //!   streaming call is in flight, so it is not idle);
 //! - at most *max connections* are open at once across all ports, below the open-file limit
 //!   (which [`raise_file_limit`] lifts to its hard maximum at start). At the limit, a new
-//!   connection takes the place of the connection that has been idle longest; only when every
-//!   connection has a call in flight is the newcomer turned away. So idle connections can
-//!   never lock out a caller with work to do, `/healthz` included;
+//!   connection takes the place of the connection that has been idle longest; when every
+//!   connection has a call in flight, the one busy longest without a break is closed if it
+//!   has been busy for more than the *long-call* time (streams held open, a body that
+//!   trickles in, an answer its client never reads); only when every connection is busy and
+//!   none for that long is the newcomer turned away. So neither idle connections nor open
+//!   streams nor slow clients can lock out a caller with work to do, `/healthz` included;
 //! - on shutdown ([`Connections::shutdown`]) idle connections close at once and busy ones as
-//!   soon as their calls finish, so an idle client cannot hold up a graceful stop.
+//!   soon as their calls finish, or once they have been busy for the long-call time: neither
+//!   an idle client nor one that never reads its answer can hold up a graceful stop.
 //!
 //! HTTP/2 keepalive (pings that find dead peers), the number of concurrent streams and the
 //! size of a header list per connection are set on the HTTP/2 server from the same
@@ -56,12 +60,15 @@ pub struct ConnectionLimits {
     pub max_concurrent_streams: u32,
     /// The largest header list (request metadata) accepted, in bytes.
     pub max_header_list_size: u32,
+    /// How long a connection may stay busy without a break before it may be closed to make
+    /// room for a newcomer (when every connection is busy) or to finish a shutdown.
+    pub long_call: Duration,
 }
 
 impl ConnectionLimits {
     /// The limits of a server with `max_connections` (see [`connection_budget`]) and the
     /// house timeouts: 10 s to start a request, 60 s idle, keepalive pings every 30 s answered
-    /// within 20 s, 256 streams and 16 KiB of headers per connection.
+    /// within 20 s, 256 streams and 16 KiB of headers per connection, 10 s for a long call.
     pub fn with_max_connections(max_connections: usize) -> Self {
         Self {
             max_connections: max_connections.max(1),
@@ -71,6 +78,7 @@ impl ConnectionLimits {
             keepalive_timeout: Duration::from_secs(20),
             max_concurrent_streams: 256,
             max_header_list_size: 16 * 1024,
+            long_call: Duration::from_secs(10),
         }
     }
 }
@@ -150,6 +158,8 @@ struct Activity {
     in_flight: usize,
     /// Since when nothing has been in flight (`None` while something is).
     idle_since: Option<Instant>,
+    /// Since when something has been in flight without a break (`None` while idle).
+    busy_since: Option<Instant>,
 }
 
 /// One open connection, as its requests and its timers see it.
@@ -167,6 +177,7 @@ impl Conn {
             a.started += 1;
             a.in_flight += 1;
             a.idle_since = None;
+            a.busy_since = a.busy_since.or_else(|| Some(Instant::now()));
         });
         RequestGuard { conn: self.clone() }
     }
@@ -189,6 +200,7 @@ impl Drop for RequestGuard {
             a.in_flight = a.in_flight.saturating_sub(1);
             if a.in_flight == 0 {
                 a.idle_since = Some(Instant::now());
+                a.busy_since = None;
             }
         });
     }
@@ -249,7 +261,7 @@ impl Connections {
                 Err(e) => {
                     // EMFILE and its kind: close the connection idle longest (if any) and
                     // breathe, instead of spinning on the same error.
-                    let evicted = self.evict_idlest();
+                    let evicted = self.evict_idlest(self.shared.limits.long_call);
                     tracing::warn!(error = %e, evicted, "cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(if evicted { 5 } else { 100 })).await;
                 }
@@ -305,14 +317,19 @@ impl Connections {
                 if closing >= 64 {
                     return Admission::Wait(stream);
                 }
-                if !Self::evict_idlest_in(&open) {
+                if !Self::evict_idlest_in(&open, limits.long_call) {
                     metrics::counter!("postern_connections_refused_total").increment(1);
                     tracing::debug!(%remote, "connection refused: every connection is busy");
                     return Admission::Refused;
                 }
             }
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let (activity, _) = watch::channel(Activity { started: 0, in_flight: 0, idle_since: Some(Instant::now()) });
+            let (activity, _) = watch::channel(Activity {
+                started: 0,
+                in_flight: 0,
+                idle_since: Some(Instant::now()),
+                busy_since: None,
+            });
             let conn = Arc::new(Conn { activity, close: CancellationToken::new() });
             open.insert(id, conn.clone());
             (id, conn)
@@ -336,38 +353,53 @@ impl Connections {
         })
     }
 
-    fn evict_idlest(&self) -> bool {
+    fn evict_idlest(&self, long_call: Duration) -> bool {
         let open = self.shared.open.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::evict_idlest_in(&open)
+        Self::evict_idlest_in(&open, long_call)
     }
 
-    fn evict_idlest_in(open: &HashMap<u64, Arc<Conn>>) -> bool {
-        let idlest = open
-            .values()
-            .filter(|c| !c.close.is_cancelled())
-            .filter_map(|c| c.activity.borrow().idle_since.map(|since| (since, c)))
-            .min_by_key(|(since, _)| *since);
-        match idlest {
-            Some((_, conn)) => {
-                metrics::counter!("postern_connections_evicted_total").increment(1);
-                conn.close();
-                true
+    /// Closes the connection idle longest or, when none is idle, the one busy longest
+    /// without a break if that is longer than `long_call`; says whether one was closed.
+    fn evict_idlest_in(open: &HashMap<u64, Arc<Conn>>, long_call: Duration) -> bool {
+        let live = || open.values().filter(|c| !c.close.is_cancelled());
+        let idlest =
+            live().filter_map(|c| c.activity.borrow().idle_since.map(|since| (since, c))).min_by_key(|(s, _)| *s);
+        let (conn, kind) = match idlest {
+            Some((_, conn)) => (conn, "idle"),
+            None => {
+                let busiest = live()
+                    .filter_map(|c| c.activity.borrow().busy_since.map(|since| (since, c)))
+                    .min_by_key(|(s, _)| *s)
+                    .filter(|(since, _)| since.elapsed() >= long_call);
+                match busiest {
+                    Some((_, conn)) => (conn, "long_call"),
+                    None => return false,
+                }
             }
-            None => false,
-        }
+        };
+        metrics::counter!("postern_connections_evicted_total", "kind" => kind).increment(1);
+        conn.close();
+        true
     }
 }
 
 /// Closes `conn` when it has not started a request within the handshake timeout, when it
 /// has had nothing in flight for the idle timeout, or when the server shuts down and it has
-/// nothing in flight. Ends when the connection goes.
+/// nothing in flight or has been busy for the long-call time. Ends when the connection goes.
 async fn watch_idle(conn: Arc<Conn>, limits: ConnectionLimits, shutting_down: CancellationToken) {
     let mut activity = conn.activity.subscribe();
     let closed = conn.close.clone();
+    let stuck = std::pin::pin!(busy_too_long_after(shutting_down.clone(), conn.activity.subscribe(), limits.long_call));
+    let mut stuck = stuck;
     loop {
-        // Until nothing is in flight (or the connection goes).
+        // Until nothing is in flight (or the connection goes, or is stuck at shutdown).
         let seen = tokio::select! {
             () = closed.cancelled() => return,
+            () = &mut stuck => {
+                metrics::counter!("postern_connections_timed_out_total", "kind" => "shutdown").increment(1);
+                conn.close();
+                return;
+            }
             a = activity.wait_for(|a| a.in_flight == 0) => match a {
                 Ok(a) => a.started,
                 Err(_) => return,
@@ -396,6 +428,40 @@ async fn watch_idle(conn: Arc<Conn>, limits: ConnectionLimits, shutting_down: Ca
         }
         conn.close();
         return;
+    }
+}
+
+/// Resolves once `shutting_down` is cancelled and the connection has then been busy without a
+/// break for `long_call` (counted from when the busy spell began, so a call stuck since long
+/// before the shutdown is cut at once).
+async fn busy_too_long_after(
+    shutting_down: CancellationToken,
+    mut activity: watch::Receiver<Activity>,
+    long_call: Duration,
+) {
+    shutting_down.cancelled().await;
+    loop {
+        let since = activity.borrow_and_update().busy_since;
+        match since {
+            None => {
+                if activity.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+            Some(since) => {
+                let at = tokio::time::Instant::from_std(since + long_call);
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {
+                        if activity.borrow().busy_since == Some(since) {
+                            return;
+                        }
+                    }
+                    changed = activity.changed() => if changed.is_err() {
+                        return std::future::pending().await;
+                    },
+                }
+            }
+        }
     }
 }
 

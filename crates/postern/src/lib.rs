@@ -113,6 +113,11 @@ pub struct Settings {
     /// How long a connection may stay open with no call in flight, in milliseconds.
     #[arg(long, env = "POSTERN_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+    /// How long a connection may stay busy without a break (a stream held open, a body that
+    /// trickles in, an answer never read), in milliseconds, before it may be closed to make
+    /// room when every connection is busy, or to finish a shutdown.
+    #[arg(long, env = "POSTERN_LONG_CALL_MS", default_value_t = 10_000)]
+    pub long_call_ms: u64,
     /// The connectors the authenticator runs, by strategy; `None` (always, from the command
     /// line) is every connector this binary has ([`connectors`]). Tests set it to add one.
     #[arg(skip)]
@@ -487,6 +492,7 @@ fn connections(settings: &Settings) -> Connections {
     Connections::new(ConnectionLimits {
         handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms.max(1)),
         idle_timeout: Duration::from_millis(settings.idle_timeout_ms.max(1)),
+        long_call: Duration::from_millis(settings.long_call_ms.max(1)),
         ..ConnectionLimits::with_max_connections(max)
     })
 }

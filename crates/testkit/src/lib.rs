@@ -70,6 +70,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         max_connections: 0,
         handshake_timeout_ms: 10_000,
         idle_timeout_ms: 60_000,
+        long_call_ms: 10_000,
         connectors: None,
         clock: None,
     }

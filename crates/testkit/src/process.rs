@@ -65,6 +65,11 @@ impl Process {
         Ok(Self { child, grpc: grpc.unwrap_or_else(|| unreachable!()), http, stdout: lines })
     }
 
+    /// The process id (to read its `/proc/<pid>/status`, say).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns whether it exited successfully.
     pub fn terminate(mut self) -> anyhow::Result<bool> {
         let pid = self.child.id().to_string();
