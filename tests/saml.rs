@@ -10,7 +10,8 @@
 //! Refused, with `error=access_denied` and nothing stored: an unsigned response, one signed by
 //! another key, an expired assertion (on the controllable clock), another audience, the
 //! answer to another login (`InResponseTo`), a replayed assertion id, and the XML signature
-//! wrapping variants (an unsigned assertion beside the signed one, or around it).
+//! wrapping variants (an unsigned assertion beside the signed one, or around it). A real
+//! headless Chromium clicks "Continue with …" and lands at the application.
 
 use std::collections::HashMap;
 
@@ -483,5 +484,93 @@ async fn a_samlp_connection_without_an_idp_certificate_cannot_be_created() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     let fields = postern_testkit::violated_fields(&e);
     assert!(fields.iter().any(|f| f.ends_with("saml.signing_certificates")), "{fields:?}");
+    suite.stop().await.expect("stop");
+}
+
+/// A loopback application that answers every request with a small page.
+async fn loopback_app() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let page = "<html><body><h1 id=app>The application</h1></body></html>";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_browser_logs_in_through_the_idp_and_lands_at_the_application() {
+    let test = "a_real_browser_logs_in_through_the_idp_and_lands_at_the_application";
+    let Some(idp) = SamlIdp::shared(test) else { return };
+    let Some(browser) = postern_testkit::browser::Browser::open(test).await else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-browser";
+    let mut admin = suite.admin().await;
+    let (app_addr, app_task) = loopback_app().await;
+    let callback = format!("http://{app_addr}/callback");
+    admin.create_tenant(t).await.expect("tenant");
+    let timesheets = admin
+        .clients
+        .create_client(tenant::CreateClientRequest {
+            tenant: t.into(),
+            client: Some(tenant::Client {
+                name: "Fabrikam Employee Timesheets".into(),
+                app_type: tenant::AppType::RegularWeb as i32,
+                callbacks: vec![callback.clone()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("client")
+        .into_inner()
+        .client
+        .expect("client");
+    connect(idp, &suite, &mut admin, t, &timesheets, CONNECTION, saml_options(idp), json!({})).await;
+
+    // The hosted page's "Continue with …" button, the IdP's auto-submitting form, the
+    // callback: the browser does it all.
+    let mut url = url::Url::parse(&format!("{}/{t}/authorize", base(&suite))).expect("url");
+    url.query_pairs_mut()
+        .append_pair("client_id", &timesheets.client_id)
+        .append_pair("redirect_uri", &callback)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid profile email")
+        .append_pair("state", "browser-state")
+        .append_pair("nonce", "browser-nonce");
+    browser.goto(url.as_str()).await.expect("authorize");
+    browser.click(&format!("button[data-connection={CONNECTION}]")).await.expect("Continue with …");
+    let landed = browser
+        .wait_for_url("the application", |u| u.host_str() == Some("127.0.0.1") && u.port() == Some(app_addr.port()))
+        .await
+        .expect("back at the application");
+    let q: HashMap<String, String> = landed.query_pairs().into_owned().collect();
+    assert_eq!(q.get("state").map(String::as_str), Some("browser-state"), "{landed}");
+    let fields: Vec<(String, String)> = [
+        ("grant_type", "authorization_code"),
+        ("client_id", timesheets.client_id.as_str()),
+        ("client_secret", timesheets.client_secret.as_str()),
+        ("code", q["code"].as_str()),
+        ("redirect_uri", callback.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let answer = Agent::new().post_form(&format!("{}/{t}/oauth/token", base(&suite)), &fields).await.expect("token");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let tokens: Value = serde_json::from_str(&answer.body).expect("JSON");
+    assert_eq!(claims_of(tokens["id_token"].as_str().expect("id_token"))["sub"], ALICE);
+    browser.close().await.expect("close");
+    app_task.abort();
     suite.stop().await.expect("stop");
 }
