@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use postern_common::error::{Violations, already_exists, failed_precondition, internal, invalid_field};
+use postern_common::error::{
+    Violations, already_exists, failed_precondition, internal, invalid_field, permission_denied,
+};
 use postern_connection::{PersonalInfo, Resolved, Strategy};
 use postern_connector::{
     Begun, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, RedirectConnector, RedirectTransaction,
@@ -468,6 +470,23 @@ impl AuthnApi {
         let conn = self.cache.resolve(tenant, client_id, connection).await?;
         let connector = self.redirect_connector(&conn)?;
         let completed = connector.complete(tenant, &conn, params, tx).await.map_err(connector_status)?;
+        if let Some(once) = &completed.one_time_id {
+            let now = self.config.clock.now_micros();
+            let until = once
+                .until
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(now, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            if !self.store.use_one_time_id(tenant, &conn.connection.id, &once.key, now, until.max(now)).await? {
+                tracing::warn!(tenant = %tenant, connection = %connection, "upstream answer replayed");
+                return Err(permission_denied(
+                    "UPSTREAM_ANSWER_REPLAYED",
+                    format!(
+                        "connection {connection:?}: this answer of the identity provider was already used (a replayed \
+                         assertion); sign in again"
+                    ),
+                ));
+            }
+        }
         let mut source = completed.profile;
         if completed.partial_profile {
             self.keep_missing_attributes(tenant, &conn, &mut source).await?;
@@ -518,6 +537,20 @@ impl AuthnApi {
             }
         }
         Ok(())
+    }
+
+    /// The document this side publishes for a redirect connection (a SAML SP's metadata),
+    /// its callback being `callback_url`: NOT_FOUND for an unknown connection,
+    /// FAILED_PRECONDITION for one whose protocol publishes none.
+    pub async fn service_metadata(
+        &self,
+        tenant: &str,
+        connection: &str,
+        callback_url: &str,
+    ) -> Result<postern_connector::ServiceMetadata, Status> {
+        let conn = self.cache.resolve_any(tenant, connection).await?;
+        let connector = self.redirect_connector(&conn)?;
+        connector.metadata(tenant, &conn, callback_url).await.map_err(connector_status)
     }
 
     /// Tries a connection (name or id) step by step without logging anyone in, through the

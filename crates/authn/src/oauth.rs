@@ -1081,6 +1081,23 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         Ok(Response::new(self.complete_upstream(req.get_ref()).await?))
     }
 
+    async fn get_service_provider_metadata(
+        &self,
+        req: Request<pb::GetServiceProviderMetadataRequest>,
+    ) -> Result<Response<pb::GetServiceProviderMetadataResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let r = req.get_ref();
+        if r.connection.is_empty() || r.connection.len() > 128 {
+            return Err(postern_common::error::invalid_field(
+                "connection",
+                "is required: the name of the connection whose metadata to answer (at most 128 characters)",
+            ));
+        }
+        let callback = self.callback_url(&r.tenant);
+        let m = self.authn.service_metadata(&r.tenant, &r.connection, &callback).await?;
+        Ok(Response::new(pb::GetServiceProviderMetadataResponse { content_type: m.content_type, document: m.document }))
+    }
+
     async fn submit_passwordless_start(
         &self,
         req: Request<pb::SubmitPasswordlessStartRequest>,

@@ -436,6 +436,7 @@ pub fn connectors() -> postern_connector::Connectors {
     let connectors = postern_connector_oidc::register(connectors);
     let connectors = postern_connector_ldap::register(connectors, postern_common::time::Clock::system());
     let connectors = postern_connector_passwordless::register(connectors);
+    let connectors = postern_connector_saml::register(connectors, postern_common::time::Clock::system());
     postern_connector_social::register(connectors)
 }
 

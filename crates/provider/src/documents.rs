@@ -195,3 +195,47 @@ pub(crate) async fn userinfo(
         }
     }
 }
+
+/// `GET /<tenant>/samlp/metadata?connection=<name>`: a `samlp` connection's SAML service
+/// provider metadata (XML), for the identity provider's administrator. A plain-text 400
+/// without `connection`; 404 for an unknown connection; 400 for one that publishes none.
+pub(crate) async fn samlp_metadata(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let text = |code: StatusCode, message: String| {
+        (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
+    };
+    let connection = q.get("connection").cloned().unwrap_or_default();
+    if connection.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the query parameter `connection` is required: the name of a samlp connection\n".into(),
+        );
+    }
+    let Some(mut oauth) = provider.oauth() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "the service is unavailable; try again shortly\n".into());
+    };
+    let request = pb::GetServiceProviderMetadataRequest { tenant, connection };
+    match oauth.get_service_provider_metadata(request).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            let content_type = HeaderValue::from_str(&r.content_type)
+                .unwrap_or_else(|_| HeaderValue::from_static("application/samlmetadata+xml"));
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], r.document).into_response()
+        }
+        Err(s) => {
+            let code = match s.code() {
+                Code::NotFound => StatusCode::NOT_FOUND,
+                Code::InvalidArgument | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+                Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
+                _ => {
+                    tracing::warn!(code = ?s.code(), message = s.message(), "SAML metadata failed");
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, "something went wrong; try again shortly\n".into());
+                }
+            };
+            text(code, format!("{}\n", s.message()))
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`documents`]: `/.well-known/jwks.json`, `/.well-known/openid-configuration` (briefly
-//!   cached) and `/userinfo`.
+//!   cached), `/userinfo`, and a `samlp` connection's SP metadata (`GET
+//!   /samlp/metadata?connection=<name>`).
 //! - [`browser`]: `GET /authorize`, the hosted login page (`GET|POST /login`,
 //!   `POST /signup`), redirect logins (`POST /login/upstream`, `GET|POST
 //!   /login/callback`), `GET /v2/logout` (Auth0's) and `GET /oidc/logout` (the OpenID
@@ -89,6 +90,7 @@ pub fn router(config: ProviderConfig) -> Router {
         .route("/{tenant}/signup", post(browser::signup))
         .route("/{tenant}/login/upstream", post(browser::login_upstream))
         .route("/{tenant}/login/callback", get(browser::callback_get).post(browser::callback_post))
+        .route("/{tenant}/samlp/metadata", get(documents::samlp_metadata))
         .route("/{tenant}/v2/logout", get(browser::logout))
         .route("/{tenant}/oidc/logout", get(browser::logout))
         .route("/{tenant}/passwordless/start", post(passwordless::start))

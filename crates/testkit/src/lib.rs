@@ -14,6 +14,8 @@
 //!   federated logins, with broken answers on demand.
 //! - [`slapd`] runs a throwaway OpenLDAP directory with TLS, an Active Directory shaped
 //!   schema, users and groups, once per test binary.
+//! - [`saml`] shares one pysaml2 SAML 2.0 identity provider per test binary (`tests/saml/idp.py`),
+//!   with broken and forged responses on demand.
 //! - [`node`] runs the scripts of the node workspace (`tests/node`): npm's `openid-client`
 //!   as an independent relying party, npm's `oidc-provider` as a reference provider.
 
@@ -24,6 +26,7 @@ pub mod browser;
 pub mod node;
 pub mod peers;
 mod process;
+pub mod saml;
 pub mod slapd;
 pub mod upstream;
 pub mod web;

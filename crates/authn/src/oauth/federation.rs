@@ -95,7 +95,7 @@ fn error_of(s: &Status) -> (&'static str, String) {
 
 impl OAuthApi {
     /// The tenant's callback URL, where upstreams send the browser back.
-    fn callback_url(&self, tenant: &str) -> String {
+    pub(super) fn callback_url(&self, tenant: &str) -> String {
         let url = self.authn.config.public_url.get().map_or("http://localhost", String::as_str);
         format!("{}/{tenant}/login/callback", url.trim_end_matches('/'))
     }

@@ -183,9 +183,10 @@ pub(super) const DELETE_USER_GRANTS: [&str; 3] = [
 
 /// The statements that forget a deleted tenant's OpenID state made before its deletion
 /// (`$1` tenant, `$2` the deletion's time).
-pub(super) const DELETE_TENANT_GRANTS: [&str; 5] = [
+pub(super) const DELETE_TENANT_GRANTS: [&str; 6] = [
     "DELETE FROM login_transactions WHERE tenant = $1 AND create_time <= $2",
     "DELETE FROM upstream_transactions WHERE tenant = $1 AND create_time <= $2",
+    "DELETE FROM upstream_one_time_ids WHERE tenant = $1 AND create_time <= $2",
     "DELETE FROM authorization_codes WHERE tenant = $1 AND create_time <= $2",
     "DELETE FROM refresh_tokens WHERE tenant = $1 AND create_time <= $2",
     "DELETE FROM sso_sessions WHERE tenant = $1 AND auth_time <= $2",
@@ -587,6 +588,7 @@ impl Store {
         for sql in [
             "DELETE FROM login_transactions WHERE expire_time <= $1",
             "DELETE FROM upstream_transactions WHERE expire_time <= $1",
+            "DELETE FROM upstream_one_time_ids WHERE expire_time <= $1",
             "DELETE FROM authorization_codes WHERE expire_time <= $1",
             "DELETE FROM sso_sessions WHERE idle_expire <= $1 OR absolute_expire <= $1",
             "DELETE FROM refresh_tokens WHERE family_expire <= $1 OR (used_time IS NULL AND expire_time <= $1)",

@@ -1,6 +1,7 @@
 //! Redirect logins' storage: the upstream login transactions (found by the digest of their
 //! `state`, used up in one `DELETE … RETURNING`, so that of two callbacks with the same
-//! state exactly one proceeds) and the sealed upstream tokens of an identity.
+//! state exactly one proceeds), the sealed upstream tokens of an identity, and the one-time
+//! values of upstream answers (SAML assertion ids) already accepted.
 
 use sqlx::Row;
 
@@ -94,6 +95,33 @@ impl Store {
             })
         })
         .transpose()
+    }
+
+    /// Records a one-time value of an upstream answer (a SAML assertion's id) for the
+    /// connection until `expire_time`: `true` when it was not recorded yet (or only expired),
+    /// `false` when it is a replay. Of two concurrent uses, one gets `true`.
+    pub async fn use_one_time_id(
+        &self,
+        tenant: &str,
+        connection_id: &str,
+        key: &str,
+        now: i64,
+        expire_time: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO upstream_one_time_ids (tenant, connection_id, id_key, create_time, expire_time) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, connection_id, id_key) DO UPDATE \
+             SET create_time = excluded.create_time, expire_time = excluded.expire_time \
+             WHERE upstream_one_time_ids.expire_time <= $4",
+        )
+        .bind(tenant)
+        .bind(connection_id)
+        .bind(key)
+        .bind(now)
+        .bind(expire_time)
+        .execute(self.db.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Keeps (or with `None` forgets) the sealed upstream tokens of an identity.

@@ -432,6 +432,27 @@ impl std::fmt::Debug for UpstreamTokens {
     }
 }
 
+/// A value of the upstream's answer that may be accepted once only (a SAML assertion's id):
+/// the authenticator records it in its store, shared by its replicas, until `until`, and
+/// refuses a login whose value is already recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneTimeId {
+    /// The value, as the connector derives it (a digest of the issuer and the id): never a
+    /// secret, at most 128 characters.
+    pub key: String,
+    /// Until when it must be remembered (the answer could not be accepted after it anyway).
+    pub until: std::time::SystemTime,
+}
+
+/// A document a connector publishes for a connection (a SAML SP's metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceMetadata {
+    /// Its media type.
+    pub content_type: String,
+    /// The document.
+    pub document: String,
+}
+
 /// The end of a redirect login: who logged in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completed {
@@ -443,6 +464,9 @@ pub struct Completed {
     /// the first login only): an empty attribute then leaves the stored one as it is,
     /// whatever the profile-sync rule.
     pub partial_profile: bool,
+    /// What of the answer may be used once only (a SAML assertion's id); `None` when the
+    /// protocol's own single use suffices (an authorization code).
+    pub one_time_id: Option<OneTimeId>,
 }
 
 /// A source that logs users in by a redirect to an upstream and back (OIDC, OAuth2 social,
@@ -472,6 +496,23 @@ pub trait RedirectConnector: Send + Sync {
     /// the discovery document or metadata and the keys, check the certificates' dates.
     async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
         Err(test_not_supported(conn))
+    }
+
+    /// The document this side publishes for the connection (a SAML SP's metadata), its
+    /// callback being `callback_url`; FAILED_PRECONDITION for protocols that publish none.
+    async fn metadata(
+        &self,
+        _tenant: &str,
+        conn: &Resolved,
+        _callback_url: &str,
+    ) -> Result<ServiceMetadata, ConnectorError> {
+        Err(ConnectorError::FailedPrecondition {
+            reason: "NO_SERVICE_METADATA",
+            message: format!(
+                "connections of strategy {:?} publish no service provider metadata",
+                conn.connection.spec.strategy.as_str()
+            ),
+        })
     }
 }
 

@@ -668,7 +668,7 @@ impl RedirectConnector for OidcConnector {
                 .expires_in()
                 .and_then(|d| SystemTime::now().checked_add(d)?.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())),
         });
-        Ok(Completed { profile, tokens, partial_profile: p.apple.is_some() })
+        Ok(Completed { profile, tokens, partial_profile: p.apple.is_some(), one_time_id: None })
     }
 }
 

@@ -267,7 +267,12 @@ impl RedirectConnector for SocialConnector {
     ) -> Result<Completed, ConnectorError> {
         let (profile, tokens) = self.login(conn, params, tx).await.map_err(connector_error)?;
         let keep = matches!(&conn.connection.spec.options, Options::Oauth2(o) if o.store_tokens);
-        Ok(Completed { profile, tokens: keep.then(|| upstream_tokens(tokens)), partial_profile: false })
+        Ok(Completed {
+            profile,
+            tokens: keep.then(|| upstream_tokens(tokens)),
+            partial_profile: false,
+            one_time_id: None,
+        })
     }
 }
 

@@ -1,0 +1,863 @@
+//! The SAML 2.0 redirect connector (strategy `samlp`): Postern as a service provider (SP),
+//! one per connection.
+//!
+//! - **Metadata** ([`SamlConnector`]'s `metadata`): the SP's entity id (the connection's
+//!   `audience`, else `urn:postern:<tenant>:<connection>`), its assertion consumer service
+//!   (the tenant's `/login/callback`, HTTP-POST) and, when requests are signed, the
+//!   certificate of the request signing key.
+//! - **begin**: an `AuthnRequest` by HTTP-Redirect (deflated, base64, with the transaction's
+//!   `state` as `RelayState`), signed over the query (`SigAlg`, `Signature`) with the
+//!   connection's request signing key when it says so; by HTTP-POST (an auto-submitted form)
+//!   when the connection asks for that binding and does not sign. The request's id is kept
+//!   with the transaction ([`Begun::data`]) for `InResponseTo`.
+//! - **complete**: the `SAMLResponse` posted back is read before any signature check only
+//!   to refuse what no honest IdP sends (a document type, not exactly one assertion — the
+//!   XML signature wrapping attacks move a signed assertion beside or inside an unsigned
+//!   one) and to read an error status (a cancelled login: [`ConnectorError::Denied`]). Then
+//!   `samael` (libxmlsec1) checks the signature of the assertion or of the whole response
+//!   against the connection's IdP certificates, with the connection's algorithm only (never
+//!   SHA-1: `allowed_signature_algorithms` is always set, and a connection cannot be saved
+//!   without a certificate, without which samael would check nothing), and works on the
+//!   signed part only. Its checks (destination, recipient, audience, issuer, the
+//!   transaction's request id as `InResponseTo`) run on the system clock; this connector
+//!   checks the time rules again on the controllable clock ([`Clock`]), requires an
+//!   `AudienceRestriction` naming this SP (samael lets an assertion without one through),
+//!   and answers the assertion's id for the authenticator's replay cache
+//!   ([`Completed::one_time_id`]). Any failure is [`ConnectorError::Rejected`]; nothing is
+//!   stored.
+//! - The user's id at the source is `<connection>|<NameID>` (the user id
+//!   `samlp|<connection>|<NameID>`, as Auth0's); the profile's root attributes come from the
+//!   connection's attribute mapping (an attribute's `Name` or `FriendlyName`); every
+//!   attribute is kept in the raw profile by name, a multi-valued one as a list, and group
+//!   attributes (`groups`, `memberOf`, Microsoft's group claims) also as the list `groups`.
+//! - **test**: the IdP certificates' validity dates on the clock, the sign-in URL reachable,
+//!   the request signing key usable; never a secret in a step.
+//!
+//! Not yet: IdP-initiated logins (always refused: a response must answer a request of this
+//! SP), encrypted assertions, signed requests by HTTP-POST.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use postern_common::time::Clock;
+use postern_connection::secret::names;
+use postern_connection::{Options, Resolved, SamlBinding, SamlOptions, SamlSignatureAlgorithm, Strategy};
+use postern_connector::{
+    Begun, Completed, ConnectorError, Connectors, ExternalProfile, OneTimeId, RedirectConnector, RedirectTransaction,
+    ServiceMetadata, TestReport, TestStep, UpstreamRequest, async_trait,
+};
+use quick_xml::events::Event;
+use quick_xml::name::ResolveResult;
+use samael::crypto::AllowedSignatureAlgorithm;
+use samael::metadata::{EntityDescriptor, IdpSsoDescriptor, KeyDescriptor};
+use samael::schema::{Assertion, AuthnRequest, Issuer, NameIdPolicy};
+use samael::service_provider::ServiceProvider;
+use samael::traits::ToXml as _;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Registers the SAML connector for `samlp`, its time rules on `clock`.
+pub fn register(connectors: Connectors, clock: Clock) -> Connectors {
+    connectors.with_redirect(Strategy::Samlp, Arc::new(SamlConnector::new(clock)))
+}
+
+/// The clock skew allowed on every time rule.
+const SKEW: Duration = Duration::from_secs(60);
+/// The oldest `IssueInstant` accepted: a response is posted right after it is made.
+const MAX_ISSUE_AGE: Duration = Duration::from_secs(5 * 60);
+/// How long an assertion id is remembered when the assertion names no end of validity.
+const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// The largest `SAMLResponse` read (base64).
+const MAX_RESPONSE: usize = 512 * 1024;
+
+const PROTOCOL_NS: &[u8] = b"urn:oasis:names:tc:SAML:2.0:protocol";
+const ASSERTION_NS: &[u8] = b"urn:oasis:names:tc:SAML:2.0:assertion";
+const STATUS_SUCCESS: &str = "urn:oasis:names:tc:SAML:2.0:status:Success";
+const BEARER: &str = "urn:oasis:names:tc:SAML:2.0:cm:bearer";
+const HTTP_POST: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
+const EMAIL_FORMAT: &str = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress";
+
+/// Attribute names read as the user's groups, whatever the mapping.
+const GROUP_ATTRIBUTES: &[&str] = &[
+    "groups",
+    "memberOf",
+    "http://schemas.xmlsoap.org/claims/Group",
+    "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups",
+    "http://schemas.microsoft.com/ws/2008/06/identity/claims/role",
+];
+
+/// The SAML service provider behind `samlp`.
+pub struct SamlConnector {
+    clock: Clock,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for SamlConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SamlConnector").finish_non_exhaustive()
+    }
+}
+
+/// What the connector keeps with the transaction.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    request_id: String,
+}
+
+/// One connection's SP settings.
+struct Sp<'a> {
+    connection: &'a str,
+    entity_id: String,
+    options: &'a SamlOptions,
+}
+
+fn rejected(sp: &Sp<'_>, reason: &'static str, message: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Rejected { reason, message: format!("connection {:?}: {message}", sp.connection) }
+}
+
+fn misconfigured(connection: &str, message: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::FailedPrecondition {
+        reason: "CONNECTION_MISCONFIGURED",
+        message: format!("connection {connection:?}: {message}"),
+    }
+}
+
+/// The first `max` printable characters of an upstream's text, for a message.
+fn short(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+/// The SP entity id of a connection: its `audience`, else `urn:postern:<tenant>:<name>`.
+pub fn entity_id(tenant: &str, conn: &Resolved) -> String {
+    match &conn.connection.spec.options {
+        Options::Saml(o) if !o.audience.is_empty() => o.audience.clone(),
+        _ => format!("urn:postern:{tenant}:{}", conn.connection.spec.name),
+    }
+}
+
+fn sp<'a>(tenant: &str, conn: &'a Resolved) -> Result<Sp<'a>, ConnectorError> {
+    let spec = &conn.connection.spec;
+    let Options::Saml(options) = &spec.options else {
+        return Err(misconfigured(&spec.name, "holds no SAML options"));
+    };
+    if options.signing_certificates.is_empty() {
+        // The registry refuses this; samael would check no signature at all.
+        return Err(misconfigured(&spec.name, "has no IdP signing certificate; no response can be trusted"));
+    }
+    Ok(Sp { connection: &spec.name, entity_id: entity_id(tenant, conn), options })
+}
+
+/// The base64 DER bodies of every certificate in PEM text.
+fn pem_bodies(pem: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        if line.starts_with("-----BEGIN CERTIFICATE") {
+            current = Some(String::new());
+        } else if line.starts_with("-----END CERTIFICATE") {
+            if let Some(body) = current.take() {
+                out.push(body);
+            }
+        } else if let Some(body) = current.as_mut() {
+            body.push_str(line);
+        }
+    }
+    out
+}
+
+fn algorithms(a: SamlSignatureAlgorithm) -> Vec<AllowedSignatureAlgorithm> {
+    match a {
+        SamlSignatureAlgorithm::RsaSha256 => vec![AllowedSignatureAlgorithm::RsaSha256],
+        SamlSignatureAlgorithm::RsaSha512 => vec![AllowedSignatureAlgorithm::RsaSha512],
+    }
+}
+
+fn to_chrono(t: SystemTime) -> DateTime<Utc> {
+    DateTime::<Utc>::from(t)
+}
+
+fn to_system(t: DateTime<Utc>) -> SystemTime {
+    SystemTime::from(t)
+}
+
+/// What the unverified document says, read before the signature check: only to refuse
+/// early and to tell an IdP's error from a forgery.
+#[derive(Debug, Default)]
+struct Shape {
+    /// `Assertion` and `EncryptedAssertion` elements, at any depth.
+    assertions: usize,
+    encrypted: usize,
+    /// The response's top-level status code, if any.
+    status: Option<String>,
+    /// The response's status message, if any.
+    status_message: Option<String>,
+    /// The first `Issuer` met.
+    issuer: Option<String>,
+    /// Whether the root is a protocol `Response`.
+    response_root: bool,
+}
+
+fn shape(xml: &str) -> Result<Shape, String> {
+    let mut reader = quick_xml::reader::NsReader::from_str(xml);
+    let mut s = Shape::default();
+    let mut depth = 0usize;
+    let mut in_status_message = false;
+    let mut in_issuer = false;
+    loop {
+        let (ns, event) = reader.read_resolved_event().map_err(|e| format!("the response is not XML: {e}"))?;
+        let is = |ns: &ResolveResult<'_>, want: &[u8]| matches!(ns, ResolveResult::Bound(n) if n.as_ref() == want);
+        match event {
+            Event::DocType(_) => return Err("the response carries a document type (DTD), which SAML forbids".into()),
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let local = e.local_name();
+                let name = local.as_ref();
+                let empty = matches!(event, Event::Empty(_));
+                if depth == 0 {
+                    s.response_root = is(&ns, PROTOCOL_NS) && name == b"Response";
+                }
+                if is(&ns, ASSERTION_NS) && name == b"Assertion" {
+                    s.assertions += 1;
+                }
+                if is(&ns, ASSERTION_NS) && name == b"EncryptedAssertion" {
+                    s.encrypted += 1;
+                }
+                if is(&ns, PROTOCOL_NS) && name == b"StatusCode" && depth == 2 && s.status.is_none() {
+                    for a in e.attributes().flatten() {
+                        if a.key.as_ref() == b"Value" {
+                            s.status = Some(String::from_utf8_lossy(&a.value).into_owned());
+                        }
+                    }
+                }
+                if !empty {
+                    in_status_message = is(&ns, PROTOCOL_NS) && name == b"StatusMessage";
+                    in_issuer = s.issuer.is_none() && is(&ns, ASSERTION_NS) && name == b"Issuer";
+                    depth += 1;
+                }
+            }
+            Event::Text(t) => {
+                let text = t.decode().map(|c| c.trim().to_owned()).unwrap_or_default();
+                if in_status_message && !text.is_empty() {
+                    s.status_message = Some(text.clone());
+                }
+                if in_issuer && !text.is_empty() {
+                    s.issuer = Some(text);
+                }
+            }
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                in_status_message = false;
+                in_issuer = false;
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+impl SamlConnector {
+    /// A connector whose time rules read `clock`.
+    pub fn new(clock: Clock) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Self { clock, http }
+    }
+
+    /// The signed part of the response, checked: the assertion, as samael verified it, then
+    /// the rules this connector adds on the controllable clock.
+    fn verify(
+        &self,
+        sp: &Sp<'_>,
+        xml: &str,
+        acs: &str,
+        request_id: &str,
+        issuer_seen: Option<&str>,
+    ) -> Result<Assertion, ConnectorError> {
+        let o = sp.options;
+        let certificates: Vec<String> = o.signing_certificates.iter().flat_map(|c| pem_bodies(c)).collect();
+        if certificates.is_empty() {
+            return Err(misconfigured(sp.connection, "its IdP signing certificates hold no certificate"));
+        }
+        // The issuer samael compares against: the connection's, or (when it names none) the
+        // one the response claims — then only the signature ties the response to the IdP.
+        let idp_entity =
+            if o.entity_id.is_empty() { issuer_seen.map(str::to_owned) } else { Some(o.entity_id.clone()) };
+        let idp = EntityDescriptor {
+            entity_id: idp_entity.clone(),
+            idp_sso_descriptors: Some(vec![IdpSsoDescriptor {
+                id: None,
+                valid_until: None,
+                cache_duration: None,
+                protocol_support_enumeration: Some(String::from_utf8_lossy(PROTOCOL_NS).into_owned()),
+                error_url: None,
+                signature: None,
+                key_descriptors: vec![KeyDescriptor {
+                    key_use: Some("signing".into()),
+                    key_info: samael::key_info::KeyInfo {
+                        id: None,
+                        x509_data: Some(samael::key_info::X509Data { certificates }),
+                    },
+                    encryption_methods: None,
+                }],
+                organization: None,
+                contact_people: vec![],
+                artifact_resolution_service: vec![],
+                single_logout_services: vec![],
+                manage_name_id_services: vec![],
+                name_id_formats: vec![],
+                want_authn_requests_signed: None,
+                single_sign_on_services: vec![],
+                name_id_mapping_services: vec![],
+                assertion_id_request_services: vec![],
+                attribute_profiles: vec![],
+                attributes: vec![],
+            }]),
+            ..EntityDescriptor::default()
+        };
+        let service = ServiceProvider {
+            entity_id: Some(sp.entity_id.clone()),
+            acs_url: Some(acs.to_owned()),
+            metadata_url: None,
+            slo_url: None,
+            idp_metadata: idp,
+            allow_idp_initiated: false,
+            max_issue_delay: chrono::Duration::from_std(MAX_ISSUE_AGE).unwrap_or_default(),
+            max_clock_skew: chrono::Duration::from_std(SKEW).unwrap_or_default(),
+            allowed_signature_algorithms: Some(algorithms(o.signature_algorithm)),
+            ..ServiceProvider::default()
+        };
+        let assertion = service.parse_xml_response(xml, Some(&[request_id][..])).map_err(|e| {
+            let message = match e {
+                samael::service_provider::Error::FailedToValidateSignature => format!(
+                    "the response carries no valid signature by the connection's IdP certificates with {} over \
+                     its assertion or the whole response",
+                    o.signature_algorithm.as_str()
+                ),
+                e => format!("the response was refused: {}", short(&e.to_string(), 300)),
+            };
+            rejected(sp, "SAML_RESPONSE_INVALID", message)
+        })?;
+        self.check(sp, &assertion, acs, request_id, idp_entity.as_deref())?;
+        Ok(assertion)
+    }
+
+    /// The rules checked again (or only) here, on the controllable clock.
+    fn check(
+        &self,
+        sp: &Sp<'_>,
+        a: &Assertion,
+        acs: &str,
+        request_id: &str,
+        idp_entity: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        let now = self.clock.now();
+        let bad = |m: String| Err(rejected(sp, "SAML_ASSERTION_INVALID", m));
+        if let Some(issuer) = idp_entity
+            && a.issuer.value.as_deref() != Some(issuer)
+        {
+            return bad(format!("the assertion's issuer is not {issuer:?}"));
+        }
+        let issued = to_system(a.issue_instant);
+        if issued > now + SKEW {
+            return bad("the assertion was issued in the future (IssueInstant)".into());
+        }
+        if issued + MAX_ISSUE_AGE + SKEW < now {
+            return bad("the assertion was issued too long ago (IssueInstant)".into());
+        }
+        let Some(c) = &a.conditions else { return bad("the assertion has no Conditions (audience)".into()) };
+        if let Some(nb) = c.not_before
+            && to_system(nb) > now + SKEW
+        {
+            return bad("the assertion is not valid yet (NotBefore)".into());
+        }
+        if let Some(na) = c.not_on_or_after
+            && to_system(na) + SKEW <= now
+        {
+            return bad("the assertion has expired (NotOnOrAfter)".into());
+        }
+        let restrictions = c.audience_restrictions.as_deref().unwrap_or_default();
+        if restrictions.is_empty() || !restrictions.iter().all(|r| r.audience.iter().any(|x| x == &sp.entity_id)) {
+            return bad(format!("the assertion's audience is not this service provider ({:?})", sp.entity_id));
+        }
+        let confirmed = a
+            .subject
+            .as_ref()
+            .and_then(|s| s.subject_confirmations.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| c.method.as_deref() == Some(BEARER))
+            .filter_map(|c| c.subject_confirmation_data.as_ref())
+            .any(|d| {
+                d.recipient.as_deref() == Some(acs)
+                    && d.in_response_to.as_deref() == Some(request_id)
+                    && d.not_on_or_after.is_some_and(|t| to_system(t) + SKEW > now)
+                    && d.not_before.is_none_or(|t| to_system(t) <= now + SKEW)
+            });
+        if !confirmed {
+            return bad(
+                "the assertion's bearer confirmation does not hold (recipient, InResponseTo of this login, or \
+                 NotOnOrAfter)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn request_url(
+        &self,
+        sp: &Sp<'_>,
+        conn: &Resolved,
+        tx: &RedirectTransaction,
+        id: &str,
+    ) -> Result<String, ConnectorError> {
+        let o = sp.options;
+        let request = AuthnRequest {
+            id: id.to_owned(),
+            version: "2.0".into(),
+            issue_instant: to_chrono(self.clock.now()),
+            destination: Some(o.sign_in_url.clone()),
+            issuer: Some(Issuer { value: Some(sp.entity_id.clone()), ..Issuer::default() }),
+            assertion_consumer_service_url: Some(tx.callback_url.clone()),
+            protocol_binding: Some(HTTP_POST.into()),
+            name_id_policy: Some(NameIdPolicy { allow_create: Some(true), ..NameIdPolicy::default() }),
+            ..AuthnRequest::default()
+        };
+        let fail = |e: &dyn std::fmt::Display| misconfigured(sp.connection, format!("the request cannot be made: {e}"));
+        if o.binding == SamlBinding::HttpPost {
+            // Handled by the caller.
+            return Err(fail(&"HTTP-POST"));
+        }
+        let url = request.redirect(&tx.state).map_err(|e| fail(&e))?.ok_or_else(|| fail(&"no sign-in URL"))?;
+        if !o.sign_request {
+            return Ok(url.to_string());
+        }
+        let key = conn
+            .secret(names::REQUEST_SIGNING_KEY)
+            .ok_or_else(|| misconfigured(sp.connection, "signs requests but has no request_signing_key"))?;
+        sign_query(url, key.expose(), o.signature_algorithm)
+            .map_err(|e| misconfigured(sp.connection, format!("the request signing key cannot sign: {e}")))
+    }
+}
+
+/// Signs an HTTP-Redirect query (SAML bindings 3.4.4.1): `SigAlg`, then the signature of the
+/// encoded query so far as `Signature`.
+fn sign_query(mut url: url::Url, key_pem: &str, algorithm: SamlSignatureAlgorithm) -> Result<String, String> {
+    let (uri, digest) = match algorithm {
+        SamlSignatureAlgorithm::RsaSha256 => {
+            ("http://www.w3.org/2001/04/xmldsig-more#rsa-sha256", openssl::hash::MessageDigest::sha256())
+        }
+        SamlSignatureAlgorithm::RsaSha512 => {
+            ("http://www.w3.org/2001/04/xmldsig-more#rsa-sha512", openssl::hash::MessageDigest::sha512())
+        }
+    };
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes()).map_err(|_| "not a PEM private key")?;
+    if key.rsa().is_err() {
+        return Err("not an RSA key".into());
+    }
+    url.query_pairs_mut().append_pair("SigAlg", uri);
+    let signed = url.query().unwrap_or_default().to_owned();
+    let mut signer = openssl::sign::Signer::new(digest, &key).map_err(|e| e.to_string())?;
+    signer.update(signed.as_bytes()).map_err(|e| e.to_string())?;
+    let signature = signer.sign_to_vec().map_err(|e| e.to_string())?;
+    url.query_pairs_mut().append_pair("Signature", &STANDARD.encode(signature));
+    Ok(url.to_string())
+}
+
+/// Whether the certificate the metadata publishes is the signing key's.
+fn key_matches_certificate(key_pem: &str, certificate_pem: &str) -> Result<(), String> {
+    if certificate_pem.is_empty() {
+        return Err("request_signing_certificate is empty: the IdP cannot learn the key from the SP metadata".into());
+    }
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes()).map_err(|_| "not a PEM private key")?;
+    let cert = openssl::x509::X509::from_pem(certificate_pem.as_bytes())
+        .map_err(|_| "request_signing_certificate is not a PEM certificate")?;
+    let public = cert.public_key().map_err(|e| e.to_string())?;
+    if public.public_eq(&key) {
+        Ok(())
+    } else {
+        Err("request_signing_certificate is not the certificate of request_signing_key".into())
+    }
+}
+
+/// The request id of a transaction: unpredictable (from its sealed nonce), an NCName.
+fn request_id(tx: &RedirectTransaction) -> String {
+    let digest = Sha256::digest(format!("postern saml request id\n{}", tx.nonce).as_bytes());
+    format!("_{}", hex::encode(&digest[..20]))
+}
+
+/// Escapes text for an XML attribute or element.
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+}
+
+/// The SP metadata document of a connection.
+fn metadata_document(sp: &Sp<'_>, acs: &str) -> String {
+    let o = sp.options;
+    let mut keys = String::new();
+    if o.sign_request {
+        for body in pem_bodies(&o.request_signing_certificate) {
+            keys.push_str(&format!(
+                "    <md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\n",
+                xml_escape(&body)
+            ));
+        }
+    }
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" entityID=\"{entity}\">\n\
+         \x20 <md:SPSSODescriptor AuthnRequestsSigned=\"{signed}\" WantAssertionsSigned=\"true\" protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">\n\
+         {keys}\
+         \x20   <md:NameIDFormat>urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified</md:NameIDFormat>\n\
+         \x20   <md:NameIDFormat>{email}</md:NameIDFormat>\n\
+         \x20   <md:NameIDFormat>urn:oasis:names:tc:SAML:2.0:nameid-format:persistent</md:NameIDFormat>\n\
+         \x20   <md:AssertionConsumerService index=\"0\" isDefault=\"true\" Binding=\"{post}\" Location=\"{acs}\"/>\n\
+         \x20 </md:SPSSODescriptor>\n\
+         </md:EntityDescriptor>\n",
+        entity = xml_escape(&sp.entity_id),
+        signed = o.sign_request,
+        email = EMAIL_FORMAT,
+        post = HTTP_POST,
+        acs = xml_escape(acs),
+    )
+}
+
+/// The user an assertion describes.
+fn external_profile(sp: &Sp<'_>, a: &Assertion) -> Result<ExternalProfile, ConnectorError> {
+    let name_id = a.subject.as_ref().and_then(|s| s.name_id.as_ref());
+    let Some(name_id) = name_id.filter(|n| !n.value.trim().is_empty() && n.value.len() <= 255) else {
+        return Err(rejected(sp, "SAML_ASSERTION_INVALID", "the assertion names no usable subject (NameID)"));
+    };
+    let nameid = name_id.value.trim().to_owned();
+    let mut raw = Map::new();
+    let mut by_any_name: HashMap<String, Vec<String>> = HashMap::new();
+    let mut groups: Vec<Value> = Vec::new();
+    for statement in a.attribute_statements.iter().flatten() {
+        for attr in &statement.attributes {
+            let values: Vec<String> = attr.values.iter().filter_map(|v| v.value.clone()).collect();
+            let Some(name) = attr.name.clone().filter(|n| !n.is_empty()) else { continue };
+            if GROUP_ATTRIBUTES.iter().any(|g| *g == name || attr.friendly_name.as_deref() == Some(*g)) {
+                groups.extend(values.iter().cloned().map(Value::String));
+            }
+            let value = match values.as_slice() {
+                [one] => Value::String(one.clone()),
+                many => Value::Array(many.iter().cloned().map(Value::String).collect()),
+            };
+            raw.insert(name.clone(), value);
+            by_any_name.entry(name).or_default().extend(values.iter().cloned());
+            if let Some(friendly) = attr.friendly_name.clone().filter(|f| !f.is_empty()) {
+                by_any_name.entry(friendly).or_default().extend(values);
+            }
+        }
+    }
+    let first = |names: &[&str]| -> String {
+        names.iter().find_map(|n| by_any_name.get(*n).and_then(|v| v.first()).cloned()).unwrap_or_default()
+    };
+    let m = &sp.options.attributes;
+    let mut email = first(&[m.email.as_str(), "mail", "email", "urn:oid:0.9.2342.19200300.100.1.3"]);
+    if email.is_empty() && name_id.format.as_deref() == Some(EMAIL_FORMAT) {
+        email.clone_from(&nameid);
+    }
+    let profile = postern_connector::Profile {
+        email: email.to_lowercase(),
+        email_verified: false,
+        name: first(&[m.name.as_str(), "displayName", "cn"]),
+        given_name: first(&[m.given_name.as_str(), "givenName"]),
+        family_name: first(&[m.family_name.as_str(), "sn", "surname"]),
+        ..postern_connector::Profile::default()
+    };
+    if !groups.is_empty() {
+        raw.insert("groups".into(), Value::Array(groups));
+    }
+    raw.insert("nameid".into(), Value::String(nameid.clone()));
+    if let Some(f) = &name_id.format {
+        raw.insert("nameid_format".into(), Value::String(f.clone()));
+    }
+    if let Some(i) = &a.issuer.value {
+        raw.insert("issuer".into(), Value::String(i.clone()));
+    }
+    Ok(ExternalProfile {
+        source_id: format!("{}|{nameid}", sp.connection),
+        profile,
+        raw: Value::Object(raw),
+        user_metadata: Map::new(),
+        app_metadata: Map::new(),
+    })
+}
+
+fn step(name: &str, started: Instant, result: Result<String, String>) -> TestStep {
+    let ok = result.is_ok();
+    TestStep { name: name.into(), ok, detail: result.unwrap_or_else(|e| e), elapsed: started.elapsed() }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// The validity of each IdP certificate on `now`.
+fn check_certificates(o: &SamlOptions, now: SystemTime) -> Result<String, String> {
+    let now = openssl::asn1::Asn1Time::from_unix(unix(now)).map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    for body in o.signing_certificates.iter().flat_map(|c| pem_bodies(c)) {
+        let der = STANDARD.decode(&body).map_err(|_| "a certificate is not base64 DER".to_owned())?;
+        let cert = openssl::x509::X509::from_der(&der).map_err(|_| "a certificate is not X.509".to_owned())?;
+        let subject = cert
+            .subject_name()
+            .entries()
+            .map(|e| e.data().to_string().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (nb, na) = (cert.not_before(), cert.not_after());
+        if nb > now.as_ref() {
+            return Err(format!("the certificate of {subject:?} is not valid before {nb}"));
+        }
+        if na < now.as_ref() {
+            return Err(format!("the certificate of {subject:?} expired on {na}"));
+        }
+        found.push(format!("{subject:?} valid until {na}"));
+    }
+    if found.is_empty() {
+        return Err("the connection holds no IdP certificate".into());
+    }
+    Ok(format!("{} certificate(s): {}", found.len(), found.join("; ")))
+}
+
+#[async_trait]
+impl RedirectConnector for SamlConnector {
+    async fn begin(&self, tenant: &str, conn: &Resolved, tx: &RedirectTransaction) -> Result<Begun, ConnectorError> {
+        let sp = sp(tenant, conn)?;
+        let id = request_id(tx);
+        let data = serde_json::to_value(Kept { request_id: id.clone() }).unwrap_or(Value::Null);
+        if sp.options.binding == SamlBinding::HttpPost {
+            if sp.options.sign_request {
+                return Err(misconfigured(
+                    sp.connection,
+                    "signed requests are sent by HTTP-Redirect only; use SAML_BINDING_HTTP_REDIRECT",
+                ));
+            }
+            let request = AuthnRequest {
+                id: id.clone(),
+                version: "2.0".into(),
+                issue_instant: to_chrono(self.clock.now()),
+                destination: Some(sp.options.sign_in_url.clone()),
+                issuer: Some(Issuer { value: Some(sp.entity_id.clone()), ..Issuer::default() }),
+                assertion_consumer_service_url: Some(tx.callback_url.clone()),
+                protocol_binding: Some(HTTP_POST.into()),
+                ..AuthnRequest::default()
+            };
+            let xml = request
+                .to_string()
+                .map_err(|e| misconfigured(sp.connection, format!("the request cannot be made: {e}")))?;
+            return Ok(Begun {
+                request: UpstreamRequest::FormPost {
+                    url: sp.options.sign_in_url.clone(),
+                    fields: vec![("SAMLRequest".into(), STANDARD.encode(xml)), ("RelayState".into(), tx.state.clone())],
+                },
+                data,
+            });
+        }
+        let url = self.request_url(&sp, conn, tx, &id)?;
+        Ok(Begun { request: UpstreamRequest::Redirect(url), data })
+    }
+
+    async fn complete(
+        &self,
+        tenant: &str,
+        conn: &Resolved,
+        params: &HashMap<String, String>,
+        tx: &RedirectTransaction,
+    ) -> Result<Completed, ConnectorError> {
+        let sp = sp(tenant, conn)?;
+        let kept: Kept = serde_json::from_value(tx.data.clone())
+            .map_err(|_| rejected(&sp, "SAML_RESPONSE_INVALID", "this login was not started as a SAML login"))?;
+        let Some(encoded) = params.get("SAMLResponse").filter(|r| !r.is_empty()) else {
+            return Err(rejected(&sp, "SAML_RESPONSE_MISSING", "the identity provider posted no SAMLResponse"));
+        };
+        if encoded.len() > MAX_RESPONSE {
+            return Err(rejected(&sp, "SAML_RESPONSE_INVALID", "the SAMLResponse is too large"));
+        }
+        let compact: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let bytes = STANDARD
+            .decode(compact)
+            .map_err(|_| rejected(&sp, "SAML_RESPONSE_INVALID", "the SAMLResponse is not base64"))?;
+        let xml = String::from_utf8(bytes)
+            .map_err(|_| rejected(&sp, "SAML_RESPONSE_INVALID", "the SAMLResponse is not UTF-8 XML"))?;
+        let shape = shape(&xml).map_err(|m| rejected(&sp, "SAML_RESPONSE_INVALID", m))?;
+        if !shape.response_root {
+            return Err(rejected(&sp, "SAML_RESPONSE_INVALID", "the document is not a SAML protocol Response"));
+        }
+        if let Some(status) = shape.status.as_deref().filter(|s| *s != STATUS_SUCCESS) {
+            let message = shape.status_message.as_deref().map(|m| format!(": {}", short(m, 200))).unwrap_or_default();
+            return Err(ConnectorError::Denied {
+                message: format!(
+                    "connection {:?}: the identity provider answered {}{message}",
+                    sp.connection,
+                    short(status, 120)
+                ),
+            });
+        }
+        if shape.encrypted > 0 {
+            return Err(rejected(
+                &sp,
+                "SAML_ENCRYPTION_NOT_SUPPORTED",
+                "the response carries an encrypted assertion; this server does not decrypt assertions yet (turn \
+                 assertion encryption off at the identity provider)",
+            ));
+        }
+        if shape.assertions != 1 {
+            return Err(rejected(
+                &sp,
+                "SAML_RESPONSE_INVALID",
+                format!("a response must carry exactly one assertion; this one carries {}", shape.assertions),
+            ));
+        }
+        let assertion = self.verify(&sp, &xml, &tx.callback_url, &kept.request_id, shape.issuer.as_deref())?;
+        let profile = external_profile(&sp, &assertion)?;
+        // Remembered until the assertion could no longer be accepted anyway.
+        let until = [
+            assertion.conditions.as_ref().and_then(|c| c.not_on_or_after),
+            assertion
+                .subject
+                .as_ref()
+                .and_then(|s| s.subject_confirmations.as_ref())
+                .and_then(|c| c.iter().filter_map(|c| c.subject_confirmation_data.as_ref()?.not_on_or_after).max()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(to_system)
+        .max()
+        .unwrap_or_else(|| self.clock.now() + DEFAULT_REPLAY_WINDOW);
+        let issuer = assertion.issuer.value.clone().unwrap_or_default();
+        let key = hex::encode(Sha256::digest(format!("{issuer}\n{}", assertion.id).as_bytes()));
+        Ok(Completed {
+            profile,
+            tokens: None,
+            partial_profile: false,
+            one_time_id: Some(OneTimeId { key, until: until.max(self.clock.now()) + SKEW }),
+        })
+    }
+
+    async fn metadata(
+        &self,
+        tenant: &str,
+        conn: &Resolved,
+        callback_url: &str,
+    ) -> Result<ServiceMetadata, ConnectorError> {
+        let sp = sp(tenant, conn)?;
+        Ok(ServiceMetadata {
+            content_type: "application/samlmetadata+xml".into(),
+            document: metadata_document(&sp, callback_url),
+        })
+    }
+
+    async fn test(&self, tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
+        let sp = sp(tenant, conn)?;
+        let o = sp.options;
+        let mut steps = Vec::new();
+        let started = Instant::now();
+        steps.push(step("certificates", started, check_certificates(o, self.clock.now())));
+        if o.sign_request {
+            let started = Instant::now();
+            let result = match conn.secret(names::REQUEST_SIGNING_KEY) {
+                None => Err("sign_request is set but request_signing_key is not".to_owned()),
+                Some(key) => {
+                    let url = url::Url::parse("https://idp.invalid/sso?SAMLRequest=test").map_err(|e| e.to_string());
+                    url.and_then(|u| sign_query(u, key.expose(), o.signature_algorithm))
+                        .and_then(|_| key_matches_certificate(key.expose(), &o.request_signing_certificate))
+                        .map(|()| {
+                            format!(
+                                "the request signing key signs with {} and matches request_signing_certificate",
+                                o.signature_algorithm.as_str()
+                            )
+                        })
+                }
+            };
+            steps.push(step("request_signing_key", started, result));
+        }
+        let started = Instant::now();
+        let result = match self.http.get(&o.sign_in_url).send().await {
+            Ok(r) => Ok(format!("the sign-in URL answered HTTP {}", r.status().as_u16())),
+            Err(e) => {
+                Err(format!("the sign-in URL {} cannot be reached: {}", o.sign_in_url, short(&e.to_string(), 200)))
+            }
+        };
+        steps.push(step("sign_in_url", started, result));
+        let ok = steps.iter().all(|s| s.ok);
+        Ok(TestReport { ok, steps })
+    }
+}
+
+/// The unverified shape of a response, for tests of the pre-checks.
+#[doc(hidden)]
+pub fn assertion_count(xml: &str) -> Result<usize, String> {
+    shape(xml).map(|s| s.assertions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        let one = r#"<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion"><saml:Issuer>idp</saml:Issuer><samlp:Status><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Success"/></samlp:Status><saml:Assertion ID="a"><saml:Issuer>idp</saml:Issuer></saml:Assertion></samlp:Response>"#;
+        let s = shape(one).expect("xml");
+        assert!(s.response_root);
+        assert_eq!(s.assertions, 1);
+        assert_eq!(s.status.as_deref(), Some(STATUS_SUCCESS));
+        assert_eq!(s.issuer.as_deref(), Some("idp"));
+        let wrapped = one.replace(
+            r#"<saml:Assertion ID="a">"#,
+            r#"<saml:Assertion ID="evil"><saml:Subject><saml:Assertion ID="a"></saml:Assertion></saml:Subject></saml:Assertion><saml:Assertion ID="a">"#,
+        );
+        assert_eq!(shape(&wrapped).expect("xml").assertions, 3);
+        let dtd = format!("<!DOCTYPE r [<!ENTITY x \"y\">]>{one}");
+        assert!(shape(&dtd).is_err());
+        let denied = one.replace("status:Success", "status:Responder");
+        assert_eq!(
+            shape(&denied).expect("xml").status.as_deref(),
+            Some("urn:oasis:names:tc:SAML:2.0:status:Responder")
+        );
+    }
+
+    #[test]
+    fn pem_bodies_split_every_certificate() {
+        let pem = "-----BEGIN CERTIFICATE-----\nQUJD\nREVG\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nR0hJ\n-----END CERTIFICATE-----\n";
+        assert_eq!(pem_bodies(pem), vec!["QUJDREVG".to_owned(), "R0hJ".to_owned()]);
+    }
+
+    #[test]
+    fn metadata_escapes() {
+        let o = SamlOptions {
+            sign_in_url: "https://idp/sso".into(),
+            sign_out_url: String::new(),
+            signing_certificates: vec!["x".into()],
+            entity_id: String::new(),
+            audience: String::new(),
+            sign_request: false,
+            signature_algorithm: SamlSignatureAlgorithm::RsaSha256,
+            request_signing_certificate: String::new(),
+            binding: SamlBinding::HttpRedirect,
+            attributes: postern_connection::SamlAttributes {
+                email: String::new(),
+                name: String::new(),
+                given_name: String::new(),
+                family_name: String::new(),
+            },
+        };
+        let sp = Sp { connection: "c", entity_id: "urn:a&b".into(), options: &o };
+        let doc = metadata_document(&sp, "https://p/t/login/callback?x=\"1\"");
+        assert!(doc.contains("entityID=\"urn:a&amp;b\""));
+        assert!(doc.contains("Location=\"https://p/t/login/callback?x=&quot;1&quot;\""));
+        assert!(doc.contains("AuthnRequestsSigned=\"false\""));
+        assert!(!doc.contains("KeyDescriptor"));
+    }
+}

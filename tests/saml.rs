@@ -1,0 +1,576 @@
+//! SAML 2.0 logins (`samlp`) against a real identity provider: pysaml2, signing through
+//! `xmlsec1` (`postern_testkit::saml`, one per test binary). The IdP learns each connection's
+//! service provider from the SP metadata Postern publishes at
+//! `/<tenant>/samlp/metadata?connection=`; `/authorize?connection=` sends the browser there
+//! with an `AuthnRequest` (HTTP-Redirect, signed when the connection says so, and then checked
+//! by the IdP); the IdP's auto-submitting form posts the `SAMLResponse` to the tenant's
+//! `/login/callback`; the application gets its code, whose ID token names
+//! `samlp|<connection>|<NameID>`.
+//!
+//! Refused, with `error=access_denied` and nothing stored: an unsigned response, one signed by
+//! another key, an expired assertion (on the controllable clock), another audience, the
+//! answer to another login (`InResponseTo`), a replayed assertion id, and the XML signature
+//! wrapping variants (an unsigned assertion beside the signed one, or around it). A real
+//! headless Chromium clicks "Continue with …" and lands at the application.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use postern_common::time::Clock;
+use postern_proto::authn::v1 as authn;
+use postern_proto::connections::v1 as conn;
+use postern_proto::tenant::v1 as tenant;
+use postern_testkit::saml::SamlIdp;
+use postern_testkit::web::{Agent, Answer, Form};
+use postern_testkit::{Clients, Suite};
+use serde_json::{Value, json};
+
+const CALLBACK: &str = "https://app.example.com/callback";
+const STATE: &str = "app-state";
+const CONNECTION: &str = "fabrikam-idp";
+const ALICE: &str = "samlp|fabrikam-idp|alice@fabrikam.example";
+
+fn base(suite: &Suite) -> String {
+    format!("http://{}", suite.http)
+}
+
+/// A suite whose SAML time rules (and the authenticator's) read `clock`.
+async fn suite_on(clock: &Clock) -> Suite {
+    let clock = clock.clone();
+    Suite::start_with(move |s| {
+        s.connectors = Some(postern_connector_saml::register(postern::connectors(), clock.clone()));
+        s.clock = Some(clock);
+    })
+    .await
+    .expect("suite")
+}
+
+/// A tenant with a confidential web application.
+async fn app(admin: &mut Clients, t: &str) -> tenant::Client {
+    admin.create_tenant(t).await.expect("tenant");
+    let c = tenant::Client {
+        name: "Fabrikam Employee Timesheets".into(),
+        app_type: tenant::AppType::RegularWeb as i32,
+        callbacks: vec![CALLBACK.into()],
+        ..Default::default()
+    };
+    admin
+        .clients
+        .create_client(tenant::CreateClientRequest { tenant: t.into(), client: Some(c) })
+        .await
+        .expect("client")
+        .into_inner()
+        .client
+        .expect("client")
+}
+
+fn saml_options(idp: &SamlIdp) -> conn::SamlOptions {
+    conn::SamlOptions {
+        sign_in_url: idp.sso_url(),
+        signing_certificates: vec![idp.certificate.clone()],
+        entity_id: idp.entity_id.clone(),
+        ..Default::default()
+    }
+}
+
+/// Creates the `samlp` connection `name` with `options`, enables it for `client`, and
+/// registers its SP (by the metadata Postern publishes) with the IdP under `mode`: the
+/// metadata document.
+async fn connect(
+    idp: &SamlIdp,
+    suite: &Suite,
+    admin: &mut Clients,
+    t: &str,
+    client: &tenant::Client,
+    name: &str,
+    options: conn::SamlOptions,
+    mode: Value,
+) -> String {
+    let connection = conn::Connection {
+        name: name.into(),
+        display_name: "Fabrikam IdP".into(),
+        strategy: "samlp".into(),
+        options: Some(conn::connection::Options::Saml(options)),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: t.into(), connection: Some(connection) })
+        .await
+        .expect("connection");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: t.into(),
+            connection: name.into(),
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+    let metadata = metadata(suite, t, name).await;
+    assert_eq!(metadata.status, 200, "{metadata:?}");
+    idp.register_sp(&metadata.body, mode).await.expect("SP registered");
+    metadata.body
+}
+
+async fn metadata(suite: &Suite, t: &str, name: &str) -> Answer {
+    Agent::new().get(&format!("{}/{t}/samlp/metadata?connection={name}", base(suite))).await.expect("metadata")
+}
+
+fn authorize_url(suite: &Suite, t: &str, client_id: &str, connection: &str) -> String {
+    let mut url = url::Url::parse(&format!("{}/{t}/authorize", base(suite))).expect("url");
+    url.query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", CALLBACK)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid profile email")
+        .append_pair("state", STATE)
+        .append_pair("nonce", "app-nonce")
+        .append_pair("connection", connection)
+        .append_pair("prompt", "login");
+    url.into()
+}
+
+/// The query of the redirect to the application.
+fn app_query(answer: &Answer) -> HashMap<String, String> {
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let location = answer.location().expect("location");
+    assert!(location.starts_with(&format!("{CALLBACK}?")), "{location}");
+    url::Url::parse(location).expect("url").query_pairs().into_owned().collect()
+}
+
+/// Starts a login at `connection`: the 303 to the IdP (with the binding cookie) and the
+/// redirect's query (`SAMLRequest`, `RelayState`, …).
+async fn start(
+    idp: &SamlIdp,
+    suite: &Suite,
+    agent: &mut Agent,
+    t: &str,
+    client: &tenant::Client,
+    connection: &str,
+) -> (String, HashMap<String, String>) {
+    let answer = agent.get(&authorize_url(suite, t, &client.client_id, connection)).await.expect("authorize");
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let location = answer.location().expect("to the IdP").to_owned();
+    assert!(location.starts_with(&idp.sso_url()), "{location}");
+    assert!(
+        answer.headers("set-cookie").iter().any(|c| c.starts_with("postern_up_") && c.contains("HttpOnly")),
+        "the binding cookie: {answer:?}"
+    );
+    let q = url::Url::parse(&location).expect("url").query_pairs().into_owned().collect();
+    (location, q)
+}
+
+/// The IdP's auto-submitting form for the request at `location`.
+async fn idp_form(agent: &mut Agent, location: &str) -> Form {
+    let page = agent.get(location).await.expect("IdP");
+    assert_eq!(page.status, 200, "the IdP took the request: {}", page.body);
+    page.forms().into_iter().find(|f| f.has("SAMLResponse")).expect("the IdP's form")
+}
+
+/// A whole login: `/authorize?connection=` to the application's answer.
+async fn login(
+    idp: &SamlIdp,
+    suite: &Suite,
+    t: &str,
+    client: &tenant::Client,
+    connection: &str,
+) -> HashMap<String, String> {
+    let mut agent = Agent::new();
+    let (location, _) = start(idp, suite, &mut agent, t, client, connection).await;
+    let form = idp_form(&mut agent, &location).await;
+    let back = agent.submit(&location, &form).await.expect("callback");
+    app_query(&back)
+}
+
+fn claims_of(jwt: &str) -> Value {
+    let body = jwt.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).expect("base64url")).expect("JSON")
+}
+
+async fn exchange(suite: &Suite, t: &str, client: &tenant::Client, code: &str) -> Value {
+    let fields: Vec<(String, String)> = [
+        ("grant_type", "authorization_code"),
+        ("client_id", client.client_id.as_str()),
+        ("client_secret", client.client_secret.as_str()),
+        ("code", code),
+        ("redirect_uri", CALLBACK),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let answer = Agent::new().post_form(&format!("{}/{t}/oauth/token", base(suite)), &fields).await.expect("token");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    serde_json::from_str(&answer.body).expect("JSON")
+}
+
+async fn user(admin: &mut Clients, t: &str, user_id: &str) -> Option<authn::User> {
+    match admin.users.get_user(authn::GetUserRequest { tenant: t.into(), user_id: user_id.into() }).await {
+        Ok(r) => r.into_inner().user,
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => panic!("GetUser: {s:?}"),
+    }
+}
+
+async fn user_count(admin: &mut Clients, t: &str) -> usize {
+    admin
+        .users
+        .list_users(authn::ListUsersRequest { tenant: t.into(), ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner()
+        .users
+        .len()
+}
+
+#[track_caller]
+fn assert_refused(answer: &HashMap<String, String>, why: &str, case: &str) {
+    assert_eq!(answer.get("error").map(String::as_str), Some("access_denied"), "{case}: {answer:?}");
+    assert_eq!(answer.get("state").map(String::as_str), Some(STATE), "{case}: {answer:?}");
+    let description = answer.get("error_description").cloned().unwrap_or_default();
+    assert!(description.contains(why), "{case}: {description:?} should say {why:?}");
+    assert!(!answer.contains_key("code"), "{case}: {answer:?}");
+}
+
+#[tokio::test]
+async fn a_samlp_login_end_to_end_through_the_metadata_the_redirect_and_the_post_back() {
+    let Some(idp) = SamlIdp::shared("a_samlp_login_end_to_end_through_the_metadata_the_redirect_and_the_post_back")
+    else {
+        return;
+    };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-e2e";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let md = connect(idp, &suite, &mut admin, t, &portal, CONNECTION, saml_options(idp), json!({})).await;
+
+    // The SP metadata: entity id, the tenant's callback as ACS, unsigned requests.
+    let acs = format!("{}/{t}/login/callback", base(&suite));
+    assert!(md.contains(&format!("entityID=\"urn:postern:{t}:{CONNECTION}\"")), "{md}");
+    assert!(md.contains(&format!("Location=\"{acs}\"")), "{md}");
+    assert!(md.contains("AuthnRequestsSigned=\"false\"") && !md.contains("KeyDescriptor"), "{md}");
+    assert_eq!(metadata(&suite, t, "nobody").await.status, 404);
+    let no_name = Agent::new().get(&format!("{}/{t}/samlp/metadata", base(&suite))).await.expect("metadata");
+    assert_eq!(no_name.status, 400, "{no_name:?}");
+    assert!(no_name.body.contains("connection"), "{no_name:?}");
+
+    // TestConnection: the certificate's dates, the sign-in URL reached.
+    let tested = admin
+        .authn
+        .test_connection(authn::TestConnectionRequest { tenant: t.into(), connection: CONNECTION.into() })
+        .await
+        .expect("test")
+        .into_inner();
+    assert!(tested.ok, "{tested:?}");
+    assert_eq!(tested.strategy, "samlp");
+    let names: Vec<&str> = tested.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["certificates", "sign_in_url"]);
+    assert!(tested.steps[0].detail.contains("Fabrikam test IdP"), "{tested:?}");
+
+    // The login: the AuthnRequest, the IdP's form, the callback, the application's code.
+    let mut agent = Agent::new();
+    let (location, q) = start(idp, &suite, &mut agent, t, &portal, CONNECTION).await;
+    assert!(q.contains_key("SAMLRequest") && !q.contains_key("Signature"), "{q:?}");
+    let form = idp_form(&mut agent, &location).await;
+    assert_eq!(form.action, acs, "the IdP posts to the ACS of the metadata");
+    assert_eq!(form.value("RelayState"), q.get("RelayState").map(String::as_str));
+    let back = agent.submit(&location, &form).await.expect("callback");
+    assert!(back.headers("set-cookie").iter().any(|c| c.starts_with("postern_session=")), "an SSO session: {back:?}");
+    let answer = app_query(&back);
+    assert_eq!(answer["state"], STATE);
+    let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+    let id = claims_of(tokens["id_token"].as_str().expect("id_token"));
+    assert_eq!(id["sub"], ALICE);
+    assert_eq!(id["email"], "alice@fabrikam.example");
+    assert_eq!(id["name"], "Alice Example");
+    assert_eq!(id["given_name"], "Alice");
+    assert_eq!(id["family_name"], "Example");
+    let alice = user(&mut admin, t, ALICE).await.expect("the user is stored");
+    assert_eq!(alice.identities.len(), 1);
+    let identity = &alice.identities[0];
+    assert_eq!((identity.connection.as_str(), identity.strategy.as_str()), (CONNECTION, "samlp"));
+    let data = identity.profile_data.as_ref().map(prost_struct).expect("profile data");
+    assert_eq!(data["groups"], json!(["timesheets-users", "engineering"]), "multi-valued kept as a list: {data}");
+    assert_eq!(data["nameid"], "alice@fabrikam.example");
+
+    // The same response posted again: its login is used up.
+    let again = agent.submit(&location, &form).await.expect("again");
+    assert_eq!(again.status, 400, "{again:?}");
+
+    // A response signed on the whole Response (not the assertion), and on both: accepted.
+    for sign in ["response", "both"] {
+        idp.register_sp(&md, json!({"sign": sign})).await.expect("mode");
+        let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+        assert!(answer.contains_key("code"), "signed {sign}: {answer:?}");
+    }
+    assert_eq!(user_count(&mut admin, t).await, 1, "the same user each time");
+    suite.stop().await.expect("stop");
+}
+
+/// A protobuf Struct as JSON.
+fn prost_struct(s: &prost_types::Struct) -> Value {
+    fn value(v: &prost_types::Value) -> Value {
+        use prost_types::value::Kind;
+        match &v.kind {
+            Some(Kind::StringValue(s)) => json!(s),
+            Some(Kind::BoolValue(b)) => json!(b),
+            Some(Kind::NumberValue(n)) => json!(n),
+            Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value).collect()),
+            Some(Kind::StructValue(s)) => prost_struct(s),
+            Some(Kind::NullValue(_)) | None => Value::Null,
+        }
+    }
+    Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+}
+
+#[tokio::test]
+async fn forged_and_broken_responses_are_refused_and_nothing_is_stored() {
+    let Some(idp) = SamlIdp::shared("forged_and_broken_responses_are_refused_and_nothing_is_stored") else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-forged";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let md = connect(idp, &suite, &mut admin, t, &portal, CONNECTION, saml_options(idp), json!({})).await;
+
+    let cases = [
+        ("unsigned", json!({"sign": "none"}), "no valid signature"),
+        ("signed by another key", json!({"key": "other"}), "no valid signature"),
+        ("another audience", json!({"audience": "urn:postern:someone-else"}), "Audience"),
+        ("InResponseTo of no request of ours", json!({"in_response_to": "_not-ours"}), "InResponseTo"),
+        ("wrapped: an unsigned assertion beside the signed one", json!({"wrap": "sibling"}), "exactly one assertion"),
+        ("wrapped: an unsigned assertion around the signed one", json!({"wrap": "inside"}), "exactly one assertion"),
+    ];
+    for (case, mode, why) in cases {
+        idp.register_sp(&md, mode).await.expect("mode");
+        let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+        assert_refused(&answer, why, case);
+        assert_eq!(user_count(&mut admin, t).await, 0, "{case}: nothing stored");
+    }
+
+    // The answer to another login of the same browser: its InResponseTo is not this login's.
+    idp.register_sp(&md, json!({})).await.expect("mode");
+    let mut agent = Agent::new();
+    let (first, _) = start(idp, &suite, &mut agent, t, &portal, CONNECTION).await;
+    let (_, second) = start(idp, &suite, &mut agent, t, &portal, CONNECTION).await;
+    let mut form = idp_form(&mut agent, &first).await;
+    form.set("RelayState", &second["RelayState"]);
+    let answer = app_query(&agent.submit(&first, &form).await.expect("callback"));
+    assert_refused(&answer, "InResponseTo", "the answer to another login");
+    assert_eq!(user_count(&mut admin, t).await, 0, "nothing stored");
+
+    // The wrapped forms are not a forgery's only shape: the signed original still logs in.
+    let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+    assert!(answer.contains_key("code"), "{answer:?}");
+    assert!(user(&mut admin, t, ALICE).await.is_some());
+    assert!(user(&mut admin, t, "samlp|fabrikam-idp|mallory@fabrikam.example").await.is_none());
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn an_assertion_id_is_accepted_once_across_logins() {
+    let Some(idp) = SamlIdp::shared("an_assertion_id_is_accepted_once_across_logins") else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-replay";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let mode = json!({"assertion_id": "_the-same-assertion"});
+    connect(idp, &suite, &mut admin, t, &portal, CONNECTION, saml_options(idp), mode).await;
+
+    // Each login answers its own request (InResponseTo holds), but the IdP reuses the
+    // assertion's id: the second is a replay.
+    let first = login(idp, &suite, t, &portal, CONNECTION).await;
+    assert!(first.contains_key("code"), "{first:?}");
+    let second = login(idp, &suite, t, &portal, CONNECTION).await;
+    assert_refused(&second, "already used", "a replayed assertion id");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn an_expired_assertion_is_refused_on_the_clock() {
+    let Some(idp) = SamlIdp::shared("an_expired_assertion_is_refused_on_the_clock") else { return };
+    let clock = Clock::manual(postern_common::time::now_micros());
+    let suite = suite_on(&clock).await;
+    let t = "fabrikam-clock";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let mode = json!({"lifetime_seconds": 60});
+    connect(idp, &suite, &mut admin, t, &portal, CONNECTION, saml_options(idp), mode).await;
+
+    // In time, an assertion that lives one minute logs in.
+    let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+    assert!(answer.contains_key("code"), "{answer:?}");
+    assert_eq!(user_count(&mut admin, t).await, 1);
+
+    // Two minutes and a half pass before the next one arrives (less than the login
+    // transaction's lifetime, more than the assertion's and the skew).
+    let mut agent = Agent::new();
+    let (location, _) = start(idp, &suite, &mut agent, t, &portal, CONNECTION).await;
+    let form = idp_form(&mut agent, &location).await;
+    clock.advance(std::time::Duration::from_secs(150));
+    let answer = app_query(&agent.submit(&location, &form).await.expect("callback"));
+    assert_refused(&answer, "expired", "an expired assertion");
+    let alice = user(&mut admin, t, ALICE).await.expect("alice");
+    assert_eq!(alice.logins_count, 1, "the refused login is not counted");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn signed_requests_are_checked_by_the_idp_and_their_certificate_published() {
+    let Some(idp) = SamlIdp::shared("signed_requests_are_checked_by_the_idp_and_their_certificate_published") else {
+        return;
+    };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-signed";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let cert = rcgen::CertificateParams::new(vec!["postern-sp".into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let options = conn::SamlOptions {
+        sign_request: true,
+        request_signing_key: key.serialize_pem(),
+        request_signing_certificate: cert.pem(),
+        ..saml_options(idp)
+    };
+    let md = connect(idp, &suite, &mut admin, t, &portal, CONNECTION, options, json!({"require_signed_request": true}))
+        .await;
+    assert!(md.contains("AuthnRequestsSigned=\"true\"") && md.contains("<md:KeyDescriptor use=\"signing\">"), "{md}");
+
+    let mut agent = Agent::new();
+    let (location, q) = start(idp, &suite, &mut agent, t, &portal, CONNECTION).await;
+    assert_eq!(q["SigAlg"], "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256");
+    // Tampered with, the request's signature no longer verifies at the IdP.
+    let tampered = location.replace("RelayState=", "RelayState=x");
+    assert_eq!(agent.get(&tampered).await.expect("IdP").status, 400, "the IdP checks the signature");
+    let form = idp_form(&mut agent, &location).await;
+    let answer = app_query(&agent.submit(&location, &form).await.expect("callback"));
+    assert!(answer.contains_key("code"), "{answer:?}");
+
+    let tested = admin
+        .authn
+        .test_connection(authn::TestConnectionRequest { tenant: t.into(), connection: CONNECTION.into() })
+        .await
+        .expect("test")
+        .into_inner();
+    assert!(tested.ok, "{tested:?}");
+    assert!(tested.steps.iter().any(|s| s.name == "request_signing_key" && s.ok), "{tested:?}");
+    assert!(!format!("{tested:?}").contains("PRIVATE KEY"), "never a secret");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_samlp_connection_without_an_idp_certificate_cannot_be_created() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-nocert";
+    let mut admin = suite.admin().await;
+    admin.create_tenant(t).await.expect("tenant");
+    let connection = conn::Connection {
+        name: "no-certificate".into(),
+        strategy: "samlp".into(),
+        options: Some(conn::connection::Options::Saml(conn::SamlOptions {
+            sign_in_url: "https://idp.fabrikam.example/sso".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let e = admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: t.into(), connection: Some(connection) })
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let fields = postern_testkit::violated_fields(&e);
+    assert!(fields.iter().any(|f| f.ends_with("saml.signing_certificates")), "{fields:?}");
+    suite.stop().await.expect("stop");
+}
+
+/// A loopback application that answers every request with a small page.
+async fn loopback_app() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let page = "<html><body><h1 id=app>The application</h1></body></html>";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_browser_logs_in_through_the_idp_and_lands_at_the_application() {
+    let test = "a_real_browser_logs_in_through_the_idp_and_lands_at_the_application";
+    let Some(idp) = SamlIdp::shared(test) else { return };
+    let Some(browser) = postern_testkit::browser::Browser::open(test).await else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-browser";
+    let mut admin = suite.admin().await;
+    let (app_addr, app_task) = loopback_app().await;
+    let callback = format!("http://{app_addr}/callback");
+    admin.create_tenant(t).await.expect("tenant");
+    let timesheets = admin
+        .clients
+        .create_client(tenant::CreateClientRequest {
+            tenant: t.into(),
+            client: Some(tenant::Client {
+                name: "Fabrikam Employee Timesheets".into(),
+                app_type: tenant::AppType::RegularWeb as i32,
+                callbacks: vec![callback.clone()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("client")
+        .into_inner()
+        .client
+        .expect("client");
+    connect(idp, &suite, &mut admin, t, &timesheets, CONNECTION, saml_options(idp), json!({})).await;
+
+    // The hosted page's "Continue with …" button, the IdP's auto-submitting form, the
+    // callback: the browser does it all.
+    let mut url = url::Url::parse(&format!("{}/{t}/authorize", base(&suite))).expect("url");
+    url.query_pairs_mut()
+        .append_pair("client_id", &timesheets.client_id)
+        .append_pair("redirect_uri", &callback)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid profile email")
+        .append_pair("state", "browser-state")
+        .append_pair("nonce", "browser-nonce");
+    browser.goto(url.as_str()).await.expect("authorize");
+    browser.click(&format!("button[data-connection={CONNECTION}]")).await.expect("Continue with …");
+    let landed = browser
+        .wait_for_url("the application", |u| u.host_str() == Some("127.0.0.1") && u.port() == Some(app_addr.port()))
+        .await
+        .expect("back at the application");
+    let q: HashMap<String, String> = landed.query_pairs().into_owned().collect();
+    assert_eq!(q.get("state").map(String::as_str), Some("browser-state"), "{landed}");
+    let fields: Vec<(String, String)> = [
+        ("grant_type", "authorization_code"),
+        ("client_id", timesheets.client_id.as_str()),
+        ("client_secret", timesheets.client_secret.as_str()),
+        ("code", q["code"].as_str()),
+        ("redirect_uri", callback.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let answer = Agent::new().post_form(&format!("{}/{t}/oauth/token", base(&suite)), &fields).await.expect("token");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let tokens: Value = serde_json::from_str(&answer.body).expect("JSON");
+    assert_eq!(claims_of(tokens["id_token"].as_str().expect("id_token"))["sub"], ALICE);
+    browser.close().await.expect("close");
+    app_task.abort();
+    suite.stop().await.expect("stop");
+}

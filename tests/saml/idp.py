@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""The SAML 2.0 identity provider of Postern's tests: pysaml2 (signing through xmlsec1) on a
+free loopback port, started once per test binary by postern-testkit's `saml` module.
+
+It prints one JSON line when ready: {"url": ..., "entity_id": ..., "certificate": PEM,
+"other_certificate": PEM} ("other" is a second key pair that no connection trusts). It exits
+when its standard input closes (the test binary ended, however it ended), unless run by hand
+with --keep-running (the README's walk-through: --port 8088 --cert-out idp.crt, then
+`curl -d "$(jq -n --arg m "$(curl -s <SP metadata URL>)" '{metadata: $m}')" :8088/control/sp`).
+
+  GET  /metadata             the IdP's metadata
+  GET  /sso/redirect         an HTTP-Redirect AuthnRequest -> an auto-submitting form that
+                             posts the SAMLResponse (and RelayState) to the SP's ACS
+  POST /sso/post             the same for an HTTP-POST AuthnRequest
+  POST /control/sp           JSON {"metadata": SP metadata XML, "mode": {...}}: registers an SP
+                             (known by its entityID) and how its responses are made
+  POST /control/mint         JSON {"sp": entity id, "in_response_to": id, "mode": {...}}:
+                             {"response": base64 SAMLResponse} without any request
+
+A mode (every key optional): sign = both | response | assertion | none (default assertion);
+key = idp | other (default idp); lifetime_seconds (default 300); audience (default the SP's
+entity id); in_response_to (overrides the request's); nameid; attrs ({name: [values]});
+assertion_id (a fixed assertion ID); wrap = sibling | inside (XML signature wrapping: an
+unsigned assertion for "mallory" beside the signed one, or around it).
+"""
+import base64
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import traceback
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import saml2.assertion
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, s_utils
+from saml2.config import IdPConfig
+from saml2.metadata import entity_descriptor
+from saml2.saml import NAME_FORMAT_URI, NAMEID_FORMAT_EMAILADDRESS, NameID, Audience, AudienceRestriction
+from saml2.server import Server
+from saml2.sigver import RSACrypto, verify_redirect_signature
+from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
+
+LOCK = threading.Lock()
+SPS = {}  # entity id -> {"metadata": xml, "mode": {...}}
+OVERRIDE = {"assertion_id": None, "audience": None}
+
+DEFAULT_ATTRS = {
+    "mail": ["alice@fabrikam.example"],
+    "displayName": ["Alice Example"],
+    "givenName": ["Alice"],
+    "sn": ["Example"],
+    "groups": ["timesheets-users", "engineering"],
+}
+
+# Fixed assertion ids and foreign audiences, by patching the two pysaml2 factories that make them.
+_assertion_factory = s_utils.assertion_factory
+
+
+def _patched_assertion_factory(**kwargs):
+    a = _assertion_factory(**kwargs)
+    if OVERRIDE["assertion_id"]:
+        a.id = OVERRIDE["assertion_id"]
+    return a
+
+
+saml2.assertion.assertion_factory = _patched_assertion_factory
+_conditions = saml2.assertion.Policy.conditions
+
+
+def _patched_conditions(self, sp_entity_id):
+    c = _conditions(self, sp_entity_id)
+    if OVERRIDE["audience"]:
+        c.audience_restriction = [AudienceRestriction(audience=[Audience(text=OVERRIDE["audience"])])]
+    return c
+
+
+saml2.assertion.Policy.conditions = _patched_conditions
+
+
+def key_pair(directory, name, cn):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = os.path.join(directory, name + ".key"), os.path.join(directory, name + ".crt")
+    with open(key_file, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_file, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
+class Idp:
+    def __init__(self, base, keys):
+        self.base = base
+        self.keys = keys  # name -> (key file, cert file)
+
+    def server(self, key="idp", lifetime=300):
+        key_file, cert_file = self.keys[key]
+        with LOCK:
+            mds = [sp["metadata"] for sp in SPS.values()]
+        conf = IdPConfig()
+        conf.load({
+            "entityid": self.base + "/metadata", "key_file": key_file, "cert_file": cert_file,
+            "metadata": {"inline": mds} if mds else {},
+            "service": {"idp": {
+                "endpoints": {"single_sign_on_service": [(self.base + "/sso/redirect", BINDING_HTTP_REDIRECT),
+                                                         (self.base + "/sso/post", BINDING_HTTP_POST)]},
+                "name_id_format": [NAMEID_FORMAT_EMAILADDRESS],
+                "policy": {"default": {"lifetime": {"seconds": lifetime}, "attribute_restrictions": None,
+                                       "name_form": NAME_FORMAT_URI}}}},
+        })
+        return Server(config=conf), conf
+
+    def response(self, sp_entity, acs, in_response_to, mode):
+        mode = mode or {}
+        idp, _ = self.server(mode.get("key", "idp"), int(mode.get("lifetime_seconds", 300)))
+        attrs = mode.get("attrs") or DEFAULT_ATTRS
+        nameid = mode.get("nameid") or attrs.get("mail", ["alice@fabrikam.example"])[0]
+        sign = mode.get("sign", "assertion")
+        with LOCK:  # the overrides are process-wide
+            OVERRIDE["assertion_id"] = mode.get("assertion_id")
+            OVERRIDE["audience"] = mode.get("audience")
+            try:
+                xml = str(idp.create_authn_response(
+                    identity=attrs, in_response_to=mode.get("in_response_to", in_response_to), destination=acs,
+                    sp_entity_id=sp_entity, userid=nameid,
+                    name_id=NameID(format=NAMEID_FORMAT_EMAILADDRESS, text=nameid),
+                    authn={"class_ref": "urn:oasis:names:tc:SAML:2.0:ac:classes:Password"},
+                    sign_response=sign in ("both", "response"), sign_assertion=sign in ("both", "assertion"),
+                    sign_alg=SIG_RSA_SHA256, digest_alg=DIGEST_SHA256))
+            finally:
+                OVERRIDE["assertion_id"] = None
+                OVERRIDE["audience"] = None
+        wrap = mode.get("wrap")
+        if wrap:
+            xml = wrapped(xml, wrap)
+        return xml
+
+
+ASSERTION = re.compile(r"<(?P<p>[A-Za-z0-9_]+):Assertion\b.*?</(?P=p):Assertion>", re.S)
+SIGNATURE = re.compile(r"<(?P<p>[A-Za-z0-9_]+):Signature\b.*?</(?P=p):Signature>", re.S)
+
+
+def wrapped(xml, how):
+    """XML signature wrapping: the signed assertion kept byte for byte (its signature still
+    verifies), and an unsigned assertion about mallory beside it or around it."""
+    m = ASSERTION.search(xml)
+    if not m:
+        raise ValueError("no assertion to wrap")
+    signed = m.group(0)
+    evil = SIGNATURE.sub("", signed, count=1)
+    evil = re.sub(r"(NameID\b[^>]*>)[^<]*(<)", r"\1mallory@fabrikam.example\2", evil, count=1)
+    evil = re.sub(r"alice@fabrikam\.example", "mallory@fabrikam.example", evil)
+    if how == "sibling":
+        evil = re.sub(r'\bID="[^"]*"', 'ID="_evil"', evil, count=1)
+        return xml[: m.start()] + evil + signed + xml[m.end():]
+    if how == "inside":
+        # The evil assertion takes the signed one's place (and its ID) and carries it inside.
+        p = m.group("p")
+        close = "</%s:Assertion>" % p
+        evil = evil[: -len(close)] + signed + close
+        return xml[: m.start()] + evil + xml[m.end():]
+    raise ValueError("unknown wrap %r" % how)
+
+
+def entity_of(metadata):
+    m = re.search(r'entityID="([^"]+)"', metadata)
+    if not m:
+        raise ValueError("the SP metadata names no entityID")
+    return m.group(1)
+
+
+def acs_of(metadata):
+    m = re.search(r'<[^>]*AssertionConsumerService\b[^>]*Location="([^"]+)"', metadata)
+    if not m:
+        raise ValueError("the SP metadata names no AssertionConsumerService")
+    return m.group(1).replace("&amp;", "&")
+
+
+def main():
+    import argparse
+    ap = argparse.ArgumentParser(description="Postern's loopback SAML IdP (see the module's doc)")
+    ap.add_argument("--port", type=int, default=0, help="the port (default: a free one)")
+    ap.add_argument("--cert-out", help="also write the IdP's signing certificate (PEM) to this file")
+    ap.add_argument("--keep-running", action="store_true", help="do not exit when standard input closes")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="postern-saml-idp-")
+    keys = {"idp": key_pair(tmp, "idp", "Fabrikam test IdP"), "other": key_pair(tmp, "other", "Someone else")}
+    srv = ThreadingHTTPServer(("127.0.0.1", args.port), BaseHTTPRequestHandler)
+    base = "http://127.0.0.1:%d" % srv.server_address[1]
+    idp = Idp(base, keys)
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, code, body, ctype="text/html; charset=utf-8"):
+            b = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(b)))
+            self.end_headers()
+            self.wfile.write(b)
+
+        def _json(self, code, obj):
+            self._send(code, json.dumps(obj), "application/json")
+
+        def _sso(self, q, binding):
+            if "SAMLRequest" not in q:
+                return self._send(400, "missing SAMLRequest", "text/plain")
+            try:
+                server, _ = idp.server()
+                msg = server.parse_authn_request(q["SAMLRequest"], binding).message
+                sp = msg.issuer.text
+                with LOCK:
+                    entry = SPS.get(sp)
+                if entry is None:
+                    return self._send(400, "unknown SP %r" % sp, "text/plain")
+                if binding == BINDING_HTTP_REDIRECT and "Signature" in q:
+                    # A redirect's signature, against the certificates of the SP's metadata.
+                    certs = [c for _, c in server.metadata.certs(sp, "spsso", "signing")]
+                    crypto = RSACrypto(None)
+                    if not any(verify_redirect_signature(dict(q), crypto, cert=c) for c in certs):
+                        return self._send(400, "the request's signature does not verify", "text/plain")
+                    q["signed"] = "yes"
+                if entry["mode"].get("require_signed_request") and q.get("signed") != "yes":
+                    return self._send(400, "this SP must sign its requests", "text/plain")
+                acs = server.response_args(msg, [BINDING_HTTP_POST])["destination"]
+                xml = idp.response(sp, acs, msg.id, entry["mode"])
+                http = server.apply_binding(BINDING_HTTP_POST, xml, acs, q.get("RelayState", ""), response=True)
+            except Exception as e:  # the test reads the page
+                traceback.print_exc()
+                return self._send(400, "bad AuthnRequest: %r" % e, "text/plain")
+            self._send(200, http["data"])
+
+        def do_GET(self):
+            u = urllib.parse.urlparse(self.path)
+            q = {k: v[0] for k, v in urllib.parse.parse_qs(u.query).items()}
+            if u.path == "/metadata":
+                _, conf = idp.server()
+                return self._send(200, str(entity_descriptor(conf)), "application/samlmetadata+xml")
+            if u.path == "/sso/redirect":
+                return self._sso(q, BINDING_HTTP_REDIRECT)
+            self._send(404, "not found", "text/plain")
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            try:
+                if self.path == "/sso/post":
+                    q = {k: v[0] for k, v in urllib.parse.parse_qs(body).items()}
+                    return self._sso(q, BINDING_HTTP_POST)
+                if self.path == "/control/sp":
+                    j = json.loads(body)
+                    md = j["metadata"]
+                    with LOCK:
+                        SPS[entity_of(md)] = {"metadata": md, "mode": j.get("mode") or {}}
+                    return self._json(200, {"entity_id": entity_of(md)})
+                if self.path == "/control/mint":
+                    j = json.loads(body)
+                    with LOCK:
+                        entry = SPS[j["sp"]]
+                    mode = dict(entry["mode"])
+                    mode.update(j.get("mode") or {})
+                    xml = idp.response(j["sp"], acs_of(entry["metadata"]), j.get("in_response_to"), mode)
+                    return self._json(200, {"response": base64.b64encode(xml.encode()).decode(), "xml": xml})
+            except Exception as e:
+                traceback.print_exc()
+                return self._json(400, {"error": repr(e)})
+            self._send(404, "not found", "text/plain")
+
+    def lifeline():
+        sys.stdin.read()
+        os._exit(0)
+
+    srv.RequestHandlerClass = H
+    if not args.keep_running:
+        threading.Thread(target=lifeline, daemon=True).start()
+    with open(keys["idp"][1]) as f:
+        cert = f.read()
+    if args.cert_out:
+        with open(args.cert_out, "w") as f:
+            f.write(cert)
+    with open(keys["other"][1]) as f:
+        other = f.read()
+    print(json.dumps({"url": base, "entity_id": base + "/metadata", "certificate": cert, "other_certificate": other}),
+          flush=True)
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
