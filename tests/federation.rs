@@ -617,8 +617,7 @@ async fn browser_login(
     let answer = Agent::new().post_form(&format!("{}/{t}/oauth/token", base(suite)), &fields).await.expect("token");
     assert_eq!(answer.status, 200, "{}", answer.body);
     let tokens: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
-    let claims =
-        verify_id_token(suite, t, tokens["id_token"].as_str().expect("id_token"), &portal.client_id).await;
+    let claims = verify_id_token(suite, t, tokens["id_token"].as_str().expect("id_token"), &portal.client_id).await;
     assert_eq!(claims["nonce"], "browser-nonce");
     claims
 }
