@@ -10,7 +10,9 @@
 //! — with `error=access_denied` and the application's `state`, and nothing stored; a key
 //! rotation is followed by one refetch of the keys; a user who cancels returns as
 //! `access_denied`; the three profile-sync modes across logins whose upstream profile
-//! changed; a real browser clicks "Continue with …".
+//! changed; a real browser (headless Chromium) clicks "Continue with …" for an `oidc`
+//! connection and for GitHub, signs in on oidc-provider's own login and consent pages, and
+//! lands at the application with a code whose ID token verifies against the tenant's keys.
 
 use std::collections::HashMap;
 
@@ -461,10 +463,12 @@ async fn profile_sync_modes_across_logins_whose_upstream_profile_changed() {
     let t = "fabrikam-public";
     let mut admin = suite.admin().await;
     let portal = app(&mut admin, t).await;
-    for (name, sync, expected_first, expected_second) in [
-        ("sync-each", conn::UserProfileSync::OnEachLogin, "First Name", "Second Name"),
-        ("sync-first", conn::UserProfileSync::OnFirstLogin, "First Name", "First Name"),
-        ("sync-never", conn::UserProfileSync::NeverOnLogin, "", ""),
+    // Per mode: the name after the first login; whether the application may then change it
+    // (UpdateUser); the name after a second login whose upstream profile changed.
+    for (name, sync, after_first, app_may_change, after_second) in [
+        ("sync-each", conn::UserProfileSync::OnEachLogin, "First Name", false, "Second Name"),
+        ("sync-first", conn::UserProfileSync::OnFirstLogin, "First Name", true, "Set By The App"),
+        ("sync-never", conn::UserProfileSync::NeverOnLogin, "", true, "Set By The App"),
     ] {
         let mut c = oidc_connection(upstream, &suite, t, name, "", serde_json::Value::Null, |_| {}).await;
         c.user_profile_sync = sync as i32;
@@ -472,16 +476,47 @@ async fn profile_sync_modes_across_logins_whose_upstream_profile_changed() {
         let login = format!("erin-{name}");
         upstream.set_account(&login, json!({"name": "First Name"})).await.expect("account");
         let first = federated_login(upstream, &suite, t, &portal.client_id, name, &login).await;
-        assert!(first.contains_key("code"), "{first:?}");
+        let tokens = exchange(&suite, t, &portal, &first["code"]).await;
+        let id_token = claims_of(tokens["id_token"].as_str().expect("id_token"));
         let id = format!("oidc|{name}|{login}");
+        assert_eq!(id_token["sub"], id.as_str());
+        assert_eq!(id_token["name"].as_str().unwrap_or_default(), after_first, "{name}: the first login's ID token");
         let u = user(&mut admin, t, &id).await.expect("user");
-        assert_eq!(u.name, expected_first, "{name}, first login");
+        assert_eq!(u.name, after_first, "{name}, first login");
+
+        // The application changes the name: refused where every login would overwrite it.
+        let change = admin
+            .users
+            .update_user(authn::UpdateUserRequest {
+                tenant: t.into(),
+                user: Some(authn::User { user_id: id.clone(), name: "Set By The App".into(), ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["name".into()] }),
+            })
+            .await;
+        match (app_may_change, change) {
+            (true, Ok(_)) => {}
+            (false, Err(s)) => {
+                assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{name}: {s:?}");
+                assert_eq!(postern_testkit::reason(&s).as_deref(), Some("PROFILE_SYNCED_ON_EACH_LOGIN"), "{s:?}");
+            }
+            (may, answer) => panic!("{name}: the application may change the name: {may}; UpdateUser: {answer:?}"),
+        }
+
         upstream.set_account(&login, json!({"name": "Second Name"})).await.expect("account");
         let second = federated_login(upstream, &suite, t, &portal.client_id, name, &login).await;
-        assert!(second.contains_key("code"), "{second:?}");
+        let tokens = exchange(&suite, t, &portal, &second["code"]).await;
+        let id_token = claims_of(tokens["id_token"].as_str().expect("id_token"));
+        assert_eq!(id_token["name"].as_str().unwrap_or_default(), after_second, "{name}: the second login's ID token");
         let u = user(&mut admin, t, &id).await.expect("user");
-        assert_eq!(u.name, expected_second, "{name}, second login");
+        assert_eq!(u.name, after_second, "{name}, second login");
         assert_eq!(u.email, format!("{login}@fabrikam.example"), "{name}: the email identifies the user");
+        // Whatever the mode, the identity keeps what the upstream said last.
+        let data = u.identities[0].profile_data.as_ref().expect("profile data");
+        let upstream_name = data.fields.get("name").and_then(|v| match &v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        });
+        assert_eq!(upstream_name, Some("Second Name"), "{name}: the identity's profile data");
     }
     suite.stop().await.expect("stop");
 }
@@ -508,11 +543,89 @@ async fn loopback_app() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// Verifies `token` against the tenant's published keys (`/.well-known/jwks.json`): its
+/// signature, issuer and audience; answers its claims.
+async fn verify_id_token(suite: &Suite, t: &str, token: &str, audience: &str) -> serde_json::Value {
+    use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
+    let answer = Agent::new().get(&format!("{}/{t}/.well-known/jwks.json", base(suite))).await.expect("jwks");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let set: JwkSet = serde_json::from_str(&answer.body).expect("JWKS");
+    let header = jsonwebtoken::decode_header(token).expect("header");
+    let jwk = set.find(header.kid.as_deref().expect("kid")).expect("the token's key is the tenant's");
+    let mut v = Validation::new(header.alg);
+    v.set_issuer(&[format!("{}/{t}/", base(suite))]);
+    v.set_audience(&[audience]);
+    jsonwebtoken::decode::<serde_json::Value>(token, &DecodingKey::from_jwk(jwk).expect("key"), &v)
+        .expect("the ID token verifies against the tenant's JWKS")
+        .claims
+}
+
+/// The browser at the application's `/authorize` of `t` with a fresh state: clicks "Continue
+/// with …" for `connection`, signs in as `login` on oidc-provider's own login page (and, with
+/// `consent`, grants on its consent page), lands back at the application at `callback`, whose
+/// code is exchanged: the ID token's claims, verified against the tenant's keys.
+async fn browser_login(
+    browser: &postern_testkit::browser::Browser,
+    suite: &Suite,
+    t: &str,
+    portal: &tenant::Client,
+    callback: &str,
+    connection: &str,
+    login: &str,
+    consent: bool,
+) -> serde_json::Value {
+    let state = format!("browser-state-{connection}");
+    let mut url = url::Url::parse(&format!("{}/{t}/authorize", base(suite))).expect("url");
+    url.query_pairs_mut()
+        .append_pair("client_id", &portal.client_id)
+        .append_pair("redirect_uri", callback)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid profile email")
+        .append_pair("state", &state)
+        .append_pair("nonce", "browser-nonce");
+    browser.goto(url.as_str()).await.expect("authorize");
+    browser.click(&format!("button[data-connection={connection}]")).await.expect("Continue with …");
+    // oidc-provider's own pages (its development interactions): sign in, then consent.
+    browser.fill("input[name=login]", login).await.expect("the upstream's login page");
+    browser.fill("input[name=password]", "any password").await.expect("password");
+    browser.click("button[type=submit]").await.expect("sign in");
+    if consent {
+        browser.find("input[name=prompt][value=consent]").await.expect("the upstream's consent page");
+        let page = browser.source().await.expect("page");
+        assert!(page.contains("Continue"), "{page}");
+        browser.click("button[type=submit]").await.expect("consent");
+    }
+    let app = url::Url::parse(callback).expect("callback");
+    let landed = browser
+        .wait_for_url("the application", |u| u.host_str() == app.host_str() && u.port() == app.port())
+        .await
+        .expect("back at the application");
+    assert_eq!(landed.path(), app.path(), "{landed}");
+    let q: HashMap<String, String> = landed.query_pairs().into_owned().collect();
+    assert_eq!(q.get("state"), Some(&state), "{landed}");
+    let code = q.get("code").unwrap_or_else(|| panic!("no code: {landed}"));
+    let fields: Vec<(String, String)> = [
+        ("grant_type", "authorization_code"),
+        ("client_id", portal.client_id.as_str()),
+        ("client_secret", portal.client_secret.as_str()),
+        ("code", code.as_str()),
+        ("redirect_uri", callback),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let answer = Agent::new().post_form(&format!("{}/{t}/oauth/token", base(suite)), &fields).await.expect("token");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let tokens: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    let claims = verify_id_token(suite, t, tokens["id_token"].as_str().expect("id_token"), &portal.client_id).await;
+    assert_eq!(claims["nonce"], "browser-nonce");
+    claims
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_continues_with_the_upstream_and_lands_at_the_application() {
     let test = "a_browser_continues_with_the_upstream_and_lands_at_the_application";
     let Some(upstream) = Upstream::shared(test) else { return };
-    let Some(browser) = postern_testkit::browser::Browser::open(test).await else { return };
     let suite = Suite::start().await.expect("suite");
     let t = "fabrikam-public";
     let mut admin = suite.admin().await;
@@ -535,44 +648,48 @@ async fn a_browser_continues_with_the_upstream_and_lands_at_the_application() {
         .into_inner()
         .client
         .expect("client");
-    let c = oidc_connection(upstream, &suite, t, "fabrikam-op", "", serde_json::Value::Null, |_| {}).await;
+    // An `oidc` connection whose users see the upstream's consent page.
+    let c = oidc_connection(upstream, &suite, t, "fabrikam-op", "consent", serde_json::Value::Null, |_| {}).await;
     connect(&mut admin, t, &portal, c).await;
+    // GitHub: its OAuth 2.0 exchange at the upstream (the secret in the body, as GitHub takes
+    // it), its REST API the upstream's stand-in (`/github/user`, `/github/user/emails`).
+    let (id, secret) = upstream.register_client(&callback_of(&suite, t), "client_secret_post").await.expect("register");
+    let github = conn::Connection {
+        name: "github".into(),
+        display_name: "GitHub".into(),
+        strategy: "github".into(),
+        options: Some(conn::connection::Options::Oauth2(conn::OAuth2Options {
+            client_id: id,
+            client_secret: secret,
+            authorization_endpoint: format!("{}/auth", upstream.issuer),
+            token_endpoint: format!("{}/token", upstream.issuer),
+            userinfo_endpoint: format!("{}/github/user", upstream.issuer),
+            emails_endpoint: format!("{}/github/user/emails", upstream.issuer),
+            // GitHub's own scopes (`read:user user:email`), which the upstream grants as
+            // plain OAuth 2.0.
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    connect(&mut admin, t, &portal, github).await;
 
-    let mut url = url::Url::parse(&format!("{}/{t}/authorize", base(&suite))).expect("url");
-    url.query_pairs_mut()
-        .append_pair("client_id", &portal.client_id)
-        .append_pair("redirect_uri", &callback)
-        .append_pair("response_type", "code")
-        .append_pair("scope", "openid profile email")
-        .append_pair("state", "browser-state")
-        .append_pair("nonce", "browser-nonce");
-    browser.goto(url.as_str()).await.expect("authorize");
-    browser.click("button[data-connection=fabrikam-op]").await.expect("Continue with …");
-    browser.fill("input[name=login]", "frank").await.expect("the upstream's login page");
-    browser.fill("input[name=password]", "any password").await.expect("password");
-    browser.click("button[type=submit]").await.expect("sign in");
-    let landed = browser
-        .wait_for_url("the application", |u| u.host_str() == Some("127.0.0.1") && u.port() == Some(app_addr.port()))
-        .await
-        .expect("back at the application");
-    let q: HashMap<String, String> = landed.query_pairs().into_owned().collect();
-    assert_eq!(q.get("state").map(String::as_str), Some("browser-state"), "{landed}");
-    let fields: Vec<(String, String)> = [
-        ("grant_type", "authorization_code"),
-        ("client_id", portal.client_id.as_str()),
-        ("client_secret", portal.client_secret.as_str()),
-        ("code", q["code"].as_str()),
-        ("redirect_uri", callback.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let answer = Agent::new().post_form(&format!("{}/{t}/oauth/token", base(&suite)), &fields).await.expect("token");
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let tokens: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
-    let id = claims_of(tokens["id_token"].as_str().expect("id_token"));
+    // Each login in a browser of its own: no session at Postern or at the upstream.
+    let Some(browser) = postern_testkit::browser::Browser::open(test).await else { return };
+    let id = browser_login(&browser, &suite, t, &portal, &callback, "fabrikam-op", "frank", true).await;
     assert_eq!(id["sub"], "oidc|fabrikam-op|frank");
-    assert_eq!(id["email"], "frank@fabrikam.example");
+    assert_eq!((id["email"].as_str(), id["email_verified"].as_bool()), (Some("frank@fabrikam.example"), Some(true)));
+    assert_eq!(id["name"], "Jane Doe");
+    browser.close().await.expect("close");
+
+    let Some(browser) = postern_testkit::browser::Browser::open(test).await else { return };
+    let id = browser_login(&browser, &suite, t, &portal, &callback, "github", "gina", false).await;
+    let sub = id["sub"].as_str().expect("sub");
+    let number = sub.strip_prefix("github|").unwrap_or_else(|| panic!("a github user: {sub}"));
+    assert!(!number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()), "GitHub's numeric id: {sub}");
+    assert_eq!((id["email"].as_str(), id["email_verified"].as_bool()), (Some("gina@fabrikam.example"), Some(true)));
+    assert_eq!(id["nickname"], "gina");
+    let stored = user(&mut admin, t, sub).await.expect("stored");
+    assert_eq!((stored.identities[0].connection.as_str(), stored.identities[0].is_social), ("github", true));
     browser.close().await.expect("close");
     app_task.abort();
     suite.stop().await.expect("stop");

@@ -195,6 +195,19 @@ async fn the_fabrikam_script_runs_with_grpcurl() {
             .env("FABRIKAM_AD_USER", "carol")
             .env("FABRIKAM_AD_PASSWORD", slapd::USER_PASSWORD);
     }
+    // With node and the workspace's oidc-provider, customers and an employee log in through
+    // the loopback stand-ins of Google, Facebook, LinkedIn and Google Apps.
+    let standins = match postern_testkit::node::Node::locate() {
+        Ok(_) => {
+            let http = server.http.expect("the HTTP listener").to_string();
+            command.env("FABRIKAM_STANDINS", "1").env("POSTERN_HTTP", http);
+            true
+        }
+        Err(why) => {
+            postern_testkit::peers::missing("the_fabrikam_script_runs_with_grpcurl (federated logins)", &why);
+            false
+        }
+    };
     let out = postern_testkit::output_within(&mut command, std::time::Duration::from_secs(300))
         .expect("run the Fabrikam script");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -203,6 +216,11 @@ async fn the_fabrikam_script_runs_with_grpcurl() {
     assert!(stdout.contains("fabrikam scenario complete"), "{stdout}");
     if directory.is_some() {
         assert!(stdout.contains("logged in: ad|fabrikam-ad|"), "{stdout}");
+    }
+    if standins {
+        for user in ["google-oauth2|dana", "facebook|", "linkedin|dana", "google-apps|erin"] {
+            assert!(stdout.contains(&format!("logged in: {user}")), "{user}: {stdout}");
+        }
     }
     // The first start generated the master key, readable by its owner only.
     #[cfg(unix)]

@@ -8,7 +8,8 @@
 //
 // - Clients register themselves (dynamic registration, `POST /reg`), one per test, with the
 //   callback of that test's Postern; its login form (development interactions) takes any
-//   login name: the account id. Consent is granted without a page.
+//   login name: the account id. Consent is granted without a page, except for the clients
+//   put in `mode: "consent"`, which get the provider's own consent page.
 // - Accounts: `sub` is the login name; claims are `<login>@fabrikam.example`, verified, and
 //   a name, unless `POST /__test/account {id, claims}` set others (a profile that changes
 //   between logins).
@@ -23,7 +24,21 @@
 //   for the client, signed by that key; it is then swapped for the client's real secret.
 // - `/__test/jwks` serves the keys with `Cache-Control: max-age=300` and counts its fetches
 //   (`GET /__test/stats`).
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+// - `GET /__test/stats` also tells how long the provider spent serving requests, measured
+//   here from a request's arrival to its answer: `busy_ms` (every request) and `token_ms`
+//   (the token endpoint only), so that a benchmark can subtract the upstream's own time.
+// - Facebook's Graph API stand-in, `GET /graph/me?fields=…&appsecret_proof=…` with the
+//   access token as a bearer: the documented shape of `me` (`id`, `name`, `first_name`,
+//   `last_name`, `email`, `picture.data.url`, only the fields asked), the token looked up in
+//   the provider itself, and `appsecret_proof` (HMAC-SHA256 of the token under the client's
+//   secret) required, as an app that enforces it gets from Facebook.
+// - GitHub's REST API stand-in, `GET /github/user` and `GET /github/user/emails` with the
+//   access token as a bearer: the documented shapes (`login`, numeric `id`, `name`,
+//   `html_url`; the addresses with `primary` and `verified`, the account's verified as the
+//   account says), the token looked up in the provider itself.
+// - Accounts may carry Google's `hd` (`POST /__test/account {id, claims: {hd}}`): it is
+//   released with the `email` scope, as Google does for Workspace accounts.
+import { createHmac, generateKeyPairSync, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer } from 'node:net';
 import * as querystring from 'node:querystring';
 import * as jose from 'jose';
@@ -41,7 +56,7 @@ const publicOf = ({ kty, n, e, kid, alg, use }) => ({ kty, n, e, kid, alg, use }
 
 const accounts = new Map();
 const modes = new Map();
-const stats = { jwks_fetches: 0, token_requests: 0 };
+const stats = { jwks_fetches: 0, token_requests: 0, busy_ms: 0, token_ms: 0 };
 let rotated = false;
 
 function claimsOf(id) {
@@ -87,6 +102,72 @@ async function body(ctx) {
   return chunks.length ? JSON.parse(Buffer.concat(chunks).toString('utf8')) : {};
 }
 
+// A number for an account, as Facebook's and GitHub's ids are.
+function numericId(what, sub) {
+  return BigInt(`0x${createHmac('sha256', what).update(sub).digest('hex').slice(0, 12)}`).toString();
+}
+
+// The account behind a bearer access token of this provider, or undefined.
+async function accountOfToken(provider, ctx) {
+  const token = (ctx.get('authorization').match(/^Bearer (.+)$/) ?? [])[1] ?? '';
+  const at = token ? await provider.AccessToken.find(token) : undefined;
+  return at ? { token, at, claims: claimsOf(at.accountId) } : undefined;
+}
+
+// GitHub's `/user` and `/user/emails`.
+async function github(provider, ctx) {
+  const found = await accountOfToken(provider, ctx);
+  if (!found) {
+    ctx.status = 401;
+    ctx.body = { message: 'Bad credentials', documentation_url: 'https://docs.github.com/rest' };
+    return;
+  }
+  const c = found.claims;
+  if (ctx.path === '/github/user') {
+    ctx.body = {
+      login: c.sub,
+      id: Number(numericId('github', c.sub)),
+      name: c.name,
+      avatar_url: `https://avatars.github.example/u/${c.sub}`,
+      html_url: `https://github.com/${c.sub}`,
+      email: null,
+    };
+  } else {
+    ctx.body = [
+      { email: `${c.sub}@users.noreply.github.example`, primary: false, verified: true, visibility: null },
+      { email: c.email, primary: true, verified: c.email_verified === true, visibility: 'private' },
+    ];
+  }
+}
+
+// Facebook's Graph API `me`: the token is the provider's own access token.
+async function graphMe(provider, ctx) {
+  const refuse = (message, code) => {
+    ctx.status = 400;
+    ctx.body = { error: { message, type: 'OAuthException', code } };
+  };
+  const found = await accountOfToken(provider, ctx);
+  if (!found) return refuse('Invalid OAuth access token.', 190);
+  const { token, at, claims: c } = found;
+  const client = await provider.Client.find(at.clientId);
+  const proof = createHmac('sha256', client?.clientSecret ?? '').update(token).digest('hex');
+  const given = Buffer.from(String(ctx.query.appsecret_proof ?? ''));
+  if (given.length !== proof.length || !timingSafeEqual(given, Buffer.from(proof))) {
+    return refuse('Invalid appsecret_proof provided in the API argument', 100);
+  }
+  const id = numericId('graph', c.sub);
+  const me = {
+    id,
+    name: c.name,
+    first_name: c.given_name,
+    last_name: c.family_name,
+    email: c.email,
+    picture: { data: { url: `https://graph.facebook.example/${id}/picture`, is_silhouette: false } },
+  };
+  const fields = String(ctx.query.fields ?? 'id,name').split(',');
+  ctx.body = Object.fromEntries(fields.filter((f) => f in me).map((f) => [f, me[f]]));
+}
+
 function start(port) {
   const issuer = `http://127.0.0.1:${port}`;
   const provider = new Provider(issuer, {
@@ -98,11 +179,13 @@ function start(port) {
     },
     claims: {
       openid: ['sub'],
-      email: ['email', 'email_verified'],
+      email: ['email', 'email_verified', 'hd'],
       profile: ['name', 'given_name', 'family_name', 'nickname', 'picture'],
       // Sign in with Apple's scope.
       name: ['name', 'given_name', 'family_name'],
     },
+    // GitHub's and Facebook's own scopes, for the stand-ins of their APIs.
+    scopes: ['openid', 'offline_access', 'read:user', 'user:email', 'public_profile'],
     conformIdTokenClaims: false,
     pkce: { required: () => true },
     findAccount: async (ctx, id) => ({ accountId: id, claims: async () => claimsOf(id) }),
@@ -110,14 +193,35 @@ function start(port) {
     loadExistingGrant: async (ctx) => {
       const grantId = ctx.oidc.result?.consent?.grantId || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
       if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+      // These clients' users see the consent page and grant it there.
+      if (modes.get(ctx.oidc.client.clientId)?.mode === 'consent') return undefined;
       const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
-      grant.addOIDCScope('openid email profile name offline_access');
+      grant.addOIDCScope('openid email profile name offline_access read:user user:email public_profile');
       await grant.save();
       return grant;
     },
     ttl: { Session: 60, Interaction: 600, Grant: 600 },
   });
+  // How long each request takes here, from arrival to answer.
   provider.use(async (ctx, next) => {
+    const started = process.hrtime.bigint();
+    try {
+      await next();
+    } finally {
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      stats.busy_ms += ms;
+      if (ctx.path === '/token') stats.token_ms += ms;
+    }
+  });
+  provider.use(async (ctx, next) => {
+    if (ctx.path === '/graph/me' && ctx.method === 'GET') {
+      await graphMe(provider, ctx);
+      return;
+    }
+    if ((ctx.path === '/github/user' || ctx.path === '/github/user/emails') && ctx.method === 'GET') {
+      await github(provider, ctx);
+      return;
+    }
     if (ctx.path === '/__test/account' && ctx.method === 'POST') {
       const { id, claims } = await body(ctx);
       accounts.set(id, claims);

@@ -10,6 +10,8 @@
 //!   to end against the raw Argon2id verify rate.
 //! - `ldap`: LDAP logins per second end to end against the throwaway slapd's raw bind rate
 //!   measured with the `ldap3` crate alone.
+//! - `federation`: federated logins per second end to end against npm's oidc-provider as
+//!   the upstream, with Postern's own time per login beside it.
 //!
 //! Run it in release mode: `cargo run --release -p postern-bench` (`--help` for options;
 //! `--only gateway` runs one section).
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod authn;
+mod federation;
 mod gateway;
 mod ldap;
 mod oauth;
@@ -95,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.wants("ldap") {
         ldap::run(&args).await?;
+    }
+    if args.wants("federation") {
+        federation::run(&args).await?;
     }
     Ok(())
 }

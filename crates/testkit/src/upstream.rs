@@ -23,7 +23,7 @@ use crate::web::Agent;
 pub struct Upstream {
     /// Its issuer, `http://127.0.0.1:<port>`.
     pub issuer: String,
-    _child: Mutex<Child>,
+    child: Mutex<Child>,
 }
 
 static SHARED: OnceLock<Result<Upstream, String>> = OnceLock::new();
@@ -58,7 +58,12 @@ impl Upstream {
         let ready: Value =
             serde_json::from_str(&line).map_err(|e| format!("upstream.mjs printed {line:?} ({e}), not its issuer"))?;
         let issuer = ready["issuer"].as_str().ok_or("upstream.mjs printed no issuer")?.to_owned();
-        Ok(Upstream { issuer, _child: Mutex::new(child) })
+        Ok(Upstream { issuer, child: Mutex::new(child) })
+    }
+
+    /// The provider's process id (a benchmark reads its CPU time in `/proc/<pid>/stat`).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).id()
     }
 
     async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
@@ -108,7 +113,9 @@ impl Upstream {
         self.post("/__test/rotate", &json!({})).await.map(drop)
     }
 
-    /// How many times `/__test/jwks` was fetched, and the token endpoint called.
+    /// How many times `/__test/jwks` was fetched, and the token endpoint called; how long the
+    /// provider spent serving requests (`busy_ms`) and token requests (`token_ms`), measured
+    /// by the provider from each request's arrival to its answer.
     pub async fn stats(&self) -> anyhow::Result<Value> {
         let answer = Agent::new().get(&format!("{}/__test/stats", self.issuer)).await?;
         Ok(serde_json::from_str(&answer.body)?)
