@@ -568,8 +568,7 @@ async fn browser_login(
     browser: &postern_testkit::browser::Browser,
     suite: &Suite,
     t: &str,
-    portal: &tenant::Client,
-    callback: &str,
+    (portal, callback): (&tenant::Client, &str),
     connection: &str,
     login: &str,
     consent: bool,
@@ -675,14 +674,14 @@ async fn a_browser_continues_with_the_upstream_and_lands_at_the_application() {
 
     // Each login in a browser of its own: no session at Postern or at the upstream.
     let Some(browser) = postern_testkit::browser::Browser::open(test).await else { return };
-    let id = browser_login(&browser, &suite, t, &portal, &callback, "fabrikam-op", "frank", true).await;
+    let id = browser_login(&browser, &suite, t, (&portal, &callback), "fabrikam-op", "frank", true).await;
     assert_eq!(id["sub"], "oidc|fabrikam-op|frank");
     assert_eq!((id["email"].as_str(), id["email_verified"].as_bool()), (Some("frank@fabrikam.example"), Some(true)));
     assert_eq!(id["name"], "Jane Doe");
     browser.close().await.expect("close");
 
     let Some(browser) = postern_testkit::browser::Browser::open(test).await else { return };
-    let id = browser_login(&browser, &suite, t, &portal, &callback, "github", "gina", false).await;
+    let id = browser_login(&browser, &suite, t, (&portal, &callback), "github", "gina", false).await;
     let sub = id["sub"].as_str().expect("sub");
     let number = sub.strip_prefix("github|").unwrap_or_else(|| panic!("a github user: {sub}"));
     assert!(!number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()), "GitHub's numeric id: {sub}");
