@@ -74,15 +74,14 @@ fn saml_options(idp: &SamlIdp) -> conn::SamlOptions {
     }
 }
 
-/// Creates the `samlp` connection `name` with `options`, enables it for `client`, and
-/// registers its SP (by the metadata Postern publishes) with the IdP under `mode`: the
-/// metadata document.
+/// Creates the `samlp` connection `name` with `options` in tenant `t`, enables it for
+/// `client`, and registers its SP (by the metadata Postern publishes) with the IdP under
+/// `mode`: the metadata document.
 async fn connect(
     idp: &SamlIdp,
     suite: &Suite,
     admin: &mut Clients,
-    t: &str,
-    client: &tenant::Client,
+    (t, client): (&str, &tenant::Client),
     name: &str,
     options: conn::SamlOptions,
     mode: Value,
@@ -243,7 +242,7 @@ async fn a_samlp_login_end_to_end_through_the_metadata_the_redirect_and_the_post
     let t = "fabrikam-e2e";
     let mut admin = suite.admin().await;
     let portal = app(&mut admin, t).await;
-    let md = connect(idp, &suite, &mut admin, t, &portal, CONNECTION, saml_options(idp), json!({})).await;
+    let md = connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, saml_options(idp), json!({})).await;
 
     // The SP metadata: entity id, the tenant's callback as ACS, unsigned requests.
     let acs = format!("{}/{t}/login/callback", base(&suite));
@@ -331,7 +330,7 @@ async fn forged_and_broken_responses_are_refused_and_nothing_is_stored() {
     let t = "fabrikam-forged";
     let mut admin = suite.admin().await;
     let portal = app(&mut admin, t).await;
-    let md = connect(idp, &suite, &mut admin, t, &portal, CONNECTION, saml_options(idp), json!({})).await;
+    let md = connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, saml_options(idp), json!({})).await;
 
     let cases = [
         ("unsigned", json!({"sign": "none"}), "no valid signature"),
@@ -375,7 +374,7 @@ async fn an_assertion_id_is_accepted_once_across_logins() {
     let mut admin = suite.admin().await;
     let portal = app(&mut admin, t).await;
     let mode = json!({"assertion_id": "_the-same-assertion"});
-    connect(idp, &suite, &mut admin, t, &portal, CONNECTION, saml_options(idp), mode).await;
+    connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, saml_options(idp), mode).await;
 
     // Each login answers its own request (InResponseTo holds), but the IdP reuses the
     // assertion's id: the second is a replay.
@@ -395,7 +394,7 @@ async fn an_expired_assertion_is_refused_on_the_clock() {
     let mut admin = suite.admin().await;
     let portal = app(&mut admin, t).await;
     let mode = json!({"lifetime_seconds": 60});
-    connect(idp, &suite, &mut admin, t, &portal, CONNECTION, saml_options(idp), mode).await;
+    connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, saml_options(idp), mode).await;
 
     // In time, an assertion that lives one minute logs in.
     let answer = login(idp, &suite, t, &portal, CONNECTION).await;
@@ -435,8 +434,9 @@ async fn signed_requests_are_checked_by_the_idp_and_their_certificate_published(
         request_signing_certificate: cert.pem(),
         ..saml_options(idp)
     };
-    let md = connect(idp, &suite, &mut admin, t, &portal, CONNECTION, options, json!({"require_signed_request": true}))
-        .await;
+    let md =
+        connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, options, json!({"require_signed_request": true}))
+            .await;
     assert!(md.contains("AuthnRequestsSigned=\"true\"") && md.contains("<md:KeyDescriptor use=\"signing\">"), "{md}");
 
     let mut agent = Agent::new();
@@ -536,7 +536,7 @@ async fn a_real_browser_logs_in_through_the_idp_and_lands_at_the_application() {
         .into_inner()
         .client
         .expect("client");
-    connect(idp, &suite, &mut admin, t, &timesheets, CONNECTION, saml_options(idp), json!({})).await;
+    connect(idp, &suite, &mut admin, (t, &timesheets), CONNECTION, saml_options(idp), json!({})).await;
 
     // The hosted page's "Continue with …" button, the IdP's auto-submitting form, the
     // callback: the browser does it all.
