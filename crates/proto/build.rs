@@ -16,11 +16,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let include = protoc_bin_vendored::include_path()?;
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Every message knows its full name (prost::Name), so the codec can screen requests
+    // against their descriptors (src/screen.rs).
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         // Undecodable bytes answer INVALID_ARGUMENT, not tonic's INTERNAL (src/codec.rs).
         .codec_path("crate::codec::ProstCodec")
         .file_descriptor_set_path(out.join("postern_descriptor.bin"))
-        .compile_protos(&files, &[root.clone(), include])?;
+        .compile_with_config(config, &files, &[root.clone(), include])?;
     println!("cargo:rerun-if-changed={}", root.display());
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -3,11 +3,13 @@
 //! `INTERNAL` ("failed to decode Protobuf message"), which tells a caller that sent garbage,
 //! or a `Struct` nested past the decoder's recursion limit, that the server broke. Here they
 //! are `INVALID_ARGUMENT` with the reason `MALFORMED_MESSAGE` and a `BadRequest` violation
-//! saying what did not decode (field names and wire facts only, never the bytes).
+//! saying what did not decode (field names and wire facts only, never the bytes). A request
+//! whose text holds a control character is refused the same way (see [`crate::screen`]).
 
 use std::marker::PhantomData;
 
-use prost::Message;
+use prost::bytes::Buf;
+use prost::{Message, Name};
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 
@@ -29,7 +31,7 @@ impl<T, U> Default for ProstCodec<T, U> {
 impl<T, U> Codec for ProstCodec<T, U>
 where
     T: Message + Send + 'static,
-    U: Message + Default + Send + 'static,
+    U: Message + Name + Default + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
@@ -51,12 +53,22 @@ pub struct ProstDecoder<U> {
     _pd: PhantomData<U>,
 }
 
-impl<U: Message + Default> Decoder for ProstDecoder<U> {
+impl<U: Message + Name + Default> Decoder for ProstDecoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        U::decode(buf).map(Some).map_err(|e| malformed(&e))
+        // Requests (every one is named `…Request`, which buf lint enforces) are screened for
+        // control characters too (crate::screen); answers are what the server stored.
+        let len = buf.remaining();
+        if !U::NAME.ends_with("Request") || buf.chunk().len() < len {
+            return U::decode(buf).map(Some).map_err(|e| malformed(&e));
+        }
+        let bytes = &buf.chunk()[..len];
+        let message = U::decode(bytes).map_err(|e| malformed(&e))?;
+        crate::screen::screen(&U::full_name(), bytes).map_err(|r| crate::screen::refused(&r))?;
+        buf.advance(len);
+        Ok(Some(message))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

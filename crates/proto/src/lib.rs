@@ -3,11 +3,13 @@
 //!
 //! `FILE_DESCRIPTOR_SET` holds the descriptors of every contract, for server reflection.
 //! Every service and client uses [`codec::ProstCodec`]: bytes that do not decode are the
-//! sender's mistake (`INVALID_ARGUMENT`), not the server's.
+//! sender's mistake (`INVALID_ARGUMENT`), not the server's, and so is a request whose text
+//! holds a control character ([`screen`]).
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 pub mod codec;
+pub mod screen;
 
 /// The encoded `FileDescriptorSet` of every Postern contract.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/postern_descriptor.bin"));
