@@ -235,82 +235,6 @@ async fn silent_and_idle_connections_are_closed_after_their_timeouts() {
     assert!(all.terminate().expect("terminate"));
 }
 
-/// A codec that sends the given bytes as the message and takes any answer's bytes as they
-/// are: what a hostile or broken client puts on the wire.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-#[derive(Clone, Default)]
-struct RawCoder;
-
-impl tonic::codec::Encoder for RawCoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        use prost::bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use prost::bytes::Buf;
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCoder;
-    type Decoder = RawCoder;
-    fn encoder(&mut self) -> RawCoder {
-        RawCoder
-    }
-    fn decoder(&mut self) -> RawCoder {
-        RawCoder
-    }
-}
-
-/// Calls `path` (unary or server streaming alike: the first answer decides) with `bytes` as
-/// the request message and `key`.
-async fn call_raw(ch: tonic::transport::Channel, path: &str, bytes: Vec<u8>, key: &str) -> Result<(), tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut req = tonic::Request::new(bytes);
-    req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
-    let path = http::uri::PathAndQuery::try_from(path.to_owned()).expect("path");
-    let answer = grpc.server_streaming(req, path, RawCodec).await?;
-    let mut stream = answer.into_inner();
-    stream.message().await.map(|_| ())
-}
-
-/// Every method of every contract the gateway serves, as reflection lists them (the same
-/// descriptor set), with its gRPC path.
-fn served_methods() -> Vec<String> {
-    use prost::Message;
-    let set = prost_types::FileDescriptorSet::decode(postern_proto::FILE_DESCRIPTOR_SET).expect("descriptors");
-    let mut out = Vec::new();
-    for file in set.file {
-        let package = file.package().to_owned();
-        for service in &file.service {
-            let full = format!("{package}.{}", service.name());
-            if package.starts_with("postern.customdb") {
-                continue; // implemented by customers, not served
-            }
-            for method in &service.method {
-                out.push(format!("/{full}/{}", method.name()));
-            }
-        }
-    }
-    out
-}
-
 /// Issue 10, item 5: bytes that are not the method's message — the probe's `0a 02 ff fe`
 /// (a string field holding invalid UTF-8), a truncated field, a `Struct` nested far past any
 /// limit — answer INVALID_ARGUMENT (reason MALFORMED_MESSAGE) from every method the gateway
@@ -335,14 +259,17 @@ async fn undecodable_messages_are_invalid_argument_on_every_method() {
             [vec![0x0a], varint(nested.len()), nested.clone(), vec![0x12], varint(nested.len()), nested].concat(),
         ),
     ];
-    let methods = served_methods();
+    let methods: Vec<String> = postern_testkit::raw::methods().iter().map(|m| m.path.clone()).collect();
     assert!(methods.len() > 30, "{methods:?}");
     let mut wrong = Vec::new();
     for method in &methods {
         for (what, bytes) in &hostile {
-            let status = match call_raw(ch.clone(), method, bytes.clone(), postern_testkit::ADMIN_KEY).await {
-                Ok(()) => continue, // every field is optional: some junk is a valid message
-                Err(s) => s,
+            let key = Some(postern_testkit::ADMIN_KEY);
+            let within = std::time::Duration::from_secs(20);
+            let status = match postern_testkit::raw::call(&ch, method, bytes.clone(), key, within).await {
+                // Every field is optional: some junk is a valid message.
+                postern_testkit::raw::Answer::Ok(_) | postern_testkit::raw::Answer::Open => continue,
+                postern_testkit::raw::Answer::Status(s) => s,
             };
             let internal_only = postern_testkit::reason(&status).as_deref() == Some("INTERNAL_ONLY");
             let fine = match status.code() {

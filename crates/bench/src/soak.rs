@@ -266,44 +266,6 @@ async fn one(
     }
 }
 
-/// A codec that sends the given bytes as the message: what a broken client puts on the wire.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf;
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
 async fn raw_call(grpc: std::net::SocketAddr, path: &str, bytes: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
     let mut client = tonic::client::Grpc::new(channel(grpc).await);
     client.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -312,7 +274,7 @@ async fn raw_call(grpc: std::net::SocketAddr, path: &str, bytes: Vec<u8>) -> Res
     req.metadata_mut().insert("authorization", bearer);
     let path =
         http::uri::PathAndQuery::try_from(path.to_owned()).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    client.unary(req, path, RawCodec).await.map(tonic::Response::into_inner)
+    client.unary(req, path, postern_testkit::raw::RawCodec).await.map(tonic::Response::into_inner)
 }
 
 /// The resident memory of process `pid` (VmRSS), in MB.

@@ -26,6 +26,7 @@ pub mod browser;
 pub mod node;
 pub mod peers;
 mod process;
+pub mod raw;
 pub mod saml;
 pub mod slapd;
 pub mod upstream;
