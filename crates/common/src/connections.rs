@@ -63,12 +63,16 @@ pub struct ConnectionLimits {
     /// How long a connection may stay busy without a break before it may be closed to make
     /// room for a newcomer (when every connection is busy) or to finish a shutdown.
     pub long_call: Duration,
+    /// The bytes of request messages whose calls may be in flight through the gateway at
+    /// once, across every connection (see `postern_gateway::budget`).
+    pub request_bytes_in_flight: usize,
 }
 
 impl ConnectionLimits {
     /// The limits of a server with `max_connections` (see [`connection_budget`]) and the
     /// house timeouts: 10 s to start a request, 60 s idle, keepalive pings every 30 s answered
-    /// within 20 s, 256 streams and 16 KiB of headers per connection, 10 s for a long call.
+    /// within 20 s, 256 streams and 16 KiB of headers per connection, 10 s for a long call,
+    /// and 64 MiB of request messages in flight.
     pub fn with_max_connections(max_connections: usize) -> Self {
         Self {
             max_connections: max_connections.max(1),
@@ -79,6 +83,7 @@ impl ConnectionLimits {
             max_concurrent_streams: 256,
             max_header_list_size: 16 * 1024,
             long_call: Duration::from_secs(10),
+            request_bytes_in_flight: 64 * 1024 * 1024,
         }
     }
 }

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod budget;
 pub mod events;
 pub mod proxy;
 pub mod routing;
@@ -99,6 +100,7 @@ impl Gateway {
             config.internal_key.clone(),
             config.rate_limit,
             config.default_deadline,
+            config.connections.limits().request_bytes_in_flight,
         );
         Ok(Self { routes, proxy, config, tenant_service, coherence })
     }

@@ -1,6 +1,7 @@
 //! The forwarding path of every call that is not health or reflection, in the order it runs:
 //! request id and trace context, the tracing span, authentication, the rate limit, routing,
-//! the deadline, and the call to the backend, whose body streams through undecoded.
+//! the request memory budget ([`crate::budget`]), the deadline, and the call to the backend,
+//! whose body streams through undecoded.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -22,6 +23,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::auth::KeyAuthenticator;
+use crate::budget::{self, RequestBudget};
 use crate::routing::RouteTable;
 
 /// The forwarding service.
@@ -36,6 +38,7 @@ struct Inner {
     internal_key: InternalKey,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     default_deadline: Duration,
+    budget: RequestBudget,
 }
 
 /// Rate limit settings: sustained calls per second per key, and the burst above it.
@@ -55,12 +58,14 @@ impl Proxy {
         internal_key: InternalKey,
         rate: RateLimit,
         default_deadline: Duration,
+        request_bytes_in_flight: usize,
     ) -> Self {
         let limiter = NonZeroU32::new(rate.per_second).map(|per| {
             let burst = NonZeroU32::new(rate.burst.max(rate.per_second)).unwrap_or(per);
             RateLimiter::keyed(Quota::per_second(per).allow_burst(burst))
         });
-        Self { inner: Arc::new(Inner { routes, auth, internal_key, limiter, default_deadline }) }
+        let budget = RequestBudget::new(request_bytes_in_flight);
+        Self { inner: Arc::new(Inner { routes, auth, internal_key, limiter, default_deadline, budget }) }
     }
 }
 
@@ -180,6 +185,13 @@ impl Inner {
         }
 
         let deadline = requested_deadline(&req).map_or(self.default_deadline, |d| d.min(self.default_deadline));
+        // The message's size reserved from the request budget until the answer is sent
+        // (crate::budget); the wait for it counts against the deadline.
+        let admitted = Instant::now();
+        let (parts, body) = req.into_parts();
+        let (body, share) = self.budget.admit(body, deadline.min(budget::MAX_WAIT)).await?;
+        let mut req = Request::from_parts(parts, body);
+        let deadline = deadline.saturating_sub(admitted.elapsed()).max(Duration::from_millis(1));
         if let Ok(v) = HeaderValue::from_str(&format!("{}m", deadline.as_millis().max(1))) {
             req.headers_mut().insert("grpc-timeout", v);
         }
@@ -190,7 +202,7 @@ impl Inner {
                 format!("{service} did not answer within {} ms", deadline.as_millis()),
                 [("service", service)],
             )),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(response.map(|body| Body::new(budget::Holding::new(body, share)))),
             Ok(Err(e)) => {
                 endpoint.mark_down();
                 tracing::warn!(address = %endpoint.address, error = %e, "backend call failed");
