@@ -438,9 +438,8 @@ async fn settle_schema(
     let before = schema_status(conn, database, migrator).await?;
     if !before.unknown.is_empty() {
         tracing::warn!(
-            database,
             unknown = ?before.unknown,
-            "the schema has migrations this binary does not know (a newer release applied them); continuing"
+            "the {database} has migrations this binary does not know (a newer release applied them); continuing"
         );
     }
     if before.pending.is_empty() {
@@ -462,7 +461,7 @@ async fn settle_schema(
             }
             migrator.run_direct(None, &mut *conn, false).await?;
             let after = schema_status(conn, database, migrator).await?;
-            tracing::info!(database, applied = ?before.pending, version = after.version(), "migrated");
+            tracing::info!(applied = ?before.pending, version = after.version(), "migrated the {database}");
             Ok(Migrated { applied: before.pending, status: after })
         }
     }
