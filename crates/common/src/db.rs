@@ -278,8 +278,9 @@ impl Db {
                 {
                     let mut conn = AnyConnection::connect_with(&options).await?;
                     let settled = settle_postgres_locked(&mut conn, schema, migrations.postgres, policy).await;
-                    conn.close().await?;
+                    let closed = conn.close().await;
                     settled?;
+                    closed?;
                 }
                 let set_path = format!("SET search_path TO {schema}");
                 let pool = AnyPoolOptions::new()
@@ -358,14 +359,18 @@ pub async fn migrate(location: &DbLocation, migrations: Migrations) -> Result<Mi
                 SchemaPolicy::Migrate,
             )
             .await;
-            conn.close().await?;
-            migrated
+            let closed = conn.close().await;
+            let migrated = migrated?;
+            closed?;
+            Ok(migrated)
         }
         DbLocation::Postgres { url, schema } => {
             let mut conn = AnyConnection::connect_with(&postgres_options(url, schema)?).await?;
             let migrated = settle_postgres_locked(&mut conn, schema, migrations.postgres, SchemaPolicy::Migrate).await;
-            conn.close().await?;
-            migrated
+            let closed = conn.close().await;
+            let migrated = migrated?;
+            closed?;
+            Ok(migrated)
         }
     }
 }
