@@ -60,6 +60,13 @@ fn start(data: &Path, database_url: Option<&str>) -> Process {
         .env_remove("POSTERN_DATABASE_URL");
     if let Some(url) = database_url {
         cmd.env("POSTERN_DATABASE_URL", url);
+        // As an operator does: `serve` on PostgreSQL refuses a schema that is behind.
+        let migrated = postern_testkit::output_within(
+            Command::new(BIN).arg("migrate").env("POSTERN_DATABASE_URL", url).env("POSTERN_LOG", "warn"),
+            Duration::from_secs(60),
+        )
+        .expect("postern migrate runs");
+        assert!(migrated.status.success(), "postern migrate: {}", String::from_utf8_lossy(&migrated.stderr));
     }
     Process::spawn(cmd, true).expect("postern starts")
 }

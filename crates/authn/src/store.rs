@@ -3,7 +3,7 @@
 //! [`postern_common::db::Db`]; the OpenID provider's transactions, codes, sessions and
 //! refresh tokens in [`oauth`].
 
-use postern_common::db::{Backend, Db, DbError, DbLocation, Migrations, is_unique_violation};
+use postern_common::db::{Backend, Db, DbError, DbLocation, Migrations, SchemaPolicy, is_unique_violation};
 use serde_json::{Map, Value};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -21,6 +21,9 @@ pub mod upstream;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The authn service's migrations, for both backends (`postern migrate` applies them).
+pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
 /// What can go wrong in the store, as the API needs to tell it apart.
 #[derive(Debug, thiserror::Error)]
@@ -226,7 +229,13 @@ const IDENTITY_COLUMNS: &str = "connection_id, source_id, user_id, connection, s
 impl Store {
     /// Opens the store at `location`, running its migrations.
     pub async fn open(location: &DbLocation) -> Result<Self, DbError> {
-        let db = Db::open(location, Migrations { sqlite: &SQLITE, postgres: &POSTGRES }).await?;
+        Self::open_with(location, SchemaPolicy::Migrate).await
+    }
+
+    /// Opens the store at `location`, migrating it or refusing a schema that is behind, per
+    /// `policy`.
+    pub async fn open_with(location: &DbLocation, policy: SchemaPolicy) -> Result<Self, DbError> {
+        let db = Db::open_with(location, MIGRATIONS, policy).await?;
         let in_flight = (db.backend() == Backend::Sqlite).then(|| Arc::new(InFlight::new()));
         Ok(Self { db, in_flight })
     }

@@ -15,14 +15,69 @@
 //! transactions still start with `BEGIN IMMEDIATE`, as SQLite's own tools may open the file.
 //! PostgreSQL keeps each service in its own schema of the database it is given, and its
 //! writer is the common pool.
+//!
+//! Migrations: opening a database either applies the pending migrations
+//! ([`SchemaPolicy::Migrate`]) or refuses a schema that is behind the binary
+//! ([`SchemaPolicy::RequireCurrent`], [`DbError::Behind`]). On PostgreSQL, which several
+//! processes share, whatever creates a schema or migrates holds the session advisory lock
+//! [`MIGRATION_LOCK`] (`pg_advisory_lock`), and a check holds it shared, so concurrent
+//! migrations and starts queue instead of racing on `CREATE SCHEMA` or on the migrations
+//! table. A schema *ahead* of the binary (migrations it does not know, applied by a newer
+//! release) is accepted with a warning, as Flyway does by default, so that an older replica
+//! keeps serving through a rolling upgrade; a changed or failed migration is refused.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+
+/// The PostgreSQL advisory lock (`pg_advisory_lock`) that every Postern process holds while it
+/// creates a service's schema or migrates it, and holds shared while it checks a schema: one
+/// key for the whole database, so that the services' migrations run one at a time. The value
+/// is the ASCII of `postern!`.
+pub const MIGRATION_LOCK: i64 = 0x706f_7374_6572_6e21;
+
+/// The table where sqlx records the applied migrations, in each service's schema.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// What opening a database does about its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaPolicy {
+    /// Applies the pending migrations (on PostgreSQL under [`MIGRATION_LOCK`]).
+    Migrate,
+    /// Applies nothing and refuses a schema that is behind the binary ([`DbError::Behind`]).
+    RequireCurrent,
+}
+
+/// Where a service's schema stands against the binary's migrations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// The versions applied now (after a migration: including those it applied).
+    pub applied: Vec<i64>,
+    /// The binary's versions not applied (before a migration: what it will apply).
+    pub pending: Vec<i64>,
+    /// Applied versions the binary does not know: the schema was migrated by a newer release.
+    pub unknown: Vec<i64>,
+}
+
+impl SchemaStatus {
+    /// The newest applied version, 0 when none is.
+    pub fn version(&self) -> i64 {
+        self.applied.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// What [`migrate`] did to one service's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// The versions it applied, in order (empty when the schema was current).
+    pub applied: Vec<i64>,
+    /// The schema afterwards.
+    pub status: SchemaStatus,
+}
 
 /// Which database engine a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +146,31 @@ pub enum DbError {
     /// A migration failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The schema lacks migrations this binary needs, and it was opened without migrating.
+    #[error(
+        "the {database} is behind this binary: it is at migration {current} and {} more {} pending ({}); \
+         run `postern migrate` on the same database (--database-url, or --data-dir for SQLite) first, or \
+         start with --migrate always (POSTERN_MIGRATE=always) to let this process migrate",
+        pending.len(),
+        if pending.len() == 1 { "is" } else { "are" },
+        pending.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Behind {
+        /// The service's database: `tenant schema`, `database <file>`.
+        database: String,
+        /// The newest migration applied (0 for an empty schema).
+        current: i64,
+        /// The migrations not applied.
+        pending: Vec<i64>,
+    },
+    /// An applied migration differs from the binary's, or failed half-way.
+    #[error("the {database} cannot be used: {why}")]
+    Inconsistent {
+        /// The service's database: `tenant schema`, `database <file>`.
+        database: String,
+        /// What is wrong.
+        why: String,
+    },
     /// Another process has the SQLite file open.
     #[error(
         "the database {path} is in use by another process (it holds {path}.lock); an SQLite database has one \
@@ -148,15 +228,24 @@ fn prepare_sqlite_file(path: &Path) -> Result<(), DbError> {
 }
 
 impl Db {
-    /// Opens (creating when needed) the database at `location` and runs `migrations`.
+    /// Opens (creating when needed) the database at `location` and applies its pending
+    /// `migrations` ([`SchemaPolicy::Migrate`]).
     pub async fn open(location: &DbLocation, migrations: Migrations) -> Result<Self, DbError> {
+        Self::open_with(location, migrations, SchemaPolicy::Migrate).await
+    }
+
+    /// Opens the database at `location`, migrating it or checking it per `policy`.
+    pub async fn open_with(
+        location: &DbLocation,
+        migrations: Migrations,
+        policy: SchemaPolicy,
+    ) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
-        let db = match location {
+        match location {
             DbLocation::SqliteFile(path) => {
                 prepare_sqlite_file(path)?;
                 let owner = own(path)?;
-                let url = format!("sqlite://{}?mode=rwc", path.display());
-                let options = AnyConnectOptions::from_str(&url).map_err(|e| DbError::Config(e.to_string()))?;
+                let options = sqlite_options(path)?;
                 // No ping before handing out a pooled connection (sqlx's `test_before_acquire`):
                 // a file cannot drop a connection the way a network can, and the ping is a
                 // round trip to the connection's thread before every statement.
@@ -173,19 +262,25 @@ impl Db {
                 };
                 // The writer first: it creates the file and turns WAL on before readers open it.
                 let writer = sqlite_pool(1).connect_with(options.clone()).await?;
+                // The file lock makes this process the only migrator.
+                let name = format!("database {}", path.display());
+                {
+                    let mut conn = writer.acquire().await?;
+                    settle_schema(&mut conn, &name, migrations.sqlite, policy).await?;
+                }
                 let pool = sqlite_pool(8).connect_with(options).await?;
-                Db { pool, writer, backend: Backend::Sqlite, owner: Some(owner) }
+                Ok(Db { pool, writer, backend: Backend::Sqlite, owner: Some(owner) })
             }
             DbLocation::Postgres { url, schema } => {
-                if !schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-                    return Err(DbError::Config(format!("schema name {schema:?} must be lowercase letters")));
-                }
-                let options = AnyConnectOptions::from_str(url).map_err(|e| DbError::Config(e.to_string()))?;
-                // The schema must exist before any pooled connection points its search path at it.
+                let options = postgres_options(url, schema)?;
+                // The schema must exist, and be current, before any pooled connection points
+                // its search path at it.
                 {
-                    let bootstrap = AnyPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-                    bootstrap.execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))).await?;
-                    bootstrap.close().await;
+                    let mut conn = AnyConnection::connect_with(&options).await?;
+                    let settled = settle_postgres_locked(&mut conn, schema, migrations.postgres, policy).await;
+                    let closed = conn.close().await;
+                    settled?;
+                    closed?;
                 }
                 let set_path = format!("SET search_path TO {schema}");
                 let pool = AnyPoolOptions::new()
@@ -200,15 +295,9 @@ impl Db {
                     })
                     .connect_with(options)
                     .await?;
-                Db { writer: pool.clone(), pool, backend: Backend::Postgres, owner: None }
+                Ok(Db { writer: pool.clone(), pool, backend: Backend::Postgres, owner: None })
             }
-        };
-        let migrator = match db.backend {
-            Backend::Sqlite => migrations.sqlite,
-            Backend::Postgres => migrations.postgres,
-        };
-        migrator.run(&db.writer).await?;
-        Ok(db)
+        }
     }
 
     /// The pool, for reads.
@@ -247,6 +336,186 @@ impl Db {
             owner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         }
     }
+}
+
+/// Applies the pending `migrations` of the database at `location`, without keeping it open:
+/// what `postern migrate` does for each service. On PostgreSQL it creates the service's
+/// schema and migrates it under [`MIGRATION_LOCK`], so any number of these (and of starting
+/// servers) may run at once; on SQLite it holds the file's lock, and is refused while a
+/// server has the file open.
+pub async fn migrate(location: &DbLocation, migrations: Migrations) -> Result<Migrated, DbError> {
+    sqlx::any::install_default_drivers();
+    match location {
+        DbLocation::SqliteFile(path) => {
+            prepare_sqlite_file(path)?;
+            let _owner = own(path)?;
+            let mut conn = AnyConnection::connect_with(&sqlite_options(path)?).await?;
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.execute("PRAGMA synchronous = FULL").await?;
+            let migrated = settle_schema(
+                &mut conn,
+                &format!("database {}", path.display()),
+                migrations.sqlite,
+                SchemaPolicy::Migrate,
+            )
+            .await;
+            let closed = conn.close().await;
+            let migrated = migrated?;
+            closed?;
+            Ok(migrated)
+        }
+        DbLocation::Postgres { url, schema } => {
+            let mut conn = AnyConnection::connect_with(&postgres_options(url, schema)?).await?;
+            let migrated = settle_postgres_locked(&mut conn, schema, migrations.postgres, SchemaPolicy::Migrate).await;
+            let closed = conn.close().await;
+            let migrated = migrated?;
+            closed?;
+            Ok(migrated)
+        }
+    }
+}
+
+fn sqlite_options(path: &Path) -> Result<AnyConnectOptions, DbError> {
+    AnyConnectOptions::from_str(&format!("sqlite://{}?mode=rwc", path.display()))
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+fn postgres_options(url: &str, schema: &str) -> Result<AnyConnectOptions, DbError> {
+    if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(DbError::Config(format!("schema name {schema:?} must be lowercase letters")));
+    }
+    AnyConnectOptions::from_str(url).map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// On PostgreSQL: takes [`MIGRATION_LOCK`] on `conn` (exclusively to migrate, shared to
+/// check), settles the service's schema, and gives the lock back. The lock is the session's,
+/// so it also goes with the connection, however this ends.
+async fn settle_postgres_locked(
+    conn: &mut AnyConnection,
+    schema: &str,
+    migrator: &'static Migrator,
+    policy: SchemaPolicy,
+) -> Result<Migrated, DbError> {
+    let (lock, unlock) = match policy {
+        SchemaPolicy::Migrate => ("SELECT pg_advisory_lock($1)", "SELECT pg_advisory_unlock($1)"),
+        SchemaPolicy::RequireCurrent => ("SELECT pg_advisory_lock_shared($1)", "SELECT pg_advisory_unlock_shared($1)"),
+    };
+    sqlx::query(lock).bind(MIGRATION_LOCK).execute(&mut *conn).await?;
+    let settled = settle_postgres(conn, schema, migrator, policy).await;
+    let unlocked = sqlx::query(unlock).bind(MIGRATION_LOCK).execute(&mut *conn).await;
+    let settled = settled?;
+    unlocked?;
+    Ok(settled)
+}
+
+/// On PostgreSQL, under the lock: the schema created (when migrating) and made the search
+/// path, then settled.
+async fn settle_postgres(
+    conn: &mut AnyConnection,
+    schema: &str,
+    migrator: &'static Migrator,
+    policy: SchemaPolicy,
+) -> Result<Migrated, DbError> {
+    if policy == SchemaPolicy::Migrate {
+        // Under the lock nobody else creates it meanwhile; asking first spares the log
+        // PostgreSQL's notice that it exists.
+        let exists = sqlx::query("SELECT CAST(nspname AS TEXT) AS name FROM pg_namespace WHERE nspname = $1")
+            .bind(schema)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some();
+        if !exists {
+            conn.execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await?;
+        }
+    }
+    conn.execute(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}"))).await?;
+    settle_schema(conn, &format!("{schema} schema"), migrator, policy).await
+}
+
+/// Compares the schema on `conn` (whose search path points at it) with `migrator`, then
+/// applies what is pending or refuses a schema that is behind, per `policy`.
+async fn settle_schema(
+    conn: &mut AnyConnection,
+    database: &str,
+    migrator: &'static Migrator,
+    policy: SchemaPolicy,
+) -> Result<Migrated, DbError> {
+    let before = schema_status(conn, database, migrator).await?;
+    if !before.unknown.is_empty() {
+        tracing::warn!(
+            unknown = ?before.unknown,
+            "the {database} has migrations this binary does not know (a newer release applied them); continuing"
+        );
+    }
+    if before.pending.is_empty() {
+        return Ok(Migrated { applied: Vec::new(), status: before });
+    }
+    match policy {
+        SchemaPolicy::RequireCurrent => {
+            Err(DbError::Behind { database: database.to_owned(), current: before.version(), pending: before.pending })
+        }
+        SchemaPolicy::Migrate => {
+            if !before.unknown.is_empty() {
+                return Err(DbError::Inconsistent {
+                    database: database.to_owned(),
+                    why: format!(
+                        "it has migrations this binary does not know ({:?}) and lacks some it has ({:?})",
+                        before.unknown, before.pending
+                    ),
+                });
+            }
+            migrator.run_direct(None, &mut *conn, false).await?;
+            let after = schema_status(conn, database, migrator).await?;
+            tracing::info!(applied = ?before.pending, version = after.version(), "migrated the {database}");
+            Ok(Migrated { applied: before.pending, status: after })
+        }
+    }
+}
+
+/// Where the schema on `conn` stands against `migrator`; refuses a migration that failed
+/// half-way or that differs from the binary's.
+async fn schema_status(conn: &mut AnyConnection, database: &str, migrator: &Migrator) -> Result<SchemaStatus, DbError> {
+    let exists: Option<String> = match conn.backend_name() {
+        "PostgreSQL" => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT CAST(to_regclass('{MIGRATIONS_TABLE}') AS TEXT)")))
+                .fetch_one(&mut *conn)
+                .await?
+        }
+        _ => {
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1")
+                .bind(MIGRATIONS_TABLE)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
+    let known: Vec<&sqlx::migrate::Migration> =
+        migrator.iter().filter(|m| !m.migration_type.is_down_migration()).collect();
+    if exists.is_none() {
+        return Ok(SchemaStatus { pending: known.iter().map(|m| m.version).collect(), ..SchemaStatus::default() });
+    }
+    let inconsistent = |why: String| DbError::Inconsistent { database: database.to_owned(), why };
+    if let Some(version) = conn.dirty_version(MIGRATIONS_TABLE).await? {
+        return Err(inconsistent(format!(
+            "migration {version} failed half-way; repair it by hand (see the `{MIGRATIONS_TABLE}` table), then run `postern migrate`"
+        )));
+    }
+    let applied = conn.list_applied_migrations(MIGRATIONS_TABLE).await?;
+    let mut status = SchemaStatus::default();
+    for m in &known {
+        match applied.iter().find(|a| a.version == m.version) {
+            Some(a) if a.checksum != m.checksum => {
+                return Err(inconsistent(format!(
+                    "migration {} was applied with other contents than this binary's {}",
+                    m.version, m.description
+                )));
+            }
+            Some(_) => {}
+            None => status.pending.push(m.version),
+        }
+    }
+    status.applied = applied.iter().map(|a| a.version).collect();
+    status.unknown = applied.iter().map(|a| a.version).filter(|v| !known.iter().any(|m| m.version == *v)).collect();
+    Ok(status)
 }
 
 /// Whether `err` is a violation of a unique constraint (a duplicate).

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use postern_common::connections::{ConnectionLimits, Connections};
-use postern_common::db::DbLocation;
+use postern_common::db::{DbLocation, SchemaPolicy};
 use postern_common::files::{Existing, write_private};
 use postern_common::principal::InternalKey;
 use postern_common::server::{RpcSpanLayer, in_process};
@@ -122,12 +122,115 @@ pub struct Settings {
     /// line) is every connector this binary has ([`connectors`]). Tests set it to add one.
     #[arg(skip)]
     pub connectors: Option<postern_connector::Connectors>,
+    /// Whether this process applies pending migrations as it starts: `auto` (the default) does
+    /// on SQLite, where the process owns its files, and on PostgreSQL only checks, refusing to
+    /// start on a schema that is behind until `postern migrate` has run; `always` migrates on
+    /// PostgreSQL too (under the same advisory lock as `postern migrate`); `never` checks on
+    /// SQLite too.
+    #[arg(long, env = "POSTERN_MIGRATE", value_enum, default_value = "auto")]
+    pub migrate: MigrateOnStart,
     /// Where the OpenID provider's expiry rules (login transactions, codes, SSO sessions,
     /// refresh tokens, passwordless codes and their rate windows) and the tokens' `iat`/`exp` read the time: `None` (always, from the
     /// command line) is the system clock. Tests set a manual clock to move time instead of
     /// sleeping.
     #[arg(skip)]
     pub clock: Option<postern_common::time::Clock>,
+}
+
+/// What `postern serve` does about pending migrations as it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MigrateOnStart {
+    /// Migrate on SQLite (one owner per file, as in the all-in-one default); on PostgreSQL,
+    /// which replicas share, refuse a schema that is behind and leave migrating to
+    /// `postern migrate`.
+    Auto,
+    /// Migrate whatever the backend (on PostgreSQL under the migration lock).
+    Always,
+    /// Never migrate: refuse a schema that is behind.
+    Never,
+}
+
+impl Settings {
+    /// What opening the stores does about their schemas, per [`Settings::migrate`] and the
+    /// backend.
+    pub fn schema_policy(&self) -> SchemaPolicy {
+        match (self.migrate, &self.database_url) {
+            (MigrateOnStart::Always, _) | (MigrateOnStart::Auto, None) => SchemaPolicy::Migrate,
+            (MigrateOnStart::Never, _) | (MigrateOnStart::Auto, Some(_)) => SchemaPolicy::RequireCurrent,
+        }
+    }
+}
+
+/// The services that own a database, with their migrations, in the order `postern migrate`
+/// applies them.
+const DATABASES: [(&str, postern_common::db::Migrations); 3] = [
+    ("tenant", postern_tenant::store::MIGRATIONS),
+    ("registry", postern_registry::store::MIGRATIONS),
+    ("authn", postern_authn::store::MIGRATIONS),
+];
+
+/// Applies every service's pending migrations (`postern migrate`): to the schemas of the
+/// PostgreSQL database at `database_url`, or to the SQLite files in `data_dir`. On PostgreSQL
+/// it holds the advisory lock [`postern_common::db::MIGRATION_LOCK`] while it works, as a
+/// starting server does, so that any number may run at once (an init container per replica,
+/// say). Answers what it did, per service.
+pub async fn migrate(
+    data_dir: &Path,
+    database_url: Option<&str>,
+) -> anyhow::Result<Vec<(&'static str, postern_common::db::Migrated)>> {
+    let database_url = database_url.filter(|u| !u.trim().is_empty());
+    let mut done = Vec::new();
+    for (service, migrations) in DATABASES {
+        let location = DbLocation::for_service(service, data_dir, database_url);
+        let migrated = postern_common::db::migrate(&location, migrations)
+            .await
+            .with_context(|| format!("cannot migrate the {service} service's database"))?;
+        done.push((service, migrated));
+    }
+    Ok(done)
+}
+
+/// Asks the gRPC health service (`grpc.health.v1.Health/Check`) at `address` (`host:port` or
+/// a URL) about `service` (`""`: the server as a whole) within `timeout`: `Ok` when it answers
+/// SERVING, otherwise `Err` with the reason in one line (`postern health`, the container's
+/// health check).
+pub async fn check_health(address: &str, service: &str, timeout: Duration) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let url = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("{address} is not an address: {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let ask = async {
+        let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {url}: {}", source_chain(&e)))?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: service.to_owned() })
+            .await
+            .map_err(|s| format!("{url} answered {:?}: {}", s.code(), s.message()))?;
+        let status = answer.into_inner().status;
+        let name =
+            ServingStatus::try_from(status).map_or_else(|_| format!("status {status}"), |s| s.as_str_name().to_owned());
+        if status == ServingStatus::Serving as i32 {
+            Ok(())
+        } else {
+            let what = if service.is_empty() { "the server".to_owned() } else { service.to_owned() };
+            Err(format!("{url}: {what} is {name}"))
+        }
+    };
+    tokio::time::timeout(timeout, ask).await.unwrap_or_else(|_| Err(format!("{url} did not answer within {timeout:?}")))
+}
+
+/// An error with its causes, on one line.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The addresses a started suite listens on.
@@ -348,7 +451,9 @@ async fn start_tenant(settings: &Settings, internal_key: InternalKey) -> anyhow:
 
 async fn open_tenant_store(settings: &Settings) -> anyhow::Result<postern_tenant::Store> {
     let location = DbLocation::for_service("tenant", &settings.data_dir, settings.database_url.as_deref());
-    let store = postern_tenant::Store::open(&location).await.context("cannot open the tenant service's database")?;
+    let store = postern_tenant::Store::open_with(&location, settings.schema_policy())
+        .await
+        .context("cannot open the tenant service's database")?;
     if let Some(key) =
         postern_tenant::ensure_admin_key(&store, settings.admin_key.as_deref(), &settings.data_dir).await?
     {
@@ -369,8 +474,9 @@ async fn start_registry(
 ) -> anyhow::Result<Started> {
     let master_key = master_key(settings)?;
     let location = DbLocation::for_service("registry", &settings.data_dir, settings.database_url.as_deref());
-    let store =
-        postern_registry::Store::open(&location).await.context("cannot open the connection registry's database")?;
+    let store = postern_registry::Store::open_with(&location, settings.schema_policy())
+        .await
+        .context("cannot open the connection registry's database")?;
     postern_registry::check_master_key(&store, &master_key).await?;
     let registry = Arc::new(postern_registry::Registry::start(store.clone(), master_key, internal_key, tenant));
     Ok(Started {
@@ -391,7 +497,9 @@ async fn start_authn(
     // The same master key as the registry's (postern_common::seal), under its own label.
     let master_key = master_key(settings)?;
     let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref());
-    let store = postern_authn::Store::open(&location).await.context("cannot open the authenticator's database")?;
+    let store = postern_authn::Store::open_with(&location, settings.schema_policy())
+        .await
+        .context("cannot open the authenticator's database")?;
     match postern_authn::keys::check_master_key(&store, &master_key).await {
         Ok(()) => {}
         Err(postern_authn::keys::KeyError::Seal(_)) => anyhow::bail!(

@@ -1,7 +1,12 @@
 //! `postern`: the one binary. `postern serve` starts every service and the gateway in one
-//! process; `postern serve tenant|registry|gateway` starts one piece alone.
+//! process; `postern serve tenant|registry|gateway` starts one piece alone; `postern migrate`
+//! brings every service's database up to date; `postern health` asks a running server whether
+//! it is serving (the container's health check).
 
 #![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use postern::{Component, Settings};
@@ -18,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve Postern: everything in one process by default, or one piece alone.
@@ -28,6 +35,46 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Apply every service's pending database migrations, then exit. Safe to run concurrently
+    /// on PostgreSQL (an advisory lock); run it before starting servers on PostgreSQL, which
+    /// refuse a schema that is behind.
+    Migrate {
+        /// Where the SQLite databases (one per service) live.
+        #[arg(long, env = "POSTERN_DATA_DIR", default_value = "./postern-data")]
+        data_dir: PathBuf,
+        /// A `postgres://` URL: migrate the services' schemas in this PostgreSQL database.
+        #[arg(long, env = "POSTERN_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Ask a running server's gRPC health service whether it is serving: exit 0 when it
+    /// answers SERVING, 1 otherwise with the reason on one line.
+    Health {
+        /// The server's gRPC address (`host:port`). Default: the port of POSTERN_LISTEN on
+        /// loopback when that is set, else 127.0.0.1:50051.
+        #[arg(long)]
+        address: Option<String>,
+        /// The service to ask about (`postern.tenant.v1.TenantService`); empty asks about the
+        /// server as a whole.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// How long to wait for the answer, in milliseconds.
+        #[arg(long, default_value_t = 3_000)]
+        timeout_ms: u64,
+    },
+}
+
+/// The address `postern health` asks by default: this container's own server, from the
+/// `POSTERN_LISTEN` it was given (an unspecified address means loopback).
+fn default_health_address() -> String {
+    let listen = std::env::var("POSTERN_LISTEN").ok().and_then(|v| v.parse::<SocketAddr>().ok());
+    match listen {
+        Some(addr) if addr.ip().is_unspecified() => {
+            let ip: IpAddr = if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
+            SocketAddr::new(ip, addr.port()).to_string()
+        }
+        Some(addr) => addr.to_string(),
+        None => "127.0.0.1:50051".to_owned(),
+    }
 }
 
 #[tokio::main]
@@ -56,6 +103,32 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             tracing::info!("stopped");
             Ok(())
+        }
+        Command::Migrate { data_dir, database_url } => {
+            for (service, migrated) in postern::migrate(&data_dir, database_url.as_deref()).await? {
+                let version = migrated.status.version();
+                if migrated.applied.is_empty() {
+                    println!("postern: {service}: up to date at migration {version}");
+                } else {
+                    let applied: Vec<String> = migrated.applied.iter().map(i64::to_string).collect();
+                    println!("postern: {service}: applied {}; now at migration {version}", applied.join(", "));
+                }
+            }
+            Ok(())
+        }
+        Command::Health { address, service, timeout_ms } => {
+            let address = address.unwrap_or_else(default_health_address);
+            let timeout = std::time::Duration::from_millis(timeout_ms.max(1));
+            match postern::check_health(&address, &service, timeout).await {
+                Ok(()) => {
+                    println!("SERVING");
+                    Ok(())
+                }
+                Err(reason) => {
+                    println!("postern health: {reason}");
+                    std::process::exit(1);
+                }
+            }
         }
     }
 }

@@ -8,7 +8,9 @@
 //!
 //! The store never sees a secret in clear: the API seals and opens the blob.
 
-use postern_common::db::{Db, DbError, DbLocation, Migrations, is_foreign_key_violation, is_unique_violation};
+use postern_common::db::{
+    Db, DbError, DbLocation, Migrations, SchemaPolicy, is_foreign_key_violation, is_unique_violation,
+};
 use postern_common::time::now_micros;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -17,6 +19,9 @@ use crate::domain::{Connection, ConnectionRef, ConnectionSpec};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The registry service's migrations, for both backends (`postern migrate` applies them).
+pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
 /// What can go wrong in the store, as the API needs to tell it apart.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +88,13 @@ fn resolve_sql(column: &str) -> String {
 impl Store {
     /// Opens the store at `location`, running its migrations.
     pub async fn open(location: &DbLocation) -> Result<Self, DbError> {
-        let db = Db::open(location, Migrations { sqlite: &SQLITE, postgres: &POSTGRES }).await?;
+        Self::open_with(location, SchemaPolicy::Migrate).await
+    }
+
+    /// Opens the store at `location`, migrating it or refusing a schema that is behind, per
+    /// `policy`.
+    pub async fn open_with(location: &DbLocation, policy: SchemaPolicy) -> Result<Self, DbError> {
+        let db = Db::open_with(location, MIGRATIONS, policy).await?;
         Ok(Self { db })
     }
 

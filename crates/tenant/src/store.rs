@@ -1,7 +1,7 @@
 //! The tenant service's storage: tenants, clients, API keys and the admin key, on SQLite or
 //! PostgreSQL through [`postern_common::db::Db`].
 
-use postern_common::db::{Db, DbError, DbLocation, Migrations, is_unique_violation};
+use postern_common::db::{Db, DbError, DbLocation, Migrations, SchemaPolicy, is_unique_violation};
 use postern_common::scope::Scopes;
 use postern_common::time::now_micros;
 use sqlx::Row;
@@ -13,6 +13,9 @@ use crate::domain::{ApiKey, AppType, Client, ClientPatch, NewClient, Tenant};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The tenant service's migrations, for both backends (`postern migrate` applies them).
+pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
 /// What can go wrong in the store, as the API needs to tell it apart.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +95,13 @@ const CLIENT_COLUMNS: &str = "c.client_id, t.name AS tenant, c.name, c.app_type,
 impl Store {
     /// Opens the store at `location`, running its migrations.
     pub async fn open(location: &DbLocation) -> Result<Self, DbError> {
-        let db = Db::open(location, Migrations { sqlite: &SQLITE, postgres: &POSTGRES }).await?;
+        Self::open_with(location, SchemaPolicy::Migrate).await
+    }
+
+    /// Opens the store at `location`, migrating it or refusing a schema that is behind, per
+    /// `policy`.
+    pub async fn open_with(location: &DbLocation, policy: SchemaPolicy) -> Result<Self, DbError> {
+        let db = Db::open_with(location, MIGRATIONS, policy).await?;
         Ok(Self {
             db,
             events: std::sync::Arc::new(tokio::sync::watch::channel(0).0),

@@ -75,6 +75,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         handshake_timeout_ms: 10_000,
         idle_timeout_ms: 60_000,
         long_call_ms: 10_000,
+        migrate: postern::MigrateOnStart::Auto,
         connectors: None,
         clock: None,
     }
@@ -100,11 +101,15 @@ impl Suite {
     }
 
     /// Starts the suite with settings adjusted by `adjust` (a fresh temporary data directory
-    /// unless `adjust` sets one).
+    /// unless `adjust` sets one). On PostgreSQL it first migrates the database as an operator
+    /// does (`postern migrate`), since `serve` there refuses a schema that is behind.
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
         let temp = tempfile::tempdir()?;
         let mut s = settings(temp.path());
         adjust(&mut s);
+        if s.database_url.is_some() && s.migrate == postern::MigrateOnStart::Auto {
+            postern::migrate(&s.data_dir, s.database_url.as_deref()).await.map_err(|e| e.context("postern migrate"))?;
+        }
         let keep = (s.data_dir == temp.path()).then_some(temp);
         let data_dir = s.data_dir.clone();
         let (stop, rx) = tokio::sync::watch::channel(false);
