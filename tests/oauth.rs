@@ -63,6 +63,11 @@ async fn client_credentials_issue_a_jwt_for_the_api() {
     admin.create_tenant("fabrikam").await.expect("tenant");
     let m2m = client(&mut admin, "fabrikam", tenant::AppType::MachineToMachine).await;
     assert!(m2m.confidential);
+    // A client gets tokens only for an API it was granted (tests/grants.rs has the rules).
+    admin
+        .grant_api("fabrikam", &m2m.client_id, "https://api.fabrikam.example", &["read:orders", "write:orders"])
+        .await
+        .expect("grant");
 
     let answer = admin
         .oauth

@@ -237,6 +237,7 @@ async fn openid_client_logs_in_refreshes_and_revokes() {
 
     // A machine-to-machine client gets an access token for an API.
     let m2m = client(&mut w.admin, "acme", tenant::AppType::MachineToMachine, "Worker").await;
+    w.admin.grant_api("acme", &m2m.client_id, "https://api.acme.example", &["read:reports"]).await.expect("grant");
     let cc = w.rp(&node, &m2m).step("client_credentials", json!({ "audience": "https://api.acme.example" })).await;
     let access = cc["access_token"].as_str().unwrap_or_else(|| panic!("{cc}"));
     assert_eq!(access.split('.').count(), 3, "a JWT: {cc}");

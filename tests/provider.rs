@@ -456,6 +456,7 @@ async fn attacks_are_refused() {
     let (status, body, _) = token(&mut agent, &suite, t, &fields, Some((&web.client_id, &web.client_secret))).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("unauthorized_client")), "not a machine-to-machine client");
     let m2m = client(&mut admin, t, tenant::AppType::MachineToMachine).await;
+    admin.grant_api(t, &m2m.client_id, "https://api", &[]).await.expect("grant");
     let post = [
         ("grant_type", "client_credentials"),
         ("audience", "https://api"),

@@ -5,9 +5,12 @@
 //! secret (the tenant service's internal `VerifyClientSecret`). What passed is remembered:
 //! the tenant, the client and a SHA-256 digest of the secret presented (never the secret).
 //! Only passes are remembered; a refusal is asked again each time. The client itself as
-//! `GetClient` answered it (its type, whether it is confidential, its callback and logout
-//! URLs; never a secret) is remembered the same way, so that the token endpoint and the
-//! authorization request do not ask for it on every call.
+//! the internal `ResolveClient` answered it (its type, whether it is confidential, its
+//! callback and logout URLs, and its client grants: the APIs it may get `client_credentials`
+//! tokens for and the scopes granted for each; never a secret) is remembered the same way,
+//! so that the token endpoint and the authorization request do not ask for it on every call.
+//! Every change to a client's grants is a `TENANT_EVENT_TYPE_CLIENT_CHANGED` of the client
+//! in the log, so a revoked grant or scope is forgotten like a rotated secret.
 //!
 //! What is remembered holds exactly as long as the tenant service's event log says nothing
 //! of the client. The log's follower ([`tenants`](crate::tenants)) forgets a client when it
@@ -36,11 +39,37 @@ const MAX_SECRETS: usize = 2;
 
 type Secret = [u8; 32];
 
+/// A client as the tenant service's `ResolveClient` answered it: the client (without its
+/// secret) and its grants. Reads as the client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResolvedClient {
+    /// The client.
+    pub client: tenant_pb::Client,
+    /// What it may get `client_credentials` tokens for: each API's identifier and the scopes
+    /// granted (empty for a client that is not machine-to-machine).
+    pub grants: Vec<tenant_pb::ResolvedGrant>,
+}
+
+impl ResolvedClient {
+    /// The grant for the API `audience`, if the client holds one.
+    pub fn grant(&self, audience: &str) -> Option<&tenant_pb::ResolvedGrant> {
+        self.grants.iter().find(|g| g.audience == audience)
+    }
+}
+
+impl std::ops::Deref for ResolvedClient {
+    type Target = tenant_pb::Client;
+
+    fn deref(&self) -> &tenant_pb::Client {
+        &self.client
+    }
+}
+
 /// What is remembered of one client.
 #[derive(Debug, Default)]
 struct Known {
-    /// The client as the tenant service answered it (no secret in it).
-    client: Option<Arc<tenant_pb::Client>>,
+    /// The client as the tenant service answered it (no secret in it), with its grants.
+    client: Option<Arc<ResolvedClient>>,
     /// Digests of secrets that passed.
     secrets: Vec<Secret>,
 }
@@ -91,7 +120,7 @@ impl ClientChecks {
     }
 
     /// The client as the tenant service answered it, if remembered and still holding.
-    pub fn client(&self, tenant: &str, client_id: &str) -> Option<Arc<tenant_pb::Client>> {
+    pub fn client(&self, tenant: &str, client_id: &str) -> Option<Arc<ResolvedClient>> {
         let state = self.state();
         if !state.live {
             return None;
@@ -99,10 +128,20 @@ impl ClientChecks {
         state.passed.get(&(tenant.to_owned(), client_id.to_owned())).and_then(|known| known.client.clone())
     }
 
-    /// Remembers the client as `GetClient` answered it (any secret in it is dropped),
-    /// unless something was forgotten since it was asked or the follower is not connected.
-    pub fn remember_client(&self, asked: Asked, tenant: &str, client: &tenant_pb::Client) -> Arc<tenant_pb::Client> {
-        let client = Arc::new(tenant_pb::Client { client_secret: String::new(), ..client.clone() });
+    /// Remembers the client and its grants as `ResolveClient` answered them (any secret in
+    /// it is dropped), unless something was forgotten since it was asked or the follower is
+    /// not connected.
+    pub fn remember_client(
+        &self,
+        asked: Asked,
+        tenant: &str,
+        client: &tenant_pb::Client,
+        grants: Vec<tenant_pb::ResolvedGrant>,
+    ) -> Arc<ResolvedClient> {
+        let client = Arc::new(ResolvedClient {
+            client: tenant_pb::Client { client_secret: String::new(), ..client.clone() },
+            grants,
+        });
         self.update(asked, tenant, &client.client_id, |known| known.client = Some(client.clone()));
         client
     }
@@ -219,11 +258,11 @@ mod tests {
             confidential: true,
             ..Default::default()
         };
-        c.remember_client(c.asking(), "t", &client);
+        c.remember_client(c.asking(), "t", &client, Vec::new());
         assert!(c.client("t", "app").is_none(), "nothing is remembered before the follower is live");
         c.set_live(true);
         let asked = c.asking();
-        let kept = c.remember_client(asked, "t", &client);
+        let kept = c.remember_client(asked, "t", &client, Vec::new());
         assert!(kept.client_secret.is_empty(), "a secret is never kept");
         assert!(c.client("t", "app").is_some_and(|k| k.confidential && k.client_secret.is_empty()));
         assert!(c.client("u", "app").is_none(), "tenants apart");
@@ -234,7 +273,7 @@ mod tests {
         // Asked before a forget, answered after: not kept.
         let asked = c.asking();
         c.forget_tenant("t");
-        c.remember_client(asked, "t", &client);
+        c.remember_client(asked, "t", &client, Vec::new());
         assert!(c.client("t", "app").is_none());
     }
 

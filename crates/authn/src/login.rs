@@ -227,24 +227,37 @@ impl AuthnApi {
     /// Checks that the tenant has the client (a public check: no secret): remembered like
     /// the secret checks, asked of the tenant service otherwise.
     async fn client_exists(&self, tenant: &str, client_id: &str) -> Result<(), Status> {
+        self.resolve_client(tenant, client_id).await.map(|_| ()).map_err(|s| client_refusal(tenant, client_id, &s))
+    }
+
+    /// The client with its grants: remembered while the tenant event log says nothing of it
+    /// ([`crate::clients::ClientChecks`]), otherwise asked of the tenant service
+    /// (`ResolveClient`, internal), whose refusal is answered as it is.
+    pub(crate) async fn resolve_client(
+        &self,
+        tenant: &str,
+        client_id: &str,
+    ) -> Result<Arc<crate::clients::ResolvedClient>, Status> {
         let checks = &self.client_checks;
-        if checks.client(tenant, client_id).is_some() {
-            return Ok(());
+        if let Some(client) = checks.client(tenant, client_id) {
+            return Ok(client);
         }
         let asked = checks.asking();
+        metrics::counter!("postern_authn_client_reads_total").increment(1);
         let answer = self
             .tenant_clients
             .clone()
-            .get_client(tenant_pb::GetClientRequest { tenant: tenant.to_owned(), client_id: client_id.to_owned() })
-            .await;
-        match answer {
-            Ok(r) => {
-                if let Some(client) = r.into_inner().client.filter(|c| c.client_id == client_id) {
-                    checks.remember_client(asked, tenant, &client);
-                }
-                Ok(())
+            .resolve_client(tenant_pb::ResolveClientRequest {
+                tenant: tenant.to_owned(),
+                client_id: client_id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        match answer.client {
+            Some(client) if client.client_id == client_id => {
+                Ok(checks.remember_client(asked, tenant, &client, answer.grants))
             }
-            Err(s) => Err(client_refusal(tenant, client_id, &s)),
+            _ => Err(postern_common::error::internal(&"ResolveClient answered no client, or another one")),
         }
     }
 

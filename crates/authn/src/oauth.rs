@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status};
 
 use crate::AuthnApi;
+use crate::clients::ResolvedClient;
 use crate::passwordless::{CodeLogin, CodeStart, LinkTarget, RecipientInput, SendKind};
 use crate::store::Store;
 use crate::store::oauth::{CodeGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, secret_digest};
@@ -120,6 +121,7 @@ mod reason {
     pub const UNAUTHORIZED_CLIENT: &str = "UNAUTHORIZED_CLIENT";
     pub const UNSUPPORTED_GRANT_TYPE: &str = "UNSUPPORTED_GRANT_TYPE";
     pub const INVALID_SCOPE: &str = "INVALID_SCOPE";
+    pub const ACCESS_DENIED: &str = "ACCESS_DENIED";
 }
 
 /// Auth0's grant of a passwordless code at the token endpoint.
@@ -196,6 +198,44 @@ struct ClientAccessToken<'a> {
     azp: &'a str,
 }
 
+/// The scopes of a `client_credentials` token for `audience` (Auth0's rule): the client
+/// needs a grant for the API (an unknown API is refused the same way), and every scope
+/// asked must be granted; asking none gets every granted scope. PERMISSION_DENIED with
+/// reason ACCESS_DENIED (the token endpoint's 403 `access_denied`) otherwise.
+fn granted_scopes(client: &ResolvedClient, audience: &str, requested: &str) -> Result<String, Status> {
+    let Some(grant) = client.grant(audience) else {
+        return Err(postern_common::error::status_with_metadata(
+            Code::PermissionDenied,
+            reason::ACCESS_DENIED,
+            format!(
+                "Client is not authorized to access {:?}. You need to create a client-grant associated to this API.",
+                truncate(audience, 512)
+            ),
+            [("audience", truncate(audience, 512))],
+        ));
+    };
+    let mut asked: Vec<&str> = Vec::new();
+    for s in requested.split_whitespace() {
+        if !asked.contains(&s) {
+            asked.push(s);
+        }
+    }
+    if asked.is_empty() {
+        return Ok(grant.scopes.join(" "));
+    }
+    let missing: Vec<&str> = asked.iter().copied().filter(|s| !grant.scopes.iter().any(|g| g == s)).collect();
+    if !missing.is_empty() {
+        let list = truncate(&missing.join(", "), 1024).to_owned();
+        return Err(postern_common::error::status_with_metadata(
+            Code::PermissionDenied,
+            reason::ACCESS_DENIED,
+            format!("Client has not been granted scopes: {list}"),
+            [("scopes", list.as_str())],
+        ));
+    }
+    Ok(asked.join(" "))
+}
+
 /// The claims an `id_token_hint` must carry.
 #[derive(Deserialize)]
 struct Hint {
@@ -248,33 +288,16 @@ impl OAuthApi {
     /// remembered while the tenant event log says nothing of it
     /// ([`ClientChecks`](crate::clients::ClientChecks)), asked of the tenant service
     /// otherwise.
-    async fn client(&self, tenant: &str, client_id: &str) -> Result<Arc<tenant_pb::Client>, Status> {
-        let checks = &self.authn.client_checks;
-        if let Some(client) = checks.client(tenant, client_id) {
-            return Ok(client);
-        }
-        let asked = checks.asking();
-        metrics::counter!("postern_authn_client_reads_total").increment(1);
-        let answer = self
-            .authn
-            .tenant_clients
-            .clone()
-            .get_client(tenant_pb::GetClientRequest { tenant: tenant.to_owned(), client_id: client_id.to_owned() })
-            .await;
-        match answer {
-            Ok(r) => match r.into_inner().client {
-                Some(client) if client.client_id == client_id => Ok(checks.remember_client(asked, tenant, &client)),
-                _ => Err(internal(&"GetClient answered no client, or another one")),
-            },
-            Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument) => Err(not_found(
-                "CLIENT_NOT_FOUND",
-                format!("tenant {tenant:?} has no client {:?}", truncate(client_id, 64)),
-            )),
-            Err(s) => {
-                tracing::warn!(code = ?s.code(), message = s.message(), "tenant service call failed");
-                Err(Status::unavailable("the tenant service is unavailable; retry shortly"))
+    async fn client(&self, tenant: &str, client_id: &str) -> Result<Arc<ResolvedClient>, Status> {
+        self.authn.resolve_client(tenant, client_id).await.map_err(|s| match s.code() {
+            Code::NotFound | Code::InvalidArgument => {
+                not_found("CLIENT_NOT_FOUND", format!("tenant {tenant:?} has no client {:?}", truncate(client_id, 64)))
             }
-        }
+            _ => {
+                tracing::warn!(code = ?s.code(), message = s.message(), "tenant service call failed");
+                Status::unavailable("the tenant service is unavailable; retry shortly")
+            }
+        })
     }
 
     /// Authenticates a client at the token or revocation endpoint: its secret when
@@ -284,7 +307,7 @@ impl OAuthApi {
         tenant: &str,
         client_id: &str,
         secret: &str,
-    ) -> Result<Arc<tenant_pb::Client>, Status> {
+    ) -> Result<Arc<ResolvedClient>, Status> {
         if client_id.is_empty() {
             return Err(invalid_client("client authentication failed: no client_id"));
         }
@@ -615,7 +638,7 @@ impl OAuthApi {
     async fn client_credentials(
         &self,
         req: &pb::ExchangeTokenRequest,
-        client: &tenant_pb::Client,
+        client: &ResolvedClient,
     ) -> Result<pb::ExchangeTokenResponse, Status> {
         if client.app_type != tenant_pb::AppType::MachineToMachine as i32 || !client.confidential {
             return Err(status(
@@ -624,18 +647,19 @@ impl OAuthApi {
                 "client_credentials is only for machine-to-machine clients (APP_TYPE_MACHINE_TO_MACHINE)",
             ));
         }
-        if req.audience.trim().is_empty() {
+        let audience = req.audience.trim();
+        if audience.is_empty() {
             return Err(invalid_request("audience", "is required: the identifier of the API the token is for"));
         }
+        let scope = granted_scopes(client, audience, &req.scope)?;
         let key = self.authn.keys.current(&req.tenant).await?;
         let issuer = self.issuer(&req.tenant);
         let lifetime = self.authn.keys.lifetimes().access_token;
         let iat = seconds(self.now());
-        let scope = req.scope.split_whitespace().collect::<Vec<_>>().join(" ");
         let claims = ClientAccessToken {
             iss: &issuer,
             sub: format!("{}@clients", client.client_id),
-            aud: req.audience.trim(),
+            aud: audience,
             iat,
             exp: iat + lifetime.as_secs(),
             scope: &scope,
@@ -659,7 +683,7 @@ impl OAuthApi {
     async fn validate_authorization(
         &self,
         req: &pb::StartAuthorizationRequest,
-    ) -> Result<(Arc<tenant_pb::Client>, Result<AuthRequest, (&'static str, String)>), Status> {
+    ) -> Result<(Arc<ResolvedClient>, Result<AuthRequest, (&'static str, String)>), Status> {
         let mut v = Violations::new();
         v.check("tenant", postern_common::validate::tenant_name(&req.tenant));
         if req.client_id.is_empty() {

@@ -152,7 +152,8 @@ async fn setup() -> anyhow::Result<Setup> {
     Ok(Setup { suite, m2m, web })
 }
 
-/// Fills a fresh suite through `admin`: the tenant, a machine-to-machine client, and a
+/// Fills a fresh suite through `admin`: the tenant, a machine-to-machine client granted the
+/// API [`AUDIENCE`] (scope `read:bench`), and a
 /// regular web application whose database connection has [`USERS`] users. Answers the two
 /// clients (with their secrets).
 pub async fn populate(admin: &mut postern_testkit::Clients) -> anyhow::Result<(tenant::Client, tenant::Client)> {
@@ -170,6 +171,8 @@ pub async fn populate(admin: &mut postern_testkit::Clients) -> anyhow::Result<(t
         r.into_inner().client.ok_or_else(|| anyhow::anyhow!("no client in the answer"))
     };
     let m2m = client(admin.clients.create_client(create(tenant::AppType::MachineToMachine, "Worker")).await?)?;
+    // The worker gets tokens only for an API it is granted.
+    admin.grant_api(TENANT, &m2m.client_id, AUDIENCE, &["read:bench"]).await?;
     let web = client(admin.clients.create_client(create(tenant::AppType::RegularWeb, "Portal")).await?)?;
     let connection = conn::Connection {
         name: "db".into(),

@@ -43,6 +43,8 @@ fn refusal(s: &tonic::Status) -> Response {
         "UNAUTHORIZED_CLIENT" => (StatusCode::BAD_REQUEST, "unauthorized_client"),
         "UNSUPPORTED_GRANT_TYPE" => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
         "INVALID_SCOPE" => (StatusCode::BAD_REQUEST, "invalid_scope"),
+        // No client grant for the API, or a scope not granted (Auth0 answers 403).
+        "ACCESS_DENIED" => (StatusCode::FORBIDDEN, "access_denied"),
         _ => match s.code() {
             Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_request"),
             Code::Unavailable | Code::DeadlineExceeded => {

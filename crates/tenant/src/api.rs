@@ -1,9 +1,10 @@
-//! The gRPC face of the tenant service: `TenantService`, `ClientService` and
-//! `ApiKeyService`. Each handler establishes who calls, validates the request into domain
+//! The gRPC face of the tenant service: `TenantService`, `ClientService`, `ApiKeyService`,
+//! `ResourceServerService` (APIs) and `ClientGrantService`. Each handler establishes who calls, validates the request into domain
 //! types, asks the store, and answers in the contract's terms.
 
 use postern_common::error::{
-    Violations, already_exists, internal, invalid_field, not_found, status_with_metadata, unauthenticated,
+    Violations, already_exists, failed_precondition, internal, invalid_field, not_found, status_with_metadata,
+    unauthenticated,
 };
 use postern_common::ids::{constant_time_eq, prefixed, random_alphanumeric, secret_hash};
 use postern_common::paging::{decode_token, next_page_token, page_size};
@@ -398,6 +399,26 @@ impl pb::client_service_server::ClientService for TenantApi {
         }
         Ok(Response::new(pb::VerifyClientSecretResponse { client: Some(client.into_pb(None)) }))
     }
+
+    async fn resolve_client(
+        &self,
+        req: Request<pb::ResolveClientRequest>,
+    ) -> Result<Response<pb::ResolveClientResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        let req = req.into_inner();
+        let (client, grants) = self
+            .store
+            .resolve_client(&req.tenant, &req.client_id)
+            .await?
+            .ok_or_else(|| client_not_found(&req.tenant, &req.client_id))?;
+        // Grants allow something only to a machine-to-machine client.
+        let grants = if client.app_type == domain::AppType::MachineToMachine {
+            grants.into_iter().map(|(audience, scopes)| pb::ResolvedGrant { audience, scopes }).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::ResolveClientResponse { client: Some(client.into_pb(None)), grants }))
+    }
 }
 
 #[tonic::async_trait]
@@ -534,5 +555,284 @@ impl pb::api_key_service_server::ApiKeyService for TenantApi {
             scopes,
             expire_time: found.expire_time.map(postern_common::time::to_timestamp),
         }))
+    }
+}
+
+fn resource_server_not_found(tenant: &str, identifier: &str) -> Status {
+    not_found(
+        "RESOURCE_SERVER_NOT_FOUND",
+        format!(
+            "tenant {tenant:?} has no API with identifier {:?}",
+            postern_common::validate::truncate(identifier, 128)
+        ),
+    )
+}
+
+fn client_grant_not_found(tenant: &str, id: &str) -> Status {
+    not_found(
+        "CLIENT_GRANT_NOT_FOUND",
+        format!("tenant {tenant:?} has no client grant {:?}", postern_common::validate::truncate(id, 64)),
+    )
+}
+
+#[tonic::async_trait]
+impl pb::resource_server_service_server::ResourceServerService for TenantApi {
+    async fn create_resource_server(
+        &self,
+        req: Request<pb::CreateResourceServerRequest>,
+    ) -> Result<Response<pb::CreateResourceServerResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let api = req.resource_server.ok_or_else(|| invalid_field("resource_server", "is required"))?;
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "tenant", &req.tenant);
+        let new = domain::new_resource_server(&mut v, &api);
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let created = self.store.create_resource_server(&req.tenant, &new).await.map_err(|e| match e {
+            StoreError::AlreadyExists => already_exists(
+                "RESOURCE_SERVER_ALREADY_EXISTS",
+                format!(
+                    "tenant {:?} has an API with identifier {:?} already",
+                    req.tenant,
+                    postern_common::validate::truncate(&new.identifier, 128)
+                ),
+            ),
+            StoreError::TenantNotFound => tenant_not_found(&req.tenant),
+            e => e.into(),
+        })?;
+        tracing::info!(tenant = %req.tenant, identifier = %created.identifier, "API created");
+        Ok(Response::new(pb::CreateResourceServerResponse { resource_server: Some(created.into()) }))
+    }
+
+    async fn get_resource_server(
+        &self,
+        req: Request<pb::GetResourceServerRequest>,
+    ) -> Result<Response<pb::GetResourceServerResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        let api = self
+            .store
+            .get_resource_server(&req.tenant, &req.identifier)
+            .await?
+            .ok_or_else(|| resource_server_not_found(&req.tenant, &req.identifier))?;
+        Ok(Response::new(pb::GetResourceServerResponse { resource_server: Some(api.into()) }))
+    }
+
+    async fn list_resource_servers(
+        &self,
+        req: Request<pb::ListResourceServersRequest>,
+    ) -> Result<Response<pb::ListResourceServersResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        let limit = page_size(req.page_size)?;
+        let scope = format!("apis|{}", req.tenant);
+        let after = decode_token(&scope, &req.page_token)?;
+        let mut rows = self
+            .store
+            .list_resource_servers(&req.tenant, after.as_deref(), limit + 1)
+            .await
+            .map_err(map_tenant_missing(&req.tenant))?;
+        let next_page_token = next_page_token(&mut rows, limit, &scope, |(seq, _)| seq.clone());
+        Ok(Response::new(pb::ListResourceServersResponse {
+            resource_servers: rows.into_iter().map(|(_, a)| a.into()).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_resource_server(
+        &self,
+        req: Request<pb::UpdateResourceServerRequest>,
+    ) -> Result<Response<pb::UpdateResourceServerResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let api = req.resource_server.ok_or_else(|| invalid_field("resource_server", "is required"))?;
+        let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "tenant", &req.tenant);
+        if api.identifier.is_empty() {
+            v.add("resource_server.identifier", "is required: it says which API to update");
+        }
+        let patch = domain::resource_server_patch(&mut v, &api, &mask);
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let updated = self
+            .store
+            .update_resource_server(&req.tenant, &api.identifier, &patch)
+            .await?
+            .ok_or_else(|| resource_server_not_found(&req.tenant, &api.identifier))?;
+        tracing::info!(tenant = %req.tenant, identifier = %updated.identifier, "API updated");
+        Ok(Response::new(pb::UpdateResourceServerResponse { resource_server: Some(updated.into()) }))
+    }
+
+    async fn delete_resource_server(
+        &self,
+        req: Request<pb::DeleteResourceServerRequest>,
+    ) -> Result<Response<pb::DeleteResourceServerResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        if !self.store.delete_resource_server(&req.tenant, &req.identifier).await? {
+            return Err(resource_server_not_found(&req.tenant, &req.identifier));
+        }
+        tracing::info!(tenant = %req.tenant, identifier = %req.identifier, "API deleted with its client grants");
+        Ok(Response::new(pb::DeleteResourceServerResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::client_grant_service_server::ClientGrantService for TenantApi {
+    async fn create_client_grant(
+        &self,
+        req: Request<pb::CreateClientGrantRequest>,
+    ) -> Result<Response<pb::CreateClientGrantResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let grant = req.client_grant.ok_or_else(|| invalid_field("client_grant", "is required"))?;
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "tenant", &req.tenant);
+        if !grant.id.is_empty() {
+            v.add("client_grant.id", "is output only: Postern generates it; leave it empty");
+        }
+        if grant.client_id.is_empty() {
+            v.add("client_grant.client_id", "is required: the machine-to-machine client to grant the API to");
+        }
+        domain::check_identifier(&mut v, "client_grant.audience", &grant.audience);
+        domain::check_grant_scopes(&mut v, "client_grant.scopes", &grant.scopes);
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let tenant = req.tenant.as_str();
+        let record = domain::ClientGrant {
+            id: prefixed("cgr"),
+            client_id: grant.client_id.clone(),
+            audience: grant.audience.clone(),
+            scopes: grant.scopes.clone(),
+            create_time: 0,
+            update_time: 0,
+        };
+        let created = self
+            .store
+            .create_client_grant(tenant, &record, |client, api| {
+                let client = client.ok_or_else(|| client_not_found(tenant, &grant.client_id))?;
+                let api = api.ok_or_else(|| resource_server_not_found(tenant, &grant.audience))?;
+                if client.app_type != domain::AppType::MachineToMachine {
+                    return Err(failed_precondition(
+                        "CLIENT_NOT_MACHINE_TO_MACHINE",
+                        "only machine-to-machine clients (APP_TYPE_MACHINE_TO_MACHINE) can be granted an API: \
+                         other applications get tokens for their users, not for themselves",
+                    ));
+                }
+                let mut v = Violations::new();
+                domain::check_scopes_of_api(&mut v, "client_grant.scopes", &grant.scopes, api);
+                v.into_result()
+            })
+            .await
+            .map_err(|e: Status| {
+                if e.code() == Code::AlreadyExists {
+                    already_exists(
+                        "CLIENT_GRANT_ALREADY_EXISTS",
+                        "the client has a grant for this API already; update its scopes instead",
+                    )
+                } else {
+                    e
+                }
+            })?;
+        tracing::info!(tenant, client_id = %created.client_id, grant = %created.id, "client grant created");
+        Ok(Response::new(pb::CreateClientGrantResponse { client_grant: Some(created.into()) }))
+    }
+
+    async fn get_client_grant(
+        &self,
+        req: Request<pb::GetClientGrantRequest>,
+    ) -> Result<Response<pb::GetClientGrantResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        let grant = self
+            .store
+            .get_client_grant(&req.tenant, &req.id)
+            .await?
+            .ok_or_else(|| client_grant_not_found(&req.tenant, &req.id))?;
+        Ok(Response::new(pb::GetClientGrantResponse { client_grant: Some(grant.into()) }))
+    }
+
+    async fn list_client_grants(
+        &self,
+        req: Request<pb::ListClientGrantsRequest>,
+    ) -> Result<Response<pb::ListClientGrantsResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        let limit = page_size(req.page_size)?;
+        // The token is bound to the filters (their digest, as they may be long).
+        let filters = secret_hash(&format!("{}\0{}", req.client_id, req.audience));
+        let scope = format!("grants|{}|{}", req.tenant, filters.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let after = decode_token(&scope, &req.page_token)?;
+        let mut rows = self
+            .store
+            .list_client_grants(&req.tenant, &req.client_id, &req.audience, after.as_deref(), limit + 1)
+            .await
+            .map_err(map_tenant_missing(&req.tenant))?;
+        let next_page_token = next_page_token(&mut rows, limit, &scope, |(seq, _)| seq.clone());
+        Ok(Response::new(pb::ListClientGrantsResponse {
+            client_grants: rows.into_iter().map(|(_, g)| g.into()).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_client_grant(
+        &self,
+        req: Request<pb::UpdateClientGrantRequest>,
+    ) -> Result<Response<pb::UpdateClientGrantResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        let grant = req.client_grant.ok_or_else(|| invalid_field("client_grant", "is required"))?;
+        let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut v = Violations::new();
+        check_tenant_name(&mut v, "tenant", &req.tenant);
+        if grant.id.is_empty() {
+            v.add("client_grant.id", "is required: it says which grant to update");
+        }
+        let paths = postern_common::mask::effective_paths(
+            &mut v,
+            &mask,
+            &["scopes"],
+            &["id", "client_id", "audience", "create_time", "update_time"],
+            |p| p == "scopes" && !grant.scopes.is_empty(),
+        );
+        if paths.is_empty() && v.is_empty() {
+            v.add("update_mask", "names nothing to change: the only field that can change is scopes");
+        }
+        domain::check_grant_scopes(&mut v, "client_grant.scopes", &grant.scopes);
+        v.into_result()?;
+        p.require_tenant(&req.tenant)?;
+        let tenant = req.tenant.as_str();
+        let updated = self
+            .store
+            .update_client_grant(tenant, &grant.id, &grant.scopes, |api| {
+                let mut v = Violations::new();
+                domain::check_scopes_of_api(&mut v, "client_grant.scopes", &grant.scopes, api);
+                v.into_result()
+            })
+            .await?
+            .ok_or_else(|| client_grant_not_found(tenant, &grant.id))?;
+        tracing::info!(tenant, client_id = %updated.client_id, grant = %updated.id, "client grant updated");
+        Ok(Response::new(pb::UpdateClientGrantResponse { client_grant: Some(updated.into()) }))
+    }
+
+    async fn delete_client_grant(
+        &self,
+        req: Request<pb::DeleteClientGrantRequest>,
+    ) -> Result<Response<pb::DeleteClientGrantResponse>, Status> {
+        let p = principal(&req)?;
+        let req = req.into_inner();
+        tenant_scope(&p, &req.tenant)?;
+        if !self.store.delete_client_grant(&req.tenant, &req.id).await? {
+            return Err(client_grant_not_found(&req.tenant, &req.id));
+        }
+        tracing::info!(tenant = %req.tenant, grant = %req.id, "client grant deleted");
+        Ok(Response::new(pb::DeleteClientGrantResponse {}))
     }
 }

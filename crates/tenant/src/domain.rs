@@ -305,6 +305,219 @@ pub fn client_patch(v: &mut Violations, client: &pb::Client, mask: &[String]) ->
     patch
 }
 
+/// Most scopes an API may define.
+pub const MAX_API_SCOPES: usize = 200;
+/// Longest API identifier (the authenticator accepts audiences up to this length).
+pub const MAX_IDENTIFIER_CHARS: usize = 512;
+/// Longest scope value (Auth0's limit).
+pub const MAX_SCOPE_VALUE_CHARS: usize = 280;
+/// Longest scope description.
+pub const MAX_SCOPE_DESCRIPTION_CHARS: usize = 500;
+
+/// A scope an API defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiScope {
+    /// The value clients ask for and tokens carry.
+    pub value: String,
+    /// What it allows.
+    pub description: String,
+}
+
+/// An API (Auth0's resource server) as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceServer {
+    /// Internal id, the grants' reference.
+    pub id: String,
+    /// The immutable identifier: the tokens' audience.
+    pub identifier: String,
+    /// Human-readable name.
+    pub name: String,
+    /// The scopes it defines.
+    pub scopes: Vec<ApiScope>,
+    /// Creation time, unix microseconds.
+    pub create_time: i64,
+    /// Last change, unix microseconds.
+    pub update_time: i64,
+}
+
+impl From<ResourceServer> for pb::ResourceServer {
+    fn from(r: ResourceServer) -> Self {
+        pb::ResourceServer {
+            identifier: r.identifier,
+            name: r.name,
+            scopes: r
+                .scopes
+                .into_iter()
+                .map(|s| pb::ResourceServerScope { value: s.value, description: s.description })
+                .collect(),
+            create_time: Some(to_timestamp(r.create_time)),
+            update_time: Some(to_timestamp(r.update_time)),
+        }
+    }
+}
+
+/// A change to an API: `Some` fields are replaced.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceServerPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New scopes.
+    pub scopes: Option<Vec<ApiScope>>,
+}
+
+/// A client grant as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientGrant {
+    /// `cgr_…`
+    pub id: String,
+    /// The client granted.
+    pub client_id: String,
+    /// The API's identifier.
+    pub audience: String,
+    /// The scopes granted.
+    pub scopes: Vec<String>,
+    /// Creation time, unix microseconds.
+    pub create_time: i64,
+    /// Last change, unix microseconds.
+    pub update_time: i64,
+}
+
+impl From<ClientGrant> for pb::ClientGrant {
+    fn from(g: ClientGrant) -> Self {
+        pb::ClientGrant {
+            id: g.id,
+            client_id: g.client_id,
+            audience: g.audience,
+            scopes: g.scopes,
+            create_time: Some(to_timestamp(g.create_time)),
+            update_time: Some(to_timestamp(g.update_time)),
+        }
+    }
+}
+
+/// A token-shaped text (an API identifier, a scope value): `min` to `max` characters,
+/// no whitespace and no control characters.
+fn token_text(value: &str, max: usize, what: &str) -> Result<(), String> {
+    let len = value.chars().count();
+    if value.is_empty() {
+        return Err(format!("is required: {what} of 1 to {max} characters without whitespace"));
+    }
+    if len > max {
+        return Err(format!("must be 1 to {max} characters (got {len})"));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters".into());
+    }
+    Ok(())
+}
+
+/// Checks an API identifier (`field` is its path).
+pub fn check_identifier(v: &mut Violations, field: &str, value: &str) {
+    v.check(field, token_text(value, MAX_IDENTIFIER_CHARS, "the API's identifier, the tokens' audience,"));
+}
+
+/// Checks the scopes an API defines: each value valid and once, each description valid,
+/// at most [`MAX_API_SCOPES`].
+pub fn check_api_scopes(v: &mut Violations, field: &str, scopes: &[pb::ResourceServerScope]) -> Vec<ApiScope> {
+    if scopes.len() > MAX_API_SCOPES {
+        v.add(field, format!("must hold at most {MAX_API_SCOPES} scopes, got {}", scopes.len()));
+        return Vec::new();
+    }
+    let mut out: Vec<ApiScope> = Vec::with_capacity(scopes.len());
+    for (i, s) in scopes.iter().enumerate() {
+        let before = v.as_slice().len();
+        v.check(format!("{field}[{i}].value"), token_text(&s.value, MAX_SCOPE_VALUE_CHARS, "a scope value"));
+        if v.as_slice().len() == before && out.iter().any(|o| o.value == s.value) {
+            v.add(format!("{field}[{i}].value"), format!("{:?} is listed twice", s.value));
+        }
+        v.check(
+            format!("{field}[{i}].description"),
+            validate::display_text(&s.description, 0, MAX_SCOPE_DESCRIPTION_CHARS),
+        );
+        out.push(ApiScope { value: s.value.clone(), description: s.description.clone() });
+    }
+    out
+}
+
+/// Validates a new API from the contract.
+pub fn new_resource_server(v: &mut Violations, r: &pb::ResourceServer) -> ResourceServer {
+    check_identifier(v, "resource_server.identifier", &r.identifier);
+    check_display_name(v, "resource_server.name", &r.name);
+    let scopes = check_api_scopes(v, "resource_server.scopes", &r.scopes);
+    ResourceServer {
+        id: postern_common::ids::prefixed("api"),
+        identifier: r.identifier.clone(),
+        name: r.name.clone(),
+        scopes,
+        create_time: 0,
+        update_time: 0,
+    }
+}
+
+/// Validates an API update: the paths of `mask` (or every set mutable field when empty).
+pub fn resource_server_patch(v: &mut Violations, r: &pb::ResourceServer, mask: &[String]) -> ResourceServerPatch {
+    let paths = postern_common::mask::effective_paths(
+        v,
+        mask,
+        &["name", "scopes"],
+        &["identifier", "create_time", "update_time"],
+        |p| match p {
+            "name" => !r.name.is_empty(),
+            "scopes" => !r.scopes.is_empty(),
+            _ => false,
+        },
+    );
+    let mut patch = ResourceServerPatch::default();
+    for p in paths {
+        match p {
+            "name" => {
+                check_display_name(v, "resource_server.name", &r.name);
+                patch.name = Some(r.name.clone());
+            }
+            "scopes" => patch.scopes = Some(check_api_scopes(v, "resource_server.scopes", &r.scopes)),
+            _ => {}
+        }
+    }
+    patch
+}
+
+/// Checks the scopes of a grant for their shape (each a scope value, each once); whether
+/// each is one of the API's is checked against the API itself.
+pub fn check_grant_scopes(v: &mut Violations, field: &str, scopes: &[String]) {
+    if scopes.len() > MAX_API_SCOPES {
+        v.add(field, format!("must hold at most {MAX_API_SCOPES} scopes, got {}", scopes.len()));
+        return;
+    }
+    for (i, s) in scopes.iter().enumerate() {
+        let before = v.as_slice().len();
+        v.check(format!("{field}[{i}]"), token_text(s, MAX_SCOPE_VALUE_CHARS, "a scope value"));
+        if v.as_slice().len() == before && scopes[..i].contains(s) {
+            v.add(format!("{field}[{i}]"), format!("{s:?} is listed twice"));
+        }
+    }
+}
+
+/// The grant scopes that `api` does not define, as violations of `field`.
+pub fn check_scopes_of_api(v: &mut Violations, field: &str, scopes: &[String], api: &ResourceServer) {
+    for (i, s) in scopes.iter().enumerate() {
+        if !api.scopes.iter().any(|a| &a.value == s) {
+            v.add(
+                format!("{field}[{i}]"),
+                format!(
+                    "{:?} is not a scope of the API {:?}; its scopes are: {}",
+                    validate::truncate(s, 80),
+                    validate::truncate(&api.identifier, 80),
+                    if api.scopes.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        api.scopes.iter().map(|a| a.value.as_str()).collect::<Vec<_>>().join(" ")
+                    }
+                ),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

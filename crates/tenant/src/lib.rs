@@ -3,7 +3,8 @@
 //! service.
 //!
 //! # Layout
-//! - [`api`]: the tonic handlers of `TenantService`, `ClientService`, `ApiKeyService`.
+//! - [`api`]: the tonic handlers of `TenantService`, `ClientService`, `ApiKeyService`,
+//!   `ResourceServerService` (APIs) and `ClientGrantService`.
 //! - [`domain`]: types, validation, and conversion from and to the contract.
 //! - [`store`]: sqlx storage; `migrations/{sqlite,postgres}` beside `src/`.
 //! - [`routes`] builds the service's gRPC routes behind the principal check, the same in
@@ -28,13 +29,19 @@ pub use api::TenantApi;
 pub use store::Store;
 
 /// The gRPC services this crate serves, by full name.
-pub const SERVICES: &[&str] =
-    &["postern.tenant.v1.TenantService", "postern.tenant.v1.ClientService", "postern.tenant.v1.ApiKeyService"];
+pub const SERVICES: &[&str] = &[
+    "postern.tenant.v1.TenantService",
+    "postern.tenant.v1.ClientService",
+    "postern.tenant.v1.ApiKeyService",
+    "postern.tenant.v1.ResourceServerService",
+    "postern.tenant.v1.ClientGrantService",
+];
 
 /// The RPCs of this service that only other Postern services may call.
 pub const INTERNAL_METHODS: &[&str] = &[
     "/postern.tenant.v1.ApiKeyService/AuthenticateKey",
     "/postern.tenant.v1.ClientService/VerifyClientSecret",
+    "/postern.tenant.v1.ClientService/ResolveClient",
     "/postern.tenant.v1.TenantService/WatchTenantEvents",
 ];
 
@@ -58,6 +65,18 @@ pub const METHOD_SCOPES: MethodScopes = &[
     ("/postern.tenant.v1.ClientService/DeleteClient", Need::Write(Scope::Clients)),
     ("/postern.tenant.v1.ClientService/RotateClientSecret", Need::Write(Scope::Clients)),
     ("/postern.tenant.v1.ClientService/VerifyClientSecret", Need::Nothing),
+    ("/postern.tenant.v1.ClientService/ResolveClient", Need::Nothing),
+    // APIs and client grants decide what clients get tokens for: the clients' scope.
+    ("/postern.tenant.v1.ResourceServerService/CreateResourceServer", Need::Write(Scope::Clients)),
+    ("/postern.tenant.v1.ResourceServerService/GetResourceServer", Need::Read(Scope::Clients)),
+    ("/postern.tenant.v1.ResourceServerService/ListResourceServers", Need::Read(Scope::Clients)),
+    ("/postern.tenant.v1.ResourceServerService/UpdateResourceServer", Need::Write(Scope::Clients)),
+    ("/postern.tenant.v1.ResourceServerService/DeleteResourceServer", Need::Write(Scope::Clients)),
+    ("/postern.tenant.v1.ClientGrantService/CreateClientGrant", Need::Write(Scope::Clients)),
+    ("/postern.tenant.v1.ClientGrantService/GetClientGrant", Need::Read(Scope::Clients)),
+    ("/postern.tenant.v1.ClientGrantService/ListClientGrants", Need::Read(Scope::Clients)),
+    ("/postern.tenant.v1.ClientGrantService/UpdateClientGrant", Need::Write(Scope::Clients)),
+    ("/postern.tenant.v1.ClientGrantService/DeleteClientGrant", Need::Write(Scope::Clients)),
     ("/postern.tenant.v1.ApiKeyService/CreateApiKey", Need::Write(Scope::Tenant)),
     ("/postern.tenant.v1.ApiKeyService/ListApiKeys", Need::Read(Scope::Tenant)),
     ("/postern.tenant.v1.ApiKeyService/RevokeApiKey", Need::Write(Scope::Tenant)),
@@ -70,7 +89,9 @@ pub fn routes(store: Store, key: InternalKey) -> tonic::service::Routes {
     let layer = PrincipalLayer::new(key).public(PUBLIC_METHODS).scopes(METHOD_SCOPES);
     tonic::service::Routes::new(layer.layer(pb::tenant_service_server::TenantServiceServer::new(api.clone())))
         .add_service(layer.layer(pb::client_service_server::ClientServiceServer::new(api.clone())))
-        .add_service(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(api)))
+        .add_service(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(api.clone())))
+        .add_service(layer.layer(pb::resource_server_service_server::ResourceServerServiceServer::new(api.clone())))
+        .add_service(layer.layer(pb::client_grant_service_server::ClientGrantServiceServer::new(api)))
 }
 
 /// Makes sure an admin key exists. `configured` (from `POSTERN_ADMIN_KEY`) replaces the

@@ -9,7 +9,9 @@ use sqlx::any::AnyRow;
 
 use postern_common::db::Backend;
 
-use crate::domain::{ApiKey, AppType, Client, ClientPatch, NewClient, Tenant};
+use crate::domain::{
+    ApiKey, ApiScope, AppType, Client, ClientGrant, ClientPatch, NewClient, ResourceServer, ResourceServerPatch, Tenant,
+};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -602,6 +604,440 @@ impl Store {
             None => Err(StoreError::TenantNotFound),
         }
     }
+}
+
+/// The columns of an API row (`r`).
+const API_COLUMNS: &str = "r.id, r.seq, r.identifier, r.name, r.scopes, r.create_time, r.update_time";
+/// The columns of a grant row (`g`, with its API `r`).
+const GRANT_COLUMNS: &str =
+    "g.id, g.seq, g.client_id, r.identifier AS audience, g.scopes, g.create_time, g.update_time";
+
+/// Client grants and APIs (resource servers).
+impl Store {
+    /// On PostgreSQL, takes the event log's lock first, so that the reads of a change that
+    /// records events see every change committed before it (and none commits between them).
+    async fn lock_events(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<(), sqlx::Error> {
+        if self.db.backend() == Backend::Postgres {
+            sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Records in `tx` that the grants of each of `client_ids` changed, so that whoever
+    /// remembers what they allow forgets it.
+    async fn grants_changed(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tenant: &str,
+        client_ids: &[String],
+    ) -> Result<(), StoreError> {
+        if client_ids.is_empty() {
+            return Ok(());
+        }
+        let tenant_create_time: i64 = sqlx::query_scalar("SELECT create_time FROM tenants WHERE name = $1")
+            .bind(tenant)
+            .fetch_one(&mut **tx)
+            .await?;
+        let mut done: Vec<&String> = Vec::new();
+        for client_id in client_ids {
+            if !done.contains(&client_id) {
+                self.append_event(tx, EventType::ClientChanged, tenant, tenant_create_time, client_id).await?;
+                done.push(client_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts an API into `tenant`; [`StoreError::AlreadyExists`] if its identifier is
+    /// taken, [`StoreError::TenantNotFound`] if there is no such tenant.
+    pub async fn create_resource_server(
+        &self,
+        tenant: &str,
+        api: &ResourceServer,
+    ) -> Result<ResourceServer, StoreError> {
+        let now = now_micros();
+        let row = sqlx::query(
+            "INSERT INTO resource_servers (id, tenant_id, seq, identifier, name, scopes, create_time, update_time) \
+             SELECT $1, id, $2, $3, $4, $5, $6, $6 FROM tenants WHERE name = $7 RETURNING id",
+        )
+        .bind(&api.id)
+        .bind(postern_common::ids::new_id())
+        .bind(&api.identifier)
+        .bind(&api.name)
+        .bind(api_scopes_json(&api.scopes))
+        .bind(now)
+        .bind(tenant)
+        .fetch_optional(self.db.writer())
+        .await
+        .map_err(dup)?;
+        match row {
+            Some(_) => Ok(ResourceServer { create_time: now, update_time: now, ..api.clone() }),
+            None => Err(StoreError::TenantNotFound),
+        }
+    }
+
+    /// The API `identifier` of `tenant`.
+    pub async fn get_resource_server(
+        &self,
+        tenant: &str,
+        identifier: &str,
+    ) -> Result<Option<ResourceServer>, StoreError> {
+        let sql = format!(
+            "SELECT {API_COLUMNS} FROM resource_servers r JOIN tenants t ON t.id = r.tenant_id \
+             WHERE t.name = $1 AND r.identifier = $2"
+        );
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(identifier).fetch_optional(self.db.pool()).await?;
+        row.map(|r| api_from_row(&r)).transpose()
+    }
+
+    /// Up to `limit` APIs of `tenant` after position `after`, oldest first, each with its
+    /// position. [`StoreError::TenantNotFound`] if no such tenant.
+    pub async fn list_resource_servers(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, ResourceServer)>, StoreError> {
+        let tenant_id = self.tenant_id(tenant).await?;
+        let sql = format!(
+            "SELECT {API_COLUMNS} FROM resource_servers r WHERE r.tenant_id = $1 AND r.seq > $2 ORDER BY r.seq LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&tenant_id)
+            .bind(after.unwrap_or(""))
+            .bind(limit as i64)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("seq")?, api_from_row(r)?))).collect()
+    }
+
+    /// Applies `patch` to an API; `None` if there is no such API. Scopes the API no longer
+    /// defines are taken from its grants in the same transaction, with an event for each
+    /// client whose grant changed.
+    pub async fn update_resource_server(
+        &self,
+        tenant: &str,
+        identifier: &str,
+        patch: &ResourceServerPatch,
+    ) -> Result<Option<ResourceServer>, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        self.lock_events(&mut tx).await?;
+        let row = sqlx::query(
+            "UPDATE resource_servers SET name = COALESCE($3, name), scopes = COALESCE($4, scopes), update_time = $5 \
+             WHERE identifier = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1) RETURNING id",
+        )
+        .bind(tenant)
+        .bind(identifier)
+        .bind(patch.name.as_deref())
+        .bind(patch.scopes.as_deref().map(api_scopes_json))
+        .bind(now_micros())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let api_id: String = row.try_get("id")?;
+        if let Some(scopes) = &patch.scopes {
+            let grants = sqlx::query("SELECT id, client_id, scopes FROM client_grants WHERE resource_server_id = $1")
+                .bind(&api_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut changed = Vec::new();
+            for g in &grants {
+                let held = parse_list(&g.try_get::<String, _>("scopes")?)?;
+                let kept: Vec<String> =
+                    held.iter().filter(|s| scopes.iter().any(|a| &a.value == *s)).cloned().collect();
+                if kept.len() != held.len() {
+                    sqlx::query("UPDATE client_grants SET scopes = $2, update_time = $3 WHERE id = $1")
+                        .bind(g.try_get::<String, _>("id")?)
+                        .bind(json_list(&kept))
+                        .bind(now_micros())
+                        .execute(&mut *tx)
+                        .await?;
+                    changed.push(g.try_get::<String, _>("client_id")?);
+                }
+            }
+            self.grants_changed(&mut tx, tenant, &changed).await?;
+        }
+        tx.commit().await?;
+        self.events_committed();
+        self.get_resource_server(tenant, identifier).await
+    }
+
+    /// Deletes an API and its grants, with an event for each client that held one; whether
+    /// it existed.
+    pub async fn delete_resource_server(&self, tenant: &str, identifier: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        self.lock_events(&mut tx).await?;
+        let api_id: Option<String> = sqlx::query_scalar(
+            "SELECT r.id FROM resource_servers r JOIN tenants t ON t.id = r.tenant_id \
+             WHERE t.name = $1 AND r.identifier = $2",
+        )
+        .bind(tenant)
+        .bind(identifier)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(api_id) = api_id else {
+            return Ok(false);
+        };
+        // The grants go with it (ON DELETE CASCADE too), each client's change recorded.
+        let clients: Vec<String> =
+            sqlx::query_scalar("DELETE FROM client_grants WHERE resource_server_id = $1 RETURNING client_id")
+                .bind(&api_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM resource_servers WHERE id = $1").bind(&api_id).execute(&mut *tx).await?;
+        self.grants_changed(&mut tx, tenant, &clients).await?;
+        tx.commit().await?;
+        self.events_committed();
+        Ok(true)
+    }
+
+    /// Inserts a grant of `tenant` for the client and API it names, once `check` accepts
+    /// the client and the API as found (each `None` when the tenant has no such one) in the
+    /// same transaction; records the change for the client. A second grant of the client for
+    /// the same API is [`StoreError::AlreadyExists`].
+    pub async fn create_client_grant<E: From<StoreError>>(
+        &self,
+        tenant: &str,
+        grant: &ClientGrant,
+        check: impl FnOnce(Option<&Client>, Option<&ResourceServer>) -> Result<(), E>,
+    ) -> Result<ClientGrant, E> {
+        let mut tx = self.db.begin_write().await.map_err(StoreError::from)?;
+        self.lock_events(&mut tx).await.map_err(StoreError::from)?;
+        let (client, api) = self.grant_parties(&mut tx, tenant, &grant.client_id, &grant.audience).await?;
+        check(client.as_ref(), api.as_ref())?;
+        let Some(api) = api else { return Err(StoreError::TenantNotFound.into()) };
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO client_grants (id, tenant_id, seq, client_id, resource_server_id, scopes, create_time, update_time) \
+             SELECT $1, id, $2, $3, $4, $5, $6, $6 FROM tenants WHERE name = $7",
+        )
+        .bind(&grant.id)
+        .bind(postern_common::ids::new_id())
+        .bind(&grant.client_id)
+        .bind(&api.id)
+        .bind(json_list(&grant.scopes))
+        .bind(now)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .map_err(dup)?;
+        self.grants_changed(&mut tx, tenant, std::slice::from_ref(&grant.client_id)).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        self.events_committed();
+        Ok(ClientGrant { create_time: now, update_time: now, ..grant.clone() })
+    }
+
+    /// The client and the API of a grant to be, as found in `tx`.
+    async fn grant_parties(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tenant: &str,
+        client_id: &str,
+        audience: &str,
+    ) -> Result<(Option<Client>, Option<ResourceServer>), StoreError> {
+        let sql = format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE t.name = $1 AND c.client_id = $2"
+        );
+        let client = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(client_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| client_from_row(&r))
+            .transpose()?;
+        let sql = format!(
+            "SELECT {API_COLUMNS} FROM resource_servers r JOIN tenants t ON t.id = r.tenant_id \
+             WHERE t.name = $1 AND r.identifier = $2"
+        );
+        let api = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(audience)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| api_from_row(&r))
+            .transpose()?;
+        Ok((client, api))
+    }
+
+    /// The grant `id` of `tenant`.
+    pub async fn get_client_grant(&self, tenant: &str, id: &str) -> Result<Option<ClientGrant>, StoreError> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM client_grants g JOIN resource_servers r ON r.id = g.resource_server_id \
+             JOIN tenants t ON t.id = g.tenant_id WHERE t.name = $1 AND g.id = $2"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(id).fetch_optional(self.db.pool()).await?;
+        row.map(|r| grant_from_row(&r)).transpose()
+    }
+
+    /// Up to `limit` grants of `tenant` after position `after`, oldest first, only those of
+    /// `client_id` and for the API `audience` when they are not empty.
+    /// [`StoreError::TenantNotFound`] if no such tenant.
+    pub async fn list_client_grants(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        audience: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, ClientGrant)>, StoreError> {
+        let tenant_id = self.tenant_id(tenant).await?;
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM client_grants g JOIN resource_servers r ON r.id = g.resource_server_id \
+             WHERE g.tenant_id = $1 AND g.seq > $2 AND ($3 = '' OR g.client_id = $3) AND ($4 = '' OR r.identifier = $4) \
+             ORDER BY g.seq LIMIT $5"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&tenant_id)
+            .bind(after.unwrap_or(""))
+            .bind(client_id)
+            .bind(audience)
+            .bind(limit as i64)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("seq")?, grant_from_row(r)?))).collect()
+    }
+
+    /// Replaces a grant's scopes once `check` accepts them against its API as it is in the
+    /// same transaction; records the change for its client. `None` if there is no such grant.
+    pub async fn update_client_grant<E: From<StoreError>>(
+        &self,
+        tenant: &str,
+        id: &str,
+        scopes: &[String],
+        check: impl FnOnce(&ResourceServer) -> Result<(), E>,
+    ) -> Result<Option<ClientGrant>, E> {
+        let mut tx = self.db.begin_write().await.map_err(StoreError::from)?;
+        self.lock_events(&mut tx).await.map_err(StoreError::from)?;
+        let sql = format!(
+            "SELECT {API_COLUMNS}, g.client_id AS grant_client FROM client_grants g \
+             JOIN resource_servers r ON r.id = g.resource_server_id JOIN tenants t ON t.id = g.tenant_id \
+             WHERE t.name = $1 AND g.id = $2"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let Some(row) = row else { return Ok(None) };
+        let api = api_from_row(&row)?;
+        let client_id: String = row.try_get("grant_client").map_err(StoreError::from)?;
+        check(&api)?;
+        sqlx::query("UPDATE client_grants SET scopes = $2, update_time = $3 WHERE id = $1")
+            .bind(id)
+            .bind(json_list(scopes))
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        self.grants_changed(&mut tx, tenant, &[client_id]).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        self.events_committed();
+        Ok(self.get_client_grant(tenant, id).await?)
+    }
+
+    /// Deletes a grant of `tenant`, recording the change for its client; whether it existed.
+    pub async fn delete_client_grant(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        self.lock_events(&mut tx).await?;
+        let client: Option<String> = sqlx::query_scalar(
+            "DELETE FROM client_grants WHERE id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1) \
+             RETURNING client_id",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(client) = client else {
+            return Ok(false);
+        };
+        self.grants_changed(&mut tx, tenant, &[client]).await?;
+        tx.commit().await?;
+        self.events_committed();
+        Ok(true)
+    }
+
+    /// The client `client_id` of `tenant` with its grants (each API's identifier and the
+    /// scopes granted), in one read.
+    pub async fn resolve_client(
+        &self,
+        tenant: &str,
+        client_id: &str,
+    ) -> Result<Option<(Client, Vec<(String, Vec<String>)>)>, StoreError> {
+        let mut tx = self.db.pool().begin().await?;
+        let sql = format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE t.name = $1 AND c.client_id = $2"
+        );
+        let Some(row) =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(client_id).fetch_optional(&mut *tx).await?
+        else {
+            return Ok(None);
+        };
+        let client = client_from_row(&row)?;
+        let rows = sqlx::query(
+            "SELECT r.identifier, g.scopes FROM client_grants g JOIN resource_servers r ON r.id = g.resource_server_id \
+             WHERE g.client_id = $1 ORDER BY r.identifier",
+        )
+        .bind(client_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let grants = rows
+            .iter()
+            .map(|r| Ok((r.try_get("identifier")?, parse_list(&r.try_get::<String, _>("scopes")?)?)))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some((client, grants)))
+    }
+}
+
+fn api_scopes_json(scopes: &[ApiScope]) -> String {
+    serde_json::Value::Array(
+        scopes.iter().map(|s| serde_json::json!({ "value": s.value, "description": s.description })).collect(),
+    )
+    .to_string()
+}
+
+fn parse_api_scopes(text: &str) -> Result<Vec<ApiScope>, sqlx::Error> {
+    let bad = |what: &str| sqlx::Error::Decode(format!("an API's scopes in store: {what}").into());
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let items = value.as_array().ok_or_else(|| bad("not a list"))?;
+    items
+        .iter()
+        .map(|item| {
+            let field = |name: &str| item.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            Ok(ApiScope {
+                value: field("value").ok_or_else(|| bad("a scope without a value"))?,
+                description: field("description").unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn api_from_row(r: &AnyRow) -> Result<ResourceServer, StoreError> {
+    Ok(ResourceServer {
+        id: r.try_get("id")?,
+        identifier: r.try_get("identifier")?,
+        name: r.try_get("name")?,
+        scopes: parse_api_scopes(&r.try_get::<String, _>("scopes")?)?,
+        create_time: r.try_get("create_time")?,
+        update_time: r.try_get("update_time")?,
+    })
+}
+
+fn grant_from_row(r: &AnyRow) -> Result<ClientGrant, StoreError> {
+    Ok(ClientGrant {
+        id: r.try_get("id")?,
+        client_id: r.try_get("client_id")?,
+        audience: r.try_get("audience")?,
+        scopes: parse_list(&r.try_get::<String, _>("scopes")?)?,
+        create_time: r.try_get("create_time")?,
+        update_time: r.try_get("update_time")?,
+    })
 }
 
 fn dup(e: sqlx::Error) -> StoreError {

@@ -202,6 +202,10 @@ pub struct Clients {
     pub signing_keys: authn::signing_key_service_client::SigningKeyServiceClient<Authed>,
     /// `postern.authn.v1.OAuthService` (its public RPCs; the gateway refuses the internal ones)
     pub oauth: authn::o_auth_service_client::OAuthServiceClient<Authed>,
+    /// `postern.tenant.v1.ResourceServerService` (APIs)
+    pub apis: tenant::resource_server_service_client::ResourceServerServiceClient<Authed>,
+    /// `postern.tenant.v1.ClientGrantService`
+    pub grants: tenant::client_grant_service_client::ClientGrantServiceClient<Authed>,
 }
 
 impl Clients {
@@ -217,8 +221,53 @@ impl Clients {
             authn: authn::authentication_service_client::AuthenticationServiceClient::new(authed.clone()),
             users: authn::user_service_client::UserServiceClient::new(authed.clone()),
             signing_keys: authn::signing_key_service_client::SigningKeyServiceClient::new(authed.clone()),
-            oauth: authn::o_auth_service_client::OAuthServiceClient::new(authed),
+            oauth: authn::o_auth_service_client::OAuthServiceClient::new(authed.clone()),
+            apis: tenant::resource_server_service_client::ResourceServerServiceClient::new(authed.clone()),
+            grants: tenant::client_grant_service_client::ClientGrantServiceClient::new(authed),
         }
+    }
+
+    /// Lets the machine-to-machine client `client_id` of `tenant` get `client_credentials`
+    /// tokens for the API `audience` with `scopes`: creates the API (defining `scopes`) unless
+    /// it exists, then the client's grant for it.
+    pub async fn grant_api(
+        &mut self,
+        tenant: &str,
+        client_id: &str,
+        audience: &str,
+        scopes: &[&str],
+    ) -> Result<tenant::ClientGrant, tonic::Status> {
+        let api = tenant::ResourceServer {
+            identifier: audience.into(),
+            name: format!("API {audience}").chars().take(128).collect(),
+            scopes: scopes
+                .iter()
+                .map(|s| tenant::ResourceServerScope { value: (*s).into(), description: String::new() })
+                .collect(),
+            ..Default::default()
+        };
+        let created = self
+            .apis
+            .create_resource_server(tenant::CreateResourceServerRequest {
+                tenant: tenant.into(),
+                resource_server: Some(api),
+            })
+            .await;
+        match created {
+            Err(s) if s.code() != tonic::Code::AlreadyExists => return Err(s),
+            _ => {}
+        }
+        let grant = tenant::ClientGrant {
+            client_id: client_id.into(),
+            audience: audience.into(),
+            scopes: scopes.iter().map(|s| (*s).into()).collect(),
+            ..Default::default()
+        };
+        let r = self
+            .grants
+            .create_client_grant(tenant::CreateClientGrantRequest { tenant: tenant.into(), client_grant: Some(grant) })
+            .await?;
+        r.into_inner().client_grant.ok_or_else(|| tonic::Status::internal("no grant in the answer"))
     }
 
     /// Creates a tenant (display name = name).
