@@ -244,20 +244,25 @@ async fn undecodable_messages_are_invalid_argument_on_every_method() {
     let suite = postern_testkit::Suite::start().await.expect("suite");
     let ch = suite.channel().await;
     // Struct { fields: {"a": Value { struct_value: … }} } nested 200 deep, in field 1 and 2.
+    use postern_testkit::raw::put_len;
     let mut nested = Vec::new();
     for _ in 0..200 {
-        let value = [vec![0x2a], varint(nested.len()), nested].concat(); // Value.struct_value (5)
-        let entry = [vec![0x0a, 0x01, b'a', 0x12], varint(value.len()), value].concat(); // key, value
-        nested = [vec![0x0a], varint(entry.len()), entry].concat(); // Struct.fields (1)
+        let mut value = Vec::new();
+        put_len(&mut value, 5, &nested); // Value.struct_value
+        let mut entry = Vec::new();
+        put_len(&mut entry, 1, b"a"); // key
+        put_len(&mut entry, 2, &value); // value
+        nested.clear();
+        put_len(&mut nested, 1, &entry); // Struct.fields
     }
+    let mut deep = Vec::new();
+    put_len(&mut deep, 1, &nested);
+    put_len(&mut deep, 2, &nested);
     let hostile: Vec<(&str, Vec<u8>)> = vec![
         ("invalid UTF-8", vec![0x0a, 0x02, 0xff, 0xfe]),
         ("truncated", vec![0x0a, 0x10, b'x']),
         ("bad wire type", vec![0x0f]),
-        (
-            "deep nesting",
-            [vec![0x0a], varint(nested.len()), nested.clone(), vec![0x12], varint(nested.len()), nested].concat(),
-        ),
+        ("deep nesting", deep),
     ];
     let methods: Vec<String> = postern_testkit::raw::methods().iter().map(|m| m.path.clone()).collect();
     assert!(methods.len() > 30, "{methods:?}");
@@ -287,19 +292,6 @@ async fn undecodable_messages_are_invalid_argument_on_every_method() {
     let mut admin = suite.admin().await;
     admin.create_tenant("after-the-junk").await.expect("served after the hostile calls");
     suite.stop().await.expect("stop");
-}
-
-fn varint(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 /// The size of what a status puts in the trailers (message and details), roughly as HTTP/2

@@ -46,9 +46,11 @@ pub struct RequestBudget {
     bytes: usize,
 }
 
-/// A call's share of the budget, held until its answer is done.
+/// A call's share of the budget, held until its answer is done (given back on drop).
 #[derive(Debug)]
-pub struct Share(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+pub struct Share {
+    _permit: OwnedSemaphorePermit,
+}
 
 impl RequestBudget {
     /// A budget of `bytes` (at least one largest message).
@@ -115,7 +117,7 @@ impl RequestBudget {
             }
         };
         read.reverse();
-        Ok((Body::new(Replayed { read, rest: body }), Share(Some(permit))))
+        Ok((Body::new(Replayed { read, rest: body }), Share { _permit: permit }))
     }
 }
 
