@@ -12,6 +12,8 @@
 //!   measured with the `ldap3` crate alone.
 //! - `federation`: federated logins per second end to end against npm's oidc-provider as
 //!   the upstream, with Postern's own time per login beside it.
+//! - `replicas`: two replicas on one PostgreSQL: the time from a change acknowledged by one
+//!   to its effect at the other (p50/p99 over 100 changes of each kind).
 //!
 //! Run it in release mode: `cargo run --release -p postern-bench` (`--help` for options;
 //! `--only gateway` runs one section).
@@ -29,6 +31,7 @@ mod gateway;
 mod ldap;
 mod oauth;
 mod registry;
+mod replicas;
 mod soak;
 mod stats;
 
@@ -101,6 +104,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.wants("federation") {
         federation::run(&args).await?;
+    }
+    if args.wants("replicas") {
+        replicas::run(&args).await?;
     }
     Ok(())
 }

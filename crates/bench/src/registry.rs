@@ -63,7 +63,7 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let registry = Registry::start(store, master, key.clone(), tenant_service);
+    let registry = Registry::start(store, master, key.clone(), tenant_service).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);

@@ -132,7 +132,16 @@ pub struct Db {
     /// SQLite: the locked `<file>.lock`, held until [`close`](Self::close) or until the last
     /// handle goes.
     owner: Option<std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>>,
+    /// PostgreSQL: the database's URL, for the notification listeners.
+    url: Option<String>,
+    /// Turns true when the pool is closed, ending the notification listeners.
+    closed: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// How long a notification listener waits before connecting again after losing its
+/// connection (doubling up to [`LISTEN_MAX_BACKOFF`]).
+const LISTEN_MIN_BACKOFF: Duration = Duration::from_millis(100);
+const LISTEN_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +217,31 @@ fn own(path: &Path) -> Result<std::sync::Arc<std::sync::Mutex<Option<std::fs::Fi
     }
 }
 
+/// Listens on `channel` at `url`, calling `on_notify` once connected and for each
+/// notification or reconnection, until the listener fails.
+async fn listen(
+    url: &str,
+    channel: &'static str,
+    on_notify: &(impl Fn() + Send + Sync),
+) -> Result<std::convert::Infallible, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(channel).await?;
+    tracing::debug!(channel, "listening for notifications");
+    on_notify();
+    loop {
+        // `None`: the connection was lost (the next call connects again), and with it what
+        // was sent meanwhile: look anyway.
+        if listener.try_recv().await?.is_none() {
+            tracing::debug!(channel, "the notification listener reconnects");
+        }
+        on_notify();
+    }
+}
+
+fn closed_signal() -> std::sync::Arc<tokio::sync::watch::Sender<bool>> {
+    std::sync::Arc::new(tokio::sync::watch::channel(false).0)
+}
+
 /// Creates the database file at `path` (and its directory) private to this account before
 /// SQLite opens it, so that SQLite, which gives the `-wal` and `-shm` files the database
 /// file's mode, keeps them private too; tightens what exists with wider modes.
@@ -269,7 +303,14 @@ impl Db {
                     settle_schema(&mut conn, &name, migrations.sqlite, policy).await?;
                 }
                 let pool = sqlite_pool(8).connect_with(options).await?;
-                Ok(Db { pool, writer, backend: Backend::Sqlite, owner: Some(owner) })
+                Ok(Db {
+                    pool,
+                    writer,
+                    backend: Backend::Sqlite,
+                    owner: Some(owner),
+                    url: None,
+                    closed: closed_signal(),
+                })
             }
             DbLocation::Postgres { url, schema } => {
                 let options = postgres_options(url, schema)?;
@@ -295,7 +336,14 @@ impl Db {
                     })
                     .connect_with(options)
                     .await?;
-                Ok(Db { writer: pool.clone(), pool, backend: Backend::Postgres, owner: None })
+                Ok(Db {
+                    writer: pool.clone(),
+                    pool,
+                    backend: Backend::Postgres,
+                    owner: None,
+                    url: Some(url.clone()),
+                    closed: closed_signal(),
+                })
             }
         }
     }
@@ -327,8 +375,50 @@ impl Db {
         }
     }
 
+    /// Queues `NOTIFY <channel>` in `tx`: PostgreSQL delivers it to every listener (in any
+    /// process) when, and only if, the transaction commits. Nothing on SQLite, whose file
+    /// one process owns. `channel` is a fixed identifier, never input.
+    pub async fn notify_on_commit(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        channel: &'static str,
+    ) -> Result<(), sqlx::Error> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Calls `on_notify` whenever a transaction that queued `NOTIFY <channel>`
+    /// ([`notify_on_commit`](Self::notify_on_commit)) commits on this PostgreSQL database, in
+    /// this process or another, and once after each (re)connection of the listener, since a
+    /// notification may have been missed while it was down; until the pool is closed. A
+    /// notification is a hint to look, never the data: the callers read their logs. Nothing
+    /// on SQLite.
+    pub fn on_notify(&self, channel: &'static str, on_notify: impl Fn() + Send + Sync + 'static) {
+        let Some(url) = self.url.clone() else { return };
+        let mut closed = self.closed.subscribe();
+        tokio::spawn(async move {
+            let mut backoff = LISTEN_MIN_BACKOFF;
+            loop {
+                tokio::select! {
+                    Err(e) = listen(&url, channel, &on_notify) => {
+                        tracing::warn!(channel, error = %e, "lost the notification listener; polling until it is back");
+                    }
+                    _ = closed.wait_for(|c| *c) => return,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = closed.wait_for(|c| *c) => return,
+                }
+                backoff = (backoff * 2).min(LISTEN_MAX_BACKOFF);
+            }
+        });
+    }
+
     /// Closes the pool, waiting for connections to be returned, and gives the SQLite file up.
     pub async fn close(&self) {
+        self.closed.send_replace(true);
         self.pool.close().await;
         self.writer.close().await;
         // Nothing can write through this handle any more: the file may have another owner.

@@ -478,7 +478,11 @@ async fn start_registry(
         .await
         .context("cannot open the connection registry's database")?;
     postern_registry::check_master_key(&store, &master_key).await?;
-    let registry = Arc::new(postern_registry::Registry::start(store.clone(), master_key, internal_key, tenant));
+    let registry = Arc::new(
+        postern_registry::Registry::start(store.clone(), master_key, internal_key, tenant)
+            .await
+            .context("cannot read the connection registry's change log")?,
+    );
     Ok(Started {
         info: &REGISTRY,
         routes: registry.routes(),

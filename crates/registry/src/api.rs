@@ -19,7 +19,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::domain::{Category, Connection, ConnectionRef, NewConnection, Secrets, Strategy, apply_update, rules};
 use crate::secrets::{ConnectionSeal, MasterKey};
 use crate::store::{Store, StoreError, Stored};
-use crate::watch::{Change, Changes};
+use crate::watch::Changes;
 
 /// How long the registry waits for the tenant service before answering UNAVAILABLE.
 const TENANT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,14 +119,14 @@ impl RegistryApi {
         self.view(tenant, stored).unwrap_or_else(|_| stored.connection.to_proto(&Secrets::new()))
     }
 
-    fn publish(&self, tenant: &str, change_type: pb::ChangeType, connection: pb::Connection, client_id: &str) {
-        self.changes.publish(Change {
-            tenant: tenant.to_owned(),
-            change_type,
-            connection,
-            client_id: client_id.to_owned(),
-            time: now_micros(),
-        });
+    /// Waits until the change log's follower has published every change this process has
+    /// committed, so that a write is acknowledged only once this replica's streams carry it
+    /// (bounded: the write is committed whatever happens to the follower).
+    async fn published(&self) {
+        let target = self.store.last_own_change();
+        if !self.changes.wait_published(target, crate::change_log::PUBLISH_WAIT).await {
+            tracing::warn!(sequence = target, "a committed connection change is not streamed yet");
+        }
     }
 
     async fn get_stored(&self, tenant: &str, reference: &ConnectionRef, raw: &str) -> Result<Stored, Status> {
@@ -212,7 +212,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
             strategy = %connection.spec.strategy, "connection created"
         );
         let view = connection.to_proto(&new.secrets);
-        self.publish(&req.tenant, pb::ChangeType::Created, view.clone(), "");
+        self.published().await;
         Ok(Response::new(pb::CreateConnectionResponse { connection: Some(view) }))
     }
 
@@ -308,7 +308,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
             };
             tracing::info!(tenant = %req.tenant, id = %id, name = %updated.spec.name, "connection updated");
             let view = updated.to_proto(&update.secrets);
-            self.publish(&req.tenant, pb::ChangeType::Updated, view.clone(), "");
+            self.published().await;
             return Ok(Response::new(pb::UpdateConnectionResponse { connection: Some(view) }));
         }
         Err(status(
@@ -336,8 +336,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
             .await?
             .ok_or_else(|| connection_not_found(&req.tenant, &req.connection))?;
         tracing::info!(tenant = %req.tenant, id = %deleted.connection.id, name = %deleted.connection.spec.name, "connection deleted");
-        let view = self.view(&req.tenant, &deleted)?;
-        self.publish(&req.tenant, pb::ChangeType::Deleted, view, "");
+        self.published().await;
         Ok(Response::new(pb::DeleteConnectionResponse {}))
     }
 
@@ -364,8 +363,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
             })?;
         if newly {
             tracing::info!(tenant = %req.tenant, id = %stored.connection.id, client_id = %req.client_id, "connection enabled for client");
-            let view = self.view(&req.tenant, &stored)?;
-            self.publish(&req.tenant, pb::ChangeType::ClientEnabled, view, &req.client_id);
+            self.published().await;
         }
         Ok(Response::new(pb::EnableClientResponse {}))
     }
@@ -386,8 +384,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         let stored = self.get_stored(&req.tenant, &reference, &req.connection).await?;
         if self.store.disable(&req.tenant, &stored.connection.id, &req.client_id).await? {
             tracing::info!(tenant = %req.tenant, id = %stored.connection.id, client_id = %req.client_id, "connection disabled for client");
-            let view = self.view(&req.tenant, &stored)?;
-            self.publish(&req.tenant, pb::ChangeType::ClientDisabled, view, &req.client_id);
+            self.published().await;
         }
         Ok(Response::new(pb::DisableClientResponse {}))
     }

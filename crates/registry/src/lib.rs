@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+mod change_log;
 pub mod domain;
 pub mod secrets;
 pub mod store;
@@ -116,25 +117,36 @@ pub async fn check_master_key(store: &Store, master_key: &MasterKey) -> Result<(
     }
 }
 
-/// A running registry: its handlers, and the follower of the tenant service's deletions.
+/// A running registry: its handlers, the follower of the tenant service's deletions, and
+/// the follower of its own change log.
 pub struct Registry {
     api: RegistryApi,
     key: InternalKey,
     follower: tokio::task::JoinHandle<()>,
+    change_log: tokio::task::JoinHandle<()>,
 }
 
 impl Registry {
     /// Starts the registry over `store`, sealing secrets with `master_key`, trusting
     /// principals signed with `key`, and calling the tenant service through `tenant`
     /// (its routes in process, or a channel to it), which it signs as
-    /// `Service("registry")`. Spawns the follower of the tenant service's deletions, so it
-    /// must run inside a Tokio runtime.
-    pub fn start(store: Store, master_key: MasterKey, key: InternalKey, tenant: HttpService) -> Self {
+    /// `Service("registry")`. Spawns the follower of the tenant service's deletions and the
+    /// follower of the change log (which starts at the log's end, read here), so it must run
+    /// inside a Tokio runtime.
+    pub async fn start(
+        store: Store,
+        master_key: MasterKey,
+        key: InternalKey,
+        tenant: HttpService,
+    ) -> Result<Self, store::StoreError> {
         let tenant = SignLayer::new(key.clone(), Principal::Service(SERVICE_NAME.to_owned())).layer(tenant);
         let changes = watch::Changes::new();
         let api = RegistryApi::new(store, master_key, tenant.clone(), changes.clone());
+        let after = change_log::start_point(&api).await?;
+        changes.published_up_to(after);
+        let change_log = tokio::spawn(change_log::follow(api.clone(), after, changes.closing()));
         let follower = tokio::spawn(tenant_events::follow(api.clone(), tenant, changes.closing()));
-        Self { api, key, follower }
+        Ok(Self { api, key, follower, change_log })
     }
 
     /// The service's routes, behind the check of the caller's signed principal.
@@ -151,9 +163,10 @@ impl Registry {
         self.api.changes.close();
     }
 
-    /// Stops and waits for the follower of the tenant service.
+    /// Stops and waits for the followers.
     pub async fn stopped(self) {
         self.shutdown();
         let _ = self.follower.await;
+        let _ = self.change_log.await;
     }
 }

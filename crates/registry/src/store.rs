@@ -9,11 +9,15 @@
 //! The store never sees a secret in clear: the API seals and opens the blob.
 
 use postern_common::db::{
-    Db, DbError, DbLocation, Migrations, SchemaPolicy, is_foreign_key_violation, is_unique_violation,
+    Backend, Db, DbError, DbLocation, Migrations, SchemaPolicy, is_foreign_key_violation, is_unique_violation,
 };
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use postern_common::time::now_micros;
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use tokio::sync::watch;
 
 use crate::domain::{Connection, ConnectionRef, ConnectionSpec};
 
@@ -59,6 +63,64 @@ pub struct Stored {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    /// Bumped after each change this process logs and, on PostgreSQL, each change another
+    /// replica logs (by `NOTIFY`), so that the log's follower looks at once.
+    logged: Arc<watch::Sender<u64>>,
+    /// The highest sequence this process has committed to the change log.
+    last_own: Arc<AtomicI64>,
+}
+
+/// The PostgreSQL notification channel that each committed change signals.
+const CHANGES_CHANNEL: &str = "postern_connection_changes";
+
+/// What a logged change did to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// It was created.
+    Created,
+    /// Its spec or secrets changed.
+    Updated,
+    /// It was deleted (by an administrator, or with its tenant).
+    Deleted,
+    /// It was enabled for a client.
+    ClientEnabled,
+    /// It was disabled for a client (by an administrator, or with the client).
+    ClientDisabled,
+}
+
+impl ChangeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::Updated => "updated",
+            ChangeKind::Deleted => "deleted",
+            ChangeKind::ClientEnabled => "client_enabled",
+            ChangeKind::ClientDisabled => "client_disabled",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Created, Self::Updated, Self::Deleted, Self::ClientEnabled, Self::ClientDisabled]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone)]
+pub struct LoggedChange {
+    /// Its place in the log.
+    pub sequence: i64,
+    /// The connection's tenant.
+    pub tenant: String,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The connection after the change (before it, for a deletion), without secrets.
+    pub connection: Connection,
+    /// The client of an enablement change; empty otherwise.
+    pub client_id: String,
+    /// When, unix microseconds.
+    pub time: i64,
 }
 
 const COLUMNS: &str = "id, spec, secrets, create_time, update_time";
@@ -95,7 +157,116 @@ impl Store {
     /// `policy`.
     pub async fn open_with(location: &DbLocation, policy: SchemaPolicy) -> Result<Self, DbError> {
         let db = Db::open_with(location, MIGRATIONS, policy).await?;
-        Ok(Self { db })
+        let logged = Arc::new(watch::channel(0u64).0);
+        let woken = logged.clone();
+        db.on_notify(CHANGES_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1)));
+        Ok(Self { db, logged, last_own: Arc::new(AtomicI64::new(0)) })
+    }
+
+    // ---- the change log ----
+
+    /// Appends a change in `tx`, the transaction of the change it records; its sequence. On
+    /// PostgreSQL the table is locked first so that changes commit in sequence order, and
+    /// the commit notifies every replica.
+    async fn log_change(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tenant: &str,
+        kind: ChangeKind,
+        connection: &Connection,
+        client_id: &str,
+    ) -> Result<i64, StoreError> {
+        if self.db.backend() == Backend::Postgres {
+            sqlx::query("LOCK TABLE connection_changes IN EXCLUSIVE MODE").execute(&mut **tx).await?;
+        }
+        let spec = serde_json::to_string(&connection.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sequence: i64 = sqlx::query_scalar(
+            "INSERT INTO connection_changes (tenant, change, connection_id, client_id, spec, create_time, \
+             update_time, change_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING sequence",
+        )
+        .bind(tenant)
+        .bind(kind.as_str())
+        .bind(&connection.id)
+        .bind(client_id)
+        .bind(spec)
+        .bind(connection.create_time)
+        .bind(connection.update_time)
+        .bind(now_micros())
+        .fetch_one(&mut **tx)
+        .await?;
+        self.db.notify_on_commit(tx, CHANGES_CHANNEL).await?;
+        Ok(sequence)
+    }
+
+    /// Commits `tx`, which logged changes up to `sequence`, and wakes the log's follower.
+    async fn commit_logged(&self, tx: sqlx::Transaction<'static, sqlx::Any>, sequence: i64) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.last_own.fetch_max(sequence, Ordering::SeqCst);
+        self.logged.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// The highest sequence this process has committed to the change log: once the follower
+    /// has published it, every change this process acknowledged is in its streams.
+    pub fn last_own_change(&self) -> i64 {
+        self.last_own.load(Ordering::SeqCst)
+    }
+
+    /// A receiver that changes whenever the change log may have grown.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.logged.subscribe()
+    }
+
+    /// The sequence of the last change logged; 0 for an empty log.
+    pub async fn last_change_sequence(&self) -> Result<i64, StoreError> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(sequence) FROM connection_changes").fetch_one(self.db.pool()).await?;
+        Ok(last.unwrap_or(0))
+    }
+
+    /// Up to `limit` logged changes after sequence `after`, in order.
+    pub async fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<LoggedChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sequence, tenant, change, connection_id, client_id, spec, create_time, update_time, change_time \
+             FROM connection_changes WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let change: String = r.try_get("change")?;
+                let kind = ChangeKind::parse(&change)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown change {change:?} in the change log")))?;
+                let json: String = r.try_get("spec")?;
+                let spec: ConnectionSpec =
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(LoggedChange {
+                    sequence: r.try_get("sequence")?,
+                    tenant: r.try_get("tenant")?,
+                    kind,
+                    connection: Connection {
+                        id: r.try_get("connection_id")?,
+                        spec,
+                        create_time: r.try_get("create_time")?,
+                        update_time: r.try_get("update_time")?,
+                    },
+                    client_id: r.try_get("client_id")?,
+                    time: r.try_get("change_time")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the changes logged before `before` (unix microseconds): the log serves live
+    /// streams, which start at its end, so old entries are only kept for a lagging follower.
+    pub async fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM connection_changes WHERE change_time < $1")
+            .bind(before)
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Closes the pool.
@@ -123,8 +294,8 @@ impl Store {
             return Err(StoreError::TenantDeleted);
         }
         insert(&mut tx, tenant, tenant_create_time, connection, sealed).await?;
-        tx.commit().await?;
-        Ok(())
+        let sequence = self.log_change(&mut tx, tenant, ChangeKind::Created, connection, "").await?;
+        self.commit_logged(tx, sequence).await
     }
 
     /// Inserts many connections and enablements in one transaction: how seeds and
@@ -203,9 +374,9 @@ impl Store {
         // two updates within one microsecond.
         let now = now_micros().max(seen_update_time + 1);
         let mut tx = self.db.begin_write().await?;
-        let done = sqlx::query(
+        let create_time: Option<i64> = sqlx::query_scalar(
             "UPDATE connections SET spec = $4, secrets = $5, update_time = $6 \
-             WHERE tenant = $1 AND id = $2 AND update_time = $3",
+             WHERE tenant = $1 AND id = $2 AND update_time = $3 RETURNING create_time",
         )
         .bind(tenant)
         .bind(id)
@@ -213,14 +384,16 @@ impl Store {
         .bind(json)
         .bind(sealed)
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        let Some(create_time) = create_time else {
             return Ok(None);
-        }
+        };
         sqlx::query("DELETE FROM connection_domains WHERE connection_id = $1").bind(id).execute(&mut *tx).await?;
         insert_domains(&mut tx, tenant, id, spec).await?;
-        tx.commit().await?;
+        let updated = Connection { id: id.to_owned(), spec: spec.clone(), create_time, update_time: now };
+        let sequence = self.log_change(&mut tx, tenant, ChangeKind::Updated, &updated, "").await?;
+        self.commit_logged(tx, sequence).await?;
         Ok(Some(now))
     }
 
@@ -233,7 +406,8 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let stored = stored_from_row(&row)?;
         sqlx::query("DELETE FROM connections WHERE id = $1").bind(&stored.connection.id).execute(&mut *tx).await?;
-        tx.commit().await?;
+        let sequence = self.log_change(&mut tx, tenant, ChangeKind::Deleted, &stored.connection, "").await?;
+        self.commit_logged(tx, sequence).await?;
         Ok(Some(stored))
     }
 
@@ -261,31 +435,37 @@ impl Store {
         .await
         .map_err(|e| if is_foreign_key_violation(&e) { StoreError::NotFound } else { StoreError::Db(e) })?;
         let inserted = done.rows_affected() > 0;
+        // Either enabled now, already enabled, or the connection is gone.
+        let Some(connection) = by_id(&mut tx, tenant, connection_id).await? else {
+            return Err(StoreError::NotFound);
+        };
         if !inserted {
-            // Either already enabled, or the connection is gone.
-            let exists = sqlx::query("SELECT 1 AS x FROM connections WHERE id = $1 AND tenant = $2")
-                .bind(connection_id)
-                .bind(tenant)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound);
-            }
+            return Ok(false);
         }
-        tx.commit().await?;
-        Ok(inserted)
+        let sequence = self.log_change(&mut tx, tenant, ChangeKind::ClientEnabled, &connection, client_id).await?;
+        self.commit_logged(tx, sequence).await?;
+        Ok(true)
     }
 
     /// Disables connection `connection_id` for `client_id`: whether it was enabled.
     pub async fn disable(&self, tenant: &str, connection_id: &str, client_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
         let done =
             sqlx::query("DELETE FROM connection_clients WHERE connection_id = $1 AND client_id = $2 AND tenant = $3")
                 .bind(connection_id)
                 .bind(client_id)
                 .bind(tenant)
-                .execute(self.db.writer())
+                .execute(&mut *tx)
                 .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let Some(connection) = by_id(&mut tx, tenant, connection_id).await? else {
+            return Ok(false);
+        };
+        let sequence = self.log_change(&mut tx, tenant, ChangeKind::ClientDisabled, &connection, client_id).await?;
+        self.commit_logged(tx, sequence).await?;
+        Ok(true)
     }
 
     /// Up to `limit` client ids connection `connection_id` is enabled for, after `after`, in
@@ -388,7 +568,12 @@ impl Store {
             .bind(client_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        let mut sequence = 0;
+        for stored in &left {
+            sequence =
+                self.log_change(&mut tx, tenant, ChangeKind::ClientDisabled, &stored.connection, client_id).await?;
+        }
+        self.commit_logged(tx, sequence).await?;
         Ok(left)
     }
 
@@ -424,7 +609,11 @@ impl Store {
         // The tenant's name may be taken again by a new tenant: its client ids are fresh, so
         // the tombstones of the old one's clients can go.
         sqlx::query("DELETE FROM deleted_clients WHERE tenant = $1").bind(tenant).execute(&mut *tx).await?;
-        tx.commit().await?;
+        let mut sequence = 0;
+        for stored in &deleted {
+            sequence = self.log_change(&mut tx, tenant, ChangeKind::Deleted, &stored.connection, "").await?;
+        }
+        self.commit_logged(tx, sequence).await?;
         Ok(deleted)
     }
 
@@ -493,6 +682,17 @@ async fn insert_domains(
         .await?;
     }
     Ok(())
+}
+
+/// The connection `id` of `tenant`, read in `tx`.
+async fn by_id(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Connection>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM connections WHERE tenant = $1 AND id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(id).fetch_optional(&mut **tx).await?;
+    Ok(row.map(|r| stored_from_row(&r)).transpose()?.map(|s| s.connection))
 }
 
 /// The column and value a reference selects on. Both columns are indexed with the tenant.

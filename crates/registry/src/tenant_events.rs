@@ -10,12 +10,10 @@
 
 use std::time::Duration;
 
-use postern_proto::connections::v1 as pb;
 use postern_proto::tenant::v1 as tenant_pb;
 use tokio::sync::watch;
 
 use crate::api::RegistryApi;
-use crate::watch::Change;
 
 /// The first retry delay after the stream breaks; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -79,7 +77,8 @@ async fn follow_once(
 }
 
 async fn apply(api: &RegistryApi, event: tenant_pb::WatchTenantEventsResponse) -> Result<(), crate::store::StoreError> {
-    let now = postern_common::time::now_micros();
+    // The store logs each connection the event changes, and the change log's follower
+    // streams them.
     match tenant_pb::TenantEventType::try_from(event.event_type) {
         Ok(tenant_pb::TenantEventType::ClientDeleted) => {
             let left = api.store.apply_client_deleted(event.sequence, &event.tenant, &event.client_id).await?;
@@ -89,30 +88,12 @@ async fn apply(api: &RegistryApi, event: tenant_pb::WatchTenantEventsResponse) -
                     "deleted client removed from its connections"
                 );
             }
-            for stored in left {
-                api.changes.publish(Change {
-                    tenant: event.tenant.clone(),
-                    change_type: pb::ChangeType::ClientDisabled,
-                    connection: api.view_or_bare(&event.tenant, &stored),
-                    client_id: event.client_id.clone(),
-                    time: now,
-                });
-            }
         }
         Ok(tenant_pb::TenantEventType::TenantDeleted) => {
             let tenant_create_time =
                 event.tenant_create_time.and_then(|t| postern_common::time::from_timestamp(&t)).unwrap_or(0);
             let deleted = api.store.apply_tenant_deleted(event.sequence, &event.tenant, tenant_create_time).await?;
             tracing::info!(tenant = %event.tenant, connections = deleted.len(), "deleted tenant's connections removed");
-            for stored in deleted {
-                api.changes.publish(Change {
-                    tenant: event.tenant.clone(),
-                    change_type: pb::ChangeType::Deleted,
-                    connection: api.view_or_bare(&event.tenant, &stored),
-                    client_id: String::new(),
-                    time: now,
-                });
-            }
         }
         // The registry keeps nothing about a client beyond its enablements, nor about keys.
         Ok(tenant_pb::TenantEventType::ClientChanged | tenant_pb::TenantEventType::ApiKeyRevoked) => {

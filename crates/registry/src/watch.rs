@@ -1,12 +1,12 @@
-//! The change stream behind `WatchConnections`: the write path publishes each change after
-//! its transaction commits, and every open stream receives it.
+//! The change stream behind `WatchConnections`: the follower of the change log
+//! ([`change_log`](crate::change_log)) publishes each committed change, whichever replica
+//! made it, and every open stream receives it.
 //!
 //! The stream is live only: it starts at "now" and keeps no history, so a consumer that
 //! caches connections (the authenticator) subscribes, then lists, and after any break
 //! subscribes and lists again. A stream that falls more than [`CAPACITY`] changes behind is
-//! ended with ABORTED rather than silently skipping changes. In a deployment with several
-//! registry replicas each replica streams the changes it made; a consumer that needs every
-//! change watches every replica (or re-lists periodically).
+//! ended with ABORTED rather than silently skipping changes. Every replica streams every
+//! change, so a consumer may watch any one of them.
 
 use std::sync::Arc;
 
@@ -50,6 +50,8 @@ impl Change {
 pub struct Changes {
     tx: broadcast::Sender<Arc<Change>>,
     closing: Arc<watch::Sender<bool>>,
+    /// The sequence of the last change-log entry published.
+    published: Arc<watch::Sender<i64>>,
 }
 
 impl Default for Changes {
@@ -61,7 +63,27 @@ impl Default for Changes {
 impl Changes {
     /// A channel with no subscribers.
     pub fn new() -> Self {
-        Self { tx: broadcast::channel(CAPACITY).0, closing: Arc::new(watch::channel(false).0) }
+        Self {
+            tx: broadcast::channel(CAPACITY).0,
+            closing: Arc::new(watch::channel(false).0),
+            published: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Records that every change-log entry up to `sequence` was published.
+    pub fn published_up_to(&self, sequence: i64) {
+        self.published.send_if_modified(|p| {
+            let moved = sequence > *p;
+            *p = (*p).max(sequence);
+            moved
+        });
+    }
+
+    /// Waits until the change-log entry `sequence` has been published, for at most
+    /// `within`; whether it was.
+    pub async fn wait_published(&self, sequence: i64, within: std::time::Duration) -> bool {
+        let mut published = self.published.subscribe();
+        tokio::time::timeout(within, published.wait_for(|p| *p >= sequence)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Publishes a committed change. Nobody listening is fine.

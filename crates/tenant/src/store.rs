@@ -43,6 +43,9 @@ pub struct Store {
     closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
+/// The PostgreSQL notification channel that each committed event signals.
+const EVENTS_CHANNEL: &str = "postern_tenant_events";
+
 /// What an entry of the event log records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -104,11 +107,11 @@ impl Store {
     /// `policy`.
     pub async fn open_with(location: &DbLocation, policy: SchemaPolicy) -> Result<Self, DbError> {
         let db = Db::open_with(location, MIGRATIONS, policy).await?;
-        Ok(Self {
-            db,
-            events: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
-            closing: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
-        })
+        let events = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
+        // Events committed by other replicas on a shared PostgreSQL wake the streams at once.
+        let woken = events.clone();
+        db.on_notify(EVENTS_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1)));
+        Ok(Self { db, events, closing: std::sync::Arc::new(tokio::sync::watch::channel(false).0) })
     }
 
     /// Ends every open event stream (at shutdown, so that a graceful stop is not held up by
@@ -122,8 +125,9 @@ impl Store {
         self.closing.subscribe()
     }
 
-    /// A receiver that changes after each event this process commits (other replicas'
-    /// events are seen by polling).
+    /// A receiver that changes after each event this process commits and, on PostgreSQL,
+    /// each event another replica commits (by `NOTIFY`; the followers also poll, in case a
+    /// notification is lost with the listener's connection).
     pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
         self.events.subscribe()
     }
@@ -182,6 +186,7 @@ impl Store {
         if self.db.backend() == Backend::Postgres {
             sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut **tx).await?;
         }
+        self.db.notify_on_commit(tx, EVENTS_CHANNEL).await?;
         let (client_id, api_key_id) =
             if event_type == EventType::ApiKeyRevoked { ("", subject) } else { (subject, "") };
         sqlx::query(
@@ -620,6 +625,7 @@ impl Store {
         if self.db.backend() == Backend::Postgres {
             sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut **tx).await?;
         }
+        self.db.notify_on_commit(tx, EVENTS_CHANNEL).await?;
         Ok(())
     }
 

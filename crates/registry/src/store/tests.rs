@@ -278,3 +278,56 @@ async fn login_path_queries_search_indexes_and_never_scan() {
     }
     store.close().await;
 }
+
+#[tokio::test]
+async fn every_change_is_logged_in_order_with_its_transaction() {
+    each_backend("every_change_is_logged_in_order_with_its_transaction", |store| async move {
+        let start = store.last_change_sequence().await.unwrap();
+        let ad = connection("fabrikam-ad", "ad");
+        let google = connection("google", "google-apps");
+        store.create(T, 1, &ad, b"x").await.unwrap();
+        store.create(T, 1, &google, b"x").await.unwrap();
+        // Refused writes log nothing.
+        assert!(store.create(T, 1, &connection("fabrikam-ad", "auth0"), b"x").await.is_err());
+        assert!(store.enable(T, &ad.id, "timesheets").await.unwrap());
+        assert!(!store.enable(T, &ad.id, "timesheets").await.unwrap(), "already enabled: nothing logged");
+        let mut spec = ad.spec.clone();
+        spec.domain_aliases = vec!["new.fabrikam.example".into()];
+        store.update(T, &ad.id, ad.update_time, &spec, b"v2").await.unwrap().expect("applies");
+        assert!(store.update(T, &ad.id, ad.update_time, &spec, b"v3").await.unwrap().is_none(), "lost: nothing logged");
+        assert!(store.disable(T, &ad.id, "timesheets").await.unwrap());
+        assert!(!store.disable(T, &ad.id, "timesheets").await.unwrap(), "not enabled: nothing logged");
+        store.enable(T, &google.id, "portal").await.unwrap();
+        store.apply_client_deleted(1, T, "portal").await.unwrap();
+        store.delete(T, &ConnectionRef::Id(ad.id.clone())).await.unwrap().expect("deleted");
+        store.apply_tenant_deleted(2, T, 1).await.unwrap();
+
+        let log = store.changes_after(start, 100).await.unwrap();
+        let seen: Vec<(ChangeKind, &str, &str)> =
+            log.iter().map(|c| (c.kind, c.connection.spec.name.as_str(), c.client_id.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                (ChangeKind::Created, "fabrikam-ad", ""),
+                (ChangeKind::Created, "google", ""),
+                (ChangeKind::ClientEnabled, "fabrikam-ad", "timesheets"),
+                (ChangeKind::Updated, "fabrikam-ad", ""),
+                (ChangeKind::ClientDisabled, "fabrikam-ad", "timesheets"),
+                (ChangeKind::ClientEnabled, "google", "portal"),
+                (ChangeKind::ClientDisabled, "google", "portal"),
+                (ChangeKind::Deleted, "fabrikam-ad", ""),
+                (ChangeKind::Deleted, "google", ""),
+            ]
+        );
+        assert!(log.windows(2).all(|w| w[0].sequence < w[1].sequence), "in sequence order");
+        assert_eq!(log[3].connection.spec.domain_aliases, ["new.fabrikam.example"], "the update's new spec");
+        assert!(log.iter().all(|c| c.tenant == T));
+        assert_eq!(store.last_change_sequence().await.unwrap(), log[8].sequence);
+        assert_eq!(store.last_own_change(), log[8].sequence);
+        // Paging and pruning.
+        assert_eq!(store.changes_after(log[6].sequence, 1).await.unwrap()[0].sequence, log[7].sequence);
+        assert_eq!(store.prune_changes(log[8].time + 1).await.unwrap(), 9);
+        assert!(store.changes_after(start, 100).await.unwrap().is_empty());
+    })
+    .await;
+}

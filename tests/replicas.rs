@@ -1,0 +1,476 @@
+//! Replicas (issue 14): two `postern serve` processes on one PostgreSQL database, as the
+//! manifests run them (`replicas: 2`). What an administrator changes through one replica is
+//! in force at the other as soon as the change is acknowledged plus the time a notification
+//! takes, never after a cache's lifetime: connections disabled for a client, updated or
+//! deleted (the registry's change log), users blocked and unblocked (the shared user table),
+//! clients deleted and API keys revoked (the tenant service's event log). Each change is made
+//! through one replica and checked at the other, by calls that succeeded there just before
+//! (so the other replica had it cached).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use postern_proto::authn::v1 as authn;
+use postern_proto::connections::v1 as conn;
+use postern_proto::tenant::v1 as pb;
+use postern_testkit::peers::{TestDatabase, postgres};
+use postern_testkit::{ADMIN_KEY, Clients, MASTER_KEY, Process, channel, output_within};
+
+const BIN: &str = env!("CARGO_BIN_EXE_postern-e2e");
+const PASSWORD: &str = "Wonder-Land-42!";
+/// The most a change may take to be in force at the other replica. With notifications it
+/// takes milliseconds; the followers' 1 s poll alone would often exceed this.
+const WITHIN: Duration = Duration::from_millis(900);
+/// How many times each kind of change is tried.
+const TRIALS: usize = 3;
+
+/// `postern serve` on `data` and PostgreSQL at `url`, on free ports.
+fn replica(data: &Path, url: &str) -> Process {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("POSTERN_ADMIN_KEY", ADMIN_KEY)
+        .env("POSTERN_MASTER_KEY", MASTER_KEY)
+        .env("POSTERN_DATABASE_URL", url)
+        .env("POSTERN_RATE_LIMIT", "0")
+        .env("POSTERN_LOG", "warn");
+    Process::spawn(cmd, true).expect("postern starts")
+}
+
+/// Calls `refused` until it says the change is in force, failing after [`WITHIN`]; answers
+/// how long it took. Each try is a call: it waits on the effect, not on a timer.
+async fn in_force_within<F, Fut>(what: &str, mut refused: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !refused().await {
+        assert!(
+            start.elapsed() < WITHIN,
+            "{what}: not in force at the other replica {WITHIN:?} after it was acknowledged"
+        );
+    }
+    start.elapsed()
+}
+
+fn login(tenant: &str, client: &pb::Client, connection: &str) -> authn::LoginRequest {
+    authn::LoginRequest {
+        tenant: tenant.into(),
+        client_id: client.client_id.clone(),
+        client_secret: client.client_secret.clone(),
+        connection: connection.into(),
+        username: "alice@example.com".into(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    }
+}
+
+fn signup(tenant: &str, client: &pb::Client, connection: &str, email: &str) -> authn::SignupRequest {
+    authn::SignupRequest {
+        tenant: tenant.into(),
+        client_id: client.client_id.clone(),
+        connection: connection.into(),
+        email: email.into(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    }
+}
+
+fn enablement(tenant: &str, connection: &str, client: &pb::Client) -> (String, String, String) {
+    (tenant.to_owned(), connection.to_owned(), client.client_id.clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_through_one_replica_is_in_force_at_the_other_at_once() {
+    let Some(base) = postgres("a_change_through_one_replica_is_in_force_at_the_other_at_once") else { return };
+    let db = TestDatabase::create(&base).await.expect("database");
+    let migrated = output_within(
+        Command::new(BIN).arg("migrate").env("POSTERN_DATABASE_URL", &db.url).env("POSTERN_LOG", "warn"),
+        Duration::from_secs(120),
+    )
+    .expect("postern migrate runs");
+    assert!(migrated.status.success(), "postern migrate: {}", String::from_utf8_lossy(&migrated.stderr));
+    let temp = tempfile::tempdir().expect("tempdir");
+    let a = replica(&temp.path().join("a"), &db.url);
+    let b = replica(&temp.path().join("b"), &db.url);
+    let mut at_a = Clients::new(channel(a.grpc).await, ADMIN_KEY);
+    let mut at_b = Clients::new(channel(b.grpc).await, ADMIN_KEY);
+    let mut took: Vec<(&str, Duration)> = Vec::new();
+
+    // Set up through A; everything used at B first, so that B has it cached.
+    let tenant = "fabrikam";
+    at_a.create_tenant(tenant).await.expect("tenant");
+    let client = at_a.create_client(tenant, "Timesheets").await.expect("client");
+    at_a.create_database_connection(tenant, "employees", &client.client_id).await.expect("connection");
+    let alice = at_a
+        .authn
+        .signup(signup(tenant, &client, "employees", "alice@example.com"))
+        .await
+        .expect("signup")
+        .into_inner()
+        .user
+        .expect("user");
+
+    // 1. A connection disabled for the client through A: B stops logging in through it; and
+    //    enabled again through B: A logs in again.
+    for trial in 0..TRIALS {
+        at_b.authn.login(login(tenant, &client, "employees")).await.expect("login at B before");
+        let (t, c, id) = enablement(tenant, "employees", &client);
+        at_a.connections
+            .disable_client(conn::DisableClientRequest {
+                tenant: t.clone(),
+                connection: c.clone(),
+                client_id: id.clone(),
+            })
+            .await
+            .expect("disable through A");
+        took.push((
+            "connection disabled for the client (A → B)",
+            in_force_within(&format!("trial {trial}: disabled connection"), || {
+                let mut at_b = at_b.clone();
+                let req = login(tenant, &client, "employees");
+                async move { at_b.authn.login(req).await.is_err() }
+            })
+            .await,
+        ));
+        at_a.authn.login(login(tenant, &client, "employees")).await.expect_err("refused at A too");
+        at_b.connections
+            .enable_client(conn::EnableClientRequest { tenant: t, connection: c, client_id: id })
+            .await
+            .expect("enable through B");
+        took.push((
+            "connection enabled for the client (B → A)",
+            in_force_within(&format!("trial {trial}: enabled connection"), || {
+                let mut at_a = at_a.clone();
+                let req = login(tenant, &client, "employees");
+                async move { at_a.authn.login(req).await.is_ok() }
+            })
+            .await,
+        ));
+    }
+
+    // 2. A connection's signup disabled through B: A refuses signups at once.
+    at_a.authn.signup(signup(tenant, &client, "employees", "bob@example.com")).await.expect("signup at A before");
+    let mut update = at_b
+        .connections
+        .get_connection(conn::GetConnectionRequest { tenant: tenant.into(), connection: "employees".into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .connection
+        .expect("connection");
+    let Some(conn::connection::Options::Database(options)) = update.options.as_mut() else {
+        panic!("a database connection has database options: {update:?}")
+    };
+    options.disable_signup = true;
+    at_b.connections
+        .update_connection(conn::UpdateConnectionRequest {
+            tenant: tenant.into(),
+            connection: Some(update),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["options.database.disable_signup".into()] }),
+        })
+        .await
+        .expect("update through B");
+    let mut n = 0;
+    took.push((
+        "signup disabled on the connection (B → A)",
+        in_force_within("disabled signup", || {
+            n += 1;
+            let email = format!("carol{n}@example.com");
+            let mut at_a = at_a.clone();
+            let req = signup(tenant, &client, "employees", &email);
+            async move { at_a.authn.signup(req).await.is_err() }
+        })
+        .await,
+    ));
+
+    // 3. A user blocked through B cannot log in at A; unblocked through A, logs in at B.
+    let block = |blocked: bool| authn::UpdateUserRequest {
+        tenant: tenant.into(),
+        user: Some(authn::User { user_id: alice.user_id.clone(), blocked, ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["blocked".into()] }),
+    };
+    for trial in 0..TRIALS {
+        at_a.authn.login(login(tenant, &client, "employees")).await.expect("login at A before");
+        at_b.users.update_user(block(true)).await.expect("block through B");
+        took.push((
+            "user blocked (B → A)",
+            in_force_within(&format!("trial {trial}: blocked user"), || {
+                let mut at_a = at_a.clone();
+                let req = login(tenant, &client, "employees");
+                async move { at_a.authn.login(req).await.is_err() }
+            })
+            .await,
+        ));
+        at_a.users.update_user(block(false)).await.expect("unblock through A");
+        took.push((
+            "user unblocked (A → B)",
+            in_force_within(&format!("trial {trial}: unblocked user"), || {
+                let mut at_b = at_b.clone();
+                let req = login(tenant, &client, "employees");
+                async move { at_b.authn.login(req).await.is_ok() }
+            })
+            .await,
+        ));
+    }
+
+    // 4. An API key revoked through A stops working at B (the tenant service's event log).
+    for trial in 0..TRIALS {
+        let created = at_a
+            .keys
+            .create_api_key(pb::CreateApiKeyRequest {
+                tenant: tenant.into(),
+                api_key: Some(pb::ApiKey { description: format!("ci {trial}"), ..Default::default() }),
+            })
+            .await
+            .expect("key")
+            .into_inner()
+            .api_key
+            .expect("key");
+        let mut with_key = Clients::new(channel(b.grpc).await, &created.key);
+        with_key.tenants.get_tenant(pb::GetTenantRequest { name: tenant.into() }).await.expect("the key works at B");
+        at_a.keys
+            .revoke_api_key(pb::RevokeApiKeyRequest { tenant: tenant.into(), id: created.id.clone() })
+            .await
+            .expect("revoke through A");
+        took.push((
+            "API key revoked (A → B)",
+            in_force_within(&format!("trial {trial}: revoked key"), || {
+                let mut with_key = with_key.clone();
+                async move { with_key.tenants.get_tenant(pb::GetTenantRequest { name: tenant.into() }).await.is_err() }
+            })
+            .await,
+        ));
+    }
+
+    // 5. A client deleted through B: A stops logging in for it.
+    at_a.authn.login(login(tenant, &client, "employees")).await.expect("login at A before");
+    at_b.clients
+        .delete_client(pb::DeleteClientRequest { tenant: tenant.into(), client_id: client.client_id.clone() })
+        .await
+        .expect("delete client through B");
+    took.push((
+        "client deleted (B → A)",
+        in_force_within("deleted client", || {
+            let mut at_a = at_a.clone();
+            let req = login(tenant, &client, "employees");
+            async move { at_a.authn.login(req).await.is_err() }
+        })
+        .await,
+    ));
+
+    // 6. A connection deleted through A: B stops logging in through it for another client.
+    let other = at_a.create_client(tenant, "Expenses").await.expect("client");
+    at_a.connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: tenant.into(),
+            connection: "employees".into(),
+            client_id: other.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+    in_force_within("enabled for the second client", || {
+        let mut at_b = at_b.clone();
+        let req = login(tenant, &other, "employees");
+        async move { at_b.authn.login(req).await.is_ok() }
+    })
+    .await;
+    at_a.connections
+        .delete_connection(conn::DeleteConnectionRequest { tenant: tenant.into(), connection: "employees".into() })
+        .await
+        .expect("delete through A");
+    took.push((
+        "connection deleted (A → B)",
+        in_force_within("deleted connection", || {
+            let mut at_b = at_b.clone();
+            let req = login(tenant, &other, "employees");
+            async move { at_b.authn.login(req).await.is_err() }
+        })
+        .await,
+    ));
+
+    for (what, d) in &took {
+        eprintln!("in force at the other replica after {:>7.1} ms: {what}", d.as_secs_f64() * 1000.0);
+    }
+    assert!(a.terminate().expect("terminate A"), "A stops cleanly");
+    assert!(b.terminate().expect("terminate B"), "B stops cleanly");
+    db.drop_db().await.expect("drop");
+}
+
+/// Answers in a row that must agree before a change counts as in force behind the
+/// balancing gateway: a replica that has not seen the change answers differently, and
+/// restarts the count.
+const IN_A_ROW: usize = 8;
+
+/// A split process (`postern serve <component> <args>`) on PostgreSQL at `url`.
+fn split(dir: &Path, url: &str, internal: &str, args: &[&str]) -> Process {
+    let mut all = args.to_vec();
+    all.extend(["--listen", "127.0.0.1:0", "--data-dir"]);
+    let dir = dir.display().to_string();
+    all.push(&dir);
+    if args[0] == "gateway" {
+        all.extend(["--http-listen", "127.0.0.1:0"]);
+    }
+    let env = [
+        ("POSTERN_INTERNAL_KEY", internal),
+        ("POSTERN_ADMIN_KEY", ADMIN_KEY),
+        ("POSTERN_MASTER_KEY", MASTER_KEY),
+        ("POSTERN_DATABASE_URL", url),
+        ("POSTERN_RATE_LIMIT", "0"),
+        ("POSTERN_LOG", "warn"),
+    ];
+    Process::start(Path::new(BIN), &all, &env).expect("a split process starts")
+}
+
+/// Calls `state` until it answers `wanted` [`IN_A_ROW`] times in a row, failing after
+/// [`WITHIN`]; answers how long it took.
+async fn agreed_within<F, Fut>(what: &str, wanted: bool, mut state: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut row = 0;
+    while row < IN_A_ROW {
+        row = if state().await == wanted { row + 1 } else { 0 };
+        assert!(
+            start.elapsed() < WITHIN,
+            "{what}: replicas still disagree {WITHIN:?} after the change was acknowledged"
+        );
+    }
+    start.elapsed()
+}
+
+/// Two replicas of each service (tenant, registry, authenticator) on one PostgreSQL, each
+/// registry and authenticator following a different tenant replica, all behind one gateway
+/// that balances each service over its two replicas: every change made through the gateway
+/// (landing on either replica) is in force at both within [`WITHIN`].
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_of_each_service_behind_one_gateway_agree_at_once() {
+    let Some(base) = postgres("two_replicas_of_each_service_behind_one_gateway_agree_at_once") else { return };
+    let db = TestDatabase::create(&base).await.expect("database");
+    let migrated = output_within(
+        Command::new(BIN).arg("migrate").env("POSTERN_DATABASE_URL", &db.url).env("POSTERN_LOG", "warn"),
+        Duration::from_secs(120),
+    )
+    .expect("postern migrate runs");
+    assert!(migrated.status.success(), "postern migrate: {}", String::from_utf8_lossy(&migrated.stderr));
+    let temp = tempfile::tempdir().expect("tempdir");
+    let internal = "d".repeat(64);
+    let url = db.url.as_str();
+    let t1 = split(&temp.path().join("t1"), url, &internal, &["tenant"]);
+    let t2 = split(&temp.path().join("t2"), url, &internal, &["tenant"]);
+    let (t1_url, t2_url) = (format!("http://{}", t1.grpc), format!("http://{}", t2.grpc));
+    let r1 = split(&temp.path().join("r1"), url, &internal, &["registry", "--tenant-url", &t1_url]);
+    let r2 = split(&temp.path().join("r2"), url, &internal, &["registry", "--tenant-url", &t2_url]);
+    let (r1_url, r2_url) = (format!("http://{}", r1.grpc), format!("http://{}", r2.grpc));
+    // Each authenticator follows the other registry and tenant replica than the one beside it.
+    let a1 =
+        split(&temp.path().join("a1"), url, &internal, &["authn", "--tenant-url", &t2_url, "--registry-url", &r2_url]);
+    let a2 =
+        split(&temp.path().join("a2"), url, &internal, &["authn", "--tenant-url", &t1_url, "--registry-url", &r1_url]);
+    let (a1_url, a2_url) = (format!("http://{}", a1.grpc), format!("http://{}", a2.grpc));
+    let gateway = split(
+        &temp.path().join("gw"),
+        url,
+        &internal,
+        &[
+            "gateway",
+            "--tenant-url",
+            &format!("{t1_url},{t2_url}"),
+            "--registry-url",
+            &format!("{r1_url},{r2_url}"),
+            "--authn-url",
+            &format!("{a1_url},{a2_url}"),
+        ],
+    );
+    let mut admin = Clients::new(channel(gateway.grpc).await, ADMIN_KEY);
+    let tenant = "fabrikam";
+    admin.create_tenant(tenant).await.expect("tenant");
+    let client = admin.create_client(tenant, "Timesheets").await.expect("client");
+    admin.create_database_connection(tenant, "employees", &client.client_id).await.expect("connection");
+    // A signup the connection's password policy refuses: INVALID_ARGUMENT while the client
+    // exists and has the connection enabled (its policy was resolved), another refusal once
+    // either is gone. No password hashing on either side.
+    let probe = signup(tenant, &client, "employees", "probe@example.com");
+    let probe = authn::SignupRequest { password: "x".into(), ..probe };
+    let usable = |admin: &Clients| {
+        let mut admin = admin.clone();
+        let probe = probe.clone();
+        async move {
+            match admin.authn.signup(probe).await {
+                Err(s) => s.code() == tonic::Code::InvalidArgument,
+                Ok(_) => panic!("a weak password was accepted"),
+            }
+        }
+    };
+    let mut took: Vec<(&str, Duration)> = Vec::new();
+    took.push(("set-up visible at every replica", agreed_within("set-up", true, || usable(&admin)).await));
+    let pair = conn::DisableClientRequest {
+        tenant: tenant.into(),
+        connection: "employees".into(),
+        client_id: client.client_id.clone(),
+    };
+    for trial in 0..TRIALS {
+        admin.connections.disable_client(pair.clone()).await.expect("disable");
+        took.push((
+            "connection disabled for the client",
+            agreed_within(&format!("trial {trial}: disabled"), false, || usable(&admin)).await,
+        ));
+        let enable = conn::EnableClientRequest {
+            tenant: pair.tenant.clone(),
+            connection: pair.connection.clone(),
+            client_id: pair.client_id.clone(),
+        };
+        admin.connections.enable_client(enable).await.expect("enable");
+        took.push((
+            "connection enabled for the client",
+            agreed_within(&format!("trial {trial}: enabled"), true, || usable(&admin)).await,
+        ));
+    }
+    for trial in 0..TRIALS {
+        let created = admin
+            .keys
+            .create_api_key(pb::CreateApiKeyRequest {
+                tenant: tenant.into(),
+                api_key: Some(pb::ApiKey { description: format!("ci {trial}"), ..Default::default() }),
+            })
+            .await
+            .expect("key")
+            .into_inner()
+            .api_key
+            .expect("key");
+        let with_key = Clients::new(channel(gateway.grpc).await, &created.key);
+        let works = |c: &Clients| {
+            let mut c = c.clone();
+            async move { c.tenants.get_tenant(pb::GetTenantRequest { name: "fabrikam".into() }).await.is_ok() }
+        };
+        agreed_within("a new key", true, || works(&with_key)).await;
+        admin
+            .keys
+            .revoke_api_key(pb::RevokeApiKeyRequest { tenant: tenant.into(), id: created.id })
+            .await
+            .expect("revoke");
+        took.push((
+            "API key revoked",
+            agreed_within(&format!("trial {trial}: revoked"), false, || works(&with_key)).await,
+        ));
+    }
+    admin
+        .clients
+        .delete_client(pb::DeleteClientRequest { tenant: tenant.into(), client_id: client.client_id.clone() })
+        .await
+        .expect("delete client");
+    took.push(("client deleted", agreed_within("deleted client", false, || usable(&admin)).await));
+
+    for (what, d) in &took {
+        eprintln!("in force at every replica after {:>7.1} ms: {what}", d.as_secs_f64() * 1000.0);
+    }
+    for p in [gateway, a1, a2, r1, r2, t1, t2] {
+        assert!(p.terminate().expect("terminate"), "a split process stops cleanly");
+    }
+    db.drop_db().await.expect("drop");
+}
