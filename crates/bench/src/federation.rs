@@ -55,6 +55,8 @@ struct Split {
     /// Waiting on Postern: `/authorize`, `/login/callback` (which includes the upstream's
     /// token endpoint) and `/oauth/token`.
     postern: Duration,
+    /// Of which `/authorize`, `/login/callback` and `/oauth/token`.
+    steps: [Duration; 3],
     /// Waiting on the upstream's own pages.
     upstream: Duration,
 }
@@ -159,7 +161,8 @@ async fn login(s: &Setup, worker: usize) -> anyhow::Result<Split> {
         "the exchange answered {}",
         tokens.status
     );
-    Ok(Split { postern: (t1 - t0) + (t3 - t2) + (t5 - t4), upstream: t2 - t1 })
+    let steps = [t1 - t0, t3 - t2, t5 - t4];
+    Ok(Split { postern: steps.iter().sum(), steps, upstream: t2 - t1 })
 }
 
 /// The upstream's own measure of the time it spent serving: (all requests, token requests).
@@ -222,10 +225,14 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     );
     println!("    a login end to end (client side)            {:>7.2} ms", ms(total));
     println!("    waiting on Postern's 3 requests              {:>7.2} ms", ms(at_postern));
+    let step = |i: usize| splits.iter().map(|x| x.steps[i]).sum::<Duration>() / n;
+    println!("      GET /authorize                             {:>7.2} ms", ms(step(0)));
+    println!("      GET /login/callback                        {:>7.2} ms", ms(step(1)));
     println!(
-        "      of which the upstream's token endpoint     {:>7.2} ms (measured by the upstream)",
+        "        of which the upstream's token endpoint   {:>7.2} ms (measured by the upstream)",
         ms(upstream_token)
     );
+    println!("      POST /oauth/token                          {:>7.2} ms", ms(step(2)));
     println!(
         "    the upstream serving all its requests        {:>7.2} ms (measured by the upstream)",
         ms(upstream_all)
