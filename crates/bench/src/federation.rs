@@ -21,6 +21,7 @@
 //!   itself spent serving the token request Postern makes inside step 3 (the upstream
 //!   measures each request from arrival to answer, `token_ms` of `/__test/stats`). What is
 //!   left is Postern's work plus loopback HTTP between the processes. Target: under 2 ms.
+//!   The mean of each of the three requests is printed beside the sum.
 //! - **CPU time, at full concurrency**: this process's CPU time per login (Postern in
 //!   process, and the load generator's HTTP client and HTML parsing, so an upper bound on
 //!   Postern's) against the upstream's node process's (`/proc/<pid>/stat`).
