@@ -293,6 +293,24 @@ async fn an_oidc_login_end_to_end_by_connection_button_and_discovery() {
     assert_eq!(refused["error"], "access_denied", "{refused:?}");
     assert!(refused["error_description"].contains("browser"), "{refused:?}");
     assert!(user(&mut admin, t, "oidc|fabrikam-op|carol").await.is_none(), "nothing stored");
+    // The refusal used the transaction up: the right browser comes back too late.
+    let late = back.follow(&mut carol).await.expect("callback");
+    assert_eq!(late.status, 400, "{late:?}");
+    assert!(user(&mut admin, t, "oidc|fabrikam-op|carol").await.is_none(), "nothing stored");
+
+    // A completed callback replayed with its binding cookie finds nothing: one login stored.
+    let mut dave = Agent::new();
+    let start = dave
+        .get(&authorize_url(&suite, t, &portal.client_id, &[("connection", "fabrikam-op")]))
+        .await
+        .expect("authorize");
+    let back = upstream.log_in(&mut dave, start.location().expect("upstream"), "dave", false).await.expect("login");
+    let cookies = dave.cookies.clone();
+    assert!(app_query(&back.follow(&mut dave).await.expect("callback")).contains_key("code"));
+    dave.cookies = cookies;
+    let replayed = back.follow(&mut dave).await.expect("replay");
+    assert_eq!(replayed.status, 400, "{replayed:?}");
+    assert_eq!(user(&mut admin, t, "oidc|fabrikam-op|dave").await.expect("dave").logins_count, 1);
     suite.stop().await.expect("stop");
 }
 

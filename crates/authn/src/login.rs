@@ -321,7 +321,7 @@ impl AuthnApi {
                 }
             }
             Checked::External { profile, import_hash } => {
-                self.upsert_external_user(l.tenant, &conn, &profile, import_hash, l.address).await
+                self.upsert_external_user(l.tenant, &conn, &profile, import_hash, l.address, None).await
             }
         };
         // The password was right: the attempt counted in advance is not a failure.
@@ -468,9 +468,11 @@ impl AuthnApi {
 
     /// Completes a redirect login with the upstream's answer (`params`, the callback's
     /// parameters): the user, created or updated under the connection's profile-sync rule,
-    /// with the upstream's tokens sealed on its identity when the connector answers them.
-    /// Nothing is stored when the connector refuses the answer. The caller issues the
-    /// tokens.
+    /// with the upstream's tokens sealed on its identity when the connector answers them,
+    /// and `grant` (the login's session and code, and the upstream transaction it uses up),
+    /// all in one write transaction. Nothing is stored when the connector refuses the
+    /// answer, or when the grant's upstream transaction is gone (FAILED_PRECONDITION
+    /// `LOGIN_TRANSACTION_USED`: another callback completed it).
     pub async fn complete_redirect(
         &self,
         tenant: &str,
@@ -479,6 +481,7 @@ impl AuthnApi {
         params: &std::collections::HashMap<String, String>,
         tx: &RedirectTransaction,
         address: &str,
+        grant: &crate::store::oauth::LoginGrant<'_>,
     ) -> Result<User, Status> {
         let conn = self.cache.resolve(tenant, client_id, connection).await?;
         let connector = self.redirect_connector(&conn)?;
@@ -504,18 +507,18 @@ impl AuthnApi {
         if completed.partial_profile {
             self.keep_missing_attributes(tenant, &conn, &mut source).await?;
         }
-        let user = self.upsert_external_user(tenant, &conn, &source, None, address).await?;
-        if let Some(tokens) = completed.tokens {
-            let sealed = crate::oauth::federation::seal_tokens(
+        let sealed = match &completed.tokens {
+            Some(tokens) => Some(crate::oauth::federation::seal_tokens(
                 &self.config.master_key,
                 tenant,
                 &conn.connection.id,
                 &source.source_id,
-                &tokens,
-            )?;
-            self.store.set_upstream_tokens(tenant, &conn.connection.id, &source.source_id, Some(&sealed)).await?;
-        }
-        Ok(user)
+                tokens,
+            )?),
+            None => None,
+        };
+        let grant = crate::store::oauth::LoginGrant { upstream_tokens: sealed.as_deref(), ..*grant };
+        self.upsert_external_user(tenant, &conn, &source, None, address, Some(&grant)).await
     }
 
     /// Fills the attributes an upstream left empty (it sends them only sometimes) with the
@@ -743,7 +746,8 @@ impl AuthnApi {
 
     /// Creates or updates the user of a login whose profile came from the connection's
     /// source, under the connection's profile-sync rule. `import_hash` makes the identity
-    /// local (its next logins are checked against the hash).
+    /// local (its next logins are checked against the hash). A browser login's `grant` is
+    /// written in the same transaction.
     pub(crate) async fn upsert_external_user(
         &self,
         tenant: &str,
@@ -751,6 +755,7 @@ impl AuthnApi {
         source: &ExternalProfile,
         import_hash: Option<String>,
         ip: &str,
+        grant: Option<&crate::store::oauth::LoginGrant<'_>>,
     ) -> Result<User, Status> {
         let store = &self.store;
         let spec = &conn.connection.spec;
@@ -771,6 +776,7 @@ impl AuthnApi {
                 clear_failures: None,
                 identity_current: false,
                 identities: None,
+                grant,
             };
             return recorded(
                 store.record_login(tenant, &user_id, &conn.connection.id, &source.source_id, &update).await?,
@@ -804,7 +810,7 @@ impl AuthnApi {
             external,
             password_hash: import_hash,
         };
-        store.create_user(tenant, &new, &identity, Some(ip)).await.map_err(|e| match e {
+        store.create_user_with_grant(tenant, &new, &identity, Some(ip), grant).await.map_err(|e| match e {
             StoreError::AlreadyExists => failed_precondition(
                 "USER_CONFLICT",
                 "the connection's source answered a user whose email, username or id belongs to another user of \
@@ -836,6 +842,7 @@ impl AuthnApi {
             clear_failures: clear,
             identity_current: found.identity.profile_sync == sync && !found.identity.external,
             identities: Some(&found.identities),
+            grant: None,
         };
         let identity = &found.identity;
         recorded(

@@ -33,7 +33,9 @@ use crate::AuthnApi;
 use crate::clients::ResolvedClient;
 use crate::passwordless::{CodeLogin, CodeStart, LinkTarget, RecipientInput, SendKind};
 use crate::store::Store;
-use crate::store::oauth::{CodeGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, secret_digest};
+use crate::store::oauth::{
+    CodeGrant, LoginGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, secret_digest,
+};
 use crate::tokens::{self, ProfileClaims};
 
 pub(crate) mod federation;
@@ -96,6 +98,26 @@ fn rand_bytes() -> [u8; 32] {
         tracing::error!("the system's random number generator failed");
     }
     b
+}
+
+/// The secrets of a browser login's SSO session and code, made before they are stored
+/// ([`LoginGrant`] holds their digests).
+struct NewLogin {
+    session: String,
+    session_hash: String,
+    code: String,
+    code_hash: String,
+    /// When the user authenticated.
+    now: i64,
+}
+
+/// The redirect that carries `code` back to `request`'s application, with its `state`.
+fn code_answer(request: &AuthRequest, code: String) -> pb::Redirect {
+    let mut parameters = HashMap::from([("code".to_owned(), code)]);
+    if !request.state.is_empty() {
+        parameters.insert("state".into(), request.state.clone());
+    }
+    pb::Redirect { uri: request.redirect_uri.clone(), response_mode: request.response_mode.clone(), parameters }
 }
 
 /// The validated authorization request a transaction and a code carry.
@@ -351,36 +373,66 @@ impl OAuthApi {
         };
         let expire = now.saturating_add(micros(self.oauth.code_lifetime));
         self.store().create_code(tenant, &secret_digest(&code), &grant, now, expire).await?;
-        let mut parameters = HashMap::from([("code".to_owned(), code)]);
-        if !request.state.is_empty() {
-            parameters.insert("state".into(), request.state.clone());
-        }
-        Ok(pb::Redirect { uri: request.redirect_uri.clone(), response_mode: request.response_mode.clone(), parameters })
+        Ok(code_answer(request, code))
     }
 
-    /// Starts a session for a user who just authenticated, and answers the code.
-    async fn logged_in(&self, tenant: &str, request: &AuthRequest, user_id: &str) -> Result<pb::LoggedIn, Status> {
-        let session = new_secret();
-        let session_hash = secret_digest(&session);
-        let now = self.now();
-        let absolute = now.saturating_add(micros(self.oauth.session_absolute));
-        self.store()
-            .create_session(
-                tenant,
-                &session_hash,
-                user_id,
-                now,
-                now.saturating_add(micros(self.oauth.session_idle)),
-                absolute,
-            )
-            .await?;
-        let redirect = self.code_redirect(tenant, request, user_id, &session_hash, now).await?;
-        tracing::info!(tenant = %tenant, user_id = %user_id, client_id = %request.client_id, "browser login");
-        Ok(pb::LoggedIn {
-            redirect: Some(redirect),
+    /// The session and code secrets of a login that just authenticated, made now.
+    fn new_login(&self) -> NewLogin {
+        let (session, code) = (new_secret(), new_secret());
+        NewLogin {
+            session_hash: secret_digest(&session),
+            code_hash: secret_digest(&code),
             session,
+            code,
+            now: self.now(),
+        }
+    }
+
+    /// What `login` writes for `request` (with the user's record when the login writes
+    /// one): its session and code, and the upstream transaction `upstream_state_hash` it
+    /// uses up.
+    fn login_grant<'a>(
+        &self,
+        login: &'a NewLogin,
+        request: &'a AuthRequest,
+        upstream_state_hash: Option<&'a str>,
+    ) -> LoginGrant<'a> {
+        let now = login.now;
+        LoginGrant {
+            upstream_state_hash,
+            upstream_tokens: None,
+            now,
+            session_hash: &login.session_hash,
+            session_idle_expire: now.saturating_add(micros(self.oauth.session_idle)),
+            session_absolute_expire: now.saturating_add(micros(self.oauth.session_absolute)),
+            code_hash: &login.code_hash,
+            code_expire: now.saturating_add(micros(self.oauth.code_lifetime)),
+            client_id: &request.client_id,
+            redirect_uri: &request.redirect_uri,
+            scope: &request.scope,
+            audience: &request.audience,
+            nonce: &request.nonce,
+            code_challenge: &request.code_challenge,
+        }
+    }
+
+    /// The answer of a login whose grant is stored: the session cookie and the code's
+    /// redirect.
+    fn login_answer(&self, tenant: &str, request: &AuthRequest, user_id: &str, login: NewLogin) -> pb::LoggedIn {
+        tracing::info!(tenant = %tenant, user_id = %user_id, client_id = %request.client_id, "browser login");
+        pb::LoggedIn {
+            redirect: Some(code_answer(request, login.code)),
+            session: login.session,
             session_max_age: i64::try_from(self.oauth.session_absolute.as_secs()).unwrap_or(i64::MAX),
-        })
+        }
+    }
+
+    /// Starts a session for a user who just authenticated (its record written already),
+    /// and answers the code: both in one write.
+    async fn logged_in(&self, tenant: &str, request: &AuthRequest, user_id: &str) -> Result<pb::LoggedIn, Status> {
+        let login = self.new_login();
+        self.store().create_login_grant(tenant, user_id, &self.login_grant(&login, request, None)).await?;
+        Ok(self.login_answer(tenant, request, user_id, login))
     }
 
     /// The live transaction `transaction` of `tenant` and its request, checking `csrf`

@@ -526,7 +526,7 @@ impl AuthnApi {
             user_metadata: serde_json::Map::new(),
             app_metadata: serde_json::Map::new(),
         };
-        self.upsert_external_user(tenant, conn, &source, None, address).await
+        self.upsert_external_user(tenant, conn, &source, None, address, None).await
     }
 }
 

@@ -19,6 +19,10 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AlreadyExists => already_exists("ALREADY_EXISTS", "a user with that email or username exists"),
+            StoreError::Used => failed_precondition(
+                "LOGIN_TRANSACTION_USED",
+                "this login was already completed (in another tab?); go back to the application and sign in again",
+            ),
             e => internal(&e),
         }
     }

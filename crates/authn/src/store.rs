@@ -34,6 +34,10 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// The upstream login transaction a login's write uses up is gone (another callback
+    /// with the same state completed it): nothing was written.
+    #[error("the login transaction was already used")]
+    Used,
     /// The database failed.
     #[error(transparent)]
     Db(#[from] sqlx::Error),
@@ -77,6 +81,9 @@ pub struct LoginUpdate<'a> {
     /// The user's identities as read when the password was checked
     /// ([`Store::find_login_from`]): a login that writes none of them answers these.
     pub identities: Option<&'a [Identity]>,
+    /// The session and code of a browser login, written in the same transaction (nothing
+    /// of the login is written when it cannot be).
+    pub grant: Option<&'a oauth::LoginGrant<'a>>,
 }
 
 impl LoginUpdate<'_> {
@@ -87,6 +94,7 @@ impl LoginUpdate<'_> {
             && self.password_hash.is_none()
             && self.clear_failures.is_none()
             && self.identity_current
+            && self.grant.is_none()
     }
 }
 
@@ -256,8 +264,25 @@ impl Store {
         identity: &Identity,
         ip: Option<&str>,
     ) -> Result<User, StoreError> {
+        self.create_user_with_grant(tenant, user, identity, ip, None).await
+    }
+
+    /// [`Store::create_user`], with a browser login's session and code (`grant`) written in
+    /// the same transaction: the user is created with its first login, or not at all
+    /// ([`StoreError::Used`] when the grant's upstream transaction is gone).
+    pub async fn create_user_with_grant(
+        &self,
+        tenant: &str,
+        user: &NewUser,
+        identity: &Identity,
+        ip: Option<&str>,
+        grant: Option<&oauth::LoginGrant<'_>>,
+    ) -> Result<User, StoreError> {
         let now = postern_common::time::now_micros();
         let mut tx = self.db.begin_write().await?;
+        if let Some(g) = grant {
+            oauth::take_upstream_in(&mut tx, tenant, g).await?;
+        }
         let p = &user.profile;
         sqlx::query(
             "INSERT INTO users (tenant, user_id, seq, email, email_lower, email_verified, username, name, given_name, \
@@ -289,6 +314,10 @@ impl Store {
         .await
         .map_err(dup)?;
         insert_identity(&mut tx, tenant, &user.user_id, identity, now).await?;
+        if let Some(g) = grant {
+            let at = (identity.connection_id.as_str(), identity.source_id.as_str());
+            oauth::insert_grant_in(&mut tx, tenant, &user.user_id, Some(at), g).await?;
+        }
         tx.commit().await?;
         self.get_user(tenant, &user.user_id).await?.ok_or_else(|| StoreError::Corrupt("user vanished".into()))
     }
@@ -348,8 +377,9 @@ impl Store {
     }
 
     /// Records a successful login on an existing identity, in one transaction: counts it on
-    /// the user, applies `update`, and clears the brute-force count it names. A blocked or
-    /// vanished user is left untouched.
+    /// the user, applies `update`, clears the brute-force count it names and writes its
+    /// grant (the upstream transaction used up first: [`StoreError::Used`] when it is gone).
+    /// A blocked or vanished user is left untouched, and nothing of the grant is written.
     pub async fn record_login(
         &self,
         tenant: &str,
@@ -382,6 +412,9 @@ impl Store {
             return Ok(Recorded::Login(Box::new(user_of(&row, identities)?)));
         }
         let mut tx = self.db.begin_write().await?;
+        if let Some(g) = update.grant {
+            oauth::take_upstream_in(&mut tx, tenant, g).await?;
+        }
         if let Some(p) = update.profile {
             sqlx::query(
                 "UPDATE users SET email = $3, email_lower = $4, email_verified = $5, username = $6, name = $7, \
@@ -433,6 +466,9 @@ impl Store {
         .await?;
         if let Some((user_key, address)) = update.clear_failures {
             sqlx::query(CLEAR_FAILURES).bind(tenant).bind(user_key).bind(address).execute(&mut *tx).await?;
+        }
+        if let Some(g) = update.grant {
+            oauth::insert_grant_in(&mut tx, tenant, user_id, Some((connection_id, source_id)), g).await?;
         }
         let identities = identities_of(&mut *tx, tenant, user_id).await?;
         tx.commit().await?;

@@ -141,6 +141,7 @@ async fn users_and_identities() {
             clear_failures: Some(("auth0|a1", "203.0.113.7")),
             identity_current: false,
             identities: None,
+            grant: None,
         };
         let Recorded::Login(after) = store.record_login(t, "auth0|a1", "con_db", "a1", &update).await.unwrap() else {
             panic!("the login of an existing, unblocked user is recorded")
@@ -169,6 +170,7 @@ async fn users_and_identities() {
             clear_failures: None,
             identity_current: true,
             identities: None,
+            grant: None,
         };
         let Recorded::Login(again) = store.record_login(t, "auth0|a1", "con_db", "a1", &usual).await.unwrap() else {
             panic!("recorded")

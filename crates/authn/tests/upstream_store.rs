@@ -2,10 +2,10 @@
 //! the same tests on SQLite and PostgreSQL (`POSTERN_TEST_POSTGRES_URL`; skipped with a
 //! reason when unset, a failure under `POSTERN_REQUIRE_PEERS=1`).
 
-use postern_authn::domain::{Identity, Profile, ProfileSync};
-use postern_authn::store::oauth::secret_digest;
+use postern_authn::domain::{Identity, Profile, ProfileSync, UserPatch};
+use postern_authn::store::oauth::{LoginGrant, Redeemed, secret_digest};
 use postern_authn::store::upstream::NewUpstreamTransaction;
-use postern_authn::store::{NewUser, Store};
+use postern_authn::store::{LoginUpdate, NewUser, Recorded, Store, StoreError};
 use postern_common::db::DbLocation;
 use postern_common::testing::TestDatabase;
 
@@ -74,6 +74,145 @@ async fn upstream_transactions_are_taken_once_even_concurrently() {
         assert!(store.take_upstream_transaction(T, &s3).await.unwrap().is_none(), "deleted with its client");
         store.prune_oauth(T0 + 601 * SEC).await.unwrap();
         assert!(store.take_upstream_transaction(T, &s2).await.unwrap().is_none(), "pruned after expiry");
+        cleanup(store, backend).await;
+    }
+}
+
+fn identity(name: &str) -> Identity {
+    Identity {
+        connection_id: "con_op".into(),
+        connection: "fabrikam-op".into(),
+        strategy: "oidc".into(),
+        source_id: format!("fabrikam-op|{name}"),
+        is_social: false,
+        login_email: format!("{name}@example.com"),
+        login_username: String::new(),
+        profile_data: serde_json::json!({}),
+        profile_sync: ProfileSync::OnEachLogin,
+        external: true,
+        password_hash: None,
+    }
+}
+
+fn new_user(name: &str) -> NewUser {
+    NewUser {
+        user_id: format!("oidc|fabrikam-op|{name}"),
+        profile: Profile { email: format!("{name}@example.com"), ..Profile::default() },
+        user_metadata: serde_json::Map::new(),
+        app_metadata: serde_json::Map::new(),
+    }
+}
+
+/// A redirect login's grant: session `session`, code `code`, using up `state`'s transaction.
+fn grant<'a>(state_hash: &'a str, session: &'a str, code: &'a str) -> LoginGrant<'a> {
+    LoginGrant {
+        upstream_state_hash: Some(state_hash),
+        upstream_tokens: Some("sealed-tokens"),
+        now: T0,
+        session_hash: session,
+        session_idle_expire: T0 + 100 * SEC,
+        session_absolute_expire: T0 + 200 * SEC,
+        code_hash: code,
+        code_expire: T0 + 60 * SEC,
+        client_id: "app",
+        redirect_uri: "https://app.example.com/callback",
+        scope: "openid email",
+        audience: "",
+        nonce: "app-nonce",
+        code_challenge: "",
+    }
+}
+
+/// A returning user's login (profile data synced) with `grant`.
+fn login<'a>(data: &'a serde_json::Value, grant: &'a LoginGrant<'a>) -> LoginUpdate<'a> {
+    LoginUpdate {
+        ip: "192.0.2.2",
+        profile: None,
+        profile_data: Some(data),
+        profile_sync: ProfileSync::OnEachLogin,
+        external: true,
+        password_hash: None,
+        clear_failures: None,
+        identity_current: false,
+        identities: None,
+        grant: Some(grant),
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_login_is_stored_with_its_session_and_code_at_once_or_not_at_all() {
+    for (store, backend) in stores("a_redirect_login_is_stored_with_its_session_and_code_at_once_or_not_at_all").await {
+        let digests: Vec<String> = (0..8).map(|i| secret_digest(&format!("secret-{i}"))).collect();
+        let d = |i: usize| digests[i].as_str();
+        let alive = |s: &str| {
+            let store = store.clone();
+            let s = s.to_owned();
+            async move { store.touch_session(T, &s, T0 + SEC, 100 * SEC).await.unwrap() }
+        };
+
+        // A new user: stored with its session, its code and its upstream tokens, and the
+        // upstream transaction used up, in one write.
+        let state = secret_digest("state-1");
+        store.create_upstream_transaction(&transaction(&state, "app")).await.unwrap();
+        let first = grant(&state, d(0), d(1));
+        let alice = store
+            .create_user_with_grant(T, &new_user("alice"), &identity("alice"), Some("192.0.2.1"), Some(&first))
+            .await
+            .unwrap();
+        assert!(store.upstream_transaction(T, &state).await.unwrap().is_none(), "used up");
+        let session = alive(d(0)).await.expect("the login's session");
+        assert_eq!((session.user_id.as_str(), session.auth_time), (alice.user_id.as_str(), T0));
+        let Redeemed::Granted(code) = store.redeem_code(T, d(1), "fam-1", T0 + SEC).await.unwrap() else {
+            panic!("the login's code")
+        };
+        assert_eq!((code.user_id.as_str(), code.session_hash.as_str()), (alice.user_id.as_str(), d(0)));
+        assert_eq!((code.client_id.as_str(), code.nonce.as_str(), code.auth_time), ("app", "app-nonce", T0));
+        let tokens = store.upstream_tokens(T, "con_op", "fabrikam-op|alice").await.unwrap();
+        assert_eq!(tokens.as_deref(), Some("sealed-tokens"));
+
+        // The same state again (a second callback): nothing of it is written.
+        let again = grant(&state, d(2), d(3));
+        let refused =
+            store.create_user_with_grant(T, &new_user("bob"), &identity("bob"), Some("192.0.2.1"), Some(&again)).await;
+        assert!(matches!(refused, Err(StoreError::Used)), "{refused:?}");
+        assert!(store.get_user(T, "oidc|fabrikam-op|bob").await.unwrap().is_none(), "no user");
+        let data = serde_json::json!({"name": "Alice"});
+        let refused = store.record_login(T, &alice.user_id, "con_op", "fabrikam-op|alice", &login(&data, &again)).await;
+        assert!(matches!(refused, Err(StoreError::Used)), "{refused:?}");
+        let kept = store.get_user(T, &alice.user_id).await.unwrap().expect("alice");
+        assert_eq!(kept.logins_count, 1, "the login is not counted");
+        assert_eq!(kept.identities[0].profile_data, serde_json::json!({}), "nor its profile kept");
+        assert!(alive(d(2)).await.is_none(), "no session");
+        assert_eq!(store.redeem_code(T, d(3), "fam-2", T0 + SEC).await.unwrap(), Redeemed::Unknown, "no code");
+
+        // Two callbacks of one login at once: exactly one is stored.
+        let state = secret_digest("state-2");
+        store.create_upstream_transaction(&transaction(&state, "app")).await.unwrap();
+        let (ga, gb) = (grant(&state, d(4), d(5)), grant(&state, d(6), d(7)));
+        let (la, lb) = (login(&data, &ga), login(&data, &gb));
+        let (a, b) = tokio::join!(
+            store.record_login(T, &alice.user_id, "con_op", "fabrikam-op|alice", &la),
+            store.record_login(T, &alice.user_id, "con_op", "fabrikam-op|alice", &lb),
+        );
+        let (a, b) = (a.map(|r| matches!(r, Recorded::Login(_))), b.map(|r| matches!(r, Recorded::Login(_))));
+        assert!(
+            matches!((&a, &b), (Ok(true), Err(StoreError::Used)) | (Err(StoreError::Used), Ok(true))),
+            "exactly one of two concurrent logins with one state: {a:?} {b:?}"
+        );
+        assert_eq!(store.get_user(T, &alice.user_id).await.unwrap().expect("alice").logins_count, 2);
+        assert!(alive(d(4)).await.is_some() != alive(d(6)).await.is_some(), "one session");
+
+        // A blocked user: nothing recorded, no grant; the transaction is left for the caller
+        // to use up with its refusal.
+        let patch = UserPatch { blocked: Some(true), ..UserPatch::default() };
+        store.update_user(T, &alice.user_id, &patch).await.unwrap().expect("blocked");
+        let state = secret_digest("state-3");
+        store.create_upstream_transaction(&transaction(&state, "app")).await.unwrap();
+        let blocked = grant(&state, d(2), d(3));
+        let r = store.record_login(T, &alice.user_id, "con_op", "fabrikam-op|alice", &login(&data, &blocked)).await;
+        assert!(matches!(r, Ok(Recorded::Blocked)), "{r:?}");
+        assert!(alive(d(2)).await.is_none(), "no session for a blocked user");
+        assert!(store.upstream_transaction(T, &state).await.unwrap().is_some(), "left in place");
         cleanup(store, backend).await;
     }
 }

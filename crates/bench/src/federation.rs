@@ -21,6 +21,7 @@
 //!   itself spent serving the token request Postern makes inside step 3 (the upstream
 //!   measures each request from arrival to answer, `token_ms` of `/__test/stats`). What is
 //!   left is Postern's work plus loopback HTTP between the processes. Target: under 2 ms.
+//!   The mean of each of the three requests is printed beside the sum.
 //! - **CPU time, at full concurrency**: this process's CPU time per login (Postern in
 //!   process, and the load generator's HTTP client and HTML parsing, so an upper bound on
 //!   Postern's) against the upstream's node process's (`/proc/<pid>/stat`).
@@ -55,6 +56,8 @@ struct Split {
     /// Waiting on Postern: `/authorize`, `/login/callback` (which includes the upstream's
     /// token endpoint) and `/oauth/token`.
     postern: Duration,
+    /// Of which `/authorize`, `/login/callback` and `/oauth/token`.
+    steps: [Duration; 3],
     /// Waiting on the upstream's own pages.
     upstream: Duration,
 }
@@ -159,7 +162,8 @@ async fn login(s: &Setup, worker: usize) -> anyhow::Result<Split> {
         "the exchange answered {}",
         tokens.status
     );
-    Ok(Split { postern: (t1 - t0) + (t3 - t2) + (t5 - t4), upstream: t2 - t1 })
+    let steps = [t1 - t0, t3 - t2, t5 - t4];
+    Ok(Split { postern: steps.iter().sum(), steps, upstream: t2 - t1 })
 }
 
 /// The upstream's own measure of the time it spent serving: (all requests, token requests).
@@ -222,10 +226,14 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     );
     println!("    a login end to end (client side)            {:>7.2} ms", ms(total));
     println!("    waiting on Postern's 3 requests              {:>7.2} ms", ms(at_postern));
+    let step = |i: usize| splits.iter().map(|x| x.steps[i]).sum::<Duration>() / n;
+    println!("      GET /authorize                             {:>7.2} ms", ms(step(0)));
+    println!("      GET /login/callback                        {:>7.2} ms", ms(step(1)));
     println!(
-        "      of which the upstream's token endpoint     {:>7.2} ms (measured by the upstream)",
+        "        of which the upstream's token endpoint   {:>7.2} ms (measured by the upstream)",
         ms(upstream_token)
     );
+    println!("      POST /oauth/token                          {:>7.2} ms", ms(step(2)));
     println!(
         "    the upstream serving all its requests        {:>7.2} ms (measured by the upstream)",
         ms(upstream_all)

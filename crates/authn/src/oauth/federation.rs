@@ -6,11 +6,13 @@
 //! A start makes an upstream login transaction: a fresh `state` (the lookup key, stored as
 //! its digest), `nonce` and PKCE verifier (sealed under the master key, bound to the tenant
 //! and the state's digest), a browser binding (the digest of a cookie the provider sets),
-//! and the application's validated request. A callback uses the transaction up before
-//! anything else, so a replayed callback finds nothing; then the connector validates the
-//! upstream's answer and only an accepted answer stores anything. Whatever goes wrong after
-//! the transaction is found goes back to the application as an RFC 6749 error with its
-//! `state`.
+//! and the application's validated request. A callback reads the transaction, the connector
+//! validates the upstream's answer, and only an accepted answer stores anything: the user,
+//! its session and the application's code, with the transaction used up, in one write
+//! transaction (one fsync on SQLite), of which for two callbacks with the same state only
+//! one commits. A refused callback uses the transaction up at once. Either way a replayed
+//! callback finds nothing. Whatever goes wrong after the transaction is found goes back to
+//! the application as an RFC 6749 error with its `state`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,7 +26,7 @@ use tonic::{Code, Status};
 
 use super::{AuthRequest, OAuthApi, micros, new_secret};
 use crate::store::oauth::secret_digest;
-use crate::store::upstream::NewUpstreamTransaction;
+use crate::store::upstream::{NewUpstreamTransaction, UpstreamTransaction};
 
 /// The seal label of an upstream transaction's secrets.
 const TRANSACTION_LABEL: &[u8] = b"postern upstream transaction";
@@ -186,7 +188,10 @@ impl OAuthApi {
         Ok(pb::StartUpstreamLoginResponse { upstream: Some(upstream) })
     }
 
-    /// `CompleteUpstreamLogin`.
+    /// `CompleteUpstreamLogin`. The transaction is read, not used up yet: the login's one
+    /// write uses it up with the user's record, the session and the code (of two callbacks
+    /// with the same state, exactly one completes); any refusal uses it up at once. Either
+    /// way a replayed callback finds nothing.
     pub(super) async fn complete_upstream(
         &self,
         req: &pb::CompleteUpstreamLoginRequest,
@@ -204,55 +209,81 @@ impl OAuthApi {
             return Err(gone());
         }
         let state_hash = secret_digest(state);
-        let taken = self.store().take_upstream_transaction(tenant, &state_hash).await?.ok_or_else(gone)?;
-        let request: AuthRequest = serde_json::from_str(&taken.request).map_err(|e| internal(&e))?;
-        let refuse = |error: &str, description: &str| {
-            tracing::info!(tenant = %tenant, client_id = %request.client_id, connection = %taken.connection, error, description, "upstream login refused");
-            Ok(pb::CompleteUpstreamLoginResponse {
-                outcome: Some(Outcome::Redirect(app_error(&request, error, description))),
-            })
+        let found = self.store().upstream_transaction(tenant, &state_hash).await?.ok_or_else(gone)?;
+        let request: AuthRequest = match serde_json::from_str(&found.request) {
+            Ok(r) => r,
+            Err(e) => {
+                self.store().take_upstream_transaction(tenant, &state_hash).await?;
+                return Err(internal(&e));
+            }
         };
-        if taken.expire_time <= self.now() {
-            return refuse("access_denied", "the login at the upstream took too long; sign in again");
+        match self.finish_upstream(req, state, &state_hash, &found, &request).await {
+            Ok(logged_in) => Ok(pb::CompleteUpstreamLoginResponse { outcome: Some(Outcome::LoggedIn(logged_in)) }),
+            Err(s) => {
+                self.store().take_upstream_transaction(tenant, &state_hash).await?;
+                let (error, description) = error_of(&s);
+                if error == "server_error" {
+                    tracing::warn!(code = ?s.code(), message = s.message(), "upstream login failed");
+                }
+                tracing::info!(tenant = %tenant, client_id = %request.client_id, connection = %found.connection, error, description, "upstream login refused");
+                Ok(pb::CompleteUpstreamLoginResponse {
+                    outcome: Some(Outcome::Redirect(app_error(&request, error, &description))),
+                })
+            }
+        }
+    }
+
+    /// Checks the callback against its transaction `found`, lets the connector validate the
+    /// upstream's answer, and stores the login: the user, its session and code, the
+    /// transaction used up, in one write. An error is a refusal for the application.
+    async fn finish_upstream(
+        &self,
+        req: &pb::CompleteUpstreamLoginRequest,
+        state: &str,
+        state_hash: &str,
+        found: &UpstreamTransaction,
+        request: &AuthRequest,
+    ) -> Result<pb::LoggedIn, Status> {
+        let tenant = req.tenant.as_str();
+        if found.expire_time <= self.now() {
+            return Err(Status::permission_denied("the login at the upstream took too long; sign in again"));
         }
         if req.binding.is_empty()
-            || !constant_time_eq(secret_digest(&req.binding).as_bytes(), taken.binding_hash.as_bytes())
+            || !constant_time_eq(secret_digest(&req.binding).as_bytes(), found.binding_hash.as_bytes())
         {
-            return refuse("access_denied", "the login was not completed in the browser that started it");
+            return Err(Status::permission_denied("the login was not completed in the browser that started it"));
         }
-        let bytes = URL_SAFE_NO_PAD.decode(&taken.sealed).map_err(|e| internal(&e))?;
+        let bytes = URL_SAFE_NO_PAD.decode(&found.sealed).map_err(|e| internal(&e))?;
         let json = self
             .authn
             .config
             .master_key
-            .open(TRANSACTION_LABEL, &[tenant, &state_hash], &bytes)
+            .open(TRANSACTION_LABEL, &[tenant, state_hash], &bytes)
             .map_err(|e| internal(&e))?;
         let secrets: Sealed = serde_json::from_slice(&json).map_err(|e| internal(&e))?;
         let tx = RedirectTransaction {
-            state: state.clone(),
+            state: state.to_owned(),
             nonce: secrets.nonce,
             code_verifier: secrets.code_verifier,
             callback_url: self.callback_url(tenant),
             login_hint: request.login_hint.clone(),
             data: secrets.data,
         };
-        let completed = self
+        let login = self.new_login();
+        let grant = self.login_grant(&login, request, Some(state_hash));
+        let user = self
             .authn
-            .complete_redirect(tenant, &request.client_id, &taken.connection, &req.parameters, &tx, &req.address)
-            .await;
-        match completed {
-            Ok(user) => {
-                let logged_in = self.logged_in(tenant, &request, &user.user_id).await?;
-                Ok(pb::CompleteUpstreamLoginResponse { outcome: Some(Outcome::LoggedIn(logged_in)) })
-            }
-            Err(s) => {
-                let (error, description) = error_of(&s);
-                if error == "server_error" {
-                    tracing::warn!(code = ?s.code(), message = s.message(), "upstream login failed");
-                }
-                refuse(error, &description)
-            }
-        }
+            .complete_redirect(
+                tenant,
+                &request.client_id,
+                &found.connection,
+                &req.parameters,
+                &tx,
+                &req.address,
+                &grant,
+            )
+            .await?;
+        Ok(self.login_answer(tenant, request, &user.user_id, login))
     }
 }
 

@@ -79,6 +79,174 @@ pub struct CodeGrant {
     pub auth_time: i64,
 }
 
+/// What a browser login writes beside the user's record, in the same write transaction
+/// (one commit: on SQLite one fsync instead of one per row): the SSO session it starts and
+/// the application's code, both for the login's user, authenticated `now`; and, for a
+/// redirect login, the upstream login transaction it uses up.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginGrant<'a> {
+    /// The digest of the upstream login transaction's `state`, deleted first: when it is
+    /// gone (another callback with the same state completed it), nothing is written and the
+    /// write fails with [`StoreError::Used`].
+    pub upstream_state_hash: Option<&'a str>,
+    /// The upstream's tokens, sealed, to keep on the identity the login records
+    /// ([`Store::record_login`], [`Store::create_user_with_grant`]); `None` leaves them.
+    /// [`Store::create_login_grant`] records no identity and ignores them.
+    pub upstream_tokens: Option<&'a str>,
+    /// Now: the session's `auth_time` and the rows' creation time (unix microseconds).
+    pub now: i64,
+    /// The digest of the new session's cookie.
+    pub session_hash: &'a str,
+    /// When the session ends if unused (capped at `session_absolute_expire`).
+    pub session_idle_expire: i64,
+    /// When the session ends at the latest.
+    pub session_absolute_expire: i64,
+    /// The digest of the new code.
+    pub code_hash: &'a str,
+    /// When the code expires.
+    pub code_expire: i64,
+    /// The client the code is issued to.
+    pub client_id: &'a str,
+    /// The redirect URI of the authorization request.
+    pub redirect_uri: &'a str,
+    /// The granted scopes.
+    pub scope: &'a str,
+    /// The API of the access token; empty for none.
+    pub audience: &'a str,
+    /// The nonce for the ID token; empty for none.
+    pub nonce: &'a str,
+    /// The PKCE challenge (S256); empty for none.
+    pub code_challenge: &'a str,
+}
+
+impl LoginGrant<'_> {
+    /// The code's grant, for `user_id`.
+    fn code(&self, user_id: &str) -> CodeGrant {
+        CodeGrant {
+            client_id: self.client_id.to_owned(),
+            redirect_uri: self.redirect_uri.to_owned(),
+            user_id: user_id.to_owned(),
+            scope: self.scope.to_owned(),
+            audience: self.audience.to_owned(),
+            nonce: self.nonce.to_owned(),
+            code_challenge: self.code_challenge.to_owned(),
+            session_hash: self.session_hash.to_owned(),
+            auth_time: self.now,
+        }
+    }
+}
+
+/// Uses up the upstream login transaction `grant` names (if any), in the caller's write
+/// transaction: [`StoreError::Used`] when it is gone.
+pub(super) async fn take_upstream_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    grant: &LoginGrant<'_>,
+) -> Result<(), StoreError> {
+    let Some(state_hash) = grant.upstream_state_hash else { return Ok(()) };
+    let taken = sqlx::query("DELETE FROM upstream_transactions WHERE tenant = $1 AND state_hash = $2")
+        .bind(tenant)
+        .bind(state_hash)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if taken == 1 { Ok(()) } else { Err(StoreError::Used) }
+}
+
+/// Writes `grant`'s session and code for `user_id` and, when `identity` (connection id,
+/// source id) is named, the upstream tokens on it, in the caller's write transaction.
+pub(super) async fn insert_grant_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    user_id: &str,
+    identity: Option<(&str, &str)>,
+    grant: &LoginGrant<'_>,
+) -> Result<(), StoreError> {
+    if let (Some(identity), Some(sealed)) = (identity, grant.upstream_tokens) {
+        sqlx::query(
+            "UPDATE identities SET upstream_tokens = $4 WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
+        )
+        .bind(tenant)
+        .bind(identity.0)
+        .bind(identity.1)
+        .bind(sealed)
+        .execute(&mut **tx)
+        .await?;
+    }
+    insert_session(
+        &mut **tx,
+        tenant,
+        grant.session_hash,
+        user_id,
+        grant.now,
+        grant.session_idle_expire,
+        grant.session_absolute_expire,
+    )
+    .await?;
+    insert_code(&mut **tx, tenant, grant.code_hash, &grant.code(user_id), grant.now, grant.code_expire).await
+}
+
+async fn insert_session<'e, E>(
+    executor: E,
+    tenant: &str,
+    id_hash: &str,
+    user_id: &str,
+    now: i64,
+    idle_expire: i64,
+    absolute_expire: i64,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO sso_sessions (tenant, id_hash, user_id, auth_time, last_seen, idle_expire, absolute_expire) \
+         VALUES ($1, $2, $3, $4, $4, $5, $6)",
+    )
+    .bind(tenant)
+    .bind(id_hash)
+    .bind(user_id)
+    .bind(now)
+    .bind(idle_expire.min(absolute_expire))
+    .bind(absolute_expire)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+async fn insert_code<'e, E>(
+    executor: E,
+    tenant: &str,
+    code_hash: &str,
+    grant: &CodeGrant,
+    now: i64,
+    expire_time: i64,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO authorization_codes (tenant, code_hash, client_id, redirect_uri, user_id, scope, audience, \
+         nonce, code_challenge, session_hash, auth_time, create_time, expire_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(tenant)
+    .bind(code_hash)
+    .bind(&grant.client_id)
+    .bind(&grant.redirect_uri)
+    .bind(&grant.user_id)
+    .bind(&grant.scope)
+    .bind(&grant.audience)
+    .bind(&grant.nonce)
+    .bind(&grant.code_challenge)
+    .bind(&grant.session_hash)
+    .bind(grant.auth_time)
+    .bind(now)
+    .bind(expire_time)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// The outcome of redeeming a code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redeemed {
@@ -263,27 +431,7 @@ impl Store {
         now: i64,
         expire_time: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO authorization_codes (tenant, code_hash, client_id, redirect_uri, user_id, scope, audience, \
-             nonce, code_challenge, session_hash, auth_time, create_time, expire_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(tenant)
-        .bind(code_hash)
-        .bind(&grant.client_id)
-        .bind(&grant.redirect_uri)
-        .bind(&grant.user_id)
-        .bind(&grant.scope)
-        .bind(&grant.audience)
-        .bind(&grant.nonce)
-        .bind(&grant.code_challenge)
-        .bind(&grant.session_hash)
-        .bind(grant.auth_time)
-        .bind(now)
-        .bind(expire_time)
-        .execute(self.db.writer())
-        .await?;
-        Ok(())
+        insert_code(self.db.writer(), tenant, code_hash, grant, now, expire_time).await
     }
 
     /// Redeems a code once: the first redemption within its lifetime gets its grant and
@@ -351,18 +499,22 @@ impl Store {
         idle_expire: i64,
         absolute_expire: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sso_sessions (tenant, id_hash, user_id, auth_time, last_seen, idle_expire, absolute_expire) \
-             VALUES ($1, $2, $3, $4, $4, $5, $6)",
-        )
-        .bind(tenant)
-        .bind(id_hash)
-        .bind(user_id)
-        .bind(now)
-        .bind(idle_expire.min(absolute_expire))
-        .bind(absolute_expire)
-        .execute(self.db.writer())
-        .await?;
+        insert_session(self.db.writer(), tenant, id_hash, user_id, now, idle_expire, absolute_expire).await
+    }
+
+    /// Starts the SSO session of `grant` and issues its code for `user_id`, in one write
+    /// transaction: a login that wrote its user's record already (a password login, a
+    /// signup, a one-time code). Its `upstream_state_hash` is used up first when set.
+    pub async fn create_login_grant(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        grant: &LoginGrant<'_>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        take_upstream_in(&mut tx, tenant, grant).await?;
+        insert_grant_in(&mut tx, tenant, user_id, None, grant).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! Redirect logins' storage: the upstream login transactions (found by the digest of their
-//! `state`, used up in one `DELETE … RETURNING`, so that of two callbacks with the same
-//! state exactly one proceeds), the sealed upstream tokens of an identity, and the one-time
-//! values of upstream answers (SAML assertion ids) already accepted.
+//! `state`, and used up by one `DELETE`: in the write transaction that stores the login
+//! ([`LoginGrant`](super::oauth::LoginGrant)), or alone when a callback is refused; of two
+//! uses of the same state exactly one deletes it), the sealed upstream tokens of an identity,
+//! and the one-time values of upstream answers (SAML assertion ids) already accepted.
 
 use sqlx::Row;
 
@@ -47,6 +48,17 @@ pub struct UpstreamTransaction {
     pub expire_time: i64,
 }
 
+fn upstream_transaction(r: &sqlx::any::AnyRow) -> Result<UpstreamTransaction, StoreError> {
+    Ok(UpstreamTransaction {
+        binding_hash: r.try_get("binding_hash")?,
+        client_id: r.try_get("client_id")?,
+        connection: r.try_get("connection")?,
+        request: r.try_get("request")?,
+        sealed: r.try_get("sealed")?,
+        expire_time: r.try_get("expire_time")?,
+    })
+}
+
 impl Store {
     /// Stores an upstream login transaction.
     pub async fn create_upstream_transaction(&self, t: &NewUpstreamTransaction<'_>) -> Result<(), StoreError> {
@@ -84,17 +96,27 @@ impl Store {
         .bind(state_hash)
         .fetch_optional(self.db.writer())
         .await?;
-        row.map(|r| {
-            Ok(UpstreamTransaction {
-                binding_hash: r.try_get("binding_hash")?,
-                client_id: r.try_get("client_id")?,
-                connection: r.try_get("connection")?,
-                request: r.try_get("request")?,
-                sealed: r.try_get("sealed")?,
-                expire_time: r.try_get("expire_time")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(upstream_transaction).transpose()
+    }
+
+    /// The upstream login transaction of `state_hash`, live or expired, left in place: a
+    /// callback reads it, and uses it up with the login's one write
+    /// ([`LoginGrant::upstream_state_hash`](super::oauth::LoginGrant)) or with
+    /// [`Store::take_upstream_transaction`] when it refuses the callback.
+    pub async fn upstream_transaction(
+        &self,
+        tenant: &str,
+        state_hash: &str,
+    ) -> Result<Option<UpstreamTransaction>, StoreError> {
+        let row = sqlx::query(
+            "SELECT binding_hash, client_id, connection, request, sealed, expire_time FROM upstream_transactions \
+             WHERE tenant = $1 AND state_hash = $2",
+        )
+        .bind(tenant)
+        .bind(state_hash)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(upstream_transaction).transpose()
     }
 
     /// Records a one-time value of an upstream answer (a SAML assertion's id) for the

@@ -472,8 +472,9 @@ pub struct Completed {
 /// A source that logs users in by a redirect to an upstream and back (OIDC, OAuth2 social,
 /// SAML). The authenticator's hooks are `AuthnApi::begin_redirect` and
 /// `AuthnApi::complete_redirect`: it makes and stores the transaction, finds it again by
-/// `state` (or `RelayState`) at the callback and uses it up before `complete` runs, so a
-/// connector checks only what its protocol carries.
+/// `state` (or `RelayState`) at the callback and uses it up in the write that stores the
+/// login (at once when the callback is refused), so that of two callbacks with the same
+/// state at most one logs a user in, and a connector checks only what its protocol carries.
 #[async_trait]
 pub trait RedirectConnector: Send + Sync {
     /// Where to send the browser to log in at the upstream, and what to keep for
