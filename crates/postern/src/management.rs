@@ -94,7 +94,7 @@ impl State {
             };
             for (name, pool) in pools {
                 postern_common::telemetry::pool_gauges(
-                    *service,
+                    service,
                     name,
                     pool.size(),
                     pool.num_idle(),
