@@ -1,5 +1,5 @@
 //! The authenticator's caches, measured from outside: a warm login asks the registry nothing
-//! (the `postern_authn_connection_resolutions_total` counter on the gateway's `/metrics`
+//! (the `postern_authn_connection_resolutions_total` counter on the management port's `/metrics`
 //! stays put) and the tenant service nothing (`postern_authn_client_checks_total`), and a
 //! change in the registry or to the client reaches the authenticator at once. One test, alone
 //! in its binary, because the metrics recorder is one per process.
@@ -11,7 +11,7 @@ use postern_testkit::{Suite, eventually, http_get};
 use tonic::Code;
 
 async fn counter(suite: &Suite, name: &str) -> u64 {
-    let (code, _, body) = http_get(suite.http, "/metrics").await.expect("metrics");
+    let (code, _, body) = http_get(suite.management, "/metrics").await.expect("metrics");
     assert_eq!(code, 200);
     body.lines()
         .find(|l| l.starts_with(name))

@@ -198,6 +198,7 @@ async fn silent_and_idle_connections_are_closed_after_their_timeouts() {
         &[("POSTERN_HANDSHAKE_TIMEOUT_MS", "500"), ("POSTERN_IDLE_TIMEOUT_MS", "1000")],
     );
     let http = all.http.expect("http");
+    let management = all.management;
     let within = std::time::Duration::from_secs(20);
 
     let mut silent = tokio::net::TcpStream::connect(all.grpc).await.expect("connect");
@@ -220,7 +221,7 @@ async fn silent_and_idle_connections_are_closed_after_their_timeouts() {
     // An HTTP/2 connection whose call was answered: the server closes it once idle, and
     // counts it (a tonic channel over it reconnects on its next call).
     let idle_closed = || async move {
-        let (_, _, body) = postern_testkit::http_get(http, "/metrics").await.expect("metrics");
+        let (_, _, body) = postern_testkit::http_get(management, "/metrics").await.expect("metrics");
         body.lines()
             .find(|l| l.starts_with("postern_connections_timed_out_total{kind=\"idle\"}"))
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

@@ -716,7 +716,21 @@ impl AuthnApi {
         let attempt = if connector.brute_force_protection(conn) {
             match store.admit(tenant, &user_key, address, MAX_CONSECUTIVE_FAILURES, known).await? {
                 Some(attempt) => Some(attempt),
-                None => return Err(too_many_attempts()),
+                None => {
+                    // Attempts in flight count as failures until settled (`bruteforce`), so
+                    // a burst of correct ones can be refused too: the log says which case.
+                    postern_common::telemetry::refused("TOO_MANY_ATTEMPTS");
+                    tracing::warn!(
+                        reason = "TOO_MANY_ATTEMPTS",
+                        tenant,
+                        connection = %conn.connection.spec.name,
+                        address,
+                        user_id = local.as_ref().map_or("", |f| f.user_id.as_str()),
+                        max_consecutive_failures = MAX_CONSECUTIVE_FAILURES,
+                        "login refused: this user's failed and in-flight attempts from this address reached the limit"
+                    );
+                    return Err(too_many_attempts());
+                }
             }
         } else {
             None

@@ -314,10 +314,16 @@ impl AuthnApi {
                 ),
             )
         };
+        let refused = |by: &str| {
+            postern_common::telemetry::refused("PASSWORDLESS_RATE_LIMITED");
+            tracing::warn!(reason = "PASSWORDLESS_RATE_LIMITED", tenant, by, address, "passwordless code refused");
+        };
         if per_recipient > PER_RECIPIENT.max {
+            refused("recipient");
             return Err(limited("for this recipient", PER_RECIPIENT));
         }
         if per_address > PER_ADDRESS.max {
+            refused("address");
             return Err(limited("from this address", PER_ADDRESS));
         }
         Ok(())

@@ -253,6 +253,11 @@ impl Store {
         self.db.close().await;
     }
 
+    /// The database, for the management port's readiness check and pool gauges.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     // ---- users and identities ----
 
     /// Creates a user with its first identity, atomically. [`StoreError::AlreadyExists`] if

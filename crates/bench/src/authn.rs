@@ -87,7 +87,7 @@ async fn resolutions(s: &Setup) -> f64 {
 }
 
 async fn counter(s: &Setup, name: &str) -> f64 {
-    let Ok((_, _, body)) = http_get(s.suite.http, "/metrics").await else { return 0.0 };
+    let Ok((_, _, body)) = http_get(s.suite.management, "/metrics").await else { return 0.0 };
     body.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().last())

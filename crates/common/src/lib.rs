@@ -17,6 +17,7 @@
 //! - [`ids`], [`time`]: identifiers, secret hashes, timestamps.
 //! - [`seal`]: encryption at rest under the master key.
 //! - [`server`]: boxed backends, reflection, health, per-RPC spans, shutdown.
+//! - [`telemetry`]: per-method RPC metrics with gRPC code names, process and pool gauges.
 //! - `testing` (feature `testing`): real-peer rules and fresh PostgreSQL databases for tests.
 
 #![forbid(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod principal;
 pub mod scope;
 pub mod seal;
 pub mod server;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

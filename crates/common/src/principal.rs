@@ -205,10 +205,19 @@ impl InternalKey {
         mac.finalize().into_bytes().to_vec()
     }
 
-    /// The header value that vouches for `principal` calling `path` (`/pkg.Service/Method`).
+    /// The key's id: the first 12 hex digits of its SHA-256, which tells two keys apart in a
+    /// log line and tells nothing of the key.
+    pub fn key_id(&self) -> String {
+        let digest = <Sha256 as sha2::Digest>::digest(&self.0[..]);
+        hex::encode(&digest[..6])
+    }
+
+    /// The header value that vouches for `principal` calling `path` (`/pkg.Service/Method`),
+    /// naming the signing key by its [`key_id`](Self::key_id) so that a process holding
+    /// another key can say so.
     pub fn sign(&self, principal: &Principal, path: &str) -> HeaderValue {
         let expires = unix_now() + PRINCIPAL_LIFETIME_SECS;
-        let payload = format!("v1|{}|{expires}", principal.encode());
+        let payload = format!("v1|{}|{expires}|{}", principal.encode(), self.key_id());
         let sig = hex::encode(self.mac(&payload, path));
         // Tenant names, key ids and service names are ASCII, so this is a valid header.
         HeaderValue::from_str(&format!("{payload}|{sig}")).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -216,18 +225,70 @@ impl InternalKey {
 
     /// Checks a header value for `path`; `None` if it is forged, expired or malformed.
     pub fn verify(&self, value: &[u8], path: &str) -> Option<Principal> {
-        let value = std::str::from_utf8(value).ok()?;
-        let (payload, sig) = value.rsplit_once('|')?;
-        let sig = hex::decode(sig).ok()?;
-        if !crate::ids::constant_time_eq(&sig, &self.mac(payload, path)) {
-            return None;
-        }
+        self.check(value, path).ok()
+    }
+
+    /// Checks a header value for `path`, saying why it is refused.
+    pub fn check(&self, value: &[u8], path: &str) -> Result<Principal, Invalid> {
+        let value = std::str::from_utf8(value).map_err(|_| Invalid::Malformed)?;
+        let (payload, sig) = value.rsplit_once('|').ok_or(Invalid::Malformed)?;
+        let sig = hex::decode(sig).map_err(|_| Invalid::Malformed)?;
         let mut parts = payload.split('|');
-        let (version, principal, expires) = (parts.next()?, parts.next()?, parts.next()?);
-        if version != "v1" || parts.next().is_some() || expires.parse::<u64>().ok()? < unix_now() {
-            return None;
+        let (Some(version), Some(principal), Some(expires), Some(key_id), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Invalid::Malformed);
+        };
+        if !crate::ids::constant_time_eq(&sig, &self.mac(payload, path)) {
+            let own = self.key_id();
+            return Err(if key_id == own {
+                Invalid::Signature
+            } else {
+                // Unverified, so only a hint; but the likely case is a misconfiguration.
+                Invalid::OtherKey { signed_with: key_id.chars().take(12).collect(), expected: own }
+            });
         }
-        Principal::decode(principal)
+        if version != "v1" {
+            return Err(Invalid::Malformed);
+        }
+        if expires.parse::<u64>().map_err(|_| Invalid::Malformed)? < unix_now() {
+            return Err(Invalid::Expired);
+        }
+        Principal::decode(principal).ok_or(Invalid::Malformed)
+    }
+}
+
+/// Why a principal header was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not a principal header at all.
+    Malformed,
+    /// Signed with another internal key: the processes do not share `POSTERN_INTERNAL_KEY`.
+    OtherKey {
+        /// The key id the header names (unverified).
+        signed_with: String,
+        /// This process's key id.
+        expected: String,
+    },
+    /// It names this process's key but its signature does not match (altered, or bound to
+    /// another method).
+    Signature,
+    /// Signed correctly, but its short lifetime is over (clocks apart, or a replay).
+    Expired,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invalid::Malformed => f.write_str("the header is malformed"),
+            Invalid::OtherKey { signed_with, expected } => write!(
+                f,
+                "signed with internal key id {signed_with}, but this process holds internal key id {expected}: \
+                 the processes do not share POSTERN_INTERNAL_KEY"
+            ),
+            Invalid::Signature => f.write_str("the signature does not match (altered, or made for another method)"),
+            Invalid::Expired => f.write_str("expired (are the processes' clocks apart?)"),
+        }
     }
 }
 
@@ -332,12 +393,12 @@ where
         req.extensions_mut().remove::<PeerAddr>();
         let peer = req.headers_mut().remove(PEER_HEADER);
         if let Some(value) = req.headers_mut().remove(PRINCIPAL_HEADER) {
-            match self.key.verify(value.as_bytes(), req.uri().path()) {
-                Some(Principal::Anonymous) if !self.public.contains(&req.uri().path()) => {
+            match self.key.check(value.as_bytes(), req.uri().path()) {
+                Ok(Principal::Anonymous) if !self.public.contains(&req.uri().path()) => {
                     let status = key_missing();
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
-                Some(p) => {
+                Ok(p) => {
                     if let Err(status) = check_scopes(&p, self.scopes, req.uri().path()) {
                         return Box::pin(async move { Ok(status.into_http()) });
                     }
@@ -346,7 +407,13 @@ where
                         req.extensions_mut().insert(PeerAddr(ip));
                     }
                 }
-                None => {
+                Err(why) => {
+                    crate::telemetry::refused("PRINCIPAL_INVALID");
+                    tracing::warn!(
+                        reason = "PRINCIPAL_INVALID",
+                        method = %req.uri().path(),
+                        "call refused: its caller identity header is not valid: {why}"
+                    );
                     let status = unauthenticated("PRINCIPAL_INVALID", "the caller identity header is not valid");
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
@@ -446,8 +513,15 @@ mod tests {
         assert_eq!(key.verify(v.as_bytes(), "/postern.tenant.v1.TenantService/GetTenant"), Some(p));
         // Bound to the method.
         assert_eq!(key.verify(v.as_bytes(), "/postern.tenant.v1.TenantService/DeleteTenant"), None);
-        // Another key does not verify it.
-        assert_eq!(InternalKey::generate().verify(v.as_bytes(), "/postern.tenant.v1.TenantService/GetTenant"), None);
+        // Another key does not verify it, and says which key it expected.
+        let other = InternalKey::generate();
+        assert_eq!(
+            other.check(v.as_bytes(), "/postern.tenant.v1.TenantService/GetTenant"),
+            Err(Invalid::OtherKey { signed_with: key.key_id(), expected: other.key_id() })
+        );
+        assert_eq!(key.check(v.as_bytes(), "/postern.tenant.v1.TenantService/DeleteTenant"), Err(Invalid::Signature));
+        assert_ne!(key.key_id(), other.key_id());
+        assert!(!key.key_id().is_empty() && !key.to_hex().contains(&key.key_id()));
         // A caller cannot promote itself.
         let forged = String::from_utf8_lossy(v.as_bytes()).replace("tenant:fabrikam-public:key_1", "admin");
         assert_eq!(key.verify(forged.as_bytes(), "/postern.tenant.v1.TenantService/GetTenant"), None);

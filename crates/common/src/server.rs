@@ -1,6 +1,6 @@
 //! Serving and calling: the boxed HTTP service every backend is reached through (in process
-//! or over a channel), server reflection and health, the per-RPC tracing span, and the
-//! shutdown signal.
+//! or over a channel), server reflection and health, the per-RPC tracing span and metrics,
+//! and the shutdown signal.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -144,7 +144,9 @@ pub async fn closing(connections: Connections, shutdown: impl std::future::Futur
 }
 
 /// A tracing span per RPC, carrying the method, the request id and the W3C trace id that
-/// the gateway propagates.
+/// the gateway propagates, and the RPC's count and latency by method and status
+/// ([`crate::telemetry`], side [`Side::Server`](crate::telemetry::Side::Server)): every
+/// backend's routes are served through it, in process and alone.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RpcSpanLayer;
 
@@ -161,14 +163,16 @@ pub struct RpcSpan<S> {
     inner: S,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for RpcSpan<S>
+impl<S, B, ResBody> tower::Service<http::Request<B>> for RpcSpan<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -184,7 +188,8 @@ where
             request_id = %header(REQUEST_ID_HEADER),
             trace_id = %trace_id,
         );
-        self.inner.call(req).instrument(span).boxed()
+        let call = crate::telemetry::Call::start(crate::telemetry::Side::Server, req.uri().path());
+        self.inner.call(req).map(|answer| answer.map(|response| call.observe(response))).instrument(span).boxed()
     }
 }
 

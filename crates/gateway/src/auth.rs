@@ -63,7 +63,21 @@ impl KeyAuthenticator {
         // Before asking: an event that lands while the answer is on its way retires it.
         let (changes, asked) = (self.coherence.changes(), Instant::now());
         let answer = client.authenticate_key(AuthenticateKeyRequest { key: key.to_owned() }).await.map_err(|s| {
-            if s.code() == Code::Unauthenticated {
+            let reason = tonic_types::StatusExt::get_error_details(&s).error_info().map(|i| i.reason.clone());
+            if reason.as_deref() == Some("PRINCIPAL_INVALID") {
+                // The tenant service refused the gateway itself, not the caller's key.
+                tracing::error!(
+                    gateway_key_id = %self.internal_key.key_id(),
+                    "the tenant service refused this gateway's signed identity: the processes do not share \
+                     POSTERN_INTERNAL_KEY (or their clocks are apart); the tenant service's log says which key it holds"
+                );
+                postern_common::error::status(
+                    Code::Internal,
+                    "INTERNAL_KEY_MISMATCH",
+                    "cannot check the bearer key: the gateway is misconfigured (its internal key is not the tenant \
+                     service's); retry later",
+                )
+            } else if s.code() == Code::Unauthenticated {
                 postern_common::error::unauthenticated(
                     "API_KEY_INVALID",
                     "the bearer key is unknown, revoked or expired",

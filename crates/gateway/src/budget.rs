@@ -99,8 +99,9 @@ impl RequestBudget {
             Ok(Ok(permit)) => permit,
             // The semaphore is never closed; a timeout is the budget being spent.
             Ok(Err(_)) | Err(_) => {
-                metrics::counter!("postern_gateway_request_budget_refusals_total").increment(1);
+                postern_common::telemetry::refused(REQUEST_BUDGET_EXHAUSTED);
                 tracing::warn!(
+                    reason = REQUEST_BUDGET_EXHAUSTED,
                     message_bytes = length,
                     budget_bytes = self.bytes,
                     "call refused: the request memory budget stayed spent"

@@ -15,7 +15,7 @@
 //! - [`auth`]: bearer keys to principals, with a cache.
 //! - [`events`]: the tenant event log, which retires what the caches hold.
 //! - [`proxy`]: the forwarding path.
-//! - [`web`]: the HTTP port (`/healthz`, `/metrics`, and routes other crates add: the
+//! - [`web`]: the HTTP port (`/healthz`, and routes other crates add: the
 //!   OpenID provider of `postern-provider`).
 
 #![forbid(unsafe_code)]

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use postern_common::telemetry;
+
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -97,24 +99,19 @@ impl tower::Service<Request<Body>> for Proxy {
             req.headers_mut().insert(TRACEPARENT_HEADER, v);
         }
         async move {
-            let started = Instant::now();
+            let call = telemetry::Call::start(telemetry::Side::Gateway, &path);
             let service = path.trim_start_matches('/').split('/').next().unwrap_or("").to_owned();
-            let mut response = match inner.forward(req, &path, &service).await {
+            let response = match inner.forward(req, &path, &service).await {
                 Ok(r) => r,
                 Err(s) => s.into_http(),
             };
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .unwrap_or(0);
-            if code != 0 {
-                tracing::info!(code = ?Code::from_i32(code), "call refused or failed");
+            // A status in the headers is an answer without a body (every refusal); the
+            // status of any other comes in its trailers, which the observer reads.
+            let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok());
+            if let Some(code) = code.filter(|c| *c != 0) {
+                tracing::info!(code = telemetry::code_name(code), "call refused or failed");
             }
-            metrics::counter!("postern_gateway_requests_total", "service" => service.clone(), "code" => format!("{:?}", Code::from_i32(code)))
-                .increment(1);
-            metrics::histogram!("postern_gateway_request_seconds", "service" => service).record(started.elapsed().as_secs_f64());
+            let mut response = call.observe(response);
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, v);
             }
@@ -216,10 +213,19 @@ impl Inner {
         }
     }
 
+    /// Counts a call against `key` (`admin`, `key:<key id>`, `service:<name>` or
+    /// `addr:<address>`; never a secret), refusing it `RATE_LIMITED` over the limit.
     fn check_rate(&self, key: &str) -> Result<(), Status> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
         limiter.check_key(&key.to_owned()).map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            telemetry::refused("RATE_LIMITED");
+            tracing::warn!(
+                reason = "RATE_LIMITED",
+                counted_by = key,
+                retry_after_ms = wait.as_millis() as u64,
+                "call refused: over the rate limit of its key or address (POSTERN_RATE_LIMIT, POSTERN_RATE_BURST)"
+            );
             let mut details = tonic_types::ErrorDetails::new();
             details.set_retry_info(Some(wait));
             details.set_error_info(

@@ -1,14 +1,11 @@
-//! The HTTP port: `/healthz` (200 when every backend is up, 503 otherwise) and `/metrics`
-//! (Prometheus text). Other pieces (the OpenID provider of `postern-provider`) merge their
+//! The HTTP port: `/healthz` (200 when every backend is up, 503 otherwise). Metrics are not
+//! here but on the process's management port (the binary's `management` module). Other pieces (the OpenID provider of `postern-provider`) merge their
 //! own routes into the router this returns; their handlers find the peer's address as a
 //! [`PeerAddr`] extension.
-
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::routing::get;
 
 use postern_common::connections::{ConnInfo, Connections, LimitedStream, TrackLayer};
@@ -16,34 +13,26 @@ use postern_common::principal::PeerAddr;
 
 use crate::routing::RouteTable;
 
-/// Renders the metrics in Prometheus text format.
-pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
-
 /// The HTTP routes of the gateway.
-pub fn router(routes: RouteTable, metrics: MetricsRender) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(move || {
-                let routes = routes.clone();
-                async move {
-                    let body: String = routes
-                        .services()
-                        .iter()
-                        .map(|s| {
-                            let up = routes.get(s).is_some_and(crate::routing::Backend::is_serving);
-                            format!("{s} {}\n", if up { "SERVING" } else { "NOT_SERVING" })
-                        })
-                        .collect();
-                    let code = if routes.all_serving() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                    (code, body)
-                }
-            }),
-        )
-        .route("/metrics", get(move || {
-            let metrics = metrics.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics()).into_response() }
-        }))
+pub fn router(routes: RouteTable) -> Router {
+    Router::new().route(
+        "/healthz",
+        get(move || {
+            let routes = routes.clone();
+            async move {
+                let body: String = routes
+                    .services()
+                    .iter()
+                    .map(|s| {
+                        let up = routes.get(s).is_some_and(crate::routing::Backend::is_serving);
+                        format!("{s} {}\n", if up { "SERVING" } else { "NOT_SERVING" })
+                    })
+                    .collect();
+                let code = if routes.all_serving() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                (code, body)
+            }
+        }),
+    )
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, accepting through

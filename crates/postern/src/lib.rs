@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod management;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,9 +46,14 @@ pub struct Settings {
     /// The gRPC address to listen on (the gateway's, or the service's when it runs alone).
     #[arg(long, env = "POSTERN_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// The HTTP address of the gateway (health, metrics, and later JWKS and discovery).
+    /// The HTTP address of the gateway (backend health, the OpenID provider).
     #[arg(long, env = "POSTERN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
+    /// The management address of every process, gateway and services alike: `/metrics`,
+    /// `/health/live`, `/health/ready`, `/health/started` (Keycloak's port 9000 likewise).
+    /// Loopback by default: expose it only to the scraper and the orchestrator.
+    #[arg(long, env = "POSTERN_MANAGEMENT_LISTEN", default_value = "127.0.0.1:9000")]
+    pub management_listen: SocketAddr,
     /// Where the SQLite databases (one per service) and generated keys live.
     #[arg(long, env = "POSTERN_DATA_DIR", default_value = "./postern-data")]
     pub data_dir: PathBuf,
@@ -240,6 +247,8 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// The HTTP address, when this process serves one.
     pub http: Option<SocketAddr>,
+    /// The management address (metrics and health).
+    pub management: SocketAddr,
 }
 
 /// Runs `component` with `settings` until `shutdown` flips to true. `on_bound` hears the
@@ -283,6 +292,7 @@ pub async fn run(
                 route(&mut routes, info, Backend::new(vec![Endpoint::in_process(backend)]));
             }
             let services = [authn, registry, tenant];
+            let dbs = services.iter().map(|s| (s.info.label, s.db.clone())).collect();
             let stopping = stop();
             let on_stop: Vec<_> = services.iter().map(|s| s.on_stop.clone()).collect();
             tokio::spawn(async move {
@@ -296,7 +306,7 @@ pub async fn run(
                 }
                 on_bound(bound);
             };
-            let served = serve_gateway(routes, internal_key, &settings, connections, stop, on_bound).await;
+            let served = serve_gateway(routes, internal_key, &settings, connections, dbs, stop, on_bound).await;
             // Closing gives each SQLite file up (its lock) even while tasks still hold handles.
             for service in services {
                 service.close.await;
@@ -322,7 +332,7 @@ pub async fn run(
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 route(&mut routes, info, Backend::new(endpoints));
             }
-            serve_gateway(routes, internal_key, &settings, connections, stop, on_bound).await
+            serve_gateway(routes, internal_key, &settings, connections, Vec::new(), stop, on_bound).await
         }
         Component::Registry => {
             let [tenant_url] = settings.tenant_url.as_slice() else {
@@ -361,6 +371,8 @@ pub async fn run(
 struct ServiceInfo {
     /// For logs and errors.
     name: &'static str,
+    /// For metric labels.
+    label: &'static str,
     /// The gRPC services it serves, by full name.
     services: &'static [&'static str],
     /// The methods only other Postern services may call (never routed).
@@ -371,18 +383,21 @@ struct ServiceInfo {
 
 const TENANT: ServiceInfo = ServiceInfo {
     name: "tenant service",
+    label: "tenant",
     services: postern_tenant::SERVICES,
     internal: postern_tenant::INTERNAL_METHODS,
     public: postern_tenant::PUBLIC_METHODS,
 };
 const REGISTRY: ServiceInfo = ServiceInfo {
     name: "connection registry",
+    label: "registry",
     services: postern_registry::SERVICES,
     internal: postern_registry::INTERNAL_METHODS,
     public: postern_registry::PUBLIC_METHODS,
 };
 const AUTHN: ServiceInfo = ServiceInfo {
     name: "authenticator",
+    label: "authn",
     services: postern_authn::SERVICES,
     internal: postern_authn::INTERNAL_METHODS,
     public: postern_authn::PUBLIC_METHODS,
@@ -398,6 +413,8 @@ struct Started {
     on_stop: Arc<dyn Fn() + Send + Sync>,
     /// Closes the store, giving an SQLite file's lock up even while tasks still hold handles.
     close: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// The store's database, for the management port (readiness, pool gauges).
+    db: postern_common::db::Db,
 }
 
 /// Adds a backend service's methods to the gateway's route table.
@@ -417,7 +434,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let Started { info, routes, on_stop, close } = service;
+    let Started { info, routes, on_stop, close, db } = service;
     let stopping = stop();
     tokio::spawn(async move {
         stopping.await;
@@ -425,12 +442,20 @@ where
     });
     let listener =
         TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let management = management::Management::bind(settings.management_listen, vec![(info.label, db)]).await?;
     let grpc = listener.local_addr()?;
-    on_bound(Bound { grpc, http: None });
+    on_bound(Bound { grpc, http: None, management: management.local_addr()? });
     tracing::info!(%grpc, "{} listening", info.name);
-    postern_common::server::serve_backend(listener, routes, info.services, connections, stop())
-        .await
-        .map_err(|e| anyhow::anyhow!("{} failed: {e}", info.name))?;
+    let (state, task) = management.spawn();
+    let stopping = stop();
+    let draining = state.clone();
+    tokio::spawn(async move {
+        stopping.await;
+        draining.set_serving(false);
+    });
+    let served = postern_common::server::serve_backend(listener, routes, info.services, connections, stop()).await;
+    task.abort();
+    served.map_err(|e| anyhow::anyhow!("{} failed: {e}", info.name))?;
     close.await;
     Ok(())
 }
@@ -445,6 +470,7 @@ async fn start_tenant(settings: &Settings, internal_key: InternalKey) -> anyhow:
         info: &TENANT,
         routes,
         on_stop: Arc::new(move || streams.shutdown_streams()),
+        db: store.db().clone(),
         close: Box::pin(async move { store.close().await }),
     })
 }
@@ -487,6 +513,7 @@ async fn start_registry(
         info: &REGISTRY,
         routes: registry.routes(),
         on_stop: Arc::new(move || registry.shutdown()),
+        db: store.db().clone(),
         close: Box::pin(async move { store.close().await }),
     })
 }
@@ -536,6 +563,7 @@ async fn start_authn(
         info: &AUTHN,
         routes: postern_authn::routes(api, internal_key.clone()),
         on_stop: Arc::new(|| {}),
+        db: store.db().clone(),
         close: Box::pin(async move { store.close().await }),
     };
     Ok((started, public_url))
@@ -615,6 +643,7 @@ async fn serve_gateway<F, Fut>(
     internal_key: InternalKey,
     settings: &Settings,
     connections: Connections,
+    dbs: Vec<(&'static str, postern_common::db::Db)>,
     stop: F,
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()>
@@ -637,8 +666,12 @@ where
     let http_listener = TcpListener::bind(settings.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http_listen))?;
-    let bound = Bound { grpc: listener.local_addr()?, http: Some(http_listener.local_addr()?) };
-    let metrics = metrics_render();
+    let management = management::Management::bind(settings.management_listen, dbs).await?;
+    let bound = Bound {
+        grpc: listener.local_addr()?,
+        http: Some(http_listener.local_addr()?),
+        management: management.local_addr()?,
+    };
     let authn_backend = gateway.routes().get("postern.authn.v1.OAuthService").cloned();
     let provider = postern_provider::router(postern_provider::ProviderConfig {
         authn: std::sync::Arc::new(move || authn_backend.as_ref().and_then(|b| b.pick()).map(|e| e.service())),
@@ -646,36 +679,22 @@ where
         secure_cookies: settings.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
         coherence: gateway.coherence(),
     });
-    let web = postern_gateway::web::router(gateway.routes().clone(), metrics).merge(provider);
-    tracing::info!(grpc = %bound.grpc, http = ?bound.http, "gateway listening");
+    let web = postern_gateway::web::router(gateway.routes().clone()).merge(provider);
+    tracing::info!(grpc = %bound.grpc, http = ?bound.http, management = %bound.management, "gateway listening");
     on_bound(bound);
+    let (state, task) = management.spawn();
+    let stopping = stop();
+    let draining = state.clone();
+    tokio::spawn(async move {
+        stopping.await;
+        draining.set_serving(false);
+    });
     let http = tokio::spawn(postern_gateway::web::serve(http_listener, web, connections, stop()));
-    gateway.serve(listener, stop()).await?;
+    let served = gateway.serve(listener, stop()).await;
+    task.abort();
+    served?;
     http.await.context("HTTP server task")?.context("HTTP server")?;
     Ok(())
-}
-
-/// Installs the Prometheus recorder once per process and returns its renderer.
-fn metrics_render() -> postern_gateway::web::MetricsRender {
-    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
-        std::sync::OnceLock::new();
-    let handle = HANDLE
-        .get_or_init(|| {
-            let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()?;
-            // Histogram samples pile up until drained: drain them now and then, so that a
-            // server nobody scrapes does not grow without bound.
-            let upkeep = handle.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-                loop {
-                    tick.tick().await;
-                    upkeep.run_upkeep();
-                }
-            });
-            Some(handle)
-        })
-        .clone();
-    Arc::new(move || handle.as_ref().map(|h| h.render()).unwrap_or_default())
 }
 
 /// The internal key: configured, or for split processes the shared file in the data dir,

@@ -19,8 +19,39 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// How log lines are written to standard error: `text` (colour only on a terminal and
+    /// without NO_COLOR), or `json`, one object a line (for a log collector).
+    #[arg(long, env = "POSTERN_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, the event's fields at the top level beside `timestamp`,
+    /// `level`, `target` and `message`, and the spans' fields (method, request id, trace id)
+    /// under `span` and `spans`.
+    Json,
+}
+
+/// Logs to standard error, filtered by POSTERN_LOG (default `info`), in `format`.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_env("POSTERN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => {
+            // Escape codes only for a person at a terminal, and never against NO_COLOR
+            // (no-color.org: set and not empty).
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder.with_ansi(std::io::stderr().is_terminal() && !no_color).init();
+        }
+    }
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -79,9 +110,8 @@ fn default_health_address() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("POSTERN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match cli.command {
         Command::Serve { component, settings } => {
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -99,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(http) = bound.http {
                     println!("postern: HTTP listening on {http}");
                 }
+                println!("postern: management listening on {}", bound.management);
             })
             .await?;
             tracing::info!("stopped");

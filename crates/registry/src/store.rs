@@ -274,6 +274,11 @@ impl Store {
         self.db.close().await;
     }
 
+    /// The database, for the management port's readiness check and pool gauges.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// Inserts a connection with its domain index into the tenant called `tenant` that was
     /// created at `tenant_create_time`; [`StoreError::AlreadyExists`] if the tenant has one of
     /// that name, [`StoreError::TenantDeleted`] if that tenant's deletion was applied already.

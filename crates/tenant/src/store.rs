@@ -213,6 +213,11 @@ impl Store {
         self.db.close().await;
     }
 
+    /// The database, for the management port's readiness check and pool gauges.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     // ---- tenants ----
 
     /// Inserts a tenant; [`StoreError::AlreadyExists`] if the name is taken.

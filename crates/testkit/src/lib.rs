@@ -57,6 +57,7 @@ pub fn settings(data_dir: &Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
         http_listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        management_listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
         data_dir: data_dir.to_owned(),
         database_url: None,
         admin_key: Some(ADMIN_KEY.to_owned()),
@@ -87,6 +88,8 @@ pub struct Suite {
     pub grpc: SocketAddr,
     /// The gateway's HTTP address.
     pub http: SocketAddr,
+    /// The management address (metrics and health).
+    pub management: SocketAddr,
     /// The data directory (kept until the suite is dropped, unless given by the caller).
     pub data_dir: PathBuf,
     stop: tokio::sync::watch::Sender<bool>,
@@ -130,6 +133,7 @@ impl Suite {
         Ok(Self {
             grpc: bound.grpc,
             http: bound.http.ok_or_else(|| anyhow::anyhow!("no HTTP address"))?,
+            management: bound.management,
             data_dir,
             stop,
             task,

@@ -13,6 +13,8 @@ pub struct Process {
     pub grpc: SocketAddr,
     /// The HTTP address it printed, if it serves one.
     pub http: Option<SocketAddr>,
+    /// The management address it printed (metrics and health).
+    pub management: SocketAddr,
     /// Everything it printed to standard output before it was ready.
     pub stdout: Vec<String>,
 }
@@ -32,8 +34,13 @@ impl Process {
 
     /// Runs `cmd`, which must end up running `postern serve …` (through a shell that sets a
     /// umask or a resource limit first, say, and `exec`s it), and waits until it prints
-    /// where it listens (the HTTP address too when `wants_http`).
+    /// where it listens (the HTTP address too when `wants_http`). Unless `cmd` sets
+    /// POSTERN_MANAGEMENT_LISTEN, the management port is a free one (the default, 9000, is
+    /// one port for every test).
     pub fn spawn(mut cmd: Command, wants_http: bool) -> anyhow::Result<Self> {
+        if !cmd.get_envs().any(|(k, v)| k == "POSTERN_MANAGEMENT_LISTEN" && v.is_some()) {
+            cmd.env("POSTERN_MANAGEMENT_LISTEN", "127.0.0.1:0");
+        }
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
@@ -49,7 +56,8 @@ impl Process {
         let mut lines = Vec::new();
         let mut grpc = None;
         let mut http = None;
-        while grpc.is_none() || (wants_http && http.is_none()) {
+        let mut management = None;
+        while grpc.is_none() || (wants_http && http.is_none()) || management.is_none() {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .map_err(|_| anyhow::anyhow!("postern did not report its addresses; it printed: {lines:?}"))?;
@@ -59,10 +67,17 @@ impl Process {
             if let Some(a) = line.strip_prefix("postern: HTTP listening on ") {
                 http = Some(a.parse()?);
             }
+            if let Some(a) = line.strip_prefix("postern: management listening on ") {
+                management = Some(a.parse()?);
+            }
             lines.push(line);
         }
         std::thread::spawn(move || while rx.recv().is_ok() {});
-        Ok(Self { child, grpc: grpc.unwrap_or_else(|| unreachable!()), http, stdout: lines })
+        let (grpc, management) = match (grpc, management) {
+            (Some(g), Some(m)) => (g, m),
+            _ => unreachable!("the loop ends once both are known"),
+        };
+        Ok(Self { child, grpc, http, management, stdout: lines })
     }
 
     /// The process id (to read its `/proc/<pid>/status`, say).
