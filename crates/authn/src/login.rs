@@ -31,6 +31,17 @@ use crate::store::{Admitted, LoginFound, LoginUpdate, NewUser, Recorded, StoreEr
 use crate::tokens::{self, ProfileClaims, TokenRequest};
 use crate::validate::{check_email, check_tenant, required};
 
+/// A redirect login's callback as it reached Postern: the upstream's answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Callback<'a> {
+    /// The callback's parameters (query or form).
+    pub params: &'a std::collections::HashMap<String, String>,
+    /// The upstream login transaction the callback's state named.
+    pub transaction: &'a RedirectTransaction,
+    /// The browser's address.
+    pub address: &'a str,
+}
+
 /// A login by username (or email) and password through a database connection.
 #[derive(Debug, Clone, Copy)]
 pub struct PasswordLogin<'a> {
@@ -466,7 +477,7 @@ impl AuthnApi {
         Some(self.connectors.redirect(conn.connection.spec.strategy).is_some())
     }
 
-    /// Completes a redirect login with the upstream's answer (`params`, the callback's
+    /// Completes a redirect login with the upstream's answer (`callback`: the callback's
     /// parameters): the user, created or updated under the connection's profile-sync rule,
     /// with the upstream's tokens sealed on its identity when the connector answers them,
     /// and `grant` (the login's session and code, and the upstream transaction it uses up),
@@ -478,11 +489,10 @@ impl AuthnApi {
         tenant: &str,
         client_id: &str,
         connection: &str,
-        params: &std::collections::HashMap<String, String>,
-        tx: &RedirectTransaction,
-        address: &str,
+        callback: Callback<'_>,
         grant: &crate::store::oauth::LoginGrant<'_>,
     ) -> Result<User, Status> {
+        let Callback { params, transaction: tx, address } = callback;
         let conn = self.cache.resolve(tenant, client_id, connection).await?;
         let connector = self.redirect_connector(&conn)?;
         let completed = connector.complete(tenant, &conn, params, tx).await.map_err(connector_status)?;

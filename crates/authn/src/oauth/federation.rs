@@ -277,9 +277,7 @@ impl OAuthApi {
                 tenant,
                 &request.client_id,
                 &found.connection,
-                &req.parameters,
-                &tx,
-                &req.address,
+                crate::login::Callback { params: &req.parameters, transaction: &tx, address: &req.address },
                 &grant,
             )
             .await?;
