@@ -79,20 +79,36 @@ fn signup(tenant: &str, client: &pb::Client, connection: &str, email: &str) -> a
     }
 }
 
-fn enablement(tenant: &str, connection: &str, client: &pb::Client) -> (String, String, String) {
-    (tenant.to_owned(), connection.to_owned(), client.client_id.clone())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_change_through_one_replica_is_in_force_at_the_other_at_once() {
-    let Some(base) = postgres("a_change_through_one_replica_is_in_force_at_the_other_at_once") else { return };
-    let db = TestDatabase::create(&base).await.expect("database");
+/// A fresh PostgreSQL database, migrated as an operator does before starting replicas.
+async fn migrated_database(base: &str) -> TestDatabase {
+    let db = TestDatabase::create(base).await.expect("database");
     let migrated = output_within(
         Command::new(BIN).arg("migrate").env("POSTERN_DATABASE_URL", &db.url).env("POSTERN_LOG", "warn"),
         Duration::from_secs(120),
     )
     .expect("postern migrate runs");
     assert!(migrated.status.success(), "postern migrate: {}", String::from_utf8_lossy(&migrated.stderr));
+    db
+}
+
+/// A new API key of `tenant`, created through `via`.
+async fn new_key(via: &mut Clients, tenant: &str, trial: usize) -> pb::ApiKey {
+    via.keys
+        .create_api_key(pb::CreateApiKeyRequest {
+            tenant: tenant.into(),
+            api_key: Some(pb::ApiKey { description: format!("ci {trial}"), ..Default::default() }),
+        })
+        .await
+        .expect("key")
+        .into_inner()
+        .api_key
+        .expect("key")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_through_one_replica_is_in_force_at_the_other_at_once() {
+    let Some(base) = postgres("a_change_through_one_replica_is_in_force_at_the_other_at_once") else { return };
+    let db = migrated_database(&base).await;
     let temp = tempfile::tempdir().expect("tempdir");
     let a = replica(&temp.path().join("a"), &db.url);
     let b = replica(&temp.path().join("b"), &db.url);
@@ -118,7 +134,7 @@ async fn a_change_through_one_replica_is_in_force_at_the_other_at_once() {
     //    enabled again through B: A logs in again.
     for trial in 0..TRIALS {
         at_b.authn.login(login(tenant, &client, "employees")).await.expect("login at B before");
-        let (t, c, id) = enablement(tenant, "employees", &client);
+        let (t, c, id) = (tenant.to_owned(), "employees".to_owned(), client.client_id.clone());
         at_a.connections
             .disable_client(conn::DisableClientRequest {
                 tenant: t.clone(),
@@ -219,17 +235,7 @@ async fn a_change_through_one_replica_is_in_force_at_the_other_at_once() {
 
     // 4. An API key revoked through A stops working at B (the tenant service's event log).
     for trial in 0..TRIALS {
-        let created = at_a
-            .keys
-            .create_api_key(pb::CreateApiKeyRequest {
-                tenant: tenant.into(),
-                api_key: Some(pb::ApiKey { description: format!("ci {trial}"), ..Default::default() }),
-            })
-            .await
-            .expect("key")
-            .into_inner()
-            .api_key
-            .expect("key");
+        let created = new_key(&mut at_a, tenant, trial).await;
         let mut with_key = Clients::new(channel(b.grpc).await, &created.key);
         with_key.tenants.get_tenant(pb::GetTenantRequest { name: tenant.into() }).await.expect("the key works at B");
         at_a.keys
@@ -351,13 +357,7 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_of_each_service_behind_one_gateway_agree_at_once() {
     let Some(base) = postgres("two_replicas_of_each_service_behind_one_gateway_agree_at_once") else { return };
-    let db = TestDatabase::create(&base).await.expect("database");
-    let migrated = output_within(
-        Command::new(BIN).arg("migrate").env("POSTERN_DATABASE_URL", &db.url).env("POSTERN_LOG", "warn"),
-        Duration::from_secs(120),
-    )
-    .expect("postern migrate runs");
-    assert!(migrated.status.success(), "postern migrate: {}", String::from_utf8_lossy(&migrated.stderr));
+    let db = migrated_database(&base).await;
     let temp = tempfile::tempdir().expect("tempdir");
     let internal = "d".repeat(64);
     let url = db.url.as_str();
@@ -432,17 +432,7 @@ async fn two_replicas_of_each_service_behind_one_gateway_agree_at_once() {
         ));
     }
     for trial in 0..TRIALS {
-        let created = admin
-            .keys
-            .create_api_key(pb::CreateApiKeyRequest {
-                tenant: tenant.into(),
-                api_key: Some(pb::ApiKey { description: format!("ci {trial}"), ..Default::default() }),
-            })
-            .await
-            .expect("key")
-            .into_inner()
-            .api_key
-            .expect("key");
+        let created = new_key(&mut admin, tenant, trial).await;
         let with_key = Clients::new(channel(gateway.grpc).await, &created.key);
         let works = |c: &Clients| {
             let mut c = c.clone();

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::api::RegistryApi;
 use crate::domain::{ConnectionRef, Secrets};
-use crate::store::{ChangeKind, LoggedChange, StoreError};
+use crate::store::{ChangeKind, LoggedChange};
 use crate::watch::Change;
 
 /// How many entries are read at a time.
@@ -30,11 +30,6 @@ pub(crate) const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 const KEEP: Duration = Duration::from_secs(24 * 3600);
 /// How often old entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// The sequence the follower starts after: the end of the log when the process starts.
-pub(crate) async fn start_point(api: &RegistryApi) -> Result<i64, StoreError> {
-    api.store.last_change_sequence().await
-}
 
 /// Publishes every change logged after `after`, then each new one, until `closing` turns
 /// true. A failed read is retried (logged once per outage); nothing is skipped.

@@ -142,7 +142,8 @@ impl Registry {
         let tenant = SignLayer::new(key.clone(), Principal::Service(SERVICE_NAME.to_owned())).layer(tenant);
         let changes = watch::Changes::new();
         let api = RegistryApi::new(store, master_key, tenant.clone(), changes.clone());
-        let after = change_log::start_point(&api).await?;
+        // The follower starts at the log's end: streams are live.
+        let after = api.store.last_change_sequence().await?;
         changes.published_up_to(after);
         let change_log = tokio::spawn(change_log::follow(api.clone(), after, changes.closing()));
         let follower = tokio::spawn(tenant_events::follow(api.clone(), tenant, changes.closing()));
