@@ -557,6 +557,135 @@ async fn home_realm_discovery_names_the_organization() {
     suite.stop().await.expect("stop");
 }
 
+/// `url` with its query parameter `key` set to `value` (replacing any).
+fn with_param(url: &str, key: &str, value: &str) -> String {
+    let mut url = url::Url::parse(url).expect("url");
+    let kept: Vec<(String, String)> = url.query_pairs().into_owned().filter(|(k, _)| k != key).collect();
+    url.query_pairs_mut().clear().extend_pairs(kept).append_pair(key, value);
+    url.into()
+}
+
+/// The claims of a JWT access token, its signature checked against the tenant's keys.
+async fn access_claims(suite: &Suite, t: &str, tokens: &serde_json::Value, api: &str) -> serde_json::Value {
+    verify_id_token(suite, t, tokens["access_token"].as_str().expect("access_token"), api).await
+}
+
+/// Auth0's rule for user logins with an `audience`: it must be one of the tenant's APIs
+/// ("Service not found" otherwise, back to the application as `access_denied`); the access
+/// token carries the scopes asked that are OpenID Connect's or the API's; every issue
+/// (code, refresh) checks the API as it is now.
+#[tokio::test]
+async fn the_audience_must_be_one_of_the_tenants_apis() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam";
+    let (_spa, web) = setup(&suite, t).await;
+    let mut admin = suite.admin().await;
+    admin
+        .authn
+        .signup(postern_proto::authn::v1::SignupRequest {
+            tenant: t.into(),
+            client_id: web.client_id.clone(),
+            connection: "users".into(),
+            email: "alice@example.com".into(),
+            password: STRONG.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("signup");
+    let api = "https://api.fabrikam.example/";
+    let mut agent = Agent::new();
+    let authorize = with_param(
+        &authorize_url(&suite, t, &web.client_id, &[("audience", api)]),
+        "scope",
+        "openid email offline_access read:timesheets write:payroll",
+    );
+
+    // No such API: straight back to the application, no page, no session.
+    let q = callback_query(&agent.get(&authorize).await.expect("authorize"));
+    assert_eq!(q["error"], "access_denied", "{q:?}");
+    assert!(q["error_description"].starts_with(&format!("Service not found: {api}")), "{q:?}");
+    assert_eq!(q["state"], "st/ä&=?");
+    assert!(!q.contains_key("code"));
+
+    // The API created: the page, then a JWT for it with the scopes it defines.
+    let mut scopes = vec![tenant::ResourceServerScope { value: "read:timesheets".into(), ..Default::default() }];
+    let resource_server = |scopes: &[tenant::ResourceServerScope]| tenant::ResourceServer {
+        identifier: api.into(),
+        name: "Fabrikam API".into(),
+        scopes: scopes.to_vec(),
+        ..Default::default()
+    };
+    admin
+        .apis
+        .create_resource_server(tenant::CreateResourceServerRequest {
+            tenant: t.into(),
+            resource_server: Some(resource_server(&scopes)),
+        })
+        .await
+        .expect("API");
+    let (page_url, page) = login_page(&mut agent, &suite, &authorize).await;
+    let mut login = page.forms().into_iter().find(|f| f.action == "login").expect("login form");
+    login.set("username", "alice@example.com").set("password", STRONG);
+    let code = callback_query(&agent.submit(&page_url, &login).await.expect("login"))["code"].clone();
+    let (status, tokens) = exchange(&mut agent, &suite, t, &web, &code).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(tokens["scope"], "openid email offline_access read:timesheets", "{tokens}");
+    let claims = access_claims(&suite, t, &tokens, api).await;
+    assert_eq!(claims["aud"], serde_json::json!([api, format!("{}/{t}/userinfo", base(&suite))]));
+    assert_eq!(claims["scope"], "openid email offline_access read:timesheets");
+
+    // The API's scopes change: a refresh gets what it defines now (once the authenticator
+    // hears of it through the tenant event log).
+    scopes[0].value = "write:payroll".into();
+    admin
+        .apis
+        .update_resource_server(tenant::UpdateResourceServerRequest {
+            tenant: t.into(),
+            resource_server: Some(resource_server(&scopes)),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["scopes".into()] }),
+        })
+        .await
+        .expect("update");
+    let mut refresh_token = tokens["refresh_token"].as_str().expect("refresh_token").to_owned();
+    // Polled until the tenant event log has told the authenticator (milliseconds), with a
+    // deadline; each refresh rotates the token.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, rotated) = refresh(&mut agent, &suite, t, &web, &refresh_token).await;
+        assert_eq!(status, 200, "{rotated}");
+        refresh_token = rotated["refresh_token"].as_str().expect("rotated").to_owned();
+        if rotated["scope"] == "openid email offline_access write:payroll" {
+            assert_eq!(access_claims(&suite, t, &rotated, api).await["scope"], rotated["scope"]);
+            break;
+        }
+        assert_eq!(rotated["scope"], "openid email offline_access read:timesheets", "{rotated}");
+        assert!(std::time::Instant::now() < deadline, "the API's new scopes not in force within 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The API deleted: its refresh tokens get no more tokens for it, and /authorize sends
+    // the application back again.
+    admin
+        .apis
+        .delete_resource_server(tenant::DeleteResourceServerRequest { tenant: t.into(), identifier: api.into() })
+        .await
+        .expect("delete");
+    loop {
+        let (status, answer) = refresh(&mut agent, &suite, t, &web, &refresh_token).await;
+        if status != 200 {
+            assert_eq!((status, answer["error"].as_str()), (403, Some("access_denied")), "{answer}");
+            assert!(answer["error_description"].as_str().is_some_and(|d| d.starts_with("Service not found")));
+            break;
+        }
+        refresh_token = answer["refresh_token"].as_str().expect("rotated").to_owned();
+        assert!(std::time::Instant::now() < deadline, "a deleted API still served within 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let again = callback_query(&agent.get(&authorize).await.expect("authorize"));
+    assert_eq!(again["error"], "access_denied", "{again:?}");
+    suite.stop().await.expect("stop");
+}
+
 /// The tokens of a code, exchanged by the regular web application.
 async fn exchange(
     agent: &mut Agent,

@@ -23,6 +23,11 @@
 //! A check that was asked before a forget and answered after it is not remembered (a
 //! generation counter tells), so an answer about the old secret cannot outlive the event
 //! that retired it.
+//!
+//! The tenant's APIs (resource servers) that user logins asked tokens for (`audience`) are
+//! remembered the same way: an API found (its identifier and the scopes it defines) until
+//! the log says the tenant's APIs changed (`TENANT_EVENT_TYPE_RESOURCE_SERVERS_CHANGED`);
+//! an unknown audience is asked again each time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -81,6 +86,8 @@ struct State {
     /// Bumped by every forget.
     generation: u64,
     passed: HashMap<(String, String), Known>,
+    /// The APIs found, by tenant and identifier.
+    apis: HashMap<(String, String), Arc<tenant_pb::ResourceServer>>,
 }
 
 /// The client checks that passed, while they hold.
@@ -180,6 +187,43 @@ impl ClientChecks {
         });
     }
 
+    /// The API `identifier` of `tenant` as the tenant service answered it, if remembered
+    /// and still holding.
+    pub fn api(&self, tenant: &str, identifier: &str) -> Option<Arc<tenant_pb::ResourceServer>> {
+        let state = self.state();
+        if !state.live {
+            return None;
+        }
+        state.apis.get(&(tenant.to_owned(), identifier.to_owned())).cloned()
+    }
+
+    /// Remembers an API of `tenant` as the tenant service answered it, unless something
+    /// was forgotten since it was asked or the follower is not connected.
+    pub fn remember_api(
+        &self,
+        asked: Asked,
+        tenant: &str,
+        api: tenant_pb::ResourceServer,
+    ) -> Arc<tenant_pb::ResourceServer> {
+        let api = Arc::new(api);
+        let mut state = self.state();
+        if state.live && state.generation == asked.0 {
+            let key = (tenant.to_owned(), api.identifier.clone());
+            if state.apis.len() >= MAX_CLIENTS && !state.apis.contains_key(&key) {
+                state.apis.clear();
+            }
+            state.apis.insert(key, api.clone());
+        }
+        api
+    }
+
+    /// Forgets a tenant's APIs (one was created, updated or deleted).
+    pub fn forget_apis(&self, tenant: &str) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.apis.retain(|(t, _), _| t != tenant);
+    }
+
     /// Forgets a client (updated, its secret rotated, or deleted).
     pub fn forget_client(&self, tenant: &str, client_id: &str) {
         let mut state = self.state();
@@ -187,11 +231,12 @@ impl ClientChecks {
         state.passed.remove(&(tenant.to_owned(), client_id.to_owned()));
     }
 
-    /// Forgets a tenant's clients (the tenant was deleted).
+    /// Forgets a tenant's clients and APIs (the tenant was deleted).
     pub fn forget_tenant(&self, tenant: &str) {
         let mut state = self.state();
         state.generation += 1;
         state.passed.retain(|(t, _), _| t != tenant);
+        state.apis.retain(|(t, _), _| t != tenant);
     }
 
     /// The follower connected (`true`), or lost the log (`false`: everything is forgotten,
@@ -201,6 +246,7 @@ impl ClientChecks {
         if !live {
             state.generation += 1;
             state.passed.clear();
+            state.apis.clear();
         }
         state.live = live;
     }
@@ -275,6 +321,29 @@ mod tests {
         c.forget_tenant("t");
         c.remember_client(asked, "t", &client, Vec::new());
         assert!(c.client("t", "app").is_none());
+    }
+
+    #[test]
+    fn apis_are_remembered_until_the_tenants_apis_change() {
+        let c = ClientChecks::new();
+        let api = tenant_pb::ResourceServer { identifier: "https://api".into(), ..Default::default() };
+        c.remember_api(c.asking(), "t", api.clone());
+        assert!(c.api("t", "https://api").is_none(), "nothing is remembered before the follower is live");
+        c.set_live(true);
+        c.remember_api(c.asking(), "t", api.clone());
+        c.remember_api(c.asking(), "u", api.clone());
+        assert!(c.api("t", "https://api").is_some());
+        assert!(c.api("t", "https://other").is_none());
+        c.forget_apis("t");
+        assert!(c.api("t", "https://api").is_none(), "a change of the tenant's APIs forgets them");
+        assert!(c.api("u", "https://api").is_some(), "tenants apart");
+        let asked = c.asking();
+        c.forget_apis("u");
+        c.remember_api(asked, "u", api.clone());
+        assert!(c.api("u", "https://api").is_none(), "asked before a forget, answered after: not kept");
+        c.remember_api(c.asking(), "u", api);
+        c.forget_tenant("u");
+        assert!(c.api("u", "https://api").is_none(), "a deleted tenant's APIs go");
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::api::AuthnApi;
 use crate::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
 use crate::domain::{self, Identity, Profile, ProfileSync, User};
 use crate::status::{
-    client_refusal, connector_status, tenant_service_unavailable, too_many_attempts, user_not_found, wrong_credentials,
+    client_refusal, connector_status, service_not_found, tenant_service_unavailable, too_many_attempts, user_not_found,
+    wrong_credentials,
 };
 use crate::store::{Admitted, LoginFound, LoginUpdate, NewUser, Recorded, StoreError};
 use crate::tokens::{self, ProfileClaims, TokenRequest};
@@ -270,6 +271,48 @@ impl AuthnApi {
             }
             _ => Err(postern_common::error::internal(&"ResolveClient answered no client, or another one")),
         }
+    }
+
+    /// The scope of a user's access token for the API `audience` (Auth0's rule for user
+    /// logins): the API must be one of the tenant's (PERMISSION_DENIED, reason
+    /// ACCESS_DENIED, "Service not found" otherwise: the token endpoint's 403
+    /// `access_denied`), and the scopes asked are kept where they are OpenID Connect's or
+    /// the API defines them (others are dropped, not refused). Without an audience the
+    /// scope is the one asked. The API is remembered while the tenant event log says
+    /// nothing of the tenant's APIs ([`crate::clients::ClientChecks`]).
+    pub(crate) async fn api_scope(&self, tenant: &str, audience: &str, scope: &str) -> Result<String, Status> {
+        let normalized = tokens::normalize_scope(scope);
+        if audience.is_empty() {
+            return Ok(normalized);
+        }
+        let checks = &self.client_checks;
+        let api = match checks.api(tenant, audience) {
+            Some(api) => api,
+            None => {
+                let asked = checks.asking();
+                let answer = self
+                    .tenant_apis
+                    .clone()
+                    .get_resource_server(tenant_pb::GetResourceServerRequest {
+                        tenant: tenant.to_owned(),
+                        identifier: audience.to_owned(),
+                    })
+                    .await;
+                match answer.map(|r| r.into_inner().resource_server) {
+                    Ok(Some(api)) if api.identifier == audience => checks.remember_api(asked, tenant, api),
+                    Ok(_) => return Err(internal(&"GetResourceServer answered no API, or another one")),
+                    Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument) => {
+                        return Err(service_not_found(audience));
+                    }
+                    Err(s) => return Err(tenant_service_unavailable(&s)),
+                }
+            }
+        };
+        Ok(normalized
+            .split_whitespace()
+            .filter(|s| tokens::OIDC_SCOPES.contains(s) || api.scopes.iter().any(|a| a.value == *s))
+            .collect::<Vec<_>>()
+            .join(" "))
     }
 
     /// Checks that the tenant exists (the tenant service's answer).

@@ -491,7 +491,9 @@ impl OAuthApi {
         let key = self.authn.keys.current(t.tenant).await?;
         let issuer = self.issuer(t.tenant);
         let lifetimes = self.authn.keys.lifetimes();
-        let scope = tokens::normalize_scope(t.scope);
+        // The API is checked again at every issue: one deleted since the authorization (or
+        // the refresh token) no longer gets tokens, and scopes it stopped defining go.
+        let scope = self.authn.api_scope(t.tenant, t.audience, t.scope).await?;
         let profile = crate::login::claims_of(&user);
         let iat = seconds(self.now());
         let exp = iat + lifetimes.access_token.as_secs();
@@ -778,6 +780,13 @@ impl OAuthApi {
             fail("invalid_request", "code_challenge (PKCE, S256) is required for single-page and native applications")
         } else if req.nonce.len() > 512 || req.state.len() > 2048 || req.login_hint.len() > 254 {
             fail("invalid_request", "state, nonce or login_hint is too long")
+        } else if let Err(refused) = self.authn.api_scope(&req.tenant, &req.audience, &req.scope).await {
+            // Auth0's answer to an audience that names none of the tenant's APIs; an outage
+            // of the tenant service is an error page, not a redirect.
+            if refused.code() != Code::PermissionDenied {
+                return Err(refused);
+            }
+            fail("access_denied", refused.message())
         } else {
             Ok(AuthRequest {
                 client_id: client.client_id.clone(),
@@ -1272,6 +1281,8 @@ impl OAuthApi {
             code: &req.otp,
             address,
         };
+        // An unknown API is refused before the code is tried (no attempt used up).
+        self.authn.api_scope(&req.tenant, &req.audience, &req.scope).await?;
         let user = self.authn.code_login(&login).await.map_err(|s| match s.code() {
             // RFC 6749: a wrong code is an invalid grant.
             Code::Unauthenticated => invalid_grant(s.message().to_owned()),

@@ -106,6 +106,19 @@ pub(crate) fn tenant_service_unavailable(s: &Status) -> Status {
     })
 }
 
+/// A user login asked tokens for an API (`audience`) the tenant does not have: Auth0's
+/// "Service not found", PERMISSION_DENIED with reason ACCESS_DENIED (the token endpoint's
+/// 403 `access_denied`, an error redirect's `error=access_denied`).
+pub(crate) fn service_not_found(audience: &str) -> Status {
+    let audience = postern_common::validate::truncate(audience, 512);
+    postern_common::error::status_with_metadata(
+        tonic::Code::PermissionDenied,
+        "ACCESS_DENIED",
+        format!("Service not found: {audience} (the audience must be the identifier of one of the tenant's APIs)"),
+        [("audience", audience)],
+    )
+}
+
 /// An access token the userinfo endpoint refuses.
 pub(crate) fn invalid_access_token(message: impl Into<String>) -> Status {
     unauthenticated("INVALID_ACCESS_TOKEN", message)

@@ -37,6 +37,9 @@ pub const DEFAULT_ID_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 3600);
 pub const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The scopes granted when a login asks for none.
 pub const DEFAULT_SCOPE: &str = "openid profile email";
+/// The scopes OpenID Connect defines (Core 5.4, 11): kept in a user's token for any
+/// audience; other scopes only where the API defines them.
+pub const OIDC_SCOPES: [&str; 6] = ["openid", "profile", "email", "address", "phone", "offline_access"];
 /// The `token_type` of the access token.
 pub const TOKEN_TYPE: &str = "Bearer";
 /// How an opaque access token begins (then the URL-safe base64, unpadded, of the sealed

@@ -237,6 +237,7 @@ async fn follow_events(
                 EventType::ClientDeleted => pb::TenantEventType::ClientDeleted,
                 EventType::ClientChanged => pb::TenantEventType::ClientChanged,
                 EventType::ApiKeyRevoked => pb::TenantEventType::ApiKeyRevoked,
+                EventType::ResourceServersChanged => pb::TenantEventType::ResourceServersChanged,
             };
             let msg = pb::WatchTenantEventsResponse {
                 sequence: e.sequence,

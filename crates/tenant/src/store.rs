@@ -58,6 +58,9 @@ pub enum EventType {
     ClientChanged = 3,
     /// An API key was revoked.
     ApiKeyRevoked = 4,
+    /// An API (resource server) of the tenant was created, updated or deleted: what others
+    /// remember of the tenant's APIs (which exist, the scopes each defines) no longer holds.
+    ResourceServersChanged = 5,
 }
 
 /// One entry of the durable event log that other services follow.
@@ -150,6 +153,7 @@ impl Store {
                     2 => EventType::ClientDeleted,
                     3 => EventType::ClientChanged,
                     4 => EventType::ApiKeyRevoked,
+                    5 => EventType::ResourceServersChanged,
                     k => return Err(sqlx::Error::Decode(format!("unknown event type {k} in store").into()).into()),
                 };
                 Ok(Event {
@@ -667,6 +671,8 @@ impl Store {
         api: &ResourceServer,
     ) -> Result<ResourceServer, StoreError> {
         let now = now_micros();
+        let mut tx = self.db.begin_write().await?;
+        self.lock_events(&mut tx).await?;
         let row = sqlx::query(
             "INSERT INTO resource_servers (id, tenant_id, seq, identifier, name, scopes, create_time, update_time) \
              SELECT $1, id, $2, $3, $4, $5, $6, $6 FROM tenants WHERE name = $7 RETURNING id",
@@ -678,13 +684,32 @@ impl Store {
         .bind(api_scopes_json(&api.scopes))
         .bind(now)
         .bind(tenant)
-        .fetch_optional(self.db.writer())
+        .fetch_optional(&mut *tx)
         .await
         .map_err(dup)?;
-        match row {
-            Some(_) => Ok(ResourceServer { create_time: now, update_time: now, ..api.clone() }),
-            None => Err(StoreError::TenantNotFound),
+        if row.is_none() {
+            return Err(StoreError::TenantNotFound);
         }
+        self.apis_changed(&mut tx, tenant).await?;
+        tx.commit().await?;
+        self.events_committed();
+        Ok(ResourceServer { create_time: now, update_time: now, ..api.clone() })
+    }
+
+    /// Records in `tx` that the tenant's APIs changed, so that whoever remembers which APIs
+    /// exist and the scopes each defines (the authenticator, for user logins with an
+    /// `audience`) forgets it.
+    async fn apis_changed(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tenant: &str,
+    ) -> Result<(), StoreError> {
+        let tenant_create_time: i64 = sqlx::query_scalar("SELECT create_time FROM tenants WHERE name = $1")
+            .bind(tenant)
+            .fetch_one(&mut **tx)
+            .await?;
+        self.append_event(tx, EventType::ResourceServersChanged, tenant, tenant_create_time, "").await?;
+        Ok(())
     }
 
     /// The API `identifier` of `tenant`.
@@ -771,6 +796,7 @@ impl Store {
             }
             self.grants_changed(&mut tx, tenant, &changed).await?;
         }
+        self.apis_changed(&mut tx, tenant).await?;
         tx.commit().await?;
         self.events_committed();
         self.get_resource_server(tenant, identifier).await
@@ -800,6 +826,7 @@ impl Store {
                 .await?;
         sqlx::query("DELETE FROM resource_servers WHERE id = $1").bind(&api_id).execute(&mut *tx).await?;
         self.grants_changed(&mut tx, tenant, &clients).await?;
+        self.apis_changed(&mut tx, tenant).await?;
         tx.commit().await?;
         self.events_committed();
         Ok(true)

@@ -60,13 +60,15 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             p.require_tenant(&req.tenant)?;
         }
         self.verify_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        // An unknown API is refused before the password is checked (no attempt counted).
+        let scope = self.api_scope(&req.tenant, &req.audience, &req.scope).await?;
         let user = self.password_login(&login).await?;
         let issued = self
             .issue_tokens(&IssueTokens {
                 tenant: &req.tenant,
                 client_id: &req.client_id,
                 user: &user,
-                scope: &req.scope,
+                scope: &scope,
                 audience: &req.audience,
                 nonce: None,
             })
@@ -180,6 +182,8 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             p.require_tenant(&req.tenant)?;
         }
         self.verify_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        // An unknown API is refused before the code is tried (no attempt used up).
+        let scope = self.api_scope(&req.tenant, &req.audience, &req.scope).await?;
         let user = self
             .code_login(&CodeLogin {
                 tenant: &req.tenant,
@@ -195,7 +199,7 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
                 tenant: &req.tenant,
                 client_id: &req.client_id,
                 user: &user,
-                scope: &req.scope,
+                scope: &scope,
                 audience: &req.audience,
                 nonce: None,
             })

@@ -39,6 +39,8 @@ pub struct AuthnApi {
     /// The client checks that passed, retired by the tenant event log.
     pub(crate) client_checks: Arc<ClientChecks>,
     pub(crate) tenants: tenant_pb::tenant_service_client::TenantServiceClient<Peer>,
+    /// The tenant service's APIs, asked for the `audience` of user logins.
+    pub(crate) tenant_apis: tenant_pb::resource_server_service_client::ResourceServerServiceClient<Peer>,
     /// The registry, asked for the connections the hosted login page lists.
     pub(crate) registry: postern_proto::connections::v1::connection_service_client::ConnectionServiceClient<Peer>,
     pub(crate) config: Config,
@@ -65,6 +67,7 @@ impl AuthnApi {
             connectors: config.connectors.clone(),
             tenant_clients: tenant_pb::client_service_client::ClientServiceClient::new(tenant.clone()),
             client_checks,
+            tenant_apis: tenant_pb::resource_server_service_client::ResourceServerServiceClient::new(tenant.clone()),
             tenants: tenant_pb::tenant_service_client::TenantServiceClient::new(tenant),
             registry: postern_proto::connections::v1::connection_service_client::ConnectionServiceClient::new(registry),
             config,

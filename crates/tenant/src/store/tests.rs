@@ -18,8 +18,13 @@ where
 
     let Some(base) = postern_common::testing::postgres(test) else { return };
     let db = postern_common::testing::TestDatabase::create(&base).await.expect("a fresh database");
-    let store =
-        Store::open(&DbLocation::Postgres { url: db.url.clone(), schema: "tenant".into() }).await.expect("PostgreSQL");
+    let store = Store::open(&DbLocation::Postgres {
+        url: db.url.clone(),
+        schema: "tenant".into(),
+        pool_size: postern_common::db::DEFAULT_POOL_SIZE,
+    })
+    .await
+    .expect("PostgreSQL");
     body(store.clone()).await;
     store.close().await;
     db.drop_db().await.expect("drop the database");
@@ -69,6 +74,38 @@ async fn deletions_are_logged_in_order_and_only_when_they_happen() {
         assert!(store.events_after(events[1].sequence, 10).await.unwrap().is_empty());
         assert_eq!(store.events_after(0, 1).await.unwrap(), events[..1]);
         changed.mark_unchanged();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_change_of_an_api_is_logged_for_the_tenant() {
+    each_backend("every_change_of_an_api_is_logged_for_the_tenant", |store| async move {
+        store.create_tenant("fabrikam-public", "Fabrikam-Public", "").await.unwrap();
+        let api = crate::domain::ResourceServer {
+            id: postern_common::ids::new_id(),
+            identifier: "https://api.fabrikam.com".into(),
+            name: "Fabrikam API".into(),
+            scopes: vec![crate::domain::ApiScope { value: "read:timesheets".into(), description: String::new() }],
+            create_time: 0,
+            update_time: 0,
+        };
+        store.create_resource_server("fabrikam-public", &api).await.unwrap();
+        let patch = crate::domain::ResourceServerPatch { name: Some("Timesheets API".into()), scopes: None };
+        store.update_resource_server("fabrikam-public", &api.identifier, &patch).await.unwrap().unwrap();
+        assert!(store.update_resource_server("fabrikam-public", "https://nope", &patch).await.unwrap().is_none());
+        assert!(store.delete_resource_server("fabrikam-public", &api.identifier).await.unwrap());
+        assert!(!store.delete_resource_server("fabrikam-public", &api.identifier).await.unwrap());
+        assert!(matches!(store.create_resource_server("nobody", &api).await, Err(StoreError::TenantNotFound)));
+        let kinds: Vec<_> = store
+            .events_after(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.event_type, e.tenant, e.client_id))
+            .collect();
+        let changed = (EventType::ResourceServersChanged, "fabrikam-public".to_owned(), String::new());
+        assert_eq!(kinds, [changed.clone(), changed.clone(), changed], "created, updated, deleted; nothing else");
     })
     .await;
 }
