@@ -649,6 +649,109 @@ async fn bad_options_name_their_field() {
     suite.stop().await.expect("stop");
 }
 
+/// Starts a suite on `data` with `master_key` and `previous` keys.
+async fn start_keyed(data: &std::path::Path, master_key: &str, previous: &[&str]) -> anyhow::Result<Suite> {
+    Suite::start_with(|s| {
+        s.data_dir = data.to_owned();
+        s.master_key = Some(master_key.to_owned());
+        s.previous_master_keys = previous.iter().map(|k| (*k).to_owned()).collect();
+    })
+    .await
+}
+
+/// The ID token's `kid` of a login of alice through `db` for `client`, signing up first
+/// when `signup`.
+async fn login_kid(admin: &mut Clients, client: &tpb::Client, signup: bool) -> String {
+    use postern_proto::authn::v1 as authn;
+    if signup {
+        admin
+            .authn
+            .signup(authn::SignupRequest {
+                tenant: INTERNAL.into(),
+                client_id: client.client_id.clone(),
+                connection: "db".into(),
+                email: "alice@fabrikam.example".into(),
+                password: "Wonder-Land-42!".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("signup");
+    }
+    let login = admin
+        .authn
+        .login(authn::LoginRequest {
+            tenant: INTERNAL.into(),
+            client_id: client.client_id.clone(),
+            client_secret: client.client_secret.clone(),
+            connection: "db".into(),
+            username: "alice@fabrikam.example".into(),
+            password: "Wonder-Land-42!".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("login")
+        .into_inner();
+    jsonwebtoken::decode_header(&login.id_token).expect("a JWT").kid.expect("kid")
+}
+
+/// Whether connection `fabrikam-ad`'s bind password reads back (as its flag).
+async fn bind_password_readable(admin: &mut Clients) -> bool {
+    let got = admin
+        .connections
+        .get_connection(pb::GetConnectionRequest { tenant: INTERNAL.into(), connection: "fabrikam-ad".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    matches!(got.connection.and_then(|c| c.options), Some(pb::connection::Options::Ldap(l)) if l.bind_password_set)
+}
+
+/// A master-key rotation: a start with the new key and the old one as previous opens what
+/// the old key sealed and re-seals it (connection secrets, the check value, signing keys),
+/// so that the next start needs the new key alone, and the old one alone is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_key_rotation_reseals_every_secret_under_the_new_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_owned();
+    let (old, new) = ("a".repeat(64), "c".repeat(64));
+    let suite = start_keyed(&data, &old, &[]).await.expect("suite");
+    let mut admin = suite.admin().await;
+    admin.create_tenant(INTERNAL).await.expect("tenant");
+    create(&mut admin, INTERNAL, ad("fabrikam-ad")).await.expect("create");
+    let client = admin.create_client(INTERNAL, "Timesheets").await.expect("client");
+    create(&mut admin, INTERNAL, auth0("db")).await.expect("create");
+    admin
+        .connections
+        .enable_client(pb::EnableClientRequest {
+            tenant: INTERNAL.into(),
+            connection: "db".into(),
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+    let kid = login_kid(&mut admin, &client, true).await;
+    suite.stop().await.expect("stop");
+
+    // The new key alone: refused, naming the way to rotate.
+    let err = format!("{:#}", start_keyed(&data, &new, &[]).await.err().expect("refused"));
+    assert!(err.contains("master key does not match") && err.contains("POSTERN_PREVIOUS_MASTER_KEYS"), "{err}");
+
+    // The new key with the old one as previous: everything reads, and is re-sealed.
+    let suite = start_keyed(&data, &new, &[&old]).await.expect("rotating");
+    let mut admin = suite.admin().await;
+    assert!(bind_password_readable(&mut admin).await);
+    assert_eq!(login_kid(&mut admin, &client, false).await, kid, "the same signing key");
+    suite.stop().await.expect("stop");
+
+    // The new key alone now: nothing is left under the old one.
+    let suite = start_keyed(&data, &new, &[]).await.expect("the new key alone, after the rotation");
+    let mut admin = suite.admin().await;
+    assert!(bind_password_readable(&mut admin).await);
+    assert_eq!(login_kid(&mut admin, &client, false).await, kid);
+    suite.stop().await.expect("stop");
+    let err = format!("{:#}", start_keyed(&data, &old, &[]).await.err().expect("the old key is refused"));
+    assert!(err.contains("master key does not match"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_with_another_master_key_is_refused_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");

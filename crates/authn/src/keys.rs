@@ -13,7 +13,7 @@ use crate::store::{Promoted, RotationRefused, Store, StoreError, StoredKey};
 use crate::tokens::{Algorithm, Lifetimes, SigningKey};
 
 /// The label binding sealed signing keys to their use.
-const SEAL_LABEL: &[u8] = b"postern.authn.v1/signing-key";
+pub(crate) const SEAL_LABEL: &[u8] = b"postern.authn.v1/signing-key";
 
 /// Checks that `master` opens the signing keys already stored, so that a start with another
 /// master key is refused at once instead of failing every login later. `Ok` for a store with

@@ -39,6 +39,7 @@
 //! - `status`: every error in the contract's terms (gRPC codes and `ErrorInfo` reasons).
 //! - `validate`: the field checks shared by the handlers and the orchestration's inputs.
 //! - `tenants`: follows the tenant service's deletion log (a deleted tenant leaves nothing).
+//! - [`rotation`]: a master-key rotation: long-lived sealed values moved under the new key.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -54,6 +55,7 @@ pub mod linking;
 pub mod login;
 pub mod oauth;
 pub mod passwordless;
+pub mod rotation;
 mod status;
 pub mod store;
 mod tenants;

@@ -17,6 +17,7 @@ use crate::domain::{Identity, Profile, ProfileSync, User, UserPatch};
 pub mod linking;
 pub mod oauth;
 pub mod passwordless;
+pub mod rotation;
 pub mod upstream;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -9,6 +9,11 @@
 //! id), so that a sealed value copied onto another row fails to open instead of lending its
 //! secret there. This is byte for byte the format of the registry's connection secrets
 //! (label `postern.connections.v1/secrets`, parts tenant and connection id).
+//!
+//! Rotation: a [`MasterKey`] may carry previous keys ([`MasterKey::with_previous`]). It seals
+//! with the current key only, and opens with the current key, then each previous one, so
+//! that values sealed before a rotation still open while [`MasterKey::reseal`] moves them
+//! under the current key.
 
 use std::str::FromStr;
 
@@ -48,15 +53,29 @@ pub enum SealError {
     Encrypt,
 }
 
-/// The master key. Its bytes never print (`Debug` shows `MasterKey(<redacted>)`) and are
-/// wiped from memory when it drops.
+/// The master key, and the previous keys it still opens values with during a rotation. Its
+/// bytes never print (`Debug` shows `MasterKey(<redacted>)`) and are wiped from memory when
+/// it drops.
 #[derive(Clone)]
-pub struct MasterKey(Zeroizing<[u8; KEY_LEN]>);
+pub struct MasterKey {
+    key: Zeroizing<[u8; KEY_LEN]>,
+    /// Keys values may still be sealed under (a rotation under way); never used to seal.
+    previous: std::sync::Arc<Vec<Zeroizing<[u8; KEY_LEN]>>>,
+}
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MasterKey(<redacted>)")
     }
+}
+
+/// Which key opened a sealed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedUnder {
+    /// The current key.
+    Current,
+    /// One of the previous keys: the value should be re-sealed ([`MasterKey::reseal`]).
+    Previous,
 }
 
 impl MasterKey {
@@ -71,7 +90,25 @@ impl MasterKey {
         let array: [u8; KEY_LEN] = bytes
             .try_into()
             .map_err(|_| SealError::InvalidKey(format!("must be {KEY_LEN} bytes, got {}", bytes.len())))?;
-        Ok(Self(Zeroizing::new(array)))
+        Ok(Self { key: Zeroizing::new(array), previous: std::sync::Arc::new(Vec::new()) })
+    }
+
+    /// This key, still opening values sealed under `previous` (a rotation: the new key as
+    /// current, the old ones as previous). A previous key equal to the current one is left
+    /// out; only the current key of each given one counts.
+    pub fn with_previous(self, previous: impl IntoIterator<Item = MasterKey>) -> Self {
+        let mut keys: Vec<Zeroizing<[u8; KEY_LEN]>> = Vec::new();
+        for p in previous {
+            if p.key.as_slice() != self.key.as_slice() && !keys.iter().any(|k| k.as_slice() == p.key.as_slice()) {
+                keys.push(p.key);
+            }
+        }
+        Self { previous: std::sync::Arc::new(keys), ..self }
+    }
+
+    /// How many previous keys this key still opens values with.
+    pub fn previous_keys(&self) -> usize {
+        self.previous.len()
     }
 
     /// A key from text: 64 hex digits, or the base64 of 32 bytes (standard or URL-safe,
@@ -102,11 +139,11 @@ impl MasterKey {
 
     /// The key as standard padded base64, to write into a key file.
     pub fn to_base64(&self) -> Zeroizing<String> {
-        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.0.as_slice()))
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.key.as_slice()))
     }
 
-    fn cipher(&self) -> Result<XChaCha20Poly1305, SealError> {
-        XChaCha20Poly1305::new_from_slice(self.0.as_slice())
+    fn cipher(key: &[u8; KEY_LEN]) -> Result<XChaCha20Poly1305, SealError> {
+        XChaCha20Poly1305::new_from_slice(key.as_slice())
             .map_err(|_| SealError::InvalidKey(format!("must be {KEY_LEN} bytes")))
     }
 
@@ -114,8 +151,9 @@ impl MasterKey {
     pub fn seal(&self, label: &[u8], parts: &[&str], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let nonce = XNonce::try_generate().map_err(|_| SealError::Random)?;
         let ad = associated_data(label, FORMAT_V1, parts);
-        let ciphertext =
-            self.cipher()?.encrypt(&nonce, Payload { msg: plaintext, aad: &ad }).map_err(|_| SealError::Encrypt)?;
+        let ciphertext = Self::cipher(&self.key)?
+            .encrypt(&nonce, Payload { msg: plaintext, aad: &ad })
+            .map_err(|_| SealError::Encrypt)?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
         out.push(FORMAT_V1);
         out.extend_from_slice(nonce.as_slice());
@@ -123,8 +161,19 @@ impl MasterKey {
         Ok(out)
     }
 
-    /// Decrypts what [`MasterKey::seal`] wrote with the same label and parts.
+    /// Decrypts what [`MasterKey::seal`] wrote with the same label and parts, under the
+    /// current key or a previous one.
     pub fn open(&self, label: &[u8], parts: &[&str], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.open_telling(label, parts, sealed).map(|(plaintext, _)| plaintext)
+    }
+
+    /// [`MasterKey::open`], telling which key opened the value.
+    pub fn open_telling(
+        &self,
+        label: &[u8],
+        parts: &[&str],
+        sealed: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, SealedUnder), SealError> {
         let (&version, rest) = sealed.split_first().ok_or(SealError::Malformed(0))?;
         if version != FORMAT_V1 {
             return Err(SealError::UnsupportedVersion(version));
@@ -135,10 +184,23 @@ impl MasterKey {
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         let nonce = XNonce::try_from(nonce).map_err(|_| SealError::Malformed(sealed.len()))?;
         let ad = associated_data(label, version, parts);
-        self.cipher()?
-            .decrypt(&nonce, Payload { msg: ciphertext, aad: &ad })
-            .map(Zeroizing::new)
-            .map_err(|_| SealError::Decrypt)
+        let keys = std::iter::once((&self.key, SealedUnder::Current))
+            .chain(self.previous.iter().map(|k| (k, SealedUnder::Previous)));
+        for (key, under) in keys {
+            if let Ok(plaintext) = Self::cipher(key)?.decrypt(&nonce, Payload { msg: ciphertext, aad: &ad }) {
+                return Ok((Zeroizing::new(plaintext), under));
+            }
+        }
+        Err(SealError::Decrypt)
+    }
+
+    /// The value sealed again under the current key when a previous key sealed it; `None`
+    /// when the current key did already (nothing to write).
+    pub fn reseal(&self, label: &[u8], parts: &[&str], sealed: &[u8]) -> Result<Option<Vec<u8>>, SealError> {
+        match self.open_telling(label, parts, sealed)? {
+            (_, SealedUnder::Current) => Ok(None),
+            (plaintext, SealedUnder::Previous) => self.seal(label, parts, &plaintext).map(Some),
+        }
     }
 }
 
@@ -182,11 +244,31 @@ mod tests {
     }
 
     #[test]
+    fn rotation_opens_with_previous_keys_and_reseals_under_the_current_one() {
+        let old = MasterKey::generate().unwrap();
+        let new = MasterKey::generate().unwrap();
+        let sealed = old.seal(LABEL, &["fabrikam", "kid-1"], b"private key").unwrap();
+        assert!(matches!(new.open(LABEL, &["fabrikam", "kid-1"], &sealed), Err(SealError::Decrypt)));
+        let rotating = new.clone().with_previous([old.clone(), new.clone(), old.clone()]);
+        assert_eq!(rotating.previous_keys(), 1, "the current key and duplicates are left out");
+        let (plaintext, under) = rotating.open_telling(LABEL, &["fabrikam", "kid-1"], &sealed).unwrap();
+        assert_eq!((plaintext.as_slice(), under), (&b"private key"[..], SealedUnder::Previous));
+        assert!(matches!(rotating.open(LABEL, &["fabrikam", "kid-2"], &sealed), Err(SealError::Decrypt)));
+        let resealed = rotating.reseal(LABEL, &["fabrikam", "kid-1"], &sealed).unwrap().expect("re-sealed");
+        assert_eq!(new.open(LABEL, &["fabrikam", "kid-1"], &resealed).unwrap().as_slice(), b"private key");
+        assert!(old.open(LABEL, &["fabrikam", "kid-1"], &resealed).is_err(), "sealed under the new key only");
+        assert!(rotating.reseal(LABEL, &["fabrikam", "kid-1"], &resealed).unwrap().is_none(), "nothing to do");
+        let fresh = rotating.seal(LABEL, &["t"], b"x").unwrap();
+        assert!(new.open(LABEL, &["t"], &fresh).is_ok() && old.open(LABEL, &["t"], &fresh).is_err());
+        assert_eq!(format!("{rotating:?}"), "MasterKey(<redacted>)");
+    }
+
+    #[test]
     fn parse_and_redaction() {
         let k = MasterKey::generate().unwrap();
         let again = MasterKey::parse(&format!("{}\n", k.to_base64().as_str())).unwrap();
-        assert_eq!(again.0.as_slice(), k.0.as_slice());
-        assert_eq!(MasterKey::parse(&hex::encode(k.0.as_slice())).unwrap().0.as_slice(), k.0.as_slice());
+        assert_eq!(again.key.as_slice(), k.key.as_slice());
+        assert_eq!(MasterKey::parse(&hex::encode(k.key.as_slice())).unwrap().key.as_slice(), k.key.as_slice());
         assert!(MasterKey::parse("").is_err());
         assert!(MasterKey::parse("aGVsbG8=").is_err());
         assert_eq!(format!("{k:?}"), "MasterKey(<redacted>)");

@@ -82,7 +82,8 @@ pub enum MasterKeyError {
     /// The database was written with another master key.
     #[error(
         "the master key does not match the one this registry's database was first used with; \
-         start with that key (POSTERN_MASTER_KEY or <data-dir>/master-key), or every connection secret is unreadable"
+         start with that key (POSTERN_MASTER_KEY or <data-dir>/master-key), or, to rotate it, give it in \
+         POSTERN_PREVIOUS_MASTER_KEYS beside the new one; otherwise every connection secret is unreadable"
     )]
     Mismatch,
     /// The check value could not be sealed.
@@ -97,13 +98,21 @@ pub enum MasterKeyError {
 const CHECK_TENANT: &str = "-";
 const CHECK_ID: &str = "master-key-check";
 
-/// Checks that `master_key` is the key `store` was first used with, recording it on the
-/// first use. Run it at start-up, so that a wrong key stops the process with a clear message
-/// instead of making every read fail.
+/// Checks that `master_key` (or one of its previous keys, during a rotation) is the key
+/// `store` was first used with, recording it on the first use. Run it at start-up, so that
+/// a wrong key stops the process with a clear message instead of making every read fail.
+/// When a previous key sealed the check value, it is re-sealed under the current key.
 pub async fn check_master_key(store: &Store, master_key: &MasterKey) -> Result<(), MasterKeyError> {
+    use postern_common::seal::SealedUnder;
     match store.master_key_check().await? {
-        Some(sealed) => match master_key.open_for(CHECK_TENANT, CHECK_ID, &sealed) {
-            Ok(_) => Ok(()),
+        Some(sealed) => match master_key.open_telling(secrets::LABEL, &[CHECK_TENANT, CHECK_ID], &sealed) {
+            Ok((_, SealedUnder::Current)) => Ok(()),
+            Ok((_, SealedUnder::Previous)) => {
+                let resealed = master_key.seal_for(CHECK_TENANT, CHECK_ID, b"postern")?;
+                // Another replica may have re-sealed it first: either way it opens now.
+                store.replace_master_key_check(&sealed, &resealed).await?;
+                Ok(())
+            }
             Err(_) => Err(MasterKeyError::Mismatch),
         },
         None => {
@@ -115,6 +124,49 @@ pub async fn check_master_key(store: &Store, master_key: &MasterKey) -> Result<(
             }
         }
     }
+}
+
+/// What [`reseal_secrets`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    /// Connections whose secrets were sealed under a previous key and now are under the
+    /// current one.
+    pub resealed: usize,
+    /// Connections already under the current key.
+    pub current: usize,
+    /// Connections whose secrets no key opens (left as they are, and logged).
+    pub unreadable: usize,
+}
+
+/// Re-seals every connection's secrets that a previous master key sealed under the current
+/// one (a master-key rotation), a page at a time. Each replacement is conditional on the
+/// value read, so a connection updated meanwhile keeps its new secrets, and replicas doing
+/// it at once agree. Nothing to do (and nothing read) without previous keys.
+pub async fn reseal_secrets(store: &Store, master_key: &MasterKey) -> Result<Resealed, MasterKeyError> {
+    let mut done = Resealed::default();
+    if master_key.previous_keys() == 0 {
+        return Ok(done);
+    }
+    let mut after = String::new();
+    loop {
+        let page = store.sealed_secrets_after(&after, 500).await?;
+        let Some((last, _, _)) = page.last() else { break };
+        after = last.clone();
+        for (id, tenant, sealed) in &page {
+            match master_key.reseal(secrets::LABEL, &[tenant, id], sealed) {
+                Ok(None) => done.current += 1,
+                Ok(Some(resealed)) => {
+                    store.replace_sealed_secrets(id, sealed, &resealed).await?;
+                    done.resealed += 1;
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, connection_id = %id, error = %e, "a connection's secrets open under no master key given");
+                    done.unreadable += 1;
+                }
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// A running registry: its handlers, the follower of the tenant service's deletions, and

@@ -539,6 +539,45 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the master key's check value `old` with `new` (re-sealed under the current key
+    /// during a rotation); whether it was still `old`.
+    pub async fn replace_master_key_check(&self, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE master_key_check SET sealed = $2 WHERE id = 1 AND sealed = $1")
+            .bind(old)
+            .bind(new)
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Up to `limit` connections after id `after` (every tenant's, by id): each one's id,
+    /// tenant and sealed secrets, for re-sealing them under a new master key.
+    pub async fn sealed_secrets_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query("SELECT id, tenant, secrets FROM connections WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("tenant")?, r.try_get("secrets")?))).collect()
+    }
+
+    /// Replaces connection `id`'s sealed secrets `old` with `new`, the same secrets sealed
+    /// under another key: a change of neither the connection nor its update time. Whether
+    /// they were still `old` (a connection updated meanwhile keeps its new secrets).
+    pub async fn replace_sealed_secrets(&self, id: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE connections SET secrets = $3 WHERE id = $1 AND secrets = $2")
+            .bind(id)
+            .bind(old)
+            .bind(new)
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     // ---- the tenant service's deletions ----
 
     /// The sequence of the last tenant event applied.

@@ -31,7 +31,7 @@ use crate::store::upstream::{NewUpstreamTransaction, UpstreamTransaction};
 /// The seal label of an upstream transaction's secrets.
 const TRANSACTION_LABEL: &[u8] = b"postern upstream transaction";
 /// The seal label of an identity's upstream tokens.
-const TOKENS_LABEL: &[u8] = b"postern upstream tokens";
+pub(crate) const TOKENS_LABEL: &[u8] = b"postern upstream tokens";
 
 /// The secret parts of an upstream transaction, sealed at rest.
 #[derive(Serialize, Deserialize)]
