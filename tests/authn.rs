@@ -997,8 +997,56 @@ async fn access_tokens_and_the_userinfo_endpoint() {
     let claims = claims_at_userinfo(http, tenant, &email_only.access_token).await;
     assert_eq!(keys_of(&claims), ["email", "email_verified", "sub"]);
 
-    // With an audience: a JWT for the API whose aud also names /userinfo.
+    // An audience that names none of the tenant's APIs: refused before the password is
+    // checked (Auth0's "Service not found"), so no attempt is counted.
     let api = "https://api.fabrikam.example";
+    let before = admin
+        .users
+        .get_user(authn::GetUserRequest { tenant: tenant.into(), user_id: created.user_id.clone() })
+        .await
+        .expect("user")
+        .into_inner()
+        .user
+        .expect("user")
+        .logins_count;
+    let unknown = admin.authn.login(login_with("openid profile", api)).await.expect_err("no such API");
+    assert_eq!(unknown.code(), Code::PermissionDenied, "{unknown:?}");
+    assert_eq!(reason(&unknown).as_deref(), Some("ACCESS_DENIED"));
+    assert!(unknown.message().starts_with("Service not found: https://api.fabrikam.example"), "{unknown:?}");
+    let wrong = admin.authn.login(authn::LoginRequest { password: "not-it".into(), ..login_with("openid", api) }).await;
+    assert_eq!(wrong.expect_err("no such API").code(), Code::PermissionDenied, "the API is checked first");
+
+    // With one of its APIs: a JWT for the API whose aud also names /userinfo, with the
+    // scopes asked that are OpenID Connect's or the API's (others dropped, not refused).
+    admin
+        .apis
+        .create_resource_server(postern_proto::tenant::v1::CreateResourceServerRequest {
+            tenant: tenant.into(),
+            resource_server: Some(postern_proto::tenant::v1::ResourceServer {
+                identifier: api.into(),
+                name: "Fabrikam API".into(),
+                scopes: vec![postern_proto::tenant::v1::ResourceServerScope {
+                    value: "read:timesheets".into(),
+                    description: "Read timesheets".into(),
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("API");
+    let scoped =
+        admin.authn.login(login_with("openid read:timesheets write:payroll", api)).await.expect("login").into_inner();
+    assert_eq!(scoped.scope, "openid read:timesheets", "write:payroll is not the API's");
+    let after = admin
+        .users
+        .get_user(authn::GetUserRequest { tenant: tenant.into(), user_id: created.user_id.clone() })
+        .await
+        .expect("user")
+        .into_inner()
+        .user
+        .expect("user")
+        .logins_count;
+    assert_eq!(after, before + 1, "only the login with a known API counted");
     let for_api = admin.authn.login(login_with("openid profile", api)).await.expect("login").into_inner();
     let issuer = format!("http://{http}/{tenant}/");
     let jwt = verify_id_token(http, tenant, &for_api.access_token, api).await;
@@ -1231,5 +1279,63 @@ async fn applications_call_as_themselves_without_a_key() {
     let mut bad_key = suite.clients("not-a-key").await;
     let err = bad_key.authn.login(confidential.login("alice@fabrikam.example", STRONG, "")).await.expect_err("bad key");
     assert_eq!((err.code(), reason(&err).as_deref()), (Code::Unauthenticated, Some("API_KEY_INVALID")));
+    suite.stop().await.expect("stop");
+}
+
+/// Password hashes take turns (`--hash-concurrency`), and a login that waits longer than
+/// `--hash-queue-timeout-ms` for its turn is refused UNAVAILABLE (PASSWORD_CHECKS_BUSY),
+/// counted and logged, instead of queueing without end: a burst holds at most the turns'
+/// memory (19 MiB each).
+#[tokio::test]
+async fn a_login_burst_beyond_the_hashing_turns_is_refused_busy_after_the_queue_deadline() {
+    let suite = Suite::start_with(|s| {
+        s.hash_concurrency = 1;
+        s.hash_queue_timeout_ms = 1;
+    })
+    .await
+    .expect("suite");
+    let mut admin = suite.admin().await;
+    let tenant = "fabrikam-public";
+    let (client_id, secret) = tenant_with_client(&mut admin, tenant).await;
+    database(
+        &mut admin,
+        tenant,
+        "customers",
+        policy(conn::PasswordPolicy::Good),
+        conn::UserProfileSync::Unspecified,
+        Some(&client_id),
+    )
+    .await;
+    admin
+        .authn
+        .signup(signup(tenant, &client_id, "customers", "alice@fabrikam.example", STRONG))
+        .await
+        .expect("signup");
+    let a = App { tenant, client_id: &client_id, secret: &secret, connection: "customers" };
+    // Sixteen at once: one hashes (tens of milliseconds), the others wait over 1 ms.
+    let logins = (0..16).map(|i| {
+        let mut authn = admin.authn.clone();
+        let request = a.login("alice@fabrikam.example", STRONG, &format!("203.0.113.{}", i + 1));
+        async move { authn.login(request).await }
+    });
+    let answers = futures_util::future::join_all(logins).await;
+    let served = answers.iter().filter(|a| a.is_ok()).count();
+    let busy: Vec<&tonic::Status> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(served >= 1, "the first login hashes at once: {busy:?}");
+    assert!(!busy.is_empty(), "16 logins at once, one turn, a 1 ms queue: some must be refused");
+    for s in &busy {
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        assert_eq!(reason(s).as_deref(), Some("PASSWORD_CHECKS_BUSY"), "{s:?}");
+        assert!(s.message().contains("retry shortly"), "{s:?}");
+    }
+    let (_, _, metrics) = http_get(suite.management, "/metrics").await.expect("metrics");
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("postern_refusals_total{reason=\"PASSWORD_CHECKS_BUSY\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    assert_eq!(counted, Some(busy.len()), "each refusal counted");
+    // The burst over, a login is served again.
+    admin.authn.login(a.login("alice@fabrikam.example", STRONG, "203.0.113.99")).await.expect("login after the burst");
     suite.stop().await.expect("stop");
 }

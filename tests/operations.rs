@@ -265,3 +265,112 @@ async fn health_reports_a_gateway_whose_backend_is_down() {
     assert!(said.contains("the server is NOT_SERVING") && said.lines().count() == 1, "{said}");
     assert!(gateway.terminate().expect("terminate"));
 }
+
+/// A user of `tenant` through its database connection `db` for `client`: signs up with
+/// `email` when `signup`, then logs in (which signs tokens with the tenant's sealed key).
+async fn sign_up_and_log_in(
+    admin: &mut postern_testkit::Clients,
+    tenant: &str,
+    client: &postern_proto::tenant::v1::Client,
+    email: &str,
+    signup: bool,
+) -> Result<String, tonic::Status> {
+    use postern_proto::authn::v1 as authn;
+    if signup {
+        admin
+            .authn
+            .signup(authn::SignupRequest {
+                tenant: tenant.into(),
+                client_id: client.client_id.clone(),
+                connection: "db".into(),
+                email: email.into(),
+                password: "Wonder-Land-42!".into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let login = admin
+        .authn
+        .login(authn::LoginRequest {
+            tenant: tenant.into(),
+            client_id: client.client_id.clone(),
+            client_secret: client.client_secret.clone(),
+            connection: "db".into(),
+            username: email.into(),
+            password: "Wonder-Land-42!".into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(login.into_inner().id_token)
+}
+
+/// `postern backup` copies the SQLite databases while the server serves (it holds their
+/// locks), never overwrites, and a server started on the copy (with the same master key)
+/// has the tenant, its users and its sealed signing keys: a login there signs tokens.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_while_serving_and_restore() {
+    use postern_proto::connections::v1 as conn;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let (data, copy) = (temp.path().join("data"), temp.path().join("backup"));
+    let server = Process::spawn(serve_command(&data, &[]), true).expect("serve");
+    let mut admin = postern_testkit::Clients::new(postern_testkit::channel(server.grpc).await, ADMIN_KEY);
+    admin.create_tenant("fabrikam").await.expect("tenant");
+    let client = admin.create_client("fabrikam", "Portal").await.expect("client");
+    let connection = conn::Connection {
+        name: "db".into(),
+        strategy: "auth0".into(),
+        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: "fabrikam".into(), connection: Some(connection) })
+        .await
+        .expect("connection");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: "fabrikam".into(),
+            connection: "db".into(),
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+    sign_up_and_log_in(&mut admin, "fabrikam", &client, "alice@fabrikam.example", true).await.expect("alice");
+
+    // While the server runs: copied, each file, private.
+    let out =
+        output_within(postern(&["backup", "--data-dir"]).arg(&data).arg("--to").arg(&copy), Duration::from_secs(60))
+            .expect("backup");
+    assert!(out.status.success(), "{}", text(&out));
+    for service in ["tenant", "registry", "authn"] {
+        assert!(text(&out).contains(&format!("postern: {service}: ")), "{}", text(&out));
+        let meta = std::fs::metadata(copy.join(format!("{service}.db"))).expect("copied");
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077, 0, "{service}.db is private");
+    }
+    assert!(!copy.join("master-key").exists(), "the master key is never copied");
+    // Written after the copy: not in it.
+    sign_up_and_log_in(&mut admin, "fabrikam", &client, "bob@fabrikam.example", true).await.expect("bob");
+    // Never overwritten.
+    let again =
+        output_within(postern(&["backup", "--data-dir"]).arg(&data).arg("--to").arg(&copy), Duration::from_secs(60))
+            .expect("backup");
+    assert!(!again.status.success() && text(&again).contains("exists already"), "{}", text(&again));
+    let empty = output_within(
+        postern(&["backup", "--data-dir"]).arg(temp.path().join("nothing")).arg("--to").arg(temp.path().join("b2")),
+        Duration::from_secs(60),
+    )
+    .expect("backup");
+    assert!(!empty.status.success() && text(&empty).contains("holds no Postern database"), "{}", text(&empty));
+    assert!(server.terminate().expect("terminate"));
+
+    // Restored: a server on the copy serves alice (her hash, the tenant's sealed key), not bob.
+    let restored = Process::spawn(serve_command(&copy, &[]), true).expect("serve the copy");
+    let mut admin = postern_testkit::Clients::new(postern_testkit::channel(restored.grpc).await, ADMIN_KEY);
+    let token =
+        sign_up_and_log_in(&mut admin, "fabrikam", &client, "alice@fabrikam.example", false).await.expect("alice");
+    assert_eq!(token.split('.').count(), 3, "an ID token signed with the restored key");
+    let bob = sign_up_and_log_in(&mut admin, "fabrikam", &client, "bob@fabrikam.example", false).await;
+    assert_eq!(bob.expect_err("bob came after the copy").code(), tonic::Code::Unauthenticated);
+    assert!(restored.terminate().expect("terminate"));
+}

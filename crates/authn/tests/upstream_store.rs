@@ -24,7 +24,13 @@ async fn stores(test: &str) -> Vec<(Store, Backend)> {
     let mut out = vec![(sqlite, Backend::Sqlite { _dir: dir })];
     if let Some(base) = postern_common::testing::postgres(test) {
         let db = TestDatabase::create(&base).await.expect("a fresh database");
-        let store = Store::open(&DbLocation::Postgres { url: db.url.clone(), schema: "authn".into() }).await.unwrap();
+        let store = Store::open(&DbLocation::Postgres {
+            url: db.url.clone(),
+            schema: "authn".into(),
+            pool_size: postern_common::db::DEFAULT_POOL_SIZE,
+        })
+        .await
+        .unwrap();
         out.push((store, Backend::Postgres(db)));
     }
     out

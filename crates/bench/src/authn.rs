@@ -107,9 +107,11 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     let cold = setup(false).await?;
     let phc = password::hash(PASSWORD)?;
 
+    // The same turns as the server's: one hash per core.
+    let hashing = std::sync::Arc::new(password::Hashing::default());
     let raw = move |_w: usize| {
-        let phc = phc.clone();
-        async move { matches!(password::verify_async(PASSWORD.to_owned(), Some(phc)).await, Ok(true)) }
+        let (phc, hashing) = (phc.clone(), hashing.clone());
+        async move { matches!(hashing.verify(PASSWORD.to_owned(), Some(phc)).await, Ok(true)) }
     };
     let via = |s: &Setup| {
         let client = s.client.clone();

@@ -14,6 +14,8 @@
 //!   the upstream, with Postern's own time per login beside it.
 //! - `replicas`: two replicas on one PostgreSQL: the time from a change acknowledged by one
 //!   to its effect at the other (p50/p99 over 100 changes of each kind).
+//! - `burst`: the peak resident memory of a `postern serve` (the binary beside this one)
+//!   under a burst of concurrent logins, password hashing bounded (the default) and not.
 //!
 //! Run it in release mode: `cargo run --release -p postern-bench` (`--help` for options;
 //! `--only gateway` runs one section).
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod authn;
+mod burst;
 mod federation;
 mod gateway;
 mod ldap;
@@ -108,9 +111,12 @@ async fn main() -> anyhow::Result<()> {
     if args.wants("replicas") {
         replicas::run(&args).await?;
     }
+    if args.wants("burst") {
+        burst::run(&args).await?;
+    }
     Ok(())
 }
 
-fn num_cpus() -> usize {
+pub(crate) fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

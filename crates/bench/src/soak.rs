@@ -278,7 +278,7 @@ async fn raw_call(grpc: std::net::SocketAddr, path: &str, bytes: Vec<u8>) -> Res
 }
 
 /// The resident memory of process `pid` (VmRSS), in MB.
-fn rss_mb(pid: u32) -> f64 {
+pub(crate) fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -289,7 +289,7 @@ fn rss_mb(pid: u32) -> f64 {
 }
 
 /// The `postern` binary: `explicit`, else the one built beside this program.
-fn postern_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn postern_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p);
     }

@@ -99,16 +99,36 @@ pub enum DbLocation {
         url: String,
         /// The service's schema (`tenant`, `registry`, `authn`).
         schema: String,
+        /// The most connections the service's pool opens ([`DEFAULT_POOL_SIZE`] unless
+        /// configured).
+        pool_size: u32,
     },
 }
+
+/// The most PostgreSQL connections a service's pool opens unless configured: three
+/// services in the all-in-one process open up to three times this many.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
 
 impl DbLocation {
     /// The location of service `service`: `<data_dir>/<service>.db`, or its schema in the
     /// PostgreSQL database at `database_url` when one is given.
     pub fn for_service(service: &str, data_dir: &Path, database_url: Option<&str>) -> Self {
         match database_url {
-            Some(url) => DbLocation::Postgres { url: url.to_owned(), schema: service.to_owned() },
+            Some(url) => {
+                DbLocation::Postgres { url: url.to_owned(), schema: service.to_owned(), pool_size: DEFAULT_POOL_SIZE }
+            }
             None => DbLocation::SqliteFile(data_dir.join(format!("{service}.db"))),
+        }
+    }
+
+    /// The same location with a pool of at most `pool_size` connections (at least one) on
+    /// PostgreSQL; an SQLite file keeps its own pools (one writer, eight readers).
+    pub fn with_pool_size(self, pool_size: u32) -> Self {
+        match self {
+            DbLocation::Postgres { url, schema, .. } => {
+                DbLocation::Postgres { url, schema, pool_size: pool_size.max(1) }
+            }
+            sqlite => sqlite,
         }
     }
 }
@@ -312,7 +332,7 @@ impl Db {
                     closed: closed_signal(),
                 })
             }
-            DbLocation::Postgres { url, schema } => {
+            DbLocation::Postgres { url, schema, pool_size } => {
                 let options = postgres_options(url, schema)?;
                 // The schema must exist, and be current, before any pooled connection points
                 // its search path at it.
@@ -325,7 +345,7 @@ impl Db {
                 }
                 let set_path = format!("SET search_path TO {schema}");
                 let pool = AnyPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(*pool_size)
                     .acquire_timeout(Duration::from_secs(10))
                     .after_connect(move |conn, _| {
                         let set_path = set_path.clone();
@@ -454,7 +474,7 @@ pub async fn migrate(location: &DbLocation, migrations: Migrations) -> Result<Mi
             closed?;
             Ok(migrated)
         }
-        DbLocation::Postgres { url, schema } => {
+        DbLocation::Postgres { url, schema, .. } => {
             let mut conn = AnyConnection::connect_with(&postgres_options(url, schema)?).await?;
             let migrated = settle_postgres_locked(&mut conn, schema, migrations.postgres, SchemaPolicy::Migrate).await;
             let closed = conn.close().await;
@@ -463,6 +483,37 @@ pub async fn migrate(location: &DbLocation, migrations: Migrations) -> Result<Mi
             Ok(migrated)
         }
     }
+}
+
+/// Copies the SQLite database at `path` to a new file `to` as one consistent snapshot
+/// (SQLite's `VACUUM INTO`), while whoever owns it keeps serving: the copy reads in a
+/// transaction of its own, so writes committed after it began are not in it and none is
+/// half in it; the running server is neither stopped nor locked out (its `.lock` file is
+/// not taken). `to` must not exist. Answers the copy's size in bytes.
+pub async fn backup_sqlite(path: &Path, to: &Path) -> Result<u64, DbError> {
+    if !path.is_file() {
+        return Err(DbError::Config(format!("{} is not an SQLite database file", path.display())));
+    }
+    if to.exists() {
+        return Err(DbError::Config(format!("{} exists already; a backup never overwrites a file", to.display())));
+    }
+    let target = to
+        .to_str()
+        .ok_or_else(|| DbError::Config(format!("{} is not a UTF-8 path", to.display())))?
+        .replace('\'', "\'\'");
+    sqlx::any::install_default_drivers();
+    // Read-write without creating: a WAL database's readers need its shared-memory file.
+    let options = AnyConnectOptions::from_str(&format!("sqlite://{}?mode=rw", path.display()))
+        .map_err(|e| DbError::Config(e.to_string()))?;
+    let mut conn = AnyConnection::connect_with(&options).await?;
+    conn.execute("PRAGMA busy_timeout = 10000").await?;
+    let copied = conn.execute(sqlx::AssertSqlSafe(format!("VACUUM INTO '{target}'"))).await;
+    let closed = conn.close().await;
+    copied?;
+    closed?;
+    crate::files::tighten(to, crate::files::FILE_MODE)
+        .map_err(|source| DbError::Io { path: to.display().to_string(), source })?;
+    Ok(std::fs::metadata(to).map_err(|source| DbError::Io { path: to.display().to_string(), source })?.len())
 }
 
 fn sqlite_options(path: &Path) -> Result<AnyConnectOptions, DbError> {

@@ -83,6 +83,13 @@ pub struct Settings {
     /// loses every connection secret.
     #[arg(long, env = "POSTERN_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
+    /// Master keys replaced by `--master-key` (comma-separated), during a rotation: values
+    /// sealed under them still open, and every start re-seals the stored ones (connection
+    /// secrets, signing keys, upstream tokens) under the current key. Remove them once a
+    /// start has logged that nothing is left under them and a day has passed (opaque access
+    /// tokens sealed under them live 24 hours).
+    #[arg(long, env = "POSTERN_PREVIOUS_MASTER_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub previous_master_keys: Vec<String>,
     /// The authenticator's addresses, for `serve gateway` (comma-separated
     /// `http://host:port`). Without it the gateway serves no authenticator.
     #[arg(long, env = "POSTERN_AUTHN_URL", value_delimiter = ',')]
@@ -125,6 +132,18 @@ pub struct Settings {
     /// room when every connection is busy, or to finish a shutdown.
     #[arg(long, env = "POSTERN_LONG_CALL_MS", default_value_t = 10_000)]
     pub long_call_ms: u64,
+    /// Password hashes (Argon2id: 19 MiB and a core each) run at once; 0 means one per core.
+    /// Logins beyond it wait their turn, so a burst holds at most this many times 19 MiB.
+    #[arg(long, env = "POSTERN_HASH_CONCURRENCY", default_value_t = 0)]
+    pub hash_concurrency: usize,
+    /// The longest a login waits for its turn to hash, in milliseconds, before it is refused
+    /// with UNAVAILABLE (reason PASSWORD_CHECKS_BUSY: retry shortly).
+    #[arg(long, env = "POSTERN_HASH_QUEUE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub hash_queue_timeout_ms: u64,
+    /// The most connections each service's pool opens to PostgreSQL (the all-in-one process
+    /// runs three services, so up to three times this many). SQLite keeps its own pools.
+    #[arg(long, env = "POSTERN_DB_POOL_SIZE", default_value_t = postern_common::db::DEFAULT_POOL_SIZE)]
+    pub db_pool_size: u32,
     /// The connectors the authenticator runs, by strategy; `None` (always, from the command
     /// line) is every connector this binary has ([`connectors`]). Tests set it to add one.
     #[arg(skip)]
@@ -193,6 +212,38 @@ pub async fn migrate(
             .await
             .with_context(|| format!("cannot migrate the {service} service's database"))?;
         done.push((service, migrated));
+    }
+    Ok(done)
+}
+
+/// Copies every service's SQLite database in `data_dir` to `to` (`postern backup`), each
+/// as one consistent snapshot taken while the server keeps serving
+/// ([`postern_common::db::backup_sqlite`]). `to` is created private (0700) when missing and
+/// must not hold an earlier copy. The services' copies are taken one after another, each
+/// consistent in itself (as the services are when they run apart). The master key and the
+/// other key files are not copied: the backup is useless without the master key, which is
+/// kept apart from it. Answers each service, its copy and its size.
+pub async fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<Vec<(&'static str, PathBuf, u64)>> {
+    let mut found = Vec::new();
+    for (service, _) in DATABASES {
+        let path = data_dir.join(format!("{service}.db"));
+        if path.is_file() {
+            found.push((service, path));
+        }
+    }
+    anyhow::ensure!(
+        !found.is_empty(),
+        "{} holds no Postern database (tenant.db, registry.db, authn.db); is --data-dir right? (PostgreSQL: use pg_dump)",
+        data_dir.display()
+    );
+    postern_common::files::private_dir(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut done = Vec::new();
+    for (service, path) in found {
+        let copy = to.join(format!("{service}.db"));
+        let bytes = postern_common::db::backup_sqlite(&path, &copy)
+            .await
+            .with_context(|| format!("cannot back up the {service} service's database"))?;
+        done.push((service, copy, bytes));
     }
     Ok(done)
 }
@@ -476,7 +527,8 @@ async fn start_tenant(settings: &Settings, internal_key: InternalKey) -> anyhow:
 }
 
 async fn open_tenant_store(settings: &Settings) -> anyhow::Result<postern_tenant::Store> {
-    let location = DbLocation::for_service("tenant", &settings.data_dir, settings.database_url.as_deref());
+    let location = DbLocation::for_service("tenant", &settings.data_dir, settings.database_url.as_deref())
+        .with_pool_size(settings.db_pool_size);
     let store = postern_tenant::Store::open_with(&location, settings.schema_policy())
         .await
         .context("cannot open the tenant service's database")?;
@@ -499,11 +551,23 @@ async fn start_registry(
     tenant: postern_common::server::HttpService,
 ) -> anyhow::Result<Started> {
     let master_key = master_key(settings)?;
-    let location = DbLocation::for_service("registry", &settings.data_dir, settings.database_url.as_deref());
+    let location = DbLocation::for_service("registry", &settings.data_dir, settings.database_url.as_deref())
+        .with_pool_size(settings.db_pool_size);
     let store = postern_registry::Store::open_with(&location, settings.schema_policy())
         .await
         .context("cannot open the connection registry's database")?;
     postern_registry::check_master_key(&store, &master_key).await?;
+    if master_key.previous_keys() > 0 {
+        let done = postern_registry::reseal_secrets(&store, &master_key)
+            .await
+            .context("cannot re-seal the connection secrets under the current master key")?;
+        tracing::info!(
+            resealed = done.resealed,
+            already_current = done.current,
+            unreadable = done.unreadable,
+            "master key rotation: connection secrets sealed under a previous key are now under the current one"
+        );
+    }
     let registry = Arc::new(
         postern_registry::Registry::start(store.clone(), master_key, internal_key, tenant)
             .await
@@ -527,7 +591,8 @@ async fn start_authn(
 ) -> anyhow::Result<(Started, postern_authn::PublicUrl)> {
     // The same master key as the registry's (postern_common::seal), under its own label.
     let master_key = master_key(settings)?;
-    let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref());
+    let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref())
+        .with_pool_size(settings.db_pool_size);
     let store = postern_authn::Store::open_with(&location, settings.schema_policy())
         .await
         .context("cannot open the authenticator's database")?;
@@ -535,9 +600,23 @@ async fn start_authn(
         Ok(()) => {}
         Err(postern_authn::keys::KeyError::Seal(_)) => anyhow::bail!(
             "the master key does not match the one that sealed the authenticator's signing keys; \
-             start with the original POSTERN_MASTER_KEY (or <data-dir>/master-key)"
+             start with the original POSTERN_MASTER_KEY (or <data-dir>/master-key), or, to rotate it, give it in \
+             POSTERN_PREVIOUS_MASTER_KEYS beside the new one"
         ),
         Err(e) => return Err(anyhow::Error::new(e).context("cannot check the master key against the signing keys")),
+    }
+    if master_key.previous_keys() > 0 {
+        let done = postern_authn::rotation::reseal(&store, &master_key)
+            .await
+            .context("cannot re-seal the authenticator's sealed values under the current master key")?;
+        tracing::info!(
+            signing_keys_resealed = done.signing_keys.resealed,
+            signing_keys_current = done.signing_keys.current,
+            upstream_tokens_resealed = done.upstream_tokens.resealed,
+            upstream_tokens_current = done.upstream_tokens.current,
+            unreadable = done.signing_keys.unreadable + done.upstream_tokens.unreadable,
+            "master key rotation: signing keys and upstream tokens sealed under a previous key are now under the current one"
+        );
     }
     let public_url = postern_authn::PublicUrl::default();
     match &settings.public_url {
@@ -556,7 +635,7 @@ async fn start_authn(
         lifetimes: postern_authn::tokens::Lifetimes::DEFAULT,
         cache_connections: settings.connection_cache,
         clock: settings.clock.clone().unwrap_or_else(postern_common::time::Clock::system),
-        connectors: settings.connectors.clone().unwrap_or_else(connectors),
+        connectors: settings.connectors.clone().unwrap_or_else(|| connectors_with(hashing_limits(settings))),
     };
     let api = postern_authn::api(store.clone(), &peers, internal_key, config);
     let started = Started {
@@ -569,10 +648,26 @@ async fn start_authn(
     Ok((started, public_url))
 }
 
-/// Every connector this binary has, by strategy: the authenticator runs them and knows no
-/// protocol. A new connector crate is registered here.
+/// The password hashing limits of `settings` (`--hash-concurrency`, 0 for one per core;
+/// `--hash-queue-timeout-ms`).
+fn hashing_limits(settings: &Settings) -> postern_connector_database::password::HashingLimits {
+    let default = postern_connector_database::password::HashingLimits::default();
+    postern_connector_database::password::HashingLimits {
+        concurrent: if settings.hash_concurrency == 0 { default.concurrent } else { settings.hash_concurrency },
+        queue_timeout: Duration::from_millis(settings.hash_queue_timeout_ms),
+    }
+}
+
+/// Every connector this binary has, by strategy, with the default hashing limits: the
+/// authenticator runs them and knows no protocol.
 pub fn connectors() -> postern_connector::Connectors {
-    let connectors = postern_connector_database::register(postern_connector::Connectors::new());
+    connectors_with(postern_connector_database::password::HashingLimits::default())
+}
+
+/// Every connector this binary has, by strategy, the database connector hashing within
+/// `limits`. A new connector crate is registered here.
+pub fn connectors_with(limits: postern_connector_database::password::HashingLimits) -> postern_connector::Connectors {
+    let connectors = postern_connector_database::register_with(postern_connector::Connectors::new(), limits);
     let connectors = postern_connector_oidc::register(connectors);
     let connectors = postern_connector_ldap::register(connectors, postern_common::time::Clock::system());
     let connectors = postern_connector_passwordless::register(connectors);
@@ -583,6 +678,19 @@ pub fn connectors() -> postern_connector::Connectors {
 /// The master key: configured, or the one in `<data-dir>/master-key`, which the first start
 /// generates (mode 0600).
 fn master_key(settings: &Settings) -> anyhow::Result<postern_common::seal::MasterKey> {
+    let mut previous = Vec::new();
+    for (i, text) in settings.previous_master_keys.iter().filter(|t| !t.trim().is_empty()).enumerate() {
+        previous.push(
+            postern_common::seal::MasterKey::parse(text)
+                .with_context(|| format!("POSTERN_PREVIOUS_MASTER_KEYS, key {}", i + 1))?,
+        );
+    }
+    Ok(current_master_key(settings)?.with_previous(previous))
+}
+
+/// The current master key: configured, or the one in `<data-dir>/master-key`, which the
+/// first start generates (mode 0600).
+fn current_master_key(settings: &Settings) -> anyhow::Result<postern_common::seal::MasterKey> {
     use postern_common::seal::MasterKey;
     if let Some(text) = &settings.master_key {
         return MasterKey::parse(text).context("POSTERN_MASTER_KEY");

@@ -1,7 +1,8 @@
 //! `postern`: the one binary. `postern serve` starts every service and the gateway in one
 //! process; `postern serve tenant|registry|gateway` starts one piece alone; `postern migrate`
-//! brings every service's database up to date; `postern health` asks a running server whether
-//! it is serving (the container's health check).
+//! brings every service's database up to date; `postern backup` copies the SQLite databases
+//! while serving; `postern health` asks a running server whether it is serving (the
+//! container's health check).
 
 #![forbid(unsafe_code)]
 
@@ -77,6 +78,18 @@ enum Command {
         #[arg(long, env = "POSTERN_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// Copy every service's SQLite database to `--to`, each as one consistent snapshot, while
+    /// the server keeps serving. The master key is not copied: keep it apart. For PostgreSQL,
+    /// use `pg_dump` (see the README).
+    Backup {
+        /// Where the SQLite databases (one per service) live.
+        #[arg(long, env = "POSTERN_DATA_DIR", default_value = "./postern-data")]
+        data_dir: PathBuf,
+        /// The directory to write the copies to: created (mode 0700) if missing, and it must
+        /// not hold an earlier backup (nothing is overwritten).
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Ask a running server's gRPC health service whether it is serving: exit 0 when it
     /// answers SERVING, 1 otherwise with the reason on one line.
     Health {
@@ -144,6 +157,12 @@ async fn main() -> anyhow::Result<()> {
                     let applied: Vec<String> = migrated.applied.iter().map(i64::to_string).collect();
                     println!("postern: {service}: applied {}; now at migration {version}", applied.join(", "));
                 }
+            }
+            Ok(())
+        }
+        Command::Backup { data_dir, to } => {
+            for (service, path, bytes) in postern::backup(&data_dir, &to).await? {
+                println!("postern: {service}: {bytes} bytes to {}", path.display());
             }
             Ok(())
         }

@@ -28,21 +28,28 @@ use postern_connector::{
 
 use crate::customdb::{CustomDbClient, CustomDbError, Target};
 
-/// Registers the database connector for its strategy (`auth0`).
+/// Registers the database connector for its strategy (`auth0`), hashing within the
+/// default limits (one hash per core, a 10 s wait).
 pub fn register(connectors: Connectors) -> Connectors {
-    connectors.with_password(Strategy::Auth0, Arc::new(DatabaseConnector::new()))
+    register_with(connectors, password::HashingLimits::default())
+}
+
+/// Registers the database connector for its strategy (`auth0`), hashing within `limits`.
+pub fn register_with(connectors: Connectors, limits: password::HashingLimits) -> Connectors {
+    connectors.with_password(Strategy::Auth0, Arc::new(DatabaseConnector::new(limits)))
 }
 
 /// The connector of database connections.
 #[derive(Debug, Default)]
 pub struct DatabaseConnector {
     customdb: CustomDbClient,
+    hashing: password::Hashing,
 }
 
 impl DatabaseConnector {
-    /// A connector with no channel to any custom database open yet.
-    pub fn new() -> Self {
-        Self::default()
+    /// A connector hashing within `limits`, with no channel to any custom database open yet.
+    pub fn new(limits: password::HashingLimits) -> Self {
+        Self { customdb: CustomDbClient::default(), hashing: password::Hashing::new(limits) }
     }
 }
 
@@ -61,7 +68,17 @@ fn options(conn: &Resolved) -> Result<&DatabaseOptions, ConnectorError> {
 }
 
 fn internal(e: password::Error) -> ConnectorError {
-    ConnectorError::Internal(e.to_string())
+    match e {
+        password::Error::Busy { .. } => {
+            tracing::warn!(reason = "PASSWORD_CHECKS_BUSY", error = %e, "password check refused");
+            postern_common::telemetry::refused("PASSWORD_CHECKS_BUSY");
+            ConnectorError::Unavailable {
+                reason: "PASSWORD_CHECKS_BUSY",
+                message: "too many password checks are waiting; retry shortly".into(),
+            }
+        }
+        e => ConnectorError::Internal(e.to_string()),
+    }
 }
 
 /// What a custom database's answer means to the caller.
@@ -103,11 +120,11 @@ impl PasswordConnector for DatabaseConnector {
         let db = options(conn)?;
         match (local_hash, &db.custom_database) {
             (Some(hash), _) => {
-                if !password::verify_async(password.to_owned(), Some(hash.to_owned())).await.map_err(internal)? {
+                if !self.hashing.verify(password.to_owned(), Some(hash.to_owned())).await.map_err(internal)? {
                     return Err(ConnectorError::WrongCredentials);
                 }
                 let rehash = if password::needs_rehash(hash) {
-                    Some(password::hash_async(password.to_owned()).await.map_err(internal)?)
+                    Some(self.hashing.hash(password.to_owned()).await.map_err(internal)?)
                 } else {
                     None
                 };
@@ -117,7 +134,7 @@ impl PasswordConnector for DatabaseConnector {
                 let target = Target::of(tenant, conn, custom);
                 let profile = self.customdb.login(&target, login, password).await.map_err(custom_db_error)?;
                 let import_hash = if db.imports_lazily() {
-                    Some(password::hash_async(password.to_owned()).await.map_err(internal)?)
+                    Some(self.hashing.hash(password.to_owned()).await.map_err(internal)?)
                 } else {
                     None
                 };
@@ -125,7 +142,7 @@ impl PasswordConnector for DatabaseConnector {
             }
             (None, None) => {
                 // Unknown user: spend the time of a real check, then answer as for a wrong one.
-                password::verify_async(password.to_owned(), None).await.map_err(internal)?;
+                self.hashing.verify(password.to_owned(), None).await.map_err(internal)?;
                 Err(ConnectorError::WrongCredentials)
             }
         }
@@ -179,7 +196,7 @@ impl PasswordConnector for DatabaseConnector {
                         }
                     }
                 }
-                let hash = password::hash_async(s.password.to_owned()).await.map_err(internal)?;
+                let hash = self.hashing.hash(s.password.to_owned()).await.map_err(internal)?;
                 Ok(SignedUp::Local { hash })
             }
         }
@@ -195,21 +212,15 @@ impl PasswordConnector for DatabaseConnector {
         let db = options(conn)?;
         let policy = db.password_rules();
         let mut v = Violations::new();
-        password::check_with_history(
-            &policy,
-            change.new_password,
-            &change.user,
-            change.history,
-            "new_password",
-            &mut v,
-        )
-        .await
-        .map_err(internal)?;
+        self.hashing
+            .check_with_history(&policy, change.new_password, &change.user, change.history, "new_password", &mut v)
+            .await
+            .map_err(internal)?;
         if !v.is_empty() {
             return Err(ConnectorError::Invalid(v));
         }
         if change.local {
-            let hash = password::hash_async(change.new_password.to_owned()).await.map_err(internal)?;
+            let hash = self.hashing.hash(change.new_password.to_owned()).await.map_err(internal)?;
             let history = usize::try_from(policy.history_size).unwrap_or(0).min(password::MAX_HISTORY_SIZE);
             return Ok(PasswordChanged::Local { hash, history });
         }
@@ -297,7 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_hashes_verify_and_outdated_ones_are_replaced() {
-        let c = DatabaseConnector::new();
+        let c = DatabaseConnector::default();
         let conn = database(|_| {});
         let hash = password::hash("correct horse 9!").unwrap();
         let ok = c.verify("t", &conn, "alice", "correct horse 9!", Some(&hash)).await.unwrap();
@@ -319,7 +330,7 @@ mod tests {
 
     #[tokio::test]
     async fn signup_follows_the_connection_rules() {
-        let c = DatabaseConnector::new();
+        let c = DatabaseConnector::default();
         let none = Map::new();
         let closed = database(|d| d.disable_signup = true);
         let refused = c.sign_up("t", &closed, &signup("Str0ng-enough!", &none)).await;
@@ -340,7 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn password_changes_keep_the_history_rule() {
-        let c = DatabaseConnector::new();
+        let c = DatabaseConnector::default();
         let conn = database(|d| d.password_history_size = 2);
         let history = vec![password::hash("Old-passw0rd!").unwrap()];
         let change = |new_password| PasswordChange {
@@ -369,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn other_strategies_and_brute_force_settings() {
-        let c = DatabaseConnector::new();
+        let c = DatabaseConnector::default();
         let social = connection(
             "github",
             Some(pb::connection::Options::Oauth2(pb::OAuth2Options {

@@ -4,10 +4,10 @@
 //! Hashes are PHC strings (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`) at OWASP's
 //! parameters. Verification also accepts bcrypt hashes (`$2a$`, `$2b$`, `$2y$`) imported
 //! from a custom database; [`needs_rehash`] tells the caller to replace those after a
-//! successful login. Hashing costs tens of milliseconds of CPU on purpose, so the async
-//! wrappers run it on the blocking pool.
+//! successful login. Hashing costs tens of milliseconds of CPU and 19 MiB of memory on
+//! purpose, so [`Hashing`] runs it on the blocking pool, a bounded number at once.
 //!
-//! The policy is checked on signup and password change; [`check_with_history`] adds the
+//! The policy is checked on signup and password change; [`Hashing::check_with_history`] adds the
 //! rule that needs the stored hashes.
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
@@ -50,6 +50,15 @@ pub enum Error {
     /// The blocking task running the hash was cancelled or panicked.
     #[error("the password hashing task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// No turn to hash came within the queue's deadline: more password checks were asked
+    /// at once than the process hashes, for longer than the deadline.
+    #[error("{queued} password checks are waiting for a turn; none came within {waited:?}")]
+    Busy {
+        /// How long this check waited.
+        waited: std::time::Duration,
+        /// How many checks were waiting when it gave up.
+        queued: usize,
+    },
 }
 
 fn hasher() -> Argon2<'static> {
@@ -57,7 +66,7 @@ fn hasher() -> Argon2<'static> {
 }
 
 /// Hashes a password with Argon2id at the configured parameters and a random salt, as a
-/// PHC string. Blocking: tens of milliseconds of CPU; prefer [`hash_async`] in async code.
+/// PHC string. Blocking: tens of milliseconds of CPU; prefer [`Hashing::hash`] in async code.
 pub fn hash(password: &str) -> Result<String, Error> {
     let random = argon2::password_hash::try_generate_salt().map_err(|e| Error::Hashing(e.to_string()))?;
     let salt = Salt::new(&random).map_err(|e| Error::Hashing(e.to_string()))?;
@@ -73,12 +82,18 @@ pub fn hash(password: &str) -> Result<String, Error> {
     Ok(phc.to_string())
 }
 
+/// How many working areas are kept between hashes: one per core (more hashes at once, when
+/// configured, allocate theirs and free them after).
+fn kept_areas() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// Argon2 of `password` and `salt` into `out`, in working memory kept between hashes (see
 /// [`crate::argon2_memory`]).
 fn argon2_into(argon: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), Error> {
     let blocks = argon.params().block_count();
     argon2_memory::AREAS
-        .with_area(blocks, PARAMS.block_count(), hashing_turns(), |area| {
+        .with_area(blocks, PARAMS.block_count(), kept_areas(), |area| {
             argon.hash_password_into_with_memory(password, salt, out, area)
         })
         .map_err(|e| match e {
@@ -88,7 +103,7 @@ fn argon2_into(argon: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8])
 }
 
 /// Whether `password` matches the PHC string `phc` (Argon2 of any variant and parameters,
-/// or bcrypt). Blocking; prefer [`verify_async`].
+/// or bcrypt). Blocking; prefer [`Hashing::verify`].
 pub fn verify(password: &str, phc: &str) -> Result<bool, Error> {
     if phc.starts_with("$argon2") {
         let parsed = PasswordHash::new(phc).map_err(|_| Error::MalformedHash)?;
@@ -151,73 +166,132 @@ pub fn needs_rehash(phc: &str) -> bool {
     !current().unwrap_or(false)
 }
 
-/// [`hash`] on the blocking pool.
-pub async fn hash_async(password: String) -> Result<String, Error> {
-    let _permit = hashing_permit().await;
-    let hashed = tokio::task::spawn_blocking(move || hash(&password)).await?;
-    argon2_memory::AREAS.free_when_idle();
-    hashed
+/// How many password hashes run at once, and how long a check waits for its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashingLimits {
+    /// Hashes at once; each holds 19 MiB (Argon2id at OWASP's parameters) and a core.
+    pub concurrent: usize,
+    /// The longest a check waits for a turn before it is refused as busy.
+    pub queue_timeout: std::time::Duration,
 }
 
-/// How many hashes run at once: one per core.
-fn hashing_turns() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-}
-
-/// A turn to hash. Argon2id at these parameters is memory-hard (19 MiB a hash): running
-/// more hashes at once than there are cores only thrashes caches and memory, lowering the
-/// rate for everyone (on 2 cores, 8 at once verify about a fifth fewer per second than 2).
-/// So hashes take turns, one per core, and the callers beyond that wait their turn in
-/// order, without holding a thread or memory.
-async fn hashing_permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
-    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let turns = TURNS.get_or_init(|| tokio::sync::Semaphore::new(hashing_turns()));
-    // The semaphore is never closed, so acquiring cannot fail.
-    turns.acquire().await.ok()
-}
-
-/// [`verify_user`] on the blocking pool: `None` for an unknown user.
-pub async fn verify_async(password: String, phc: Option<String>) -> Result<bool, Error> {
-    let _permit = hashing_permit().await;
-    let verified = tokio::task::spawn_blocking(move || verify_user(&password, phc.as_deref())).await?;
-    argon2_memory::AREAS.free_when_idle();
-    verified
-}
-
-/// [`PasswordPolicy::check`] plus the history rule: the new password must differ from each
-/// of the newest `history_size` hashes of `history` (PHC strings, newest first). The
-/// verifications run on the blocking pool.
-pub async fn check_with_history(
-    policy: &PasswordPolicy,
-    password: &str,
-    user: &PersonalInfo<'_>,
-    history: &[String],
-    field: &str,
-    violations: &mut Violations,
-) -> Result<(), Error> {
-    policy.check(password, user, field, violations);
-    let size = (policy.history_size as usize).min(MAX_HISTORY_SIZE);
-    if size == 0 || history.is_empty() {
-        return Ok(());
-    }
-    let recent: Vec<String> = history.iter().take(size).cloned().collect();
-    let candidate = password.to_owned();
-    let _permit = hashing_permit().await;
-    let reused = tokio::task::spawn_blocking(move || -> Result<bool, Error> {
-        for phc in &recent {
-            if verify(&candidate, phc)? {
-                return Ok(true);
-            }
+impl Default for HashingLimits {
+    /// One hash per core, a 10 s wait at most.
+    fn default() -> Self {
+        Self {
+            concurrent: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            queue_timeout: std::time::Duration::from_secs(10),
         }
-        Ok(false)
-    })
-    .await??;
-    if reused {
-        let what =
-            if size == 1 { "the previous password".to_owned() } else { format!("each of the last {size} passwords") };
-        violations.add(field, format!("must differ from {what}"));
     }
-    Ok(())
+}
+
+/// Password hashing and verification on the blocking pool, taking turns.
+///
+/// Argon2id at these parameters is memory-hard (19 MiB a hash): running more hashes at once
+/// than there are cores only thrashes caches and memory, lowering the rate for everyone (on
+/// 2 cores, 8 at once verify about a fifth fewer per second than 2), and a burst of logins
+/// would hold 19 MiB each. So at most [`HashingLimits::concurrent`] hashes run at once (the
+/// memory they hold is bounded by that times 19 MiB), and the callers beyond wait their turn
+/// in order, without holding a thread or memory, for at most
+/// [`HashingLimits::queue_timeout`]; past it a check fails with [`Error::Busy`] (the caller
+/// answers UNAVAILABLE: retry shortly) rather than waiting for a turn its caller has given up on.
+#[derive(Debug)]
+pub struct Hashing {
+    turns: tokio::sync::Semaphore,
+    limits: HashingLimits,
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for Hashing {
+    fn default() -> Self {
+        Self::new(HashingLimits::default())
+    }
+}
+
+impl Hashing {
+    /// Hashing within `limits` (at least one hash at once).
+    pub fn new(limits: HashingLimits) -> Self {
+        let limits = HashingLimits { concurrent: limits.concurrent.max(1), ..limits };
+        Self { turns: tokio::sync::Semaphore::new(limits.concurrent), limits, queued: 0.into() }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> HashingLimits {
+        self.limits
+    }
+
+    /// A turn to hash, or [`Error::Busy`] when none comes within the queue's deadline.
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        use std::sync::atomic::Ordering;
+        if let Ok(permit) = self.turns.try_acquire() {
+            return Ok(permit);
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let waited = tokio::time::timeout(self.limits.queue_timeout, self.turns.acquire()).await;
+        let queued = self.queued.fetch_sub(1, Ordering::Relaxed);
+        match waited {
+            // The semaphore is never closed.
+            Ok(permit) => permit.map_err(|e| Error::Hashing(e.to_string())),
+            Err(_) => Err(Error::Busy { waited: self.limits.queue_timeout, queued }),
+        }
+    }
+
+    /// [`hash`], in turn.
+    pub async fn hash(&self, password: String) -> Result<String, Error> {
+        let _turn = self.turn().await?;
+        let hashed = tokio::task::spawn_blocking(move || hash(&password)).await?;
+        argon2_memory::AREAS.free_when_idle();
+        hashed
+    }
+
+    /// [`verify_user`], in turn: `phc` `None` for an unknown user.
+    pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, Error> {
+        let _turn = self.turn().await?;
+        let verified = tokio::task::spawn_blocking(move || verify_user(&password, phc.as_deref())).await?;
+        argon2_memory::AREAS.free_when_idle();
+        verified
+    }
+
+    /// [`PasswordPolicy::check`] plus the history rule: the new password must differ from
+    /// each of the newest `history_size` hashes of `history` (PHC strings, newest first),
+    /// verified in one turn.
+    pub async fn check_with_history(
+        &self,
+        policy: &PasswordPolicy,
+        password: &str,
+        user: &PersonalInfo<'_>,
+        history: &[String],
+        field: &str,
+        violations: &mut Violations,
+    ) -> Result<(), Error> {
+        policy.check(password, user, field, violations);
+        let size = (policy.history_size as usize).min(MAX_HISTORY_SIZE);
+        if size == 0 || history.is_empty() {
+            return Ok(());
+        }
+        let recent: Vec<String> = history.iter().take(size).cloned().collect();
+        let candidate = password.to_owned();
+        let _turn = self.turn().await?;
+        let reused = tokio::task::spawn_blocking(move || -> Result<bool, Error> {
+            for phc in &recent {
+                if verify(&candidate, phc)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await??;
+        argon2_memory::AREAS.free_when_idle();
+        if reused {
+            let what = if size == 1 {
+                "the previous password".to_owned()
+            } else {
+                format!("each of the last {size} passwords")
+            };
+            violations.add(field, format!("must differ from {what}"));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -310,11 +384,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn async_wrappers() {
-        let phc = hash_async("s3cret".to_owned()).await.unwrap();
-        assert!(verify_async("s3cret".to_owned(), Some(phc.clone())).await.unwrap());
-        assert!(!verify_async("nope".to_owned(), Some(phc)).await.unwrap());
-        assert!(!verify_async("s3cret".to_owned(), None).await.unwrap());
+    async fn hashing_in_turn() {
+        let hashing = Hashing::default();
+        let phc = hashing.hash("s3cret".to_owned()).await.unwrap();
+        assert!(hashing.verify("s3cret".to_owned(), Some(phc.clone())).await.unwrap());
+        assert!(!hashing.verify("nope".to_owned(), Some(phc)).await.unwrap());
+        assert!(!hashing.verify("s3cret".to_owned(), None).await.unwrap());
+    }
+
+    /// A check waits for its turn while every turn is taken, and is refused as busy when
+    /// none comes within the deadline; it is served when one comes in time.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_waits_its_turn_until_the_deadline() {
+        let limits = HashingLimits { concurrent: 1, queue_timeout: std::time::Duration::from_secs(10) };
+        let hashing = Hashing::new(limits);
+        assert_eq!(Hashing::new(HashingLimits { concurrent: 0, ..limits }).limits().concurrent, 1);
+        let held = hashing.turn().await.expect("the only turn");
+        let refused = hashing.verify("s3cret".to_owned(), None).await.expect_err("no turn within 10 s");
+        assert!(matches!(refused, Error::Busy { waited, queued: 1 } if waited == limits.queue_timeout), "{refused:?}");
+        assert!(refused.to_string().contains("1 password checks are waiting"), "{refused}");
+        // A turn freed before the deadline serves the waiting check.
+        let start = tokio::time::Instant::now();
+        let waiting = async { hashing.turn().await.map(|_| start.elapsed()) };
+        let freeing = async move {
+            tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+            drop(held);
+        };
+        let (served, ()) = tokio::join!(waiting, freeing);
+        assert_eq!(served.expect("served once the turn is free"), std::time::Duration::from_secs(9));
     }
 
     #[tokio::test]
@@ -326,7 +423,10 @@ mod tests {
             let old = old.clone();
             async move {
                 let mut v = Violations::new();
-                check_with_history(&p, password, &ALICE, &old, "new_password", &mut v).await.unwrap();
+                Hashing::default()
+                    .check_with_history(&p, password, &ALICE, &old, "new_password", &mut v)
+                    .await
+                    .unwrap();
                 v
             }
         };
@@ -341,7 +441,7 @@ mod tests {
 
         let off = PasswordPolicy { history_size: 0, ..p.clone() };
         let mut v = Violations::new();
-        check_with_history(&off, "newest-1", &ALICE, &old, "new_password", &mut v).await.unwrap();
+        Hashing::default().check_with_history(&off, "newest-1", &ALICE, &old, "new_password", &mut v).await.unwrap();
         assert!(v.is_empty());
     }
 }

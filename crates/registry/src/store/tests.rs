@@ -24,9 +24,13 @@ where
 
     let Some(base) = postern_common::testing::postgres(test) else { return };
     let db = postern_common::testing::TestDatabase::create(&base).await.expect("a fresh database");
-    let store = Store::open(&DbLocation::Postgres { url: db.url.clone(), schema: "registry".into() })
-        .await
-        .expect("PostgreSQL");
+    let store = Store::open(&DbLocation::Postgres {
+        url: db.url.clone(),
+        schema: "registry".into(),
+        pool_size: postern_common::db::DEFAULT_POOL_SIZE,
+    })
+    .await
+    .expect("PostgreSQL");
     body(store.clone()).await;
     store.close().await;
     db.drop_db().await.expect("drop the database");
