@@ -356,6 +356,25 @@ async fn split_mode_runs_the_registry_apart_and_it_misses_no_deletion() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A split gateway with a stream open through it stops promptly and cleanly: the stream
+    // ends with UNAVAILABLE after the shutdown grace instead of holding the drain up until
+    // the process gives up (20 s, exit 1, before).
+    let mut through_gateway = admin
+        .connections
+        .watch_connections(cpb::WatchConnectionsRequest { tenant: "fabrikam-internal".into() })
+        .await
+        .expect("a tenant's watch through the gateway")
+        .into_inner();
+    let stopping = Instant::now();
+    assert!(gateway.terminate().expect("terminate"), "the gateway stops cleanly with a stream open");
+    let stopped = stopping.elapsed();
+    println!("split gateway with an open stream stopped in {stopped:?}");
+    assert!(stopped < Duration::from_secs(8), "the gateway took {stopped:?} to stop");
+    let end = tokio::time::timeout(Duration::from_secs(5), through_gateway.message()).await.expect("the stream ended");
+    let Err(end) = end else { panic!("the stream through a stopped gateway should end in an error: {end:?}") };
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("shutting down"), "{end:?}");
+
     // Without the tenant service, the registry cannot vouch for a client: UNAVAILABLE.
     assert!(tenant.terminate().expect("terminate"), "the tenant service stops cleanly despite the open stream");
     const ENABLE: &str = "/postern.connections.v1.ConnectionService/EnableClient";
@@ -368,5 +387,4 @@ async fn split_mode_runs_the_registry_apart_and_it_misses_no_deletion() {
     let err = direct.enable_client(as_service(&key, ENABLE, enable)).await.expect_err("tenant service down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(registry.terminate().expect("terminate"));
-    drop(gateway);
 }

@@ -15,6 +15,7 @@
 //! - [`auth`]: bearer keys to principals, with a cache.
 //! - [`events`]: the tenant event log, which retires what the caches hold.
 //! - [`proxy`]: the forwarding path.
+//! - [`closing`]: answers still streaming when the gateway shuts down.
 //! - [`web`]: the HTTP port (`/healthz`, and routes other crates add: the
 //!   OpenID provider of `postern-provider`).
 
@@ -23,6 +24,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod closing;
 pub mod events;
 pub mod proxy;
 pub mod routing;
@@ -66,6 +68,7 @@ pub struct Gateway {
     config: GatewayConfig,
     tenant_service: postern_common::server::HttpService,
     coherence: postern_common::coherence::Coherence,
+    close: tokio::sync::watch::Sender<bool>,
 }
 
 /// A gateway that cannot start.
@@ -94,6 +97,7 @@ impl Gateway {
             config.key_cache_ttl,
             coherence.clone(),
         );
+        let (close, closing) = tokio::sync::watch::channel(false);
         let proxy = proxy::Proxy::new(
             routes.clone(),
             auth,
@@ -101,8 +105,9 @@ impl Gateway {
             config.rate_limit,
             config.default_deadline,
             config.connections.limits().request_bytes_in_flight,
+            closing,
         );
-        Ok(Self { routes, proxy, config, tenant_service, coherence })
+        Ok(Self { routes, proxy, config, tenant_service, coherence, close })
     }
 
     /// What this gateway's caches of tenant data consult, for others in the process that
@@ -117,7 +122,8 @@ impl Gateway {
         &self.routes
     }
 
-    /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight calls.
+    /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight calls
+    /// (answers still streaming after [`closing::STREAM_GRACE`] end with UNAVAILABLE).
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -143,7 +149,13 @@ impl Gateway {
             .serve_with_incoming_shutdown(
                 router,
                 self.config.connections.incoming(listener),
-                postern_common::server::closing(self.config.connections.clone(), shutdown),
+                postern_common::server::closing(self.config.connections.clone(), {
+                    let close = self.close.clone();
+                    async move {
+                        shutdown.await;
+                        close.send_replace(true);
+                    }
+                }),
             )
             .await;
         watcher.abort();

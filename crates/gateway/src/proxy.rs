@@ -1,7 +1,7 @@
 //! The forwarding path of every call that is not health or reflection, in the order it runs:
 //! request id and trace context, the tracing span, authentication, the rate limit, routing,
 //! the request memory budget ([`crate::budget`]), the deadline, and the call to the backend,
-//! whose body streams through undecoded.
+//! whose body streams through undecoded (and is ended at shutdown: [`crate::closing`]).
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::auth::KeyAuthenticator;
 use crate::budget::{self, RequestBudget};
+use crate::closing::Closable;
 use crate::routing::RouteTable;
 
 /// The forwarding service.
@@ -41,6 +42,7 @@ struct Inner {
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     default_deadline: Duration,
     budget: RequestBudget,
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Rate limit settings: sustained calls per second per key, and the burst above it.
@@ -53,7 +55,8 @@ pub struct RateLimit {
 }
 
 impl Proxy {
-    /// A proxy over `routes`, authenticating with `auth`.
+    /// A proxy over `routes`, authenticating with `auth`; the answers it forwards end once
+    /// `closing` has been true for [`STREAM_GRACE`](crate::closing::STREAM_GRACE).
     pub fn new(
         routes: RouteTable,
         auth: KeyAuthenticator,
@@ -61,13 +64,14 @@ impl Proxy {
         rate: RateLimit,
         default_deadline: Duration,
         request_bytes_in_flight: usize,
+        closing: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let limiter = NonZeroU32::new(rate.per_second).map(|per| {
             let burst = NonZeroU32::new(rate.burst.max(rate.per_second)).unwrap_or(per);
             RateLimiter::keyed(Quota::per_second(per).allow_burst(burst))
         });
         let budget = RequestBudget::new(request_bytes_in_flight);
-        Self { inner: Arc::new(Inner { routes, auth, internal_key, limiter, default_deadline, budget }) }
+        Self { inner: Arc::new(Inner { routes, auth, internal_key, limiter, default_deadline, budget, closing }) }
     }
 }
 
@@ -199,7 +203,10 @@ impl Inner {
                 format!("{service} did not answer within {} ms", deadline.as_millis()),
                 [("service", service)],
             )),
-            Ok(Ok(response)) => Ok(response.map(|body| Body::new(budget::Holding::new(body, share)))),
+            Ok(Ok(response)) => {
+                Ok(response
+                    .map(|body| Body::new(Closable::new(budget::Holding::new(body, share), self.closing.clone()))))
+            }
             Ok(Err(e)) => {
                 endpoint.mark_down();
                 tracing::warn!(address = %endpoint.address, error = %e, "backend call failed");
