@@ -17,6 +17,7 @@
 //! - [`ids`], [`time`]: identifiers, secret hashes, timestamps.
 //! - [`seal`]: encryption at rest under the master key.
 //! - [`server`]: boxed backends, reflection, health, per-RPC spans, shutdown.
+//! - [`tls`]: rustls on the ports and the service-to-service channels, certificates reloaded.
 //! - [`telemetry`]: per-method RPC metrics with gRPC code names, process and pool gauges.
 //! - `testing` (feature `testing`): real-peer rules and fresh PostgreSQL databases for tests.
 
@@ -40,4 +41,5 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
+pub mod tls;
 pub mod validate;

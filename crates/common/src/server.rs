@@ -13,6 +13,7 @@ use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
 use crate::connections::{Connections, TrackLayer};
+use crate::tls::Incoming;
 
 /// The error of an [`HttpService`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -57,13 +58,20 @@ where
 
 /// A lazily connecting channel to `uri` (`http://host:port`) as an [`HttpService`].
 pub fn remote(uri: &str) -> Result<HttpService, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())
-        .map_err(|e| format!("{uri:?} is not a valid backend address: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    let channel = endpoint.connect_lazy();
+    remote_with(uri, None)
+}
+
+/// A lazily connecting channel to `uri` as an [`HttpService`]: `http://host:port`, or
+/// `https://host:port` over TLS with `tls` (trust anchors, and the certificate presented to a
+/// server that asks for one; the public roots and none when `None`).
+pub fn remote_with(uri: &str, tls: Option<&crate::tls::ClientTls>) -> Result<HttpService, String> {
+    let channel = crate::tls::channel(uri, tls, None, |endpoint| {
+        endpoint
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+    })?;
     Ok(BoxCloneSyncService::new(channel.map_err(|e| CallError(Box::new(e)))))
 }
 
@@ -107,6 +115,18 @@ pub async fn serve_backend(
     connections: Connections,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), BoxError> {
+    let incoming = Incoming::new(listener, connections.clone(), None)?;
+    serve_backend_on(incoming, routes, services, connections, shutdown).await
+}
+
+/// [`serve_backend`] on connections accepted by `incoming` (with TLS, say).
+pub async fn serve_backend_on(
+    incoming: Incoming,
+    routes: tonic::service::Routes,
+    services: &[&str],
+    connections: Connections,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), BoxError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     for s in services {
@@ -116,14 +136,14 @@ pub async fn serve_backend(
     let router = routes.add_service(health).add_service(v1).add_service(v1alpha).prepare().into_axum_router();
     grpc_server(&connections)
         .layer(RpcSpanLayer)
-        .serve_with_incoming_shutdown(router, connections.incoming(listener), closing(connections.clone(), shutdown))
+        .serve_with_incoming_shutdown(router, incoming.into_stream(), closing(connections.clone(), shutdown))
         .await?;
     Ok(())
 }
 
 /// A gRPC server with the HTTP/2 limits of `connections` (keepalive, concurrent streams,
 /// header list size) that marks each connection busy while it has a call in flight; serve it
-/// with [`Connections::incoming`] and [`closing`].
+/// with [`Incoming::into_stream`] (or [`Connections::incoming`]) and [`closing`].
 pub fn grpc_server(
     connections: &Connections,
 ) -> tonic::transport::Server<tower::layer::util::Stack<TrackLayer, tower::layer::util::Identity>> {

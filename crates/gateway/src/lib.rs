@@ -129,6 +129,17 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), GatewayError> {
+        let incoming = postern_common::tls::Incoming::new(listener, self.config.connections.clone(), None)
+            .map_err(|e| GatewayError::Serve(Box::new(e)))?;
+        self.serve_on(incoming, shutdown).await
+    }
+
+    /// [`serve`](Self::serve) on the connections `incoming` accepts (with TLS, say).
+    pub async fn serve_on(
+        self,
+        incoming: postern_common::tls::Incoming,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), GatewayError> {
         let (reporter, health) = tonic_health::server::health_reporter();
         let (v1, v1alpha) = postern_common::server::reflection(&self.routes.services())?;
         let watcher = tokio::spawn(self.routes.clone().watch_health(reporter, self.config.health_interval));
@@ -148,7 +159,7 @@ impl Gateway {
         let result = postern_common::server::grpc_server(&self.config.connections)
             .serve_with_incoming_shutdown(
                 router,
-                self.config.connections.incoming(listener),
+                incoming.into_stream(),
                 postern_common::server::closing(self.config.connections.clone(), {
                     let close = self.close.clone();
                     async move {

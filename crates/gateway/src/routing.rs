@@ -15,7 +15,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 /// One address of a backend.
 #[derive(Clone)]
 pub struct Endpoint {
-    /// Where it is (`in-process` or `http://host:port`), for logs.
+    /// Where it is (`in-process`, `http://host:port` or `https://host:port`), for logs.
     pub address: String,
     svc: HttpService,
     healthy: Arc<AtomicBool>,
@@ -30,9 +30,15 @@ impl Endpoint {
 
     /// A backend reached over HTTP/2 at `address` (`http://host:port`).
     pub fn remote(address: &str) -> Result<Self, String> {
+        Self::remote_with(address, None)
+    }
+
+    /// A backend reached over HTTP/2 at `address`: `http://host:port`, or `https://host:port`
+    /// over TLS with `tls` (see [`postern_common::server::remote_with`]).
+    pub fn remote_with(address: &str, tls: Option<&postern_common::tls::ClientTls>) -> Result<Self, String> {
         Ok(Self {
             address: address.to_owned(),
-            svc: postern_common::server::remote(address)?,
+            svc: postern_common::server::remote_with(address, tls)?,
             healthy: Arc::new(AtomicBool::new(true)),
             in_process: false,
         })

@@ -8,8 +8,9 @@ use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use postern_common::connections::{ConnInfo, Connections, LimitedStream, TrackLayer};
+use postern_common::connections::{ConnInfo, Connections, TrackLayer};
 use postern_common::principal::PeerAddr;
+use postern_common::tls::{Incoming, ServerStream};
 
 use crate::routing::RouteTable;
 
@@ -44,6 +45,18 @@ pub async fn serve(
     connections: Connections,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let incoming = Incoming::new(listener, connections.clone(), None)?;
+    serve_on(incoming, router, connections, shutdown).await
+}
+
+/// [`serve`] on the connections `incoming` accepts: with TLS, HTTP/2 or HTTP/1.1 as ALPN
+/// chose; in plaintext, HTTP/1.1 (or HTTP/2 with prior knowledge).
+pub async fn serve_on(
+    incoming: Incoming,
+    router: Router,
+    connections: Connections,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     // The peer's address for the handlers (brute-force protection counts per address).
     let router = router.layer(tower::util::MapRequestLayer::new(|mut req: axum::http::Request<axum::body::Body>| {
         let peer = req.extensions().get::<ConnectInfo<HttpConn>>().and_then(|c| c.0.0.tcp.remote_addr);
@@ -54,7 +67,7 @@ pub async fn serve(
     }));
     let router = router.layer(TrackLayer::new(|e| e.get::<ConnectInfo<HttpConn>>().map(|c| c.0.0.clone())));
     let closing = connections.clone();
-    let listener = HttpListener { listener, connections };
+    let listener = HttpListener { incoming };
     axum::serve(listener, router.into_make_service_with_connect_info::<HttpConn>())
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -63,24 +76,23 @@ pub async fn serve(
         .await
 }
 
-/// The HTTP port's listener: accepts through [`Connections`].
+/// The HTTP port's listener: accepts through [`Connections`] (and the TLS handshake).
 struct HttpListener {
-    listener: tokio::net::TcpListener,
-    connections: Connections,
+    incoming: Incoming,
 }
 
 impl axum::serve::Listener for HttpListener {
-    type Io = LimitedStream;
+    type Io = ServerStream;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let stream = self.connections.accept(&self.listener).await;
+        let stream = self.incoming.accept().await;
         let remote = stream.info().tcp.remote_addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         (stream, remote)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
+        Ok(self.incoming.local_addr())
     }
 }
 

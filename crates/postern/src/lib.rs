@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod management;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -144,6 +145,38 @@ pub struct Settings {
     /// runs three services, so up to three times this many). SQLite keeps its own pools.
     #[arg(long, env = "POSTERN_DB_POOL_SIZE", default_value_t = postern_common::db::DEFAULT_POOL_SIZE)]
     pub db_pool_size: u32,
+    /// The certificate chain (PEM, the server's certificate first) of the gateway's public gRPC
+    /// and HTTP ports, with `--tls-key`: both ports then speak TLS only (HTTP/2 and HTTP/1.1
+    /// by ALPN on the HTTP port). Re-read every `--tls-reload-ms`: a renewed pair is served
+    /// without a restart. Unset: plaintext.
+    #[arg(long, env = "POSTERN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "POSTERN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): with it, the public ports require of every client a certificate
+    /// issued by one of them (mTLS).
+    #[arg(long, env = "POSTERN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the certificate files (`--tls-cert`, `--internal-cert` and their keys) are
+    /// checked for a change, in milliseconds. A changed pair that fits is used from the next
+    /// handshake on; one that does not is logged and the previous pair kept.
+    #[arg(long, env = "POSTERN_TLS_RELOAD_MS", default_value_t = 2_000)]
+    pub tls_reload_ms: u64,
+    /// CA certificates (PEM) of the split services: the `https://` service addresses
+    /// (`--tenant-url https://…`) are verified against them (against the public roots without
+    /// it), and a service alone with `--internal-cert` requires of its callers a certificate
+    /// issued by them (mTLS).
+    #[arg(long, env = "POSTERN_INTERNAL_CA")]
+    pub internal_ca: Option<PathBuf>,
+    /// The certificate chain (PEM) a split process presents: a service alone serves its gRPC
+    /// port over TLS with it, and every split process presents it to the services it calls.
+    /// Re-read like `--tls-cert`.
+    #[arg(long, env = "POSTERN_INTERNAL_CERT")]
+    pub internal_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--internal-cert`.
+    #[arg(long, env = "POSTERN_INTERNAL_CERT_KEY")]
+    pub internal_cert_key: Option<PathBuf>,
     /// The connectors the authenticator runs, by strategy; `None` (always, from the command
     /// line) is every connector this binary has ([`connectors`]). Tests set it to add one.
     #[arg(skip)]
@@ -253,15 +286,30 @@ pub async fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<Vec<(&'static 
 /// SERVING, otherwise `Err` with the reason in one line (`postern health`, the container's
 /// health check).
 pub async fn check_health(address: &str, service: &str, timeout: Duration) -> Result<(), String> {
+    check_health_with(address, service, timeout, &tls::HealthTls::default()).await
+}
+
+/// [`check_health`] over TLS as `tls` says (a `host:port` address then means `https://`).
+pub async fn check_health_with(
+    address: &str,
+    service: &str,
+    timeout: Duration,
+    tls: &tls::HealthTls,
+) -> Result<(), String> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let url = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("{address} is not an address: {e}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
+    let url = match address {
+        a if a.contains("://") => a.to_owned(),
+        a if tls.wanted() => format!("https://{a}"),
+        a => format!("http://{a}"),
+    };
+    let client = if url.starts_with("https://") { Some(tls.client()?) } else { None };
     let ask = async {
-        let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {url}: {}", source_chain(&e)))?;
+        let channel = postern_common::tls::connect(&url, client.as_ref(), tls.server_name(), |e| {
+            e.connect_timeout(timeout).timeout(timeout)
+        })
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {}", source_chain(&e)))?;
         let answer = HealthClient::new(channel)
             .check(HealthCheckRequest { service: service.to_owned() })
             .await
@@ -320,6 +368,7 @@ pub async fn run(
         }
     }
     let internal_key = internal_key(component, &settings)?;
+    let tls = tls::configure(component, &settings)?;
     let connections = connections(&settings);
     let stop = move || {
         let mut rx = shutdown.clone();
@@ -351,13 +400,14 @@ pub async fn run(
                 // Streams that never end would hold up the graceful stop.
                 on_stop.iter().for_each(|f| f());
             });
+            let scheme = http_scheme(&settings);
             let on_bound = move |bound: Bound| {
                 if let Some(http) = bound.http {
-                    let _ = public_url.set(format!("http://{http}"));
+                    let _ = public_url.set(format!("{scheme}://{http}"));
                 }
                 on_bound(bound);
             };
-            let served = serve_gateway(routes, internal_key, &settings, connections, dbs, stop, on_bound).await;
+            let served = serve_gateway(routes, internal_key, &settings, &tls, connections, dbs, stop, on_bound).await;
             // Closing gives each SQLite file up (its lock) even while tasks still hold handles.
             for service in services {
                 service.close.await;
@@ -379,11 +429,11 @@ pub async fn run(
                 }
                 let endpoints = urls
                     .iter()
-                    .map(|u| Endpoint::remote(u).map_err(anyhow::Error::msg))
+                    .map(|u| Endpoint::remote_with(u, tls.internal_client.as_ref()).map_err(anyhow::Error::msg))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 route(&mut routes, info, Backend::new(endpoints));
             }
-            serve_gateway(routes, internal_key, &settings, connections, Vec::new(), stop, on_bound).await
+            serve_gateway(routes, internal_key, &settings, &tls, connections, Vec::new(), stop, on_bound).await
         }
         Component::Registry => {
             let [tenant_url] = settings.tenant_url.as_slice() else {
@@ -391,9 +441,10 @@ pub async fn run(
                     "`serve registry` needs the tenant service's address: --tenant-url http://host:port (POSTERN_TENANT_URL), one address"
                 );
             };
-            let tenant_service = postern_common::server::remote(tenant_url).map_err(anyhow::Error::msg)?;
+            let tenant_service = postern_common::server::remote_with(tenant_url, tls.internal_client.as_ref())
+                .map_err(anyhow::Error::msg)?;
             let registry = start_registry(&settings, internal_key, tenant_service).await?;
-            serve_alone(registry, &settings, connections, stop, on_bound).await
+            serve_alone(registry, &settings, tls.internal_server, connections, stop, on_bound).await
         }
         Component::Authn => {
             let ([tenant_url], [registry_url]) = (settings.tenant_url.as_slice(), settings.registry_url.as_slice())
@@ -403,16 +454,16 @@ pub async fn run(
                      http://host:port (POSTERN_TENANT_URL) and --registry-url http://host:port (POSTERN_REGISTRY_URL)"
                 );
             };
-            let peers = postern_authn::Peers {
-                tenant: postern_common::server::remote(tenant_url).map_err(anyhow::Error::msg)?,
-                registry: postern_common::server::remote(registry_url).map_err(anyhow::Error::msg)?,
+            let remote = |url: &str| {
+                postern_common::server::remote_with(url, tls.internal_client.as_ref()).map_err(anyhow::Error::msg)
             };
+            let peers = postern_authn::Peers { tenant: remote(tenant_url)?, registry: remote(registry_url)? };
             let (authn, _) = start_authn(&settings, &internal_key, peers).await?;
-            serve_alone(authn, &settings, connections, stop, on_bound).await
+            serve_alone(authn, &settings, tls.internal_server, connections, stop, on_bound).await
         }
         Component::Tenant => {
             let tenant = start_tenant(&settings, internal_key).await?;
-            serve_alone(tenant, &settings, connections, stop, on_bound).await
+            serve_alone(tenant, &settings, tls.internal_server, connections, stop, on_bound).await
         }
     }
 }
@@ -473,10 +524,12 @@ fn route(routes: &mut RouteTable, info: &ServiceInfo, backend: Backend) {
     routes.route(info.services, backend).internal(info.internal).public(info.public);
 }
 
-/// Serves one backend service alone on `settings.listen` until the stop, then closes it.
+/// Serves one backend service alone on `settings.listen` (over TLS with `tls`) until the
+/// stop, then closes it.
 async fn serve_alone<F, Fut>(
     service: Started,
     settings: &Settings,
+    tls: Option<postern_common::tls::Acceptor>,
     connections: Connections,
     stop: F,
     on_bound: impl FnOnce(Bound),
@@ -504,7 +557,8 @@ where
         stopping.await;
         draining.set_serving(false);
     });
-    let served = postern_common::server::serve_backend(listener, routes, info.services, connections, stop()).await;
+    let incoming = postern_common::tls::Incoming::new(listener, connections.clone(), tls)?;
+    let served = postern_common::server::serve_backend_on(incoming, routes, info.services, connections, stop()).await;
     task.abort();
     served.map_err(|e| anyhow::anyhow!("{} failed: {e}", info.name))?;
     close.await;
@@ -625,7 +679,7 @@ async fn start_authn(
         }
         // A port picked by the system is known only once bound: `run` sets it then.
         None if settings.http_listen.port() != 0 => {
-            let _ = public_url.set(format!("http://{}", settings.http_listen));
+            let _ = public_url.set(format!("{}://{}", http_scheme(settings), settings.http_listen));
         }
         None => {}
     }
@@ -746,10 +800,18 @@ fn connections(settings: &Settings) -> Connections {
     })
 }
 
+/// The scheme of the HTTP port: `https` with TLS on the public ports.
+fn http_scheme(settings: &Settings) -> &'static str {
+    if settings.tls_cert.as_ref().is_some_and(|p| !p.as_os_str().is_empty()) { "https" } else { "http" }
+}
+
+// The wiring's inputs, each used once; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn serve_gateway<F, Fut>(
     routes: RouteTable,
     internal_key: InternalKey,
     settings: &Settings,
+    tls: &tls::Tls,
     connections: Connections,
     dbs: Vec<(&'static str, postern_common::db::Db)>,
     stop: F,
@@ -784,7 +846,10 @@ where
     let provider = postern_provider::router(postern_provider::ProviderConfig {
         authn: std::sync::Arc::new(move || authn_backend.as_ref().and_then(|b| b.pick()).map(|e| e.service())),
         internal_key: internal_key_for_web,
-        secure_cookies: settings.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+        secure_cookies: match settings.public_url.as_deref() {
+            Some(url) => url.starts_with("https://"),
+            None => http_scheme(settings) == "https",
+        },
         coherence: gateway.coherence(),
     });
     let web = postern_gateway::web::router(gateway.routes().clone()).merge(provider);
@@ -797,8 +862,12 @@ where
         stopping.await;
         draining.set_serving(false);
     });
-    let http = tokio::spawn(postern_gateway::web::serve(http_listener, web, connections, stop()));
-    let served = gateway.serve(listener, stop()).await;
+    let public = tls.public.as_ref();
+    let http_incoming =
+        postern_common::tls::Incoming::new(http_listener, connections.clone(), public.map(|p| p.http.clone()))?;
+    let incoming = postern_common::tls::Incoming::new(listener, connections.clone(), public.map(|p| p.grpc.clone()))?;
+    let http = tokio::spawn(postern_gateway::web::serve_on(http_incoming, web, connections, stop()));
+    let served = gateway.serve_on(incoming, stop()).await;
     task.abort();
     served?;
     http.await.context("HTTP server task")?.context("HTTP server")?;

@@ -93,8 +93,8 @@ enum Command {
     /// Ask a running server's gRPC health service whether it is serving: exit 0 when it
     /// answers SERVING, 1 otherwise with the reason on one line.
     Health {
-        /// The server's gRPC address (`host:port`). Default: the port of POSTERN_LISTEN on
-        /// loopback when that is set, else 127.0.0.1:50051.
+        /// The server's gRPC address (`host:port`, or `https://host:port` for TLS). Default: the
+        /// port of POSTERN_LISTEN on loopback when that is set, else 127.0.0.1:50051.
         #[arg(long)]
         address: Option<String>,
         /// The service to ask about (`postern.tenant.v1.TenantService`); empty asks about the
@@ -104,6 +104,8 @@ enum Command {
         /// How long to wait for the answer, in milliseconds.
         #[arg(long, default_value_t = 3_000)]
         timeout_ms: u64,
+        #[command(flatten)]
+        tls: postern::tls::HealthTls,
     },
 }
 
@@ -166,10 +168,10 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Health { address, service, timeout_ms } => {
+        Command::Health { address, service, timeout_ms, tls } => {
             let address = address.unwrap_or_else(default_health_address);
             let timeout = std::time::Duration::from_millis(timeout_ms.max(1));
-            match postern::check_health(&address, &service, timeout).await {
+            match postern::check_health_with(&address, &service, timeout, &tls).await {
                 Ok(()) => {
                     println!("SERVING");
                     Ok(())
