@@ -51,7 +51,7 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 }
 
 impl Provider {
-    fn set_cookie(&self, response: &mut Response, tenant: &str, name: &str, value: &str, max_age: i64) {
+    pub(crate) fn set_cookie(&self, response: &mut Response, tenant: &str, name: &str, value: &str, max_age: i64) {
         let secure = if self.config.secure_cookies { "; Secure" } else { "" };
         let cookie = format!("{name}={value}; Path=/{tenant}/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}");
         if let Ok(v) = HeaderValue::from_str(&cookie) {
