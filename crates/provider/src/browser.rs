@@ -254,6 +254,10 @@ pub(crate) async fn render_login(
         status,
         "login.html",
         minijinja::context! {
+            // The forms post to the tenant's absolute paths: the page is also shown at the
+            // address of a refused form (`/<tenant>/passwordless/start`,
+            // `/<tenant>/login/upstream`), where a relative action would lead elsewhere.
+            tenant => tenant,
             tenant_name => page.tenant_display_name,
             // The tenant service accepts only https logos; checked again as the page's own
             // rule (the CSP's `img-src https:` would block anything else anyway).
