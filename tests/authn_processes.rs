@@ -1,6 +1,6 @@
 //! The authenticator as users run it: `postern serve authn` apart from the tenant service,
-//! the registry and the gateway (with `--public-url`), and the README's login walk-through
-//! with grpcurl against `postern serve`.
+//! the registry and the gateway (with `--public-url`), and the README's login and
+//! passwordless walk-throughs with grpcurl against `postern serve`.
 
 use std::path::Path;
 
@@ -132,6 +132,40 @@ async fn the_readme_login_walkthrough_runs_with_grpcurl() {
     assert!(out.status.success(), "walk-through failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("ID token verified"), "{stdout}");
     assert!(stdout.contains("login walk-through complete"), "{stdout}");
+    assert!(server.terminate().expect("terminate"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_passwordless_walkthrough_runs_against_loopback_sinks() {
+    let test = "the_readme_passwordless_walkthrough_runs_against_loopback_sinks";
+    if postern_testkit::peers::command(test, "grpcurl", "-version").is_none()
+        || postern_testkit::peers::command(test, "curl", "--version").is_none()
+    {
+        return;
+    }
+    let aiosmtpd = std::process::Command::new("python3").args(["-c", "import aiosmtpd"]).output();
+    if !aiosmtpd.is_ok_and(|o| o.status.success()) {
+        postern_testkit::peers::missing(test, "python3 with aiosmtpd is not installed (pip install aiosmtpd)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &[], &[("POSTERN_ADMIN_KEY", ""), ("POSTERN_MASTER_KEY", "")]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/passwordless/walkthrough.sh");
+    let out = postern_testkit::output_within(
+        std::process::Command::new("bash")
+            .arg(&script)
+            .env("POSTERN", server.grpc.to_string())
+            .env("POSTERN_HTTP", server.http.expect("http").to_string())
+            .env("POSTERN_ADMIN_KEY", std::fs::read_to_string(dir.path().join("admin-key")).expect("key").trim()),
+        std::time::Duration::from_secs(300),
+    )
+    .expect("run the walk-through");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "walk-through failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("'email': 'alice@contoso.example', 'email_verified': True"), "{stdout}");
+    assert!(stdout.contains("'phone_number': '+14155550123', 'phone_number_verified': True"), "{stdout}");
+    assert!(stdout.contains("passwordless walk-through complete"), "{stdout}");
     assert!(server.terminate().expect("terminate"));
 }
 

@@ -1,13 +1,17 @@
 //! Passwordless logins against real transports on loopback: an SMTP server in this process
-//! (mailin-embedded: plain, with STARTTLS, with STARTTLS and authentication) receives what
-//! Postern sends and the tests read the code from the delivered mail; an HTTP server speaking
+//! (mailin-embedded: plain, with STARTTLS, with STARTTLS and authentication) and one of another
+//! implementation in a process of its own (Python's aiosmtpd: implicit TLS and required
+//! STARTTLS with authentication, an opportunistic relay) receive what Postern sends and the
+//! tests read the code from the delivered mail; an HTTP server speaking
 //! Twilio's Messages API shape (and a signed webhook) receives the SMS. The code's semantics
 //! are checked exactly, on a manual clock: the attempt after the allowed ones is refused even
 //! with the right code, an earlier code is refused after a resend, a code is refused after
 //! its lifetime, 20 concurrent verifications of one code let one through, the rate limits
 //! hold, a failed delivery leaves no code valid. The token endpoint's passwordless grant, the
-//! hosted page's forms and magic links (single use, bound to the browser), and a real browser
-//! logging in with an emailed code and with a magic link complete the picture.
+//! hosted page's forms and magic links (single use, bound to the browser), magic links started
+//! over gRPC for the authorization request the application describes, profile sync of what a
+//! passwordless login proves (and the `phone` scope), and a real browser logging in with an
+//! emailed code and with a magic link complete the picture.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +24,7 @@ use postern_proto::authn::v1 as authn;
 use postern_proto::connections::v1 as conn;
 use postern_proto::tenant::v1 as tenant;
 use postern_testkit::browser::Browser;
+use postern_testkit::smtp::{Listener, SmtpPeer};
 use postern_testkit::web::Agent;
 use postern_testkit::{Clients, Suite, reason};
 use tonic::Code;
@@ -392,6 +397,7 @@ impl Who<'_> {
             phone_number: self.phone.into(),
             send: authn::PasswordlessSend::Code as i32,
             ip: self.ip.into(),
+            auth_params: None,
         }
     }
 
@@ -510,6 +516,28 @@ async fn email_codes_over_plain_starttls_and_authenticated_smtp() {
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(postern_testkit::violated_fields(&s).iter().any(|f| f.ends_with("smtp_tls")), "{s:?}");
 
+    // A server that takes the connection and never answers: the start fails in bounded time,
+    // UNAVAILABLE naming the connection (not the caller's deadline).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for stream in silent.incoming().flatten() {
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    create(&mut admin, &client.client_id, email_connection("mail-silent", silent_port, conn::SmtpTls::None, |_| {}))
+        .await;
+    let who = Who { client: &client, connection: "mail-silent", email: "silent@example.com", phone: "", ip: "" };
+    let began = std::time::Instant::now();
+    let s = app.start_passwordless(who.start()).await.expect_err("a server that never answers");
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert_eq!(reason(&s).as_deref(), Some("PASSWORDLESS_DELIVERY_FAILED"), "{s:?}");
+    assert!(s.message().contains("mail-silent"), "{}", s.message());
+    assert!(began.elapsed() < Duration::from_secs(25), "{:?}", began.elapsed());
+    assert!(!held.lock().unwrap().is_empty(), "it was reached");
+
     // Bad input names the field.
     let who = Who { client: &client, connection: "mail-plain", email: "not-an-address", phone: "", ip: "" };
     let s = app.start_passwordless(who.start()).await.expect_err("bad email");
@@ -615,6 +643,46 @@ async fn code_semantics_attempts_resend_expiry_concurrency_limits_and_failures()
     let who = Who { client: &client, connection: "sms", email: "", phone: "+14155553000", ip: "198.51.100.9" };
     let s = app.start_passwordless(who.start()).await.expect_err("the 31st start from one address");
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    // A call without the client's secret (a public client's, which anyone may make) reporting
+    // an address would let anyone step around the limit per address: refused, and its calls
+    // count against their own address.
+    let spa = tenant::Client {
+        name: "Fabrikam SPA".into(),
+        app_type: tenant::AppType::Spa as i32,
+        callbacks: vec![CALLBACK.into()],
+        ..Default::default()
+    };
+    let spa = admin
+        .clients
+        .create_client(tenant::CreateClientRequest { tenant: TENANT.into(), client: Some(spa) })
+        .await
+        .expect("client")
+        .into_inner()
+        .client
+        .expect("client");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: TENANT.into(),
+            connection: "sms".into(),
+            client_id: spa.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+    let public = tenant::Client { client_secret: String::new(), ..spa.clone() };
+    let who = Who { client: &public, connection: "sms", email: "", phone: "+14155553001", ip: "198.51.100.10" };
+    let s = app.start_passwordless(who.start()).await.expect_err("a reported address without the secret");
+    assert_eq!(postern_testkit::violated_fields(&s), ["ip"], "{s:?}");
+    let s = app.verify_passwordless(who.verify("123456")).await.expect_err("the same at verification");
+    assert_eq!(postern_testkit::violated_fields(&s), ["ip"], "{s:?}");
+    assert_eq!(api.count_to("+14155553001"), 0);
+    let who = Who { client: &public, connection: "sms", email: "", phone: "+14155553001", ip: "" };
+    app.start_passwordless(who.start()).await.expect("counted against the caller's own address");
+    let code = sms_code(&api.sms_to("+14155553001", 0).await);
+    app.verify_passwordless(who.verify(&code)).await.expect("a public client logs its user in");
+    // With the secret, the application's backend may report its user's address.
+    let who = Who { client: &spa, connection: "sms", email: "", phone: "+14155553002", ip: "198.51.100.10" };
+    app.start_passwordless(who.start()).await.expect("the backend of a public client, with its secret");
 
     // A failed delivery: UNAVAILABLE naming the connection, and no code valid (neither the
     // undelivered one nor the one it replaced).
@@ -732,7 +800,7 @@ async fn login_page(agent: &mut Agent, http: SocketAddr, client_id: &str, state:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hosted_page_codes_and_magic_links_single_use_and_bound_to_the_browser() {
-    let (suite, _clock, mut admin, client) = suite().await;
+    let (suite, clock, mut admin, client) = suite().await;
     let smtp = SmtpServer::start(false, false);
     create(&mut admin, &client.client_id, email_connection("email", smtp.port, conn::SmtpTls::None, |_| {})).await;
     create(
@@ -744,19 +812,39 @@ async fn hosted_page_codes_and_magic_links_single_use_and_bound_to_the_browser()
         }),
     )
     .await;
+    let api = SmsApi::start().await;
+    create(&mut admin, &client.client_id, sms_connection("sms", &api, |_| {})).await;
 
-    // The code: the page's email form, then its code form.
+    // The code: the page's email form, then its code form. The forms post to one address
+    // each, the tenant's absolute path, wherever the page is shown.
     let mut browser = Agent::new();
     let (page_url, body) = login_page(&mut browser, suite.http, &client.client_id, "c1").await;
     assert!(body.contains(r#"type="email" autocomplete="email""#), "{body}");
+    assert!(body.contains(r#"type="tel" autocomplete="tel""#), "{body}");
     let forms = postern_testkit::web::forms(&body);
     let mut start = forms
         .iter()
-        .find(|f| f.action.ends_with("passwordless/start") && f.value("connection") == Some("email"))
+        .find(|f| f.action == format!("/{TENANT}/passwordless/start") && f.value("connection") == Some("email"))
         .expect("the email code form")
         .clone();
+    // A refused address: the page again, at the form's address, whose forms still work.
+    start.set("recipient", "not-an-address");
+    let refused = browser.submit(&page_url, &start).await.unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("recipient"), "says which field: {}", refused.body);
+    let refused_url = format!("http://{}/{TENANT}/passwordless/start", suite.http);
+    let mut start = refused
+        .forms()
+        .into_iter()
+        .find(|f| f.action == format!("/{TENANT}/passwordless/start") && f.value("connection") == Some("email"))
+        .expect("the email code form again");
+    assert!(
+        refused.forms().iter().all(|f| f.action.starts_with(&format!("/{TENANT}/"))),
+        "every form posts to the tenant's absolute path: {}",
+        refused.body
+    );
     start.set("recipient", "page.user@example.com");
-    let sent = browser.submit(&page_url, &start).await.unwrap();
+    let sent = browser.submit(&refused_url, &start).await.unwrap();
     assert_eq!(sent.status, 200, "{}", sent.body);
     assert!(sent.body.contains(r#"autocomplete="one-time-code" inputmode="numeric""#), "{}", sent.body);
     let code = code_in(&smtp.mail_to("page.user@example.com", 0).await.text);
@@ -793,6 +881,40 @@ async fn hosted_page_codes_and_magic_links_single_use_and_bound_to_the_browser()
     assert!(back.starts_with(CALLBACK) && back.contains("state=l1"), "the original authorization completes: {back}");
     let twice = asking.get(&link).await.unwrap();
     assert_eq!(twice.status, 400, "a link is used once: {}", twice.body);
+
+    // A link living longer than the page's transaction (10 minutes) works all its life, in
+    // the browser that asked, whose CSRF cookie lives as long.
+    create(
+        &mut admin,
+        &client.client_id,
+        email_connection("email-slow", smtp.port, conn::SmtpTls::None, |o| {
+            o.magic_link = true;
+            o.magic_link_same_browser = true;
+            o.code_lifetime_seconds = 1800;
+        }),
+    )
+    .await;
+    let mut asking = Agent::new();
+    let (page_url, body) = login_page(&mut asking, suite.http, &client.client_id, "slow").await;
+    let mut start = postern_testkit::web::forms(&body)
+        .into_iter()
+        .find(|f| f.action.ends_with("passwordless/start") && f.value("connection") == Some("email-slow"))
+        .expect("the slow link form");
+    start.set("recipient", "slow.user@example.com");
+    let sent = asking.submit(&page_url, &start).await.unwrap();
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert!(sent.body.contains("expires in 30 minutes"), "{}", sent.body);
+    let cookie = sent.headers.iter().find(|(k, v)| k == "set-cookie" && v.starts_with("postern_csrf_"));
+    let max_age: i64 = cookie
+        .and_then(|(_, v)| v.split("; ").find_map(|p| p.strip_prefix("Max-Age=")))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("the CSRF cookie again, for as long as the link: {:?}", sent.headers));
+    assert!((1790..=1800).contains(&max_age), "{max_age}");
+    let link = link_in(&smtp.mail_to("slow.user@example.com", 0).await.text);
+    clock.advance(Duration::from_secs(25 * 60));
+    let used = asking.get(&link).await.unwrap();
+    assert_eq!(used.status, 303, "after 25 minutes: {}", used.body);
+    assert!(used.location().unwrap().contains("state=slow"), "{:?}", used.location());
     suite.stop().await.expect("stop");
 }
 
@@ -900,5 +1022,369 @@ async fn a_browser_logs_in_with_an_emailed_code_and_with_a_magic_link() {
     let target = next_request(&mut requests, &browser).await;
     assert!(target.contains("state=b2") && target.contains("code="), "{target}");
     browser.close().await.expect("close");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_over_implicit_tls_required_starttls_and_an_opportunistic_relay_at_aiosmtpd() {
+    let Some(smtp) =
+        SmtpPeer::shared("email_over_implicit_tls_required_starttls_and_an_opportunistic_relay_at_aiosmtpd")
+    else {
+        return;
+    };
+    let (suite, _clock, mut admin, client) = suite().await;
+    let mut app = app(&suite).await;
+
+    // Each transport mode of the issue against an SMTP server of another implementation:
+    // SMTPS (TLS from the first byte) with authentication, required STARTTLS with
+    // authentication, and a credential-less relay taking STARTTLS when offered.
+    let cases = [
+        ("mail-smtps", Listener::Implicit, conn::SmtpTls::Implicit, true),
+        ("mail-submission", Listener::Starttls, conn::SmtpTls::Starttls, true),
+        ("mail-relay", Listener::Opportunistic, conn::SmtpTls::Opportunistic, false),
+    ];
+    for (name, listener, tls, auth) in cases {
+        let connection = email_connection(name, smtp.port(listener), tls, |o| {
+            o.smtp_ca_certificate = smtp.ca.clone();
+            if auth {
+                o.smtp_username = postern_testkit::smtp::USER.into();
+                o.smtp_password = postern_testkit::smtp::PASSWORD.into();
+            }
+        });
+        create(&mut admin, &client.client_id, connection).await;
+        let email = format!("{name}@aiosmtpd.example");
+        let who = Who { client: &client, connection: name, email: &email, phone: "", ip: "" };
+        app.start_passwordless(who.start()).await.unwrap_or_else(|s| panic!("{name}: {s:?}"));
+        let mail = smtp.mail_to(&email, 0, WAIT).await.unwrap_or_else(|| panic!("{name}: no mail"));
+        assert_eq!(mail.listener, format!("{listener:?}").to_lowercase(), "{name}");
+        assert!(mail.tls, "{name}: the session was encrypted");
+        assert_eq!(mail.login.as_deref(), auth.then_some(postern_testkit::smtp::USER), "{name}");
+        assert_eq!(mail.from, "no-reply@fabrikam.example", "{name}");
+        assert_eq!(mail.subject, "Your verification code", "{name}");
+        let code = code_in(&mail.text);
+        assert_eq!(code.len(), 6, "{name}: {}", mail.text);
+        assert!(mail.html.contains(&code), "{name}: the HTML part too: {}", mail.html);
+        let user = app.verify_passwordless(who.verify(&code)).await.unwrap_or_else(|s| panic!("{name}: {s:?}"));
+        assert_eq!(user.into_inner().user.expect("user").email, email, "{name}");
+    }
+
+    // A server whose certificate chains to no trusted root (no smtp_ca_certificate): refused
+    // before anything is sent, over implicit TLS and STARTTLS alike.
+    for (name, listener, tls) in [
+        ("mail-untrusted-smtps", Listener::Implicit, conn::SmtpTls::Implicit),
+        ("mail-untrusted-submission", Listener::Starttls, conn::SmtpTls::Starttls),
+    ] {
+        let connection = email_connection(name, smtp.port(listener), tls, |o| {
+            o.smtp_username = postern_testkit::smtp::USER.into();
+            o.smtp_password = postern_testkit::smtp::PASSWORD.into();
+        });
+        create(&mut admin, &client.client_id, connection).await;
+        let email = format!("{name}@aiosmtpd.example");
+        let who = Who { client: &client, connection: name, email: &email, phone: "", ip: "" };
+        let s = app.start_passwordless(who.start()).await.expect_err("an untrusted server");
+        assert_eq!(s.code(), Code::Unavailable, "{name}: {s:?}");
+        assert_eq!(reason(&s).as_deref(), Some("PASSWORDLESS_DELIVERY_FAILED"), "{name}");
+        assert_eq!(smtp.count_to(&email), 0, "{name}");
+    }
+
+    // A wrong password: the server says so, nothing is delivered, no code is valid.
+    let auths_before = smtp.auths(Listener::Implicit).len();
+    let connection =
+        email_connection("mail-wrong-password", smtp.port(Listener::Implicit), conn::SmtpTls::Implicit, |o| {
+            o.smtp_ca_certificate = smtp.ca.clone();
+            o.smtp_username = postern_testkit::smtp::USER.into();
+            o.smtp_password = "not-the-password".into();
+        });
+    create(&mut admin, &client.client_id, connection).await;
+    let who = Who {
+        client: &client,
+        connection: "mail-wrong-password",
+        email: "wrong-password@aiosmtpd.example",
+        phone: "",
+        ip: "",
+    };
+    let s = app.start_passwordless(who.start()).await.expect_err("a wrong SMTP password");
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert!(s.message().contains("mail-wrong-password"), "{}", s.message());
+    assert!(!s.message().contains("not-the-password"), "never the secret: {}", s.message());
+    let tried = smtp.auths(Listener::Implicit);
+    assert!(tried[auths_before..].iter().any(|a| a.user == "mailer" && !a.ok), "{tried:?}");
+    assert_eq!(smtp.count_to("wrong-password@aiosmtpd.example"), 0);
+    suite.stop().await.expect("stop");
+}
+
+/// An application's PKCE verifier in the gRPC magic link test, and its S256 challenge.
+const LINK_VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const LINK_CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+/// The claims of a JWT, unverified (its signature is checked elsewhere).
+fn claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let body = jwt.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).expect("base64url"))
+        .expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_magic_link_started_over_grpc_completes_the_authorization_request_it_describes() {
+    let (suite, clock, mut admin, client) = suite().await;
+    let mut app = app(&suite).await;
+    let smtp = SmtpServer::start(false, false);
+    let links = |o: &mut conn::EmailOptions| o.magic_link = true;
+    create(&mut admin, &client.client_id, email_connection("email-link", smtp.port, conn::SmtpTls::None, links)).await;
+    let params = |state: &str| authn::PasswordlessAuthParams {
+        redirect_uri: CALLBACK.into(),
+        scope: "openid email".into(),
+        state: state.into(),
+        nonce: format!("nonce-{state}"),
+        code_challenge: LINK_CHALLENGE.into(),
+        code_challenge_method: "S256".into(),
+        ..Default::default()
+    };
+    let start = |email: &str, send: authn::PasswordlessSend, auth_params: Option<authn::PasswordlessAuthParams>| {
+        let mut r = Who { client: &client, connection: "email-link", email, phone: "", ip: "" }.start();
+        r.send = send as i32;
+        r.auth_params = auth_params;
+        r
+    };
+
+    // A link needs the authorization request it completes, validated as /authorize does;
+    // nothing is sent for a refused one.
+    let to = "grpc.link@example.com";
+    let s = app.start_passwordless(start(to, authn::PasswordlessSend::Link, None)).await.expect_err("no auth_params");
+    assert_eq!(postern_testkit::violated_fields(&s), ["auth_params"], "{s:?}");
+    // Unset, a magic_link connection sends a link when the request describes one, else a code.
+    let unset = "grpc.unset@example.com";
+    app.start_passwordless(start(unset, authn::PasswordlessSend::Unspecified, None)).await.expect("a code");
+    let mail = smtp.mail_to(unset, 0).await;
+    assert!(!mail.text.contains("verify_redirect") && code_in(&mail.text).len() == 6, "{}", mail.text);
+    app.start_passwordless(start(unset, authn::PasswordlessSend::Unspecified, Some(params("u")))).await.expect("link");
+    assert!(link_in(&smtp.mail_to(unset, 1).await.text).contains("verify_redirect"));
+    type Edit = fn(&mut authn::PasswordlessAuthParams);
+    let refusals: [(Edit, &str); 6] = [
+        (|p| p.redirect_uri = "https://evil.example/callback".into(), "auth_params.redirect_uri"),
+        (|p| p.redirect_uri.clear(), "auth_params.redirect_uri"),
+        (|p| p.scope = "email".into(), "auth_params.scope"),
+        (|p| p.response_type = "token".into(), "auth_params.response_type"),
+        (|p| p.code_challenge_method = "plain".into(), "auth_params.code_challenge_method"),
+        (|p| p.response_mode = "fragment".into(), "auth_params.response_mode"),
+    ];
+    for (edit, field) in refusals {
+        let mut p = params("bad");
+        edit(&mut p);
+        let s = app.start_passwordless(start(to, authn::PasswordlessSend::Link, Some(p))).await.expect_err(field);
+        assert_eq!(s.code(), Code::InvalidArgument, "{field}: {s:?}");
+        assert_eq!(postern_testkit::violated_fields(&s), [field], "{s:?}");
+    }
+    let mut p = params("api");
+    p.audience = "https://no-such-api.example".into();
+    let s = app.start_passwordless(start(to, authn::PasswordlessSend::Link, Some(p))).await.expect_err("audience");
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert_eq!(reason(&s).as_deref(), Some("ACCESS_DENIED"), "{s:?}");
+    assert_eq!(smtp.count_to(to), 0, "nothing sent for a refused request");
+
+    // The link: opened in any browser (no browser asked), it logs the user in and sends the
+    // browser to the application with a code for the request described, once.
+    app.start_passwordless(start(to, authn::PasswordlessSend::Link, Some(params("g1")))).await.expect("a link");
+    let mail = smtp.mail_to(to, 0).await;
+    assert!(
+        mail.text.contains("Subject: Your login link\r\n"),
+        "the default subject says what it holds: {}",
+        mail.text
+    );
+    let link = link_in(&mail.text);
+    assert!(link.contains("/passwordless/verify_redirect?token="), "{link}");
+    let mut browser = Agent::new();
+    let opened = browser.get(&link).await.unwrap();
+    assert_eq!(opened.status, 303, "{}", opened.body);
+    let back = url::Url::parse(opened.location().unwrap()).unwrap();
+    assert!(back.as_str().starts_with(CALLBACK), "{back}");
+    let query: HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(query.get("state").map(String::as_str), Some("g1"), "{back}");
+    let twice = Agent::new().get(&link).await.unwrap();
+    assert_eq!(twice.status, 400, "a link is used once: {}", twice.body);
+
+    // The application exchanges the code as after any browser login: PKCE and the nonce hold.
+    let token_url = format!("http://{}/{TENANT}/oauth/token", suite.http);
+    let exchange = |verifier: &str| -> Vec<(String, String)> {
+        [
+            ("grant_type", "authorization_code"),
+            ("client_id", client.client_id.as_str()),
+            ("client_secret", client.client_secret.as_str()),
+            ("code", query["code"].as_str()),
+            ("redirect_uri", CALLBACK),
+            ("code_verifier", verifier),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    };
+    let wrong = Agent::new().post_form(&token_url, &exchange(&"x".repeat(43))).await.unwrap();
+    assert_eq!(wrong.status, 400, "another verifier: {}", wrong.body);
+    // The code is redeemed before its verifier is checked, so the right verifier goes with a
+    // fresh link.
+    app.start_passwordless(start(to, authn::PasswordlessSend::Link, Some(params("g2")))).await.expect("a link");
+    let link = link_in(&smtp.mail_to(to, 1).await.text);
+    let opened = Agent::new().get(&link).await.unwrap();
+    assert_eq!(opened.status, 303, "{}", opened.body);
+    let back = url::Url::parse(opened.location().unwrap()).unwrap();
+    let query: HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(query.get("state").map(String::as_str), Some("g2"), "{back}");
+    let exchange = [
+        ("grant_type", "authorization_code"),
+        ("client_id", client.client_id.as_str()),
+        ("client_secret", client.client_secret.as_str()),
+        ("code", query["code"].as_str()),
+        ("redirect_uri", CALLBACK),
+        ("code_verifier", LINK_VERIFIER),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect::<Vec<_>>();
+    let tokens = Agent::new().post_form(&token_url, &exchange).await.unwrap();
+    assert_eq!(tokens.status, 200, "{}", tokens.body);
+    let tokens: serde_json::Value = serde_json::from_str(&tokens.body).unwrap();
+    let id = claims(tokens["id_token"].as_str().expect("an ID token"));
+    assert_eq!(id["nonce"], "nonce-g2", "{id}");
+    assert_eq!(id["email"], to, "{id}");
+    assert_eq!(id["email_verified"], true, "{id}");
+    assert!(id["sub"].as_str().is_some_and(|s| s.starts_with("email|")), "{id}");
+
+    // A code is still a code, and the request's parameters are not needed for one.
+    app.start_passwordless(start("grpc.code@example.com", authn::PasswordlessSend::Code, Some(params("c"))))
+        .await
+        .expect("a code");
+    let mail = smtp.mail_to("grpc.code@example.com", 0).await;
+    assert!(!mail.text.contains("verify_redirect"), "{}", mail.text);
+    assert_eq!(code_in(&mail.text).len(), 6);
+
+    // A connection binding links to the browser that asked cannot send one over gRPC.
+    let bound = |o: &mut conn::EmailOptions| {
+        o.magic_link = true;
+        o.magic_link_same_browser = true;
+    };
+    create(&mut admin, &client.client_id, email_connection("email-bound", smtp.port, conn::SmtpTls::None, bound)).await;
+    let mut r = start("bound@example.com", authn::PasswordlessSend::Link, Some(params("b")));
+    r.connection = "email-bound".into();
+    let s = app.start_passwordless(r).await.expect_err("bound to a browser");
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert_eq!(reason(&s).as_deref(), Some("MAGIC_LINK_BOUND_TO_BROWSER"), "{s:?}");
+    assert_eq!(smtp.count_to("bound@example.com"), 0);
+
+    // A link living longer than a page's transaction (10 minutes) works all its life.
+    let slow = |o: &mut conn::EmailOptions| {
+        o.magic_link = true;
+        o.code_lifetime_seconds = 3600;
+    };
+    create(&mut admin, &client.client_id, email_connection("email-slow", smtp.port, conn::SmtpTls::None, slow)).await;
+    let mut r = start("slow@example.com", authn::PasswordlessSend::Link, Some(params("slow")));
+    r.connection = "email-slow".into();
+    assert_eq!(app.start_passwordless(r).await.expect("a link").into_inner().expires_in, 3600);
+    let link = link_in(&smtp.mail_to("slow@example.com", 0).await.text);
+    clock.advance(Duration::from_secs(50 * 60));
+    let opened = Agent::new().get(&link).await.unwrap();
+    assert_eq!(opened.status, 303, "after 50 minutes: {}", opened.body);
+    assert!(opened.location().unwrap().contains("state=slow"), "{:?}", opened.location());
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passwordless_login_writes_only_what_it_proves_and_the_phone_scope_shows_the_number() {
+    let (suite, _clock, mut admin, client) = suite().await;
+    let mut app = app(&suite).await;
+    let smtp = SmtpServer::start(false, false);
+    let api = SmsApi::start().await;
+    create(&mut admin, &client.client_id, email_connection("email", smtp.port, conn::SmtpTls::None, |_| {})).await;
+    create(&mut admin, &client.client_id, sms_connection("sms", &api, |_| {})).await;
+    let update = |user_id: &str, name: &str, path: &str| authn::UpdateUserRequest {
+        tenant: TENANT.into(),
+        user: Some(authn::User {
+            user_id: user_id.into(),
+            name: name.into(),
+            email: "changed@example.com".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec![path.into()] }),
+    };
+
+    // Email: the first login creates the user; the application names it; the next login
+    // (profile sync on each login, the default) proves the email again and leaves the name.
+    let who = Who { client: &client, connection: "email", email: "alice@example.com", phone: "", ip: "" };
+    app.start_passwordless(who.start()).await.expect("start");
+    let code = code_in(&smtp.mail_to("alice@example.com", 0).await.text);
+    let user = app.verify_passwordless(who.verify(&code)).await.expect("verify").into_inner().user.unwrap();
+    assert_eq!((user.email.as_str(), user.nickname.as_str()), ("alice@example.com", "alice"));
+    let named = admin.users.update_user(update(&user.user_id, "Alice Liddell", "name")).await.expect("a name");
+    assert_eq!(named.into_inner().user.unwrap().name, "Alice Liddell");
+    // The email is the source's: changing it would be undone by the next login.
+    let s = admin.users.update_user(update(&user.user_id, "", "email")).await.expect_err("the proven email");
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert_eq!(reason(&s).as_deref(), Some("PROFILE_SYNCED_ON_EACH_LOGIN"), "{s:?}");
+    app.start_passwordless(who.start()).await.expect("start");
+    let code = code_in(&smtp.mail_to("alice@example.com", 1).await.text);
+    let again = app.verify_passwordless(who.verify(&code)).await.expect("verify").into_inner();
+    let after = again.user.unwrap();
+    assert_eq!((after.user_id.as_str(), after.name.as_str()), (user.user_id.as_str(), "Alice Liddell"));
+    assert_eq!(
+        (after.email.as_str(), after.email_verified, after.nickname.as_str()),
+        ("alice@example.com", true, "alice")
+    );
+    let stored = admin
+        .users
+        .get_user(authn::GetUserRequest { tenant: TENANT.into(), user_id: user.user_id.clone() })
+        .await
+        .expect("get")
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(stored.name, "Alice Liddell", "as stored");
+
+    // SMS: the same, and the phone scope puts the number in the ID token and at userinfo.
+    let who = Who { client: &client, connection: "sms", email: "", phone: "+14155550199", ip: "" };
+    app.start_passwordless(who.start()).await.expect("start");
+    let code = code_in(&api.sms_to("+14155550199", 0).await.body);
+    let first = app.verify_passwordless(who.verify(&code)).await.expect("verify").into_inner();
+    let user = first.user.unwrap();
+    assert_eq!(user.name, "+14155550199", "named after the number until the application says otherwise");
+    admin.users.update_user(update(&user.user_id, "Bob", "name")).await.expect("a name");
+    app.start_passwordless(who.start()).await.expect("start");
+    let code = code_in(&api.sms_to("+14155550199", 1).await.body);
+    let mut req = who.verify(&code);
+    req.scope = "openid phone".into();
+    let login = app.verify_passwordless(req).await.expect("verify").into_inner();
+    let user = login.user.unwrap();
+    assert_eq!((user.name.as_str(), user.phone_number.as_str(), user.phone_verified), ("Bob", "+14155550199", true));
+    let id = claims(&login.id_token);
+    assert_eq!(id["phone_number"], "+14155550199", "{id}");
+    assert_eq!(id["phone_number_verified"], true, "{id}");
+    assert!(id.get("name").is_none(), "profile was not asked: {id}");
+    let (status, _, info) = postern_testkit::http_request(
+        suite.http,
+        "GET",
+        &format!("/{TENANT}/userinfo"),
+        &[("authorization", &format!("Bearer {}", login.access_token))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{info}");
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        (info["phone_number"].as_str(), info["phone_number_verified"].as_bool()),
+        (Some("+14155550199"), Some(true))
+    );
+    // Without the phone scope, no number.
+    app.start_passwordless(who.start()).await.expect("start");
+    let code = code_in(&api.sms_to("+14155550199", 2).await.body);
+    let mut req = who.verify(&code);
+    req.scope = "openid profile".into();
+    let login = app.verify_passwordless(req).await.expect("verify").into_inner();
+    let id = claims(&login.id_token);
+    assert!(id.get("phone_number").is_none(), "{id}");
+    assert_eq!(id["name"], "Bob", "{id}");
+    let (_, _, doc) =
+        postern_testkit::http_get(suite.http, &format!("/{TENANT}/.well-known/openid-configuration")).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert!(doc["scopes_supported"].as_array().unwrap().iter().any(|s| s == "phone"), "{doc}");
+    assert!(doc["claims_supported"].as_array().unwrap().iter().any(|s| s == "phone_number_verified"), "{doc}");
     suite.stop().await.expect("stop");
 }

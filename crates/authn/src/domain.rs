@@ -13,6 +13,42 @@ pub use postern_connector::{Profile, default_nickname};
 pub const SYNCED_ATTRIBUTES: &[&str] =
     &["email", "email_verified", "username", "name", "given_name", "family_name", "nickname", "picture"];
 
+/// Which root attributes a connection's source asserts at each login: what profile sync
+/// (`on_each_login`) writes, and so what `UpdateUser` may not change while it would be
+/// undone. A directory or an identity provider answers a whole profile; a passwordless login
+/// proves only the email address or phone number it reached, and asserts nothing else (a
+/// name set since stays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asserted {
+    /// The whole profile: every synced attribute ([`SYNCED_ATTRIBUTES`]).
+    Profile,
+    /// The email address, verified (an `email` connection).
+    Email,
+    /// The phone number, verified (an `sms` connection).
+    Phone,
+}
+
+impl Asserted {
+    /// What a connection of `strategy` (its wire name) asserts.
+    pub fn of_strategy(strategy: &str) -> Self {
+        match strategy {
+            "email" => Self::Email,
+            "sms" => Self::Phone,
+            _ => Self::Profile,
+        }
+    }
+
+    /// The root attributes asserted, as `UpdateUser` mask paths (`phone_number` and
+    /// `phone_verified` are not paths UpdateUser takes).
+    pub fn attributes(self) -> &'static [&'static str] {
+        match self {
+            Self::Profile => SYNCED_ATTRIBUTES,
+            Self::Email => &["email", "email_verified"],
+            Self::Phone => &["phone_number", "phone_verified"],
+        }
+    }
+}
+
 /// A user's account at one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -41,10 +77,15 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Whether the root attributes belong to this identity's source: changing them with
+    /// The root attributes that belong to this identity's source: those its connection
+    /// asserts ([`Asserted`]) when it copies them on each login; changing them with
     /// UpdateUser would be undone by the next login.
-    pub fn locks_root_attributes(&self) -> bool {
-        self.external && self.profile_sync == ProfileSync::OnEachLogin
+    pub fn locked_attributes(&self) -> &'static [&'static str] {
+        if self.external && self.profile_sync == ProfileSync::OnEachLogin {
+            Asserted::of_strategy(&self.strategy).attributes()
+        } else {
+            &[]
+        }
     }
 
     /// Whether this is the primary identity of the user `user_id`: the one the user was

@@ -216,8 +216,5 @@ pub fn routes(api: AuthnApi, key: InternalKey) -> tonic::service::Routes {
     )
     .add_service(layer.layer(pb::user_service_server::UserServiceServer::new(api.clone())))
     .add_service(layer.layer(pb::signing_key_service_server::SigningKeyServiceServer::new(api.clone())))
-    .add_service(layer.layer(pb::o_auth_service_server::OAuthServiceServer::new(oauth::OAuthApi::new(
-        api.clone(),
-        oauth::OAuthConfig::new(api.config.clock.clone()),
-    ))))
+    .add_service(layer.layer(pb::o_auth_service_server::OAuthServiceServer::new(api.oauth())))
 }

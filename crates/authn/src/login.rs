@@ -23,7 +23,7 @@ use tonic::{Code, Status};
 
 use crate::api::AuthnApi;
 use crate::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
-use crate::domain::{self, Identity, Profile, ProfileSync, User};
+use crate::domain::{self, Asserted, Identity, Profile, ProfileSync, User};
 use crate::status::{
     client_refusal, connector_status, service_not_found, tenant_service_unavailable, too_many_attempts, user_not_found,
     wrong_credentials,
@@ -148,6 +148,8 @@ pub(crate) fn claims_of(u: &User) -> ProfileClaims {
         picture: some(&p.picture),
         updated_at: u64::try_from(u.update_time / 1_000_000).ok(),
         groups: groups_of(u),
+        phone_number: some(&p.phone_number),
+        phone_number_verified: (!p.phone_number.is_empty()).then_some(p.phone_verified),
     }
 }
 
@@ -836,6 +838,7 @@ impl AuthnApi {
             let update = LoginUpdate {
                 ip,
                 profile: sync_root.then_some(&profile),
+                asserted: Asserted::of_strategy(spec.strategy.as_str()),
                 profile_data: Some(&source.raw),
                 profile_sync: sync,
                 external,
@@ -902,6 +905,7 @@ impl AuthnApi {
         let update = LoginUpdate {
             ip: l.address,
             profile: None,
+            asserted: Asserted::Profile,
             profile_data: None,
             profile_sync: sync,
             external: false,

@@ -31,7 +31,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::AuthnApi;
 use crate::clients::ResolvedClient;
-use crate::passwordless::{CodeLogin, CodeStart, LinkTarget, RecipientInput, SendKind};
+use crate::passwordless::{CodeLogin, CodeStart, LinkTarget, Links, RecipientInput, SendKind};
 use crate::store::Store;
 use crate::store::oauth::{
     CodeGrant, LoginGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, secret_digest,
@@ -733,11 +733,11 @@ impl OAuthApi {
     }
 
     /// Validates an authorization request up to the redirect URI (errors: an error page),
-    /// then the rest (errors: back to the application).
+    /// then the rest ([`OAuthApi::authorization_request`]; errors: back to the application).
     async fn validate_authorization(
         &self,
         req: &pb::StartAuthorizationRequest,
-    ) -> Result<(Arc<ResolvedClient>, Result<AuthRequest, (&'static str, String)>), Status> {
+    ) -> Result<(Arc<ResolvedClient>, Result<AuthRequest, Refusal>), Status> {
         let mut v = Violations::new();
         v.check("tenant", postern_common::validate::tenant_name(&req.tenant));
         if req.client_id.is_empty() {
@@ -749,59 +749,248 @@ impl OAuthApi {
         v.into_result()?;
         let client = self.client(&req.tenant, &req.client_id).await?;
         if !client.callbacks.iter().any(|c| c == &req.redirect_uri) {
-            return Err(invalid_field(
-                "redirect_uri",
-                "is not one of the client's registered callback URLs (they must match exactly)",
-            ));
+            return Err(invalid_field("redirect_uri", CALLBACK_MISMATCH));
         }
-        let response_mode = match req.response_mode.as_str() {
+        let params = AuthParams {
+            tenant: &req.tenant,
+            redirect_uri: &req.redirect_uri,
+            response_type: &req.response_type,
+            response_mode: &req.response_mode,
+            scope: &req.scope,
+            state: &req.state,
+            nonce: &req.nonce,
+            code_challenge: &req.code_challenge,
+            code_challenge_method: &req.code_challenge_method,
+            connection: &req.connection,
+            login_hint: &req.login_hint,
+            prompt: &req.prompt,
+            max_age: req.max_age,
+            audience: &req.audience,
+        };
+        let checked = self.authorization_request(&client, &params).await?;
+        Ok((client, checked))
+    }
+
+    /// Validates the parameters of an authorization request whose client and redirect URI
+    /// passed: `/authorize`'s, or a magic link's started over gRPC, so that both follow one
+    /// rule. A refusal names the OAuth error and the parameter; `Err` is an outage (of the
+    /// tenant service, asked about the audience).
+    async fn authorization_request(
+        &self,
+        client: &ResolvedClient,
+        p: &AuthParams<'_>,
+    ) -> Result<Result<AuthRequest, Refusal>, Status> {
+        let response_mode = match p.response_mode {
             "" | "query" => "query",
             "form_post" => "form_post",
             _ => "query",
         };
-        let fail = |error: &'static str, description: &str| Err((error, description.to_owned()));
-        let checked = if !matches!(req.response_mode.as_str(), "" | "query" | "form_post") {
-            fail("invalid_request", "response_mode must be query or form_post")
-        } else if req.response_type != "code" {
-            fail("unsupported_response_type", "response_type must be code")
+        let fail = |error: &'static str, parameter: &'static str, description: &str| {
+            Err(Refusal { error, parameter, description: description.to_owned() })
+        };
+        let checked = if !matches!(p.response_mode, "" | "query" | "form_post") {
+            fail("invalid_request", "response_mode", "response_mode must be query or form_post")
+        } else if p.response_type != "code" {
+            fail("unsupported_response_type", "response_type", "response_type must be code")
         } else if client.app_type == tenant_pb::AppType::MachineToMachine as i32 {
-            fail("unauthorized_client", "a machine-to-machine client cannot use the authorization code flow")
-        } else if !has_scope(&req.scope, "openid") {
-            fail("invalid_scope", "scope must include openid")
-        } else if !matches!(req.prompt.as_str(), "" | "none" | "login") {
-            fail("invalid_request", "prompt must be none or login")
-        } else if req.max_age.is_some_and(|m| m < 0) {
-            fail("invalid_request", "max_age must be zero or more seconds")
-        } else if !req.code_challenge_method.is_empty() && req.code_challenge_method != "S256" {
-            fail("invalid_request", "code_challenge_method must be S256")
-        } else if !req.code_challenge.is_empty() && !pkce_shaped(&req.code_challenge) {
-            fail("invalid_request", "code_challenge must be the base64url SHA-256 of the verifier (43 characters)")
-        } else if req.code_challenge.is_empty() && !client.confidential {
-            fail("invalid_request", "code_challenge (PKCE, S256) is required for single-page and native applications")
-        } else if req.nonce.len() > 512 || req.state.len() > 2048 || req.login_hint.len() > 254 {
-            fail("invalid_request", "state, nonce or login_hint is too long")
-        } else if let Err(refused) = self.authn.api_scope(&req.tenant, &req.audience, &req.scope).await {
+            fail(
+                "unauthorized_client",
+                "client_id",
+                "a machine-to-machine client cannot use the authorization code flow",
+            )
+        } else if !has_scope(p.scope, "openid") {
+            fail("invalid_scope", "scope", "scope must include openid")
+        } else if !matches!(p.prompt, "" | "none" | "login") {
+            fail("invalid_request", "prompt", "prompt must be none or login")
+        } else if p.max_age.is_some_and(|m| m < 0) {
+            fail("invalid_request", "max_age", "max_age must be zero or more seconds")
+        } else if !p.code_challenge_method.is_empty() && p.code_challenge_method != "S256" {
+            fail("invalid_request", "code_challenge_method", "code_challenge_method must be S256")
+        } else if !p.code_challenge.is_empty() && !pkce_shaped(p.code_challenge) {
+            fail(
+                "invalid_request",
+                "code_challenge",
+                "code_challenge must be the base64url SHA-256 of the verifier (43 characters)",
+            )
+        } else if p.code_challenge.is_empty() && !client.confidential {
+            fail(
+                "invalid_request",
+                "code_challenge",
+                "code_challenge (PKCE, S256) is required for single-page and native applications",
+            )
+        } else if p.nonce.len() > 512 || p.state.len() > 2048 || p.login_hint.len() > 254 {
+            let parameter = if p.nonce.len() > 512 {
+                "nonce"
+            } else if p.state.len() > 2048 {
+                "state"
+            } else {
+                "login_hint"
+            };
+            fail("invalid_request", parameter, "state, nonce or login_hint is too long")
+        } else if let Err(refused) = self.authn.api_scope(p.tenant, p.audience, p.scope).await {
             // Auth0's answer to an audience that names none of the tenant's APIs; an outage
             // of the tenant service is an error page, not a redirect.
             if refused.code() != Code::PermissionDenied {
                 return Err(refused);
             }
-            fail("access_denied", refused.message())
+            fail("access_denied", "audience", refused.message())
         } else {
             Ok(AuthRequest {
                 client_id: client.client_id.clone(),
-                redirect_uri: req.redirect_uri.clone(),
+                redirect_uri: p.redirect_uri.to_owned(),
                 response_mode: response_mode.to_owned(),
-                scope: tokens::normalize_scope(&req.scope),
-                state: req.state.clone(),
-                nonce: req.nonce.clone(),
-                code_challenge: req.code_challenge.clone(),
-                connection: req.connection.clone(),
-                login_hint: req.login_hint.clone(),
-                audience: req.audience.clone(),
+                scope: tokens::normalize_scope(p.scope),
+                state: p.state.to_owned(),
+                nonce: p.nonce.to_owned(),
+                code_challenge: p.code_challenge.to_owned(),
+                connection: p.connection.to_owned(),
+                login_hint: p.login_hint.to_owned(),
+                audience: p.audience.to_owned(),
             })
         };
-        Ok((client, checked))
+        Ok(checked)
+    }
+
+    /// Stores a login transaction for `request` (the hosted page's, or one a magic link
+    /// completes), living `lifetime`: its id and CSRF token, handed out once.
+    async fn new_transaction(
+        &self,
+        tenant: &str,
+        request: &AuthRequest,
+        lifetime: Duration,
+    ) -> Result<(String, String), Status> {
+        let now = self.now();
+        let transaction = new_secret();
+        let csrf = new_secret();
+        let json = serde_json::to_string(request).map_err(|e| internal(&e))?;
+        self.store()
+            .create_transaction(&NewTransaction {
+                tenant,
+                id_hash: &secret_digest(&transaction),
+                csrf_hash: &secret_digest(&csrf),
+                client_id: &request.client_id,
+                request: &json,
+                now,
+                expire_time: now.saturating_add(micros(lifetime)),
+            })
+            .await?;
+        Ok((transaction, csrf))
+    }
+
+    /// The login transaction a magic link started over gRPC completes: the application's
+    /// `auth_params`, validated as `/authorize` validates its query (a refusal is the
+    /// caller's INVALID_ARGUMENT naming the `auth_params.` field, or for an unknown
+    /// audience the PERMISSION_DENIED of `Login`), limited to `connection`, living as long
+    /// as the link (`link_lifetime`) when that is longer than a page's transaction. Answers
+    /// the digests of the transaction's id and CSRF token (no browser holds the token: the
+    /// link cannot be bound to one).
+    pub(crate) async fn link_transaction(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        connection: &str,
+        recipient: &str,
+        params: Option<&pb::PasswordlessAuthParams>,
+        link_lifetime: Duration,
+    ) -> Result<LinkTransaction, Status> {
+        let Some(params) = params else {
+            return Err(invalid_field(
+                "auth_params",
+                "is required to send a magic link: the authorization request the link completes (redirect_uri, \
+                 scope, state, nonce, PKCE challenge, audience), as the application would send it to /authorize",
+            ));
+        };
+        if params.redirect_uri.is_empty() {
+            return Err(invalid_field(
+                "auth_params.redirect_uri",
+                "is required: where the link sends the browser back",
+            ));
+        }
+        let client = self.client(tenant, client_id).await?;
+        if !client.callbacks.iter().any(|c| c == &params.redirect_uri) {
+            return Err(invalid_field("auth_params.redirect_uri", CALLBACK_MISMATCH));
+        }
+        let p = AuthParams {
+            tenant,
+            redirect_uri: &params.redirect_uri,
+            response_type: or_default(&params.response_type, "code"),
+            response_mode: &params.response_mode,
+            scope: or_default(&params.scope, tokens::DEFAULT_SCOPE),
+            state: &params.state,
+            nonce: &params.nonce,
+            code_challenge: &params.code_challenge,
+            code_challenge_method: &params.code_challenge_method,
+            connection,
+            login_hint: recipient,
+            prompt: "",
+            max_age: None,
+            audience: &params.audience,
+        };
+        let request = match self.authorization_request(&client, &p).await? {
+            Ok(r) => r,
+            Err(refused) if refused.error == "access_denied" => {
+                return Err(status(Code::PermissionDenied, reason::ACCESS_DENIED, refused.description));
+            }
+            Err(refused) => {
+                return Err(invalid_field(format!("auth_params.{}", refused.parameter), refused.description));
+            }
+        };
+        let lifetime = self.oauth.transaction_lifetime.max(link_lifetime);
+        let (transaction, csrf) = self.new_transaction(tenant, &request, lifetime).await?;
+        Ok(LinkTransaction { transaction_hash: secret_digest(&transaction), csrf_hash: secret_digest(&csrf) })
+    }
+}
+
+/// What an authorization request is refused with: the OAuth error, the parameter at fault
+/// and why.
+#[derive(Debug)]
+struct Refusal {
+    error: &'static str,
+    parameter: &'static str,
+    description: String,
+}
+
+/// `value`, or `default` when it is empty.
+fn or_default<'a>(value: &'a str, default: &'a str) -> &'a str {
+    if value.is_empty() { default } else { value }
+}
+
+/// The answer to a redirect URI that is none of the client's callbacks.
+const CALLBACK_MISMATCH: &str = "is not one of the client's registered callback URLs (they must match exactly)";
+
+/// An authorization request's parameters past its client: `/authorize`'s query, or a magic
+/// link's `auth_params`.
+struct AuthParams<'a> {
+    tenant: &'a str,
+    redirect_uri: &'a str,
+    response_type: &'a str,
+    response_mode: &'a str,
+    scope: &'a str,
+    state: &'a str,
+    nonce: &'a str,
+    code_challenge: &'a str,
+    code_challenge_method: &'a str,
+    connection: &'a str,
+    login_hint: &'a str,
+    prompt: &'a str,
+    max_age: Option<i64>,
+    audience: &'a str,
+}
+
+/// The login transaction a magic link completes, by the digests of its id and CSRF token.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkTransaction {
+    /// The digest of the transaction's id.
+    pub(crate) transaction_hash: String,
+    /// The digest of its CSRF token.
+    pub(crate) csrf_hash: String,
+}
+
+impl AuthnApi {
+    /// The OpenID provider's handlers over this state, with the provider's lifetimes on this
+    /// service's clock (what [`crate::routes`] serves).
+    pub(crate) fn oauth(&self) -> OAuthApi {
+        OAuthApi::new(self.clone(), OAuthConfig::new(self.config.clock.clone()))
     }
 }
 
@@ -867,7 +1056,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         let (_client, checked) = self.validate_authorization(&req).await?;
         let request = match checked {
             Ok(r) => r,
-            Err((error, description)) => return Ok(redirect(redirect_error(&req, error, &description))),
+            Err(refused) => return Ok(redirect(redirect_error(&req, refused.error, &refused.description))),
         };
         let now = self.now();
         if !req.session.is_empty() && req.prompt != "login" && req.session.len() <= 128 {
@@ -897,20 +1086,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             let outcome = self.authorize_upstream(&req.tenant, &request).await?;
             return Ok(Response::new(pb::StartAuthorizationResponse { outcome: Some(outcome) }));
         }
-        let transaction = new_secret();
-        let csrf = new_secret();
-        let json = serde_json::to_string(&request).map_err(|e| internal(&e))?;
-        self.store()
-            .create_transaction(&NewTransaction {
-                tenant: &req.tenant,
-                id_hash: &secret_digest(&transaction),
-                csrf_hash: &secret_digest(&csrf),
-                client_id: &request.client_id,
-                request: &json,
-                now,
-                expire_time: now.saturating_add(micros(self.oauth.transaction_lifetime)),
-            })
-            .await?;
+        let (transaction, csrf) = self.new_transaction(&req.tenant, &request, self.oauth.transaction_lifetime).await?;
         Ok(Response::new(pb::StartAuthorizationResponse {
             outcome: Some(pb::start_authorization_response::Outcome::Login(pb::LoginTransaction {
                 transaction,
@@ -1201,11 +1377,19 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
                 connection: &req.connection,
                 recipient: RecipientInput::One { field: "recipient", value: &req.recipient },
                 send: if req.link { SendKind::Link } else { SendKind::Code },
-                link_target: Some(LinkTarget { transaction_hash: &transaction_hash, csrf_hash: &csrf_hash }),
+                links: Links::Page(LinkTarget { transaction_hash: &transaction_hash, csrf_hash: &csrf_hash }),
                 address: &req.address,
             })
             .await?;
-        Ok(Response::new(pb::SubmitPasswordlessStartResponse { expires_in: i64::from(expires_in) }))
+        // The page's code form, or the link, must work as long as the code does.
+        let now = self.now();
+        let until = now.saturating_add(i64::from(expires_in).saturating_mul(1_000_000));
+        let expire = self.store().extend_transaction(&req.tenant, &transaction_hash, now, until).await?;
+        let transaction_expires_in = expire.map_or(0, |e| e.saturating_sub(now).div_euclid(1_000_000));
+        Ok(Response::new(pb::SubmitPasswordlessStartResponse {
+            expires_in: i64::from(expires_in),
+            transaction_expires_in,
+        }))
     }
 
     async fn submit_passwordless_code(

@@ -86,13 +86,25 @@ pub enum SendKind {
     Link,
 }
 
-/// The login transaction a magic link completes (the hosted page's).
+/// The login transaction a magic link completes.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkTarget<'a> {
     /// The digest of the transaction id.
     pub transaction_hash: &'a str,
     /// The digest of its CSRF token (the browser binding).
     pub csrf_hash: &'a str,
+}
+
+/// Where a magic link of a start may lead.
+#[derive(Debug, Clone, Copy)]
+pub enum Links<'a> {
+    /// Nowhere: a gRPC start without `auth_params` sends codes only.
+    None,
+    /// The hosted page's login transaction, in the browser that asked.
+    Page(LinkTarget<'a>),
+    /// The authorization request an application described over gRPC (`auth_params`), made
+    /// into a transaction once a link is to be sent; no browser asked, so no browser binding.
+    Described,
 }
 
 /// A passwordless start.
@@ -108,10 +120,42 @@ pub struct CodeStart<'a> {
     pub recipient: RecipientInput<'a>,
     /// What to send.
     pub send: SendKind,
-    /// Where a link leads back to; `None` where links cannot be sent (gRPC).
-    pub link_target: Option<LinkTarget<'a>>,
+    /// Where a link leads back to.
+    pub links: Links<'a>,
     /// The end user's address (the rate limit per address).
     pub address: &'a str,
+}
+
+/// A start whose input and connection passed the checks, not yet counted nor sent
+/// ([`AuthnApi::plan_start`]).
+pub struct StartPlan {
+    conn: Arc<Resolved>,
+    connector: Arc<dyn CodeConnector>,
+    settings: CodeSettings,
+    recipient: String,
+    /// Whether it sends a magic link (else a code).
+    pub link: bool,
+}
+
+impl std::fmt::Debug for StartPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartPlan")
+            .field("connection", &self.conn.connection.spec.name)
+            .field("link", &self.link)
+            .finish()
+    }
+}
+
+impl StartPlan {
+    /// The normalized email address or phone number.
+    pub fn recipient(&self) -> &str {
+        &self.recipient
+    }
+
+    /// How long the code or link will stay valid.
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_secs(u64::from(self.settings.lifetime_seconds))
+    }
 }
 
 /// A passwordless verification.
@@ -332,8 +376,23 @@ impl AuthnApi {
     /// Starts a passwordless login: sends a fresh code (or magic link) through the
     /// connection, replacing the recipient's previous one. Answers how many seconds it stays
     /// valid. The same answer whether the recipient has a user or not (with signup disabled,
-    /// an unknown recipient is sent nothing).
+    /// an unknown recipient is sent nothing). A link leads to the page's transaction
+    /// ([`Links::Page`]); a start whose links are [`Links::Described`] goes through
+    /// [`AuthnApi::plan_start`] and [`AuthnApi::send_planned`] instead, making the
+    /// transaction in between.
     pub async fn send_code(&self, s: &CodeStart<'_>) -> Result<u32, Status> {
+        let plan = self.plan_start(s).await?;
+        let target = match s.links {
+            Links::Page(t) => Some(t),
+            Links::None | Links::Described => None,
+        };
+        self.send_planned(s, plan, target).await
+    }
+
+    /// Checks a start and resolves its connection, and decides between a code and a link
+    /// (the request's `send`; unset, a link when the connection sends links by default and
+    /// the start has somewhere for it to lead). Counts nothing and sends nothing.
+    pub async fn plan_start(&self, s: &CodeStart<'_>) -> Result<StartPlan, Status> {
         let mut v = Violations::new();
         check_tenant(&mut v, "tenant", s.tenant);
         required(&mut v, "client_id", s.client_id);
@@ -346,19 +405,51 @@ impl AuthnApi {
         let link = match s.send {
             SendKind::Code => false,
             SendKind::Link => true,
-            SendKind::Default => settings.link_by_default && s.link_target.is_some(),
+            SendKind::Default => settings.link_by_default && !matches!(s.links, Links::None),
         };
         if link && settings.channel != Channel::Email {
             return Err(invalid_field("send", "links are sent by email connections only; send a code"));
         }
-        let target = match (link, s.link_target) {
+        if link {
+            match s.links {
+                Links::Page(_) => {}
+                Links::None => {
+                    return Err(invalid_field(
+                        "auth_params",
+                        "is required to send a magic link: the authorization request the link completes \
+                         (redirect_uri, scope, state, nonce, PKCE challenge, audience), as the application would \
+                         send it to /authorize; or send a code",
+                    ));
+                }
+                Links::Described if settings.link_same_browser => {
+                    return Err(failed_precondition(
+                        "MAGIC_LINK_BOUND_TO_BROWSER",
+                        format!(
+                            "connection {:?} binds magic links to the browser that asked for them \
+                             (magic_link_same_browser), so its links are sent from the hosted login page \
+                             (/authorize) only; send a code, or turn magic_link_same_browser off",
+                            conn.connection.spec.name
+                        ),
+                    ));
+                }
+                Links::Described => {}
+            }
+        }
+        Ok(StartPlan { conn, connector, settings, recipient, link })
+    }
+
+    /// Counts and sends a planned start; a link leads to `target` (required for a link).
+    pub async fn send_planned(
+        &self,
+        s: &CodeStart<'_>,
+        plan: StartPlan,
+        target: Option<LinkTarget<'_>>,
+    ) -> Result<u32, Status> {
+        let StartPlan { conn, connector, settings, recipient, link } = plan;
+        let target = match (link, target) {
             (true, Some(t)) => Some(t),
             (true, None) => {
-                return Err(invalid_field(
-                    "send",
-                    "magic links are sent from the hosted login page (/authorize), where the link completes the \
-                     authorization request; over gRPC send a code",
-                ));
+                return Err(postern_common::error::internal(&"a magic link was planned without its transaction"));
             }
             (false, _) => None,
         };

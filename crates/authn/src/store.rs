@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::attempts::{Attempt, InFlight, Key};
 use crate::bruteforce::Outcome;
-use crate::domain::{Identity, Profile, ProfileSync, User, UserPatch};
+use crate::domain::{Asserted, Identity, Profile, ProfileSync, User, UserPatch};
 
 pub mod linking;
 pub mod oauth;
@@ -64,6 +64,8 @@ pub struct LoginUpdate<'a> {
     pub ip: &'a str,
     /// New root attributes (sync), or `None` to leave them.
     pub profile: Option<&'a Profile>,
+    /// Which of `profile`'s attributes the source asserts: only those are written.
+    pub asserted: Asserted,
     /// The profile the source sent, for `profile_data`; `None` leaves it.
     pub profile_data: Option<&'a Value>,
     /// The connection's current sync mode.
@@ -421,27 +423,54 @@ impl Store {
         if let Some(g) = update.grant {
             oauth::take_upstream_in(&mut tx, tenant, g).await?;
         }
-        if let Some(p) = update.profile {
-            sqlx::query(
-                "UPDATE users SET email = $3, email_lower = $4, email_verified = $5, username = $6, name = $7, \
-                 given_name = $8, family_name = $9, nickname = $10, picture = $11, phone_number = $12, \
-                 phone_verified = $13 WHERE tenant = $1 AND user_id = $2",
-            )
-            .bind(tenant)
-            .bind(user_id)
-            .bind(&p.email)
-            .bind(p.email.to_lowercase())
-            .bind(i64::from(p.email_verified))
-            .bind(&p.username)
-            .bind(&p.name)
-            .bind(&p.given_name)
-            .bind(&p.family_name)
-            .bind(&p.nickname)
-            .bind(&p.picture)
-            .bind(&p.phone_number)
-            .bind(i64::from(p.phone_verified))
-            .execute(&mut *tx)
-            .await?;
+        match (update.profile, update.asserted) {
+            (None, _) => {}
+            (Some(p), Asserted::Profile) => {
+                sqlx::query(
+                    "UPDATE users SET email = $3, email_lower = $4, email_verified = $5, username = $6, name = $7, \
+                     given_name = $8, family_name = $9, nickname = $10, picture = $11, phone_number = $12, \
+                     phone_verified = $13 WHERE tenant = $1 AND user_id = $2",
+                )
+                .bind(tenant)
+                .bind(user_id)
+                .bind(&p.email)
+                .bind(p.email.to_lowercase())
+                .bind(i64::from(p.email_verified))
+                .bind(&p.username)
+                .bind(&p.name)
+                .bind(&p.given_name)
+                .bind(&p.family_name)
+                .bind(&p.nickname)
+                .bind(&p.picture)
+                .bind(&p.phone_number)
+                .bind(i64::from(p.phone_verified))
+                .execute(&mut *tx)
+                .await?;
+            }
+            (Some(p), Asserted::Email) => {
+                sqlx::query(
+                    "UPDATE users SET email = $3, email_lower = $4, email_verified = $5 \
+                     WHERE tenant = $1 AND user_id = $2",
+                )
+                .bind(tenant)
+                .bind(user_id)
+                .bind(&p.email)
+                .bind(p.email.to_lowercase())
+                .bind(i64::from(p.email_verified))
+                .execute(&mut *tx)
+                .await?;
+            }
+            (Some(p), Asserted::Phone) => {
+                sqlx::query(
+                    "UPDATE users SET phone_number = $3, phone_verified = $4 WHERE tenant = $1 AND user_id = $2",
+                )
+                .bind(tenant)
+                .bind(user_id)
+                .bind(&p.phone_number)
+                .bind(i64::from(p.phone_verified))
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         let row = sqlx::query(sqlx::AssertSqlSafe(count))
             .bind(tenant)

@@ -410,10 +410,11 @@ pub fn openid_configuration(issuer: &str, algorithms: &[Algorithm]) -> serde_jso
         "prompt_values_supported": ["none", "login"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
-        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "scopes_supported": ["openid", "profile", "email", "phone", "offline_access"],
         "claims_supported": [
             "iss", "aud", "sub", "iat", "exp", "auth_time", "nonce", "email", "email_verified", "name",
-            "given_name", "family_name", "nickname", "picture", "updated_at"
+            "given_name", "family_name", "nickname", "picture", "updated_at", "phone_number",
+            "phone_number_verified"
         ],
     })
 }
@@ -448,14 +449,22 @@ pub struct ProfileClaims {
     /// The user's groups in a directory whose connection reads them (scope `profile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
+    /// The user's phone number, E.164 (scope `phone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
+    /// Whether the phone number is verified (scope `phone`): a passwordless SMS login
+    /// verifies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_verified: Option<bool>,
 }
 
 impl ProfileClaims {
-    /// Keeps only the claims the scopes grant: `email` gives email and email_verified,
-    /// `profile` the others.
+    /// Keeps only the claims the scopes grant (OpenID Connect Core 5.4): `email` gives email
+    /// and email_verified, `phone` phone_number and phone_number_verified, `profile` the
+    /// others.
     pub fn for_scope(self, scope: &str) -> Self {
         let has = |s: &str| scope.split_whitespace().any(|x| x == s);
-        let (email, profile) = (has("email"), has("profile"));
+        let (email, profile, phone) = (has("email"), has("profile"), has("phone"));
         ProfileClaims {
             email: self.email.filter(|_| email),
             email_verified: self.email_verified.filter(|_| email),
@@ -466,6 +475,8 @@ impl ProfileClaims {
             picture: self.picture.filter(|_| profile),
             updated_at: self.updated_at.filter(|_| profile),
             groups: self.groups.filter(|_| profile),
+            phone_number: self.phone_number.filter(|_| phone),
+            phone_number_verified: self.phone_number_verified.filter(|_| phone),
         }
     }
 }
@@ -772,6 +783,8 @@ mod tests {
             picture: Some("https://example.com/alice.png".into()),
             updated_at: Some(1_700_000_000),
             groups: None,
+            phone_number: Some("+14155550123".into()),
+            phone_number_verified: Some(true),
         }
     }
 
@@ -840,7 +853,8 @@ mod tests {
             assert_eq!(id.aud, CLIENT);
             assert_eq!(id.sub, "auth0|0193");
             assert_eq!(id.exp - id.iat, 36_000);
-            assert_eq!(id.profile, alice());
+            // The phone claims are the `phone` scope's, which was not asked.
+            assert_eq!(id.profile, ProfileClaims { phone_number: None, phone_number_verified: None, ..alice() });
 
             // Without an audience the access token is opaque: not a JWT, sealed for the tenant.
             assert!(tokens.access_token.starts_with(OPAQUE_ACCESS_TOKEN_PREFIX));
@@ -1116,6 +1130,10 @@ mod tests {
         assert_eq!(normalize_scope("email openid email"), "openid email");
         assert_eq!(normalize_scope("read:x"), "openid read:x");
         assert_eq!(alice().for_scope("openid").clone(), ProfileClaims::default());
+        let phone = alice().for_scope("openid phone");
+        assert_eq!((phone.phone_number.as_deref(), phone.phone_number_verified), (Some("+14155550123"), Some(true)));
+        assert_eq!((phone.email, phone.name), (None, None));
+        assert_eq!(alice().for_scope("openid profile email").phone_number, None);
 
         let doc = openid_configuration(ISSUER, &[Algorithm::Rs256, Algorithm::EdDsa, Algorithm::Rs256]);
         assert_eq!(doc["issuer"], ISSUER);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use postern_authn::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
-use postern_authn::domain::{Identity, Profile, ProfileSync, UserPatch};
+use postern_authn::domain::{Asserted, Identity, Profile, ProfileSync, UserPatch};
 use postern_authn::store::{LoginUpdate, NewUser, Promoted, Recorded, RotationRefused, Store, StoreError, StoredKey};
 use postern_common::db::DbLocation;
 use postern_common::testing::TestDatabase;
@@ -140,6 +140,7 @@ async fn users_and_identities() {
         let update = LoginUpdate {
             ip: "203.0.113.7",
             profile: Some(&synced),
+            asserted: Asserted::Profile,
             profile_data: Some(&data),
             profile_sync: ProfileSync::OnFirstLogin,
             external: true,
@@ -169,6 +170,7 @@ async fn users_and_identities() {
         let usual = LoginUpdate {
             ip: "192.0.2.4",
             profile: None,
+            asserted: Asserted::Profile,
             profile_data: None,
             profile_sync: ProfileSync::OnFirstLogin,
             external: false,
@@ -185,6 +187,31 @@ async fn users_and_identities() {
         assert_eq!(again.identities.len(), 1);
         assert_eq!(again.identities[0].profile_data, data, "the identity is left as it was");
         assert!(again.identities[0].external, "the identity is left as it was");
+
+        // A source that asserts only the email (a passwordless login) writes only the email:
+        // the name and nickname stay, however empty its profile's are.
+        let proven = Profile { email: "Alice@Example.com".into(), email_verified: true, ..Profile::default() };
+        let email_only = LoginUpdate {
+            ip: "192.0.2.5",
+            profile: Some(&proven),
+            asserted: Asserted::Email,
+            profile_data: None,
+            profile_sync: ProfileSync::OnEachLogin,
+            external: true,
+            password_hash: None,
+            clear_failures: None,
+            identity_current: false,
+            identities: None,
+            grant: None,
+        };
+        let Recorded::Login(third) = store.record_login(t, "auth0|a1", "con_db", "a1", &email_only).await.unwrap()
+        else {
+            panic!("recorded")
+        };
+        assert_eq!(
+            (third.profile.email.as_str(), third.profile.email_verified, third.profile.name.as_str()),
+            ("Alice@Example.com", true, "Alice L")
+        );
 
         let patch = UserPatch {
             name: Some("Alice".into()),
@@ -203,7 +230,7 @@ async fn users_and_identities() {
                 store.record_login(t, "auth0|a1", "con_db", "a1", update).await.unwrap(),
                 Recorded::Blocked
             ));
-            assert_eq!(store.get_user(t, "auth0|a1").await.unwrap().unwrap().logins_count, 2);
+            assert_eq!(store.get_user(t, "auth0|a1").await.unwrap().unwrap().logins_count, 3);
             assert!(matches!(
                 store.record_login(t, "auth0|none", "con_db", "x", update).await.unwrap(),
                 Recorded::Missing

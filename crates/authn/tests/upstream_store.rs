@@ -2,7 +2,7 @@
 //! the same tests on SQLite and PostgreSQL (`POSTERN_TEST_POSTGRES_URL`; skipped with a
 //! reason when unset, a failure under `POSTERN_REQUIRE_PEERS=1`).
 
-use postern_authn::domain::{Identity, Profile, ProfileSync, UserPatch};
+use postern_authn::domain::{Asserted, Identity, Profile, ProfileSync, UserPatch};
 use postern_authn::store::oauth::{LoginGrant, Redeemed, secret_digest};
 use postern_authn::store::upstream::NewUpstreamTransaction;
 use postern_authn::store::{LoginUpdate, NewUser, Recorded, Store, StoreError};
@@ -134,6 +134,7 @@ fn login<'a>(data: &'a serde_json::Value, grant: &'a LoginGrant<'a>) -> LoginUpd
     LoginUpdate {
         ip: "192.0.2.2",
         profile: None,
+        asserted: Asserted::Profile,
         profile_data: Some(data),
         profile_sync: ProfileSync::OnEachLogin,
         external: true,

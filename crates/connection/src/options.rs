@@ -666,8 +666,9 @@ pub const DEFAULT_CODE_LENGTH: u32 = 6;
 pub const DEFAULT_CODE_LIFETIME_SECONDS: u32 = 180;
 /// Auth0's default number of wrong codes allowed.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-/// The default subject of a passwordless email.
-pub const DEFAULT_EMAIL_SUBJECT: &str = "Your verification code";
+/// The default subject of a passwordless email: it says which of the two the message holds
+/// (`link` is empty in a code message).
+pub const DEFAULT_EMAIL_SUBJECT: &str = "{% if link %}Your login link{% else %}Your verification code{% endif %}";
 /// The default body of a code email.
 pub const DEFAULT_EMAIL_CODE_TEMPLATE: &str =
     "Your verification code is {{code}}. It expires in a few minutes. If you did not ask for it, ignore this message.";

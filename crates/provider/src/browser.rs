@@ -51,7 +51,7 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 }
 
 impl Provider {
-    fn set_cookie(&self, response: &mut Response, tenant: &str, name: &str, value: &str, max_age: i64) {
+    pub(crate) fn set_cookie(&self, response: &mut Response, tenant: &str, name: &str, value: &str, max_age: i64) {
         let secure = if self.config.secure_cookies { "; Secure" } else { "" };
         let cookie = format!("{name}={value}; Path=/{tenant}/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}");
         if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -254,6 +254,10 @@ pub(crate) async fn render_login(
         status,
         "login.html",
         minijinja::context! {
+            // The forms post to the tenant's absolute paths: the page is also shown at the
+            // address of a refused form (`/<tenant>/passwordless/start`,
+            // `/<tenant>/login/upstream`), where a relative action would lead elsewhere.
+            tenant => tenant,
             tenant_name => page.tenant_display_name,
             // The tenant service accepts only https logos; checked again as the page's own
             // rule (the CSP's `img-src https:` would block anything else anyway).

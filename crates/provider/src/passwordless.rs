@@ -17,7 +17,9 @@ use serde::Deserialize;
 use tonic::Code;
 
 use crate::Provider;
-use crate::browser::{CSRF_COOKIE_PREFIX, Shown, SignupState, address, csrf_ok, csrf_refused, logged_in, render_login};
+use crate::browser::{
+    CSRF_COOKIE_PREFIX, Shown, SignupState, address, csrf_cookie_name, csrf_ok, csrf_refused, logged_in, render_login,
+};
 
 /// The fields of the address form.
 #[derive(Deserialize)]
@@ -123,7 +125,8 @@ pub(crate) async fn start(
     };
     match oauth.submit_passwordless_start(request).await {
         Ok(r) => {
-            let minutes = (r.into_inner().expires_in + 59) / 60;
+            let r = r.into_inner();
+            let minutes = (r.expires_in + 59) / 60;
             let sent = Sent {
                 tenant: &tenant,
                 tx: &f.tx,
@@ -134,7 +137,14 @@ pub(crate) async fn start(
                 minutes,
                 error: "",
             };
-            sent_page(&provider, StatusCode::OK, &sent)
+            let mut response = sent_page(&provider, StatusCode::OK, &sent);
+            // The code form (and a link bound to this browser) needs the CSRF cookie as long
+            // as the code lives, which may be longer than the page was first given.
+            if r.transaction_expires_in > 0 {
+                let name = csrf_cookie_name(&f.tx);
+                provider.set_cookie(&mut response, &tenant, &name, &f.csrf, r.transaction_expires_in);
+            }
+            response
         }
         Err(s) => {
             let Some(status) = http_status(s.code()) else { return provider.status_page(&s) };

@@ -16,6 +16,9 @@
 //!   schema, users and groups, once per test binary.
 //! - [`saml`] shares one pysaml2 SAML 2.0 identity provider per test binary (`tests/saml/idp.py`),
 //!   with broken and forged responses on demand.
+//! - [`smtp`] shares one aiosmtpd SMTP server per test binary (`tests/smtp/server.py`), in
+//!   every transport mode of an `email` connection: plain, opportunistic STARTTLS, required
+//!   STARTTLS with authentication, implicit TLS with authentication.
 //! - [`node`] runs the scripts of the node workspace (`tests/node`): npm's `openid-client`
 //!   as an independent relying party, npm's `oidc-provider` as a reference provider.
 
@@ -29,6 +32,7 @@ mod process;
 pub mod raw;
 pub mod saml;
 pub mod slapd;
+pub mod smtp;
 pub mod upstream;
 pub mod web;
 

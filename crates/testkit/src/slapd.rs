@@ -287,7 +287,7 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// A throwaway CA and a certificate it issued for 127.0.0.1 and localhost: `(ca, cert, key)`.
-fn issue() -> Result<(String, String, String), String> {
+pub(crate) fn issue() -> Result<(String, String, String), String> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let e = |e: rcgen::Error| e.to_string();
     let ca_key = KeyPair::generate().map_err(e)?;

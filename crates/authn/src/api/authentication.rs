@@ -10,9 +10,9 @@ use postern_proto::authn::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert::{login_to_pb, user_to_pb};
-use super::{AuthnApi, address};
+use super::{AuthnApi, address, passwordless_address};
 use crate::login::{IssueTokens, PasswordLogin, SignupInput};
-use crate::passwordless::{CodeLogin, CodeStart, RecipientInput, SendKind};
+use crate::passwordless::{CodeLogin, CodeStart, LinkTarget, Links, RecipientInput, SendKind};
 use crate::validate::{check_tenant, required};
 
 #[tonic::async_trait]
@@ -127,7 +127,7 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
         req: Request<pb::StartPasswordlessRequest>,
     ) -> Result<Response<pb::StartPasswordlessResponse>, Status> {
         let p = principal(&req)?;
-        let address = address(&req, &req.get_ref().ip)?;
+        let address = passwordless_address(&req, &p, &req.get_ref().client_secret, &req.get_ref().ip)?;
         let req = req.into_inner();
         let send = match pb::PasswordlessSend::try_from(req.send) {
             Ok(pb::PasswordlessSend::Unspecified) => SendKind::Default,
@@ -150,17 +150,34 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             p.require_tenant(&req.tenant)?;
         }
         self.verify_client(&req.tenant, &req.client_id, &req.client_secret).await?;
-        let expires_in = self
-            .send_code(&CodeStart {
-                tenant: &req.tenant,
-                client_id: &req.client_id,
-                connection: &req.connection,
-                recipient: RecipientInput::Split { email: &req.email, phone_number: &req.phone_number },
-                send,
-                link_target: None,
-                address: &address,
-            })
-            .await?;
+        let start = CodeStart {
+            tenant: &req.tenant,
+            client_id: &req.client_id,
+            connection: &req.connection,
+            recipient: RecipientInput::Split { email: &req.email, phone_number: &req.phone_number },
+            send,
+            links: if req.auth_params.is_some() { Links::Described } else { Links::None },
+            address: &address,
+        };
+        let plan = self.plan_start(&start).await?;
+        let expires_in = if plan.link {
+            // The authorization request the link completes, validated as /authorize does.
+            let tx = self
+                .oauth()
+                .link_transaction(
+                    &req.tenant,
+                    &req.client_id,
+                    &req.connection,
+                    plan.recipient(),
+                    req.auth_params.as_ref(),
+                    plan.lifetime(),
+                )
+                .await?;
+            let target = LinkTarget { transaction_hash: &tx.transaction_hash, csrf_hash: &tx.csrf_hash };
+            self.send_planned(&start, plan, Some(target)).await?
+        } else {
+            self.send_planned(&start, plan, None).await?
+        };
         Ok(Response::new(pb::StartPasswordlessResponse { expires_in: i64::from(expires_in) }))
     }
 
@@ -169,7 +186,7 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
         req: Request<pb::VerifyPasswordlessRequest>,
     ) -> Result<Response<pb::VerifyPasswordlessResponse>, Status> {
         let p = principal(&req)?;
-        let address = address(&req, &req.get_ref().ip)?;
+        let address = passwordless_address(&req, &p, &req.get_ref().client_secret, &req.get_ref().ip)?;
         let req = req.into_inner();
         let mut v = Violations::new();
         check_tenant(&mut v, "tenant", &req.tenant);

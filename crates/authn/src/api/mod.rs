@@ -86,6 +86,28 @@ impl AuthnApi {
 /// one canonical spelling (an IPv4-mapped IPv6 address is the IPv4 address, so
 /// `::ffff:127.0.0.1` is not a way around a block of `127.0.0.1`), else the caller's.
 /// INVALID_ARGUMENT when the reported one is not an address.
+/// The address a passwordless step counts against (the rate limit per address): as
+/// [`address`], but the `ip` a caller reports counts only from a caller that proved it is the
+/// application's backend, by an API key or by the client's secret (whose check follows).
+/// Without either (a public client's call, which anyone may make) a reported address would let
+/// anyone step around the limit, so it is refused and the call counts against its own address.
+fn passwordless_address<T>(
+    req: &Request<T>,
+    p: &postern_common::principal::Principal,
+    client_secret: &str,
+    reported: &str,
+) -> Result<String, tonic::Status> {
+    let trusted = *p != postern_common::principal::Principal::Anonymous || !client_secret.is_empty();
+    if !trusted && !reported.trim().is_empty() {
+        return Err(postern_common::error::invalid_field(
+            "ip",
+            "is taken only from the application's backend: with an API key, or with the client's secret; a call \
+             without either counts against its own address, so leave it empty",
+        ));
+    }
+    address(req, reported)
+}
+
 fn address<T>(req: &Request<T>, reported: &str) -> Result<String, tonic::Status> {
     let reported = reported.trim();
     if !reported.is_empty() {

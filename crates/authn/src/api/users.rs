@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::AuthnApi;
 use super::convert::user_to_pb;
 use crate::bruteforce::MAX_CONSECUTIVE_FAILURES;
-use crate::domain::{SYNCED_ATTRIBUTES, UserPatch};
+use crate::domain::UserPatch;
 use crate::linking::LinkCheck;
 use crate::status::user_not_found;
 use crate::store::StoreError;
@@ -143,8 +143,9 @@ impl pb::user_service_server::UserService for AuthnApi {
             .get_user(&req.tenant, &user.user_id)
             .await?
             .ok_or_else(|| user_not_found(&req.tenant, &user.user_id))?;
-        if let Some(locking) = current.identities.iter().find(|i| i.locks_root_attributes()) {
-            let synced: Vec<&str> = paths.iter().copied().filter(|p| SYNCED_ATTRIBUTES.contains(p)).collect();
+        for locking in &current.identities {
+            let locked = locking.locked_attributes();
+            let synced: Vec<&str> = paths.iter().copied().filter(|p| locked.contains(p)).collect();
             if !synced.is_empty() {
                 return Err(failed_precondition(
                     "PROFILE_SYNCED_ON_EACH_LOGIN",

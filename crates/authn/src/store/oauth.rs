@@ -407,6 +407,29 @@ impl Store {
         .transpose()
     }
 
+    /// Keeps a live login transaction until `until` at least (a code or magic link sent from
+    /// it lives longer than the transaction would): when it now expires, `None` when it is
+    /// not live.
+    pub async fn extend_transaction(
+        &self,
+        tenant: &str,
+        id_hash: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE login_transactions SET expire_time = CASE WHEN expire_time < $4 THEN $4 ELSE expire_time END \
+             WHERE tenant = $1 AND id_hash = $2 AND expire_time > $3 RETURNING expire_time",
+        )
+        .bind(tenant)
+        .bind(id_hash)
+        .bind(now)
+        .bind(until)
+        .fetch_optional(self.db.writer())
+        .await?;
+        Ok(row.map(|r| r.try_get("expire_time")).transpose()?)
+    }
+
     /// Uses up a login transaction: whether it was live (and is now gone). Of two
     /// concurrent uses, one answers `true`.
     pub async fn take_transaction(&self, tenant: &str, id_hash: &str, now: i64) -> Result<bool, StoreError> {

@@ -24,7 +24,10 @@ use crate::{delivery_failed, misconfigured, wrong_family};
 
 type Transport = AsyncSmtpTransport<Tokio1Executor>;
 
-/// How long an SMTP exchange may take.
+/// How long an SMTP exchange may take, from the connection to the end of the message: lettre
+/// bounds only the TCP connect, so a server that accepts and then stalls (in the TLS
+/// handshake, the greeting, AUTH or DATA) would hold the start until the caller's deadline;
+/// past this the delivery fails, naming the connection.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The connector of `email` connections.
@@ -155,14 +158,14 @@ impl CodeConnector for EmailConnector {
         let o = options(conn)?;
         let message = render(conn, o, m)?;
         let transport = self.transport(conn, o)?;
-        match transport.send(message).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                // A broken pooled connection is not retried here: the caller sees the failure,
-                // and no code stays valid. Forget the transport so the next send starts anew.
-                self.transports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&conn.connection.id);
-                Err(delivery_failed(conn, &e))
-            }
-        }
+        let failure = match tokio::time::timeout(SMTP_TIMEOUT, transport.send(message)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("the SMTP server did not finish the exchange within {} seconds", SMTP_TIMEOUT.as_secs()),
+        };
+        // A broken pooled connection is not retried here: the caller sees the failure, and no
+        // code stays valid. Forget the transport so the next send starts anew.
+        self.transports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&conn.connection.id);
+        Err(delivery_failed(conn, &failure))
     }
 }
