@@ -17,9 +17,11 @@
 //!   trickles in, an answer its client never reads); only when every connection is busy and
 //!   none for that long is the newcomer turned away. So neither idle connections nor open
 //!   streams nor slow clients can lock out a caller with work to do, `/healthz` included;
-//! - on shutdown ([`Connections::shutdown`]) idle connections close at once and busy ones as
-//!   soon as their calls finish, or once they have been busy for the long-call time: neither
-//!   an idle client nor one that never reads its answer can hold up a graceful stop.
+//! - on shutdown ([`Connections::shutdown`]) idle connections close at once and busy ones
+//!   [`WRITE_GRACE`] after their calls finish (hyper writes an answer's last frame after its
+//!   body ends: closing at once could cut it), or once they have been busy for the long-call
+//!   time: neither an idle client nor one that never reads its answer can hold up a graceful
+//!   stop.
 //!
 //! HTTP/2 keepalive (pings that find dead peers), the number of concurrent streams and the
 //! size of a header list per connection are set on the HTTP/2 server from the same
@@ -153,6 +155,11 @@ enum Admission {
 /// How long a newcomer is held back waiting for evicted connections to go before it is
 /// closed after all.
 const ADMISSION_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a connection whose last call has just been answered stays open at shutdown before
+/// it is closed: time for hyper to write the answer's last frame (sent after the body ends)
+/// and for a well-behaved client to close on the server's GOAWAY, which ends it sooner.
+pub const WRITE_GRACE: Duration = Duration::from_millis(500);
 
 /// What one open connection is doing.
 #[derive(Debug, Clone, Copy)]
@@ -422,6 +429,13 @@ async fn watch_idle(conn: Arc<Conn>, limits: ConnectionLimits, shutting_down: Ca
             () = shutting_down.cancelled() => false,
             () = tokio::time::sleep(limit) => true,
         };
+        if !timed_out && seen > 0 {
+            // Shutting down just after an answer: its last frame may not be written yet.
+            tokio::select! {
+                () = closed.cancelled() => return,
+                () = tokio::time::sleep(WRITE_GRACE) => {}
+            }
+        }
         // Closed only if still nothing has begun; a request beginning now waits for this.
         let activity = activity.borrow();
         if activity.started != seen {
@@ -779,6 +793,15 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!busy.info().conn.close.is_cancelled(), "a call in flight drains");
         drop(request);
+        // Its answer's last frame is still to be written: the connection takes it.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!busy.info().conn.close.is_cancelled(), "closed before the answer's last frame could be written");
+        use tokio::io::AsyncWriteExt;
+        busy.write_all(b"last frame").await.expect("written after the call ended");
+        let answered = tokio::time::Instant::now();
         assert_eq!(read_to_end(&mut busy).await, 0);
+        assert!(answered.elapsed() < WRITE_GRACE + Duration::from_secs(1), "closed within the grace");
     }
 }

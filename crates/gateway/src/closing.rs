@@ -7,11 +7,8 @@
 //! [`STREAM_GRACE`] to finish on its own, and one still open then ends with `UNAVAILABLE`
 //! ("the gateway is shutting down"), which tells its client to call again, reaching another
 //! replica. The backend behind it is not touched: its end of the stream closes when the
-//! gateway's connection to it does. (Known and left: once that answer is complete, its
-//! connection is idle, and at shutdown an idle connection is closed at once
-//! ([`Connections::shutdown`](postern_common::connections::Connections::shutdown)), which can
-//! cut the final frame before it is written; the client then sees the connection break
-//! instead of the status.)
+//! gateway's connection to it does. The status reaches the client before the connection
+//! closes ([`WRITE_GRACE`](postern_common::connections::WRITE_GRACE)).
 
 use std::future::Future;
 use std::pin::Pin;
