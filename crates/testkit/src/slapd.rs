@@ -30,7 +30,8 @@ pub const CAROL_GUID: &str = "6f9619ff-8b86-d011-b42d-00c04fc964ff";
 
 /// An Active Directory shaped schema for OpenLDAP: AD's own OIDs for `sAMAccountName`,
 /// `userPrincipalName`, `userAccountControl`, `objectGUID`, `memberOf`, `lockoutTime`,
-/// `accountExpires` and `pwdLastSet`, the structural class `user` (an `inetOrgPerson` with
+/// `accountExpires`, `pwdLastSet` and `msDS-User-Account-Control-Computed` (constructed by a
+/// real Active Directory; stored here), the structural class `user` (an `inetOrgPerson` with
 /// them) and `group`.
 pub const AD_SCHEMA: &str = r"
 attributetype ( 1.2.840.113556.1.4.221 NAME 'sAMAccountName'
@@ -47,13 +48,15 @@ attributetype ( 1.2.840.113556.1.2.102 NAME 'memberOf'
   EQUALITY distinguishedNameMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.12 )
 attributetype ( 1.2.840.113556.1.4.662 NAME 'lockoutTime'
   EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.1460 NAME 'msDS-User-Account-Control-Computed'
+  EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
 attributetype ( 1.2.840.113556.1.4.159 NAME 'accountExpires'
   EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
 attributetype ( 1.2.840.113556.1.4.96 NAME 'pwdLastSet'
   EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
 objectclass ( 1.2.840.113556.1.5.9 NAME 'user' SUP inetOrgPerson STRUCTURAL
   MAY ( sAMAccountName $ userPrincipalName $ userAccountControl $ objectGUID $ memberOf $
-        lockoutTime $ accountExpires $ pwdLastSet ) )
+        lockoutTime $ accountExpires $ pwdLastSet $ msDS-User-Account-Control-Computed ) )
 objectclass ( 1.2.840.113556.1.5.8 NAME 'group' SUP top STRUCTURAL
   MUST cn MAY ( member $ sAMAccountName $ objectGUID $ memberOf $ description ) )
 ";
@@ -61,7 +64,8 @@ objectclass ( 1.2.840.113556.1.5.8 NAME 'group' SUP top STRUCTURAL
 /// The directory's content (LDIF): the service account; `ldap` users (`inetOrgPerson`:
 /// alice, bob) in nested groups (engineering ⊂ staff ⊂ everyone, and a loop); `ad` users
 /// (`user`: carol enabled, dave disabled, erin locked, frank expired, gina who must change
-/// her password) and an `ad` group. Every user's password is [`USER_PASSWORD`].
+/// her password; and the lock-out's end, [`LOCKOUTS`]) and an `ad` group. Every user's
+/// password is [`USER_PASSWORD`].
 pub fn directory() -> String {
     let p = USER_PASSWORD;
     let s = SERVICE_PASSWORD;
@@ -182,7 +186,39 @@ sAMAccountName: erin
 userPrincipalName: erin@fabrikam.example
 userAccountControl: 512
 lockoutTime: 133000000000000000
+msDS-User-Account-Control-Computed: 16
 objectGUID:: {g3}
+userPassword: {p}
+
+dn: cn=Hank Unlocked,{PEOPLE}
+objectClass: user
+cn: Hank Unlocked
+sn: Unlocked
+sAMAccountName: hank
+userAccountControl: 512
+lockoutTime: 133000000000000000
+objectGUID:: {g6}
+userPassword: {p}
+
+dn: cn=Ivy Locked,{PEOPLE}
+objectClass: user
+cn: Ivy Locked
+sn: Locked
+sAMAccountName: ivy
+userAccountControl: 512
+lockoutTime: {just_now}
+objectGUID:: {g7}
+userPassword: {p}
+
+dn: cn=Jules Unlocked,{PEOPLE}
+objectClass: user
+cn: Jules Unlocked
+sn: Unlocked
+sAMAccountName: jules
+userAccountControl: 512
+lockoutTime: {just_now}
+msDS-User-Account-Control-Computed: 0
+objectGUID:: {g8}
 userPassword: {p}
 
 dn: cn=Frank Expired,{PEOPLE}
@@ -218,7 +254,24 @@ member: cn=Carol Chen,{PEOPLE}
         g3 = guid(3),
         g4 = guid(4),
         g5 = guid(5),
+        g6 = guid(6),
+        g7 = guid(7),
+        g8 = guid(8),
+        just_now = filetime_now(),
     )
+}
+
+/// The `ad` users of [`directory`] whose lock-out has ended or not, with whether each is
+/// locked now: erin (the constructed attribute says locked), hank (locked in 2022, so the
+/// lock-out has long ended; no constructed attribute), ivy (locked a moment ago, no
+/// constructed attribute: locked for Active Directory's default 30 minutes), jules (locked
+/// a moment ago, but the constructed attribute, the domain's policy, says no longer).
+pub const LOCKOUTS: &[(&str, bool)] = &[("erin", true), ("hank", false), ("ivy", true), ("jules", false)];
+
+/// Now as a FILETIME (100 ns ticks since 1601-01-01).
+fn filetime_now() -> u64 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (unix.as_secs() + 11_644_473_600) * 10_000_000
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

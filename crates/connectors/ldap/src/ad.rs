@@ -1,7 +1,16 @@
 //! Active Directory's rules for `ad` connections: the user id from `objectGUID`, and
 //! accounts that are disabled, locked, expired or whose password has expired refused with a
-//! clear reason (from `userAccountControl`, `lockoutTime`, `accountExpires` and `pwdLastSet`,
-//! and from the sub-codes of a refused bind, which is how Active Directory itself says it).
+//! clear reason (from `userAccountControl`, `msDS-User-Account-Control-Computed`,
+//! `lockoutTime`, `accountExpires` and `pwdLastSet`, and from the sub-codes of a refused bind,
+//! which is how Active Directory itself says it).
+//!
+//! A lock-out ends by itself: Active Directory unlocks an account once the domain's lockout
+//! duration has passed, but leaves `lockoutTime` set until the next successful logon, and
+//! never keeps the lock-out bit of `userAccountControl` up to date. Whether an account is
+//! locked *now* is what the constructed attribute `msDS-User-Account-Control-Computed` says
+//! (Windows Server 2003 and later compute it with the domain's policy); only a directory that
+//! does not have it is judged by `lockoutTime`, as locked for [`LOCKOUT_FALLBACK`] after it
+//! (Active Directory's default lockout duration).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +21,16 @@ use postern_connector::ConnectorError;
 use crate::{first, first_bytes, name};
 
 /// The attributes read for Active Directory's rules.
-pub const ATTRIBUTES: &[&str] = &["objectGUID", "userAccountControl", "lockoutTime", "accountExpires", "pwdLastSet"];
+pub const ATTRIBUTES: &[&str] =
+    &["objectGUID", "userAccountControl", COMPUTED_UAC, "lockoutTime", "accountExpires", "pwdLastSet"];
+
+/// The constructed attribute that says whether an account is locked out or its password has
+/// expired now, under the domain's policy (only returned when asked for by name).
+pub const COMPUTED_UAC: &str = "msDS-User-Account-Control-Computed";
+
+/// How long after `lockoutTime` an account counts as locked in a directory without
+/// [`COMPUTED_UAC`]: Active Directory's default lockout duration.
+pub const LOCKOUT_FALLBACK: Duration = Duration::from_secs(30 * 60);
 
 /// `userAccountControl`: the account is disabled.
 pub const ACCOUNTDISABLE: u32 = 0x0002;
@@ -56,7 +74,7 @@ fn disabled(conn: &Resolved) -> ConnectorError {
     refused("ACCOUNT_DISABLED", conn, "is disabled; an administrator of the directory can enable it")
 }
 
-fn locked(conn: &Resolved) -> ConnectorError {
+fn locked_out(conn: &Resolved) -> ConnectorError {
     refused(
         "ACCOUNT_LOCKED",
         conn,
@@ -83,7 +101,7 @@ pub fn bind_refusal(conn: &Resolved, diagnostic: &str) -> Option<ConnectorError>
     let code = diagnostic.split("data ").nth(1)?.split([',', ' ']).next()?.to_ascii_lowercase();
     match code.as_str() {
         "533" => Some(disabled(conn)),
-        "775" => Some(locked(conn)),
+        "775" => Some(locked_out(conn)),
         "701" => Some(expired(conn)),
         "532" | "773" => Some(password_expired(conn)),
         "530" | "531" => Some(refused(
@@ -99,20 +117,29 @@ pub fn bind_refusal(conn: &Resolved, diagnostic: &str) -> Option<ConnectorError>
 /// Refuses an account that the directory marks disabled, locked, expired or with an
 /// expired password (checked after its password was found right).
 pub fn check_account(conn: &Resolved, entry: &SearchEntry, now: SystemTime) -> Result<(), ConnectorError> {
-    let uac: u32 =
-        first(entry, "userAccountControl").and_then(|v| v.trim().parse::<i64>().ok()).map_or(0, |v| v as u32);
+    let flags = |attr: &str| first(entry, attr).and_then(|v| v.trim().parse::<i64>().ok()).map(|v| v as u32);
+    let uac = flags("userAccountControl").unwrap_or(0);
     if uac & ACCOUNTDISABLE != 0 {
         return Err(disabled(conn));
     }
-    let lockout_time = first(entry, "lockoutTime").and_then(filetime);
-    if uac & LOCKOUT != 0 || lockout_time.is_some() {
-        return Err(locked(conn));
+    let computed = flags(COMPUTED_UAC);
+    let locked = match computed {
+        Some(now_flags) => now_flags & LOCKOUT != 0,
+        None => {
+            uac & LOCKOUT != 0
+                || first(entry, "lockoutTime")
+                    .and_then(filetime)
+                    .is_some_and(|since| since.checked_add(LOCKOUT_FALLBACK).is_some_and(|until| now < until))
+        }
+    };
+    if locked {
+        return Err(locked_out(conn));
     }
     if first(entry, "accountExpires").and_then(filetime).is_some_and(|t| t <= now) {
         return Err(expired(conn));
     }
     let must_change = first(entry, "pwdLastSet").is_some_and(|v| v.trim() == "0") && uac & DONT_EXPIRE_PASSWORD == 0;
-    if uac & PASSWORD_EXPIRED != 0 || must_change {
+    if (uac | computed.unwrap_or(0)) & PASSWORD_EXPIRED != 0 || must_change {
         return Err(password_expired(conn));
     }
     Ok(())

@@ -1,11 +1,14 @@
 //! Directory connections, kept in a small pool per Postern connection: at most
 //! [`MAX_OPEN`] open at once (more logins wait for one), at most [`MAX_IDLE`] kept between
-//! logins. A pool is replaced when its connection changes (its `update_time`), so new options
-//! or a new bind password take effect at the next login.
+//! logins, none reused after [`MAX_IDLE_TIME`] idle. A pool is replaced when its connection
+//! changes (its `update_time`), so new options or a new bind password take effect at the
+//! next login.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError};
 use postern_connection::{LdapOptions, Resolved};
@@ -18,6 +21,11 @@ use crate::{name, timeout, tls};
 pub const MAX_OPEN: usize = 8;
 /// Directory connections kept idle between logins, per Postern connection.
 pub const MAX_IDLE: usize = 4;
+/// How long a directory connection may wait idle for the next login before it is closed
+/// instead of reused: well below the idle limits directories and the firewalls before them
+/// enforce (Active Directory's `MaxConnIdleTime` is 900 s, many firewalls drop an idle flow
+/// sooner without a word), so a login rarely meets a connection that died silently.
+pub const MAX_IDLE_TIME: Duration = Duration::from_secs(120);
 
 /// The pools, by connection id.
 #[derive(Debug, Default)]
@@ -33,7 +41,7 @@ impl Pools {
             _ => {
                 let p = Arc::new(Pool {
                     version,
-                    idle: Mutex::new(Vec::new()),
+                    idle: Mutex::new(Idle::default()),
                     permits: Arc::new(Semaphore::new(MAX_OPEN)),
                 });
                 pools.insert(conn.connection.id.clone(), p.clone());
@@ -47,7 +55,7 @@ impl Pools {
 #[derive(Debug)]
 pub struct Pool {
     version: i64,
-    idle: Mutex<Vec<Ldap>>,
+    idle: Mutex<Idle<Ldap>>,
     permits: Arc<Semaphore>,
 }
 
@@ -78,14 +86,7 @@ impl Pool {
             })?;
         let pooled = {
             let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut found = None;
-            while let Some(mut ldap) = idle.pop() {
-                if !ldap.is_closed() {
-                    found = Some(ldap);
-                    break;
-                }
-            }
-            found
+            idle.take(Instant::now(), |ldap| !ldap.is_closed())
         };
         let mut session = match pooled {
             Some(ldap) => Session { ldap, broken: false, reused: true, _permit: None },
@@ -108,8 +109,38 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < MAX_IDLE {
-            idle.push(session.ldap);
+        idle.put(session.ldap, Instant::now());
+    }
+}
+
+/// Idle connections, the most recently used last, each with the time it was given back.
+#[derive(Debug)]
+struct Idle<T>(Vec<(T, Instant)>);
+
+impl<T> Default for Idle<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T> Idle<T> {
+    /// The most recently used connection that has been idle at most [`MAX_IDLE_TIME`] and is
+    /// `usable`; the others met on the way are dropped (closing them), as are all that have
+    /// been idle too long.
+    fn take(&mut self, now: Instant, usable: impl Fn(&mut T) -> bool) -> Option<T> {
+        self.0.retain(|(_, since)| now.saturating_duration_since(*since) <= MAX_IDLE_TIME);
+        while let Some((mut conn, _)) = self.0.pop() {
+            if usable(&mut conn) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn`, given back at `now`, when there is room.
+    fn put(&mut self, conn: T, now: Instant) {
+        if self.0.len() < MAX_IDLE {
+            self.0.push((conn, now));
         }
     }
 }
@@ -221,5 +252,30 @@ fn url_host_port(url: &str) -> Option<(String, u16)> {
     match authority.rsplit_once(':') {
         Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
         None => Some((authority.to_owned(), default)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connections_are_reused_newest_first_and_dropped_when_idle_too_long() {
+        let start = Instant::now();
+        let mut idle = Idle::default();
+        for n in 0..MAX_IDLE + 2 {
+            idle.put(n, start + Duration::from_secs(n as u64));
+        }
+        // Only MAX_IDLE kept; the newest comes first; unusable ones are skipped and dropped.
+        let just_after = start + Duration::from_secs(10);
+        assert_eq!(idle.take(just_after, |_| true), Some(MAX_IDLE - 1));
+        assert_eq!(idle.take(just_after, |n| *n != MAX_IDLE - 2), Some(MAX_IDLE - 3));
+        // Left: connection 0, given back at `start`; a second past the limit it is dropped.
+        let late = start + MAX_IDLE_TIME + Duration::from_secs(1);
+        assert_eq!(idle.take(late, |_| true), None);
+        idle.put(7, late);
+        assert_eq!(idle.take(late + MAX_IDLE_TIME, |_| true), Some(7), "idle exactly the limit is kept");
+        idle.put(8, late);
+        assert_eq!(idle.take(late + MAX_IDLE_TIME + Duration::from_millis(1), |_| true), None);
     }
 }
