@@ -519,3 +519,112 @@ async fn a_brute_force_block_is_logged_with_its_reason_and_counted() {
     assert!(sample(&body, "postern_refusals_total", &[("reason", "TOO_MANY_ATTEMPTS")]) >= Some(1.0), "{body}");
     suite.stop().await.expect("stop");
 }
+
+// ---- OTLP trace export ----
+
+use opentelemetry_proto::tonic::collector::trace::v1 as otlp;
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+
+/// An OTLP/gRPC collector of the test's own: every span received, with its service's name.
+#[derive(Clone)]
+struct Collector(tokio::sync::mpsc::UnboundedSender<(String, OtlpSpan)>);
+
+#[tonic::async_trait]
+impl otlp::trace_service_server::TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<otlp::ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<otlp::ExportTraceServiceResponse>, tonic::Status> {
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                let _ = self.0.send((service.clone(), span));
+            }
+        }
+        Ok(tonic::Response::new(otlp::ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_of_the_gateway_and_a_split_backend_reach_an_otlp_collector_as_one_trace() {
+    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let collector = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(otlp::trace_service_server::TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let temp = tempfile::tempdir().expect("tempdir");
+    let data = temp.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let key = "c".repeat(64);
+    // Spans wait a minute to be batched: those of the call below reach the collector only
+    // because each process sends what it holds when it stops.
+    let env = [
+        ("POSTERN_INTERNAL_KEY", key.as_str()),
+        ("POSTERN_OTLP_ENDPOINT", &collector),
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+    ];
+    let tenant = serve(&["tenant", "--data-dir", data], &env, &temp.path().join("tenant.log"), "text");
+    let tenant_url = format!("http://{}", tenant.grpc);
+    let gateway = serve(
+        &["gateway", "--data-dir", data, "--tenant-url", &tenant_url],
+        &env,
+        &temp.path().join("gateway.log"),
+        "text",
+    );
+
+    let (trace, caller_span) = ("5af7183fc1d1b1e1c0a4f3f2a1b2c3d4", "a1b2c3d4e5f60718");
+    let mut admin = postern_testkit::Clients::new(postern_testkit::channel(gateway.grpc).await, ADMIN_KEY);
+    let mut req = tonic::Request::new(pb::ListTenantsRequest::default());
+    req.metadata_mut().insert("traceparent", format!("00-{trace}-{caller_span}-01").parse().expect("ascii"));
+    admin.tenants.list_tenants(req).await.expect("list");
+    assert!(gateway.terminate().expect("terminate gateway"));
+    assert!(tenant.terminate().expect("terminate tenant"));
+
+    let method = "postern.tenant.v1.TenantService/ListTenants";
+    let (mut at_gateway, mut at_tenant) = (None, None);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while at_gateway.is_none() || at_tenant.is_none() {
+        let (service, span) = tokio::time::timeout_at(deadline, received.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the spans of the call never reached the collector (gateway {at_gateway:?}, tenant {at_tenant:?})"
+                )
+            })
+            .expect("collector running");
+        if hex::encode(&span.trace_id) != trace || span.name != method {
+            continue;
+        }
+        match service.as_str() {
+            "postern-gateway" => at_gateway = Some(span),
+            "postern-tenant" => at_tenant = Some(span),
+            other => panic!("a span of the call from an unexpected service {other:?}"),
+        }
+    }
+    let (gateway_span, tenant_span) = (at_gateway.expect("gateway"), at_tenant.expect("tenant"));
+    let server = opentelemetry_proto::tonic::trace::v1::span::SpanKind::Server as i32;
+    assert_eq!(hex::encode(&gateway_span.parent_span_id), caller_span, "the gateway's span is the caller's child");
+    assert_eq!(gateway_span.kind, server);
+    assert_eq!(tenant_span.parent_span_id, gateway_span.span_id, "the backend's span is the gateway's child");
+    assert_eq!(tenant_span.kind, server);
+    assert!(tenant_span.end_time_unix_nano >= tenant_span.start_time_unix_nano);
+    assert!(
+        gateway_span.start_time_unix_nano <= tenant_span.start_time_unix_nano
+            && tenant_span.end_time_unix_nano <= gateway_span.end_time_unix_nano,
+        "the backend's span lies within the gateway's"
+    );
+}

@@ -19,6 +19,7 @@
 //! - [`server`]: boxed backends, reflection, health, per-RPC spans, shutdown.
 //! - [`tls`]: rustls on the ports and the service-to-service channels, certificates reloaded.
 //! - [`telemetry`]: per-method RPC metrics with gRPC code names, process and pool gauges.
+//! - [`trace`]: W3C trace context between processes, for spans exported over OTLP.
 //! - `testing` (feature `testing`): real-peer rules and fresh PostgreSQL databases for tests.
 
 #![forbid(unsafe_code)]
@@ -42,4 +43,5 @@ pub mod telemetry;
 pub mod testing;
 pub mod time;
 pub mod tls;
+pub mod trace;
 pub mod validate;

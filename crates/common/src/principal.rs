@@ -454,7 +454,8 @@ pub fn need(table: MethodScopes, path: &str) -> Option<Need> {
 }
 
 /// A layer for clients of other services: signs each request as `principal` (a service, or
-/// the principal the gateway established).
+/// the principal the gateway established), and passes the current span on as the call's
+/// `traceparent` when spans are exported.
 #[derive(Clone, Debug)]
 pub struct SignLayer {
     key: InternalKey,
@@ -497,6 +498,13 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let value = self.layer.key.sign(&self.layer.principal, req.uri().path());
         req.headers_mut().insert(PRINCIPAL_HEADER, value);
+        // The call is part of the trace of the span it is made in (exported over OTLP).
+        if !req.headers().contains_key(crate::server::TRACEPARENT_HEADER)
+            && let Some(traceparent) = crate::trace::traceparent_of(&tracing::Span::current())
+            && let Ok(value) = http::HeaderValue::from_str(&traceparent)
+        {
+            req.headers_mut().insert(crate::server::TRACEPARENT_HEADER, value);
+        }
         self.inner.call(req)
     }
 }

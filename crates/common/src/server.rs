@@ -164,7 +164,7 @@ pub async fn closing(connections: Connections, shutdown: impl std::future::Futur
 }
 
 /// A tracing span per RPC, carrying the method, the request id and the W3C trace id that
-/// the gateway propagates, and the RPC's count and latency by method and status
+/// the gateway propagates (and, exported over OTLP, the caller's span as its parent), and the RPC's count and latency by method and status
 /// ([`crate::telemetry`], side [`Side::Server`](crate::telemetry::Side::Server)): every
 /// backend's routes are served through it, in process and alone.
 #[derive(Clone, Copy, Debug, Default)]
@@ -202,12 +202,16 @@ where
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let traceparent = header(TRACEPARENT_HEADER);
         let trace_id = trace_id(&traceparent).unwrap_or_default().to_owned();
+        let path = req.uri().path();
         let span = tracing::info_span!(
             "rpc",
-            method = %req.uri().path(),
+            method = %path,
             request_id = %header(REQUEST_ID_HEADER),
             trace_id = %trace_id,
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
         );
+        crate::trace::adopt(&span, &traceparent);
         let call = crate::telemetry::Call::start(crate::telemetry::Side::Server, req.uri().path());
         self.inner.call(req).map(|answer| answer.map(|response| call.observe(response))).instrument(span).boxed()
     }

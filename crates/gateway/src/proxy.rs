@@ -93,9 +93,27 @@ impl tower::Service<Request<Body>> for Proxy {
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .map(str::to_owned)
             .unwrap_or_else(postern_common::ids::new_id);
-        let (trace, traceparent) = continue_trace(req.headers().get(TRACEPARENT_HEADER).and_then(|v| v.to_str().ok()));
+        let incoming = req.headers().get(TRACEPARENT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let path = req.uri().path().to_owned();
-        let span = tracing::info_span!("gateway", method = %path, request_id = %request_id, trace_id = %trace, principal = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "gateway",
+            method = %path,
+            request_id = %request_id,
+            trace_id = tracing::field::Empty,
+            principal = tracing::field::Empty,
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+        );
+        // Exported over OTLP, the span is the caller's child and the backend's parent;
+        // otherwise the caller's trace goes on with a span id of the gateway's own.
+        if let Some(incoming) = &incoming {
+            postern_common::trace::adopt(&span, incoming);
+        }
+        let (trace, traceparent) = match postern_common::trace::traceparent_of(&span) {
+            Some(own) => (own.get(3..35).unwrap_or_default().to_owned(), own),
+            None => continue_trace(incoming.as_deref()),
+        };
+        span.record("trace_id", trace.as_str());
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             req.headers_mut().insert(REQUEST_ID_HEADER, v);
         }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod management;
+pub mod otlp;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -39,6 +40,20 @@ pub enum Component {
     Registry,
     /// The authenticator alone (needs `--tenant-url` and `--registry-url`).
     Authn,
+}
+
+impl Component {
+    /// The name its spans are exported under (OTLP `service.name`): `postern` for the whole
+    /// suite in one process, `postern-<piece>` for a piece alone.
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Component::All => "postern",
+            Component::Tenant => "postern-tenant",
+            Component::Gateway => "postern-gateway",
+            Component::Registry => "postern-registry",
+            Component::Authn => "postern-authn",
+        }
+    }
 }
 
 /// The settings of `postern serve`; every flag has a `POSTERN_…` environment twin.

@@ -10,8 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use postern::otlp::{Export, OtlpSettings};
 use postern::{Component, Settings};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// How long a stopping process waits for in-flight calls.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -24,6 +27,8 @@ struct Cli {
     /// without NO_COLOR), or `json`, one object a line (for a log collector).
     #[arg(long, env = "POSTERN_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
+    #[command(flatten)]
+    otlp: OtlpSettings,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,20 +44,30 @@ enum LogFormat {
     Json,
 }
 
-/// Logs to standard error, filtered by POSTERN_LOG (default `info`), in `format`.
-fn init_logs(format: LogFormat) {
+/// Logs to standard error, filtered by POSTERN_LOG (default `info`), in `format`; and, when
+/// `service` is named and an OTLP endpoint configured, exports the spans as `service`.
+fn init_logs(format: LogFormat, otlp: &OtlpSettings, service: Option<&str>) -> anyhow::Result<Option<Export>> {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_from_env("POSTERN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
         LogFormat::Text => {
             // Escape codes only for a person at a terminal, and never against NO_COLOR
             // (no-color.org: set and not empty).
             let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-            builder.with_ansi(std::io::stderr().is_terminal() && !no_color).init();
+            lines.with_ansi(std::io::stderr().is_terminal() && !no_color).boxed()
         }
-    }
+    };
+    let (spans, export) = match service {
+        Some(service) => match postern::otlp::layer(otlp, service)? {
+            Some((layer, export)) => (Some(layer), Some(export)),
+            None => (None, None),
+        },
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(filter).with(lines).with(spans).init();
+    Ok(export)
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -126,7 +141,11 @@ fn default_health_address() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    let service = match &cli.command {
+        Command::Serve { component, .. } => Some(component.service_name()),
+        _ => None,
+    };
+    let export = init_logs(cli.log_format, &cli.otlp, service)?;
     match cli.command {
         Command::Serve { component, settings } => {
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -147,6 +166,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("postern: management listening on {}", bound.management);
             })
             .await?;
+            if let Some(export) = export {
+                // The last spans go out before the process ends (blocking: off the workers).
+                let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
+            }
             tracing::info!("stopped");
             Ok(())
         }
