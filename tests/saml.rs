@@ -574,3 +574,384 @@ async fn a_real_browser_logs_in_through_the_idp_and_lands_at_the_application() {
     app_task.abort();
     suite.stop().await.expect("stop");
 }
+
+/// An RSA key (PEM) and its self-signed certificate (PEM), for an SP's decryption key.
+fn rsa_pair(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let cert = rcgen::CertificateParams::new(vec![name.into()]).expect("params").self_signed(&key).expect("cert");
+    (key.serialize_pem(), cert.pem())
+}
+
+/// The base64 body of a PEM certificate, as metadata carries it.
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+async fn get_saml(admin: &mut Clients, t: &str, name: &str) -> conn::SamlOptions {
+    let c = admin
+        .connections
+        .get_connection(conn::GetConnectionRequest { tenant: t.into(), connection: name.into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .connection
+        .expect("connection");
+    match c.options {
+        Some(conn::connection::Options::Saml(o)) => o,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn encrypted_assertions_are_decrypted_and_their_signatures_checked_like_plain_ones() {
+    let test = "encrypted_assertions_are_decrypted_and_their_signatures_checked_like_plain_ones";
+    let Some(idp) = SamlIdp::shared(test) else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-encrypted";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let (key, cert) = rsa_pair("postern-sp-encryption");
+    let options =
+        conn::SamlOptions { decryption_key: key.clone(), decryption_certificate: cert.clone(), ..saml_options(idp) };
+    let md = connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, options, json!({})).await;
+
+    // The metadata publishes the certificate for encryption; reads never show the key.
+    assert!(md.contains("<md:KeyDescriptor use=\"encryption\">"), "{md}");
+    assert!(md.contains(&pem_body(&cert)), "{md}");
+    assert!(md.contains("http://www.w3.org/2009/xmlenc11#aes256-gcm"), "{md}");
+    let read = get_saml(&mut admin, t, CONNECTION).await;
+    assert!(read.decryption_key.is_empty() && read.decryption_key_set, "{read:?}");
+    assert_eq!(read.decryption_certificate, cert);
+
+    // Every content encryption with both names of RSA-OAEP, the assertion signed inside;
+    // then a signed response around an encrypted unsigned assertion, and both signed.
+    let accepted = [
+        json!({"encrypt": {"content": "aes128-gcm", "transport": "rsa-oaep-mgf1p"}}),
+        json!({"encrypt": {"content": "aes256-gcm", "transport": "rsa-oaep"}}),
+        json!({"encrypt": {"content": "aes128-cbc", "transport": "rsa-oaep-mgf1p"}}),
+        json!({"encrypt": {"content": "aes256-cbc", "transport": "rsa-oaep"}}),
+        json!({"encrypt": {"content": "aes256-gcm"}, "sign": "response"}),
+        json!({"encrypt": {"content": "aes128-cbc"}, "sign": "both"}),
+    ];
+    for mode in accepted {
+        idp.register_sp(&md, mode.clone()).await.expect("mode");
+        let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+        assert!(answer.contains_key("code"), "{mode}: {answer:?}");
+    }
+    let tokens = {
+        idp.register_sp(&md, json!({"encrypt": {"content": "aes256-gcm"}})).await.expect("mode");
+        let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+        exchange(&suite, t, &portal, &answer["code"]).await
+    };
+    let id = claims_of(tokens["id_token"].as_str().expect("id_token"));
+    assert_eq!((id["sub"].as_str(), id["email"].as_str()), (Some(ALICE), Some("alice@fabrikam.example")));
+    assert_eq!(user_count(&mut admin, t).await, 1);
+
+    // Refused: encrypted to another key; encrypted but signed by no one or by another key
+    // (the decrypted assertion's signature is checked as a plain one's); the signed-response
+    // form signed by another key. A plain signed assertion is still accepted here.
+    let refused = [
+        ("encrypted to another certificate", json!({"encrypt": {"to": "other"}}), "another certificate"),
+        ("encrypted, unsigned", json!({"encrypt": {}, "sign": "none"}), "no valid signature"),
+        ("encrypted, signed by another key", json!({"encrypt": {}, "key": "other"}), "no valid signature"),
+        (
+            "encrypted, the response signed by another key",
+            json!({"encrypt": {}, "sign": "response", "key": "other"}),
+            "not a valid signature",
+        ),
+    ];
+    for (case, mode, why) in refused {
+        idp.register_sp(&md, mode).await.expect("mode");
+        let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+        assert_refused(&answer, why, case);
+    }
+    assert_eq!(user_count(&mut admin, t).await, 1, "nothing more stored");
+    idp.register_sp(&md, json!({})).await.expect("mode");
+    assert!(login(idp, &suite, t, &portal, CONNECTION).await.contains_key("code"), "plain, not required");
+
+    // A connection that requires encryption refuses a plain assertion and takes an
+    // encrypted one.
+    let required = "fabrikam-encrypted-only";
+    let options = conn::SamlOptions {
+        decryption_key: key.clone(),
+        decryption_certificate: cert.clone(),
+        require_encrypted_assertions: true,
+        ..saml_options(idp)
+    };
+    let md_required = connect(idp, &suite, &mut admin, (t, &portal), required, options, json!({})).await;
+    let answer = login(idp, &suite, t, &portal, required).await;
+    assert_refused(&answer, "requires encrypted assertions", "a plain assertion where encryption is required");
+    idp.register_sp(&md_required, json!({"encrypt": {"content": "aes256-gcm"}})).await.expect("mode");
+    assert!(login(idp, &suite, t, &portal, required).await.contains_key("code"));
+
+    // A connection without a decryption key says so.
+    let keyless = "fabrikam-no-key";
+    connect(idp, &suite, &mut admin, (t, &portal), keyless, saml_options(idp), json!({})).await;
+    // The IdP encrypts to the first connection's certificate: nothing this one can open.
+    let md_keyless = metadata(&suite, t, keyless).await.body;
+    let with_cert = md_keyless.replace(
+        "<md:NameIDFormat>",
+        &format!(
+            "<md:KeyDescriptor use=\"encryption\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor><md:NameIDFormat>",
+            pem_body(&cert)
+        ),
+    );
+    idp.register_sp(&with_cert, json!({"encrypt": {}})).await.expect("mode");
+    let answer = login(idp, &suite, t, &portal, keyless).await;
+    assert_refused(&answer, "holds no decryption_key", "an encrypted assertion without a key");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_decryption_key_must_match_its_certificate_when_written() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-key-pairs";
+    let mut admin = suite.admin().await;
+    admin.create_tenant(t).await.expect("tenant");
+    let (key, cert) = rsa_pair("sp");
+    let (_, other_cert) = rsa_pair("someone-else");
+    let options = |o: conn::SamlOptions| conn::SamlOptions {
+        sign_in_url: "https://idp.fabrikam.example/sso".into(),
+        signing_certificates: vec![cert.clone()],
+        ..o
+    };
+    let create = |name: &str, o: conn::SamlOptions| conn::CreateConnectionRequest {
+        tenant: t.into(),
+        connection: Some(conn::Connection {
+            name: name.into(),
+            strategy: "samlp".into(),
+            options: Some(conn::connection::Options::Saml(o)),
+            ..Default::default()
+        }),
+    };
+    let cases = [
+        (
+            "a key of another certificate",
+            options(conn::SamlOptions {
+                decryption_key: key.clone(),
+                decryption_certificate: other_cert.clone(),
+                ..Default::default()
+            }),
+            "connection.options.saml.decryption_key",
+            "not the private key of decryption_certificate",
+        ),
+        (
+            "a key without its certificate",
+            options(conn::SamlOptions { decryption_key: key.clone(), ..Default::default() }),
+            "connection.options.saml.decryption_certificate",
+            "required with decryption_key",
+        ),
+        (
+            "a certificate without its key",
+            options(conn::SamlOptions { decryption_certificate: cert.clone(), ..Default::default() }),
+            "connection.options.saml.decryption_key",
+            "required with decryption_certificate",
+        ),
+        (
+            "encryption required without a certificate",
+            options(conn::SamlOptions { require_encrypted_assertions: true, ..Default::default() }),
+            "connection.options.saml.decryption_certificate",
+            "required with require_encrypted_assertions",
+        ),
+    ];
+    for (case, o, field, why) in cases {
+        let e = admin.connections.create_connection(create("refused", o)).await.expect_err(case);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{case}: {e:?}");
+        assert!(postern_testkit::violated_fields(&e).iter().any(|f| f == field), "{case}: {e:?}");
+        assert!(e.message().contains(why), "{case}: {}", e.message());
+        assert!(!e.message().contains("PRIVATE KEY"), "{case}: never the key");
+    }
+    let good = options(conn::SamlOptions {
+        decryption_key: key.clone(),
+        decryption_certificate: cert.clone(),
+        ..Default::default()
+    });
+    admin.connections.create_connection(create("paired", good)).await.expect("a matching pair");
+
+    // An update that changes the certificate alone is checked against the stored key.
+    let update = |o: conn::SamlOptions, path: &str| conn::UpdateConnectionRequest {
+        tenant: t.into(),
+        connection: Some(conn::Connection {
+            name: "paired".into(),
+            options: Some(conn::connection::Options::Saml(o)),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec![path.into()] }),
+    };
+    let e = admin
+        .connections
+        .update_connection(update(
+            conn::SamlOptions { decryption_certificate: other_cert.clone(), ..Default::default() },
+            "options.saml.decryption_certificate",
+        ))
+        .await
+        .expect_err("the stored key is not this certificate's");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        postern_testkit::violated_fields(&e).iter().any(|f| f == "connection.options.saml.decryption_key"),
+        "{e:?}"
+    );
+    admin
+        .connections
+        .update_connection(update(
+            conn::SamlOptions { require_encrypted_assertions: true, ..Default::default() },
+            "options.saml.require_encrypted_assertions",
+        ))
+        .await
+        .expect("requiring encryption with a key and its certificate");
+    let read = get_saml(&mut admin, t, "paired").await;
+    assert!(read.require_encrypted_assertions && read.decryption_key_set && read.decryption_key.is_empty());
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn sha1_signatures_are_refused_unless_the_connection_allows_them() {
+    let Some(idp) = SamlIdp::shared("sha1_signatures_are_refused_unless_the_connection_allows_them") else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-sha1";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let sha1 = json!({"sha1": true});
+    connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, saml_options(idp), sha1.clone()).await;
+    let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+    assert_refused(&answer, "allow_sha1", "RSA-SHA1 without allow_sha1");
+    assert_eq!(user_count(&mut admin, t).await, 0);
+
+    let allowing = "fabrikam-sha1-allowed";
+    let options = conn::SamlOptions { allow_sha1: true, ..saml_options(idp) };
+    let md = connect(idp, &suite, &mut admin, (t, &portal), allowing, options, sha1).await;
+    assert!(get_saml(&mut admin, t, allowing).await.allow_sha1);
+    for mode in [json!({"sha1": true}), json!({"sha1": true, "sign": "response"}), json!({})] {
+        idp.register_sp(&md, mode.clone()).await.expect("mode");
+        let answer = login(idp, &suite, t, &portal, allowing).await;
+        assert!(answer.contains_key("code"), "{mode}: {answer:?}");
+    }
+    // Allowing SHA-1 lets no other key sign.
+    idp.register_sp(&md, json!({"sha1": true, "key": "other"})).await.expect("mode");
+    let answer = login(idp, &suite, t, &portal, allowing).await;
+    assert_refused(&answer, "no valid signature", "RSA-SHA1 by another key");
+    suite.stop().await.expect("stop");
+}
+
+/// Posts an IdP's `SAMLResponse` to `url` as its auto-submitting form would.
+async fn post_response(url: &str, response: &str) -> Answer {
+    Agent::new().post_form(url, &[("SAMLResponse".to_owned(), response.to_owned())]).await.expect("callback")
+}
+
+#[tokio::test]
+async fn idp_initiated_logins_only_where_the_connection_turns_them_on() {
+    let Some(idp) = SamlIdp::shared("idp_initiated_logins_only_where_the_connection_turns_them_on") else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-idp-initiated";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let acs = format!("{}/{t}/login/callback", base(&suite));
+    let unsolicited = "fabrikam-unsolicited";
+    let options = conn::SamlOptions {
+        idp_initiated: Some(conn::SamlIdpInitiated {
+            enabled: true,
+            client_id: portal.client_id.clone(),
+            client_authorize_query: "response_type=code&scope=openid profile email".into(),
+        }),
+        ..saml_options(idp)
+    };
+    let md = connect(idp, &suite, &mut admin, (t, &portal), unsolicited, options, json!({})).await;
+    let at = format!("{acs}?connection={unsolicited}");
+    assert!(
+        md.contains(&format!(
+            "index=\"1\" Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" Location=\"{at}\""
+        )),
+        "{md}"
+    );
+    let sp = format!("urn:postern:{t}:{unsolicited}");
+
+    // The IdP posts an unsolicited response to the callback naming the connection: the
+    // application gets a code at its first callback, without state.
+    let response = idp.unsolicited(&sp, &at, json!({})).await.expect("minted");
+    let answer = post_response(&at, &response).await;
+    let q = app_query(&answer);
+    assert!(!q.contains_key("state"), "{q:?}");
+    let tokens = exchange(&suite, t, &portal, &q["code"]).await;
+    let id = claims_of(tokens["id_token"].as_str().expect("id_token"));
+    assert_eq!(id["sub"], "samlp|fabrikam-unsolicited|alice@fabrikam.example");
+    assert_eq!(id["email"], "alice@fabrikam.example", "scope profile email from the query: {id}");
+    assert!(answer.headers("set-cookie").iter().any(|c| c.starts_with("postern_session=")), "an SSO session");
+
+    // Posted again: the assertion id is used up.
+    assert_refused_unsolicited(&app_query(&post_response(&at, &response).await), "already used", "a replay");
+    // The same at the plain callback (the IdP's default ACS) logs in too.
+    let response = idp.unsolicited(&sp, &acs, json!({})).await.expect("minted");
+    assert!(app_query(&post_response(&at, &response).await).contains_key("code"), "destination: the plain callback");
+
+    // Every check still applies.
+    let refused = [
+        ("signed by another key", json!({"key": "other"}), "no valid signature"),
+        ("unsigned", json!({"sign": "none"}), "no valid signature"),
+        ("another audience", json!({"audience": "urn:postern:someone-else"}), "udience"),
+        ("an answer to a request", json!({"in_response_to": "_a-request-of-someone"}), "InResponseTo"),
+    ];
+    for (case, mode, why) in refused {
+        let response = idp.unsolicited(&sp, &at, mode).await.expect("minted");
+        assert_refused_unsolicited(&app_query(&post_response(&at, &response).await), why, case);
+    }
+    let to_elsewhere = idp.unsolicited(&sp, "https://elsewhere.example/acs", json!({})).await.expect("minted");
+    assert_refused_unsolicited(&app_query(&post_response(&at, &to_elsewhere).await), "elsewhere.example", "elsewhere");
+    assert_eq!(user_count(&mut admin, t).await, 1);
+
+    // Off (the default): refused with a clear reason, nothing stored; and without
+    // `?connection=` an unsolicited response finds no login, as before.
+    let off = "fabrikam-solicited-only";
+    connect(idp, &suite, &mut admin, (t, &portal), off, saml_options(idp), json!({})).await;
+    let off_at = format!("{acs}?connection={off}");
+    let response = idp.unsolicited(&format!("urn:postern:{t}:{off}"), &off_at, json!({})).await.expect("minted");
+    let page = post_response(&off_at, &response).await;
+    assert_eq!(page.status, 400, "{page:?}");
+    assert!(page.body.contains("accepts no IdP-initiated logins"), "{}", page.body);
+    let page = post_response(&acs, &response).await;
+    assert_eq!(page.status, 400, "{page:?}");
+    assert!(page.body.contains("expired or was already completed"), "{}", page.body);
+    assert_eq!(user_count(&mut admin, t).await, 1);
+
+    // The application must have the connection enabled.
+    let other_app = "fabrikam-unsolicited-elsewhere";
+    let stranger = admin
+        .clients
+        .create_client(tenant::CreateClientRequest {
+            tenant: t.into(),
+            client: Some(tenant::Client {
+                name: "Not enabled".into(),
+                app_type: tenant::AppType::RegularWeb as i32,
+                callbacks: vec![CALLBACK.into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("client")
+        .into_inner()
+        .client
+        .expect("client");
+    let options = conn::SamlOptions {
+        idp_initiated: Some(conn::SamlIdpInitiated {
+            enabled: true,
+            client_id: stranger.client_id.clone(),
+            client_authorize_query: String::new(),
+        }),
+        ..saml_options(idp)
+    };
+    connect(idp, &suite, &mut admin, (t, &portal), other_app, options, json!({})).await;
+    let other_at = format!("{acs}?connection={other_app}");
+    let response = idp.unsolicited(&format!("urn:postern:{t}:{other_app}"), &other_at, json!({})).await.expect("mint");
+    let q = app_query(&post_response(&other_at, &response).await);
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"), "{q:?}");
+    assert!(!q.contains_key("code"), "{q:?}");
+    assert_eq!(user_count(&mut admin, t).await, 1);
+    suite.stop().await.expect("stop");
+}
+
+#[track_caller]
+fn assert_refused_unsolicited(answer: &HashMap<String, String>, why: &str, case: &str) {
+    assert_eq!(answer.get("error").map(String::as_str), Some("access_denied"), "{case}: {answer:?}");
+    let description = answer.get("error_description").cloned().unwrap_or_default();
+    assert!(description.contains(why), "{case}: {description:?} should say {why:?}");
+    assert!(!answer.contains_key("code"), "{case}: {answer:?}");
+}

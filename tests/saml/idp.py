@@ -14,14 +14,21 @@ with --keep-running (the README's walk-through: --port 8088 --cert-out idp.crt, 
   POST /sso/post             the same for an HTTP-POST AuthnRequest
   POST /control/sp           JSON {"metadata": SP metadata XML, "mode": {...}}: registers an SP
                              (known by its entityID) and how its responses are made
-  POST /control/mint         JSON {"sp": entity id, "in_response_to": id, "mode": {...}}:
-                             {"response": base64 SAMLResponse} without any request
+  POST /control/mint         JSON {"sp": entity id, "in_response_to": id, "acs": URL, "mode": {...}}:
+                             {"response": base64 SAMLResponse} without any request (an
+                             unsolicited one without in_response_to; to the SP's first ACS
+                             unless "acs" names another)
 
 A mode (every key optional): sign = both | response | assertion | none (default assertion);
 key = idp | other (default idp); lifetime_seconds (default 300); audience (default the SP's
 entity id); in_response_to (overrides the request's); nameid; attrs ({name: [values]});
 assertion_id (a fixed assertion ID); wrap = sibling | inside (XML signature wrapping: an
-unsigned assertion for "mallory" beside the signed one, or around it).
+unsigned assertion for "mallory" beside the signed one, or around it); sha1 (sign with
+RSA-SHA1 and SHA-1 digests instead of RSA-SHA256); encrypt ({"content": aes128-gcm |
+aes256-gcm | aes128-cbc | aes256-cbc, "transport": rsa-oaep-mgf1p | rsa-oaep, "to": sp |
+other}: the assertion encrypted by xmlsec1 to the SP metadata's encryption certificate, or
+to the "other" certificate; signing happens before encryption for the assertion and after
+it for the response, as pysaml2 does).
 """
 import base64
 import json
@@ -46,11 +53,23 @@ from saml2.metadata import entity_descriptor
 from saml2.saml import NAME_FORMAT_URI, NAMEID_FORMAT_EMAILADDRESS, NameID, Audience, AudienceRestriction
 from saml2.server import Server
 from saml2.sigver import RSACrypto, verify_redirect_signature
-from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
+from saml2.xmldsig import DIGEST_SHA1, DIGEST_SHA256, SIG_RSA_SHA1, SIG_RSA_SHA256
+import saml2.entity
+import saml2.sigver
 
 LOCK = threading.Lock()
 SPS = {}  # entity id -> {"metadata": xml, "mode": {...}}
-OVERRIDE = {"assertion_id": None, "audience": None}
+OVERRIDE = {"assertion_id": None, "audience": None, "msg_enc": None, "key_enc": None}
+CONTENT_ENCRYPTION = {
+    "aes128-gcm": "http://www.w3.org/2009/xmlenc11#aes128-gcm",
+    "aes256-gcm": "http://www.w3.org/2009/xmlenc11#aes256-gcm",
+    "aes128-cbc": "http://www.w3.org/2001/04/xmlenc#aes128-cbc",
+    "aes256-cbc": "http://www.w3.org/2001/04/xmlenc#aes256-cbc",
+}
+KEY_TRANSPORT = {
+    "rsa-oaep-mgf1p": "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p",
+    "rsa-oaep": "http://www.w3.org/2009/xmlenc11#rsa-oaep",
+}
 
 DEFAULT_ATTRS = {
     "mail": ["alice@fabrikam.example"],
@@ -83,6 +102,36 @@ def _patched_conditions(self, sp_entity_id):
 
 
 saml2.assertion.Policy.conditions = _patched_conditions
+# The encryption algorithms of the mode (pysaml2 encrypts with Triple DES unless told).
+_pre_encryption_part = saml2.entity.pre_encryption_part
+
+
+def _patched_pre_encryption_part(**kwargs):
+    if OVERRIDE["msg_enc"]:
+        kwargs["msg_enc"] = OVERRIDE["msg_enc"]
+    if OVERRIDE["key_enc"]:
+        kwargs["key_enc"] = KEY_TRANSPORT["rsa-oaep-mgf1p"]  # see _patched_encrypt_assertion
+    return _pre_encryption_part(**kwargs)
+
+
+saml2.entity.pre_encryption_part = _patched_pre_encryption_part
+# ... and xmlsec1's session key to match (pysaml2 always asks for des-192).
+_encrypt_assertion = saml2.sigver.SecurityContext.encrypt_assertion
+
+
+def _patched_encrypt_assertion(self, statement, enc_key, template, key_type="des-192", node_xpath=None):
+    if OVERRIDE["msg_enc"]:
+        key_type = "aes-256" if "aes256" in OVERRIDE["msg_enc"] else "aes-128"
+    xml = _encrypt_assertion(self, statement, enc_key, template, key_type, node_xpath)
+    if OVERRIDE["key_enc"] == KEY_TRANSPORT["rsa-oaep"]:
+        # xmlsec1 1.2 knows only the 2001 name of RSA-OAEP. XML Encryption 1.1's rsa-oaep
+        # with its defaults (SHA-1 digest, MGF1 with SHA-1) is the same computation, so the
+        # key wrapped as rsa-oaep-mgf1p is relabelled (before the response is signed).
+        xml = xml.replace(KEY_TRANSPORT["rsa-oaep-mgf1p"], KEY_TRANSPORT["rsa-oaep"])
+    return xml
+
+
+saml2.sigver.SecurityContext.encrypt_assertion = _patched_encrypt_assertion
 
 
 def key_pair(directory, name, cn):
@@ -136,9 +185,20 @@ class Idp:
         attrs = mode.get("attrs") or DEFAULT_ATTRS
         nameid = mode.get("nameid") or attrs.get("mail", ["alice@fabrikam.example"])[0]
         sign = mode.get("sign", "assertion")
+        sha1 = bool(mode.get("sha1"))
+        encrypt = mode.get("encrypt")  # {} encrypts with the defaults
+        encryption = {}
+        if encrypt is not None:
+            encryption["encrypt_assertion"] = True
+            if encrypt.get("to") == "other":
+                with open(self.keys["other"][1]) as f:
+                    encryption["encrypt_cert_assertion"] = f.read()
         with LOCK:  # the overrides are process-wide
             OVERRIDE["assertion_id"] = mode.get("assertion_id")
             OVERRIDE["audience"] = mode.get("audience")
+            if encrypt is not None:
+                OVERRIDE["msg_enc"] = CONTENT_ENCRYPTION[encrypt.get("content", "aes128-gcm")]
+                OVERRIDE["key_enc"] = KEY_TRANSPORT[encrypt.get("transport", "rsa-oaep-mgf1p")]
             try:
                 xml = str(idp.create_authn_response(
                     identity=attrs, in_response_to=mode.get("in_response_to", in_response_to), destination=acs,
@@ -146,10 +206,11 @@ class Idp:
                     name_id=NameID(format=NAMEID_FORMAT_EMAILADDRESS, text=nameid),
                     authn={"class_ref": "urn:oasis:names:tc:SAML:2.0:ac:classes:Password"},
                     sign_response=sign in ("both", "response"), sign_assertion=sign in ("both", "assertion"),
-                    sign_alg=SIG_RSA_SHA256, digest_alg=DIGEST_SHA256))
+                    sign_alg=SIG_RSA_SHA1 if sha1 else SIG_RSA_SHA256,
+                    digest_alg=DIGEST_SHA1 if sha1 else DIGEST_SHA256, **encryption))
             finally:
-                OVERRIDE["assertion_id"] = None
-                OVERRIDE["audience"] = None
+                for k in OVERRIDE:
+                    OVERRIDE[k] = None
         wrap = mode.get("wrap")
         if wrap:
             xml = wrapped(xml, wrap)
@@ -280,7 +341,8 @@ def main():
                         entry = SPS[j["sp"]]
                     mode = dict(entry["mode"])
                     mode.update(j.get("mode") or {})
-                    xml = idp.response(j["sp"], acs_of(entry["metadata"]), j.get("in_response_to"), mode)
+                    acs = j.get("acs") or acs_of(entry["metadata"])
+                    xml = idp.response(j["sp"], acs, j.get("in_response_to") or None, mode)
                     return self._json(200, {"response": base64.b64encode(xml.encode()).decode(), "xml": xml})
             except Exception as e:
                 traceback.print_exc()

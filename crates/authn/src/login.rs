@@ -43,6 +43,17 @@ pub struct Callback<'a> {
     pub address: &'a str,
 }
 
+/// An unsolicited answer of an upstream (an IdP-initiated login) at the callback.
+#[derive(Debug, Clone, Copy)]
+pub struct UnsolicitedCallback<'a> {
+    /// The callback's parameters (query and form).
+    pub params: &'a std::collections::HashMap<String, String>,
+    /// The URL it was posted to.
+    pub callback_url: &'a str,
+    /// The browser's address.
+    pub address: &'a str,
+}
+
 /// A login by username (or email) and password through a database connection.
 #[derive(Debug, Clone, Copy)]
 pub struct PasswordLogin<'a> {
@@ -541,6 +552,66 @@ impl AuthnApi {
         let conn = self.cache.resolve(tenant, client_id, connection).await?;
         let connector = self.redirect_connector(&conn)?;
         let completed = connector.complete(tenant, &conn, params, tx).await.map_err(connector_status)?;
+        self.store_redirect_login(tenant, connection, &conn, completed, address, grant).await
+    }
+
+    /// The application an unsolicited answer at `connection` (an IdP-initiated login) logs
+    /// its user in to: NOT_FOUND for an unknown connection, PERMISSION_DENIED
+    /// (`UNSOLICITED_LOGIN_DISABLED`) when the connection accepts no such answers.
+    pub async fn unsolicited_client(
+        &self,
+        tenant: &str,
+        connection: &str,
+    ) -> Result<postern_connector::UnsolicitedClient, Status> {
+        let conn = self.cache.resolve_any(tenant, connection).await?;
+        let connector = self.redirect_connector(&conn)?;
+        connector.unsolicited_client(&conn).ok_or_else(|| {
+            permission_denied(
+                "UNSOLICITED_LOGIN_DISABLED",
+                format!(
+                    "connection {connection:?} accepts no IdP-initiated logins (an answer to no login started \
+                     here): sign in from the application, or turn the connection's idp_initiated on"
+                ),
+            )
+        })
+    }
+
+    /// Completes an unsolicited login (an IdP-initiated one) at `connection` for the
+    /// client: the connection must be enabled for it; then as [`AuthnApi::complete_redirect`],
+    /// with no upstream transaction (`grant` uses none up).
+    pub async fn complete_unsolicited(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        connection: &str,
+        callback: UnsolicitedCallback<'_>,
+        grant: &crate::store::oauth::LoginGrant<'_>,
+    ) -> Result<User, Status> {
+        let UnsolicitedCallback { params, callback_url, address } = callback;
+        let conn = self.cache.resolve(tenant, client_id, connection).await?;
+        let connector = self.redirect_connector(&conn)?;
+        if connector.unsolicited_client(&conn).is_none_or(|c| c.client_id != client_id) {
+            return Err(permission_denied(
+                "UNSOLICITED_LOGIN_DISABLED",
+                format!("connection {connection:?} accepts no IdP-initiated logins for this client"),
+            ));
+        }
+        let completed =
+            connector.complete_unsolicited(tenant, &conn, params, callback_url).await.map_err(connector_status)?;
+        self.store_redirect_login(tenant, connection, &conn, completed, address, grant).await
+    }
+
+    /// Stores what a redirect connector completed: its one-time value used up (refused when
+    /// seen before), the user upserted with the upstream's tokens sealed, and `grant`.
+    async fn store_redirect_login(
+        &self,
+        tenant: &str,
+        connection: &str,
+        conn: &Resolved,
+        completed: postern_connector::Completed,
+        address: &str,
+        grant: &crate::store::oauth::LoginGrant<'_>,
+    ) -> Result<User, Status> {
         if let Some(once) = &completed.one_time_id {
             let now = self.config.clock.now_micros();
             let until = once
@@ -560,7 +631,7 @@ impl AuthnApi {
         }
         let mut source = completed.profile;
         if completed.partial_profile {
-            self.keep_missing_attributes(tenant, &conn, &mut source).await?;
+            self.keep_missing_attributes(tenant, conn, &mut source).await?;
         }
         let sealed = match &completed.tokens {
             Some(tokens) => Some(crate::oauth::federation::seal_tokens(
@@ -573,7 +644,7 @@ impl AuthnApi {
             None => None,
         };
         let grant = crate::store::oauth::LoginGrant { upstream_tokens: sealed.as_deref(), ..*grant };
-        self.upsert_external_user(tenant, &conn, &source, None, address, Some(&grant)).await
+        self.upsert_external_user(tenant, conn, &source, None, address, Some(&grant)).await
     }
 
     /// Fills the attributes an upstream left empty (it sends them only sometimes) with the

@@ -41,8 +41,8 @@ pub use catalogue::{Category, OptionsFamily, ProviderEndpoints, Strategy};
 pub use options::{
     AzureAdOptions, CustomDatabase, DatabaseOptions, EmailOptions, GoogleAppsOptions, ImportMode, LdapAttributes,
     LdapGroups, LdapOptions, MappedAttribute, OAuth2Options, OidcChannel, OidcOptions, Options, PasswordDictionary,
-    PasswordStrength, ProfileMapping, SamlAttributes, SamlBinding, SamlOptions, SamlSignatureAlgorithm, SmsOptions,
-    SmsProvider, SmtpTls, UserProfileSync,
+    PasswordStrength, ProfileMapping, SamlAttributes, SamlBinding, SamlIdpInitiated, SamlOptions,
+    SamlSignatureAlgorithm, SmsOptions, SmsProvider, SmtpTls, UserProfileSync,
 };
 pub use password::{PasswordPolicy, PersonalInfo};
 pub use secret::{Secret, Secrets, SecretsFormatError};

@@ -138,7 +138,7 @@ wire_enum! {
 }
 
 wire_enum! {
-    /// SAML signature algorithms; SHA-1 is never accepted.
+    /// SAML signature algorithms; SHA-1 only beside one of them, with `allow_sha1`.
     SamlSignatureAlgorithm mirrors SamlSignatureAlgorithm, default RsaSha256,
     allowed "SAML_SIGNATURE_ALGORITHM_RSA_SHA256 or SAML_SIGNATURE_ALGORITHM_RSA_SHA512" {
         /// RSA with SHA-256 (the default).
@@ -550,7 +550,8 @@ pub struct SamlAttributes {
     pub family_name: String,
 }
 
-/// Options of `samlp`. The request signing key is the secret [`names::REQUEST_SIGNING_KEY`].
+/// Options of `samlp`. The request signing key is the secret [`names::REQUEST_SIGNING_KEY`],
+/// the assertion decryption key the secret [`names::DECRYPTION_KEY`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SamlOptions {
     /// The IdP's single sign-on URL.
@@ -573,6 +574,36 @@ pub struct SamlOptions {
     pub binding: SamlBinding,
     /// The attribute mapping (defaults applied).
     pub attributes: SamlAttributes,
+    /// Certificate (PEM) of the decryption key, published for encryption; empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub decryption_certificate: String,
+    /// Whether a plain (unencrypted) assertion is refused.
+    #[serde(default)]
+    pub require_encrypted_assertions: bool,
+    /// Whether RSA-SHA1 signatures and SHA-1 digests are accepted beside `signature_algorithm`.
+    #[serde(default)]
+    pub allow_sha1: bool,
+    /// IdP-initiated logins (off by default).
+    #[serde(default)]
+    pub idp_initiated: SamlIdpInitiated,
+}
+
+/// IdP-initiated logins of a `samlp` connection (Auth0's "IdP-Initiated SSO").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamlIdpInitiated {
+    /// Whether unsolicited responses are accepted.
+    pub enabled: bool,
+    /// The client the user logs in to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+    /// The `/authorize` query made for that client (`response_type`, `scope`, `audience`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_authorize_query: String,
+}
+
+impl SamlIdpInitiated {
+    /// The `/authorize` parameters a query may set.
+    pub const QUERY_PARAMETERS: &'static [&'static str] = &["response_type", "scope", "audience"];
 }
 
 /// Options of `waad`. The client secret is the secret [`names::CLIENT_SECRET`].
@@ -755,7 +786,7 @@ impl Options {
                 &[names::CLIENT_SECRET]
             }
             OptionsFamily::Ldap => &[names::BIND_PASSWORD],
-            OptionsFamily::Saml => &[names::REQUEST_SIGNING_KEY],
+            OptionsFamily::Saml => &[names::REQUEST_SIGNING_KEY, names::DECRYPTION_KEY],
             OptionsFamily::Email => &[names::SMTP_PASSWORD],
             OptionsFamily::Sms => &[names::TOKEN],
         }
@@ -777,10 +808,21 @@ impl Options {
                 names::BIND_PASSWORD,
                 "is required: the password of bind_dn (an empty password would be an unauthenticated bind)",
             )],
-            Options::Saml(o) if o.sign_request => {
-                vec![(names::REQUEST_SIGNING_KEY, "is required when sign_request is set: a PEM private key")]
+            Options::Saml(o) => {
+                let mut required = Vec::new();
+                if o.sign_request {
+                    required
+                        .push((names::REQUEST_SIGNING_KEY, "is required when sign_request is set: a PEM private key"));
+                }
+                if !o.decryption_certificate.is_empty() {
+                    required.push((
+                        names::DECRYPTION_KEY,
+                        "is required with decryption_certificate: the PEM RSA private key of that certificate, which \
+                         decrypts the assertions the identity provider encrypts to it",
+                    ));
+                }
+                required
             }
-            Options::Saml(_) => vec![],
             Options::Email(o) if !o.smtp_username.is_empty() => {
                 vec![(names::SMTP_PASSWORD, "is required when smtp_username is set")]
             }
@@ -791,11 +833,28 @@ impl Options {
 
     /// Records a violation under `path` (`connection.options`) for every required secret that
     /// `secrets` lacks.
+    ///
+    /// Also checks what a secret and a public field say together: a SAML decryption key
+    /// must be the key of `decryption_certificate` (so the IdP encrypts to a key this side
+    /// holds), whether the key comes with the request or is the stored one.
     pub fn check_required_secrets(&self, secrets: &Secrets, path: &str, v: &mut Violations) {
         let family = self.family().field_name();
         for (name, why) in self.required_secrets() {
             if !secrets.is_set(name) {
                 v.add(format!("{path}.{family}.{name}"), why);
+            }
+        }
+        if let Options::Saml(o) = self
+            && let Some(key) = secrets.get(names::DECRYPTION_KEY)
+        {
+            if o.decryption_certificate.is_empty() {
+                v.add(
+                    format!("{path}.{family}.decryption_certificate"),
+                    "is required with decryption_key: the certificate (PEM) of that key, which the SP metadata \
+                     publishes so that the identity provider encrypts to it",
+                );
+            } else if let Err(e) = rules::key_pair(key.expose(), &o.decryption_certificate) {
+                v.add(format!("{path}.{family}.decryption_key"), e);
             }
         }
     }
@@ -974,6 +1033,7 @@ impl Options {
             }
             Options::Saml(o) => {
                 let (request_signing_key, request_signing_key_set) = secret(names::REQUEST_SIGNING_KEY);
+                let (decryption_key, decryption_key_set) = secret(names::DECRYPTION_KEY);
                 O::Saml(pb::SamlOptions {
                     sign_in_url: o.sign_in_url.clone(),
                     sign_out_url: o.sign_out_url.clone(),
@@ -991,6 +1051,16 @@ impl Options {
                         name: o.attributes.name.clone(),
                         given_name: o.attributes.given_name.clone(),
                         family_name: o.attributes.family_name.clone(),
+                    }),
+                    decryption_key,
+                    decryption_key_set,
+                    decryption_certificate: o.decryption_certificate.clone(),
+                    require_encrypted_assertions: o.require_encrypted_assertions,
+                    allow_sha1: o.allow_sha1,
+                    idp_initiated: Some(pb::SamlIdpInitiated {
+                        enabled: o.idp_initiated.enabled,
+                        client_id: o.idp_initiated.client_id.clone(),
+                        client_authorize_query: o.idp_initiated.client_authorize_query.clone(),
                     }),
                 })
             }
@@ -1391,6 +1461,22 @@ fn saml(o: pb::SamlOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
     if !o.request_signing_certificate.is_empty() {
         v.check(p("request_signing_certificate"), rules::pem_certificates(&o.request_signing_certificate).map(|_| ()));
     }
+    if !o.decryption_key.is_empty() {
+        v.check(p("decryption_key"), rules::pem_private_key(&o.decryption_key));
+    }
+    if !o.decryption_certificate.is_empty() {
+        match rules::pem_certificates(&o.decryption_certificate) {
+            Ok(1) => {}
+            Ok(n) => v.add(p("decryption_certificate"), format!("must hold exactly one PEM certificate; got {n}")),
+            Err(e) => v.add(p("decryption_certificate"), e),
+        }
+    } else if o.require_encrypted_assertions {
+        v.add(
+            p("decryption_certificate"),
+            "is required with require_encrypted_assertions: the certificate (PEM) the identity provider encrypts \
+             assertions to, with its key in decryption_key",
+        );
+    }
     let a = o.attributes.unwrap_or_default();
     let mut attr = |field: &str, value: String, default: &str| -> String {
         let value = if value.is_empty() { default.to_owned() } else { value };
@@ -1408,6 +1494,37 @@ fn saml(o: pb::SamlOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
         ),
     };
     take_secret(secrets, names::REQUEST_SIGNING_KEY, o.request_signing_key);
+    let i = o.idp_initiated.unwrap_or_default();
+    let ip = |f: &str| format!("{at}.idp_initiated.{f}");
+    if i.enabled && i.client_id.is_empty() {
+        v.add(ip("client_id"), "is required when enabled: the client_id of the application users log in to");
+    } else {
+        v.check(ip("client_id"), rules::optional_text(&i.client_id, 128));
+    }
+    if i.client_authorize_query.chars().count() > 1024 {
+        v.add(ip("client_authorize_query"), "must be at most 1,024 characters");
+    } else {
+        for (key, value) in url::form_urlencoded::parse(i.client_authorize_query.as_bytes()) {
+            if !SamlIdpInitiated::QUERY_PARAMETERS.contains(&key.as_ref()) {
+                v.add(
+                    ip("client_authorize_query"),
+                    format!(
+                        "{:?} is not a parameter it may set; use {}",
+                        truncate(&key, 40),
+                        SamlIdpInitiated::QUERY_PARAMETERS.join(", ")
+                    ),
+                );
+            } else if key == "response_type" && value != "code" {
+                v.add(ip("client_authorize_query"), "response_type must be code (the authorization code flow)");
+            }
+        }
+    }
+    let idp_initiated = SamlIdpInitiated {
+        enabled: i.enabled,
+        client_id: i.client_id,
+        client_authorize_query: i.client_authorize_query,
+    };
+    take_secret(secrets, names::DECRYPTION_KEY, o.decryption_key);
     SamlOptions {
         sign_in_url: o.sign_in_url,
         sign_out_url: o.sign_out_url,
@@ -1419,6 +1536,10 @@ fn saml(o: pb::SamlOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
         request_signing_certificate: o.request_signing_certificate,
         binding,
         attributes,
+        decryption_certificate: o.decryption_certificate,
+        require_encrypted_assertions: o.require_encrypted_assertions,
+        allow_sha1: o.allow_sha1,
+        idp_initiated,
     }
 }
 

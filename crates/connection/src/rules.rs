@@ -308,6 +308,26 @@ pub fn pem_private_key(text: &str) -> Result<(), String> {
     }
 }
 
+/// An RSA private key (PEM) and the certificate (PEM) of its public key: the pair a SAML
+/// service provider decrypts with. Never quotes the key.
+pub fn key_pair(key_pem: &str, certificate_pem: &str) -> Result<(), String> {
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes())
+        .map_err(|_| "does not parse as a PEM private key".to_owned())?;
+    if key.rsa().is_err() {
+        return Err("must be an RSA private key: assertions are decrypted with RSA-OAEP key transport".into());
+    }
+    let cert = openssl::x509::X509::from_pem(certificate_pem.as_bytes())
+        .map_err(|_| "cannot be checked: its certificate does not parse as X.509".to_owned())?;
+    let public = cert.public_key().map_err(|_| "cannot be checked: its certificate holds no usable public key")?;
+    if public.public_eq(&key) {
+        Ok(())
+    } else {
+        Err("is not the private key of decryption_certificate: give the key of that certificate, or the \
+             certificate of this key"
+            .into())
+    }
+}
+
 /// Text that may be empty; otherwise 1 to `max` characters without control characters.
 pub fn optional_text(value: &str, max: usize) -> Result<(), String> {
     if value.is_empty() { Ok(()) } else { validate::display_text(value, 1, max) }
@@ -412,6 +432,41 @@ mod tests {
     #[track_caller]
     fn check(result: Result<impl std::fmt::Debug, String>, ok: bool) {
         assert_eq!(result.is_ok(), ok, "{result:?}");
+    }
+
+    /// `key` (PEM) and a self-signed certificate of it (PEM).
+    fn pair(key: openssl::pkey::PKey<openssl::pkey::Private>) -> (String, String) {
+        let mut name = openssl::x509::X509NameBuilder::new().expect("name");
+        name.append_entry_by_text("CN", "sp").expect("cn");
+        let name = name.build();
+        let mut b = openssl::x509::X509Builder::new().expect("builder");
+        b.set_subject_name(&name).expect("subject");
+        b.set_issuer_name(&name).expect("issuer");
+        b.set_pubkey(&key).expect("key");
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).expect("t")).expect("nb");
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).expect("t")).expect("na");
+        b.sign(&key, openssl::hash::MessageDigest::sha256()).expect("sign");
+        let pem = |v: Vec<u8>| String::from_utf8(v).expect("utf8");
+        (pem(key.private_key_to_pem_pkcs8().expect("pem")), pem(b.build().to_pem().expect("pem")))
+    }
+
+    #[test]
+    fn key_pairs() {
+        let rsa = || openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).expect("rsa")).expect("pkey");
+        let (key, cert) = pair(rsa());
+        let (other_key, other_cert) = pair(rsa());
+        check(key_pair(&key, &cert), true);
+        check(key_pair(&other_key, &other_cert), true);
+        let e = key_pair(&key, &other_cert).expect_err("another certificate");
+        assert!(e.contains("not the private key of decryption_certificate") && !e.contains("PRIVATE"), "{e}");
+        let ec = openssl::ec::EcKey::generate(
+            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).expect("curve"),
+        )
+        .expect("ec");
+        let (ec_key, ec_cert) = pair(openssl::pkey::PKey::from_ec_key(ec).expect("pkey"));
+        assert!(key_pair(&ec_key, &ec_cert).expect_err("EC").contains("RSA"));
+        check(key_pair("not a key", &cert), false);
+        check(key_pair(&key, "not a certificate"), false);
     }
 
     #[test]

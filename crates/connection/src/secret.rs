@@ -14,6 +14,8 @@ pub mod names {
     pub const BIND_PASSWORD: &str = "bind_password";
     /// `request_signing_key` of `saml`.
     pub const REQUEST_SIGNING_KEY: &str = "request_signing_key";
+    /// `decryption_key` of `saml`.
+    pub const DECRYPTION_KEY: &str = "decryption_key";
     /// `smtp_password` of `email`.
     pub const SMTP_PASSWORD: &str = "smtp_password";
     /// `token` of `sms`.

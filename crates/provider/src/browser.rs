@@ -573,14 +573,20 @@ pub(crate) async fn callback_get(
     callback(&provider, tenant, &headers, &extensions, q).await
 }
 
-/// `POST /<tenant>/login/callback`: an upstream's answer in a form (`form_post`, SAML).
+/// `POST /<tenant>/login/callback`: an upstream's answer in a form (`form_post`, SAML). The
+/// query's `connection` (`/login/callback?connection=<name>`, where an identity provider
+/// posts IdP-initiated logins) joins the form's parameters.
 pub(crate) async fn callback_post(
     State(provider): State<Arc<Provider>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
     extensions: Extensions,
-    Form(f): Form<HashMap<String, String>>,
+    Query(q): Query<HashMap<String, String>>,
+    Form(mut f): Form<HashMap<String, String>>,
 ) -> Response {
+    if let Some(connection) = q.get("connection") {
+        f.insert("connection".into(), connection.clone());
+    }
     callback(&provider, tenant, &headers, &extensions, f).await
 }
 

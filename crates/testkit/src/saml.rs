@@ -112,6 +112,13 @@ impl SamlIdp {
         Ok(v["entity_id"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// An unsolicited base64 `SAMLResponse` (an IdP-initiated login: no `InResponseTo`) for
+    /// the registered SP `sp`, posted to `acs`, made with the SP's mode updated by `mode`.
+    pub async fn unsolicited(&self, sp: &str, acs: &str, mode: Value) -> anyhow::Result<String> {
+        let v = self.post("/control/mint", &json!({"sp": sp, "acs": acs, "mode": mode})).await?;
+        v["response"].as_str().map(str::to_owned).context("no response minted")
+    }
+
     /// A base64 `SAMLResponse` for the registered SP `sp`, answering `in_response_to`,
     /// made with the SP's mode updated by `mode`.
     pub async fn mint(&self, sp: &str, in_response_to: &str, mode: Value) -> anyhow::Result<String> {

@@ -204,12 +204,21 @@ impl OAuthApi {
             )
         };
         let tenant = req.tenant.as_str();
-        let state = req.parameters.get("state").or_else(|| req.parameters.get("RelayState")).ok_or_else(gone)?;
-        if state.is_empty() || state.len() > 128 {
-            return Err(gone());
-        }
+        let state = req.parameters.get("state").or_else(|| req.parameters.get("RelayState"));
+        let state = state.filter(|s| !s.is_empty() && s.len() <= 128);
+        let found = match state {
+            Some(state) => self.store().upstream_transaction(tenant, &secret_digest(state)).await?,
+            None => None,
+        };
+        let (Some(state), Some(found)) = (state, found) else {
+            // No login of ours: an unsolicited answer (an IdP-initiated login) when the
+            // callback names its connection (`/login/callback?connection=`).
+            return match req.parameters.get("connection").filter(|c| !c.is_empty()) {
+                Some(connection) => self.complete_unsolicited(req, connection).await,
+                None => Err(gone()),
+            };
+        };
         let state_hash = secret_digest(state);
-        let found = self.store().upstream_transaction(tenant, &state_hash).await?.ok_or_else(gone)?;
         let request: AuthRequest = match serde_json::from_str(&found.request) {
             Ok(r) => r,
             Err(e) => {
@@ -226,6 +235,90 @@ impl OAuthApi {
                     tracing::warn!(code = ?s.code(), message = s.message(), "upstream login failed");
                 }
                 tracing::info!(tenant = %tenant, client_id = %request.client_id, connection = %found.connection, error, description, "upstream login refused");
+                Ok(pb::CompleteUpstreamLoginResponse {
+                    outcome: Some(Outcome::Redirect(app_error(&request, error, &description))),
+                })
+            }
+        }
+    }
+
+    /// An unsolicited answer at `connection` (an IdP-initiated login): logs the user in to
+    /// the application the connection names, as if it had called `/authorize` with the
+    /// connection's query (validated as `/authorize` validates it, the code sent to the
+    /// client's first callback URL). Before the application is known a refusal is an error
+    /// page (the connection accepts no such logins, the client is gone); after, it goes to
+    /// the application as `access_denied`, and stores nothing.
+    async fn complete_unsolicited(
+        &self,
+        req: &pb::CompleteUpstreamLoginRequest,
+        connection: &str,
+    ) -> Result<pb::CompleteUpstreamLoginResponse, Status> {
+        use pb::complete_upstream_login_response::Outcome;
+        let tenant = req.tenant.as_str();
+        let target = self.authn.unsolicited_client(tenant, connection).await?;
+        let client = self.client(tenant, &target.client_id).await?;
+        let Some(redirect_uri) = client.callbacks.first() else {
+            return Err(postern_common::error::failed_precondition(
+                "CLIENT_HAS_NO_CALLBACK",
+                format!(
+                    "connection {connection:?} logs IdP-initiated logins in to client {:?}, which has no callback URL",
+                    target.client_id
+                ),
+            ));
+        };
+        let query = &target.authorize_params;
+        let param = |k: &str, default: &'static str| query.get(k).map_or(default, String::as_str).to_owned();
+        let (response_type, scope, audience) =
+            (param("response_type", "code"), param("scope", "openid"), param("audience", ""));
+        let params = super::AuthParams {
+            tenant,
+            redirect_uri,
+            response_type: &response_type,
+            response_mode: "",
+            scope: &scope,
+            state: "",
+            nonce: "",
+            code_challenge: "",
+            code_challenge_method: "",
+            connection,
+            login_hint: "",
+            prompt: "",
+            max_age: None,
+            audience: &audience,
+        };
+        let request = match self.authorization_request(&client, &params).await? {
+            Ok(request) => request,
+            Err(refusal) => {
+                return Err(postern_common::error::failed_precondition(
+                    "UNSOLICITED_LOGIN_MISCONFIGURED",
+                    format!(
+                        "connection {connection:?}: the IdP-initiated login's request for client {:?} is refused \
+                         ({}: {})",
+                        target.client_id, refusal.parameter, refusal.description
+                    ),
+                ));
+            }
+        };
+        let login = self.new_login();
+        let grant = self.login_grant(&login, &request, None);
+        let callback = crate::login::UnsolicitedCallback {
+            params: &req.parameters,
+            callback_url: &self.callback_url(tenant),
+            address: &req.address,
+        };
+        match self.authn.complete_unsolicited(tenant, &request.client_id, connection, callback, &grant).await {
+            Ok(user) => {
+                tracing::info!(tenant = %tenant, client_id = %request.client_id, connection = %connection, "IdP-initiated login");
+                Ok(pb::CompleteUpstreamLoginResponse {
+                    outcome: Some(Outcome::LoggedIn(self.login_answer(tenant, &request, &user.user_id, login))),
+                })
+            }
+            Err(s) => {
+                let (error, description) = error_of(&s);
+                if error == "server_error" {
+                    tracing::warn!(code = ?s.code(), message = s.message(), "IdP-initiated login failed");
+                }
+                tracing::info!(tenant = %tenant, client_id = %request.client_id, connection = %connection, error, description, "IdP-initiated login refused");
                 Ok(pb::CompleteUpstreamLoginResponse {
                     outcome: Some(Outcome::Redirect(app_error(&request, error, &description))),
                 })

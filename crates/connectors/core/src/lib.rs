@@ -499,6 +499,33 @@ pub trait RedirectConnector: Send + Sync {
         Err(test_not_supported(conn))
     }
 
+    /// The application an unsolicited answer of the upstream (an IdP-initiated login, which
+    /// answers no transaction) logs its user in to, when the connection accepts such answers;
+    /// `None`, the default, when it does not.
+    fn unsolicited_client(&self, _conn: &Resolved) -> Option<UnsolicitedClient> {
+        None
+    }
+
+    /// Reads an unsolicited answer (the callback's parameters, posted to `callback_url`)
+    /// into the user it logged in, with every check of [`RedirectConnector::complete`] but
+    /// the transaction's. Called only when [`RedirectConnector::unsolicited_client`]
+    /// answers a client; refused by default.
+    async fn complete_unsolicited(
+        &self,
+        _tenant: &str,
+        conn: &Resolved,
+        _params: &HashMap<String, String>,
+        _callback_url: &str,
+    ) -> Result<Completed, ConnectorError> {
+        Err(ConnectorError::Rejected {
+            reason: "UNSOLICITED_NOT_SUPPORTED",
+            message: format!(
+                "connection {:?}: its upstream's answers must answer a login started here",
+                conn.connection.spec.name
+            ),
+        })
+    }
+
     /// The document this side publishes for the connection (a SAML SP's metadata), its
     /// callback being `callback_url`; FAILED_PRECONDITION for protocols that publish none.
     async fn metadata(
@@ -515,6 +542,15 @@ pub trait RedirectConnector: Send + Sync {
             ),
         })
     }
+}
+
+/// The application an unsolicited (IdP-initiated) login goes to, as its connection says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsolicitedClient {
+    /// The client's id.
+    pub client_id: String,
+    /// The `/authorize` parameters made for it (`response_type`, `scope`, `audience`).
+    pub authorize_params: HashMap<String, String>,
 }
 
 /// Where a one-time code goes.

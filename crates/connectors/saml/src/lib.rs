@@ -3,8 +3,9 @@
 //!
 //! - **Metadata** ([`SamlConnector`]'s `metadata`): the SP's entity id (the connection's
 //!   `audience`, else `urn:postern:<tenant>:<connection>`), its assertion consumer service
-//!   (the tenant's `/login/callback`, HTTP-POST) and, when requests are signed, the
-//!   certificate of the request signing key.
+//!   (the tenant's `/login/callback`, HTTP-POST), when requests are signed the certificate
+//!   of the request signing key, and when the connection decrypts assertions its
+//!   `decryption_certificate` (`use="encryption"`, with the algorithms accepted).
 //! - **begin**: an `AuthnRequest` by HTTP-Redirect (deflated, base64, with the transaction's
 //!   `state` as `RelayState`), signed over the query (`SigAlg`, `Signature`) with the
 //!   connection's request signing key when it says so; by HTTP-POST (an auto-submitted form)
@@ -13,12 +14,19 @@
 //! - **complete**: the `SAMLResponse` posted back is read before any signature check only
 //!   to refuse what no honest IdP sends (a document type, not exactly one assertion — the
 //!   XML signature wrapping attacks move a signed assertion beside or inside an unsigned
-//!   one) and to read an error status (a cancelled login: [`ConnectorError::Denied`]). Then
-//!   `samael` (libxmlsec1) checks the signature of the assertion or of the whole response
-//!   against the connection's IdP certificates, with the connection's algorithm only (never
-//!   SHA-1: `allowed_signature_algorithms` is always set, and a connection cannot be saved
-//!   without a certificate, without which samael would check nothing), and works on the
-//!   signed part only. Its checks (destination, recipient, audience, issuer, the
+//!   one) and to read an error status (a cancelled login: [`ConnectorError::Denied`]). An
+//!   `EncryptedAssertion` (the connection's `decryption_key`; [`decrypt`]: RSA-OAEP key
+//!   transport, AES-GCM or AES-CBC content) is decrypted in its place — after the response's
+//!   own signature, when it has one, is verified over the encrypted form — and the document
+//!   is read again as a whole; a plain assertion is refused when the connection requires
+//!   encryption. Every signature's algorithms are checked first (the connection's signature
+//!   method and digest; RSA-SHA1 and SHA-1 digests only with `allow_sha1`). Then `samael`
+//!   (libxmlsec1) checks the signature of the assertion or of the whole response against the
+//!   connection's IdP certificates (`allowed_signature_algorithms` set to the connection's
+//!   algorithm unless SHA-1 is allowed, and a connection cannot be saved without a
+//!   certificate, without which samael would check nothing), and works on the signed part
+//!   only. A decrypted assertion is checked by its own signature when it has one, exactly
+//!   as a plain one; an unsigned one only inside a verified response. Its checks (destination, recipient, audience, issuer, the
 //!   transaction's request id as `InResponseTo`) run on the system clock; this connector
 //!   checks the time rules again on the controllable clock ([`Clock`]), requires an
 //!   `AudienceRestriction` naming this SP (samael lets an assertion without one through),
@@ -33,11 +41,21 @@
 //! - **test**: the IdP certificates' validity dates on the clock, the sign-in URL reachable,
 //!   the request signing key usable; never a secret in a step.
 //!
-//! Not yet: IdP-initiated logins (always refused: a response must answer a request of this
-//! SP), encrypted assertions, signed requests by HTTP-POST.
+//! - **IdP-initiated logins** (`complete_unsolicited`, off unless the connection's
+//!   `idp_initiated.enabled`): a response that answers no request (no `InResponseTo`, at
+//!   the response or in the bearer confirmation) posted to `/login/callback?connection=`,
+//!   checked as any other (signature, audience, recipient and destination — the callback,
+//!   or the callback naming the connection, which the metadata then lists as a second ACS —,
+//!   time, one-time use); `unsolicited_client` names the application and its `/authorize`
+//!   parameters, which the authenticator validates and logs the user in to.
+//!
+//! Not yet: signed requests by HTTP-POST.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod decrypt;
+mod xml;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,11 +69,11 @@ use postern_connection::secret::names;
 use postern_connection::{Options, Resolved, SamlBinding, SamlOptions, SamlSignatureAlgorithm, Strategy};
 use postern_connector::{
     Begun, Completed, ConnectorError, Connectors, ExternalProfile, OneTimeId, RedirectConnector, RedirectTransaction,
-    ServiceMetadata, TestReport, TestStep, UpstreamRequest, async_trait,
+    ServiceMetadata, TestReport, TestStep, UnsolicitedClient, UpstreamRequest, async_trait,
 };
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
-use samael::crypto::AllowedSignatureAlgorithm;
+use samael::crypto::{AllowedSignatureAlgorithm, CertificateDer, Crypto, CryptoProvider as _, ReduceMode};
 use samael::metadata::{EntityDescriptor, IdpSsoDescriptor, KeyDescriptor};
 use samael::schema::{Assertion, AuthnRequest, Issuer, NameIdPolicy};
 use samael::service_provider::ServiceProvider;
@@ -130,7 +148,7 @@ fn misconfigured(connection: &str, message: impl std::fmt::Display) -> Connector
 }
 
 /// The first `max` printable characters of an upstream's text, for a message.
-fn short(s: &str, max: usize) -> String {
+pub(crate) fn short(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
@@ -172,11 +190,107 @@ fn pem_bodies(pem: &str) -> Vec<String> {
     out
 }
 
-fn algorithms(a: SamlSignatureAlgorithm) -> Vec<AllowedSignatureAlgorithm> {
+fn algorithm(a: SamlSignatureAlgorithm) -> AllowedSignatureAlgorithm {
     match a {
-        SamlSignatureAlgorithm::RsaSha256 => vec![AllowedSignatureAlgorithm::RsaSha256],
-        SamlSignatureAlgorithm::RsaSha512 => vec![AllowedSignatureAlgorithm::RsaSha512],
+        SamlSignatureAlgorithm::RsaSha256 => AllowedSignatureAlgorithm::RsaSha256,
+        SamlSignatureAlgorithm::RsaSha512 => AllowedSignatureAlgorithm::RsaSha512,
     }
+}
+
+/// What samael lets through: the connection's algorithm only; with `allow_sha1` every
+/// algorithm xmlsec verifies (samael has no SHA-1 entry to list), narrowed beforehand by
+/// [`check_signature_algorithms`] to the connection's algorithm and SHA-1.
+fn samael_algorithms(o: &SamlOptions) -> Option<Vec<AllowedSignatureAlgorithm>> {
+    if o.allow_sha1 { None } else { Some(vec![algorithm(o.signature_algorithm)]) }
+}
+
+const RSA_SHA1: &str = "http://www.w3.org/2000/09/xmldsig#rsa-sha1";
+const SHA1: &str = "http://www.w3.org/2000/09/xmldsig#sha1";
+
+/// Every signature in `root` (at any depth) must use the connection's signature method
+/// with its digest on every reference, or (with `allow_sha1`) RSA-SHA1 and SHA-1 digests:
+/// refused with `SAML_SIGNATURE_ALGORITHM_NOT_ALLOWED`, saying what was found. What is
+/// signed, and whether it verifies, is samael's to check.
+fn check_signature_algorithms(sp: &Sp<'_>, root: &xml::Element) -> Result<(), ConnectorError> {
+    let o = sp.options;
+    let wanted = algorithm(o.signature_algorithm);
+    let mut methods = vec![wanted.signature_uri()];
+    let mut digests = vec![wanted.digest_uri()];
+    if o.allow_sha1 {
+        methods.push(RSA_SHA1);
+        digests.push(SHA1);
+    }
+    let mut signatures = Vec::new();
+    if root.is(xml::DSIG_NS, "Signature") {
+        signatures.push(root);
+    }
+    root.descendants(xml::DSIG_NS, "Signature", &mut signatures);
+    let accepted = || {
+        let mut a = format!("{} with {} digests", wanted.signature_uri(), wanted.digest_uri());
+        if o.allow_sha1 {
+            a.push_str(&format!(", or {RSA_SHA1} and {SHA1}"));
+        }
+        a
+    };
+    let sha1_hint = if o.allow_sha1 { "" } else { " (SHA-1 is accepted only when the connection sets allow_sha1)" };
+    for signature in signatures {
+        let Some(info) = signature.child(xml::DSIG_NS, "SignedInfo") else { continue };
+        let method = info.child(xml::DSIG_NS, "SignatureMethod").and_then(|m| m.attribute("Algorithm"));
+        if !method.is_some_and(|m| methods.contains(&m)) {
+            return Err(rejected(
+                sp,
+                "SAML_SIGNATURE_ALGORITHM_NOT_ALLOWED",
+                format!(
+                    "the response is signed with {:?}, which this connection does not accept{sha1_hint}; accepted: {}",
+                    short(method.unwrap_or("no SignatureMethod"), 100),
+                    accepted()
+                ),
+            ));
+        }
+        for reference in info.children.iter().filter(|c| c.is(xml::DSIG_NS, "Reference")) {
+            let digest = reference.child(xml::DSIG_NS, "DigestMethod").and_then(|m| m.attribute("Algorithm"));
+            if !digest.is_some_and(|d| digests.contains(&d)) {
+                return Err(rejected(
+                    sp,
+                    "SAML_SIGNATURE_ALGORITHM_NOT_ALLOWED",
+                    format!(
+                        "the response's signature digests with {:?}, which this connection does not \
+                         accept{sha1_hint}; accepted: {}",
+                        short(digest.unwrap_or("no DigestMethod"), 100),
+                        accepted()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The DER of every IdP certificate of a connection.
+fn certificates_der(o: &SamlOptions) -> Vec<CertificateDer> {
+    o.signing_certificates
+        .iter()
+        .flat_map(|c| pem_bodies(c))
+        .filter_map(|b| STANDARD.decode(b).ok())
+        .map(CertificateDer::from)
+        .collect()
+}
+
+/// Builds `source` again with each span replaced by its text (spans sorted, disjoint).
+fn splice(source: &str, mut edits: Vec<((usize, usize), String)>) -> Option<String> {
+    edits.sort_by_key(|e| e.0.0);
+    let mut out = String::with_capacity(source.len());
+    let mut at = 0;
+    for ((start, end), text) in edits {
+        if start < at || end < start {
+            return None;
+        }
+        out.push_str(source.get(at..start)?);
+        out.push_str(&text);
+        at = end;
+    }
+    out.push_str(source.get(at..)?);
+    Some(out)
 }
 
 fn to_chrono(t: SystemTime) -> DateTime<Utc> {
@@ -202,6 +316,10 @@ struct Shape {
     issuer: Option<String>,
     /// Whether the root is a protocol `Response`.
     response_root: bool,
+    /// The root's `InResponseTo`, if any.
+    in_response_to: Option<String>,
+    /// The root's `Destination`, if any.
+    destination: Option<String>,
 }
 
 fn shape(xml: &str) -> Result<Shape, String> {
@@ -221,6 +339,14 @@ fn shape(xml: &str) -> Result<Shape, String> {
                 let empty = matches!(event, Event::Empty(_));
                 if depth == 0 {
                     s.response_root = is(&ns, PROTOCOL_NS) && name == b"Response";
+                    for a in e.attributes().flatten() {
+                        let value = || Some(String::from_utf8_lossy(&a.value).into_owned());
+                        match a.key.as_ref() {
+                            b"InResponseTo" => s.in_response_to = value(),
+                            b"Destination" => s.destination = value(),
+                            _ => {}
+                        }
+                    }
                 }
                 if is(&ns, ASSERTION_NS) && name == b"Assertion" {
                     s.assertions += 1;
@@ -275,19 +401,42 @@ impl SamlConnector {
 
     /// The signed part of the response, checked: the assertion, as samael verified it, then
     /// the rules this connector adds on the controllable clock.
+    ///
+    /// `signed_response`: the response's own signature was verified already, over its
+    /// encrypted form, and `xml` (the decrypted response) no longer carries it; the
+    /// assertion is then checked by its own signature when it carries one, else trusted as
+    /// part of the verified response.
     fn verify(
         &self,
         sp: &Sp<'_>,
         xml: &str,
         acs: &str,
-        request_id: &str,
+        request_id: Option<&str>,
         issuer_seen: Option<&str>,
+        signed_response: bool,
     ) -> Result<Assertion, ConnectorError> {
         let o = sp.options;
         let certificates: Vec<String> = o.signing_certificates.iter().flat_map(|c| pem_bodies(c)).collect();
         if certificates.is_empty() {
             return Err(misconfigured(sp.connection, "its IdP signing certificates hold no certificate"));
         }
+        let assertion_signed = xml::parse(xml).is_ok_and(|root| {
+            root.child(xml::ASSERTION_NS, "Assertion").is_some_and(|a| a.child(xml::DSIG_NS, "Signature").is_some())
+        });
+        // samael checks no signature when the IdP metadata holds no certificate: only ever
+        // left out when the response's signature, which covers the assertion, was verified.
+        let key_descriptors = if signed_response && !assertion_signed {
+            vec![]
+        } else {
+            vec![KeyDescriptor {
+                key_use: Some("signing".into()),
+                key_info: samael::key_info::KeyInfo {
+                    id: None,
+                    x509_data: Some(samael::key_info::X509Data { certificates }),
+                },
+                encryption_methods: None,
+            }]
+        };
         // The issuer samael compares against: the connection's, or (when it names none) the
         // one the response claims — then only the signature ties the response to the IdP.
         let idp_entity =
@@ -301,14 +450,7 @@ impl SamlConnector {
                 protocol_support_enumeration: Some(String::from_utf8_lossy(PROTOCOL_NS).into_owned()),
                 error_url: None,
                 signature: None,
-                key_descriptors: vec![KeyDescriptor {
-                    key_use: Some("signing".into()),
-                    key_info: samael::key_info::KeyInfo {
-                        id: None,
-                        x509_data: Some(samael::key_info::X509Data { certificates }),
-                    },
-                    encryption_methods: None,
-                }],
+                key_descriptors,
                 organization: None,
                 contact_people: vec![],
                 artifact_resolution_service: vec![],
@@ -330,18 +472,21 @@ impl SamlConnector {
             metadata_url: None,
             slo_url: None,
             idp_metadata: idp,
-            allow_idp_initiated: false,
+            // Unsolicited (no request id): `check` then requires that no InResponseTo is set.
+            allow_idp_initiated: request_id.is_none(),
             max_issue_delay: chrono::Duration::from_std(MAX_ISSUE_AGE).unwrap_or_default(),
             max_clock_skew: chrono::Duration::from_std(SKEW).unwrap_or_default(),
-            allowed_signature_algorithms: Some(algorithms(o.signature_algorithm)),
+            allowed_signature_algorithms: samael_algorithms(o),
             ..ServiceProvider::default()
         };
-        let assertion = service.parse_xml_response(xml, Some(&[request_id][..])).map_err(|e| {
+        let request_ids = request_id.map(|r| [r]);
+        let assertion = service.parse_xml_response(xml, request_ids.as_ref().map(|r| &r[..])).map_err(|e| {
             let message = match e {
                 samael::service_provider::Error::FailedToValidateSignature => format!(
-                    "the response carries no valid signature by the connection's IdP certificates with {} over \
+                    "the response carries no valid signature by the connection's IdP certificates with {}{} over \
                      its assertion or the whole response",
-                    o.signature_algorithm.as_str()
+                    o.signature_algorithm.as_str(),
+                    if o.allow_sha1 { " or rsa-sha1" } else { "" }
                 ),
                 e => format!("the response was refused: {}", short(&e.to_string(), 300)),
             };
@@ -357,7 +502,7 @@ impl SamlConnector {
         sp: &Sp<'_>,
         a: &Assertion,
         acs: &str,
-        request_id: &str,
+        request_id: Option<&str>,
         idp_entity: Option<&str>,
     ) -> Result<(), ConnectorError> {
         let now = self.clock.now();
@@ -399,18 +544,201 @@ impl SamlConnector {
             .filter_map(|c| c.subject_confirmation_data.as_ref())
             .any(|d| {
                 d.recipient.as_deref() == Some(acs)
-                    && d.in_response_to.as_deref() == Some(request_id)
+                    && d.in_response_to.as_deref() == request_id
                     && d.not_on_or_after.is_some_and(|t| to_system(t) + SKEW > now)
                     && d.not_before.is_none_or(|t| to_system(t) <= now + SKEW)
             });
         if !confirmed {
-            return bad(
+            return bad(if request_id.is_some() {
                 "the assertion's bearer confirmation does not hold (recipient, InResponseTo of this login, or \
                  NotOnOrAfter)"
-                    .into(),
-            );
+                    .into()
+            } else {
+                "the assertion's bearer confirmation does not hold (recipient, no InResponseTo for an IdP-initiated \
+                 login, or NotOnOrAfter)"
+                    .into()
+            });
         }
         Ok(())
+    }
+
+    /// Reads a posted `SAMLResponse` into the user it logs in: the answer to the request
+    /// `request_id`, or (`None`) an unsolicited one, which must then answer no request. Its
+    /// destination and recipient are the tenant's `callback_url`, or that URL with
+    /// `?connection=<name>` (where an IdP posts IdP-initiated logins).
+    fn answer(
+        &self,
+        sp: &Sp<'_>,
+        conn: &Resolved,
+        params: &HashMap<String, String>,
+        callback_url: &str,
+        request_id: Option<&str>,
+    ) -> Result<Completed, ConnectorError> {
+        let Some(encoded) = params.get("SAMLResponse").filter(|r| !r.is_empty()) else {
+            return Err(rejected(sp, "SAML_RESPONSE_MISSING", "the identity provider posted no SAMLResponse"));
+        };
+        if encoded.len() > MAX_RESPONSE {
+            return Err(rejected(sp, "SAML_RESPONSE_INVALID", "the SAMLResponse is too large"));
+        }
+        let compact: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let bytes = STANDARD
+            .decode(compact)
+            .map_err(|_| rejected(sp, "SAML_RESPONSE_INVALID", "the SAMLResponse is not base64"))?;
+        let xml = String::from_utf8(bytes)
+            .map_err(|_| rejected(sp, "SAML_RESPONSE_INVALID", "the SAMLResponse is not UTF-8 XML"))?;
+        let outer = shape(&xml).map_err(|m| rejected(sp, "SAML_RESPONSE_INVALID", m))?;
+        if !outer.response_root {
+            return Err(rejected(sp, "SAML_RESPONSE_INVALID", "the document is not a SAML protocol Response"));
+        }
+        if let Some(status) = outer.status.as_deref().filter(|s| *s != STATUS_SUCCESS) {
+            let message = outer.status_message.as_deref().map(|m| format!(": {}", short(m, 200))).unwrap_or_default();
+            return Err(ConnectorError::Denied {
+                message: format!(
+                    "connection {:?}: the identity provider answered {}{message}",
+                    sp.connection,
+                    short(status, 120)
+                ),
+            });
+        }
+        let one_assertion = |s: &Shape| {
+            if s.assertions + s.encrypted == 1 {
+                Ok(())
+            } else {
+                Err(rejected(
+                    sp,
+                    "SAML_RESPONSE_INVALID",
+                    format!(
+                        "a response must carry exactly one assertion; this one carries {}",
+                        s.assertions + s.encrypted
+                    ),
+                ))
+            }
+        };
+        one_assertion(&outer)?;
+        let (xml, signed_response) = if outer.encrypted > 0 {
+            let Some(key) = conn.secret(names::DECRYPTION_KEY) else {
+                return Err(rejected(
+                    sp,
+                    "SAML_ENCRYPTION_NOT_CONFIGURED",
+                    "the response carries an encrypted assertion, and the connection holds no decryption_key: set \
+                     decryption_key and decryption_certificate, and give the identity provider the SP metadata \
+                     again (or turn assertion encryption off there)",
+                ));
+            };
+            self.decrypted(sp, &xml, key.expose())?
+        } else if sp.options.require_encrypted_assertions {
+            return Err(rejected(
+                sp,
+                "SAML_ASSERTION_NOT_ENCRYPTED",
+                "the response carries a plain assertion, and the connection requires encrypted assertions \
+                 (require_encrypted_assertions): turn assertion encryption on at the identity provider with the \
+                 certificate of the SP metadata",
+            ));
+        } else {
+            (xml, false)
+        };
+        // The decrypted document is read again as a whole: exactly one assertion, no
+        // other one hidden inside the encrypted one.
+        let decrypted_shape = shape(&xml).map_err(|m| rejected(sp, "SAML_RESPONSE_INVALID", m))?;
+        if decrypted_shape.encrypted > 0 {
+            return Err(rejected(sp, "SAML_RESPONSE_INVALID", "the decrypted assertion holds an encrypted one"));
+        }
+        one_assertion(&decrypted_shape)?;
+        let root = xml::parse(&xml).map_err(|m| rejected(sp, "SAML_RESPONSE_INVALID", m))?;
+        check_signature_algorithms(sp, &root)?;
+        if request_id.is_none() && outer.in_response_to.is_some() {
+            return Err(rejected(
+                sp,
+                "SAML_RESPONSE_INVALID",
+                "the response answers a request (InResponseTo) that no login here is waiting for: an IdP-initiated \
+                 login carries no InResponseTo",
+            ));
+        }
+        let with_connection = acs_with_connection(callback_url, sp.connection);
+        let acs = if outer.destination.as_deref() == Some(with_connection.as_str()) {
+            with_connection.as_str()
+        } else {
+            callback_url
+        };
+        let assertion = self.verify(sp, &xml, acs, request_id, outer.issuer.as_deref(), signed_response)?;
+        let profile = external_profile(sp, &assertion)?;
+        // Remembered until the assertion could no longer be accepted anyway.
+        let until = [
+            assertion.conditions.as_ref().and_then(|c| c.not_on_or_after),
+            assertion
+                .subject
+                .as_ref()
+                .and_then(|s| s.subject_confirmations.as_ref())
+                .and_then(|c| c.iter().filter_map(|c| c.subject_confirmation_data.as_ref()?.not_on_or_after).max()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(to_system)
+        .max()
+        .unwrap_or_else(|| self.clock.now() + DEFAULT_REPLAY_WINDOW);
+        let issuer = assertion.issuer.value.clone().unwrap_or_default();
+        let key = hex::encode(Sha256::digest(format!("{issuer}\n{}", assertion.id).as_bytes()));
+        Ok(Completed {
+            profile,
+            tokens: None,
+            partial_profile: false,
+            one_time_id: Some(OneTimeId { key, until: until.max(self.clock.now()) + SKEW }),
+        })
+    }
+
+    /// The response with its encrypted assertion decrypted in place, and whether the
+    /// response's own signature was verified (over the encrypted form, which the decrypted
+    /// document no longer matches: that signature is left out of it).
+    fn decrypted(&self, sp: &Sp<'_>, xml: &str, key_pem: &str) -> Result<(String, bool), ConnectorError> {
+        let invalid = |m: String| rejected(sp, "SAML_RESPONSE_INVALID", m);
+        let root = xml::parse(xml).map_err(invalid)?;
+        let signed = root.child(xml::DSIG_NS, "Signature").is_some();
+        let (source, root) = if signed {
+            check_signature_algorithms(sp, &root)?;
+            let allowed = samael_algorithms(sp.options);
+            let reduced = Crypto::reduce_xml_to_signed_with_allowed_algorithms(
+                xml,
+                &certificates_der(sp.options),
+                ReduceMode::ValidateAndMarkNoAncestors,
+                allowed.as_deref(),
+            )
+            .map_err(|_| {
+                rejected(
+                    sp,
+                    "SAML_RESPONSE_INVALID",
+                    format!(
+                        "the response's signature is not a valid signature by the connection's IdP certificates \
+                         with {}",
+                        sp.options.signature_algorithm.as_str()
+                    ),
+                )
+            })?;
+            let reduced_root = xml::parse(&reduced).map_err(invalid)?;
+            if !reduced_root.is(xml::PROTOCOL_NS, "Response") {
+                return Err(invalid("the response's signature does not cover the whole response".into()));
+            }
+            (reduced, reduced_root)
+        } else {
+            (xml.to_owned(), root)
+        };
+        let Some(encrypted) = root.child(xml::ASSERTION_NS, "EncryptedAssertion") else {
+            return Err(invalid("the encrypted assertion is not a child of the response".into()));
+        };
+        let assertion = decrypt::decrypt_assertion(encrypted, key_pem).map_err(|e| {
+            rejected(
+                sp,
+                match e {
+                    decrypt::DecryptError::Failed => "SAML_DECRYPTION_FAILED",
+                    decrypt::DecryptError::Unsupported(_) => "SAML_ENCRYPTION_NOT_SUPPORTED",
+                },
+                e,
+            )
+        })?;
+        let mut edits = vec![(encrypted.span, assertion)];
+        edits.extend(root.children.iter().filter(|c| c.is(xml::DSIG_NS, "Signature")).map(|c| (c.span, String::new())));
+        let plain = splice(&source, edits)
+            .ok_or_else(|| invalid("the response cannot be rebuilt with its assertion decrypted".into()))?;
+        Ok((plain, signed))
     }
 
     fn request_url(
@@ -500,6 +828,12 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }
 
+/// The callback URL naming the connection, where an IdP posts IdP-initiated logins.
+fn acs_with_connection(callback_url: &str, connection: &str) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new()).append_pair("connection", connection).finish();
+    format!("{callback_url}?{query}")
+}
+
 /// The SP metadata document of a connection.
 fn metadata_document(sp: &Sp<'_>, acs: &str) -> String {
     let o = sp.options;
@@ -512,6 +846,15 @@ fn metadata_document(sp: &Sp<'_>, acs: &str) -> String {
             ));
         }
     }
+    // The certificate the IdP encrypts assertions to, with what this side decrypts.
+    for body in pem_bodies(&o.decryption_certificate) {
+        let methods: String =
+            decrypt::ENCRYPTION_METHODS.iter().map(|m| format!("<md:EncryptionMethod Algorithm=\"{m}\"/>")).collect();
+        keys.push_str(&format!(
+            "    <md:KeyDescriptor use=\"encryption\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{}</ds:X509Certificate></ds:X509Data></ds:KeyInfo>{methods}</md:KeyDescriptor>\n",
+            xml_escape(&body)
+        ));
+    }
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" entityID=\"{entity}\">\n\
@@ -521,6 +864,7 @@ fn metadata_document(sp: &Sp<'_>, acs: &str) -> String {
          \x20   <md:NameIDFormat>{email}</md:NameIDFormat>\n\
          \x20   <md:NameIDFormat>urn:oasis:names:tc:SAML:2.0:nameid-format:persistent</md:NameIDFormat>\n\
          \x20   <md:AssertionConsumerService index=\"0\" isDefault=\"true\" Binding=\"{post}\" Location=\"{acs}\"/>\n\
+         {unsolicited}\
          \x20 </md:SPSSODescriptor>\n\
          </md:EntityDescriptor>\n",
         entity = xml_escape(&sp.entity_id),
@@ -528,6 +872,14 @@ fn metadata_document(sp: &Sp<'_>, acs: &str) -> String {
         email = EMAIL_FORMAT,
         post = HTTP_POST,
         acs = xml_escape(acs),
+        unsolicited = if o.idp_initiated.enabled {
+            format!(
+                "    <md:AssertionConsumerService index=\"1\" Binding=\"{HTTP_POST}\" Location=\"{}\"/>\n",
+                xml_escape(&acs_with_connection(acs, sp.connection))
+            )
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -679,71 +1031,34 @@ impl RedirectConnector for SamlConnector {
         let sp = sp(tenant, conn)?;
         let kept: Kept = serde_json::from_value(tx.data.clone())
             .map_err(|_| rejected(&sp, "SAML_RESPONSE_INVALID", "this login was not started as a SAML login"))?;
-        let Some(encoded) = params.get("SAMLResponse").filter(|r| !r.is_empty()) else {
-            return Err(rejected(&sp, "SAML_RESPONSE_MISSING", "the identity provider posted no SAMLResponse"));
-        };
-        if encoded.len() > MAX_RESPONSE {
-            return Err(rejected(&sp, "SAML_RESPONSE_INVALID", "the SAMLResponse is too large"));
-        }
-        let compact: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-        let bytes = STANDARD
-            .decode(compact)
-            .map_err(|_| rejected(&sp, "SAML_RESPONSE_INVALID", "the SAMLResponse is not base64"))?;
-        let xml = String::from_utf8(bytes)
-            .map_err(|_| rejected(&sp, "SAML_RESPONSE_INVALID", "the SAMLResponse is not UTF-8 XML"))?;
-        let shape = shape(&xml).map_err(|m| rejected(&sp, "SAML_RESPONSE_INVALID", m))?;
-        if !shape.response_root {
-            return Err(rejected(&sp, "SAML_RESPONSE_INVALID", "the document is not a SAML protocol Response"));
-        }
-        if let Some(status) = shape.status.as_deref().filter(|s| *s != STATUS_SUCCESS) {
-            let message = shape.status_message.as_deref().map(|m| format!(": {}", short(m, 200))).unwrap_or_default();
-            return Err(ConnectorError::Denied {
-                message: format!(
-                    "connection {:?}: the identity provider answered {}{message}",
-                    sp.connection,
-                    short(status, 120)
-                ),
-            });
-        }
-        if shape.encrypted > 0 {
-            return Err(rejected(
-                &sp,
-                "SAML_ENCRYPTION_NOT_SUPPORTED",
-                "the response carries an encrypted assertion; this server does not decrypt assertions yet (turn \
-                 assertion encryption off at the identity provider)",
-            ));
-        }
-        if shape.assertions != 1 {
-            return Err(rejected(
-                &sp,
-                "SAML_RESPONSE_INVALID",
-                format!("a response must carry exactly one assertion; this one carries {}", shape.assertions),
-            ));
-        }
-        let assertion = self.verify(&sp, &xml, &tx.callback_url, &kept.request_id, shape.issuer.as_deref())?;
-        let profile = external_profile(&sp, &assertion)?;
-        // Remembered until the assertion could no longer be accepted anyway.
-        let until = [
-            assertion.conditions.as_ref().and_then(|c| c.not_on_or_after),
-            assertion
-                .subject
-                .as_ref()
-                .and_then(|s| s.subject_confirmations.as_ref())
-                .and_then(|c| c.iter().filter_map(|c| c.subject_confirmation_data.as_ref()?.not_on_or_after).max()),
-        ]
-        .into_iter()
-        .flatten()
-        .map(to_system)
-        .max()
-        .unwrap_or_else(|| self.clock.now() + DEFAULT_REPLAY_WINDOW);
-        let issuer = assertion.issuer.value.clone().unwrap_or_default();
-        let key = hex::encode(Sha256::digest(format!("{issuer}\n{}", assertion.id).as_bytes()));
-        Ok(Completed {
-            profile,
-            tokens: None,
-            partial_profile: false,
-            one_time_id: Some(OneTimeId { key, until: until.max(self.clock.now()) + SKEW }),
+        self.answer(&sp, conn, params, &tx.callback_url, Some(&kept.request_id))
+    }
+
+    fn unsolicited_client(&self, conn: &Resolved) -> Option<UnsolicitedClient> {
+        let Options::Saml(o) = &conn.connection.spec.options else { return None };
+        let i = &o.idp_initiated;
+        i.enabled.then(|| UnsolicitedClient {
+            client_id: i.client_id.clone(),
+            authorize_params: url::form_urlencoded::parse(i.client_authorize_query.as_bytes()).into_owned().collect(),
         })
+    }
+
+    async fn complete_unsolicited(
+        &self,
+        tenant: &str,
+        conn: &Resolved,
+        params: &HashMap<String, String>,
+        callback_url: &str,
+    ) -> Result<Completed, ConnectorError> {
+        let sp = sp(tenant, conn)?;
+        if !sp.options.idp_initiated.enabled {
+            return Err(rejected(
+                &sp,
+                "SAML_IDP_INITIATED_DISABLED",
+                "IdP-initiated logins are off for this connection (idp_initiated.enabled)",
+            ));
+        }
+        self.answer(&sp, conn, params, callback_url, None)
     }
 
     async fn metadata(
@@ -852,6 +1167,10 @@ mod tests {
                 given_name: String::new(),
                 family_name: String::new(),
             },
+            decryption_certificate: String::new(),
+            require_encrypted_assertions: false,
+            allow_sha1: false,
+            idp_initiated: postern_connection::SamlIdpInitiated::default(),
         };
         let sp = Sp { connection: "c", entity_id: "urn:a&b".into(), options: &o };
         let doc = metadata_document(&sp, "https://p/t/login/callback?x=\"1\"");

@@ -276,8 +276,13 @@ fn copy_option_field(
                 request_signing_certificate,
                 binding,
                 attributes,
+                decryption_key,
+                decryption_certificate,
+                require_encrypted_assertions,
+                allow_sha1,
+                idp_initiated,
             ],
-            [request_signing_key_set]
+            [request_signing_key_set, decryption_key_set]
         ),
         (O::AzureAd(d), O::AzureAd(s)) => {
             fields!(d, s, "azure_ad", [domain, tenant_id, client_id, client_secret], [client_secret_set])
