@@ -49,6 +49,10 @@ pub struct Store {
     audit: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     /// Who the changes made through this handle are recorded as made by ([`Store::acting`]).
     actor: std::sync::Arc<Actor>,
+    /// How long audit events are kept, in microseconds; `None`: forever.
+    audit_retention: Option<i64>,
+    /// When the audit log is next pruned (unix microseconds).
+    next_prune: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The PostgreSQL notification channel that each committed event signals.
@@ -131,6 +135,8 @@ impl Store {
             closing: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
             audit,
             actor: std::sync::Arc::new(Actor::system()),
+            audit_retention: None,
+            next_prune: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
     }
 

@@ -168,6 +168,7 @@ impl Store {
         if appended > 0 {
             self.audit_committed();
         }
+        self.prune_audit_if_due().await;
         Ok(appended)
     }
 
@@ -262,30 +263,43 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Prunes the events older than `retention` now and then every hour, until the store
-    /// closes.
-    pub fn spawn_audit_pruner(&self, retention: std::time::Duration) {
-        let store = self.clone();
-        let mut closing = self.closing();
-        tokio::spawn(async move {
-            loop {
-                let before = postern_common::time::now_micros() - retention.as_micros() as i64;
-                match store.prune_audit(before).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(pruned = n, "audit events past their retention deleted"),
-                    Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(PRUNE_EVERY) => {}
-                    _ = closing.wait_for(|c| *c) => return,
-                }
-            }
-        });
+    /// This store, keeping audit events for `retention` only: events older than that are
+    /// deleted by [`prune_audit_if_due`](Self::prune_audit_if_due), at most once an hour.
+    pub fn with_audit_retention(&self, retention: std::time::Duration) -> Store {
+        let micros = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        Store { audit_retention: Some(micros), ..self.clone() }
+    }
+
+    /// Deletes the events past their retention if the last pruning is an hour old (or
+    /// never happened): called at start and with each delivery of events, so that no task of
+    /// its own holds the store (a process whose start fails lets its files go at once).
+    pub async fn prune_audit_if_due(&self) {
+        let Some(retention) = self.audit_retention else { return };
+        let now = postern_common::time::now_micros();
+        let due = self.next_prune.load(std::sync::atomic::Ordering::SeqCst);
+        if now < due
+            || self
+                .next_prune
+                .compare_exchange(
+                    due,
+                    now + PRUNE_EVERY_MICROS,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                )
+                .is_err()
+        {
+            return;
+        }
+        match self.prune_audit(now.saturating_sub(retention)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "audit events past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+        }
     }
 }
 
-/// How often the audit log is pruned.
-const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often the audit log is pruned, in microseconds (an hour).
+const PRUNE_EVERY_MICROS: i64 = 3_600_000_000;
 
 fn audit_from_row(r: &AnyRow) -> Result<AuditEvent, StoreError> {
     let details: String = r.try_get("details")?;

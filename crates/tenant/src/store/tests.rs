@@ -264,7 +264,23 @@ async fn audit_retention_prunes_only_older_events() {
         assert_eq!(store.prune_audit(2_000).await.unwrap(), 1);
         assert_eq!(store.prune_audit(2_000).await.unwrap(), 0);
         let left = store.list_audit("fabrikam-internal", &AuditFilter::default(), None, 10).await.unwrap();
-        assert_eq!(left.into_iter().map(|e| e.id).collect::<Vec<_>>(), vec![new.id]);
+        assert_eq!(left.into_iter().map(|e| e.id).collect::<Vec<_>>(), vec![new.id.clone()]);
+
+        // With a retention, a delivery prunes what is past it, then not again for an hour.
+        let kept = store.with_audit_retention(std::time::Duration::from_secs(3600));
+        let now = postern_common::time::now_micros();
+        let fresh = audit_event("fabrikam-internal", "SIGNUP", "SUCCESS", "auth0|2", now);
+        kept.append_audit(std::slice::from_ref(&fresh)).await.unwrap();
+        let left = store.list_audit("fabrikam-internal", &AuditFilter::default(), None, 10).await.unwrap();
+        assert_eq!(
+            left.into_iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![fresh.id.clone()],
+            "3 000 µs is past an hour"
+        );
+        let stale = audit_event("fabrikam-internal", "LOGIN", "SUCCESS", "auth0|1", 5_000);
+        kept.append_audit(std::slice::from_ref(&stale)).await.unwrap();
+        let left = store.list_audit("fabrikam-internal", &AuditFilter::default(), None, 10).await.unwrap();
+        assert_eq!(left.len(), 2, "pruned at most once an hour");
     })
     .await;
 }
