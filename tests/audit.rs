@@ -182,7 +182,7 @@ async fn the_audit_stream_shows_the_logins_and_the_changes() {
     .await
     .expect("failures")
     .events;
-    assert_eq!(failures.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), [failure.id.clone()]);
+    assert_eq!(failures.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [failure.id.as_str()]);
     let theirs = list(&mut admin, tpb::ListAuditEventsRequest { user_id: user.user_id.clone(), ..all(TENANT) })
         .await
         .expect("the user's")
