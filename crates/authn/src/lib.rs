@@ -32,6 +32,8 @@
 //!   hosted page's login and signup, SSO sessions and logout, the token grants and revocation.
 //! - [`tokens`]: signing keys (RS256, EdDSA), their JSON Web Key Set, and the signing and
 //!   verification of ID and access tokens.
+//! - `audit`: the audit events of logins, signups, password changes, blocks and tokens,
+//!   written to the outbox that the relay delivers to the tenant service's audit log.
 //! - [`bruteforce`]: the counting rule of brute-force protection, which the store applies
 //!   in one atomic statement on PostgreSQL.
 //! - [`attempts`]: on SQLite, the attempts in flight counted in this process, so that only
@@ -46,6 +48,7 @@
 
 pub mod api;
 pub mod attempts;
+mod audit;
 pub mod bruteforce;
 pub mod cache;
 pub mod clients;

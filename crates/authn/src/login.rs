@@ -22,6 +22,7 @@ use postern_proto::tenant::v1 as tenant_pb;
 use tonic::{Code, Status};
 
 use crate::api::AuthnApi;
+use crate::audit::{self, Facts, Type};
 use crate::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
 use crate::domain::{self, Asserted, Identity, Profile, ProfileSync, User};
 use crate::status::{
@@ -363,6 +364,21 @@ impl AuthnApi {
     /// the login, creating or updating the user under the profile-sync rule. The caller
     /// issues the tokens ([`AuthnApi::issue_tokens`]).
     pub async fn password_login(&self, l: &PasswordLogin<'_>) -> Result<User, Status> {
+        let result = self.check_password_login(l).await;
+        let user_id = result.as_ref().map_or("", |u| u.user_id.as_str());
+        let facts =
+            Facts { tenant: l.tenant, client_id: l.client_id, connection: l.connection, user_id, address: l.address };
+        // The username typed tells what a failed attempt aimed at; the password never goes.
+        let details: &[(&str, &str)] = if result.is_ok() {
+            &[("method", "password")]
+        } else {
+            &[("method", "password"), ("username", l.username)]
+        };
+        self.audit(Type::Login, &facts, &result, audit::user(user_id), details).await;
+        result
+    }
+
+    async fn check_password_login(&self, l: &PasswordLogin<'_>) -> Result<User, Status> {
         l.validate()?;
         let conn = self.cache.resolve(l.tenant, l.client_id, l.connection).await?;
         let connector = self.password_connector(&conn)?;
@@ -404,6 +420,17 @@ impl AuthnApi {
     /// user: in Postern's store with an Argon2id hash, or in the custom database (unless it
     /// imports lazily, in which case a name it already has is taken).
     pub async fn signup(&self, s: &SignupInput<'_>) -> Result<User, Status> {
+        let result = self.sign_up(s).await;
+        // A signup's success is written with the user (sign_up); a refusal changes nothing.
+        if result.is_err() {
+            let facts =
+                Facts { tenant: s.tenant, client_id: s.client_id, connection: s.connection, ..Facts::default() };
+            self.audit(Type::Signup, &facts, &result, audit::user(""), &[("email", s.email)]).await;
+        }
+        result
+    }
+
+    async fn sign_up(&self, s: &SignupInput<'_>) -> Result<User, Status> {
         s.validate()?;
         self.client_exists(s.tenant, s.client_id).await?;
         let conn = self.cache.resolve(s.tenant, s.client_id, s.connection).await?;
@@ -478,7 +505,16 @@ impl AuthnApi {
                 (new, identity)
             }
         };
-        let user = self.store.create_user(s.tenant, &new, &identity, None).await.map_err(|e| match e {
+        let facts = Facts {
+            tenant: s.tenant,
+            client_id: s.client_id,
+            connection: s.connection,
+            user_id: &new.user_id,
+            ..Facts::default()
+        };
+        let signed_up = audit::event(Type::Signup, &facts, None, audit::user(&new.user_id), &[("email", s.email)]);
+        let store = self.store.auditing(signed_up.into_iter().collect());
+        let user = store.create_user(s.tenant, &new, &identity, None).await.map_err(|e| match e {
             StoreError::AlreadyExists => taken(),
             e => e.into(),
         })?;
@@ -541,6 +577,22 @@ impl AuthnApi {
     /// answer, or when the grant's upstream transaction is gone (FAILED_PRECONDITION
     /// `LOGIN_TRANSACTION_USED`: another callback completed it).
     pub async fn complete_redirect(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        connection: &str,
+        callback: Callback<'_>,
+        grant: &crate::store::oauth::LoginGrant<'_>,
+    ) -> Result<User, Status> {
+        let address = callback.address;
+        let result = self.complete_redirect_login(tenant, client_id, connection, callback, grant).await;
+        let user_id = result.as_ref().map_or("", |u| u.user_id.as_str());
+        let facts = Facts { tenant, client_id, connection, user_id, address };
+        self.audit(Type::Login, &facts, &result, audit::user(user_id), &[("method", "redirect")]).await;
+        result
+    }
+
+    async fn complete_redirect_login(
         &self,
         tenant: &str,
         client_id: &str,
@@ -754,8 +806,9 @@ impl AuthnApi {
         user_id: &str,
         connection: &str,
         new_password: &str,
+        changed: Option<tenant_pb::AuditEvent>,
     ) -> Result<User, Status> {
-        let store = &self.store;
+        let store = &self.store.auditing(changed.into_iter().collect());
         let user = store.get_user(tenant, user_id).await?.ok_or_else(|| user_not_found(tenant, user_id))?;
         let candidates: Vec<&Identity> = user
             .identities

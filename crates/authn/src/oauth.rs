@@ -1045,6 +1045,23 @@ fn redirect(r: pb::Redirect) -> Response<pb::StartAuthorizationResponse> {
     })
 }
 
+impl OAuthApi {
+    /// The token endpoint's grant of `req`, once its type is known to be supported.
+    async fn exchange(
+        &self,
+        req: &pb::ExchangeTokenRequest,
+        address: &str,
+    ) -> Result<pb::ExchangeTokenResponse, Status> {
+        let client = self.authenticate_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        match req.grant_type.as_str() {
+            "authorization_code" => self.authorization_code(req, &client).await,
+            "refresh_token" => self.refresh(req, &client).await,
+            PASSWORDLESS_OTP_GRANT => self.passwordless_otp(req, &client, address).await,
+            _ => self.client_credentials(req, &client).await,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::o_auth_service_server::OAuthService for OAuthApi {
     async fn start_authorization(
@@ -1284,14 +1301,20 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         let address = postern_common::principal::peer_addr(&req)
             .map_or_else(|| "unknown".to_owned(), |ip| ip.to_canonical().to_string());
         let req = req.into_inner();
-        let client = self.authenticate_client(&req.tenant, &req.client_id, &req.client_secret).await?;
-        let answer = match req.grant_type.as_str() {
-            "authorization_code" => self.authorization_code(&req, &client).await?,
-            "refresh_token" => self.refresh(&req, &client).await?,
-            PASSWORDLESS_OTP_GRANT => self.passwordless_otp(&req, &client, &address).await?,
-            _ => self.client_credentials(&req, &client).await?,
+        let result = self.exchange(&req, &address).await;
+        let facts = crate::audit::Facts {
+            tenant: &req.tenant,
+            client_id: &req.client_id,
+            address: &address,
+            ..Default::default()
         };
-        Ok(Response::new(answer))
+        let actor = postern_proto::tenant::v1::AuditActor {
+            r#type: postern_proto::tenant::v1::AuditActorType::Client as i32,
+            id: req.client_id.clone(),
+        };
+        let details = [("grant_type", req.grant_type.as_str()), ("audience", req.audience.as_str())];
+        self.authn.audit(crate::audit::Type::TokenExchange, &facts, &result, actor, &details).await;
+        Ok(Response::new(result?))
     }
 
     async fn revoke_token(

@@ -16,6 +16,7 @@
 //!   connection disables signup, with the email or phone number verified; later ones apply
 //!   the connection's profile-sync rule.
 
+use crate::audit::{self, Facts, Type};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -445,6 +446,26 @@ impl AuthnApi {
         plan: StartPlan,
         target: Option<LinkTarget<'_>>,
     ) -> Result<u32, Status> {
+        let connection = plan.conn.connection.spec.name.clone();
+        let method = if plan.link { "link" } else { "code" };
+        let result = self.send_plan(s, plan, target).await;
+        let facts = Facts {
+            tenant: s.tenant,
+            client_id: s.client_id,
+            connection: &connection,
+            address: s.address,
+            ..Facts::default()
+        };
+        self.audit(Type::PasswordlessStarted, &facts, &result, audit::user(""), &[("send", method)]).await;
+        result
+    }
+
+    async fn send_plan(
+        &self,
+        s: &CodeStart<'_>,
+        plan: StartPlan,
+        target: Option<LinkTarget<'_>>,
+    ) -> Result<u32, Status> {
         let StartPlan { conn, connector, settings, recipient, link } = plan;
         let target = match (link, target) {
             (true, Some(t)) => Some(t),
@@ -508,6 +529,15 @@ impl AuthnApi {
     /// the connection disables signup) or updated under the profile-sync rule. Every refusal is
     /// [`invalid_code`]. The caller issues the tokens.
     pub async fn code_login(&self, l: &CodeLogin<'_>) -> Result<User, Status> {
+        let result = self.check_code_login(l).await;
+        let user_id = result.as_ref().map_or("", |u| u.user_id.as_str());
+        let facts =
+            Facts { tenant: l.tenant, client_id: l.client_id, connection: l.connection, user_id, address: l.address };
+        self.audit(Type::Login, &facts, &result, audit::user(user_id), &[("method", "passwordless")]).await;
+        result
+    }
+
+    async fn check_code_login(&self, l: &CodeLogin<'_>) -> Result<User, Status> {
         let mut v = Violations::new();
         check_tenant(&mut v, "tenant", l.tenant);
         required(&mut v, "client_id", l.client_id);
@@ -549,6 +579,26 @@ impl AuthnApi {
         csrf_cookies: &[String],
         address: &str,
     ) -> Result<LinkLogin, Status> {
+        let result = self.check_link_login(tenant, token, csrf_cookies, address).await;
+        let (user_id, client_id, connection) = match &result {
+            Ok((login, client_id, connection)) => {
+                (login.user.user_id.as_str(), client_id.as_str(), connection.as_str())
+            }
+            Err(_) => ("", "", ""),
+        };
+        let facts = Facts { tenant, client_id, connection, user_id, address };
+        self.audit(Type::Login, &facts, &result, audit::user(user_id), &[("method", "magic_link")]).await;
+        result.map(|(login, _, _)| login)
+    }
+
+    /// A magic link's login, with the client and the connection's name.
+    async fn check_link_login(
+        &self,
+        tenant: &str,
+        token: &str,
+        csrf_cookies: &[String],
+        address: &str,
+    ) -> Result<(LinkLogin, String, String), Status> {
         if token.is_empty() || token.len() > 128 || postern_common::validate::tenant_name(tenant).is_err() {
             return Err(invalid_link());
         }
@@ -576,7 +626,8 @@ impl AuthnApi {
             return Err(invalid_link());
         }
         let user = self.passwordless_user(tenant, &conn, settings, &link.recipient, address).await?;
-        Ok(LinkLogin { user, transaction_hash: link.transaction_hash })
+        let name = conn.connection.spec.name.clone();
+        Ok((LinkLogin { user, transaction_hash: link.transaction_hash }, link.client_id, name))
     }
 
     /// The user of a verified recipient: found by its email or phone number at the

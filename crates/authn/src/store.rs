@@ -203,6 +203,11 @@ pub struct Store {
     /// On SQLite, the login attempts in flight (see [`attempts`](crate::attempts)); on
     /// PostgreSQL, `None`: they are counted in the table.
     in_flight: Option<Arc<InFlight>>,
+    /// The audit events waiting for delivery to the tenant service's audit log.
+    outbox: postern_common::audit::Outbox,
+    /// The audit events the next change through this handle writes with it, in its
+    /// transaction ([`Store::auditing`]).
+    audit: Arc<[postern_proto::tenant::v1::AuditEvent]>,
 }
 
 /// An admitted login attempt (brute-force protection), to settle with
@@ -248,7 +253,35 @@ impl Store {
     pub async fn open_with(location: &DbLocation, policy: SchemaPolicy) -> Result<Self, DbError> {
         let db = Db::open_with(location, MIGRATIONS, policy).await?;
         let in_flight = (db.backend() == Backend::Sqlite).then(|| Arc::new(InFlight::new()));
-        Ok(Self { db, in_flight })
+        let outbox = postern_common::audit::Outbox::new(db.clone());
+        Ok(Self { db, in_flight, outbox, audit: Arc::new([]) })
+    }
+
+    /// This store, writing `events` into the audit outbox in the transaction of the change
+    /// it makes next (`create_user`, `update_user`, `delete_user`, `set_password`,
+    /// `unblock`): the events are durable exactly when the change is.
+    pub fn auditing(&self, events: Vec<postern_proto::tenant::v1::AuditEvent>) -> Self {
+        Self { audit: events.into(), ..self.clone() }
+    }
+
+    /// The audit outbox, whose relay the authenticator starts.
+    pub fn outbox(&self) -> &postern_common::audit::Outbox {
+        &self.outbox
+    }
+
+    /// Writes this handle's audit events in `tx` (see [`Store::auditing`]).
+    async fn write_audit(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<(), StoreError> {
+        if !self.audit.is_empty() {
+            self.outbox.write(tx, &self.audit).await?;
+        }
+        Ok(())
+    }
+
+    /// Wakes the outbox's relay after a transaction that wrote this handle's events.
+    fn audit_committed(&self) {
+        if !self.audit.is_empty() {
+            self.outbox.committed();
+        }
     }
 
     /// Closes the pool.
@@ -326,7 +359,9 @@ impl Store {
             let at = (identity.connection_id.as_str(), identity.source_id.as_str());
             oauth::insert_grant_in(&mut tx, tenant, &user.user_id, Some(at), g).await?;
         }
+        self.write_audit(&mut tx).await?;
         tx.commit().await?;
+        self.audit_committed();
         self.get_user(tenant, &user.user_id).await?.ok_or_else(|| StoreError::Corrupt("user vanished".into()))
     }
 
@@ -621,7 +656,9 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(None);
         }
+        self.write_audit(&mut tx).await?;
         tx.commit().await?;
+        self.audit_committed();
         self.get_user(tenant, user_id).await
     }
 
@@ -655,7 +692,11 @@ impl Store {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        if done.rows_affected() > 0 {
+            self.write_audit(&mut tx).await?;
+        }
         tx.commit().await?;
+        self.audit_committed();
         self.reload_failures(|k| k.tenant == tenant && k.user_key == user_id);
         Ok(done.rows_affected() > 0)
     }
@@ -870,7 +911,9 @@ impl Store {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        self.write_audit(&mut tx).await?;
         tx.commit().await?;
+        self.audit_committed();
         self.reload_failures(|k| k.tenant == tenant && k.user_key == user_id);
         Ok(())
     }
@@ -1044,7 +1087,9 @@ impl Store {
             .bind(user_key)
             .execute(&mut *tx)
             .await?;
+        self.write_audit(&mut tx).await?;
         tx.commit().await?;
+        self.audit_committed();
         self.reload_failures(|k| k.tenant == tenant && k.user_key == user_key);
         Ok(u64::try_from(blocked).unwrap_or(0))
     }

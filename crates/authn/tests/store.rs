@@ -520,3 +520,52 @@ async fn the_login_read_and_a_count_read_too_early() {
         cleanup(store, backend).await;
     }
 }
+
+/// Audit events given with `auditing` are written in the change's transaction: with a change
+/// that happens, not with one that does not (nothing to delete, a duplicate signup).
+#[tokio::test]
+async fn audit_events_are_written_with_their_change_only() {
+    use postern_proto::tenant::v1 as pb;
+    for (store, backend) in stores("audit_events_are_written_with_their_change_only").await {
+        let t = "fabrikam";
+        let event = |kind: pb::AuditEventType| postern_common::audit::event(t, kind, pb::AuditOutcome::Success);
+        let ids = |pending: Vec<(i64, pb::AuditEvent)>| pending.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>();
+        let signup = event(pb::AuditEventType::Signup);
+        store
+            .auditing(vec![signup.clone()])
+            .create_user(
+                t,
+                &new_user("a1", "alice@example.com"),
+                &identity("db", "a1", "alice@example.com", "", None),
+                None,
+            )
+            .await
+            .unwrap();
+        let again = event(pb::AuditEventType::Signup);
+        let taken = store
+            .auditing(vec![again])
+            .create_user(
+                t,
+                &new_user("a1", "alice@example.com"),
+                &identity("db", "a1", "alice@example.com", "", None),
+                None,
+            )
+            .await;
+        assert!(matches!(taken, Err(StoreError::AlreadyExists)), "{taken:?}");
+        let nothing = event(pb::AuditEventType::UserDeleted);
+        assert!(!store.auditing(vec![nothing]).delete_user(t, "auth0|nobody").await.unwrap());
+        let blocked = event(pb::AuditEventType::UserBlocked);
+        let patch = UserPatch { blocked: Some(true), ..UserPatch::default() };
+        assert!(store.auditing(vec![blocked.clone()]).update_user(t, "auth0|nobody", &patch).await.unwrap().is_none());
+        store.auditing(vec![blocked.clone()]).update_user(t, "auth0|a1", &patch).await.unwrap().expect("updated");
+        let deleted = event(pb::AuditEventType::UserDeleted);
+        assert!(store.auditing(vec![deleted.clone()]).delete_user(t, "auth0|a1").await.unwrap());
+        assert_eq!(ids(store.outbox().pending(10).await.unwrap()), [signup.id, blocked.id, deleted.id]);
+
+        // Delivered rows go; the others stay.
+        let pending = store.outbox().pending(10).await.unwrap();
+        store.outbox().delivered(&[pending[0].0, pending[2].0]).await.unwrap();
+        assert_eq!(ids(store.outbox().pending(10).await.unwrap()), [pending[1].1.id.clone()]);
+        cleanup(store, backend).await;
+    }
+}

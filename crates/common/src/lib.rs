@@ -4,6 +4,7 @@
 //! pieces of a gRPC server (reflection, health, tracing, shutdown).
 //!
 //! # Layout
+//! - [`audit`]: audit events from a principal, the outbox and its relay to the audit log.
 //! - [`coherence`]: caches of tenant data retired by the tenant event log.
 //! - [`connections`]: bounded connections (timeouts, a limit below the open-file limit).
 //! - [`db`]: one sqlx pool for both backends, migrations, write transactions.
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod coherence;
 pub mod connections;
 pub mod db;

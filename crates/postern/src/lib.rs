@@ -160,6 +160,10 @@ pub struct Settings {
     /// runs three services, so up to three times this many). SQLite keeps its own pools.
     #[arg(long, env = "POSTERN_DB_POOL_SIZE", default_value_t = postern_common::db::DEFAULT_POOL_SIZE)]
     pub db_pool_size: u32,
+    /// How many days the tenant service keeps audit events (`AuditService`); older ones are
+    /// deleted at start and then hourly as events arrive. 0 keeps them forever.
+    #[arg(long, env = "POSTERN_AUDIT_RETENTION_DAYS", default_value_t = 30)]
+    pub audit_retention_days: u32,
     /// The certificate chain (PEM, the server's certificate first) of the gateway's public gRPC
     /// and HTTP ports, with `--tls-key`: both ports then speak TLS only (HTTP/2 and HTTP/1.1
     /// by ALPN on the HTTP port). Re-read every `--tls-reload-ms`: a renewed pair is served
@@ -584,6 +588,11 @@ where
 /// handlers.
 async fn start_tenant(settings: &Settings, internal_key: InternalKey) -> anyhow::Result<Started> {
     let store = open_tenant_store(settings).await?;
+    let store = match settings.audit_retention_days {
+        0 => store,
+        days => store.with_audit_retention(Duration::from_secs(u64::from(days) * 86_400)),
+    };
+    store.prune_audit_if_due().await;
     let routes = postern_tenant::routes(store.clone(), internal_key);
     let streams = store.clone();
     Ok(Started {

@@ -104,6 +104,13 @@ impl RegistryApi {
         Self { store, master_key, tenant, changes }
     }
 
+    /// The store, recording the changes it makes (in the audit log) as made by the caller
+    /// of `req`.
+    fn acting<T>(&self, req: &Request<T>, p: &postern_common::principal::Principal) -> Store {
+        let event = postern_common::audit::by(Default::default(), p, postern_common::principal::peer_addr(req));
+        self.store.acting(crate::store::Actor { actor: event.actor.unwrap_or_default(), source_ip: event.source_ip })
+    }
+
     fn open(&self, tenant: &str, stored: &Stored) -> Result<Secrets, Status> {
         self.master_key.open_secrets(tenant, &stored.connection.id, &stored.sealed).map_err(|e| internal(&e))
     }
@@ -174,6 +181,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         req: Request<pb::CreateConnectionRequest>,
     ) -> Result<Response<pb::CreateConnectionResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req, &p);
         let req = req.into_inner();
         let mut v = Violations::new();
         check_tenant(&mut v, &req.tenant);
@@ -200,7 +208,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         let connection = Connection { id: Connection::new_id(), spec: new.spec, create_time: now, update_time: now };
         let sealed =
             self.master_key.seal_secrets(&req.tenant, &connection.id, &new.secrets).map_err(|e| internal(&e))?;
-        self.store.create(&req.tenant, tenant_create_time, &connection, &sealed).await.map_err(|e| match e {
+        store.create(&req.tenant, tenant_create_time, &connection, &sealed).await.map_err(|e| match e {
             StoreError::AlreadyExists => already_exists(
                 "CONNECTION_ALREADY_EXISTS",
                 format!("tenant {:?} already has a connection named {:?}", req.tenant, connection.spec.name),
@@ -273,6 +281,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         req: Request<pb::UpdateConnectionRequest>,
     ) -> Result<Response<pb::UpdateConnectionResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req, &p);
         let req = req.into_inner();
         let mut v = Violations::new();
         check_tenant(&mut v, &req.tenant);
@@ -296,7 +305,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
             let id = &stored.connection.id;
             let sealed = self.master_key.seal_secrets(&req.tenant, id, &update.secrets).map_err(|e| internal(&e))?;
             let Some(update_time) =
-                self.store.update(&req.tenant, id, stored.connection.update_time, &update.spec, &sealed).await?
+                store.update(&req.tenant, id, stored.connection.update_time, &update.spec, &sealed).await?
             else {
                 continue;
             };
@@ -323,6 +332,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         req: Request<pb::DeleteConnectionRequest>,
     ) -> Result<Response<pb::DeleteConnectionResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req, &p);
         let req = req.into_inner();
         let mut v = Violations::new();
         check_tenant(&mut v, &req.tenant);
@@ -330,8 +340,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         v.into_result()?;
         p.require_tenant(&req.tenant)?;
         let reference = reference.ok_or_else(|| invalid_field("connection", "is invalid"))?;
-        let deleted = self
-            .store
+        let deleted = store
             .delete(&req.tenant, &reference)
             .await?
             .ok_or_else(|| connection_not_found(&req.tenant, &req.connection))?;
@@ -345,6 +354,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         req: Request<pb::EnableClientRequest>,
     ) -> Result<Response<pb::EnableClientResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req, &p);
         let req = req.into_inner();
         let mut v = Violations::new();
         check_tenant(&mut v, &req.tenant);
@@ -355,12 +365,11 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         let reference = reference.ok_or_else(|| invalid_field("connection", "is invalid"))?;
         let stored = self.get_stored(&req.tenant, &reference, &req.connection).await?;
         self.check_client_exists(&req.tenant, &req.client_id).await?;
-        let newly =
-            self.store.enable(&req.tenant, &stored.connection.id, &req.client_id).await.map_err(|e| match e {
-                StoreError::ClientDeleted => client_not_found(&req.tenant, &req.client_id),
-                StoreError::NotFound => connection_not_found(&req.tenant, &req.connection),
-                e => e.into(),
-            })?;
+        let newly = store.enable(&req.tenant, &stored.connection.id, &req.client_id).await.map_err(|e| match e {
+            StoreError::ClientDeleted => client_not_found(&req.tenant, &req.client_id),
+            StoreError::NotFound => connection_not_found(&req.tenant, &req.connection),
+            e => e.into(),
+        })?;
         if newly {
             tracing::info!(tenant = %req.tenant, id = %stored.connection.id, client_id = %req.client_id, "connection enabled for client");
             self.published().await;
@@ -373,6 +382,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         req: Request<pb::DisableClientRequest>,
     ) -> Result<Response<pb::DisableClientResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req, &p);
         let req = req.into_inner();
         let mut v = Violations::new();
         check_tenant(&mut v, &req.tenant);
@@ -382,7 +392,7 @@ impl pb::connection_service_server::ConnectionService for RegistryApi {
         p.require_tenant(&req.tenant)?;
         let reference = reference.ok_or_else(|| invalid_field("connection", "is invalid"))?;
         let stored = self.get_stored(&req.tenant, &reference, &req.connection).await?;
-        if self.store.disable(&req.tenant, &stored.connection.id, &req.client_id).await? {
+        if store.disable(&req.tenant, &stored.connection.id, &req.client_id).await? {
             tracing::info!(tenant = %req.tenant, id = %stored.connection.id, client_id = %req.client_id, "connection disabled for client");
             self.published().await;
         }

@@ -193,6 +193,7 @@ impl Registry {
     ) -> Result<Self, store::StoreError> {
         let tenant = SignLayer::new(key.clone(), Principal::Service(SERVICE_NAME.to_owned())).layer(tenant);
         let changes = watch::Changes::new();
+        store.outbox().spawn_relay(tenant.clone());
         let api = RegistryApi::new(store, master_key, tenant.clone(), changes.clone());
         // The follower starts at the log's end: streams are live.
         let after = api.store.last_change_sequence().await?;

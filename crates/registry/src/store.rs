@@ -68,6 +68,21 @@ pub struct Store {
     logged: Arc<watch::Sender<u64>>,
     /// The highest sequence this process has committed to the change log.
     last_own: Arc<AtomicI64>,
+    /// The audit events of the changes, delivered to the tenant service's audit log.
+    outbox: postern_common::audit::Outbox,
+    /// Who the changes made through this handle are made by ([`Store::acting`]); `None`
+    /// for the changes the registry makes itself (applying a deleted tenant or client, which
+    /// the tenant service audits), which are not audited here.
+    actor: Option<Arc<Actor>>,
+}
+
+/// Who makes the changes a [`Store`] records in the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Actor {
+    /// The caller, as the audit log names it.
+    pub actor: postern_proto::tenant::v1::AuditActor,
+    /// The end caller's address, when known.
+    pub source_ip: String,
 }
 
 /// The PostgreSQL notification channel that each committed change signals.
@@ -160,7 +175,18 @@ impl Store {
         let logged = Arc::new(watch::channel(0u64).0);
         let woken = logged.clone();
         db.on_notify(CHANGES_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1)));
-        Ok(Self { db, logged, last_own: Arc::new(AtomicI64::new(0)) })
+        let outbox = postern_common::audit::Outbox::new(db.clone());
+        Ok(Self { db, logged, last_own: Arc::new(AtomicI64::new(0)), outbox, actor: None })
+    }
+
+    /// This store, recording the changes it makes in the audit log as made by `actor`.
+    pub fn acting(&self, actor: Actor) -> Self {
+        Self { actor: Some(Arc::new(actor)), ..self.clone() }
+    }
+
+    /// The audit outbox (its relay is started by [`crate::Registry::start`]).
+    pub fn outbox(&self) -> &postern_common::audit::Outbox {
+        &self.outbox
     }
 
     // ---- the change log ----
@@ -195,12 +221,31 @@ impl Store {
         .fetch_one(&mut **tx)
         .await?;
         self.db.notify_on_commit(tx, CHANGES_CHANNEL).await?;
+        if let Some(actor) = &self.actor {
+            use postern_proto::tenant::v1::{AuditEventType as Type, AuditOutcome};
+            let kind = match kind {
+                ChangeKind::Created => Type::ConnectionCreated,
+                ChangeKind::Updated => Type::ConnectionUpdated,
+                ChangeKind::Deleted => Type::ConnectionDeleted,
+                ChangeKind::ClientEnabled => Type::ConnectionEnabled,
+                ChangeKind::ClientDisabled => Type::ConnectionDisabled,
+            };
+            let mut event = postern_common::audit::event(tenant, kind, AuditOutcome::Success);
+            event.actor = Some(actor.actor.clone());
+            event.source_ip = actor.source_ip.clone();
+            event.connection = connection.spec.name.clone();
+            event.client_id = client_id.to_owned();
+            event.details.insert("connection_id".into(), connection.id.clone());
+            event.details.insert("strategy".into(), connection.spec.strategy.as_str().to_owned());
+            self.outbox.write(tx, &[event]).await?;
+        }
         Ok(sequence)
     }
 
     /// Commits `tx`, which logged changes up to `sequence`, and wakes the log's follower.
     async fn commit_logged(&self, tx: sqlx::Transaction<'static, sqlx::Any>, sequence: i64) -> Result<(), StoreError> {
         tx.commit().await?;
+        self.outbox.committed();
         self.last_own.fetch_max(sequence, Ordering::SeqCst);
         self.logged.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())

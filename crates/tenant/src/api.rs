@@ -8,7 +8,7 @@ use postern_common::error::{
 };
 use postern_common::ids::{constant_time_eq, prefixed, random_alphanumeric, secret_hash};
 use postern_common::paging::{decode_token, next_page_token, page_size};
-use postern_common::principal::{Principal, principal};
+use postern_common::principal::{Principal, peer_addr, principal};
 use postern_common::scope::Scopes;
 use postern_common::time::{from_timestamp, now_micros};
 use postern_proto::tenant::v1 as pb;
@@ -32,6 +32,25 @@ impl TenantApi {
     /// Handlers over `store`.
     pub fn new(store: Store) -> Self {
         Self { store }
+    }
+
+    /// The store, as opened.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The store, recording the changes it makes (in the audit log) as made by the caller
+    /// of `req`.
+    fn acting<T>(&self, req: &Request<T>) -> Result<Store, Status> {
+        let p = principal(req)?;
+        let event = postern_common::audit::by(Default::default(), &p, peer_addr(req));
+        let actor = event.actor.unwrap_or_default();
+        let actor_type = pb::AuditActorType::try_from(actor.r#type).unwrap_or(pb::AuditActorType::Unspecified);
+        Ok(self.store.acting(crate::store::Actor {
+            actor_type: crate::audit::short_name(actor_type.as_str_name(), "AUDIT_ACTOR_TYPE_").to_owned(),
+            actor_id: actor.id,
+            source_ip: event.source_ip,
+        }))
     }
 }
 
@@ -78,6 +97,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         principal(&req)?.require_admin()?;
+        let store = self.acting(&req)?;
         let tenant = req.into_inner().tenant.ok_or_else(|| invalid_field("tenant", "is required"))?;
         let display_name =
             if tenant.display_name.is_empty() { tenant.name.clone() } else { tenant.display_name.clone() };
@@ -87,7 +107,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         check_logo_url(&mut v, "tenant.logo_url", &tenant.logo_url);
         v.into_result()?;
         let created =
-            self.store.create_tenant(&tenant.name, &display_name, &tenant.logo_url).await.map_err(|e| match e {
+            store.create_tenant(&tenant.name, &display_name, &tenant.logo_url).await.map_err(|e| match e {
                 StoreError::AlreadyExists => {
                     already_exists("TENANT_ALREADY_EXISTS", format!("tenant {:?} already exists", tenant.name))
                 }
@@ -130,6 +150,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         req: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         let tenant = req.tenant.ok_or_else(|| invalid_field("tenant", "is required"))?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -160,8 +181,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         };
         v.into_result()?;
         p.require_tenant(&tenant.name)?;
-        let updated = self
-            .store
+        let updated = store
             .update_tenant(&tenant.name, display_name, logo_url)
             .await?
             .ok_or_else(|| tenant_not_found(&tenant.name))?;
@@ -271,6 +291,7 @@ impl pb::client_service_server::ClientService for TenantApi {
         req: Request<pb::CreateClientRequest>,
     ) -> Result<Response<pb::CreateClientResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         let client = req.client.ok_or_else(|| invalid_field("client", "is required"))?;
         let mut v = Violations::new();
@@ -280,8 +301,7 @@ impl pb::client_service_server::ClientService for TenantApi {
         p.require_tenant(&req.tenant)?;
         let new = new.ok_or_else(|| invalid_field("client", "is invalid"))?;
         let secret = random_alphanumeric(64);
-        let created = self
-            .store
+        let created = store
             .create_client(&req.tenant, &new, &secret_hash(&secret))
             .await
             .map_err(map_tenant_missing(&req.tenant))?;
@@ -328,6 +348,7 @@ impl pb::client_service_server::ClientService for TenantApi {
         req: Request<pb::UpdateClientRequest>,
     ) -> Result<Response<pb::UpdateClientResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         let client = req.client.ok_or_else(|| invalid_field("client", "is required"))?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -339,8 +360,7 @@ impl pb::client_service_server::ClientService for TenantApi {
         let patch = domain::client_patch(&mut v, &client, &mask);
         v.into_result()?;
         p.require_tenant(&req.tenant)?;
-        let updated = self
-            .store
+        let updated = store
             .update_client(&req.tenant, &client.client_id, &patch)
             .await?
             .ok_or_else(|| client_not_found(&req.tenant, &client.client_id))?;
@@ -352,9 +372,10 @@ impl pb::client_service_server::ClientService for TenantApi {
         req: Request<pb::DeleteClientRequest>,
     ) -> Result<Response<pb::DeleteClientResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         tenant_scope(&p, &req.tenant)?;
-        if !self.store.delete_client(&req.tenant, &req.client_id).await? {
+        if !store.delete_client(&req.tenant, &req.client_id).await? {
             return Err(client_not_found(&req.tenant, &req.client_id));
         }
         tracing::info!(tenant = %req.tenant, client_id = %req.client_id, "client deleted");
@@ -366,14 +387,14 @@ impl pb::client_service_server::ClientService for TenantApi {
         req: Request<pb::RotateClientSecretRequest>,
     ) -> Result<Response<pb::RotateClientSecretResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         tenant_scope(&p, &req.tenant)?;
         let secret = random_alphanumeric(64);
-        if !self.store.set_client_secret(&req.tenant, &req.client_id, &secret_hash(&secret)).await? {
+        if !store.set_client_secret(&req.tenant, &req.client_id, &secret_hash(&secret)).await? {
             return Err(client_not_found(&req.tenant, &req.client_id));
         }
-        let client = self
-            .store
+        let client = store
             .get_client(&req.tenant, &req.client_id)
             .await?
             .ok_or_else(|| client_not_found(&req.tenant, &req.client_id))?;
@@ -429,6 +450,7 @@ impl pb::api_key_service_server::ApiKeyService for TenantApi {
         req: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         let key = req.api_key.unwrap_or_default();
         let mut v = Violations::new();
@@ -472,8 +494,7 @@ impl pb::api_key_service_server::ApiKeyService for TenantApi {
         let secret = format!("{API_KEY_PREFIX}{}", random_alphanumeric(40));
         let record =
             ApiKey { id: prefixed("key"), description: key.description, create_time: now, expire_time, scopes };
-        let created = self
-            .store
+        let created = store
             .create_api_key(&req.tenant, &record, &secret_hash(&secret))
             .await
             .map_err(map_tenant_missing(&req.tenant))?;
@@ -508,9 +529,10 @@ impl pb::api_key_service_server::ApiKeyService for TenantApi {
         req: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         tenant_scope(&p, &req.tenant)?;
-        if !self.store.revoke_api_key(&req.tenant, &req.id).await? {
+        if !store.revoke_api_key(&req.tenant, &req.id).await? {
             return Err(not_found(
                 "API_KEY_NOT_FOUND",
                 format!("tenant {:?} has no API key {:?}", req.tenant, postern_common::validate::truncate(&req.id, 64)),
@@ -583,6 +605,7 @@ impl pb::resource_server_service_server::ResourceServerService for TenantApi {
         req: Request<pb::CreateResourceServerRequest>,
     ) -> Result<Response<pb::CreateResourceServerResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         let api = req.resource_server.ok_or_else(|| invalid_field("resource_server", "is required"))?;
         let mut v = Violations::new();
@@ -590,7 +613,7 @@ impl pb::resource_server_service_server::ResourceServerService for TenantApi {
         let new = domain::new_resource_server(&mut v, &api);
         v.into_result()?;
         p.require_tenant(&req.tenant)?;
-        let created = self.store.create_resource_server(&req.tenant, &new).await.map_err(|e| match e {
+        let created = store.create_resource_server(&req.tenant, &new).await.map_err(|e| match e {
             StoreError::AlreadyExists => already_exists(
                 "RESOURCE_SERVER_ALREADY_EXISTS",
                 format!(
@@ -648,6 +671,7 @@ impl pb::resource_server_service_server::ResourceServerService for TenantApi {
         req: Request<pb::UpdateResourceServerRequest>,
     ) -> Result<Response<pb::UpdateResourceServerResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         let api = req.resource_server.ok_or_else(|| invalid_field("resource_server", "is required"))?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -659,8 +683,7 @@ impl pb::resource_server_service_server::ResourceServerService for TenantApi {
         let patch = domain::resource_server_patch(&mut v, &api, &mask);
         v.into_result()?;
         p.require_tenant(&req.tenant)?;
-        let updated = self
-            .store
+        let updated = store
             .update_resource_server(&req.tenant, &api.identifier, &patch)
             .await?
             .ok_or_else(|| resource_server_not_found(&req.tenant, &api.identifier))?;
@@ -673,9 +696,10 @@ impl pb::resource_server_service_server::ResourceServerService for TenantApi {
         req: Request<pb::DeleteResourceServerRequest>,
     ) -> Result<Response<pb::DeleteResourceServerResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         tenant_scope(&p, &req.tenant)?;
-        if !self.store.delete_resource_server(&req.tenant, &req.identifier).await? {
+        if !store.delete_resource_server(&req.tenant, &req.identifier).await? {
             return Err(resource_server_not_found(&req.tenant, &req.identifier));
         }
         tracing::info!(tenant = %req.tenant, identifier = %req.identifier, "API deleted with its client grants");
@@ -690,6 +714,7 @@ impl pb::client_grant_service_server::ClientGrantService for TenantApi {
         req: Request<pb::CreateClientGrantRequest>,
     ) -> Result<Response<pb::CreateClientGrantResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         let grant = req.client_grant.ok_or_else(|| invalid_field("client_grant", "is required"))?;
         let mut v = Violations::new();
@@ -713,8 +738,7 @@ impl pb::client_grant_service_server::ClientGrantService for TenantApi {
             create_time: 0,
             update_time: 0,
         };
-        let created = self
-            .store
+        let created = store
             .create_client_grant(tenant, &record, |client, api| {
                 let client = client.ok_or_else(|| client_not_found(tenant, &grant.client_id))?;
                 let api = api.ok_or_else(|| resource_server_not_found(tenant, &grant.audience))?;
@@ -788,6 +812,7 @@ impl pb::client_grant_service_server::ClientGrantService for TenantApi {
         req: Request<pb::UpdateClientGrantRequest>,
     ) -> Result<Response<pb::UpdateClientGrantResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         let grant = req.client_grant.ok_or_else(|| invalid_field("client_grant", "is required"))?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -810,8 +835,7 @@ impl pb::client_grant_service_server::ClientGrantService for TenantApi {
         v.into_result()?;
         p.require_tenant(&req.tenant)?;
         let tenant = req.tenant.as_str();
-        let updated = self
-            .store
+        let updated = store
             .update_client_grant(tenant, &grant.id, &grant.scopes, |api| {
                 let mut v = Violations::new();
                 domain::check_scopes_of_api(&mut v, "client_grant.scopes", &grant.scopes, api);
@@ -828,9 +852,10 @@ impl pb::client_grant_service_server::ClientGrantService for TenantApi {
         req: Request<pb::DeleteClientGrantRequest>,
     ) -> Result<Response<pb::DeleteClientGrantResponse>, Status> {
         let p = principal(&req)?;
+        let store = self.acting(&req)?;
         let req = req.into_inner();
         tenant_scope(&p, &req.tenant)?;
-        if !self.store.delete_client_grant(&req.tenant, &req.id).await? {
+        if !store.delete_client_grant(&req.tenant, &req.id).await? {
             return Err(client_grant_not_found(&req.tenant, &req.id));
         }
         tracing::info!(tenant = %req.tenant, grant = %req.id, "client grant deleted");

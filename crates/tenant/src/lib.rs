@@ -5,6 +5,9 @@
 //! # Layout
 //! - [`api`]: the tonic handlers of `TenantService`, `ClientService`, `ApiKeyService`,
 //!   `ResourceServerService` (APIs) and `ClientGrantService`.
+//! - [`audit`]: the tonic handlers of `AuditService`: the audit log of every tenant, which
+//!   this service owns (its own changes are recorded in their transactions; the other
+//!   services deliver theirs from their outboxes through `AppendAuditEvents`).
 //! - [`domain`]: types, validation, and conversion from and to the contract.
 //! - [`store`]: sqlx storage; `migrations/{sqlite,postgres}` beside `src/`.
 //! - [`routes`] builds the service's gRPC routes behind the principal check, the same in
@@ -14,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod domain;
 pub mod store;
 
@@ -35,6 +39,7 @@ pub const SERVICES: &[&str] = &[
     "postern.tenant.v1.ApiKeyService",
     "postern.tenant.v1.ResourceServerService",
     "postern.tenant.v1.ClientGrantService",
+    "postern.tenant.v1.AuditService",
 ];
 
 /// The RPCs of this service that only other Postern services may call.
@@ -43,6 +48,7 @@ pub const INTERNAL_METHODS: &[&str] = &[
     "/postern.tenant.v1.ClientService/VerifyClientSecret",
     "/postern.tenant.v1.ClientService/ResolveClient",
     "/postern.tenant.v1.TenantService/WatchTenantEvents",
+    "/postern.tenant.v1.AuditService/AppendAuditEvents",
 ];
 
 /// The RPCs of this service a caller may reach without an API key: none.
@@ -81,6 +87,10 @@ pub const METHOD_SCOPES: MethodScopes = &[
     ("/postern.tenant.v1.ApiKeyService/ListApiKeys", Need::Read(Scope::Tenant)),
     ("/postern.tenant.v1.ApiKeyService/RevokeApiKey", Need::Write(Scope::Tenant)),
     ("/postern.tenant.v1.ApiKeyService/AuthenticateKey", Need::Nothing),
+    // The audit log is read with the tenant's scope (or a read-only key).
+    ("/postern.tenant.v1.AuditService/ListAuditEvents", Need::Read(Scope::Tenant)),
+    ("/postern.tenant.v1.AuditService/WatchAuditEvents", Need::Read(Scope::Tenant)),
+    ("/postern.tenant.v1.AuditService/AppendAuditEvents", Need::Nothing),
 ];
 
 /// The service's routes, each behind the check of the caller's signed principal.
@@ -91,7 +101,8 @@ pub fn routes(store: Store, key: InternalKey) -> tonic::service::Routes {
         .add_service(layer.layer(pb::client_service_server::ClientServiceServer::new(api.clone())))
         .add_service(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(api.clone())))
         .add_service(layer.layer(pb::resource_server_service_server::ResourceServerServiceServer::new(api.clone())))
-        .add_service(layer.layer(pb::client_grant_service_server::ClientGrantServiceServer::new(api)))
+        .add_service(layer.layer(pb::client_grant_service_server::ClientGrantServiceServer::new(api.clone())))
+        .add_service(layer.layer(pb::audit_service_server::AuditServiceServer::new(api)))
 }
 
 /// Makes sure an admin key exists. `configured` (from `POSTERN_ADMIN_KEY`) replaces the

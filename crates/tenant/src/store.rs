@@ -13,6 +13,10 @@ use crate::domain::{
     ApiKey, ApiScope, AppType, Client, ClientGrant, ClientPatch, NewClient, ResourceServer, ResourceServerPatch, Tenant,
 };
 
+mod audit;
+
+pub use audit::{Actor, AuditEvent, AuditFilter};
+
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -41,6 +45,14 @@ pub struct Store {
     events: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     /// Turns true at shutdown, ending the event streams.
     closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// Bumped after each committed audit event, so that audit streams wake at once.
+    audit: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Who the changes made through this handle are recorded as made by ([`Store::acting`]).
+    actor: std::sync::Arc<Actor>,
+    /// How long audit events are kept, in microseconds; `None`: forever.
+    audit_retention: Option<i64>,
+    /// When the audit log is next pruned (unix microseconds).
+    next_prune: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The PostgreSQL notification channel that each committed event signals.
@@ -114,7 +126,18 @@ impl Store {
         // Events committed by other replicas on a shared PostgreSQL wake the streams at once.
         let woken = events.clone();
         db.on_notify(EVENTS_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1)));
-        Ok(Self { db, events, closing: std::sync::Arc::new(tokio::sync::watch::channel(false).0) })
+        let audit = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
+        let woken = audit.clone();
+        db.on_notify(audit::AUDIT_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1)));
+        Ok(Self {
+            db,
+            events,
+            closing: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+            audit,
+            actor: std::sync::Arc::new(Actor::system()),
+            audit_retention: None,
+            next_prune: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        })
     }
 
     /// Ends every open event stream (at shutdown, so that a graceful stop is not held up by
@@ -210,6 +233,25 @@ impl Store {
 
     fn events_committed(&self) {
         self.events.send_modify(|n| *n = n.wrapping_add(1));
+        // Every change that writes an event writes its audit event too.
+        self.audit_committed();
+    }
+
+    /// Writes in `tx` the audit event of a change of `tenant`'s configuration, by this
+    /// store's actor, with `details`.
+    async fn audit_change(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tenant: &str,
+        event_type: &str,
+        client_id: &str,
+        details: &[(&str, &str)],
+    ) -> Result<(), sqlx::Error> {
+        let mut event = self.own_event(tenant, event_type);
+        event.client_id = client_id.to_owned();
+        event.details = details.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        self.write_audit(tx, &[event]).await?;
+        Ok(())
     }
 
     /// Closes the pool.
@@ -228,6 +270,7 @@ impl Store {
     pub async fn create_tenant(&self, name: &str, display_name: &str, logo_url: &str) -> Result<Tenant, StoreError> {
         let now = now_micros();
         let id = postern_common::ids::new_id();
+        let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO tenants (id, name, display_name, logo_url, create_time, update_time) \
              VALUES ($1, $2, $3, $4, $5, $5)",
@@ -237,9 +280,13 @@ impl Store {
         .bind(display_name)
         .bind(logo_url)
         .bind(now)
-        .execute(self.db.writer())
+        .execute(&mut *tx)
         .await
         .map_err(dup)?;
+        // The log of a tenant deleted earlier under this name is gone with it (delete_tenant).
+        self.write_audit(&mut tx, &[self.own_event(name, "TENANT_CREATED")]).await?;
+        tx.commit().await?;
+        self.audit_committed();
         Ok(Tenant {
             name: name.to_owned(),
             display_name: display_name.to_owned(),
@@ -286,6 +333,7 @@ impl Store {
         display_name: Option<&str>,
         logo_url: Option<&str>,
     ) -> Result<Option<Tenant>, StoreError> {
+        let mut tx = self.db.begin_write().await?;
         let row = sqlx::query(
             "UPDATE tenants SET display_name = COALESCE($2, display_name), logo_url = COALESCE($3, logo_url), \
              update_time = $4 WHERE name = $1 RETURNING name, display_name, logo_url, create_time, update_time",
@@ -294,9 +342,19 @@ impl Store {
         .bind(display_name)
         .bind(logo_url)
         .bind(now_micros())
-        .fetch_optional(self.db.writer())
+        .fetch_optional(&mut *tx)
         .await?;
-        row.map(|r| tenant_from_row(&r)).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let mut event = self.own_event(name, "TENANT_UPDATED");
+        let changed: Vec<&str> = [("display_name", display_name.is_some()), ("logo_url", logo_url.is_some())]
+            .into_iter()
+            .filter_map(|(field, set)| set.then_some(field))
+            .collect();
+        event.details.insert("fields".into(), changed.join(","));
+        self.write_audit(&mut tx, &[event]).await?;
+        tx.commit().await?;
+        self.audit_committed();
+        tenant_from_row(&row).map(Some)
     }
 
     /// Deletes a tenant with its clients and keys; whether it existed.
@@ -311,6 +369,8 @@ impl Store {
         };
         let tenant_create_time: i64 = row.try_get("create_time")?;
         self.append_event(&mut tx, EventType::TenantDeleted, name, tenant_create_time, "").await?;
+        // The tenant's audit log goes with it: a later tenant of the same name starts empty.
+        sqlx::query("DELETE FROM audit_events WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
         tx.commit().await?;
         self.events_committed();
         Ok(true)
@@ -327,6 +387,7 @@ impl Store {
     ) -> Result<Client, StoreError> {
         let now = now_micros();
         let seq = postern_common::ids::new_id();
+        let mut tx = self.db.begin_write().await?;
         let row = sqlx::query(
             "INSERT INTO clients (client_id, tenant_id, seq, name, app_type, callbacks, allowed_logout_urls, secret_hash, create_time, update_time) \
              SELECT $1, id, $2, $3, $4, $5, $6, $7, $8, $8 FROM tenants WHERE name = $9 RETURNING client_id",
@@ -340,12 +401,18 @@ impl Store {
         .bind(secret_hash)
         .bind(now)
         .bind(tenant)
-        .fetch_optional(self.db.writer())
+        .fetch_optional(&mut *tx)
         .await
         .map_err(dup)?;
         if row.is_none() {
             return Err(StoreError::TenantNotFound);
         }
+        let mut event = self.own_event(tenant, "CLIENT_CREATED");
+        event.client_id = client.client_id.clone();
+        event.details.insert("name".into(), client.name.clone());
+        self.write_audit(&mut tx, &[event]).await?;
+        tx.commit().await?;
+        self.audit_committed();
         Ok(Client {
             client_id: client.client_id.clone(),
             tenant: tenant.to_owned(),
@@ -426,7 +493,7 @@ impl Store {
         .bind(now_micros())
         .fetch_optional(&mut *tx)
         .await?;
-        if !self.commit_client_event(tx, row, EventType::ClientChanged, tenant, client_id).await? {
+        if !self.commit_client_event(tx, row, EventType::ClientChanged, "CLIENT_UPDATED", tenant, client_id).await? {
             return Ok(None);
         }
         self.get_client(tenant, client_id).await
@@ -440,6 +507,7 @@ impl Store {
         mut tx: sqlx::Transaction<'static, sqlx::Any>,
         row: Option<sqlx::any::AnyRow>,
         event_type: EventType,
+        audit_type: &str,
         tenant: &str,
         client_id: &str,
     ) -> Result<bool, StoreError> {
@@ -448,8 +516,12 @@ impl Store {
         };
         let tenant_create_time: i64 = row.try_get("tenant_create_time")?;
         self.append_event(&mut tx, event_type, tenant, tenant_create_time, client_id).await?;
+        let mut event = self.own_event(tenant, audit_type);
+        event.client_id = client_id.to_owned();
+        self.write_audit(&mut tx, &[event]).await?;
         tx.commit().await?;
         self.events_committed();
+        self.audit_committed();
         Ok(true)
     }
 
@@ -464,7 +536,7 @@ impl Store {
         .bind(client_id)
         .fetch_optional(&mut *tx)
         .await?;
-        self.commit_client_event(tx, row, EventType::ClientDeleted, tenant, client_id).await
+        self.commit_client_event(tx, row, EventType::ClientDeleted, "CLIENT_DELETED", tenant, client_id).await
     }
 
     /// Replaces a client's secret hash; whether the client exists.
@@ -486,7 +558,7 @@ impl Store {
         .bind(now_micros())
         .fetch_optional(&mut *tx)
         .await?;
-        self.commit_client_event(tx, row, EventType::ClientChanged, tenant, client_id).await
+        self.commit_client_event(tx, row, EventType::ClientChanged, "CLIENT_SECRET_ROTATED", tenant, client_id).await
     }
 
     // ---- API keys ----
@@ -494,6 +566,7 @@ impl Store {
     /// Inserts an API key of `tenant`.
     pub async fn create_api_key(&self, tenant: &str, key: &ApiKey, key_hash: &[u8]) -> Result<ApiKey, StoreError> {
         let seq = postern_common::ids::new_id();
+        let mut tx = self.db.begin_write().await?;
         let row = sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, seq, description, key_hash, create_time, expire_time, scopes) \
              SELECT $1, id, $2, $3, $4, $5, $6, $8 FROM tenants WHERE name = $7 RETURNING id",
@@ -506,13 +579,18 @@ impl Store {
         .bind(key.expire_time)
         .bind(tenant)
         .bind(key.scopes.encode())
-        .fetch_optional(self.db.writer())
+        .fetch_optional(&mut *tx)
         .await
         .map_err(dup)?;
-        match row {
-            Some(_) => Ok(key.clone()),
-            None => Err(StoreError::TenantNotFound),
+        if row.is_none() {
+            return Err(StoreError::TenantNotFound);
         }
+        let mut event = self.own_event(tenant, "API_KEY_CREATED");
+        event.details.insert("api_key_id".into(), key.id.clone());
+        self.write_audit(&mut tx, &[event]).await?;
+        tx.commit().await?;
+        self.audit_committed();
+        Ok(key.clone())
     }
 
     /// Up to `limit` keys of `tenant` after position `after`, oldest first.
@@ -564,8 +642,12 @@ impl Store {
         };
         let tenant_create_time: i64 = row.try_get("tenant_create_time")?;
         self.append_event(&mut tx, EventType::ApiKeyRevoked, tenant, tenant_create_time, id).await?;
+        let mut event = self.own_event(tenant, "API_KEY_REVOKED");
+        event.details.insert("api_key_id".into(), id.to_owned());
+        self.write_audit(&mut tx, &[event]).await?;
         tx.commit().await?;
         self.events_committed();
+        self.audit_committed();
         Ok(true)
     }
 
@@ -690,6 +772,8 @@ impl Store {
         if row.is_none() {
             return Err(StoreError::TenantNotFound);
         }
+        let details = [("identifier", api.identifier.as_str()), ("change", "created")];
+        self.audit_change(&mut tx, tenant, "RESOURCE_SERVER_CHANGED", "", &details).await?;
         self.apis_changed(&mut tx, tenant).await?;
         tx.commit().await?;
         self.events_committed();
@@ -796,6 +880,8 @@ impl Store {
             }
             self.grants_changed(&mut tx, tenant, &changed).await?;
         }
+        let details = [("identifier", identifier), ("change", "updated")];
+        self.audit_change(&mut tx, tenant, "RESOURCE_SERVER_CHANGED", "", &details).await?;
         self.apis_changed(&mut tx, tenant).await?;
         tx.commit().await?;
         self.events_committed();
@@ -826,6 +912,8 @@ impl Store {
                 .await?;
         sqlx::query("DELETE FROM resource_servers WHERE id = $1").bind(&api_id).execute(&mut *tx).await?;
         self.grants_changed(&mut tx, tenant, &clients).await?;
+        let details = [("identifier", identifier), ("change", "deleted")];
+        self.audit_change(&mut tx, tenant, "RESOURCE_SERVER_CHANGED", "", &details).await?;
         self.apis_changed(&mut tx, tenant).await?;
         tx.commit().await?;
         self.events_committed();
@@ -863,6 +951,11 @@ impl Store {
         .await
         .map_err(dup)?;
         self.grants_changed(&mut tx, tenant, std::slice::from_ref(&grant.client_id)).await?;
+        let details =
+            [("client_grant_id", grant.id.as_str()), ("audience", grant.audience.as_str()), ("change", "created")];
+        self.audit_change(&mut tx, tenant, "CLIENT_GRANT_CHANGED", &grant.client_id, &details)
+            .await
+            .map_err(StoreError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
         self.events_committed();
         Ok(ClientGrant { create_time: now, update_time: now, ..grant.clone() })
@@ -972,6 +1065,10 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
+        let details = [("client_grant_id", id), ("audience", api.identifier.as_str()), ("change", "updated")];
+        self.audit_change(&mut tx, tenant, "CLIENT_GRANT_CHANGED", &client_id, &details)
+            .await
+            .map_err(StoreError::from)?;
         self.grants_changed(&mut tx, tenant, &[client_id]).await?;
         tx.commit().await.map_err(StoreError::from)?;
         self.events_committed();
@@ -993,6 +1090,8 @@ impl Store {
         let Some(client) = client else {
             return Ok(false);
         };
+        let details = [("client_grant_id", id), ("change", "deleted")];
+        self.audit_change(&mut tx, tenant, "CLIENT_GRANT_CHANGED", &client, &details).await?;
         self.grants_changed(&mut tx, tenant, &[client]).await?;
         tx.commit().await?;
         self.events_committed();

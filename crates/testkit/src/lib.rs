@@ -84,6 +84,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         hash_concurrency: 0,
         hash_queue_timeout_ms: 10_000,
         db_pool_size: postern_common::db::DEFAULT_POOL_SIZE,
+        audit_retention_days: 30,
         tls_cert: None,
         tls_key: None,
         tls_client_ca: None,
@@ -225,6 +226,8 @@ pub struct Clients {
     pub apis: tenant::resource_server_service_client::ResourceServerServiceClient<Authed>,
     /// `postern.tenant.v1.ClientGrantService`
     pub grants: tenant::client_grant_service_client::ClientGrantServiceClient<Authed>,
+    /// `postern.tenant.v1.AuditService`
+    pub audit: tenant::audit_service_client::AuditServiceClient<Authed>,
 }
 
 impl Clients {
@@ -242,7 +245,8 @@ impl Clients {
             signing_keys: authn::signing_key_service_client::SigningKeyServiceClient::new(authed.clone()),
             oauth: authn::o_auth_service_client::OAuthServiceClient::new(authed.clone()),
             apis: tenant::resource_server_service_client::ResourceServerServiceClient::new(authed.clone()),
-            grants: tenant::client_grant_service_client::ClientGrantServiceClient::new(authed),
+            grants: tenant::client_grant_service_client::ClientGrantServiceClient::new(authed.clone()),
+            audit: tenant::audit_service_client::AuditServiceClient::new(authed),
         }
     }
 

@@ -81,6 +81,7 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
         req: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let p = principal(&req)?;
+        let ip = crate::audit::caller_ip(&req);
         let req = req.into_inner();
         let mut v = Violations::new();
         check_tenant(&mut v, "tenant", &req.tenant);
@@ -88,9 +89,23 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
         required(&mut v, "new_password", &req.new_password);
         v.into_result()?;
         p.require_tenant(&req.tenant)?;
-        let user =
-            AuthnApi::change_password(self, &req.tenant, &req.user_id, &req.connection, &req.new_password).await?;
-        Ok(Response::new(pb::ChangePasswordResponse { user: Some(user_to_pb(&user)) }))
+        let facts = crate::audit::Facts {
+            tenant: &req.tenant,
+            user_id: &req.user_id,
+            connection: &req.connection,
+            address: &ip,
+            ..Default::default()
+        };
+        let kind = crate::audit::Type::PasswordChanged;
+        // Written with the new password (or the lifted blocks), in its transaction.
+        let changed = crate::audit::event(kind, &facts, None, crate::audit::caller(&p), &[]);
+        let result =
+            AuthnApi::change_password(self, &req.tenant, &req.user_id, &req.connection, &req.new_password, changed)
+                .await;
+        if result.is_err() {
+            self.audit(kind, &facts, &result, crate::audit::caller(&p), &[]).await;
+        }
+        Ok(Response::new(pb::ChangePasswordResponse { user: Some(user_to_pb(&result?)) }))
     }
 
     async fn test_connection(

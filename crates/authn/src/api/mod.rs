@@ -44,6 +44,8 @@ pub struct AuthnApi {
     /// The registry, asked for the connections the hosted login page lists.
     pub(crate) registry: postern_proto::connections::v1::connection_service_client::ConnectionServiceClient<Peer>,
     pub(crate) config: Config,
+    /// The audit events waiting for delivery to the tenant service ([`crate::audit`]).
+    pub(crate) outbox: postern_common::audit::Outbox,
 }
 
 impl AuthnApi {
@@ -60,7 +62,10 @@ impl AuthnApi {
             tenant.clone(),
         ));
         let cache = ConnectionCache::new(registry.clone(), store.clone(), config.cache_connections);
+        let outbox = store.outbox().clone();
+        outbox.spawn_relay(tenant.clone());
         Self {
+            outbox,
             store,
             keys,
             cache,

@@ -4,6 +4,8 @@
 use postern_common::error::{Violations, already_exists, failed_precondition, invalid_field};
 use postern_common::paging::{decode_token, encode_token, page_size};
 use postern_common::principal::principal;
+
+use crate::audit::{Facts, Type, caller, caller_ip, event};
 use postern_proto::authn::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -67,6 +69,7 @@ impl pb::user_service_server::UserService for AuthnApi {
         req: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
         let p = principal(&req)?;
+        let ip = caller_ip(&req);
         let req = req.into_inner();
         let user = req.user.ok_or_else(|| invalid_field("user", "is required"))?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -159,7 +162,19 @@ impl pb::user_service_server::UserService for AuthnApi {
                 ));
             }
         }
+        let facts = Facts { tenant: &req.tenant, user_id: &user.user_id, address: &ip, ..Facts::default() };
+        let mut events = Vec::new();
+        match patch.blocked {
+            Some(true) if !current.blocked => events.extend(event(Type::UserBlocked, &facts, None, caller(&p), &[])),
+            Some(false) if current.blocked => events.extend(event(Type::UserUnblocked, &facts, None, caller(&p), &[])),
+            _ => {}
+        }
+        let fields = paths.iter().copied().filter(|p| *p != "blocked").collect::<Vec<&str>>().join(",");
+        if !fields.is_empty() {
+            events.extend(event(Type::UserUpdated, &facts, None, caller(&p), &[("fields", &fields)]));
+        }
         let updated = store
+            .auditing(events)
             .update_user(&req.tenant, &user.user_id, &patch)
             .await
             .map_err(|e| match e {
@@ -178,6 +193,7 @@ impl pb::user_service_server::UserService for AuthnApi {
         req: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let p = principal(&req)?;
+        let ip = caller_ip(&req);
         let req = req.into_inner();
         user_scope(&p, &req.tenant, &req.user_id)?;
         let store = &self.store;
@@ -186,7 +202,9 @@ impl pb::user_service_server::UserService for AuthnApi {
             .await?
             .ok_or_else(|| user_not_found(&req.tenant, &req.user_id))?;
         self.delete_external_identities(&req.tenant, &user).await?;
-        if !store.delete_user(&req.tenant, &req.user_id).await? {
+        let facts = Facts { tenant: &req.tenant, user_id: &req.user_id, address: &ip, ..Facts::default() };
+        let deleted = event(Type::UserDeleted, &facts, None, caller(&p), &[]);
+        if !store.auditing(deleted.into_iter().collect()).delete_user(&req.tenant, &req.user_id).await? {
             return Err(user_not_found(&req.tenant, &req.user_id));
         }
         tracing::info!(tenant = %req.tenant, user_id = %req.user_id, "user deleted");
@@ -198,6 +216,7 @@ impl pb::user_service_server::UserService for AuthnApi {
         req: Request<pb::UnblockUserRequest>,
     ) -> Result<Response<pb::UnblockUserResponse>, Status> {
         let p = principal(&req)?;
+        let ip = caller_ip(&req);
         let req = req.into_inner();
         user_scope(&p, &req.tenant, &req.user_id)?;
         let store = &self.store;
@@ -205,7 +224,12 @@ impl pb::user_service_server::UserService for AuthnApi {
             .get_user(&req.tenant, &req.user_id)
             .await?
             .ok_or_else(|| user_not_found(&req.tenant, &req.user_id))?;
-        let mut lifted = store.unblock(&req.tenant, &user.user_id, MAX_CONSECUTIVE_FAILURES).await?;
+        let facts = Facts { tenant: &req.tenant, user_id: &user.user_id, address: &ip, ..Facts::default() };
+        let unblocked = event(Type::UserUnblocked, &facts, None, caller(&p), &[]);
+        let mut lifted = store
+            .auditing(unblocked.into_iter().collect())
+            .unblock(&req.tenant, &user.user_id, MAX_CONSECUTIVE_FAILURES)
+            .await?;
         // Attempts counted before the user existed locally, under its login names.
         for identity in &user.identities {
             for name in [&identity.login_email, &identity.login_username] {

@@ -335,3 +335,42 @@ async fn every_change_is_logged_in_order_with_its_transaction() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn changes_made_by_a_caller_are_audited_in_their_transaction() {
+    each_backend("changes_made_by_a_caller_are_audited_in_their_transaction", |store| async move {
+        use postern_proto::tenant::v1 as tpb;
+        let admin = store.acting(Actor {
+            actor: tpb::AuditActor { r#type: tpb::AuditActorType::Admin as i32, id: String::new() },
+            source_ip: "192.0.2.1".into(),
+        });
+        let c = connection("fabrikam-ad", "ad");
+        admin.create(T, 0, &c, b"sealed").await.unwrap();
+        assert!(
+            matches!(admin.create(T, 0, &c, b"sealed").await, Err(StoreError::AlreadyExists)),
+            "refused: not audited"
+        );
+        assert!(admin.enable(T, &c.id, "client-1").await.unwrap());
+        assert!(
+            !admin.enable(T, &c.id, "client-1").await.unwrap(),
+            "enabled already: nothing changed, nothing audited"
+        );
+        assert!(admin.disable(T, &c.id, "client-1").await.unwrap());
+        let other = connection("fabrikam-google", "google-apps");
+        // The registry's own changes (no caller) are not audited here.
+        store.create(T, 0, &other, b"sealed").await.unwrap();
+        admin.delete(T, &ConnectionRef::Name("fabrikam-ad".into())).await.unwrap().expect("deleted");
+
+        let events: Vec<tpb::AuditEvent> =
+            store.outbox().pending(10).await.unwrap().into_iter().map(|(_, e)| e).collect();
+        let kinds: Vec<_> = events.iter().map(|e| tpb::AuditEventType::try_from(e.r#type).unwrap()).collect();
+        use tpb::AuditEventType as K;
+        assert_eq!(kinds, [K::ConnectionCreated, K::ConnectionEnabled, K::ConnectionDisabled, K::ConnectionDeleted]);
+        assert!(events.iter().all(|e| e.connection == "fabrikam-ad" && e.tenant == T && e.source_ip == "192.0.2.1"));
+        assert_eq!(events[1].client_id, "client-1");
+        assert_eq!(events[0].details.get("strategy").map(String::as_str), Some("ad"));
+        // Never the connection's secrets: its id and strategy only.
+        assert!(events.iter().all(|e| e.details.keys().all(|k| k == "connection_id" || k == "strategy")));
+    })
+    .await;
+}

@@ -147,3 +147,176 @@ async fn api_key_scopes_are_kept_and_older_keys_have_them_all() {
     })
     .await;
 }
+
+fn audit_event(tenant: &str, event_type: &str, outcome: &str, user: &str, time: i64) -> AuditEvent {
+    AuditEvent {
+        id: postern_common::ids::new_id(),
+        tenant: tenant.into(),
+        event_time: time,
+        event_type: event_type.into(),
+        outcome: outcome.into(),
+        reason: if outcome == "FAILURE" { "WRONG_CREDENTIALS".into() } else { String::new() },
+        actor_type: "USER".into(),
+        user_id: user.into(),
+        connection: "Username-Password-Authentication".into(),
+        client_id: "c1".into(),
+        details: [("grant_type".to_owned(), "password".to_owned())].into(),
+        ..AuditEvent::default()
+    }
+}
+
+#[tokio::test]
+async fn audit_appends_are_idempotent_by_id() {
+    each_backend("audit_appends_are_idempotent_by_id", |store| async move {
+        let mut woken = store.subscribe_audit();
+        let events = [
+            audit_event("fabrikam-internal", "LOGIN", "SUCCESS", "auth0|1", 10),
+            audit_event("fabrikam-internal", "LOGIN", "FAILURE", "", 20),
+        ];
+        assert_eq!(store.append_audit(&events).await.unwrap(), 2);
+        assert!(woken.has_changed().unwrap(), "followers in this process are woken");
+        woken.borrow_and_update();
+        assert_eq!(store.append_audit(&events).await.unwrap(), 0, "a repeated delivery adds nothing");
+        let mut again = events.to_vec();
+        again.push(audit_event("fabrikam-internal", "SIGNUP", "SUCCESS", "auth0|2", 30));
+        assert_eq!(store.append_audit(&again).await.unwrap(), 1, "only the new one of a mixed batch");
+        let listed = store.list_audit("fabrikam-internal", &AuditFilter::default(), None, 10).await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[2].details.get("grant_type").map(String::as_str), Some("password"));
+        let first = store.audit_after("fabrikam-internal", 0, 10).await.unwrap();
+        assert_eq!(
+            first.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            vec![events[0].id.as_str(), events[1].id.as_str(), again[2].id.as_str()]
+        );
+        assert!(first.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_lists_filter_and_page_newest_first() {
+    each_backend("audit_lists_filter_and_page_newest_first", |store| async move {
+        let mut events = Vec::new();
+        for i in 0..7 {
+            let (kind, outcome) = if i % 2 == 0 { ("LOGIN", "SUCCESS") } else { ("LOGIN", "FAILURE") };
+            events.push(audit_event("fabrikam-internal", kind, outcome, &format!("auth0|{}", i % 3), 100 + i));
+        }
+        events.push(audit_event("fabrikam-internal", "SIGNUP", "SUCCESS", "auth0|9", 200));
+        events.push(audit_event("fabrikam-public", "LOGIN", "SUCCESS", "auth0|0", 150));
+        store.append_audit(&events).await.unwrap();
+        let list = |filter: AuditFilter| {
+            let store = store.clone();
+            async move {
+                store
+                    .list_audit("fabrikam-internal", &filter, None, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| (e.event_type, e.outcome, e.user_id, e.event_time))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let all = list(AuditFilter::default()).await;
+        assert_eq!(all.len(), 8, "the other tenant's event is not listed");
+        assert_eq!(all[0].0, "SIGNUP", "newest first");
+        assert_eq!(list(AuditFilter { types: vec!["SIGNUP".into()], ..Default::default() }).await.len(), 1);
+        let both = AuditFilter { types: vec!["SIGNUP".into(), "LOGIN".into()], ..Default::default() };
+        assert_eq!(list(both).await.len(), 8);
+        let failures = list(AuditFilter { outcome: Some("FAILURE".into()), ..Default::default() }).await;
+        assert_eq!(failures.len(), 3);
+        assert!(failures.iter().all(|e| e.1 == "FAILURE"));
+        let user = list(AuditFilter { user_id: "auth0|1".into(), ..Default::default() }).await;
+        assert_eq!(user.iter().map(|e| e.3).collect::<Vec<_>>(), vec![104, 101]);
+        let window = AuditFilter { start_time: Some(102), end_time: Some(105), ..Default::default() };
+        assert_eq!(list(window).await.iter().map(|e| e.3).collect::<Vec<_>>(), vec![104, 103, 102]);
+        let combined = AuditFilter {
+            outcome: Some("SUCCESS".into()),
+            user_id: "auth0|0".into(),
+            connection: "Username-Password-Authentication".into(),
+            client_id: "c1".into(),
+            ..Default::default()
+        };
+        assert_eq!(list(combined).await.iter().map(|e| e.3).collect::<Vec<_>>(), vec![106, 100]);
+        assert!(list(AuditFilter { client_id: "other".into(), ..Default::default() }).await.is_empty());
+
+        // Pages of 3, each before the last sequence of the previous one.
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.list_audit("fabrikam-internal", &AuditFilter::default(), before, 3).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            before = page.last().map(|e| e.sequence);
+            seen.extend(page.into_iter().map(|e| e.event_time));
+        }
+        assert_eq!(seen, vec![200, 106, 105, 104, 103, 102, 101, 100]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_retention_prunes_only_older_events() {
+    each_backend("audit_retention_prunes_only_older_events", |store| async move {
+        let old = audit_event("fabrikam-internal", "LOGIN", "SUCCESS", "auth0|1", 1_000);
+        let new = audit_event("fabrikam-internal", "LOGIN", "SUCCESS", "auth0|1", 3_000);
+        store.append_audit(&[old, new.clone()]).await.unwrap();
+        assert_eq!(store.prune_audit(2_000).await.unwrap(), 1);
+        assert_eq!(store.prune_audit(2_000).await.unwrap(), 0);
+        let left = store.list_audit("fabrikam-internal", &AuditFilter::default(), None, 10).await.unwrap();
+        assert_eq!(left.into_iter().map(|e| e.id).collect::<Vec<_>>(), vec![new.id.clone()]);
+
+        // With a retention, a delivery prunes what is past it, then not again for an hour.
+        let kept = store.with_audit_retention(std::time::Duration::from_secs(3600));
+        let now = postern_common::time::now_micros();
+        let fresh = audit_event("fabrikam-internal", "SIGNUP", "SUCCESS", "auth0|2", now);
+        kept.append_audit(std::slice::from_ref(&fresh)).await.unwrap();
+        let left = store.list_audit("fabrikam-internal", &AuditFilter::default(), None, 10).await.unwrap();
+        assert_eq!(
+            left.into_iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![fresh.id.clone()],
+            "3 000 µs is past an hour"
+        );
+        let stale = audit_event("fabrikam-internal", "LOGIN", "SUCCESS", "auth0|1", 5_000);
+        kept.append_audit(std::slice::from_ref(&stale)).await.unwrap();
+        let left = store.list_audit("fabrikam-internal", &AuditFilter::default(), None, 10).await.unwrap();
+        assert_eq!(left.len(), 2, "pruned at most once an hour");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn own_changes_are_audited_in_their_transaction_by_their_actor() {
+    each_backend("own_changes_are_audited_in_their_transaction_by_their_actor", |store| async move {
+        let admin =
+            store.acting(Actor { actor_type: "ADMIN".into(), actor_id: String::new(), source_ip: "10.0.0.7".into() });
+        admin.create_tenant("fabrikam-internal", "Fabrikam-Internal", "").await.unwrap();
+        let key =
+            store.acting(Actor { actor_type: "API_KEY".into(), actor_id: "key_1".into(), source_ip: String::new() });
+        key.create_client("fabrikam-internal", &client("c1"), b"h").await.unwrap();
+        assert!(
+            matches!(key.create_client("fabrikam-internal", &client("c1"), b"h").await, Err(StoreError::AlreadyExists)),
+            "a refused change"
+        );
+        key.set_client_secret("fabrikam-internal", "c1", b"h2").await.unwrap();
+        assert!(!key.delete_client("fabrikam-internal", "nope").await.unwrap(), "nothing deleted, nothing audited");
+        key.delete_client("fabrikam-internal", "c1").await.unwrap();
+        key.update_tenant("fabrikam-internal", Some("Fabrikam"), None).await.unwrap();
+        let events = store.audit_after("fabrikam-internal", 0, 10).await.unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["TENANT_CREATED", "CLIENT_CREATED", "CLIENT_SECRET_ROTATED", "CLIENT_DELETED", "TENANT_UPDATED"]
+        );
+        assert_eq!((events[0].actor_type.as_str(), events[0].source_ip.as_str()), ("ADMIN", "10.0.0.7"));
+        assert_eq!((events[1].actor_type.as_str(), events[1].actor_id.as_str()), ("API_KEY", "key_1"));
+        assert_eq!(events[1].client_id, "c1");
+        assert_eq!(events[4].details.get("fields").map(String::as_str), Some("display_name"));
+        assert!(events.iter().all(|e| e.outcome == "SUCCESS"));
+
+        // A deleted tenant's log goes with it.
+        store.delete_tenant("fabrikam-internal").await.unwrap();
+        assert!(store.audit_after("fabrikam-internal", 0, 10).await.unwrap().is_empty());
+    })
+    .await;
+}

@@ -1,0 +1,9 @@
+-- The audit events this service made and has not yet delivered to the tenant service's audit
+-- log (postern_common::audit::Outbox): each written in the transaction of what it records, or
+-- alone for what changes nothing here (a refused login), and deleted once AppendAuditEvents
+-- has acknowledged it. `event` is the contract's AuditEvent (protobuf), never a secret.
+CREATE TABLE audit_outbox (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    id       TEXT NOT NULL UNIQUE,
+    event    BLOB NOT NULL
+);

@@ -1,0 +1,209 @@
+//! The audit stream's pieces that the services recording events share. The tenant service
+//! owns the audit log (`postern.tenant.v1.AuditService`); the authenticator and the registry
+//! write each event into their own `audit_outbox` table in the transaction of the change it
+//! records (a failed login, which changes nothing, gets a small write of its own), and an
+//! [`Outbox`] relay per process forwards the rows to `AppendAuditEvents` in batches and
+//! deletes them once acknowledged: at least once, made harmless by the event's id.
+//!
+//! Architecture invariant: an audit event never carries a secret (password, client secret,
+//! API key, code, token, hash); its `details` are names, ids and grant types.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_proto::tenant::v1 as pb;
+use prost::Message;
+use sqlx::Row;
+
+use crate::db::Db;
+use crate::principal::{Principal, SignService};
+use crate::server::HttpService;
+
+/// A new event of `tenant`: a fresh UUID v7 id, the time now, no actor yet.
+pub fn event(tenant: &str, event_type: pb::AuditEventType, outcome: pb::AuditOutcome) -> pb::AuditEvent {
+    pb::AuditEvent {
+        id: crate::ids::new_id(),
+        tenant: tenant.to_owned(),
+        event_time: Some(crate::time::to_timestamp(crate::time::now_micros())),
+        r#type: event_type as i32,
+        outcome: outcome as i32,
+        ..Default::default()
+    }
+}
+
+/// The actor a principal stands for. An anonymous caller reaches only the methods where an
+/// end user acts (a login, a signup): the user, whose id the event names when known.
+pub fn actor(principal: &Principal) -> pb::AuditActor {
+    let (kind, id) = match principal {
+        Principal::Admin => (pb::AuditActorType::Admin, String::new()),
+        Principal::Tenant { key_id, .. } => (pb::AuditActorType::ApiKey, key_id.clone()),
+        Principal::Service(name) => (pb::AuditActorType::System, name.clone()),
+        Principal::Anonymous => (pb::AuditActorType::User, String::new()),
+    };
+    pb::AuditActor { r#type: kind as i32, id }
+}
+
+/// Sets an event's actor from the caller's principal and its source address.
+pub fn by(mut event: pb::AuditEvent, principal: &Principal, ip: Option<IpAddr>) -> pb::AuditEvent {
+    event.actor = Some(actor(principal));
+    event.source_ip = ip.map(|ip| ip.to_string()).unwrap_or_default();
+    event
+}
+
+/// How many outbox rows one `AppendAuditEvents` call carries.
+const BATCH: usize = 500;
+/// How often the relay looks at the outbox when nothing woke it (rows written by another
+/// replica on a shared PostgreSQL, or left by a stopped process).
+const POLL: Duration = Duration::from_secs(1);
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A service's audit outbox: the `audit_outbox` table of its own database (each service's
+/// migrations create it) and the relay that empties it into the tenant service's log.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    db: Db,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Outbox {
+    /// The outbox in `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db, wake: Arc::new(tokio::sync::Notify::new()) }
+    }
+
+    /// Writes `events` in `tx`, the transaction of the change they record. Call
+    /// [`committed`](Self::committed) once `tx` has committed.
+    pub async fn write(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        events: &[pb::AuditEvent],
+    ) -> Result<(), sqlx::Error> {
+        for e in events {
+            sqlx::query("INSERT INTO audit_outbox (id, event) VALUES ($1, $2)")
+                .bind(&e.id)
+                .bind(e.encode_to_vec())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `events` in a transaction of their own (events that record no change of this
+    /// service's data: a failed login, a token issued) and wakes the relay.
+    pub async fn record(&self, events: &[pb::AuditEvent]) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.begin_write().await?;
+        self.write(&mut tx, events).await?;
+        tx.commit().await?;
+        self.committed();
+        Ok(())
+    }
+
+    /// Like [`record`](Self::record) for one event, logging a failure instead of returning
+    /// it: for paths whose answer must not change because the audit write failed (a refused
+    /// login stays refused).
+    pub async fn record_or_log(&self, event: pb::AuditEvent) {
+        if let Err(e) = self.record(std::slice::from_ref(&event)).await {
+            tracing::error!(error = %e, event_type = event.r#type, "cannot write an audit event to the outbox");
+        }
+    }
+
+    /// Wakes the relay: a transaction that wrote events has committed.
+    pub fn committed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Up to `limit` events waiting, oldest first, with their row positions.
+    pub async fn pending(&self, limit: usize) -> Result<Vec<(i64, pb::AuditEvent)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT position, event FROM audit_outbox ORDER BY position LIMIT $1")
+            .bind(limit as i64)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let bytes: Vec<u8> = r.try_get("event")?;
+                let event = pb::AuditEvent::decode(bytes.as_slice()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                Ok((r.try_get("position")?, event))
+            })
+            .collect()
+    }
+
+    /// Removes the rows at `positions` (delivered). By position, never by range: on
+    /// PostgreSQL a row with a smaller position may commit after a larger one was read.
+    pub async fn delivered(&self, positions: &[i64]) -> Result<(), sqlx::Error> {
+        for chunk in positions.chunks(BATCH) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("DELETE FROM audit_outbox WHERE position IN ({})", marks.join(", "));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for p in chunk {
+                query = query.bind(*p);
+            }
+            query.execute(self.db.writer()).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the relay: it forwards the outbox to `tenant`'s `AppendAuditEvents` until the
+    /// database is closed, woken by [`committed`](Self::committed) and polling every second,
+    /// retrying with backoff while the tenant service cannot be reached.
+    pub fn spawn_relay(&self, tenant: SignService<HttpService>) {
+        let outbox = self.clone();
+        tokio::spawn(async move { outbox.relay(tenant).await });
+    }
+
+    async fn relay(self, tenant: SignService<HttpService>) {
+        let mut client = pb::audit_service_client::AuditServiceClient::new(tenant);
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if self.db.pool().is_closed() {
+                return;
+            }
+            match self.deliver(&mut client).await {
+                Ok(true) => {
+                    backoff = MIN_BACKOFF;
+                    continue;
+                }
+                Ok(false) => {
+                    backoff = MIN_BACKOFF;
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(POLL) => {}
+                    }
+                }
+                Err(e) => {
+                    if self.db.pool().is_closed() {
+                        return;
+                    }
+                    tracing::debug!(error = %e, "cannot forward audit events yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Forwards one batch; whether it was full (more may wait).
+    async fn deliver(
+        &self,
+        client: &mut pb::audit_service_client::AuditServiceClient<SignService<HttpService>>,
+    ) -> Result<bool, String> {
+        let pending = self.pending(BATCH).await.map_err(|e| e.to_string())?;
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let full = pending.len() == BATCH;
+        let (positions, events): (Vec<i64>, Vec<pb::AuditEvent>) = pending.into_iter().unzip();
+        match client.append_audit_events(pb::AppendAuditEventsRequest { events }).await {
+            Ok(_) => {}
+            // The log refuses the batch as it is: sending it again cannot help, and keeping
+            // it would hold every later event back. Said loudly, then dropped.
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                tracing::error!(message = %s.message(), "the audit log refused a batch of events; dropping it");
+            }
+            Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+        }
+        self.delivered(&positions).await.map_err(|e| e.to_string())?;
+        Ok(full)
+    }
+}

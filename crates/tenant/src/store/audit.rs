@@ -1,0 +1,322 @@
+//! The audit log's storage: appending (idempotent by event id, in the transaction of the
+//! change for the tenant service's own events), listing newest first with filters, following
+//! by sequence, and pruning by age.
+
+use std::collections::BTreeMap;
+
+use postern_common::db::Backend;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError};
+
+/// The PostgreSQL notification channel that each committed audit event signals.
+pub(super) const AUDIT_CHANNEL: &str = "postern_audit_events";
+
+/// One entry of the audit log, in the store's terms: enumerations by their contract names
+/// without prefix (`LOGIN`, `SUCCESS`, `API_KEY`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditEvent {
+    /// Its id (UUID v7), unique in the log.
+    pub id: String,
+    /// Its position in the log; 0 before it is recorded.
+    pub sequence: i64,
+    /// The tenant's name.
+    pub tenant: String,
+    /// When it happened, unix microseconds.
+    pub event_time: i64,
+    /// What happened (`LOGIN`, `CLIENT_CREATED`, …).
+    pub event_type: String,
+    /// `SUCCESS` or `FAILURE`.
+    pub outcome: String,
+    /// The error reason of a failure.
+    pub reason: String,
+    /// The kind of actor (`ADMIN`, `API_KEY`, `USER`, `CLIENT`, `SYSTEM`).
+    pub actor_type: String,
+    /// The actor's id.
+    pub actor_id: String,
+    /// The end caller's address, when known.
+    pub source_ip: String,
+    /// The connection concerned.
+    pub connection: String,
+    /// The client concerned.
+    pub client_id: String,
+    /// The user concerned.
+    pub user_id: String,
+    /// More facts, never a secret.
+    pub details: BTreeMap<String, String>,
+}
+
+/// Who makes the changes a [`Store`] records in the audit log (see [`Store::acting`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The kind of actor, as in [`AuditEvent::actor_type`].
+    pub actor_type: String,
+    /// Its id.
+    pub actor_id: String,
+    /// The end caller's address, when known.
+    pub source_ip: String,
+}
+
+impl Actor {
+    /// Postern itself (a store used without a caller: start-up, tests).
+    pub fn system() -> Self {
+        Self { actor_type: "SYSTEM".into(), actor_id: "tenant".into(), source_ip: String::new() }
+    }
+}
+
+/// What a list of audit events is limited to; every field empty or `None` for everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only these types.
+    pub types: Vec<String>,
+    /// Only about this user.
+    pub user_id: String,
+    /// Only about this connection.
+    pub connection: String,
+    /// Only about this client.
+    pub client_id: String,
+    /// Only with this outcome.
+    pub outcome: Option<String>,
+    /// Only at or after this time (unix microseconds).
+    pub start_time: Option<i64>,
+    /// Only before this time (unix microseconds).
+    pub end_time: Option<i64>,
+}
+
+const COLUMNS: &str = "sequence, id, tenant, event_time, event_type, outcome, reason, actor_type, actor_id, \
+     source_ip, connection, client_id, user_id, details";
+
+impl Store {
+    /// This store, recording the changes it makes as done by `actor`.
+    pub fn acting(&self, actor: Actor) -> Store {
+        Store { actor: std::sync::Arc::new(actor), ..self.clone() }
+    }
+
+    /// An event of the change being made, by this store's actor.
+    pub(super) fn own_event(&self, tenant: &str, event_type: &str) -> AuditEvent {
+        AuditEvent {
+            id: postern_common::ids::new_id(),
+            tenant: tenant.to_owned(),
+            event_time: postern_common::time::now_micros(),
+            event_type: event_type.to_owned(),
+            outcome: "SUCCESS".into(),
+            actor_type: self.actor.actor_type.clone(),
+            actor_id: self.actor.actor_id.clone(),
+            source_ip: self.actor.source_ip.clone(),
+            ..AuditEvent::default()
+        }
+    }
+
+    /// A receiver that changes after each audit event this process records and, on
+    /// PostgreSQL, each one another replica records.
+    pub fn subscribe_audit(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.audit.subscribe()
+    }
+
+    pub(super) fn audit_committed(&self) {
+        self.audit.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Writes `events` in `tx`, skipping those whose id is recorded already; how many were
+    /// new. On PostgreSQL the table is locked first so that events commit in sequence order.
+    pub(super) async fn write_audit(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        events: &[AuditEvent],
+    ) -> Result<u64, sqlx::Error> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        if self.db.backend() == Backend::Postgres {
+            sqlx::query("LOCK TABLE audit_events IN EXCLUSIVE MODE").execute(&mut **tx).await?;
+        }
+        self.db.notify_on_commit(tx, AUDIT_CHANNEL).await?;
+        let mut appended = 0;
+        for e in events {
+            let details = serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into());
+            let done = sqlx::query(
+                "INSERT INTO audit_events (id, tenant, event_time, event_type, outcome, reason, actor_type, \
+                 actor_id, source_ip, connection, client_id, user_id, details) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&e.id)
+            .bind(&e.tenant)
+            .bind(e.event_time)
+            .bind(&e.event_type)
+            .bind(&e.outcome)
+            .bind(&e.reason)
+            .bind(&e.actor_type)
+            .bind(&e.actor_id)
+            .bind(&e.source_ip)
+            .bind(&e.connection)
+            .bind(&e.client_id)
+            .bind(&e.user_id)
+            .bind(details)
+            .execute(&mut **tx)
+            .await?;
+            appended += done.rows_affected();
+        }
+        Ok(appended)
+    }
+
+    /// Records events made elsewhere (`AppendAuditEvents`); how many were new.
+    pub async fn append_audit(&self, events: &[AuditEvent]) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let appended = self.write_audit(&mut tx, events).await?;
+        tx.commit().await?;
+        if appended > 0 {
+            self.audit_committed();
+        }
+        self.prune_audit_if_due().await;
+        Ok(appended)
+    }
+
+    /// Up to `limit` events of `tenant` matching `filter` with a sequence below `before`
+    /// (all when `None`), newest first.
+    pub async fn list_audit(
+        &self,
+        tenant: &str,
+        filter: &AuditFilter,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE tenant = $1 AND sequence < $2");
+        let mut n = 2;
+        let mut next = |sql: &mut String, clause: &str| {
+            n += 1;
+            sql.push_str(&clause.replace('?', &format!("${n}")));
+        };
+        if !filter.types.is_empty() {
+            sql.push_str(" AND event_type IN (");
+            for (i, _) in filter.types.iter().enumerate() {
+                next(&mut sql, if i == 0 { "?" } else { ", ?" });
+            }
+            sql.push(')');
+        }
+        let texts =
+            [("user_id", &filter.user_id), ("connection", &filter.connection), ("client_id", &filter.client_id)];
+        for (column, value) in texts {
+            if !value.is_empty() {
+                next(&mut sql, &format!(" AND {column} = ?"));
+            }
+        }
+        if filter.outcome.is_some() {
+            next(&mut sql, " AND outcome = ?");
+        }
+        if filter.start_time.is_some() {
+            next(&mut sql, " AND event_time >= ?");
+        }
+        if filter.end_time.is_some() {
+            next(&mut sql, " AND event_time < ?");
+        }
+        next(&mut sql, " ORDER BY sequence DESC LIMIT ?");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(before.unwrap_or(i64::MAX));
+        for t in &filter.types {
+            query = query.bind(t);
+        }
+        for (_, value) in texts {
+            if !value.is_empty() {
+                query = query.bind(value);
+            }
+        }
+        if let Some(outcome) = &filter.outcome {
+            query = query.bind(outcome);
+        }
+        if let Some(start) = filter.start_time {
+            query = query.bind(start);
+        }
+        if let Some(end) = filter.end_time {
+            query = query.bind(end);
+        }
+        let rows = query.bind(limit as i64).fetch_all(self.db.pool()).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    /// Up to `limit` events of `tenant` after sequence `after`, oldest first.
+    pub async fn audit_after(&self, tenant: &str, after: i64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE tenant = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    /// The sequence of the last audit event recorded; 0 for an empty log.
+    pub async fn last_audit_sequence(&self) -> Result<i64, StoreError> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(sequence) FROM audit_events").fetch_one(self.db.pool()).await?;
+        Ok(last.unwrap_or(0))
+    }
+
+    /// Deletes the events that happened before `before` (unix microseconds); how many.
+    pub async fn prune_audit(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM audit_events WHERE event_time < $1")
+            .bind(before)
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// This store, keeping audit events for `retention` only: events older than that are
+    /// deleted by [`prune_audit_if_due`](Self::prune_audit_if_due), at most once an hour.
+    pub fn with_audit_retention(&self, retention: std::time::Duration) -> Store {
+        let micros = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        Store { audit_retention: Some(micros), ..self.clone() }
+    }
+
+    /// Deletes the events past their retention if the last pruning is an hour old (or
+    /// never happened): called at start and with each delivery of events, so that no task of
+    /// its own holds the store (a process whose start fails lets its files go at once).
+    pub async fn prune_audit_if_due(&self) {
+        let Some(retention) = self.audit_retention else { return };
+        let now = postern_common::time::now_micros();
+        let due = self.next_prune.load(std::sync::atomic::Ordering::SeqCst);
+        if now < due
+            || self
+                .next_prune
+                .compare_exchange(
+                    due,
+                    now + PRUNE_EVERY_MICROS,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                )
+                .is_err()
+        {
+            return;
+        }
+        match self.prune_audit(now.saturating_sub(retention)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "audit events past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+        }
+    }
+}
+
+/// How often the audit log is pruned, in microseconds (an hour).
+const PRUNE_EVERY_MICROS: i64 = 3_600_000_000;
+
+fn audit_from_row(r: &AnyRow) -> Result<AuditEvent, StoreError> {
+    let details: String = r.try_get("details")?;
+    Ok(AuditEvent {
+        sequence: r.try_get("sequence")?,
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant")?,
+        event_time: r.try_get("event_time")?,
+        event_type: r.try_get("event_type")?,
+        outcome: r.try_get("outcome")?,
+        reason: r.try_get("reason")?,
+        actor_type: r.try_get("actor_type")?,
+        actor_id: r.try_get("actor_id")?,
+        source_ip: r.try_get("source_ip")?,
+        connection: r.try_get("connection")?,
+        client_id: r.try_get("client_id")?,
+        user_id: r.try_get("user_id")?,
+        details: serde_json::from_str(&details).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    })
+}
