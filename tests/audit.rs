@@ -38,24 +38,29 @@ fn actor(e: &tpb::AuditEvent) -> (tpb::AuditActorType, String) {
     (tpb::AuditActorType::try_from(a.r#type).unwrap_or(tpb::AuditActorType::Unspecified), a.id)
 }
 
-/// The events of `tenant` once `ready` holds of them (the authenticator's and the registry's
-/// arrive through their outboxes, shortly after the change).
+/// The events of `tenant`, as `ListAuditEvents` answers them, once `ready` holds of them (the
+/// authenticator's and the registry's arrive through their outboxes, shortly after the
+/// change). Waits on the log itself: `WatchAuditEvents` from the oldest event until what it
+/// sent (newest first) is ready, then the list must show the same.
 async fn events_when(
     c: &mut Clients,
     tenant: &str,
     what: &str,
     ready: impl Fn(&[tpb::AuditEvent]) -> bool,
 ) -> Vec<tpb::AuditEvent> {
-    // Polled as `postern_testkit::eventually` does, keeping what was found for the test.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = list(c, all(tenant)).await.expect("list").events;
-        if ready(&found) {
-            return found;
+    let request = tpb::WatchAuditEventsRequest { tenant: tenant.into(), ..Default::default() };
+    let mut stream = c.audit.watch_audit_events(request).await.expect("watch").into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen: Vec<tpb::AuditEvent> = Vec::new();
+    while !ready(&seen) {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(answer))) => seen.splice(0..0, answer.event).for_each(drop),
+            other => panic!("{what} did not happen within 20 s ({other:?}): {seen:#?}"),
         }
-        assert!(std::time::Instant::now() < deadline, "{what} did not happen within 20 s: {found:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let found = list(c, all(tenant)).await.expect("list").events;
+    assert!(ready(&found), "{what}: watched, but not in the list: {found:#?}");
+    found
 }
 
 fn login(client_id: &str, secret: &str, username: &str, password: &str) -> authn::LoginRequest {

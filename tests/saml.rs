@@ -876,6 +876,29 @@ async fn idp_initiated_logins_only_where_the_connection_turns_them_on() {
     assert_eq!(id["sub"], "samlp|fabrikam-unsolicited|alice@fabrikam.example");
     assert_eq!(id["email"], "alice@fabrikam.example", "scope profile email from the query: {id}");
     assert!(answer.headers("set-cookie").iter().any(|c| c.starts_with("postern_session=")), "an SSO session");
+    // Audited as a login by the IdP-initiated method (waiting on the audit stream itself).
+    let watch = tenant::WatchAuditEventsRequest { tenant: t.into(), ..Default::default() };
+    let mut events = admin.audit.watch_audit_events(watch).await.expect("watch").into_inner();
+    let audited = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(e) = futures_util::StreamExt::next(&mut events).await {
+            let e = e.expect("event").event.unwrap_or_default();
+            let method = e.details.get("method").map(String::as_str);
+            if e.r#type == tenant::AuditEventType::Login as i32 && method == Some("idp_initiated") {
+                return e;
+            }
+        }
+        panic!("the audit stream ended");
+    })
+    .await
+    .expect("the IdP-initiated login audited within 20 s");
+    assert_eq!(
+        (audited.outcome, audited.user_id.as_str(), audited.client_id.as_str()),
+        (
+            tenant::AuditOutcome::Success as i32,
+            "samlp|fabrikam-unsolicited|alice@fabrikam.example",
+            portal.client_id.as_str()
+        )
+    );
 
     // Posted again: the assertion id is used up.
     assert_refused_unsolicited(&app_query(&post_response(&at, &response).await), "already used", "a replay");

@@ -586,9 +586,20 @@ impl AuthnApi {
     ) -> Result<User, Status> {
         let address = callback.address;
         let result = self.complete_redirect_login(tenant, client_id, connection, callback, grant).await;
+        self.audit_redirect_login([tenant, client_id, connection, address], "redirect", result).await
+    }
+
+    /// Records a redirect login's outcome (`at`: tenant, client, connection, the browser's
+    /// address) in the audit log, and answers it.
+    async fn audit_redirect_login(
+        &self,
+        [tenant, client_id, connection, address]: [&str; 4],
+        method: &str,
+        result: Result<User, Status>,
+    ) -> Result<User, Status> {
         let user_id = result.as_ref().map_or("", |u| u.user_id.as_str());
         let facts = Facts { tenant, client_id, connection, user_id, address };
-        self.audit(Type::Login, &facts, &result, audit::user(user_id), &[("method", "redirect")]).await;
+        self.audit(Type::Login, &facts, &result, audit::user(user_id), &[("method", method)]).await;
         result
     }
 
@@ -630,8 +641,22 @@ impl AuthnApi {
 
     /// Completes an unsolicited login (an IdP-initiated one) at `connection` for the
     /// client: the connection must be enabled for it; then as [`AuthnApi::complete_redirect`],
-    /// with no upstream transaction (`grant` uses none up).
+    /// with no upstream transaction (`grant` uses none up). Audited as a login by the method
+    /// `idp_initiated`.
     pub async fn complete_unsolicited(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        connection: &str,
+        callback: UnsolicitedCallback<'_>,
+        grant: &crate::store::oauth::LoginGrant<'_>,
+    ) -> Result<User, Status> {
+        let address = callback.address;
+        let result = self.complete_unsolicited_login(tenant, client_id, connection, callback, grant).await;
+        self.audit_redirect_login([tenant, client_id, connection, address], "idp_initiated", result).await
+    }
+
+    async fn complete_unsolicited_login(
         &self,
         tenant: &str,
         client_id: &str,
