@@ -374,3 +374,88 @@ async fn backup_while_serving_and_restore() {
     assert_eq!(bob.expect_err("bob came after the copy").code(), tonic::Code::Unauthenticated);
     assert!(restored.terminate().expect("terminate"));
 }
+
+/// `postern migrate` started before its database (a compose one-shot beside PostgreSQL, an
+/// init container): it waits for the server to accept connections, then migrates; a server
+/// that never comes fails it after `--wait-for-database`; an error that waiting cannot mend (a
+/// database that does not exist) fails it at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_waits_for_a_database_that_is_still_starting() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(base) = postgres("migrate_waits_for_a_database_that_is_still_starting") else { return };
+    let db = TestDatabase::create(&base).await.expect("database");
+    let upstream: std::net::SocketAddr = {
+        let url = url::Url::parse(&db.url).expect("url");
+        let host = url.host_str().expect("host");
+        tokio::net::lookup_host((host, url.port().unwrap_or(5432))).await.expect("resolve").next().expect("an address")
+    };
+    // A port where nothing listens yet: the database "starting".
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut url = url::Url::parse(&db.url).expect("url");
+    url.set_host(Some("127.0.0.1")).expect("host");
+    url.set_port(Some(port)).expect("port");
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["migrate", "--database-url", url.as_str(), "--wait-for-database", "60"])
+        .env("POSTERN_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("postern migrate starts");
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // It says it waits (the event this test waits on), and is still running.
+    let said = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await.expect("stderr") {
+            if line.contains("waiting up to 60 s for the database") {
+                return line;
+            }
+        }
+        panic!("postern migrate ended without saying it waits")
+    })
+    .await
+    .expect("it says it waits within 30 s");
+    assert!(child.try_wait().expect("status").is_none(), "it waits rather than exits: {said}");
+    // The database comes up: a proxy to the real server on that port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("the port is still free");
+    let proxy = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("it migrates within 120 s of the database coming up")
+        .expect("output");
+    assert!(out.status.success(), "postern migrate: {}", text(&out));
+    assert!(text(&out).contains("postern: authn: applied "), "{}", text(&out));
+    proxy.abort();
+
+    // Nothing there for the whole wait: it fails, saying so, after about a second.
+    let started = Instant::now();
+    let out = output_within(
+        &mut postern(&["migrate", "--database-url", url.as_str(), "--wait-for-database", "1"]),
+        Duration::from_secs(60),
+    )
+    .expect("postern migrate");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("cannot reach the database"), "{}", text(&out));
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited {:?}", started.elapsed());
+    // A database that does not exist is not waited for.
+    let mut missing = url::Url::parse(&db.url).expect("url");
+    missing.set_path("/postern_no_such_database");
+    let started = Instant::now();
+    let out = output_within(
+        &mut postern(&["migrate", "--database-url", missing.as_str(), "--wait-for-database", "60"]),
+        Duration::from_secs(60),
+    )
+    .expect("postern migrate");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("waiting up to"), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(20), "a missing database failed only after {:?}", started.elapsed());
+    db.drop_db().await.expect("drop");
+}

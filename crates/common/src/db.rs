@@ -448,6 +448,45 @@ impl Db {
     }
 }
 
+/// Waits until the PostgreSQL server at `url` accepts a connection, for at most `within`:
+/// what `postern migrate` does first, so that a migration started beside its database (a
+/// compose one-shot, an init container) waits for it instead of failing. Only the failures
+/// of a server that is not there yet are waited out: no route or refused connection, a name
+/// that does not resolve yet, and PostgreSQL's "starting up" (`57P03`). Any other error (a
+/// wrong password, a missing database) is answered at once. `on_wait` hears each failed try.
+pub async fn wait_for_postgres(
+    url: &str,
+    within: Duration,
+    mut on_wait: impl FnMut(&sqlx::Error),
+) -> Result<(), DbError> {
+    sqlx::any::install_default_drivers();
+    let options = AnyConnectOptions::from_str(url).map_err(|e| DbError::Config(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let error = match AnyConnection::connect_with(&options).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let not_there_yet = match &error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+            sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+            _ => false,
+        };
+        let now = tokio::time::Instant::now();
+        if !not_there_yet || now >= deadline {
+            return Err(error.into());
+        }
+        on_wait(&error);
+        // The last try is at the deadline.
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Applies the pending `migrations` of the database at `location`, without keeping it open:
 /// what `postern migrate` does for each service. On PostgreSQL it creates the service's
 /// schema and migrates it under [`MIGRATION_LOCK`], so any number of these (and of starting

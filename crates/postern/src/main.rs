@@ -92,6 +92,10 @@ enum Command {
         /// A `postgres://` URL: migrate the services' schemas in this PostgreSQL database.
         #[arg(long, env = "POSTERN_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
+        /// How long to wait for PostgreSQL to accept connections before migrating (seconds; 0
+        /// fails at once): a migration started beside its database waits for it to come up.
+        #[arg(long, env = "POSTERN_WAIT_FOR_DATABASE", default_value_t = 60)]
+        wait_for_database: u64,
     },
     /// Copy every service's SQLite database to `--to`, each as one consistent snapshot, while
     /// the server keeps serving. The master key is not copied: keep it apart. For PostgreSQL,
@@ -173,7 +177,21 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Migrate { data_dir, database_url } => {
+        Command::Migrate { data_dir, database_url, wait_for_database } => {
+            if let Some(url) = database_url.as_deref().filter(|u| !u.trim().is_empty()) {
+                let within = std::time::Duration::from_secs(wait_for_database);
+                let mut told = false;
+                postern_common::db::wait_for_postgres(url, within, |e| {
+                    if !told {
+                        eprintln!(
+                            "postern: waiting up to {wait_for_database} s for the database to accept connections ({e})"
+                        );
+                        told = true;
+                    }
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach the database: {e}"))?;
+            }
             for (service, migrated) in postern::migrate(&data_dir, database_url.as_deref()).await? {
                 let version = migrated.status.version();
                 if migrated.applied.is_empty() {
