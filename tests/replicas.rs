@@ -464,3 +464,156 @@ async fn two_replicas_of_each_service_behind_one_gateway_agree_at_once() {
     }
     db.drop_db().await.expect("drop");
 }
+
+/// A gateway of the compose deployment: `host:port` of its public gRPC port, over TLS
+/// verified against `ca` for `name`.
+async fn over_tls(address: &str, ca: &Path, name: &str, key: &str) -> Clients {
+    let tls = postern_common::tls::ClientTls::new(Some(ca), None).expect("the public CA reads");
+    let channel = postern_common::tls::connect(&format!("https://{address}"), Some(&tls), Some(name), |e| e)
+        .await
+        .unwrap_or_else(|e| panic!("a TLS channel to {address}: {e}"));
+    Clients::new(channel, key)
+}
+
+/// `deploy/compose.yaml` as an operator brings it up (`.ci/compose` runs this against it with
+/// podman-compose; see that script): two gateways, each balancing two replicas of every service,
+/// on one PostgreSQL, TLS on the public ports. Every change made through one gateway (landing on
+/// either replica behind it) is in force through the other gateway, at both replicas, within
+/// [`WITHIN`]; logins through either gateway work; the audit stream, read through the other
+/// gateway, shows the logins and the changes. It needs the deployment: `POSTERN_COMPOSE_GATEWAYS`
+/// (two `host:port`), `POSTERN_COMPOSE_CA` (the public ports' CA), `POSTERN_COMPOSE_SERVER_NAME`
+/// `POSTERN_COMPOSE_ADMIN_KEY` and `POSTERN_COMPOSE_TENANT` (a new tenant's name, which it
+/// leaves for the script's HTTPS checks).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs deploy/compose.yaml running: .ci/compose brings it up and runs this"]
+async fn the_compose_deployment_agrees_across_gateways_and_replicas() {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set (see .ci/compose)"));
+    let gateways = var("POSTERN_COMPOSE_GATEWAYS");
+    let gateways: Vec<&str> = gateways.split(',').collect();
+    assert_eq!(gateways.len(), 2, "two gateways in POSTERN_COMPOSE_GATEWAYS");
+    let (ca, name, admin_key) =
+        (var("POSTERN_COMPOSE_CA"), var("POSTERN_COMPOSE_SERVER_NAME"), var("POSTERN_COMPOSE_ADMIN_KEY"));
+    let ca = Path::new(&ca);
+    let mut one = over_tls(gateways[0], ca, &name, &admin_key).await;
+    let mut two = over_tls(gateways[1], ca, &name, &admin_key).await;
+
+    let tenant = var("POSTERN_COMPOSE_TENANT");
+    one.create_tenant(&tenant).await.expect("tenant through gateway 1");
+    let client = one.create_client(&tenant, "Timesheets").await.expect("client through gateway 1");
+    one.create_database_connection(&tenant, "employees", &client.client_id).await.expect("connection");
+    let alice = two
+        .authn
+        .signup(signup(&tenant, &client, "employees", "alice@example.com"))
+        .await
+        .expect("signup through gateway 2")
+        .into_inner()
+        .user
+        .expect("user");
+    // The application's own logins, through each gateway, without a key.
+    let mut apps = [over_tls(gateways[0], ca, &name, "").await, over_tls(gateways[1], ca, &name, "").await];
+    for (i, app) in apps.iter_mut().enumerate() {
+        app.authn.login(login(&tenant, &client, "employees")).await.unwrap_or_else(|s| panic!("login via {i}: {s:?}"));
+        let wrong =
+            authn::LoginRequest { password: "Not-The-Password-7".into(), ..login(&tenant, &client, "employees") };
+        let refused = app.authn.login(wrong).await.expect_err("a wrong password is refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    }
+
+    // The probe: a signup the password policy refuses (no hashing): INVALID_ARGUMENT while the
+    // connection is enabled for the client, another refusal when it is not.
+    let probe = authn::SignupRequest { password: "x".into(), ..signup(&tenant, &client, "employees", "p@example.com") };
+    let usable = |via: &Clients| {
+        let (mut via, probe) = (via.clone(), probe.clone());
+        async move {
+            match via.authn.signup(probe).await {
+                Err(s) => s.code() == tonic::Code::InvalidArgument,
+                Ok(_) => panic!("a weak password was accepted"),
+            }
+        }
+    };
+    let mut took: Vec<(String, Duration)> = Vec::new();
+    let pair = (tenant.clone(), "employees".to_owned(), client.client_id.clone());
+    for trial in 0..TRIALS {
+        // Alternate which gateway makes the change and which one is asked.
+        let (by, at) = if trial % 2 == 0 { (&mut one, &two) } else { (&mut two, &one) };
+        let (t, c, id) = pair.clone();
+        by.connections
+            .disable_client(conn::DisableClientRequest {
+                tenant: t.clone(),
+                connection: c.clone(),
+                client_id: id.clone(),
+            })
+            .await
+            .expect("disable");
+        took.push((
+            format!("connection disabled (trial {trial})"),
+            agreed_within(&format!("trial {trial}: disabled"), false, || usable(at)).await,
+        ));
+        by.connections
+            .enable_client(conn::EnableClientRequest { tenant: t, connection: c, client_id: id })
+            .await
+            .expect("enable");
+        took.push((
+            format!("connection enabled (trial {trial})"),
+            agreed_within(&format!("trial {trial}: enabled"), true, || usable(at)).await,
+        ));
+    }
+    // A user blocked through gateway 2 cannot log in through gateway 1 (either authenticator).
+    let block = |blocked: bool| authn::UpdateUserRequest {
+        tenant: tenant.clone(),
+        user: Some(authn::User { user_id: alice.user_id.clone(), blocked, ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["blocked".into()] }),
+    };
+    two.users.update_user(block(true)).await.expect("block through gateway 2");
+    let app = apps[0].clone();
+    let logs_in = || {
+        let (mut app, req) = (app.clone(), login(&tenant, &client, "employees"));
+        async move { app.authn.login(req).await.is_ok() }
+    };
+    took.push(("user blocked".into(), agreed_within("blocked user", false, logs_in).await));
+    two.users.update_user(block(false)).await.expect("unblock through gateway 2");
+    // An API key revoked through gateway 1 is refused through gateway 2.
+    let created = new_key(&mut one, &tenant, 0).await;
+    let with_key = over_tls(gateways[1], ca, &name, &created.key).await;
+    let works = |c: &Clients| {
+        let (mut c, tenant) = (c.clone(), tenant.clone());
+        async move { c.tenants.get_tenant(pb::GetTenantRequest { name: tenant }).await.is_ok() }
+    };
+    agreed_within("a new key", true, || works(&with_key)).await;
+    one.keys.revoke_api_key(pb::RevokeApiKeyRequest { tenant: tenant.clone(), id: created.id }).await.expect("revoke");
+    took.push(("API key revoked".into(), agreed_within("revoked key", false, || works(&with_key)).await));
+    for (what, d) in &took {
+        eprintln!("compose: in force through the other gateway after {:>7.1} ms: {what}", d.as_secs_f64() * 1000.0);
+    }
+
+    // The audit stream, read through gateway 2: the logins (both outcomes), the signup, the
+    // connection's creation and its enablement changes, the client, the block, by the admin.
+    let wanted = [
+        (pb::AuditEventType::Login, pb::AuditOutcome::Success),
+        (pb::AuditEventType::Login, pb::AuditOutcome::Failure),
+        (pb::AuditEventType::Signup, pb::AuditOutcome::Success),
+        (pb::AuditEventType::ConnectionCreated, pb::AuditOutcome::Success),
+        (pb::AuditEventType::ConnectionDisabled, pb::AuditOutcome::Success),
+        (pb::AuditEventType::ConnectionEnabled, pb::AuditOutcome::Success),
+        (pb::AuditEventType::ClientCreated, pb::AuditOutcome::Success),
+        (pb::AuditEventType::UserBlocked, pb::AuditOutcome::Success),
+    ];
+    let request = pb::WatchAuditEventsRequest { tenant: tenant.clone(), ..Default::default() };
+    let mut stream = two.audit.watch_audit_events(request).await.expect("watch").into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen: Vec<(i32, i32)> = Vec::new();
+    while !wanted.iter().all(|(t, o)| seen.contains(&(*t as i32, *o as i32))) {
+        match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut stream)).await {
+            Ok(Some(Ok(answer))) => seen.extend(answer.event.iter().map(|e| (e.r#type, e.outcome))),
+            other => panic!("the audit stream lacks some of {wanted:?} after 20 s ({other:?}): {seen:?}"),
+        }
+    }
+    let listed = two
+        .audit
+        .list_audit_events(pb::ListAuditEventsRequest { tenant: tenant.clone(), page_size: 1000, ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner()
+        .events;
+    eprintln!("compose: {} audit events of {tenant} through the other gateway", listed.len());
+}
