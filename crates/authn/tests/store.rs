@@ -614,7 +614,11 @@ async fn a_logins_audit_events_go_with_its_record() {
         let audited = store.auditing(vec![counted.clone()]);
         let recorded = audited.record_login(t, "auth0|a1", "con_db", "a1", &usual).await.unwrap();
         assert!(matches!(recorded, Recorded::Login(_)));
-        assert_eq!(outbox_ids(&store).await, [counted.id.clone()], "the usual login: its counters and its event");
+        assert_eq!(
+            outbox_ids(&store).await,
+            std::slice::from_ref(&counted.id),
+            "the usual login: its counters and its event"
+        );
         let synced = Profile { email: "alice@example.com".into(), name: "Alice".into(), ..Profile::default() };
         let full = LoginUpdate { profile: Some(&synced), identity_current: false, ..usual.clone() };
         let updated = audit_event(t, "auth0|a1");
