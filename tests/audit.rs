@@ -456,3 +456,131 @@ async fn an_outbox_event_waits_for_the_tenant_service_and_is_delivered_once() {
     registry.close().await;
     tenant.close().await;
 }
+
+/// Brute-force protection's block is an event of its own (`USER_BLOCKED` by the system, as
+/// Auth0's "Blocked Account"), recorded once with the failure that blocks; the logins refused
+/// afterwards are `TOO_MANY_ATTEMPTS` failures; a `Login` refused at its client secret is
+/// a failure too (never with the secret); and the connections a deleted client leaves are
+/// disabled by the registry, as the system, saying why.
+///
+/// On SQLite the block's event is written with the failure that blocks; on PostgreSQL, which
+/// counts a failure before the check, with that failure's login event: both are run.
+#[tokio::test(flavor = "multi_thread")]
+async fn blocks_refused_client_secrets_and_deleted_clients_are_audited_on_sqlite() {
+    blocks_refused_client_secrets_and_deleted_clients_are_audited(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blocks_refused_client_secrets_and_deleted_clients_are_audited_on_postgres() {
+    let test = "blocks_refused_client_secrets_and_deleted_clients_are_audited_on_postgres";
+    let Some(base) = postern_testkit::peers::postgres(test) else { return };
+    let db = postern_testkit::peers::TestDatabase::create(&base).await.expect("database");
+    blocks_refused_client_secrets_and_deleted_clients_are_audited(Some(db.url.clone())).await;
+    db.drop_db().await.expect("drop the database");
+}
+
+async fn blocks_refused_client_secrets_and_deleted_clients_are_audited(database_url: Option<String>) {
+    use tpb::AuditEventType as T;
+    use tpb::AuditOutcome::{Failure, Success};
+
+    let suite = Suite::start_with(|s| s.database_url = database_url).await.expect("suite");
+    let mut admin = suite.admin().await;
+    admin.create_tenant(TENANT).await.expect("tenant");
+    let client = admin.create_client(TENANT, "Fabrikam Customer Portal").await.expect("client");
+    admin.create_database_connection(TENANT, CONNECTION, &client.client_id).await.expect("connection");
+    let user = admin
+        .authn
+        .signup(authn::SignupRequest {
+            tenant: TENANT.into(),
+            client_id: client.client_id.clone(),
+            connection: CONNECTION.into(),
+            email: "carol@fabrikam.example".into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("signup")
+        .into_inner()
+        .user
+        .expect("user");
+    let app = suite.clients("").await;
+    let wrong_secret = "not-the-client-secret-0123456789";
+    let refused = app
+        .authn
+        .clone()
+        .login(login(&client.client_id, wrong_secret, "carol@fabrikam.example", PASSWORD))
+        .await
+        .expect_err("a wrong client secret");
+    assert_eq!(reason(&refused).as_deref(), Some("CLIENT_SECRET_INVALID"));
+    let max = postern_authn::bruteforce::MAX_CONSECUTIVE_FAILURES;
+    for _ in 0..max {
+        let err = app
+            .authn
+            .clone()
+            .login(login(&client.client_id, &client.client_secret, "carol@fabrikam.example", WRONG))
+            .await
+            .expect_err("wrong password");
+        assert_eq!(reason(&err).as_deref(), Some("INVALID_CREDENTIALS"));
+    }
+    for _ in 0..2 {
+        let err = app
+            .authn
+            .clone()
+            .login(login(&client.client_id, &client.client_secret, "carol@fabrikam.example", PASSWORD))
+            .await
+            .expect_err("blocked");
+        assert_eq!(reason(&err).as_deref(), Some("TOO_MANY_ATTEMPTS"));
+    }
+    admin
+        .clients
+        .delete_client(tpb::DeleteClientRequest { tenant: TENANT.into(), client_id: client.client_id.clone() })
+        .await
+        .expect("delete the client");
+
+    let logins = 1 + max as usize + 2;
+    let events =
+        events_when(&mut admin, TENANT, "the failures, the block and the deleted client's connection", |events| {
+            events.iter().filter(|e| kind(e) == T::Login).count() == logins
+                && events.iter().any(|e| kind(e) == T::UserBlocked)
+                && events.iter().any(|e| kind(e) == T::ConnectionDisabled)
+        })
+        .await;
+
+    // The refused client secret: a login failure with its reason, the name typed, no secret.
+    let secret_refused: Vec<_> = events.iter().filter(|e| e.reason == "CLIENT_SECRET_INVALID").collect();
+    assert_eq!(secret_refused.len(), 1, "{events:#?}");
+    let e = secret_refused[0];
+    assert_eq!((kind(e), e.outcome), (T::Login, Failure as i32));
+    assert_eq!((e.connection.as_str(), e.client_id.as_str()), (CONNECTION, client.client_id.as_str()));
+    assert_eq!((e.source_ip.as_str(), e.user_id.as_str()), ("203.0.113.7", ""));
+    assert_eq!(e.details.get("username").map(String::as_str), Some("carol@fabrikam.example"));
+    let text = format!("{events:?}");
+    for secret in [wrong_secret, client.client_secret.as_str(), PASSWORD, WRONG] {
+        assert!(!text.contains(secret), "an audit event holds a secret");
+    }
+
+    // One block, by the system, of that user from that address, after the tenth failure.
+    let blocks: Vec<_> = events.iter().filter(|e| kind(e) == T::UserBlocked).collect();
+    assert_eq!(blocks.len(), 1, "{blocks:#?}");
+    let block = blocks[0];
+    assert_eq!(block.outcome, Success as i32);
+    assert_eq!(actor(block), (tpb::AuditActorType::System, "authn".to_owned()));
+    assert_eq!((block.user_id.as_str(), block.source_ip.as_str()), (user.user_id.as_str(), "203.0.113.7"));
+    assert_eq!((block.connection.as_str(), block.client_id.as_str()), (CONNECTION, client.client_id.as_str()));
+    assert_eq!(block.details.get("blocked_by").map(String::as_str), Some("brute_force_protection"));
+    assert_eq!(block.details.get("consecutive_failures"), Some(&max.to_string()));
+    let reasons = |r: &str| events.iter().filter(|e| kind(e) == T::Login && e.reason == r).count();
+    assert_eq!((reasons("INVALID_CREDENTIALS"), reasons("TOO_MANY_ATTEMPTS")), (max as usize, 2));
+    // Newest first: the block comes after the failures and before the refusals.
+    let position = |e: &tpb::AuditEvent| e.sequence;
+    let failures: Vec<i64> = events.iter().filter(|e| e.reason == "INVALID_CREDENTIALS").map(position).collect();
+    let blocked: Vec<i64> = events.iter().filter(|e| e.reason == "TOO_MANY_ATTEMPTS").map(position).collect();
+    assert!(failures.iter().all(|s| *s < block.sequence) && blocked.iter().all(|s| *s > block.sequence));
+
+    // The connection the deleted client leaves: disabled by the registry, saying why.
+    let disabled = events.iter().find(|e| kind(e) == T::ConnectionDisabled).expect("disabled");
+    assert_eq!((disabled.connection.as_str(), disabled.client_id.as_str()), (CONNECTION, client.client_id.as_str()));
+    assert_eq!(actor(disabled), (tpb::AuditActorType::System, "registry".to_owned()));
+    assert_eq!(disabled.details.get("cause").map(String::as_str), Some("client_deleted"));
+    suite.stop().await.expect("stop");
+}

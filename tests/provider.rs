@@ -872,3 +872,78 @@ async fn the_tenant_logo_is_shown_on_the_hosted_page() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     suite.stop().await.expect("stop");
 }
+
+/// Every token request is audited with the user its grant names (the code's, the refresh
+/// token's), whether tokens were issued or not: a replayed code names its user too.
+#[tokio::test]
+async fn token_requests_are_audited_with_their_user() {
+    use postern_proto::authn::v1 as authn;
+    use tenant::{AuditEventType, AuditOutcome};
+
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam";
+    let (_spa, web) = setup(&suite, t).await;
+    let mut admin = suite.admin().await;
+    let alice = admin
+        .authn
+        .signup(authn::SignupRequest {
+            tenant: t.into(),
+            client_id: web.client_id.clone(),
+            connection: "users".into(),
+            email: "alice@example.com".into(),
+            password: STRONG.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("signup")
+        .into_inner()
+        .user
+        .expect("user");
+    let mut agent = Agent::new();
+    let code = password_login(&mut agent, &suite, t, &web).await;
+    let (status, tokens) = exchange(&mut agent, &suite, t, &web, &code).await;
+    assert_eq!(status, 200, "{tokens}");
+    let (status, refreshed) = refresh(&mut agent, &suite, t, &web, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{refreshed}");
+    let (status, _) = exchange(&mut agent, &suite, t, &web, &code).await;
+    assert_eq!(status, 400, "a replayed code");
+    let (status, _) = exchange(&mut agent, &suite, t, &web, "no-such-code").await;
+    assert_eq!(status, 400, "an unknown code");
+
+    // The four requests, as the log records them (watched until all are there).
+    let mut stream = admin
+        .audit
+        .watch_audit_events(tenant::WatchAuditEventsRequest { tenant: t.into(), ..Default::default() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut exchanges = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while exchanges.len() < 4 {
+            let event = stream.message().await.expect("event").expect("the stream stays open").event.unwrap();
+            if event.r#type == AuditEventType::TokenExchange as i32 {
+                exchanges.push(event);
+            }
+        }
+    })
+    .await
+    .expect("four token requests in the log within 20 s");
+    let seen: Vec<(&str, i32, &str)> = exchanges
+        .iter()
+        .map(|e| (e.details.get("grant_type").map_or("", String::as_str), e.outcome, e.user_id.as_str()))
+        .collect();
+    let (ok, failed) = (AuditOutcome::Success as i32, AuditOutcome::Failure as i32);
+    let user = alice.user_id.as_str();
+    assert_eq!(
+        seen,
+        [
+            ("authorization_code", ok, user),
+            ("refresh_token", ok, user),
+            ("authorization_code", failed, user),
+            ("authorization_code", failed, ""),
+        ],
+        "{exchanges:#?}"
+    );
+    assert!(exchanges.iter().all(|e| e.client_id == web.client_id));
+    suite.stop().await.expect("stop");
+}

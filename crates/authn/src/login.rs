@@ -22,7 +22,7 @@ use postern_proto::tenant::v1 as tenant_pb;
 use tonic::{Code, Status};
 
 use crate::api::AuthnApi;
-use crate::audit::{self, Facts, Type};
+use crate::audit::{self, Facts, LoginAudit, Type};
 use crate::bruteforce::{MAX_CONSECUTIVE_FAILURES, Outcome};
 use crate::domain::{self, Asserted, Identity, Profile, ProfileSync, User};
 use crate::status::{
@@ -363,22 +363,28 @@ impl AuthnApi {
     /// brute-force protection (Postern's own hash, else the custom database), and records
     /// the login, creating or updating the user under the profile-sync rule. The caller
     /// issues the tokens ([`AuthnApi::issue_tokens`]).
+    ///
+    /// Audited as a login by the method `password`: in the login's record when it succeeds,
+    /// with the failure it counts when that is written once the outcome is known (with the
+    /// `USER_BLOCKED` event of the failure that blocks), else in a write of its own.
     pub async fn password_login(&self, l: &PasswordLogin<'_>) -> Result<User, Status> {
-        let result = self.check_password_login(l).await;
-        let user_id = result.as_ref().map_or("", |u| u.user_id.as_str());
-        let facts =
-            Facts { tenant: l.tenant, client_id: l.client_id, connection: l.connection, user_id, address: l.address };
         // The username typed tells what a failed attempt aimed at; the password never goes.
-        let details: &[(&str, &str)] = if result.is_ok() {
-            &[("method", "password")]
-        } else {
-            &[("method", "password"), ("username", l.username)]
-        };
-        self.audit(Type::Login, &facts, &result, audit::user(user_id), details).await;
+        let audit =
+            LoginAudit::new("password", l.tenant, l.client_id, l.connection, l.address).with_username(l.username);
+        let result = self.check_password_login(l, &audit).await;
+        audit.finish(&self.outbox, result.as_ref().map(|u| u.user_id.as_str())).await;
         result
     }
 
-    async fn check_password_login(&self, l: &PasswordLogin<'_>) -> Result<User, Status> {
+    /// Records a password login refused before its credentials were looked at (the client's
+    /// secret was wrong, the API unknown), in a write of its own: nothing else is written.
+    pub(crate) async fn audit_refused_login(&self, l: &PasswordLogin<'_>, refusal: &Status) {
+        let audit =
+            LoginAudit::new("password", l.tenant, l.client_id, l.connection, l.address).with_username(l.username);
+        audit.finish(&self.outbox, Err(refusal)).await;
+    }
+
+    async fn check_password_login(&self, l: &PasswordLogin<'_>, audit: &LoginAudit) -> Result<User, Status> {
         l.validate()?;
         let conn = self.cache.resolve(l.tenant, l.client_id, l.connection).await?;
         let connector = self.password_connector(&conn)?;
@@ -387,12 +393,12 @@ impl AuthnApi {
         }
         let login = domain::login_key(l.username);
         let (checked, admitted) =
-            self.check_credentials(l.tenant, &conn, connector.as_ref(), &login, l.password, l.address).await?;
+            self.check_credentials(l.tenant, &conn, connector.as_ref(), &login, l.password, l.address, audit).await?;
         let store = &self.store;
         let recorded = match checked {
             Checked::Local { found, rehash } => {
                 let clear = admitted.as_ref().and_then(Admitted::clear);
-                match self.record_local_login(l, &conn, &found, rehash.as_deref(), clear).await {
+                match self.record_local_login(l, &conn, &found, rehash.as_deref(), clear, audit).await {
                     // Recorded, and the brute-force count cleared with it.
                     Ok(user) => {
                         if let Some(attempt) = admitted {
@@ -404,12 +410,12 @@ impl AuthnApi {
                 }
             }
             Checked::External { profile, import_hash } => {
-                self.upsert_external_user(l.tenant, &conn, &profile, import_hash, l.address, None).await
+                self.upsert_external_user(l.tenant, &conn, &profile, import_hash, l.address, None, audit).await
             }
         };
         // The password was right: the attempt counted in advance is not a failure.
         if let Some(attempt) = admitted {
-            store.settle(attempt, Outcome::Success).await?;
+            store.settle(attempt, Outcome::Success, None).await?;
         }
         recorded
     }
@@ -584,22 +590,9 @@ impl AuthnApi {
         callback: Callback<'_>,
         grant: &crate::store::oauth::LoginGrant<'_>,
     ) -> Result<User, Status> {
-        let address = callback.address;
-        let result = self.complete_redirect_login(tenant, client_id, connection, callback, grant).await;
-        self.audit_redirect_login([tenant, client_id, connection, address], "redirect", result).await
-    }
-
-    /// Records a redirect login's outcome (`at`: tenant, client, connection, the browser's
-    /// address) in the audit log, and answers it.
-    async fn audit_redirect_login(
-        &self,
-        [tenant, client_id, connection, address]: [&str; 4],
-        method: &str,
-        result: Result<User, Status>,
-    ) -> Result<User, Status> {
-        let user_id = result.as_ref().map_or("", |u| u.user_id.as_str());
-        let facts = Facts { tenant, client_id, connection, user_id, address };
-        self.audit(Type::Login, &facts, &result, audit::user(user_id), &[("method", method)]).await;
+        let audit = LoginAudit::new("redirect", tenant, client_id, connection, callback.address);
+        let result = self.complete_redirect_login(tenant, client_id, connection, callback, grant, &audit).await;
+        audit.finish(&self.outbox, result.as_ref().map(|u| u.user_id.as_str())).await;
         result
     }
 
@@ -610,12 +603,13 @@ impl AuthnApi {
         connection: &str,
         callback: Callback<'_>,
         grant: &crate::store::oauth::LoginGrant<'_>,
+        audit: &LoginAudit,
     ) -> Result<User, Status> {
         let Callback { params, transaction: tx, address } = callback;
         let conn = self.cache.resolve(tenant, client_id, connection).await?;
         let connector = self.redirect_connector(&conn)?;
         let completed = connector.complete(tenant, &conn, params, tx).await.map_err(connector_status)?;
-        self.store_redirect_login(tenant, connection, &conn, completed, address, grant).await
+        self.store_redirect_login(tenant, connection, &conn, completed, address, grant, audit).await
     }
 
     /// The application an unsolicited answer at `connection` (an IdP-initiated login) logs
@@ -651,9 +645,10 @@ impl AuthnApi {
         callback: UnsolicitedCallback<'_>,
         grant: &crate::store::oauth::LoginGrant<'_>,
     ) -> Result<User, Status> {
-        let address = callback.address;
-        let result = self.complete_unsolicited_login(tenant, client_id, connection, callback, grant).await;
-        self.audit_redirect_login([tenant, client_id, connection, address], "idp_initiated", result).await
+        let audit = LoginAudit::new("idp_initiated", tenant, client_id, connection, callback.address);
+        let result = self.complete_unsolicited_login(tenant, client_id, connection, callback, grant, &audit).await;
+        audit.finish(&self.outbox, result.as_ref().map(|u| u.user_id.as_str())).await;
+        result
     }
 
     async fn complete_unsolicited_login(
@@ -663,6 +658,7 @@ impl AuthnApi {
         connection: &str,
         callback: UnsolicitedCallback<'_>,
         grant: &crate::store::oauth::LoginGrant<'_>,
+        audit: &LoginAudit,
     ) -> Result<User, Status> {
         let UnsolicitedCallback { params, callback_url, address } = callback;
         let conn = self.cache.resolve(tenant, client_id, connection).await?;
@@ -675,11 +671,13 @@ impl AuthnApi {
         }
         let completed =
             connector.complete_unsolicited(tenant, &conn, params, callback_url).await.map_err(connector_status)?;
-        self.store_redirect_login(tenant, connection, &conn, completed, address, grant).await
+        self.store_redirect_login(tenant, connection, &conn, completed, address, grant, audit).await
     }
 
     /// Stores what a redirect connector completed: its one-time value used up (refused when
-    /// seen before), the user upserted with the upstream's tokens sealed, and `grant`.
+    /// seen before), the user upserted with the upstream's tokens sealed, `grant`, and the
+    /// login's audit events.
+    #[allow(clippy::too_many_arguments)] // the login's facts, each needed apart
     async fn store_redirect_login(
         &self,
         tenant: &str,
@@ -688,6 +686,7 @@ impl AuthnApi {
         completed: postern_connector::Completed,
         address: &str,
         grant: &crate::store::oauth::LoginGrant<'_>,
+        audit: &LoginAudit,
     ) -> Result<User, Status> {
         if let Some(once) = &completed.one_time_id {
             let now = self.config.clock.now_micros();
@@ -721,7 +720,7 @@ impl AuthnApi {
             None => None,
         };
         let grant = crate::store::oauth::LoginGrant { upstream_tokens: sealed.as_deref(), ..*grant };
-        self.upsert_external_user(tenant, conn, &source, None, address, Some(&grant)).await
+        self.upsert_external_user(tenant, conn, &source, None, address, Some(&grant), audit).await
     }
 
     /// Fills the attributes an upstream left empty (it sends them only sometimes) with the
@@ -901,7 +900,11 @@ impl AuthnApi {
     /// Checks the credentials through the connector, applying brute-force protection around
     /// the check. A failed check is settled here; a successful one answers its brute-force
     /// key, which the caller clears with the login's record ([`LoginUpdate::clear_failures`])
-    /// or, when the login stops short of that, with [`crate::Store::settle`].
+    /// or, when the login stops short of that, with [`crate::Store::settle`]. A failure
+    /// written now carries the login's audit events (and the `USER_BLOCKED` event of the
+    /// failure that blocks) in its transaction; a block found without a write of its own
+    /// (PostgreSQL counts in advance) goes with the login's event.
+    #[allow(clippy::too_many_arguments)] // the login's facts, each needed apart
     async fn check_credentials(
         &self,
         tenant: &str,
@@ -910,9 +913,11 @@ impl AuthnApi {
         login: &str,
         password: &str,
         address: &str,
+        audit: &LoginAudit,
     ) -> Result<(Checked, Option<Admitted>), Status> {
         let store = &self.store;
         let local = store.find_login_from(tenant, &conn.connection.id, login, address).await?;
+        let known_user = local.as_ref().map(|f| f.user_id.clone()).unwrap_or_default();
         let (user_key, known) = match &local {
             Some(found) => (found.user_id.clone(), found.stored),
             None => (format!("login:{}:{login}", conn.connection.id), None),
@@ -955,7 +960,23 @@ impl AuthnApi {
                 if let Some(attempt) = attempt {
                     let outcome =
                         if s.code() == Code::Unauthenticated { Outcome::WrongCredentials } else { Outcome::NotChecked };
-                    store.settle(attempt, outcome).await?;
+                    let blocked = audit.blocked(&known_user, MAX_CONSECUTIVE_FAILURES);
+                    let settled = store.auditing(audit.failure(&s)).settle(attempt, outcome, blocked.as_ref()).await?;
+                    if settled.audited {
+                        audit.written();
+                    } else if let (true, Some(event)) = (settled.blocked, blocked) {
+                        audit.with(event);
+                    }
+                    if settled.blocked {
+                        tracing::warn!(
+                            tenant,
+                            connection = %conn.connection.spec.name,
+                            address,
+                            user_id = %known_user,
+                            max_consecutive_failures = MAX_CONSECUTIVE_FAILURES,
+                            "brute-force protection blocked a user from an address"
+                        );
+                    }
                 }
                 Err(s)
             }
@@ -964,8 +985,9 @@ impl AuthnApi {
 
     /// Creates or updates the user of a login whose profile came from the connection's
     /// source, under the connection's profile-sync rule. `import_hash` makes the identity
-    /// local (its next logins are checked against the hash). A browser login's `grant` is
-    /// written in the same transaction.
+    /// local (its next logins are checked against the hash). A browser login's `grant` and
+    /// the login's audit events are written in the same transaction.
+    #[allow(clippy::too_many_arguments)] // the login's facts, each needed apart
     pub(crate) async fn upsert_external_user(
         &self,
         tenant: &str,
@@ -974,6 +996,7 @@ impl AuthnApi {
         import_hash: Option<String>,
         ip: &str,
         grant: Option<&crate::store::oauth::LoginGrant<'_>>,
+        audit: &LoginAudit,
     ) -> Result<User, Status> {
         let store = &self.store;
         let spec = &conn.connection.spec;
@@ -997,9 +1020,12 @@ impl AuthnApi {
                 identities: None,
                 grant,
             };
-            return recorded(
-                store.record_login(tenant, &user_id, &conn.connection.id, &source.source_id, &update).await?,
-            );
+            let audited = store.auditing(audit.success(&user_id));
+            let r = audited.record_login(tenant, &user_id, &conn.connection.id, &source.source_id, &update).await?;
+            if matches!(r, Recorded::Login(_)) {
+                audit.written();
+            }
+            return recorded(r);
         }
         let profile = match sync {
             ProfileSync::NeverOnLogin => source.profile.identifying_only(),
@@ -1029,14 +1055,18 @@ impl AuthnApi {
             external,
             password_hash: import_hash,
         };
-        store.create_user_with_grant(tenant, &new, &identity, Some(ip), grant).await.map_err(|e| match e {
-            StoreError::AlreadyExists => failed_precondition(
-                "USER_CONFLICT",
-                "the connection's source answered a user whose email, username or id belongs to another user of \
+        let audited = store.auditing(audit.success(&new.user_id));
+        let user =
+            audited.create_user_with_grant(tenant, &new, &identity, Some(ip), grant).await.map_err(|e| match e {
+                StoreError::AlreadyExists => failed_precondition(
+                    "USER_CONFLICT",
+                    "the connection's source answered a user whose email, username or id belongs to another user of \
                  this tenant; its ids must be stable and unique",
-            ),
-            e => e.into(),
-        })
+                ),
+                e => e.into(),
+            })?;
+        audit.written();
+        Ok(user)
     }
 
     /// Records a login whose password Postern's own hash verified, clearing `clear` (the
@@ -1049,6 +1079,7 @@ impl AuthnApi {
         found: &LoginFound,
         rehash: Option<&str>,
         clear: Option<(&str, &str)>,
+        audit: &LoginAudit,
     ) -> Result<User, Status> {
         let sync = conn.connection.spec.user_profile_sync;
         let update = LoginUpdate {
@@ -1065,10 +1096,14 @@ impl AuthnApi {
             grant: None,
         };
         let identity = &found.identity;
-        recorded(
-            self.store
-                .record_login(l.tenant, &found.user_id, &identity.connection_id, &identity.source_id, &update)
-                .await?,
-        )
+        let r = self
+            .store
+            .auditing(audit.success(&found.user_id))
+            .record_login(l.tenant, &found.user_id, &identity.connection_id, &identity.source_id, &update)
+            .await?;
+        if matches!(r, Recorded::Login(_)) {
+            audit.written();
+        }
+        recorded(r)
     }
 }

@@ -559,6 +559,7 @@ impl OAuthApi {
         &self,
         req: &pb::ExchangeTokenRequest,
         client: &tenant_pb::Client,
+        user_id: &mut String,
     ) -> Result<pb::ExchangeTokenResponse, Status> {
         if req.code.is_empty() {
             return Err(invalid_request("code", "is required for grant_type=authorization_code"));
@@ -569,12 +570,14 @@ impl OAuthApi {
         let family = postern_common::ids::new_id();
         let grant = match self.store().redeem_code(&req.tenant, &secret_digest(&req.code), &family, self.now()).await? {
             Redeemed::Granted(g) => g,
-            Redeemed::Replayed => {
+            Redeemed::Replayed { user_id: replayed } => {
+                user_id.clone_from(&replayed);
                 tracing::warn!(tenant = %req.tenant, client_id = %req.client_id, "authorization code replayed: its refresh tokens are revoked");
                 return Err(invalid_grant("the authorization code was already used; the tokens it issued are revoked"));
             }
             Redeemed::Unknown => return Err(invalid_grant("the authorization code is invalid or expired")),
         };
+        user_id.clone_from(&grant.user_id);
         if grant.client_id != client.client_id {
             return Err(invalid_grant("the authorization code was issued to another client"));
         }
@@ -634,6 +637,7 @@ impl OAuthApi {
         &self,
         req: &pb::ExchangeTokenRequest,
         client: &tenant_pb::Client,
+        user_id: &mut String,
     ) -> Result<pb::ExchangeTokenResponse, Status> {
         if req.refresh_token.is_empty() {
             return Err(invalid_request("refresh_token", "is required for grant_type=refresh_token"));
@@ -651,12 +655,14 @@ impl OAuthApi {
             .await?;
         let grant = match rotated {
             Rotated::Rotated(g) => g,
-            Rotated::Reused => {
+            Rotated::Reused { user_id: reused } => {
+                user_id.clone_from(&reused);
                 tracing::warn!(tenant = %req.tenant, client_id = %req.client_id, "refresh token reused: its family is revoked");
                 return Err(invalid_grant("the refresh token was already used; every token of its grant is revoked"));
             }
             Rotated::Unknown => return Err(invalid_grant("the refresh token is invalid, expired or revoked")),
         };
+        user_id.clone_from(&grant.user_id);
         if grant.client_id != client.client_id {
             // Presented by another client: treat the token as stolen.
             self.store().revoke_refresh_token(&req.tenant, &secret_digest(&next), &grant.client_id).await?;
@@ -1046,17 +1052,20 @@ fn redirect(r: pb::Redirect) -> Response<pb::StartAuthorizationResponse> {
 }
 
 impl OAuthApi {
-    /// The token endpoint's grant of `req`, once its type is known to be supported.
+    /// The token endpoint's grant of `req`, once its type is known to be supported; sets
+    /// `user_id` to the user the grant is for as soon as the grant names one (for the audit
+    /// event, whether or not tokens are issued).
     async fn exchange(
         &self,
         req: &pb::ExchangeTokenRequest,
         address: &str,
+        user_id: &mut String,
     ) -> Result<pb::ExchangeTokenResponse, Status> {
         let client = self.authenticate_client(&req.tenant, &req.client_id, &req.client_secret).await?;
         match req.grant_type.as_str() {
-            "authorization_code" => self.authorization_code(req, &client).await,
-            "refresh_token" => self.refresh(req, &client).await,
-            PASSWORDLESS_OTP_GRANT => self.passwordless_otp(req, &client, address).await,
+            "authorization_code" => self.authorization_code(req, &client, user_id).await,
+            "refresh_token" => self.refresh(req, &client, user_id).await,
+            PASSWORDLESS_OTP_GRANT => self.passwordless_otp(req, &client, address, user_id).await,
             _ => self.client_credentials(req, &client).await,
         }
     }
@@ -1301,12 +1310,16 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         let address = postern_common::principal::peer_addr(&req)
             .map_or_else(|| "unknown".to_owned(), |ip| ip.to_canonical().to_string());
         let req = req.into_inner();
-        let result = self.exchange(&req, &address).await;
+        let mut user_id = String::new();
+        let result = self.exchange(&req, &address, &mut user_id).await;
+        // The passwordless grant names its connection (`realm`); the others none.
+        let connection = if req.grant_type == PASSWORDLESS_OTP_GRANT { req.realm.as_str() } else { "" };
         let facts = crate::audit::Facts {
             tenant: &req.tenant,
             client_id: &req.client_id,
+            connection,
+            user_id: &user_id,
             address: &address,
-            ..Default::default()
         };
         let actor = postern_proto::tenant::v1::AuditActor {
             r#type: postern_proto::tenant::v1::AuditActorType::Client as i32,
@@ -1474,6 +1487,7 @@ impl OAuthApi {
         req: &pb::ExchangeTokenRequest,
         client: &tenant_pb::Client,
         address: &str,
+        user_id: &mut String,
     ) -> Result<pb::ExchangeTokenResponse, Status> {
         for (field, value) in [("realm", &req.realm), ("username", &req.username), ("otp", &req.otp)] {
             if value.is_empty() {
@@ -1495,6 +1509,7 @@ impl OAuthApi {
             Code::Unauthenticated => invalid_grant(s.message().to_owned()),
             _ => s,
         })?;
+        user_id.clone_from(&user.user_id);
         let scope = if req.scope.is_empty() { "openid profile email" } else { req.scope.as_str() };
         let issued = self
             .user_tokens(&UserTokens {

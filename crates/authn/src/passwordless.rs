@@ -16,7 +16,7 @@
 //!   connection disables signup, with the email or phone number verified; later ones apply
 //!   the connection's profile-sync rule.
 
-use crate::audit::{self, Facts, Type};
+use crate::audit::{self, Facts, LoginAudit, Type};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -448,7 +448,6 @@ impl AuthnApi {
     ) -> Result<u32, Status> {
         let connection = plan.conn.connection.spec.name.clone();
         let method = if plan.link { "link" } else { "code" };
-        let result = self.send_plan(s, plan, target).await;
         let facts = Facts {
             tenant: s.tenant,
             client_id: s.client_id,
@@ -456,16 +455,25 @@ impl AuthnApi {
             address: s.address,
             ..Facts::default()
         };
-        self.audit(Type::PasswordlessStarted, &facts, &result, audit::user(""), &[("send", method)]).await;
-        result
+        let started = audit::event(Type::PasswordlessStarted, &facts, None, audit::user(""), &[("send", method)]);
+        let result = self.send_plan(s, plan, target, started).await;
+        // A start that sent its code wrote its event with the code's delivery mark.
+        if !matches!(result, Ok((_, true))) {
+            let result = result.as_ref().map(|(lifetime, _)| *lifetime).map_err(Status::clone);
+            self.audit(Type::PasswordlessStarted, &facts, &result, audit::user(""), &[("send", method)]).await;
+        }
+        result.map(|(lifetime, _)| lifetime)
     }
 
+    /// Counts and sends a planned start: the code's lifetime, and whether `started` (its
+    /// audit event) was written, with the code's delivery mark.
     async fn send_plan(
         &self,
         s: &CodeStart<'_>,
         plan: StartPlan,
         target: Option<LinkTarget<'_>>,
-    ) -> Result<u32, Status> {
+        started: Option<postern_proto::tenant::v1::AuditEvent>,
+    ) -> Result<(u32, bool), Status> {
         let StartPlan { conn, connector, settings, recipient, link } = plan;
         let target = match (link, target) {
             (true, Some(t)) => Some(t),
@@ -479,7 +487,7 @@ impl AuthnApi {
         if !settings.signup && self.store.find_login_from(s.tenant, conn_id, &recipient, s.address).await?.is_none() {
             // Nothing is sent to an unknown recipient, and the answer says nothing about it.
             tracing::info!(tenant = %s.tenant, connection = %conn.connection.spec.name, "passwordless start for an unknown recipient with signup disabled: nothing sent");
-            return Ok(settings.lifetime_seconds);
+            return Ok((settings.lifetime_seconds, false));
         }
         let (application, tenant_name) = self.message_names(s.tenant, s.client_id).await?;
         let code = draw_code(settings.length)?;
@@ -520,24 +528,29 @@ impl AuthnApi {
             self.store.drop_code(s.tenant, conn_id, &recipient, &code_hash).await?;
             return Err(connector_status(e));
         }
-        self.store.code_delivered(s.tenant, conn_id, &recipient, &code_hash).await?;
+        let audited = started.is_some();
+        self.store
+            .auditing(started.into_iter().collect())
+            .code_delivered(s.tenant, conn_id, &recipient, &code_hash)
+            .await?;
         tracing::info!(tenant = %s.tenant, connection = %conn.connection.spec.name, link, "passwordless code sent");
-        Ok(settings.lifetime_seconds)
+        Ok((settings.lifetime_seconds, audited))
     }
 
     /// Logs a user in with the code it received: the user, created on its first login (unless
     /// the connection disables signup) or updated under the profile-sync rule. Every refusal is
     /// [`invalid_code`]. The caller issues the tokens.
+    ///
+    /// Audited as a login by the method `passwordless`, in the user's upsert when it
+    /// succeeds; a refusal writes its event on its own.
     pub async fn code_login(&self, l: &CodeLogin<'_>) -> Result<User, Status> {
-        let result = self.check_code_login(l).await;
-        let user_id = result.as_ref().map_or("", |u| u.user_id.as_str());
-        let facts =
-            Facts { tenant: l.tenant, client_id: l.client_id, connection: l.connection, user_id, address: l.address };
-        self.audit(Type::Login, &facts, &result, audit::user(user_id), &[("method", "passwordless")]).await;
+        let audit = LoginAudit::new("passwordless", l.tenant, l.client_id, l.connection, l.address);
+        let result = self.check_code_login(l, &audit).await;
+        audit.finish(&self.outbox, result.as_ref().map(|u| u.user_id.as_str())).await;
         result
     }
 
-    async fn check_code_login(&self, l: &CodeLogin<'_>) -> Result<User, Status> {
+    async fn check_code_login(&self, l: &CodeLogin<'_>, audit: &LoginAudit) -> Result<User, Status> {
         let mut v = Violations::new();
         check_tenant(&mut v, "tenant", l.tenant);
         required(&mut v, "client_id", l.client_id);
@@ -566,7 +579,7 @@ impl AuthnApi {
         if !self.store.use_code(l.tenant, conn_id, &recipient, &attempt.code_hash, now).await? {
             return Err(invalid_code());
         }
-        self.passwordless_user(l.tenant, &conn, settings, &recipient, l.address).await
+        self.passwordless_user(l.tenant, &conn, settings, &recipient, l.address, audit).await
     }
 
     /// Logs in the user of a magic link: uses the link once (refusing it when the connection
@@ -579,31 +592,28 @@ impl AuthnApi {
         csrf_cookies: &[String],
         address: &str,
     ) -> Result<LinkLogin, Status> {
-        let result = self.check_link_login(tenant, token, csrf_cookies, address).await;
-        let (user_id, client_id, connection) = match &result {
-            Ok((login, client_id, connection)) => {
-                (login.user.user_id.as_str(), client_id.as_str(), connection.as_str())
-            }
-            Err(_) => ("", "", ""),
-        };
-        let facts = Facts { tenant, client_id, connection, user_id, address };
-        self.audit(Type::Login, &facts, &result, audit::user(user_id), &[("method", "magic_link")]).await;
-        result.map(|(login, _, _)| login)
+        // The client and the connection are the link's, once it is found.
+        let audit = LoginAudit::new("magic_link", tenant, "", "", address);
+        let result = self.check_link_login(tenant, token, csrf_cookies, address, &audit).await;
+        audit.finish(&self.outbox, result.as_ref().map(|l| l.user.user_id.as_str())).await;
+        result
     }
 
-    /// A magic link's login, with the client and the connection's name.
+    /// A magic link's login.
     async fn check_link_login(
         &self,
         tenant: &str,
         token: &str,
         csrf_cookies: &[String],
         address: &str,
-    ) -> Result<(LinkLogin, String, String), Status> {
+        audit: &LoginAudit,
+    ) -> Result<LinkLogin, Status> {
         if token.is_empty() || token.len() > 128 || postern_common::validate::tenant_name(tenant).is_err() {
             return Err(invalid_link());
         }
         let now = self.config.clock.now_micros();
         let link = self.store.live_link(tenant, &secret_digest(token), now).await?.ok_or_else(invalid_link)?;
+        audit.target(&link.client_id, "");
         let conn = self.cache.resolve(tenant, &link.client_id, &link.connection_id).await;
         let conn = match conn {
             Ok(c) => c,
@@ -611,6 +621,7 @@ impl AuthnApi {
             Err(s) if matches!(s.code(), Code::NotFound | Code::PermissionDenied) => return Err(invalid_link()),
             Err(s) => return Err(s),
         };
+        audit.target(&link.client_id, &conn.connection.spec.name);
         let connector = self.code_connector(&conn)?;
         let settings = connector.settings(&conn);
         if settings.link_same_browser {
@@ -625,9 +636,8 @@ impl AuthnApi {
         if !self.store.use_code(tenant, &link.connection_id, &link.recipient, &link.code_hash, now).await? {
             return Err(invalid_link());
         }
-        let user = self.passwordless_user(tenant, &conn, settings, &link.recipient, address).await?;
-        let name = conn.connection.spec.name.clone();
-        Ok((LinkLogin { user, transaction_hash: link.transaction_hash }, link.client_id, name))
+        let user = self.passwordless_user(tenant, &conn, settings, &link.recipient, address, audit).await?;
+        Ok(LinkLogin { user, transaction_hash: link.transaction_hash })
     }
 
     /// The user of a verified recipient: found by its email or phone number at the
@@ -639,6 +649,7 @@ impl AuthnApi {
         settings: CodeSettings,
         recipient: &str,
         address: &str,
+        audit: &LoginAudit,
     ) -> Result<User, Status> {
         let known = self.store.find_login_from(tenant, &conn.connection.id, recipient, address).await?;
         let source_id = match known {
@@ -674,7 +685,7 @@ impl AuthnApi {
             user_metadata: serde_json::Map::new(),
             app_metadata: serde_json::Map::new(),
         };
-        self.upsert_external_user(tenant, conn, &source, None, address, None).await
+        self.upsert_external_user(tenant, conn, &source, None, address, None, audit).await
     }
 }
 

@@ -220,6 +220,23 @@ pub struct Admitted {
     user_key: String,
     address: String,
     local: Option<Attempt>,
+    /// On PostgreSQL, the count the admission wrote (this attempt included).
+    counted: Option<u32>,
+    /// The failures that block.
+    max: u32,
+}
+
+/// What [`Store::settle`] did besides settling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// The handle's audit events ([`Store::auditing`]) were written with the settlement's
+    /// own write, and the block event too when it blocked. `false` when the settlement wrote
+    /// nothing (on PostgreSQL a failure was counted in advance; nothing is written for a
+    /// success through this path's caller, or for a check that did not happen on SQLite).
+    pub audited: bool,
+    /// This failure is the one that blocks the user from the address (the count reached
+    /// the maximum): once per block, however many attempts ran at once.
+    pub blocked: bool,
 }
 
 impl Admitted {
@@ -420,9 +437,10 @@ impl Store {
     }
 
     /// Records a successful login on an existing identity, in one transaction: counts it on
-    /// the user, applies `update`, clears the brute-force count it names and writes its
-    /// grant (the upstream transaction used up first: [`StoreError::Used`] when it is gone).
-    /// A blocked or vanished user is left untouched, and nothing of the grant is written.
+    /// the user, applies `update`, clears the brute-force count it names, writes its grant
+    /// (the upstream transaction used up first: [`StoreError::Used`] when it is gone) and
+    /// this handle's audit events ([`Store::auditing`]). A blocked or vanished user is left
+    /// untouched, and nothing of the grant or the events is written.
     pub async fn record_login(
         &self,
         tenant: &str,
@@ -437,14 +455,34 @@ impl Store {
              WHERE tenant = $1 AND user_id = $2 AND blocked = 0 RETURNING {USER_COLUMNS}"
         );
         if update.counters_only() {
-            // The usual login: one statement, durable on its own, then a read.
-            let row = sqlx::query(sqlx::AssertSqlSafe(count))
-                .bind(tenant)
-                .bind(user_id)
-                .bind(now)
-                .bind(update.ip)
-                .fetch_optional(self.db.writer())
-                .await?;
+            // The usual login: one statement, durable on its own (with its audit events, in
+            // one transaction: still one commit), then a read.
+            let row = if self.audit.is_empty() {
+                sqlx::query(sqlx::AssertSqlSafe(count))
+                    .bind(tenant)
+                    .bind(user_id)
+                    .bind(now)
+                    .bind(update.ip)
+                    .fetch_optional(self.db.writer())
+                    .await?
+            } else {
+                let mut tx = self.db.begin_write().await?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(count))
+                    .bind(tenant)
+                    .bind(user_id)
+                    .bind(now)
+                    .bind(update.ip)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if row.is_some() {
+                    self.write_audit(&mut tx).await?;
+                    tx.commit().await?;
+                    self.audit_committed();
+                } else {
+                    tx.rollback().await?;
+                }
+                row
+            };
             let Some(row) = row else {
                 return self.not_recorded(self.db.pool(), tenant, user_id).await;
             };
@@ -541,7 +579,9 @@ impl Store {
             oauth::insert_grant_in(&mut tx, tenant, user_id, Some((connection_id, source_id)), g).await?;
         }
         let identities = identities_of(&mut *tx, tenant, user_id).await?;
+        self.write_audit(&mut tx).await?;
         tx.commit().await?;
+        self.audit_committed();
         Ok(Recorded::Login(Box::new(user_of(&row, identities)?)))
     }
 
@@ -962,11 +1002,13 @@ impl Store {
         max: u32,
         known: Option<Stored>,
     ) -> Result<Option<Admitted>, StoreError> {
-        let admitted = |local| Admitted {
+        let admitted = |local, counted| Admitted {
             tenant: tenant.to_owned(),
             user_key: user_key.to_owned(),
             address: address.to_owned(),
             local,
+            counted,
+            max,
         };
         let Some(in_flight) = &self.in_flight else {
             // Shared by replicas: the advance count is written, atomically.
@@ -982,7 +1024,12 @@ impl Store {
             .bind(i64::from(max))
             .fetch_optional(self.db.writer())
             .await?;
-            return Ok(row.map(|_| admitted(None)));
+            return row
+                .map(|r| {
+                    let n: i64 = r.try_get("failures")?;
+                    Ok(admitted(None, Some(u32::try_from(n).unwrap_or(u32::MAX))))
+                })
+                .transpose();
         };
         let key = Key { tenant: tenant.to_owned(), user_key: user_key.to_owned(), address: address.to_owned() };
         let turn = in_flight.turn(&key).await;
@@ -991,17 +1038,28 @@ impl Store {
             (None, Some(k)) if k.epoch == in_flight.epoch() => k.failures,
             (None, _) => self.stored_failures(tenant, user_key, address).await?,
         };
-        Ok(turn.admit(stored, max).map(|a| admitted(Some(a))))
+        Ok(turn.admit(stored, max).map(|a| admitted(Some(a), None)))
     }
 
     /// Settles an admitted attempt: a success clears the count, a wrong password keeps its
     /// failure (written now on SQLite, before the caller is answered), and a check that did
-    /// not happen gives it back.
-    pub async fn settle(&self, attempt: Admitted, outcome: Outcome) -> Result<(), StoreError> {
-        let Admitted { tenant, user_key, address, local } = attempt;
+    /// not happen gives it back. A failure written now carries this handle's audit events
+    /// ([`Store::auditing`]) in its transaction, and `on_block` too when it is the failure
+    /// that blocks ([`Settled`]).
+    pub async fn settle(
+        &self,
+        attempt: Admitted,
+        outcome: Outcome,
+        on_block: Option<&postern_proto::tenant::v1::AuditEvent>,
+    ) -> Result<Settled, StoreError> {
+        let Admitted { tenant, user_key, address, local, counted, max } = attempt;
         let (Some(in_flight), Some(local)) = (&self.in_flight, local) else {
             let sql = match outcome {
-                Outcome::WrongCredentials => return Ok(()),
+                // Counted in advance: the admission that reached the maximum blocks, once
+                // its check failed.
+                Outcome::WrongCredentials => {
+                    return Ok(Settled { audited: false, blocked: counted.is_some_and(|n| n >= max) });
+                }
                 Outcome::Success => CLEAR_FAILURES,
                 Outcome::NotChecked => {
                     "UPDATE login_failures SET failures = failures - 1 \
@@ -1009,23 +1067,35 @@ impl Store {
                 }
             };
             sqlx::query(sql).bind(&tenant).bind(&user_key).bind(&address).execute(self.db.writer()).await?;
-            return Ok(());
+            return Ok(Settled::default());
         };
         match outcome {
             Outcome::WrongCredentials => {
                 let turn = in_flight.turn(local.key()).await;
-                sqlx::query(
+                let mut tx = self.db.begin_write().await?;
+                let failures: i64 = sqlx::query_scalar(
                     "INSERT INTO login_failures (tenant, user_key, address, failures) VALUES ($1, $2, $3, 1) \
-                     ON CONFLICT (tenant, user_key, address) DO UPDATE SET failures = login_failures.failures + 1",
+                     ON CONFLICT (tenant, user_key, address) DO UPDATE SET failures = login_failures.failures + 1 \
+                     RETURNING failures",
                 )
                 .bind(&tenant)
                 .bind(&user_key)
                 .bind(&address)
-                .execute(self.db.writer())
+                .fetch_one(&mut *tx)
                 .await?;
+                // The table holds settled failures only, each added under the key's turn:
+                // the count passes the maximum exactly once per block.
+                let blocked = failures == i64::from(max);
+                self.write_audit(&mut tx).await?;
+                if let (true, Some(event)) = (blocked, on_block) {
+                    self.outbox.write(&mut tx, std::slice::from_ref(event)).await?;
+                }
+                tx.commit().await?;
+                self.outbox.committed();
                 // After the write: a read that began before it must not be trusted.
                 in_flight.failure_written();
                 turn.failed(local);
+                return Ok(Settled { audited: true, blocked });
             }
             Outcome::Success => {
                 sqlx::query(CLEAR_FAILURES)
@@ -1038,7 +1108,7 @@ impl Store {
             }
             Outcome::NotChecked => local.not_checked(),
         }
-        Ok(())
+        Ok(Settled::default())
     }
 
     /// Settles an attempt whose login [`record_login`](Self::record_login) recorded with

@@ -149,7 +149,10 @@ async fn codes_are_single_use_and_a_replay_revokes_their_refresh_tokens() {
             .create_refresh_token(T, &other, &refresh_grant("fam-2", "auth0|u1", "c1"), T0, T0 + 86_400 * SEC)
             .await
             .unwrap();
-        assert_eq!(store.redeem_code(T, &code, "fam-3", T0 + 2 * SEC).await.unwrap(), Redeemed::Replayed);
+        assert_eq!(
+            store.redeem_code(T, &code, "fam-3", T0 + 2 * SEC).await.unwrap(),
+            Redeemed::Replayed { user_id: "auth0|u1".into() }
+        );
         assert_eq!(
             store.rotate_refresh_token(T, &rt, &secret_digest("rt-1b"), T0 + 3 * SEC, 86_400 * SEC).await.unwrap(),
             Rotated::Unknown,
@@ -209,7 +212,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
         // r1 again: reuse. The family goes, r3 with it.
         assert_eq!(
             store.rotate_refresh_token(T, &r1, &secret_digest("x"), T0 + 3 * SEC, day).await.unwrap(),
-            Rotated::Reused
+            Rotated::Reused { user_id: "auth0|u1".into() }
         );
         assert_eq!(
             store.rotate_refresh_token(T, &r3, &secret_digest("y"), T0 + 4 * SEC, day).await.unwrap(),

@@ -297,7 +297,7 @@ async fn brute_force_counting_is_exact_under_concurrency() {
                     if let Some(a) = a {
                         // Some time checking the password, so that the attempts overlap.
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                        store.settle(a, Outcome::WrongCredentials).await.unwrap();
+                        store.settle(a, Outcome::WrongCredentials, None).await.unwrap();
                     }
                     admitted
                 })
@@ -318,11 +318,11 @@ async fn brute_force_counting_is_exact_under_concurrency() {
             store.admit("t2", "auth0|alice", "203.0.113.7", 10, None).await.unwrap().expect("other tenant");
         drop(other_tenant);
         // A check that did not happen gives its failure back; a success resets.
-        store.settle(elsewhere, Outcome::NotChecked).await.unwrap();
+        store.settle(elsewhere, Outcome::NotChecked, None).await.unwrap();
         assert_eq!(store.failures("t1", "auth0|alice", "198.51.100.1").await.unwrap(), 0);
         assert_eq!(store.unblock("t1", "auth0|alice", 10).await.unwrap(), 1);
         let again = store.admit("t1", "auth0|alice", "203.0.113.7", 10, None).await.unwrap().expect("unblocked");
-        store.settle(again, Outcome::Success).await.unwrap();
+        store.settle(again, Outcome::Success, None).await.unwrap();
         assert_eq!(store.failures("t1", "auth0|alice", "203.0.113.7").await.unwrap(), 0);
         let store = Arc::try_unwrap(store).unwrap();
         cleanup(store, backend).await;
@@ -338,13 +338,13 @@ async fn brute_force_unblock_and_abandoned_attempts() {
         let (t, who, at) = ("t1", "auth0|bob", "203.0.113.9");
         for _ in 0..9 {
             let a = store.admit(t, who, at, 10, None).await.unwrap().expect("admitted");
-            store.settle(a, Outcome::WrongCredentials).await.unwrap();
+            store.settle(a, Outcome::WrongCredentials, None).await.unwrap();
         }
         let last = store.admit(t, who, at, 10, None).await.unwrap().expect("the tenth attempt");
         assert!(store.admit(t, who, at, 10, None).await.unwrap().is_none(), "nine failures and one in flight block");
         store.unblock(t, who, 10).await.unwrap();
         let after_unblock = store.admit(t, who, at, 10, None).await.unwrap().expect("the count started over");
-        store.settle(last, Outcome::WrongCredentials).await.unwrap();
+        store.settle(last, Outcome::WrongCredentials, None).await.unwrap();
         // SQLite writes the late failure when it is settled; PostgreSQL counted it in
         // advance, and the unblock lifted that count.
         let (late, abandoned) = match backend {
@@ -367,7 +367,7 @@ async fn brute_force_failures_survive_a_restart() {
     let store = Store::open(&location).await.unwrap();
     for _ in 0..10 {
         let a = store.admit("t1", "auth0|carol", "203.0.113.5", 10, None).await.unwrap().expect("admitted");
-        store.settle(a, Outcome::WrongCredentials).await.unwrap();
+        store.settle(a, Outcome::WrongCredentials, None).await.unwrap();
     }
     drop(store);
     let reopened = Store::open(&location).await.unwrap();
@@ -438,7 +438,7 @@ async fn a_deleted_tenant_leaves_nothing() {
                 .unwrap();
             store.set_password(t, "auth0|u", "con_db", "u", "h2", 5).await.unwrap();
             let a = store.admit(t, "auth0|u", "203.0.113.1", 10, None).await.unwrap().expect("admitted");
-            store.settle(a, Outcome::WrongCredentials).await.unwrap();
+            store.settle(a, Outcome::WrongCredentials, None).await.unwrap();
             let key = StoredKey {
                 kid: "k".into(),
                 alg: "RS256".into(),
@@ -502,7 +502,7 @@ async fn the_login_read_and_a_count_read_too_early() {
         // Ten failures written after that read: the read's count (none) no longer holds.
         for _ in 0..10 {
             let a = store.admit(t, "auth0|d1", at, 10, None).await.unwrap().expect("admitted");
-            store.settle(a, Outcome::WrongCredentials).await.unwrap();
+            store.settle(a, Outcome::WrongCredentials, None).await.unwrap();
         }
         assert!(
             store.admit(t, "auth0|d1", at, 10, found.stored).await.unwrap().is_none(),
@@ -566,6 +566,123 @@ async fn audit_events_are_written_with_their_change_only() {
         let pending = store.outbox().pending(10).await.unwrap();
         store.outbox().delivered(&[pending[0].0, pending[2].0]).await.unwrap();
         assert_eq!(ids(store.outbox().pending(10).await.unwrap()), [pending[1].1.id.clone()]);
+        cleanup(store, backend).await;
+    }
+}
+
+fn audit_event(tenant: &str, user_id: &str) -> postern_proto::tenant::v1::AuditEvent {
+    use postern_proto::tenant::v1 as tpb;
+    let mut e = postern_common::audit::event(tenant, tpb::AuditEventType::Login, tpb::AuditOutcome::Success);
+    e.user_id = user_id.into();
+    e
+}
+
+async fn outbox_ids(store: &Store) -> Vec<String> {
+    store.outbox().pending(100).await.unwrap().into_iter().map(|(_, e)| e.id).collect()
+}
+
+/// A login's audit events are written in the login's own transaction: with its record when
+/// it is recorded (the usual login's single counting statement included), not at all when
+/// it is not (a blocked user).
+#[tokio::test]
+async fn a_logins_audit_events_go_with_its_record() {
+    for (store, backend) in stores("a_logins_audit_events_go_with_its_record").await {
+        let t = "fabrikam";
+        store
+            .create_user(
+                t,
+                &new_user("a1", "alice@example.com"),
+                &identity("db", "a1", "alice@example.com", "", None),
+                None,
+            )
+            .await
+            .unwrap();
+        let usual = LoginUpdate {
+            ip: "192.0.2.4",
+            profile: None,
+            asserted: Asserted::Profile,
+            profile_data: None,
+            profile_sync: ProfileSync::OnEachLogin,
+            external: false,
+            password_hash: None,
+            clear_failures: None,
+            identity_current: true,
+            identities: None,
+            grant: None,
+        };
+        let counted = audit_event(t, "auth0|a1");
+        let audited = store.auditing(vec![counted.clone()]);
+        let recorded = audited.record_login(t, "auth0|a1", "con_db", "a1", &usual).await.unwrap();
+        assert!(matches!(recorded, Recorded::Login(_)));
+        assert_eq!(
+            outbox_ids(&store).await,
+            std::slice::from_ref(&counted.id),
+            "the usual login: its counters and its event"
+        );
+        let synced = Profile { email: "alice@example.com".into(), name: "Alice".into(), ..Profile::default() };
+        let full = LoginUpdate { profile: Some(&synced), identity_current: false, ..usual.clone() };
+        let updated = audit_event(t, "auth0|a1");
+        let audited = store.auditing(vec![updated.clone()]);
+        let recorded = audited.record_login(t, "auth0|a1", "con_db", "a1", &full).await.unwrap();
+        assert!(matches!(recorded, Recorded::Login(_)));
+        assert_eq!(outbox_ids(&store).await, [counted.id.clone(), updated.id.clone()], "a login that syncs");
+
+        let patch = UserPatch { blocked: Some(true), ..UserPatch::default() };
+        store.update_user(t, "auth0|a1", &patch).await.unwrap();
+        for update in [&usual, &full] {
+            let refused = audit_event(t, "auth0|a1");
+            let audited = store.auditing(vec![refused]);
+            let recorded = audited.record_login(t, "auth0|a1", "con_db", "a1", update).await.unwrap();
+            assert!(matches!(recorded, Recorded::Blocked));
+        }
+        assert_eq!(outbox_ids(&store).await.len(), 2, "a login not recorded writes no event");
+        cleanup(store, backend).await;
+    }
+}
+
+/// A wrong password's failure carries the login's event where it is written once the
+/// outcome is known (SQLite), and the failure that blocks carries the block's event, once;
+/// on PostgreSQL, which counted the failure before the check, the settlement writes nothing
+/// and says which failure blocked.
+#[tokio::test]
+async fn a_failures_audit_events_go_with_its_count_and_the_block_once() {
+    for (store, backend) in stores("a_failures_audit_events_go_with_its_count_and_the_block_once").await {
+        let (t, who, at) = ("t1", "auth0|dave", "203.0.113.8");
+        let sqlite = matches!(backend, Backend::Sqlite { .. });
+        let block = audit_event(t, who);
+        let mut failed = Vec::new();
+        let mut blocked_at = Vec::new();
+        for i in 1..=MAX_CONSECUTIVE_FAILURES {
+            let a = store.admit(t, who, at, MAX_CONSECUTIVE_FAILURES, None).await.unwrap().expect("admitted");
+            let event = audit_event(t, "");
+            failed.push(event.id.clone());
+            let audited = store.auditing(vec![event]);
+            let settled = audited.settle(a, Outcome::WrongCredentials, Some(&block)).await.unwrap();
+            assert_eq!(settled.audited, sqlite, "failure {i}");
+            if settled.blocked {
+                blocked_at.push(i);
+            }
+        }
+        assert_eq!(blocked_at, [MAX_CONSECUTIVE_FAILURES], "the tenth failure blocks, and only it");
+        assert!(store.admit(t, who, at, MAX_CONSECUTIVE_FAILURES, None).await.unwrap().is_none());
+        let expected = if sqlite {
+            let mut all = failed.clone();
+            all.push(block.id.clone());
+            all
+        } else {
+            Vec::new()
+        };
+        assert_eq!(outbox_ids(&store).await, expected);
+        // Unblocked, the count starts over: the next block is recorded again.
+        store.unblock(t, who, MAX_CONSECUTIVE_FAILURES).await.unwrap();
+        let (mut again, second) = (0, audit_event(t, who));
+        for _ in 0..MAX_CONSECUTIVE_FAILURES {
+            let a = store.admit(t, who, at, MAX_CONSECUTIVE_FAILURES, None).await.unwrap().expect("admitted");
+            if store.settle(a, Outcome::WrongCredentials, Some(&second)).await.unwrap().blocked {
+                again += 1;
+            }
+        }
+        assert_eq!(again, 1);
         cleanup(store, backend).await;
     }
 }

@@ -1,7 +1,8 @@
 //! The audit stream's pieces that the services recording events share. The tenant service
 //! owns the audit log (`postern.tenant.v1.AuditService`); the authenticator and the registry
 //! write each event into their own `audit_outbox` table in the transaction of the change it
-//! records (a failed login, which changes nothing, gets a small write of its own), and an
+//! records (a login's with the login's own writes; only what writes nothing once its outcome
+//! is known, such as a login refused before any write, gets a small write of its own), and an
 //! [`Outbox`] relay per process forwards the rows to `AppendAuditEvents` in batches and
 //! deletes them once acknowledged: at least once, made harmless by the event's id.
 //!

@@ -161,7 +161,7 @@ pub struct Settings {
     #[arg(long, env = "POSTERN_DB_POOL_SIZE", default_value_t = postern_common::db::DEFAULT_POOL_SIZE)]
     pub db_pool_size: u32,
     /// How many days the tenant service keeps audit events (`AuditService`); older ones are
-    /// deleted at start and then hourly as events arrive. 0 keeps them forever.
+    /// deleted at start and then every hour, by a timer of the tenant service. 0 keeps them forever.
     #[arg(long, env = "POSTERN_AUDIT_RETENTION_DAYS", default_value_t = 30)]
     pub audit_retention_days: u32,
     /// The certificate chain (PEM, the server's certificate first) of the gateway's public gRPC
@@ -588,11 +588,14 @@ where
 /// handlers.
 async fn start_tenant(settings: &Settings, internal_key: InternalKey) -> anyhow::Result<Started> {
     let store = open_tenant_store(settings).await?;
+    // The pruner's timer holds the store only weakly: a start that fails after this point
+    // drops `store` and lets its database go.
     let store = match settings.audit_retention_days {
         0 => store,
-        days => store.with_audit_retention(Duration::from_secs(u64::from(days) * 86_400)),
+        days => store
+            .with_audit_retention(Duration::from_secs(u64::from(days) * 86_400))
+            .with_audit_pruner(postern_tenant::store::PRUNE_EVERY),
     };
-    store.prune_audit_if_due().await;
     let routes = postern_tenant::routes(store.clone(), internal_key);
     let streams = store.clone();
     Ok(Started {

@@ -108,7 +108,11 @@ impl RegistryApi {
     /// of `req`.
     fn acting<T>(&self, req: &Request<T>, p: &postern_common::principal::Principal) -> Store {
         let event = postern_common::audit::by(Default::default(), p, postern_common::principal::peer_addr(req));
-        self.store.acting(crate::store::Actor { actor: event.actor.unwrap_or_default(), source_ip: event.source_ip })
+        self.store.acting(crate::store::Actor {
+            actor: event.actor.unwrap_or_default(),
+            source_ip: event.source_ip,
+            cause: None,
+        })
     }
 
     fn open(&self, tenant: &str, stored: &Stored) -> Result<Secrets, Status> {

@@ -71,8 +71,7 @@ pub struct Store {
     /// The audit events of the changes, delivered to the tenant service's audit log.
     outbox: postern_common::audit::Outbox,
     /// Who the changes made through this handle are made by ([`Store::acting`]); `None`
-    /// for the changes the registry makes itself (applying a deleted tenant or client, which
-    /// the tenant service audits), which are not audited here.
+    /// for changes not audited (those of a deleted tenant, whose audit log goes with it).
     actor: Option<Arc<Actor>>,
 }
 
@@ -83,6 +82,22 @@ pub struct Actor {
     pub actor: postern_proto::tenant::v1::AuditActor,
     /// The end caller's address, when known.
     pub source_ip: String,
+    /// Why the registry made the change itself (`details["cause"]`: `client_deleted`);
+    /// `None` for a caller's own change.
+    pub cause: Option<&'static str>,
+}
+
+impl Actor {
+    /// The registry itself, making a change because of `cause` (what the tenant service's
+    /// event log said).
+    pub fn system(cause: &'static str) -> Self {
+        use postern_proto::tenant::v1::{AuditActor, AuditActorType};
+        Actor {
+            actor: AuditActor { r#type: AuditActorType::System as i32, id: "registry".into() },
+            source_ip: String::new(),
+            cause: Some(cause),
+        }
+    }
 }
 
 /// The PostgreSQL notification channel that each committed change signals.
@@ -237,6 +252,9 @@ impl Store {
             event.client_id = client_id.to_owned();
             event.details.insert("connection_id".into(), connection.id.clone());
             event.details.insert("strategy".into(), connection.spec.strategy.as_str().to_owned());
+            if let Some(cause) = actor.cause {
+                event.details.insert("cause".into(), cause.to_owned());
+            }
             self.outbox.write(tx, &[event]).await?;
         }
         Ok(sequence)
@@ -657,10 +675,13 @@ impl Store {
             .bind(client_id)
             .execute(&mut *tx)
             .await?;
+        // Audited as the registry's own changes: the connections lost a client because the
+        // client was deleted.
+        let system = self.acting(Actor::system("client_deleted"));
         let mut sequence = 0;
         for stored in &left {
             sequence =
-                self.log_change(&mut tx, tenant, ChangeKind::ClientDisabled, &stored.connection, client_id).await?;
+                system.log_change(&mut tx, tenant, ChangeKind::ClientDisabled, &stored.connection, client_id).await?;
         }
         self.commit_logged(tx, sequence).await?;
         Ok(left)
@@ -698,6 +719,8 @@ impl Store {
         // The tenant's name may be taken again by a new tenant: its client ids are fresh, so
         // the tombstones of the old one's clients can go.
         sqlx::query("DELETE FROM deleted_clients WHERE tenant = $1").bind(tenant).execute(&mut *tx).await?;
+        // Not audited: the tenant's audit log was deleted with it (and a later tenant of the
+        // same name starts with an empty one), so no log could hold these events.
         let mut sequence = 0;
         for stored in &deleted {
             sequence = self.log_change(&mut tx, tenant, ChangeKind::Deleted, &stored.connection, "").await?;

@@ -15,7 +15,7 @@ use crate::domain::{
 
 mod audit;
 
-pub use audit::{Actor, AuditEvent, AuditFilter};
+pub use audit::{Actor, AuditEvent, AuditFilter, PRUNE_EVERY};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -51,8 +51,11 @@ pub struct Store {
     actor: std::sync::Arc<Actor>,
     /// How long audit events are kept, in microseconds; `None`: forever.
     audit_retention: Option<i64>,
-    /// When the audit log is next pruned (unix microseconds).
-    next_prune: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// The store the audit pruner's timer prunes ([`Store::with_audit_pruner`]), kept alive
+    /// by the handles that serve; the timer holds it only weakly, so that it never keeps the
+    /// database open by itself. Held, never read.
+    #[allow(dead_code)]
+    pruned: Option<std::sync::Arc<Store>>,
 }
 
 /// The PostgreSQL notification channel that each committed event signals.
@@ -136,7 +139,7 @@ impl Store {
             audit,
             actor: std::sync::Arc::new(Actor::system()),
             audit_retention: None,
-            next_prune: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            pruned: None,
         })
     }
 

@@ -59,9 +59,19 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
         if p != Principal::Anonymous {
             p.require_tenant(&req.tenant)?;
         }
-        self.verify_client(&req.tenant, &req.client_id, &req.client_secret).await?;
-        // An unknown API is refused before the password is checked (no attempt counted).
-        let scope = self.api_scope(&req.tenant, &req.audience, &req.scope).await?;
+        // A login refused before its password is looked at is audited too: a wrong client
+        // secret (never the secret itself), or an unknown API (no attempt counted).
+        let checked = match self.verify_client(&req.tenant, &req.client_id, &req.client_secret).await {
+            Ok(()) => self.api_scope(&req.tenant, &req.audience, &req.scope).await,
+            Err(s) => Err(s),
+        };
+        let scope = match checked {
+            Ok(scope) => scope,
+            Err(s) => {
+                self.audit_refused_login(&login, &s).await;
+                return Err(s);
+            }
+        };
         let user = self.password_login(&login).await?;
         let issued = self
             .issue_tokens(&IssueTokens {

@@ -252,8 +252,12 @@ where
 pub enum Redeemed {
     /// First use within its lifetime: what it grants.
     Granted(CodeGrant),
-    /// Used before: the refresh tokens of its exchange (if any) were revoked.
-    Replayed,
+    /// Used before: the refresh tokens of its exchange (if any) were revoked. The user it
+    /// was issued for (for the audit log).
+    Replayed {
+        /// The code's user.
+        user_id: String,
+    },
     /// No such code, or expired.
     Unknown,
 }
@@ -297,8 +301,12 @@ pub struct RefreshGrant {
 pub enum Rotated {
     /// The token was current: the new token replaces it, with this grant.
     Rotated(RefreshGrant),
-    /// The token was rotated before: its whole family is revoked.
-    Reused,
+    /// The token was rotated before: its whole family is revoked. The user it was issued
+    /// for (for the audit log).
+    Reused {
+        /// The token's user.
+        user_id: String,
+    },
     /// No such token (never issued, revoked, or expired).
     Unknown,
 }
@@ -498,7 +506,7 @@ impl Store {
                             .bind(&family)
                             .execute(&mut *tx)
                             .await?;
-                        Redeemed::Replayed
+                        Redeemed::Replayed { user_id: r.try_get("user_id")? }
                     }
                     // Never used, so expired.
                     None => Redeemed::Unknown,
@@ -691,7 +699,7 @@ impl Store {
                         .bind(&family)
                         .execute(&mut *tx)
                         .await?;
-                    Rotated::Reused
+                    Rotated::Reused { user_id: r.try_get("user_id")? }
                 } else {
                     Rotated::Unknown
                 }

@@ -93,7 +93,8 @@ impl Store {
     }
 
     /// Marks the code `code_hash` of a recipient delivered (valid from now on), unless a newer
-    /// start replaced it meanwhile.
+    /// start replaced it meanwhile; this handle's audit events ([`Store::auditing`], the
+    /// start's) are written with the mark, in its transaction.
     pub async fn code_delivered(
         &self,
         tenant: &str,
@@ -101,6 +102,7 @@ impl Store {
         recipient: &str,
         code_hash: &str,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
         let done = sqlx::query(
             "UPDATE passwordless_codes SET delivered = 1 \
              WHERE tenant = $1 AND connection_id = $2 AND recipient = $3 AND code_hash = $4",
@@ -109,8 +111,11 @@ impl Store {
         .bind(connection_id)
         .bind(recipient)
         .bind(code_hash)
-        .execute(self.db.writer())
+        .execute(&mut *tx)
         .await?;
+        self.write_audit(&mut tx).await?;
+        tx.commit().await?;
+        self.audit_committed();
         Ok(done.rows_affected() == 1)
     }
 

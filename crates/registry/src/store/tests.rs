@@ -343,6 +343,7 @@ async fn changes_made_by_a_caller_are_audited_in_their_transaction() {
         let admin = store.acting(Actor {
             actor: tpb::AuditActor { r#type: tpb::AuditActorType::Admin as i32, id: String::new() },
             source_ip: "192.0.2.1".into(),
+            cause: None,
         });
         let c = connection("fabrikam-ad", "ad");
         admin.create(T, 0, &c, b"sealed").await.unwrap();
@@ -371,6 +372,36 @@ async fn changes_made_by_a_caller_are_audited_in_their_transaction() {
         assert_eq!(events[0].details.get("strategy").map(String::as_str), Some("ad"));
         // Never the connection's secrets: its id and strategy only.
         assert!(events.iter().all(|e| e.details.keys().all(|k| k == "connection_id" || k == "strategy")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_removed_with_a_deleted_client_are_audited_as_the_registry() {
+    each_backend("connections_removed_with_a_deleted_client_are_audited_as_the_registry", |store| async move {
+        use postern_proto::tenant::v1 as tpb;
+        let ad = connection("fabrikam-ad", "ad");
+        let google = connection("google", "google-apps");
+        store.create(T, 1, &ad, b"x").await.unwrap();
+        store.create(T, 1, &google, b"x").await.unwrap();
+        store.enable(T, &ad.id, "timesheets").await.unwrap();
+        store.enable(T, &google.id, "portal").await.unwrap();
+        // Changes without a caller (as above) write nothing to the outbox.
+        assert!(store.outbox().pending(10).await.unwrap().is_empty());
+
+        store.apply_client_deleted(1, T, "timesheets").await.unwrap();
+        // Applied again (a replayed event): nothing changes, nothing more is audited.
+        store.apply_client_deleted(1, T, "timesheets").await.unwrap();
+        let events: Vec<tpb::AuditEvent> =
+            store.outbox().pending(10).await.unwrap().into_iter().map(|(_, e)| e).collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let e = &events[0];
+        assert_eq!(tpb::AuditEventType::try_from(e.r#type), Ok(tpb::AuditEventType::ConnectionDisabled));
+        assert_eq!((e.tenant.as_str(), e.connection.as_str(), e.client_id.as_str()), (T, "fabrikam-ad", "timesheets"));
+        let actor = e.actor.clone().unwrap();
+        assert_eq!((actor.r#type, actor.id.as_str()), (tpb::AuditActorType::System as i32, "registry"));
+        assert_eq!(e.details.get("cause").map(String::as_str), Some("client_deleted"));
+        assert_eq!(e.source_ip, "");
     })
     .await;
 }

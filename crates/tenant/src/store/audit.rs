@@ -168,7 +168,6 @@ impl Store {
         if appended > 0 {
             self.audit_committed();
         }
-        self.prune_audit_if_due().await;
         Ok(appended)
     }
 
@@ -263,43 +262,62 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// This store, keeping audit events for `retention` only: events older than that are
-    /// deleted by [`prune_audit_if_due`](Self::prune_audit_if_due), at most once an hour.
+    /// This store, keeping audit events for `retention` only: the pruner of
+    /// [`with_audit_pruner`](Self::with_audit_pruner) deletes the older ones.
     pub fn with_audit_retention(&self, retention: std::time::Duration) -> Store {
         let micros = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
         Store { audit_retention: Some(micros), ..self.clone() }
     }
 
-    /// Deletes the events past their retention if the last pruning is an hour old (or
-    /// never happened): called at start and with each delivery of events, so that no task of
-    /// its own holds the store (a process whose start fails lets its files go at once).
-    pub async fn prune_audit_if_due(&self) {
-        let Some(retention) = self.audit_retention else { return };
-        let now = postern_common::time::now_micros();
-        let due = self.next_prune.load(std::sync::atomic::Ordering::SeqCst);
-        if now < due
-            || self
-                .next_prune
-                .compare_exchange(
-                    due,
-                    now + PRUNE_EVERY_MICROS,
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                )
-                .is_err()
-        {
-            return;
+    /// Deletes the events past the retention (none without one); how many went.
+    pub async fn prune_audit_now(&self) -> Result<u64, StoreError> {
+        let Some(retention) = self.audit_retention else { return Ok(0) };
+        let pruned = self.prune_audit(postern_common::time::now_micros().saturating_sub(retention)).await?;
+        if pruned > 0 {
+            // Followers re-read from their position: nothing to send, but a test (or an
+            // operator's tool) can wait for the pruning this way.
+            self.audit_committed();
         }
-        match self.prune_audit(now.saturating_sub(retention)).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "audit events past their retention deleted"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+        Ok(pruned)
+    }
+
+    /// Starts the audit log's pruner: a timer that deletes the events past the retention
+    /// at once and then every `every`, and answers the store to serve with. The timer holds
+    /// the store weakly, through the handles made from the answer: it stops at shutdown
+    /// ([`shutdown_streams`](Self::shutdown_streams)) or as soon as every such handle is
+    /// gone (a start that failed after opening the store), never keeping the database open
+    /// on its own. Without a retention, no timer: the store as it is.
+    pub fn with_audit_pruner(&self, every: std::time::Duration) -> Store {
+        if self.audit_retention.is_none() {
+            return self.clone();
         }
+        let target = std::sync::Arc::new(Store { pruned: None, ..self.clone() });
+        let weak = std::sync::Arc::downgrade(&target);
+        let mut closing = self.closing();
+        tokio::spawn(async move {
+            let mut timer = tokio::time::interval(every);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = timer.tick() => {}
+                    // Shutdown, or every store handle gone (the sender with them).
+                    _ = closing.wait_for(|c| *c) => return,
+                }
+                // Held only while pruning.
+                let Some(store) = weak.upgrade() else { return };
+                match store.prune_audit_now().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "audit events past their retention deleted"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+                }
+            }
+        });
+        Store { pruned: Some(target), ..self.clone() }
     }
 }
 
-/// How often the audit log is pruned, in microseconds (an hour).
-const PRUNE_EVERY_MICROS: i64 = 3_600_000_000;
+/// How often the audit log is pruned by default.
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn audit_from_row(r: &AnyRow) -> Result<AuditEvent, StoreError> {
     let details: String = r.try_get("details")?;
