@@ -801,6 +801,112 @@ async fn a_decryption_key_must_match_its_certificate_when_written() {
         .expect("requiring encryption with a key and its certificate");
     let read = get_saml(&mut admin, t, "paired").await;
     assert!(read.require_encrypted_assertions && read.decryption_key_set && read.decryption_key.is_empty());
+
+    // TestConnection tries the pair: the sealed key opens and decrypts what is encrypted to
+    // the certificate, and the certificate is within its dates (an expired one is said so).
+    let step = |tested: &authn::TestConnectionResponse| {
+        assert!(!format!("{tested:?}").contains("PRIVATE KEY"), "never the key: {tested:?}");
+        tested.steps.iter().find(|s| s.name == "decryption_key").cloned().expect("a decryption_key step")
+    };
+    let test = |name: &str| authn::TestConnectionRequest { tenant: t.into(), connection: name.into() };
+    let tested = admin.authn.test_connection(test("paired")).await.expect("test").into_inner();
+    let paired = step(&tested);
+    assert!(paired.ok && paired.detail.contains("decrypts") && paired.detail.contains("valid until"), "{paired:?}");
+    let expired_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let mut params = rcgen::CertificateParams::new(vec!["sp-2020".into()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired_cert = params.self_signed(&expired_key).expect("cert").pem();
+    let expired = options(conn::SamlOptions {
+        decryption_key: expired_key.serialize_pem(),
+        decryption_certificate: expired_cert,
+        ..Default::default()
+    });
+    admin.connections.create_connection(create("expired", expired)).await.expect("an expired pair is stored");
+    let tested = admin.authn.test_connection(test("expired")).await.expect("test").into_inner();
+    let expired = step(&tested);
+    assert!(!tested.ok && !expired.ok && expired.detail.contains("expired on"), "{tested:?}");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_request_signing_key_must_match_its_certificate_when_written() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-signing-pairs";
+    let mut admin = suite.admin().await;
+    admin.create_tenant(t).await.expect("tenant");
+    let (key, cert) = rsa_pair("sp-signing");
+    let (other_key, other_cert) = rsa_pair("someone-else");
+    let options = |key: &str, cert: &str| conn::SamlOptions {
+        sign_in_url: "https://idp.fabrikam.example/sso".into(),
+        signing_certificates: vec![other_cert.clone()],
+        sign_request: true,
+        request_signing_key: key.into(),
+        request_signing_certificate: cert.into(),
+        ..Default::default()
+    };
+    let create = |name: &str, o: conn::SamlOptions| conn::CreateConnectionRequest {
+        tenant: t.into(),
+        connection: Some(conn::Connection {
+            name: name.into(),
+            strategy: "samlp".into(),
+            options: Some(conn::connection::Options::Saml(o)),
+            ..Default::default()
+        }),
+    };
+    let refused = |e: tonic::Status, case: &str| {
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{case}: {e:?}");
+        assert!(
+            postern_testkit::violated_fields(&e).iter().any(|f| f == "connection.options.saml.request_signing_key"),
+            "{case}: {e:?}"
+        );
+        assert!(e.message().contains("not the private key of request_signing_certificate"), "{case}: {}", e.message());
+        assert!(!e.message().contains("PRIVATE KEY"), "{case}: never the key");
+    };
+    let e = admin.connections.create_connection(create("refused", options(&key, &other_cert))).await.expect_err("pair");
+    refused(e, "a key of another certificate");
+    admin.connections.create_connection(create("paired", options(&key, &cert))).await.expect("a matching pair");
+
+    // An update of either half alone is checked against the other, stored, half.
+    let update = |o: conn::SamlOptions, path: &str| conn::UpdateConnectionRequest {
+        tenant: t.into(),
+        connection: Some(conn::Connection {
+            name: "paired".into(),
+            options: Some(conn::connection::Options::Saml(o)),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: path.split(',').map(Into::into).collect() }),
+    };
+    let e = admin
+        .connections
+        .update_connection(update(
+            conn::SamlOptions { request_signing_certificate: other_cert.clone(), ..Default::default() },
+            "options.saml.request_signing_certificate",
+        ))
+        .await
+        .expect_err("the stored key is not this certificate's");
+    refused(e, "a certificate of another key");
+    let e = admin
+        .connections
+        .update_connection(update(
+            conn::SamlOptions { request_signing_key: other_key.clone(), ..Default::default() },
+            "options.saml.request_signing_key",
+        ))
+        .await
+        .expect_err("this key is not the stored certificate's");
+    refused(e, "a key of another certificate, stored");
+    admin
+        .connections
+        .update_connection(update(
+            conn::SamlOptions {
+                request_signing_key: other_key.clone(),
+                request_signing_certificate: other_cert.clone(),
+                ..Default::default()
+            },
+            "options.saml.request_signing_key,options.saml.request_signing_certificate",
+        ))
+        .await
+        .expect("both halves replaced together");
     suite.stop().await.expect("stop");
 }
 

@@ -836,7 +836,9 @@ impl Options {
     ///
     /// Also checks what a secret and a public field say together: a SAML decryption key
     /// must be the key of `decryption_certificate` (so the IdP encrypts to a key this side
-    /// holds), whether the key comes with the request or is the stored one.
+    /// holds), and a request signing key the key of `request_signing_certificate` when that
+    /// is given (the metadata publishes it: the IdP checks requests against it), whether the
+    /// key comes with the request or is the stored one.
     pub fn check_required_secrets(&self, secrets: &Secrets, path: &str, v: &mut Violations) {
         let family = self.family().field_name();
         for (name, why) in self.required_secrets() {
@@ -853,9 +855,26 @@ impl Options {
                     "is required with decryption_key: the certificate (PEM) of that key, which the SP metadata \
                      publishes so that the identity provider encrypts to it",
                 );
-            } else if let Err(e) = rules::key_pair(key.expose(), &o.decryption_certificate) {
+            } else if let Err(e) = rules::key_pair(
+                key.expose(),
+                &o.decryption_certificate,
+                "decryption_certificate",
+                "assertions are decrypted with RSA-OAEP key transport",
+            ) {
                 v.add(format!("{path}.{family}.decryption_key"), e);
             }
+        }
+        if let Options::Saml(o) = self
+            && let Some(key) = secrets.get(names::REQUEST_SIGNING_KEY)
+            && !o.request_signing_certificate.is_empty()
+            && let Err(e) = rules::key_pair(
+                key.expose(),
+                &o.request_signing_certificate,
+                "request_signing_certificate",
+                "requests are signed with RSA-SHA256 or RSA-SHA512",
+            )
+        {
+            v.add(format!("{path}.{family}.request_signing_key"), e);
         }
     }
 

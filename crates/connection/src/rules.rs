@@ -309,22 +309,26 @@ pub fn pem_private_key(text: &str) -> Result<(), String> {
 }
 
 /// An RSA private key (PEM) and the certificate (PEM) of its public key: the pair a SAML
-/// service provider decrypts with. Never quotes the key.
-pub fn key_pair(key_pem: &str, certificate_pem: &str) -> Result<(), String> {
+/// service provider decrypts with (`certificate_field` `decryption_certificate`) or signs its
+/// requests with (`request_signing_certificate`); `why_rsa` says why the key must be RSA.
+/// Never quotes the key.
+pub fn key_pair(key_pem: &str, certificate_pem: &str, certificate_field: &str, why_rsa: &str) -> Result<(), String> {
     let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes())
         .map_err(|_| "does not parse as a PEM private key".to_owned())?;
     if key.rsa().is_err() {
-        return Err("must be an RSA private key: assertions are decrypted with RSA-OAEP key transport".into());
+        return Err(format!("must be an RSA private key: {why_rsa}"));
     }
     let cert = openssl::x509::X509::from_pem(certificate_pem.as_bytes())
-        .map_err(|_| "cannot be checked: its certificate does not parse as X.509".to_owned())?;
-    let public = cert.public_key().map_err(|_| "cannot be checked: its certificate holds no usable public key")?;
+        .map_err(|_| format!("cannot be checked: {certificate_field} does not parse as X.509"))?;
+    let public =
+        cert.public_key().map_err(|_| format!("cannot be checked: {certificate_field} holds no usable public key"))?;
     if public.public_eq(&key) {
         Ok(())
     } else {
-        Err("is not the private key of decryption_certificate: give the key of that certificate, or the \
-             certificate of this key"
-            .into())
+        Err(format!(
+            "is not the private key of {certificate_field}: give the key of that certificate, or the certificate \
+             of this key"
+        ))
     }
 }
 
@@ -455,6 +459,7 @@ mod tests {
         let rsa = || openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).expect("rsa")).expect("pkey");
         let (key, cert) = pair(rsa());
         let (other_key, other_cert) = pair(rsa());
+        let key_pair = |k: &str, c: &str| key_pair(k, c, "decryption_certificate", "RSA-OAEP");
         check(key_pair(&key, &cert), true);
         check(key_pair(&other_key, &other_cert), true);
         let e = key_pair(&key, &other_cert).expect_err("another certificate");

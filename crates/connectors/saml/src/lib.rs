@@ -39,7 +39,9 @@
 //!   attribute is kept in the raw profile by name, a multi-valued one as a list, and group
 //!   attributes (`groups`, `memberOf`, Microsoft's group claims) also as the list `groups`.
 //! - **test**: the IdP certificates' validity dates on the clock, the sign-in URL reachable,
-//!   the request signing key usable; never a secret in a step.
+//!   the request signing key usable, the decryption key opened, the key of
+//!   `decryption_certificate` (a round trip through RSA-OAEP) and that certificate in its
+//!   validity dates; never a secret in a step.
 //!
 //! - **IdP-initiated logins** (`complete_unsolicited`, off unless the connection's
 //!   `idp_initiated.enabled`): a response that answers no request (no `InResponseTo`, at
@@ -955,6 +957,24 @@ fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
+/// A certificate's subject, for messages.
+fn subject(cert: &openssl::x509::X509Ref) -> String {
+    cert.subject_name().entries().map(|e| e.data().to_string().unwrap_or_default()).collect::<Vec<_>>().join(", ")
+}
+
+/// Whether `cert` is valid on `now`: `Ok` with its end date, else why not.
+fn valid_on(cert: &openssl::x509::X509Ref, now: &openssl::asn1::Asn1TimeRef) -> Result<String, String> {
+    let subject = subject(cert);
+    let (nb, na) = (cert.not_before(), cert.not_after());
+    if nb > now {
+        return Err(format!("the certificate of {subject:?} is not valid before {nb}"));
+    }
+    if na < now {
+        return Err(format!("the certificate of {subject:?} expired on {na}"));
+    }
+    Ok(format!("{subject:?} valid until {na}"))
+}
+
 /// The validity of each IdP certificate on `now`.
 fn check_certificates(o: &SamlOptions, now: SystemTime) -> Result<String, String> {
     let now = openssl::asn1::Asn1Time::from_unix(unix(now)).map_err(|e| e.to_string())?;
@@ -962,25 +982,61 @@ fn check_certificates(o: &SamlOptions, now: SystemTime) -> Result<String, String
     for body in o.signing_certificates.iter().flat_map(|c| pem_bodies(c)) {
         let der = STANDARD.decode(&body).map_err(|_| "a certificate is not base64 DER".to_owned())?;
         let cert = openssl::x509::X509::from_der(&der).map_err(|_| "a certificate is not X.509".to_owned())?;
-        let subject = cert
-            .subject_name()
-            .entries()
-            .map(|e| e.data().to_string().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let (nb, na) = (cert.not_before(), cert.not_after());
-        if nb > now.as_ref() {
-            return Err(format!("the certificate of {subject:?} is not valid before {nb}"));
-        }
-        if na < now.as_ref() {
-            return Err(format!("the certificate of {subject:?} expired on {na}"));
-        }
-        found.push(format!("{subject:?} valid until {na}"));
+        found.push(valid_on(&cert, &now)?);
     }
     if found.is_empty() {
         return Err("the connection holds no IdP certificate".into());
     }
     Ok(format!("{} certificate(s): {}", found.len(), found.join("; ")))
+}
+
+/// The decryption key against the certificate the metadata publishes for encryption: the
+/// sealed key opened (it is here and parses as an RSA key), the certificate valid on `now`,
+/// and a value encrypted to the certificate with RSA-OAEP (as an IdP encrypts the content
+/// key) decrypted by the key. Says nothing of the key but that it works.
+fn check_decryption(o: &SamlOptions, key: Option<&str>, now: SystemTime) -> Result<String, String> {
+    use openssl::pkey::PKey;
+    use openssl::rsa::Padding;
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return Err("decryption_key is not set: encrypted assertions cannot be decrypted; set decryption_key (the \
+                    PEM RSA private key of decryption_certificate)"
+            .into());
+    };
+    if o.decryption_certificate.is_empty() {
+        return Err("decryption_certificate is empty: the SP metadata publishes no certificate for the identity \
+                    provider to encrypt to"
+            .into());
+    }
+    let key = PKey::private_key_from_pem(key.as_bytes())
+        .map_err(|_| "the sealed decryption_key opened but does not parse as a PEM private key".to_owned())?;
+    let rsa = key.rsa().map_err(|_| "decryption_key is not an RSA key (RSA-OAEP key transport)".to_owned())?;
+    let cert = openssl::x509::X509::from_pem(o.decryption_certificate.as_bytes())
+        .map_err(|_| "decryption_certificate does not parse as a PEM certificate".to_owned())?;
+    let public = cert.public_key().map_err(|_| "decryption_certificate holds no usable public key".to_owned())?;
+    if !public.public_eq(&key) {
+        return Err("decryption_key is not the key of decryption_certificate: the identity provider would encrypt \
+                    to a key this side does not hold"
+            .into());
+    }
+    let now = openssl::asn1::Asn1Time::from_unix(unix(now)).map_err(|e| e.to_string())?;
+    let valid = valid_on(&cert, &now)?;
+    // A content key's round trip, as an IdP's EncryptedKey would carry it.
+    let mut probe = [0u8; 32];
+    openssl::rand::rand_bytes(&mut probe).map_err(|e| e.to_string())?;
+    let public = public.rsa().map_err(|_| "decryption_certificate's key is not an RSA key".to_owned())?;
+    let mut sealed = vec![0; public.size() as usize];
+    let n = public.public_encrypt(&probe, &mut sealed, Padding::PKCS1_OAEP).map_err(|e| e.to_string())?;
+    let mut opened = vec![0; rsa.size() as usize];
+    let m = rsa
+        .private_decrypt(&sealed[..n], &mut opened, Padding::PKCS1_OAEP)
+        .map_err(|_| "decryption_key cannot decrypt what is encrypted to decryption_certificate".to_owned())?;
+    if opened[..m] != probe {
+        return Err("decryption_key cannot decrypt what is encrypted to decryption_certificate".into());
+    }
+    Ok(format!(
+        "the sealed decryption_key opens and decrypts what is encrypted to decryption_certificate (RSA-OAEP); \
+         certificate {valid}"
+    ))
 }
 
 #[async_trait]
@@ -1098,6 +1154,11 @@ impl RedirectConnector for SamlConnector {
             };
             steps.push(step("request_signing_key", started, result));
         }
+        let decryption_key = conn.secret(names::DECRYPTION_KEY).map(|k| k.expose());
+        if decryption_key.is_some() || !o.decryption_certificate.is_empty() || o.require_encrypted_assertions {
+            let started = Instant::now();
+            steps.push(step("decryption_key", started, check_decryption(o, decryption_key, self.clock.now())));
+        }
         let started = Instant::now();
         let result = match self.http.get(&o.sign_in_url).send().await {
             Ok(r) => Ok(format!("the sign-in URL answered HTTP {}", r.status().as_u16())),
@@ -1147,6 +1208,78 @@ mod tests {
     fn pem_bodies_split_every_certificate() {
         let pem = "-----BEGIN CERTIFICATE-----\nQUJD\nREVG\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nR0hJ\n-----END CERTIFICATE-----\n";
         assert_eq!(pem_bodies(pem), vec!["QUJDREVG".to_owned(), "R0hJ".to_owned()]);
+    }
+
+    /// A PEM private key and a self-signed PEM certificate of it, valid from now for a day.
+    fn pair(key: openssl::pkey::PKey<openssl::pkey::Private>) -> (String, String) {
+        let mut name = openssl::x509::X509NameBuilder::new().expect("name");
+        name.append_entry_by_text("CN", "sp").expect("cn");
+        let name = name.build();
+        let mut b = openssl::x509::X509Builder::new().expect("builder");
+        b.set_subject_name(&name).expect("subject");
+        b.set_issuer_name(&name).expect("issuer");
+        b.set_pubkey(&key).expect("key");
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).expect("t")).expect("nb");
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).expect("t")).expect("na");
+        b.sign(&key, openssl::hash::MessageDigest::sha256()).expect("sign");
+        let pem = |v: Vec<u8>| String::from_utf8(v).expect("utf8");
+        (pem(key.private_key_to_pem_pkcs8().expect("pem")), pem(b.build().to_pem().expect("pem")))
+    }
+
+    #[test]
+    fn the_decryption_step_opens_the_key_and_checks_its_certificate() {
+        let rsa = || openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).expect("rsa")).expect("pkey");
+        let (key, cert) = pair(rsa());
+        let (other_key, _) = pair(rsa());
+        let options = |cert: &str| SamlOptions { decryption_certificate: cert.into(), ..options() };
+        let now = SystemTime::now();
+        let day = std::time::Duration::from_secs(86_400);
+        #[track_caller]
+        fn check(r: Result<String, String>, expected: Result<&str, &str>) {
+            match (&r, expected) {
+                (Ok(d), Ok(part)) | (Err(d), Err(part)) => assert!(d.contains(part), "{d:?} lacks {part:?}"),
+                _ => panic!("{r:?}, expected {expected:?}"),
+            }
+            let d = r.unwrap_or_else(|e| e);
+            assert!(!d.contains("PRIVATE KEY"), "never the key: {d}");
+        }
+        check(check_decryption(&options(&cert), Some(&key), now), Ok("decrypts what is encrypted"));
+        check(check_decryption(&options(&cert), Some(&other_key), now), Err("not the key of decryption_certificate"));
+        check(check_decryption(&options(&cert), None, now), Err("decryption_key is not set"));
+        check(check_decryption(&options(""), Some(&key), now), Err("decryption_certificate is empty"));
+        check(check_decryption(&options(&cert), Some("garbage"), now), Err("does not parse"));
+        check(check_decryption(&options(&cert), Some(&key), now + 2 * day), Err("expired on"));
+        check(check_decryption(&options(&cert), Some(&key), now - 2 * day), Err("not valid before"));
+        let ec = openssl::ec::EcKey::generate(
+            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).expect("curve"),
+        )
+        .expect("ec");
+        let (ec_key, ec_cert) = pair(openssl::pkey::PKey::from_ec_key(ec).expect("pkey"));
+        check(check_decryption(&options(&ec_cert), Some(&ec_key), now), Err("not an RSA key"));
+    }
+
+    fn options() -> SamlOptions {
+        SamlOptions {
+            sign_in_url: "https://idp/sso".into(),
+            sign_out_url: String::new(),
+            signing_certificates: vec!["x".into()],
+            entity_id: String::new(),
+            audience: String::new(),
+            sign_request: false,
+            signature_algorithm: SamlSignatureAlgorithm::RsaSha256,
+            request_signing_certificate: String::new(),
+            binding: SamlBinding::HttpRedirect,
+            attributes: postern_connection::SamlAttributes {
+                email: String::new(),
+                name: String::new(),
+                given_name: String::new(),
+                family_name: String::new(),
+            },
+            decryption_certificate: String::new(),
+            require_encrypted_assertions: false,
+            allow_sha1: false,
+            idp_initiated: postern_connection::SamlIdpInitiated::default(),
+        }
     }
 
     #[test]
