@@ -456,6 +456,10 @@ async fn migrate_waits_for_a_database_that_is_still_starting() {
     .expect("postern migrate");
     assert!(!out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("waiting up to"), "{}", text(&out));
-    assert!(started.elapsed() < Duration::from_secs(20), "a missing database failed only after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a missing database failed only after {:?}",
+        started.elapsed()
+    );
     db.drop_db().await.expect("drop");
 }

@@ -52,6 +52,10 @@ pub fn by(mut event: pb::AuditEvent, principal: &Principal, ip: Option<IpAddr>) 
     event
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// How many outbox rows one `AppendAuditEvents` call carries.
 const BATCH: usize = 500;
 /// How often the relay looks at the outbox when nothing woke it (rows written by another
@@ -66,12 +70,26 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct Outbox {
     db: Db,
     wake: Arc<tokio::sync::Notify>,
+    group: Arc<GroupCommit>,
 }
+
+/// The events waiting for [`Outbox::record`]'s next commit, and the turn to make it.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    /// Each caller's events and where to tell it how their commit went.
+    waiting: std::sync::Mutex<Vec<Waiting>>,
+    /// Held by the caller committing; a fair (first come, first served) lock.
+    turn: tokio::sync::Mutex<()>,
+    /// How many commits have been made.
+    commits: std::sync::atomic::AtomicU64,
+}
+
+type Waiting = (Vec<pb::AuditEvent>, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 impl Outbox {
     /// The outbox in `db`.
     pub fn new(db: Db) -> Self {
-        Self { db, wake: Arc::new(tokio::sync::Notify::new()) }
+        Self { db, wake: Arc::new(tokio::sync::Notify::new()), group: Arc::default() }
     }
 
     /// Writes `events` in `tx`, the transaction of the change they record. Call
@@ -92,13 +110,50 @@ impl Outbox {
     }
 
     /// Writes `events` in a transaction of their own (events that record no change of this
-    /// service's data: a failed login, a token issued) and wakes the relay.
+    /// service's data: a failed login, a token issued) and wakes the relay; answers once they
+    /// are committed. Concurrent callers share commits (a group commit): each one's events
+    /// join a queue, and whoever takes the turn writes everything queued in one transaction
+    /// and answers every caller whose events it carried. Under load one durable commit (one
+    /// fsync on SQLite) then serves many events, instead of one each; nobody is answered
+    /// before the commit that holds its events.
     pub async fn record(&self, events: &[pb::AuditEvent]) -> Result<(), sqlx::Error> {
-        let mut tx = self.db.begin_write().await?;
-        self.write(&mut tx, events).await?;
-        tx.commit().await?;
-        self.committed();
-        Ok(())
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (told, mut answer) = tokio::sync::oneshot::channel();
+        lock(&self.group.waiting).push((events.to_vec(), told));
+        let _turn = self.group.turn.lock().await;
+        // A commit made while this caller waited for its turn may have carried its events.
+        if let Ok(done) = answer.try_recv() {
+            return done.map_err(sqlx::Error::Protocol);
+        }
+        let batch = std::mem::take(&mut *lock(&self.group.waiting));
+        let all: Vec<pb::AuditEvent> = batch.iter().flat_map(|(events, _)| events.iter().cloned()).collect();
+        let written = async {
+            let mut tx = self.db.begin_write().await?;
+            self.write(&mut tx, &all).await?;
+            tx.commit().await
+        }
+        .await;
+        self.group.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shared = written.as_ref().map(|_| ()).map_err(|e| format!("the audit outbox's commit failed: {e}"));
+        for (_, told) in batch {
+            let _ = told.send(shared.clone());
+        }
+        if written.is_ok() {
+            self.committed();
+        }
+        // This caller's events were queued before it took the turn, so this batch held them.
+        match answer.try_recv() {
+            Ok(done) => done.map_err(sqlx::Error::Protocol),
+            Err(_) => written,
+        }
+    }
+
+    /// How many transactions [`record`](Self::record) has committed (or tried) in this
+    /// process: fewer than its calls when concurrent calls shared commits.
+    pub fn group_commits(&self) -> u64 {
+        self.group.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Like [`record`](Self::record) for one event, logging a failure instead of returning

@@ -405,3 +405,37 @@ async fn connections_removed_with_a_deleted_client_are_audited_as_the_registry()
     })
     .await;
 }
+
+#[tokio::test]
+async fn concurrent_records_share_commits_and_each_is_answered_once_committed() {
+    each_backend("concurrent_records_share_commits_and_each_is_answered_once_committed", |store| async move {
+        use postern_proto::tenant::v1 as tpb;
+        const CALLERS: usize = 64;
+        let outbox = store.outbox().clone();
+        let before = outbox.group_commits();
+        let calls: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move {
+                    let mut e =
+                        postern_common::audit::event(T, tpb::AuditEventType::TokenExchange, tpb::AuditOutcome::Success);
+                    e.client_id = format!("client-{i}");
+                    outbox.record(&[e.clone()]).await.map(|()| e.id)
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for call in calls {
+            ids.push(call.await.unwrap().expect("recorded"));
+        }
+        // Every caller was answered only once its event was committed: all are there now.
+        let pending: Vec<String> = store.outbox().pending(1000).await.unwrap().into_iter().map(|(_, e)| e.id).collect();
+        for id in &ids {
+            assert!(pending.contains(id), "an answered event is not in the outbox");
+        }
+        assert_eq!(pending.len(), CALLERS);
+        let commits = outbox.group_commits() - before;
+        assert!(commits < CALLERS as u64 / 2, "{CALLERS} concurrent records took {commits} commits");
+    })
+    .await;
+}
