@@ -162,6 +162,7 @@ async fn the_audit_stream_shows_the_logins_and_the_changes() {
 
     let signup = one(T::Signup, Success);
     assert_eq!((signup.user_id.as_str(), signup.connection.as_str()), (user.user_id.as_str(), CONNECTION));
+    assert_eq!(signup.source_ip, "127.0.0.1", "a signup names where it came from");
     let blocked = one(T::UserBlocked, Success);
     assert_eq!(blocked.user_id, user.user_id);
     assert_eq!(actor(&blocked).0, tpb::AuditActorType::Admin);

@@ -113,6 +113,9 @@ pub struct SignupInput<'a> {
     pub password: &'a str,
     /// The user's own metadata, if any.
     pub user_metadata: Option<&'a prost_types::Struct>,
+    /// Where the signup came from (the caller's address, or the browser's on the hosted
+    /// page), for its audit event.
+    pub address: &'a str,
 }
 
 impl SignupInput<'_> {
@@ -429,8 +432,13 @@ impl AuthnApi {
         let result = self.sign_up(s).await;
         // A signup's success is written with the user (sign_up); a refusal changes nothing.
         if result.is_err() {
-            let facts =
-                Facts { tenant: s.tenant, client_id: s.client_id, connection: s.connection, ..Facts::default() };
+            let facts = Facts {
+                tenant: s.tenant,
+                client_id: s.client_id,
+                connection: s.connection,
+                address: s.address,
+                ..Facts::default()
+            };
             self.audit(Type::Signup, &facts, &result, audit::user(""), &[("email", s.email)]).await;
         }
         result
@@ -516,7 +524,7 @@ impl AuthnApi {
             client_id: s.client_id,
             connection: s.connection,
             user_id: &new.user_id,
-            ..Facts::default()
+            address: s.address,
         };
         let signed_up = audit::event(Type::Signup, &facts, None, audit::user(&new.user_id), &[("email", s.email)]);
         let store = self.store.auditing(signed_up.into_iter().collect());

@@ -1230,6 +1230,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
                 username: &req.username,
                 password: &req.password,
                 user_metadata: None,
+                address: &req.address,
             })
             .await?;
         self.finish_transaction(&req.tenant, &req.transaction).await?;

@@ -19,6 +19,7 @@ use crate::validate::{check_tenant, required};
 impl pb::authentication_service_server::AuthenticationService for AuthnApi {
     async fn signup(&self, req: Request<pb::SignupRequest>) -> Result<Response<pb::SignupResponse>, Status> {
         let p = principal(&req)?;
+        let from = address(&req, "")?;
         let req = req.into_inner();
         let input = SignupInput {
             tenant: &req.tenant,
@@ -28,6 +29,7 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             username: &req.username,
             password: &req.password,
             user_metadata: req.user_metadata.as_ref(),
+            address: &from,
         };
         input.validate()?;
         // Without a key, the application itself: the client it names must exist.
