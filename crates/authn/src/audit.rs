@@ -99,6 +99,18 @@ struct LoginState {
     with: Vec<pb::AuditEvent>,
 }
 
+impl LoginState {
+    fn facts<'a>(&'a self, user_id: &'a str) -> Facts<'a> {
+        Facts {
+            tenant: &self.tenant,
+            client_id: &self.client_id,
+            connection: &self.connection,
+            user_id,
+            address: &self.address,
+        }
+    }
+}
+
 impl LoginAudit {
     /// The audit of a login by `method` (`password`, `passwordless`, `redirect`, …) at
     /// `connection` (by name) for `client_id` of `tenant`, from `address`.
@@ -133,13 +145,7 @@ impl LoginAudit {
 
     fn login_event(&self, failure: Option<&Status>, user_id: &str) -> Option<pb::AuditEvent> {
         let s = self.state();
-        let facts = Facts {
-            tenant: &s.tenant,
-            client_id: &s.client_id,
-            connection: &s.connection,
-            user_id,
-            address: &s.address,
-        };
+        let facts = s.facts(user_id);
         let details: &[(&str, &str)] = if failure.is_some() {
             &[("method", self.method), ("username", &s.username)]
         } else {
@@ -148,31 +154,28 @@ impl LoginAudit {
         event(Type::Login, &facts, failure, user(user_id), details)
     }
 
-    /// The events of a successful login of `user_id`, for the transaction that records it.
-    pub(crate) fn success(&self, user_id: &str) -> Vec<pb::AuditEvent> {
-        let mut events: Vec<_> = self.login_event(None, user_id).into_iter().collect();
+    /// The login's event and the events that go with it.
+    fn events(&self, failure: Option<&Status>, user_id: &str) -> Vec<pb::AuditEvent> {
+        let mut events: Vec<_> = self.login_event(failure, user_id).into_iter().collect();
         events.extend(self.state().with.iter().cloned());
         events
     }
 
+    /// The events of a successful login of `user_id`, for the transaction that records it.
+    pub(crate) fn success(&self, user_id: &str) -> Vec<pb::AuditEvent> {
+        self.events(None, user_id)
+    }
+
     /// The events of a login refused with `failure`, for the transaction that counts it.
     pub(crate) fn failure(&self, failure: &Status) -> Vec<pb::AuditEvent> {
-        let mut events: Vec<_> = self.login_event(Some(failure), "").into_iter().collect();
-        events.extend(self.state().with.iter().cloned());
-        events
+        self.events(Some(failure), "")
     }
 
     /// The event of brute-force protection blocking the user (`user_id`, empty when the name
     /// typed is no user's) from this login's address: by the system, not by the user.
     pub(crate) fn blocked(&self, user_id: &str, max_failures: u32) -> Option<pb::AuditEvent> {
         let s = self.state();
-        let facts = Facts {
-            tenant: &s.tenant,
-            client_id: &s.client_id,
-            connection: &s.connection,
-            user_id,
-            address: &s.address,
-        };
+        let facts = s.facts(user_id);
         let actor = pb::AuditActor { r#type: pb::AuditActorType::System as i32, id: SERVICE.to_owned() };
         let max = max_failures.to_string();
         let details = [

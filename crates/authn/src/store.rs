@@ -457,23 +457,14 @@ impl Store {
         if update.counters_only() {
             // The usual login: one statement, durable on its own (with its audit events, in
             // one transaction: still one commit), then a read.
+            let counting = |count: String| {
+                sqlx::query(sqlx::AssertSqlSafe(count)).bind(tenant).bind(user_id).bind(now).bind(update.ip)
+            };
             let row = if self.audit.is_empty() {
-                sqlx::query(sqlx::AssertSqlSafe(count))
-                    .bind(tenant)
-                    .bind(user_id)
-                    .bind(now)
-                    .bind(update.ip)
-                    .fetch_optional(self.db.writer())
-                    .await?
+                counting(count).fetch_optional(self.db.writer()).await?
             } else {
                 let mut tx = self.db.begin_write().await?;
-                let row = sqlx::query(sqlx::AssertSqlSafe(count))
-                    .bind(tenant)
-                    .bind(user_id)
-                    .bind(now)
-                    .bind(update.ip)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let row = counting(count).fetch_optional(&mut *tx).await?;
                 if row.is_some() {
                     self.write_audit(&mut tx).await?;
                     tx.commit().await?;

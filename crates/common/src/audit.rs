@@ -144,10 +144,7 @@ impl Outbox {
             self.committed();
         }
         // This caller's events were queued before it took the turn, so this batch held them.
-        match answer.try_recv() {
-            Ok(done) => done.map_err(sqlx::Error::Protocol),
-            Err(_) => written,
-        }
+        written
     }
 
     /// How many transactions [`record`](Self::record) has committed (or tried) in this
