@@ -260,6 +260,14 @@ async fn a_watch_sees_a_login_made_after_it_started() {
     admin.create_tenant(TENANT).await.expect("tenant");
     let client = admin.create_client(TENANT, "Fabrikam Customer Portal").await.expect("client");
     admin.create_database_connection(TENANT, CONNECTION, &client.client_id).await.expect("connection");
+    // The registry's events reach the log through its outbox, shortly after the change (the
+    // relay lets events gather for a moment): the watch starts once they are in it.
+    events_when(&mut admin, TENANT, "the connection's events", |events| {
+        [tpb::AuditEventType::ConnectionCreated, tpb::AuditEventType::ConnectionEnabled]
+            .iter()
+            .all(|k| events.iter().any(|e| kind(e) == *k))
+    })
+    .await;
     let mut stream = admin
         .audit
         .watch_audit_events(tpb::WatchAuditEventsRequest {

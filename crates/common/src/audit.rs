@@ -61,6 +61,11 @@ const BATCH: usize = 500;
 /// How often the relay looks at the outbox when nothing woke it (rows written by another
 /// replica on a shared PostgreSQL, or left by a stopped process).
 const POLL: Duration = Duration::from_secs(1);
+/// How long the relay lets events gather after a commit woke it, before it reads the
+/// outbox: a delivery costs a write in the log and one in the outbox whatever its size, so
+/// the events of many logins share them, instead of each login's event taking two writes
+/// (and the database's write lock) of its own beside the logins still running.
+const GATHER: Duration = Duration::from_millis(100);
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -220,7 +225,7 @@ impl Outbox {
                 Ok(false) => {
                     backoff = MIN_BACKOFF;
                     tokio::select! {
-                        () = self.wake.notified() => {}
+                        () = self.wake.notified() => tokio::time::sleep(GATHER).await,
                         () = tokio::time::sleep(POLL) => {}
                     }
                 }
