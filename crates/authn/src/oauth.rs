@@ -559,7 +559,7 @@ impl OAuthApi {
         &self,
         req: &pb::ExchangeTokenRequest,
         client: &tenant_pb::Client,
-        user_id: &mut String,
+        audit: &mut ExchangeAudit<'_>,
     ) -> Result<pb::ExchangeTokenResponse, Status> {
         if req.code.is_empty() {
             return Err(invalid_request("code", "is required for grant_type=authorization_code"));
@@ -568,16 +568,96 @@ impl OAuthApi {
             return Err(invalid_request("redirect_uri", "is required for grant_type=authorization_code"));
         }
         let family = postern_common::ids::new_id();
-        let grant = match self.store().redeem_code(&req.tenant, &secret_digest(&req.code), &family, self.now()).await? {
-            Redeemed::Granted(g) => g,
-            Redeemed::Replayed { user_id: replayed } => {
-                user_id.clone_from(&replayed);
-                tracing::warn!(tenant = %req.tenant, client_id = %req.client_id, "authorization code replayed: its refresh tokens are revoked");
-                return Err(invalid_grant("the authorization code was already used; the tokens it issued are revoked"));
-            }
-            Redeemed::Unknown => return Err(invalid_grant("the authorization code is invalid or expired")),
+        let code_hash = secret_digest(&req.code);
+        // The code is read, checked and its tokens made before it is used up, so that its use,
+        // its first refresh token and the exchange's audit event are one write.
+        let Some(grant) = self.store().peek_code(&req.tenant, &code_hash, self.now()).await? else {
+            return Err(self.refuse_code(req, &code_hash, &family, audit).await);
         };
-        user_id.clone_from(&grant.user_id);
+        audit.user_id.clone_from(&grant.user_id);
+        if let Err(refused) = Self::check_code(req, client, &grant) {
+            // A code presented with the wrong client, redirect URI or verifier is used up
+            // all the same: whoever holds it does not get to try again.
+            self.store().redeem_code(&req.tenant, &code_hash, &family, self.now()).await?;
+            return Err(refused);
+        }
+        let issued = self
+            .user_tokens(&UserTokens {
+                tenant: &req.tenant,
+                client_id: &grant.client_id,
+                user_id: &grant.user_id,
+                scope: &grant.scope,
+                audience: &grant.audience,
+                nonce: &grant.nonce,
+                auth_time: grant.auth_time,
+                session_hash: &grant.session_hash,
+            })
+            .await?;
+        let now = self.now();
+        let refresh = has_scope(&grant.scope, "offline_access").then(|| {
+            let refresh = RefreshGrant {
+                family_id: family.clone(),
+                client_id: grant.client_id.clone(),
+                user_id: grant.user_id.clone(),
+                scope: grant.scope.clone(),
+                audience: grant.audience.clone(),
+                nonce: grant.nonce.clone(),
+                auth_time: grant.auth_time,
+                session_hash: grant.session_hash.clone(),
+                family_expire: now.saturating_add(micros(self.oauth.refresh_absolute)),
+            };
+            (new_secret(), refresh)
+        });
+        let stored = refresh
+            .as_ref()
+            .map(|(token, grant)| (secret_digest(token), grant, now.saturating_add(micros(self.oauth.refresh_idle))));
+        let events: Vec<_> = audit.event(None).into_iter().collect();
+        let first = self
+            .store()
+            .auditing(events)
+            .use_authorization_code(
+                &req.tenant,
+                &code_hash,
+                &family,
+                now,
+                stored.as_ref().map(|(h, g, e)| (h.as_str(), *g, *e)),
+            )
+            .await?;
+        if !first {
+            // Another exchange used the code since it was read: a replay after all.
+            return Err(self.refuse_code(req, &code_hash, &family, audit).await);
+        }
+        audit.written = true;
+        let refresh_token = refresh.map(|(token, _)| token).unwrap_or_default();
+        Ok(Self::token_response(issued, refresh_token, true))
+    }
+
+    /// The answer to a code that is not (or no longer) unused: used before (a replay, whose
+    /// tokens are revoked), expired or unknown.
+    async fn refuse_code(
+        &self,
+        req: &pb::ExchangeTokenRequest,
+        code_hash: &str,
+        family: &str,
+        audit: &mut ExchangeAudit<'_>,
+    ) -> Status {
+        match self.store().redeem_code(&req.tenant, code_hash, family, self.now()).await {
+            Ok(Redeemed::Replayed { user_id: replayed }) => {
+                audit.user_id.clone_from(&replayed);
+                tracing::warn!(tenant = %req.tenant, client_id = %req.client_id, "authorization code replayed: its refresh tokens are revoked");
+                invalid_grant("the authorization code was already used; the tokens it issued are revoked")
+            }
+            // Unused a moment ago and used up now by this call: it expired in between.
+            Ok(Redeemed::Unknown | Redeemed::Granted(_)) => {
+                invalid_grant("the authorization code is invalid or expired")
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Whether `req` may exchange the code of `grant`: the client it was issued to, the
+    /// redirect URI of its request, and the PKCE verifier of its challenge.
+    fn check_code(req: &pb::ExchangeTokenRequest, client: &tenant_pb::Client, grant: &CodeGrant) -> Result<(), Status> {
         if grant.client_id != client.client_id {
             return Err(invalid_grant("the authorization code was issued to another client"));
         }
@@ -598,39 +678,7 @@ impl OAuthApi {
                 return Err(invalid_grant("code_verifier does not match the code_challenge"));
             }
         }
-        let issued = self
-            .user_tokens(&UserTokens {
-                tenant: &req.tenant,
-                client_id: &grant.client_id,
-                user_id: &grant.user_id,
-                scope: &grant.scope,
-                audience: &grant.audience,
-                nonce: &grant.nonce,
-                auth_time: grant.auth_time,
-                session_hash: &grant.session_hash,
-            })
-            .await?;
-        let refresh_token = if has_scope(&grant.scope, "offline_access") {
-            let now = self.now();
-            let token = new_secret();
-            let refresh = RefreshGrant {
-                family_id: family,
-                client_id: grant.client_id.clone(),
-                user_id: grant.user_id.clone(),
-                scope: grant.scope.clone(),
-                audience: grant.audience.clone(),
-                nonce: grant.nonce.clone(),
-                auth_time: grant.auth_time,
-                session_hash: grant.session_hash.clone(),
-                family_expire: now.saturating_add(micros(self.oauth.refresh_absolute)),
-            };
-            let expire = now.saturating_add(micros(self.oauth.refresh_idle));
-            self.store().create_refresh_token(&req.tenant, &secret_digest(&token), &refresh, now, expire).await?;
-            token
-        } else {
-            String::new()
-        };
-        Ok(Self::token_response(issued, refresh_token, true))
+        Ok(())
     }
 
     async fn refresh(
@@ -1053,21 +1101,55 @@ fn redirect(r: pb::Redirect) -> Response<pb::StartAuthorizationResponse> {
 
 impl OAuthApi {
     /// The token endpoint's grant of `req`, once its type is known to be supported; sets
-    /// `user_id` to the user the grant is for as soon as the grant names one (for the audit
-    /// event, whether or not tokens are issued).
+    /// the audit's user to the user the grant is for as soon as the grant names one (for the
+    /// audit event, whether or not tokens are issued), and marks the event written when the
+    /// grant wrote it with its own change.
     async fn exchange(
         &self,
         req: &pb::ExchangeTokenRequest,
-        address: &str,
-        user_id: &mut String,
+        audit: &mut ExchangeAudit<'_>,
     ) -> Result<pb::ExchangeTokenResponse, Status> {
         let client = self.authenticate_client(&req.tenant, &req.client_id, &req.client_secret).await?;
         match req.grant_type.as_str() {
-            "authorization_code" => self.authorization_code(req, &client, user_id).await,
-            "refresh_token" => self.refresh(req, &client, user_id).await,
-            PASSWORDLESS_OTP_GRANT => self.passwordless_otp(req, &client, address, user_id).await,
+            "authorization_code" => self.authorization_code(req, &client, audit).await,
+            "refresh_token" => self.refresh(req, &client, &mut audit.user_id).await,
+            PASSWORDLESS_OTP_GRANT => self.passwordless_otp(req, &client, audit.address, &mut audit.user_id).await,
             _ => self.client_credentials(req, &client).await,
         }
+    }
+}
+
+/// The audit event of one token request: who asked for what, for which user, and whether
+/// the grant's own write carried it already.
+struct ExchangeAudit<'a> {
+    req: &'a pb::ExchangeTokenRequest,
+    /// The caller's address.
+    address: &'a str,
+    /// The user the grant is for, once known.
+    user_id: String,
+    /// Written with the grant's change (an authorization code used up).
+    written: bool,
+}
+
+impl ExchangeAudit<'_> {
+    /// The event, succeeded or failed with `failure`.
+    fn event(&self, failure: Option<&Status>) -> Option<postern_proto::tenant::v1::AuditEvent> {
+        let req = self.req;
+        // The passwordless grant names its connection (`realm`); the others none.
+        let connection = if req.grant_type == PASSWORDLESS_OTP_GRANT { req.realm.as_str() } else { "" };
+        let facts = crate::audit::Facts {
+            tenant: &req.tenant,
+            client_id: &req.client_id,
+            connection,
+            user_id: &self.user_id,
+            address: self.address,
+        };
+        let actor = postern_proto::tenant::v1::AuditActor {
+            r#type: postern_proto::tenant::v1::AuditActorType::Client as i32,
+            id: req.client_id.clone(),
+        };
+        let details = [("grant_type", req.grant_type.as_str()), ("audience", req.audience.as_str())];
+        crate::audit::event(crate::audit::Type::TokenExchange, &facts, failure, actor, &details)
     }
 }
 
@@ -1311,23 +1393,13 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         let address = postern_common::principal::peer_addr(&req)
             .map_or_else(|| "unknown".to_owned(), |ip| ip.to_canonical().to_string());
         let req = req.into_inner();
-        let mut user_id = String::new();
-        let result = self.exchange(&req, &address, &mut user_id).await;
-        // The passwordless grant names its connection (`realm`); the others none.
-        let connection = if req.grant_type == PASSWORDLESS_OTP_GRANT { req.realm.as_str() } else { "" };
-        let facts = crate::audit::Facts {
-            tenant: &req.tenant,
-            client_id: &req.client_id,
-            connection,
-            user_id: &user_id,
-            address: &address,
-        };
-        let actor = postern_proto::tenant::v1::AuditActor {
-            r#type: postern_proto::tenant::v1::AuditActorType::Client as i32,
-            id: req.client_id.clone(),
-        };
-        let details = [("grant_type", req.grant_type.as_str()), ("audience", req.audience.as_str())];
-        self.authn.audit(crate::audit::Type::TokenExchange, &facts, &result, actor, &details).await;
+        let mut audit = ExchangeAudit { req: &req, address: &address, user_id: String::new(), written: false };
+        let result = self.exchange(&req, &mut audit).await;
+        if !audit.written
+            && let Some(event) = audit.event(result.as_ref().err())
+        {
+            self.authn.outbox.record_or_log(event).await;
+        }
         Ok(Response::new(result?))
     }
 

@@ -171,6 +171,75 @@ async fn codes_are_single_use_and_a_replay_revokes_their_refresh_tokens() {
 }
 
 #[tokio::test]
+async fn a_code_is_read_then_used_up_once_with_its_refresh_token_and_audit_event() {
+    for (store, backend) in stores("a_code_is_read_then_used_up_once_with_its_refresh_token_and_audit_event").await {
+        let code = secret_digest("code-1");
+        let grant = code_grant("auth0|u1", "c1");
+        store.create_code(T, &code, &grant, T0, T0 + 60 * SEC).await.unwrap();
+        // Reading it changes nothing: it can be read again, and is still unused.
+        assert_eq!(store.peek_code(T, &code, T0 + SEC).await.unwrap(), Some(grant.clone()));
+        assert_eq!(store.peek_code(T, &code, T0 + SEC).await.unwrap(), Some(grant.clone()));
+        assert_eq!(store.peek_code("other", &code, T0 + SEC).await.unwrap(), None, "another tenant's");
+        assert_eq!(store.peek_code(T, &code, T0 + 60 * SEC).await.unwrap(), None, "expired");
+
+        let event = postern_common::audit::event(
+            T,
+            postern_proto::tenant::v1::AuditEventType::TokenExchange,
+            postern_proto::tenant::v1::AuditOutcome::Success,
+        );
+        let rt = secret_digest("rt-1");
+        let refresh = refresh_grant("fam-1", "auth0|u1", "c1");
+        let used = store
+            .auditing(vec![event.clone()])
+            .use_authorization_code(T, &code, "fam-1", T0 + 2 * SEC, Some((&rt, &refresh, T0 + 86_400 * SEC)))
+            .await
+            .unwrap();
+        assert!(used, "the first use");
+        let pending = store.outbox().pending(10).await.unwrap();
+        assert_eq!(pending.iter().map(|(_, e)| e.id.as_str()).collect::<Vec<_>>(), [event.id.as_str()]);
+        assert_eq!(store.peek_code(T, &code, T0 + 3 * SEC).await.unwrap(), None, "used up");
+
+        // A second exchange that read it before the first used it writes nothing.
+        let late = store
+            .auditing(vec![postern_common::audit::event(
+                T,
+                postern_proto::tenant::v1::AuditEventType::TokenExchange,
+                postern_proto::tenant::v1::AuditOutcome::Success,
+            )])
+            .use_authorization_code(
+                T,
+                &code,
+                "fam-2",
+                T0 + 3 * SEC,
+                Some((&secret_digest("rt-2"), &refresh_grant("fam-2", "auth0|u1", "c1"), T0 + 86_400 * SEC)),
+            )
+            .await
+            .unwrap();
+        assert!(!late, "used once only");
+        assert_eq!(store.outbox().pending(10).await.unwrap().len(), 1, "no event of the refused use");
+        assert_eq!(
+            store
+                .rotate_refresh_token(T, &secret_digest("rt-2"), &secret_digest("x"), T0 + 4 * SEC, SEC)
+                .await
+                .unwrap(),
+            Rotated::Unknown,
+            "no refresh token of the refused use"
+        );
+        // The code's family is the first use's: its replay revokes the first refresh token.
+        assert_eq!(
+            store.redeem_code(T, &code, "fam-3", T0 + 5 * SEC).await.unwrap(),
+            Redeemed::Replayed { user_id: "auth0|u1".into() }
+        );
+        assert_eq!(
+            store.rotate_refresh_token(T, &rt, &secret_digest("rt-1b"), T0 + 6 * SEC, SEC).await.unwrap(),
+            Rotated::Unknown,
+            "the replay revoked the refresh token stored with the use"
+        );
+        cleanup(store, backend).await;
+    }
+}
+
+#[tokio::test]
 async fn sessions_have_idle_and_absolute_lifetimes() {
     for (store, backend) in stores("sessions_have_idle_and_absolute_lifetimes").await {
         let s = secret_digest("s-1");

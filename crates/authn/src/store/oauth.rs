@@ -186,6 +186,42 @@ pub(super) async fn insert_grant_in(
     insert_code(&mut **tx, tenant, grant.code_hash, &grant.code(user_id), grant.now, grant.code_expire).await
 }
 
+/// Stores a refresh token of `grant`'s family, idle until `expire_time` (never past the
+/// family's own expiry).
+async fn insert_refresh_token<'e, E>(
+    executor: E,
+    tenant: &str,
+    token_hash: &str,
+    grant: &RefreshGrant,
+    now: i64,
+    expire_time: i64,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO refresh_tokens (tenant, token_hash, family_id, client_id, user_id, scope, audience, nonce, \
+         auth_time, session_hash, create_time, expire_time, family_expire) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(tenant)
+    .bind(token_hash)
+    .bind(&grant.family_id)
+    .bind(&grant.client_id)
+    .bind(&grant.user_id)
+    .bind(&grant.scope)
+    .bind(&grant.audience)
+    .bind(&grant.nonce)
+    .bind(grant.auth_time)
+    .bind(&grant.session_hash)
+    .bind(now)
+    .bind(expire_time.min(grant.family_expire))
+    .bind(grant.family_expire)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 async fn insert_session<'e, E>(
     executor: E,
     tenant: &str,
@@ -518,6 +554,63 @@ impl Store {
         Ok(outcome)
     }
 
+    /// What a code grants while it is unused and within its lifetime, read without using it
+    /// up: the exchange checks it and makes its tokens first, then uses the code up with
+    /// everything the exchange writes in one transaction ([`use_authorization_code`](Self::use_authorization_code)).
+    /// `None` for a code used before, expired or unknown ([`redeem_code`](Self::redeem_code)
+    /// then tells which, and revokes what a replay must).
+    pub async fn peek_code(&self, tenant: &str, code_hash: &str, now: i64) -> Result<Option<CodeGrant>, StoreError> {
+        let row = sqlx::query(
+            "SELECT client_id, redirect_uri, user_id, scope, audience, nonce, code_challenge, session_hash, \
+             auth_time FROM authorization_codes \
+             WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3",
+        )
+        .bind(tenant)
+        .bind(code_hash)
+        .bind(now)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.as_ref().map(code_grant).transpose()?)
+    }
+
+    /// Uses up a code that [`peek_code`](Self::peek_code) found unused, recording
+    /// `family_id`, with what its exchange issued: the first refresh token of the family
+    /// (its hash, grant and idle expiry) when there is one, and this handle's audit events
+    /// ([`Store::auditing`]), in one write transaction (one fsync on SQLite). `false` when
+    /// another exchange used the code (or it expired) in between: nothing is written.
+    pub async fn use_authorization_code(
+        &self,
+        tenant: &str,
+        code_hash: &str,
+        family_id: &str,
+        now: i64,
+        refresh: Option<(&str, &RefreshGrant, i64)>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let used = sqlx::query(
+            "UPDATE authorization_codes SET used_time = $3, family_id = $4 \
+             WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3",
+        )
+        .bind(tenant)
+        .bind(code_hash)
+        .bind(now)
+        .bind(family_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if used != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some((token_hash, grant, expire_time)) = refresh {
+            insert_refresh_token(&mut *tx, tenant, token_hash, grant, now, expire_time).await?;
+        }
+        self.write_audit(&mut tx).await?;
+        tx.commit().await?;
+        self.audit_committed();
+        Ok(true)
+    }
+
     // ---- SSO sessions ----
 
     /// Starts an SSO session for `user_id`, authenticated at `auth_time` (= now).
@@ -612,27 +705,7 @@ impl Store {
         now: i64,
         expire_time: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (tenant, token_hash, family_id, client_id, user_id, scope, audience, nonce, \
-             auth_time, session_hash, create_time, expire_time, family_expire) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(tenant)
-        .bind(token_hash)
-        .bind(&grant.family_id)
-        .bind(&grant.client_id)
-        .bind(&grant.user_id)
-        .bind(&grant.scope)
-        .bind(&grant.audience)
-        .bind(&grant.nonce)
-        .bind(grant.auth_time)
-        .bind(&grant.session_hash)
-        .bind(now)
-        .bind(expire_time.min(grant.family_expire))
-        .bind(grant.family_expire)
-        .execute(self.db.writer())
-        .await?;
-        Ok(())
+        insert_refresh_token(self.db.writer(), tenant, token_hash, grant, now, expire_time).await
     }
 
     /// Rotates a refresh token: marks `old_hash` used and stores `new_hash` in its family,
