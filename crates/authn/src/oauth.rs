@@ -594,7 +594,10 @@ impl OAuthApi {
             })
             .await?;
         let now = self.now();
+        // With offline_access, the first refresh token of the family: the token, its digest
+        // (what is stored) and its grant.
         let refresh = has_scope(&grant.scope, "offline_access").then(|| {
+            let token = new_secret();
             let refresh = RefreshGrant {
                 family_id: family.clone(),
                 client_id: grant.client_id.clone(),
@@ -606,21 +609,18 @@ impl OAuthApi {
                 session_hash: grant.session_hash.clone(),
                 family_expire: now.saturating_add(micros(self.oauth.refresh_absolute)),
             };
-            (new_secret(), refresh)
+            (secret_digest(&token), token, refresh)
         });
-        let stored = refresh
-            .as_ref()
-            .map(|(token, grant)| (secret_digest(token), grant, now.saturating_add(micros(self.oauth.refresh_idle))));
-        let events: Vec<_> = audit.event(None).into_iter().collect();
+        let idle_expire = now.saturating_add(micros(self.oauth.refresh_idle));
         let first = self
             .store()
-            .auditing(events)
+            .auditing(audit.event(None).into_iter().collect())
             .use_authorization_code(
                 &req.tenant,
                 &code_hash,
                 &family,
                 now,
-                stored.as_ref().map(|(h, g, e)| (h.as_str(), *g, *e)),
+                refresh.as_ref().map(|(hash, _, grant)| (hash.as_str(), grant, idle_expire)),
             )
             .await?;
         if !first {
@@ -628,7 +628,7 @@ impl OAuthApi {
             return Err(self.refuse_code(req, &code_hash, &family, audit).await);
         }
         audit.written = true;
-        let refresh_token = refresh.map(|(token, _)| token).unwrap_or_default();
+        let refresh_token = refresh.map(|(_, token, _)| token).unwrap_or_default();
         Ok(Self::token_response(issued, refresh_token, true))
     }
 
@@ -647,7 +647,8 @@ impl OAuthApi {
                 tracing::warn!(tenant = %req.tenant, client_id = %req.client_id, "authorization code replayed: its refresh tokens are revoked");
                 invalid_grant("the authorization code was already used; the tokens it issued are revoked")
             }
-            // Unused a moment ago and used up now by this call: it expired in between.
+            // Granted cannot follow a read that found the code used, expired or unknown (or a
+            // use that lost to another); answered as an unknown code all the same.
             Ok(Redeemed::Unknown | Redeemed::Granted(_)) => {
                 invalid_grant("the authorization code is invalid or expired")
             }

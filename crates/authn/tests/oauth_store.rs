@@ -182,11 +182,11 @@ async fn a_code_is_read_then_used_up_once_with_its_refresh_token_and_audit_event
         assert_eq!(store.peek_code("other", &code, T0 + SEC).await.unwrap(), None, "another tenant's");
         assert_eq!(store.peek_code(T, &code, T0 + 60 * SEC).await.unwrap(), None, "expired");
 
-        let event = postern_common::audit::event(
-            T,
-            postern_proto::tenant::v1::AuditEventType::TokenExchange,
-            postern_proto::tenant::v1::AuditOutcome::Success,
-        );
+        let exchanged = || {
+            use postern_proto::tenant::v1::{AuditEventType, AuditOutcome};
+            postern_common::audit::event(T, AuditEventType::TokenExchange, AuditOutcome::Success)
+        };
+        let event = exchanged();
         let rt = secret_digest("rt-1");
         let refresh = refresh_grant("fam-1", "auth0|u1", "c1");
         let used = store
@@ -201,11 +201,7 @@ async fn a_code_is_read_then_used_up_once_with_its_refresh_token_and_audit_event
 
         // A second exchange that read it before the first used it writes nothing.
         let late = store
-            .auditing(vec![postern_common::audit::event(
-                T,
-                postern_proto::tenant::v1::AuditEventType::TokenExchange,
-                postern_proto::tenant::v1::AuditOutcome::Success,
-            )])
+            .auditing(vec![exchanged()])
             .use_authorization_code(
                 T,
                 &code,

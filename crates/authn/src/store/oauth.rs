@@ -186,6 +186,32 @@ pub(super) async fn insert_grant_in(
     insert_code(&mut **tx, tenant, grant.code_hash, &grant.code(user_id), grant.now, grant.code_expire).await
 }
 
+/// The columns of an authorization code that [`code_grant`] reads.
+const CODE_COLUMNS: &str =
+    "client_id, redirect_uri, user_id, scope, audience, nonce, code_challenge, session_hash, auth_time";
+
+/// Marks a code used by the exchange of refresh-token family `family_id`, if it is unused
+/// and within its lifetime; how many rows it marked (0 or 1).
+async fn mark_code_used(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    code_hash: &str,
+    family_id: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE authorization_codes SET used_time = $3, family_id = $4 \
+         WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3",
+    )
+    .bind(tenant)
+    .bind(code_hash)
+    .bind(now)
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
 /// Stores a refresh token of `grant`'s family, idle until `expire_time` (never past the
 /// family's own expiry).
 async fn insert_refresh_token<'e, E>(
@@ -512,21 +538,10 @@ impl Store {
         now: i64,
     ) -> Result<Redeemed, StoreError> {
         let mut tx = self.db.begin_write().await?;
-        let used = sqlx::query(
-            "UPDATE authorization_codes SET used_time = $3, family_id = $4 \
-             WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3",
-        )
-        .bind(tenant)
-        .bind(code_hash)
-        .bind(now)
-        .bind(family_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let row = sqlx::query(
-            "SELECT client_id, redirect_uri, user_id, scope, audience, nonce, code_challenge, session_hash, \
-             auth_time, family_id FROM authorization_codes WHERE tenant = $1 AND code_hash = $2",
-        )
+        let used = mark_code_used(&mut tx, tenant, code_hash, family_id, now).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CODE_COLUMNS}, family_id FROM authorization_codes WHERE tenant = $1 AND code_hash = $2"
+        )))
         .bind(tenant)
         .bind(code_hash)
         .fetch_optional(&mut *tx)
@@ -560,11 +575,10 @@ impl Store {
     /// `None` for a code used before, expired or unknown ([`redeem_code`](Self::redeem_code)
     /// then tells which, and revokes what a replay must).
     pub async fn peek_code(&self, tenant: &str, code_hash: &str, now: i64) -> Result<Option<CodeGrant>, StoreError> {
-        let row = sqlx::query(
-            "SELECT client_id, redirect_uri, user_id, scope, audience, nonce, code_challenge, session_hash, \
-             auth_time FROM authorization_codes \
-             WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CODE_COLUMNS} FROM authorization_codes \
+             WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3"
+        )))
         .bind(tenant)
         .bind(code_hash)
         .bind(now)
@@ -587,17 +601,7 @@ impl Store {
         refresh: Option<(&str, &RefreshGrant, i64)>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await?;
-        let used = sqlx::query(
-            "UPDATE authorization_codes SET used_time = $3, family_id = $4 \
-             WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3",
-        )
-        .bind(tenant)
-        .bind(code_hash)
-        .bind(now)
-        .bind(family_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let used = mark_code_used(&mut tx, tenant, code_hash, family_id, now).await?;
         if used != 1 {
             tx.rollback().await?;
             return Ok(false);
@@ -741,26 +745,7 @@ impl Store {
         let outcome = match (used, row) {
             (1, Some(r)) => {
                 let grant = refresh_grant(&r)?;
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (tenant, token_hash, family_id, client_id, user_id, scope, audience, \
-                     nonce, auth_time, session_hash, create_time, expire_time, family_expire) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                )
-                .bind(tenant)
-                .bind(new_hash)
-                .bind(&grant.family_id)
-                .bind(&grant.client_id)
-                .bind(&grant.user_id)
-                .bind(&grant.scope)
-                .bind(&grant.audience)
-                .bind(&grant.nonce)
-                .bind(grant.auth_time)
-                .bind(&grant.session_hash)
-                .bind(now)
-                .bind(now.saturating_add(idle).min(grant.family_expire))
-                .bind(grant.family_expire)
-                .execute(&mut *tx)
-                .await?;
+                insert_refresh_token(&mut *tx, tenant, new_hash, &grant, now, now.saturating_add(idle)).await?;
                 Rotated::Rotated(grant)
             }
             (_, Some(r)) => {
