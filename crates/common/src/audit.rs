@@ -104,12 +104,15 @@ impl Outbox {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         events: &[pb::AuditEvent],
     ) -> Result<(), sqlx::Error> {
-        for e in events {
-            sqlx::query("INSERT INTO audit_outbox (id, event) VALUES ($1, $2)")
-                .bind(&e.id)
-                .bind(e.encode_to_vec())
-                .execute(&mut **tx)
-                .await?;
+        // One statement per chunk, not per event: each statement is a round trip to the
+        // database (on SQLite, to sqlx's worker thread and back).
+        for chunk in events.chunks(BATCH) {
+            let sql = format!("INSERT INTO audit_outbox (id, event) VALUES {}", crate::db::value_rows(chunk.len(), 2));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                query = query.bind(&e.id).bind(e.encode_to_vec());
+            }
+            query.execute(&mut **tx).await?;
         }
         Ok(())
     }
@@ -187,8 +190,9 @@ impl Outbox {
             .collect()
     }
 
-    /// Removes the rows at `positions` (delivered). By position, never by range: on
-    /// PostgreSQL a row with a smaller position may commit after a larger one was read.
+    /// Removes the rows at `positions` (delivered), without waiting for the disk
+    /// ([`Db::execute_relaxed`]). By position, never by range: on PostgreSQL a row with a
+    /// smaller position may commit after a larger one was read.
     pub async fn delivered(&self, positions: &[i64]) -> Result<(), sqlx::Error> {
         for chunk in positions.chunks(BATCH) {
             let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -197,7 +201,9 @@ impl Outbox {
             for p in chunk {
                 query = query.bind(*p);
             }
-            query.execute(self.db.writer()).await?;
+            // Delivered rows: if a power failure undoes the delete, they are delivered again
+            // and the log keeps one of each id.
+            self.db.execute_relaxed(query).await?;
         }
         Ok(())
     }

@@ -262,6 +262,41 @@ fn closed_signal() -> std::sync::Arc<tokio::sync::watch::Sender<bool>> {
     std::sync::Arc::new(tokio::sync::watch::channel(false).0)
 }
 
+/// SQLite's writer connection with `synchronous = NORMAL`, for [`Db::execute_relaxed`]: set
+/// back to `FULL` by [`restore`](Self::restore); dropped before that (the caller cancelled),
+/// the connection is closed rather than returned to the pool, so no later write of the
+/// process commits without syncing by mistake.
+struct RelaxedWriter {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+}
+
+impl RelaxedWriter {
+    async fn acquire(writer: &AnyPool) -> Result<Self, sqlx::Error> {
+        let mut relaxed = Self { conn: Some(writer.acquire().await?) };
+        relaxed.connection().execute("PRAGMA synchronous = NORMAL").await?;
+        Ok(relaxed)
+    }
+
+    fn connection(&mut self) -> &mut AnyConnection {
+        self.conn.as_mut().unwrap_or_else(|| unreachable!("taken only by restore, which consumes self"))
+    }
+
+    async fn restore(mut self) -> Result<(), sqlx::Error> {
+        self.connection().execute("PRAGMA synchronous = FULL").await?;
+        // Back to the pool as it came.
+        self.conn.take();
+        Ok(())
+    }
+}
+
+impl Drop for RelaxedWriter {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 /// Creates the database file at `path` (and its directory) private to this account before
 /// SQLite opens it, so that SQLite, which gives the `-wal` and `-shm` files the database
 /// file's mode, keeps them private too; tightens what exists with wider modes.
@@ -378,6 +413,35 @@ impl Db {
     /// the lock. A caller holding a write transaction must not wait on it.
     pub fn writer(&self) -> &AnyPool {
         &self.writer
+    }
+
+    /// Runs `query`, one write statement whose loss in a power failure or an operating-system
+    /// crash harms nothing, without waiting for the disk: a login transaction not used yet
+    /// (its user starts the login again, as after a Keycloak restart, which keeps them in
+    /// memory), an outbox row already delivered (delivered again; the log ignores an event
+    /// id it holds). Nothing whose loss would let something be used twice, or undo what an
+    /// answer promised, may go through here.
+    ///
+    /// On SQLite the statement commits with `synchronous = NORMAL` (the writer connection
+    /// is set back to `FULL` before it is reused, or closed when the caller is cancelled in
+    /// between): its WAL frames reach the OS but are not synced. A process crash loses
+    /// nothing; the next durable commit syncs the WAL, and these frames before its own; a
+    /// power loss before then rolls the statement back and leaves the file consistent
+    /// (SQLite's WAL checksums end the log at the last whole commit). On PostgreSQL, whose
+    /// commits are cheap to share, it is an ordinary durable write.
+    pub async fn execute_relaxed<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+        match self.backend {
+            Backend::Postgres => query.execute(&self.writer).await,
+            Backend::Sqlite => {
+                let mut relaxed = RelaxedWriter::acquire(&self.writer).await?;
+                let done = query.execute(relaxed.connection()).await;
+                relaxed.restore().await?;
+                done
+            }
+        }
     }
 
     /// The engine behind the pool.
@@ -720,9 +784,57 @@ pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     }
 }
 
+/// The `VALUES` rows of a multi-row insert of `rows` rows of `columns` columns each, with
+/// numbered parameters: `($1, $2), ($3, $4)` for 2 × 2.
+pub fn value_rows(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 6);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(r * columns + c + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_rows_number_the_parameters_row_by_row() {
+        assert_eq!(value_rows(1, 1), "($1)");
+        assert_eq!(value_rows(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+
+    #[tokio::test]
+    async fn a_relaxed_write_lands_and_leaves_the_writer_syncing() {
+        static NONE: Migrator = Migrator::DEFAULT;
+        let dir = tempfile::tempdir().unwrap();
+        let location = DbLocation::SqliteFile(dir.path().join("svc.db"));
+        let db = Db::open(&location, Migrations { sqlite: &NONE, postgres: &NONE }).await.expect("open");
+        let synchronous = || async {
+            sqlx::query_scalar::<_, i64>("PRAGMA synchronous").fetch_one(db.writer()).await.expect("pragma")
+        };
+        const FULL: i64 = 2;
+        assert_eq!(synchronous().await, FULL, "the writer syncs every commit");
+        sqlx::query("CREATE TABLE t (v BIGINT)").execute(db.writer()).await.unwrap();
+        db.execute_relaxed(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(7_i64)).await.expect("relaxed write");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t").fetch_one(db.pool()).await.unwrap();
+        assert_eq!(rows, 1, "the relaxed write is committed");
+        assert_eq!(synchronous().await, FULL, "and the writer syncs again after it");
+        // A caller cancelled between the two pragmas: the connection is not reused.
+        let relaxed = RelaxedWriter::acquire(db.writer()).await.expect("acquire");
+        drop(relaxed);
+        assert_eq!(synchronous().await, FULL, "a cancelled relaxed write leaves no relaxed writer behind");
+        db.close().await;
+    }
 
     #[test]
     fn an_sqlite_file_has_one_owner() {

@@ -433,9 +433,12 @@ pub(super) const DELETE_TENANT_GRANTS: [&str; 6] = [
 impl Store {
     // ---- login transactions ----
 
-    /// Stores a login transaction.
+    /// Stores a login transaction, without waiting for the disk ([`Db::execute_relaxed`]:
+    /// lost only in a power failure, when its user starts the login again).
+    ///
+    /// [`Db::execute_relaxed`]: postern_common::db::Db::execute_relaxed
     pub async fn create_transaction(&self, t: &NewTransaction<'_>) -> Result<(), StoreError> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO login_transactions (tenant, id_hash, csrf_hash, client_id, request, create_time, \
              expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -445,9 +448,8 @@ impl Store {
         .bind(t.client_id)
         .bind(t.request)
         .bind(t.now)
-        .bind(t.expire_time)
-        .execute(self.db.writer())
-        .await?;
+        .bind(t.expire_time);
+        self.db.execute_relaxed(insert).await?;
         Ok(())
     }
 

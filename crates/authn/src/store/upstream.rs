@@ -60,9 +60,13 @@ fn upstream_transaction(r: &sqlx::any::AnyRow) -> Result<UpstreamTransaction, St
 }
 
 impl Store {
-    /// Stores an upstream login transaction.
+    /// Stores an upstream login transaction, without waiting for the disk
+    /// ([`Db::execute_relaxed`]: lost only in a power failure, when its user starts the
+    /// login again; its state is then unknown to the callback, as a forged one is).
+    ///
+    /// [`Db::execute_relaxed`]: postern_common::db::Db::execute_relaxed
     pub async fn create_upstream_transaction(&self, t: &NewUpstreamTransaction<'_>) -> Result<(), StoreError> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO upstream_transactions (tenant, state_hash, binding_hash, client_id, connection, request, \
              sealed, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
@@ -74,9 +78,8 @@ impl Store {
         .bind(t.request)
         .bind(t.sealed)
         .bind(t.now)
-        .bind(t.expire_time)
-        .execute(self.db.writer())
-        .await?;
+        .bind(t.expire_time);
+        self.db.execute_relaxed(insert).await?;
         Ok(())
     }
 

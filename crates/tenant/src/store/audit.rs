@@ -84,6 +84,9 @@ pub struct AuditFilter {
     pub end_time: Option<i64>,
 }
 
+/// Events inserted by one statement: 13 parameters each, well under SQLite's 32,766 and
+/// PostgreSQL's 65,535 parameters a statement.
+const AUDIT_INSERT_ROWS: usize = 200;
 const COLUMNS: &str = "sequence, id, tenant, event_time, event_type, outcome, reason, actor_type, actor_id, \
      source_ip, connection, client_id, user_id, details";
 
@@ -132,30 +135,35 @@ impl Store {
             sqlx::query("LOCK TABLE audit_events IN EXCLUSIVE MODE").execute(&mut **tx).await?;
         }
         self.db.notify_on_commit(tx, AUDIT_CHANNEL).await?;
+        // One statement per chunk of events, not per event: each statement is a round trip
+        // to the database (on SQLite, to sqlx's worker thread and back). 13 parameters a row.
         let mut appended = 0;
-        for e in events {
-            let details = serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into());
-            let done = sqlx::query(
+        for chunk in events.chunks(AUDIT_INSERT_ROWS) {
+            let sql = format!(
                 "INSERT INTO audit_events (id, tenant, event_time, event_type, outcome, reason, actor_type, \
-                 actor_id, source_ip, connection, client_id, user_id, details) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&e.id)
-            .bind(&e.tenant)
-            .bind(e.event_time)
-            .bind(&e.event_type)
-            .bind(&e.outcome)
-            .bind(&e.reason)
-            .bind(&e.actor_type)
-            .bind(&e.actor_id)
-            .bind(&e.source_ip)
-            .bind(&e.connection)
-            .bind(&e.client_id)
-            .bind(&e.user_id)
-            .bind(details)
-            .execute(&mut **tx)
-            .await?;
-            appended += done.rows_affected();
+                 actor_id, source_ip, connection, client_id, user_id, details) VALUES {} \
+                 ON CONFLICT (id) DO NOTHING",
+                postern_common::db::value_rows(chunk.len(), 13)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                let details = serde_json::to_string(&e.details).unwrap_or_else(|_| "{}".into());
+                query = query
+                    .bind(&e.id)
+                    .bind(&e.tenant)
+                    .bind(e.event_time)
+                    .bind(&e.event_type)
+                    .bind(&e.outcome)
+                    .bind(&e.reason)
+                    .bind(&e.actor_type)
+                    .bind(&e.actor_id)
+                    .bind(&e.source_ip)
+                    .bind(&e.connection)
+                    .bind(&e.client_id)
+                    .bind(&e.user_id)
+                    .bind(details);
+            }
+            appended += query.execute(&mut **tx).await?.rows_affected();
         }
         Ok(appended)
     }
