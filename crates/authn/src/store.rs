@@ -256,6 +256,13 @@ const CLEAR_FAILURES: &str = "DELETE FROM login_failures WHERE tenant = $1 AND u
 const USER_COLUMNS: &str = "user_id, seq, email, email_verified, username, name, given_name, family_name, \
      nickname, picture, phone_number, phone_verified, user_metadata, app_metadata, blocked, last_login, last_ip, \
      logins_count, create_time, update_time";
+/// A value of a column a login's profile sets.
+enum Column<'a> {
+    Text(&'a str),
+    Owned(String),
+    Flag(bool),
+}
+
 const IDENTITY_COLUMNS: &str = "connection_id, source_id, user_id, connection, strategy, is_social, login_email, \
      login_username, profile_data, profile_sync, external, password_hash";
 
@@ -450,11 +457,11 @@ impl Store {
         update: &LoginUpdate<'_>,
     ) -> Result<Recorded, StoreError> {
         let now = postern_common::time::now_micros();
-        let count = format!(
-            "UPDATE users SET last_login = $3, last_ip = $4, logins_count = logins_count + 1, update_time = $3 \
-             WHERE tenant = $1 AND user_id = $2 AND blocked = 0 RETURNING {USER_COLUMNS}"
-        );
         if update.counters_only() {
+            let count = format!(
+                "UPDATE users SET last_login = $3, last_ip = $4, logins_count = logins_count + 1, update_time = $3 \
+                 WHERE tenant = $1 AND user_id = $2 AND blocked = 0 RETURNING {USER_COLUMNS}"
+            );
             // The usual login: one statement, durable on its own (with its audit events, in
             // one transaction: still one commit), then a read.
             let counting = |count: String| {
@@ -487,70 +494,61 @@ impl Store {
         if let Some(g) = update.grant {
             oauth::take_upstream_in(&mut tx, tenant, g).await?;
         }
-        match (update.profile, update.asserted) {
-            (None, _) => {}
-            (Some(p), Asserted::Profile) => {
-                sqlx::query(
-                    "UPDATE users SET email = $3, email_lower = $4, email_verified = $5, username = $6, name = $7, \
-                     given_name = $8, family_name = $9, nickname = $10, picture = $11, phone_number = $12, \
-                     phone_verified = $13 WHERE tenant = $1 AND user_id = $2",
-                )
-                .bind(tenant)
-                .bind(user_id)
-                .bind(&p.email)
-                .bind(p.email.to_lowercase())
-                .bind(i64::from(p.email_verified))
-                .bind(&p.username)
-                .bind(&p.name)
-                .bind(&p.given_name)
-                .bind(&p.family_name)
-                .bind(&p.nickname)
-                .bind(&p.picture)
-                .bind(&p.phone_number)
-                .bind(i64::from(p.phone_verified))
-                .execute(&mut *tx)
-                .await?;
-            }
-            (Some(p), Asserted::Email) => {
-                sqlx::query(
-                    "UPDATE users SET email = $3, email_lower = $4, email_verified = $5 \
-                     WHERE tenant = $1 AND user_id = $2",
-                )
-                .bind(tenant)
-                .bind(user_id)
-                .bind(&p.email)
-                .bind(p.email.to_lowercase())
-                .bind(i64::from(p.email_verified))
-                .execute(&mut *tx)
-                .await?;
-            }
+        // The profile the login asserts and the login's counters in one statement (one round
+        // trip); a blocked or vanished user matches no row, and the rollback below undoes the
+        // rest.
+        let profile: Vec<(&str, Column<'_>)> = match (update.profile, update.asserted) {
+            (None, _) => Vec::new(),
+            (Some(p), Asserted::Profile) => vec![
+                ("email", Column::Text(&p.email)),
+                ("email_lower", Column::Owned(p.email.to_lowercase())),
+                ("email_verified", Column::Flag(p.email_verified)),
+                ("username", Column::Text(&p.username)),
+                ("name", Column::Text(&p.name)),
+                ("given_name", Column::Text(&p.given_name)),
+                ("family_name", Column::Text(&p.family_name)),
+                ("nickname", Column::Text(&p.nickname)),
+                ("picture", Column::Text(&p.picture)),
+                ("phone_number", Column::Text(&p.phone_number)),
+                ("phone_verified", Column::Flag(p.phone_verified)),
+            ],
+            (Some(p), Asserted::Email) => vec![
+                ("email", Column::Text(&p.email)),
+                ("email_lower", Column::Owned(p.email.to_lowercase())),
+                ("email_verified", Column::Flag(p.email_verified)),
+            ],
             (Some(p), Asserted::Phone) => {
-                sqlx::query(
-                    "UPDATE users SET phone_number = $3, phone_verified = $4 WHERE tenant = $1 AND user_id = $2",
-                )
-                .bind(tenant)
-                .bind(user_id)
-                .bind(&p.phone_number)
-                .bind(i64::from(p.phone_verified))
-                .execute(&mut *tx)
-                .await?;
+                vec![
+                    ("phone_number", Column::Text(&p.phone_number)),
+                    ("phone_verified", Column::Flag(p.phone_verified)),
+                ]
             }
+        };
+        let sets: String = profile.iter().enumerate().map(|(i, (c, _))| format!("{c} = ${}, ", i + 5)).collect();
+        let count_with_profile = format!(
+            "UPDATE users SET {sets}last_login = $3, last_ip = $4, logins_count = logins_count + 1, update_time = $3 \
+             WHERE tenant = $1 AND user_id = $2 AND blocked = 0 RETURNING {USER_COLUMNS}"
+        );
+        let mut counting =
+            sqlx::query(sqlx::AssertSqlSafe(count_with_profile)).bind(tenant).bind(user_id).bind(now).bind(update.ip);
+        for (_, value) in profile {
+            counting = match value {
+                Column::Text(v) => counting.bind(v),
+                Column::Owned(v) => counting.bind(v),
+                Column::Flag(v) => counting.bind(i64::from(v)),
+            };
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(count))
-            .bind(tenant)
-            .bind(user_id)
-            .bind(now)
-            .bind(update.ip)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row = counting.fetch_optional(&mut *tx).await?;
         let Some(row) = row else {
             let recorded = self.not_recorded(&mut *tx, tenant, user_id).await?;
             tx.rollback().await?;
             return Ok(recorded);
         };
+        // The identity's upstream tokens, when the grant keeps them, in the same statement.
         sqlx::query(
             "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, external = $6, \
-             password_hash = COALESCE($7, password_hash), update_time = $8 \
+             password_hash = COALESCE($7, password_hash), update_time = $8, \
+             upstream_tokens = COALESCE($9, upstream_tokens) \
              WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
         )
         .bind(tenant)
@@ -561,13 +559,15 @@ impl Store {
         .bind(i64::from(update.external))
         .bind(update.password_hash)
         .bind(now)
+        .bind(update.grant.and_then(|g| g.upstream_tokens))
         .execute(&mut *tx)
         .await?;
         if let Some((user_key, address)) = update.clear_failures {
             sqlx::query(CLEAR_FAILURES).bind(tenant).bind(user_key).bind(address).execute(&mut *tx).await?;
         }
         if let Some(g) = update.grant {
-            oauth::insert_grant_in(&mut tx, tenant, user_id, Some((connection_id, source_id)), g).await?;
+            // No identity: its upstream tokens are written above.
+            oauth::insert_grant_in(&mut tx, tenant, user_id, None, g).await?;
         }
         let identities = identities_of(&mut *tx, tenant, user_id).await?;
         self.write_audit(&mut tx).await?;

@@ -178,7 +178,7 @@ async fn a_redirect_login_is_stored_with_its_session_and_code_at_once_or_not_at_
         assert_eq!(tokens.as_deref(), Some("sealed-tokens"));
 
         // The same state again (a second callback): nothing of it is written.
-        let again = grant(&state, d(2), d(3));
+        let again = LoginGrant { upstream_tokens: Some("sealed-tokens-refused"), ..grant(&state, d(2), d(3)) };
         let refused =
             store.create_user_with_grant(T, &new_user("bob"), &identity("bob"), Some("192.0.2.1"), Some(&again)).await;
         assert!(matches!(refused, Err(StoreError::Used)), "{refused:?}");
@@ -191,11 +191,17 @@ async fn a_redirect_login_is_stored_with_its_session_and_code_at_once_or_not_at_
         assert_eq!(kept.identities[0].profile_data, serde_json::json!({}), "nor its profile kept");
         assert!(alive(d(2)).await.is_none(), "no session");
         assert_eq!(store.redeem_code(T, d(3), "fam-2", T0 + SEC).await.unwrap(), Redeemed::Unknown, "no code");
+        let tokens = store.upstream_tokens(T, "con_op", "fabrikam-op|alice").await.unwrap();
+        assert_eq!(tokens.as_deref(), Some("sealed-tokens"), "nor its upstream tokens");
 
         // Two callbacks of one login at once: exactly one is stored.
         let state = secret_digest("state-2");
         store.create_upstream_transaction(&transaction(&state, "app")).await.unwrap();
-        let (ga, gb) = (grant(&state, d(4), d(5)), grant(&state, d(6), d(7)));
+        // Each returning login keeps the upstream's new tokens on the identity.
+        let (ga, gb) = (
+            LoginGrant { upstream_tokens: Some("sealed-tokens-2"), ..grant(&state, d(4), d(5)) },
+            LoginGrant { upstream_tokens: Some("sealed-tokens-2"), ..grant(&state, d(6), d(7)) },
+        );
         let (la, lb) = (login(&data, &ga), login(&data, &gb));
         let (a, b) = tokio::join!(
             store.record_login(T, &alice.user_id, "con_op", "fabrikam-op|alice", &la),
@@ -208,6 +214,8 @@ async fn a_redirect_login_is_stored_with_its_session_and_code_at_once_or_not_at_
         );
         assert_eq!(store.get_user(T, &alice.user_id).await.unwrap().expect("alice").logins_count, 2);
         assert!(alive(d(4)).await.is_some() != alive(d(6)).await.is_some(), "one session");
+        let tokens = store.upstream_tokens(T, "con_op", "fabrikam-op|alice").await.unwrap();
+        assert_eq!(tokens.as_deref(), Some("sealed-tokens-2"), "the returning login's tokens replace the first");
 
         // A blocked user: nothing recorded, no grant; the transaction is left for the caller
         // to use up with its refusal.
