@@ -107,7 +107,10 @@ impl Outbox {
         // One statement per chunk, not per event: each statement is a round trip to the
         // database (on SQLite, to sqlx's worker thread and back).
         for chunk in events.chunks(BATCH) {
-            let sql = format!("INSERT INTO audit_outbox (id, event) VALUES {}", crate::db::value_rows(chunk.len(), 2));
+            let sql = format!(
+                "INSERT INTO audit_outbox (id, event) VALUES {}",
+                crate::db::value_rows(self.db.backend(), chunk.len(), 2)
+            );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for e in chunk {
                 query = query.bind(&e.id).bind(e.encode_to_vec());
@@ -195,8 +198,8 @@ impl Outbox {
     /// smaller position may commit after a larger one was read.
     pub async fn delivered(&self, positions: &[i64]) -> Result<(), sqlx::Error> {
         for chunk in positions.chunks(BATCH) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("DELETE FROM audit_outbox WHERE position IN ({})", marks.join(", "));
+            let marks = crate::db::placeholders(self.db.backend(), 0, chunk.len());
+            let sql = format!("DELETE FROM audit_outbox WHERE position IN ({marks})");
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for p in chunk {
                 query = query.bind(*p);

@@ -784,20 +784,36 @@ pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     }
 }
 
-/// The `VALUES` rows of a multi-row insert of `rows` rows of `columns` columns each, with
-/// numbered parameters: `($1, $2), ($3, $4)` for 2 × 2.
-pub fn value_rows(rows: usize, columns: usize) -> String {
+/// The `VALUES` rows of a multi-row insert of `rows` rows of `columns` columns each, the
+/// parameters bound in order: `($1, $2), ($3, $4)` for 2 × 2 on PostgreSQL, `(?, ?), (?, ?)`
+/// on SQLite. SQLite finds a numbered parameter's name by a walk of the statement's list of
+/// names, so binding n of them costs n²/2 steps (sqlx looks up every one): 3.4 million for a
+/// 200-row insert of 13 columns. Anonymous parameters have no name to look up.
+pub fn value_rows(backend: Backend, rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * columns * 6);
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..columns {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('$');
-            sql.push_str(&(r * columns + c + 1).to_string());
-        }
+        sql.push_str(&placeholders(backend, r * columns, columns));
         sql.push(')');
+    }
+    sql
+}
+
+/// `n` parameters separated by commas, bound in order, numbered from `after + 1` on
+/// PostgreSQL and anonymous on SQLite (see [`value_rows`]): `$3, $4` or `?, ?`.
+pub fn placeholders(backend: Backend, after: usize, n: usize) -> String {
+    let mut sql = String::with_capacity(n * 6);
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        match backend {
+            Backend::Sqlite => sql.push('?'),
+            Backend::Postgres => {
+                sql.push('$');
+                sql.push_str(&(after + i + 1).to_string());
+            }
+        }
     }
     sql
 }
@@ -808,9 +824,12 @@ mod tests {
 
     #[test]
     fn value_rows_number_the_parameters_row_by_row() {
-        assert_eq!(value_rows(1, 1), "($1)");
-        assert_eq!(value_rows(2, 2), "($1, $2), ($3, $4)");
-        assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(value_rows(Backend::Postgres, 1, 1), "($1)");
+        assert_eq!(value_rows(Backend::Postgres, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(value_rows(Backend::Postgres, 2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(value_rows(Backend::Sqlite, 2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(placeholders(Backend::Postgres, 2, 3), "$3, $4, $5");
+        assert_eq!(placeholders(Backend::Sqlite, 2, 3), "?, ?, ?");
     }
 
     #[tokio::test]

@@ -143,7 +143,7 @@ impl Store {
                 "INSERT INTO audit_events (id, tenant, event_time, event_type, outcome, reason, actor_type, \
                  actor_id, source_ip, connection, client_id, user_id, details) VALUES {} \
                  ON CONFLICT (id) DO NOTHING",
-                postern_common::db::value_rows(chunk.len(), 13)
+                postern_common::db::value_rows(self.db.backend(), chunk.len(), 13)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for e in chunk {
