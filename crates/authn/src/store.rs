@@ -256,15 +256,15 @@ const CLEAR_FAILURES: &str = "DELETE FROM login_failures WHERE tenant = $1 AND u
 const USER_COLUMNS: &str = "user_id, seq, email, email_verified, username, name, given_name, family_name, \
      nickname, picture, phone_number, phone_verified, user_metadata, app_metadata, blocked, last_login, last_ip, \
      logins_count, create_time, update_time";
+const IDENTITY_COLUMNS: &str = "connection_id, source_id, user_id, connection, strategy, is_social, login_email, \
+     login_username, profile_data, profile_sync, external, password_hash";
+
 /// A value of a column a login's profile sets.
 enum Column<'a> {
     Text(&'a str),
     Owned(String),
     Flag(bool),
 }
-
-const IDENTITY_COLUMNS: &str = "connection_id, source_id, user_id, connection, strategy, is_social, login_email, \
-     login_username, profile_data, profile_sync, external, password_hash";
 
 impl Store {
     /// Opens the store at `location`, running its migrations.

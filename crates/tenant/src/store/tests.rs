@@ -190,13 +190,15 @@ async fn audit_appends_are_idempotent_by_id() {
         );
         assert!(first.windows(2).all(|w| w[0].sequence < w[1].sequence));
 
-        // A delivery larger than one statement's rows, repeating an event inside it and one
-        // already held: each new id once, in the delivery's order.
+        // A delivery larger than one statement's rows (200), repeating an event within the
+        // same statement, one in a later statement, and one already held: each new id once,
+        // in the delivery's order.
         let mut big: Vec<AuditEvent> =
             (0..450).map(|i| audit_event("fabrikam-public", "LOGIN", "SUCCESS", &format!("auth0|{i}"), i)).collect();
-        big.insert(300, big[10].clone());
+        big.insert(50, big[10].clone());
+        big.insert(300, big[20].clone());
         big.push(events[0].clone());
-        assert_eq!(store.append_audit(&big).await.unwrap(), 450, "450 new ids of 452 events");
+        assert_eq!(store.append_audit(&big).await.unwrap(), 450, "450 new ids of 453 events");
         let held = store.audit_after("fabrikam-public", 0, 1000).await.unwrap();
         let ids: Vec<&str> = held.iter().map(|e| e.user_id.as_str()).collect();
         let expected: Vec<String> = (0..450).map(|i| format!("auth0|{i}")).collect();
