@@ -31,7 +31,7 @@ struct Setup {
 }
 
 async fn setup(cache: bool) -> anyhow::Result<Setup> {
-    let suite = Suite::start_with(|s| s.connection_cache = cache).await?;
+    let suite = Suite::start_on(crate::stats::server_runtime(), |s| s.connection_cache = cache).await?;
     let mut admin: Clients = suite.admin().await;
     admin.create_tenant(TENANT).await?;
     let client = admin.create_client(TENANT, "Bench").await?;
@@ -136,7 +136,7 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     println!("  {n} concurrent callers, {seconds} s per path ({ROUNDS} rounds, interleaved):");
     let m = interleaved(n, Duration::from_secs(seconds), ROUNDS, &paths).await;
     for (name, m) in names.iter().zip(&m) {
-        println!("    {name} {}   CPU {} ms each", m.line().replace("calls/s", "per s  "), m.cpu_ms());
+        println!("    {name} {}   {}", m.line().replace("calls/s", "per s  "), m.cpu_split());
     }
     println!(
         "  logins (cache warm) = {:.1}% of the raw verify rate (target >= 90%)",

@@ -65,7 +65,7 @@ async fn connections(dir: &Slapd, n: usize) -> anyhow::Result<Vec<Ldap>> {
 pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     println!("\n== ldap: logins through the gateway vs the directory's raw rate (ldap3 alone)");
     let Some(dir) = Slapd::shared("bench ldap") else { return Ok(()) };
-    let suite = Suite::start().await?;
+    let suite = Suite::start_on(crate::stats::server_runtime(), |_| {}).await?;
     let mut admin: Clients = suite.admin().await;
     admin.create_tenant(TENANT).await?;
     let client = admin.create_client(TENANT, "Bench").await?;
@@ -173,7 +173,7 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     println!("  {n} concurrent callers, {} s per path ({ROUNDS} rounds, interleaved):", args.seconds);
     let m = interleaved(n, Duration::from_secs(args.seconds), ROUNDS, &paths).await;
     for (name, m) in names.iter().zip(&m) {
-        println!("    {name} {}   CPU {} ms each", m.line().replace("calls/s", "per s  "), m.cpu_ms());
+        println!("    {name} {}   {}", m.line().replace("calls/s", "per s  "), m.cpu_split());
     }
     println!(
         "  logins = {:.1}% of the raw bind rate (target >= 80%), {:.1}% of the raw login sequence, {:.1}% of the \

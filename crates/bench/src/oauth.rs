@@ -146,7 +146,7 @@ struct Setup {
 const CALLBACK: &str = "http://127.0.0.1:9/callback";
 
 async fn setup() -> anyhow::Result<Setup> {
-    let suite = Suite::start().await?;
+    let suite = Suite::start_on(crate::stats::server_runtime(), |_| {}).await?;
     let mut admin = suite.admin().await;
     let (m2m, web) = populate(&mut admin).await?;
     Ok(Setup { suite, m2m, web })
@@ -316,7 +316,7 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     let raw = raw_signing(args.seconds).await?;
     let tokens = |m: &Measurement| m.line().replace("calls/s", "tokens/s");
     println!("  {n} concurrent callers over HTTP/1.1 keep-alive, {} s each:", args.seconds);
-    println!("    Postern /oauth/token (RS256 JWT)      {}   CPU {} ms each", tokens(&postern), postern.cpu_ms());
+    println!("    Postern /oauth/token (RS256 JWT)      {}   {}", tokens(&postern), postern.cpu_split());
     match &reference {
         Ok(m) => println!("    npm oidc-provider (RS256 JWT)         {}", tokens(m)),
         Err(why) => println!("    npm oidc-provider: SKIPPED: {why}"),
@@ -359,14 +359,14 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     let m = interleaved(callers, Duration::from_secs(seconds), ROUNDS, &[call(verify), call(login)]).await;
     println!("  {callers} concurrent callers, {seconds} s per path ({ROUNDS} rounds, interleaved):");
     println!(
-        "    raw Argon2id verify                  {}   CPU {} ms each",
+        "    raw Argon2id verify                  {}   {}",
         m[0].line().replace("calls/s", "per s  "),
-        m[0].cpu_ms()
+        m[0].cpu_split()
     );
     println!(
-        "    code logins (page → code → tokens)   {}   CPU {} ms each",
+        "    code logins (page → code → tokens)   {}   {}",
         m[1].line().replace("calls/s", "per s  "),
-        m[1].cpu_ms()
+        m[1].cpu_split()
     );
     let r = ratio(&m[1], &m[0]);
     println!("  code logins = {r:.2} of the raw verify rate (target >= 0.85: {})", verdict(r >= 0.85));

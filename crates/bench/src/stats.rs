@@ -21,6 +21,9 @@ pub struct Measurement {
     /// The CPU time this process spent per completed call (every thread: callers, servers,
     /// databases), when the system tells it (Linux).
     pub cpu_per_call: Option<Duration>,
+    /// Of which Postern's threads (see [`server_runtime`]); the rest is the load generator's
+    /// (and, in a section that also measures a raw path, that path's own work).
+    pub server_cpu_per_call: Option<Duration>,
 }
 
 impl Measurement {
@@ -37,8 +40,22 @@ impl Measurement {
 
     /// The CPU time per call, in milliseconds, or `?` where the system does not tell it.
     pub fn cpu_ms(&self) -> String {
-        self.cpu_per_call.map_or_else(|| "?".to_owned(), |d| format!("{:.2}", d.as_secs_f64() * 1e3))
+        ms(self.cpu_per_call)
     }
+
+    /// Postern's threads' CPU time per call, in milliseconds, or `?`.
+    pub fn server_cpu_ms(&self) -> String {
+        ms(self.server_cpu_per_call)
+    }
+
+    /// `CPU x ms each (Postern y ms)`, for a path served by Postern.
+    pub fn cpu_split(&self) -> String {
+        format!("CPU {} ms each (Postern's threads {} ms)", self.cpu_ms(), self.server_cpu_ms())
+    }
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "?".to_owned(), |d| format!("{:.2}", d.as_secs_f64() * 1e3))
 }
 
 /// Microseconds as a float.
@@ -75,6 +92,7 @@ pub async fn interleaved(concurrency: usize, duration: Duration, rounds: u32, pa
             samples[i].latencies.extend(s.latencies);
             samples[i].errors += s.errors;
             samples[i].cpu = samples[i].cpu.zip(s.cpu).map(|(a, b)| a + b);
+            samples[i].server_cpu = samples[i].server_cpu.zip(s.server_cpu).map(|(a, b)| a + b);
         }
     }
     samples.into_iter().map(|s| summarize(s, duration)).collect()
@@ -97,11 +115,13 @@ struct Sample {
     errors: u64,
     /// CPU time of the process over the measured windows, if known.
     cpu: Option<Duration>,
+    /// Of which Postern's threads'.
+    server_cpu: Option<Duration>,
 }
 
 impl Default for Sample {
     fn default() -> Self {
-        Sample { latencies: Vec::new(), errors: 0, cpu: Some(Duration::ZERO) }
+        Sample { latencies: Vec::new(), errors: 0, cpu: Some(Duration::ZERO), server_cpu: Some(Duration::ZERO) }
     }
 }
 
@@ -118,12 +138,18 @@ fn summarize(mut s: Sample, duration: Duration) -> Measurement {
         p99: pct(0.99),
         errors: s.errors,
         cpu_per_call: s.cpu.filter(|_| calls > 0).map(|cpu| cpu / calls),
+        server_cpu_per_call: s.server_cpu.filter(|_| calls > 0).map(|cpu| cpu / calls),
     }
 }
 
 /// The CPU time (user and system, all threads) this process has used, on Linux.
 pub fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_in(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// The CPU time (user and system) of a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat`
+/// line.
+pub fn cpu_in(stat: &str) -> Option<Duration> {
     // The fields after the command (which may hold spaces) in parentheses; utime and stime
     // are the 14th and 15th fields, in clock ticks (USER_HZ, 100 on every Linux platform).
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -132,15 +158,57 @@ pub fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// The name of the threads of [`server_runtime`] (a thread's name is cut to 15 bytes).
+const SERVER_THREADS: &str = "postern-server";
+/// The threads sqlx starts for SQLite connections (`sqlx-sqlite-worker-N`, cut to 15 bytes).
+const SQLITE_THREADS: &str = "sqlx-sqlite-wor";
+
+/// The runtime the sections start Postern on ([`postern_testkit::Suite::start_on`]), apart
+/// from the load generator's: its threads (workers, and blocking threads such as Argon2's,
+/// kept alive for the whole run so that none takes its CPU time away when it exits) and
+/// SQLite's worker threads are Postern's, the others the load generator's.
+pub fn server_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(crate::num_cpus())
+                .thread_name(SERVER_THREADS)
+                .thread_keep_alive(Duration::from_secs(24 * 3600))
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("a runtime for Postern: {e}"))
+        })
+        .handle()
+}
+
+/// The CPU time Postern's threads (see [`server_runtime`]) have used, on Linux. SQLite's
+/// worker threads end with their connection; a connection closed during a measurement takes
+/// its thread's time with it, so the figure is a lower bound (the pools keep theirs open).
+pub fn server_cpu() -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
+        let name = name.trim_end();
+        if name == SERVER_THREADS || name == SQLITE_THREADS {
+            total += std::fs::read_to_string(path.join("stat")).ok().as_deref().and_then(cpu_in).unwrap_or_default();
+        }
+    }
+    Some(total)
+}
+
 async fn run(concurrency: usize, warmup: Duration, duration: Duration, call: Call) -> Sample {
     let start = Instant::now() + warmup;
     let end = start + duration;
-    // The process's CPU time over the measured window, read when it opens and closes.
+    // The process's and Postern's CPU time over the measured window, read when it opens
+    // and closes.
     let cpu = tokio::spawn(async move {
         tokio::time::sleep_until(start.into()).await;
-        let first = process_cpu();
+        let first = (process_cpu(), server_cpu());
         tokio::time::sleep_until(end.into()).await;
-        first.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a))
+        let diff = |a: Option<Duration>, b: Option<Duration>| a.zip(b).map(|(a, b)| b.saturating_sub(a));
+        (diff(first.0, process_cpu()), diff(first.1, server_cpu()))
     });
     let mut tasks = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
@@ -173,5 +241,6 @@ async fn run(concurrency: usize, warmup: Duration, duration: Duration, call: Cal
             errors += e;
         }
     }
-    Sample { latencies: all, errors, cpu: cpu.await.ok().flatten() }
+    let (cpu, server_cpu) = cpu.await.unwrap_or_default();
+    Sample { latencies: all, errors, cpu, server_cpu }
 }

@@ -123,6 +123,16 @@ impl Suite {
     /// unless `adjust` sets one). On PostgreSQL it first migrates the database as an operator
     /// does (`postern migrate`), since `serve` there refuses a schema that is behind.
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        Self::start_on(&tokio::runtime::Handle::current(), adjust).await
+    }
+
+    /// Starts the suite as [`Suite::start_with`] does, with its tasks on `runtime` rather
+    /// than the caller's: the benchmark runs Postern on a runtime of its own, so that the CPU
+    /// time of Postern's threads can be told apart from its load generator's.
+    pub async fn start_on(
+        runtime: &tokio::runtime::Handle,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> anyhow::Result<Self> {
         let temp = tempfile::tempdir()?;
         let mut s = settings(temp.path());
         adjust(&mut s);
@@ -133,7 +143,7 @@ impl Suite {
         let data_dir = s.data_dir.clone();
         let (stop, rx) = tokio::sync::watch::channel(false);
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(postern::run(Component::All, s, rx, move |b| {
+        let task = runtime.spawn(postern::run(Component::All, s, rx, move |b| {
             let _ = bound_tx.send(b);
         }));
         let bound = match bound_rx.await {
