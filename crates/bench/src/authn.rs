@@ -31,7 +31,7 @@ struct Setup {
 }
 
 async fn setup(cache: bool) -> anyhow::Result<Setup> {
-    let suite = Suite::start_on(crate::stats::server_runtime(), |s| s.connection_cache = cache).await?;
+    let suite = Suite::start_on(&crate::stats::server_runtime(), |s| s.connection_cache = cache).await?;
     let mut admin: Clients = suite.admin().await;
     admin.create_tenant(TENANT).await?;
     let client = admin.create_client(TENANT, "Bench").await?;

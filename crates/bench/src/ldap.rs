@@ -65,7 +65,7 @@ async fn connections(dir: &Slapd, n: usize) -> anyhow::Result<Vec<Ldap>> {
 pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     println!("\n== ldap: logins through the gateway vs the directory's raw rate (ldap3 alone)");
     let Some(dir) = Slapd::shared("bench ldap") else { return Ok(()) };
-    let suite = Suite::start_on(crate::stats::server_runtime(), |_| {}).await?;
+    let suite = Suite::start_on(&crate::stats::server_runtime(), |_| {}).await?;
     let mut admin: Clients = suite.admin().await;
     admin.create_tenant(TENANT).await?;
     let client = admin.create_client(TENANT, "Bench").await?;

@@ -66,6 +66,14 @@ pub struct Args {
     /// The `postern` binary the soak starts (default: the one beside this program).
     #[arg(long)]
     postern: Option<std::path::PathBuf>,
+    /// Run Postern on a runtime of its own, apart from the callers', and print the CPU time
+    /// of its threads beside the process's (`Postern's threads`; not known without this
+    /// option, where Postern's tasks and the callers' share the same worker threads). Every
+    /// hand-off between a caller and Postern then crosses threads, which lowers the login
+    /// paths' rates (the authn section's logins: 85% of the raw verify rate against 91-92%
+    /// without it, on 2026-12-04).
+    #[arg(long)]
+    own_runtime: bool,
 }
 
 impl Args {
@@ -85,11 +93,13 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "postern-bench: {} s per measurement, {} concurrent callers, {} cores",
+        "postern-bench: {} s per measurement, {} concurrent callers, {} cores{}",
         args.seconds,
         args.concurrency,
-        num_cpus()
+        num_cpus(),
+        if args.own_runtime { ", Postern on a runtime of its own" } else { "" }
     );
+    stats::own_runtime(args.own_runtime);
     if args.wants("gateway") {
         gateway::run(&args).await?;
     }

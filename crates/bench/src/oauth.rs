@@ -146,7 +146,7 @@ struct Setup {
 const CALLBACK: &str = "http://127.0.0.1:9/callback";
 
 async fn setup() -> anyhow::Result<Setup> {
-    let suite = Suite::start_on(crate::stats::server_runtime(), |_| {}).await?;
+    let suite = Suite::start_on(&crate::stats::server_runtime(), |_| {}).await?;
     let mut admin = suite.admin().await;
     let (m2m, web) = populate(&mut admin).await?;
     Ok(Setup { suite, m2m, web })

@@ -21,8 +21,9 @@ pub struct Measurement {
     /// The CPU time this process spent per completed call (every thread: callers, servers,
     /// databases), when the system tells it (Linux).
     pub cpu_per_call: Option<Duration>,
-    /// Of which Postern's threads (see [`server_runtime`]); the rest is the load generator's
-    /// (and, in a section that also measures a raw path, that path's own work).
+    /// Of which Postern's threads (see [`server_runtime`]; `None` unless Postern runs on a
+    /// runtime of its own); the rest is the load generator's (and, on a raw path, that
+    /// path's own work).
     pub server_cpu_per_call: Option<Duration>,
 }
 
@@ -48,9 +49,12 @@ impl Measurement {
         ms(self.server_cpu_per_call)
     }
 
-    /// `CPU x ms each (Postern y ms)`, for a path served by Postern.
+    /// `CPU x ms each`, and `(Postern's threads y ms)` when they are known.
     pub fn cpu_split(&self) -> String {
-        format!("CPU {} ms each (Postern's threads {} ms)", self.cpu_ms(), self.server_cpu_ms())
+        match self.server_cpu_per_call {
+            Some(_) => format!("CPU {} ms each (Postern's threads {} ms)", self.cpu_ms(), self.server_cpu_ms()),
+            None => format!("CPU {} ms each", self.cpu_ms()),
+        }
     }
 }
 
@@ -163,12 +167,16 @@ const SERVER_THREADS: &str = "postern-server";
 /// The threads sqlx starts for SQLite connections (`sqlx-sqlite-worker-N`, cut to 15 bytes).
 const SQLITE_THREADS: &str = "sqlx-sqlite-wor";
 
-/// The runtime the sections start Postern on ([`postern_testkit::Suite::start_on`]), apart
-/// from the load generator's: its threads (workers, and blocking threads such as Argon2's,
-/// kept alive for the whole run so that none takes its CPU time away when it exits) and
-/// SQLite's worker threads are Postern's, the others the load generator's.
-pub fn server_runtime() -> &'static tokio::runtime::Handle {
+/// The runtime the sections start Postern on ([`postern_testkit::Suite::start_on`]): the
+/// callers' (the current one), or with `--own-runtime` ([`own_runtime`]) one of its own,
+/// whose threads (workers, and blocking threads such as Argon2's, kept alive for the whole
+/// run so that none takes its CPU time away when it exits) and SQLite's worker threads are
+/// Postern's, the others the load generator's.
+pub fn server_runtime() -> tokio::runtime::Handle {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if !OWN.load(std::sync::atomic::Ordering::Relaxed) {
+        return tokio::runtime::Handle::current();
+    }
     RUNTIME
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
@@ -180,12 +188,26 @@ pub fn server_runtime() -> &'static tokio::runtime::Handle {
                 .unwrap_or_else(|e| panic!("a runtime for Postern: {e}"))
         })
         .handle()
+        .clone()
 }
 
-/// The CPU time Postern's threads (see [`server_runtime`]) have used, on Linux. SQLite's
+/// Whether Postern runs on a runtime of its own (`--own-runtime`).
+static OWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs Postern on a runtime of its own from now on when `own`, so that [`server_cpu`] can
+/// tell its CPU time.
+pub fn own_runtime(own: bool) {
+    OWN.store(own, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The CPU time Postern's threads (see [`server_runtime`]) have used, on Linux; `None`
+/// unless Postern runs on a runtime of its own. SQLite's
 /// worker threads end with their connection; a connection closed during a measurement takes
 /// its thread's time with it, so the figure is a lower bound (the pools keep theirs open).
 pub fn server_cpu() -> Option<Duration> {
+    if !OWN.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
     let mut total = Duration::ZERO;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let path = task.path();
