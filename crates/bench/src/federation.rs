@@ -273,12 +273,13 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
     // measurement itself is over the measured window only.
     if let (Some(node), Some(this)) = (node, this) {
         let share = this.as_secs_f64() / (this + node).as_secs_f64().max(1e-9);
+        let whose = match m.server_cpu_per_call {
+            Some(_) => format!("of which Postern's threads {} ms", m.server_cpu_ms()),
+            None => "Postern and the load generator".to_owned(),
+        };
         println!(
-            "    CPU per login: this process {}{}; CPU share: this process {:.0}%, the upstream (node) {:.0}%",
+            "    CPU per login: this process {} ms ({whose}); CPU share: this process {:.0}%, the upstream (node) {:.0}%",
             m.cpu_ms(),
-            m.server_cpu_per_call
-                .map(|_| format!(" ms, of which Postern's threads {} ms", m.server_cpu_ms()))
-                .unwrap_or(" ms (Postern and the load generator)".into()),
             100.0 * share,
             100.0 * (1.0 - share)
         );

@@ -201,9 +201,9 @@ pub fn own_runtime(own: bool) {
 }
 
 /// The CPU time Postern's threads (see [`server_runtime`]) have used, on Linux; `None`
-/// unless Postern runs on a runtime of its own. SQLite's
-/// worker threads end with their connection; a connection closed during a measurement takes
-/// its thread's time with it, so the figure is a lower bound (the pools keep theirs open).
+/// unless Postern runs on a runtime of its own. SQLite's worker threads end with their
+/// connection: a connection closed during a measurement takes its thread's time with it, so
+/// the figure is a lower bound (the pools keep their connections open).
 pub fn server_cpu() -> Option<Duration> {
     if !OWN.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
