@@ -23,6 +23,7 @@ impl From<StoreError> for Status {
                 "LOGIN_TRANSACTION_USED",
                 "this login was already completed (in another tab?); go back to the application and sign in again",
             ),
+            StoreError::Db(e) => postern_common::error::database(&e),
             e => internal(&e),
         }
     }

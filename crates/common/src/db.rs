@@ -109,6 +109,14 @@ pub enum DbLocation {
 /// services in the all-in-one process open up to three times this many.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 
+/// The PostgreSQL connections a service's pool keeps open however quiet it is (fewer when
+/// the pool is smaller). A call that finds no idle connection opens one, and waits for
+/// it alone: sqlx does not hand it a connection freed meanwhile, so a slow connect
+/// (a name lookup that is not answered, a busy server) holds the call up to the pool's
+/// acquire timeout. The followers of the event logs wake together after each change, so
+/// the pool keeps enough connections for such a burst.
+pub const MIN_OPEN_CONNECTIONS: u32 = 4;
+
 impl DbLocation {
     /// The location of service `service`: `<data_dir>/<service>.db`, or its schema in the
     /// PostgreSQL database at `database_url` when one is given.
@@ -381,6 +389,7 @@ impl Db {
                 let set_path = format!("SET search_path TO {schema}");
                 let pool = AnyPoolOptions::new()
                     .max_connections(*pool_size)
+                    .min_connections(MIN_OPEN_CONNECTIONS.min(*pool_size))
                     .acquire_timeout(Duration::from_secs(10))
                     .after_connect(move |conn, _| {
                         let set_path = set_path.clone();

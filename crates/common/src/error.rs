@@ -202,6 +202,23 @@ pub fn reason(status: &Status) -> Option<String> {
     status.get_error_details().error_info().map(|i| i.reason.clone())
 }
 
+/// The status of a failed database call. UNAVAILABLE with reason `DATABASE_UNAVAILABLE` (the
+/// caller may retry) when the service could not have a connection in time, its pool is
+/// closing, or the database could not be reached; INTERNAL otherwise. The cause is logged,
+/// never sent to the caller.
+pub fn database(cause: &sqlx::Error) -> Status {
+    match cause {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::error!(error = %cause, "the database is unavailable");
+            unavailable(
+                "DATABASE_UNAVAILABLE",
+                "the service could not reach its database in time; the cause is in the server log; retry",
+            )
+        }
+        cause => internal(cause),
+    }
+}
+
 /// INTERNAL with a generic message; the cause is logged, never sent to the caller.
 pub fn internal(cause: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %cause, "internal error");
@@ -211,6 +228,16 @@ pub fn internal(cause: &dyn std::fmt::Display) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_out_of_reach_is_unavailable_and_anything_else_internal() {
+        for e in [sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed, std::io::Error::other("reset").into()] {
+            let s = database(&e);
+            assert_eq!((s.code(), reason(&s).as_deref()), (Code::Unavailable, Some("DATABASE_UNAVAILABLE")), "{e}");
+        }
+        let s = database(&sqlx::Error::RowNotFound);
+        assert_eq!((s.code(), reason(&s).as_deref()), (Code::Internal, Some("INTERNAL")));
+    }
 
     #[test]
     fn violations_become_bad_request_details() {

@@ -50,7 +50,8 @@ impl From<StoreError> for Status {
             StoreError::NotFound => not_found("CONNECTION_NOT_FOUND", "the connection does not exist"),
             StoreError::ClientDeleted => not_found("CLIENT_NOT_FOUND", "the client was deleted from the tenant"),
             StoreError::TenantDeleted => not_found("TENANT_NOT_FOUND", "the tenant was deleted"),
-            e @ (StoreError::Corrupt(_) | StoreError::Db(_)) => internal(&e),
+            StoreError::Db(e) => postern_common::error::database(&e),
+            e @ StoreError::Corrupt(_) => internal(&e),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! types, asks the store, and answers in the contract's terms.
 
 use postern_common::error::{
-    Violations, already_exists, failed_precondition, internal, invalid_field, not_found, status_with_metadata,
+    Violations, already_exists, database, failed_precondition, invalid_field, not_found, status_with_metadata,
     unauthenticated,
 };
 use postern_common::ids::{constant_time_eq, prefixed, random_alphanumeric, secret_hash};
@@ -59,7 +59,7 @@ impl From<StoreError> for Status {
         match e {
             StoreError::TenantNotFound => not_found("TENANT_NOT_FOUND", "the tenant does not exist"),
             StoreError::AlreadyExists => already_exists("ALREADY_EXISTS", "a resource with that name already exists"),
-            StoreError::Db(e) => internal(&e),
+            StoreError::Db(e) => database(&e),
         }
     }
 }
