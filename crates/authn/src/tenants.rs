@@ -56,12 +56,12 @@ async fn follow_once(
     let mut stream = client
         .watch_tenant_events(pb::WatchTenantEventsRequest { after_sequence: after, from_end: false })
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| postern_common::error::status_with_causes(&s))?
         .into_inner();
     *backoff = MIN_BACKOFF;
     clients.set_live(true);
     while let Some(item) = stream.next().await {
-        let event = item.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        let event = item.map_err(|s| postern_common::error::status_with_causes(&s))?;
         let Some(ring) = keys.upgrade() else { return Ok(()) };
         match pb::TenantEventType::try_from(event.event_type) {
             Ok(pb::TenantEventType::ClientChanged) => clients.forget_client(&event.tenant, &event.client_id),

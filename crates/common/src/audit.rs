@@ -268,7 +268,7 @@ impl Outbox {
             Err(s) if s.code() == tonic::Code::InvalidArgument => {
                 tracing::error!(message = %s.message(), "the audit log refused a batch of events; dropping it");
             }
-            Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            Err(s) => return Err(crate::error::status_with_causes(&s)),
         }
         self.delivered(&positions).await.map_err(|e| e.to_string())?;
         Ok(full)

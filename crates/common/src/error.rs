@@ -202,6 +202,40 @@ pub fn reason(status: &Status) -> Option<String> {
     status.get_error_details().error_info().map(|i| i.reason.clone())
 }
 
+/// `error` followed by its causes (`transport error: tcp connect error: Connection refused`),
+/// for logs: a transport error's own message says nothing of why.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        // Wrappers that display their source's message would repeat it.
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// A status another process answered (or the channel made up) for logs: its code, its
+/// message and the causes behind it (a channel's `transport error` carries why it could not
+/// connect only there).
+pub fn status_with_causes(status: &Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(cause) = std::error::Error::source(status) {
+        let causes = with_causes(cause);
+        // A status made from an error carries that error's message as its own.
+        let causes = causes.strip_prefix(status.message()).map_or(causes.as_str(), |r| r.trim_start_matches(": "));
+        if !causes.is_empty() {
+            text.push_str(": ");
+            text.push_str(causes);
+        }
+    }
+    text
+}
+
 /// The status of a failed database call. UNAVAILABLE with reason `DATABASE_UNAVAILABLE` (the
 /// caller may retry) when the service could not have a connection in time, its pool is
 /// closing, or the database could not be reached; INTERNAL otherwise. The cause is logged,
@@ -228,6 +262,20 @@ pub fn internal(cause: &dyn std::fmt::Display) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_is_told_with_its_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport error")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"));
+        assert_eq!(with_causes(&e), "transport error: Connection refused");
+        let io = std::io::Error::other("reset");
+        assert_eq!(with_causes(&io), "reset");
+        let s = Status::from_error(Box::new(e));
+        assert_eq!(status_with_causes(&s), "Unknown: transport error: Connection refused");
+        assert_eq!(status_with_causes(&Status::unavailable("down")), "Unavailable: down");
+    }
 
     #[test]
     fn a_database_out_of_reach_is_unavailable_and_anything_else_internal() {

@@ -625,8 +625,9 @@ pub enum ConnectError {
     /// The address is not one.
     #[error("{0}")]
     Address(String),
-    /// Connecting or the handshake failed.
-    #[error(transparent)]
+    /// Connecting or the handshake failed (told with its causes: tonic's own message is
+    /// only `transport error`).
+    #[error("{}", crate::error::with_causes(.0))]
     Connect(tonic::transport::Error),
 }
 

@@ -59,13 +59,13 @@ async fn follow_once(
     let call =
         client.watch_tenant_events(tenant_pb::WatchTenantEventsRequest { after_sequence: after, from_end: false });
     let mut stream = tokio::select! {
-        r = call => r.map_err(|s| format!("{}: {}", s.code(), s.message()))?.into_inner(),
+        r = call => r.map_err(|s| postern_common::error::status_with_causes(&s))?.into_inner(),
         () = crate::watch::closed(closing) => return Ok(()),
     };
     tracing::info!(after_sequence = after, "following the tenant service's deletions");
     loop {
         let event = tokio::select! {
-            m = stream.message() => m.map_err(|s| format!("{}: {}", s.code(), s.message()))?,
+            m = stream.message() => m.map_err(|s| postern_common::error::status_with_causes(&s))?,
             () = crate::watch::closed(closing) => return Ok(()),
         };
         let Some(event) = event else {
