@@ -376,9 +376,52 @@ where
 async fn two_replicas_of_each_service_behind_one_gateway_agree_at_once() {
     let Some(base) = postgres("two_replicas_of_each_service_behind_one_gateway_agree_at_once") else { return };
     let db = migrated_database(&base).await;
+    split_replicas_agree(&db.url).await;
+    db.drop_db().await.expect("drop");
+}
+
+/// The same deployment, with every new connection to PostgreSQL taking a second to open (a
+/// name lookup that goes unanswered, a busy server): no call waits for one. Each pool keeps
+/// connections open, and the streams that one change wakes together read the logs in turns,
+/// so the calls never need a new connection; before both, a call after an API key's
+/// revocation waited for one, past [`WITHIN`] (and, with CI's DNS, for the pool's 10 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_database_connect_holds_no_call_up() {
+    let Some(base) = postgres("a_slow_database_connect_holds_no_call_up") else { return };
+    let db = migrated_database(&base).await;
+    let mut url = url::Url::parse(&db.url).expect("the database URL parses");
+    let upstream = format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(5432));
+    let proxy = slow_connect_proxy(upstream, Duration::from_secs(1)).await;
+    url.set_host(Some(&proxy.ip().to_string())).expect("host");
+    url.set_port(Some(proxy.port())).expect("port");
+    split_replicas_agree(url.as_str()).await;
+    db.drop_db().await.expect("drop");
+}
+
+/// A TCP proxy on loopback to `upstream` that holds each new connection `delay` before it
+/// connects it.
+async fn slow_connect_proxy(upstream: String, delay: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Two replicas of each service on the database at `url`, behind one gateway: see
+/// [`two_replicas_of_each_service_behind_one_gateway_agree_at_once`].
+async fn split_replicas_agree(url: &str) {
     let temp = tempfile::tempdir().expect("tempdir");
     let internal = "d".repeat(64);
-    let url = db.url.as_str();
     let t1 = split(&temp.path().join("t1"), url, &internal, &["tenant"]);
     let t2 = split(&temp.path().join("t2"), url, &internal, &["tenant"]);
     let (t1_url, t2_url) = (format!("http://{}", t1.grpc), format!("http://{}", t2.grpc));
@@ -486,7 +529,6 @@ async fn two_replicas_of_each_service_behind_one_gateway_agree_at_once() {
     for p in [gateway, a1, a2, r1, r2, t1, t2] {
         assert!(p.terminate().expect("terminate"), "a split process stops cleanly");
     }
-    db.drop_db().await.expect("drop");
 }
 
 /// A gateway of the compose deployment: `host:port` of its public gRPC port, over TLS

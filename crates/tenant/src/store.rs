@@ -37,6 +37,13 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
 }
 
+/// How many reads of the event and audit logs' tails the streams make at once. Every stream
+/// of a replica wakes at the same commit and reads after it; taking turns, they hold at most
+/// this many of the pool's connections, and never make the pool open new ones (a connect
+/// that is slow holds its caller up to the pool's acquire timeout), so that the calls find
+/// the rest idle. A read takes about a millisecond.
+const FOLLOWER_READS: usize = 2;
+
 /// The tenant service's store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -47,6 +54,8 @@ pub struct Store {
     closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     /// Bumped after each committed audit event, so that audit streams wake at once.
     audit: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// The turns of the streams' reads of the logs' tails ([`FOLLOWER_READS`] at once).
+    tail_reads: std::sync::Arc<tokio::sync::Semaphore>,
     /// Who the changes made through this handle are recorded as made by ([`Store::acting`]).
     actor: std::sync::Arc<Actor>,
     /// How long audit events are kept, in microseconds; `None`: forever.
@@ -137,6 +146,7 @@ impl Store {
             events,
             closing: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
             audit,
+            tail_reads: std::sync::Arc::new(tokio::sync::Semaphore::new(FOLLOWER_READS)),
             actor: std::sync::Arc::new(Actor::system()),
             audit_retention: None,
             pruned: None,
@@ -161,8 +171,10 @@ impl Store {
         self.events.subscribe()
     }
 
-    /// Up to `limit` events after sequence `after`, in order.
+    /// Up to `limit` events after sequence `after`, in order; the read takes its turn with
+    /// the other streams' ([`FOLLOWER_READS`]).
     pub async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let _turn = self.tail_turn().await;
         let rows = sqlx::query(
             "SELECT sequence, event_type, tenant, client_id, api_key_id, event_time, tenant_create_time \
              FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
@@ -193,6 +205,12 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// A turn to read a log's tail for a stream ([`FOLLOWER_READS`]).
+    async fn tail_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // Never closed: `None` would only read without a turn.
+        self.tail_reads.acquire().await.ok()
     }
 
     /// The sequence of the last event committed; 0 for an empty log.

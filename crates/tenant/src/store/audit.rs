@@ -240,8 +240,10 @@ impl Store {
         rows.iter().map(audit_from_row).collect()
     }
 
-    /// Up to `limit` events of `tenant` after sequence `after`, oldest first.
+    /// Up to `limit` events of `tenant` after sequence `after`, oldest first; the read takes
+    /// its turn with the other streams' (`FOLLOWER_READS`).
     pub async fn audit_after(&self, tenant: &str, after: i64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let _turn = self.tail_turn().await;
         let sql = format!(
             "SELECT {COLUMNS} FROM audit_events WHERE tenant = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
         );
