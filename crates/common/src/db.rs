@@ -110,7 +110,7 @@ pub enum DbLocation {
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 
 /// The PostgreSQL connections a service's pool keeps open however quiet it is (fewer when
-/// the pool is smaller). A call that finds no idle connection opens one, and waits for
+/// the pool is smaller); they open together when the service starts. A call that finds no idle connection opens one, and waits for
 /// it alone: sqlx does not hand it a connection freed meanwhile, so a slow connect
 /// (a name lookup that is not answered, a busy server) holds the call up to the pool's
 /// acquire timeout. The followers of the event logs wake together after each change, so
@@ -398,8 +398,27 @@ impl Db {
                             Ok(())
                         })
                     })
-                    .connect_with(options)
-                    .await?;
+                    .connect_lazy_with(options);
+                // The minimum opens at once, not one connection after another as sqlx's
+                // `connect_with` opens it, all within its acquire timeout: the service starts
+                // when the database answers one of them. One that fails to open now is
+                // missing from the minimum until the pool's maintenance opens it again.
+                let minimum = MIN_OPEN_CONNECTIONS.min(*pool_size) as usize;
+                let opened = futures_util::future::join_all((0..minimum).map(|_| pool.acquire())).await;
+                let mut failed = None;
+                let mut any = false;
+                for conn in opened {
+                    match conn {
+                        Ok(_) => any = true,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "a connection of the minimum did not open");
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+                if let (false, Some(e)) = (any, failed) {
+                    return Err(e.into());
+                }
                 Ok(Db {
                     writer: pool.clone(),
                     pool,
