@@ -110,11 +110,10 @@ pub enum DbLocation {
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 
 /// The PostgreSQL connections a service's pool keeps open however quiet it is (fewer when
-/// the pool is smaller); they open together when the service starts. A call that finds no idle connection opens one, and waits for
-/// it alone: sqlx does not hand it a connection freed meanwhile, so a slow connect
-/// (a name lookup that is not answered, a busy server) holds the call up to the pool's
-/// acquire timeout. The followers of the event logs wake together after each change, so
-/// the pool keeps enough connections for such a burst.
+/// the pool is smaller); they open together when the service starts. A call that finds no
+/// idle connection opens one, and waits for it alone: sqlx does not hand it a connection
+/// freed meanwhile, so a slow connect (a name lookup that is not answered, a busy server)
+/// holds the call up to the pool's acquire timeout.
 pub const MIN_OPEN_CONNECTIONS: u32 = 4;
 
 impl DbLocation {
@@ -405,18 +404,9 @@ impl Db {
                 // missing from the minimum until the pool's maintenance opens it again.
                 let minimum = MIN_OPEN_CONNECTIONS.min(*pool_size) as usize;
                 let opened = futures_util::future::join_all((0..minimum).map(|_| pool.acquire())).await;
-                let mut failed = None;
-                let mut any = false;
-                for conn in opened {
-                    match conn {
-                        Ok(_) => any = true,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "a connection of the minimum did not open");
-                            failed.get_or_insert(e);
-                        }
-                    }
-                }
-                if let (false, Some(e)) = (any, failed) {
+                if opened.iter().all(Result::is_err)
+                    && let Some(Err(e)) = opened.into_iter().next()
+                {
                     return Err(e.into());
                 }
                 Ok(Db {
