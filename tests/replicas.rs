@@ -376,38 +376,50 @@ where
 async fn two_replicas_of_each_service_behind_one_gateway_agree_at_once() {
     let Some(base) = postgres("two_replicas_of_each_service_behind_one_gateway_agree_at_once") else { return };
     let db = migrated_database(&base).await;
-    split_replicas_agree(&db.url).await;
+    split_replicas_agree(&db.url, || {}).await;
     db.drop_db().await.expect("drop");
 }
 
-/// The same deployment, with every new connection to PostgreSQL taking a second to open (a
-/// name lookup that goes unanswered, a busy server): no call waits for one. Each pool keeps
-/// connections open, and the streams that one change wakes together read the logs in turns,
-/// so the calls never need a new connection; before both, a call after an API key's
-/// revocation waited for one, past [`WITHIN`] (and, with CI's DNS, for the pool's 10 s).
+/// The same deployment, where no new connection to PostgreSQL opens once every process has
+/// started (as when a name lookup goes unanswered, or the server is too busy to accept): no
+/// call needs one. Each pool keeps connections open, and the streams that one change wakes
+/// together read the logs in turns, so the calls find idle connections; before both, a call
+/// after an API key's revocation opened one and waited for it, past [`WITHIN`] (with CI's
+/// slow DNS, for the pool's whole 10 s acquire timeout).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_slow_database_connect_holds_no_call_up() {
-    let Some(base) = postgres("a_slow_database_connect_holds_no_call_up") else { return };
+async fn a_stalled_database_connect_holds_no_call_up() {
+    let Some(base) = postgres("a_stalled_database_connect_holds_no_call_up") else { return };
     let db = migrated_database(&base).await;
     let mut url = url::Url::parse(&db.url).expect("the database URL parses");
     let upstream = format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(5432));
-    let proxy = slow_connect_proxy(upstream, Duration::from_secs(1)).await;
+    let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = stalling_proxy(upstream, stall.clone()).await;
     url.set_host(Some(&proxy.ip().to_string())).expect("host");
     url.set_port(Some(proxy.port())).expect("port");
-    split_replicas_agree(url.as_str()).await;
+    split_replicas_agree(url.as_str(), || stall.store(true, std::sync::atomic::Ordering::SeqCst)).await;
     db.drop_db().await.expect("drop");
 }
 
-/// A TCP proxy on loopback to `upstream` that holds each new connection `delay` before it
-/// connects it.
-async fn slow_connect_proxy(upstream: String, delay: Duration) -> std::net::SocketAddr {
+/// A TCP proxy on loopback to `upstream`. Once `stall` is set, it accepts new connections
+/// and never connects them: their PostgreSQL handshake waits for an answer until the test
+/// ends.
+async fn stalling_proxy(
+    upstream: String,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
+            if stall.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::spawn(async move {
+                    let _held = inbound;
+                    std::future::pending::<()>().await;
+                });
+                continue;
+            }
             let upstream = upstream.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
                 if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
@@ -418,8 +430,9 @@ async fn slow_connect_proxy(upstream: String, delay: Duration) -> std::net::Sock
 }
 
 /// Two replicas of each service on the database at `url`, behind one gateway: see
-/// [`two_replicas_of_each_service_behind_one_gateway_agree_at_once`].
-async fn split_replicas_agree(url: &str) {
+/// [`two_replicas_of_each_service_behind_one_gateway_agree_at_once`]. `started` is called
+/// once every process has started, before the first call.
+async fn split_replicas_agree(url: &str, started: impl FnOnce()) {
     let temp = tempfile::tempdir().expect("tempdir");
     let internal = "d".repeat(64);
     let t1 = split(&temp.path().join("t1"), url, &internal, &["tenant"]);
@@ -448,6 +461,7 @@ async fn split_replicas_agree(url: &str) {
             &format!("{a1_url},{a2_url}"),
         ],
     );
+    started();
     let mut admin = Clients::new(channel(gateway.grpc).await, ADMIN_KEY);
     let tenant = "fabrikam";
     admin.create_tenant(tenant).await.expect("tenant");
