@@ -1207,6 +1207,20 @@ async fn applications_call_as_themselves_without_a_key() {
         .expect("a public client logs in with its id alone")
         .into_inner();
     verify_id_token(suite.http, tenant, &spa_login.id_token, &spa.client_id).await;
+    // The end user's address counts only from the application's backend: anyone can call as
+    // a public client, and a reported address would step around a block of their own.
+    let err = anonymous
+        .authn
+        .login(public.login("alice@fabrikam.example", STRONG, "203.0.113.50"))
+        .await
+        .expect_err("a public client reports no address");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("ip") && err.message().contains("API key"), "{err:?}");
+    anonymous
+        .authn
+        .login(confidential.login("alice@fabrikam.example", STRONG, "203.0.113.50"))
+        .await
+        .expect("a confidential client reports its user's address");
     // A client acts only in its own tenant.
     let foreign = App { client_id: &other_client, ..public };
     let err = anonymous.authn.login(foreign.login("alice@fabrikam.example", STRONG, "")).await.expect_err("foreign");

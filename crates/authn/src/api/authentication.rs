@@ -10,7 +10,7 @@ use postern_proto::authn::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert::{login_to_pb, user_to_pb};
-use super::{AuthnApi, address, passwordless_address};
+use super::{AuthnApi, address, reported_address};
 use crate::login::{IssueTokens, PasswordLogin, SignupInput};
 use crate::passwordless::{CodeLogin, CodeStart, LinkTarget, Links, RecipientInput, SendKind};
 use crate::validate::{check_tenant, required};
@@ -42,7 +42,7 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
 
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let p = principal(&req)?;
-        let address = address(&req, &req.get_ref().ip)?;
+        let address = reported_address(&req, &p, &req.get_ref().client_secret, &req.get_ref().ip)?;
         let req = req.into_inner();
         let mut v = Violations::new();
         v.check("scope", postern_common::validate::display_text(&req.scope, 0, MAX_SCOPE_CHARS));
@@ -154,7 +154,7 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
         req: Request<pb::StartPasswordlessRequest>,
     ) -> Result<Response<pb::StartPasswordlessResponse>, Status> {
         let p = principal(&req)?;
-        let address = passwordless_address(&req, &p, &req.get_ref().client_secret, &req.get_ref().ip)?;
+        let address = reported_address(&req, &p, &req.get_ref().client_secret, &req.get_ref().ip)?;
         let req = req.into_inner();
         let send = match pb::PasswordlessSend::try_from(req.send) {
             Ok(pb::PasswordlessSend::Unspecified) => SendKind::Default,
@@ -213,7 +213,7 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
         req: Request<pb::VerifyPasswordlessRequest>,
     ) -> Result<Response<pb::VerifyPasswordlessResponse>, Status> {
         let p = principal(&req)?;
-        let address = passwordless_address(&req, &p, &req.get_ref().client_secret, &req.get_ref().ip)?;
+        let address = reported_address(&req, &p, &req.get_ref().client_secret, &req.get_ref().ip)?;
         let req = req.into_inner();
         let mut v = Violations::new();
         check_tenant(&mut v, "tenant", &req.tenant);

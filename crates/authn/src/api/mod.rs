@@ -85,18 +85,14 @@ impl AuthnApi {
     }
 }
 
-/// The address brute-force protection counts against: the one the application reports,
-/// else the caller's.
-/// The address a login counts against: the `ip` the application reports, parsed and in its
-/// one canonical spelling (an IPv4-mapped IPv6 address is the IPv4 address, so
-/// `::ffff:127.0.0.1` is not a way around a block of `127.0.0.1`), else the caller's.
-/// INVALID_ARGUMENT when the reported one is not an address.
-/// The address a passwordless step counts against (the rate limit per address): as
-/// [`address`], but the `ip` a caller reports counts only from a caller that proved it is the
-/// application's backend, by an API key or by the client's secret (whose check follows).
-/// Without either (a public client's call, which anyone may make) a reported address would let
-/// anyone step around the limit, so it is refused and the call counts against its own address.
-fn passwordless_address<T>(
+/// The address a call counts against (brute-force protection, the rate limit per address):
+/// the `ip` the application reports, else the caller's (see [`address`]). The reported one
+/// counts only from a caller that proved it is the application's backend, by an API key or by
+/// the client's secret (whose check follows), as Auth0 trusts `auth0-forwarded-for` only from a
+/// confidential client. Without either (a public client's call, which anyone may make) a
+/// reported address would let anyone step around a block of their own address, so it is
+/// refused and the call counts against its own address.
+fn reported_address<T>(
     req: &Request<T>,
     p: &postern_common::principal::Principal,
     client_secret: &str,
@@ -113,6 +109,9 @@ fn passwordless_address<T>(
     address(req, reported)
 }
 
+/// The address `reported`, parsed and in its one canonical spelling (an IPv4-mapped IPv6
+/// address is the IPv4 address, so `::ffff:127.0.0.1` is not a way around a block of
+/// `127.0.0.1`), else the caller's. INVALID_ARGUMENT when the reported one is not an address.
 fn address<T>(req: &Request<T>, reported: &str) -> Result<String, tonic::Status> {
     let reported = reported.trim();
     if !reported.is_empty() {
