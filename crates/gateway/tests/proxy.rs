@@ -16,9 +16,17 @@ use tower::Layer;
 
 const KEY: &str = "test-key";
 
-/// Answers every key `KEY` as the admin.
+/// Answers the key `KEY` as a tenant's key; `Keys::DOWN` answers every check UNAVAILABLE, as a
+/// replica does while it shuts down or cannot reach its database.
 #[derive(Clone)]
-struct Keys;
+struct Keys {
+    down: bool,
+}
+
+impl Keys {
+    const UP: Keys = Keys { down: false };
+    const DOWN: Keys = Keys { down: true };
+}
 
 #[tonic::async_trait]
 impl pb::api_key_service_server::ApiKeyService for Keys {
@@ -45,6 +53,9 @@ impl pb::api_key_service_server::ApiKeyService for Keys {
         req: Request<pb::AuthenticateKeyRequest>,
     ) -> Result<Response<pb::AuthenticateKeyResponse>, Status> {
         principal(&req)?.require_internal()?;
+        if self.down {
+            return Err(postern_common::error::unavailable("DATABASE_UNAVAILABLE", "the database is out of reach"));
+        }
         if req.get_ref().key != KEY {
             return Err(Status::unauthenticated("unknown key"));
         }
@@ -121,7 +132,7 @@ impl pb::tenant_service_server::TenantService for Tenants {
 async fn start(tenant_backend: Backend, deadline: Duration) -> std::net::SocketAddr {
     let key = InternalKey::generate();
     let layer = PrincipalLayer::new(key.clone());
-    let keys = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(Keys)));
+    let keys = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(Keys::UP)));
     let mut routes = RouteTable::new();
     routes
         .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![Endpoint::in_process(in_process(keys))]))
@@ -177,7 +188,7 @@ async fn balanced(deadline: Duration) -> std::net::SocketAddr {
 /// A gateway routing the tenant service to `backend`, whose endpoints use `key`.
 async fn gateway_over(key: InternalKey, backend: Backend, deadline: Duration) -> std::net::SocketAddr {
     let layer = PrincipalLayer::new(key.clone());
-    let keys = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(Keys)));
+    let keys = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(Keys::UP)));
     let mut routes = RouteTable::new();
     routes
         .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![Endpoint::in_process(in_process(keys))]))
@@ -321,4 +332,46 @@ async fn a_key_service_outage_says_so() {
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
         assert_eq!(reason(&err).as_deref(), Some("TENANT_SERVICE_UNAVAILABLE"), "{err:?}");
     }
+}
+
+/// A key check is a read: one that a tenant replica answers UNAVAILABLE is asked again of
+/// another, so a caller does not see one replica's outage (or its shutdown in a rolling
+/// restart) while the other one answers. Nothing is cached while the event log is not
+/// followed (it is not here), so every call asks; round robin starts half of them at the
+/// replica that is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_check_that_one_replica_cannot_answer_goes_to_another() {
+    let key = InternalKey::generate();
+    let replica = |keys: Keys| {
+        let layer = PrincipalLayer::new(key.clone());
+        let routes =
+            tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(keys)));
+        Endpoint::in_process(in_process(routes))
+    };
+    let mut routes = RouteTable::new();
+    routes
+        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![replica(Keys::DOWN), replica(Keys::UP)]))
+        .route(&["postern.tenant.v1.TenantService"], Backend::new(vec![tenant_endpoint("backend-a", &key)]));
+    let config = GatewayConfig {
+        internal_key: key.clone(),
+        key_cache_ttl: Duration::from_secs(10),
+        rate_limit: RateLimit { per_second: 0, burst: 0 },
+        default_deadline: Duration::from_secs(5),
+        health_interval: Duration::from_secs(60),
+        connections: Connections::new(ConnectionLimits::with_max_connections(64)),
+    };
+    let gateway = Gateway::new(routes, config).expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let mut c = client(addr).await;
+    for i in 0..8 {
+        let t = c.get_tenant(get("t-one")).await.unwrap_or_else(|e| panic!("call {i}: {e:?}"));
+        assert!(t.into_inner().tenant.is_some());
+    }
+    // A wrong key is still refused as such, by the replica that answers.
+    let mut wrong = get("t-one");
+    wrong.metadata_mut().insert("authorization", "Bearer not-the-key".parse().expect("ascii"));
+    let err = c.get_tenant(wrong).await.expect_err("wrong key");
+    assert_eq!(reason(&err).as_deref(), Some("API_KEY_INVALID"), "{err:?}");
 }
