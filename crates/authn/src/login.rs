@@ -1015,16 +1015,18 @@ impl AuthnApi {
             // The root attributes are the primary identity's: a linked identity's login
             // refreshes only its own profile data.
             let sync_root = sync == ProfileSync::OnEachLogin && identity.is_primary_of(&user_id);
+            // The source's profile is written only when it differs from the one kept: a
+            // returning user's login usually leaves the identity's row as it is.
             let update = LoginUpdate {
                 ip,
                 profile: sync_root.then_some(&profile),
                 asserted: Asserted::of_strategy(spec.strategy.as_str()),
-                profile_data: Some(&source.raw),
+                profile_data: (identity.profile_data != source.raw).then_some(&source.raw),
                 profile_sync: sync,
                 external,
                 password_hash: import_hash.as_deref(),
                 clear_failures: None,
-                identity_current: false,
+                identity_current: identity.profile_sync == sync && identity.external == external,
                 identities: None,
                 grant,
             };

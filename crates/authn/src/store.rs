@@ -544,24 +544,32 @@ impl Store {
             tx.rollback().await?;
             return Ok(recorded);
         };
-        // The identity's upstream tokens, when the grant keeps them, in the same statement.
-        sqlx::query(
-            "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, external = $6, \
+        // The identity's row, unless the login changes nothing in it (a returning user whose
+        // source sent the same profile as last time): one statement less while the writer is
+        // held. Its upstream tokens, when the grant keeps them, in the same statement.
+        let identity_unchanged = update.identity_current
+            && update.profile_data.is_none()
+            && update.password_hash.is_none()
+            && update.grant.is_none_or(|g| g.upstream_tokens.is_none());
+        if !identity_unchanged {
+            sqlx::query(
+                "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, external = $6, \
              password_hash = COALESCE($7, password_hash), update_time = $8, \
              upstream_tokens = COALESCE($9, upstream_tokens) \
              WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
-        )
-        .bind(tenant)
-        .bind(connection_id)
-        .bind(source_id)
-        .bind(update.profile_data.map(Value::to_string))
-        .bind(sync_code(update.profile_sync))
-        .bind(i64::from(update.external))
-        .bind(update.password_hash)
-        .bind(now)
-        .bind(update.grant.and_then(|g| g.upstream_tokens))
-        .execute(&mut *tx)
-        .await?;
+            )
+            .bind(tenant)
+            .bind(connection_id)
+            .bind(source_id)
+            .bind(update.profile_data.map(Value::to_string))
+            .bind(sync_code(update.profile_sync))
+            .bind(i64::from(update.external))
+            .bind(update.password_hash)
+            .bind(now)
+            .bind(update.grant.and_then(|g| g.upstream_tokens))
+            .execute(&mut *tx)
+            .await?;
+        }
         if let Some((user_key, address)) = update.clear_failures {
             sqlx::query(CLEAR_FAILURES).bind(tenant).bind(user_key).bind(address).execute(&mut *tx).await?;
         }
@@ -569,10 +577,15 @@ impl Store {
             // No identity: its upstream tokens are written above.
             oauth::insert_grant_in(&mut tx, tenant, user_id, None, g).await?;
         }
-        let identities = identities_of(&mut *tx, tenant, user_id).await?;
         self.write_audit(&mut tx).await?;
         tx.commit().await?;
         self.audit_committed();
+        // The identities as they are now, read once the writer is free (or as they were read
+        // before the login, when it wrote none of them).
+        let identities = match update.identities {
+            Some(known) if identity_unchanged => known.to_vec(),
+            _ => identities_of(self.db.pool(), tenant, user_id).await?,
+        };
         Ok(Recorded::Login(Box::new(user_of(&row, identities)?)))
     }
 
