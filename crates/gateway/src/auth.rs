@@ -14,9 +14,7 @@ use postern_common::coherence::{Coherence, Stamp};
 use postern_common::principal::{InternalKey, Principal, SignLayer};
 use postern_common::scope::{Scope, Scopes};
 use postern_common::server::HttpService;
-use postern_proto::tenant::v1::{
-    AuthenticateKeyRequest, AuthenticateKeyResponse, api_key_service_client::ApiKeyServiceClient,
-};
+use postern_proto::tenant::v1::{AuthenticateKeyRequest, api_key_service_client::ApiKeyServiceClient};
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 use tower::Layer;
@@ -59,9 +57,12 @@ impl KeyAuthenticator {
         if let Some(p) = self.cached(&digest) {
             return Ok(p);
         }
+        let svc = SignLayer::new(self.internal_key.clone(), Principal::Service("gateway".into()))
+            .layer(self.tenant_service.clone());
+        let mut client = ApiKeyServiceClient::new(svc);
         // Before asking: an event that lands while the answer is on its way retires it.
         let (changes, asked) = (self.coherence.changes(), Instant::now());
-        let answer = self.ask(key).await.map_err(|s| {
+        let answer = client.authenticate_key(AuthenticateKeyRequest { key: key.to_owned() }).await.map_err(|s| {
             let reason = tonic_types::StatusExt::get_error_details(&s).error_info().map(|i| i.reason.clone());
             if reason.as_deref() == Some("PRINCIPAL_INVALID") {
                 // The tenant service refused the gateway itself, not the caller's key.
@@ -116,24 +117,6 @@ impl KeyAuthenticator {
             cache.insert(digest, (principal.clone(), until, stamp));
         }
         Ok(principal)
-    }
-
-    /// Asks the tenant service about `key`. A check is a read, so one that a replica answers
-    /// UNAVAILABLE (shutting down, or its database out of reach) is asked again, once: the
-    /// backend picks round robin over the healthy replicas, so the second try goes to another
-    /// one where there is another.
-    async fn ask(&self, key: &str) -> Result<tonic::Response<AuthenticateKeyResponse>, Status> {
-        let svc = SignLayer::new(self.internal_key.clone(), Principal::Service("gateway".into()))
-            .layer(self.tenant_service.clone());
-        let mut client = ApiKeyServiceClient::new(svc);
-        let request = || AuthenticateKeyRequest { key: key.to_owned() };
-        match client.authenticate_key(request()).await {
-            Err(s) if s.code() == Code::Unavailable => {
-                tracing::debug!(message = s.message(), "key check unavailable; asking again");
-                client.authenticate_key(request()).await
-            }
-            answer => answer,
-        }
     }
 
     fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {

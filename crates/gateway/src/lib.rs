@@ -176,9 +176,17 @@ impl Gateway {
     }
 }
 
-/// The tenant backend as one service, picking a healthy endpoint per call.
+/// The tenant backend as one service for the gateway's own reads of it (a key check, the
+/// event log): each call goes to a healthy endpoint, round robin, and one that an endpoint
+/// answers UNAVAILABLE before it sends anything (shutting down, its database out of reach) or
+/// cannot be reached goes to the next endpoint, once, so that one replica's outage does not
+/// fail callers while another answers. The requests are single small messages, read whole
+/// before the first try so that the second can send them again.
 #[derive(Clone)]
 struct KeyBackend(Backend);
+
+/// How many endpoints a read of the tenant service tries.
+const KEY_BACKEND_TRIES: usize = 2;
 
 impl tower::Service<http::Request<tonic::body::Body>> for KeyBackend {
     type Response = http::Response<tonic::body::Body>;
@@ -191,23 +199,43 @@ impl tower::Service<http::Request<tonic::body::Body>> for KeyBackend {
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         use futures_util::FutureExt;
+        use http_body_util::BodyExt;
         use tower::ServiceExt;
-        let endpoint = self.0.pick().cloned();
+        let endpoints: Vec<Endpoint> = self.0.picks().take(KEY_BACKEND_TRIES).cloned().collect();
         async move {
-            let Some(endpoint) = endpoint else {
+            let (parts, body) = req.into_parts();
+            let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
                 return Ok(tenant_unavailable().into_http());
             };
-            match endpoint.service().oneshot(req).await {
-                Ok(r) => Ok(r),
-                Err(e) => {
-                    endpoint.mark_down();
-                    tracing::warn!(address = %endpoint.address, error = %e, "tenant service call failed");
-                    Ok(tenant_unavailable().into_http())
+            let mut answer = None;
+            for endpoint in endpoints {
+                let mut again = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(body.clone())));
+                *again.method_mut() = parts.method.clone();
+                *again.uri_mut() = parts.uri.clone();
+                *again.version_mut() = parts.version;
+                *again.headers_mut() = parts.headers.clone();
+                match endpoint.service().oneshot(again).await {
+                    Ok(r) if refused_unavailable(&r) => {
+                        tracing::debug!(address = %endpoint.address, "the tenant service answered UNAVAILABLE; trying another");
+                        answer = Some(r);
+                    }
+                    Ok(r) => return Ok(r),
+                    Err(e) => {
+                        endpoint.mark_down();
+                        tracing::warn!(address = %endpoint.address, error = %e, "tenant service call failed");
+                    }
                 }
             }
+            Ok(answer.unwrap_or_else(|| tenant_unavailable().into_http()))
         }
         .boxed()
     }
+}
+
+/// Whether `response` is a refusal with UNAVAILABLE and nothing else (the status in its
+/// headers, no message sent): safe to send again elsewhere.
+fn refused_unavailable(response: &http::Response<tonic::body::Body>) -> bool {
+    response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"14")
 }
 
 fn tenant_unavailable() -> tonic::Status {

@@ -82,6 +82,14 @@ impl Backend {
         (0..n).map(|i| &self.endpoints[(start + i) % n]).find(|e| e.is_healthy())
     }
 
+    /// The healthy endpoints, each once, starting at the next one round robin: where a call
+    /// that may be tried again goes first, then next.
+    pub fn picks(&self) -> impl Iterator<Item = &Endpoint> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(move |i| &self.endpoints[(start + i) % n]).filter(|e| e.is_healthy())
+    }
+
     /// Whether at least one endpoint is up.
     pub fn is_serving(&self) -> bool {
         self.endpoints.iter().any(Endpoint::is_healthy)

@@ -131,19 +131,27 @@ impl pb::tenant_service_server::TenantService for Tenants {
 
 async fn start(tenant_backend: Backend, deadline: Duration) -> std::net::SocketAddr {
     let key = InternalKey::generate();
-    let layer = PrincipalLayer::new(key.clone());
-    let keys = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(Keys::UP)));
     let mut routes = RouteTable::new();
     routes
-        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![Endpoint::in_process(in_process(keys))]))
+        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![key_endpoint(&key, Keys::UP)]))
         .route(&["postern.tenant.v1.TenantService"], tenant_backend)
         .internal(&["/postern.tenant.v1.ApiKeyService/AuthenticateKey"]);
+    serve(routes, key, deadline, Duration::from_millis(100)).await
+}
+
+/// A gateway over `routes`, signing with `key`, serving on a free loopback port.
+async fn serve(
+    routes: RouteTable,
+    key: InternalKey,
+    deadline: Duration,
+    health_interval: Duration,
+) -> std::net::SocketAddr {
     let config = GatewayConfig {
-        internal_key: key.clone(),
+        internal_key: key,
         key_cache_ttl: Duration::from_secs(10),
         rate_limit: RateLimit { per_second: 0, burst: 0 },
         default_deadline: deadline,
-        health_interval: Duration::from_millis(100),
+        health_interval,
         connections: Connections::new(ConnectionLimits::with_max_connections(64)),
     };
     let gateway = Gateway::new(routes, config).expect("gateway");
@@ -151,6 +159,13 @@ async fn start(tenant_backend: Backend, deadline: Duration) -> std::net::SocketA
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(gateway.serve(listener, std::future::pending()));
     addr
+}
+
+/// An in-process key service, `keys`, that trusts `key`'s signatures.
+fn key_endpoint(key: &InternalKey, keys: Keys) -> Endpoint {
+    let layer = PrincipalLayer::new(key.clone());
+    let routes = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(keys)));
+    Endpoint::in_process(in_process(routes))
 }
 
 fn tenant_endpoint(name: &'static str, key: &InternalKey) -> Endpoint {
@@ -187,25 +202,11 @@ async fn balanced(deadline: Duration) -> std::net::SocketAddr {
 
 /// A gateway routing the tenant service to `backend`, whose endpoints use `key`.
 async fn gateway_over(key: InternalKey, backend: Backend, deadline: Duration) -> std::net::SocketAddr {
-    let layer = PrincipalLayer::new(key.clone());
-    let keys = tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(Keys::UP)));
     let mut routes = RouteTable::new();
     routes
-        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![Endpoint::in_process(in_process(keys))]))
+        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![key_endpoint(&key, Keys::UP)]))
         .route(&["postern.tenant.v1.TenantService"], backend);
-    let config = GatewayConfig {
-        internal_key: key,
-        key_cache_ttl: Duration::from_secs(10),
-        rate_limit: RateLimit { per_second: 0, burst: 0 },
-        default_deadline: deadline,
-        health_interval: Duration::from_millis(100),
-        connections: Connections::new(ConnectionLimits::with_max_connections(64)),
-    };
-    let gateway = Gateway::new(routes, config).expect("gateway");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gateway.serve(listener, std::future::pending()));
-    addr
+    serve(routes, key, deadline, Duration::from_millis(100)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -313,18 +314,7 @@ async fn a_key_service_outage_says_so() {
     routes
         .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![down]))
         .route(&["postern.tenant.v1.TenantService"], Backend::new(vec![tenant_endpoint("backend-a", &key)]));
-    let config = GatewayConfig {
-        internal_key: key,
-        key_cache_ttl: Duration::from_secs(10),
-        rate_limit: RateLimit { per_second: 0, burst: 0 },
-        default_deadline: Duration::from_secs(5),
-        health_interval: Duration::from_secs(60),
-        connections: Connections::new(ConnectionLimits::with_max_connections(64)),
-    };
-    let gateway = Gateway::new(routes, config).expect("gateway");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let addr = serve(routes, key, Duration::from_secs(5), Duration::from_secs(60)).await;
     let mut c = client(addr).await;
     // Once while the endpoint is thought up (the call fails), once after it is marked down.
     for _ in 0..2 {
@@ -342,28 +332,12 @@ async fn a_key_service_outage_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_check_that_one_replica_cannot_answer_goes_to_another() {
     let key = InternalKey::generate();
-    let replica = |keys: Keys| {
-        let layer = PrincipalLayer::new(key.clone());
-        let routes =
-            tonic::service::Routes::new(layer.layer(pb::api_key_service_server::ApiKeyServiceServer::new(keys)));
-        Endpoint::in_process(in_process(routes))
-    };
+    let replicas = vec![key_endpoint(&key, Keys::DOWN), key_endpoint(&key, Keys::UP)];
     let mut routes = RouteTable::new();
     routes
-        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(vec![replica(Keys::DOWN), replica(Keys::UP)]))
+        .route(&["postern.tenant.v1.ApiKeyService"], Backend::new(replicas))
         .route(&["postern.tenant.v1.TenantService"], Backend::new(vec![tenant_endpoint("backend-a", &key)]));
-    let config = GatewayConfig {
-        internal_key: key.clone(),
-        key_cache_ttl: Duration::from_secs(10),
-        rate_limit: RateLimit { per_second: 0, burst: 0 },
-        default_deadline: Duration::from_secs(5),
-        health_interval: Duration::from_secs(60),
-        connections: Connections::new(ConnectionLimits::with_max_connections(64)),
-    };
-    let gateway = Gateway::new(routes, config).expect("gateway");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let addr = serve(routes, key, Duration::from_secs(5), Duration::from_secs(60)).await;
     let mut c = client(addr).await;
     for i in 0..8 {
         let t = c.get_tenant(get("t-one")).await.unwrap_or_else(|e| panic!("call {i}: {e:?}"));
