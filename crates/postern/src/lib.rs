@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod logs;
 pub mod management;
 pub mod otlp;
 pub mod tls;

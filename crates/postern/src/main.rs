@@ -56,7 +56,7 @@ fn init_logs(format: LogFormat, otlp: &OtlpSettings, service: Option<&str>) -> a
             // Escape codes only for a person at a terminal, and never against NO_COLOR
             // (no-color.org: set and not empty).
             let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-            lines.with_ansi(std::io::stderr().is_terminal() && !no_color).boxed()
+            lines.with_ansi(std::io::stderr().is_terminal() && !no_color).fmt_fields(postern::logs::TextFields).boxed()
         }
     };
     let (spans, export) = match service {
