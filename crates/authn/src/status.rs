@@ -88,7 +88,8 @@ pub(crate) fn client_refusal(tenant: &str, client_id: &str, s: &Status) -> Statu
         }
         Code::Unauthenticated => unauthenticated(
             "CLIENT_SECRET_INVALID",
-            "the client secret is wrong or missing; a confidential client must present its secret",
+            "the client secret is wrong or missing: a confidential client must present its secret, and a \
+             secret that is sent (by any client) must be the client's",
         ),
         Code::InvalidArgument => invalid_field("client_id", "is not a valid client id"),
         _ => tenant_service_unavailable(s),
