@@ -554,9 +554,9 @@ impl Store {
         if !identity_unchanged {
             sqlx::query(
                 "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, external = $6, \
-             password_hash = COALESCE($7, password_hash), update_time = $8, \
-             upstream_tokens = COALESCE($9, upstream_tokens) \
-             WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
+                 password_hash = COALESCE($7, password_hash), update_time = $8, \
+                 upstream_tokens = COALESCE($9, upstream_tokens) \
+                 WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
             )
             .bind(tenant)
             .bind(connection_id)

@@ -77,9 +77,7 @@ impl Backend {
 
     /// The next healthy endpoint, round robin; `None` when all are down.
     pub fn pick(&self) -> Option<&Endpoint> {
-        let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|i| &self.endpoints[(start + i) % n]).find(|e| e.is_healthy())
+        self.picks().next()
     }
 
     /// The healthy endpoints, each once, starting at the next one round robin: where a call

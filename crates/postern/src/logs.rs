@@ -38,8 +38,17 @@ impl Visit for Fields<'_> {
         }
     }
 
+    /// The error and, as the default formatter writes them, its causes
+    /// (`error=… error.sources=[…, …]`).
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.record_debug(field, &format_args!("{value}"));
+        let sources: Vec<String> =
+            std::iter::successors(value.source(), |e| e.source()).map(ToString::to_string).collect();
+        if sources.is_empty() {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            let name = field.name();
+            self.record_debug(field, &format_args!("{value} {name}.sources=[{}]", sources.join(", ")));
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -83,6 +92,22 @@ mod tests {
         }
     }
 
+    /// An error with a cause.
+    #[derive(Debug)]
+    struct Caused(std::io::Error);
+
+    impl fmt::Display for Caused {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cannot connect")
+        }
+    }
+
+    impl std::error::Error for Caused {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
     #[test]
     fn a_line_leaves_out_the_exporters_fields_and_keeps_the_rest() {
         let lines = Lines::default();
@@ -100,6 +125,8 @@ mod tests {
             span.record("principal", tracing::field::display("admin"));
             let failure = std::io::Error::other("no route");
             tracing::info!(code = 14, error = &failure as &dyn std::error::Error, "call failed");
+            let caused = Caused(failure);
+            tracing::warn!(error = &caused as &dyn std::error::Error, "with its cause");
         });
         let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8");
         assert!(!text.contains("otel."), "{text}");
@@ -110,5 +137,6 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(text.contains("with its cause error=cannot connect error.sources=[no route]"), "{text}");
     }
 }
