@@ -294,7 +294,7 @@ impl Store {
     }
 
     /// Writes this handle's audit events in `tx` (see [`Store::auditing`]).
-    async fn write_audit(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<(), StoreError> {
+    async fn write_audit(&self, tx: &mut postern_common::db::WriteTx) -> Result<(), StoreError> {
         if !self.audit.is_empty() {
             self.outbox.write(tx, &self.audit).await?;
         }
@@ -1355,7 +1355,7 @@ fn user_of(r: &AnyRow, mut identities: Vec<Identity>) -> Result<User, StoreError
 }
 
 async fn insert_identity(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     user_id: &str,
     i: &Identity,
@@ -1404,11 +1404,7 @@ fn identity_from_row(r: &AnyRow) -> Result<Identity, StoreError> {
 }
 
 /// Inserts a signing key; [`StoreError::AlreadyExists`] on a second next key.
-async fn insert_key(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    tenant: &str,
-    key: &StoredKey,
-) -> Result<(), StoreError> {
+async fn insert_key(tx: &mut postern_common::db::WriteTx, tenant: &str, key: &StoredKey) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO signing_keys (tenant, kid, alg, sealed_key, create_time, activate_time, retire_time) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

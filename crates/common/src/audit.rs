@@ -99,11 +99,7 @@ impl Outbox {
 
     /// Writes `events` in `tx`, the transaction of the change they record. Call
     /// [`committed`](Self::committed) once `tx` has committed.
-    pub async fn write(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        events: &[pb::AuditEvent],
-    ) -> Result<(), sqlx::Error> {
+    pub async fn write(&self, tx: &mut crate::db::WriteTx, events: &[pb::AuditEvent]) -> Result<(), sqlx::Error> {
         // One statement per chunk, not per event: each statement is a round trip to the
         // database (on SQLite, to sqlx's worker thread and back).
         for chunk in events.chunks(BATCH) {

@@ -8,7 +8,9 @@
 //! that finds the lock taken sleeps in SQLite's busy handler (1, 2, 5 … 100 ms) however soon
 //! the lock is free again. So on SQLite every write goes through [`Db::writer`], a pool of one
 //! connection: writers queue in order on the pool, without sleeping, and the lock is never
-//! contended within the process. The process owns its file: it holds an exclusive lock on
+//! contended within the process. Write transactions queued there share their commit (the
+//! `commit` module), so that a busy process pays one fsync for a line of writers rather than
+//! one each. The process owns its file: it holds an exclusive lock on
 //! `<file>.lock` while open, and a second process opening the same file is refused (services
 //! that run apart share PostgreSQL, not an SQLite file). What the process keeps in memory
 //! about its file's rows (the login attempts in flight, say) can rely on that. Write
@@ -33,6 +35,9 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+
+mod commit;
+pub use commit::MAX_PARTS;
 
 /// The PostgreSQL advisory lock (`pg_advisory_lock`) that every Postern process holds while it
 /// creates a service's schema or migrates it, and holds shared while it checks a schema: one
@@ -153,8 +158,8 @@ pub struct Migrations {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
-    /// SQLite: the one connection that writes. PostgreSQL: the common pool.
-    writer: AnyPool,
+    /// SQLite: the one connection that writes, taken in turns. PostgreSQL: the common pool.
+    writer: Writer,
     backend: Backend,
     /// SQLite: the locked `<file>.lock`, held until [`close`](Self::close) or until the last
     /// handle goes.
@@ -163,6 +168,148 @@ pub struct Db {
     url: Option<String>,
     /// Turns true when the pool is closed, ending the notification listeners.
     closed: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// The writer of a [`Db`] ([`Db::writer`]), an executor for single-statement writes.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    pool: AnyPool,
+    /// SQLite: the writer connection's turns and the shared commits (`commit` module).
+    committer: Option<std::sync::Arc<commit::Committer>>,
+}
+
+impl Writer {
+    /// The pool under it (one connection on SQLite), for its figures.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+impl<'c> Executor<'c> for &'c Writer {
+    type Database = sqlx::Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::stream::BoxStream<
+        'e,
+        Result<sqlx::Either<sqlx::any::AnyQueryResult, sqlx::any::AnyRow>, sqlx::Error>,
+    >
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, sqlx::Any>,
+    {
+        use futures_util::{StreamExt, TryStreamExt};
+        let Some(committer) = &self.committer else { return self.pool.fetch_many(query) };
+        // The statement's answers are read whole, so that its turn ends before they are handed on.
+        let all = async move {
+            match committer.single(&self.pool).await? {
+                commit::Single::Alone { mut conn, _turn } => conn.fetch_many(query).try_collect::<Vec<_>>().await,
+                commit::Single::Part(mut part) => {
+                    let done = part.connection().fetch_many(query).try_collect::<Vec<_>>().await;
+                    part.end(done).await
+                }
+            }
+        };
+        futures_util::stream::once(all)
+            .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::future::BoxFuture<'e, Result<Option<sqlx::any::AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, sqlx::Any>,
+    {
+        let Some(committer) = &self.committer else { return self.pool.fetch_optional(query) };
+        Box::pin(async move {
+            match committer.single(&self.pool).await? {
+                commit::Single::Alone { mut conn, _turn } => conn.fetch_optional(query).await,
+                commit::Single::Part(mut part) => {
+                    let done = part.connection().fetch_optional(query).await;
+                    part.end(done).await
+                }
+            }
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [sqlx::any::AnyTypeInfo],
+    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::any::AnyStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.pool.prepare_with(sql, parameters)
+    }
+
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::Describe<sqlx::Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.pool.describe(sql)
+    }
+}
+
+/// A write transaction ([`Db::begin_write`]): use it as a connection (`&mut *tx`), end it
+/// with [`commit`](Self::commit) or [`rollback`](Self::rollback). Dropped before either, it
+/// is rolled back.
+#[derive(Debug)]
+pub struct WriteTx(Tx);
+
+#[derive(Debug)]
+enum Tx {
+    /// PostgreSQL: a transaction of its own.
+    Own(sqlx::Transaction<'static, sqlx::Any>),
+    /// SQLite: a part of the transaction the queued writers share.
+    Shared(commit::Part),
+}
+
+impl WriteTx {
+    /// Commits: answers once the writes are durable (on SQLite, once the shared transaction
+    /// that holds them has committed; if it fails, this fails and nothing of it is stored).
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            Tx::Own(tx) => tx.commit().await,
+            Tx::Shared(part) => part.commit().await,
+        }
+    }
+
+    /// Undoes this transaction's writes, and only them.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            Tx::Own(tx) => tx.rollback().await,
+            Tx::Shared(part) => part.rollback().await,
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        match &self.0 {
+            Tx::Own(tx) => tx,
+            Tx::Shared(part) => part.connection_ref(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.0 {
+            Tx::Own(tx) => tx,
+            Tx::Shared(part) => part.connection(),
+        }
+    }
 }
 
 /// How long a notification listener waits before connecting again after losing its
@@ -278,8 +425,8 @@ struct RelaxedWriter {
 }
 
 impl RelaxedWriter {
-    async fn acquire(writer: &AnyPool) -> Result<Self, sqlx::Error> {
-        let mut relaxed = Self { conn: Some(writer.acquire().await?) };
+    async fn relax(conn: sqlx::pool::PoolConnection<sqlx::Any>) -> Result<Self, sqlx::Error> {
+        let mut relaxed = Self { conn: Some(conn) };
         relaxed.connection().execute("PRAGMA synchronous = NORMAL").await?;
         Ok(relaxed)
     }
@@ -367,7 +514,7 @@ impl Db {
                 let pool = sqlite_pool(8).connect_with(options).await?;
                 Ok(Db {
                     pool,
-                    writer,
+                    writer: Writer { pool: writer, committer: Some(Default::default()) },
                     backend: Backend::Sqlite,
                     owner: Some(owner),
                     url: None,
@@ -410,7 +557,7 @@ impl Db {
                     return Err(e.into());
                 }
                 Ok(Db {
-                    writer: pool.clone(),
+                    writer: Writer { pool: pool.clone(), committer: None },
                     pool,
                     backend: Backend::Postgres,
                     owner: None,
@@ -426,10 +573,11 @@ impl Db {
         &self.pool
     }
 
-    /// The pool for single-statement writes outside [`begin_write`](Self::begin_write): on
-    /// SQLite its one connection, so that writers queue in order instead of contending for
+    /// The writer, for single-statement writes outside [`begin_write`](Self::begin_write)
+    /// (`query.execute(db.writer())`): on SQLite they take their turn on its one connection
+    /// with the write transactions, so that writers queue in order instead of contending for
     /// the lock. A caller holding a write transaction must not wait on it.
-    pub fn writer(&self) -> &AnyPool {
+    pub fn writer(&self) -> &Writer {
         &self.writer
     }
 
@@ -451,13 +599,18 @@ impl Db {
         &self,
         query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     ) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
-        match self.backend {
-            Backend::Postgres => query.execute(&self.writer).await,
-            Backend::Sqlite => {
-                let mut relaxed = RelaxedWriter::acquire(&self.writer).await?;
+        let Some(committer) = &self.writer.committer else { return query.execute(&self.writer.pool).await };
+        match committer.single(&self.writer.pool).await? {
+            commit::Single::Alone { conn, _turn } => {
+                let mut relaxed = RelaxedWriter::relax(conn).await?;
                 let done = query.execute(relaxed.connection()).await;
                 relaxed.restore().await?;
                 done
+            }
+            // A batch is open: the statement joins it, durable like the rest of it.
+            commit::Single::Part(mut part) => {
+                let done = query.execute(part.connection()).await;
+                part.end(done).await
             }
         }
     }
@@ -469,22 +622,26 @@ impl Db {
 
     /// Starts a write transaction. On SQLite it waits its turn for the one writing
     /// connection, then takes the write lock up front (`BEGIN IMMEDIATE`), so that a writer
-    /// in another process makes it wait instead of fail.
-    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+    /// in another process makes it wait instead of fail; and it shares its commit with the
+    /// write transactions queued behind it (the `commit` module: each is a savepoint of one
+    /// transaction, and each `commit` answers once that transaction is durable).
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        match &self.writer.committer {
+            Some(committer) => Ok(WriteTx(Tx::Shared(committer.begin(&self.writer.pool).await?))),
+            None => Ok(WriteTx(Tx::Own(self.pool.begin().await?))),
         }
+    }
+
+    /// SQLite: the shared commits so far, and the write transactions they held (the
+    /// transactions per fsync are the second over the first). Zero on PostgreSQL.
+    pub fn shared_commits(&self) -> (u64, u64) {
+        self.writer.committer.as_ref().map_or((0, 0), |c| c.counts())
     }
 
     /// Queues `NOTIFY <channel>` in `tx`: PostgreSQL delivers it to every listener (in any
     /// process) when, and only if, the transaction commits. Nothing on SQLite, whose file
     /// one process owns. `channel` is a fixed identifier, never input.
-    pub async fn notify_on_commit(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        channel: &'static str,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn notify_on_commit(&self, tx: &mut WriteTx, channel: &'static str) -> Result<(), sqlx::Error> {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut **tx).await?;
         }
@@ -522,7 +679,7 @@ impl Db {
     pub async fn close(&self) {
         self.closed.send_replace(true);
         self.pool.close().await;
-        self.writer.close().await;
+        self.writer.pool.close().await;
         // Nothing can write through this handle any more: the file may have another owner.
         if let Some(owner) = &self.owner {
             owner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -867,9 +1024,226 @@ mod tests {
         assert_eq!(rows, 1, "the relaxed write is committed");
         assert_eq!(synchronous().await, FULL, "and the writer syncs again after it");
         // A caller cancelled between the two pragmas: the connection is not reused.
-        let relaxed = RelaxedWriter::acquire(db.writer()).await.expect("acquire");
+        let relaxed = RelaxedWriter::relax(db.writer().pool().acquire().await.unwrap()).await.expect("relax");
         drop(relaxed);
         assert_eq!(synchronous().await, FULL, "a cancelled relaxed write leaves no relaxed writer behind");
+        db.close().await;
+    }
+
+    async fn sqlite(dir: &tempfile::TempDir) -> Db {
+        static NONE: Migrator = Migrator::DEFAULT;
+        let location = DbLocation::SqliteFile(dir.path().join("svc.db"));
+        let db = Db::open(&location, Migrations { sqlite: &NONE, postgres: &NONE }).await.expect("open");
+        sqlx::query("CREATE TABLE t (v BIGINT NOT NULL UNIQUE)").execute(db.writer()).await.unwrap();
+        db
+    }
+
+    async fn values(db: &Db) -> Vec<i64> {
+        sqlx::query_scalar("SELECT v FROM t ORDER BY v").fetch_all(db.pool()).await.unwrap()
+    }
+
+    async fn insert(tx: &mut WriteTx, v: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(v).execute(&mut **tx).await.map(|_| ())
+    }
+
+    /// Waits (yielding, never sleeping) until `n` writers queue behind the open one.
+    async fn until_waiting(db: &Db, n: usize) {
+        while db.writer.committer.as_ref().unwrap().waiting() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn writers_queued_behind_one_share_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        let (commits, parts) = db.shared_commits();
+        let mut first = db.begin_write().await.unwrap();
+        insert(&mut first, 0).await.unwrap();
+        let n = MAX_PARTS as i64 - 1;
+        let queued: Vec<_> = (1..=n)
+            .map(|v| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    if v % 2 == 0 {
+                        // A single statement outside a transaction takes its turn too.
+                        let insert = sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(v);
+                        return insert.execute(db.writer()).await.map(drop);
+                    }
+                    let mut tx = db.begin_write().await?;
+                    insert(&mut tx, v).await?;
+                    tx.commit().await
+                })
+            })
+            .collect();
+        until_waiting(&db, MAX_PARTS - 1).await;
+        first.commit().await.expect("the first commits");
+        for q in queued {
+            q.await.unwrap().expect("each queued writer commits");
+        }
+        assert_eq!(values(&db).await, (0..=n).collect::<Vec<_>>(), "every write landed");
+        let batch = MAX_PARTS as u64;
+        assert_eq!(db.shared_commits(), (commits + 1, parts + batch), "{batch} writes, one commit");
+        // Alone, a writer commits at once.
+        let mut alone = db.begin_write().await.unwrap();
+        insert(&mut alone, n + 1).await.unwrap();
+        alone.commit().await.unwrap();
+        assert_eq!(db.shared_commits(), (commits + 2, parts + batch + 1));
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_shared_transaction_undoes_one_writer_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        let mut first = db.begin_write().await.unwrap();
+        insert(&mut first, 1).await.unwrap();
+        let spawn = |f: fn(Db) -> futures_util::future::BoxFuture<'static, Result<(), sqlx::Error>>| {
+            let db = db.clone();
+            tokio::spawn(f(db))
+        };
+        let rolled_back = spawn(|db| {
+            Box::pin(async move {
+                let mut tx = db.begin_write().await?;
+                insert(&mut tx, 2).await?;
+                tx.rollback().await
+            })
+        });
+        let dropped = spawn(|db| {
+            Box::pin(async move {
+                let mut tx = db.begin_write().await?;
+                insert(&mut tx, 3).await?;
+                Ok(())
+            })
+        });
+        let after_a_refusal = spawn(|db| {
+            Box::pin(async move {
+                let mut tx = db.begin_write().await?;
+                let duplicate = insert(&mut tx, 1).await.expect_err("1 is taken");
+                assert!(is_unique_violation(&duplicate), "{duplicate}");
+                insert(&mut tx, 4).await?;
+                tx.commit().await
+            })
+        });
+        let last = spawn(|db| {
+            Box::pin(async move {
+                let mut tx = db.begin_write().await?;
+                insert(&mut tx, 5).await?;
+                tx.commit().await
+            })
+        });
+        until_waiting(&db, 4).await;
+        first.commit().await.expect("the first commits");
+        rolled_back.await.unwrap().expect("rolled back");
+        dropped.await.unwrap().expect("dropped");
+        after_a_refusal.await.unwrap().expect("commits after a refused statement");
+        last.await.unwrap().expect("the last commits");
+        assert_eq!(values(&db).await, [1, 4, 5], "the writes undone are gone, and only they");
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_shared_commit_fails_every_writer_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        sqlx::query("CREATE TABLE parent (id BIGINT PRIMARY KEY)").execute(db.writer()).await.unwrap();
+        sqlx::query("CREATE TABLE child (parent BIGINT NOT NULL REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+            .execute(db.writer())
+            .await
+            .unwrap();
+        let mut first = db.begin_write().await.unwrap();
+        insert(&mut first, 1).await.unwrap();
+        let orphan = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin_write().await?;
+                // Checked only at the shared COMMIT.
+                sqlx::query("INSERT INTO child (parent) VALUES (99)").execute(&mut *tx).await?;
+                tx.commit().await
+            })
+        };
+        let after = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin_write().await?;
+                insert(&mut tx, 2).await?;
+                tx.commit().await
+            })
+        };
+        until_waiting(&db, 2).await;
+        let first = first.commit().await;
+        let (orphan, after) = (orphan.await.unwrap(), after.await.unwrap());
+        for (who, outcome) in [("first", first), ("orphan", orphan), ("after", after)] {
+            let e = outcome.expect_err(who);
+            assert!(e.to_string().contains("FOREIGN KEY"), "{who}: {e}");
+        }
+        assert!(values(&db).await.is_empty(), "nothing of a failed commit is stored");
+        let children: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM child").fetch_one(db.pool()).await.unwrap();
+        assert_eq!(children, 0);
+        let mut again = db.begin_write().await.expect("the writer is free again");
+        insert(&mut again, 3).await.unwrap();
+        again.commit().await.unwrap();
+        assert_eq!(values(&db).await, [3]);
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn writers_that_go_away_do_not_stall_the_ones_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        // One that leaves the line before its turn.
+        let mut first = db.begin_write().await.unwrap();
+        insert(&mut first, 1).await.unwrap();
+        let gone = {
+            let db = db.clone();
+            tokio::spawn(async move { db.begin_write().await.map(drop) })
+        };
+        until_waiting(&db, 1).await;
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        first.commit().await.expect("commits alone");
+        // One that has the batch handed to it and drops it: the first commits it itself.
+        let mut first = db.begin_write().await.unwrap();
+        insert(&mut first, 2).await.unwrap();
+        let dropper = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin_write().await.unwrap();
+                insert(&mut tx, 3).await.unwrap();
+            })
+        };
+        until_waiting(&db, 1).await;
+        first.commit().await.expect("the first commits the batch it handed on");
+        dropper.await.unwrap();
+        assert_eq!(values(&db).await, [1, 2]);
+        db.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_writers_on_many_threads_keep_exactly_what_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        let writers: Vec<_> = (0..400_i64)
+            .map(|v| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut tx = db.begin_write().await.unwrap();
+                    insert(&mut tx, v).await.unwrap();
+                    match v % 4 {
+                        0 => tx.rollback().await.map(|()| None),
+                        1 => Ok(None),
+                        _ => tx.commit().await.map(|()| Some(v)),
+                    }
+                })
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for w in writers {
+            kept.extend(w.await.unwrap().expect("no write fails"));
+        }
+        assert_eq!(values(&db).await, kept);
+        let (commits, parts) = db.shared_commits();
+        assert!(parts >= 200 && commits <= parts, "{commits} commits of {parts} parts");
         db.close().await;
     }
 

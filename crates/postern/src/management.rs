@@ -89,7 +89,7 @@ impl State {
         postern_common::telemetry::process_gauges();
         for (service, db) in &self.dbs {
             let pools = match db.backend() {
-                Backend::Sqlite => vec![("read", db.pool()), ("write", db.writer())],
+                Backend::Sqlite => vec![("read", db.pool()), ("write", db.writer().pool())],
                 Backend::Postgres => vec![("shared", db.pool())],
             };
             for (name, pool) in pools {

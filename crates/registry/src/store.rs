@@ -211,7 +211,7 @@ impl Store {
     /// the commit notifies every replica.
     async fn log_change(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut postern_common::db::WriteTx,
         tenant: &str,
         kind: ChangeKind,
         connection: &Connection,
@@ -261,7 +261,7 @@ impl Store {
     }
 
     /// Commits `tx`, which logged changes up to `sequence`, and wakes the log's follower.
-    async fn commit_logged(&self, tx: sqlx::Transaction<'static, sqlx::Any>, sequence: i64) -> Result<(), StoreError> {
+    async fn commit_logged(&self, tx: postern_common::db::WriteTx, sequence: i64) -> Result<(), StoreError> {
         tx.commit().await?;
         self.outbox.committed();
         self.last_own.fetch_max(sequence, Ordering::SeqCst);
@@ -740,7 +740,7 @@ impl Store {
 }
 
 /// Moves the cursor to `sequence` if it is ahead; whether it was (the event is new).
-async fn advance_cursor(tx: &mut sqlx::Transaction<'static, sqlx::Any>, sequence: i64) -> Result<bool, sqlx::Error> {
+async fn advance_cursor(tx: &mut postern_common::db::WriteTx, sequence: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("UPDATE tenant_events_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
         .bind(sequence)
         .execute(&mut **tx)
@@ -749,7 +749,7 @@ async fn advance_cursor(tx: &mut sqlx::Transaction<'static, sqlx::Any>, sequence
 }
 
 async fn insert(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     tenant_create_time: i64,
     c: &Connection,
@@ -778,7 +778,7 @@ async fn insert(
 }
 
 async fn insert_domains(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     id: &str,
     spec: &ConnectionSpec,
@@ -797,11 +797,7 @@ async fn insert_domains(
 }
 
 /// The connection `id` of `tenant`, read in `tx`.
-async fn by_id(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    tenant: &str,
-    id: &str,
-) -> Result<Option<Connection>, StoreError> {
+async fn by_id(tx: &mut postern_common::db::WriteTx, tenant: &str, id: &str) -> Result<Option<Connection>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM connections WHERE tenant = $1 AND id = $2");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(id).fetch_optional(&mut **tx).await?;
     Ok(row.map(|r| stored_from_row(&r)).transpose()?.map(|s| s.connection))

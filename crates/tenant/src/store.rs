@@ -225,7 +225,7 @@ impl Store {
     /// up to N never finds a smaller sequence committed after it.
     async fn append_event(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut postern_common::db::WriteTx,
         event_type: EventType,
         tenant: &str,
         tenant_create_time: i64,
@@ -262,7 +262,7 @@ impl Store {
     /// store's actor, with `details`.
     async fn audit_change(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut postern_common::db::WriteTx,
         tenant: &str,
         event_type: &str,
         client_id: &str,
@@ -525,7 +525,7 @@ impl Store {
     /// client), rolls back. Whether the client existed.
     async fn commit_client_event(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        mut tx: postern_common::db::WriteTx,
         row: Option<sqlx::any::AnyRow>,
         event_type: EventType,
         audit_type: &str,
@@ -733,7 +733,7 @@ const GRANT_COLUMNS: &str =
 impl Store {
     /// On PostgreSQL, takes the event log's lock first, so that the reads of a change that
     /// records events see every change committed before it (and none commits between them).
-    async fn lock_events(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<(), sqlx::Error> {
+    async fn lock_events(&self, tx: &mut postern_common::db::WriteTx) -> Result<(), sqlx::Error> {
         if self.db.backend() == Backend::Postgres {
             sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut **tx).await?;
         }
@@ -745,7 +745,7 @@ impl Store {
     /// remembers what they allow forgets it.
     async fn grants_changed(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut postern_common::db::WriteTx,
         tenant: &str,
         client_ids: &[String],
     ) -> Result<(), StoreError> {
@@ -804,11 +804,7 @@ impl Store {
     /// Records in `tx` that the tenant's APIs changed, so that whoever remembers which APIs
     /// exist and the scopes each defines (the authenticator, for user logins with an
     /// `audience`) forgets it.
-    async fn apis_changed(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        tenant: &str,
-    ) -> Result<(), StoreError> {
+    async fn apis_changed(&self, tx: &mut postern_common::db::WriteTx, tenant: &str) -> Result<(), StoreError> {
         let tenant_create_time: i64 = sqlx::query_scalar("SELECT create_time FROM tenants WHERE name = $1")
             .bind(tenant)
             .fetch_one(&mut **tx)
@@ -985,7 +981,7 @@ impl Store {
     /// The client and the API of a grant to be, as found in `tx`.
     async fn grant_parties(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut postern_common::db::WriteTx,
         tenant: &str,
         client_id: &str,
         audience: &str,

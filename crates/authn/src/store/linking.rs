@@ -156,7 +156,7 @@ impl Store {
 /// Locks a user's row for the transaction (touching its update time) and reads it with its
 /// identities; `None` if there is no such user.
 async fn lock_user(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     user_id: &str,
     now: i64,
@@ -171,7 +171,7 @@ async fn lock_user(
 
 /// A user with its identities, read inside the transaction.
 async fn user_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     user_id: &str,
 ) -> Result<Option<User>, StoreError> {

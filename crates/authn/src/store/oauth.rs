@@ -139,7 +139,7 @@ impl LoginGrant<'_> {
 /// Uses up the upstream login transaction `grant` names (if any), in the caller's write
 /// transaction: [`StoreError::Used`] when it is gone.
 pub(super) async fn take_upstream_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     grant: &LoginGrant<'_>,
 ) -> Result<(), StoreError> {
@@ -156,7 +156,7 @@ pub(super) async fn take_upstream_in(
 /// Writes `grant`'s session and code for `user_id` and, when `identity` (connection id,
 /// source id) is named, the upstream tokens on it, in the caller's write transaction.
 pub(super) async fn insert_grant_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     user_id: &str,
     identity: Option<(&str, &str)>,
@@ -193,7 +193,7 @@ const CODE_COLUMNS: &str =
 /// Marks a code used by the exchange of refresh-token family `family_id`, if it is unused
 /// and within its lifetime; how many rows it marked (0 or 1).
 async fn mark_code_used(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     code_hash: &str,
     family_id: &str,

@@ -125,7 +125,7 @@ impl Store {
     /// new. On PostgreSQL the table is locked first so that events commit in sequence order.
     pub(super) async fn write_audit(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut postern_common::db::WriteTx,
         events: &[AuditEvent],
     ) -> Result<u64, sqlx::Error> {
         if events.is_empty() {

@@ -1,0 +1,438 @@
+//! SQLite's group commit: concurrent write transactions share one commit, and so one fsync.
+//!
+//! SQLite has one writer, and with `synchronous=FULL` each commit waits for the disk (0.3–3
+//! ms on the VMs Postern is tried on). A write transaction holds the writer from its `BEGIN`
+//! to that flush, so the writes of a busy process queue one flush each behind it. Here a
+//! write transaction is a *part* of a shared one, the *batch*:
+//!
+//! - the first part begins the batch (`BEGIN IMMEDIATE`) and is a plain transaction while
+//!   alone; each later part runs inside a savepoint of its own, so that its rollback (an
+//!   explicit one, an error, or a caller that went away) undoes it and nothing else;
+//! - a part that commits while other writers wait their turn hands the open batch to the
+//!   next one instead of committing, and waits for the batch's end; the part that finds no
+//!   one waiting (or the [`MAX_PARTS`]th) commits the batch, once, for all of them;
+//! - every part's `commit` answers with the batch's own outcome: no part is acknowledged
+//!   before its writes are durable, and when the batch's `COMMIT` fails every part of it
+//!   fails (nothing of theirs is stored).
+//!
+//! Parts take turns on the writer, each finishing (released or rolled back) before the next
+//! starts, so a part sees the earlier parts' writes as if they had committed; and since they
+//! commit together or not at all, nothing can see writes that are later lost. A lone writer
+//! costs what it did before (`BEGIN`, its statements, `COMMIT`): batching begins only when a
+//! writer waits.
+//!
+//! A deferred constraint (`DEFERRABLE INITIALLY DEFERRED`) would be checked at the batch's
+//! `COMMIT` and one part's violation would fail the others; Postern's schemas have none.
+//! This is what PostgreSQL does on its own (`commit_delay`, one WAL flush for concurrent
+//! commits), so there a write transaction stays an ordinary one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Executor};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+
+/// The most parts in one batch: its first part waits for at most this many others' writes.
+pub const MAX_PARTS: usize = 16;
+
+/// The savepoint of a part after the first (parts never nest: each ends before the next).
+const SAVEPOINT: &str = "SAVEPOINT postern_part";
+const RELEASE: &str = "RELEASE postern_part";
+const ROLLBACK_TO: &str = "ROLLBACK TO postern_part";
+
+/// A batch's end: `None` while open.
+type Outcome = Option<Result<(), Shared>>;
+
+/// A failure every part of a batch answers with: the cause's kind is kept, so that a disk or
+/// pool failure still reads as the database being unavailable.
+#[derive(Debug, Clone)]
+enum Shared {
+    Io(std::io::ErrorKind, String),
+    PoolTimedOut,
+    PoolClosed,
+    Other(String),
+}
+
+impl Shared {
+    fn of(e: &sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(io) => Shared::Io(io.kind(), io.to_string()),
+            sqlx::Error::PoolTimedOut => Shared::PoolTimedOut,
+            sqlx::Error::PoolClosed => Shared::PoolClosed,
+            other => Shared::Other(other.to_string()),
+        }
+    }
+
+    fn error(&self) -> sqlx::Error {
+        match self {
+            Shared::Io(kind, m) => {
+                sqlx::Error::Io(std::io::Error::new(*kind, format!("the shared commit failed: {m}")))
+            }
+            Shared::PoolTimedOut => sqlx::Error::PoolTimedOut,
+            Shared::PoolClosed => sqlx::Error::PoolClosed,
+            Shared::Other(m) => sqlx::Error::Protocol(format!("the shared commit failed: {m}")),
+        }
+    }
+}
+
+/// The writer's turns and the batch open on it.
+#[derive(Debug, Default)]
+pub(super) struct Committer {
+    state: Arc<Mutex<State>>,
+    /// Writers queued for their turn in [`Committer::begin`].
+    waiting: AtomicUsize,
+    /// Batches committed, and parts in them.
+    commits: AtomicU64,
+    parts: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// The writer connection, held while a batch is open.
+    conn: Option<PoolConnection<Any>>,
+    batch: Option<Batch>,
+}
+
+#[derive(Debug)]
+struct Batch {
+    /// Parts committed into it so far.
+    parts: usize,
+    /// Whether a closer waits to commit it should its line run dry ([`close`]).
+    closer: bool,
+    outcome: Arc<watch::Sender<Outcome>>,
+}
+
+/// A writer's turn. While `clean` is false a part is under way on the connection, and should
+/// the turn end so (a task dropped half-way, a runtime shutting down), the connection is
+/// closed, which rolls the batch back, and the batch's parts are told it failed: nothing half
+/// done is ever committed by the next writer.
+#[derive(Debug)]
+pub(super) struct Turn {
+    state: OwnedMutexGuard<State>,
+    clean: bool,
+}
+
+impl std::ops::Deref for Turn {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Turn {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if !self.clean {
+            conn_close(&mut self.state);
+            if let Some(batch) = self.state.batch.take() {
+                let why = "a write transaction was abandoned half-way".to_owned();
+                batch.outcome.send_replace(Some(Err(Shared::Other(why))));
+            }
+        }
+    }
+}
+
+/// Counts a writer as waiting until it has its turn or goes away.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Self(waiting)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Committer {
+    /// Waits for the writer's turn and starts a part: the batch's first (`BEGIN IMMEDIATE`
+    /// on a connection of `writer`) or a later one (a savepoint in the open batch).
+    pub(super) async fn begin(self: &Arc<Self>, writer: &AnyPool) -> Result<Part, sqlx::Error> {
+        let turn = self.turn().await;
+        if turn.batch.is_some() {
+            return self.join(turn).await;
+        }
+        self.open(turn, writer).await
+    }
+
+    /// Waits for the writer's turn and starts a write of one statement: alone, on the writer
+    /// connection in autocommit (a commit of its own, as before batching); or, when the batch
+    /// was handed to it, as a part of the batch.
+    pub(super) async fn single(self: &Arc<Self>, writer: &AnyPool) -> Result<Single, sqlx::Error> {
+        let turn = self.turn().await;
+        if turn.batch.is_some() {
+            return Ok(Single::Part(self.join(turn).await?));
+        }
+        let conn = writer.acquire().await?;
+        Ok(Single::Alone { conn, _turn: turn })
+    }
+
+    /// The writer's turn, in the order asked.
+    async fn turn(&self) -> Turn {
+        let state = {
+            let _queued = Queued::new(&self.waiting);
+            self.state.clone().lock_owned().await
+        };
+        Turn { state, clean: true }
+    }
+
+    /// Begins a batch with its first part.
+    async fn open(self: &Arc<Self>, mut turn: Turn, writer: &AnyPool) -> Result<Part, sqlx::Error> {
+        let conn = writer.acquire().await?;
+        turn.conn = Some(conn);
+        turn.clean = false;
+        if let Err(e) = connection(&mut turn).execute("BEGIN IMMEDIATE").await {
+            // No transaction began: the connection goes back as it came.
+            turn.conn = None;
+            turn.clean = true;
+            return Err(e);
+        }
+        turn.batch = Some(Batch { parts: 0, closer: false, outcome: Arc::new(watch::channel(None).0) });
+        Ok(Part { turn: Some(turn), first: true, committer: self.clone() })
+    }
+
+    /// Joins the open batch with a part in a savepoint.
+    async fn join(self: &Arc<Self>, mut turn: Turn) -> Result<Part, sqlx::Error> {
+        turn.clean = false;
+        if let Err(e) = connection(&mut turn).execute(SAVEPOINT).await {
+            // The batch's state is unknown: it ends, and its parts fail with it.
+            end(&mut turn, Some(&e)).await.ok();
+            return Err(e);
+        }
+        Ok(Part { turn: Some(turn), first: false, committer: self.clone() })
+    }
+
+    /// Writers waiting for their turn.
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Batches committed so far, and the parts they held.
+    pub(super) fn counts(&self) -> (u64, u64) {
+        (self.commits.load(Ordering::Relaxed), self.parts.load(Ordering::Relaxed))
+    }
+}
+
+/// A write of one statement outside a transaction ([`Committer::single`]).
+#[derive(Debug)]
+pub(super) enum Single {
+    /// No batch was open: the writer connection, in autocommit, for this turn.
+    Alone {
+        /// The writer connection.
+        conn: PoolConnection<Any>,
+        _turn: Turn,
+    },
+    /// The batch was handed to this writer: the statement is a part of it.
+    Part(Part),
+}
+
+/// One write transaction's share of a batch; see the module's documentation.
+#[derive(Debug)]
+pub(super) struct Part {
+    /// The writer's turn, until the part ends.
+    turn: Option<Turn>,
+    first: bool,
+    committer: Arc<Committer>,
+}
+
+fn connection(state: &mut State) -> &mut AnyConnection {
+    state.conn.as_deref_mut().unwrap_or_else(|| unreachable!("a batch is open while a part runs"))
+}
+
+/// Ends the open batch, committing it (`failed` is `None`) or rolling it back because of
+/// `failed`, and tells its parts how it ended. Its connection goes back to the pool, or is
+/// closed when even the `ROLLBACK` failed.
+async fn end(state: &mut Turn, failed: Option<&sqlx::Error>) -> Result<(), sqlx::Error> {
+    let conn = connection(state);
+    let ended = match failed {
+        None => conn.execute("COMMIT").await.map(|_| ()),
+        Some(cause) => Err(sqlx::Error::Protocol(format!("the shared write transaction failed: {cause}"))),
+    };
+    // A failed COMMIT can leave the transaction open: nothing of it may commit later.
+    if ended.is_err() && conn.execute("ROLLBACK").await.is_err() {
+        conn_close(state);
+    }
+    state.conn = None;
+    if let Some(batch) = state.batch.take() {
+        let told = match (&ended, failed) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(cause)) => Err(Shared::of(cause)),
+            (Err(e), None) => Err(Shared::of(e)),
+        };
+        batch.outcome.send_replace(Some(told));
+    }
+    state.clean = true;
+    ended
+}
+
+/// Closes the writer connection instead of returning it to the pool.
+fn conn_close(state: &mut State) {
+    if let Some(mut conn) = state.conn.take() {
+        conn.close_on_drop();
+    }
+}
+
+/// How a part's commit left it.
+enum Committed {
+    /// The batch ended here, with this outcome.
+    Ended(Result<(), sqlx::Error>),
+    /// The batch went on to the next writer; its end is awaited on this.
+    HandedOn(watch::Receiver<Outcome>),
+}
+
+impl Part {
+    /// Commits the part: answers once the batch it belongs to has committed (or failed).
+    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let turn = self.turn.take().unwrap_or_else(|| unreachable!("a part ends once"));
+        let (first, committer) = (self.first, self.committer.clone());
+        // The turn ends in a task of its own, so that a caller going away half-way cannot
+        // leave the batch neither committed nor handed on.
+        let committed = tokio::spawn(hand_on_or_end(turn, first, committer.clone())).await;
+        match committed {
+            Ok(Committed::Ended(done)) => done,
+            Ok(Committed::HandedOn(outcome)) => await_end(outcome).await,
+            Err(e) => Err(sqlx::Error::Protocol(format!("the commit's task failed: {e}"))),
+        }
+    }
+
+    /// Ends a part of one statement whose result is `done`: committed if it succeeded,
+    /// rolled back if not.
+    pub(super) async fn end<T>(self, done: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        match done {
+            Ok(v) => self.commit().await.map(|()| v),
+            Err(e) => {
+                let _ = self.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls the part back, and only the part.
+    pub(super) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        let turn = self.turn.take().unwrap_or_else(|| unreachable!("a part ends once"));
+        roll_back(turn, self.first).await
+    }
+
+    /// The writer connection.
+    pub(super) fn connection_ref(&self) -> &AnyConnection {
+        self.turn
+            .as_ref()
+            .and_then(|t| t.conn.as_deref())
+            .unwrap_or_else(|| unreachable!("a part is used until it ends"))
+    }
+
+    /// The writer connection, for the part's statements.
+    pub(super) fn connection(&mut self) -> &mut AnyConnection {
+        connection(self.turn.as_mut().unwrap_or_else(|| unreachable!("a part is used until it ends")))
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        let Some(turn) = self.turn.take() else { return };
+        let first = self.first;
+        // Without a runtime to undo it on, the turn's own drop closes the connection.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = roll_back(turn, first).await;
+            });
+        }
+    }
+}
+
+async fn hand_on_or_end(mut turn: Turn, first: bool, committer: Arc<Committer>) -> Committed {
+    if !first && let Err(e) = connection(&mut turn).execute(RELEASE).await {
+        end(&mut turn, Some(&e)).await.ok();
+        return Committed::Ended(Err(e));
+    }
+    turn.clean = true;
+    let Some(batch) = turn.batch.as_mut() else { unreachable!("a batch is open while a part runs") };
+    batch.parts += 1;
+    if committer.waiting.load(Ordering::SeqCst) > 0 && batch.parts < MAX_PARTS {
+        let outcome = batch.outcome.subscribe();
+        if !std::mem::replace(&mut batch.closer, true) {
+            tokio::spawn(close(committer.clone(), outcome.clone()));
+        }
+        // The next writer in line has the batch now.
+        drop(turn);
+        return Committed::HandedOn(outcome);
+    }
+    Committed::Ended(commit_batch(&mut turn, &committer).await)
+}
+
+async fn commit_batch(turn: &mut Turn, committer: &Committer) -> Result<(), sqlx::Error> {
+    let parts = turn.batch.as_ref().map_or(0, |b| b.parts as u64);
+    turn.clean = false;
+    let done = end(turn, None).await;
+    if done.is_ok() {
+        committer.commits.fetch_add(1, Ordering::Relaxed);
+        committer.parts.fetch_add(parts, Ordering::Relaxed);
+    }
+    done
+}
+
+/// The batch's closer, queued for the writer's turn when the batch is first handed on: the
+/// writers then in line normally end it (the last one finds no one waiting and commits), and
+/// the closer, finding it ended, has nothing to do; but should they all go away before their
+/// turn (callers cancelled while queued), the closer commits it.
+async fn close(committer: Arc<Committer>, outcome: watch::Receiver<Outcome>) {
+    let state = committer.state.clone().lock_owned().await;
+    // Batches end in order, and a new one begins only once the open one has ended: if this
+    // one has not ended, it is the open one.
+    if outcome.borrow().is_none() {
+        let mut turn = Turn { state, clean: true };
+        let _ = commit_batch(&mut turn, &committer).await;
+    }
+}
+
+/// Waits for the end of a batch handed on.
+async fn await_end(mut outcome: watch::Receiver<Outcome>) -> Result<(), sqlx::Error> {
+    match outcome.wait_for(Option::is_some).await {
+        Ok(o) => match &*o {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(e.error()),
+            None => unreachable!("waited for"),
+        },
+        Err(_) => Err(sqlx::Error::PoolClosed),
+    }
+}
+
+/// Undoes a part: the whole batch when it is the first part (no other has joined it yet),
+/// its savepoint otherwise. Should that fail, the batch's state is unknown and it ends,
+/// rolled back, failing every part of it.
+async fn roll_back(mut turn: Turn, first: bool) -> Result<(), sqlx::Error> {
+    if first {
+        let done = connection(&mut turn).execute("ROLLBACK").await.map(|_| ());
+        if done.is_err() {
+            conn_close(&mut turn);
+        }
+        turn.conn = None;
+        turn.batch = None;
+        turn.clean = true;
+        return done;
+    }
+    let conn = connection(&mut turn);
+    let undone = match conn.execute(ROLLBACK_TO).await {
+        Ok(_) => conn.execute(RELEASE).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match &undone {
+        Ok(()) => turn.clean = true,
+        Err(e) => {
+            end(&mut turn, Some(e)).await.ok();
+        }
+    }
+    undone
+}
