@@ -296,14 +296,11 @@ impl Part {
     /// Commits the part: answers once the batch it belongs to has committed (or failed).
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
         let turn = self.turn.take().unwrap_or_else(|| unreachable!("a part ends once"));
-        let (first, committer) = (self.first, self.committer.clone());
-        // The turn ends in a task of its own, so that a caller going away half-way cannot
-        // leave the batch neither committed nor handed on.
-        let committed = tokio::spawn(hand_on_or_end(turn, first, committer.clone())).await;
-        match committed {
-            Ok(Committed::Ended(done)) => done,
-            Ok(Committed::HandedOn(outcome)) => await_end(outcome).await,
-            Err(e) => Err(sqlx::Error::Protocol(format!("the commit's task failed: {e}"))),
+        // A caller going away half-way drops the turn unclean (`Turn`'s drop): the batch is
+        // then rolled back and its parts fail, rather than left neither committed nor handed on.
+        match hand_on_or_end(turn, self.first, &self.committer).await {
+            Committed::Ended(done) => done,
+            Committed::HandedOn(outcome) => await_end(outcome).await,
         }
     }
 
@@ -352,7 +349,7 @@ impl Drop for Part {
     }
 }
 
-async fn hand_on_or_end(mut turn: Turn, first: bool, committer: Arc<Committer>) -> Committed {
+async fn hand_on_or_end(mut turn: Turn, first: bool, committer: &Arc<Committer>) -> Committed {
     if !first && let Err(e) = connection(&mut turn).execute(RELEASE).await {
         end(&mut turn, Some(&e)).await.ok();
         return Committed::Ended(Err(e));
@@ -369,7 +366,7 @@ async fn hand_on_or_end(mut turn: Turn, first: bool, committer: Arc<Committer>) 
         drop(turn);
         return Committed::HandedOn(outcome);
     }
-    Committed::Ended(commit_batch(&mut turn, &committer).await)
+    Committed::Ended(commit_batch(&mut turn, committer).await)
 }
 
 async fn commit_batch(turn: &mut Turn, committer: &Committer) -> Result<(), sqlx::Error> {
