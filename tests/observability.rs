@@ -308,6 +308,12 @@ async fn the_all_in_one_process_reports_per_method_metrics_health_and_refusals_o
         assert!(sample(&body, "postern_db_pool_connections", &[pool[0], pool[1], ("state", "idle")]).is_some());
         assert!(sample(&body, "postern_db_pool_connections", &[pool[0], pool[1], ("state", "in_use")]).is_some());
     }
+    // SQLite's commits and the writes they held (their counts are tested with the commits).
+    for service in ["tenant", "registry", "authn"] {
+        for name in ["postern_db_commits_total", "postern_db_committed_writes_total"] {
+            assert!(sample(&body, name, &[("service", service)]).is_some(), "{name} {service}: {body}");
+        }
+    }
 
     // Every metric the Grafana dashboard queries is one this process exposes.
     let dashboard: serde_json::Value = serde_json::from_str(

@@ -225,16 +225,14 @@ impl<'c> Executor<'c> for &'c Writer {
         'c: 'e,
         E: 'q + sqlx::Execute<'q, sqlx::Any>,
     {
-        let Some(committer) = &self.committer else { return self.pool.fetch_optional(query) };
-        Box::pin(async move {
-            match committer.single(&self.pool).await? {
-                commit::Single::Alone { mut conn, _turn } => conn.fetch_optional(query).await,
-                commit::Single::Part(mut part) => {
-                    let done = part.connection().fetch_optional(query).await;
-                    part.end(done).await
-                }
-            }
-        })
+        use futures_util::TryStreamExt;
+        if self.committer.is_none() {
+            return self.pool.fetch_optional(query);
+        }
+        // The write runs whole and commits in `fetch_many` before its first row comes out
+        // (SQLite applies an UPDATE … RETURNING whole at its first row anyway).
+        let mut rows = self.fetch(query);
+        Box::pin(async move { rows.try_next().await })
     }
 
     fn prepare_with<'e>(
@@ -632,8 +630,8 @@ impl Db {
         }
     }
 
-    /// SQLite: the shared commits so far, and the write transactions they held (the
-    /// transactions per fsync are the second over the first). Zero on PostgreSQL.
+    /// SQLite: the commits of write transactions so far, and the writes they held (the writes
+    /// per fsync are the second over the first), for the metrics. Zero on PostgreSQL.
     pub fn shared_commits(&self) -> (u64, u64) {
         self.writer.committer.as_ref().map_or((0, 0), |c| c.counts())
     }
@@ -1046,6 +1044,16 @@ mod tests {
         sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(v).execute(&mut **tx).await.map(|_| ())
     }
 
+    /// A writer, in a task of its own, that inserts `v` in a transaction and commits.
+    fn write(db: &Db, v: i64) -> tokio::task::JoinHandle<Result<(), sqlx::Error>> {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut tx = db.begin_write().await?;
+            insert(&mut tx, v).await?;
+            tx.commit().await
+        })
+    }
+
     /// Waits (yielding, never sleeping) until `n` writers queue behind the open one.
     async fn until_waiting(db: &Db, n: usize) {
         while db.writer.committer.as_ref().unwrap().waiting() < n {
@@ -1063,16 +1071,14 @@ mod tests {
         let n = MAX_PARTS as i64 - 1;
         let queued: Vec<_> = (1..=n)
             .map(|v| {
+                if v % 2 == 1 {
+                    return write(&db, v);
+                }
+                // A single statement outside a transaction takes its turn too.
                 let db = db.clone();
                 tokio::spawn(async move {
-                    if v % 2 == 0 {
-                        // A single statement outside a transaction takes its turn too.
-                        let insert = sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(v);
-                        return insert.execute(db.writer()).await.map(drop);
-                    }
-                    let mut tx = db.begin_write().await?;
-                    insert(&mut tx, v).await?;
-                    tx.commit().await
+                    let insert = sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(v);
+                    insert.execute(db.writer()).await.map(drop)
                 })
             })
             .collect();
@@ -1125,13 +1131,7 @@ mod tests {
                 tx.commit().await
             })
         });
-        let last = spawn(|db| {
-            Box::pin(async move {
-                let mut tx = db.begin_write().await?;
-                insert(&mut tx, 5).await?;
-                tx.commit().await
-            })
-        });
+        let last = write(&db, 5);
         until_waiting(&db, 4).await;
         first.commit().await.expect("the first commits");
         rolled_back.await.unwrap().expect("rolled back");
@@ -1162,14 +1162,7 @@ mod tests {
                 tx.commit().await
             })
         };
-        let after = {
-            let db = db.clone();
-            tokio::spawn(async move {
-                let mut tx = db.begin_write().await?;
-                insert(&mut tx, 2).await?;
-                tx.commit().await
-            })
-        };
+        let after = write(&db, 2);
         until_waiting(&db, 2).await;
         let first = first.commit().await;
         let (orphan, after) = (orphan.await.unwrap(), after.await.unwrap());

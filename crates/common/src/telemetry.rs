@@ -185,6 +185,15 @@ pub fn pool_gauges(service: &'static str, pool: &'static str, open: u32, idle: u
     metrics::gauge!("postern_db_pool_max_connections", "service" => service, "pool" => pool).set(f64::from(max));
 }
 
+/// The commits of write transactions on `service`'s SQLite database, and the writes they held
+/// (transactions, and single statements that joined one): writes over commits is how many share
+/// a commit, and so an fsync, under the load at hand.
+pub fn commit_gauges(service: &'static str, commits: u64, writes: u64) {
+    // Gauges under counters' names: the figures are read, not accumulated here.
+    metrics::gauge!("postern_db_commits_total", "service" => service).set(commits as f64);
+    metrics::gauge!("postern_db_committed_writes_total", "service" => service).set(writes as f64);
+}
+
 /// The process's own figures, read from `/proc` on Linux (nothing elsewhere), under the
 /// names the Prometheus client libraries use: `process_resident_memory_bytes`,
 /// `process_virtual_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`,

@@ -89,7 +89,11 @@ impl State {
         postern_common::telemetry::process_gauges();
         for (service, db) in &self.dbs {
             let pools = match db.backend() {
-                Backend::Sqlite => vec![("read", db.pool()), ("write", db.writer().pool())],
+                Backend::Sqlite => {
+                    let (commits, writes) = db.shared_commits();
+                    postern_common::telemetry::commit_gauges(service, commits, writes);
+                    vec![("read", db.pool()), ("write", db.writer().pool())]
+                }
                 Backend::Postgres => vec![("shared", db.pool())],
             };
             for (name, pool) in pools {

@@ -98,8 +98,6 @@ pub(super) struct State {
 struct Batch {
     /// Parts committed into it so far.
     parts: usize,
-    /// Whether a closer waits to commit it should its line run dry ([`close`]).
-    closer: bool,
     outcome: Arc<watch::Sender<Outcome>>,
 }
 
@@ -198,7 +196,7 @@ impl Committer {
             turn.clean = true;
             return Err(e);
         }
-        turn.batch = Some(Batch { parts: 0, closer: false, outcome: Arc::new(watch::channel(None).0) });
+        turn.batch = Some(Batch { parts: 0, outcome: Arc::new(watch::channel(None).0) });
         Ok(Part { turn: Some(turn), first: true, committer: self.clone() })
     }
 
@@ -359,7 +357,8 @@ async fn hand_on_or_end(mut turn: Turn, first: bool, committer: &Arc<Committer>)
     batch.parts += 1;
     if committer.waiting.load(Ordering::SeqCst) > 0 && batch.parts < MAX_PARTS {
         let outcome = batch.outcome.subscribe();
-        if !std::mem::replace(&mut batch.closer, true) {
+        // The first part hands the batch on first (a part joins only a batch handed on).
+        if first {
             tokio::spawn(close(committer.clone(), outcome.clone()));
         }
         // The next writer in line has the batch now.
