@@ -396,6 +396,22 @@ async fn attacks_are_refused() {
     assert_eq!(Agent::new().submit(&page_url, &signup).await.expect("post").status, 403);
     let done = agent.submit(&page_url, &signup).await.expect("signup");
     let code = callback_query(&done)["code"].clone();
+    // A page is used once: the same form again, or the login form of one page sent twice at
+    // once (two tabs), logs in once; the other is refused and gets neither session nor code.
+    let resent = agent.submit(&page_url, &signup).await.expect("post");
+    assert!((400..500).contains(&resent.status) && resent.location().is_none(), "{resent:?}");
+    let forced = authorize_url(&suite, t, &spa.client_id, &[pkce[0], pkce[1], ("prompt", "login")]);
+    let (page_url, page) = login_page(&mut agent, &suite, &forced).await;
+    let mut login = page.forms().into_iter().find(|f| f.action.ends_with("/login")).expect("login form");
+    login.set("username", "bob@example.com").set("password", STRONG);
+    let (mut tab1, mut tab2) = (agent.clone(), agent.clone());
+    let (one, two) = tokio::join!(tab1.submit(&page_url, &login), tab2.submit(&page_url, &login));
+    let answers = [one.expect("tab 1"), two.expect("tab 2")];
+    let logged_in: Vec<&Answer> = answers.iter().filter(|a| a.status == 303).collect();
+    assert_eq!(logged_in.len(), 1, "one of two tabs logs in: {answers:?}");
+    let refused = answers.iter().find(|a| a.status != 303).expect("the other tab");
+    assert!((400..500).contains(&refused.status), "{refused:?}");
+    assert!(refused.headers("set-cookie").iter().all(|c| !c.starts_with("postern_session")), "{refused:?}");
 
     // A wrong verifier, or none, fails; the code is then spent.
     let exchange = |verifier: &'static str| {

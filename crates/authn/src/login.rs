@@ -71,6 +71,10 @@ pub struct PasswordLogin<'a> {
     /// The address brute-force protection counts against (the user's, as the application
     /// reports it, else the caller's).
     pub address: &'a str,
+    /// A browser login's session, code and used-up page transaction, written with the
+    /// user's login (one write; [`StoreError::Used`](crate::store::StoreError::Used) and
+    /// nothing written when the transaction is gone); `None` for `Login`.
+    pub grant: Option<&'a crate::store::oauth::LoginGrant<'a>>,
 }
 
 impl PasswordLogin<'_> {
@@ -413,7 +417,7 @@ impl AuthnApi {
                 }
             }
             Checked::External { profile, import_hash } => {
-                self.upsert_external_user(l.tenant, &conn, &profile, import_hash, l.address, None, audit).await
+                self.upsert_external_user(l.tenant, &conn, &profile, import_hash, l.address, l.grant, audit).await
             }
         };
         // The password was right: the attempt counted in advance is not a failure.
@@ -1103,7 +1107,7 @@ impl AuthnApi {
             clear_failures: clear,
             identity_current: found.identity.profile_sync == sync && !found.identity.external,
             identities: Some(&found.identities),
-            grant: None,
+            grant: l.grant,
         };
         let identity = &found.identity;
         let r = self

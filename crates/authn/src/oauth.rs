@@ -34,7 +34,7 @@ use crate::clients::ResolvedClient;
 use crate::passwordless::{CodeLogin, CodeStart, LinkTarget, Links, RecipientInput, SendKind};
 use crate::store::Store;
 use crate::store::oauth::{
-    CodeGrant, LoginGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, secret_digest,
+    CodeGrant, LoginGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, UsesUp, secret_digest,
 };
 use crate::tokens::{self, ProfileClaims};
 
@@ -389,17 +389,16 @@ impl OAuthApi {
     }
 
     /// What `login` writes for `request` (with the user's record when the login writes
-    /// one): its session and code, and the upstream transaction `upstream_state_hash` it
-    /// uses up.
+    /// one): its session and code, and the login transaction it `uses` up.
     fn login_grant<'a>(
         &self,
         login: &'a NewLogin,
         request: &'a AuthRequest,
-        upstream_state_hash: Option<&'a str>,
+        uses: Option<UsesUp<'a>>,
     ) -> LoginGrant<'a> {
         let now = login.now;
         LoginGrant {
-            upstream_state_hash,
+            uses,
             upstream_tokens: None,
             now,
             session_hash: &login.session_hash,
@@ -428,10 +427,19 @@ impl OAuthApi {
     }
 
     /// Starts a session for a user who just authenticated (its record written already),
-    /// and answers the code: both in one write.
-    async fn logged_in(&self, tenant: &str, request: &AuthRequest, user_id: &str) -> Result<pb::LoggedIn, Status> {
+    /// uses up the hosted page's login transaction (`transaction_hash`, the digest of its
+    /// id), and answers the code: all in one write. A transaction another tab completed
+    /// first is FAILED_PRECONDITION `LOGIN_TRANSACTION_USED`, and nothing is written.
+    async fn logged_in(
+        &self,
+        tenant: &str,
+        request: &AuthRequest,
+        user_id: &str,
+        transaction_hash: &str,
+    ) -> Result<pb::LoggedIn, Status> {
         let login = self.new_login();
-        self.store().create_login_grant(tenant, user_id, &self.login_grant(&login, request, None)).await?;
+        let grant = self.login_grant(&login, request, Some(UsesUp::Page(transaction_hash)));
+        self.store().create_login_grant(tenant, user_id, &grant).await?;
         Ok(self.login_answer(tenant, request, user_id, login))
     }
 
@@ -455,15 +463,6 @@ impl OAuthApi {
             return Err(permission_denied("CSRF_TOKEN_INVALID", "the form's CSRF token does not belong to this login"));
         }
         serde_json::from_str(&stored.request).map_err(|e| internal(&e))
-    }
-
-    /// Uses up a transaction after a successful login (single use).
-    async fn finish_transaction(&self, tenant: &str, transaction: &str) -> Result<(), Status> {
-        if self.store().take_transaction(tenant, &secret_digest(transaction), self.now()).await? {
-            Ok(())
-        } else {
-            Err(failed_precondition("LOGIN_TRANSACTION_USED", "this login was already completed in another tab"))
-        }
     }
 
     /// Checks that `connection` may be used for the transaction's request.
@@ -1279,6 +1278,11 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         let req = req.into_inner();
         let request = self.transaction(&req.tenant, &req.transaction, Some(&req.csrf_token)).await?;
         Self::check_connection(&request, &req.connection)?;
+        // The session, the code and the page's transaction used up are written with the
+        // user's login: one write.
+        let login = self.new_login();
+        let transaction_hash = secret_digest(&req.transaction);
+        let grant = self.login_grant(&login, &request, Some(UsesUp::Page(&transaction_hash)));
         let user = self
             .authn
             .password_login(&crate::login::PasswordLogin {
@@ -1288,10 +1292,10 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
                 username: &req.username,
                 password: &req.password,
                 address: &req.address,
+                grant: Some(&grant),
             })
             .await?;
-        self.finish_transaction(&req.tenant, &req.transaction).await?;
-        let logged_in = self.logged_in(&req.tenant, &request, &user.user_id).await?;
+        let logged_in = self.login_answer(&req.tenant, &request, &user.user_id, login);
         Ok(Response::new(pb::SubmitLoginResponse { logged_in: Some(logged_in) }))
     }
 
@@ -1316,8 +1320,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
                 address: &req.address,
             })
             .await?;
-        self.finish_transaction(&req.tenant, &req.transaction).await?;
-        let logged_in = self.logged_in(&req.tenant, &request, &user.user_id).await?;
+        let logged_in = self.logged_in(&req.tenant, &request, &user.user_id, &secret_digest(&req.transaction)).await?;
         Ok(Response::new(pb::SubmitSignupResponse { logged_in: Some(logged_in) }))
     }
 
@@ -1521,8 +1524,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
                 address: &req.address,
             })
             .await?;
-        self.finish_transaction(&req.tenant, &req.transaction).await?;
-        let logged_in = self.logged_in(&req.tenant, &request, &user.user_id).await?;
+        let logged_in = self.logged_in(&req.tenant, &request, &user.user_id, &secret_digest(&req.transaction)).await?;
         Ok(Response::new(pb::SubmitPasswordlessCodeResponse { logged_in: Some(logged_in) }))
     }
 
@@ -1543,10 +1545,11 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         };
         let stored = self.store().transaction(&req.tenant, &login.transaction_hash, now).await?.ok_or_else(gone)?;
         let request: AuthRequest = serde_json::from_str(&stored.request).map_err(|e| internal(&e))?;
-        if !self.store().take_transaction(&req.tenant, &login.transaction_hash, now).await? {
-            return Err(gone());
-        }
-        let logged_in = self.logged_in(&req.tenant, &request, &login.user.user_id).await?;
+        let logged_in = match self.logged_in(&req.tenant, &request, &login.user.user_id, &login.transaction_hash).await
+        {
+            Err(s) if s.code() == Code::FailedPrecondition => return Err(gone()),
+            answer => answer?,
+        };
         Ok(Response::new(pb::CompleteMagicLinkResponse { logged_in: Some(logged_in) }))
     }
 }

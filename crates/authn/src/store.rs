@@ -334,7 +334,7 @@ impl Store {
 
     /// [`Store::create_user`], with a browser login's session and code (`grant`) written in
     /// the same transaction: the user is created with its first login, or not at all
-    /// ([`StoreError::Used`] when the grant's upstream transaction is gone).
+    /// ([`StoreError::Used`] when the grant's login transaction is gone).
     pub async fn create_user_with_grant(
         &self,
         tenant: &str,
@@ -346,7 +346,7 @@ impl Store {
         let now = postern_common::time::now_micros();
         let mut tx = self.db.begin_write().await?;
         if let Some(g) = grant {
-            oauth::take_upstream_in(&mut tx, tenant, g).await?;
+            oauth::take_used_in(&mut tx, tenant, g).await?;
         }
         let p = &user.profile;
         sqlx::query(
@@ -445,7 +445,7 @@ impl Store {
 
     /// Records a successful login on an existing identity, in one transaction: counts it on
     /// the user, applies `update`, clears the brute-force count it names, writes its grant
-    /// (the upstream transaction used up first: [`StoreError::Used`] when it is gone) and
+    /// (the login transaction used up first: [`StoreError::Used`] when it is gone) and
     /// this handle's audit events ([`Store::auditing`]). A blocked or vanished user is left
     /// untouched, and nothing of the grant or the events is written.
     pub async fn record_login(
@@ -492,7 +492,7 @@ impl Store {
         }
         let mut tx = self.db.begin_write().await?;
         if let Some(g) = update.grant {
-            oauth::take_upstream_in(&mut tx, tenant, g).await?;
+            oauth::take_used_in(&mut tx, tenant, g).await?;
         }
         // The profile the login asserts and the login's counters in one statement (one round
         // trip); a blocked or vanished user matches no row, and the rollback below undoes the

@@ -5,9 +5,9 @@
 
 use postern_authn::domain::{Identity, Profile, ProfileSync};
 use postern_authn::store::oauth::{
-    CodeGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, Session, secret_digest,
+    CodeGrant, LoginGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, Session, UsesUp, secret_digest,
 };
-use postern_authn::store::{NewUser, Store};
+use postern_authn::store::{NewUser, Store, StoreError};
 use postern_common::db::DbLocation;
 use postern_common::testing::TestDatabase;
 
@@ -122,9 +122,33 @@ async fn login_transactions_expire_and_are_used_once() {
         // Another tenant's namesake sees nothing; expired means gone.
         assert_eq!(store.transaction("other", &id, T0 + SEC).await.unwrap(), None);
         assert_eq!(store.transaction(T, &id, T0 + 600 * SEC).await.unwrap(), None);
-        assert!(!store.take_transaction(T, &id, T0 + 601 * SEC).await.unwrap(), "expired cannot be used");
-        assert!(store.take_transaction(T, &id, T0 + 2 * SEC).await.unwrap());
-        assert!(!store.take_transaction(T, &id, T0 + 3 * SEC).await.unwrap(), "single use");
+        // A login's grant uses the transaction up in its write: not once expired, and once.
+        create_user(&store, "u1").await;
+        let grant = |now: i64, n: &'static str| LoginGrant {
+            uses: Some(UsesUp::Page(&id)),
+            upstream_tokens: None,
+            now,
+            session_hash: n,
+            session_idle_expire: now + 100 * SEC,
+            session_absolute_expire: now + 200 * SEC,
+            code_hash: n,
+            code_expire: now + 60 * SEC,
+            client_id: "c1",
+            redirect_uri: "https://app.example.com/callback",
+            scope: "openid",
+            audience: "",
+            nonce: "",
+            code_challenge: "",
+        };
+        let refused = store.create_login_grant(T, "auth0|u1", &grant(T0 + 601 * SEC, "late")).await;
+        assert!(matches!(refused, Err(StoreError::Used)), "expired cannot be used: {refused:?}");
+        assert_eq!(store.peek_code(T, "late", T0 + 601 * SEC).await.unwrap(), None, "nothing written");
+        store.create_login_grant(T, "auth0|u1", &grant(T0 + 2 * SEC, "first")).await.unwrap();
+        assert!(store.peek_code(T, "first", T0 + 3 * SEC).await.unwrap().is_some());
+        let again = store.create_login_grant(T, "auth0|u1", &grant(T0 + 3 * SEC, "again")).await;
+        assert!(matches!(again, Err(StoreError::Used)), "single use: {again:?}");
+        assert_eq!(store.touch_session(T, "again", T0 + 3 * SEC, 100 * SEC).await.unwrap(), None, "nothing written");
+        assert_eq!(store.peek_code(T, "again", T0 + 3 * SEC).await.unwrap(), None, "nothing written");
         assert_eq!(store.transaction(T, &id, T0 + 3 * SEC).await.unwrap(), None);
         cleanup(store, backend).await;
     }

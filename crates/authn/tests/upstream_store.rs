@@ -3,7 +3,7 @@
 //! reason when unset, a failure under `POSTERN_REQUIRE_PEERS=1`).
 
 use postern_authn::domain::{Asserted, Identity, Profile, ProfileSync, UserPatch};
-use postern_authn::store::oauth::{LoginGrant, Redeemed, secret_digest};
+use postern_authn::store::oauth::{LoginGrant, Redeemed, UsesUp, secret_digest};
 use postern_authn::store::upstream::NewUpstreamTransaction;
 use postern_authn::store::{LoginUpdate, NewUser, Recorded, Store, StoreError};
 use postern_common::db::DbLocation;
@@ -112,7 +112,7 @@ fn new_user(name: &str) -> NewUser {
 /// A redirect login's grant: session `session`, code `code`, using up `state`'s transaction.
 fn grant<'a>(state_hash: &'a str, session: &'a str, code: &'a str) -> LoginGrant<'a> {
     LoginGrant {
-        upstream_state_hash: Some(state_hash),
+        uses: Some(UsesUp::Upstream(state_hash)),
         upstream_tokens: Some("sealed-tokens"),
         now: T0,
         session_hash: session,

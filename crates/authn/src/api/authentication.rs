@@ -55,6 +55,7 @@ impl pb::authentication_service_server::AuthenticationService for AuthnApi {
             username: &req.username,
             password: &req.password,
             address: &address,
+            grant: None,
         };
         login.validate()?;
         // Without a key, the application itself, authenticated by its credentials next.

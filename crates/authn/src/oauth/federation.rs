@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 
 use super::{AuthRequest, OAuthApi, micros, new_secret};
-use crate::store::oauth::secret_digest;
+use crate::store::oauth::{UsesUp, secret_digest};
 use crate::store::upstream::{NewUpstreamTransaction, UpstreamTransaction};
 
 /// The seal label of an upstream transaction's secrets.
@@ -363,7 +363,7 @@ impl OAuthApi {
             data: secrets.data,
         };
         let login = self.new_login();
-        let grant = self.login_grant(&login, request, Some(state_hash));
+        let grant = self.login_grant(&login, request, Some(UsesUp::Upstream(state_hash)));
         let user = self
             .authn
             .complete_redirect(

@@ -79,16 +79,26 @@ pub struct CodeGrant {
     pub auth_time: i64,
 }
 
+/// The login transaction a browser login uses up in the write of its grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsesUp<'a> {
+    /// A redirect login's upstream transaction, by the digest of its `state`.
+    Upstream(&'a str),
+    /// The hosted page's transaction, by the digest of its id; only while it is live at the
+    /// grant's `now`.
+    Page(&'a str),
+}
+
 /// What a browser login writes beside the user's record, in the same write transaction
 /// (one commit: on SQLite one fsync instead of one per row): the SSO session it starts and
-/// the application's code, both for the login's user, authenticated `now`; and, for a
-/// redirect login, the upstream login transaction it uses up.
+/// the application's code, both for the login's user, authenticated `now`; and the login
+/// transaction it uses up.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginGrant<'a> {
-    /// The digest of the upstream login transaction's `state`, deleted first: when it is
-    /// gone (another callback with the same state completed it), nothing is written and the
-    /// write fails with [`StoreError::Used`].
-    pub upstream_state_hash: Option<&'a str>,
+    /// The login transaction, deleted first: when it is gone (another callback with the
+    /// same state, or the same page in another tab, completed it; or it expired), nothing is
+    /// written and the write fails with [`StoreError::Used`].
+    pub uses: Option<UsesUp<'a>>,
     /// The upstream's tokens, sealed, to keep on the identity the login records
     /// ([`Store::record_login`], [`Store::create_user_with_grant`]); `None` leaves them.
     /// [`Store::create_login_grant`] records no identity and ignores them.
@@ -136,21 +146,32 @@ impl LoginGrant<'_> {
     }
 }
 
-/// Uses up the upstream login transaction `grant` names (if any), in the caller's write
+/// Uses up the login transaction `grant` names (if any), in the caller's write
 /// transaction: [`StoreError::Used`] when it is gone.
-pub(super) async fn take_upstream_in(
+pub(super) async fn take_used_in(
     tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     grant: &LoginGrant<'_>,
 ) -> Result<(), StoreError> {
-    let Some(state_hash) = grant.upstream_state_hash else { return Ok(()) };
-    let taken = sqlx::query("DELETE FROM upstream_transactions WHERE tenant = $1 AND state_hash = $2")
-        .bind(tenant)
-        .bind(state_hash)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if taken == 1 { Ok(()) } else { Err(StoreError::Used) }
+    let taken = match grant.uses {
+        None => return Ok(()),
+        Some(UsesUp::Upstream(state_hash)) => {
+            sqlx::query("DELETE FROM upstream_transactions WHERE tenant = $1 AND state_hash = $2")
+                .bind(tenant)
+                .bind(state_hash)
+                .execute(&mut **tx)
+                .await?
+        }
+        Some(UsesUp::Page(id_hash)) => {
+            sqlx::query("DELETE FROM login_transactions WHERE tenant = $1 AND id_hash = $2 AND expire_time > $3")
+                .bind(tenant)
+                .bind(id_hash)
+                .bind(grant.now)
+                .execute(&mut **tx)
+                .await?
+        }
+    };
+    if taken.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Used) }
 }
 
 /// Writes `grant`'s session and code for `user_id` and, when `identity` (connection id,
@@ -502,19 +523,6 @@ impl Store {
         Ok(row.map(|r| r.try_get("expire_time")).transpose()?)
     }
 
-    /// Uses up a login transaction: whether it was live (and is now gone). Of two
-    /// concurrent uses, one answers `true`.
-    pub async fn take_transaction(&self, tenant: &str, id_hash: &str, now: i64) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("DELETE FROM login_transactions WHERE tenant = $1 AND id_hash = $2 AND expire_time > $3")
-                .bind(tenant)
-                .bind(id_hash)
-                .bind(now)
-                .execute(self.db.writer())
-                .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     // ---- authorization codes ----
 
     /// Stores an authorization code (by digest) granting `grant` until `expire_time`.
@@ -634,7 +642,8 @@ impl Store {
 
     /// Starts the SSO session of `grant` and issues its code for `user_id`, in one write
     /// transaction: a login that wrote its user's record already (a password login, a
-    /// signup, a one-time code). Its `upstream_state_hash` is used up first when set.
+    /// signup, a one-time code). The login transaction it [uses](LoginGrant::uses) is used up
+    /// first.
     pub async fn create_login_grant(
         &self,
         tenant: &str,
@@ -642,7 +651,7 @@ impl Store {
         grant: &LoginGrant<'_>,
     ) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().await?;
-        take_upstream_in(&mut tx, tenant, grant).await?;
+        take_used_in(&mut tx, tenant, grant).await?;
         insert_grant_in(&mut tx, tenant, user_id, None, grant).await?;
         tx.commit().await?;
         Ok(())

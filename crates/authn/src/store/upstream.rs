@@ -104,7 +104,7 @@ impl Store {
 
     /// The upstream login transaction of `state_hash`, live or expired, left in place: a
     /// callback reads it, and uses it up with the login's one write
-    /// ([`LoginGrant::upstream_state_hash`](super::oauth::LoginGrant)) or with
+    /// ([`LoginGrant::uses`](super::oauth::LoginGrant)) or with
     /// [`Store::take_upstream_transaction`] when it refuses the callback.
     pub async fn upstream_transaction(
         &self,
