@@ -8,7 +8,8 @@
 //!   signing code) on every core; target: the endpoint reaches at least 80% of it.
 //! - authorization-code logins per second end to end (the hosted page's form post → the
 //!   code → its exchange with the PKCE verifier) against the raw Argon2id verify rate;
-//!   target: at least 0.85.
+//!   target: at least 0.85. Each login is a new browser (a cookie jar of its own) on the
+//!   load generator's keep-alive connections, as Postern sees browsers behind an ingress.
 //!
 //! The oidc-provider comparison needs Node.js and the node workspace (`tests/node`,
 //! `npm ci`); without them it is skipped with a line saying why.
@@ -29,7 +30,6 @@ use postern_proto::connections::v1 as conn;
 use postern_proto::tenant::v1 as tenant;
 use postern_testkit::Suite;
 use postern_testkit::node::Node;
-use postern_testkit::web::Agent;
 use sha2::Digest;
 
 use crate::stats::{Measurement, call, interleaved, measure};
@@ -233,11 +233,68 @@ async fn postern_client_credentials(s: &Setup, concurrency: usize, seconds: u64)
     Ok(measure(concurrency, Duration::from_secs(1), Duration::from_secs(seconds), call).await)
 }
 
+/// A browser's visit: its own cookie jar, its requests on the load generator's keep-alive
+/// connections. Browsers keep their connections alive, and a Postern deployed behind an
+/// ingress or load balancer sees that proxy's pooled connections, not one per request.
+struct Visit<'a> {
+    client: &'a Http,
+    /// Cookie name → value (paths and expiry ignored: a visit is one login).
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+/// What a visit's request answered.
+struct Page {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+impl<'a> Visit<'a> {
+    fn new(client: &'a Http) -> Self {
+        Self { client, cookies: Default::default() }
+    }
+
+    /// Sends `method url` with the visit's cookies (and `form`, url-encoded, for a POST),
+    /// keeping the cookies the answer sets (`Max-Age=0` removes one).
+    async fn send(&mut self, method: http::Method, url: &str, form: Option<String>) -> anyhow::Result<Page> {
+        let mut req = http::Request::builder().method(method).uri(url);
+        if !self.cookies.is_empty() {
+            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            req = req.header(http::header::COOKIE, jar.join("; "));
+        }
+        if form.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        let resp = self.client.request(req.body(Full::new(Bytes::from(form.unwrap_or_default())))?).await?;
+        for set in resp.headers().get_all(http::header::SET_COOKIE) {
+            let set = set.to_str()?;
+            let mut parts = set.split(';');
+            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else { continue };
+            if parts.any(|a| a.trim().eq_ignore_ascii_case("max-age=0")) {
+                self.cookies.remove(name.trim());
+            } else {
+                self.cookies.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        let status = resp.status().as_u16();
+        let location =
+            resp.headers().get(http::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
+        let body = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
+        Ok(Page { status, location, body })
+    }
+}
+
 /// One authorization-code login end to end, as a browser and the application's back end
 /// do it: `GET /authorize` (PKCE S256), the hosted page's form post, the redirect with the
 /// code, and the code's exchange with the verifier for tokens. A fresh cookie jar each time,
-/// so that no session skips the password.
-pub async fn code_login(http_addr: std::net::SocketAddr, web: &tenant::Client, worker: usize) -> anyhow::Result<()> {
+/// so that no session skips the password; the requests go over `client`'s keep-alive
+/// connections.
+pub async fn code_login(
+    client: &Http,
+    http_addr: std::net::SocketAddr,
+    web: &tenant::Client,
+    worker: usize,
+) -> anyhow::Result<()> {
     let verifier = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
     let mut authorize = url::Url::parse(&format!("http://{http_addr}/{TENANT}/authorize"))?;
@@ -250,50 +307,51 @@ pub async fn code_login(http_addr: std::net::SocketAddr, web: &tenant::Client, w
         .append_pair("state", &worker.to_string())
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
-    let mut agent = Agent::new();
+    let mut visit = Visit::new(client);
     let mut page_url = authorize.clone();
-    let mut page = agent.get(page_url.as_str()).await?;
+    let mut page = visit.send(http::Method::GET, page_url.as_str(), None).await?;
     for _ in 0..5 {
-        let Some(location) = page.location().filter(|_| (300..400).contains(&page.status)) else { break };
-        page_url = page_url.join(location)?;
-        page = agent.get(page_url.as_str()).await?;
+        let Some(location) = page.location.clone().filter(|_| (300..400).contains(&page.status)) else { break };
+        page_url = page_url.join(&location)?;
+        page = visit.send(http::Method::GET, page_url.as_str(), None).await?;
     }
-    let mut form = page
-        .forms()
+    let mut form = postern_testkit::web::forms(&page.body)
         .into_iter()
         .find(|f| f.name_of("password").is_some() && !f.action.contains("signup"))
         .ok_or_else(|| anyhow::anyhow!("no login form on the hosted page ({})", page.status))?;
     let user = form.name_of("email").or_else(|| form.name_of("text")).unwrap_or("username").to_owned();
     form.set(&user, &format!("user{}@bench.example", worker % USERS)).set("password", PASSWORD);
-    let mut answer = agent.submit(page_url.as_str(), &form).await?;
+    anyhow::ensure!(form.method.eq_ignore_ascii_case("post"), "the login form is not a POST");
+    let action = page_url.join(&form.action)?;
+    let encoded = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.fields()).finish();
+    let mut answer = visit.send(http::Method::POST, action.as_str(), Some(encoded)).await?;
     let callback = loop {
-        let location = answer.location().ok_or_else(|| anyhow::anyhow!("no redirect ({})", answer.status))?.to_owned();
+        let location = answer.location.clone().ok_or_else(|| anyhow::anyhow!("no redirect ({})", answer.status))?;
         if location.starts_with(CALLBACK) {
             break location;
         }
-        answer = agent.get(page_url.join(&location)?.as_str()).await?;
+        answer = visit.send(http::Method::GET, page_url.join(&location)?.as_str(), None).await?;
     };
     let code = url::Url::parse(&callback)?
         .query_pairs()
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
         .ok_or_else(|| anyhow::anyhow!("no code in {callback}"))?;
-    let fields: Vec<(String, String)> = [
-        ("grant_type", "authorization_code"),
-        ("client_id", web.client_id.as_str()),
-        ("client_secret", web.client_secret.as_str()),
-        ("code", code.as_str()),
-        ("redirect_uri", CALLBACK),
-        ("code_verifier", verifier.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let tokens = Agent::new().post_form(&format!("http://{http_addr}/{TENANT}/oauth/token"), &fields).await?;
+    // The application's back end exchanges the code, on its own keep-alive connections.
+    let exchange = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "authorization_code"),
+            ("client_id", web.client_id.as_str()),
+            ("client_secret", web.client_secret.as_str()),
+            ("code", code.as_str()),
+            ("redirect_uri", CALLBACK),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .finish();
+    let (status, body) = post_form(client, &format!("http://{http_addr}/{TENANT}/oauth/token"), exchange).await?;
     anyhow::ensure!(
-        tokens.status == 200 && tokens.body.contains("id_token"),
-        "the exchange answered {}",
-        tokens.status
+        status == 200 && String::from_utf8_lossy(&body).contains("id_token"),
+        "the exchange answered {status}"
     );
     Ok(())
 }
@@ -346,15 +404,15 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
         let (phc, hashing) = (phc.clone(), hashing.clone());
         async move { matches!(hashing.verify(PASSWORD.to_owned(), Some(phc)).await, Ok(true)) }
     };
-    let (addr, web) = (s.suite.http, s.web.clone());
-    let login = move |w: usize| {
-        let web = web.clone();
-        async move { code_login(addr, &web, w).await.is_ok() }
-    };
-    // First one checked login: a broken flow would otherwise measure errors.
-    code_login(addr, &s.web, 0).await?;
     // As in the authn section: four callers per core keep every core busy hashing.
     let callers = n.min(4 * crate::num_cpus()).max(1);
+    let (addr, web, client) = (s.suite.http, s.web.clone(), http(callers));
+    // First one checked login: a broken flow would otherwise measure errors.
+    code_login(&client, addr, &s.web, 0).await?;
+    let login = move |w: usize| {
+        let (web, client) = (web.clone(), client.clone());
+        async move { code_login(&client, addr, &web, w).await.is_ok() }
+    };
     let seconds = 2 * args.seconds;
     let m = interleaved(callers, Duration::from_secs(seconds), ROUNDS, &[call(verify), call(login)]).await;
     println!("  {callers} concurrent callers, {seconds} s per path ({ROUNDS} rounds, interleaved):");
