@@ -277,8 +277,7 @@ impl<'a> Visit<'a> {
             }
         }
         let status = resp.status().as_u16();
-        let location =
-            resp.headers().get(http::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
+        let location = resp.headers().get(http::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
         let body = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
         Ok(Page { status, location, body })
     }
