@@ -314,6 +314,9 @@ async fn the_all_in_one_process_reports_per_method_metrics_health_and_refusals_o
             assert!(sample(&body, name, &[("service", service)]).is_some(), "{name} {service}: {body}");
         }
     }
+    for name in ["postern_db_commits_total", "postern_db_committed_writes_total"] {
+        assert!(body.contains(&format!("# TYPE {name} counter")), "{name} is a counter: {body}");
+    }
 
     // Every metric the Grafana dashboard queries is one this process exposes.
     let dashboard: serde_json::Value = serde_json::from_str(

@@ -30,6 +30,7 @@ use postern_proto::connections::v1 as conn;
 use postern_proto::tenant::v1 as tenant;
 use postern_testkit::Suite;
 use postern_testkit::node::Node;
+use postern_testkit::web::{Agent, Answer};
 use sha2::Digest;
 
 use crate::stats::{Measurement, call, interleaved, measure};
@@ -233,53 +234,45 @@ async fn postern_client_credentials(s: &Setup, concurrency: usize, seconds: u64)
     Ok(measure(concurrency, Duration::from_secs(1), Duration::from_secs(seconds), call).await)
 }
 
-/// A browser's visit: its own cookie jar, its requests on the load generator's keep-alive
-/// connections. Browsers keep their connections alive, and a Postern deployed behind an
-/// ingress or load balancer sees that proxy's pooled connections, not one per request.
+/// A browser's visit: a cookie jar of its own (the test kit's [`Agent`]'s), its requests on
+/// the load generator's keep-alive connections. Browsers keep their connections alive, and a
+/// Postern deployed behind an ingress or load balancer sees that proxy's pooled connections,
+/// not one per request.
 struct Visit<'a> {
     client: &'a Http,
-    /// Cookie name → value (paths and expiry ignored: a visit is one login).
-    cookies: std::collections::BTreeMap<String, String>,
-}
-
-/// What a visit's request answered.
-struct Page {
-    status: u16,
-    location: Option<String>,
-    body: String,
+    jar: Agent,
 }
 
 impl<'a> Visit<'a> {
     fn new(client: &'a Http) -> Self {
-        Self { client, cookies: Default::default() }
+        Self { client, jar: Agent::new() }
     }
 
     /// Sends `method url` with the visit's cookies (and `form`, url-encoded, for a POST),
-    /// keeping the cookies the answer sets (`Max-Age=0` removes one).
-    async fn send(&mut self, method: http::Method, url: &str, form: Option<String>) -> anyhow::Result<Page> {
-        let mut req = http::Request::builder().method(method).uri(url);
-        if !self.cookies.is_empty() {
-            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            req = req.header(http::header::COOKIE, jar.join("; "));
+    /// keeping the cookies the answer sets.
+    async fn send(&mut self, method: http::Method, url: &url::Url, form: Option<String>) -> anyhow::Result<Answer> {
+        let host = url.host_str().ok_or_else(|| anyhow::anyhow!("no host in {url}"))?;
+        let authority = format!("{host}:{}", url.port_or_known_default().unwrap_or(80));
+        let mut req = http::Request::builder().method(method).uri(url.as_str());
+        if let Some(cookie) = self.jar.cookie_header(&authority) {
+            req = req.header(http::header::COOKIE, cookie);
         }
         if form.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         }
         let resp = self.client.request(req.body(Full::new(Bytes::from(form.unwrap_or_default())))?).await?;
-        for set in resp.headers().get_all(http::header::SET_COOKIE) {
-            let set = set.to_str()?;
-            let mut parts = set.split(';');
-            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else { continue };
-            if parts.any(|a| a.trim().eq_ignore_ascii_case("max-age=0")) {
-                self.cookies.remove(name.trim());
-            } else {
-                self.cookies.insert(name.trim().to_owned(), value.trim().to_owned());
-            }
-        }
         let status = resp.status().as_u16();
-        let location = resp.headers().get(http::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
         let body = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
-        Ok(Page { status, location, body })
+        let answer = Answer { status, headers, body };
+        for set in answer.headers("set-cookie") {
+            self.jar.keep(&authority, set);
+        }
+        Ok(answer)
     }
 }
 
@@ -307,36 +300,36 @@ pub async fn code_login(
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
     let mut visit = Visit::new(client);
-    let mut page_url = authorize.clone();
-    let mut page = visit.send(http::Method::GET, page_url.as_str(), None).await?;
+    let mut page_url = authorize;
+    let mut page = visit.send(http::Method::GET, &page_url, None).await?;
     for _ in 0..5 {
-        let Some(location) = page.location.clone().filter(|_| (300..400).contains(&page.status)) else { break };
-        page_url = page_url.join(&location)?;
-        page = visit.send(http::Method::GET, page_url.as_str(), None).await?;
+        let Some(location) = page.location().filter(|_| (300..400).contains(&page.status)) else { break };
+        page_url = page_url.join(location)?;
+        page = visit.send(http::Method::GET, &page_url, None).await?;
     }
-    let mut form = postern_testkit::web::forms(&page.body)
+    let mut form = page
+        .forms()
         .into_iter()
         .find(|f| f.name_of("password").is_some() && !f.action.contains("signup"))
         .ok_or_else(|| anyhow::anyhow!("no login form on the hosted page ({})", page.status))?;
     let user = form.name_of("email").or_else(|| form.name_of("text")).unwrap_or("username").to_owned();
     form.set(&user, &format!("user{}@bench.example", worker % USERS)).set("password", PASSWORD);
     anyhow::ensure!(form.method.eq_ignore_ascii_case("post"), "the login form is not a POST");
-    let action = page_url.join(&form.action)?;
     let encoded = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.fields()).finish();
-    let mut answer = visit.send(http::Method::POST, action.as_str(), Some(encoded)).await?;
+    let mut answer = visit.send(http::Method::POST, &page_url.join(&form.action)?, Some(encoded)).await?;
     let callback = loop {
-        let location = answer.location.clone().ok_or_else(|| anyhow::anyhow!("no redirect ({})", answer.status))?;
+        let location = answer.location().ok_or_else(|| anyhow::anyhow!("no redirect ({})", answer.status))?.to_owned();
         if location.starts_with(CALLBACK) {
             break location;
         }
-        answer = visit.send(http::Method::GET, page_url.join(&location)?.as_str(), None).await?;
+        answer = visit.send(http::Method::GET, &page_url.join(&location)?, None).await?;
     };
     let code = url::Url::parse(&callback)?
         .query_pairs()
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
         .ok_or_else(|| anyhow::anyhow!("no code in {callback}"))?;
-    // The application's back end exchanges the code, on its own keep-alive connections.
+    // The application's back end exchanges the code (on keep-alive connections too).
     let exchange = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs([
             ("grant_type", "authorization_code"),

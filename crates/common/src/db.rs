@@ -1195,7 +1195,7 @@ mod tests {
         gone.abort();
         assert!(gone.await.unwrap_err().is_cancelled());
         first.commit().await.expect("commits alone");
-        // One that has the batch handed to it and drops it: the first commits it itself.
+        // One that has the batch handed to it and drops it: the batch's closer commits it.
         let mut first = db.begin_write().await.unwrap();
         insert(&mut first, 2).await.unwrap();
         let dropper = {

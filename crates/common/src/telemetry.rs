@@ -189,9 +189,9 @@ pub fn pool_gauges(service: &'static str, pool: &'static str, open: u32, idle: u
 /// (transactions, and single statements that joined one): writes over commits is how many share
 /// a commit, and so an fsync, under the load at hand.
 pub fn commit_gauges(service: &'static str, commits: u64, writes: u64) {
-    // Gauges under counters' names: the figures are read, not accumulated here.
-    metrics::gauge!("postern_db_commits_total", "service" => service).set(commits as f64);
-    metrics::gauge!("postern_db_committed_writes_total", "service" => service).set(writes as f64);
+    // Counters set to the figures read (they are accumulated by the database handle).
+    metrics::counter!("postern_db_commits_total", "service" => service).absolute(commits);
+    metrics::counter!("postern_db_committed_writes_total", "service" => service).absolute(writes);
 }
 
 /// The process's own figures, read from `/proc` on Linux (nothing elsewhere), under the

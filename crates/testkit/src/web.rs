@@ -101,15 +101,9 @@ impl Agent {
             target.push('?');
             target.push_str(q);
         }
-        let cookie: Vec<String> = self
-            .cookies
-            .iter()
-            .filter(|((h, _), _)| *h == authority)
-            .map(|((_, name), value)| format!("{name}={value}"))
-            .collect();
         let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
-        if !cookie.is_empty() {
-            request.push_str(&format!("Cookie: {}\r\n", cookie.join("; ")));
+        if let Some(cookie) = self.cookie_header(&authority) {
+            request.push_str(&format!("Cookie: {cookie}\r\n"));
         }
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
@@ -131,7 +125,21 @@ impl Agent {
         Ok(answer)
     }
 
-    fn keep(&mut self, authority: &str, set_cookie: &str) {
+    /// The `Cookie` header of a request to `authority` (`host:port`): every cookie held for
+    /// it; `None` when there is none.
+    pub fn cookie_header(&self, authority: &str) -> Option<String> {
+        let cookies: Vec<String> = self
+            .cookies
+            .iter()
+            .filter(|((h, _), _)| *h == authority)
+            .map(|((_, name), value)| format!("{name}={value}"))
+            .collect();
+        (!cookies.is_empty()).then(|| cookies.join("; "))
+    }
+
+    /// Keeps the cookie of a `Set-Cookie` header an answer from `authority` carried (one set
+    /// with `Max-Age=0` or an expiry in the past is removed).
+    pub fn keep(&mut self, authority: &str, set_cookie: &str) {
         let mut parts = set_cookie.split(';');
         let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else { return };
         let gone = parts.any(|a| {
