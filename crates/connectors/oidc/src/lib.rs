@@ -10,9 +10,9 @@
 //! - **complete**: an upstream `error` (a cancelled login among them) is
 //!   [`ConnectorError::Denied`]; otherwise the code is exchanged with `openidconnect` (its
 //!   HTTP client is reqwest 0.13, redirects off, passed as an async closure) and the ID
-//!   token checked: its signature against the provider's keys (JWKS, cached with their HTTP
-//!   lifetime and fetched again once when a token names a key id the cache lacks — a key
-//!   rotation), an asymmetric algorithm (`none` and shared-secret algorithms are refused),
+//!   token checked: its signature against the provider's keys (RSA by aws-lc-rs, [`jwk`];
+//!   JWKS, cached with their HTTP lifetime and fetched again once when a token names a key
+//!   id the cache lacks — a key rotation), an asymmetric algorithm (`none` and shared-secret algorithms are refused),
 //!   `iss` (exact, or Microsoft's `{tenantid}` template), `aud`, `azp`, `exp` (one minute of
 //!   skew), `iat` (neither in the future nor older than the transaction can be) and `nonce`;
 //!   then the profile's own rule (`hd` for Workspace, `tid` for Entra ID). Userinfo is read
@@ -32,6 +32,7 @@
 
 pub mod apple;
 mod http;
+mod jwk;
 pub mod profile;
 
 use std::collections::HashMap;
@@ -40,12 +41,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openidconnect::core::{
-    CoreClient, CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreTokenResponse,
-};
+use openidconnect::core::{CoreClient, CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreTokenResponse};
 use openidconnect::{
-    AuthType, AuthUrl, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl, Nonce,
-    OAuth2TokenResponse as _, PkceCodeVerifier, RedirectUrl, RequestTokenError, SignatureVerificationError,
+    AuthType, AuthUrl, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, IdTokenVerifier, IssuerUrl,
+    Nonce, OAuth2TokenResponse as _, PkceCodeVerifier, RedirectUrl, RequestTokenError, SignatureVerificationError,
     TokenResponse as _, TokenUrl,
 };
 use postern_connection::{Resolved, Strategy};
@@ -57,6 +56,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::jwk::{Jwk, KeySet};
 use crate::profile::{ClaimRule, IssuerRule, Profile};
 
 /// The strategies this connector serves.
@@ -121,7 +121,7 @@ struct Endpoints {
 pub struct OidcConnector {
     http: reqwest::Client,
     documents: Mutex<HashMap<String, Cached<Discovery>>>,
-    keys: Mutex<HashMap<String, Cached<CoreJsonWebKeySet>>>,
+    keys: Mutex<HashMap<String, Cached<KeySet>>>,
     apple_secrets: apple::Secrets,
 }
 
@@ -226,7 +226,7 @@ impl OidcConnector {
 
     /// The key set at `url`: cached, or fetched when the cache has none, it expired, or
     /// `refresh` (a token named a key the cached set lacks).
-    async fn key_set(&self, p: &Profile, url: &str, refresh: bool) -> Result<Arc<CoreJsonWebKeySet>, ConnectorError> {
+    async fn key_set(&self, p: &Profile, url: &str, refresh: bool) -> Result<Arc<KeySet>, ConnectorError> {
         if !refresh
             && let Some(c) = lock(&self.keys).get(url)
             && c.until > Instant::now()
@@ -234,7 +234,7 @@ impl OidcConnector {
             return Ok(c.value.clone());
         }
         let fetched = http::get_json(&self.http, &p.connection, "signing keys", url, None).await?;
-        let set: CoreJsonWebKeySet = serde_json::from_value(fetched.json)
+        let set: KeySet = serde_json::from_value(fetched.json)
             .map_err(|e| unavailable(p, format!("the signing keys at {url} are not a JWK set: {e}")))?;
         let set = Arc::new(set);
         lock(&self.keys).insert(url.to_owned(), Cached { value: set.clone(), until: Instant::now() + fetched.max_age });
@@ -297,14 +297,14 @@ impl OidcConnector {
     fn verify(
         p: &Profile,
         issuer: &str,
-        keys: &CoreJsonWebKeySet,
+        keys: &KeySet,
         id_token: &CoreIdToken,
         nonce: &str,
     ) -> Result<(), Option<ConnectorError>> {
         let issuer = IssuerUrl::new(issuer.to_owned())
             .map_err(|e| Some(misconfigured(p, format!("the issuer is not a URL: {e}"))))?;
         let now = SystemTime::now();
-        let verifier = CoreIdTokenVerifier::new_confidential_client(
+        let verifier = IdTokenVerifier::<Jwk>::new_confidential_client(
             ClientId::new(p.client_id.clone()),
             ClientSecret::new(p.client_secret.clone()),
             issuer,
