@@ -11,7 +11,10 @@
 //!    starts the session and redirects to the application with its code;
 //! 4. `POST /<tenant>/oauth/token` — the application exchanges its code for tokens.
 //!
-//! A fresh cookie jar each time, so that no session at either side skips a step.
+//! A fresh cookie jar each time, so that no session at either side skips a step. Postern's
+//! three requests go over the load generator's keep-alive connections, as a browser and a
+//! back end keep theirs (and as Postern behind an ingress sees pooled ones); the upstream's
+//! pages, not Postern's time, over a connection each.
 //!
 //! Printed: logins per second at the configured concurrency, and beside it the share of the
 //! time spent in Postern, measured two ways:
@@ -34,9 +37,9 @@ use std::time::{Duration, Instant};
 use postern_proto::connections::v1 as conn;
 use postern_proto::tenant::v1 as tenant;
 use postern_testkit::Suite;
-use postern_testkit::upstream::Upstream;
-use postern_testkit::web::Agent;
+use postern_testkit::upstream::{Back, Upstream};
 
+use crate::oauth::{Http, Visit, http};
 use crate::stats::{cpu_in, measure, process_cpu, server_cpu};
 
 const TENANT: &str = "bench-federation";
@@ -49,6 +52,8 @@ const ACCOUNTS: usize = 64;
 #[derive(Clone)]
 struct Setup {
     http: std::net::SocketAddr,
+    /// The keep-alive connections Postern's requests go over.
+    client: Http,
     upstream: &'static Upstream,
     web: tenant::Client,
 }
@@ -110,8 +115,8 @@ async fn setup(upstream: &'static Upstream) -> anyhow::Result<(Suite, Setup)> {
             client_id: web.client_id.clone(),
         })
         .await?;
-    let http = suite.http;
-    Ok((suite, Setup { http, upstream, web }))
+    let http_addr = suite.http;
+    Ok((suite, Setup { http: http_addr, client: http(64), upstream, web }))
 }
 
 /// One federated login of account `worker % ACCOUNTS`, timed per side.
@@ -125,18 +130,24 @@ async fn login(s: &Setup, worker: usize) -> anyhow::Result<Split> {
         .append_pair("scope", "openid profile email")
         .append_pair("state", &worker.to_string())
         .append_pair("connection", "upstream");
-    let mut agent = Agent::new();
+    let mut visit = Visit::new(&s.client);
     let t0 = Instant::now();
-    let start = agent.get(authorize.as_str()).await?;
+    let start = visit.send(http::Method::GET, &authorize, None).await?;
     let t1 = Instant::now();
     let to_upstream = start
         .location()
         .filter(|l| start.status == 303 && l.starts_with(&s.upstream.issuer))
         .ok_or_else(|| anyhow::anyhow!("/authorize answered {} without a redirect to the upstream", start.status))?
         .to_owned();
-    let back = s.upstream.log_in(&mut agent, &to_upstream, &format!("account{}", worker % ACCOUNTS), false).await?;
+    let back = s.upstream.log_in(&mut visit.jar, &to_upstream, &format!("account{}", worker % ACCOUNTS), false).await?;
     let t2 = Instant::now();
-    let done = back.follow(&mut agent).await?;
+    let done = match &back {
+        Back::Redirect(u) => visit.send(http::Method::GET, &url::Url::parse(u)?, None).await?,
+        Back::FormPost { action, fields } => {
+            let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+            visit.send(http::Method::POST, &url::Url::parse(action)?, Some(form)).await?
+        }
+    };
     let t3 = Instant::now();
     let to_app = done
         .location()
@@ -147,18 +158,19 @@ async fn login(s: &Setup, worker: usize) -> anyhow::Result<Split> {
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
         .ok_or_else(|| anyhow::anyhow!("no code in {to_app}"))?;
-    let fields: Vec<(String, String)> = [
-        ("grant_type", "authorization_code"),
-        ("client_id", s.web.client_id.as_str()),
-        ("client_secret", s.web.client_secret.as_str()),
-        ("code", code.as_str()),
-        ("redirect_uri", CALLBACK),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let fields = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "authorization_code"),
+            ("client_id", s.web.client_id.as_str()),
+            ("client_secret", s.web.client_secret.as_str()),
+            ("code", code.as_str()),
+            ("redirect_uri", CALLBACK),
+        ])
+        .finish();
     let t4 = Instant::now();
-    let tokens = agent.post_form(&format!("http://{}/{TENANT}/oauth/token", s.http), &fields).await?;
+    let tokens = visit
+        .send(http::Method::POST, &url::Url::parse(&format!("http://{}/{TENANT}/oauth/token", s.http))?, Some(fields))
+        .await?;
     let t5 = Instant::now();
     anyhow::ensure!(
         tokens.status == 200 && tokens.body.contains("id_token"),

@@ -238,19 +238,26 @@ async fn postern_client_credentials(s: &Setup, concurrency: usize, seconds: u64)
 /// the load generator's keep-alive connections. Browsers keep their connections alive, and a
 /// Postern deployed behind an ingress or load balancer sees that proxy's pooled connections,
 /// not one per request.
-struct Visit<'a> {
+pub(crate) struct Visit<'a> {
     client: &'a Http,
-    jar: Agent,
+    /// The visit's cookies; also the agent for requests that leave the keep-alive pool.
+    pub(crate) jar: Agent,
 }
 
 impl<'a> Visit<'a> {
-    fn new(client: &'a Http) -> Self {
+    /// A new browser (no cookies) on `client`'s connections.
+    pub(crate) fn new(client: &'a Http) -> Self {
         Self { client, jar: Agent::new() }
     }
 
     /// Sends `method url` with the visit's cookies (and `form`, url-encoded, for a POST),
     /// keeping the cookies the answer sets.
-    async fn send(&mut self, method: http::Method, url: &url::Url, form: Option<String>) -> anyhow::Result<Answer> {
+    pub(crate) async fn send(
+        &mut self,
+        method: http::Method,
+        url: &url::Url,
+        form: Option<String>,
+    ) -> anyhow::Result<Answer> {
         let host = url.host_str().ok_or_else(|| anyhow::anyhow!("no host in {url}"))?;
         let authority = format!("{host}:{}", url.port_or_known_default().unwrap_or(80));
         let mut req = http::Request::builder().method(method).uri(url.as_str());
