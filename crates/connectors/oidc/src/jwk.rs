@@ -119,6 +119,10 @@ impl JsonWebKey for Jwk {
             JsonWebKeyAlgorithm::Unsupported => return invalid("key algorithm is not a signing algorithm"),
         }
         let Some(key) = &self.rsa else { return invalid("the RSA key has no valid modulus and exponent") };
+        let bits = key.n.len() * 8 - key.n.first().map_or(0, |b| b.leading_zeros() as usize);
+        if !(2048..=8192).contains(&bits) {
+            return invalid(&format!("the RSA key has {bits} bits; keys of 2048 to 8192 bits are accepted"));
+        }
         key.verify(parameters, message, signature)
             .map_err(|_| SignatureVerificationError::CryptoError("bad signature".to_owned()))
     }
@@ -219,6 +223,17 @@ mod tests {
         let (_, mut broken) = rsa_key(json!({}));
         broken["n"] = json!("not base64url!");
         assert!(key(&broken).verify_signature(&RS256, b"m", &sig).is_err());
+    }
+
+    #[test]
+    fn short_rsa_keys_are_refused_by_name() {
+        // A 1024-bit modulus (the check comes before any arithmetic, so any odd number will do).
+        let mut n = vec![0xC5; 128];
+        n[127] |= 1;
+        let jwk = json!({"kty": "RSA", "kid": "short", "n": b64(&n), "e": b64(&[1, 0, 1])});
+        let refused = key(&jwk).verify_signature(&RS256, b"m", &[0; 128]);
+        let Err(SignatureVerificationError::InvalidKey(why)) = refused else { panic!("{refused:?}") };
+        assert!(why.contains("1024 bits") && why.contains("2048 to 8192"), "{why}");
     }
 
     #[test]

@@ -336,6 +336,12 @@ impl OidcConnector {
         match id_token.claims(&verifier, &Nonce::new(nonce.to_owned())) {
             Ok(_) => Ok(()),
             Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey)) => Err(None),
+            // openidconnect's message for a signature names no reason; its source does.
+            Err(ClaimsVerificationError::SignatureVerification(why)) => Err(Some(rejected(
+                "ID_TOKEN_INVALID",
+                p,
+                format!("the ID token was refused: its signature does not verify ({why})"),
+            ))),
             Err(e) => Err(Some(rejected("ID_TOKEN_INVALID", p, format!("the ID token was refused: {e}")))),
         }
     }
