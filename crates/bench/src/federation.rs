@@ -39,7 +39,8 @@ use postern_proto::tenant::v1 as tenant;
 use postern_testkit::Suite;
 use postern_testkit::upstream::{Back, Upstream};
 
-use crate::oauth::{Http, Visit, http};
+use crate::browser::{Visit, encode_form};
+use crate::oauth::{Http, http, post_form};
 use crate::stats::{cpu_in, measure, process_cpu, server_cpu};
 
 const TENANT: &str = "bench-federation";
@@ -70,7 +71,7 @@ struct Split {
     upstream: Duration,
 }
 
-async fn setup(upstream: &'static Upstream) -> anyhow::Result<(Suite, Setup)> {
+async fn setup(upstream: &'static Upstream, callers: usize) -> anyhow::Result<(Suite, Setup)> {
     let suite = Suite::start_on(&crate::stats::server_runtime(), |_| {}).await?;
     let mut admin = suite.admin().await;
     admin.create_tenant(TENANT).await?;
@@ -116,7 +117,7 @@ async fn setup(upstream: &'static Upstream) -> anyhow::Result<(Suite, Setup)> {
         })
         .await?;
     let http_addr = suite.http;
-    Ok((suite, Setup { http: http_addr, client: http(64), upstream, web }))
+    Ok((suite, Setup { http: http_addr, client: http(callers), upstream, web }))
 }
 
 /// One federated login of account `worker % ACCOUNTS`, timed per side.
@@ -144,8 +145,7 @@ async fn login(s: &Setup, worker: usize) -> anyhow::Result<Split> {
     let done = match &back {
         Back::Redirect(u) => visit.send(http::Method::GET, &url::Url::parse(u)?, None).await?,
         Back::FormPost { action, fields } => {
-            let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
-            visit.send(http::Method::POST, &url::Url::parse(action)?, Some(form)).await?
+            visit.send(http::Method::POST, &url::Url::parse(action)?, Some(encode_form(fields))).await?
         }
     };
     let t3 = Instant::now();
@@ -158,24 +158,20 @@ async fn login(s: &Setup, worker: usize) -> anyhow::Result<Split> {
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
         .ok_or_else(|| anyhow::anyhow!("no code in {to_app}"))?;
-    let fields = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([
-            ("grant_type", "authorization_code"),
-            ("client_id", s.web.client_id.as_str()),
-            ("client_secret", s.web.client_secret.as_str()),
-            ("code", code.as_str()),
-            ("redirect_uri", CALLBACK),
-        ])
-        .finish();
+    let fields = encode_form([
+        ("grant_type", "authorization_code"),
+        ("client_id", s.web.client_id.as_str()),
+        ("client_secret", s.web.client_secret.as_str()),
+        ("code", code.as_str()),
+        ("redirect_uri", CALLBACK),
+    ]);
+    // The application's back end exchanges the code: no browser cookies.
     let t4 = Instant::now();
-    let tokens = visit
-        .send(http::Method::POST, &url::Url::parse(&format!("http://{}/{TENANT}/oauth/token", s.http))?, Some(fields))
-        .await?;
+    let (status, body) = post_form(&s.client, &format!("http://{}/{TENANT}/oauth/token", s.http), fields).await?;
     let t5 = Instant::now();
     anyhow::ensure!(
-        tokens.status == 200 && tokens.body.contains("id_token"),
-        "the exchange answered {}",
-        tokens.status
+        status == 200 && String::from_utf8_lossy(&body).contains("id_token"),
+        "the exchange answered {status}"
     );
     let steps = [t1 - t0, t3 - t2, t5 - t4];
     Ok(Split { postern: steps.iter().sum(), steps, upstream: t2 - t1 })
@@ -204,7 +200,7 @@ pub async fn run(args: &crate::Args) -> anyhow::Result<()> {
         println!("  SKIPPED: npm oidc-provider is not available (node and `npm ci` in tests/node)");
         return Ok(());
     };
-    let (suite, s) = setup(upstream).await?;
+    let (suite, s) = setup(upstream, args.concurrency.max(1)).await?;
     // Checked logins first, one per account: a broken flow would otherwise measure errors,
     // and afterwards every login is a returning user's.
     for w in 0..ACCOUNTS {

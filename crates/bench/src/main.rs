@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod authn;
+mod browser;
 mod burst;
 mod federation;
 mod gateway;

@@ -30,9 +30,9 @@ use postern_proto::connections::v1 as conn;
 use postern_proto::tenant::v1 as tenant;
 use postern_testkit::Suite;
 use postern_testkit::node::Node;
-use postern_testkit::web::{Agent, Answer};
 use sha2::Digest;
 
+use crate::browser::{Visit, encode_form};
 use crate::stats::{Measurement, call, interleaved, measure};
 
 /// An HTTP/1.1 client keeping connections alive, as load generators do.
@@ -234,55 +234,6 @@ async fn postern_client_credentials(s: &Setup, concurrency: usize, seconds: u64)
     Ok(measure(concurrency, Duration::from_secs(1), Duration::from_secs(seconds), call).await)
 }
 
-/// A browser's visit: a cookie jar of its own (the test kit's [`Agent`]'s), its requests on
-/// the load generator's keep-alive connections. Browsers keep their connections alive, and a
-/// Postern deployed behind an ingress or load balancer sees that proxy's pooled connections,
-/// not one per request.
-pub(crate) struct Visit<'a> {
-    client: &'a Http,
-    /// The visit's cookies; also the agent for requests that leave the keep-alive pool.
-    pub(crate) jar: Agent,
-}
-
-impl<'a> Visit<'a> {
-    /// A new browser (no cookies) on `client`'s connections.
-    pub(crate) fn new(client: &'a Http) -> Self {
-        Self { client, jar: Agent::new() }
-    }
-
-    /// Sends `method url` with the visit's cookies (and `form`, url-encoded, for a POST),
-    /// keeping the cookies the answer sets.
-    pub(crate) async fn send(
-        &mut self,
-        method: http::Method,
-        url: &url::Url,
-        form: Option<String>,
-    ) -> anyhow::Result<Answer> {
-        let host = url.host_str().ok_or_else(|| anyhow::anyhow!("no host in {url}"))?;
-        let authority = format!("{host}:{}", url.port_or_known_default().unwrap_or(80));
-        let mut req = http::Request::builder().method(method).uri(url.as_str());
-        if let Some(cookie) = self.jar.cookie_header(&authority) {
-            req = req.header(http::header::COOKIE, cookie);
-        }
-        if form.is_some() {
-            req = req.header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        }
-        let resp = self.client.request(req.body(Full::new(Bytes::from(form.unwrap_or_default())))?).await?;
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect();
-        let body = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
-        let answer = Answer { status, headers, body };
-        for set in answer.headers("set-cookie") {
-            self.jar.keep(&authority, set);
-        }
-        Ok(answer)
-    }
-}
-
 /// One authorization-code login end to end, as a browser and the application's back end
 /// do it: `GET /authorize` (PKCE S256), the hosted page's form post, the redirect with the
 /// code, and the code's exchange with the verifier for tokens. A fresh cookie jar each time,
@@ -322,8 +273,8 @@ pub async fn code_login(
     let user = form.name_of("email").or_else(|| form.name_of("text")).unwrap_or("username").to_owned();
     form.set(&user, &format!("user{}@bench.example", worker % USERS)).set("password", PASSWORD);
     anyhow::ensure!(form.method.eq_ignore_ascii_case("post"), "the login form is not a POST");
-    let encoded = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.fields()).finish();
-    let mut answer = visit.send(http::Method::POST, &page_url.join(&form.action)?, Some(encoded)).await?;
+    let mut answer =
+        visit.send(http::Method::POST, &page_url.join(&form.action)?, Some(encode_form(form.fields()))).await?;
     let callback = loop {
         let location = answer.location().ok_or_else(|| anyhow::anyhow!("no redirect ({})", answer.status))?.to_owned();
         if location.starts_with(CALLBACK) {
@@ -337,16 +288,14 @@ pub async fn code_login(
         .map(|(_, v)| v.into_owned())
         .ok_or_else(|| anyhow::anyhow!("no code in {callback}"))?;
     // The application's back end exchanges the code (on keep-alive connections too).
-    let exchange = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([
-            ("grant_type", "authorization_code"),
-            ("client_id", web.client_id.as_str()),
-            ("client_secret", web.client_secret.as_str()),
-            ("code", code.as_str()),
-            ("redirect_uri", CALLBACK),
-            ("code_verifier", verifier.as_str()),
-        ])
-        .finish();
+    let exchange = encode_form([
+        ("grant_type", "authorization_code"),
+        ("client_id", web.client_id.as_str()),
+        ("client_secret", web.client_secret.as_str()),
+        ("code", code.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("code_verifier", verifier.as_str()),
+    ]);
     let (status, body) = post_form(client, &format!("http://{http_addr}/{TENANT}/oauth/token"), exchange).await?;
     anyhow::ensure!(
         status == 200 && String::from_utf8_lossy(&body).contains("id_token"),

@@ -188,7 +188,7 @@ pub fn pool_gauges(service: &'static str, pool: &'static str, open: u32, idle: u
 /// The commits of write transactions on `service`'s SQLite database, and the writes they held
 /// (transactions, and single statements that joined one): writes over commits is how many share
 /// a commit, and so an fsync, under the load at hand.
-pub fn commit_gauges(service: &'static str, commits: u64, writes: u64) {
+pub fn commit_counters(service: &'static str, commits: u64, writes: u64) {
     // Counters set to the figures read (they are accumulated by the database handle).
     metrics::counter!("postern_db_commits_total", "service" => service).absolute(commits);
     metrics::counter!("postern_db_committed_writes_total", "service" => service).absolute(writes);

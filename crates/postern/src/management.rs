@@ -91,7 +91,7 @@ impl State {
             let pools = match db.backend() {
                 Backend::Sqlite => {
                     let (commits, writes) = db.shared_commits();
-                    postern_common::telemetry::commit_gauges(service, commits, writes);
+                    postern_common::telemetry::commit_counters(service, commits, writes);
                     vec![("read", db.pool()), ("write", db.writer().pool())]
                 }
                 Backend::Postgres => vec![("shared", db.pool())],
