@@ -809,3 +809,39 @@ async fn the_social_openid_profiles_log_in_with_their_strategy_ids() {
     }
     suite.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn test_connection_fetches_the_discovery_document_and_the_keys() {
+    let Some(upstream) = Upstream::shared("test_connection_fetches_the_discovery_document_and_the_keys") else {
+        return;
+    };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-tried";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let good = oidc_connection(upstream, &suite, t, "tried", "", serde_json::Value::Null, |_| {}).await;
+    connect(&mut admin, t, &portal, good).await;
+    // Nothing listens on the discard port: the discovery document cannot be fetched.
+    let down = oidc_connection(upstream, &suite, t, "tried-down", "", serde_json::Value::Null, |o| {
+        o.issuer = "http://127.0.0.1:9".into();
+    })
+    .await;
+    connect(&mut admin, t, &portal, down).await;
+    let test = |connection: &str| authn::TestConnectionRequest { tenant: t.into(), connection: connection.into() };
+
+    let good = admin.authn.test_connection(test("tried")).await.expect("test").into_inner();
+    assert!(good.ok, "{good:?}");
+    assert_eq!(good.strategy, "oidc");
+    let names: Vec<&str> = good.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["discovery", "keys"]);
+    assert!(good.steps[0].detail.contains(&upstream.issuer), "{good:?}");
+    assert!(good.steps[1].detail.contains("signing key"), "{good:?}");
+    assert!(!format!("{good:?}").contains("client_secret"), "no secret: {good:?}");
+
+    let down = admin.authn.test_connection(test("tried-down")).await.expect("test").into_inner();
+    assert!(!down.ok, "{down:?}");
+    let names: Vec<&str> = down.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["discovery"], "stops at the first failure: {down:?}");
+    assert!(!down.steps[0].ok && down.steps[0].detail.contains("127.0.0.1:9"), "{down:?}");
+    suite.stop().await.expect("stop");
+}

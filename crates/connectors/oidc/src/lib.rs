@@ -44,13 +44,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::core::{CoreClient, CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreTokenResponse};
 use openidconnect::{
     AuthType, AuthUrl, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, IdTokenVerifier, IssuerUrl,
-    Nonce, OAuth2TokenResponse as _, PkceCodeVerifier, RedirectUrl, RequestTokenError, SignatureVerificationError,
-    TokenResponse as _, TokenUrl,
+    JsonWebKey as _, JsonWebKeyUse as _, Nonce, OAuth2TokenResponse as _, PkceCodeVerifier, RedirectUrl,
+    RequestTokenError, SignatureVerificationError, TokenResponse as _, TokenUrl,
 };
 use postern_connection::{Resolved, Strategy};
 use postern_connector::{
-    Begun, Completed, ConnectorError, Connectors, ExternalProfile, RedirectConnector, RedirectTransaction,
-    UpstreamTokens, async_trait,
+    Begun, Completed, ConnectorError, Connectors, ExternalProfile, RedirectConnector, RedirectTransaction, TestReport,
+    TestStep, UpstreamTokens, async_trait,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -580,6 +580,50 @@ fn s256(verifier: &str) -> String {
 
 #[async_trait]
 impl RedirectConnector for OidcConnector {
+    /// Tries the connection without logging anyone in: `discovery` (the provider's
+    /// endpoints, its discovery document fetched afresh unless the connection sets every
+    /// endpoint itself), then `keys` (the key set fetched afresh, and the keys in it that can
+    /// check an ID token's signature).
+    async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
+        let p = Profile::of(conn)?;
+        let step = |name: &str, started: Instant, result: Result<String, String>| TestStep {
+            name: name.into(),
+            ok: result.is_ok(),
+            detail: result.unwrap_or_else(|e| e),
+            elapsed: started.elapsed(),
+        };
+        let started = Instant::now();
+        lock(&self.documents).remove(&p.discovery_url);
+        let endpoints = self.endpoints(&p).await;
+        let mut steps = vec![step(
+            "discovery",
+            started,
+            endpoints
+                .as_ref()
+                .map(|e| format!("authorization {}, token {}, keys {}", e.authorization, e.token, e.jwks))
+                .map_err(|e| format!("{e} (discovery document {})", p.discovery_url)),
+        )];
+        if let Ok(e) = &endpoints {
+            let started = Instant::now();
+            let keys = self.key_set(&p, &e.jwks, true).await.map_err(|e| e.to_string()).and_then(|set| {
+                let usable: Vec<String> = set
+                    .keys()
+                    .iter()
+                    .filter(|k| k.key_use().is_none_or(|u| u.allows_signature()))
+                    .map(|k| k.key_id().map_or_else(|| "(no kid)".to_owned(), |id| id.to_string()))
+                    .collect();
+                if usable.is_empty() {
+                    Err(format!("the key set at {} has no key for signatures", e.jwks))
+                } else {
+                    Ok(format!("{} signing key(s): {}", usable.len(), usable.join(", ")))
+                }
+            });
+            steps.push(step("keys", started, keys));
+        }
+        let ok = steps.iter().all(|s| s.ok);
+        Ok(TestReport { ok, steps })
+    }
+
     async fn begin(&self, _tenant: &str, conn: &Resolved, tx: &RedirectTransaction) -> Result<Begun, ConnectorError> {
         let p = Profile::of(conn)?;
         let e = self.endpoints(&p).await?;
