@@ -280,6 +280,15 @@ pub struct TestStep {
     pub elapsed: std::time::Duration,
 }
 
+impl TestStep {
+    /// The step `name`, begun at `started`, that found `Ok(detail)` or failed with
+    /// `Err(why)`.
+    pub fn of(name: &str, started: std::time::Instant, result: Result<String, String>) -> Self {
+        let ok = result.is_ok();
+        TestStep { name: name.into(), ok, detail: result.unwrap_or_else(|e| e), elapsed: started.elapsed() }
+    }
+}
+
 /// The outcome of a connection's test: its steps in order, stopping at the first that failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TestReport {
@@ -287,6 +296,13 @@ pub struct TestReport {
     pub ok: bool,
     /// The steps tried.
     pub steps: Vec<TestStep>,
+}
+
+impl TestReport {
+    /// The report of `steps`: ok when every one is.
+    pub fn of(steps: Vec<TestStep>) -> Self {
+        TestReport { ok: steps.iter().all(|s| s.ok), steps }
+    }
 }
 
 /// The answer of a connector that cannot test its connections yet.
