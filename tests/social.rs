@@ -348,6 +348,79 @@ async fn a_generic_provider_logs_in_with_basic_client_authentication() {
 }
 
 #[tokio::test]
+async fn test_connection_reaches_every_endpoint_and_tries_the_client_credentials() {
+    use postern_connector::TestReport;
+    let Some(issuer) = upstream("test_connection_reaches_every_endpoint_and_tries_the_client_credentials") else {
+        return;
+    };
+    let apis = apis(issuer).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nobody = format!("http://{}/token", closed.local_addr().expect("addr"));
+    drop(closed);
+    let test = |strategy: &str, adjust: fn(&mut pb::OAuth2Options, &str)| {
+        let nobody = nobody.clone();
+        let conn = connection(strategy, issuer, &apis, |o| adjust(o, &nobody));
+        let provider = Provider::of(conn.connection.spec.strategy).expect("a social strategy");
+        async move { SocialConnector::new(provider).test("t", &conn).await.expect("a report") }
+    };
+    let names = |r: &TestReport| r.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let last = |r: &TestReport| r.steps.last().expect("a step").clone();
+
+    // Working connections: every step, each endpoint reached, the client accepted.
+    let github = test("github", |_, _| {}).await;
+    assert!(github.ok, "{github:?}");
+    assert_eq!(
+        names(&github),
+        ["configuration", "authorization_endpoint", "client_authentication", "userinfo_endpoint", "emails_endpoint"]
+    );
+    assert!(github.steps[2].detail.contains("accepted client \"github\""), "{github:?}");
+    assert!(github.steps[3].detail.contains("refused a call without a token (HTTP 401)"), "{github:?}");
+    let generic = test("oauth2", |_, _| {}).await;
+    assert!(generic.ok, "{generic:?}");
+    assert_eq!(
+        names(&generic),
+        ["configuration", "authorization_endpoint", "client_authentication", "userinfo_endpoint"]
+    );
+    let facebook = test("facebook", |_, _| {}).await;
+    assert!(facebook.ok, "{facebook:?}");
+    assert!(facebook.steps[2].detail.contains("issued an app access token"), "{facebook:?}");
+
+    // A wrong secret: the provider refuses the client, and the test stops there.
+    for strategy in ["github", "oauth2", "facebook"] {
+        let wrong = test(strategy, |o, _| o.client_secret = "not-the-secret".into()).await;
+        assert!(!wrong.ok, "{strategy}: {wrong:?}");
+        assert_eq!(names(&wrong), ["configuration", "authorization_endpoint", "client_authentication"], "{strategy}");
+        let step = last(&wrong);
+        assert!(
+            step.detail.contains("invalid_client") && step.detail.contains("check the connection's client_id"),
+            "{strategy}: {step:?}"
+        );
+    }
+
+    // Endpoints that are not there.
+    let no_page =
+        test("oauth2", |o, _| o.authorization_endpoint = o.token_endpoint.replace("/token", "/no-page")).await;
+    assert_eq!(last(&no_page).name, "authorization_endpoint");
+    assert!(!no_page.ok && last(&no_page).detail.contains("HTTP 404"), "{no_page:?}");
+    let down = test("github", |o, nobody| o.token_endpoint = nobody.into()).await;
+    assert_eq!((down.ok, last(&down).name.as_str()), (false, "client_authentication"), "{down:?}");
+    assert!(last(&down).detail.contains("could not be reached"), "{down:?}");
+    let not_the_api = test("github", |o, _| o.emails_endpoint = o.token_endpoint.replace("/token", "/no-api")).await;
+    assert_eq!((not_the_api.ok, last(&not_the_api).name.as_str()), (false, "emails_endpoint"), "{not_the_api:?}");
+    assert!(last(&not_the_api).detail.contains("check emails_endpoint"), "{not_the_api:?}");
+    let outage = test("facebook", |o, _| o.userinfo_endpoint = o.userinfo_endpoint.replace("/me", "/down")).await;
+    assert_eq!((outage.ok, last(&outage).name.as_str()), (false, "userinfo_endpoint"), "{outage:?}");
+    assert!(last(&outage).detail.contains("HTTP 502"), "{outage:?}");
+
+    for report in [&github, &generic, &facebook, &no_page, &down, &not_the_api, &outage] {
+        let all = format!("{report:?}");
+        for secret in ["github-secret", "generic-secret", "facebook-secret", "not-the-secret"] {
+            assert!(!all.contains(secret), "a secret in the report: {all}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_providers_refusals_fail_the_login() {
     let Some(issuer) = upstream("the_providers_refusals_fail_the_login") else { return };
     let connector = SocialConnector::new(Provider::Generic);

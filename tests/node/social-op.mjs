@@ -19,12 +19,12 @@ import { createServer } from 'node:net';
 
 const tenants = process.argv.slice(2);
 const redirectUris = tenants.map((t) => `http://127.0.0.1/${t}/login/callback`);
-const client = (id, method) => ({
+const client = (id, method, grants = []) => ({
   client_id: id,
   client_secret: `${id}-secret`,
   application_type: 'native',
   redirect_uris: redirectUris,
-  grant_types: ['authorization_code'],
+  grant_types: ['authorization_code', ...grants],
   response_types: ['code'],
   token_endpoint_auth_method: method,
 });
@@ -35,12 +35,14 @@ function start(port) {
     clients: [
       client('generic', 'client_secret_basic'),
       client('github', 'client_secret_post'),
-      client('facebook', 'client_secret_post'),
+      // Facebook's app access token (the client credentials grant) is what TestConnection
+      // asks to try the app secret.
+      client('facebook', 'client_secret_post', ['client_credentials']),
     ],
     // The social strategies' own scopes, besides OpenID Connect's.
     scopes: ['openid', 'email', 'profile', 'read:user', 'user:email', 'public_profile'],
     claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'given_name', 'family_name', 'picture'] },
-    features: { devInteractions: { enabled: true } },
+    features: { devInteractions: { enabled: true }, clientCredentials: { enabled: true } },
     pkce: { required: () => true },
     findAccount: async (ctx, id) => ({
       accountId: id,

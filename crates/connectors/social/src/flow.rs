@@ -143,7 +143,22 @@ pub async fn exchange(
     if !code_verifier.is_empty() {
         form.push(("code_verifier", code_verifier));
     }
-    let mut request = http.post(&endpoints.token).header(reqwest::header::ACCEPT, "application/json");
+    let request = token_request(http, provider, &endpoints.token, client_id, client_secret, form);
+    let answer = send(call, request, timeout).await?;
+    read_tokens(call, &answer)
+}
+
+/// A request to the token endpoint `url` with `form`, the client authenticated as the
+/// provider takes it: the secret in the body (Facebook, GitHub) or HTTP Basic.
+pub fn token_request<'a>(
+    http: &reqwest::Client,
+    provider: Provider,
+    url: &str,
+    client_id: &'a str,
+    client_secret: &'a str,
+    mut form: Vec<(&'a str, &'a str)>,
+) -> reqwest::RequestBuilder {
+    let mut request = http.post(url).header(reqwest::header::ACCEPT, "application/json");
     if provider.secret_in_body() {
         form.push(("client_id", client_id));
         form.push(("client_secret", client_secret));
@@ -152,21 +167,26 @@ pub async fn exchange(
         let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         request = request.basic_auth(encode(client_id), Some(encode(client_secret)));
     }
-    let answer = send(call, request.form(&form), timeout).await?;
-    read_tokens(call, &answer)
+    request.form(&form)
+}
+
+/// A token endpoint's answer as JSON, or as a form (GitHub's default, from a provider that
+/// ignores `Accept`); `None` when it is neither.
+pub fn token_body(answer: &Answer) -> Option<Value> {
+    answer.json().or_else(|| {
+        let pairs: serde_json::Map<String, Value> = url::form_urlencoded::parse(&answer.body)
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect();
+        (answer.content_type == "application/x-www-form-urlencoded"
+            || pairs.contains_key("access_token")
+            || pairs.contains_key("error"))
+        .then_some(Value::Object(pairs))
+    })
 }
 
 /// Reads a token endpoint's answer: tokens, or the provider's refusal.
 pub fn read_tokens(call: Call<'_>, answer: &Answer) -> Result<Tokens, Failure> {
-    // JSON as asked; a provider that ignores `Accept` may answer a form (GitHub's default).
-    let body = answer.json().or_else(|| {
-        let pairs: serde_json::Map<String, Value> = url::form_urlencoded::parse(&answer.body)
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect();
-        (answer.content_type == "application/x-www-form-urlencoded" || pairs.contains_key("access_token"))
-            .then_some(Value::Object(pairs))
-    });
-    let Some(body) = body else {
+    let Some(body) = token_body(answer) else {
         return Err(Failure::Rejected(
             "UPSTREAM_ANSWER_INVALID",
             format!("{} answered HTTP {} without JSON", call.describe(), answer.status),

@@ -30,6 +30,7 @@
 //! - [`flow`]: the authorization URL, the callback's checks, the code exchange.
 //! - [`profiles`]: each provider's profile read.
 //! - [`http`]: the HTTP client (redirects off, bounded time and size) and failures.
+//! - [`probe`]: `TestConnection`'s steps, which reach every endpoint without a user.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -41,12 +42,13 @@ use std::time::Duration;
 use postern_connection::secret::names;
 use postern_connection::{OAuth2Options, Options, Resolved, Strategy};
 use postern_connector::{
-    Begun, Completed, ConnectorError, Connectors, ExternalProfile, RedirectConnector, RedirectTransaction,
+    Begun, Completed, ConnectorError, Connectors, ExternalProfile, RedirectConnector, RedirectTransaction, TestReport,
     UpstreamTokens, async_trait,
 };
 
 pub mod flow;
 pub mod http;
+pub mod probe;
 pub mod profiles;
 
 use flow::Endpoints;
@@ -273,6 +275,13 @@ impl RedirectConnector for SocialConnector {
             partial_profile: false,
             one_time_id: None,
         })
+    }
+
+    /// Tries the connection without a user ([`probe`]): its configuration, the
+    /// authorization endpoint, the client's credentials at the token endpoint, the profile
+    /// API (and GitHub's emails API).
+    async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
+        Ok(probe::run(self, conn).await)
     }
 }
 

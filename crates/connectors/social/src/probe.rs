@@ -1,0 +1,194 @@
+//! `TestConnection` for the social connectors: what a login would reach, tried without a
+//! user and without a browser. The steps, stopping at the first that fails:
+//!
+//! - `configuration`: the endpoints (the connection's, else the provider's) and the client.
+//! - `authorization_endpoint`: the page the browser is sent to answers. Without a redirect
+//!   URI it may well answer an error page; only a missing page (404, 410), an outage or no
+//!   answer fail.
+//! - `client_authentication`: the client id and secret, sent to the token endpoint as a
+//!   login sends them. Facebook: an app access token is asked with the client credentials
+//!   grant (the app secret is right when one is issued; it is dropped at once). GitHub and a
+//!   generic provider: a code no provider issued ([`TEST_CODE`]) is exchanged. A provider
+//!   authenticates the client before it looks at the code (RFC 6749 §3.2.1, §4.1.3), so
+//!   `invalid_grant` (GitHub: `bad_verification_code`) says the client was accepted and
+//!   `invalid_client` (GitHub: `incorrect_client_credentials`) that it was not.
+//! - `userinfo_endpoint` (and GitHub's `emails_endpoint`): the API refuses a call without a
+//!   token (400, 401 or 403), as a protected API does; any other answer says the URL is not
+//!   the API.
+//!
+//! Nothing is logged in, no token is kept, and no secret reaches a detail.
+
+use std::time::Instant;
+
+use postern_connection::{OAuth2Options, Resolved};
+use postern_connector::{TestReport, TestStep};
+use serde_json::Value;
+
+use crate::flow::{Endpoints, token_body, token_request};
+use crate::http::{Call, Failure, echo, oauth_error, send};
+use crate::{Provider, SocialConnector};
+
+/// The authorization code the `client_authentication` step exchanges: no provider issued it.
+pub const TEST_CODE: &str = "postern-connection-test";
+
+/// What every step needs.
+struct Probe<'a> {
+    connector: &'a SocialConnector,
+    http: &'a reqwest::Client,
+    connection: &'a str,
+    options: &'a OAuth2Options,
+    endpoints: &'a Endpoints,
+    secret: &'a str,
+}
+
+/// A failure in words.
+fn why(f: Failure) -> String {
+    match f {
+        Failure::Unavailable(m) | Failure::Denied(m) | Failure::Rejected(_, m) | Failure::Internal(m) => m,
+    }
+}
+
+/// Tries the connection `conn` step by step.
+pub async fn run(connector: &SocialConnector, conn: &Resolved) -> TestReport {
+    let provider = connector.provider;
+    let started = Instant::now();
+    let setup = connector.setup(conn).and_then(|s| connector.client().map(|http| (s, http)));
+    let configured = setup.as_ref().map_err(|f| why(f.clone())).map(|((o, e, _), _)| {
+        let mut detail = format!(
+            "client {:?}; authorization {}, token {}, profile {}",
+            o.client_id, e.authorization, e.token, e.userinfo
+        );
+        if provider == Provider::Github {
+            detail.push_str(&format!(", emails {}", e.emails));
+        }
+        detail
+    });
+    let mut steps = vec![TestStep::of("configuration", started, configured)];
+    let Ok(((options, endpoints, secret), http)) = setup else {
+        return TestReport::of(steps);
+    };
+    let probe =
+        Probe { connector, http, connection: &conn.connection.spec.name, options, endpoints: &endpoints, secret };
+
+    let started = Instant::now();
+    steps.push(TestStep::of("authorization_endpoint", started, probe.authorization().await));
+    if !steps[steps.len() - 1].ok {
+        return TestReport::of(steps);
+    }
+    let started = Instant::now();
+    steps.push(TestStep::of("client_authentication", started, probe.client().await));
+    if !steps[steps.len() - 1].ok {
+        return TestReport::of(steps);
+    }
+    let started = Instant::now();
+    let profile = probe.protected("profile endpoint", "userinfo_endpoint", &endpoints.userinfo).await;
+    steps.push(TestStep::of("userinfo_endpoint", started, profile));
+    if provider == Provider::Github && steps[steps.len() - 1].ok {
+        let started = Instant::now();
+        let emails = probe.protected("emails endpoint", "emails_endpoint", &endpoints.emails).await;
+        steps.push(TestStep::of("emails_endpoint", started, emails));
+    }
+    TestReport::of(steps)
+}
+
+impl Probe<'_> {
+    fn call(&self, endpoint: &'static str) -> Call<'_> {
+        Call { connection: self.connection, provider: self.connector.provider.display_name(), endpoint }
+    }
+
+    /// The authorization endpoint answers a request for a code.
+    async fn authorization(&self) -> Result<String, String> {
+        let mut url = url::Url::parse(&self.endpoints.authorization)
+            .map_err(|e| format!("the authorization endpoint {} is not a URL: {e}", self.endpoints.authorization))?;
+        url.query_pairs_mut().append_pair("response_type", "code").append_pair("client_id", &self.options.client_id);
+        let call = self.call("authorization endpoint");
+        let answer = send(call, self.http.get(url), self.connector.timeout).await.map_err(why)?;
+        match answer.status {
+            404 | 410 => Err(format!(
+                "{} answered HTTP {}: there is no such page (check authorization_endpoint)",
+                self.endpoints.authorization, answer.status
+            )),
+            status => Ok(format!("{} answered HTTP {status}", self.endpoints.authorization)),
+        }
+    }
+
+    /// The token endpoint accepts the client's id and secret.
+    async fn client(&self) -> Result<String, String> {
+        let provider = self.connector.provider;
+        let token = &self.endpoints.token;
+        let client_id = self.options.client_id.as_str();
+        let form = if provider == Provider::Facebook {
+            vec![("grant_type", "client_credentials")]
+        } else {
+            vec![("grant_type", "authorization_code"), ("code", TEST_CODE)]
+        };
+        let request = token_request(self.http, provider, token, client_id, self.secret, form);
+        let answer = send(self.call("token endpoint"), request, self.connector.timeout).await.map_err(why)?;
+        let body = token_body(&answer);
+        let error = body.as_ref().and_then(oauth_error);
+        let issued =
+            body.as_ref().and_then(|b| b.get("access_token")).and_then(Value::as_str).is_some_and(|t| !t.is_empty());
+        let said = |(e, d): &(String, String)| {
+            if d.is_empty() { echo(e) } else { format!("{}: {}", echo(e), echo(d)) }
+        };
+        let credentials_hint = "check the connection's client_id and client_secret";
+        if provider == Provider::Facebook {
+            return match (&error, issued) {
+                (None, true) if (200..300).contains(&answer.status) => Ok(format!(
+                    "{token} issued an app access token to app {client_id:?}: the app secret is right (the token was \
+                     dropped)"
+                )),
+                (Some(e), _) => Err(format!("{token} refused the app's credentials: {} ({credentials_hint})", said(e))),
+                _ => Err(format!(
+                    "{token} answered HTTP {} with neither a token nor an OAuth 2.0 error: is it the token endpoint?",
+                    answer.status
+                )),
+            };
+        }
+        let Some(e) = error else {
+            return Err(if issued {
+                format!("{token} issued a token for a code nobody issued ({TEST_CODE:?}): it cannot be trusted")
+            } else {
+                format!("{token} answered HTTP {} without an OAuth 2.0 error: is it the token endpoint?", answer.status)
+            });
+        };
+        match e.0.as_str() {
+            "invalid_grant" | "bad_verification_code" => {
+                Ok(format!("{token} accepted client {client_id:?} and refused the test's made-up code ({})", said(&e)))
+            }
+            "invalid_client" | "incorrect_client_credentials" => {
+                Err(format!("{token} refused the client's credentials: {} ({credentials_hint})", said(&e)))
+            }
+            "unauthorized_client" => Err(format!(
+                "{token} does not let client {client_id:?} use the authorization code grant: {} (allow it at the \
+                 provider)",
+                said(&e)
+            )),
+            "unsupported_grant_type" => Err(format!(
+                "{token} does not take the authorization code grant: {} (is it the token endpoint?)",
+                said(&e)
+            )),
+            _ => Ok(format!(
+                "{token} answered {} to the test's made-up code; whether it accepts the client's credentials shows at \
+                 the first login",
+                said(&e)
+            )),
+        }
+    }
+
+    /// A protected API of the provider (`field` names its option) refuses a call without a
+    /// token.
+    async fn protected(&self, endpoint: &'static str, field: &str, url: &str) -> Result<String, String> {
+        let request = self.http.get(url).header(reqwest::header::ACCEPT, "application/json");
+        let answer = send(self.call(endpoint), request, self.connector.timeout).await.map_err(why)?;
+        match answer.status {
+            400 | 401 | 403 => {
+                Ok(format!("{url} refused a call without a token (HTTP {}), as the {endpoint} does", answer.status))
+            }
+            status => Err(format!(
+                "{url} answered HTTP {status} to a call without a token, where the {endpoint} refuses one (check \
+                 {field})"
+            )),
+        }
+    }
+}
