@@ -827,16 +827,35 @@ async fn test_connection_fetches_the_discovery_document_and_the_keys() {
     })
     .await;
     connect(&mut admin, t, &portal, down).await;
+    // A client secret the provider does not know.
+    let mut secret = String::new();
+    let wrong = oidc_connection(upstream, &suite, t, "tried-secret", "", serde_json::Value::Null, |o| {
+        secret = std::mem::replace(&mut o.client_secret, "not-the-secret".into());
+    })
+    .await;
+    connect(&mut admin, t, &portal, wrong).await;
     let test = |connection: &str| authn::TestConnectionRequest { tenant: t.into(), connection: connection.into() };
 
     let good = admin.authn.test_connection(test("tried")).await.expect("test").into_inner();
     assert!(good.ok, "{good:?}");
     assert_eq!(good.strategy, "oidc");
     let names: Vec<&str> = good.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["discovery", "keys"]);
+    assert_eq!(names, ["discovery", "keys", "client_authentication"]);
     assert!(good.steps[0].detail.contains(&upstream.issuer), "{good:?}");
     assert!(good.steps[1].detail.contains("signing key"), "{good:?}");
+    assert!(
+        good.steps[2].detail.contains("accepted client") && good.steps[2].detail.contains("invalid_grant"),
+        "{good:?}"
+    );
     assert!(!format!("{good:?}").contains("client_secret"), "no secret: {good:?}");
+
+    let wrong = admin.authn.test_connection(test("tried-secret")).await.expect("test").into_inner();
+    assert!(!wrong.ok, "{wrong:?}");
+    let failed = wrong.steps.last().expect("steps");
+    assert_eq!((failed.name.as_str(), failed.ok), ("client_authentication", false), "{wrong:?}");
+    assert!(failed.detail.contains("invalid_client") && failed.detail.contains("check the connection's client_id"));
+    let all = format!("{wrong:?}");
+    assert!(!all.contains("not-the-secret") && !all.contains(&secret), "no secret: {all}");
 
     let down = admin.authn.test_connection(test("tried-down")).await.expect("test").into_inner();
     assert!(!down.ok, "{down:?}");

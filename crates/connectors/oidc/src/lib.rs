@@ -41,7 +41,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openidconnect::core::{CoreClient, CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreTokenResponse};
+use openidconnect::core::{
+    CoreClient, CoreErrorResponseType, CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreTokenResponse,
+};
 use openidconnect::{
     AuthType, AuthUrl, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, IdTokenVerifier, IssuerUrl,
     JsonWebKey as _, JsonWebKeyUse as _, Nonce, OAuth2TokenResponse as _, PkceCodeVerifier, RedirectUrl,
@@ -291,6 +293,66 @@ impl OidcConnector {
             AuthType::BasicAuth
         });
         Ok(client)
+    }
+
+    /// TestConnection's `client_authentication` step: a code no provider issued
+    /// ([`TEST_CODE`]) exchanged with the client's credentials, as a login sends them (for
+    /// Apple, the client secret JWT made from the team id, key id and private key). A provider
+    /// authenticates the client before it looks at the code (RFC 6749 §3.2.1, §4.1.3):
+    /// `invalid_grant` says the client was accepted, `invalid_client` that it was not.
+    async fn try_client(&self, p: &Profile, e: &Endpoints) -> Result<String, String> {
+        let tx = RedirectTransaction {
+            state: String::new(),
+            nonce: String::new(),
+            code_verifier: String::new(),
+            callback_url: TEST_CALLBACK.into(),
+            login_hint: String::new(),
+            data: Value::Null,
+        };
+        let client = self.client(p, e, &tx).map_err(|x| x.to_string())?;
+        let http_client = self.http.clone();
+        let send = move |request: openidconnect::HttpRequest| http::execute(http_client.clone(), request);
+        let answer = client.exchange_code(AuthorizationCode::new(TEST_CODE.to_owned())).request_async(&send).await;
+        let token = &e.token;
+        let client_id = &p.client_id;
+        let credentials = if p.apple.is_some() {
+            "check the connection's client_id, team_id, key_id and private key"
+        } else {
+            "check the connection's client_id and client_secret"
+        };
+        let r = match answer {
+            Ok(_) => return Err(format!("{token} issued tokens for a code nobody issued: it cannot be trusted")),
+            Err(RequestTokenError::ServerResponse(r)) => r,
+            Err(RequestTokenError::Parse(..)) => {
+                return Err(format!("{token} answered without an OAuth 2.0 error: is it the token endpoint?"));
+            }
+            Err(RequestTokenError::Request(err)) => return Err(format!("{token} cannot be reached ({err})")),
+            Err(RequestTokenError::Other(err)) => return Err(format!("{token} failed ({})", short(&err, 200))),
+        };
+        let said = format!(
+            "{}{}",
+            r.error().as_ref(),
+            r.error_description().map(|d| format!(": {}", short(d, 200))).unwrap_or_default()
+        );
+        match r.error() {
+            CoreErrorResponseType::InvalidGrant => {
+                Ok(format!("{token} accepted client {client_id:?} and refused the test's made-up code ({said})"))
+            }
+            CoreErrorResponseType::InvalidClient => {
+                Err(format!("{token} refused the client's credentials: {said} ({credentials})"))
+            }
+            CoreErrorResponseType::UnauthorizedClient => Err(format!(
+                "{token} does not let client {client_id:?} use the authorization code grant: {said} (allow it at the \
+                 provider)"
+            )),
+            CoreErrorResponseType::UnsupportedGrantType => {
+                Err(format!("{token} does not take the authorization code grant: {said} (is it the token endpoint?)"))
+            }
+            _ => Ok(format!(
+                "{token} answered {said} to the test's made-up code; whether it accepts the client's credentials \
+                 shows at the first login"
+            )),
+        }
     }
 
     /// Checks the ID token with `keys`; `Err(None)` when it names a key the set lacks.
@@ -573,6 +635,13 @@ fn external_profile(p: &Profile, claims: &Map<String, Value>) -> Result<External
     })
 }
 
+/// The authorization code TestConnection exchanges to try the client's credentials: no
+/// provider issued it.
+pub const TEST_CODE: &str = "postern-connection-test";
+
+/// The redirect URI TestConnection's exchange names (the made-up code was issued for none).
+const TEST_CALLBACK: &str = "https://postern.invalid/login/callback";
+
 /// The S256 PKCE challenge of a verifier.
 fn s256(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
@@ -582,20 +651,15 @@ fn s256(verifier: &str) -> String {
 impl RedirectConnector for OidcConnector {
     /// Tries the connection without logging anyone in: `discovery` (the provider's
     /// endpoints, its discovery document fetched afresh unless the connection sets every
-    /// endpoint itself), then `keys` (the key set fetched afresh, and the keys in it that can
-    /// check an ID token's signature).
+    /// endpoint itself), `keys` (the key set fetched afresh, and the keys in it that can
+    /// check an ID token's signature), then `client_authentication` (the client's
+    /// credentials tried at the token endpoint with a made-up code).
     async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
         let p = Profile::of(conn)?;
-        let step = |name: &str, started: Instant, result: Result<String, String>| TestStep {
-            name: name.into(),
-            ok: result.is_ok(),
-            detail: result.unwrap_or_else(|e| e),
-            elapsed: started.elapsed(),
-        };
         let started = Instant::now();
         lock(&self.documents).remove(&p.discovery_url);
         let endpoints = self.endpoints(&p).await;
-        let mut steps = vec![step(
+        let mut steps = vec![TestStep::of(
             "discovery",
             started,
             endpoints
@@ -618,10 +682,13 @@ impl RedirectConnector for OidcConnector {
                     Ok(format!("{} signing key(s): {}", usable.len(), usable.join(", ")))
                 }
             });
-            steps.push(step("keys", started, keys));
+            steps.push(TestStep::of("keys", started, keys));
+            if steps.iter().all(|s| s.ok) {
+                let started = Instant::now();
+                steps.push(TestStep::of("client_authentication", started, self.try_client(&p, e).await));
+            }
         }
-        let ok = steps.iter().all(|s| s.ok);
-        Ok(TestReport { ok, steps })
+        Ok(TestReport::of(steps))
     }
 
     async fn begin(&self, _tenant: &str, conn: &Resolved, tx: &RedirectTransaction) -> Result<Begun, ConnectorError> {
