@@ -260,7 +260,21 @@ impl SmsApi {
                 body: json["body"].as_str().unwrap().into(),
             })
         }
+        // Twilio's Account resource, which TestConnection reads.
+        async fn account(Path(sid): Path<String>, headers: HeaderMap) -> (StatusCode, String) {
+            use base64::Engine;
+            let expected =
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{SMS_TOKEN}")));
+            if sid != format!("{SID}.json") {
+                return (StatusCode::NOT_FOUND, r#"{"code":20404,"message":"not found"}"#.into());
+            }
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+                return (StatusCode::UNAUTHORIZED, r#"{"code":20003,"message":"Authenticate"}"#.into());
+            }
+            (StatusCode::OK, format!(r#"{{"sid":"{SID}","friendly_name":"Fabrikam SMS","status":"active"}}"#))
+        }
         let app = axum::Router::new()
+            .route("/2010-04-01/Accounts/{sid}", axum::routing::get(account))
             .route("/2010-04-01/Accounts/{sid}/Messages.json", axum::routing::post(messages))
             .route("/hook", axum::routing::post(hook))
             .with_state(api.clone());
@@ -771,6 +785,100 @@ async fn webhook_sms_is_signed_and_the_token_endpoint_takes_the_otp_grant() {
     assert!(json["id_token"].as_str().is_some_and(|t| t.split('.').count() == 3), "{json}");
     let replay = Agent::new().post_form(&token_url, &form(&code)).await.unwrap();
     assert_eq!(replay.status, 400, "a code is used once: {}", replay.body);
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_connection_opens_the_smtp_session_and_reads_the_sms_account_without_sending() {
+    let (suite, _clock, mut admin, client) = suite().await;
+    let plain = SmtpServer::start(false, false);
+    let tls_auth = SmtpServer::start(true, true);
+    let other_ca = SmtpServer::start(true, false).ca.clone();
+    let api = SmsApi::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let authenticated = |name: &str, ca: &str, password: &str| {
+        email_connection(name, tls_auth.port, conn::SmtpTls::Starttls, |o| {
+            o.smtp_ca_certificate = ca.into();
+            o.smtp_username = "mailer".into();
+            o.smtp_password = password.into();
+        })
+    };
+    let connections = [
+        email_connection("mail-plain", plain.port, conn::SmtpTls::None, |_| {}),
+        email_connection("mail-opportunistic", plain.port, conn::SmtpTls::Opportunistic, |_| {}),
+        authenticated("mail-auth", &tls_auth.ca, "smtp-secret"),
+        authenticated("mail-wrong-password", &tls_auth.ca, "not-the-secret"),
+        authenticated("mail-wrong-ca", &other_ca, "smtp-secret"),
+        email_connection("mail-strict", plain.port, conn::SmtpTls::Starttls, |_| {}),
+        email_connection("mail-down", closed_port, conn::SmtpTls::None, |_| {}),
+        sms_connection("sms-twilio", &api, |_| {}),
+        sms_connection("sms-wrong-token", &api, |o| o.token = "not-the-token".into()),
+        sms_connection("sms-no-account", &api, |o| o.account = "AC0000000000000000".into()),
+        sms_connection("sms-hook", &api, |o| {
+            o.provider = conn::SmsProvider::Webhook as i32;
+            o.provider_url = format!("http://{}/hook", api.addr);
+            o.account.clear();
+        }),
+        sms_connection("sms-hook-down", &api, |o| {
+            o.provider = conn::SmsProvider::Webhook as i32;
+            o.provider_url = format!("http://127.0.0.1:{closed_port}/hook");
+            o.account.clear();
+        }),
+    ];
+    for c in connections {
+        create(&mut admin, &client.client_id, c).await;
+    }
+
+    // (connection, the steps in order, the step that fails if one does, what its detail says).
+    let cases: [(&str, &[&str], Option<&str>, &str); 12] = [
+        ("mail-plain", &["templates", "connect"], None, "greeted in plaintext as \"server\"; STARTTLS not offered"),
+        ("mail-opportunistic", &["templates", "connect", "start_tls"], None, "does not offer STARTTLS"),
+        (
+            "mail-auth",
+            &["templates", "connect", "start_tls", "authenticate"],
+            None,
+            "accepted the user name \"mailer\"",
+        ),
+        (
+            "mail-wrong-password",
+            &["templates", "connect", "start_tls", "authenticate"],
+            Some("authenticate"),
+            "check smtp_username and smtp_password",
+        ),
+        ("mail-wrong-ca", &["templates", "connect", "start_tls"], Some("start_tls"), "STARTTLS failed"),
+        ("mail-strict", &["templates", "connect", "start_tls"], Some("start_tls"), "smtp_tls requires"),
+        ("mail-down", &["templates", "connect"], Some("connect"), &format!("127.0.0.1:{closed_port}")),
+        ("sms-twilio", &["template", "account"], None, "(Fabrikam SMS) answered with the token"),
+        ("sms-wrong-token", &["template", "account"], Some("account"), "check account and token"),
+        ("sms-no-account", &["template", "account"], Some("account"), "no such account"),
+        ("sms-hook", &["template", "webhook"], None, "a signed message is not tried"),
+        ("sms-hook-down", &["template", "webhook"], Some("webhook"), "cannot be reached"),
+    ];
+    for (name, expected, failing, said) in cases {
+        let tested = admin
+            .authn
+            .test_connection(authn::TestConnectionRequest { tenant: TENANT.into(), connection: name.into() })
+            .await
+            .unwrap_or_else(|s| panic!("{name}: {s:?}"))
+            .into_inner();
+        let names: Vec<&str> = tested.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, expected, "{name}: {tested:?}");
+        assert_eq!(tested.ok, failing.is_none(), "{name}: {tested:?}");
+        let failed: Vec<&str> = tested.steps.iter().filter(|s| !s.ok).map(|s| s.name.as_str()).collect();
+        assert_eq!(failed, failing.into_iter().collect::<Vec<_>>(), "{name}: {tested:?}");
+        let last = tested.steps.last().expect("a step");
+        assert!(last.detail.contains(said), "{name}: {:?} should say {said:?}", last.detail);
+        let all = format!("{tested:?}");
+        for secret in ["smtp-secret", "not-the-secret", SMS_TOKEN, "not-the-token"] {
+            assert!(!all.contains(secret), "{name}: a secret in the answer: {all}");
+        }
+    }
+    // The server saw the login, and nothing was sent anywhere.
+    assert!(tls_auth.inbox.logins.lock().unwrap().contains(&("mailer".into(), "smtp-secret".into())));
+    assert!(plain.inbox.mails.lock().unwrap().is_empty() && tls_auth.inbox.mails.lock().unwrap().is_empty());
+    assert!(api.messages.lock().unwrap().is_empty(), "no SMS was sent");
     suite.stop().await.expect("stop");
 }
 

@@ -10,6 +10,8 @@ Defaults: port 8025, account AC00000000000000000000000000000000, token sink-toke
 `account` and `token`. It checks what Twilio checks: the path
 `/2010-04-01/Accounts/<account>/Messages.json`, HTTP Basic authentication with the account
 and token (401 otherwise), and the form fields `To`, `From` and `Body` (400 without them).
+It also answers `GET /2010-04-01/Accounts/<account>.json` (the account, which Postern's
+TestConnection reads to try the credentials) with the same checks.
 """
 
 import base64
@@ -34,13 +36,23 @@ class Sink(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def authenticated(self):
+        expected = "Basic " + base64.b64encode(f"{ACCOUNT}:{TOKEN}".encode()).decode()
+        return self.headers.get("Authorization") == expected
+
+    def do_GET(self):
+        if self.path != f"/2010-04-01/Accounts/{ACCOUNT}.json":
+            return self.answer(404, {"code": 20404, "message": f"The requested resource {self.path} was not found"})
+        if not self.authenticated():
+            return self.answer(401, {"code": 20003, "message": "Authenticate"})
+        self.answer(200, {"sid": ACCOUNT, "friendly_name": "SMS sink", "status": "active", "type": "Full"})
+
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode("utf-8", "replace")))
         if self.path != f"/2010-04-01/Accounts/{ACCOUNT}/Messages.json":
             return self.answer(404, {"code": 20404, "message": f"The requested resource {self.path} was not found"})
-        expected = "Basic " + base64.b64encode(f"{ACCOUNT}:{TOKEN}".encode()).decode()
-        if self.headers.get("Authorization") != expected:
+        if not self.authenticated():
             return self.answer(401, {"code": 20003, "message": "Authenticate"})
         missing = [f for f in ("To", "From", "Body") if not form.get(f)]
         if missing:

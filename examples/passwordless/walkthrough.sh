@@ -2,10 +2,11 @@
 # The README's passwordless walk-through, as a script: against a running `postern serve`, with
 # the loopback mail sink (Python's aiosmtpd) and the Twilio-shaped SMS sink beside this script,
 # both started here on free ports and stopped at the end. An `email` and an `sms` connection
-# are created with grpcurl and enabled for a single-page app; then, for each, a user asks for
-# a code on the hosted login page (a cookie jar and the page's own forms, as a browser without
-# JavaScript), reads it from the delivered message, types it, lands on the application's
-# callback with an authorization code, and the application exchanges it (PKCE) for an ID token.
+# are created with grpcurl, tried with TestConnection and enabled for a single-page app; then,
+# for each, a user asks for a code on the hosted login page (a cookie jar and the page's own
+# forms, as a browser without JavaScript), reads it from the delivered message, types it,
+# lands on the application's callback with an authorization code, and the application
+# exchanges it (PKCE) for an ID token.
 #   POSTERN            the gateway's gRPC address (default 127.0.0.1:50051)
 #   POSTERN_HTTP       the gateway's HTTP address (default 127.0.0.1:8080)
 #   POSTERN_ADMIN_KEY  the admin key (default: the contents of ./postern-data/admin-key)
@@ -58,6 +59,11 @@ call -d "{\"tenant\":\"$tenant\",\"connection\":{\"name\":\"email\",\"strategy\"
 call -d "{\"tenant\":\"$tenant\",\"connection\":{\"name\":\"sms\",\"strategy\":\"sms\",\"sms\":{\"from\":\"+15550001111\",\"provider_url\":\"http://127.0.0.1:$sms_port/2010-04-01\",\"account\":\"$account\",\"token\":\"$token\"}}}" \
   "$addr" postern.connections.v1.ConnectionService/CreateConnection
 for c in email sms; do
+  # Tried first: the SMTP session up to QUIT, and the SMS account read with its credentials;
+  # nothing is sent.
+  call -d "{\"tenant\":\"$tenant\",\"connection\":\"$c\"}" "$addr" postern.authn.v1.AuthenticationService/TestConnection |
+    tee "$work/test-$c.json"
+  [ "$(field "['ok']" < "$work/test-$c.json")" = True ] || { echo "TestConnection of $c failed" >&2; exit 1; }
   call -d "{\"tenant\":\"$tenant\",\"connection\":\"$c\",\"client_id\":\"$spa\"}" "$addr" postern.connections.v1.ConnectionService/EnableClient
 done
 

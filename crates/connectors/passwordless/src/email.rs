@@ -7,20 +7,23 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use postern_connection::secret::names;
 use postern_connection::{EmailOptions, Options, Resolved, SmtpTls};
-use postern_connector::{Channel, CodeConnector, CodeMessage, CodeSecret, CodeSettings, ConnectorError, async_trait};
+use postern_connector::{
+    Channel, CodeConnector, CodeMessage, CodeSecret, CodeSettings, ConnectorError, TestReport, TestStep, async_trait,
+};
 use sha2::{Digest, Sha256};
 
 use crate::template::{self, Vars};
-use crate::{delivery_failed, misconfigured, wrong_family};
+use crate::{delivery_failed, echo, misconfigured, wrong_family};
 
 type Transport = AsyncSmtpTransport<Tokio1Executor>;
 
@@ -70,21 +73,24 @@ impl EmailConnector {
     }
 }
 
+/// The TLS parameters of the connection's server: its host name, and the connection's CA
+/// certificate besides the system's roots.
+fn tls_parameters(conn: &Resolved, o: &EmailOptions) -> Result<TlsParameters, ConnectorError> {
+    let mut b = TlsParameters::builder(o.smtp_host.clone());
+    if !o.smtp_ca_certificate.is_empty() {
+        let cert = Certificate::from_pem(o.smtp_ca_certificate.as_bytes())
+            .map_err(|e| misconfigured(conn, "smtp_ca_certificate", &e))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build_rustls().map_err(|e| misconfigured(conn, "smtp_ca_certificate", &e))
+}
+
 fn build_transport(conn: &Resolved, o: &EmailOptions, password: &str) -> Result<Transport, ConnectorError> {
     let host = o.smtp_host.as_str();
-    let tls_parameters = || -> Result<TlsParameters, ConnectorError> {
-        let mut b = TlsParameters::builder(host.to_owned());
-        if !o.smtp_ca_certificate.is_empty() {
-            let cert = Certificate::from_pem(o.smtp_ca_certificate.as_bytes())
-                .map_err(|e| misconfigured(conn, "smtp_ca_certificate", &e))?;
-            b = b.add_root_certificate(cert);
-        }
-        b.build_rustls().map_err(|e| misconfigured(conn, "smtp_ca_certificate", &e))
-    };
     let tls = match o.smtp_tls {
-        SmtpTls::Starttls => Tls::Required(tls_parameters()?),
-        SmtpTls::Implicit => Tls::Wrapper(tls_parameters()?),
-        SmtpTls::Opportunistic => Tls::Opportunistic(tls_parameters()?),
+        SmtpTls::Starttls => Tls::Required(tls_parameters(conn, o)?),
+        SmtpTls::Implicit => Tls::Wrapper(tls_parameters(conn, o)?),
+        SmtpTls::Opportunistic => Tls::Opportunistic(tls_parameters(conn, o)?),
         SmtpTls::None => Tls::None,
     };
     let mut builder = Transport::builder_dangerous(host)
@@ -168,4 +174,151 @@ impl CodeConnector for EmailConnector {
         self.transports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&conn.connection.id);
         Err(delivery_failed(conn, &failure))
     }
+
+    /// Tries the connection without sending anything: `templates` (every message renders),
+    /// then the SMTP session a delivery opens, step by step: `connect` (the greeting and
+    /// what the server offers), `start_tls` (under STARTTLS, required or opportunistic),
+    /// `authenticate` (when a user name is set); then QUIT.
+    async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
+        let o = options(conn)?;
+        let started = Instant::now();
+        let mut steps = vec![TestStep::of("templates", started, check_templates(conn, o))];
+        if steps[0].ok {
+            check_smtp(conn, o, &mut steps).await;
+        }
+        Ok(TestReport::of(steps))
+    }
+}
+
+/// A sample message, to render the connection's templates without sending anything.
+fn sample<'a>(o: &EmailOptions, secret: CodeSecret<'a>) -> CodeMessage<'a> {
+    CodeMessage {
+        recipient: "someone@example.com",
+        secret,
+        application: "Test application",
+        tenant_name: "Test tenant",
+        lifetime_seconds: o.code_lifetime_seconds,
+    }
+}
+
+/// The `templates` step: the subject, the code and link bodies and the sender, rendered.
+fn check_templates(conn: &Resolved, o: &EmailOptions) -> Result<String, String> {
+    let code = CodeSecret::Code("123456");
+    let link = CodeSecret::Link { link: "https://postern.example/passwordless/verify?code=123456", code: "123456" };
+    for secret in [code, link] {
+        render(conn, o, &sample(o, secret)).map_err(|e| e.to_string())?;
+    }
+    Ok(format!("the subject, the code and the link messages render; they come from {}", o.from))
+}
+
+/// The `connect`, `start_tls` and `authenticate` steps: the SMTP session a delivery would
+/// open, up to the point where a message would be sent, then QUIT.
+async fn check_smtp(conn: &Resolved, o: &EmailOptions, steps: &mut Vec<TestStep>) {
+    let server = format!("{}:{}", o.smtp_host, o.effective_smtp_port());
+    let hello = ClientId::default();
+    let limit = |what: &str| format!("{server} did not finish the {what} within {} seconds", SMTP_TIMEOUT.as_secs());
+    let tls = match o.smtp_tls {
+        SmtpTls::None => None,
+        _ => match tls_parameters(conn, o) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                steps.push(TestStep::of("connect", Instant::now(), Err(e.to_string())));
+                return;
+            }
+        },
+    };
+
+    let started = Instant::now();
+    let implicit = if o.smtp_tls == SmtpTls::Implicit { tls.clone() } else { None };
+    let connecting = AsyncSmtpConnection::connect_tokio1(
+        (o.smtp_host.as_str(), o.effective_smtp_port()),
+        Some(SMTP_TIMEOUT),
+        &hello,
+        implicit,
+        None,
+    );
+    let mut session = match tokio::time::timeout(SMTP_TIMEOUT, connecting).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => {
+            steps.push(TestStep::of("connect", started, Err(format!("{server}: {e}"))));
+            return;
+        }
+        Err(_) => {
+            steps.push(TestStep::of("connect", started, Err(limit("greeting"))));
+            return;
+        }
+    };
+    let info = session.server_info();
+    let mechanisms: Vec<String> = [Mechanism::Plain, Mechanism::Login, Mechanism::Xoauth2]
+        .into_iter()
+        .filter(|m| info.supports_auth_mechanism(*m))
+        .map(|m| m.to_string())
+        .collect();
+    let offers = format!(
+        "STARTTLS {}, AUTH {}",
+        if info.supports_feature(Extension::StartTls) { "offered" } else { "not offered" },
+        if mechanisms.is_empty() { "not offered".to_owned() } else { mechanisms.join(" ") }
+    );
+    let how = if o.smtp_tls == SmtpTls::Implicit { "over TLS from the first byte" } else { "in plaintext" };
+    steps.push(TestStep::of(
+        "connect",
+        started,
+        Ok(format!("{server} greeted {how} as {:?}; {offers}", echo(info.name()))),
+    ));
+
+    let starttls = match o.smtp_tls {
+        SmtpTls::Starttls | SmtpTls::Opportunistic => tls,
+        SmtpTls::Implicit | SmtpTls::None => None,
+    };
+    if let Some(parameters) = starttls {
+        let started = Instant::now();
+        let result = if !session.can_starttls() {
+            if o.smtp_tls == SmtpTls::Starttls {
+                Err(format!("{server} does not offer STARTTLS, which the connection's smtp_tls requires"))
+            } else {
+                Ok(format!(
+                    "{server} does not offer STARTTLS; messages go in plaintext, as smtp_tls opportunistic allows"
+                ))
+            }
+        } else {
+            match tokio::time::timeout(SMTP_TIMEOUT, session.starttls(parameters, &hello)).await {
+                Ok(Ok(())) => Ok(format!("encrypted, the certificate of {} verified", o.smtp_host)),
+                Ok(Err(e)) => Err(format!("{server}: STARTTLS failed: {e}")),
+                Err(_) => Err(limit("TLS handshake")),
+            }
+        };
+        let failed = result.is_err();
+        steps.push(TestStep::of("start_tls", started, result));
+        if failed {
+            // Dropped, not aborted: after a failed handshake lettre's stream is gone, and
+            // its abort would panic writing QUIT into it.
+            return;
+        }
+    }
+
+    if !o.smtp_username.is_empty() {
+        let started = Instant::now();
+        let password = conn.secret(names::SMTP_PASSWORD).map(|s| s.expose().to_owned()).unwrap_or_default();
+        let credentials = Credentials::new(o.smtp_username.clone(), password);
+        let result = if session.server_info().get_auth_mechanism(DEFAULT_MECHANISMS).is_none() {
+            Err(format!("{server} offers neither AUTH PLAIN nor AUTH LOGIN, and the connection has a user name"))
+        } else {
+            match tokio::time::timeout(SMTP_TIMEOUT, session.auth(DEFAULT_MECHANISMS, &credentials)).await {
+                Ok(Ok(_)) => Ok(format!("{server} accepted the user name {:?} and its password", o.smtp_username)),
+                Ok(Err(e)) => Err(format!(
+                    "{server} refused the user name {:?} and its password: {e} (check smtp_username and smtp_password)",
+                    o.smtp_username
+                )),
+                Err(_) => Err(limit("authentication")),
+            }
+        };
+        let failed = result.is_err();
+        steps.push(TestStep::of("authenticate", started, result));
+        if failed {
+            session.abort().await;
+            return;
+        }
+    }
+    // The session ends here; a server that drops it first has answered all that was asked.
+    let _ = tokio::time::timeout(SMTP_TIMEOUT, session.quit()).await;
 }

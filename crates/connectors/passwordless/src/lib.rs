@@ -15,6 +15,10 @@
 //!
 //! A failed delivery is `UNAVAILABLE` naming the connection (reason
 //! `PASSWORDLESS_DELIVERY_FAILED`); its cause is logged, never the code or link.
+//!
+//! `TestConnection` renders the templates and opens what a delivery opens without sending:
+//! the SMTP session up to authentication, Twilio's account read with the credentials, or a
+//! request to the webhook that carries no message.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -71,4 +75,10 @@ pub(crate) fn wrong_family(conn: &Resolved) -> ConnectorError {
         conn.connection.spec.name,
         conn.connection.spec.strategy.as_str()
     ))
+}
+
+/// A server's or provider's text echoed in a test's detail: at most 100 characters, no
+/// control characters.
+pub(crate) fn echo(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(100).collect()
 }

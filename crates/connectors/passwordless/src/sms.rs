@@ -4,16 +4,18 @@
 //! own gateway (`POST <provider_url>` with a JSON body, signed with HMAC-SHA256 under the
 //! token in the header [`SIGNATURE_HEADER`]).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use postern_connection::secret::names;
 use postern_connection::{Options, Resolved, SmsOptions, SmsProvider};
-use postern_connector::{Channel, CodeConnector, CodeMessage, CodeSettings, ConnectorError, async_trait};
+use postern_connector::{
+    Channel, CodeConnector, CodeMessage, CodeSecret, CodeSettings, ConnectorError, TestReport, TestStep, async_trait,
+};
 use sha2::Sha256;
 
 use crate::template::{self, Vars};
-use crate::{delivery_failed, misconfigured, wrong_family};
+use crate::{delivery_failed, echo, misconfigured, wrong_family};
 
 /// The header carrying a webhook's signature: `t=<unix seconds>,v1=<hex HMAC-SHA256 of
 /// "<t>.<body>" under the connection's token>`.
@@ -54,6 +56,71 @@ fn options(conn: &Resolved) -> Result<&SmsOptions, ConnectorError> {
     match &conn.connection.spec.options {
         Options::Sms(o) => Ok(o),
         _ => Err(wrong_family(conn)),
+    }
+}
+
+impl SmsConnector {
+    /// The `account` step: Twilio's Account resource (`GET <provider_url>/Accounts/<sid>.json`)
+    /// read with the connection's SID and token.
+    async fn check_account(&self, conn: &Resolved, o: &SmsOptions) -> Result<String, String> {
+        let token = conn.secret(names::TOKEN).map(|s| s.expose().to_owned()).unwrap_or_default();
+        let url = format!(
+            "{}/Accounts/{}.json",
+            o.provider_url.trim_end_matches('/'),
+            url::form_urlencoded::byte_serialize(o.account.as_bytes()).collect::<String>()
+        );
+        let answer = self
+            .http
+            .get(&url)
+            .basic_auth(&o.account, Some(&token))
+            .send()
+            .await
+            .map_err(|e| format!("{url} cannot be reached: {}", transport(&e)))?;
+        let status = answer.status().as_u16();
+        match status {
+            200 => {
+                let body = answer.bytes().await.map_err(|e| format!("{url}: {}", transport(&e)))?;
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let text = |k: &str| body.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+                let (name, state) = (text("friendly_name"), text("status"));
+                let about = if name.is_empty() { String::new() } else { format!(" ({})", echo(&name)) };
+                if state.is_empty() || state == "active" {
+                    Ok(format!("account {}{about} answered with the token: it can send", o.account))
+                } else {
+                    Err(format!("account {}{about} is {}: it cannot send", o.account, echo(&state)))
+                }
+            }
+            401 | 403 => {
+                Err(format!("{url} refused the account SID and the token (HTTP {status}): check account and token"))
+            }
+            404 => Err(format!("{url} answered HTTP 404: there is no such account (check account and provider_url)")),
+            _ => Err(format!("{url} answered HTTP {status}")),
+        }
+    }
+
+    /// The `webhook` step: the webhook answers (any answer but an outage).
+    async fn check_webhook(&self, o: &SmsOptions) -> Result<String, String> {
+        let url = &o.provider_url;
+        let answer =
+            self.http.get(url).send().await.map_err(|e| format!("{url} cannot be reached: {}", transport(&e)))?;
+        let status = answer.status().as_u16();
+        if status >= 500 {
+            return Err(format!("{url} answered HTTP {status}"));
+        }
+        Ok(format!(
+            "{url} answered a GET with HTTP {status}; a signed message is not tried, since the webhook would deliver it"
+        ))
+    }
+}
+
+/// A transport failure in words.
+fn transport(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "no answer in time"
+    } else if e.is_connect() {
+        "the connection failed"
+    } else {
+        "the exchange failed"
     }
 }
 
@@ -126,6 +193,35 @@ impl CodeConnector for SmsConnector {
         let text = answer.text().await.unwrap_or_default();
         let text: String = text.chars().take(300).collect();
         Err(delivery_failed(conn, &format!("the provider answered {status}: {text}")))
+    }
+
+    /// Tries the connection without sending a message: `template` (the message renders),
+    /// then for Twilio's API `account` (the account, read with the SID and the token: the
+    /// credentials are right and the account is active), for a webhook `webhook` (it
+    /// answers; a signed message is not tried, since the webhook would deliver it).
+    async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
+        let o = options(conn)?;
+        let started = Instant::now();
+        let sample = CodeMessage {
+            recipient: "+15550000000",
+            secret: CodeSecret::Code("123456"),
+            application: "Test application",
+            tenant_name: "Test tenant",
+            lifetime_seconds: o.code_lifetime_seconds,
+        };
+        let rendered = template::text(&o.template, &Vars::of(&sample))
+            .map(|text| format!("the message renders ({} characters with a 6-digit code)", text.chars().count()))
+            .map_err(|e| format!("the template cannot be used: {e}"));
+        let mut steps = vec![TestStep::of("template", started, rendered)];
+        if steps[0].ok {
+            let started = Instant::now();
+            let step = match o.provider {
+                SmsProvider::Twilio => TestStep::of("account", started, self.check_account(conn, o).await),
+                SmsProvider::Webhook => TestStep::of("webhook", started, self.check_webhook(o).await),
+            };
+            steps.push(step);
+        }
+        Ok(TestReport::of(steps))
     }
 }
 
