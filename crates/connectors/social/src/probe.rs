@@ -102,7 +102,9 @@ impl Probe<'_> {
             .map_err(|e| format!("the authorization endpoint {} is not a URL: {e}", self.endpoints.authorization))?;
         url.query_pairs_mut().append_pair("response_type", "code").append_pair("client_id", &self.options.client_id);
         let call = self.call("authorization endpoint");
-        let answer = send(call, self.http.get(url), self.connector.timeout).await.map_err(why)?;
+        let answer = send(call, self.http.get(url), self.connector.timeout)
+            .await
+            .map_err(|f| format!("{} ({})", why(f), self.endpoints.authorization))?;
         match answer.status {
             404 | 410 => Err(format!(
                 "{} answered HTTP {}: there is no such page (check authorization_endpoint)",
@@ -123,7 +125,9 @@ impl Probe<'_> {
             vec![("grant_type", "authorization_code"), ("code", TEST_CODE)]
         };
         let request = token_request(self.http, provider, token, client_id, self.secret, form);
-        let answer = send(self.call("token endpoint"), request, self.connector.timeout).await.map_err(why)?;
+        let answer = send(self.call("token endpoint"), request, self.connector.timeout)
+            .await
+            .map_err(|f| format!("{} ({token})", why(f)))?;
         let body = token_body(&answer);
         let error = body.as_ref().and_then(oauth_error);
         let issued =
@@ -180,7 +184,9 @@ impl Probe<'_> {
     /// token.
     async fn protected(&self, endpoint: &'static str, field: &str, url: &str) -> Result<String, String> {
         let request = self.http.get(url).header(reqwest::header::ACCEPT, "application/json");
-        let answer = send(self.call(endpoint), request, self.connector.timeout).await.map_err(why)?;
+        let answer = send(self.call(endpoint), request, self.connector.timeout)
+            .await
+            .map_err(|f| format!("{} ({url})", why(f)))?;
         match answer.status {
             400 | 401 | 403 => {
                 Ok(format!("{url} refused a call without a token (HTTP {}), as the {endpoint} does", answer.status))
