@@ -247,26 +247,20 @@ impl PasswordConnector for DatabaseConnector {
         let db = options(conn)?;
         let started = std::time::Instant::now();
         let Some(custom) = &db.custom_database else {
-            let step = TestStep {
-                name: "store".into(),
-                ok: true,
-                detail: "Postern keeps this connection's users and their hashes: there is nothing to reach".into(),
-                elapsed: started.elapsed(),
-            };
-            return Ok(TestReport { ok: true, steps: vec![step] });
+            let detail = "Postern keeps this connection's users and their hashes: there is nothing to reach";
+            return Ok(TestReport::of(vec![TestStep::of("store", started, Ok(detail.into()))]));
         };
         // A lookup of a name no store holds: any answer but an outage shows the store reached.
         let target = Target::of(tenant, conn, custom);
         let answer = self.customdb.get_user(&target, "postern-connection-test@invalid.example").await;
-        let (ok, detail) = match answer {
-            Ok(_) | Err(CustomDbError::NotFound) => (true, format!("{} answered GetUser", custom.endpoint)),
+        let result = match answer {
+            Ok(_) | Err(CustomDbError::NotFound) => Ok(format!("{} answered GetUser", custom.endpoint)),
             Err(CustomDbError::Invalid(m)) => {
-                (true, format!("{} answered GetUser, refusing the test name: {m}", custom.endpoint))
+                Ok(format!("{} answered GetUser, refusing the test name: {m}", custom.endpoint))
             }
-            Err(e) => (false, format!("{} did not answer: {e}", custom.endpoint)),
+            Err(e) => Err(format!("{} did not answer: {e}", custom.endpoint)),
         };
-        let step = TestStep { name: "custom_database".into(), ok, detail, elapsed: started.elapsed() };
-        Ok(TestReport { ok, steps: vec![step] })
+        Ok(TestReport::of(vec![TestStep::of("custom_database", started, result)]))
     }
 }
 

@@ -375,12 +375,7 @@ impl LdapConnector {
     async fn run_test(&self, conn: &Resolved, o: &LdapOptions, steps: &mut Vec<TestStep>) -> Result<(), ()> {
         let mut step = |name: &str, started: Instant, r: Result<String, String>| {
             let ok = r.is_ok();
-            steps.push(TestStep {
-                name: name.to_owned(),
-                ok,
-                detail: r.unwrap_or_else(|e| e),
-                elapsed: started.elapsed(),
-            });
+            steps.push(TestStep::of(name, started, r));
             if ok { Ok(()) } else { Err(()) }
         };
         let t = Instant::now();
@@ -524,8 +519,9 @@ impl PasswordConnector for LdapConnector {
     async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
         let o = options(conn)?;
         let mut steps = Vec::new();
-        let ok = self.run_test(conn, o, &mut steps).await.is_ok();
-        Ok(TestReport { ok, steps })
+        // Stops at the first failed step; the report's verdict is its steps'.
+        let _ = self.run_test(conn, o, &mut steps).await;
+        Ok(TestReport::of(steps))
     }
 }
 
