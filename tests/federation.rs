@@ -753,7 +753,24 @@ async fn sign_in_with_apple_posts_back_and_authenticates_with_a_client_secret_jw
         })),
         ..Default::default()
     };
+    // The same client under another key id: Apple refuses the client secret JWT.
+    let mut other_key = c.clone();
+    other_key.name = "apple-other-key".into();
+    if let Some(conn::connection::Options::Oauth2(o)) = &mut other_key.options {
+        o.apple_key_id = "OTHERKEY00".into();
+    }
     connect(&mut admin, t, &portal, c).await;
+    connect(&mut admin, t, &portal, other_key).await;
+    // TestConnection tries the client secret JWT at the token endpoint, as a login sends it.
+    let test = |connection: &str| authn::TestConnectionRequest { tenant: t.into(), connection: connection.into() };
+    let tried = admin.authn.test_connection(test("apple")).await.expect("test").into_inner();
+    assert!(tried.ok, "{tried:?}");
+    assert_eq!(tried.steps.last().map(|s| s.name.as_str()), Some("client_authentication"), "{tried:?}");
+    let refused = admin.authn.test_connection(test("apple-other-key")).await.expect("test").into_inner();
+    let step = refused.steps.last().expect("a step");
+    assert!(!refused.ok && step.name == "client_authentication", "{refused:?}");
+    assert!(step.detail.contains("team_id, key_id and private key"), "{step:?}");
+    assert!(!format!("{refused:?}").contains("PRIVATE KEY"), "no secret: {refused:?}");
     let before = upstream.stats().await.expect("stats")["apple_refusals"].as_u64().unwrap_or(0);
     let mut agent = Agent::new();
     let start =
