@@ -879,5 +879,6 @@ async fn test_connection_fetches_the_discovery_document_and_the_keys() {
     let names: Vec<&str> = down.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["discovery"], "stops at the first failure: {down:?}");
     assert!(!down.steps[0].ok && down.steps[0].detail.contains("127.0.0.1:9"), "{down:?}");
+    assert!(down.steps[0].detail.contains("Connection refused"), "says why: {down:?}");
     suite.stop().await.expect("stop");
 }

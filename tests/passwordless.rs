@@ -854,7 +854,7 @@ async fn test_connection_opens_the_smtp_session_and_reads_the_sms_account_withou
         ("sms-wrong-token", &["template", "account"], Some("account"), "check account and token"),
         ("sms-no-account", &["template", "account"], Some("account"), "no such account"),
         ("sms-hook", &["template", "webhook"], None, "a signed message is not tried"),
-        ("sms-hook-down", &["template", "webhook"], Some("webhook"), "cannot be reached"),
+        ("sms-hook-down", &["template", "webhook"], Some("webhook"), "Connection refused"),
     ];
     for (name, expected, failing, said) in cases {
         let tested = admin

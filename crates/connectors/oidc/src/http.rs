@@ -16,7 +16,7 @@ pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HttpError {
     /// No answer: connection refused, timeout, TLS.
-    #[error("{0}")]
+    #[error("{}", transport(.0))]
     Transport(#[source] reqwest::Error),
     /// The answer was larger than [`MAX_BODY`].
     #[error("the answer is larger than {MAX_BODY} bytes")]
@@ -24,6 +24,17 @@ pub(crate) enum HttpError {
     /// The answer could not be rebuilt as an `http` response.
     #[error("{0}")]
     Http(#[source] http::Error),
+}
+
+/// A transport failure in words: its causes (`client error (Connect): tcp connect error:
+/// Connection refused`, `… invalid peer certificate: Expired`), which reqwest's own message
+/// (the URL alone) leaves out.
+pub(crate) fn transport(e: &reqwest::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => postern_common::error::with_causes(cause),
+        None if e.is_timeout() => "no answer in time".to_owned(),
+        None => "the request failed".to_owned(),
+    }
 }
 
 /// The client every upstream call goes through: no redirects (an upstream endpoint that
@@ -126,7 +137,7 @@ pub(crate) async fn get_json(
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| unavailable(e.without_url().to_string()))?;
+    let response = request.send().await.map_err(|e| unavailable(transport(&e)))?;
     let status = response.status();
     if !status.is_success() {
         return Err(unavailable(format!("HTTP {}", status.as_u16())));

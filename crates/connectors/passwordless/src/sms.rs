@@ -113,15 +113,25 @@ impl SmsConnector {
     }
 }
 
-/// A transport failure in words.
-fn transport(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "no answer in time"
+/// A transport failure in words, with its causes (reqwest's own message names only the URL).
+fn transport(e: &reqwest::Error) -> String {
+    let mut why = if e.is_timeout() {
+        "no answer in time".to_owned()
     } else if e.is_connect() {
-        "the connection failed"
+        "the connection failed".to_owned()
     } else {
-        "the exchange failed"
+        "the exchange failed".to_owned()
+    };
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !why.ends_with(&text) {
+            why.push_str(": ");
+            why.push_str(&text);
+        }
+        cause = c.source();
     }
+    why.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
 /// The signature header's value for `body` sent at `timestamp` (unix seconds) under `key`.

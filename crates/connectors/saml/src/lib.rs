@@ -1158,7 +1158,10 @@ impl RedirectConnector for SamlConnector {
         let result = match self.http.get(&o.sign_in_url).send().await {
             Ok(r) => Ok(format!("the sign-in URL answered HTTP {}", r.status().as_u16())),
             Err(e) => {
-                Err(format!("the sign-in URL {} cannot be reached: {}", o.sign_in_url, short(&e.to_string(), 200)))
+                // reqwest's own message names only the URL: its causes say why.
+                let why =
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), postern_common::error::with_causes);
+                Err(format!("the sign-in URL {} cannot be reached: {}", o.sign_in_url, short(&why, 300)))
             }
         };
         steps.push(TestStep::of("sign_in_url", started, result));

@@ -115,14 +115,18 @@ pub async fn send(call: Call<'_>, request: reqwest::RequestBuilder, timeout: Dur
     Ok(Answer { status, content_type, body })
 }
 
-/// A transport failure in words, without the URL (whose query may carry a code).
+/// A transport failure in words with its causes (`could not be reached (client error
+/// (Connect): invalid peer certificate: UnknownIssuer)`), without the URL, whose query may
+/// carry a code: reqwest's own message names only the URL.
 fn transport(e: &reqwest::Error, timeout: Duration) -> String {
+    let causes = std::error::Error::source(e).map(postern_common::error::with_causes).unwrap_or_default();
+    let why = if causes.is_empty() { String::new() } else { format!(" ({})", echo(&causes)) };
     if e.is_timeout() {
         format!("did not answer within {} ms", timeout.as_millis())
     } else if e.is_connect() {
-        "could not be reached".to_owned()
+        format!("could not be reached{why}")
     } else {
-        "failed while answering".to_owned()
+        format!("failed while answering{why}")
     }
 }
 
