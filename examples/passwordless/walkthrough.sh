@@ -59,7 +59,7 @@ call -d "{\"tenant\":\"$tenant\",\"connection\":{\"name\":\"email\",\"strategy\"
 call -d "{\"tenant\":\"$tenant\",\"connection\":{\"name\":\"sms\",\"strategy\":\"sms\",\"sms\":{\"from\":\"+15550001111\",\"provider_url\":\"http://127.0.0.1:$sms_port/2010-04-01\",\"account\":\"$account\",\"token\":\"$token\"}}}" \
   "$addr" postern.connections.v1.ConnectionService/CreateConnection
 for c in email sms; do
-  # Tried first: the SMTP session up to QUIT, and the SMS account read with its credentials;
+  # Tried first: the SMTP session up to the sender, and the SMS account read with its credentials;
   # nothing is sent.
   call -d "{\"tenant\":\"$tenant\",\"connection\":\"$c\"}" "$addr" postern.authn.v1.AuthenticationService/TestConnection |
     tee "$work/test-$c.json"

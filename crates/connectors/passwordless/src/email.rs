@@ -13,6 +13,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::commands::{Mail, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use postern_connection::secret::names;
@@ -178,7 +179,8 @@ impl CodeConnector for EmailConnector {
     /// Tries the connection without sending anything: `templates` (every message renders),
     /// then the SMTP session a delivery opens, step by step: `connect` (the greeting and
     /// what the server offers), `start_tls` (under STARTTLS, required or opportunistic),
-    /// `authenticate` (when a user name is set); then QUIT.
+    /// `authenticate` (when a user name is set), `sender` (MAIL FROM with the connection's
+    /// `from`, then RSET before any recipient); then QUIT.
     async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
         let o = options(conn)?;
         let started = Instant::now();
@@ -211,8 +213,8 @@ fn check_templates(conn: &Resolved, o: &EmailOptions) -> Result<String, String> 
     Ok(format!("the subject, the code and the link messages render; they come from {}", o.from))
 }
 
-/// The `connect`, `start_tls` and `authenticate` steps: the SMTP session a delivery would
-/// open, up to the point where a message would be sent, then QUIT.
+/// The `connect`, `start_tls`, `authenticate` and `sender` steps: the SMTP session a delivery
+/// would open, up to the point where a recipient would be named, then RSET and QUIT.
 async fn check_smtp(conn: &Resolved, o: &EmailOptions, steps: &mut Vec<TestStep>) {
     let server = format!("{}:{}", o.smtp_host, o.effective_smtp_port());
     let hello = ClientId::default();
@@ -318,6 +320,41 @@ async fn check_smtp(conn: &Resolved, o: &EmailOptions, steps: &mut Vec<TestStep>
             session.abort().await;
             return;
         }
+    }
+
+    // The sender, as a delivery gives it; reset before any recipient, so nothing is sent.
+    let started = Instant::now();
+    let sender = match o.from.parse::<Mailbox>() {
+        Ok(m) => m.email,
+        Err(e) => {
+            steps.push(TestStep::of("sender", started, Err(format!("from cannot be used: {e}"))));
+            session.abort().await;
+            return;
+        }
+    };
+    let result =
+        match tokio::time::timeout(SMTP_TIMEOUT, session.command(Mail::new(Some(sender.clone()), vec![]))).await {
+            Ok(Ok(_)) => {
+                let _ = tokio::time::timeout(SMTP_TIMEOUT, session.command(Rset)).await;
+                Ok(format!("{server} accepts mail from {sender} (reset before any recipient: nothing was sent)"))
+            }
+            Ok(Err(e)) => {
+                let hint = if o.smtp_username.is_empty()
+                    && session.server_info().get_auth_mechanism(DEFAULT_MECHANISMS).is_some()
+                {
+                    " (the server offers AUTH and the connection sends no smtp_username)"
+                } else {
+                    ""
+                };
+                Err(format!("{server} refused the sender {sender}: {e}{hint}"))
+            }
+            Err(_) => Err(limit("MAIL FROM")),
+        };
+    let failed = result.is_err();
+    steps.push(TestStep::of("sender", started, result));
+    if failed {
+        session.abort().await;
+        return;
     }
     // The session ends here; a server that drops it first has answered all that was asked.
     let _ = tokio::time::timeout(SMTP_TIMEOUT, session.quit()).await;

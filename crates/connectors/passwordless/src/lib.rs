@@ -17,8 +17,8 @@
 //! `PASSWORDLESS_DELIVERY_FAILED`); its cause is logged, never the code or link.
 //!
 //! `TestConnection` renders the templates and opens what a delivery opens without sending:
-//! the SMTP session up to authentication, Twilio's account read with the credentials, or a
-//! request to the webhook that carries no message.
+//! the SMTP session up to the sender (then RSET), Twilio's account read with the
+//! credentials, or a request to the webhook that carries no message.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
