@@ -415,6 +415,7 @@ async fn test_connection_reaches_every_endpoint_and_tries_the_client_credentials
     let outage = test("facebook", |o, _| o.userinfo_endpoint = o.userinfo_endpoint.replace("/me", "/down")).await;
     assert_eq!((outage.ok, last(&outage).name.as_str()), (false, "userinfo_endpoint"), "{outage:?}");
     assert!(last(&outage).detail.contains("HTTP 502"), "{outage:?}");
+    assert!(!last(&outage).detail.contains("retry"), "a test is not a login to retry: {outage:?}");
 
     for report in [&github, &generic, &facebook, &no_page, &down, &not_the_api, &outage] {
         let all = format!("{report:?}");

@@ -41,10 +41,11 @@ struct Probe<'a> {
     secret: &'a str,
 }
 
-/// A failure in words.
+/// A failure in words (an outage's without the login's advice to retry).
 fn why(f: Failure) -> String {
     match f {
-        Failure::Unavailable(m) | Failure::Denied(m) | Failure::Rejected(_, m) | Failure::Internal(m) => m,
+        Failure::Unavailable(m) => m.trim_end_matches("; retry shortly").to_owned(),
+        Failure::Denied(m) | Failure::Rejected(_, m) | Failure::Internal(m) => m,
     }
 }
 
