@@ -25,7 +25,7 @@ use postern_connector::{TestReport, TestStep};
 use serde_json::Value;
 
 use crate::flow::{Endpoints, token_body, token_request};
-use crate::http::{Call, Failure, echo, oauth_error, send};
+use crate::http::{Answer, Call, Failure, echo, oauth_error, send};
 use crate::{Provider, SocialConnector};
 
 /// The authorization code the `client_authentication` step exchanges: no provider issued it.
@@ -92,6 +92,61 @@ pub async fn run(connector: &SocialConnector, conn: &Resolved) -> TestReport {
     TestReport::of(steps)
 }
 
+/// What the token endpoint's answer to the `client_authentication` step says of the client's
+/// credentials: `Ok` when they were accepted (or the answer cannot tell), `Err` when refused
+/// or when the endpoint does not answer as one.
+fn client_verdict(provider: Provider, token: &str, client_id: &str, answer: &Answer) -> Result<String, String> {
+    let body = token_body(answer);
+    let error = body.as_ref().and_then(oauth_error);
+    let issued =
+        body.as_ref().and_then(|b| b.get("access_token")).and_then(Value::as_str).is_some_and(|t| !t.is_empty());
+    let said = |(e, d): &(String, String)| {
+        if d.is_empty() { echo(e) } else { format!("{}: {}", echo(e), echo(d)) }
+    };
+    let credentials_hint = "check the connection's client_id and client_secret";
+    if provider == Provider::Facebook {
+        return match (&error, issued) {
+            (None, true) if (200..300).contains(&answer.status) => Ok(format!(
+                "{token} issued an app access token to app {client_id:?}: the app secret is right (the token was \
+                 dropped)"
+            )),
+            (Some(e), _) => Err(format!("{token} refused the app's credentials: {} ({credentials_hint})", said(e))),
+            _ => Err(format!(
+                "{token} answered HTTP {} with neither a token nor an OAuth 2.0 error: is it the token endpoint?",
+                answer.status
+            )),
+        };
+    }
+    let Some(e) = error else {
+        return Err(if issued {
+            format!("{token} issued a token for a code nobody issued ({TEST_CODE:?}): it cannot be trusted")
+        } else {
+            format!("{token} answered HTTP {} without an OAuth 2.0 error: is it the token endpoint?", answer.status)
+        });
+    };
+    match e.0.as_str() {
+        "invalid_grant" | "bad_verification_code" => {
+            Ok(format!("{token} accepted client {client_id:?} and refused the test's made-up code ({})", said(&e)))
+        }
+        "invalid_client" | "incorrect_client_credentials" => {
+            Err(format!("{token} refused the client's credentials: {} ({credentials_hint})", said(&e)))
+        }
+        "unauthorized_client" => Err(format!(
+            "{token} does not let client {client_id:?} use the authorization code grant: {} (allow it at the \
+             provider)",
+            said(&e)
+        )),
+        "unsupported_grant_type" => {
+            Err(format!("{token} does not take the authorization code grant: {} (is it the token endpoint?)", said(&e)))
+        }
+        _ => Ok(format!(
+            "{token} answered {} to the test's made-up code; whether it accepts the client's credentials shows at \
+             the first login",
+            said(&e)
+        )),
+    }
+}
+
 impl Probe<'_> {
     fn call(&self, endpoint: &'static str) -> Call<'_> {
         Call { connection: self.connection, provider: self.connector.provider.display_name(), endpoint }
@@ -129,56 +184,7 @@ impl Probe<'_> {
         let answer = send(self.call("token endpoint"), request, self.connector.timeout)
             .await
             .map_err(|f| format!("{} ({token})", why(f)))?;
-        let body = token_body(&answer);
-        let error = body.as_ref().and_then(oauth_error);
-        let issued =
-            body.as_ref().and_then(|b| b.get("access_token")).and_then(Value::as_str).is_some_and(|t| !t.is_empty());
-        let said = |(e, d): &(String, String)| {
-            if d.is_empty() { echo(e) } else { format!("{}: {}", echo(e), echo(d)) }
-        };
-        let credentials_hint = "check the connection's client_id and client_secret";
-        if provider == Provider::Facebook {
-            return match (&error, issued) {
-                (None, true) if (200..300).contains(&answer.status) => Ok(format!(
-                    "{token} issued an app access token to app {client_id:?}: the app secret is right (the token was \
-                     dropped)"
-                )),
-                (Some(e), _) => Err(format!("{token} refused the app's credentials: {} ({credentials_hint})", said(e))),
-                _ => Err(format!(
-                    "{token} answered HTTP {} with neither a token nor an OAuth 2.0 error: is it the token endpoint?",
-                    answer.status
-                )),
-            };
-        }
-        let Some(e) = error else {
-            return Err(if issued {
-                format!("{token} issued a token for a code nobody issued ({TEST_CODE:?}): it cannot be trusted")
-            } else {
-                format!("{token} answered HTTP {} without an OAuth 2.0 error: is it the token endpoint?", answer.status)
-            });
-        };
-        match e.0.as_str() {
-            "invalid_grant" | "bad_verification_code" => {
-                Ok(format!("{token} accepted client {client_id:?} and refused the test's made-up code ({})", said(&e)))
-            }
-            "invalid_client" | "incorrect_client_credentials" => {
-                Err(format!("{token} refused the client's credentials: {} ({credentials_hint})", said(&e)))
-            }
-            "unauthorized_client" => Err(format!(
-                "{token} does not let client {client_id:?} use the authorization code grant: {} (allow it at the \
-                 provider)",
-                said(&e)
-            )),
-            "unsupported_grant_type" => Err(format!(
-                "{token} does not take the authorization code grant: {} (is it the token endpoint?)",
-                said(&e)
-            )),
-            _ => Ok(format!(
-                "{token} answered {} to the test's made-up code; whether it accepts the client's credentials shows at \
-                 the first login",
-                said(&e)
-            )),
-        }
+        client_verdict(provider, token, client_id, &answer)
     }
 
     /// A protected API of the provider (`field` names its option) refuses a call without a
@@ -197,5 +203,65 @@ impl Probe<'_> {
                  {field})"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn verdict(provider: Provider, status: u16, content_type: &str, body: &str) -> Result<String, String> {
+        let answer = Answer { status, content_type: content_type.into(), body: body.as_bytes().to_vec() };
+        client_verdict(provider, "https://idp.example/token", "app", &answer)
+    }
+
+    #[test]
+    fn github_answers_a_made_up_code_with_200_and_an_error() {
+        // GitHub's documented answers: 200 with `error`, as JSON (Accept: application/json)
+        // or as a form (GitHub's default).
+        let json = "application/json";
+        let accepted =
+            r#"{"error":"bad_verification_code","error_description":"The code passed is incorrect or expired."}"#;
+        let ok = verdict(Provider::Github, 200, json, accepted).expect("the client was accepted");
+        assert!(ok.contains("accepted client \"app\"") && ok.contains("bad_verification_code"), "{ok}");
+        let refused = r#"{"error":"incorrect_client_credentials","error_description":"The client_id and/or client_secret passed are incorrect."}"#;
+        let e = verdict(Provider::Github, 200, json, refused).expect_err("refused");
+        assert!(e.contains("incorrect_client_credentials") && e.contains("check the connection's client_id"), "{e}");
+        let form = "application/x-www-form-urlencoded";
+        assert!(verdict(Provider::Github, 200, form, "error=bad_verification_code&error_description=x").is_ok());
+        assert!(verdict(Provider::Github, 200, form, "error=incorrect_client_credentials").is_err());
+    }
+
+    #[test]
+    fn rfc_6749_answers_and_what_is_not_a_token_endpoint() {
+        let json = "application/json";
+        assert!(verdict(Provider::Generic, 400, json, r#"{"error":"invalid_grant"}"#).is_ok());
+        let e = verdict(Provider::Generic, 401, json, r#"{"error":"invalid_client"}"#).expect_err("refused");
+        assert!(e.contains("check the connection's client_id and client_secret"), "{e}");
+        let e = verdict(Provider::Generic, 400, json, r#"{"error":"unauthorized_client"}"#).expect_err("refused");
+        assert!(e.contains("allow it at the provider"), "{e}");
+        assert!(verdict(Provider::Generic, 400, json, r#"{"error":"unsupported_grant_type"}"#).is_err());
+        // An error that does not say: the test passes and says so.
+        let ok = verdict(Provider::Generic, 400, json, r#"{"error":"invalid_request"}"#).expect("cannot tell");
+        assert!(ok.contains("shows at the first login"), "{ok}");
+        // A page, not a token endpoint; a token for a made-up code.
+        let e = verdict(Provider::Generic, 404, "text/html", "<html>not found</html>").expect_err("not OAuth");
+        assert!(e.contains("HTTP 404") && e.contains("is it the token endpoint?"), "{e}");
+        let e = verdict(Provider::Generic, 200, json, r#"{"access_token":"x","token_type":"bearer"}"#).expect_err("x");
+        assert!(e.contains("cannot be trusted"), "{e}");
+    }
+
+    #[test]
+    fn facebook_issues_an_app_token_or_refuses_with_a_graph_error() {
+        let json = "application/json";
+        let ok = verdict(Provider::Facebook, 200, json, r#"{"access_token":"app|secret-token","token_type":"bearer"}"#)
+            .expect("issued");
+        assert!(ok.contains("issued an app access token") && !ok.contains("secret-token"), "{ok}");
+        // The Graph API's error object for a wrong app secret.
+        let refused = r#"{"error":{"message":"Error validating client secret.","type":"OAuthException","code":1}}"#;
+        let e = verdict(Provider::Facebook, 400, json, refused).expect_err("refused");
+        assert!(e.contains("OAuthException 1: Error validating client secret."), "{e}");
+        assert!(verdict(Provider::Facebook, 200, "text/html", "<html>").is_err());
     }
 }
