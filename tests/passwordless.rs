@@ -887,6 +887,46 @@ async fn test_connection_opens_the_smtp_session_and_reads_the_sms_account_withou
     suite.stop().await.expect("stop");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn test_connection_over_implicit_tls_and_starttls_at_aiosmtpd() {
+    let Some(smtp) = SmtpPeer::shared("test_connection_over_implicit_tls_and_starttls_at_aiosmtpd") else {
+        return;
+    };
+    let (suite, _clock, mut admin, client) = suite().await;
+    let cases = [
+        ("tried-smtps", Listener::Implicit, conn::SmtpTls::Implicit, postern_testkit::smtp::PASSWORD),
+        ("tried-submission", Listener::Starttls, conn::SmtpTls::Starttls, postern_testkit::smtp::PASSWORD),
+        ("tried-smtps-wrong", Listener::Implicit, conn::SmtpTls::Implicit, "not-the-password"),
+    ];
+    for (name, listener, tls, password) in cases {
+        let connection = email_connection(name, smtp.port(listener), tls, |o| {
+            o.smtp_ca_certificate = smtp.ca.clone();
+            o.smtp_username = postern_testkit::smtp::USER.into();
+            o.smtp_password = password.into();
+        });
+        create(&mut admin, &client.client_id, connection).await;
+    }
+    let test = |name: &str| authn::TestConnectionRequest { tenant: TENANT.into(), connection: name.into() };
+    let names = |r: &authn::TestConnectionResponse| r.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+
+    let smtps = admin.authn.test_connection(test("tried-smtps")).await.expect("test").into_inner();
+    assert!(smtps.ok, "{smtps:?}");
+    assert_eq!(names(&smtps), ["templates", "connect", "authenticate", "sender"], "no STARTTLS under implicit TLS");
+    assert!(smtps.steps[1].detail.contains("over TLS from the first byte"), "{smtps:?}");
+    let submission = admin.authn.test_connection(test("tried-submission")).await.expect("test").into_inner();
+    assert!(submission.ok, "{submission:?}");
+    assert_eq!(names(&submission), ["templates", "connect", "start_tls", "authenticate", "sender"]);
+    let wrong = admin.authn.test_connection(test("tried-smtps-wrong")).await.expect("test").into_inner();
+    assert!(!wrong.ok, "{wrong:?}");
+    assert_eq!(names(&wrong), ["templates", "connect", "authenticate"], "stops at the refusal");
+    assert!(!format!("{wrong:?}").contains("not-the-password"), "no secret: {wrong:?}");
+    // The server saw each login, the right one and the refused one.
+    let auths = smtp.auths(Listener::Implicit);
+    assert!(auths.iter().any(|a| a.user == postern_testkit::smtp::USER && a.ok), "{auths:?}");
+    assert!(auths.iter().any(|a| a.user == postern_testkit::smtp::USER && !a.ok), "{auths:?}");
+    suite.stop().await.expect("stop");
+}
+
 /// The application's redirect URI in these tests (never contacted by the agent).
 const CALLBACK: &str = "https://app.example.com/callback";
 
