@@ -287,6 +287,60 @@ impl TestStep {
         let ok = result.is_ok();
         TestStep { name: name.into(), ok, detail: result.unwrap_or_else(|e| e), elapsed: started.elapsed() }
     }
+
+    /// Adds the step [`TestStep::of`] makes to `steps`, answering whether it worked (a test
+    /// stops at the first that did not).
+    pub fn record(
+        steps: &mut Vec<TestStep>,
+        name: &str,
+        started: std::time::Instant,
+        result: Result<String, String>,
+    ) -> bool {
+        let step = Self::of(name, started, result);
+        let ok = step.ok;
+        steps.push(step);
+        ok
+    }
+}
+
+/// The authorization code a connection's test exchanges at an OAuth 2.0 token endpoint to
+/// try the client's credentials: no provider issued it.
+pub const TEST_CODE: &str = "postern-connection-test";
+
+/// What a token endpoint's refusal of [`TEST_CODE`] says of the client's credentials: a
+/// provider authenticates the client before it looks at the code (RFC 6749 §3.2.1, §4.1.3),
+/// so `invalid_grant` (GitHub: `bad_verification_code`) means the client was accepted and
+/// `invalid_client` (GitHub: `incorrect_client_credentials`) that it was not. `said` is the
+/// error with its description, `credentials_hint` what to check when refused. `Ok` when the
+/// client was accepted or the answer cannot tell, `Err` when it was refused or the endpoint
+/// does not take the grant.
+pub fn test_code_verdict(
+    token_endpoint: &str,
+    client_id: &str,
+    error: &str,
+    said: &str,
+    credentials_hint: &str,
+) -> Result<String, String> {
+    let token = token_endpoint;
+    match error {
+        "invalid_grant" | "bad_verification_code" => {
+            Ok(format!("{token} accepted client {client_id:?} and refused the test's made-up code ({said})"))
+        }
+        "invalid_client" | "incorrect_client_credentials" => {
+            Err(format!("{token} refused the client's credentials: {said} ({credentials_hint})"))
+        }
+        "unauthorized_client" => Err(format!(
+            "{token} does not let client {client_id:?} use the authorization code grant: {said} (allow it at the \
+             provider)"
+        )),
+        "unsupported_grant_type" => {
+            Err(format!("{token} does not take the authorization code grant: {said} (is it the token endpoint?)"))
+        }
+        _ => Ok(format!(
+            "{token} answered {said} to the test's made-up code; whether it accepts the client's credentials shows \
+             at the first login"
+        )),
+    }
 }
 
 /// The outcome of a connection's test: its steps in order, stopping at the first that failed.

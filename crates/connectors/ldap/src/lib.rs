@@ -374,9 +374,7 @@ impl LdapConnector {
     /// Runs the connection's steps for [`PasswordConnector::test`].
     async fn run_test(&self, conn: &Resolved, o: &LdapOptions, steps: &mut Vec<TestStep>) -> Result<(), ()> {
         let mut step = |name: &str, started: Instant, r: Result<String, String>| {
-            let ok = r.is_ok();
-            steps.push(TestStep::of(name, started, r));
-            if ok { Ok(()) } else { Err(()) }
+            if TestStep::record(steps, name, started, r) { Ok(()) } else { Err(()) }
         };
         let t = Instant::now();
         step(

@@ -41,9 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openidconnect::core::{
-    CoreClient, CoreErrorResponseType, CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreTokenResponse,
-};
+use openidconnect::core::{CoreClient, CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreTokenResponse};
 use openidconnect::{
     AuthType, AuthUrl, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, IdTokenVerifier, IssuerUrl,
     JsonWebKey as _, JsonWebKeyUse as _, Nonce, OAuth2TokenResponse as _, PkceCodeVerifier, RedirectUrl,
@@ -51,8 +49,8 @@ use openidconnect::{
 };
 use postern_connection::{Resolved, Strategy};
 use postern_connector::{
-    Begun, Completed, ConnectorError, Connectors, ExternalProfile, RedirectConnector, RedirectTransaction, TestReport,
-    TestStep, UpstreamTokens, async_trait,
+    Begun, Completed, ConnectorError, Connectors, ExternalProfile, RedirectConnector, RedirectTransaction, TEST_CODE,
+    TestReport, TestStep, UpstreamTokens, async_trait, test_code_verdict,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -329,30 +327,10 @@ impl OidcConnector {
             Err(RequestTokenError::Request(err)) => return Err(format!("{token} cannot be reached ({err})")),
             Err(RequestTokenError::Other(err)) => return Err(format!("{token} failed ({})", short(&err, 200))),
         };
-        let said = format!(
-            "{}{}",
-            r.error().as_ref(),
-            r.error_description().map(|d| format!(": {}", short(d, 200))).unwrap_or_default()
-        );
-        match r.error() {
-            CoreErrorResponseType::InvalidGrant => {
-                Ok(format!("{token} accepted client {client_id:?} and refused the test's made-up code ({said})"))
-            }
-            CoreErrorResponseType::InvalidClient => {
-                Err(format!("{token} refused the client's credentials: {said} ({credentials})"))
-            }
-            CoreErrorResponseType::UnauthorizedClient => Err(format!(
-                "{token} does not let client {client_id:?} use the authorization code grant: {said} (allow it at the \
-                 provider)"
-            )),
-            CoreErrorResponseType::UnsupportedGrantType => {
-                Err(format!("{token} does not take the authorization code grant: {said} (is it the token endpoint?)"))
-            }
-            _ => Ok(format!(
-                "{token} answered {said} to the test's made-up code; whether it accepts the client's credentials \
-                 shows at the first login"
-            )),
-        }
+        let error = r.error().as_ref();
+        let said =
+            format!("{error}{}", r.error_description().map(|d| format!(": {}", short(d, 200))).unwrap_or_default());
+        test_code_verdict(token, client_id, error, &said, credentials)
     }
 
     /// Checks the ID token with `keys`; `Err(None)` when it names a key the set lacks.
@@ -634,10 +612,6 @@ fn external_profile(p: &Profile, claims: &Map<String, Value>) -> Result<External
         app_metadata: Map::new(),
     })
 }
-
-/// The authorization code TestConnection exchanges to try the client's credentials: no
-/// provider issued it.
-pub const TEST_CODE: &str = "postern-connection-test";
 
 /// The redirect URI TestConnection's exchange names (the made-up code was issued for none).
 const TEST_CALLBACK: &str = "https://postern.invalid/login/callback";

@@ -15,7 +15,7 @@ use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS, M
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::commands::{Mail, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use postern_connection::secret::names;
 use postern_connection::{EmailOptions, Options, Resolved, SmtpTls};
 use postern_connector::{
@@ -184,9 +184,13 @@ impl CodeConnector for EmailConnector {
     async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
         let o = options(conn)?;
         let started = Instant::now();
-        let mut steps = vec![TestStep::of("templates", started, check_templates(conn, o))];
-        if steps[0].ok {
-            check_smtp(conn, o, &mut steps).await;
+        let sender = check_templates(conn, o);
+        let rendered = sender
+            .as_ref()
+            .map(|_| format!("the subject, the code and the link messages render; they come from {}", o.from));
+        let mut steps = vec![TestStep::of("templates", started, rendered.map_err(String::clone))];
+        if let Ok(sender) = sender {
+            check_smtp(conn, o, &sender, &mut steps).await;
         }
         Ok(TestReport::of(steps))
     }
@@ -203,19 +207,22 @@ fn sample<'a>(o: &EmailOptions, secret: CodeSecret<'a>) -> CodeMessage<'a> {
     }
 }
 
-/// The `templates` step: the subject, the code and link bodies and the sender, rendered.
-fn check_templates(conn: &Resolved, o: &EmailOptions) -> Result<String, String> {
+/// The `templates` step: the subject, the code and link bodies and the sender, rendered;
+/// answers the sender's address.
+fn check_templates(conn: &Resolved, o: &EmailOptions) -> Result<Address, String> {
     let code = CodeSecret::Code("123456");
     let link = CodeSecret::Link { link: "https://postern.example/passwordless/verify?code=123456", code: "123456" };
+    let mut sender = None;
     for secret in [code, link] {
-        render(conn, o, &sample(o, secret)).map_err(|e| e.to_string())?;
+        let message = render(conn, o, &sample(o, secret)).map_err(|e| e.to_string())?;
+        sender = message.envelope().from().cloned();
     }
-    Ok(format!("the subject, the code and the link messages render; they come from {}", o.from))
+    sender.ok_or_else(|| "from names no address".to_owned())
 }
 
 /// The `connect`, `start_tls`, `authenticate` and `sender` steps: the SMTP session a delivery
 /// would open, up to the point where a recipient would be named, then RSET and QUIT.
-async fn check_smtp(conn: &Resolved, o: &EmailOptions, steps: &mut Vec<TestStep>) {
+async fn check_smtp(conn: &Resolved, o: &EmailOptions, sender: &Address, steps: &mut Vec<TestStep>) {
     let server = format!("{}:{}", o.smtp_host, o.effective_smtp_port());
     let hello = ClientId::default();
     let limit = |what: &str| format!("{server} did not finish the {what} within {} seconds", SMTP_TIMEOUT.as_secs());
@@ -289,9 +296,7 @@ async fn check_smtp(conn: &Resolved, o: &EmailOptions, steps: &mut Vec<TestStep>
                 Err(_) => Err(limit("TLS handshake")),
             }
         };
-        let failed = result.is_err();
-        steps.push(TestStep::of("start_tls", started, result));
-        if failed {
+        if !TestStep::record(steps, "start_tls", started, result) {
             // Dropped, not aborted: after a failed handshake lettre's stream is gone, and
             // its abort would panic writing QUIT into it.
             return;
@@ -314,9 +319,7 @@ async fn check_smtp(conn: &Resolved, o: &EmailOptions, steps: &mut Vec<TestStep>
                 Err(_) => Err(limit("authentication")),
             }
         };
-        let failed = result.is_err();
-        steps.push(TestStep::of("authenticate", started, result));
-        if failed {
+        if !TestStep::record(steps, "authenticate", started, result) {
             session.abort().await;
             return;
         }
@@ -324,14 +327,6 @@ async fn check_smtp(conn: &Resolved, o: &EmailOptions, steps: &mut Vec<TestStep>
 
     // The sender, as a delivery gives it; reset before any recipient, so nothing is sent.
     let started = Instant::now();
-    let sender = match o.from.parse::<Mailbox>() {
-        Ok(m) => m.email,
-        Err(e) => {
-            steps.push(TestStep::of("sender", started, Err(format!("from cannot be used: {e}"))));
-            session.abort().await;
-            return;
-        }
-    };
     let result =
         match tokio::time::timeout(SMTP_TIMEOUT, session.command(Mail::new(Some(sender.clone()), vec![]))).await {
             Ok(Ok(_)) => {
@@ -350,12 +345,10 @@ async fn check_smtp(conn: &Resolved, o: &EmailOptions, steps: &mut Vec<TestStep>
             }
             Err(_) => Err(limit("MAIL FROM")),
         };
-    let failed = result.is_err();
-    steps.push(TestStep::of("sender", started, result));
-    if failed {
+    if TestStep::record(steps, "sender", started, result) {
+        // The session ends here; a server that drops it first has answered all that was asked.
+        let _ = tokio::time::timeout(SMTP_TIMEOUT, session.quit()).await;
+    } else {
         session.abort().await;
-        return;
     }
-    // The session ends here; a server that drops it first has answered all that was asked.
-    let _ = tokio::time::timeout(SMTP_TIMEOUT, session.quit()).await;
 }

@@ -115,23 +115,16 @@ impl SmsConnector {
 
 /// A transport failure in words, with its causes (reqwest's own message names only the URL).
 fn transport(e: &reqwest::Error) -> String {
-    let mut why = if e.is_timeout() {
-        "no answer in time".to_owned()
+    let what = if e.is_timeout() {
+        "no answer in time"
     } else if e.is_connect() {
-        "the connection failed".to_owned()
+        "the connection failed"
     } else {
-        "the exchange failed".to_owned()
+        "the exchange failed"
     };
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !why.ends_with(&text) {
-            why.push_str(": ");
-            why.push_str(&text);
-        }
-        cause = c.source();
-    }
-    why.chars().filter(|c| !c.is_control()).take(300).collect()
+    let why = std::error::Error::source(e).map(postern_common::error::with_causes).unwrap_or_default();
+    let text = if why.is_empty() { what.to_owned() } else { format!("{what}: {why}") };
+    text.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
 /// The signature header's value for `body` sent at `timestamp` (unix seconds) under `key`.

@@ -21,15 +21,12 @@
 use std::time::Instant;
 
 use postern_connection::{OAuth2Options, Resolved};
-use postern_connector::{TestReport, TestStep};
+use postern_connector::{TEST_CODE, TestReport, TestStep, test_code_verdict};
 use serde_json::Value;
 
 use crate::flow::{Endpoints, token_body, token_request};
 use crate::http::{Answer, Call, Failure, echo, oauth_error, send};
 use crate::{Provider, SocialConnector};
-
-/// The authorization code the `client_authentication` step exchanges: no provider issued it.
-pub const TEST_CODE: &str = "postern-connection-test";
 
 /// What every step needs.
 struct Probe<'a> {
@@ -72,19 +69,16 @@ pub async fn run(connector: &SocialConnector, conn: &Resolved) -> TestReport {
         Probe { connector, http, connection: &conn.connection.spec.name, options, endpoints: &endpoints, secret };
 
     let started = Instant::now();
-    steps.push(TestStep::of("authorization_endpoint", started, probe.authorization().await));
-    if !steps[steps.len() - 1].ok {
+    if !TestStep::record(&mut steps, "authorization_endpoint", started, probe.authorization().await) {
         return TestReport::of(steps);
     }
     let started = Instant::now();
-    steps.push(TestStep::of("client_authentication", started, probe.client().await));
-    if !steps[steps.len() - 1].ok {
+    if !TestStep::record(&mut steps, "client_authentication", started, probe.client().await) {
         return TestReport::of(steps);
     }
     let started = Instant::now();
     let profile = probe.protected("profile endpoint", "userinfo_endpoint", &endpoints.userinfo).await;
-    steps.push(TestStep::of("userinfo_endpoint", started, profile));
-    if provider == Provider::Github && steps[steps.len() - 1].ok {
+    if TestStep::record(&mut steps, "userinfo_endpoint", started, profile) && provider == Provider::Github {
         let started = Instant::now();
         let emails = probe.protected("emails endpoint", "emails_endpoint", &endpoints.emails).await;
         steps.push(TestStep::of("emails_endpoint", started, emails));
@@ -124,27 +118,7 @@ fn client_verdict(provider: Provider, token: &str, client_id: &str, answer: &Ans
             format!("{token} answered HTTP {} without an OAuth 2.0 error: is it the token endpoint?", answer.status)
         });
     };
-    match e.0.as_str() {
-        "invalid_grant" | "bad_verification_code" => {
-            Ok(format!("{token} accepted client {client_id:?} and refused the test's made-up code ({})", said(&e)))
-        }
-        "invalid_client" | "incorrect_client_credentials" => {
-            Err(format!("{token} refused the client's credentials: {} ({credentials_hint})", said(&e)))
-        }
-        "unauthorized_client" => Err(format!(
-            "{token} does not let client {client_id:?} use the authorization code grant: {} (allow it at the \
-             provider)",
-            said(&e)
-        )),
-        "unsupported_grant_type" => {
-            Err(format!("{token} does not take the authorization code grant: {} (is it the token endpoint?)", said(&e)))
-        }
-        _ => Ok(format!(
-            "{token} answered {} to the test's made-up code; whether it accepts the client's credentials shows at \
-             the first login",
-            said(&e)
-        )),
-    }
+    test_code_verdict(token, client_id, &e.0, &said(&e), credentials_hint)
 }
 
 impl Probe<'_> {
