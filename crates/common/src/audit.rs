@@ -97,11 +97,11 @@ impl Outbox {
         Self { db, wake: Arc::new(tokio::sync::Notify::new()), group: Arc::default() }
     }
 
-    /// Writes `events` in `tx`, the transaction of the change they record. Call
-    /// [`committed`](Self::committed) once `tx` has committed.
-    pub async fn write(&self, tx: &mut crate::db::WriteTx, events: &[pb::AuditEvent]) -> Result<(), sqlx::Error> {
-        // One statement per chunk, not per event: each statement is a round trip to the
-        // database (on SQLite, to sqlx's worker thread and back).
+    /// Writes `events` in `tx`, the transaction of the change they record, with its commit
+    /// ([`WriteTx::defer`](crate::db::WriteTx::defer): on SQLite in the commit's hand-off to
+    /// the database). Call [`committed`](Self::committed) once `tx` has committed.
+    pub fn write(&self, tx: &mut crate::db::WriteTx, events: &[pb::AuditEvent]) -> Result<(), sqlx::Error> {
+        // One statement per chunk, not per event.
         for chunk in events.chunks(BATCH) {
             let sql = format!(
                 "INSERT INTO audit_outbox (id, event) VALUES {}",
@@ -109,9 +109,9 @@ impl Outbox {
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for e in chunk {
-                query = query.bind(&e.id).bind(e.encode_to_vec());
+                query = query.bind(e.id.clone()).bind(e.encode_to_vec());
             }
-            query.execute(&mut **tx).await?;
+            tx.defer(query)?;
         }
         Ok(())
     }
@@ -138,7 +138,7 @@ impl Outbox {
         let all: Vec<pb::AuditEvent> = batch.iter().flat_map(|(events, _)| events.iter().cloned()).collect();
         let written = async {
             let mut tx = self.db.begin_write().await?;
-            self.write(&mut tx, &all).await?;
+            self.write(&mut tx, &all)?;
             tx.commit().await
         }
         .await;

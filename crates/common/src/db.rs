@@ -37,7 +37,9 @@ use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 mod commit;
+mod together;
 pub use commit::MAX_PARTS;
+pub use together::{Answer, Failed, Together};
 
 /// The PostgreSQL advisory lock (`pg_advisory_lock`) that every Postern process holds while it
 /// creates a service's schema or migrates it, and holds shared while it checks a schema: one
@@ -260,8 +262,17 @@ impl<'c> Executor<'c> for &'c Writer {
 /// A write transaction ([`Db::begin_write`]): use it as a connection (`&mut *tx`), end it
 /// with [`commit`](Self::commit) or [`rollback`](Self::rollback). Dropped before either, it
 /// is rolled back.
+///
+/// Writes whose only answer is success (an insert of a new row, an event for the audit log)
+/// can be [deferred](Self::defer) to the commit instead: on SQLite they then go to the
+/// database together, with the commit, in one hand-off to sqlx's worker thread instead of
+/// one each ([`Together`]).
 #[derive(Debug)]
-pub struct WriteTx(Tx);
+pub struct WriteTx {
+    tx: Tx,
+    /// Statements to run at the commit, before it.
+    deferred: Together,
+}
 
 #[derive(Debug)]
 enum Tx {
@@ -272,18 +283,39 @@ enum Tx {
 }
 
 impl WriteTx {
+    fn new(tx: Tx) -> Self {
+        Self { tx, deferred: Together::default() }
+    }
+
+    /// Runs `query` at the commit, after every statement run on the transaction itself and
+    /// after the statements deferred before it; its failure fails the commit, and nothing of
+    /// the transaction is stored. For writes that nothing in the transaction reads back and
+    /// whose only outcome is success or failure.
+    pub fn defer(
+        &mut self,
+        query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<(), sqlx::Error> {
+        self.deferred.push(query)
+    }
+
     /// Commits: answers once the writes are durable (on SQLite, once the shared transaction
     /// that holds them has committed; if it fails, this fails and nothing of it is stored).
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self.0 {
-            Tx::Own(tx) => tx.commit().await,
-            Tx::Shared(part) => part.commit().await,
+        match self.tx {
+            Tx::Own(mut tx) => {
+                if let Err(failed) = self.deferred.run(&mut tx, Backend::Postgres).await {
+                    let _ = tx.rollback().await;
+                    return Err(failed.error);
+                }
+                tx.commit().await
+            }
+            Tx::Shared(part) => part.commit_with(self.deferred).await,
         }
     }
 
     /// Undoes this transaction's writes, and only them.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self.0 {
+        match self.tx {
             Tx::Own(tx) => tx.rollback().await,
             Tx::Shared(part) => part.rollback().await,
         }
@@ -294,7 +326,7 @@ impl std::ops::Deref for WriteTx {
     type Target = AnyConnection;
 
     fn deref(&self) -> &AnyConnection {
-        match &self.0 {
+        match &self.tx {
             Tx::Own(tx) => tx,
             Tx::Shared(part) => part.connection_ref(),
         }
@@ -303,7 +335,7 @@ impl std::ops::Deref for WriteTx {
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        match &mut self.0 {
+        match &mut self.tx {
             Tx::Own(tx) => tx,
             Tx::Shared(part) => part.connection(),
         }
@@ -423,12 +455,6 @@ struct RelaxedWriter {
 }
 
 impl RelaxedWriter {
-    async fn relax(conn: sqlx::pool::PoolConnection<sqlx::Any>) -> Result<Self, sqlx::Error> {
-        let mut relaxed = Self { conn: Some(conn) };
-        relaxed.connection().execute("PRAGMA synchronous = NORMAL").await?;
-        Ok(relaxed)
-    }
-
     fn connection(&mut self) -> &mut AnyConnection {
         self.conn.as_mut().unwrap_or_else(|| unreachable!("taken only by restore, which consumes self"))
     }
@@ -596,18 +622,40 @@ impl Db {
     pub async fn execute_relaxed<'q>(
         &self,
         query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    ) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
-        let Some(committer) = &self.writer.committer else { return query.execute(&self.writer.pool).await };
+    ) -> Result<u64, sqlx::Error> {
+        let Some(committer) = &self.writer.committer else {
+            return Ok(query.execute(&self.writer.pool).await?.rows_affected());
+        };
         match committer.single(&self.writer.pool).await? {
             commit::Single::Alone { conn, _turn } => {
-                let mut relaxed = RelaxedWriter::relax(conn).await?;
-                let done = query.execute(relaxed.connection()).await;
-                relaxed.restore().await?;
-                done
+                // The statement between the two settings, in one hand-off to SQLite's thread.
+                let mut relaxed = RelaxedWriter { conn: Some(conn) };
+                let mut together = Together::default();
+                together.push_sql("PRAGMA synchronous = NORMAL");
+                together.push(query)?;
+                together.push_sql("PRAGMA synchronous = FULL");
+                match together.run(relaxed.connection(), Backend::Sqlite).await {
+                    Ok(answers) => {
+                        relaxed.conn.take();
+                        Ok(answers.get(1).map_or(0, |a| a.changed))
+                    }
+                    // Still syncing: nothing was changed.
+                    Err(Failed { index: 0, error }) => {
+                        relaxed.conn.take();
+                        Err(error)
+                    }
+                    Err(Failed { index: 1, error }) => {
+                        relaxed.restore().await?;
+                        Err(error)
+                    }
+                    // The write landed but the setting stays relaxed: `relaxed`'s drop closes
+                    // the connection.
+                    Err(Failed { error, .. }) => Err(error),
+                }
             }
             // A batch is open: the statement joins it, durable like the rest of it.
             commit::Single::Part(mut part) => {
-                let done = query.execute(part.connection()).await;
+                let done = query.execute(part.connection()).await.map(|r| r.rows_affected());
                 part.end(done).await
             }
         }
@@ -625,8 +673,27 @@ impl Db {
     /// transaction, and each `commit` answers once that transaction is durable).
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         match &self.writer.committer {
-            Some(committer) => Ok(WriteTx(Tx::Shared(committer.begin(&self.writer.pool).await?))),
-            None => Ok(WriteTx(Tx::Own(self.pool.begin().await?))),
+            Some(committer) => Ok(WriteTx::new(Tx::Shared(committer.begin(&self.writer.pool).await?))),
+            None => Ok(WriteTx::new(Tx::Own(self.pool.begin().await?))),
+        }
+    }
+
+    /// [`begin_write`](Self::begin_write) with the transaction's first statements, sent with
+    /// its `BEGIN` (on SQLite in one hand-off to sqlx's worker thread, [`Together`]): the
+    /// transaction and what they answered. When one fails, the transaction is rolled back
+    /// and its error returned.
+    pub async fn begin_write_with(&self, statements: Together) -> Result<(WriteTx, Vec<Answer>), sqlx::Error> {
+        match &self.writer.committer {
+            Some(committer) => {
+                let (part, answers) = committer.begin_with(&self.writer.pool, statements).await?;
+                Ok((WriteTx::new(Tx::Shared(part)), answers))
+            }
+            None => {
+                let mut tx = self.pool.begin().await?;
+                // Dropped on a failure, the transaction rolls back.
+                let answers = statements.run(&mut tx, Backend::Postgres).await.map_err(|f| f.error)?;
+                Ok((WriteTx::new(Tx::Own(tx)), answers))
+            }
         }
     }
 
@@ -1022,7 +1089,8 @@ mod tests {
         assert_eq!(rows, 1, "the relaxed write is committed");
         assert_eq!(synchronous().await, FULL, "and the writer syncs again after it");
         // A caller cancelled between the two pragmas: the connection is not reused.
-        let relaxed = RelaxedWriter::relax(db.writer().pool().acquire().await.unwrap()).await.expect("relax");
+        let mut relaxed = RelaxedWriter { conn: Some(db.writer().pool().acquire().await.unwrap()) };
+        relaxed.connection().execute("PRAGMA synchronous = NORMAL").await.expect("relax");
         drop(relaxed);
         assert_eq!(synchronous().await, FULL, "a cancelled relaxed write leaves no relaxed writer behind");
         db.close().await;
@@ -1059,6 +1127,131 @@ mod tests {
         while db.writer.committer.as_ref().unwrap().waiting() < n {
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test]
+    async fn statements_sent_together_bind_their_own_values_and_say_which_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        let mut conn = db.writer().pool().acquire().await.unwrap();
+        let mut together = Together::default();
+        together.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(1_i64)).unwrap();
+        together.push(sqlx::query("INSERT INTO t (v) VALUES (?), (?)").bind(2_i64).bind(3_i64)).unwrap();
+        together.push(sqlx::query("INSERT INTO t (v) SELECT $2 WHERE $1 = 'yes'").bind("yes").bind(4_i64)).unwrap();
+        together.push(sqlx::query("INSERT INTO t (v) VALUES (?)").bind(5_i64)).unwrap();
+        together.push(sqlx::query("UPDATE t SET v = v WHERE v > $1").bind(1_i64)).unwrap();
+        together.push(sqlx::query("SELECT v FROM t WHERE v >= $1 ORDER BY v").bind(4_i64)).unwrap();
+        let answers = together.run(&mut conn, Backend::Sqlite).await.expect("all run");
+        let changed: Vec<u64> = answers[..5].iter().map(|a| a.changed).collect();
+        assert_eq!(changed, vec![1, 2, 1, 1, 4], "each write's own count");
+        let selected: Vec<i64> = answers[5].rows.iter().map(|r| sqlx::Row::get(r, 0)).collect();
+        assert_eq!(selected, vec![4, 5], "and its own rows");
+        assert!(answers[..5].iter().all(|a| a.rows.is_empty()), "only the select returned rows");
+        assert_eq!(values(&db).await, vec![1, 2, 3, 4, 5], "each statement bound its own values");
+        let mut failing = Together::default();
+        failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(6_i64)).unwrap();
+        failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(1_i64)).unwrap();
+        failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(7_i64)).unwrap();
+        let failed = failing.run(&mut conn, Backend::Sqlite).await.expect_err("a duplicate");
+        assert_eq!(failed.index, 1, "the duplicate is named");
+        assert!(is_unique_violation(&failed.error), "{:?}", failed.error);
+        assert_eq!(values(&db).await, vec![1, 2, 3, 4, 5, 6], "the statements before it ran, none after");
+        drop(conn);
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn deferred_writes_commit_with_their_transaction_or_undo_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        let (commits, _) = db.shared_commits();
+        let mut tx = db.begin_write().await.unwrap();
+        insert(&mut tx, 1).await.unwrap();
+        tx.defer(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(2_i64)).unwrap();
+        tx.defer(sqlx::query("INSERT INTO t (v) VALUES (?), (?)").bind(3_i64).bind(4_i64)).unwrap();
+        assert_eq!(values(&db).await, Vec::<i64>::new(), "nothing is visible before the commit");
+        tx.commit().await.expect("commits");
+        assert_eq!(values(&db).await, vec![1, 2, 3, 4]);
+        assert_eq!(db.shared_commits().0, commits + 1, "one commit");
+        // A deferred write that fails fails the commit, and nothing of the transaction stays.
+        let mut tx = db.begin_write().await.unwrap();
+        insert(&mut tx, 5).await.unwrap();
+        tx.defer(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(1_i64)).unwrap();
+        let refused = tx.commit().await.expect_err("a duplicate");
+        assert!(is_unique_violation(&refused), "{refused:?}");
+        assert_eq!(values(&db).await, vec![1, 2, 3, 4]);
+        // In a shared transaction a part whose deferred write fails is undone alone.
+        let mut first = db.begin_write().await.unwrap();
+        insert(&mut first, 10).await.unwrap();
+        let failing = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin_write().await?;
+                insert(&mut tx, 11).await?;
+                tx.defer(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(1_i64))?;
+                tx.commit().await
+            })
+        };
+        let deferring = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin_write().await?;
+                tx.defer(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(12_i64))?;
+                tx.commit().await
+            })
+        };
+        until_waiting(&db, 2).await;
+        first.commit().await.expect("the first commits");
+        assert!(failing.await.unwrap().is_err(), "the part with the duplicate fails");
+        deferring.await.unwrap().expect("the part after it commits");
+        assert_eq!(values(&db).await, vec![1, 2, 3, 4, 10, 12], "the failed part alone is undone");
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_transaction_begun_with_statements_answers_them_or_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        let first = |v: i64| {
+            let mut together = Together::default();
+            together.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(v)).unwrap();
+            together.push(sqlx::query("SELECT COUNT(*) FROM t WHERE v <= $1").bind(v)).unwrap();
+            together
+        };
+        let (tx, answers) = db.begin_write_with(first(1)).await.expect("begins");
+        assert_eq!(answers.len(), 2, "the statements' answers, without the BEGIN's");
+        assert_eq!(answers[0].changed, 1);
+        assert_eq!(sqlx::Row::get::<i64, _>(&answers[1].rows[0], 0), 1, "the insert is seen within");
+        tx.commit().await.expect("commits");
+        // A failing statement undoes what the ones before it wrote.
+        let mut failing = Together::default();
+        failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(2_i64)).unwrap();
+        failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(1_i64)).unwrap();
+        let refused = db.begin_write_with(failing).await.expect_err("a duplicate");
+        assert!(is_unique_violation(&refused), "{refused:?}");
+        assert_eq!(values(&db).await, vec![1]);
+        // As a later part of a shared transaction, the same, undoing that part alone.
+        let mut open = db.begin_write().await.unwrap();
+        insert(&mut open, 10).await.unwrap();
+        let queued = |v: i64, dup: bool| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut together = Together::default();
+                together.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(v))?;
+                if dup {
+                    together.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(1_i64))?;
+                }
+                let (tx, _) = db.begin_write_with(together).await?;
+                tx.commit().await
+            })
+        };
+        let (failing, passing) = (queued(11, true), queued(12, false));
+        until_waiting(&db, 2).await;
+        open.commit().await.expect("the first commits");
+        assert!(failing.await.unwrap().is_err(), "the part with the duplicate fails");
+        passing.await.unwrap().expect("the other part commits");
+        assert_eq!(values(&db).await, vec![1, 10, 12]);
+        db.close().await;
     }
 
     #[tokio::test]

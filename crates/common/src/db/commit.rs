@@ -33,6 +33,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
+use super::{Answer, Backend, Failed, Together};
+
 /// The most parts in one batch: its first part waits for at most this many others' writes.
 pub const MAX_PARTS: usize = 16;
 
@@ -164,6 +166,53 @@ impl Committer {
         self.open(turn, writer).await
     }
 
+    /// [`begin`](Self::begin), with the part's first statements sent with its `BEGIN
+    /// IMMEDIATE` (or its savepoint) in one hand-off: the part and what they answered. When
+    /// one of them fails, the part is undone and the error returned.
+    pub(super) async fn begin_with(
+        self: &Arc<Self>,
+        writer: &AnyPool,
+        statements: Together,
+    ) -> Result<(Part, Vec<Answer>), sqlx::Error> {
+        let mut turn = self.turn().await;
+        let joining = turn.batch.is_some();
+        if !joining {
+            turn.conn = Some(writer.acquire().await?);
+        }
+        turn.clean = false;
+        let mut statements = statements;
+        statements.push_front_sql(if joining { SAVEPOINT } else { "BEGIN IMMEDIATE" });
+        let answered = statements.run(connection(&mut turn), Backend::Sqlite).await;
+        let began = |turn: &mut Turn| {
+            if !joining {
+                turn.batch = Some(Batch { parts: 0, outcome: Arc::new(watch::channel(None).0) });
+            }
+        };
+        match answered {
+            Ok(mut answers) => {
+                answers.remove(0);
+                began(&mut turn);
+                Ok((Part { turn: Some(turn), first: !joining, committer: self.clone() }, answers))
+            }
+            Err(Failed { index: 0, error }) => {
+                if joining {
+                    // The batch's state is unknown: it ends, and its parts fail with it.
+                    end(&mut turn, Some(&error)).await.ok();
+                } else {
+                    // No transaction began: the connection goes back as it came.
+                    turn.conn = None;
+                    turn.clean = true;
+                }
+                Err(error)
+            }
+            Err(Failed { error, .. }) => {
+                began(&mut turn);
+                let _ = roll_back(turn, !joining).await;
+                Err(error)
+            }
+        }
+    }
+
     /// Waits for the writer's turn and starts a write of one statement: alone, on the writer
     /// connection in autocommit (a commit of its own, as before batching); or, when the batch
     /// was handed to it, as a part of the batch.
@@ -253,13 +302,21 @@ fn connection(state: &mut State) -> &mut AnyConnection {
 /// `failed`, and tells its parts how it ended. Its connection goes back to the pool, or is
 /// closed when even the `ROLLBACK` failed.
 async fn end(state: &mut Turn, failed: Option<&sqlx::Error>) -> Result<(), sqlx::Error> {
-    let conn = connection(state);
     let ended = match failed {
-        None => conn.execute("COMMIT").await.map(|_| ()),
+        None => connection(state).execute("COMMIT").await.map(|_| ()),
         Some(cause) => Err(sqlx::Error::Protocol(format!("the shared write transaction failed: {cause}"))),
     };
+    ended_with(state, ended, failed).await
+}
+
+/// The batch's end once its `COMMIT` answered `ended` (or it failed because of `failed`).
+async fn ended_with(
+    state: &mut Turn,
+    ended: Result<(), sqlx::Error>,
+    failed: Option<&sqlx::Error>,
+) -> Result<(), sqlx::Error> {
     // A failed COMMIT can leave the transaction open: nothing of it may commit later.
-    if ended.is_err() && conn.execute("ROLLBACK").await.is_err() {
+    if ended.is_err() && connection(state).execute("ROLLBACK").await.is_err() {
         conn_close(state);
     }
     state.conn = None;
@@ -300,6 +357,54 @@ impl Part {
             Committed::Ended(done) => done,
             Committed::HandedOn(outcome) => await_end(outcome).await,
         }
+    }
+
+    /// Commits the part with the statements `deferred` to its commit run first, in one
+    /// hand-off with the part's own end (its `RELEASE`, and the batch's `COMMIT` when no
+    /// writer waits for the batch): see the `together` module. A deferred statement that
+    /// fails rolls the part back, and only the part.
+    pub(super) async fn commit_with(mut self, deferred: Together) -> Result<(), sqlx::Error> {
+        if deferred.is_empty() {
+            return self.commit().await;
+        }
+        let mut turn = self.turn.take().unwrap_or_else(|| unreachable!("a part ends once"));
+        let (first, committer) = (self.first, self.committer.clone());
+        let parts = turn.batch.as_ref().map_or(0, |b| b.parts);
+        // Whether this part ends the batch, decided before its statements go: a writer that
+        // comes while they run waits for the next batch.
+        let ends = committer.waiting.load(Ordering::SeqCst) == 0 || parts + 1 >= MAX_PARTS;
+        let own = deferred.len();
+        let mut together = deferred;
+        if !first {
+            together.push_sql(RELEASE);
+        }
+        if ends {
+            together.push_sql("COMMIT");
+        }
+        if let Err(failed) = together.run(connection(&mut turn), Backend::Sqlite).await {
+            if failed.index < own {
+                let _ = roll_back(turn, first).await;
+            } else if !first && failed.index == own {
+                end(&mut turn, Some(&failed.error)).await.ok();
+            } else {
+                // The batch's COMMIT: it failed as `end` tells it.
+                return ended_with(&mut turn, Err(failed.error), None).await;
+            }
+            return Err(failed.error);
+        }
+        if !ends {
+            turn.clean = true;
+            return match settle(turn, first, &committer).await {
+                Committed::Ended(done) => done,
+                Committed::HandedOn(outcome) => await_end(outcome).await,
+            };
+        }
+        if let Some(batch) = turn.batch.as_mut() {
+            batch.parts += 1;
+        }
+        committer.commits.fetch_add(1, Ordering::Relaxed);
+        committer.parts.fetch_add(parts as u64 + 1, Ordering::Relaxed);
+        ended_with(&mut turn, Ok(()), None).await
     }
 
     /// Ends a part of one statement whose result is `done`: committed if it succeeded,
@@ -353,6 +458,12 @@ async fn hand_on_or_end(mut turn: Turn, first: bool, committer: &Arc<Committer>)
         return Committed::Ended(Err(e));
     }
     turn.clean = true;
+    settle(turn, first, committer).await
+}
+
+/// A part's end once it is released: the batch goes on to the next writer in line, or, when
+/// none waits (or it holds [`MAX_PARTS`] parts), commits.
+async fn settle(mut turn: Turn, first: bool, committer: &Arc<Committer>) -> Committed {
     let Some(batch) = turn.batch.as_mut() else { unreachable!("a batch is open while a part runs") };
     batch.parts += 1;
     if committer.waiting.load(Ordering::SeqCst) > 0 && batch.parts < MAX_PARTS {
