@@ -1014,7 +1014,8 @@ impl AuthnApi {
         let spec = &conn.connection.spec;
         let sync = spec.user_profile_sync;
         let external = import_hash.is_none();
-        if let Some((user_id, identity)) = store.find_identity(tenant, &conn.connection.id, &source.source_id).await? {
+        let found = store.find_identity_of_user(tenant, &conn.connection.id, &source.source_id).await?;
+        if let Some((user_id, identity, identities)) = found {
             let profile = with_default_nickname(source.profile.clone());
             // The root attributes are the primary identity's: a linked identity's login
             // refreshes only its own profile data.
@@ -1031,7 +1032,7 @@ impl AuthnApi {
                 password_hash: import_hash.as_deref(),
                 clear_failures: None,
                 identity_current: identity.profile_sync == sync && identity.external == external,
-                identities: None,
+                identities: Some(&identities),
                 grant,
             };
             let audited = store.auditing(audit.success(&user_id));

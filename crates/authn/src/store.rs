@@ -294,9 +294,9 @@ impl Store {
     }
 
     /// Writes this handle's audit events in `tx` (see [`Store::auditing`]).
-    async fn write_audit(&self, tx: &mut postern_common::db::WriteTx) -> Result<(), StoreError> {
+    fn write_audit(&self, tx: &mut postern_common::db::WriteTx) -> Result<(), StoreError> {
         if !self.audit.is_empty() {
-            self.outbox.write(tx, &self.audit).await?;
+            self.outbox.write(tx, &self.audit)?;
         }
         Ok(())
     }
@@ -381,9 +381,9 @@ impl Store {
         insert_identity(&mut tx, tenant, &user.user_id, identity, now).await?;
         if let Some(g) = grant {
             let at = (identity.connection_id.as_str(), identity.source_id.as_str());
-            oauth::insert_grant_in(&mut tx, tenant, &user.user_id, Some(at), g).await?;
+            oauth::insert_grant_in(&mut tx, tenant, &user.user_id, Some(at), g)?;
         }
-        self.write_audit(&mut tx).await?;
+        self.write_audit(&mut tx)?;
         tx.commit().await?;
         self.audit_committed();
         self.get_user(tenant, &user.user_id).await?.ok_or_else(|| StoreError::Corrupt("user vanished".into()))
@@ -443,6 +443,36 @@ impl Store {
         row.map(|r| Ok((r.try_get("user_id")?, identity_from_row(&r)?))).transpose()
     }
 
+    /// The identity `source_id` of a connection, with its user id and every identity of its
+    /// user (oldest first), in one read.
+    pub async fn find_identity_of_user(
+        &self,
+        tenant: &str,
+        connection_id: &str,
+        source_id: &str,
+    ) -> Result<Option<(String, Identity, Vec<Identity>)>, StoreError> {
+        let sql = format!(
+            "SELECT {IDENTITY_COLUMNS} FROM identities i WHERE i.tenant = $1 AND i.user_id = \
+             (SELECT m.user_id FROM identities m WHERE m.tenant = $1 AND m.connection_id = $2 AND m.source_id = $3) \
+             ORDER BY i.create_time, i.connection"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(connection_id)
+            .bind(source_id)
+            .fetch_all(self.db.pool())
+            .await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let user_id: String = first.try_get("user_id")?;
+        let identities = rows.iter().map(identity_from_row).collect::<Result<Vec<_>, _>>()?;
+        let Some(identity) =
+            identities.iter().find(|i| i.connection_id == connection_id && i.source_id == source_id).cloned()
+        else {
+            return Err(StoreError::Corrupt("an identity's user has no such identity".into()));
+        };
+        Ok(Some((user_id, identity, identities)))
+    }
+
     /// Records a successful login on an existing identity, in one transaction: counts it on
     /// the user, applies `update`, clears the brute-force count it names, writes its grant
     /// (the login transaction used up first: [`StoreError::Used`] when it is gone) and
@@ -470,10 +500,13 @@ impl Store {
             let row = if self.audit.is_empty() {
                 counting(count).fetch_optional(self.db.writer()).await?
             } else {
-                let mut tx = self.db.begin_write().await?;
-                let row = counting(count).fetch_optional(&mut *tx).await?;
+                // The statement with the BEGIN, the events with the COMMIT.
+                let mut first = postern_common::db::Together::default();
+                first.push(counting(count))?;
+                let (mut tx, answers) = self.db.begin_write_with(first).await?;
+                let row = answers.into_iter().next().and_then(|a| a.rows.into_iter().next());
                 if row.is_some() {
-                    self.write_audit(&mut tx).await?;
+                    self.write_audit(&mut tx)?;
                     tx.commit().await?;
                     self.audit_committed();
                 } else {
@@ -490,13 +523,18 @@ impl Store {
             };
             return Ok(Recorded::Login(Box::new(user_of(&row, identities)?)));
         }
-        let mut tx = self.db.begin_write().await?;
-        if let Some(g) = update.grant {
-            oauth::take_used_in(&mut tx, tenant, g).await?;
-        }
-        // The profile the login asserts and the login's counters in one statement (one round
-        // trip); a blocked or vanished user matches no row, and the rollback below undoes the
-        // rest.
+        // The login transaction used up (when the grant names one), then the profile the login
+        // asserts and the login's counters in one statement, both sent with the BEGIN (one
+        // hand-off to SQLite's thread); a blocked or vanished user matches no row, and the
+        // rollback below undoes the rest.
+        let mut first = postern_common::db::Together::default();
+        let takes = match update.grant.and_then(|g| oauth::take_used_query(tenant, g)) {
+            Some(taking) => {
+                first.push(taking)?;
+                true
+            }
+            None => false,
+        };
         let profile: Vec<(&str, Column<'_>)> = match (update.profile, update.asserted) {
             (None, _) => Vec::new(),
             (Some(p), Asserted::Profile) => vec![
@@ -538,7 +576,14 @@ impl Store {
                 Column::Flag(v) => counting.bind(i64::from(v)),
             };
         }
-        let row = counting.fetch_optional(&mut *tx).await?;
+        first.push(counting)?;
+        let (mut tx, answers) = self.db.begin_write_with(first).await?;
+        let mut answers = answers.into_iter();
+        if takes && answers.next().map(|a| a.changed) != Some(1) {
+            tx.rollback().await?;
+            return Err(StoreError::Used);
+        }
+        let row = answers.next().and_then(|a| a.rows.into_iter().next());
         let Some(row) = row else {
             let recorded = self.not_recorded(&mut *tx, tenant, user_id).await?;
             tx.rollback().await?;
@@ -551,33 +596,34 @@ impl Store {
             && update.profile_data.is_none()
             && update.password_hash.is_none()
             && update.grant.is_none_or(|g| g.upstream_tokens.is_none());
+        // It and what follows go with the commit (`WriteTx::defer`): nothing here reads them.
         if !identity_unchanged {
-            sqlx::query(
-                "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, external = $6, \
-                 password_hash = COALESCE($7, password_hash), update_time = $8, \
-                 upstream_tokens = COALESCE($9, upstream_tokens) \
-                 WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
-            )
-            .bind(tenant)
-            .bind(connection_id)
-            .bind(source_id)
-            .bind(update.profile_data.map(Value::to_string))
-            .bind(sync_code(update.profile_sync))
-            .bind(i64::from(update.external))
-            .bind(update.password_hash)
-            .bind(now)
-            .bind(update.grant.and_then(|g| g.upstream_tokens))
-            .execute(&mut *tx)
-            .await?;
+            tx.defer(
+                sqlx::query(
+                    "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, \
+                     external = $6, password_hash = COALESCE($7, password_hash), update_time = $8, \
+                     upstream_tokens = COALESCE($9, upstream_tokens) \
+                     WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
+                )
+                .bind(tenant)
+                .bind(connection_id)
+                .bind(source_id)
+                .bind(update.profile_data.map(Value::to_string))
+                .bind(sync_code(update.profile_sync))
+                .bind(i64::from(update.external))
+                .bind(update.password_hash)
+                .bind(now)
+                .bind(update.grant.and_then(|g| g.upstream_tokens)),
+            )?;
         }
         if let Some((user_key, address)) = update.clear_failures {
-            sqlx::query(CLEAR_FAILURES).bind(tenant).bind(user_key).bind(address).execute(&mut *tx).await?;
+            tx.defer(sqlx::query(CLEAR_FAILURES).bind(tenant).bind(user_key).bind(address))?;
         }
         if let Some(g) = update.grant {
             // No identity: its upstream tokens are written above.
-            oauth::insert_grant_in(&mut tx, tenant, user_id, None, g).await?;
+            oauth::insert_grant_in(&mut tx, tenant, user_id, None, g)?;
         }
-        self.write_audit(&mut tx).await?;
+        self.write_audit(&mut tx)?;
         tx.commit().await?;
         self.audit_committed();
         // The identities as they are now, read once the writer is free (or as they were read
@@ -605,13 +651,33 @@ impl Store {
 
     /// A user with its identities.
     pub async fn get_user(&self, tenant: &str, user_id: &str) -> Result<Option<User>, StoreError> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant = $1 AND user_id = $2");
-        let row =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(user_id).fetch_optional(self.db.pool()).await?;
-        match row {
-            Some(r) => Ok(Some(self.user_from_row(tenant, &r).await?)),
-            None => Ok(None),
+        // The user's row beside each of its identities, in one read.
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let columns = |all: &str, alias: &str| {
+                all.split(',')
+                    .map(str::trim)
+                    .filter(|c| !(alias == "i" && *c == "user_id"))
+                    .map(|c| format!("{alias}.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!(
+                "SELECT {}, {} FROM users u LEFT JOIN identities i ON i.tenant = u.tenant AND i.user_id = u.user_id \
+                 WHERE u.tenant = $1 AND u.user_id = $2 ORDER BY i.create_time, i.connection",
+                columns(USER_COLUMNS, "u"),
+                columns(IDENTITY_COLUMNS, "i")
+            )
+        });
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(SQL.as_str())).bind(tenant).bind(user_id).fetch_all(self.db.pool()).await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let mut identities = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if r.try_get::<Option<String>, _>("connection_id")?.is_some() {
+                identities.push(identity_from_row(r)?);
+            }
         }
+        Ok(Some(user_of(first, identities)?))
     }
 
     /// Up to `limit` users after position `after`, oldest first, each with its position;
@@ -700,7 +766,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(None);
         }
-        self.write_audit(&mut tx).await?;
+        self.write_audit(&mut tx)?;
         tx.commit().await?;
         self.audit_committed();
         self.get_user(tenant, user_id).await
@@ -737,7 +803,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() > 0 {
-            self.write_audit(&mut tx).await?;
+            self.write_audit(&mut tx)?;
         }
         tx.commit().await?;
         self.audit_committed();
@@ -955,7 +1021,7 @@ impl Store {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        self.write_audit(&mut tx).await?;
+        self.write_audit(&mut tx)?;
         tx.commit().await?;
         self.audit_committed();
         self.reload_failures(|k| k.tenant == tenant && k.user_key == user_id);
@@ -1090,9 +1156,9 @@ impl Store {
                 // The table holds settled failures only, each added under the key's turn:
                 // the count passes the maximum exactly once per block.
                 let blocked = failures == i64::from(max);
-                self.write_audit(&mut tx).await?;
+                self.write_audit(&mut tx)?;
                 if let (true, Some(event)) = (blocked, on_block) {
-                    self.outbox.write(&mut tx, std::slice::from_ref(event)).await?;
+                    self.outbox.write(&mut tx, std::slice::from_ref(event))?;
                 }
                 tx.commit().await?;
                 self.outbox.committed();
@@ -1161,7 +1227,7 @@ impl Store {
             .bind(user_key)
             .execute(&mut *tx)
             .await?;
-        self.write_audit(&mut tx).await?;
+        self.write_audit(&mut tx)?;
         tx.commit().await?;
         self.audit_committed();
         self.reload_failures(|k| k.tenant == tenant && k.user_key == user_key);

@@ -255,7 +255,7 @@ impl Store {
             if let Some(cause) = actor.cause {
                 event.details.insert("cause".into(), cause.to_owned());
             }
-            self.outbox.write(tx, &[event]).await?;
+            self.outbox.write(tx, &[event])?;
         }
         Ok(sequence)
     }

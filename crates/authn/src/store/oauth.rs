@@ -146,6 +146,27 @@ impl LoginGrant<'_> {
     }
 }
 
+/// The statement that uses up the login transaction `grant` names, if it names one: it
+/// deletes one row, or none when the transaction is gone.
+pub(super) fn take_used_query<'a>(
+    tenant: &'a str,
+    grant: &LoginGrant<'a>,
+) -> Option<sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments>> {
+    match grant.uses? {
+        UsesUp::Upstream(state_hash) => Some(
+            sqlx::query("DELETE FROM upstream_transactions WHERE tenant = $1 AND state_hash = $2")
+                .bind(tenant)
+                .bind(state_hash),
+        ),
+        UsesUp::Page(id_hash) => Some(
+            sqlx::query("DELETE FROM login_transactions WHERE tenant = $1 AND id_hash = $2 AND expire_time > $3")
+                .bind(tenant)
+                .bind(id_hash)
+                .bind(grant.now),
+        ),
+    }
+}
+
 /// Uses up the login transaction `grant` names (if any), in the caller's write
 /// transaction: [`StoreError::Used`] when it is gone.
 pub(super) async fn take_used_in(
@@ -153,30 +174,15 @@ pub(super) async fn take_used_in(
     tenant: &str,
     grant: &LoginGrant<'_>,
 ) -> Result<(), StoreError> {
-    let taken = match grant.uses {
-        None => return Ok(()),
-        Some(UsesUp::Upstream(state_hash)) => {
-            sqlx::query("DELETE FROM upstream_transactions WHERE tenant = $1 AND state_hash = $2")
-                .bind(tenant)
-                .bind(state_hash)
-                .execute(&mut **tx)
-                .await?
-        }
-        Some(UsesUp::Page(id_hash)) => {
-            sqlx::query("DELETE FROM login_transactions WHERE tenant = $1 AND id_hash = $2 AND expire_time > $3")
-                .bind(tenant)
-                .bind(id_hash)
-                .bind(grant.now)
-                .execute(&mut **tx)
-                .await?
-        }
-    };
-    if taken.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Used) }
+    let Some(taking) = take_used_query(tenant, grant) else { return Ok(()) };
+    if taking.execute(&mut **tx).await?.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Used) }
 }
 
 /// Writes `grant`'s session and code for `user_id` and, when `identity` (connection id,
-/// source id) is named, the upstream tokens on it, in the caller's write transaction.
-pub(super) async fn insert_grant_in(
+/// source id) is named, the upstream tokens on it, with the commit of the caller's write
+/// transaction ([`WriteTx::defer`](postern_common::db::WriteTx::defer): new rows whose
+/// digests are random, and the tokens of an identity the transaction wrote or read).
+pub(super) fn insert_grant_in(
     tx: &mut postern_common::db::WriteTx,
     tenant: &str,
     user_id: &str,
@@ -184,32 +190,50 @@ pub(super) async fn insert_grant_in(
     grant: &LoginGrant<'_>,
 ) -> Result<(), StoreError> {
     if let (Some(identity), Some(sealed)) = (identity, grant.upstream_tokens) {
-        sqlx::query(
-            "UPDATE identities SET upstream_tokens = $4 WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
-        )
-        .bind(tenant)
-        .bind(identity.0)
-        .bind(identity.1)
-        .bind(sealed)
-        .execute(&mut **tx)
-        .await?;
+        tx.defer(
+            sqlx::query(
+                "UPDATE identities SET upstream_tokens = $4 \
+                 WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
+            )
+            .bind(tenant.to_owned())
+            .bind(identity.0.to_owned())
+            .bind(identity.1.to_owned())
+            .bind(sealed.to_owned()),
+        )?;
     }
-    insert_session(
-        &mut **tx,
+    tx.defer(session_insert(
         tenant,
         grant.session_hash,
         user_id,
         grant.now,
         grant.session_idle_expire,
         grant.session_absolute_expire,
-    )
-    .await?;
-    insert_code(&mut **tx, tenant, grant.code_hash, &grant.code(user_id), grant.now, grant.code_expire).await
+    ))?;
+    tx.defer(code_insert(tenant, grant.code_hash, &grant.code(user_id), grant.now, grant.code_expire))?;
+    Ok(())
 }
 
 /// The columns of an authorization code that [`code_grant`] reads.
 const CODE_COLUMNS: &str =
     "client_id, redirect_uri, user_id, scope, audience, nonce, code_challenge, session_hash, auth_time";
+
+/// The statement that marks a code used by the exchange of refresh-token family
+/// `family_id`, if it is unused and within its lifetime: it changes one row, or none.
+fn code_use<'a>(
+    tenant: &'a str,
+    code_hash: &'a str,
+    family_id: &'a str,
+    now: i64,
+) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "UPDATE authorization_codes SET used_time = $3, family_id = $4 \
+         WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3",
+    )
+    .bind(tenant)
+    .bind(code_hash)
+    .bind(now)
+    .bind(family_id)
+}
 
 /// Marks a code used by the exchange of refresh-token family `family_id`, if it is unused
 /// and within its lifetime; how many rows it marked (0 or 1).
@@ -220,114 +244,85 @@ async fn mark_code_used(
     family_id: &str,
     now: i64,
 ) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE authorization_codes SET used_time = $3, family_id = $4 \
-         WHERE tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3",
-    )
-    .bind(tenant)
-    .bind(code_hash)
-    .bind(now)
-    .bind(family_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected())
+    Ok(code_use(tenant, code_hash, family_id, now).execute(&mut **tx).await?.rows_affected())
 }
 
-/// Stores a refresh token of `grant`'s family, idle until `expire_time` (never past the
-/// family's own expiry).
-async fn insert_refresh_token<'e, E>(
-    executor: E,
+/// The statement that stores a refresh token of `grant`'s family, idle until
+/// `expire_time` (never past the family's own expiry).
+fn refresh_insert(
     tenant: &str,
     token_hash: &str,
     grant: &RefreshGrant,
     now: i64,
     expire_time: i64,
-) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
         "INSERT INTO refresh_tokens (tenant, token_hash, family_id, client_id, user_id, scope, audience, nonce, \
          auth_time, session_hash, create_time, expire_time, family_expire) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
-    .bind(tenant)
-    .bind(token_hash)
-    .bind(&grant.family_id)
-    .bind(&grant.client_id)
-    .bind(&grant.user_id)
-    .bind(&grant.scope)
-    .bind(&grant.audience)
-    .bind(&grant.nonce)
+    .bind(tenant.to_owned())
+    .bind(token_hash.to_owned())
+    .bind(grant.family_id.clone())
+    .bind(grant.client_id.clone())
+    .bind(grant.user_id.clone())
+    .bind(grant.scope.clone())
+    .bind(grant.audience.clone())
+    .bind(grant.nonce.clone())
     .bind(grant.auth_time)
-    .bind(&grant.session_hash)
+    .bind(grant.session_hash.clone())
     .bind(now)
     .bind(expire_time.min(grant.family_expire))
     .bind(grant.family_expire)
-    .execute(executor)
-    .await?;
-    Ok(())
 }
 
-async fn insert_session<'e, E>(
-    executor: E,
+/// The statement that starts an SSO session.
+fn session_insert(
     tenant: &str,
     id_hash: &str,
     user_id: &str,
     now: i64,
     idle_expire: i64,
     absolute_expire: i64,
-) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
         "INSERT INTO sso_sessions (tenant, id_hash, user_id, auth_time, last_seen, idle_expire, absolute_expire) \
          VALUES ($1, $2, $3, $4, $4, $5, $6)",
     )
-    .bind(tenant)
-    .bind(id_hash)
-    .bind(user_id)
+    .bind(tenant.to_owned())
+    .bind(id_hash.to_owned())
+    .bind(user_id.to_owned())
     .bind(now)
     .bind(idle_expire.min(absolute_expire))
     .bind(absolute_expire)
-    .execute(executor)
-    .await?;
-    Ok(())
 }
 
-async fn insert_code<'e, E>(
-    executor: E,
+/// The statement that stores an authorization code.
+fn code_insert(
     tenant: &str,
     code_hash: &str,
     grant: &CodeGrant,
     now: i64,
     expire_time: i64,
-) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
         "INSERT INTO authorization_codes (tenant, code_hash, client_id, redirect_uri, user_id, scope, audience, \
          nonce, code_challenge, session_hash, auth_time, create_time, expire_time) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
-    .bind(tenant)
-    .bind(code_hash)
-    .bind(&grant.client_id)
-    .bind(&grant.redirect_uri)
-    .bind(&grant.user_id)
-    .bind(&grant.scope)
-    .bind(&grant.audience)
-    .bind(&grant.nonce)
-    .bind(&grant.code_challenge)
-    .bind(&grant.session_hash)
+    .bind(tenant.to_owned())
+    .bind(code_hash.to_owned())
+    .bind(grant.client_id.clone())
+    .bind(grant.redirect_uri.clone())
+    .bind(grant.user_id.clone())
+    .bind(grant.scope.clone())
+    .bind(grant.audience.clone())
+    .bind(grant.nonce.clone())
+    .bind(grant.code_challenge.clone())
+    .bind(grant.session_hash.clone())
     .bind(grant.auth_time)
     .bind(now)
     .bind(expire_time)
-    .execute(executor)
-    .await?;
-    Ok(())
 }
 
 /// The outcome of redeeming a code.
@@ -534,7 +529,8 @@ impl Store {
         now: i64,
         expire_time: i64,
     ) -> Result<(), StoreError> {
-        insert_code(self.db.writer(), tenant, code_hash, grant, now, expire_time).await
+        code_insert(tenant, code_hash, grant, now, expire_time).execute(self.db.writer()).await?;
+        Ok(())
     }
 
     /// Redeems a code once: the first redemption within its lifetime gets its grant and
@@ -610,16 +606,17 @@ impl Store {
         now: i64,
         refresh: Option<(&str, &RefreshGrant, i64)>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.db.begin_write().await?;
-        let used = mark_code_used(&mut tx, tenant, code_hash, family_id, now).await?;
-        if used != 1 {
+        let mut first = postern_common::db::Together::default();
+        first.push(code_use(tenant, code_hash, family_id, now))?;
+        let (mut tx, answers) = self.db.begin_write_with(first).await?;
+        if answers.first().map(|a| a.changed) != Some(1) {
             tx.rollback().await?;
             return Ok(false);
         }
         if let Some((token_hash, grant, expire_time)) = refresh {
-            insert_refresh_token(&mut *tx, tenant, token_hash, grant, now, expire_time).await?;
+            tx.defer(refresh_insert(tenant, token_hash, grant, now, expire_time))?;
         }
-        self.write_audit(&mut tx).await?;
+        self.write_audit(&mut tx)?;
         tx.commit().await?;
         self.audit_committed();
         Ok(true)
@@ -637,7 +634,8 @@ impl Store {
         idle_expire: i64,
         absolute_expire: i64,
     ) -> Result<(), StoreError> {
-        insert_session(self.db.writer(), tenant, id_hash, user_id, now, idle_expire, absolute_expire).await
+        session_insert(tenant, id_hash, user_id, now, idle_expire, absolute_expire).execute(self.db.writer()).await?;
+        Ok(())
     }
 
     /// Starts the SSO session of `grant` and issues its code for `user_id`, in one write
@@ -650,9 +648,20 @@ impl Store {
         user_id: &str,
         grant: &LoginGrant<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().await?;
-        take_used_in(&mut tx, tenant, grant).await?;
-        insert_grant_in(&mut tx, tenant, user_id, None, grant).await?;
+        // The transaction used up with the BEGIN, the rest with the COMMIT: two hand-offs to
+        // SQLite's thread.
+        let mut first = postern_common::db::Together::default();
+        let taking = take_used_query(tenant, grant);
+        let takes = taking.is_some();
+        if let Some(taking) = taking {
+            first.push(taking)?;
+        }
+        let (mut tx, answers) = self.db.begin_write_with(first).await?;
+        if takes && answers.first().map(|a| a.changed) != Some(1) {
+            tx.rollback().await?;
+            return Err(StoreError::Used);
+        }
+        insert_grant_in(&mut tx, tenant, user_id, None, grant)?;
         tx.commit().await?;
         Ok(())
     }
@@ -720,7 +729,8 @@ impl Store {
         now: i64,
         expire_time: i64,
     ) -> Result<(), StoreError> {
-        insert_refresh_token(self.db.writer(), tenant, token_hash, grant, now, expire_time).await
+        refresh_insert(tenant, token_hash, grant, now, expire_time).execute(self.db.writer()).await?;
+        Ok(())
     }
 
     /// Rotates a refresh token: marks `old_hash` used and stores `new_hash` in its family,
@@ -756,7 +766,7 @@ impl Store {
         let outcome = match (used, row) {
             (1, Some(r)) => {
                 let grant = refresh_grant(&r)?;
-                insert_refresh_token(&mut *tx, tenant, new_hash, &grant, now, now.saturating_add(idle)).await?;
+                tx.defer(refresh_insert(tenant, new_hash, &grant, now, now.saturating_add(idle)))?;
                 Rotated::Rotated(grant)
             }
             (_, Some(r)) => {

@@ -113,7 +113,7 @@ impl Store {
         .bind(code_hash)
         .execute(&mut *tx)
         .await?;
-        self.write_audit(&mut tx).await?;
+        self.write_audit(&mut tx)?;
         tx.commit().await?;
         self.audit_committed();
         Ok(done.rows_affected() == 1)
