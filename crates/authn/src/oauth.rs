@@ -275,6 +275,8 @@ struct UserTokens<'a> {
     auth_time: i64,
     /// The digest of the SSO session the login started (empty: none).
     session_hash: &'a str,
+    /// The user, when the caller read it already (read here otherwise).
+    user: Option<&'a crate::domain::User>,
 }
 
 /// The `sid` of an SSO session: stable for the session's life, the same in every ID token
@@ -479,11 +481,14 @@ impl OAuthApi {
     /// The tokens of a user for a grant: an ID token with `nonce` and `auth_time`, an
     /// access token (a JWT for an audience, otherwise opaque).
     async fn user_tokens(&self, t: &UserTokens<'_>) -> Result<tokens::Issued, Status> {
-        let user = self
-            .store()
-            .get_user(t.tenant, t.user_id)
-            .await?
-            .ok_or_else(|| invalid_grant("the user of this grant no longer exists"))?;
+        let read;
+        let user = match t.user {
+            Some(user) => user,
+            None => {
+                read = self.store().get_user(t.tenant, t.user_id).await?;
+                read.as_ref().ok_or_else(|| invalid_grant("the user of this grant no longer exists"))?
+            }
+        };
         if user.blocked {
             return Err(invalid_grant("the user of this grant is blocked"));
         }
@@ -570,7 +575,7 @@ impl OAuthApi {
         let code_hash = secret_digest(&req.code);
         // The code is read, checked and its tokens made before it is used up, so that its use,
         // its first refresh token and the exchange's audit event are one write.
-        let Some(grant) = self.store().peek_code(&req.tenant, &code_hash, self.now()).await? else {
+        let Some((grant, user)) = self.store().peek_code_with_user(&req.tenant, &code_hash, self.now()).await? else {
             return Err(self.refuse_code(req, &code_hash, &family, audit).await);
         };
         audit.user_id.clone_from(&grant.user_id);
@@ -580,6 +585,7 @@ impl OAuthApi {
             self.store().redeem_code(&req.tenant, &code_hash, &family, self.now()).await?;
             return Err(refused);
         }
+        let Some(user) = user else { return Err(invalid_grant("the user of this grant no longer exists")) };
         let issued = self
             .user_tokens(&UserTokens {
                 tenant: &req.tenant,
@@ -590,6 +596,7 @@ impl OAuthApi {
                 nonce: &grant.nonce,
                 auth_time: grant.auth_time,
                 session_hash: &grant.session_hash,
+                user: Some(&user),
             })
             .await?;
         let now = self.now();
@@ -738,6 +745,7 @@ impl OAuthApi {
                 nonce: &grant.nonce,
                 auth_time: grant.auth_time,
                 session_hash: &grant.session_hash,
+                user: None,
             })
             .await?;
         Ok(Self::token_response(issued, next, has_scope(&scope, "openid")))
@@ -1599,6 +1607,8 @@ impl OAuthApi {
                 auth_time: self.now(),
                 // No browser session: the grant is the application's own.
                 session_hash: "",
+                // As the login just recorded it.
+                user: Some(&user),
             })
             .await?;
         Ok(Self::token_response(issued, String::new(), true))

@@ -651,33 +651,11 @@ impl Store {
 
     /// A user with its identities.
     pub async fn get_user(&self, tenant: &str, user_id: &str) -> Result<Option<User>, StoreError> {
-        // The user's row beside each of its identities, in one read.
-        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            let columns = |all: &str, alias: &str| {
-                all.split(',')
-                    .map(str::trim)
-                    .filter(|c| !(alias == "i" && *c == "user_id"))
-                    .map(|c| format!("{alias}.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            format!(
-                "SELECT {}, {} FROM users u LEFT JOIN identities i ON i.tenant = u.tenant AND i.user_id = u.user_id \
-                 WHERE u.tenant = $1 AND u.user_id = $2 ORDER BY i.create_time, i.connection",
-                columns(USER_COLUMNS, "u"),
-                columns(IDENTITY_COLUMNS, "i")
-            )
-        });
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| user_with_identities_sql("u.tenant = $1 AND u.user_id = $2"));
         let rows =
             sqlx::query(sqlx::AssertSqlSafe(SQL.as_str())).bind(tenant).bind(user_id).fetch_all(self.db.pool()).await?;
-        let Some(first) = rows.first() else { return Ok(None) };
-        let mut identities = Vec::with_capacity(rows.len());
-        for r in &rows {
-            if r.try_get::<Option<String>, _>("connection_id")?.is_some() {
-                identities.push(identity_from_row(r)?);
-            }
-        }
-        Ok(Some(user_of(first, identities)?))
+        user_from_rows(&rows)
     }
 
     /// Up to `limit` users after position `after`, oldest first, each with its position;
@@ -1360,6 +1338,37 @@ impl Store {
         let identities = identities_of(self.db.pool(), tenant, &user_id).await?;
         user_of(r, identities)
     }
+}
+
+/// The query of a user (`u`) whose row meets `condition`, beside each of its identities
+/// (`i`, oldest first): one read instead of two. [`user_from_rows`] reads its rows.
+pub(super) fn user_with_identities_sql(condition: &str) -> String {
+    let columns = |all: &str, alias: &str| {
+        all.split(',')
+            .map(str::trim)
+            .filter(|c| !(alias == "i" && *c == "user_id"))
+            .map(|c| format!("{alias}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "SELECT {}, {} FROM users u LEFT JOIN identities i ON i.tenant = u.tenant AND i.user_id = u.user_id \
+         WHERE {condition} ORDER BY i.create_time, i.connection",
+        columns(USER_COLUMNS, "u"),
+        columns(IDENTITY_COLUMNS, "i")
+    )
+}
+
+/// The user of the rows of a [`user_with_identities_sql`] query, if there are any.
+pub(super) fn user_from_rows(rows: &[AnyRow]) -> Result<Option<User>, StoreError> {
+    let Some(first) = rows.first() else { return Ok(None) };
+    let mut identities = Vec::with_capacity(rows.len());
+    for r in rows {
+        if r.try_get::<Option<String>, _>("connection_id")?.is_some() {
+            identities.push(identity_from_row(r)?);
+        }
+    }
+    Ok(Some(user_of(first, identities)?))
 }
 
 /// The identities of a user, oldest first.

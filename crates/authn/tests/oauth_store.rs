@@ -205,6 +205,20 @@ async fn a_code_is_read_then_used_up_once_with_its_refresh_token_and_audit_event
         assert_eq!(store.peek_code(T, &code, T0 + SEC).await.unwrap(), Some(grant.clone()));
         assert_eq!(store.peek_code("other", &code, T0 + SEC).await.unwrap(), None, "another tenant's");
         assert_eq!(store.peek_code(T, &code, T0 + 60 * SEC).await.unwrap(), None, "expired");
+        // Read with its user: none while the user does not exist, the user with its identity
+        // once it does; nothing for a code that is not live.
+        let (read, user) = store.peek_code_with_user(T, &code, T0 + SEC).await.unwrap().expect("live");
+        assert_eq!((read, user), (grant.clone(), None), "the code, and no user");
+        create_user(&store, "u1").await;
+        let (read, user) = store.peek_code_with_user(T, &code, T0 + SEC).await.unwrap().expect("live");
+        assert_eq!(read, grant);
+        let user = user.expect("the code's user");
+        assert_eq!(user.user_id, "auth0|u1");
+        assert_eq!(user.profile.email, "u1@example.com");
+        assert_eq!(user.identities.len(), 1, "with its identity");
+        assert_eq!(store.get_user(T, "auth0|u1").await.unwrap().as_ref(), Some(&user), "as get_user reads it");
+        assert!(store.peek_code_with_user(T, &code, T0 + 60 * SEC).await.unwrap().is_none(), "expired");
+        assert!(store.peek_code_with_user("other", &code, T0 + SEC).await.unwrap().is_none(), "another tenant's");
 
         let exchanged = || {
             use postern_proto::tenant::v1::{AuditEventType, AuditOutcome};

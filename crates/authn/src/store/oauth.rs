@@ -593,6 +593,32 @@ impl Store {
         Ok(row.as_ref().map(code_grant).transpose()?)
     }
 
+    /// [`peek_code`](Self::peek_code), with the code's user and its identities (`None` when
+    /// the user is gone), read together: on SQLite one hand-off to the database's thread.
+    pub async fn peek_code_with_user(
+        &self,
+        tenant: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<Option<(CodeGrant, Option<crate::domain::User>)>, StoreError> {
+        const LIVE: &str = "tenant = $1 AND code_hash = $2 AND used_time IS NULL AND expire_time > $3";
+        static USER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            super::user_with_identities_sql(&format!(
+                "u.tenant = $1 AND u.user_id = (SELECT user_id FROM authorization_codes WHERE {LIVE})"
+            ))
+        });
+        let mut reads = postern_common::db::Together::default();
+        let code = format!("SELECT {CODE_COLUMNS} FROM authorization_codes WHERE {LIVE}");
+        reads.push(sqlx::query(sqlx::AssertSqlSafe(code)).bind(tenant).bind(code_hash).bind(now))?;
+        reads.push(sqlx::query(sqlx::AssertSqlSafe(USER.as_str())).bind(tenant).bind(code_hash).bind(now))?;
+        let mut conn = self.db.pool().acquire().await?;
+        let answers = reads.run(&mut conn, self.db.backend()).await.map_err(|f| f.error)?;
+        let mut answers = answers.into_iter();
+        let Some(code) = answers.next().and_then(|a| a.rows.into_iter().next()) else { return Ok(None) };
+        let user = answers.next().map_or(Ok(None), |a| super::user_from_rows(&a.rows))?;
+        Ok(Some((code_grant(&code)?, user)))
+    }
+
     /// Uses up a code that [`peek_code`](Self::peek_code) found unused, recording
     /// `family_id`, with what its exchange issued: the first refresh token of the family
     /// (its hash, grant and idle expiry) when there is one, and this handle's audit events
