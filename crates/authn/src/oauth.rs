@@ -498,7 +498,7 @@ impl OAuthApi {
         // The API is checked again at every issue: one deleted since the authorization (or
         // the refresh token) no longer gets tokens, and scopes it stopped defining go.
         let scope = self.authn.api_scope(t.tenant, t.audience, t.scope).await?;
-        let profile = crate::login::claims_of(&user);
+        let profile = crate::login::claims_of(user);
         let iat = seconds(self.now());
         let exp = iat + lifetimes.access_token.as_secs();
         // The access token follows Login's rules: a JWT for an API, otherwise opaque.
