@@ -344,10 +344,7 @@ impl Store {
         grant: Option<&oauth::LoginGrant<'_>>,
     ) -> Result<User, StoreError> {
         let now = postern_common::time::now_micros();
-        let mut tx = self.db.begin_write().await?;
-        if let Some(g) = grant {
-            oauth::take_used_in(&mut tx, tenant, g).await?;
-        }
+        let (mut tx, _) = oauth::begin_using_up(&self.db, tenant, grant, None).await?;
         let p = &user.profile;
         sqlx::query(
             "INSERT INTO users (tenant, user_id, seq, email, email_lower, email_verified, username, name, given_name, \
@@ -501,10 +498,8 @@ impl Store {
                 counting(count).fetch_optional(self.db.writer()).await?
             } else {
                 // The statement with the BEGIN, the events with the COMMIT.
-                let mut first = postern_common::db::Together::default();
-                first.push(counting(count))?;
-                let (mut tx, answers) = self.db.begin_write_with(first).await?;
-                let row = answers.into_iter().next().and_then(|a| a.rows.into_iter().next());
+                let (mut tx, counted) = oauth::begin_using_up(&self.db, tenant, None, Some(counting(count))).await?;
+                let row = counted.and_then(|a| a.rows.into_iter().next());
                 if row.is_some() {
                     self.write_audit(&mut tx)?;
                     tx.commit().await?;
@@ -527,14 +522,6 @@ impl Store {
         // asserts and the login's counters in one statement, both sent with the BEGIN (one
         // hand-off to SQLite's thread); a blocked or vanished user matches no row, and the
         // rollback below undoes the rest.
-        let mut first = postern_common::db::Together::default();
-        let takes = match update.grant.and_then(|g| oauth::take_used_query(tenant, g)) {
-            Some(taking) => {
-                first.push(taking)?;
-                true
-            }
-            None => false,
-        };
         let profile: Vec<(&str, Column<'_>)> = match (update.profile, update.asserted) {
             (None, _) => Vec::new(),
             (Some(p), Asserted::Profile) => vec![
@@ -576,14 +563,8 @@ impl Store {
                 Column::Flag(v) => counting.bind(i64::from(v)),
             };
         }
-        first.push(counting)?;
-        let (mut tx, answers) = self.db.begin_write_with(first).await?;
-        let mut answers = answers.into_iter();
-        if takes && answers.next().map(|a| a.changed) != Some(1) {
-            tx.rollback().await?;
-            return Err(StoreError::Used);
-        }
-        let row = answers.next().and_then(|a| a.rows.into_iter().next());
+        let (mut tx, counted) = oauth::begin_using_up(&self.db, tenant, update.grant, Some(counting)).await?;
+        let row = counted.and_then(|a| a.rows.into_iter().next());
         let Some(row) = row else {
             let recorded = self.not_recorded(&mut *tx, tenant, user_id).await?;
             tx.rollback().await?;

@@ -146,13 +146,19 @@ impl LoginGrant<'_> {
     }
 }
 
-/// The statement that uses up the login transaction `grant` names, if it names one: it
-/// deletes one row, or none when the transaction is gone.
-pub(super) fn take_used_query<'a>(
+/// Begins a write transaction that first uses up the login transaction `grant` names (if it
+/// names one), with the statement `then` after it: both sent with the `BEGIN`
+/// ([`Db::begin_write_with`](postern_common::db::Db::begin_write_with): on SQLite one hand-off
+/// to the database's thread). [`StoreError::Used`], with nothing written, when the login
+/// transaction is gone. The transaction, and what `then` answered.
+pub(super) async fn begin_using_up<'a>(
+    db: &postern_common::db::Db,
     tenant: &'a str,
-    grant: &LoginGrant<'a>,
-) -> Option<sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments>> {
-    match grant.uses? {
+    grant: Option<&LoginGrant<'a>>,
+    then: Option<sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments>>,
+) -> Result<(postern_common::db::WriteTx, Option<postern_common::db::Answer>), StoreError> {
+    let mut first = postern_common::db::Together::default();
+    let taking = grant.and_then(|g| match g.uses? {
         UsesUp::Upstream(state_hash) => Some(
             sqlx::query("DELETE FROM upstream_transactions WHERE tenant = $1 AND state_hash = $2")
                 .bind(tenant)
@@ -162,20 +168,23 @@ pub(super) fn take_used_query<'a>(
             sqlx::query("DELETE FROM login_transactions WHERE tenant = $1 AND id_hash = $2 AND expire_time > $3")
                 .bind(tenant)
                 .bind(id_hash)
-                .bind(grant.now),
+                .bind(g.now),
         ),
+    });
+    let takes = taking.is_some();
+    if let Some(taking) = taking {
+        first.push(taking)?;
     }
-}
-
-/// Uses up the login transaction `grant` names (if any), in the caller's write
-/// transaction: [`StoreError::Used`] when it is gone.
-pub(super) async fn take_used_in(
-    tx: &mut postern_common::db::WriteTx,
-    tenant: &str,
-    grant: &LoginGrant<'_>,
-) -> Result<(), StoreError> {
-    let Some(taking) = take_used_query(tenant, grant) else { return Ok(()) };
-    if taking.execute(&mut **tx).await?.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Used) }
+    if let Some(then) = then {
+        first.push(then)?;
+    }
+    let (tx, answers) = db.begin_write_with(first).await?;
+    let mut answers = answers.into_iter();
+    if takes && answers.next().map(|a| a.changed) != Some(1) {
+        tx.rollback().await?;
+        return Err(StoreError::Used);
+    }
+    Ok((tx, answers.next()))
 }
 
 /// Writes `grant`'s session and code for `user_id` and, when `identity` (connection id,
@@ -195,10 +204,10 @@ pub(super) fn insert_grant_in(
                 "UPDATE identities SET upstream_tokens = $4 \
                  WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
             )
-            .bind(tenant.to_owned())
-            .bind(identity.0.to_owned())
-            .bind(identity.1.to_owned())
-            .bind(sealed.to_owned()),
+            .bind(tenant)
+            .bind(identity.0)
+            .bind(identity.1)
+            .bind(sealed),
         )?;
     }
     tx.defer(session_insert(
@@ -249,77 +258,77 @@ async fn mark_code_used(
 
 /// The statement that stores a refresh token of `grant`'s family, idle until
 /// `expire_time` (never past the family's own expiry).
-fn refresh_insert(
-    tenant: &str,
-    token_hash: &str,
-    grant: &RefreshGrant,
+fn refresh_insert<'a>(
+    tenant: &'a str,
+    token_hash: &'a str,
+    grant: &'a RefreshGrant,
     now: i64,
     expire_time: i64,
-) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
         "INSERT INTO refresh_tokens (tenant, token_hash, family_id, client_id, user_id, scope, audience, nonce, \
          auth_time, session_hash, create_time, expire_time, family_expire) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
-    .bind(tenant.to_owned())
-    .bind(token_hash.to_owned())
-    .bind(grant.family_id.clone())
-    .bind(grant.client_id.clone())
-    .bind(grant.user_id.clone())
-    .bind(grant.scope.clone())
-    .bind(grant.audience.clone())
-    .bind(grant.nonce.clone())
+    .bind(tenant)
+    .bind(token_hash)
+    .bind(&grant.family_id)
+    .bind(&grant.client_id)
+    .bind(&grant.user_id)
+    .bind(&grant.scope)
+    .bind(&grant.audience)
+    .bind(&grant.nonce)
     .bind(grant.auth_time)
-    .bind(grant.session_hash.clone())
+    .bind(&grant.session_hash)
     .bind(now)
     .bind(expire_time.min(grant.family_expire))
     .bind(grant.family_expire)
 }
 
 /// The statement that starts an SSO session.
-fn session_insert(
-    tenant: &str,
-    id_hash: &str,
-    user_id: &str,
+fn session_insert<'a>(
+    tenant: &'a str,
+    id_hash: &'a str,
+    user_id: &'a str,
     now: i64,
     idle_expire: i64,
     absolute_expire: i64,
-) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
         "INSERT INTO sso_sessions (tenant, id_hash, user_id, auth_time, last_seen, idle_expire, absolute_expire) \
          VALUES ($1, $2, $3, $4, $4, $5, $6)",
     )
-    .bind(tenant.to_owned())
-    .bind(id_hash.to_owned())
-    .bind(user_id.to_owned())
+    .bind(tenant)
+    .bind(id_hash)
+    .bind(user_id)
     .bind(now)
     .bind(idle_expire.min(absolute_expire))
     .bind(absolute_expire)
 }
 
 /// The statement that stores an authorization code.
-fn code_insert(
-    tenant: &str,
-    code_hash: &str,
-    grant: &CodeGrant,
+fn code_insert<'a>(
+    tenant: &'a str,
+    code_hash: &'a str,
+    grant: &'a CodeGrant,
     now: i64,
     expire_time: i64,
-) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
         "INSERT INTO authorization_codes (tenant, code_hash, client_id, redirect_uri, user_id, scope, audience, \
          nonce, code_challenge, session_hash, auth_time, create_time, expire_time) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
-    .bind(tenant.to_owned())
-    .bind(code_hash.to_owned())
-    .bind(grant.client_id.clone())
-    .bind(grant.redirect_uri.clone())
-    .bind(grant.user_id.clone())
-    .bind(grant.scope.clone())
-    .bind(grant.audience.clone())
-    .bind(grant.nonce.clone())
-    .bind(grant.code_challenge.clone())
-    .bind(grant.session_hash.clone())
+    .bind(tenant)
+    .bind(code_hash)
+    .bind(&grant.client_id)
+    .bind(&grant.redirect_uri)
+    .bind(&grant.user_id)
+    .bind(&grant.scope)
+    .bind(&grant.audience)
+    .bind(&grant.nonce)
+    .bind(&grant.code_challenge)
+    .bind(&grant.session_hash)
     .bind(grant.auth_time)
     .bind(now)
     .bind(expire_time)
@@ -632,10 +641,9 @@ impl Store {
         now: i64,
         refresh: Option<(&str, &RefreshGrant, i64)>,
     ) -> Result<bool, StoreError> {
-        let mut first = postern_common::db::Together::default();
-        first.push(code_use(tenant, code_hash, family_id, now))?;
-        let (mut tx, answers) = self.db.begin_write_with(first).await?;
-        if answers.first().map(|a| a.changed) != Some(1) {
+        let (mut tx, used) =
+            begin_using_up(&self.db, tenant, None, Some(code_use(tenant, code_hash, family_id, now))).await?;
+        if used.map(|a| a.changed) != Some(1) {
             tx.rollback().await?;
             return Ok(false);
         }
@@ -676,17 +684,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         // The transaction used up with the BEGIN, the rest with the COMMIT: two hand-offs to
         // SQLite's thread.
-        let mut first = postern_common::db::Together::default();
-        let taking = take_used_query(tenant, grant);
-        let takes = taking.is_some();
-        if let Some(taking) = taking {
-            first.push(taking)?;
-        }
-        let (mut tx, answers) = self.db.begin_write_with(first).await?;
-        if takes && answers.first().map(|a| a.changed) != Some(1) {
-            tx.rollback().await?;
-            return Err(StoreError::Used);
-        }
+        let (mut tx, _) = begin_using_up(&self.db, tenant, Some(grant), None).await?;
         insert_grant_in(&mut tx, tenant, user_id, None, grant)?;
         tx.commit().await?;
         Ok(())

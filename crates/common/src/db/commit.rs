@@ -159,11 +159,7 @@ impl Committer {
     /// Waits for the writer's turn and starts a part: the batch's first (`BEGIN IMMEDIATE`
     /// on a connection of `writer`) or a later one (a savepoint in the open batch).
     pub(super) async fn begin(self: &Arc<Self>, writer: &AnyPool) -> Result<Part, sqlx::Error> {
-        let turn = self.turn().await;
-        if turn.batch.is_some() {
-            return self.join(turn).await;
-        }
-        self.open(turn, writer).await
+        self.begin_with(writer, Together::default()).await.map(|(part, _)| part)
     }
 
     /// [`begin`](Self::begin), with the part's first statements sent with its `BEGIN
@@ -174,43 +170,8 @@ impl Committer {
         writer: &AnyPool,
         statements: Together,
     ) -> Result<(Part, Vec<Answer>), sqlx::Error> {
-        let mut turn = self.turn().await;
-        let joining = turn.batch.is_some();
-        if !joining {
-            turn.conn = Some(writer.acquire().await?);
-        }
-        turn.clean = false;
-        let mut statements = statements;
-        statements.push_front_sql(if joining { SAVEPOINT } else { "BEGIN IMMEDIATE" });
-        let answered = statements.run(connection(&mut turn), Backend::Sqlite).await;
-        let began = |turn: &mut Turn| {
-            if !joining {
-                turn.batch = Some(Batch { parts: 0, outcome: Arc::new(watch::channel(None).0) });
-            }
-        };
-        match answered {
-            Ok(mut answers) => {
-                answers.remove(0);
-                began(&mut turn);
-                Ok((Part { turn: Some(turn), first: !joining, committer: self.clone() }, answers))
-            }
-            Err(Failed { index: 0, error }) => {
-                if joining {
-                    // The batch's state is unknown: it ends, and its parts fail with it.
-                    end(&mut turn, Some(&error)).await.ok();
-                } else {
-                    // No transaction began: the connection goes back as it came.
-                    turn.conn = None;
-                    turn.clean = true;
-                }
-                Err(error)
-            }
-            Err(Failed { error, .. }) => {
-                began(&mut turn);
-                let _ = roll_back(turn, !joining).await;
-                Err(error)
-            }
-        }
+        let turn = self.turn().await;
+        self.start(turn, writer, statements).await
     }
 
     /// Waits for the writer's turn and starts a write of one statement: alone, on the writer
@@ -219,7 +180,8 @@ impl Committer {
     pub(super) async fn single(self: &Arc<Self>, writer: &AnyPool) -> Result<Single, sqlx::Error> {
         let turn = self.turn().await;
         if turn.batch.is_some() {
-            return Ok(Single::Part(self.join(turn).await?));
+            let (part, _) = self.start(turn, writer, Together::default()).await?;
+            return Ok(Single::Part(part));
         }
         let conn = writer.acquire().await?;
         Ok(Single::Alone { conn, _turn: turn })
@@ -234,36 +196,58 @@ impl Committer {
         Turn { state, clean: true }
     }
 
-    /// Begins a batch with its first part.
-    async fn open(self: &Arc<Self>, mut turn: Turn, writer: &AnyPool) -> Result<Part, sqlx::Error> {
-        let conn = writer.acquire().await?;
-        turn.conn = Some(conn);
-        turn.clean = false;
-        if let Err(e) = connection(&mut turn).execute("BEGIN IMMEDIATE").await {
-            // No transaction began: the connection goes back as it came.
-            turn.conn = None;
-            turn.clean = true;
-            return Err(e);
+    /// Starts a part on `turn` with `statements` after its start: the batch's first (`BEGIN
+    /// IMMEDIATE` on a connection of `writer`) when none is open, a savepoint in the open
+    /// batch otherwise.
+    async fn start(
+        self: &Arc<Self>,
+        mut turn: Turn,
+        writer: &AnyPool,
+        mut statements: Together,
+    ) -> Result<(Part, Vec<Answer>), sqlx::Error> {
+        let joining = turn.batch.is_some();
+        if !joining {
+            turn.conn = Some(writer.acquire().await?);
         }
-        turn.batch = Some(Batch { parts: 0, outcome: Arc::new(watch::channel(None).0) });
-        Ok(Part { turn: Some(turn), first: true, committer: self.clone() })
-    }
-
-    /// Joins the open batch with a part in a savepoint.
-    async fn join(self: &Arc<Self>, mut turn: Turn) -> Result<Part, sqlx::Error> {
         turn.clean = false;
-        if let Err(e) = connection(&mut turn).execute(SAVEPOINT).await {
-            // The batch's state is unknown: it ends, and its parts fail with it.
-            end(&mut turn, Some(&e)).await.ok();
-            return Err(e);
+        statements.push_front_sql(if joining { SAVEPOINT } else { "BEGIN IMMEDIATE" });
+        let answered = statements.run(connection(&mut turn), Backend::Sqlite).await;
+        if !joining && !matches!(answered, Err(Failed { index: 0, .. })) {
+            turn.batch = Some(Batch { parts: 0, outcome: Arc::new(watch::channel(None).0) });
         }
-        Ok(Part { turn: Some(turn), first: false, committer: self.clone() })
+        match answered {
+            Ok(mut answers) => {
+                answers.remove(0);
+                Ok((Part { turn: Some(turn), first: !joining, committer: self.clone() }, answers))
+            }
+            Err(Failed { index: 0, error }) => {
+                if joining {
+                    // The batch's state is unknown: it ends, and its parts fail with it.
+                    end(&mut turn, Some(&error)).await.ok();
+                } else {
+                    // No transaction began: the connection goes back as it came.
+                    turn.conn = None;
+                    turn.clean = true;
+                }
+                Err(error)
+            }
+            Err(Failed { error, .. }) => {
+                let _ = roll_back(turn, !joining).await;
+                Err(error)
+            }
+        }
     }
 
     /// Writers waiting for their turn.
     #[cfg(test)]
     pub(super) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Counts a batch of `parts` parts committed.
+    fn counted(&self, parts: u64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.parts.fetch_add(parts, Ordering::Relaxed);
     }
 
     /// Batches committed so far, and the parts they held.
@@ -399,11 +383,7 @@ impl Part {
                 Committed::HandedOn(outcome) => await_end(outcome).await,
             };
         }
-        if let Some(batch) = turn.batch.as_mut() {
-            batch.parts += 1;
-        }
-        committer.commits.fetch_add(1, Ordering::Relaxed);
-        committer.parts.fetch_add(parts as u64 + 1, Ordering::Relaxed);
+        committer.counted(parts as u64 + 1);
         ended_with(&mut turn, Ok(()), None).await
     }
 
@@ -484,8 +464,7 @@ async fn commit_batch(turn: &mut Turn, committer: &Committer) -> Result<(), sqlx
     turn.clean = false;
     let done = end(turn, None).await;
     if done.is_ok() {
-        committer.commits.fetch_add(1, Ordering::Relaxed);
-        committer.parts.fetch_add(parts, Ordering::Relaxed);
+        committer.counted(parts);
     }
     done
 }

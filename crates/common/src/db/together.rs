@@ -7,6 +7,8 @@
 //! reads each statement's outcome from the answers. PostgreSQL prepares one statement at a
 //! time, so there they run one after another, as they would have.
 
+use std::fmt::Write as _;
+
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
 use sqlx::{Any, AnyConnection, Arguments as _, Either, Execute as _, Executor as _};
 
@@ -84,15 +86,16 @@ impl Together {
     pub async fn run(self, conn: &mut AnyConnection, backend: Backend) -> Result<Vec<Answer>, Failed> {
         use futures_util::StreamExt as _;
         let count = self.statements.len();
-        if backend == Backend::Postgres
-            || count < 2
-            || self.statements.iter().any(|(sql, _)| kind(sql.as_str()) == Kind::Mixed)
-        {
+        if backend == Backend::Postgres || count < 2 {
+            return self.run_apart(conn).await;
+        }
+        let kinds: Vec<Kind> = self.statements.iter().map(|(sql, _)| kind(sql.as_str())).collect();
+        if kinds.contains(&Kind::Mixed) {
             return self.run_apart(conn).await;
         }
         let mut done = Vec::with_capacity(count);
         let mut rows = Vec::new();
-        let (sql, arguments) = self.joined();
+        let (sql, arguments) = self.joined(&kinds);
         let mut answers = conn.fetch_many(sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments));
         while let Some(answer) = answers.next().await {
             let answer: Result<Either<AnyQueryResult, AnyRow>, sqlx::Error> = answer;
@@ -131,8 +134,8 @@ impl Together {
         Ok(done)
     }
 
-    /// One query of all the statements, and one list of their parameters (no statement
-    /// mixes bare `?` parameters with numbered ones).
+    /// One query of all the statements, and one list of their parameters, given how each
+    /// names its parameters (none mixes bare `?` parameters with numbered ones).
     ///
     /// sqlx binds a numbered parameter (`$n`) to the n-th value of the whole list, and the
     /// bare `?` parameters of each statement to the values after those that the bare
@@ -142,14 +145,13 @@ impl Together {
     /// stay as they were: a numbered parameter costs SQLite a walk of the statement's list of
     /// names each time it is bound, which a batched insert of a thousand values would pay a
     /// million times over.
-    fn joined(self) -> (String, AnyArguments) {
-        let kinds: Vec<Kind> = self.statements.iter().map(|(sql, _)| kind(sql.as_str())).collect();
+    fn joined(self, kinds: &[Kind]) -> (String, AnyArguments) {
         let mut bare = AnyArguments::default();
         let mut numbered = AnyArguments::default();
         let bare_values: usize = self
             .statements
             .iter()
-            .zip(&kinds)
+            .zip(kinds)
             .filter(|(_, k)| **k == Kind::Bare)
             .map(|((_, a), _)| a.as_ref().map_or(0, |a| a.len()))
             .sum();
@@ -159,7 +161,7 @@ impl Together {
                 sql.push_str(";\n");
             }
             let values = arguments.map(|a| a.values.0).unwrap_or_default();
-            if kind == Kind::Bare {
+            if *kind == Kind::Bare {
                 sql.push_str(statement.as_str());
                 bare.values.0.extend(values);
             } else {
@@ -248,8 +250,7 @@ fn renumber(sql: &str, base: usize, out: &mut String) {
         }
         let n = digits.parse::<usize>().unwrap_or(usize::MAX - base);
         out.push_str(&sql[copied..at]);
-        out.push('$');
-        out.push_str(&(base + n).to_string());
+        let _ = write!(out, "${}", base + n);
         copied = at + 1 + digits.len();
     });
     out.push_str(&sql[copied..]);
