@@ -6,9 +6,9 @@
 //! SQLite (the embedded default) runs in WAL mode with `synchronous=FULL`, so every
 //! acknowledged write survives a crash. SQLite lets one writer in at a time, and a writer
 //! that finds the lock taken sleeps in SQLite's busy handler (1, 2, 5 … 100 ms) however soon
-//! the lock is free again. So on SQLite every write goes through [`Db::writer`], a pool of one
-//! connection: writers queue in order on the pool, without sleeping, and the lock is never
-//! contended within the process. Write transactions queued there share their commit (the
+//! the lock is free again. So on SQLite every write goes through [`Db::writer`], one
+//! connection: writers queue in order for it, without sleeping, and the lock is never
+//! contended within the process. Reads go to [`Db::pool`] ([`Reads`]), eight connections. Write transactions queued there share their commit (the
 //! `commit` module), so that a busy process pays one fsync for a line of writers rather than
 //! one each. The process owns its file: it holds an exclusive lock on
 //! `<file>.lock` while open, and a second process opening the same file is refused (services
@@ -37,8 +37,10 @@ use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 mod commit;
+mod reads;
 mod together;
 pub use commit::MAX_PARTS;
+pub use reads::{ReadConn, Reads};
 pub use together::{Answer, Failed, Together};
 
 /// The PostgreSQL advisory lock (`pg_advisory_lock`) that every Postern process holds while it
@@ -49,6 +51,9 @@ pub const MIGRATION_LOCK: i64 = 0x706f_7374_6572_6e21;
 
 /// The table where sqlx records the applied migrations, in each service's schema.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// SQLite: the read connections of a file (its writer is one more).
+const READERS: u32 = 8;
 
 /// What opening a database does about its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +164,8 @@ pub struct Migrations {
 /// A connection pool with the backend it talks to.
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: AnyPool,
+    /// Where reads go: the pool (SQLite: of eight connections, kept out of it between reads).
+    reads: Reads,
     /// SQLite: the one connection that writes, taken in turns. PostgreSQL: the common pool.
     writer: Writer,
     backend: Backend,
@@ -181,9 +187,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// The pool under it (one connection on SQLite), for its figures.
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// Connections open, connections idle, and the most that may be open, for the metrics.
+    /// On SQLite its one connection is kept by the writer, not returned to the pool between
+    /// writes (see `commit`), and is idle while no write holds the writer's turn.
+    pub fn figures(&self) -> (u32, usize, u32) {
+        let most = self.pool.options().get_max_connections();
+        match &self.committer {
+            None => (self.pool.size(), self.pool.num_idle(), most),
+            Some(committer) => (self.pool.size(), usize::from(committer.idle()), most),
+        }
     }
 }
 
@@ -206,7 +218,7 @@ impl<'c> Executor<'c> for &'c Writer {
         // The statement's answers are read whole, so that its turn ends before they are handed on.
         let all = async move {
             match committer.single(&self.pool).await? {
-                commit::Single::Alone { mut conn, _turn } => conn.fetch_many(query).try_collect::<Vec<_>>().await,
+                commit::Single::Alone(mut turn) => turn.connection().fetch_many(query).try_collect::<Vec<_>>().await,
                 commit::Single::Part(mut part) => {
                     let done = part.connection().fetch_many(query).try_collect::<Vec<_>>().await;
                     part.end(done).await
@@ -245,7 +257,16 @@ impl<'c> Executor<'c> for &'c Writer {
     where
         'c: 'e,
     {
-        self.pool.prepare_with(sql, parameters)
+        let Some(committer) = &self.committer else { return self.pool.prepare_with(sql, parameters) };
+        Box::pin(async move {
+            match committer.single(&self.pool).await? {
+                commit::Single::Alone(mut turn) => turn.connection().prepare_with(sql, parameters).await,
+                commit::Single::Part(mut part) => {
+                    let done = part.connection().prepare_with(sql, parameters).await;
+                    part.end(done).await
+                }
+            }
+        })
     }
 
     fn describe<'e>(
@@ -255,7 +276,16 @@ impl<'c> Executor<'c> for &'c Writer {
     where
         'c: 'e,
     {
-        self.pool.describe(sql)
+        let Some(committer) = &self.committer else { return self.pool.describe(sql) };
+        Box::pin(async move {
+            match committer.single(&self.pool).await? {
+                commit::Single::Alone(mut turn) => turn.connection().describe(sql).await,
+                commit::Single::Part(mut part) => {
+                    let done = part.connection().describe(sql).await;
+                    part.end(done).await
+                }
+            }
+        })
     }
 }
 
@@ -448,29 +478,33 @@ fn closed_signal() -> std::sync::Arc<tokio::sync::watch::Sender<bool>> {
 
 /// SQLite's writer connection with `synchronous = NORMAL`, for [`Db::execute_relaxed`]: set
 /// back to `FULL` by [`restore`](Self::restore); dropped before that (the caller cancelled),
-/// the connection is closed rather than returned to the pool, so no later write of the
+/// the connection is closed rather than kept for the next write, so no later write of the
 /// process commits without syncing by mistake.
 struct RelaxedWriter {
-    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    turn: Option<commit::Turn>,
 }
 
 impl RelaxedWriter {
     fn connection(&mut self) -> &mut AnyConnection {
-        self.conn.as_mut().unwrap_or_else(|| unreachable!("taken only by restore, which consumes self"))
+        self.turn.as_mut().unwrap_or_else(|| unreachable!("taken only by restore, which consumes self")).connection()
+    }
+
+    /// The connection syncs again: kept for the next write, as it came.
+    fn restored(mut self) {
+        self.turn.take();
     }
 
     async fn restore(mut self) -> Result<(), sqlx::Error> {
         self.connection().execute("PRAGMA synchronous = FULL").await?;
-        // Back to the pool as it came.
-        self.conn.take();
+        self.restored();
         Ok(())
     }
 }
 
 impl Drop for RelaxedWriter {
     fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.close_on_drop();
+        if let Some(mut turn) = self.turn.take() {
+            turn.close_connection();
         }
     }
 }
@@ -535,9 +569,9 @@ impl Db {
                     let mut conn = writer.acquire().await?;
                     settle_schema(&mut conn, &name, migrations.sqlite, policy).await?;
                 }
-                let pool = sqlite_pool(8).connect_with(options).await?;
+                let pool = sqlite_pool(READERS).connect_with(options).await?;
                 Ok(Db {
-                    pool,
+                    reads: Reads::kept(pool, READERS),
                     writer: Writer { pool: writer, committer: Some(Default::default()) },
                     backend: Backend::Sqlite,
                     owner: Some(owner),
@@ -582,7 +616,7 @@ impl Db {
                 }
                 Ok(Db {
                     writer: Writer { pool: pool.clone(), committer: None },
-                    pool,
+                    reads: Reads::pooled(pool),
                     backend: Backend::Postgres,
                     owner: None,
                     url: Some(url.clone()),
@@ -592,9 +626,10 @@ impl Db {
         }
     }
 
-    /// The pool, for reads.
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// Where reads go: `query.fetch_one(db.pool())`, or [`Reads::acquire`] for a connection
+    /// of its own.
+    pub fn pool(&self) -> &Reads {
+        &self.reads
     }
 
     /// The writer, for single-statement writes outside [`begin_write`](Self::begin_write)
@@ -627,21 +662,21 @@ impl Db {
             return Ok(query.execute(&self.writer.pool).await?.rows_affected());
         };
         match committer.single(&self.writer.pool).await? {
-            commit::Single::Alone { conn, _turn } => {
+            commit::Single::Alone(turn) => {
                 // The statement between the two settings, in one hand-off to SQLite's thread.
-                let mut relaxed = RelaxedWriter { conn: Some(conn) };
+                let mut relaxed = RelaxedWriter { turn: Some(turn) };
                 let mut together = Together::default();
                 together.push_sql("PRAGMA synchronous = NORMAL");
                 together.push(query)?;
                 together.push_sql("PRAGMA synchronous = FULL");
                 match together.run(relaxed.connection(), Backend::Sqlite).await {
                     Ok(answers) => {
-                        relaxed.conn.take();
+                        relaxed.restored();
                         Ok(answers.get(1).map_or(0, |a| a.changed))
                     }
                     // Still syncing: nothing was changed.
                     Err(Failed { index: 0, error }) => {
-                        relaxed.conn.take();
+                        relaxed.restored();
                         Err(error)
                     }
                     Err(Failed { index: 1, error }) => {
@@ -674,7 +709,7 @@ impl Db {
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         match &self.writer.committer {
             Some(committer) => Ok(WriteTx::new(Tx::Shared(committer.begin(&self.writer.pool).await?))),
-            None => Ok(WriteTx::new(Tx::Own(self.pool.begin().await?))),
+            None => Ok(WriteTx::new(Tx::Own(self.writer.pool.begin().await?))),
         }
     }
 
@@ -689,7 +724,7 @@ impl Db {
                 Ok((WriteTx::new(Tx::Shared(part)), answers))
             }
             None => {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.pool.begin().await?;
                 // Dropped on a failure, the transaction rolls back.
                 let answers = statements.run(&mut tx, Backend::Postgres).await.map_err(|f| f.error)?;
                 Ok((WriteTx::new(Tx::Own(tx)), answers))
@@ -743,7 +778,10 @@ impl Db {
     /// Closes the pool, waiting for connections to be returned, and gives the SQLite file up.
     pub async fn close(&self) {
         self.closed.send_replace(true);
-        self.pool.close().await;
+        self.reads.close().await;
+        if let Some(committer) = &self.writer.committer {
+            committer.let_go().await;
+        }
         self.writer.pool.close().await;
         // Nothing can write through this handle any more: the file may have another owner.
         if let Some(owner) = &self.owner {
@@ -1089,7 +1127,7 @@ mod tests {
         assert_eq!(rows, 1, "the relaxed write is committed");
         assert_eq!(synchronous().await, FULL, "and the writer syncs again after it");
         // A caller cancelled between the two pragmas: the connection is not reused.
-        let mut relaxed = RelaxedWriter { conn: Some(db.writer().pool().acquire().await.unwrap()) };
+        let mut relaxed = RelaxedWriter { turn: Some(writer_turn(&db).await) };
         relaxed.connection().execute("PRAGMA synchronous = NORMAL").await.expect("relax");
         drop(relaxed);
         assert_eq!(synchronous().await, FULL, "a cancelled relaxed write leaves no relaxed writer behind");
@@ -1102,6 +1140,36 @@ mod tests {
         let db = Db::open(&location, Migrations { sqlite: &NONE, postgres: &NONE }).await.expect("open");
         sqlx::query("CREATE TABLE t (v BIGINT NOT NULL UNIQUE)").execute(db.writer()).await.unwrap();
         db
+    }
+
+    #[tokio::test]
+    async fn the_writer_keeps_its_connection_between_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        // A table only the writer's connection sees.
+        sqlx::query("CREATE TEMP TABLE mine (v BIGINT)").execute(db.writer()).await.unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        insert(&mut tx, 1).await.unwrap();
+        sqlx::query("INSERT INTO mine VALUES (2)").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        let committer = db.writer.committer.as_ref().unwrap();
+        assert!(committer.keeps_connection().await, "the commit kept the connection");
+        db.execute_relaxed(sqlx::query("INSERT INTO mine VALUES (3)")).await.unwrap();
+        assert!(committer.keeps_connection().await, "and so did the write alone");
+        let mine: Vec<i64> = sqlx::query_scalar("SELECT v FROM mine ORDER BY v").fetch_all(db.writer()).await.unwrap();
+        assert_eq!(mine, vec![2, 3], "every write ran on the one connection");
+        assert_eq!(db.writer.pool.num_idle(), 0, "sqlx's pool never got it back (and so never pinged it)");
+        assert_eq!(db.writer().figures(), (1, 1, 1), "open, and idle between writes");
+        db.close().await;
+    }
+
+    /// The writer's turn with its connection, as a write alone has it.
+    async fn writer_turn(db: &Db) -> commit::Turn {
+        let committer = db.writer.committer.as_ref().expect("sqlite");
+        match committer.single(&db.writer.pool).await.expect("the writer's turn") {
+            commit::Single::Alone(turn) => turn,
+            commit::Single::Part(_) => unreachable!("no batch is open"),
+        }
     }
 
     async fn values(db: &Db) -> Vec<i64> {
@@ -1133,7 +1201,8 @@ mod tests {
     async fn statements_sent_together_bind_their_own_values_and_say_which_failed() {
         let dir = tempfile::tempdir().unwrap();
         let db = sqlite(&dir).await;
-        let mut conn = db.writer().pool().acquire().await.unwrap();
+        let mut turn = writer_turn(&db).await;
+        let conn = turn.connection();
         let mut together = Together::default();
         together.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(1_i64)).unwrap();
         together.push(sqlx::query("INSERT INTO t (v) VALUES (?), (?)").bind(2_i64).bind(3_i64)).unwrap();
@@ -1141,7 +1210,7 @@ mod tests {
         together.push(sqlx::query("INSERT INTO t (v) VALUES (?)").bind(5_i64)).unwrap();
         together.push(sqlx::query("UPDATE t SET v = v WHERE v > $1").bind(1_i64)).unwrap();
         together.push(sqlx::query("SELECT v FROM t WHERE v >= $1 ORDER BY v").bind(4_i64)).unwrap();
-        let answers = together.run(&mut conn, Backend::Sqlite).await.expect("all run");
+        let answers = together.run(&mut *conn, Backend::Sqlite).await.expect("all run");
         let changed: Vec<u64> = answers[..5].iter().map(|a| a.changed).collect();
         assert_eq!(changed, vec![1, 2, 1, 1, 4], "each write's own count");
         let selected: Vec<i64> = answers[5].rows.iter().map(|r| sqlx::Row::get(r, 0)).collect();
@@ -1152,11 +1221,11 @@ mod tests {
         failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(6_i64)).unwrap();
         failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(1_i64)).unwrap();
         failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(7_i64)).unwrap();
-        let failed = failing.run(&mut conn, Backend::Sqlite).await.expect_err("a duplicate");
+        let failed = failing.run(&mut *conn, Backend::Sqlite).await.expect_err("a duplicate");
         assert_eq!(failed.index, 1, "the duplicate is named");
         assert!(is_unique_violation(&failed.error), "{:?}", failed.error);
         assert_eq!(values(&db).await, vec![1, 2, 3, 4, 5, 6], "the statements before it ran, none after");
-        drop(conn);
+        drop(turn);
         db.close().await;
     }
 

@@ -92,18 +92,12 @@ impl State {
                 Backend::Sqlite => {
                     let (commits, writes) = db.shared_commits();
                     postern_common::telemetry::commit_counters(service, commits, writes);
-                    vec![("read", db.pool()), ("write", db.writer().pool())]
+                    vec![("read", db.pool().figures()), ("write", db.writer().figures())]
                 }
-                Backend::Postgres => vec![("shared", db.pool())],
+                Backend::Postgres => vec![("shared", db.pool().figures())],
             };
-            for (name, pool) in pools {
-                postern_common::telemetry::pool_gauges(
-                    service,
-                    name,
-                    pool.size(),
-                    pool.num_idle(),
-                    pool.options().get_max_connections(),
-                );
+            for (name, (size, idle, most)) in pools {
+                postern_common::telemetry::pool_gauges(service, name, size, idle, most);
             }
         }
         (self.render)()

@@ -1122,7 +1122,8 @@ impl Store {
         tenant: &str,
         client_id: &str,
     ) -> Result<Option<(Client, Vec<(String, Vec<String>)>)>, StoreError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut conn = self.db.pool().acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let sql = format!(
             "SELECT {CLIENT_COLUMNS} FROM clients c JOIN tenants t ON t.id = c.tenant_id \
              WHERE t.name = $1 AND c.client_id = $2"

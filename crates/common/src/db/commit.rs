@@ -15,6 +15,11 @@
 //!   before its writes are durable, and when the batch's `COMMIT` fails every part of it
 //!   fails (nothing of theirs is stored).
 //!
+//! The writer connection is kept here between writes rather than returned to sqlx's pool,
+//! whose every return pings the connection first: on SQLite a round trip to the connection's
+//! thread, as dear as a statement. A write that leaves it in an unknown state (a part
+//! abandoned half-way, a `ROLLBACK` that failed) closes it; the next write opens another.
+//!
 //! Parts take turns on the writer, each finishing (released or rolled back) before the next
 //! starts, so a part sees the earlier parts' writes as if they had committed; and since they
 //! commit together or not at all, nothing can see writes that are later lost. A lone writer
@@ -91,7 +96,8 @@ pub(super) struct Committer {
 
 #[derive(Debug, Default)]
 pub(super) struct State {
-    /// The writer connection, held while a batch is open.
+    /// The writer connection: opened by the first write, then kept between writes until a
+    /// write leaves it in an unknown state or the database closes.
     conn: Option<PoolConnection<Any>>,
     batch: Option<Batch>,
 }
@@ -124,6 +130,38 @@ impl std::ops::Deref for Turn {
 impl std::ops::DerefMut for Turn {
     fn deref_mut(&mut self) -> &mut State {
         &mut self.state
+    }
+}
+
+impl Turn {
+    /// The writer connection, opened (from `writer`) when there is none.
+    async fn open(&mut self, writer: &AnyPool) -> Result<(), sqlx::Error> {
+        if self.state.conn.is_none() {
+            self.state.conn = Some(writer.acquire().await?);
+        }
+        Ok(())
+    }
+
+    /// The writer connection, for a write alone ([`Single::Alone`]).
+    pub(super) fn connection(&mut self) -> &mut AnyConnection {
+        connection(&mut self.state)
+    }
+
+    /// Closes the writer connection: the next write opens another.
+    pub(super) fn close_connection(&mut self) {
+        conn_close(&mut self.state);
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // The last handle went: the connection goes back to the pool, which needs a runtime
+        // to take it (sqlx spawns its return). Without one, it is closed where it is.
+        if tokio::runtime::Handle::try_current().is_err()
+            && let Some(conn) = self.conn.take()
+        {
+            drop(conn.detach());
+        }
     }
 }
 
@@ -178,13 +216,13 @@ impl Committer {
     /// connection in autocommit (a commit of its own, as before batching); or, when the batch
     /// was handed to it, as a part of the batch.
     pub(super) async fn single(self: &Arc<Self>, writer: &AnyPool) -> Result<Single, sqlx::Error> {
-        let turn = self.turn().await;
+        let mut turn = self.turn().await;
         if turn.batch.is_some() {
             let (part, _) = self.start(turn, writer, Together::default()).await?;
             return Ok(Single::Part(part));
         }
-        let conn = writer.acquire().await?;
-        Ok(Single::Alone { conn, _turn: turn })
+        turn.open(writer).await?;
+        Ok(Single::Alone(turn))
     }
 
     /// The writer's turn, in the order asked.
@@ -207,7 +245,7 @@ impl Committer {
     ) -> Result<(Part, Vec<Answer>), sqlx::Error> {
         let joining = turn.batch.is_some();
         if !joining {
-            turn.conn = Some(writer.acquire().await?);
+            turn.open(writer).await?;
         }
         turn.clean = false;
         statements.push_front_sql(if joining { SAVEPOINT } else { "BEGIN IMMEDIATE" });
@@ -225,8 +263,7 @@ impl Committer {
                     // The batch's state is unknown: it ends, and its parts fail with it.
                     end(&mut turn, Some(&error)).await.ok();
                 } else {
-                    // No transaction began: the connection goes back as it came.
-                    turn.conn = None;
+                    // No transaction began: the connection is as it came.
                     turn.clean = true;
                 }
                 Err(error)
@@ -236,6 +273,23 @@ impl Committer {
                 Err(error)
             }
         }
+    }
+
+    /// Gives the writer connection back to the pool, so that it can close: once no write
+    /// holds the writer's turn.
+    pub(super) async fn let_go(&self) {
+        self.state.lock().await.conn = None;
+    }
+
+    /// Whether the writer is idle: no write holds its turn.
+    pub(super) fn idle(&self) -> bool {
+        self.state.try_lock().is_ok()
+    }
+
+    /// Whether the writer connection is kept (open, and not in sqlx's pool).
+    #[cfg(test)]
+    pub(super) async fn keeps_connection(&self) -> bool {
+        self.state.lock().await.conn.is_some()
     }
 
     /// Writers waiting for their turn.
@@ -259,12 +313,9 @@ impl Committer {
 /// A write of one statement outside a transaction ([`Committer::single`]).
 #[derive(Debug)]
 pub(super) enum Single {
-    /// No batch was open: the writer connection, in autocommit, for this turn.
-    Alone {
-        /// The writer connection.
-        conn: PoolConnection<Any>,
-        _turn: Turn,
-    },
+    /// No batch was open: the writer's turn, its connection in autocommit
+    /// ([`Turn::connection`]).
+    Alone(Turn),
     /// The batch was handed to this writer: the statement is a part of it.
     Part(Part),
 }
@@ -279,11 +330,11 @@ pub(super) struct Part {
 }
 
 fn connection(state: &mut State) -> &mut AnyConnection {
-    state.conn.as_deref_mut().unwrap_or_else(|| unreachable!("a batch is open while a part runs"))
+    state.conn.as_deref_mut().unwrap_or_else(|| unreachable!("the writer connection is open while a turn uses it"))
 }
 
 /// Ends the open batch, committing it (`failed` is `None`) or rolling it back because of
-/// `failed`, and tells its parts how it ended. Its connection goes back to the pool, or is
+/// `failed`, and tells its parts how it ended. Its connection is kept for the next write, or
 /// closed when even the `ROLLBACK` failed.
 async fn end(state: &mut Turn, failed: Option<&sqlx::Error>) -> Result<(), sqlx::Error> {
     let ended = match failed {
@@ -303,7 +354,6 @@ async fn ended_with(
     if ended.is_err() && connection(state).execute("ROLLBACK").await.is_err() {
         conn_close(state);
     }
-    state.conn = None;
     if let Some(batch) = state.batch.take() {
         let told = match (&ended, failed) {
             (Ok(()), _) => Ok(()),
@@ -316,7 +366,7 @@ async fn ended_with(
     ended
 }
 
-/// Closes the writer connection instead of returning it to the pool.
+/// Closes the writer connection instead of keeping it.
 fn conn_close(state: &mut State) {
     if let Some(mut conn) = state.conn.take() {
         conn.close_on_drop();
@@ -504,7 +554,6 @@ async fn roll_back(mut turn: Turn, first: bool) -> Result<(), sqlx::Error> {
         if done.is_err() {
             conn_close(&mut turn);
         }
-        turn.conn = None;
         turn.batch = None;
         turn.clean = true;
         return done;
