@@ -263,10 +263,6 @@ mod tests {
         Db::open(&location, Migrations { sqlite: &NONE, postgres: &NONE }).await.expect("open")
     }
 
-    fn kept(db: &Db) -> &Kept {
-        db.pool().kept.as_deref().expect("sqlite keeps its read connections")
-    }
-
     /// Whether `future` is still waiting after one poll.
     async fn waits<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
         let mut future = future;
