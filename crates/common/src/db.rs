@@ -213,7 +213,7 @@ impl<'c> Executor<'c> for &'c Writer {
         'c: 'e,
         E: 'q + sqlx::Execute<'q, sqlx::Any>,
     {
-        use futures_util::{StreamExt, TryStreamExt};
+        use futures_util::TryStreamExt;
         let Some(committer) = &self.committer else { return self.pool.fetch_many(query) };
         // The statement's answers are read whole, so that its turn ends before they are handed on.
         let all = async move {
@@ -225,10 +225,7 @@ impl<'c> Executor<'c> for &'c Writer {
                 }
             }
         };
-        futures_util::stream::once(all)
-            .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
-            .try_flatten()
-            .boxed()
+        answered_whole(all)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -288,6 +285,21 @@ impl<'c> Executor<'c> for &'c Writer {
         })
     }
 }
+
+/// A statement's answers read whole by `all`, as the stream an executor's `fetch_many`
+/// answers: for executors that give their connection back before the answers are handed on.
+fn answered_whole<'e>(
+    all: impl std::future::Future<Output = Result<Vec<AnyAnswer>, sqlx::Error>> + Send + 'e,
+) -> futures_util::stream::BoxStream<'e, Result<AnyAnswer, sqlx::Error>> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::once(all)
+        .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+}
+
+/// One answer of a statement on the `Any` driver: rows changed, or a row.
+type AnyAnswer = sqlx::Either<sqlx::any::AnyQueryResult, sqlx::any::AnyRow>;
 
 /// A write transaction ([`Db::begin_write`]): use it as a connection (`&mut *tx`), end it
 /// with [`commit`](Self::commit) or [`rollback`](Self::rollback). Dropped before either, it

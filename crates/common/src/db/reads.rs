@@ -17,7 +17,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -200,10 +200,7 @@ impl<'c> Executor<'c> for &'c Reads {
             conn.judge(&done);
             done
         };
-        futures_util::stream::once(all)
-            .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
-            .try_flatten()
-            .boxed()
+        super::answered_whole(all)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
