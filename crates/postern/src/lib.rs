@@ -398,12 +398,28 @@ pub async fn run(
     };
     match component {
         Component::All => {
+            // A service that fails to start closes the ones started before it, so that their
+            // files are given up (their locks) before the error is answered, whatever task
+            // (an audit prune under way) still holds a handle.
             let tenant = start_tenant(&settings, internal_key.clone()).await?;
             let tenant_service = in_process(RpcSpanLayer.layer(tenant.routes.clone()));
-            let registry = start_registry(&settings, internal_key.clone(), tenant_service.clone()).await?;
+            let registry = match start_registry(&settings, internal_key.clone(), tenant_service.clone()).await {
+                Ok(registry) => registry,
+                Err(e) => {
+                    tenant.close.await;
+                    return Err(e);
+                }
+            };
             let registry_service = in_process(RpcSpanLayer.layer(registry.routes.clone()));
             let peers = postern_authn::Peers { tenant: tenant_service.clone(), registry: registry_service.clone() };
-            let (authn, public_url) = start_authn(&settings, &internal_key, peers).await?;
+            let (authn, public_url) = match start_authn(&settings, &internal_key, peers).await {
+                Ok(started) => started,
+                Err(e) => {
+                    registry.close.await;
+                    tenant.close.await;
+                    return Err(e);
+                }
+            };
             let authn_service = in_process(RpcSpanLayer.layer(authn.routes.clone()));
             let mut routes = RouteTable::new();
             for (info, backend) in
