@@ -409,14 +409,13 @@ impl Store {
             .fetch_all(self.db.pool())
             .await?;
         let Some(first) = rows.first() else { return Ok(None) };
-        let user_id: String = first.try_get("user_id")?;
         let failures: Option<i64> = first.try_get("failures")?;
-        let identities = rows.iter().map(identity_from_row).collect::<Result<Vec<_>, _>>()?;
-        let identity = identities
-            .iter()
-            .find(|i| i.connection_id == connection_id && (i.login_email == login || i.login_username == login))
-            .cloned()
-            .ok_or_else(|| StoreError::Corrupt("the identity found is not among its user's".into()))?;
+        let Some((user_id, identity, identities)) = user_identities(&rows, |i| {
+            i.connection_id == connection_id && (i.login_email == login || i.login_username == login)
+        })?
+        else {
+            return Ok(None);
+        };
         let stored = epoch.map(|epoch| Stored { failures: u32::try_from(failures.unwrap_or(0)).unwrap_or(0), epoch });
         Ok(Some(LoginFound { user_id, identity, identities, stored }))
     }
@@ -459,15 +458,7 @@ impl Store {
             .bind(source_id)
             .fetch_all(self.db.pool())
             .await?;
-        let Some(first) = rows.first() else { return Ok(None) };
-        let user_id: String = first.try_get("user_id")?;
-        let identities = rows.iter().map(identity_from_row).collect::<Result<Vec<_>, _>>()?;
-        let Some(identity) =
-            identities.iter().find(|i| i.connection_id == connection_id && i.source_id == source_id).cloned()
-        else {
-            return Err(StoreError::Corrupt("an identity's user has no such identity".into()));
-        };
-        Ok(Some((user_id, identity, identities)))
+        user_identities(&rows, |i| i.connection_id == connection_id && i.source_id == source_id)
     }
 
     /// Records a successful login on an existing identity, in one transaction: counts it on
@@ -1353,6 +1344,23 @@ pub(super) fn user_from_rows(rows: &[AnyRow]) -> Result<Option<User>, StoreError
 }
 
 /// The identities of a user, oldest first.
+/// The rows of one user's identities: the user's id, the identity `found` picks among them,
+/// and all of them. `None` for no rows.
+fn user_identities(
+    rows: &[sqlx::any::AnyRow],
+    found: impl Fn(&Identity) -> bool,
+) -> Result<Option<(String, Identity, Vec<Identity>)>, StoreError> {
+    let Some(first) = rows.first() else { return Ok(None) };
+    let user_id: String = first.try_get("user_id")?;
+    let identities = rows.iter().map(identity_from_row).collect::<Result<Vec<_>, _>>()?;
+    let identity = identities
+        .iter()
+        .find(|i| found(i))
+        .cloned()
+        .ok_or_else(|| StoreError::Corrupt("the identity found is not among its user's".into()))?;
+    Ok(Some((user_id, identity, identities)))
+}
+
 async fn identities_of<'e, E>(executor: E, tenant: &str, user_id: &str) -> Result<Vec<Identity>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,

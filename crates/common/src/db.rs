@@ -217,13 +217,9 @@ impl<'c> Executor<'c> for &'c Writer {
         let Some(committer) = &self.committer else { return self.pool.fetch_many(query) };
         // The statement's answers are read whole, so that its turn ends before they are handed on.
         let all = async move {
-            match committer.single(&self.pool).await? {
-                commit::Single::Alone(mut turn) => turn.connection().fetch_many(query).try_collect::<Vec<_>>().await,
-                commit::Single::Part(mut part) => {
-                    let done = part.connection().fetch_many(query).try_collect::<Vec<_>>().await;
-                    part.end(done).await
-                }
-            }
+            let mut single = committer.single(&self.pool).await?;
+            let done = single.connection().fetch_many(query).try_collect::<Vec<_>>().await;
+            single.end(done).await
         };
         answered_whole(all)
     }
@@ -256,13 +252,9 @@ impl<'c> Executor<'c> for &'c Writer {
     {
         let Some(committer) = &self.committer else { return self.pool.prepare_with(sql, parameters) };
         Box::pin(async move {
-            match committer.single(&self.pool).await? {
-                commit::Single::Alone(mut turn) => turn.connection().prepare_with(sql, parameters).await,
-                commit::Single::Part(mut part) => {
-                    let done = part.connection().prepare_with(sql, parameters).await;
-                    part.end(done).await
-                }
-            }
+            let mut single = committer.single(&self.pool).await?;
+            let done = single.connection().prepare_with(sql, parameters).await;
+            single.end(done).await
         })
     }
 
@@ -275,13 +267,9 @@ impl<'c> Executor<'c> for &'c Writer {
     {
         let Some(committer) = &self.committer else { return self.pool.describe(sql) };
         Box::pin(async move {
-            match committer.single(&self.pool).await? {
-                commit::Single::Alone(mut turn) => turn.connection().describe(sql).await,
-                commit::Single::Part(mut part) => {
-                    let done = part.connection().describe(sql).await;
-                    part.end(done).await
-                }
-            }
+            let mut single = committer.single(&self.pool).await?;
+            let done = single.connection().describe(sql).await;
+            single.end(done).await
         })
     }
 }
@@ -583,7 +571,7 @@ impl Db {
                 }
                 let pool = sqlite_pool(READERS).connect_with(options).await?;
                 Ok(Db {
-                    reads: Reads::kept(pool, READERS),
+                    reads: Reads::kept(pool),
                     writer: Writer { pool: writer, committer: Some(Default::default()) },
                     backend: Backend::Sqlite,
                     owner: Some(owner),

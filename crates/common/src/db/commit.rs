@@ -320,6 +320,25 @@ pub(super) enum Single {
     Part(Part),
 }
 
+impl Single {
+    /// The writer connection, for the statement.
+    pub(super) fn connection(&mut self) -> &mut AnyConnection {
+        match self {
+            Single::Alone(turn) => turn.connection(),
+            Single::Part(part) => part.connection(),
+        }
+    }
+
+    /// Ends the write with the statement's result `done`: a write alone is already committed
+    /// (autocommit); a part commits if it succeeded and is rolled back if not.
+    pub(super) async fn end<T>(self, done: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        match self {
+            Single::Alone(_) => done,
+            Single::Part(part) => part.end(done).await,
+        }
+    }
+}
+
 /// One write transaction's share of a batch; see the module's documentation.
 #[derive(Debug)]
 pub(super) struct Part {

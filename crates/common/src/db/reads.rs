@@ -47,9 +47,10 @@ impl Reads {
         Self { pool, kept: None }
     }
 
-    /// The reads of an SQLite file: connections of `pool` (whose most is `size`), kept.
-    pub(super) fn kept(pool: AnyPool, size: u32) -> Self {
-        let kept = Kept { idle: Mutex::new(Some(Vec::new())), turns: Arc::new(Semaphore::new(size as usize)) };
+    /// The reads of an SQLite file: connections of `pool`, kept, as many as it may open.
+    pub(super) fn kept(pool: AnyPool) -> Self {
+        let most = pool.options().get_max_connections() as usize;
+        let kept = Kept { idle: Mutex::new(Some(Vec::new())), turns: Arc::new(Semaphore::new(most)) };
         Self { pool, kept: Some(Arc::new(kept)) }
     }
 
