@@ -95,11 +95,13 @@ async fn apply(api: &RegistryApi, event: tenant_pb::WatchTenantEventsResponse) -
             let deleted = api.store.apply_tenant_deleted(event.sequence, &event.tenant, tenant_create_time).await?;
             tracing::info!(tenant = %event.tenant, connections = deleted.len(), "deleted tenant's connections removed");
         }
-        // The registry keeps nothing about a client beyond its enablements, nor about keys or APIs.
+        // The registry keeps nothing about a client beyond its enablements, nor about keys,
+        // APIs or the tenant's own fields.
         Ok(
             tenant_pb::TenantEventType::ClientChanged
             | tenant_pb::TenantEventType::ApiKeyRevoked
-            | tenant_pb::TenantEventType::ResourceServersChanged,
+            | tenant_pb::TenantEventType::ResourceServersChanged
+            | tenant_pb::TenantEventType::TenantUpdated,
         ) => api.store.skip_tenant_event(event.sequence).await?,
         _ => {
             tracing::warn!(sequence = event.sequence, kind = event.event_type, "skipping an unknown tenant event");

@@ -258,6 +258,7 @@ async fn follow_events(
                 EventType::ClientChanged => pb::TenantEventType::ClientChanged,
                 EventType::ApiKeyRevoked => pb::TenantEventType::ApiKeyRevoked,
                 EventType::ResourceServersChanged => pb::TenantEventType::ResourceServersChanged,
+                EventType::TenantUpdated => pb::TenantEventType::TenantUpdated,
             };
             let msg = pb::WatchTenantEventsResponse {
                 sequence: e.sequence,

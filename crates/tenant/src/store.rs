@@ -85,6 +85,9 @@ pub enum EventType {
     /// An API (resource server) of the tenant was created, updated or deleted: what others
     /// remember of the tenant's APIs (which exist, the scopes each defines) no longer holds.
     ResourceServersChanged = 5,
+    /// The tenant's own fields (display name, logo) were updated: what others remember of
+    /// them (the hosted login page's branding) no longer holds.
+    TenantUpdated = 6,
 }
 
 /// One entry of the durable event log that other services follow.
@@ -192,6 +195,7 @@ impl Store {
                     3 => EventType::ClientChanged,
                     4 => EventType::ApiKeyRevoked,
                     5 => EventType::ResourceServersChanged,
+                    6 => EventType::TenantUpdated,
                     k => return Err(sqlx::Error::Decode(format!("unknown event type {k} in store").into()).into()),
                 };
                 Ok(Event {
@@ -366,6 +370,8 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
+        let tenant_create_time: i64 = row.try_get("create_time")?;
+        self.append_event(&mut tx, EventType::TenantUpdated, name, tenant_create_time, "").await?;
         let mut event = self.own_event(name, "TENANT_UPDATED");
         let changed: Vec<&str> = [("display_name", display_name.is_some()), ("logo_url", logo_url.is_some())]
             .into_iter()
@@ -374,7 +380,7 @@ impl Store {
         event.details.insert("fields".into(), changed.join(","));
         self.write_audit(&mut tx, &[event]).await?;
         tx.commit().await?;
-        self.audit_committed();
+        self.events_committed();
         tenant_from_row(&row).map(Some)
     }
 

@@ -111,6 +111,28 @@ async fn every_change_of_an_api_is_logged_for_the_tenant() {
 }
 
 #[tokio::test]
+async fn a_tenant_update_is_logged_for_followers_that_remember_its_branding() {
+    each_backend("a_tenant_update_is_logged_for_followers_that_remember_its_branding", |store| async move {
+        store.create_tenant("fabrikam-public", "Fabrikam-Public", "").await.unwrap();
+        let mut changed = store.subscribe_events();
+        changed.mark_unchanged();
+        let updated = store.update_tenant("fabrikam-public", Some("Fabrikam"), None).await.unwrap().unwrap();
+        assert_eq!(updated.display_name, "Fabrikam");
+        assert!(changed.has_changed().unwrap(), "followers in this process are woken");
+        assert!(store.update_tenant("nobody", Some("Nobody"), None).await.unwrap().is_none());
+        let events = store.events_after(0, 10).await.unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| (e.event_type, e.tenant.as_str(), e.client_id.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [(EventType::TenantUpdated, "fabrikam-public", "")],
+            "no event for a tenant that is not there"
+        );
+        assert_eq!(events[0].tenant_create_time, updated.create_time);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn api_key_scopes_are_kept_and_older_keys_have_them_all() {
     use postern_common::scope::{Scope, Scopes};
     each_backend("api_key_scopes_are_kept_and_older_keys_have_them_all", |store| async move {
