@@ -7,6 +7,7 @@
 use postern_proto::authn::v1 as authn;
 use postern_proto::connections::v1 as conn;
 use postern_proto::tenant::v1 as tpb;
+use postern_testkit::web::Agent;
 use postern_testkit::{Suite, eventually, http_get};
 use tonic::Code;
 
@@ -26,6 +27,35 @@ async fn resolutions(suite: &Suite) -> u64 {
 
 async fn client_checks(suite: &Suite) -> u64 {
     counter(suite, "postern_authn_client_checks_total").await
+}
+
+/// The page's cache misses: the client's connections listed, the tenant read.
+async fn views(suite: &Suite) -> (u64, u64) {
+    (
+        counter(suite, "postern_authn_connection_listings_total").await,
+        counter(suite, "postern_authn_tenant_reads_total").await,
+    )
+}
+
+/// The hosted login page of `client_id` (redirect URI the test kit's client's), as a new
+/// browser sees it.
+async fn page(suite: &Suite, tenant: &str, client_id: &str) -> String {
+    let base = format!("http://{}", suite.http);
+    let mut authorize = url::Url::parse(&format!("{base}/{tenant}/authorize")).expect("url");
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", "https://app.example.com/callback")
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid")
+        .append_pair("state", "s");
+    let mut agent = Agent::new();
+    let start = agent.get(authorize.as_str()).await.expect("authorize");
+    assert_eq!(start.status, 303, "{start:?}");
+    let location = start.location().expect("to the login page").to_owned();
+    let page = agent.get(&format!("{base}{location}")).await.expect("page");
+    assert_eq!(page.status, 200, "{}", page.body);
+    page.body
 }
 
 /// The code of the first refusal of `login`: a change that reaches the authenticator through
@@ -72,7 +102,10 @@ async fn a_warm_login_asks_the_registry_and_the_tenant_service_nothing() {
     };
     admin
         .connections
-        .create_connection(conn::CreateConnectionRequest { tenant: tenant.into(), connection: Some(connection) })
+        .create_connection(conn::CreateConnectionRequest {
+            tenant: tenant.into(),
+            connection: Some(connection.clone()),
+        })
         .await
         .expect("connection");
     let enable = conn::EnableClientRequest {
@@ -141,7 +174,7 @@ async fn a_warm_login_asks_the_registry_and_the_tenant_service_nothing() {
         .await
         .expect("disable");
     assert_eq!(refused(&admin, &login).await, Code::PermissionDenied, "refused once the change arrives");
-    admin.connections.enable_client(enable).await.expect("enable again");
+    admin.connections.enable_client(enable.clone()).await.expect("enable again");
     accepted(&admin, &login, "a login after enabling again").await;
 
     // A rotated secret stops working at once; the new one works.
@@ -174,6 +207,49 @@ async fn a_warm_login_asks_the_registry_and_the_tenant_service_nothing() {
     admin.authn.login(public.clone()).await.expect("remembered");
     admin.clients.update_client(set_type(tpb::AppType::RegularWeb)).await.expect("confidential");
     assert_eq!(refused(&admin, &public).await, Code::Unauthenticated, "the secret is required again");
+
+    // The hosted login page: a warm view asks neither the registry (the client's
+    // connections) nor the tenant service (the tenant's name and logo) anything, and a change
+    // of either reaches the page through the change stream or the event log.
+    let id = client.client_id.clone();
+    eventually("a page view answered from the caches", || {
+        let (suite, id) = (&suite, id.clone());
+        async move {
+            page(suite, tenant, &id).await;
+            let before = views(suite).await;
+            page(suite, tenant, &id).await;
+            views(suite).await == before
+        }
+    })
+    .await;
+    let before = views(&suite).await;
+    assert!(before.0 >= 1 && before.1 >= 1, "the cold view asked both: {before:?}");
+    for _ in 0..5 {
+        page(&suite, tenant, &id).await;
+    }
+    assert_eq!(views(&suite).await, before, "5 warm page views asked neither service anything");
+    admin
+        .tenants
+        .update_tenant(tpb::UpdateTenantRequest {
+            tenant: Some(tpb::Tenant { name: tenant.into(), display_name: "Cached & Co".into(), ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+        })
+        .await
+        .expect("renamed");
+    eventually("the new name on the page", || async { page(&suite, tenant, &id).await.contains("Cached &amp; Co") })
+        .await;
+    let other = conn::Connection { name: "staff-db".into(), ..connection.clone() };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: tenant.into(), connection: Some(other) })
+        .await
+        .expect("another connection");
+    let enable_other = conn::EnableClientRequest { connection: "staff-db".into(), ..enable.clone() };
+    admin.connections.enable_client(enable_other).await.expect("enabled");
+    eventually("the new connection on the page", || async {
+        page(&suite, tenant, &id).await.contains("value=\"staff-db\"")
+    })
+    .await;
 
     // A deleted client is refused at once.
     admin.authn.login(login.clone()).await.expect("login");

@@ -9,6 +9,9 @@
 //! change is not cached: each tenant has a generation that every change bumps, and an answer
 //! is kept only if the generation it started under is still current.
 //!
+//! The connections enabled for a client, as the hosted login page lists them (no secrets),
+//! are kept under the same rules: a page view asks the registry nothing either.
+//!
 //! The same stream tells the authenticator about deleted connections (their identities go,
 //! with the users left with none) and about profile-sync changes (which decide whether
 //! UpdateUser may edit root attributes).
@@ -37,7 +40,16 @@ struct State {
     live: bool,
     generations: HashMap<String, u64>,
     entries: HashMap<(String, String, String), Resolved>,
+    /// The connections enabled for a client (tenant, client id), without secrets.
+    listed: HashMap<(String, String), Listed>,
 }
+
+/// The connections of a tenant enabled for a client, without secrets, as
+/// ListClientConnections answered them.
+pub type Listed = Arc<Vec<pb::Connection>>;
+
+/// At most this many clients' listings are kept; past it, they start over.
+const MAX_LISTED: usize = 10_000;
 
 struct Inner {
     registry: Registry,
@@ -130,6 +142,42 @@ impl ConnectionCache {
         }
     }
 
+    /// The connections of `tenant` enabled for `client_id`, without secrets (what the hosted
+    /// login page lists), as the registry's ListClientConnections answers them; its refusal
+    /// is answered as it is.
+    pub async fn enabled_for(&self, tenant: &str, client_id: &str) -> Result<Listed, Status> {
+        let key = (tenant.to_owned(), client_id.to_owned());
+        let generation = {
+            let state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.inner.enabled
+                && state.live
+                && let Some(hit) = state.listed.get(&key)
+            {
+                return Ok(hit.clone());
+            }
+            state.generations.get(tenant).copied().unwrap_or(0)
+        };
+        metrics::counter!("postern_authn_connection_listings_total").increment(1);
+        let listed = self
+            .registry()
+            .list_client_connections(pb::ListClientConnectionsRequest {
+                tenant: tenant.to_owned(),
+                client_id: client_id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .connections;
+        let listed = Arc::new(listed);
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.inner.enabled && state.live && state.generations.get(tenant).copied().unwrap_or(0) == generation {
+            if state.listed.len() >= MAX_LISTED && !state.listed.contains_key(&key) {
+                state.listed.clear();
+            }
+            state.listed.insert(key, listed.clone());
+        }
+        Ok(listed)
+    }
+
     /// Why a resolution was refused: the connection does not exist, or is not enabled for
     /// the client. Asked only on the failure path.
     async fn explain_refusal(&self, tenant: &str, client_id: &str, connection: &str) -> Status {
@@ -180,12 +228,14 @@ impl ConnectionCache {
         let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
         *state.generations.entry(event.tenant.clone()).or_default() += 1;
         state.entries.retain(|(tenant, _, _), _| *tenant != event.tenant);
+        state.listed.retain(|(tenant, _), _| *tenant != event.tenant);
     }
 
     fn set_live(&self, live: bool) {
         let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.live = live;
         state.entries.clear();
+        state.listed.clear();
         for g in state.generations.values_mut() {
             *g += 1;
         }

@@ -28,6 +28,12 @@
 //! remembered the same way: an API found (its identifier and the scopes it defines) until
 //! the log says the tenant's APIs changed (`TENANT_EVENT_TYPE_RESOURCE_SERVERS_CHANGED`);
 //! an unknown audience is asked again each time.
+//!
+//! The tenant itself (its display name and logo, which the hosted login page and the
+//! passwordless messages show) is remembered the same way, until the log says the tenant was
+//! updated (`TENANT_EVENT_TYPE_TENANT_UPDATED`) or deleted. Whether a tenant of that name
+//! exists *now*, and since when, is never answered from here
+//! ([`AuthnApi::tenant_created`](crate::api::AuthnApi) asks each time).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -88,6 +94,8 @@ struct State {
     passed: HashMap<(String, String), Known>,
     /// The APIs found, by tenant and identifier.
     apis: HashMap<(String, String), Arc<tenant_pb::ResourceServer>>,
+    /// The tenants found, by name.
+    tenants: HashMap<String, Arc<tenant_pb::Tenant>>,
 }
 
 /// The client checks that passed, while they hold.
@@ -217,6 +225,36 @@ impl ClientChecks {
         api
     }
 
+    /// The tenant `name` as the tenant service answered it, if remembered and still holding.
+    pub fn tenant(&self, name: &str) -> Option<Arc<tenant_pb::Tenant>> {
+        let state = self.state();
+        if !state.live {
+            return None;
+        }
+        state.tenants.get(name).cloned()
+    }
+
+    /// Remembers a tenant as the tenant service answered it, unless something was forgotten
+    /// since it was asked or the follower is not connected.
+    pub fn remember_tenant(&self, asked: Asked, tenant: tenant_pb::Tenant) -> Arc<tenant_pb::Tenant> {
+        let tenant = Arc::new(tenant);
+        let mut state = self.state();
+        if state.live && state.generation == asked.0 {
+            if state.tenants.len() >= MAX_CLIENTS && !state.tenants.contains_key(&tenant.name) {
+                state.tenants.clear();
+            }
+            state.tenants.insert(tenant.name.clone(), tenant.clone());
+        }
+        tenant
+    }
+
+    /// Forgets what is remembered of the tenant itself (it was updated).
+    pub fn forget_tenant_fields(&self, tenant: &str) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.tenants.remove(tenant);
+    }
+
     /// Forgets a tenant's APIs (one was created, updated or deleted).
     pub fn forget_apis(&self, tenant: &str) {
         let mut state = self.state();
@@ -231,12 +269,13 @@ impl ClientChecks {
         state.passed.remove(&(tenant.to_owned(), client_id.to_owned()));
     }
 
-    /// Forgets a tenant's clients and APIs (the tenant was deleted).
+    /// Forgets a tenant with its clients and APIs (the tenant was deleted).
     pub fn forget_tenant(&self, tenant: &str) {
         let mut state = self.state();
         state.generation += 1;
         state.passed.retain(|(t, _), _| t != tenant);
         state.apis.retain(|(t, _), _| t != tenant);
+        state.tenants.remove(tenant);
     }
 
     /// The follower connected (`true`), or lost the log (`false`: everything is forgotten,
@@ -247,6 +286,7 @@ impl ClientChecks {
             state.generation += 1;
             state.passed.clear();
             state.apis.clear();
+            state.tenants.clear();
         }
         state.live = live;
     }
@@ -344,6 +384,35 @@ mod tests {
         c.remember_api(c.asking(), "u", api);
         c.forget_tenant("u");
         assert!(c.api("u", "https://api").is_none(), "a deleted tenant's APIs go");
+    }
+
+    #[test]
+    fn tenants_are_remembered_until_updated_or_deleted() {
+        let c = ClientChecks::new();
+        let tenant = |name: &str, display: &str| tenant_pb::Tenant {
+            name: name.into(),
+            display_name: display.into(),
+            ..Default::default()
+        };
+        c.remember_tenant(c.asking(), tenant("t", "T"));
+        assert!(c.tenant("t").is_none(), "nothing is remembered before the follower is live");
+        c.set_live(true);
+        c.remember_tenant(c.asking(), tenant("t", "T"));
+        c.remember_tenant(c.asking(), tenant("u", "U"));
+        assert_eq!(c.tenant("t").map(|t| t.display_name.clone()).as_deref(), Some("T"));
+        c.forget_tenant_fields("t");
+        assert!(c.tenant("t").is_none(), "an update forgets the tenant");
+        assert!(c.tenant("u").is_some(), "tenants apart");
+        let asked = c.asking();
+        c.forget_tenant_fields("t");
+        c.remember_tenant(asked, tenant("t", "T"));
+        assert!(c.tenant("t").is_none(), "asked before an update, answered after: not kept");
+        c.forget_tenant("u");
+        assert!(c.tenant("u").is_none(), "a deleted tenant goes");
+        c.remember_tenant(c.asking(), tenant("t", "T2"));
+        c.set_live(false);
+        c.set_live(true);
+        assert!(c.tenant("t").is_none(), "what was known before the log was lost stays forgotten");
     }
 
     #[test]

@@ -359,6 +359,32 @@ impl AuthnApi {
         }
     }
 
+    /// The tenant `tenant` as users see it (its display name and logo: the hosted login
+    /// page, the passwordless messages): remembered while the tenant event log says nothing
+    /// of it ([`crate::clients::ClientChecks`]), asked of the tenant service otherwise. Not
+    /// for whether the tenant exists now: that is [`Self::tenant_created`]'s.
+    pub(crate) async fn tenant(&self, tenant: &str) -> Result<Arc<tenant_pb::Tenant>, Status> {
+        let checks = &self.client_checks;
+        if let Some(known) = checks.tenant(tenant) {
+            return Ok(known);
+        }
+        let asked = checks.asking();
+        metrics::counter!("postern_authn_tenant_reads_total").increment(1);
+        match self.tenants.clone().get_tenant(tenant_pb::GetTenantRequest { name: tenant.to_owned() }).await {
+            Ok(t) => match t.into_inner().tenant {
+                Some(found) => Ok(checks.remember_tenant(asked, found)),
+                None => Err(postern_common::error::unavailable(
+                    "TENANT_SERVICE_UNAVAILABLE",
+                    "the tenant service answered without the tenant; retry shortly",
+                )),
+            },
+            Err(s) if s.code() == Code::NotFound => {
+                Err(postern_common::error::not_found("TENANT_NOT_FOUND", format!("tenant {tenant:?} does not exist")))
+            }
+            Err(s) => Err(tenant_service_unavailable(&s)),
+        }
+    }
+
     /// The issuer of `tenant`'s tokens.
     pub(crate) fn issuer(&self, tenant: &str) -> String {
         let url = self.config.public_url.get().map_or("http://localhost", String::as_str);

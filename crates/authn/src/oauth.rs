@@ -1220,26 +1220,10 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         let req = req.into_inner();
         let request = self.transaction(&req.tenant, &req.transaction, None).await?;
         let client = self.client(&req.tenant, &request.client_id).await?;
-        let tenant = self
-            .authn
-            .tenants
-            .clone()
-            .get_tenant(tenant_pb::GetTenantRequest { name: req.tenant.clone() })
-            .await?
-            .into_inner()
-            .tenant
-            .unwrap_or_default();
-        let connections = self
-            .authn
-            .registry
-            .clone()
-            .list_client_connections(conn_pb::ListClientConnectionsRequest {
-                tenant: req.tenant.clone(),
-                client_id: request.client_id.clone(),
-            })
-            .await?
-            .into_inner()
-            .connections;
+        // Both remembered until the tenant event log or the registry's change stream says
+        // they changed: a page view asks neither service anything.
+        let tenant = self.authn.tenant(&req.tenant).await?;
+        let connections = self.authn.cache.enabled_for(&req.tenant, &request.client_id).await?;
         // Listed connections carry no secrets, so they are read from the contract here: the
         // category says which are enterprise (reached by an email domain).
         let home_realm_discovery = connections.iter().any(|c| c.category == conn_pb::Category::Enterprise as i32);
@@ -1263,13 +1247,17 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             }
         };
         let page_connections = connections
-            .into_iter()
+            .iter()
             .filter(|c| request.connection.is_empty() || c.name == request.connection)
-            .map(|c| page_connection(&c, &self.authn.connectors))
+            .map(|c| page_connection(c, &self.authn.connectors))
             .collect();
         Ok(Response::new(pb::GetLoginPageResponse {
-            tenant_display_name: if tenant.display_name.is_empty() { req.tenant.clone() } else { tenant.display_name },
-            tenant_logo_url: tenant.logo_url,
+            tenant_display_name: if tenant.display_name.is_empty() {
+                req.tenant.clone()
+            } else {
+                tenant.display_name.clone()
+            },
+            tenant_logo_url: tenant.logo_url.clone(),
             client_name: client.name.clone(),
             connections: page_connections,
             login_hint: request.login_hint,

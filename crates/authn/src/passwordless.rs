@@ -27,7 +27,6 @@ use postern_common::error::{
 use postern_common::ids::constant_time_eq;
 use postern_connection::Resolved;
 use postern_connector::{Channel, CodeConnector, CodeMessage, CodeSecret, CodeSettings, ExternalProfile, Profile};
-use postern_proto::tenant::v1 as tenant_pb;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
@@ -306,25 +305,12 @@ impl AuthnApi {
     /// The names a message shows: the application's and the tenant's.
     async fn message_names(&self, tenant: &str, client_id: &str) -> Result<(String, String), Status> {
         let client = self
-            .tenant_clients
-            .clone()
-            .get_client(tenant_pb::GetClientRequest { tenant: tenant.to_owned(), client_id: client_id.to_owned() })
+            .resolve_client(tenant, client_id)
             .await
-            .map_err(|s| crate::status::client_refusal(tenant, client_id, &s))?
-            .into_inner()
-            .client
-            .unwrap_or_default();
-        let t = self
-            .tenants
-            .clone()
-            .get_tenant(tenant_pb::GetTenantRequest { name: tenant.to_owned() })
-            .await
-            .map_err(|s| crate::status::tenant_service_unavailable(&s))?
-            .into_inner()
-            .tenant
-            .unwrap_or_default();
-        let tenant_name = if t.display_name.is_empty() { tenant.to_owned() } else { t.display_name };
-        Ok((client.name, tenant_name))
+            .map_err(|s| crate::status::client_refusal(tenant, client_id, &s))?;
+        let t = self.tenant(tenant).await?;
+        let tenant_name = if t.display_name.is_empty() { tenant.to_owned() } else { t.display_name.clone() };
+        Ok((client.name.clone(), tenant_name))
     }
 
     /// Counts a start against both rate limits.

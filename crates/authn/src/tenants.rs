@@ -4,8 +4,9 @@
 //! with it (and a deleted client's codes and refresh tokens). A tenant created later under
 //! the same name starts empty and cannot inherit the old tenant's keys (which would make the
 //! old tenant's tokens verify for the new one). The same log retires the client checks the
-//! authenticator remembers ([`clients`](crate::clients)) when a client changes or goes, and
-//! the APIs it remembers when the tenant's APIs change.
+//! authenticator remembers ([`clients`](crate::clients)) when a client changes or goes, the
+//! APIs it remembers when the tenant's APIs change, and the tenant's display name and logo
+//! when the tenant is updated.
 //!
 //! As in the registry, each event is applied with the cursor (the last sequence applied) in
 //! one transaction, and every (re)connection asks for the events after the cursor: nothing is
@@ -66,6 +67,7 @@ async fn follow_once(
         match pb::TenantEventType::try_from(event.event_type) {
             Ok(pb::TenantEventType::ClientChanged) => clients.forget_client(&event.tenant, &event.client_id),
             Ok(pb::TenantEventType::ResourceServersChanged) => clients.forget_apis(&event.tenant),
+            Ok(pb::TenantEventType::TenantUpdated) => clients.forget_tenant_fields(&event.tenant),
             Ok(pb::TenantEventType::ClientDeleted) => {
                 clients.forget_client(&event.tenant, &event.client_id);
                 // A deleted client's codes and refresh tokens stop working (idempotent, so
