@@ -17,8 +17,9 @@
 //! UpdateUser may edit root attributes).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use postern_common::error::{not_found, permission_denied};
@@ -87,7 +88,7 @@ impl ConnectionCache {
 
     /// Whether the change stream is up (the cache answers only then).
     pub fn is_live(&self) -> bool {
-        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner).live
+        self.state().live
     }
 
     fn registry(&self) -> Registry {
@@ -99,15 +100,9 @@ impl ConnectionCache {
     /// enabled for the client; UNAVAILABLE if the registry cannot be reached.
     pub async fn resolve(&self, tenant: &str, client_id: &str, connection: &str) -> Result<Resolved, Status> {
         let key = (tenant.to_owned(), client_id.to_owned(), connection.to_owned());
-        let generation = {
-            let state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if self.inner.enabled
-                && state.live
-                && let Some(hit) = state.entries.get(&key)
-            {
-                return Ok(hit.clone());
-            }
-            state.generations.get(tenant).copied().unwrap_or(0)
+        let generation = match self.cached(tenant, &key, |s| &s.entries) {
+            Ok(hit) => return Ok(hit),
+            Err(generation) => generation,
         };
         self.inner.registry_calls.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("postern_authn_connection_resolutions_total").increment(1);
@@ -128,11 +123,7 @@ impl ConnectionCache {
                     )
                 })?;
                 let conn = Arc::new(typed(conn)?);
-                let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-                if self.inner.enabled && state.live && state.generations.get(tenant).copied().unwrap_or(0) == generation
-                {
-                    state.entries.insert(key, conn.clone());
-                }
+                self.keep(tenant, generation, |s| &mut s.entries, key, conn.clone(), usize::MAX);
                 Ok(conn)
             }
             Err(s) if matches!(s.code(), Code::NotFound | Code::PermissionDenied) => {
@@ -147,15 +138,9 @@ impl ConnectionCache {
     /// is answered as it is.
     pub async fn enabled_for(&self, tenant: &str, client_id: &str) -> Result<Listed, Status> {
         let key = (tenant.to_owned(), client_id.to_owned());
-        let generation = {
-            let state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if self.inner.enabled
-                && state.live
-                && let Some(hit) = state.listed.get(&key)
-            {
-                return Ok(hit.clone());
-            }
-            state.generations.get(tenant).copied().unwrap_or(0)
+        let generation = match self.cached(tenant, &key, |s| &s.listed) {
+            Ok(hit) => return Ok(hit),
+            Err(generation) => generation,
         };
         metrics::counter!("postern_authn_connection_listings_total").increment(1);
         let listed = self
@@ -168,14 +153,54 @@ impl ConnectionCache {
             .into_inner()
             .connections;
         let listed = Arc::new(listed);
-        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.inner.enabled && state.live && state.generations.get(tenant).copied().unwrap_or(0) == generation {
-            if state.listed.len() >= MAX_LISTED && !state.listed.contains_key(&key) {
-                state.listed.clear();
-            }
-            state.listed.insert(key, listed.clone());
-        }
+        self.keep(tenant, generation, |s| &mut s.listed, key, listed.clone(), MAX_LISTED);
         Ok(listed)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Each update is whole under the lock: a poisoned lock holds no half-state.
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the map `pick` gives holds under `key`, while the cache answers; otherwise the
+    /// tenant's generation, under which an answer asked now may be kept ([`Self::keep`]).
+    fn cached<K: Eq + Hash, V: Clone>(
+        &self,
+        tenant: &str,
+        key: &K,
+        pick: impl FnOnce(&State) -> &HashMap<K, V>,
+    ) -> Result<V, u64> {
+        let state = self.state();
+        if self.inner.enabled
+            && state.live
+            && let Some(hit) = pick(&state).get(key)
+        {
+            return Ok(hit.clone());
+        }
+        Err(state.generations.get(tenant).copied().unwrap_or(0))
+    }
+
+    /// Keeps `value` under `key` in the map `pick` gives, unless the change stream is down
+    /// or a change to the tenant came since `generation` (the answer may be older than it).
+    /// A map of `max` entries starts over.
+    fn keep<K: Eq + Hash, V>(
+        &self,
+        tenant: &str,
+        generation: u64,
+        pick: impl FnOnce(&mut State) -> &mut HashMap<K, V>,
+        key: K,
+        value: V,
+        max: usize,
+    ) {
+        let mut state = self.state();
+        if !self.inner.enabled || !state.live || state.generations.get(tenant).copied().unwrap_or(0) != generation {
+            return;
+        }
+        let map = pick(&mut state);
+        if map.len() >= max && !map.contains_key(&key) {
+            map.clear();
+        }
+        map.insert(key, value);
     }
 
     /// Why a resolution was refused: the connection does not exist, or is not enabled for
@@ -225,14 +250,14 @@ impl ConnectionCache {
     }
 
     fn apply(&self, event: &pb::WatchConnectionsResponse) {
-        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state();
         *state.generations.entry(event.tenant.clone()).or_default() += 1;
         state.entries.retain(|(tenant, _, _), _| *tenant != event.tenant);
         state.listed.retain(|(tenant, _), _| *tenant != event.tenant);
     }
 
     fn set_live(&self, live: bool) {
-        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state();
         state.live = live;
         state.entries.clear();
         state.listed.clear();
