@@ -234,16 +234,16 @@ impl ClientChecks {
         state.tenants.get(name).cloned()
     }
 
-    /// Remembers a tenant as the tenant service answered it, unless something was forgotten
-    /// since it was asked or the follower is not connected.
-    pub fn remember_tenant(&self, asked: Asked, tenant: tenant_pb::Tenant) -> Arc<tenant_pb::Tenant> {
+    /// Remembers the tenant `name` as the tenant service answered it, unless something was
+    /// forgotten since it was asked or the follower is not connected.
+    pub fn remember_tenant(&self, asked: Asked, name: &str, tenant: tenant_pb::Tenant) -> Arc<tenant_pb::Tenant> {
         let tenant = Arc::new(tenant);
         let mut state = self.state();
         if state.live && state.generation == asked.0 {
-            if state.tenants.len() >= MAX_CLIENTS && !state.tenants.contains_key(&tenant.name) {
+            if state.tenants.len() >= MAX_CLIENTS && !state.tenants.contains_key(name) {
                 state.tenants.clear();
             }
-            state.tenants.insert(tenant.name.clone(), tenant.clone());
+            state.tenants.insert(name.to_owned(), tenant.clone());
         }
         tenant
     }
@@ -394,22 +394,22 @@ mod tests {
             display_name: display.into(),
             ..Default::default()
         };
-        c.remember_tenant(c.asking(), tenant("t", "T"));
+        c.remember_tenant(c.asking(), "t", tenant("t", "T"));
         assert!(c.tenant("t").is_none(), "nothing is remembered before the follower is live");
         c.set_live(true);
-        c.remember_tenant(c.asking(), tenant("t", "T"));
-        c.remember_tenant(c.asking(), tenant("u", "U"));
+        c.remember_tenant(c.asking(), "t", tenant("t", "T"));
+        c.remember_tenant(c.asking(), "u", tenant("u", "U"));
         assert_eq!(c.tenant("t").map(|t| t.display_name.clone()).as_deref(), Some("T"));
         c.forget_tenant_fields("t");
         assert!(c.tenant("t").is_none(), "an update forgets the tenant");
         assert!(c.tenant("u").is_some(), "tenants apart");
         let asked = c.asking();
         c.forget_tenant_fields("t");
-        c.remember_tenant(asked, tenant("t", "T"));
+        c.remember_tenant(asked, "t", tenant("t", "T"));
         assert!(c.tenant("t").is_none(), "asked before an update, answered after: not kept");
         c.forget_tenant("u");
         assert!(c.tenant("u").is_none(), "a deleted tenant goes");
-        c.remember_tenant(c.asking(), tenant("t", "T2"));
+        c.remember_tenant(c.asking(), "t", tenant("t", "T2"));
         c.set_live(false);
         c.set_live(true);
         assert!(c.tenant("t").is_none(), "what was known before the log was lost stays forgotten");

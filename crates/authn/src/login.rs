@@ -345,13 +345,15 @@ impl AuthnApi {
     /// tenant service itself, not of anything cached: this tells its users apart from those
     /// of a deleted tenant of the same name that this service has not removed yet.
     pub(crate) async fn tenant_created(&self, tenant: &str) -> Result<i64, Status> {
+        let found = self.ask_tenant(tenant).await?;
+        Ok(found.create_time.and_then(|t| postern_common::time::from_timestamp(&t)).unwrap_or(0))
+    }
+
+    /// The tenant `tenant` as the tenant service answers it now: NOT_FOUND `TENANT_NOT_FOUND`
+    /// if there is none, UNAVAILABLE if the service cannot answer.
+    async fn ask_tenant(&self, tenant: &str) -> Result<tenant_pb::Tenant, Status> {
         match self.tenants.clone().get_tenant(tenant_pb::GetTenantRequest { name: tenant.to_owned() }).await {
-            Ok(t) => Ok(t
-                .into_inner()
-                .tenant
-                .and_then(|t| t.create_time)
-                .and_then(|t| postern_common::time::from_timestamp(&t))
-                .unwrap_or(0)),
+            Ok(t) => Ok(t.into_inner().tenant.unwrap_or_default()),
             Err(s) if s.code() == Code::NotFound => {
                 Err(postern_common::error::not_found("TENANT_NOT_FOUND", format!("tenant {tenant:?} does not exist")))
             }
@@ -370,19 +372,8 @@ impl AuthnApi {
         }
         let asked = checks.asking();
         metrics::counter!("postern_authn_tenant_reads_total").increment(1);
-        match self.tenants.clone().get_tenant(tenant_pb::GetTenantRequest { name: tenant.to_owned() }).await {
-            Ok(t) => match t.into_inner().tenant {
-                Some(found) => Ok(checks.remember_tenant(asked, found)),
-                None => Err(postern_common::error::unavailable(
-                    "TENANT_SERVICE_UNAVAILABLE",
-                    "the tenant service answered without the tenant; retry shortly",
-                )),
-            },
-            Err(s) if s.code() == Code::NotFound => {
-                Err(postern_common::error::not_found("TENANT_NOT_FOUND", format!("tenant {tenant:?} does not exist")))
-            }
-            Err(s) => Err(tenant_service_unavailable(&s)),
-        }
+        let found = self.ask_tenant(tenant).await?;
+        Ok(checks.remember_tenant(asked, tenant, found))
     }
 
     /// The issuer of `tenant`'s tokens.
