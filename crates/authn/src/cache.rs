@@ -52,6 +52,10 @@ pub type Listed = Arc<Vec<pb::Connection>>;
 /// At most this many clients' listings are kept; past it, they start over.
 const MAX_LISTED: usize = 10_000;
 
+/// At most this many resolved connections (a tenant's client and a connection's name or
+/// id) are kept; past it, they start over, as the listings do.
+const MAX_RESOLVED: usize = 100_000;
+
 struct Inner {
     registry: Registry,
     store: Store,
@@ -123,7 +127,7 @@ impl ConnectionCache {
                     )
                 })?;
                 let conn = Arc::new(typed(conn)?);
-                self.keep(tenant, generation, |s| &mut s.entries, key, conn.clone(), usize::MAX);
+                self.keep(tenant, generation, |s| &mut s.entries, key, conn.clone(), MAX_RESOLVED);
                 Ok(conn)
             }
             Err(s) if matches!(s.code(), Code::NotFound | Code::PermissionDenied) => {
