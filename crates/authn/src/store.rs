@@ -301,6 +301,15 @@ impl Store {
         Ok(())
     }
 
+    /// Adds this handle's audit events to `statements`, a write transaction's
+    /// ([`oauth::write_together`]); [`audit_committed`](Self::audit_committed) once it committed.
+    fn push_audit(&self, statements: &mut postern_common::db::Together) -> Result<(), StoreError> {
+        if !self.audit.is_empty() {
+            self.outbox.push(statements, &self.audit)?;
+        }
+        Ok(())
+    }
+
     /// Wakes the outbox's relay after a transaction that wrote this handle's events.
     fn audit_committed(&self) {
         if !self.audit.is_empty() {
@@ -344,7 +353,7 @@ impl Store {
         grant: Option<&oauth::LoginGrant<'_>>,
     ) -> Result<User, StoreError> {
         let now = postern_common::time::now_micros();
-        let (mut tx, _) = oauth::begin_using_up(&self.db, tenant, grant, None).await?;
+        let mut tx = oauth::begin_using_up(&self.db, tenant, grant).await?;
         let p = &user.profile;
         sqlx::query(
             "INSERT INTO users (tenant, user_id, seq, email, email_lower, email_verified, username, name, given_name, \
@@ -378,7 +387,7 @@ impl Store {
         insert_identity(&mut tx, tenant, &user.user_id, identity, now).await?;
         if let Some(g) = grant {
             let at = (identity.connection_id.as_str(), identity.source_id.as_str());
-            oauth::insert_grant_in(&mut tx, tenant, &user.user_id, Some(at), g)?;
+            oauth::insert_grant_in(tx.deferred(), tenant, &user.user_id, Some(at), g)?;
         }
         self.write_audit(&mut tx)?;
         tx.commit().await?;
@@ -488,17 +497,17 @@ impl Store {
             let row = if self.audit.is_empty() {
                 counting(count).fetch_optional(self.db.writer()).await?
             } else {
-                // The statement with the BEGIN, the events with the COMMIT.
-                let (mut tx, counted) = oauth::begin_using_up(&self.db, tenant, None, Some(counting(count))).await?;
-                let row = counted.and_then(|a| a.rows.into_iter().next());
-                if row.is_some() {
-                    self.write_audit(&mut tx)?;
-                    tx.commit().await?;
-                    self.audit_committed();
-                } else {
-                    tx.rollback().await?;
+                // The statement and, only if it counted the login, the events: one hand-off.
+                let mut statements = postern_common::db::Together::default();
+                statements.push_expecting_one(counting(count))?;
+                self.push_audit(&mut statements)?;
+                match oauth::write_together(&self.db, statements).await? {
+                    Ok(answers) => {
+                        self.audit_committed();
+                        answers.into_iter().next().and_then(|a| a.rows.into_iter().next())
+                    }
+                    Err(_) => None,
                 }
-                row
             };
             let Some(row) = row else {
                 return self.not_recorded(self.db.pool(), tenant, user_id).await;
@@ -510,9 +519,7 @@ impl Store {
             return Ok(Recorded::Login(Box::new(user_of(&row, identities)?)));
         }
         // The login transaction used up (when the grant names one), then the profile the login
-        // asserts and the login's counters in one statement, both sent with the BEGIN (one
-        // hand-off to SQLite's thread); a blocked or vanished user matches no row, and the
-        // rollback below undoes the rest.
+        // asserts and the login's counters in one statement, then the rest of the login.
         let profile: Vec<(&str, Column<'_>)> = match (update.profile, update.asserted) {
             (None, _) => Vec::new(),
             (Some(p), Asserted::Profile) => vec![
@@ -554,13 +561,13 @@ impl Store {
                 Column::Flag(v) => counting.bind(i64::from(v)),
             };
         }
-        let (mut tx, counted) = oauth::begin_using_up(&self.db, tenant, update.grant, Some(counting)).await?;
-        let row = counted.and_then(|a| a.rows.into_iter().next());
-        let Some(row) = row else {
-            let recorded = self.not_recorded(&mut *tx, tenant, user_id).await?;
-            tx.rollback().await?;
-            return Ok(recorded);
-        };
+        let mut statements = postern_common::db::Together::default();
+        let taking = update.grant.and_then(|g| oauth::using_up(tenant, g));
+        let takes = taking.is_some();
+        if let Some(taking) = taking {
+            statements.push_expecting_one(taking)?;
+        }
+        statements.push_expecting_one(counting)?;
         // The identity's row, unless the login changes nothing in it (a returning user whose
         // source sent the same profile as last time): one statement less while the writer is
         // held. Its upstream tokens, when the grant keeps them, in the same statement.
@@ -568,9 +575,8 @@ impl Store {
             && update.profile_data.is_none()
             && update.password_hash.is_none()
             && update.grant.is_none_or(|g| g.upstream_tokens.is_none());
-        // It and what follows go with the commit (`WriteTx::defer`): nothing here reads them.
         if !identity_unchanged {
-            tx.defer(
+            statements.push(
                 sqlx::query(
                     "UPDATE identities SET profile_data = COALESCE($4, profile_data), profile_sync = $5, \
                      external = $6, password_hash = COALESCE($7, password_hash), update_time = $8, \
@@ -589,14 +595,24 @@ impl Store {
             )?;
         }
         if let Some((user_key, address)) = update.clear_failures {
-            tx.defer(sqlx::query(CLEAR_FAILURES).bind(tenant).bind(user_key).bind(address))?;
+            statements.push(sqlx::query(CLEAR_FAILURES).bind(tenant).bind(user_key).bind(address))?;
         }
         if let Some(g) = update.grant {
             // No identity: its upstream tokens are written above.
-            oauth::insert_grant_in(&mut tx, tenant, user_id, None, g)?;
+            oauth::insert_grant_in(&mut statements, tenant, user_id, None, g)?;
         }
-        self.write_audit(&mut tx)?;
-        tx.commit().await?;
+        self.push_audit(&mut statements)?;
+        // All of it in one hand-off to SQLite's thread; the statements after the login
+        // transaction's use run only if it was there, those after the count only if the user
+        // was (a blocked or vanished user matches no row).
+        let row = match oauth::write_together(&self.db, statements).await? {
+            Ok(answers) => answers.into_iter().nth(usize::from(takes)).and_then(|a| a.rows.into_iter().next()),
+            Err(0) if takes => return Err(StoreError::Used),
+            Err(_) => None,
+        };
+        let Some(row) = row else {
+            return self.not_recorded(self.db.pool(), tenant, user_id).await;
+        };
         self.audit_committed();
         // The identities as they are now, read once the writer is free (or as they were read
         // before the login, when it wrote none of them).

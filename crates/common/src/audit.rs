@@ -101,19 +101,33 @@ impl Outbox {
     /// ([`WriteTx::defer`](crate::db::WriteTx::defer): on SQLite in the commit's hand-off to
     /// the database). Call [`committed`](Self::committed) once `tx` has committed.
     pub fn write(&self, tx: &mut crate::db::WriteTx, events: &[pb::AuditEvent]) -> Result<(), sqlx::Error> {
-        // One statement per chunk, not per event.
-        for chunk in events.chunks(BATCH) {
+        self.inserts(events).try_for_each(|query| tx.defer(query))
+    }
+
+    /// Adds the statements that write `events` to `statements`, a write transaction's
+    /// ([`Db::write_together`](crate::db::Db::write_together)). Call
+    /// [`committed`](Self::committed) once it has committed.
+    pub fn push(&self, statements: &mut crate::db::Together, events: &[pb::AuditEvent]) -> Result<(), sqlx::Error> {
+        self.inserts(events).try_for_each(|query| statements.push(query))
+    }
+
+    /// The statements that insert `events`: one per chunk, not one per event.
+    fn inserts<'e>(
+        &self,
+        events: &'e [pb::AuditEvent],
+    ) -> impl Iterator<Item = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>> + 'e {
+        let backend = self.db.backend();
+        events.chunks(BATCH).map(move |chunk| {
             let sql = format!(
                 "INSERT INTO audit_outbox (id, event) VALUES {}",
-                crate::db::value_rows(self.db.backend(), chunk.len(), 2)
+                crate::db::value_rows(backend, chunk.len(), 2)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for e in chunk {
                 query = query.bind(e.id.clone()).bind(e.encode_to_vec());
             }
-            tx.defer(query)?;
-        }
-        Ok(())
+            query
+        })
     }
 
     /// Writes `events` in a transaction of their own (events that record no change of this

@@ -328,6 +328,11 @@ impl WriteTx {
         self.deferred.push(query)
     }
 
+    /// The statements [deferred](Self::defer) to the commit so far, to add more to.
+    pub fn deferred(&mut self) -> &mut Together {
+        &mut self.deferred
+    }
+
     /// Commits: answers once the writes are durable (on SQLite, once the shared transaction
     /// that holds them has committed; if it fails, this fails and nothing of it is stored).
     pub async fn commit(self) -> Result<(), sqlx::Error> {
@@ -675,11 +680,11 @@ impl Db {
                         Ok(answers.get(1).map_or(0, |a| a.changed))
                     }
                     // Still syncing: nothing was changed.
-                    Err(Failed { index: 0, error }) => {
+                    Err(Failed { index: 0, error, .. }) => {
                         relaxed.restored();
                         Err(error)
                     }
-                    Err(Failed { index: 1, error }) => {
+                    Err(Failed { index: 1, error, .. }) => {
                         relaxed.restore().await?;
                         Err(error)
                     }
@@ -728,6 +733,30 @@ impl Db {
                 // Dropped on a failure, the transaction rolls back.
                 let answers = statements.run(&mut tx, Backend::Postgres).await.map_err(|f| f.error)?;
                 Ok((WriteTx::new(Tx::Own(tx)), answers))
+            }
+        }
+    }
+
+    /// Runs a whole write transaction of `statements`, each of them sent with its `BEGIN` and
+    /// `COMMIT` (on SQLite in one hand-off to sqlx's worker thread, as a part of the shared
+    /// commit: see [`begin_write`](Self::begin_write)); what they answered, once the
+    /// transaction is durable. For a transaction whose every statement is known before it
+    /// starts, where what the later ones do depends only on whether earlier ones changed a row
+    /// ([`Together::push_expecting_one`]). When a statement fails, or one expected to change
+    /// one row does not, nothing of the transaction is stored and the `Err` says which (a
+    /// failure of the `BEGIN` is told as the first statement's, of the `COMMIT` as one past
+    /// the last).
+    pub async fn write_together(&self, statements: Together) -> Result<Vec<Answer>, Failed> {
+        match &self.writer.committer {
+            Some(committer) => committer.write_together(&self.writer.pool, statements).await,
+            None => {
+                let count = statements.len();
+                let mut tx =
+                    self.writer.pool.begin().await.map_err(|error| Failed { index: 0, error, unmet: false })?;
+                // Dropped on a failure, the transaction rolls back.
+                let answers = statements.run(&mut tx, Backend::Postgres).await?;
+                tx.commit().await.map_err(|error| Failed { index: count, error, unmet: false })?;
+                Ok(answers)
             }
         }
     }
@@ -1320,6 +1349,68 @@ mod tests {
         assert!(failing.await.unwrap().is_err(), "the part with the duplicate fails");
         passing.await.unwrap().expect("the other part commits");
         assert_eq!(values(&db).await, vec![1, 10, 12]);
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_transaction_written_together_stops_where_a_row_was_expected_and_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(&dir).await;
+        sqlx::query("INSERT INTO t (v) VALUES (1), (2)").execute(db.writer()).await.unwrap();
+        let (commits, _) = db.shared_commits();
+        // Use up 1, then write 10 and read it back: one transaction, one commit.
+        let using_up = |v: i64, then: i64| {
+            let mut together = Together::default();
+            together.push_expecting_one(sqlx::query("DELETE FROM t WHERE v = $1").bind(v)).unwrap();
+            together.push(sqlx::query("INSERT INTO t (v) VALUES ($1) RETURNING v").bind(then)).unwrap();
+            together.push(sqlx::query("SELECT COUNT(*) FROM t")).unwrap();
+            together
+        };
+        let answers = db.write_together(using_up(1, 10)).await.expect("written");
+        assert_eq!(answers.len(), 3, "one answer per statement, the guard's and the BEGIN's left out");
+        assert_eq!(answers[0].changed, 1);
+        assert_eq!(sqlx::Row::get::<i64, _>(&answers[1].rows[0], 0), 10, "a write's RETURNING");
+        assert_eq!(sqlx::Row::get::<i64, _>(&answers[2].rows[0], 0), 2, "the writes are seen within");
+        assert_eq!(values(&db).await, vec![2, 10]);
+        assert_eq!(db.shared_commits().0, commits + 1, "one commit");
+        // 1 is gone: nothing after its use runs, and nothing is kept.
+        let unmet = db.write_together(using_up(1, 11)).await.expect_err("1 was used up");
+        assert!(unmet.unmet && unmet.index == 0, "{unmet:?}");
+        assert_eq!(values(&db).await, vec![2, 10], "the insert after it did not run");
+        // An expectation unmet after writes undoes them: an UPDATE that changes two rows.
+        let mut two = Together::default();
+        two.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(20_i64)).unwrap();
+        two.push_expecting_one(sqlx::query("UPDATE t SET v = v WHERE v >= $1").bind(10_i64)).unwrap();
+        two.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(21_i64)).unwrap();
+        let unmet = db.write_together(two).await.expect_err("two rows changed");
+        assert!(unmet.unmet && unmet.index == 1, "{unmet:?}");
+        assert_eq!(values(&db).await, vec![2, 10], "the insert before it is undone");
+        // A failing statement: its error, and nothing kept.
+        let mut failing = Together::default();
+        failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(30_i64)).unwrap();
+        failing.push(sqlx::query("INSERT INTO t (v) VALUES ($1)").bind(2_i64)).unwrap();
+        let failed = db.write_together(failing).await.expect_err("a duplicate");
+        assert!(!failed.unmet && failed.index == 1 && is_unique_violation(&failed.error), "{failed:?}");
+        assert_eq!(values(&db).await, vec![2, 10]);
+        // As later parts of a shared transaction: the part whose expectation is unmet is
+        // undone alone, and the others commit with the first.
+        let mut open = db.begin_write().await.unwrap();
+        insert(&mut open, 40).await.unwrap();
+        let queued = |v: i64, then: i64| {
+            let db = db.clone();
+            tokio::spawn(async move { db.write_together(using_up(v, then)).await.map(|_| ()) })
+        };
+        let (used, unused, last) = (queued(2, 41), queued(99, 42), queued(10, 43));
+        until_waiting(&db, 3).await;
+        open.commit().await.expect("the first commits");
+        used.await.unwrap().expect("2 is used up");
+        let refused = unused.await.unwrap().expect_err("99 was never there");
+        assert!(refused.unmet && refused.index == 0, "{refused:?}");
+        last.await.unwrap().expect("10 is used up");
+        assert_eq!(values(&db).await, vec![40, 41, 43], "the unmet part alone is undone");
+        // Alone again, the writer is as it was: nothing is left half-done on it.
+        db.write_together(using_up(40, 50)).await.expect("written");
+        assert_eq!(values(&db).await, vec![41, 43, 50]);
         db.close().await;
     }
 

@@ -146,19 +146,13 @@ impl LoginGrant<'_> {
     }
 }
 
-/// Begins a write transaction that first uses up the login transaction `grant` names (if it
-/// names one), with the statement `then` after it: both sent with the `BEGIN`
-/// ([`Db::begin_write_with`](postern_common::db::Db::begin_write_with): on SQLite one hand-off
-/// to the database's thread). [`StoreError::Used`], with nothing written, when the login
-/// transaction is gone. The transaction, and what `then` answered.
-pub(super) async fn begin_using_up<'a>(
-    db: &postern_common::db::Db,
+/// The statement that uses up the login transaction `grant` names, if it names one: it
+/// changes one row, or none when the transaction is gone (used up, or expired).
+pub(super) fn using_up<'a>(
     tenant: &'a str,
-    grant: Option<&LoginGrant<'a>>,
-    then: Option<sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments>>,
-) -> Result<(postern_common::db::WriteTx, Option<postern_common::db::Answer>), StoreError> {
-    let mut first = postern_common::db::Together::default();
-    let taking = grant.and_then(|g| match g.uses? {
+    grant: &LoginGrant<'a>,
+) -> Option<sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments>> {
+    match grant.uses? {
         UsesUp::Upstream(state_hash) => Some(
             sqlx::query("DELETE FROM upstream_transactions WHERE tenant = $1 AND state_hash = $2")
                 .bind(tenant)
@@ -168,38 +162,66 @@ pub(super) async fn begin_using_up<'a>(
             sqlx::query("DELETE FROM login_transactions WHERE tenant = $1 AND id_hash = $2 AND expire_time > $3")
                 .bind(tenant)
                 .bind(id_hash)
-                .bind(g.now),
+                .bind(grant.now),
         ),
-    });
-    let takes = taking.is_some();
-    if let Some(taking) = taking {
-        first.push(taking)?;
     }
-    if let Some(then) = then {
-        first.push(then)?;
-    }
+}
+
+/// Begins a write transaction that first uses up the login transaction `grant` names (if it
+/// names one): sent with the `BEGIN`
+/// ([`Db::begin_write_with`](postern_common::db::Db::begin_write_with): on SQLite one hand-off
+/// to the database's thread). [`StoreError::Used`], with nothing written, when the login
+/// transaction is gone.
+pub(super) async fn begin_using_up<'a>(
+    db: &postern_common::db::Db,
+    tenant: &'a str,
+    grant: Option<&LoginGrant<'a>>,
+) -> Result<postern_common::db::WriteTx, StoreError> {
+    let mut first = postern_common::db::Together::default();
+    let Some(taking) = grant.and_then(|g| using_up(tenant, g)) else {
+        return Ok(db.begin_write().await?);
+    };
+    first.push(taking)?;
     let (tx, answers) = db.begin_write_with(first).await?;
-    let mut answers = answers.into_iter();
-    if takes && answers.next().map(|a| a.changed) != Some(1) {
+    if answers.first().map(|a| a.changed) != Some(1) {
         tx.rollback().await?;
         return Err(StoreError::Used);
     }
-    Ok((tx, answers.next()))
+    Ok(tx)
 }
 
-/// Writes `grant`'s session and code for `user_id` and, when `identity` (connection id,
-/// source id) is named, the upstream tokens on it, with the commit of the caller's write
-/// transaction ([`WriteTx::defer`](postern_common::db::WriteTx::defer): new rows whose
-/// digests are random, and the tokens of an identity the transaction wrote or read).
+/// Runs `statements`, a whole write transaction ([`Db::write_together`]: on SQLite one
+/// hand-off to the database's thread) whose first statement, when `using_up` says so, uses
+/// up a login transaction or code, pushed with
+/// [`push_expecting_one`](postern_common::db::Together::push_expecting_one): what they
+/// answered, or `None`, with nothing written, when that first statement or another one expected
+/// to change a row changed none (which one: its position).
+///
+/// [`Db::write_together`]: postern_common::db::Db::write_together
+pub(super) async fn write_together(
+    db: &postern_common::db::Db,
+    statements: postern_common::db::Together,
+) -> Result<Result<Vec<postern_common::db::Answer>, usize>, StoreError> {
+    match db.write_together(statements).await {
+        Ok(answers) => Ok(Ok(answers)),
+        Err(failed) if failed.unmet => Ok(Err(failed.index)),
+        Err(failed) => Err(failed.error.into()),
+    }
+}
+
+/// Adds `grant`'s session and code for `user_id` and, when `identity` (connection id,
+/// source id) is named, the upstream tokens on it, to `statements`, a write transaction's
+/// (new rows whose digests are random, and the tokens of an identity the transaction wrote
+/// or read: nothing reads them back).
 pub(super) fn insert_grant_in(
-    tx: &mut postern_common::db::WriteTx,
+    statements: &mut postern_common::db::Together,
     tenant: &str,
     user_id: &str,
     identity: Option<(&str, &str)>,
     grant: &LoginGrant<'_>,
 ) -> Result<(), StoreError> {
     if let (Some(identity), Some(sealed)) = (identity, grant.upstream_tokens) {
-        tx.defer(
+        statements.push(
             sqlx::query(
                 "UPDATE identities SET upstream_tokens = $4 \
                  WHERE tenant = $1 AND connection_id = $2 AND source_id = $3",
@@ -210,7 +232,7 @@ pub(super) fn insert_grant_in(
             .bind(sealed),
         )?;
     }
-    tx.defer(session_insert(
+    statements.push(session_insert(
         tenant,
         grant.session_hash,
         user_id,
@@ -218,7 +240,7 @@ pub(super) fn insert_grant_in(
         grant.session_idle_expire,
         grant.session_absolute_expire,
     ))?;
-    tx.defer(code_insert(tenant, grant.code_hash, &grant.code(user_id), grant.now, grant.code_expire))?;
+    statements.push(code_insert(tenant, grant.code_hash, &grant.code(user_id), grant.now, grant.code_expire))?;
     Ok(())
 }
 
@@ -641,17 +663,17 @@ impl Store {
         now: i64,
         refresh: Option<(&str, &RefreshGrant, i64)>,
     ) -> Result<bool, StoreError> {
-        let (mut tx, used) =
-            begin_using_up(&self.db, tenant, None, Some(code_use(tenant, code_hash, family_id, now))).await?;
-        if used.map(|a| a.changed) != Some(1) {
-            tx.rollback().await?;
+        // The code used up, and what its exchange issued only if it was: one hand-off to
+        // SQLite's thread.
+        let mut statements = postern_common::db::Together::default();
+        statements.push_expecting_one(code_use(tenant, code_hash, family_id, now))?;
+        if let Some((token_hash, grant, expire_time)) = refresh {
+            statements.push(refresh_insert(tenant, token_hash, grant, now, expire_time))?;
+        }
+        self.push_audit(&mut statements)?;
+        if write_together(&self.db, statements).await?.is_err() {
             return Ok(false);
         }
-        if let Some((token_hash, grant, expire_time)) = refresh {
-            tx.defer(refresh_insert(tenant, token_hash, grant, now, expire_time))?;
-        }
-        self.write_audit(&mut tx)?;
-        tx.commit().await?;
         self.audit_committed();
         Ok(true)
     }
@@ -682,12 +704,17 @@ impl Store {
         user_id: &str,
         grant: &LoginGrant<'_>,
     ) -> Result<(), StoreError> {
-        // The transaction used up with the BEGIN, the rest with the COMMIT: two hand-offs to
-        // SQLite's thread.
-        let (mut tx, _) = begin_using_up(&self.db, tenant, Some(grant), None).await?;
-        insert_grant_in(&mut tx, tenant, user_id, None, grant)?;
-        tx.commit().await?;
-        Ok(())
+        // The transaction used up, and the rest only if it was: one hand-off to SQLite's
+        // thread.
+        let mut statements = postern_common::db::Together::default();
+        if let Some(taking) = using_up(tenant, grant) {
+            statements.push_expecting_one(taking)?;
+        }
+        insert_grant_in(&mut statements, tenant, user_id, None, grant)?;
+        match write_together(&self.db, statements).await? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(StoreError::Used),
+        }
     }
 
     /// A live session, its idle expiry moved to `now + idle` (never past its absolute

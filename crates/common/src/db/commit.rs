@@ -258,7 +258,7 @@ impl Committer {
                 answers.remove(0);
                 Ok((Part { turn: Some(turn), first: !joining, committer: self.clone() }, answers))
             }
-            Err(Failed { index: 0, error }) => {
+            Err(Failed { index: 0, error, .. }) => {
                 if joining {
                     // The batch's state is unknown: it ends, and its parts fail with it.
                     end(&mut turn, Some(&error)).await.ok();
@@ -273,6 +273,84 @@ impl Committer {
                 Err(error)
             }
         }
+    }
+
+    /// Waits for the writer's turn and runs a whole write transaction of `statements`, its
+    /// start (`BEGIN IMMEDIATE`, or a savepoint in the open batch) and its end (the part's
+    /// `RELEASE`, and the batch's `COMMIT` when no writer waits for the batch) sent with them
+    /// in one hand-off: what they answered once the part is durable. When one of them fails,
+    /// or changes other than one row where it was expected to, the part is undone and
+    /// `Err` tells which.
+    pub(super) async fn write_together(
+        self: &Arc<Self>,
+        writer: &AnyPool,
+        statements: Together,
+    ) -> Result<Vec<Answer>, Failed> {
+        let at_start = |error| Failed { index: 0, error, unmet: false };
+        let mut turn = self.turn().await;
+        let joining = turn.batch.is_some();
+        if !joining {
+            turn.open(writer).await.map_err(at_start)?;
+        }
+        let parts = turn.batch.as_ref().map_or(0, |b| b.parts);
+        // Whether this part ends the batch, decided before its statements go, as in
+        // `Part::commit_with`.
+        let ends = self.waiting.load(Ordering::SeqCst) == 0 || parts + 1 >= MAX_PARTS;
+        let own = statements.len();
+        let mut together = statements;
+        together.push_front_sql(if joining { SAVEPOINT } else { "BEGIN IMMEDIATE" });
+        if joining {
+            together.push_sql(RELEASE);
+        }
+        if ends {
+            together.push_sql("COMMIT");
+        }
+        turn.clean = false;
+        let mut answers = match together.run(connection(&mut turn), Backend::Sqlite).await {
+            Ok(answers) => answers,
+            Err(Failed { index: 0, error, .. }) => {
+                if joining {
+                    end(&mut turn, Some(&error)).await.ok();
+                } else {
+                    turn.clean = true;
+                }
+                return Err(at_start(error));
+            }
+            Err(failed) if failed.index <= own => {
+                if roll_back(turn, !joining).await.is_err() && failed.unmet {
+                    // Undoing it failed, and the batch ended with it: nothing is stored.
+                    let error = sqlx::Error::Protocol("a write transaction could not be undone".to_owned());
+                    return Err(Failed { index: failed.index - 1, error, unmet: false });
+                }
+                return Err(Failed { index: failed.index - 1, ..failed });
+            }
+            Err(failed) if joining && failed.index == own + 1 => {
+                end(&mut turn, Some(&failed.error)).await.ok();
+                return Err(Failed { index: own, ..failed });
+            }
+            Err(failed) => {
+                // The batch's COMMIT: it failed as `end` tells it.
+                let error = ended_with(&mut turn, Err(failed.error), None).await.err();
+                let error = error.unwrap_or_else(|| sqlx::Error::Protocol("the commit failed".to_owned()));
+                return Err(Failed { index: own, error, unmet: false });
+            }
+        };
+        answers.remove(0);
+        answers.truncate(own);
+        let done = if ends {
+            self.counted(parts as u64 + 1);
+            ended_with(&mut turn, Ok(()), None).await
+        } else {
+            if !joining {
+                turn.batch = Some(Batch { parts: 0, outcome: Arc::new(watch::channel(None).0) });
+            }
+            turn.clean = true;
+            match settle(turn, !joining, self).await {
+                Committed::Ended(done) => done,
+                Committed::HandedOn(outcome) => await_end(outcome).await,
+            }
+        };
+        done.map(|()| answers).map_err(|error| Failed { index: own, error, unmet: false })
     }
 
     /// Gives the writer connection back to the pool, so that it can close: once no write

@@ -19,6 +19,9 @@ use super::Backend;
 #[derive(Default)]
 pub struct Together {
     statements: Vec<(sqlx::SqlStr, Option<AnyArguments>)>,
+    /// The positions of the statements that must change exactly one row for the statements
+    /// after them to run ([`push_expecting_one`](Self::push_expecting_one)), in order.
+    expecting_one: Vec<usize>,
 }
 
 impl std::fmt::Debug for Together {
@@ -49,15 +52,45 @@ impl std::fmt::Debug for Answer {
 pub struct Failed {
     /// The failed statement's position.
     pub index: usize,
-    /// Its error.
+    /// Its error ([`sqlx::Error::RowNotFound`] when it is [`unmet`](Self::unmet)).
     pub error: sqlx::Error,
+    /// The statement ran, but changed other than exactly one row where it was
+    /// [expected to](Together::push_expecting_one).
+    pub unmet: bool,
 }
+
+impl Failed {
+    fn error(index: usize, error: sqlx::Error) -> Self {
+        Self { index, error, unmet: false }
+    }
+
+    fn unmet(index: usize) -> Self {
+        Self { index, error: sqlx::Error::RowNotFound, unmet: true }
+    }
+}
+
+/// On SQLite, the statement that follows one [expected](Together::push_expecting_one) to
+/// change exactly one row: it fails (SQLite's `json()` refuses text that is not JSON, and
+/// SQLite has no `RAISE` outside triggers) unless `changes()`, the rows changed by the
+/// statement before it, is 1, which stops the statements after it. Its argument depends on
+/// `changes()`, so SQLite cannot evaluate it once ahead of the `CASE`.
+const EXPECT_ONE: &str = "SELECT json(CASE changes() WHEN 1 THEN '1' ELSE 'postern: expected one row changed' END)";
 
 impl Together {
     /// Adds `query` after the statements already here.
     pub fn push(&mut self, mut query: sqlx::query::Query<'_, Any, AnyArguments>) -> Result<(), sqlx::Error> {
         let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
         self.statements.push((query.sql(), arguments));
+        Ok(())
+    }
+
+    /// Adds `query`, a write, after the statements already here: the statements after it run
+    /// only if it changes exactly one row. If it does not, [`run`](Self::run) fails at it
+    /// with [`Failed::unmet`] (on SQLite by a guard statement sent with the others, on
+    /// PostgreSQL by looking between statements).
+    pub fn push_expecting_one(&mut self, query: sqlx::query::Query<'_, Any, AnyArguments>) -> Result<(), sqlx::Error> {
+        self.push(query)?;
+        self.expecting_one.push(self.statements.len() - 1);
         Ok(())
     }
 
@@ -69,6 +102,9 @@ impl Together {
     /// Puts a statement without parameters before the others.
     pub(super) fn push_front_sql(&mut self, sql: &'static str) {
         self.statements.insert(0, (sqlx::SqlSafeStr::into_sql_str(sql), None));
+        for i in &mut self.expecting_one {
+            *i += 1;
+        }
     }
 
     /// How many statements there are.
@@ -83,35 +119,64 @@ impl Together {
 
     /// Runs the statements on `conn`, in order, stopping at the first that fails: what each
     /// answered.
-    pub async fn run(self, conn: &mut AnyConnection, backend: Backend) -> Result<Vec<Answer>, Failed> {
+    pub async fn run(mut self, conn: &mut AnyConnection, backend: Backend) -> Result<Vec<Answer>, Failed> {
         use futures_util::StreamExt as _;
         let count = self.statements.len();
         if backend == Backend::Postgres || count < 2 {
             return self.run_apart(conn).await;
         }
-        let kinds: Vec<Kind> = self.statements.iter().map(|(sql, _)| kind(sql.as_str())).collect();
+        let mut kinds: Vec<Kind> = self.statements.iter().map(|(sql, _)| kind(sql.as_str())).collect();
         if kinds.contains(&Kind::Mixed) {
             return self.run_apart(conn).await;
         }
+        // The guards, one after each statement expected to change one row: where each
+        // statement's answer comes in the joined query's answers.
+        let expecting_one = std::mem::take(&mut self.expecting_one);
+        let mut statements = Vec::with_capacity(count + expecting_one.len());
+        let mut joined_kinds = Vec::with_capacity(statements.capacity());
+        for (index, (statement, kind)) in self.statements.into_iter().zip(kinds.drain(..)).enumerate() {
+            statements.push(statement);
+            joined_kinds.push(kind);
+            if expecting_one.contains(&index) {
+                statements.push((sqlx::SqlSafeStr::into_sql_str(EXPECT_ONE), None));
+                joined_kinds.push(Kind::Numbered);
+            }
+        }
+        let total = statements.len();
+        // The caller's statement behind each of the joined query's, and whether it is a guard.
+        let mut origin = Vec::with_capacity(total);
+        for index in 0..count {
+            origin.push((index, false));
+            if expecting_one.contains(&index) {
+                origin.push((index, true));
+            }
+        }
         let mut done = Vec::with_capacity(count);
         let mut rows = Vec::new();
-        let (sql, arguments) = self.joined(&kinds);
+        let (sql, arguments) = Self { statements, expecting_one: Vec::new() }.joined(&joined_kinds);
+        let mut answered = 0;
         let mut answers = conn.fetch_many(sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments));
         while let Some(answer) = answers.next().await {
             let answer: Result<Either<AnyQueryResult, AnyRow>, sqlx::Error> = answer;
+            let (index, guard) = origin.get(answered).copied().unwrap_or((count, false));
             match answer {
                 Ok(Either::Left(result)) => {
-                    done.push(Answer { changed: result.rows_affected(), rows: std::mem::take(&mut rows) });
+                    answered += 1;
+                    let rows = std::mem::take(&mut rows);
+                    if !guard {
+                        done.push(Answer { changed: result.rows_affected(), rows });
+                    }
                 }
                 Ok(Either::Right(row)) => rows.push(row),
-                Err(error) => return Err(Failed { index: done.len(), error }),
+                Err(_) if guard => return Err(Failed::unmet(index)),
+                Err(error) => return Err(Failed::error(index, error)),
             }
         }
-        if done.len() == count {
+        if answered == total {
             Ok(done)
         } else {
-            let error = sqlx::Error::Protocol(format!("{count} statements sent together, {} answered", done.len()));
-            Err(Failed { index: done.len(), error })
+            let error = sqlx::Error::Protocol(format!("{total} statements sent together, {answered} answered"));
+            Err(Failed::error(origin.get(answered).map_or(count, |o| o.0), error))
         }
     }
 
@@ -126,8 +191,12 @@ impl Together {
                 match a {
                     Ok(Either::Left(result)) => answer.changed += result.rows_affected(),
                     Ok(Either::Right(row)) => answer.rows.push(row),
-                    Err(error) => return Err(Failed { index, error }),
+                    Err(error) => return Err(Failed::error(index, error)),
                 }
+            }
+            drop(answers);
+            if answer.changed != 1 && self.expecting_one.contains(&index) {
+                return Err(Failed::unmet(index));
             }
             done.push(answer);
         }
