@@ -191,11 +191,10 @@ pub(super) async fn begin_using_up<'a>(
 }
 
 /// Runs `statements`, a whole write transaction ([`Db::write_together`]: on SQLite one
-/// hand-off to the database's thread) whose first statement, when `using_up` says so, uses
-/// up a login transaction or code, pushed with
-/// [`push_expecting_one`](postern_common::db::Together::push_expecting_one): what they
-/// answered, or `None`, with nothing written, when that first statement or another one expected
-/// to change a row changed none (which one: its position).
+/// hand-off to the database's thread): what they answered; or, with nothing written, the
+/// position of the statement that was
+/// [expected](postern_common::db::Together::push_expecting_one) to change one row (a login
+/// transaction or code used up, a user counted) and did not.
 ///
 /// [`Db::write_together`]: postern_common::db::Db::write_together
 pub(super) async fn write_together(
