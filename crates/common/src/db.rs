@@ -751,11 +751,10 @@ impl Db {
             Some(committer) => committer.write_together(&self.writer.pool, statements).await,
             None => {
                 let count = statements.len();
-                let mut tx =
-                    self.writer.pool.begin().await.map_err(|error| Failed { index: 0, error, unmet: false })?;
+                let mut tx = self.writer.pool.begin().await.map_err(|error| Failed::error(0, error))?;
                 // Dropped on a failure, the transaction rolls back.
                 let answers = statements.run(&mut tx, Backend::Postgres).await?;
-                tx.commit().await.map_err(|error| Failed { index: count, error, unmet: false })?;
+                tx.commit().await.map_err(|error| Failed::error(count, error))?;
                 Ok(answers)
             }
         }

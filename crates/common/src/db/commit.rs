@@ -275,7 +275,7 @@ impl Committer {
         }
     }
 
-    /// Waits for the writer's turn and runs a whole write transaction of `statements`, its
+    /// Waits for the writer's turn and runs a whole write transaction of `together`, its
     /// start (`BEGIN IMMEDIATE`, or a savepoint in the open batch) and its end (the part's
     /// `RELEASE`, and the batch's `COMMIT` when no writer waits for the batch) sent with them
     /// in one hand-off: what they answered once the part is durable. When one of them fails,
@@ -284,20 +284,18 @@ impl Committer {
     pub(super) async fn write_together(
         self: &Arc<Self>,
         writer: &AnyPool,
-        statements: Together,
+        mut together: Together,
     ) -> Result<Vec<Answer>, Failed> {
-        let at_start = |error| Failed { index: 0, error, unmet: false };
         let mut turn = self.turn().await;
         let joining = turn.batch.is_some();
         if !joining {
-            turn.open(writer).await.map_err(at_start)?;
+            turn.open(writer).await.map_err(|error| Failed::error(0, error))?;
         }
         let parts = turn.batch.as_ref().map_or(0, |b| b.parts);
         // Whether this part ends the batch, decided before its statements go, as in
         // `Part::commit_with`.
         let ends = self.waiting.load(Ordering::SeqCst) == 0 || parts + 1 >= MAX_PARTS;
-        let own = statements.len();
-        let mut together = statements;
+        let own = together.len();
         together.push_front_sql(if joining { SAVEPOINT } else { "BEGIN IMMEDIATE" });
         if joining {
             together.push_sql(RELEASE);
@@ -314,13 +312,13 @@ impl Committer {
                 } else {
                     turn.clean = true;
                 }
-                return Err(at_start(error));
+                return Err(Failed::error(0, error));
             }
             Err(failed) if failed.index <= own => {
                 if roll_back(turn, !joining).await.is_err() && failed.unmet {
                     // Undoing it failed, and the batch ended with it: nothing is stored.
                     let error = sqlx::Error::Protocol("a write transaction could not be undone".to_owned());
-                    return Err(Failed { index: failed.index - 1, error, unmet: false });
+                    return Err(Failed::error(failed.index - 1, error));
                 }
                 return Err(Failed { index: failed.index - 1, ..failed });
             }
@@ -330,9 +328,10 @@ impl Committer {
             }
             Err(failed) => {
                 // The batch's COMMIT: it failed as `end` tells it.
-                let error = ended_with(&mut turn, Err(failed.error), None).await.err();
-                let error = error.unwrap_or_else(|| sqlx::Error::Protocol("the commit failed".to_owned()));
-                return Err(Failed { index: own, error, unmet: false });
+                let Err(error) = ended_with(&mut turn, Err(failed.error), None).await else {
+                    unreachable!("a batch whose COMMIT failed ends with that failure")
+                };
+                return Err(Failed::error(own, error));
             }
         };
         answers.remove(0);
@@ -345,12 +344,9 @@ impl Committer {
                 turn.batch = Some(Batch { parts: 0, outcome: Arc::new(watch::channel(None).0) });
             }
             turn.clean = true;
-            match settle(turn, !joining, self).await {
-                Committed::Ended(done) => done,
-                Committed::HandedOn(outcome) => await_end(outcome).await,
-            }
+            settle(turn, !joining, self).await.outcome().await
         };
-        done.map(|()| answers).map_err(|error| Failed { index: own, error, unmet: false })
+        done.map(|()| answers).map_err(|error| Failed::error(own, error))
     }
 
     /// Gives the writer connection back to the pool, so that it can close: once no write
@@ -478,16 +474,23 @@ enum Committed {
     HandedOn(watch::Receiver<Outcome>),
 }
 
+impl Committed {
+    /// The batch's outcome: as it ended here, or once the writers it was handed on to end it.
+    async fn outcome(self) -> Result<(), sqlx::Error> {
+        match self {
+            Committed::Ended(done) => done,
+            Committed::HandedOn(outcome) => await_end(outcome).await,
+        }
+    }
+}
+
 impl Part {
     /// Commits the part: answers once the batch it belongs to has committed (or failed).
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
         let turn = self.turn.take().unwrap_or_else(|| unreachable!("a part ends once"));
         // A caller going away half-way drops the turn unclean (`Turn`'s drop): the batch is
         // then rolled back and its parts fail, rather than left neither committed nor handed on.
-        match hand_on_or_end(turn, self.first, &self.committer).await {
-            Committed::Ended(done) => done,
-            Committed::HandedOn(outcome) => await_end(outcome).await,
-        }
+        hand_on_or_end(turn, self.first, &self.committer).await.outcome().await
     }
 
     /// Commits the part with the statements `deferred` to its commit run first, in one
@@ -525,10 +528,7 @@ impl Part {
         }
         if !ends {
             turn.clean = true;
-            return match settle(turn, first, &committer).await {
-                Committed::Ended(done) => done,
-                Committed::HandedOn(outcome) => await_end(outcome).await,
-            };
+            return settle(turn, first, &committer).await.outcome().await;
         }
         committer.counted(parts as u64 + 1);
         ended_with(&mut turn, Ok(()), None).await

@@ -60,7 +60,8 @@ pub struct Failed {
 }
 
 impl Failed {
-    fn error(index: usize, error: sqlx::Error) -> Self {
+    /// Statement `index` failed with `error`.
+    pub(super) fn error(index: usize, error: sqlx::Error) -> Self {
         Self { index, error, unmet: false }
     }
 
@@ -125,29 +126,23 @@ impl Together {
         if backend == Backend::Postgres || count < 2 {
             return self.run_apart(conn).await;
         }
-        let mut kinds: Vec<Kind> = self.statements.iter().map(|(sql, _)| kind(sql.as_str())).collect();
+        let kinds: Vec<Kind> = self.statements.iter().map(|(sql, _)| kind(sql.as_str())).collect();
         if kinds.contains(&Kind::Mixed) {
             return self.run_apart(conn).await;
         }
-        // The guards, one after each statement expected to change one row: where each
-        // statement's answer comes in the joined query's answers.
+        // A guard after each statement expected to change one row; and, for each statement
+        // of the joined query, the caller's statement behind it and whether it is a guard.
         let expecting_one = std::mem::take(&mut self.expecting_one);
-        let mut statements = Vec::with_capacity(count + expecting_one.len());
-        let mut joined_kinds = Vec::with_capacity(statements.capacity());
-        for (index, (statement, kind)) in self.statements.into_iter().zip(kinds.drain(..)).enumerate() {
+        let total = count + expecting_one.len();
+        let (mut statements, mut joined_kinds, mut origin) =
+            (Vec::with_capacity(total), Vec::with_capacity(total), Vec::with_capacity(total));
+        for (index, (statement, kind)) in self.statements.into_iter().zip(kinds).enumerate() {
             statements.push(statement);
             joined_kinds.push(kind);
+            origin.push((index, false));
             if expecting_one.contains(&index) {
                 statements.push((sqlx::SqlSafeStr::into_sql_str(EXPECT_ONE), None));
                 joined_kinds.push(Kind::Numbered);
-            }
-        }
-        let total = statements.len();
-        // The caller's statement behind each of the joined query's, and whether it is a guard.
-        let mut origin = Vec::with_capacity(total);
-        for index in 0..count {
-            origin.push((index, false));
-            if expecting_one.contains(&index) {
                 origin.push((index, true));
             }
         }
