@@ -882,3 +882,209 @@ async fn test_connection_fetches_the_discovery_document_and_the_keys() {
     assert!(down.steps[0].detail.contains("Connection refused"), "says why: {down:?}");
     suite.stop().await.expect("stop");
 }
+
+/// A loopback listener that reports the peer of each connection it accepts, in order (and
+/// closes it).
+async fn reporting_listener() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<std::net::SocketAddr>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            drop(stream);
+            if tx.send(peer).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// The next peer `listener` accepted, waited for (a few seconds at most).
+async fn next_peer(rx: &mut tokio::sync::mpsc::UnboundedReceiver<std::net::SocketAddr>) -> std::net::SocketAddr {
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a connection within 10 s")
+        .expect("the listener runs")
+}
+
+/// An `oidc` connection whose issuer is `issuer` (nothing real answers there).
+fn oidc_at(name: &str, issuer: &str) -> conn::Connection {
+    conn::Connection {
+        name: name.into(),
+        strategy: "oidc".into(),
+        options: Some(conn::connection::Options::Oidc(conn::OidcOptions {
+            issuer: issuer.into(),
+            client_id: "postern".into(),
+            client_secret: "a-secret".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_egress_policy_keeps_a_tenants_connections_off_refused_addresses() {
+    // The built-in policy: the cloud metadata address is refused before anything is sent.
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-egress";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    connect(&mut admin, t, &portal, oidc_at("metadata", "http://169.254.169.254/latest")).await;
+    let test = |connection: &str| authn::TestConnectionRequest { tenant: t.into(), connection: connection.into() };
+    let tried = admin.authn.test_connection(test("metadata")).await.expect("test").into_inner();
+    let step = tried.steps.first().expect("a step");
+    assert!(!tried.ok && step.name == "discovery" && !step.ok, "{tried:?}");
+    assert!(step.detail.contains("169.254.169.254 is an address this server's egress policy refuses"), "{step:?}");
+    let mut agent = Agent::new();
+    let answer = agent
+        .get(&authorize_url(&suite, t, &portal.client_id, &[("connection", "metadata")]))
+        .await
+        .expect("authorize");
+    assert!(answer.location().is_some_and(|l| l.starts_with(CALLBACK)), "back to the application: {answer:?}");
+    let q = app_query(&answer);
+    assert_eq!(q.get("state").map(String::as_str), Some(STATE), "{q:?}");
+    assert!(q.get("error_description").is_some_and(|d| d.contains("egress policy")), "{q:?}");
+    drop(suite);
+
+    // The operator refuses loopback: a name resolving there is refused, and nothing connects.
+    let (addr, mut accepted) = reporting_listener().await;
+    let strict = Suite::start_with(|s| s.egress_deny = vec!["127.0.0.0/8".into(), "::1".into()]).await.expect("suite");
+    let mut admin = strict.admin().await;
+    let portal = app(&mut admin, t).await;
+    connect(&mut admin, t, &portal, oidc_at("local", &format!("http://localhost:{}", addr.port()))).await;
+    let tried = admin.authn.test_connection(test("local")).await.expect("test").into_inner();
+    let step = tried.steps.first().expect("a step");
+    assert!(!step.ok && step.detail.contains("localhost resolves to"), "{tried:?}");
+    // Connections are accepted in the order they came: the first is this probe's, so Postern
+    // made none before it.
+    let probe = tokio::net::TcpStream::connect(addr).await.expect("probe");
+    assert_eq!(next_peer(&mut accepted).await, probe.local_addr().expect("addr"), "nothing reached the listener");
+    drop(strict);
+
+    // Allowed over the operator's deny list: the discovery request reaches the listener (which
+    // answers nothing, so the step fails for that reason instead).
+    let allowing = Suite::start_with(|s| {
+        s.egress_deny = vec!["127.0.0.0/8".into()];
+        s.egress_allow = vec![addr.ip().to_string()];
+    })
+    .await
+    .expect("suite");
+    let mut admin = allowing.admin().await;
+    let portal = app(&mut admin, t).await;
+    connect(&mut admin, t, &portal, oidc_at("allowed", &format!("http://{addr}"))).await;
+    let tried = admin.authn.test_connection(test("allowed")).await.expect("test").into_inner();
+    let step = tried.steps.first().expect("a step");
+    assert!(!step.ok && !step.detail.contains("egress"), "{tried:?}");
+    next_peer(&mut accepted).await;
+}
+
+#[tokio::test]
+async fn every_connector_checks_its_addresses_under_the_egress_policy() {
+    use conn::connection::Options;
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-egress-all";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let metadata = "169.254.169.254";
+    let connection = |name: &str, strategy: &str, options: Options| conn::Connection {
+        name: name.into(),
+        strategy: strategy.into(),
+        options: Some(options),
+        ..Default::default()
+    };
+    let connections = [
+        connection(
+            "directory",
+            "ldap",
+            Options::Ldap(conn::LdapOptions {
+                url: format!("ldap://{metadata}:389"),
+                allow_plaintext: true,
+                bind_dn: "cn=postern,dc=fabrikam,dc=example".into(),
+                bind_password: "a-password".into(),
+                base_dn: "dc=fabrikam,dc=example".into(),
+                ..Default::default()
+            }),
+        ),
+        connection(
+            "legacy",
+            "auth0",
+            Options::Database(conn::DatabaseOptions {
+                custom_database: Some(conn::CustomDatabase {
+                    endpoint: format!("http://{metadata}:50051"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        ),
+        connection(
+            "mail",
+            "email",
+            Options::Email(conn::EmailOptions {
+                from: "Fabrikam <no-reply@fabrikam.example>".into(),
+                smtp_host: metadata.into(),
+                smtp_port: 25,
+                smtp_tls: conn::SmtpTls::None as i32,
+                ..Default::default()
+            }),
+        ),
+        connection(
+            "texts",
+            "sms",
+            Options::Sms(conn::SmsOptions {
+                from: "+15550001111".into(),
+                provider_url: format!("http://{metadata}/2010-04-01"),
+                account: "AC0123".into(),
+                token: "a-token".into(),
+                ..Default::default()
+            }),
+        ),
+        connection(
+            "hub",
+            "github",
+            Options::Oauth2(conn::OAuth2Options {
+                client_id: "postern".into(),
+                client_secret: "a-secret".into(),
+                authorization_endpoint: format!("http://{metadata}/login/oauth/authorize"),
+                token_endpoint: format!("http://{metadata}/login/oauth/access_token"),
+                userinfo_endpoint: format!("http://{metadata}/user"),
+                ..Default::default()
+            }),
+        ),
+    ];
+    let names: Vec<String> = connections.iter().map(|c| c.name.clone()).collect();
+    for c in connections {
+        connect(&mut admin, t, &portal, c).await;
+    }
+    for name in &names {
+        let tried = admin
+            .authn
+            .test_connection(authn::TestConnectionRequest { tenant: t.into(), connection: name.clone() })
+            .await
+            .expect("test")
+            .into_inner();
+        assert!(!tried.ok, "{name}: {tried:?}");
+        assert!(
+            tried.steps.iter().any(|s| !s.ok && s.detail.contains("egress policy refuses")),
+            "{name}: the refusal is a step's reason: {tried:?}"
+        );
+    }
+    // A login through the directory: FAILED_PRECONDITION naming the reason, not an outage.
+    let refused = admin
+        .authn
+        .login(authn::LoginRequest {
+            tenant: t.into(),
+            client_id: portal.client_id.clone(),
+            client_secret: portal.client_secret.clone(),
+            connection: "directory".into(),
+            username: "alice".into(),
+            password: "a-password".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("egress policy refuses"), "{refused:?}");
+    let info = tonic_types::StatusExt::get_details_error_info(&refused).expect("error info");
+    assert_eq!(info.reason, "EGRESS_REFUSED");
+}

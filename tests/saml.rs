@@ -39,7 +39,8 @@ fn base(suite: &Suite) -> String {
 async fn suite_on(clock: &Clock) -> Suite {
     let clock = clock.clone();
     Suite::start_with(move |s| {
-        s.connectors = Some(postern_connector_saml::register(postern::connectors(), clock.clone()));
+        s.connectors =
+            Some(postern_connector_saml::register(postern::connectors(), clock.clone(), &Default::default()));
         s.clock = Some(clock);
     })
     .await

@@ -197,6 +197,19 @@ pub struct Settings {
     /// The private key (PEM) of `--internal-cert`.
     #[arg(long, env = "POSTERN_INTERNAL_CERT_KEY")]
     pub internal_cert_key: Option<PathBuf>,
+    /// Addresses and ranges (CIDR: `127.0.0.0/8,10.0.0.0/8,::1`) the connectors must not
+    /// connect to on a tenant's behalf (OpenID and OAuth 2.0 endpoints, SAML sign-in URLs,
+    /// directories, custom databases, SMTP and SMS providers), on top of the built-in
+    /// link-local and cloud metadata ranges (`169.254.0.0/16`, `fe80::/10`, `fd00:ec2::254`…).
+    /// A name is checked on what it resolves to. On a server whose tenants are not its
+    /// operators, add the loopback and private ranges.
+    #[arg(long, env = "POSTERN_EGRESS_DENY", value_delimiter = ',')]
+    pub egress_deny: Vec<String>,
+    /// Addresses and ranges (CIDR) the connectors may connect to even where
+    /// `--egress-deny` or the built-in ranges refuse them (a directory at `10.1.2.3` on a server
+    /// that refuses `10.0.0.0/8`).
+    #[arg(long, env = "POSTERN_EGRESS_ALLOW", value_delimiter = ',')]
+    pub egress_allow: Vec<String>,
     /// The connectors the authenticator runs, by strategy; `None` (always, from the command
     /// line) is every connector this binary has ([`connectors`]). Tests set it to add one.
     #[arg(skip)]
@@ -387,6 +400,9 @@ pub async fn run(
             *value = None;
         }
     }
+    // Checked before anything is opened or written (the authenticator builds its connectors
+    // with it later).
+    egress(&settings)?;
     let internal_key = internal_key(component, &settings)?;
     let tls = tls::configure(component, &settings)?;
     let connections = connections(&settings);
@@ -733,7 +749,10 @@ async fn start_authn(
         lifetimes: postern_authn::tokens::Lifetimes::DEFAULT,
         cache_connections: settings.connection_cache,
         clock: settings.clock.clone().unwrap_or_else(postern_common::time::Clock::system),
-        connectors: settings.connectors.clone().unwrap_or_else(|| connectors_with(hashing_limits(settings))),
+        connectors: match &settings.connectors {
+            Some(c) => c.clone(),
+            None => connectors_with(hashing_limits(settings), &egress(settings)?),
+        },
     };
     let api = postern_authn::api(store.clone(), &peers, internal_key, config);
     let started = Started {
@@ -756,21 +775,36 @@ fn hashing_limits(settings: &Settings) -> postern_connector_database::password::
     }
 }
 
-/// Every connector this binary has, by strategy, with the default hashing limits: the
-/// authenticator runs them and knows no protocol.
+/// Every connector this binary has, by strategy, with the default hashing limits and the
+/// built-in egress policy: the authenticator runs them and knows no protocol.
 pub fn connectors() -> postern_connector::Connectors {
-    connectors_with(postern_connector_database::password::HashingLimits::default())
+    connectors_with(
+        postern_connector_database::password::HashingLimits::default(),
+        &postern_connector::Egress::default(),
+    )
+}
+
+/// The egress policy of `--egress-deny` and `--egress-allow`; an entry that is neither an
+/// address nor a range stops the start, named.
+pub fn egress(settings: &Settings) -> anyhow::Result<postern_connector::Egress> {
+    postern_connector::Egress::new(&settings.egress_deny, &settings.egress_allow).map_err(|e| {
+        anyhow::anyhow!("--egress-deny / --egress-allow (POSTERN_EGRESS_DENY / POSTERN_EGRESS_ALLOW): {e}")
+    })
 }
 
 /// Every connector this binary has, by strategy, the database connector hashing within
-/// `limits`. A new connector crate is registered here.
-pub fn connectors_with(limits: postern_connector_database::password::HashingLimits) -> postern_connector::Connectors {
-    let connectors = postern_connector_database::register_with(postern_connector::Connectors::new(), limits);
-    let connectors = postern_connector_oidc::register(connectors);
-    let connectors = postern_connector_ldap::register(connectors, postern_common::time::Clock::system());
-    let connectors = postern_connector_passwordless::register(connectors);
-    let connectors = postern_connector_saml::register(connectors, postern_common::time::Clock::system());
-    postern_connector_social::register(connectors)
+/// `limits`, every connector connecting only where `egress` allows. A new connector crate is
+/// registered here.
+pub fn connectors_with(
+    limits: postern_connector_database::password::HashingLimits,
+    egress: &postern_connector::Egress,
+) -> postern_connector::Connectors {
+    let connectors = postern_connector_database::register_with(postern_connector::Connectors::new(), limits, egress);
+    let connectors = postern_connector_oidc::register(connectors, egress);
+    let connectors = postern_connector_ldap::register(connectors, postern_common::time::Clock::system(), egress);
+    let connectors = postern_connector_passwordless::register(connectors, egress);
+    let connectors = postern_connector_saml::register(connectors, postern_common::time::Clock::system(), egress);
+    postern_connector_social::register(connectors, egress)
 }
 
 /// The master key: configured, or the one in `<data-dir>/master-key`, which the first start

@@ -93,6 +93,8 @@ pub fn settings(data_dir: &Path) -> Settings {
         internal_cert: None,
         internal_cert_key: None,
         migrate: postern::MigrateOnStart::Auto,
+        egress_deny: Vec::new(),
+        egress_allow: Vec::new(),
         connectors: None,
         clock: None,
     }

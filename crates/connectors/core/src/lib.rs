@@ -28,6 +28,9 @@ use serde_json::{Map, Value};
 
 pub use async_trait::async_trait;
 
+pub mod egress;
+pub use egress::Egress;
+
 /// The root profile attributes a source provides and a login may copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Profile {

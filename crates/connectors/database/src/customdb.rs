@@ -15,6 +15,7 @@ use postern_proto::customdb::v1 as pb;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use postern_connector::egress::{Egress, EgressError, Refused, refusal_in};
 use postern_connector::{ExternalProfile, Profile};
 
 /// The deadline of a call when the connection sets none (`timeout_seconds` = 0).
@@ -38,6 +39,9 @@ pub enum CustomDbError {
     /// The store failed, timed out or cannot be reached.
     #[error("the custom database is unavailable: {0}")]
     Unavailable(String),
+    /// The egress policy refuses the endpoint's address: nothing was sent.
+    #[error("the custom database cannot be called: {0}")]
+    Refused(Refused),
 }
 
 /// Where and how to call one connection's custom database.
@@ -77,14 +81,21 @@ impl Target {
 pub struct CustomDbClient {
     /// By endpoint, then by `ca_certificate`.
     channels: Mutex<HashMap<String, HashMap<String, Channel>>>,
+    /// Where the channels may connect.
+    egress: Egress,
 }
 
 type Client = pb::custom_database_service_client::CustomDatabaseServiceClient<Channel>;
 
 impl CustomDbClient {
-    /// A client with no open channel yet.
+    /// A client with no open channel yet, under the built-in egress policy.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A client with no open channel yet, whose channels connect only where `egress` allows.
+    pub fn with_egress(egress: &Egress) -> Self {
+        Self { channels: Mutex::default(), egress: egress.clone() }
     }
 
     fn client(&self, target: &Target) -> Result<Client, CustomDbError> {
@@ -97,8 +108,7 @@ impl CustomDbClient {
                 |e| tracing::warn!(endpoint = %target.endpoint, error = %e, "custom database endpoint unusable"),
             )?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(connector(self.egress.clone()));
         channels.entry(target.endpoint.clone()).or_default().insert(target.ca_certificate.clone(), channel.clone());
         Ok(Client::new(channel))
     }
@@ -204,6 +214,39 @@ impl CustomDbClient {
     }
 }
 
+/// Opens the TCP connections of a channel: the endpoint's name is resolved and every address
+/// checked under `egress`, and the checked addresses are the ones connected to (TLS, when the
+/// endpoint is https, goes over this connection).
+fn connector(
+    egress: Egress,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    Error = Box<dyn std::error::Error + Send + Sync>,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |uri: http::Uri| {
+        let egress = egress.clone();
+        async move {
+            let host = uri.host().ok_or("the endpoint names no host")?;
+            let https = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("https"));
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let addresses =
+                egress.check(host, port).await.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> {
+                    match e {
+                        EgressError::Refused(r) => Box::new(r),
+                        e => Box::new(e),
+                    }
+                })?;
+            let tcp = tokio::net::TcpStream::connect(addresses.as_slice()).await?;
+            tcp.set_nodelay(true)?;
+            Ok(hyper_util::rt::TokioIo::new(tcp))
+        }
+    })
+}
+
 /// The endpoint of `target`: over TLS for `https`, verified against `ca_certificate` when
 /// set, else against the public roots.
 fn endpoint(target: &Target) -> Result<tonic::transport::Endpoint, CustomDbError> {
@@ -274,6 +317,10 @@ async fn deadline<T>(
 }
 
 fn map_status(target: &Target, s: &tonic::Status) -> CustomDbError {
+    if let Some(refused) = refusal_in(s) {
+        tracing::warn!(endpoint = %target.endpoint, %refused, "custom database call refused");
+        return CustomDbError::Refused(refused.clone());
+    }
     match s.code() {
         Code::Unauthenticated => CustomDbError::WrongCredentials,
         Code::NotFound => CustomDbError::NotFound,

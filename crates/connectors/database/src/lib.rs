@@ -22,8 +22,8 @@ use std::sync::Arc;
 use postern_common::error::Violations;
 use postern_connection::{DatabaseOptions, Options, PersonalInfo, Resolved, Strategy};
 use postern_connector::{
-    ConnectorError, Connectors, PasswordChange, PasswordChanged, PasswordConnector, SignedUp, Signup, TestReport,
-    TestStep, Verified, async_trait, default_nickname,
+    ConnectorError, Connectors, Egress, PasswordChange, PasswordChanged, PasswordConnector, SignedUp, Signup,
+    TestReport, TestStep, Verified, async_trait, default_nickname,
 };
 
 use crate::customdb::{CustomDbClient, CustomDbError, Target};
@@ -31,12 +31,13 @@ use crate::customdb::{CustomDbClient, CustomDbError, Target};
 /// Registers the database connector for its strategy (`auth0`), hashing within the
 /// default limits (one hash per core, a 10 s wait).
 pub fn register(connectors: Connectors) -> Connectors {
-    register_with(connectors, password::HashingLimits::default())
+    register_with(connectors, password::HashingLimits::default(), &Egress::default())
 }
 
-/// Registers the database connector for its strategy (`auth0`), hashing within `limits`.
-pub fn register_with(connectors: Connectors, limits: password::HashingLimits) -> Connectors {
-    connectors.with_password(Strategy::Auth0, Arc::new(DatabaseConnector::new(limits)))
+/// Registers the database connector for its strategy (`auth0`), hashing within `limits`,
+/// calling custom databases only where `egress` allows.
+pub fn register_with(connectors: Connectors, limits: password::HashingLimits, egress: &Egress) -> Connectors {
+    connectors.with_password(Strategy::Auth0, Arc::new(DatabaseConnector::with_egress(limits, egress)))
 }
 
 /// The connector of database connections.
@@ -48,8 +49,15 @@ pub struct DatabaseConnector {
 
 impl DatabaseConnector {
     /// A connector hashing within `limits`, with no channel to any custom database open yet.
+    /// Custom databases are called under the built-in egress policy.
     pub fn new(limits: password::HashingLimits) -> Self {
-        Self { customdb: CustomDbClient::default(), hashing: password::Hashing::new(limits) }
+        Self::with_egress(limits, &Egress::default())
+    }
+
+    /// A connector hashing within `limits`, calling custom databases only where `egress`
+    /// allows.
+    pub fn with_egress(limits: password::HashingLimits, egress: &Egress) -> Self {
+        Self { customdb: CustomDbClient::with_egress(egress), hashing: password::Hashing::new(limits) }
     }
 }
 
@@ -99,6 +107,10 @@ fn custom_db_error(e: CustomDbError) -> ConnectorError {
         CustomDbError::Unavailable(_) => ConnectorError::Unavailable {
             reason: "CUSTOM_DATABASE_UNAVAILABLE",
             message: "the connection's custom database is unavailable; retry later".into(),
+        },
+        CustomDbError::Refused(refused) => ConnectorError::FailedPrecondition {
+            reason: postern_connector::egress::REFUSED,
+            message: format!("the connection's custom database cannot be called: {refused}"),
         },
     }
 }

@@ -30,8 +30,8 @@ use postern_common::time::Clock;
 use postern_connection::secret::names;
 use postern_connection::{LdapOptions, Options, Resolved, Strategy};
 use postern_connector::{
-    ConnectorError, Connectors, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, Profile, SignedUp,
-    Signup, TestReport, TestStep, Verified, async_trait,
+    ConnectorError, Connectors, Egress, ExternalProfile, PasswordChange, PasswordChanged, PasswordConnector, Profile,
+    SignedUp, Signup, TestReport, TestStep, Verified, async_trait,
 };
 use serde_json::{Map, Value};
 
@@ -44,9 +44,10 @@ const UNWILLING_TO_PERFORM: u32 = 53;
 /// LDAP result code: more entries than the size limit.
 const SIZE_LIMIT_EXCEEDED: u32 = 4;
 
-/// Registers the directory connector for `ldap` and `ad`, on `clock` (account expiry).
-pub fn register(connectors: Connectors, clock: Clock) -> Connectors {
-    let connector = Arc::new(LdapConnector::new(clock));
+/// Registers the directory connector for `ldap` and `ad`, on `clock` (account expiry),
+/// connecting only where `egress` allows.
+pub fn register(connectors: Connectors, clock: Clock, egress: &Egress) -> Connectors {
+    let connector = Arc::new(LdapConnector::with_egress(clock, egress));
     connectors.with_password(Strategy::Ldap, connector.clone()).with_password(Strategy::Ad, connector)
 }
 
@@ -58,9 +59,15 @@ pub struct LdapConnector {
 }
 
 impl LdapConnector {
-    /// A connector with no directory connection open yet.
+    /// A connector with no directory connection open yet, under the built-in egress policy.
     pub fn new(clock: Clock) -> Self {
-        Self { pools: Pools::default(), clock }
+        Self::with_egress(clock, &Egress::default())
+    }
+
+    /// A connector with no directory connection open yet, connecting only where `egress`
+    /// allows.
+    pub fn with_egress(clock: Clock, egress: &Egress) -> Self {
+        Self { pools: Pools::new(egress), clock }
     }
 }
 
@@ -393,10 +400,10 @@ impl LdapConnector {
                 .map_err(|e| e.to_string()),
         )?;
         let t = Instant::now();
-        let reached = pool::reach(o).await;
+        let reached = pool::reach(o, self.pools.egress()).await;
         step("connect", t, reached)?;
         let t = Instant::now();
-        let opened = pool::open(conn, o).await;
+        let opened = pool::open(conn, o, self.pools.egress()).await;
         let what = if o.url.starts_with("ldaps://") {
             "tls"
         } else if o.start_tls {

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError};
 use postern_connection::{LdapOptions, Resolved};
 use postern_connector::ConnectorError;
+use postern_connector::egress::{Egress, EgressError, Refused};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{name, timeout, tls};
@@ -31,11 +32,21 @@ pub const MAX_IDLE: usize = MAX_OPEN;
 /// sooner without a word), so a login rarely meets a connection that died silently.
 pub const MAX_IDLE_TIME: Duration = Duration::from_secs(120);
 
-/// The pools, by connection id.
+/// The pools, by connection id, and the egress policy their connections are opened under.
 #[derive(Debug, Default)]
-pub struct Pools(Mutex<HashMap<String, Arc<Pool>>>);
+pub struct Pools(Mutex<HashMap<String, Arc<Pool>>>, Egress);
 
 impl Pools {
+    /// No pool yet; connections opened only where `egress` allows.
+    pub fn new(egress: &Egress) -> Self {
+        Self(Mutex::default(), egress.clone())
+    }
+
+    /// The egress policy.
+    pub fn egress(&self) -> &Egress {
+        &self.1
+    }
+
     /// The pool of `conn`, made (or remade, when the connection changed) on first use.
     pub fn get(&self, conn: &Resolved) -> Arc<Pool> {
         let mut pools = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -45,6 +56,7 @@ impl Pools {
             _ => {
                 let p = Arc::new(Pool {
                     version,
+                    egress: self.1.clone(),
                     idle: Mutex::new(Idle::default()),
                     permits: Arc::new(Semaphore::new(MAX_OPEN)),
                 });
@@ -59,6 +71,7 @@ impl Pools {
 #[derive(Debug)]
 pub struct Pool {
     version: i64,
+    egress: Egress,
     idle: Mutex<Idle<Ldap>>,
     permits: Arc<Semaphore>,
 }
@@ -94,7 +107,7 @@ impl Pool {
         };
         let mut session = match pooled {
             Some(ldap) => Session { ldap, broken: false, reused: true, _permit: None },
-            None => open(conn, o).await.map_err(|e| e.into_connector_error(conn))?,
+            None => open(conn, o, &self.egress).await.map_err(|e| e.into_connector_error(conn))?,
         };
         session._permit = Some(permit);
         Ok(session)
@@ -102,7 +115,7 @@ impl Pool {
 
     /// A fresh connection in place of `stale`, a pooled one the directory closed meanwhile.
     pub async fn reopen(&self, stale: Session, conn: &Resolved, o: &LdapOptions) -> Result<Session, ConnectorError> {
-        let mut fresh = open(conn, o).await.map_err(|e| e.into_connector_error(conn))?;
+        let mut fresh = open(conn, o, &self.egress).await.map_err(|e| e.into_connector_error(conn))?;
         fresh._permit = stale._permit;
         Ok(fresh)
     }
@@ -160,6 +173,8 @@ pub enum OpenError {
     Tls(String),
     /// The directory cannot be reached.
     Unreachable(String),
+    /// The egress policy refuses the directory's address.
+    Refused(Refused),
 }
 
 impl std::fmt::Display for OpenError {
@@ -173,6 +188,7 @@ impl std::fmt::Display for OpenError {
                  and that the URL's host is named in it"
             ),
             OpenError::Unreachable(e) => write!(f, "the directory cannot be reached ({e})"),
+            OpenError::Refused(r) => write!(f, "{r}"),
         }
     }
 }
@@ -189,6 +205,10 @@ impl OpenError {
                      connection's ca_certificates or does not name its host",
                     name(conn)
                 ),
+            },
+            OpenError::Refused(refused) => ConnectorError::FailedPrecondition {
+                reason: postern_connector::egress::REFUSED,
+                message: format!("the directory of connection {:?} cannot be reached: {refused}", name(conn)),
             },
             OpenError::Timeout(_) | OpenError::Unreachable(_) => ConnectorError::Unavailable {
                 reason: "DIRECTORY_UNAVAILABLE",
@@ -207,9 +227,12 @@ fn is_tls(e: &LdapError) -> bool {
     }
 }
 
-/// Opens a connection to the directory (with StartTLS when the connection says so).
-pub async fn open(conn: &Resolved, o: &LdapOptions) -> Result<Session, OpenError> {
+/// Opens a connection to the directory (with StartTLS when the connection says so), when
+/// `egress` allows its address. ldap3 resolves the name itself: it is resolved and checked
+/// just before.
+pub async fn open(conn: &Resolved, o: &LdapOptions, egress: &Egress) -> Result<Session, OpenError> {
     let limit = timeout(o);
+    checked(o, egress, limit).await?;
     let mut settings = LdapConnSettings::new().set_conn_timeout(limit).set_starttls(o.start_tls);
     if o.is_tls() {
         settings = settings.set_config(tls::config(&o.ca_certificates).map_err(OpenError::Config)?);
@@ -232,11 +255,27 @@ pub async fn open(conn: &Resolved, o: &LdapOptions) -> Result<Session, OpenError
     Ok(Session { ldap, broken: false, reused: false, _permit: None })
 }
 
-/// Whether the directory's port accepts a TCP connection (TestConnection's first step).
-pub async fn reach(o: &LdapOptions) -> Result<String, String> {
+/// Resolves the directory's host and checks every address under `egress` (a URL naming no
+/// host is refused as unreachable).
+async fn checked(o: &LdapOptions, egress: &Egress, limit: Duration) -> Result<Vec<std::net::SocketAddr>, OpenError> {
+    let (host, port) =
+        url_host_port(&o.url).ok_or_else(|| OpenError::Unreachable(format!("{:?} names no host", o.url)))?;
+    match tokio::time::timeout(limit, egress.check(&host, port)).await {
+        Ok(Ok(addresses)) => Ok(addresses),
+        Ok(Err(EgressError::Refused(r))) => Err(OpenError::Refused(r)),
+        Ok(Err(e)) => Err(OpenError::Unreachable(e.to_string())),
+        Err(_) => Err(OpenError::Timeout(limit)),
+    }
+}
+
+/// Whether the directory's port accepts a TCP connection (TestConnection's first step), at
+/// an address `egress` allows.
+pub async fn reach(o: &LdapOptions, egress: &Egress) -> Result<String, String> {
     let url = url_host_port(&o.url).ok_or_else(|| format!("{:?} names no host", o.url))?;
     let limit = timeout(o);
-    match tokio::time::timeout(limit, tokio::net::TcpStream::connect((url.0.as_str(), url.1))).await {
+    let addresses =
+        checked(o, egress, limit).await.map_err(|e| format!("{}:{} cannot be reached: {e}", url.0, url.1))?;
+    match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addresses.as_slice())).await {
         Ok(Ok(_)) => Ok(format!("{}:{} accepts connections", url.0, url.1)),
         Ok(Err(e)) => Err(format!("{}:{} cannot be reached: {e}", url.0, url.1)),
         Err(_) => Err(format!("{}:{} did not answer within {} s", url.0, url.1, limit.as_secs())),

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use postern_connector::ConnectorError;
+use postern_connector::egress::{Egress, Refused, refusal_in};
 
 /// The largest body read from an upstream (discovery, keys, tokens, userinfo).
 const MAX_BODY: usize = 1 << 20;
@@ -24,6 +25,19 @@ pub(crate) enum HttpError {
     /// The answer could not be rebuilt as an `http` response.
     #[error("{0}")]
     Http(#[source] http::Error),
+    /// The server's egress policy refuses the endpoint's address.
+    #[error("{0}")]
+    Refused(#[source] Refused),
+}
+
+impl HttpError {
+    /// A transport failure, or the egress policy's refusal when that was the cause.
+    fn of(e: reqwest::Error) -> Self {
+        match refusal_in(&e) {
+            Some(refused) => Self::Refused(refused.clone()),
+            None => Self::Transport(e),
+        }
+    }
 }
 
 /// A transport failure in words: its causes (`client error (Connect): tcp connect error:
@@ -37,10 +51,22 @@ pub(crate) fn transport(e: &reqwest::Error) -> String {
     }
 }
 
+/// The client every upstream call goes through, with the egress policy it connects under.
+#[derive(Clone)]
+pub(crate) struct Http {
+    /// The client.
+    pub(crate) client: reqwest::Client,
+    /// The policy: its resolver is the client's; address literals are checked before each
+    /// request.
+    pub(crate) egress: Egress,
+}
+
 /// The client every upstream call goes through: no redirects (an upstream endpoint that
-/// redirects is misconfigured, and following it would send secrets elsewhere), bounded time.
-pub(crate) fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// redirects is misconfigured, and following it would send secrets elsewhere), bounded time,
+/// names resolved under `egress`.
+pub(crate) fn client(egress: &Egress) -> Http {
+    let client = reqwest::Client::builder()
+        .dns_resolver(egress.resolver())
         .redirect(reqwest::redirect::Policy::none())
         .timeout(TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
@@ -50,14 +76,15 @@ pub(crate) fn client() -> reqwest::Client {
             // Building fails only if the TLS backend cannot start; a default client then
             // fails each request, which answers UNAVAILABLE.
             tracing::error!(error = %e, "cannot build the upstream HTTP client");
-            reqwest::Client::new()
-        })
+            reqwest::Client::builder().dns_resolver(egress.resolver()).build().unwrap_or_default()
+        });
+    Http { client, egress: egress.clone() }
 }
 
 /// Reads a body, refusing one larger than [`MAX_BODY`].
 pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, HttpError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(HttpError::Transport)? {
+    while let Some(chunk) = response.chunk().await.map_err(HttpError::of)? {
         if body.len() + chunk.len() > MAX_BODY {
             return Err(HttpError::TooLarge);
         }
@@ -68,17 +95,21 @@ pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>
 
 /// Sends an `openidconnect` request with `client`: the async HTTP client of the crate.
 pub(crate) async fn execute(
-    client: reqwest::Client,
+    http: Http,
     request: openidconnect::HttpRequest,
 ) -> Result<openidconnect::HttpResponse, HttpError> {
     let (parts, body) = request.into_parts();
-    let response = client
+    if let Some(host) = parts.uri.host() {
+        http.egress.check_literal(host).map_err(HttpError::Refused)?;
+    }
+    let response = http
+        .client
         .request(parts.method, parts.uri.to_string())
         .headers(parts.headers)
         .body(body)
         .send()
         .await
-        .map_err(HttpError::Transport)?;
+        .map_err(HttpError::of)?;
     let mut builder = http::Response::builder().status(response.status());
     for (name, value) in response.headers() {
         builder = builder.header(name, value);
@@ -120,7 +151,7 @@ pub(crate) fn cache_lifetime(cache_control: Option<&str>) -> Duration {
 
 /// Fetches the JSON document at `url` for the connection `connection` (named in errors).
 pub(crate) async fn get_json(
-    client: &reqwest::Client,
+    http: &Http,
     connection: &str,
     what: &str,
     url: &str,
@@ -133,11 +164,24 @@ pub(crate) async fn get_json(
             message: format!("connection {connection:?}: the upstream's {what} could not be read ({detail})"),
         }
     };
-    let mut request = client.get(url).header(http::header::ACCEPT, "application/json");
+    let refused = |refused: &Refused| {
+        tracing::warn!(connection, url, detail = %refused, "upstream {what} refused by the egress policy");
+        ConnectorError::FailedPrecondition {
+            reason: postern_connector::egress::REFUSED,
+            message: format!("connection {connection:?}: the upstream's {what} at {url} cannot be read: {refused}"),
+        }
+    };
+    if let Ok(parsed) = url::Url::parse(url) {
+        http.egress.check_url(&parsed).map_err(|r| refused(&r))?;
+    }
+    let mut request = http.client.get(url).header(http::header::ACCEPT, "application/json");
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| unavailable(transport(&e)))?;
+    let response = request.send().await.map_err(|e| match refusal_in(&e) {
+        Some(r) => refused(r),
+        None => unavailable(transport(&e)),
+    })?;
     let status = response.status();
     if !status.is_success() {
         return Err(unavailable(format!("HTTP {}", status.as_u16())));

@@ -49,8 +49,8 @@ use openidconnect::{
 };
 use postern_connection::{Resolved, Strategy};
 use postern_connector::{
-    Begun, Completed, ConnectorError, Connectors, ExternalProfile, RedirectConnector, RedirectTransaction, TEST_CODE,
-    TestReport, TestStep, UpstreamTokens, async_trait, test_code_verdict,
+    Begun, Completed, ConnectorError, Connectors, Egress, ExternalProfile, RedirectConnector, RedirectTransaction,
+    TEST_CODE, TestReport, TestStep, UpstreamTokens, async_trait, test_code_verdict,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -71,8 +71,8 @@ pub const STRATEGIES: [Strategy; 7] = [
 ];
 
 /// Registers one shared [`OidcConnector`] for every strategy of [`STRATEGIES`].
-pub fn register(connectors: Connectors) -> Connectors {
-    let connector: Arc<dyn RedirectConnector> = Arc::new(OidcConnector::new());
+pub fn register(connectors: Connectors, egress: &Egress) -> Connectors {
+    let connector: Arc<dyn RedirectConnector> = Arc::new(OidcConnector::with_egress(egress));
     STRATEGIES.into_iter().fold(connectors, |c, s| c.with_redirect(s, connector.clone()))
 }
 
@@ -119,7 +119,7 @@ struct Endpoints {
 /// The OpenID Connect engine behind every strategy of [`STRATEGIES`]. Its caches (discovery
 /// documents and key sets, by URL) are shared by every connection of every tenant.
 pub struct OidcConnector {
-    http: reqwest::Client,
+    http: http::Http,
     documents: Mutex<HashMap<String, Cached<Discovery>>>,
     keys: Mutex<HashMap<String, Cached<KeySet>>>,
     apple_secrets: apple::Secrets,
@@ -166,10 +166,15 @@ fn short(s: &str, max: usize) -> String {
 }
 
 impl OidcConnector {
-    /// A connector with empty caches.
+    /// A connector with empty caches, connecting under the built-in egress policy.
     pub fn new() -> Self {
+        Self::with_egress(&Egress::default())
+    }
+
+    /// A connector with empty caches, connecting only where `egress` allows.
+    pub fn with_egress(egress: &Egress) -> Self {
         Self {
-            http: http::client(),
+            http: http::client(egress),
             documents: Mutex::default(),
             keys: Mutex::default(),
             apple_secrets: apple::Secrets::default(),

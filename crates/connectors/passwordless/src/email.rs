@@ -18,6 +18,7 @@ use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use postern_connection::secret::names;
 use postern_connection::{EmailOptions, Options, Resolved, SmtpTls};
+use postern_connector::egress::{Egress, EgressError};
 use postern_connector::{
     Channel, CodeConnector, CodeMessage, CodeSecret, CodeSettings, ConnectorError, TestReport, TestStep, async_trait,
 };
@@ -40,6 +41,9 @@ pub struct EmailConnector {
     /// One pooled transport per connection id, with the digest of the settings it was built
     /// from (a change of settings builds a new one).
     transports: Mutex<HashMap<String, (String, Arc<Transport>)>>,
+    /// Where the connector may connect: the SMTP server's name is resolved and checked
+    /// before each delivery and each test.
+    egress: Egress,
 }
 
 impl std::fmt::Debug for EmailConnector {
@@ -49,9 +53,14 @@ impl std::fmt::Debug for EmailConnector {
 }
 
 impl EmailConnector {
-    /// A connector with no transport open yet.
+    /// A connector with no transport open yet, under the built-in egress policy.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A connector with no transport open yet, connecting only where `egress` allows.
+    pub fn with_egress(egress: &Egress) -> Self {
+        Self { transports: Mutex::default(), egress: egress.clone() }
     }
 
     fn transport(&self, conn: &Resolved, o: &EmailOptions) -> Result<Arc<Transport>, ConnectorError> {
@@ -164,6 +173,20 @@ impl CodeConnector for EmailConnector {
     async fn deliver(&self, _tenant: &str, conn: &Resolved, m: &CodeMessage<'_>) -> Result<(), ConnectorError> {
         let o = options(conn)?;
         let message = render(conn, o, m)?;
+        // lettre resolves the name itself: it is resolved and checked just before.
+        match self.egress.check(&o.smtp_host, o.effective_smtp_port()).await {
+            Ok(_) => {}
+            Err(EgressError::Refused(refused)) => {
+                return Err(ConnectorError::FailedPrecondition {
+                    reason: postern_connector::egress::REFUSED,
+                    message: format!(
+                        "connection {:?}: the SMTP server cannot be reached: {refused}",
+                        conn.connection.spec.name
+                    ),
+                });
+            }
+            Err(e) => return Err(delivery_failed(conn, &e)),
+        }
         let transport = self.transport(conn, o)?;
         let failure = match tokio::time::timeout(SMTP_TIMEOUT, transport.send(message)).await {
             Ok(Ok(_)) => return Ok(()),
@@ -190,7 +213,7 @@ impl CodeConnector for EmailConnector {
             .map(|_| format!("the subject, the code and the link messages render; they come from {}", o.from));
         let mut steps = vec![TestStep::of("templates", started, rendered.map_err(String::clone))];
         if let Ok(sender) = sender {
-            check_smtp(conn, o, &sender, &mut steps).await;
+            check_smtp(conn, o, &sender, &self.egress, &mut steps).await;
         }
         Ok(TestReport::of(steps))
     }
@@ -222,8 +245,16 @@ fn check_templates(conn: &Resolved, o: &EmailOptions) -> Result<Address, String>
 
 /// The `connect`, `start_tls`, `authenticate` and `sender` steps: the SMTP session a delivery
 /// would open, up to the point where a recipient would be named, then RSET and QUIT.
-async fn check_smtp(conn: &Resolved, o: &EmailOptions, sender: &Address, steps: &mut Vec<TestStep>) {
+async fn check_smtp(conn: &Resolved, o: &EmailOptions, sender: &Address, egress: &Egress, steps: &mut Vec<TestStep>) {
     let server = format!("{}:{}", o.smtp_host, o.effective_smtp_port());
+    // The addresses checked are the ones connected to.
+    let addresses = match egress.check(&o.smtp_host, o.effective_smtp_port()).await {
+        Ok(a) => a,
+        Err(e) => {
+            steps.push(TestStep::of("connect", Instant::now(), Err(format!("{server} cannot be reached: {e}"))));
+            return;
+        }
+    };
     let hello = ClientId::default();
     let limit = |what: &str| format!("{server} did not finish the {what} within {} seconds", SMTP_TIMEOUT.as_secs());
     let tls = match o.smtp_tls {
@@ -239,13 +270,8 @@ async fn check_smtp(conn: &Resolved, o: &EmailOptions, sender: &Address, steps: 
 
     let started = Instant::now();
     let implicit = if o.smtp_tls == SmtpTls::Implicit { tls.clone() } else { None };
-    let connecting = AsyncSmtpConnection::connect_tokio1(
-        (o.smtp_host.as_str(), o.effective_smtp_port()),
-        Some(SMTP_TIMEOUT),
-        &hello,
-        implicit,
-        None,
-    );
+    let connecting =
+        AsyncSmtpConnection::connect_tokio1(addresses.as_slice(), Some(SMTP_TIMEOUT), &hello, implicit, None);
     let mut session = match tokio::time::timeout(SMTP_TIMEOUT, connecting).await {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => {

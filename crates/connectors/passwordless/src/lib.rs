@@ -30,16 +30,17 @@ pub mod template;
 use std::sync::Arc;
 
 use postern_connection::{Resolved, Strategy};
-use postern_connector::{ConnectorError, Connectors};
+use postern_connector::{ConnectorError, Connectors, Egress};
 
 pub use email::EmailConnector;
 pub use sms::SmsConnector;
 
-/// Registers the passwordless connectors for their strategies (`email`, `sms`).
-pub fn register(connectors: Connectors) -> Connectors {
+/// Registers the passwordless connectors for their strategies (`email`, `sms`), connecting
+/// only where `egress` allows.
+pub fn register(connectors: Connectors, egress: &Egress) -> Connectors {
     connectors
-        .with_code(Strategy::Email, Arc::new(EmailConnector::new()))
-        .with_code(Strategy::Sms, Arc::new(SmsConnector::new()))
+        .with_code(Strategy::Email, Arc::new(EmailConnector::with_egress(egress)))
+        .with_code(Strategy::Sms, Arc::new(SmsConnector::with_egress(egress)))
 }
 
 /// The `ErrorInfo` reason of a failed delivery.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use postern_connection::secret::names;
 use postern_connection::{Options, Resolved, SmsOptions, SmsProvider};
+use postern_connector::egress::{Egress, Refused, refusal_in};
 use postern_connector::{
     Channel, CodeConnector, CodeMessage, CodeSecret, CodeSettings, ConnectorError, TestReport, TestStep, async_trait,
 };
@@ -28,6 +29,24 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct SmsConnector {
     http: reqwest::Client,
+    egress: Egress,
+}
+
+/// Why a request to the provider was not answered.
+enum SendError {
+    /// The egress policy refuses the provider's address: nothing was sent.
+    Refused(Refused),
+    /// No answer: connection refused, timeout, TLS.
+    Transport(reqwest::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Refused(r) => write!(f, "{r}"),
+            SendError::Transport(e) => write!(f, "{}", transport(e)),
+        }
+    }
 }
 
 impl Default for SmsConnector {
@@ -38,17 +57,36 @@ impl Default for SmsConnector {
 
 impl SmsConnector {
     /// A connector with its own HTTP client (no redirects followed: a provider that
-    /// redirects is misconfigured, and the token must not follow it).
+    /// redirects is misconfigured, and the token must not follow it), under the built-in
+    /// egress policy.
     pub fn new() -> Self {
+        Self::with_egress(&Egress::default())
+    }
+
+    /// A connector with its own HTTP client, connecting only where `egress` allows.
+    pub fn with_egress(egress: &Egress) -> Self {
         let http = reqwest::Client::builder()
+            .dns_resolver(egress.resolver())
             .redirect(reqwest::redirect::Policy::none())
             .timeout(HTTP_TIMEOUT)
             .build()
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot build the SMS HTTP client; using the default one");
-                reqwest::Client::new()
+                reqwest::Client::builder().dns_resolver(egress.resolver()).build().unwrap_or_default()
             });
-        Self { http }
+        Self { http, egress: egress.clone() }
+    }
+
+    /// Sends `request` (built with this connector's client) where the egress policy allows:
+    /// an address literal in the URL is checked here, a name when it is resolved.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, SendError> {
+        let (client, request) = request.build_split();
+        let request = request.map_err(SendError::Transport)?;
+        self.egress.check_url(request.url()).map_err(SendError::Refused)?;
+        client.execute(request).await.map_err(|e| match refusal_in(&e) {
+            Some(refused) => SendError::Refused(refused.clone()),
+            None => SendError::Transport(e),
+        })
     }
 }
 
@@ -70,12 +108,9 @@ impl SmsConnector {
             url::form_urlencoded::byte_serialize(o.account.as_bytes()).collect::<String>()
         );
         let answer = self
-            .http
-            .get(&url)
-            .basic_auth(&o.account, Some(&token))
-            .send()
+            .send(self.http.get(&url).basic_auth(&o.account, Some(&token)))
             .await
-            .map_err(|e| format!("{url} cannot be reached: {}", transport(&e)))?;
+            .map_err(|e| format!("{url} cannot be reached: {e}"))?;
         let status = answer.status().as_u16();
         match status {
             200 => {
@@ -101,8 +136,7 @@ impl SmsConnector {
     /// The `webhook` step: the webhook answers (any answer but an outage).
     async fn check_webhook(&self, o: &SmsOptions) -> Result<String, String> {
         let url = &o.provider_url;
-        let answer =
-            self.http.get(url).send().await.map_err(|e| format!("{url} cannot be reached: {}", transport(&e)))?;
+        let answer = self.send(self.http.get(url)).await.map_err(|e| format!("{url} cannot be reached: {e}"))?;
         let status = answer.status().as_u16();
         if status >= 500 {
             return Err(format!("{url} answered HTTP {status}"));
@@ -187,7 +221,16 @@ impl CodeConnector for SmsConnector {
                     .body(json)
             }
         };
-        let answer = request.send().await.map_err(|e| delivery_failed(conn, &e))?;
+        let answer = self.send(request).await.map_err(|e| match e {
+            SendError::Refused(refused) => ConnectorError::FailedPrecondition {
+                reason: postern_connector::egress::REFUSED,
+                message: format!(
+                    "connection {:?}: the SMS provider cannot be called: {refused}",
+                    conn.connection.spec.name
+                ),
+            },
+            SendError::Transport(e) => delivery_failed(conn, &e),
+        })?;
         let status = answer.status();
         if status.is_success() {
             return Ok(());

@@ -70,8 +70,8 @@ use postern_common::time::Clock;
 use postern_connection::secret::names;
 use postern_connection::{Options, Resolved, SamlBinding, SamlOptions, SamlSignatureAlgorithm, Strategy};
 use postern_connector::{
-    Begun, Completed, ConnectorError, Connectors, ExternalProfile, OneTimeId, RedirectConnector, RedirectTransaction,
-    ServiceMetadata, TestReport, TestStep, UnsolicitedClient, UpstreamRequest, async_trait,
+    Begun, Completed, ConnectorError, Connectors, Egress, ExternalProfile, OneTimeId, RedirectConnector,
+    RedirectTransaction, ServiceMetadata, TestReport, TestStep, UnsolicitedClient, UpstreamRequest, async_trait,
 };
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
@@ -84,8 +84,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Registers the SAML connector for `samlp`, its time rules on `clock`.
-pub fn register(connectors: Connectors, clock: Clock) -> Connectors {
-    connectors.with_redirect(Strategy::Samlp, Arc::new(SamlConnector::new(clock)))
+pub fn register(connectors: Connectors, clock: Clock, egress: &Egress) -> Connectors {
+    connectors.with_redirect(Strategy::Samlp, Arc::new(SamlConnector::with_egress(clock, egress)))
 }
 
 /// The clock skew allowed on every time rule.
@@ -117,6 +117,7 @@ const GROUP_ATTRIBUTES: &[&str] = &[
 pub struct SamlConnector {
     clock: Clock,
     http: reqwest::Client,
+    egress: Egress,
 }
 
 impl std::fmt::Debug for SamlConnector {
@@ -391,14 +392,24 @@ fn shape(xml: &str) -> Result<Shape, String> {
 }
 
 impl SamlConnector {
-    /// A connector whose time rules read `clock`.
+    /// A connector whose time rules read `clock`, under the built-in egress policy.
     pub fn new(clock: Clock) -> Self {
+        Self::with_egress(clock, &Egress::default())
+    }
+
+    /// A connector whose time rules read `clock`, connecting (to try a sign-in URL) only
+    /// where `egress` allows.
+    pub fn with_egress(clock: Clock, egress: &Egress) -> Self {
         let http = reqwest::Client::builder()
+            .dns_resolver(egress.resolver())
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()
-            .unwrap_or_default();
-        Self { clock, http }
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot build the SAML connector's HTTP client");
+                reqwest::Client::builder().dns_resolver(egress.resolver()).build().unwrap_or_default()
+            });
+        Self { clock, http, egress: egress.clone() }
     }
 
     /// The signed part of the response, checked: the assertion, as samael verified it, then
@@ -1155,17 +1166,32 @@ impl RedirectConnector for SamlConnector {
             steps.push(TestStep::of("decryption_key", started, check_decryption(o, decryption_key, self.clock.now())));
         }
         let started = Instant::now();
-        let result = match self.http.get(&o.sign_in_url).send().await {
-            Ok(r) => Ok(format!("the sign-in URL answered HTTP {}", r.status().as_u16())),
-            Err(e) => {
-                // reqwest's own message names only the URL: its causes say why.
-                let why =
-                    std::error::Error::source(&e).map_or_else(|| e.to_string(), postern_common::error::with_causes);
-                Err(format!("the sign-in URL {} cannot be reached: {}", o.sign_in_url, short(&why, 300)))
-            }
+        let literal = url::Url::parse(&o.sign_in_url).ok().map(|u| self.egress.check_url(&u));
+        let result = match literal {
+            Some(Err(refused)) => Err(format!("the sign-in URL {} cannot be reached: {refused}", o.sign_in_url)),
+            _ => self.try_sign_in_url(&o.sign_in_url).await,
         };
         steps.push(TestStep::of("sign_in_url", started, result));
         Ok(TestReport::of(steps))
+    }
+}
+
+impl SamlConnector {
+    /// GETs the IdP's sign-in URL (whose host passed the egress policy's literal check).
+    async fn try_sign_in_url(&self, sign_in_url: &str) -> Result<String, String> {
+        match self.http.get(sign_in_url).send().await {
+            Ok(r) => Ok(format!("the sign-in URL answered HTTP {}", r.status().as_u16())),
+            Err(e) => {
+                // reqwest's own message names only the URL: the refusal or the causes say why.
+                let why = match postern_connector::egress::refusal_in(&e) {
+                    Some(refused) => refused.to_string(),
+                    None => {
+                        std::error::Error::source(&e).map_or_else(|| e.to_string(), postern_common::error::with_causes)
+                    }
+                };
+                Err(format!("the sign-in URL {sign_in_url} cannot be reached: {}", short(&why, 300)))
+            }
+        }
     }
 }
 

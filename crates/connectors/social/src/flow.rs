@@ -126,7 +126,7 @@ pub fn callback_code<'a>(
 /// Exchanges the code at the token endpoint.
 #[allow(clippy::too_many_arguments)]
 pub async fn exchange(
-    http: &reqwest::Client,
+    http: &crate::http::Http,
     timeout: Duration,
     provider: Provider,
     connection: &str,
@@ -144,14 +144,14 @@ pub async fn exchange(
         form.push(("code_verifier", code_verifier));
     }
     let request = token_request(http, provider, &endpoints.token, client_id, client_secret, form);
-    let answer = send(call, request, timeout).await?;
+    let answer = send(http, call, request, timeout).await?;
     read_tokens(call, &answer)
 }
 
 /// A request to the token endpoint `url` with `form`, the client authenticated as the
 /// provider takes it: the secret in the body (Facebook, GitHub) or HTTP Basic.
 pub fn token_request<'a>(
-    http: &reqwest::Client,
+    http: &crate::http::Http,
     provider: Provider,
     url: &str,
     client_id: &'a str,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use postern_connector::egress::{Egress, refusal_in};
 use serde_json::Value;
 
 /// How long a call to a provider may take, connection included, unless the connector is
@@ -23,6 +24,9 @@ pub enum Failure {
     /// The provider's answer is not what the protocol says (no user id, no token): nothing
     /// is stored.
     Rejected(&'static str, String),
+    /// The server's egress policy refuses the endpoint's address: the connection (or the
+    /// policy) must change.
+    Refused(String),
     /// A failure of this process.
     Internal(String),
 }
@@ -45,16 +49,36 @@ impl Answer {
     }
 }
 
+/// The client every call of one connector shares, with the egress policy it connects under
+/// (its resolver is the client's; address literals are checked by [`send`]). It dereferences
+/// to the `reqwest` client that builds the requests.
+#[derive(Debug, Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    egress: Egress,
+}
+
+impl std::ops::Deref for Http {
+    type Target = reqwest::Client;
+
+    fn deref(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
 /// Builds the client every call of one connector shares: no redirect is followed (a
-/// provider's endpoint answers directly; a redirect would carry credentials elsewhere).
-pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// provider's endpoint answers directly; a redirect would carry credentials elsewhere), names
+/// resolved under `egress`.
+pub fn client(timeout: Duration, egress: &Egress) -> Result<Http, String> {
+    let client = reqwest::Client::builder()
+        .dns_resolver(egress.resolver())
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .user_agent(concat!("Postern/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(Http { client, egress: egress.clone() })
 }
 
 /// What a call is, for messages and logs: the connection and the endpoint's role.
@@ -75,14 +99,31 @@ impl Call<'_> {
     }
 }
 
-/// Sends `request` and reads the answer, whatever its status; a transport failure or a
-/// timeout is [`Failure::Unavailable`], logged without the URL's query.
-pub async fn send(call: Call<'_>, request: reqwest::RequestBuilder, timeout: Duration) -> Result<Answer, Failure> {
+/// Sends `request` (built with `http`) and reads the answer, whatever its status; a
+/// transport failure or a timeout is [`Failure::Unavailable`], logged without the URL's
+/// query; an address the egress policy refuses is [`Failure::Refused`], and nothing is sent.
+pub async fn send(
+    http: &Http,
+    call: Call<'_>,
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
     let unavailable = |why: String| {
         tracing::warn!(connection = call.connection, endpoint = call.endpoint, error = %why, "provider call failed");
         Failure::Unavailable(format!("{} {why}; retry shortly", call.describe()))
     };
-    let mut response = request.send().await.map_err(|e| unavailable(transport(&e, timeout)))?;
+    let refused = |why: &dyn std::fmt::Display| {
+        tracing::warn!(connection = call.connection, endpoint = call.endpoint, error = %why, "provider call refused");
+        Failure::Refused(format!("{} cannot be called: {why}", call.describe()))
+    };
+    let (client, request) = request.build_split();
+    let request =
+        request.map_err(|e| Failure::Internal(format!("{}: the request cannot be built: {e}", call.describe())))?;
+    http.egress.check_url(request.url()).map_err(|r| refused(&r))?;
+    let mut response = client.execute(request).await.map_err(|e| match refusal_in(&e) {
+        Some(r) => refused(r),
+        None => unavailable(transport(&e, timeout)),
+    })?;
     let status = response.status().as_u16();
     let content_type = response
         .headers()

@@ -42,8 +42,8 @@ use std::time::Duration;
 use postern_connection::secret::names;
 use postern_connection::{OAuth2Options, Options, Resolved, Strategy};
 use postern_connector::{
-    Begun, Completed, ConnectorError, Connectors, ExternalProfile, RedirectConnector, RedirectTransaction, TestReport,
-    UpstreamTokens, async_trait,
+    Begun, Completed, ConnectorError, Connectors, Egress, ExternalProfile, RedirectConnector, RedirectTransaction,
+    TestReport, UpstreamTokens, async_trait,
 };
 
 pub mod flow;
@@ -110,7 +110,7 @@ impl Provider {
 /// A social connector: one provider, one HTTP client shared by its connections.
 pub struct SocialConnector {
     provider: Provider,
-    http: Result<reqwest::Client, String>,
+    http: Result<http::Http, String>,
     timeout: Duration,
 }
 
@@ -122,14 +122,21 @@ impl std::fmt::Debug for SocialConnector {
 
 impl SocialConnector {
     /// The connector of `provider`, whose calls each take at most
-    /// [`http::DEFAULT_TIMEOUT`].
+    /// [`http::DEFAULT_TIMEOUT`], under the built-in egress policy.
     pub fn new(provider: Provider) -> Self {
         Self::with_timeout(provider, http::DEFAULT_TIMEOUT)
     }
 
-    /// The connector of `provider`, whose calls each take at most `timeout`.
+    /// The connector of `provider`, whose calls each take at most `timeout`, under the
+    /// built-in egress policy.
     pub fn with_timeout(provider: Provider, timeout: Duration) -> Self {
-        let http = http::client(timeout);
+        Self::with_egress(provider, timeout, &Egress::default())
+    }
+
+    /// The connector of `provider`, whose calls each take at most `timeout` and connect only
+    /// where `egress` allows.
+    pub fn with_egress(provider: Provider, timeout: Duration, egress: &Egress) -> Self {
+        let http = http::client(timeout, egress);
         if let Err(e) = &http {
             tracing::error!(error = %e, "the social connectors' HTTP client cannot be built");
         }
@@ -180,7 +187,7 @@ impl SocialConnector {
         Ok((o, endpoints, secret))
     }
 
-    fn client(&self) -> Result<&reqwest::Client, Failure> {
+    fn client(&self) -> Result<&http::Http, Failure> {
         self.http.as_ref().map_err(|e| Failure::Internal(format!("HTTP client: {e}")))
     }
 
@@ -236,6 +243,9 @@ fn connector_error(f: Failure) -> ConnectorError {
         Failure::Unavailable(message) => ConnectorError::Unavailable { reason: "UPSTREAM_UNAVAILABLE", message },
         Failure::Denied(message) => ConnectorError::Denied { message },
         Failure::Rejected(reason, message) => ConnectorError::Rejected { reason, message },
+        Failure::Refused(message) => {
+            ConnectorError::FailedPrecondition { reason: postern_connector::egress::REFUSED, message }
+        }
         Failure::Internal(message) => ConnectorError::Internal(message),
     }
 }
@@ -286,8 +296,9 @@ impl RedirectConnector for SocialConnector {
 }
 
 /// Registers the social connectors (`facebook`, `github`, `oauth2`) into `connectors`.
-pub fn register(connectors: Connectors) -> Connectors {
-    [Provider::Facebook, Provider::Github, Provider::Generic]
-        .into_iter()
-        .fold(connectors, |c, p| c.with_redirect(p.strategy(), Arc::new(SocialConnector::new(p))))
+/// They connect only where `egress` allows.
+pub fn register(connectors: Connectors, egress: &Egress) -> Connectors {
+    [Provider::Facebook, Provider::Github, Provider::Generic].into_iter().fold(connectors, |c, p| {
+        c.with_redirect(p.strategy(), Arc::new(SocialConnector::with_egress(p, http::DEFAULT_TIMEOUT, egress)))
+    })
 }

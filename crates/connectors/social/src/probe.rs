@@ -31,7 +31,7 @@ use crate::{Provider, SocialConnector};
 /// What every step needs.
 struct Probe<'a> {
     connector: &'a SocialConnector,
-    http: &'a reqwest::Client,
+    http: &'a crate::http::Http,
     connection: &'a str,
     options: &'a OAuth2Options,
     endpoints: &'a Endpoints,
@@ -42,7 +42,7 @@ struct Probe<'a> {
 fn why(f: Failure) -> String {
     match f {
         Failure::Unavailable(m) => m.trim_end_matches("; retry shortly").to_owned(),
-        Failure::Denied(m) | Failure::Rejected(_, m) | Failure::Internal(m) => m,
+        Failure::Denied(m) | Failure::Rejected(_, m) | Failure::Refused(m) | Failure::Internal(m) => m,
     }
 }
 
@@ -132,7 +132,7 @@ impl Probe<'_> {
             .map_err(|e| format!("the authorization endpoint {} is not a URL: {e}", self.endpoints.authorization))?;
         url.query_pairs_mut().append_pair("response_type", "code").append_pair("client_id", &self.options.client_id);
         let call = self.call("authorization endpoint");
-        let answer = send(call, self.http.get(url), self.connector.timeout)
+        let answer = send(self.http, call, self.http.get(url), self.connector.timeout)
             .await
             .map_err(|f| format!("{} ({})", why(f), self.endpoints.authorization))?;
         match answer.status {
@@ -155,7 +155,7 @@ impl Probe<'_> {
             vec![("grant_type", "authorization_code"), ("code", TEST_CODE)]
         };
         let request = token_request(self.http, provider, token, client_id, self.secret, form);
-        let answer = send(self.call("token endpoint"), request, self.connector.timeout)
+        let answer = send(self.http, self.call("token endpoint"), request, self.connector.timeout)
             .await
             .map_err(|f| format!("{} ({token})", why(f)))?;
         client_verdict(provider, token, client_id, &answer)
@@ -165,7 +165,7 @@ impl Probe<'_> {
     /// token.
     async fn protected(&self, endpoint: &'static str, field: &str, url: &str) -> Result<String, String> {
         let request = self.http.get(url).header(reqwest::header::ACCEPT, "application/json");
-        let answer = send(self.call(endpoint), request, self.connector.timeout)
+        let answer = send(self.http, self.call(endpoint), request, self.connector.timeout)
             .await
             .map_err(|f| format!("{} ({url})", why(f)))?;
         match answer.status {

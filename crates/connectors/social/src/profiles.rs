@@ -26,7 +26,7 @@ pub const MAX_ATTRIBUTE_CHARS: usize = 300;
 /// What a profile read needs.
 pub struct Read<'a> {
     /// The connector's client.
-    pub http: &'a reqwest::Client,
+    pub http: &'a crate::http::Http,
     /// Its time limit per call.
     pub timeout: Duration,
     /// The connection's name.
@@ -56,7 +56,7 @@ impl Read<'_> {
             // The REST API version the answers' shapes are read in.
             request = request.header("X-GitHub-Api-Version", "2022-11-28");
         }
-        let answer = send(call, request, self.timeout).await?;
+        let answer = send(self.http, call, request, self.timeout).await?;
         let body = json_answer(call, &answer)?;
         Ok((answer.status, body))
     }
