@@ -936,6 +936,10 @@ async fn the_egress_policy_keeps_a_tenants_connections_off_refused_addresses() {
     let step = tried.steps.first().expect("a step");
     assert!(!tried.ok && step.name == "discovery" && !step.ok, "{tried:?}");
     assert!(step.detail.contains("169.254.169.254 is an address this server's egress policy refuses"), "{step:?}");
+    // The same address written as a number, as URL parsers (and the HTTP client) read it.
+    connect(&mut admin, t, &portal, oidc_at("disguised", "http://2852039166/latest")).await;
+    let tried = admin.authn.test_connection(test("disguised")).await.expect("test").into_inner();
+    assert!(tried.steps.first().is_some_and(|s| !s.ok && s.detail.contains("egress policy refuses")), "{tried:?}");
     let mut agent = Agent::new();
     let answer = agent
         .get(&authorize_url(&suite, t, &portal.client_id, &[("connection", "metadata")]))

@@ -138,16 +138,10 @@ impl Egress {
         if self.permits(address) { Ok(()) } else { Err(Refused { host: host.to_owned(), address }) }
     }
 
-    /// Checks `host` when it is an address literal (`169.254.169.254`, `[fe80::1]`); a name
-    /// passes here, to be checked when it is resolved ([`Egress::resolver`], [`Egress::check`]).
-    pub fn check_literal(&self, host: &str) -> Result<(), Refused> {
-        match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            Ok(address) => self.check_address(host, address),
-            Err(_) => Ok(()),
-        }
-    }
-
-    /// Checks the host of `url` when it is an address literal (see [`Egress::check_literal`]).
+    /// Checks the host of `url` when it is an address literal (a name passes here, to be
+    /// checked when it is resolved: [`Egress::resolver`], [`Egress::check`]). The URL as parsed
+    /// (WHATWG rules, as the HTTP client parses it): `http://2852039166/` and
+    /// `http://0xa9.0xfe.0xa9.0xfe/` are `169.254.169.254`.
     pub fn check_url(&self, url: &url::Url) -> Result<(), Refused> {
         match url.host() {
             Some(url::Host::Ipv4(a)) => self.check_address(&a.to_string(), IpAddr::V4(a)),
@@ -277,14 +271,16 @@ mod tests {
     }
 
     #[test]
-    fn literals_in_hosts_and_urls_are_checked_and_names_left_to_resolution() {
+    fn address_literals_in_urls_are_checked_as_parsed_and_names_left_to_resolution() {
         let e = Egress::default();
-        let refused = e.check_literal("169.254.169.254").unwrap_err();
+        let refused = e.check_url(&"http://169.254.169.254/latest/meta-data/".parse().unwrap()).unwrap_err();
         assert_eq!(refused.address, ip("169.254.169.254"));
         assert!(refused.to_string().contains("169.254.169.254 is an address this server's egress policy refuses"));
-        assert!(e.check_literal("[fe80::1]").is_err());
-        assert!(e.check_literal("metadata.google.internal").is_ok());
-        assert!(e.check_url(&"http://169.254.169.254/latest/meta-data/".parse().unwrap()).is_err());
+        assert!(e.check_url(&"http://[fe80::1]:8080/".parse().unwrap()).is_err());
+        assert!(e.check_url(&"http://metadata.google.internal/".parse().unwrap()).is_ok(), "left to resolution");
+        for disguised in ["http://2852039166/", "http://0xa9.0xfe.0xa9.0xfe/", "http://0251.0376.0251.0376/"] {
+            assert!(e.check_url(&disguised.parse().unwrap()).is_err(), "{disguised} is 169.254.169.254");
+        }
         assert!(e.check_url(&"http://[::ffff:a9fe:a9fe]/".parse().unwrap()).is_err(), "169.254.169.254 in IPv6");
         assert!(e.check_url(&"https://accounts.google.com/".parse().unwrap()).is_ok());
         assert!(e.check_url(&"http://127.0.0.1:8080/".parse().unwrap()).is_ok());
@@ -297,6 +293,11 @@ mod tests {
         let EgressError::Refused(r) = err else { panic!("refused, not {err}") };
         assert!(r.to_string().starts_with("localhost resolves to "), "{r}");
         assert!(Egress::default().check("localhost", 389).await.is_ok());
+        // A host written as a number is resolved by the system as the address it encodes.
+        let EgressError::Refused(r) = Egress::default().check("2852039166", 389).await.unwrap_err() else {
+            panic!("2852039166 is 169.254.169.254")
+        };
+        assert_eq!(r.address, ip("169.254.169.254"));
         assert_eq!(
             Egress::default().check("127.0.0.1", 389).await.unwrap(),
             vec![SocketAddr::new(ip("127.0.0.1"), 389)]

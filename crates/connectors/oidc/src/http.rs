@@ -99,17 +99,12 @@ pub(crate) async fn execute(
     request: openidconnect::HttpRequest,
 ) -> Result<openidconnect::HttpResponse, HttpError> {
     let (parts, body) = request.into_parts();
-    if let Some(host) = parts.uri.host() {
-        http.egress.check_literal(host).map_err(HttpError::Refused)?;
-    }
-    let response = http
-        .client
-        .request(parts.method, parts.uri.to_string())
-        .headers(parts.headers)
-        .body(body)
-        .send()
-        .await
-        .map_err(HttpError::of)?;
+    let (client, request) =
+        http.client.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body).build_split();
+    let request = request.map_err(HttpError::of)?;
+    // The URL as it will be used: `http://2852039166/` is 169.254.169.254 there.
+    http.egress.check_url(request.url()).map_err(HttpError::Refused)?;
+    let response = client.execute(request).await.map_err(HttpError::of)?;
     let mut builder = http::Response::builder().status(response.status());
     for (name, value) in response.headers() {
         builder = builder.header(name, value);
