@@ -74,7 +74,7 @@ pub struct Refused {
 
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.parse::<IpAddr>().is_ok() || self.host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+        if self.host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
             write!(f, "{} is an address this server's egress policy refuses", self.address)?;
         } else {
             write!(f, "{} resolves to {}, an address this server's egress policy refuses", self.host, self.address)?;
@@ -171,11 +171,47 @@ impl Egress {
 
     /// The HTTP client's resolver under this policy: a name resolving to a refused address
     /// fails to connect with [`Refused`] among the error's causes ([`refusal_in`]). Address
-    /// literals do not go through a resolver: check them with [`Egress::check_url`].
+    /// literals do not go through a resolver: [`Egress::send`] checks them.
     #[cfg(feature = "http")]
     pub fn resolver(&self) -> Arc<dyn reqwest::dns::Resolve> {
         Arc::new(Resolver(self.clone()))
     }
+
+    /// Sends `request`, built with a client whose resolver is [`Egress::resolver`]: the URL's
+    /// address literal is checked as the client parsed it, a name when the client resolves
+    /// it. A refused address sends nothing and answers [`SendError::Refused`].
+    #[cfg(feature = "http")]
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, SendError> {
+        let (client, request) = request.build_split();
+        let request = request.map_err(SendError::Transport)?;
+        self.check_url(request.url()).map_err(SendError::Refused)?;
+        client.execute(request).await.map_err(|e| match refusal_in(&e) {
+            Some(refused) => SendError::Refused(refused.clone()),
+            None => SendError::Transport(e),
+        })
+    }
+}
+
+impl EgressError {
+    /// The error as a connector's transport reports it, the [`Refused`] itself (not wrapped)
+    /// so that [`refusal_in`] finds it among the causes.
+    pub fn into_cause(self) -> Box<dyn std::error::Error + Send + Sync> {
+        match self {
+            EgressError::Refused(r) => Box::new(r),
+            e => Box::new(e),
+        }
+    }
+}
+
+/// Why [`Egress::send`] has no answer.
+#[cfg(feature = "http")]
+#[derive(Debug)]
+pub enum SendError {
+    /// The policy refuses the address: nothing was sent.
+    Refused(Refused),
+    /// The request could not be built or sent, or no answer came (connection refused,
+    /// timeout, TLS).
+    Transport(reqwest::Error),
 }
 
 /// The [`Refused`] among an error's causes, if there is one (an HTTP request refused by
@@ -201,13 +237,7 @@ impl reqwest::dns::Resolve for Resolver {
         let egress = self.0.clone();
         Box::pin(async move {
             // Port 0: reqwest puts the URL's port in.
-            let found =
-                egress.check(name.as_str(), 0).await.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> {
-                    match e {
-                        EgressError::Refused(r) => Box::new(r),
-                        EgressError::Resolve { cause, .. } => Box::new(cause),
-                    }
-                })?;
+            let found = egress.check(name.as_str(), 0).await.map_err(EgressError::into_cause)?;
             let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
             Ok(addrs)
         })
@@ -314,5 +344,14 @@ mod tests {
         let err = client.get(format!("http://localhost:{port}/")).send().await.unwrap_err();
         let refused = refusal_in(&err).expect("the refusal among the causes");
         assert_eq!(refused.host, "localhost");
+        // Through send: the name as above, and a literal before anything is sent.
+        let Err(SendError::Refused(r)) = strict.send(client.get(format!("http://localhost:{port}/"))).await else {
+            panic!("refused")
+        };
+        assert_eq!(r.host, "localhost");
+        let Err(SendError::Refused(r)) = strict.send(client.get(format!("http://127.0.0.1:{port}/"))).await else {
+            panic!("refused")
+        };
+        assert_eq!(r.address, ip("127.0.0.1"));
     }
 }

@@ -233,13 +233,7 @@ fn connector(
             let host = uri.host().ok_or("the endpoint names no host")?;
             let https = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("https"));
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let addresses =
-                egress.check(host, port).await.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> {
-                    match e {
-                        EgressError::Refused(r) => Box::new(r),
-                        e => Box::new(e),
-                    }
-                })?;
+            let addresses = egress.check(host, port).await.map_err(EgressError::into_cause)?;
             let tcp = tokio::net::TcpStream::connect(addresses.as_slice()).await?;
             tcp.set_nodelay(true)?;
             Ok(hyper_util::rt::TokioIo::new(tcp))

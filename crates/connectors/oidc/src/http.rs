@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use postern_connector::ConnectorError;
-use postern_connector::egress::{Egress, Refused, refusal_in};
+use postern_connector::egress::{Egress, Refused, SendError};
 
 /// The largest body read from an upstream (discovery, keys, tokens, userinfo).
 const MAX_BODY: usize = 1 << 20;
@@ -30,12 +30,11 @@ pub(crate) enum HttpError {
     Refused(#[source] Refused),
 }
 
-impl HttpError {
-    /// A transport failure, or the egress policy's refusal when that was the cause.
-    fn of(e: reqwest::Error) -> Self {
-        match refusal_in(&e) {
-            Some(refused) => Self::Refused(refused.clone()),
-            None => Self::Transport(e),
+impl From<SendError> for HttpError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Refused(r) => Self::Refused(r),
+            SendError::Transport(e) => Self::Transport(e),
         }
     }
 }
@@ -84,7 +83,7 @@ pub(crate) fn client(egress: &Egress) -> Http {
 /// Reads a body, refusing one larger than [`MAX_BODY`].
 pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, HttpError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(HttpError::of)? {
+    while let Some(chunk) = response.chunk().await.map_err(HttpError::Transport)? {
         if body.len() + chunk.len() > MAX_BODY {
             return Err(HttpError::TooLarge);
         }
@@ -99,12 +98,8 @@ pub(crate) async fn execute(
     request: openidconnect::HttpRequest,
 ) -> Result<openidconnect::HttpResponse, HttpError> {
     let (parts, body) = request.into_parts();
-    let (client, request) =
-        http.client.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body).build_split();
-    let request = request.map_err(HttpError::of)?;
-    // The URL as it will be used: `http://2852039166/` is 169.254.169.254 there.
-    http.egress.check_url(request.url()).map_err(HttpError::Refused)?;
-    let response = client.execute(request).await.map_err(HttpError::of)?;
+    let request = http.client.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body);
+    let response = http.egress.send(request).await?;
     let mut builder = http::Response::builder().status(response.status());
     for (name, value) in response.headers() {
         builder = builder.header(name, value);
@@ -163,19 +158,16 @@ pub(crate) async fn get_json(
         tracing::warn!(connection, url, detail = %refused, "upstream {what} refused by the egress policy");
         ConnectorError::FailedPrecondition {
             reason: postern_connector::egress::REFUSED,
-            message: format!("connection {connection:?}: the upstream's {what} at {url} cannot be read: {refused}"),
+            message: format!("connection {connection:?}: the upstream's {what} cannot be read: {refused}"),
         }
     };
-    if let Ok(parsed) = url::Url::parse(url) {
-        http.egress.check_url(&parsed).map_err(|r| refused(&r))?;
-    }
     let mut request = http.client.get(url).header(http::header::ACCEPT, "application/json");
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| match refusal_in(&e) {
-        Some(r) => refused(r),
-        None => unavailable(transport(&e)),
+    let response = http.egress.send(request).await.map_err(|e| match e {
+        SendError::Refused(r) => refused(&r),
+        SendError::Transport(e) => unavailable(transport(&e)),
     })?;
     let status = response.status();
     if !status.is_success() {

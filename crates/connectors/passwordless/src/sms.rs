@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use postern_connection::secret::names;
 use postern_connection::{Options, Resolved, SmsOptions, SmsProvider};
-use postern_connector::egress::{Egress, Refused, refusal_in};
+use postern_connector::egress::{Egress, SendError};
 use postern_connector::{
     Channel, CodeConnector, CodeMessage, CodeSecret, CodeSettings, ConnectorError, TestReport, TestStep, async_trait,
 };
@@ -32,20 +32,12 @@ pub struct SmsConnector {
     egress: Egress,
 }
 
-/// Why a request to the provider was not answered.
-enum SendError {
-    /// The egress policy refuses the provider's address: nothing was sent.
-    Refused(Refused),
-    /// No answer: connection refused, timeout, TLS.
-    Transport(reqwest::Error),
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Refused(r) => write!(f, "{r}"),
-            SendError::Transport(e) => write!(f, "{}", transport(e)),
-        }
+/// Why a request to the provider has no answer, in words (reqwest's own message names only
+/// the URL).
+fn why(e: &SendError) -> String {
+    match e {
+        SendError::Refused(r) => r.to_string(),
+        SendError::Transport(e) => transport(e),
     }
 }
 
@@ -76,18 +68,6 @@ impl SmsConnector {
             });
         Self { http, egress: egress.clone() }
     }
-
-    /// Sends `request` (built with this connector's client) where the egress policy allows:
-    /// an address literal in the URL is checked here, a name when it is resolved.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, SendError> {
-        let (client, request) = request.build_split();
-        let request = request.map_err(SendError::Transport)?;
-        self.egress.check_url(request.url()).map_err(SendError::Refused)?;
-        client.execute(request).await.map_err(|e| match refusal_in(&e) {
-            Some(refused) => SendError::Refused(refused.clone()),
-            None => SendError::Transport(e),
-        })
-    }
 }
 
 fn options(conn: &Resolved) -> Result<&SmsOptions, ConnectorError> {
@@ -108,9 +88,10 @@ impl SmsConnector {
             url::form_urlencoded::byte_serialize(o.account.as_bytes()).collect::<String>()
         );
         let answer = self
+            .egress
             .send(self.http.get(&url).basic_auth(&o.account, Some(&token)))
             .await
-            .map_err(|e| format!("{url} cannot be reached: {e}"))?;
+            .map_err(|e| format!("{url} cannot be reached: {}", why(&e)))?;
         let status = answer.status().as_u16();
         match status {
             200 => {
@@ -136,7 +117,8 @@ impl SmsConnector {
     /// The `webhook` step: the webhook answers (any answer but an outage).
     async fn check_webhook(&self, o: &SmsOptions) -> Result<String, String> {
         let url = &o.provider_url;
-        let answer = self.send(self.http.get(url)).await.map_err(|e| format!("{url} cannot be reached: {e}"))?;
+        let answer =
+            self.egress.send(self.http.get(url)).await.map_err(|e| format!("{url} cannot be reached: {}", why(&e)))?;
         let status = answer.status().as_u16();
         if status >= 500 {
             return Err(format!("{url} answered HTTP {status}"));
@@ -221,7 +203,7 @@ impl CodeConnector for SmsConnector {
                     .body(json)
             }
         };
-        let answer = self.send(request).await.map_err(|e| match e {
+        let answer = self.egress.send(request).await.map_err(|e| match e {
             SendError::Refused(refused) => ConnectorError::FailedPrecondition {
                 reason: postern_connector::egress::REFUSED,
                 message: format!(

@@ -69,6 +69,7 @@ use chrono::{DateTime, Utc};
 use postern_common::time::Clock;
 use postern_connection::secret::names;
 use postern_connection::{Options, Resolved, SamlBinding, SamlOptions, SamlSignatureAlgorithm, Strategy};
+use postern_connector::egress::SendError;
 use postern_connector::{
     Begun, Completed, ConnectorError, Connectors, Egress, ExternalProfile, OneTimeId, RedirectConnector,
     RedirectTransaction, ServiceMetadata, TestReport, TestStep, UnsolicitedClient, UpstreamRequest, async_trait,
@@ -1166,32 +1167,21 @@ impl RedirectConnector for SamlConnector {
             steps.push(TestStep::of("decryption_key", started, check_decryption(o, decryption_key, self.clock.now())));
         }
         let started = Instant::now();
-        let literal = url::Url::parse(&o.sign_in_url).ok().map(|u| self.egress.check_url(&u));
-        let result = match literal {
-            Some(Err(refused)) => Err(format!("the sign-in URL {} cannot be reached: {refused}", o.sign_in_url)),
-            _ => self.try_sign_in_url(&o.sign_in_url).await,
-        };
-        steps.push(TestStep::of("sign_in_url", started, result));
-        Ok(TestReport::of(steps))
-    }
-}
-
-impl SamlConnector {
-    /// GETs the IdP's sign-in URL (whose host passed the egress policy's literal check).
-    async fn try_sign_in_url(&self, sign_in_url: &str) -> Result<String, String> {
-        match self.http.get(sign_in_url).send().await {
+        let result = match self.egress.send(self.http.get(&o.sign_in_url)).await {
             Ok(r) => Ok(format!("the sign-in URL answered HTTP {}", r.status().as_u16())),
             Err(e) => {
                 // reqwest's own message names only the URL: the refusal or the causes say why.
-                let why = match postern_connector::egress::refusal_in(&e) {
-                    Some(refused) => refused.to_string(),
-                    None => {
+                let why = match e {
+                    SendError::Refused(refused) => refused.to_string(),
+                    SendError::Transport(e) => {
                         std::error::Error::source(&e).map_or_else(|| e.to_string(), postern_common::error::with_causes)
                     }
                 };
-                Err(format!("the sign-in URL {sign_in_url} cannot be reached: {}", short(&why, 300)))
+                Err(format!("the sign-in URL {} cannot be reached: {}", o.sign_in_url, short(&why, 300)))
             }
-        }
+        };
+        steps.push(TestStep::of("sign_in_url", started, result));
+        Ok(TestReport::of(steps))
     }
 }
 

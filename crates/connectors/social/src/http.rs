@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use postern_connector::egress::{Egress, refusal_in};
+use postern_connector::egress::{Egress, SendError};
 use serde_json::Value;
 
 /// How long a call to a provider may take, connection included, unless the connector is
@@ -112,17 +112,12 @@ pub async fn send(
         tracing::warn!(connection = call.connection, endpoint = call.endpoint, error = %why, "provider call failed");
         Failure::Unavailable(format!("{} {why}; retry shortly", call.describe()))
     };
-    let refused = |why: &dyn std::fmt::Display| {
-        tracing::warn!(connection = call.connection, endpoint = call.endpoint, error = %why, "provider call refused");
-        Failure::Refused(format!("{} cannot be called: {why}", call.describe()))
-    };
-    let (client, request) = request.build_split();
-    let request =
-        request.map_err(|e| Failure::Internal(format!("{}: the request cannot be built: {e}", call.describe())))?;
-    http.egress.check_url(request.url()).map_err(|r| refused(&r))?;
-    let mut response = client.execute(request).await.map_err(|e| match refusal_in(&e) {
-        Some(r) => refused(r),
-        None => unavailable(transport(&e, timeout)),
+    let mut response = http.egress.send(request).await.map_err(|e| match e {
+        SendError::Refused(r) => {
+            tracing::warn!(connection = call.connection, endpoint = call.endpoint, error = %r, "provider call refused");
+            Failure::Refused(format!("{} cannot be called: {r}", call.describe()))
+        }
+        SendError::Transport(e) => unavailable(transport(&e, timeout)),
     })?;
     let status = response.status().as_u16();
     let content_type = response
