@@ -170,6 +170,15 @@ async fn ldap_logins_groups_and_injection() {
         .expect("the literal name");
     assert_eq!(trap.into_inner().user.expect("user").user_id, "ldap|corp|bob*)(uid=*");
 
+    // By name over LDAPS: the name resolved and checked once, the socket connected to the
+    // address checked, the certificate checked against the name.
+    let by_name =
+        conn::LdapOptions { url: dir.ldaps_url.replace("127.0.0.1", "localhost"), start_tls: false, ..options(dir) };
+    connection(&mut admin, t, &client.client_id, "corp-by-name", "ldap", by_name, &[]).await;
+    let named =
+        admin.authn.login(login(t, &client, "corp-by-name", "bob", slapd::USER_PASSWORD)).await.expect("by name");
+    assert_eq!(named.into_inner().user.expect("user").user_id, "ldap|corp-by-name|bob");
+
     // A directory takes no signups and keeps its passwords.
     let signup = authn::SignupRequest {
         tenant: t.into(),

@@ -18,10 +18,12 @@
 //! ranges by default and has no allow list; its users must empty the deny list to reach a
 //! local peer.
 //!
-//! Where the connection is made by a library that resolves names itself (LDAP, SMTP, the
-//! custom database's gRPC channel), the name is resolved and checked just before; a name
-//! whose records change between the check and the library's own lookup is the one gap. The
-//! HTTP client resolves through the policy ([`Egress::resolver`]), so there is none for HTTP.
+//! The HTTP clients resolve names through the policy ([`Egress::http_client`]). Where the
+//! connection is made by a library of its own (LDAP, SMTP, the custom database's gRPC
+//! channel), the connector resolves and checks the name once ([`Egress::check`]) and hands the
+//! library a connection to (or the address of) an address checked, keeping the name for TLS:
+//! no second lookup, so a name whose records change in between (DNS rebinding) cannot lead
+//! elsewhere.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -175,6 +177,33 @@ impl Egress {
     #[cfg(feature = "http")]
     pub fn resolver(&self) -> Arc<dyn reqwest::dns::Resolve> {
         Arc::new(Resolver(self.clone()))
+    }
+
+    /// The HTTP client of a connector's calls: names resolved under this policy
+    /// ([`Egress::resolver`]), no redirect followed (an upstream endpoint that redirects is
+    /// misconfigured, and following it would carry credentials elsewhere, to an address
+    /// unchecked), each request bounded by `timeout` and its connect by 5 s at most, Postern's
+    /// user agent. Send with [`Egress::send`], which checks address literals.
+    ///
+    /// Building fails only when the TLS backend cannot start; the client then trusts no
+    /// certificate (every HTTPS call fails, naming the TLS error) rather than skip the policy.
+    #[cfg(feature = "http")]
+    pub fn http_client(&self, timeout: std::time::Duration) -> reqwest::Client {
+        let builder = || {
+            reqwest::Client::builder()
+                .dns_resolver(self.resolver())
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(timeout)
+                .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
+                .user_agent(concat!("Postern/", env!("CARGO_PKG_VERSION")))
+        };
+        builder().build().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot build the connectors' HTTP client; HTTPS calls will fail");
+            builder().tls_certs_only([]).build().unwrap_or_else(|e| {
+                // Nothing left that could fail; a client without the policy is never built.
+                panic!("cannot build an HTTP client even without TLS roots: {e}")
+            })
+        })
     }
 
     /// Sends `request`, built with a client whose resolver is [`Egress::resolver`]: the URL's

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, StdStream};
 use postern_connection::{LdapOptions, Resolved};
 use postern_connector::ConnectorError;
 use postern_connector::egress::{Egress, EgressError, Refused};
@@ -228,12 +228,23 @@ fn is_tls(e: &LdapError) -> bool {
 }
 
 /// Opens a connection to the directory (with StartTLS when the connection says so), when
-/// `egress` allows its address. ldap3 resolves the name itself: it is resolved and checked
-/// just before.
+/// `egress` allows its address. The name is resolved once, through the policy, and the
+/// connection made to the addresses checked: ldap3 is handed the connected socket, and keeps
+/// the URL's host name for TLS (the name the certificate is checked against), so that a name
+/// whose records change between a check and a connect (DNS rebinding) cannot lead it
+/// elsewhere.
 pub async fn open(conn: &Resolved, o: &LdapOptions, egress: &Egress) -> Result<Session, OpenError> {
     let limit = timeout(o);
-    checked(o, egress, limit).await?;
-    let mut settings = LdapConnSettings::new().set_conn_timeout(limit).set_starttls(o.start_tls);
+    let addresses = checked(o, egress, limit).await?;
+    let socket = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addresses.as_slice()))
+        .await
+        .map_err(|_| OpenError::Timeout(limit))?
+        .and_then(tokio::net::TcpStream::into_std)
+        .map_err(|e| OpenError::Unreachable(e.to_string()))?;
+    let mut settings = LdapConnSettings::new()
+        .set_conn_timeout(limit)
+        .set_starttls(o.start_tls)
+        .set_std_stream(StdStream::Tcp(socket));
     if o.is_tls() {
         settings = settings.set_config(tls::config(&o.ca_certificates).map_err(OpenError::Config)?);
     }

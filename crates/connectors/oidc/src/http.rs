@@ -64,20 +64,7 @@ pub(crate) struct Http {
 /// redirects is misconfigured, and following it would send secrets elsewhere), bounded time,
 /// names resolved under `egress`.
 pub(crate) fn client(egress: &Egress) -> Http {
-    let client = reqwest::Client::builder()
-        .dns_resolver(egress.resolver())
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|e| {
-            // Building fails only if the TLS backend cannot start; a default client then
-            // fails each request, which answers UNAVAILABLE.
-            tracing::error!(error = %e, "cannot build the upstream HTTP client");
-            reqwest::Client::builder().dns_resolver(egress.resolver()).build().unwrap_or_default()
-        });
-    Http { client, egress: egress.clone() }
+    Http { client: egress.http_client(TIMEOUT), egress: egress.clone() }
 }
 
 /// Reads a body, refusing one larger than [`MAX_BODY`].

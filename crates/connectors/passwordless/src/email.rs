@@ -6,6 +6,7 @@
 //! connection has one pooled transport, kept while its settings stay the same.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,9 +39,8 @@ const SMTP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The connector of `email` connections.
 #[derive(Default)]
 pub struct EmailConnector {
-    /// One pooled transport per connection id, with the digest of the settings it was built
-    /// from (a change of settings builds a new one).
-    transports: Mutex<HashMap<String, (String, Arc<Transport>)>>,
+    /// One pooled transport per connection id.
+    transports: Mutex<HashMap<String, Kept>>,
     /// Where the connector may connect: the SMTP server's name is resolved and checked
     /// before each delivery and each test.
     egress: Egress,
@@ -63,7 +63,16 @@ impl EmailConnector {
         Self { transports: Mutex::default(), egress: egress.clone() }
     }
 
-    fn transport(&self, conn: &Resolved, o: &EmailOptions) -> Result<Arc<Transport>, ConnectorError> {
+    /// The pooled transport of `conn`, to one of `addresses` (those the policy admitted for
+    /// the server's name, in the resolver's order): the transport kept for the connection
+    /// while its settings stay the same and its address is still among them; otherwise a new
+    /// one to the first address that accepts a TCP connection.
+    async fn transport(
+        &self,
+        conn: &Resolved,
+        o: &EmailOptions,
+        addresses: &[SocketAddr],
+    ) -> Result<Arc<Transport>, ConnectorError> {
         let password = conn.secret(names::SMTP_PASSWORD).map(|s| s.expose().to_owned()).unwrap_or_default();
         let mut digest = Sha256::new();
         digest.update(serde_json::to_vec(o).unwrap_or_default());
@@ -71,16 +80,38 @@ impl EmailConnector {
         digest.update(password.as_bytes());
         let fingerprint = hex::encode(digest.finalize());
         let id = &conn.connection.id;
-        let mut transports = self.transports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((f, t)) = transports.get(id)
-            && *f == fingerprint
         {
-            return Ok(t.clone());
+            let transports = self.transports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(kept) = transports.get(id)
+                && kept.fingerprint == fingerprint
+                && addresses.iter().any(|a| a.ip() == kept.address)
+            {
+                return Ok(kept.transport.clone());
+            }
         }
-        let t = Arc::new(build_transport(conn, o, &password)?);
-        transports.insert(id.clone(), (fingerprint, t.clone()));
-        Ok(t)
+        let address = match tokio::time::timeout(SMTP_TIMEOUT, tokio::net::TcpStream::connect(addresses)).await {
+            Ok(Ok(probe)) => probe.peer_addr().map_err(|e| delivery_failed(conn, &e))?.ip(),
+            Ok(Err(e)) => return Err(delivery_failed(conn, &format!("{}: {e}", o.smtp_host))),
+            Err(_) => {
+                let late =
+                    format!("{} did not accept a connection within {} seconds", o.smtp_host, SMTP_TIMEOUT.as_secs());
+                return Err(delivery_failed(conn, &late));
+            }
+        };
+        let transport = Arc::new(build_transport(conn, o, address, &password)?);
+        let kept = Kept { fingerprint, address, transport: transport.clone() };
+        self.transports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), kept);
+        Ok(transport)
     }
+}
+
+/// The transport kept for a connection.
+struct Kept {
+    /// The digest of the settings it was built from (a change of settings builds a new one).
+    fingerprint: String,
+    /// The address it connects to.
+    address: IpAddr,
+    transport: Arc<Transport>,
 }
 
 /// The TLS parameters of the connection's server: its host name, and the connection's CA
@@ -95,15 +126,22 @@ fn tls_parameters(conn: &Resolved, o: &EmailOptions) -> Result<TlsParameters, Co
     b.build_rustls().map_err(|e| misconfigured(conn, "smtp_ca_certificate", &e))
 }
 
-fn build_transport(conn: &Resolved, o: &EmailOptions, password: &str) -> Result<Transport, ConnectorError> {
-    let host = o.smtp_host.as_str();
+/// A pooled transport that connects to `address` (lettre would resolve a name again, after
+/// the policy's check, and a name whose records changed in between would lead it elsewhere),
+/// and checks the server's certificate against the host name of the options.
+fn build_transport(
+    conn: &Resolved,
+    o: &EmailOptions,
+    address: IpAddr,
+    password: &str,
+) -> Result<Transport, ConnectorError> {
     let tls = match o.smtp_tls {
         SmtpTls::Starttls => Tls::Required(tls_parameters(conn, o)?),
         SmtpTls::Implicit => Tls::Wrapper(tls_parameters(conn, o)?),
         SmtpTls::Opportunistic => Tls::Opportunistic(tls_parameters(conn, o)?),
         SmtpTls::None => Tls::None,
     };
-    let mut builder = Transport::builder_dangerous(host)
+    let mut builder = Transport::builder_dangerous(address.to_string())
         .port(o.effective_smtp_port())
         .tls(tls)
         .timeout(Some(SMTP_TIMEOUT))
@@ -173,9 +211,10 @@ impl CodeConnector for EmailConnector {
     async fn deliver(&self, _tenant: &str, conn: &Resolved, m: &CodeMessage<'_>) -> Result<(), ConnectorError> {
         let o = options(conn)?;
         let message = render(conn, o, m)?;
-        // lettre resolves the name itself: it is resolved and checked just before.
-        match self.egress.check(&o.smtp_host, o.effective_smtp_port()).await {
-            Ok(_) => {}
+        // The name is resolved once, through the policy, and the transport connects to an
+        // address checked, never to a second lookup.
+        let addresses = match self.egress.check(&o.smtp_host, o.effective_smtp_port()).await {
+            Ok(addresses) => addresses,
             Err(EgressError::Refused(refused)) => {
                 return Err(ConnectorError::FailedPrecondition {
                     reason: postern_connector::egress::REFUSED,
@@ -186,8 +225,8 @@ impl CodeConnector for EmailConnector {
                 });
             }
             Err(e) => return Err(delivery_failed(conn, &e)),
-        }
-        let transport = self.transport(conn, o)?;
+        };
+        let transport = self.transport(conn, o, &addresses).await?;
         let failure = match tokio::time::timeout(SMTP_TIMEOUT, transport.send(message)).await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) => e.to_string(),

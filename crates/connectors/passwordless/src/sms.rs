@@ -57,16 +57,7 @@ impl SmsConnector {
 
     /// A connector with its own HTTP client, connecting only where `egress` allows.
     pub fn with_egress(egress: &Egress) -> Self {
-        let http = reqwest::Client::builder()
-            .dns_resolver(egress.resolver())
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(HTTP_TIMEOUT)
-            .build()
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot build the SMS HTTP client; using the default one");
-                reqwest::Client::builder().dns_resolver(egress.resolver()).build().unwrap_or_default()
-            });
-        Self { http, egress: egress.clone() }
+        Self { http: egress.http_client(HTTP_TIMEOUT), egress: egress.clone() }
     }
 }
 

@@ -401,16 +401,7 @@ impl SamlConnector {
     /// A connector whose time rules read `clock`, connecting (to try a sign-in URL) only
     /// where `egress` allows.
     pub fn with_egress(clock: Clock, egress: &Egress) -> Self {
-        let http = reqwest::Client::builder()
-            .dns_resolver(egress.resolver())
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot build the SAML connector's HTTP client");
-                reqwest::Client::builder().dns_resolver(egress.resolver()).build().unwrap_or_default()
-            });
-        Self { clock, http, egress: egress.clone() }
+        Self { clock, http: egress.http_client(Duration::from_secs(10)), egress: egress.clone() }
     }
 
     /// The signed part of the response, checked: the assertion, as samael verified it, then

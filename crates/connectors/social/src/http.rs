@@ -66,19 +66,10 @@ impl std::ops::Deref for Http {
     }
 }
 
-/// Builds the client every call of one connector shares: no redirect is followed (a
-/// provider's endpoint answers directly; a redirect would carry credentials elsewhere), names
-/// resolved under `egress`.
-pub fn client(timeout: Duration, egress: &Egress) -> Result<Http, String> {
-    let client = reqwest::Client::builder()
-        .dns_resolver(egress.resolver())
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .user_agent(concat!("Postern/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| e.to_string())?;
-    Ok(Http { client, egress: egress.clone() })
+/// The client every call of one connector shares ([`Egress::http_client`]: no redirect
+/// followed, names resolved under `egress`, each call bounded by `timeout`).
+pub fn client(timeout: Duration, egress: &Egress) -> Http {
+    Http { client: egress.http_client(timeout), egress: egress.clone() }
 }
 
 /// What a call is, for messages and logs: the connection and the endpoint's role.

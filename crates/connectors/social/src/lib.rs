@@ -110,7 +110,7 @@ impl Provider {
 /// A social connector: one provider, one HTTP client shared by its connections.
 pub struct SocialConnector {
     provider: Provider,
-    http: Result<http::Http, String>,
+    http: http::Http,
     timeout: Duration,
 }
 
@@ -136,11 +136,7 @@ impl SocialConnector {
     /// The connector of `provider`, whose calls each take at most `timeout` and connect only
     /// where `egress` allows.
     pub fn with_egress(provider: Provider, timeout: Duration, egress: &Egress) -> Self {
-        let http = http::client(timeout, egress);
-        if let Err(e) = &http {
-            tracing::error!(error = %e, "the social connectors' HTTP client cannot be built");
-        }
-        Self { provider, http, timeout }
+        Self { provider, http: http::client(timeout, egress), timeout }
     }
 
     /// The connection's options, endpoints and client secret.
@@ -187,10 +183,6 @@ impl SocialConnector {
         Ok((o, endpoints, secret))
     }
 
-    fn client(&self) -> Result<&http::Http, Failure> {
-        self.http.as_ref().map_err(|e| Failure::Internal(format!("HTTP client: {e}")))
-    }
-
     /// The URL that starts a login at the provider.
     pub fn authorization_url(&self, conn: &Resolved, tx: &RedirectTransaction) -> Result<String, Failure> {
         let (o, endpoints, _) = self.setup(conn)?;
@@ -207,9 +199,8 @@ impl SocialConnector {
         let connection = conn.connection.spec.name.as_str();
         let code = flow::callback_code(connection, params, &tx.state)?;
         let (o, endpoints, secret) = self.setup(conn)?;
-        let http = self.client()?;
         let tokens = flow::exchange(
-            http,
+            &self.http,
             self.timeout,
             self.provider,
             connection,
@@ -222,7 +213,7 @@ impl SocialConnector {
         )
         .await?;
         let read = profiles::Read {
-            http,
+            http: &self.http,
             timeout: self.timeout,
             connection,
             endpoints: &endpoints,

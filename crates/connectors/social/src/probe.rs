@@ -50,7 +50,7 @@ fn why(f: Failure) -> String {
 pub async fn run(connector: &SocialConnector, conn: &Resolved) -> TestReport {
     let provider = connector.provider;
     let started = Instant::now();
-    let setup = connector.setup(conn).and_then(|s| connector.client().map(|http| (s, http)));
+    let setup = connector.setup(conn).map(|s| (s, &connector.http));
     let configured = setup.as_ref().map_err(|f| why(f.clone())).map(|((o, e, _), _)| {
         let mut detail = format!(
             "client {:?}; authorization {}, token {}, profile {}",
