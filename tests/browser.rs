@@ -2,7 +2,9 @@
 //! page: it opens `/authorize`, signs up on the page, and lands on the application's
 //! callback (a loopback server in this test) with a code that exchanges for tokens; a
 //! second application's `/authorize` then skips the page (single sign-on), and logout ends
-//! the session so that the page is shown again.
+//! the session so that the page is shown again. A single-page application's JavaScript gets
+//! its tokens across origins (CORS), and a page at an origin the client does not allow is
+//! refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -257,4 +259,228 @@ async fn login_on_page(browser: &Browser, email: &str, password: &str) {
     browser.fill(&format!("{form} input[type=email], {form} input[name=username]"), email).await.expect("email");
     browser.fill(&format!("{form} input[type=password]"), password).await.expect("password");
     browser.click(&format!("{form} [type=submit]")).await.expect("submit");
+}
+
+/// A single-page application's side: a loopback HTTP server whose pages are the
+/// application, their JavaScript calling Postern's endpoints from the browser as an OpenID
+/// library does (`fetch`, across origins): `/start` makes a PKCE pair, keeps the verifier in
+/// `sessionStorage` and goes to `/authorize`; `/callback` reads the discovery document,
+/// exchanges the code at the token endpoint and reads `/userinfo` with the access token;
+/// `/foreign` posts a made-up code to the token endpoint. Each page writes what it got, as
+/// JSON, into `#out` and marks it `data-done`.
+struct SpaApp {
+    listener: Option<tokio::net::TcpListener>,
+    port: u16,
+}
+
+impl SpaApp {
+    async fn bind() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        Self { listener: Some(listener), port }
+    }
+
+    /// The application's origin.
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Serves the pages of `client_id` at the tenant of `issuer`.
+    fn serve(&mut self, issuer: &str, client_id: &str) -> tokio::task::JoinHandle<()> {
+        let listener = self.listener.take().expect("served once");
+        let constants = format!(
+            "const ISSUER = {}; const CLIENT_ID = {}; const CALLBACK = {};",
+            serde_json::Value::from(issuer),
+            serde_json::Value::from(client_id),
+            serde_json::Value::from(format!("{}/callback", self.origin())),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let constants = constants.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut got = Vec::new();
+                    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&got).into_owned();
+                    let target = text.split(' ').nth(1).unwrap_or_default();
+                    let script = match target.split('?').next().unwrap_or_default() {
+                        "/start" => SPA_START,
+                        "/callback" => SPA_CALLBACK,
+                        "/foreign" => SPA_FOREIGN,
+                        _ => "",
+                    };
+                    let page = format!(
+                        "<!doctype html><html><body><pre id=out></pre><script>{constants}\n{SPA_DONE}{script}</script></body></html>"
+                    );
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                        page.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                });
+            }
+        })
+    }
+}
+
+/// Writes `value` as JSON into `#out` and marks it done.
+const SPA_DONE: &str = "function done(value) { const out = document.getElementById('out'); \
+     out.textContent = JSON.stringify(value); out.dataset.done = '1'; }\n";
+
+const SPA_START: &str = "(async () => {
+  const b64 = bytes => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+    .replace(/\\+/g, '-').replace(/\\//g, '_').replace(/=+$/, '');
+  const verifier = b64(crypto.getRandomValues(new Uint8Array(32)));
+  sessionStorage.setItem('verifier', verifier);
+  const challenge = b64(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
+  const url = new URL(ISSUER + 'authorize');
+  url.search = new URLSearchParams({
+    response_type: 'code', client_id: CLIENT_ID, redirect_uri: CALLBACK, scope: 'openid profile email',
+    state: 'spa', nonce: 'n-spa', code_challenge: challenge, code_challenge_method: 'S256',
+  });
+  location.assign(url);
+})();";
+
+const SPA_CALLBACK: &str = "(async () => {
+  try {
+    const meta = await (await fetch(ISSUER + '.well-known/openid-configuration')).json();
+    const code = new URLSearchParams(location.search).get('code');
+    const answer = await fetch(meta.token_endpoint, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({
+        grant_type: 'authorization_code', client_id: CLIENT_ID, code, redirect_uri: CALLBACK,
+        code_verifier: sessionStorage.getItem('verifier'),
+      }),
+    });
+    const tokens = await answer.json();
+    const info = await fetch(meta.userinfo_endpoint, { headers: { Authorization: 'Bearer ' + tokens.access_token } });
+    done({ status: answer.status, tokens, userinfo: await info.json() });
+  } catch (e) {
+    done({ blocked: String(e) });
+  }
+})();";
+
+const SPA_FOREIGN: &str = "(async () => {
+  try {
+    const answer = await fetch(ISSUER + 'oauth/token', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({
+        grant_type: 'authorization_code', client_id: CLIENT_ID, code: 'made-up', redirect_uri: CALLBACK,
+        code_verifier: 'v'.repeat(43),
+      }),
+    });
+    done({ status: answer.status, body: await answer.json() });
+  } catch (e) {
+    done({ blocked: String(e) });
+  }
+})();";
+
+/// What a page of [`SpaApp`] wrote, once it is done.
+async fn spa_out(browser: &Browser) -> serde_json::Value {
+    let out = browser.find("#out[data-done]").await.expect("the page's script finished");
+    let text = out.text().await.expect("text");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_page_application_gets_its_tokens_from_javascript_across_origins() {
+    let test = "a_single_page_application_gets_its_tokens_from_javascript_across_origins";
+    let Some(browser) = Browser::open(test).await else { return };
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = suite.admin().await;
+    admin.create_tenant(TENANT).await.expect("tenant");
+    let connection = conn::Connection {
+        name: "customers".into(),
+        strategy: "auth0".into(),
+        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: TENANT.into(), connection: Some(connection) })
+        .await
+        .expect("connection");
+    let mut app = SpaApp::bind().await;
+    // The same server under another name is another origin, one the client does not allow.
+    let foreign = format!("http://localhost:{}", app.port);
+
+    // Allowed origins are origins: no path, not even "/".
+    let mut c = tenant::Client {
+        name: "Fabrikam Customer Portal".into(),
+        app_type: tenant::AppType::Spa as i32,
+        callbacks: vec![format!("{}/callback", app.origin())],
+        allowed_origins: vec![format!("{foreign}/")],
+        ..Default::default()
+    };
+    let create = |c: &tenant::Client| tenant::CreateClientRequest { tenant: TENANT.into(), client: Some(c.clone()) };
+    let refused = admin.clients.create_client(create(&c)).await.expect_err("a path is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("client.allowed_origins[0]"), "{}", refused.message());
+    c.allowed_origins.clear();
+    let client = admin.clients.create_client(create(&c)).await.expect("client").into_inner().client.expect("client");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: TENANT.into(),
+            connection: "customers".into(),
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+    let issuer = format!("http://{}/{TENANT}/", suite.http);
+    let task = app.serve(&issuer, &client.client_id);
+
+    // The application's pages, at the origin of its callback: PKCE made in the browser, the
+    // hosted page, and back to the callback, whose script gets the tokens and the profile.
+    browser.goto(&format!("{}/start", app.origin())).await.expect("start");
+    signup_on_page(&browser).await;
+    let got = spa_out(&browser).await;
+    assert_eq!(got["status"], 200, "{got}");
+    let claims =
+        verify_id_token(suite.http, got["tokens"]["id_token"].as_str().expect("id_token"), &client.client_id).await;
+    assert_eq!((claims["email"].as_str(), claims["nonce"].as_str()), (Some("new.customer@example.com"), Some("n-spa")));
+    assert_eq!(got["userinfo"]["sub"], claims["sub"], "{got}");
+
+    // Another origin's script is refused, and can read why.
+    browser.goto(&format!("{foreign}/foreign")).await.expect("foreign page");
+    let got = spa_out(&browser).await;
+    assert_eq!(got["status"], 400, "{got}");
+    assert_eq!(got["body"]["error"], "unauthorized_client", "{got}");
+    let why = got["body"]["error_description"].as_str().unwrap_or_default();
+    assert!(why.contains(&foreign) && why.contains("allowed_origins"), "{why}");
+
+    // Allowed, the same request reaches the grant (whose made-up code is refused).
+    let allow = tenant::UpdateClientRequest {
+        tenant: TENANT.into(),
+        client: Some(tenant::Client {
+            client_id: client.client_id.clone(),
+            allowed_origins: vec![foreign.clone()],
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["allowed_origins".into()] }),
+    };
+    let updated = admin.clients.update_client(allow).await.expect("allow the origin").into_inner();
+    assert_eq!(updated.client.expect("client").allowed_origins, [foreign.as_str()]);
+    // The authenticator forgets the client it remembered when the event log says it changed.
+    let deadline = tokio::time::Instant::now() + postern_testkit::browser::WAIT;
+    loop {
+        browser.goto(&format!("{foreign}/foreign")).await.expect("foreign page");
+        let got = spa_out(&browser).await;
+        if got["body"]["error"] == "invalid_grant" {
+            break;
+        }
+        assert_eq!(got["body"]["error"], "unauthorized_client", "{got}");
+        assert!(tokio::time::Instant::now() < deadline, "the allowed origin still refused: {got}");
+    }
+    browser.close().await.expect("close");
+    task.abort();
+    suite.stop().await.expect("stop");
 }

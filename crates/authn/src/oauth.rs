@@ -1089,6 +1089,28 @@ fn page_connection(c: &conn_pb::Connection, connectors: &postern_connector::Conn
     }
 }
 
+/// Refuses a browser's request (its `Origin`, empty for a request that sent none) from an
+/// origin `client` does not allow: allowed are the origins of its callbacks and its
+/// `allowed_origins` (Auth0's and Zitadel's rule; Keycloak's `+` web origin).
+fn check_origin(client: &ResolvedClient, origin: &str) -> Result<(), Status> {
+    if origin.is_empty()
+        || client.allowed_origins.iter().any(|o| o == origin)
+        || client.callbacks.iter().any(|c| postern_common::validate::origin_of(c).as_deref() == Some(origin))
+    {
+        return Ok(());
+    }
+    Err(status(
+        Code::PermissionDenied,
+        reason::UNAUTHORIZED_CLIENT,
+        format!(
+            "origin {:?} may not call this endpoint for client {}: it is neither the origin of one of the \
+             client's callbacks nor among its allowed_origins",
+            origin.chars().take(200).collect::<String>(),
+            client.client_id
+        ),
+    ))
+}
+
 fn redirect_error(request: &pb::StartAuthorizationRequest, error: &str, description: &str) -> pb::Redirect {
     let mut parameters = HashMap::from([
         ("error".to_owned(), error.to_owned()),
@@ -1118,6 +1140,7 @@ impl OAuthApi {
         audit: &mut ExchangeAudit<'_>,
     ) -> Result<pb::ExchangeTokenResponse, Status> {
         let client = self.authenticate_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        check_origin(&client, &req.origin)?;
         match req.grant_type.as_str() {
             "authorization_code" => self.authorization_code(req, &client, audit).await,
             "refresh_token" => self.refresh(req, &client, &mut audit.user_id).await,
@@ -1413,6 +1436,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             return Err(invalid_request("tenant", "is not a tenant name"));
         }
         let client = self.authenticate_client(&req.tenant, &req.client_id, &req.client_secret).await?;
+        check_origin(&client, &req.origin)?;
         if req.token.is_empty() {
             return Err(invalid_request("token", "is required"));
         }

@@ -70,6 +70,28 @@ pub fn redirect_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An origin a browser application runs at (`https://app.example.com`, for CORS): the rules
+/// of [`redirect_url`], written as the origin itself, `scheme://host[:port]`, with no path
+/// (not even `/`), query or fragment, the host in lower case and no default port.
+pub fn origin(value: &str) -> Result<(), String> {
+    redirect_url(value)?;
+    let serialized = url::Url::parse(value).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
+    if serialized != value {
+        return Err(format!(
+            "{:?} is not an origin: write scheme://host[:port], no path, query or trailing slash ({serialized:?})",
+            truncate(value, 200)
+        ));
+    }
+    Ok(())
+}
+
+/// The origin of `url` (`https://app.example.com` of `https://app.example.com/callback`), if
+/// it has one.
+pub fn origin_of(url: &str) -> Option<String> {
+    let origin = url::Url::parse(url).ok()?.origin();
+    origin.is_tuple().then(|| origin.ascii_serialization())
+}
+
 /// The most characters an image URL (a tenant's logo) may have.
 pub const MAX_IMAGE_URL: usize = 2048;
 
@@ -146,6 +168,35 @@ mod tests {
         check(display_text("a\nb", 1, 128), false);
         check(display_text(&"é".repeat(128), 1, 128), true);
         check(display_text(&"é".repeat(129), 1, 128), false);
+    }
+
+    #[test]
+    fn origins() {
+        for good in [
+            "https://app.example.com",
+            "https://app.example.com:8443",
+            "http://localhost:3000",
+            "http://127.0.0.1:5173",
+        ] {
+            check(origin(good), true);
+        }
+        for bad in [
+            "https://app.example.com/",
+            "https://app.example.com/spa",
+            "https://App.Example.com",
+            "https://app.example.com:443",
+            "https://app.example.com?x=1",
+            "http://app.example.com",
+            "https://user@app.example.com",
+            "*",
+            "null",
+            "",
+        ] {
+            check(origin(bad), false);
+        }
+        assert_eq!(origin_of("https://App.example.com:443/cb?x=1").as_deref(), Some("https://app.example.com"));
+        assert_eq!(origin_of("http://localhost:3000/callback").as_deref(), Some("http://localhost:3000"));
+        assert_eq!(origin_of("not a url"), None);
     }
 
     #[test]

@@ -15,6 +15,15 @@
 //!   `POST /passwordless/verify`) and magic links (`GET /passwordless/verify_redirect`).
 //! - [`token`]: `POST /oauth/token` and `POST /oauth/revoke`, with RFC 6749 5.2 errors.
 //! - [`html`]: the templates (minijinja, HTML-escaped) and the headers every page carries.
+//!
+//! # CORS
+//! Browser JavaScript (a single-page application's OpenID library) reads the discovery
+//! document, the key set and `/userinfo` from any origin: they are public, or carry their
+//! credential (a bearer token) explicitly, never a cookie. The token and revocation endpoints
+//! answer a preflight for any origin and pass the request's `Origin` to the authenticator,
+//! which refuses one the client does not allow (its callbacks' origins and its
+//! `allowed_origins`), so that only those origins get tokens; the refusal itself is readable
+//! by the page, naming the origin. No endpoint allows credentials (cookies) across origins.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -27,12 +36,16 @@ pub mod token;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::http::{HeaderName, Method, header};
 use axum::routing::{get, post};
 use postern_common::principal::{InternalKey, Principal, SignLayer, SignService};
 use postern_common::server::HttpService;
 use postern_proto::authn::v1 as pb;
 use tower::Layer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 /// Picks a healthy endpoint of the authenticator for each call; `None` when none is up.
 pub type Backend = Arc<dyn Fn() -> Option<HttpService> + Send + Sync>;
@@ -78,13 +91,37 @@ impl Provider {
     }
 }
 
+/// How long a browser may keep a preflight's answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// CORS of the documents any page may read: the discovery document, the key set, and
+/// `/userinfo` (its credential is the bearer token the page holds).
+fn cors_public() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(PREFLIGHT_MAX_AGE)
+}
+
+/// CORS of the token and revocation endpoints: the request's origin is answered (with
+/// `Vary: Origin`), and the authenticator refuses an origin the client does not allow.
+fn cors_clients() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([Method::POST])
+        // `Auth0-Client`: the telemetry header Auth0's SDKs send.
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("auth0-client")])
+        .max_age(PREFLIGHT_MAX_AGE)
+}
+
 /// The provider's routes.
 pub fn router(config: ProviderConfig) -> Router {
     let state = Arc::new(Provider { config, documents: documents::Cache::default(), pages: html::Pages::new() });
     Router::new()
-        .route("/{tenant}/.well-known/jwks.json", get(documents::jwks))
-        .route("/{tenant}/.well-known/openid-configuration", get(documents::discovery))
-        .route("/{tenant}/userinfo", get(documents::userinfo).post(documents::userinfo))
+        .route("/{tenant}/.well-known/jwks.json", get(documents::jwks).layer(cors_public()))
+        .route("/{tenant}/.well-known/openid-configuration", get(documents::discovery).layer(cors_public()))
+        .route("/{tenant}/userinfo", get(documents::userinfo).post(documents::userinfo).layer(cors_public()))
         .route("/{tenant}/authorize", get(browser::authorize))
         .route("/{tenant}/login", get(browser::login_page).post(browser::login))
         .route("/{tenant}/signup", post(browser::signup))
@@ -96,7 +133,7 @@ pub fn router(config: ProviderConfig) -> Router {
         .route("/{tenant}/passwordless/start", post(passwordless::start))
         .route("/{tenant}/passwordless/verify", post(passwordless::verify))
         .route("/{tenant}/passwordless/verify_redirect", get(passwordless::verify_redirect))
-        .route("/{tenant}/oauth/token", post(token::token))
-        .route("/{tenant}/oauth/revoke", post(token::revoke))
+        .route("/{tenant}/oauth/token", post(token::token).layer(cors_clients()))
+        .route("/{tenant}/oauth/revoke", post(token::revoke).layer(cors_clients()))
         .with_state(state)
 }

@@ -103,6 +103,11 @@ fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Re
     }
 }
 
+/// The request's `Origin` (a browser's), empty when it sent none or one that is not text.
+fn origin(headers: &HeaderMap) -> String {
+    headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
 fn field(form: &HashMap<String, String>, name: &str) -> String {
     form.get(name).cloned().unwrap_or_default()
 }
@@ -134,6 +139,7 @@ pub(crate) async fn token(
         realm: field(&form, "realm"),
         username: field(&form, "username"),
         otp: field(&form, "otp"),
+        origin: origin(&headers),
     };
     match oauth.exchange_token(request).await {
         Ok(r) => {
@@ -183,6 +189,7 @@ pub(crate) async fn revoke(
         client_secret,
         token: field(&form, "token"),
         token_type_hint: field(&form, "token_type_hint"),
+        origin: origin(&headers),
     };
     match oauth.revoke_token(request).await {
         Ok(_) => (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response(),

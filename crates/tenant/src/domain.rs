@@ -107,6 +107,8 @@ pub struct Client {
     pub callbacks: Vec<String>,
     /// Allowed logout URLs.
     pub allowed_logout_urls: Vec<String>,
+    /// Allowed origins (CORS) besides the callbacks' origins.
+    pub allowed_origins: Vec<String>,
     /// Creation time, unix microseconds.
     pub create_time: i64,
     /// Last change, unix microseconds.
@@ -122,6 +124,7 @@ impl Client {
             app_type: self.app_type.to_pb() as i32,
             callbacks: self.callbacks,
             allowed_logout_urls: self.allowed_logout_urls,
+            allowed_origins: self.allowed_origins,
             client_secret: secret.unwrap_or_default(),
             confidential: self.app_type.is_confidential(),
             create_time: Some(to_timestamp(self.create_time)),
@@ -143,6 +146,8 @@ pub struct NewClient {
     pub callbacks: Vec<String>,
     /// Allowed logout URLs.
     pub allowed_logout_urls: Vec<String>,
+    /// Allowed origins (CORS) besides the callbacks' origins.
+    pub allowed_origins: Vec<String>,
 }
 
 /// A change to a client: `Some` fields are replaced.
@@ -156,6 +161,8 @@ pub struct ClientPatch {
     pub callbacks: Option<Vec<String>>,
     /// New logout URLs.
     pub allowed_logout_urls: Option<Vec<String>>,
+    /// New allowed origins.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// An API key's public record (its secret is shown once and kept only as a hash).
@@ -242,12 +249,23 @@ pub fn check_urls(v: &mut Violations, field: &str, urls: &[String]) {
     }
 }
 
+/// Checks a list of allowed origins.
+pub fn check_origins(v: &mut Violations, field: &str, origins: &[String]) {
+    if origins.len() > MAX_URLS {
+        v.add(field, format!("must hold at most {MAX_URLS} origins, got {}", origins.len()));
+    }
+    for (i, origin) in origins.iter().enumerate() {
+        v.check(format!("{field}[{i}]"), validate::origin(origin));
+    }
+}
+
 /// Validates a new client from the contract.
 pub fn new_client(v: &mut Violations, client: &pb::Client) -> Option<NewClient> {
     check_display_name(v, "client.name", &client.name);
     let app_type = AppType::from_pb(client.app_type).map_err(|e| v.add("client.app_type", e)).ok();
     check_urls(v, "client.callbacks", &client.callbacks);
     check_urls(v, "client.allowed_logout_urls", &client.allowed_logout_urls);
+    check_origins(v, "client.allowed_origins", &client.allowed_origins);
     if !client.client_id.is_empty() {
         v.add("client.client_id", "is output only: Postern generates it; leave it empty");
     }
@@ -260,11 +278,12 @@ pub fn new_client(v: &mut Violations, client: &pb::Client) -> Option<NewClient> 
         app_type: app_type?,
         callbacks: client.callbacks.clone(),
         allowed_logout_urls: client.allowed_logout_urls.clone(),
+        allowed_origins: client.allowed_origins.clone(),
     })
 }
 
 /// The mutable fields of a client, for update masks.
-pub const CLIENT_MUTABLE: &[&str] = &["name", "app_type", "callbacks", "allowed_logout_urls"];
+pub const CLIENT_MUTABLE: &[&str] = &["name", "app_type", "callbacks", "allowed_logout_urls", "allowed_origins"];
 
 /// Validates a client update: the paths of `mask` (or every set mutable field when empty).
 pub fn client_patch(v: &mut Violations, client: &pb::Client, mask: &[String]) -> ClientPatch {
@@ -278,6 +297,7 @@ pub fn client_patch(v: &mut Violations, client: &pb::Client, mask: &[String]) ->
             "app_type" => client.app_type != 0,
             "callbacks" => !client.callbacks.is_empty(),
             "allowed_logout_urls" => !client.allowed_logout_urls.is_empty(),
+            "allowed_origins" => !client.allowed_origins.is_empty(),
             _ => false,
         },
     );
@@ -298,6 +318,10 @@ pub fn client_patch(v: &mut Violations, client: &pb::Client, mask: &[String]) ->
             "allowed_logout_urls" => {
                 check_urls(v, "client.allowed_logout_urls", &client.allowed_logout_urls);
                 patch.allowed_logout_urls = Some(client.allowed_logout_urls.clone());
+            }
+            "allowed_origins" => {
+                check_origins(v, "client.allowed_origins", &client.allowed_origins);
+                patch.allowed_origins = Some(client.allowed_origins.clone());
             }
             _ => {}
         }

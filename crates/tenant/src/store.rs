@@ -125,7 +125,7 @@ pub struct FoundKey {
 }
 
 const CLIENT_COLUMNS: &str = "c.client_id, t.name AS tenant, c.name, c.app_type, c.callbacks, \
-     c.allowed_logout_urls, c.create_time, c.update_time, c.seq";
+     c.allowed_logout_urls, c.allowed_origins, c.create_time, c.update_time, c.seq";
 
 impl Store {
     /// Opens the store at `location`, running its migrations.
@@ -416,8 +416,8 @@ impl Store {
         let seq = postern_common::ids::new_id();
         let mut tx = self.db.begin_write().await?;
         let row = sqlx::query(
-            "INSERT INTO clients (client_id, tenant_id, seq, name, app_type, callbacks, allowed_logout_urls, secret_hash, create_time, update_time) \
-             SELECT $1, id, $2, $3, $4, $5, $6, $7, $8, $8 FROM tenants WHERE name = $9 RETURNING client_id",
+            "INSERT INTO clients (client_id, tenant_id, seq, name, app_type, callbacks, allowed_logout_urls, secret_hash, create_time, update_time, allowed_origins) \
+             SELECT $1, id, $2, $3, $4, $5, $6, $7, $8, $8, $10 FROM tenants WHERE name = $9 RETURNING client_id",
         )
         .bind(&client.client_id)
         .bind(&seq)
@@ -428,6 +428,7 @@ impl Store {
         .bind(secret_hash)
         .bind(now)
         .bind(tenant)
+        .bind(json_list(&client.allowed_origins))
         .fetch_optional(&mut *tx)
         .await
         .map_err(dup)?;
@@ -447,6 +448,7 @@ impl Store {
             app_type: client.app_type,
             callbacks: client.callbacks.clone(),
             allowed_logout_urls: client.allowed_logout_urls.clone(),
+            allowed_origins: client.allowed_origins.clone(),
             create_time: now,
             update_time: now,
         })
@@ -507,7 +509,8 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         let row = sqlx::query(
             "UPDATE clients SET name = COALESCE($3, name), app_type = COALESCE($4, app_type), \
-             callbacks = COALESCE($5, callbacks), allowed_logout_urls = COALESCE($6, allowed_logout_urls), update_time = $7 \
+             callbacks = COALESCE($5, callbacks), allowed_logout_urls = COALESCE($6, allowed_logout_urls), update_time = $7, \
+             allowed_origins = COALESCE($8, allowed_origins) \
              WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1) \
              RETURNING (SELECT create_time FROM tenants WHERE name = $1) AS tenant_create_time",
         )
@@ -518,6 +521,7 @@ impl Store {
         .bind(patch.callbacks.as_deref().map(json_list))
         .bind(patch.allowed_logout_urls.as_deref().map(json_list))
         .bind(now_micros())
+        .bind(patch.allowed_origins.as_deref().map(json_list))
         .fetch_optional(&mut *tx)
         .await?;
         if !self.commit_client_event(tx, row, EventType::ClientChanged, "CLIENT_UPDATED", tenant, client_id).await? {
@@ -1233,6 +1237,7 @@ fn client_from_row(r: &AnyRow) -> Result<Client, StoreError> {
             .ok_or_else(|| sqlx::Error::Decode(format!("unknown app type {app_type} in store").into()))?,
         callbacks: parse_list(&r.try_get::<String, _>("callbacks")?)?,
         allowed_logout_urls: parse_list(&r.try_get::<String, _>("allowed_logout_urls")?)?,
+        allowed_origins: parse_list(&r.try_get::<String, _>("allowed_origins")?)?,
         create_time: r.try_get("create_time")?,
         update_time: r.try_get("update_time")?,
     })

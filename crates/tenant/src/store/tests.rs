@@ -37,6 +37,7 @@ fn client(id: &str) -> NewClient {
         app_type: AppType::RegularWeb,
         callbacks: Vec::new(),
         allowed_logout_urls: Vec::new(),
+        allowed_origins: Vec::new(),
     }
 }
 
