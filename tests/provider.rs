@@ -482,6 +482,37 @@ async fn attacks_are_refused() {
     let (status, body, _) = token(&mut agent, &suite, t, &post, None).await;
     assert_eq!(status, 200, "client_secret_post: {body}");
     assert!(body.get("id_token").is_none() && body.get("refresh_token").is_none());
+
+    // A JSON body, as Auth0 also takes (its machine-to-machine example sends this one).
+    let endpoint = format!("http://{}/{t}/oauth/token", suite.http);
+    let json = serde_json::json!({
+        "client_id": m2m.client_id, "client_secret": m2m.client_secret,
+        "audience": "https://api", "grant_type": "client_credentials",
+    });
+    let send = |content_type: &'static str, body: String| {
+        let endpoint = endpoint.clone();
+        async move {
+            let answer = Agent::new()
+                .send("POST", &endpoint, &[("content-type", content_type)], Some(&body))
+                .await
+                .expect("token endpoint");
+            let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
+            (answer.status, json, answer.body)
+        }
+    };
+    let (status, body, raw) = send("application/json", json.to_string()).await;
+    assert_eq!(status, 200, "{raw}");
+    assert!(body["access_token"].as_str().is_some_and(|a| a.split('.').count() == 3), "{raw}");
+    // Anything else is an RFC 6749 error, as JSON, naming what is taken.
+    let (status, body, raw) = send("application/xml", "<grant_type/>".into()).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{raw}");
+    assert!(raw.contains("application/json"), "{raw}");
+    let nested = serde_json::json!({ "grant_type": "client_credentials", "audience": ["https://api"] });
+    let (status, body, raw) = send("application/json", nested.to_string()).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{raw}");
+    assert!(raw.contains("audience"), "{raw}");
+    let (status, body, raw) = send("application/json", "{not json".into()).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{raw}");
     suite.stop().await.expect("stop");
 }
 

@@ -3,16 +3,17 @@
 //! same code path as the gRPC twins. The client authenticates with `client_secret_basic`
 //! (`Authorization: Basic`) or `client_secret_post` (`client_id` and `client_secret` in the
 //! form), not both; a public client sends only its `client_id` (and its PKCE verifier).
+//! The body is a form, or a JSON object as Auth0 also takes ([`Fields`]).
 //! Errors are RFC 6749 5.2 JSON (`error`, `error_description`); a failed client
 //! authentication is a 401 with `WWW-Authenticate: Basic`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use postern_proto::authn::v1 as pb;
@@ -57,6 +58,55 @@ fn refusal(s: &tonic::Status) -> Response {
         },
     };
     oauth_error(status, error, s.message())
+}
+
+/// The fields of a token or revocation request: a form (RFC 6749's encoding), or a JSON
+/// object, which Auth0 takes too and its own examples send
+/// (`{"grant_type":"client_credentials","client_id":…}`). Strings, numbers and booleans are
+/// read as text; a body in any other type is an `invalid_request`, as JSON.
+pub(crate) struct Fields(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequest<S> for Fields {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let unreadable = |why: String| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &why);
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "application/x-www-form-urlencoded" => {
+                match Form::<HashMap<String, String>>::from_request(req, state).await {
+                    Ok(Form(fields)) => Ok(Fields(fields)),
+                    Err(e) => Err(unreadable(e.body_text())),
+                }
+            }
+            "application/json" => {
+                let object = match Json::<serde_json::Map<String, serde_json::Value>>::from_request(req, state).await {
+                    Ok(Json(object)) => object,
+                    Err(e) => return Err(unreadable(e.body_text())),
+                };
+                let mut fields = HashMap::new();
+                for (name, value) in object {
+                    let text = match value {
+                        serde_json::Value::String(s) => s,
+                        serde_json::Value::Number(n) => n.to_string(),
+                        serde_json::Value::Bool(b) => b.to_string(),
+                        serde_json::Value::Null => continue,
+                        _ => {
+                            let name: String = name.chars().take(64).collect();
+                            return Err(unreadable(format!("{name:?} must be a string, not an array or an object")));
+                        }
+                    };
+                    fields.insert(name, text);
+                }
+                Ok(Fields(fields))
+            }
+            _ => Err(unreadable(format!(
+                "the body must be application/x-www-form-urlencoded (RFC 6749) or application/json, not {:?}",
+                content_type.chars().take(100).collect::<String>()
+            ))),
+        }
+    }
 }
 
 /// Why client credentials could not be read: the answer's status, the error and its
@@ -117,7 +167,7 @@ pub(crate) async fn token(
     State(provider): State<Arc<Provider>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    Fields(form): Fields,
 ) -> Response {
     let (client_id, client_secret) = match client_credentials(&headers, &form) {
         Ok(c) => c,
@@ -176,7 +226,7 @@ pub(crate) async fn revoke(
     State(provider): State<Arc<Provider>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    Fields(form): Fields,
 ) -> Response {
     let (client_id, client_secret) = match client_credentials(&headers, &form) {
         Ok(c) => c,
