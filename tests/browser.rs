@@ -37,32 +37,11 @@ impl App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else { return };
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let mut got = Vec::new();
-                    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&got).into_owned();
-                    let target = text.split(' ').nth(1).unwrap_or_default().to_owned();
-                    let page = "<html><body><h1 id=app>The application</h1></body></html>";
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
-                        page.len()
-                    );
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                    if !target.starts_with("/favicon") {
-                        let _ = tx.send(target);
-                    }
-                });
+        let task = serve_pages(listener, move |target| {
+            if !target.starts_with("/favicon") {
+                let _ = tx.send(target.to_owned());
             }
+            "<html><body><h1 id=app>The application</h1></body></html>".to_owned()
         });
         Self { addr, requests, task }
     }
@@ -78,6 +57,38 @@ impl App {
             .expect("the browser reached the application in time")
             .expect("the application is running")
     }
+}
+
+/// Serves `listener` until aborted: each request's target (path and query) is handed to
+/// `page`, and its answer is the HTML page sent back.
+fn serve_pages(
+    listener: tokio::net::TcpListener,
+    page: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let page = std::sync::Arc::new(page);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut got = Vec::new();
+                while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&got).into_owned();
+                let body = page(text.split(' ').nth(1).unwrap_or_default());
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    })
 }
 
 fn query_of(target: &str) -> HashMap<String, String> {
@@ -176,19 +187,7 @@ async fn verify_id_token(http: SocketAddr, token: &str, audience: &str) -> serde
 async fn a_browser_signs_up_logs_in_with_sso_and_logs_out() {
     let Some(browser) = Browser::open("a_browser_signs_up_logs_in_with_sso_and_logs_out").await else { return };
     let suite = Suite::start().await.expect("suite");
-    let mut admin = suite.admin().await;
-    admin.create_tenant(TENANT).await.expect("tenant");
-    let connection = conn::Connection {
-        name: "customers".into(),
-        strategy: "auth0".into(),
-        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
-        ..Default::default()
-    };
-    admin
-        .connections
-        .create_connection(conn::CreateConnectionRequest { tenant: TENANT.into(), connection: Some(connection) })
-        .await
-        .expect("connection");
+    let mut admin = customers(&suite).await;
     let mut app = App::start().await;
     let portal = spa(&mut admin, "Fabrikam Customer Portal", &app).await;
     let shop = spa(&mut admin, "Fabrikam Shop", &app).await;
@@ -240,6 +239,24 @@ async fn a_browser_signs_up_logs_in_with_sso_and_logs_out() {
     browser.close().await.expect("close");
     app.task.abort();
     suite.stop().await.expect("stop");
+}
+
+/// The tenant, with its database connection `customers`; the admin's clients.
+async fn customers(suite: &Suite) -> Clients {
+    let mut admin = suite.admin().await;
+    admin.create_tenant(TENANT).await.expect("tenant");
+    let connection = conn::Connection {
+        name: "customers".into(),
+        strategy: "auth0".into(),
+        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
+        ..Default::default()
+    };
+    admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest { tenant: TENANT.into(), connection: Some(connection) })
+        .await
+        .expect("connection");
+    admin
 }
 
 /// Signs `new.customer@example.com` up on the hosted page shown now.
@@ -294,37 +311,16 @@ impl SpaApp {
             serde_json::Value::from(client_id),
             serde_json::Value::from(format!("{}/callback", self.origin())),
         );
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else { return };
-                let constants = constants.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let mut got = Vec::new();
-                    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&got).into_owned();
-                    let target = text.split(' ').nth(1).unwrap_or_default();
-                    let script = match target.split('?').next().unwrap_or_default() {
-                        "/start" => SPA_START,
-                        "/callback" => SPA_CALLBACK,
-                        "/foreign" => SPA_FOREIGN,
-                        _ => "",
-                    };
-                    let page = format!(
-                        "<!doctype html><html><body><pre id=out></pre><script>{constants}\n{SPA_DONE}{script}</script></body></html>"
-                    );
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
-                        page.len()
-                    );
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                });
-            }
+        serve_pages(listener, move |target| {
+            let script = match target.split('?').next().unwrap_or_default() {
+                "/start" => SPA_START,
+                "/callback" => SPA_CALLBACK,
+                "/foreign" => SPA_FOREIGN,
+                _ => "",
+            };
+            format!(
+                "<!doctype html><html><body><pre id=out></pre><script>{constants}\n{SPA_DONE}{script}</script></body></html>"
+            )
         })
     }
 }
@@ -395,19 +391,7 @@ async fn a_single_page_application_gets_its_tokens_from_javascript_across_origin
     let test = "a_single_page_application_gets_its_tokens_from_javascript_across_origins";
     let Some(browser) = Browser::open(test).await else { return };
     let suite = Suite::start().await.expect("suite");
-    let mut admin = suite.admin().await;
-    admin.create_tenant(TENANT).await.expect("tenant");
-    let connection = conn::Connection {
-        name: "customers".into(),
-        strategy: "auth0".into(),
-        options: Some(conn::connection::Options::Database(conn::DatabaseOptions::default())),
-        ..Default::default()
-    };
-    admin
-        .connections
-        .create_connection(conn::CreateConnectionRequest { tenant: TENANT.into(), connection: Some(connection) })
-        .await
-        .expect("connection");
+    let mut admin = customers(&suite).await;
     let mut app = SpaApp::bind().await;
     // The same server under another name is another origin, one the client does not allow.
     let foreign = format!("http://localhost:{}", app.port);
