@@ -173,7 +173,7 @@ impl Egress {
 
     /// The HTTP client's resolver under this policy: a name resolving to a refused address
     /// fails to connect with [`Refused`] among the error's causes ([`refusal_in`]). Address
-    /// literals do not go through a resolver: [`Egress::send`] checks them.
+    /// literals do not go through a resolver: [`HttpClient::send`] checks them.
     #[cfg(feature = "http")]
     pub fn resolver(&self) -> Arc<dyn reqwest::dns::Resolve> {
         Arc::new(Resolver(self.clone()))
@@ -183,12 +183,12 @@ impl Egress {
     /// ([`Egress::resolver`]), no redirect followed (an upstream endpoint that redirects is
     /// misconfigured, and following it would carry credentials elsewhere, to an address
     /// unchecked), each request bounded by `timeout` and its connect by 5 s at most, Postern's
-    /// user agent. Send with [`Egress::send`], which checks address literals.
+    /// user agent; its [`HttpClient::send`] checks address literals.
     ///
     /// Building fails only when the TLS backend cannot start; the client then trusts no
     /// certificate (every HTTPS call fails, naming the TLS error) rather than skip the policy.
     #[cfg(feature = "http")]
-    pub fn http_client(&self, timeout: std::time::Duration) -> reqwest::Client {
+    pub fn http_client(&self, timeout: std::time::Duration) -> HttpClient {
         let builder = || {
             reqwest::Client::builder()
                 .dns_resolver(self.resolver())
@@ -197,27 +197,58 @@ impl Egress {
                 .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
                 .user_agent(concat!("Postern/", env!("CARGO_PKG_VERSION")))
         };
-        builder().build().unwrap_or_else(|e| {
+        let client = builder().build().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot build the connectors' HTTP client; HTTPS calls will fail");
             builder().tls_certs_only([]).build().unwrap_or_else(|e| {
                 // Nothing left that could fail; a client without the policy is never built.
                 panic!("cannot build an HTTP client even without TLS roots: {e}")
             })
-        })
+        });
+        HttpClient { client, egress: self.clone() }
     }
+}
 
-    /// Sends `request`, built with a client whose resolver is [`Egress::resolver`]: the URL's
-    /// address literal is checked as the client parsed it, a name when the client resolves
-    /// it. A refused address sends nothing and answers [`SendError::Refused`].
-    #[cfg(feature = "http")]
+/// A connector's HTTP client under the egress policy ([`Egress::http_client`]). It
+/// dereferences to the `reqwest` client that builds the requests; [`HttpClient::send`] sends
+/// them.
+#[cfg(feature = "http")]
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    egress: Egress,
+}
+
+#[cfg(feature = "http")]
+impl std::ops::Deref for HttpClient {
+    type Target = reqwest::Client;
+
+    fn deref(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+#[cfg(feature = "http")]
+impl HttpClient {
+    /// Sends `request`, built with this client: the URL's address literal is checked as the
+    /// client parsed it, a name when the client resolves it. A refused address sends nothing
+    /// and answers [`SendError::Refused`].
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, SendError> {
         let (client, request) = request.build_split();
         let request = request.map_err(SendError::Transport)?;
-        self.check_url(request.url()).map_err(SendError::Refused)?;
+        self.egress.check_url(request.url()).map_err(SendError::Refused)?;
         client.execute(request).await.map_err(|e| match refusal_in(&e) {
             Some(refused) => SendError::Refused(refused.clone()),
             None => SendError::Transport(e),
         })
+    }
+}
+
+impl Refused {
+    /// A connector's error for this refusal: `FAILED_PRECONDITION`, reason [`REFUSED`], the
+    /// message `<cannot>: <the refusal>` (`cannot` says what could not be reached, naming the
+    /// connection).
+    pub fn connector_error(&self, cannot: impl fmt::Display) -> crate::ConnectorError {
+        crate::ConnectorError::FailedPrecondition { reason: REFUSED, message: format!("{cannot}: {self}") }
     }
 }
 
@@ -232,7 +263,7 @@ impl EgressError {
     }
 }
 
-/// Why [`Egress::send`] has no answer.
+/// Why [`HttpClient::send`] has no answer.
 #[cfg(feature = "http")]
 #[derive(Debug)]
 pub enum SendError {
@@ -374,11 +405,12 @@ mod tests {
         let refused = refusal_in(&err).expect("the refusal among the causes");
         assert_eq!(refused.host, "localhost");
         // Through send: the name as above, and a literal before anything is sent.
-        let Err(SendError::Refused(r)) = strict.send(client.get(format!("http://localhost:{port}/"))).await else {
+        let http = strict.http_client(std::time::Duration::from_secs(5));
+        let Err(SendError::Refused(r)) = http.send(http.get(format!("http://localhost:{port}/"))).await else {
             panic!("refused")
         };
         assert_eq!(r.host, "localhost");
-        let Err(SendError::Refused(r)) = strict.send(client.get(format!("http://127.0.0.1:{port}/"))).await else {
+        let Err(SendError::Refused(r)) = http.send(http.get(format!("http://127.0.0.1:{port}/"))).await else {
             panic!("refused")
         };
         assert_eq!(r.address, ip("127.0.0.1"));

@@ -108,10 +108,7 @@ fn custom_db_error(e: CustomDbError) -> ConnectorError {
             reason: "CUSTOM_DATABASE_UNAVAILABLE",
             message: "the connection's custom database is unavailable; retry later".into(),
         },
-        CustomDbError::Refused(refused) => ConnectorError::FailedPrecondition {
-            reason: postern_connector::egress::REFUSED,
-            message: format!("the connection's custom database cannot be called: {refused}"),
-        },
+        CustomDbError::Refused(refused) => refused.connector_error("the connection's custom database cannot be called"),
     }
 }
 

@@ -206,10 +206,9 @@ impl OpenError {
                     name(conn)
                 ),
             },
-            OpenError::Refused(refused) => ConnectorError::FailedPrecondition {
-                reason: postern_connector::egress::REFUSED,
-                message: format!("the directory of connection {:?} cannot be reached: {refused}", name(conn)),
-            },
+            OpenError::Refused(refused) => {
+                refused.connector_error(format_args!("the directory of connection {:?} cannot be reached", name(conn)))
+            }
             OpenError::Timeout(_) | OpenError::Unreachable(_) => ConnectorError::Unavailable {
                 reason: "DIRECTORY_UNAVAILABLE",
                 message: format!("the directory of connection {:?} cannot be reached; retry shortly", name(conn)),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use postern_connector::ConnectorError;
-use postern_connector::egress::{Egress, Refused, SendError};
+use postern_connector::egress::{Egress, HttpClient, Refused, SendError};
 
 /// The largest body read from an upstream (discovery, keys, tokens, userinfo).
 const MAX_BODY: usize = 1 << 20;
@@ -50,21 +50,14 @@ pub(crate) fn transport(e: &reqwest::Error) -> String {
     }
 }
 
-/// The client every upstream call goes through, with the egress policy it connects under.
-#[derive(Clone)]
-pub(crate) struct Http {
-    /// The client.
-    pub(crate) client: reqwest::Client,
-    /// The policy: its resolver is the client's; address literals are checked before each
-    /// request.
-    pub(crate) egress: Egress,
-}
+/// The client every upstream call goes through, under the egress policy.
+pub(crate) type Http = HttpClient;
 
-/// The client every upstream call goes through: no redirects (an upstream endpoint that
-/// redirects is misconfigured, and following it would send secrets elsewhere), bounded time,
-/// names resolved under `egress`.
+/// The client every upstream call goes through ([`Egress::http_client`]): no redirects (an
+/// upstream endpoint that redirects is misconfigured, and following it would send secrets
+/// elsewhere), [`TIMEOUT`] per call, names resolved under `egress`.
 pub(crate) fn client(egress: &Egress) -> Http {
-    Http { client: egress.http_client(TIMEOUT), egress: egress.clone() }
+    egress.http_client(TIMEOUT)
 }
 
 /// Reads a body, refusing one larger than [`MAX_BODY`].
@@ -85,8 +78,8 @@ pub(crate) async fn execute(
     request: openidconnect::HttpRequest,
 ) -> Result<openidconnect::HttpResponse, HttpError> {
     let (parts, body) = request.into_parts();
-    let request = http.client.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body);
-    let response = http.egress.send(request).await?;
+    let request = http.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body);
+    let response = http.send(request).await?;
     let mut builder = http::Response::builder().status(response.status());
     for (name, value) in response.headers() {
         builder = builder.header(name, value);
@@ -143,16 +136,13 @@ pub(crate) async fn get_json(
     };
     let refused = |refused: &Refused| {
         tracing::warn!(connection, url, detail = %refused, "upstream {what} refused by the egress policy");
-        ConnectorError::FailedPrecondition {
-            reason: postern_connector::egress::REFUSED,
-            message: format!("connection {connection:?}: the upstream's {what} cannot be read: {refused}"),
-        }
+        refused.connector_error(format_args!("connection {connection:?}: the upstream's {what} cannot be read"))
     };
-    let mut request = http.client.get(url).header(http::header::ACCEPT, "application/json");
+    let mut request = http.get(url).header(http::header::ACCEPT, "application/json");
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
-    let response = http.egress.send(request).await.map_err(|e| match e {
+    let response = http.send(request).await.map_err(|e| match e {
         SendError::Refused(r) => refused(&r),
         SendError::Transport(e) => unavailable(transport(&e)),
     })?;

@@ -216,13 +216,8 @@ impl CodeConnector for EmailConnector {
         let addresses = match self.egress.check(&o.smtp_host, o.effective_smtp_port()).await {
             Ok(addresses) => addresses,
             Err(EgressError::Refused(refused)) => {
-                return Err(ConnectorError::FailedPrecondition {
-                    reason: postern_connector::egress::REFUSED,
-                    message: format!(
-                        "connection {:?}: the SMTP server cannot be reached: {refused}",
-                        conn.connection.spec.name
-                    ),
-                });
+                let cannot = format!("connection {:?}: the SMTP server cannot be reached", conn.connection.spec.name);
+                return Err(refused.connector_error(cannot));
             }
             Err(e) => return Err(delivery_failed(conn, &e)),
         };

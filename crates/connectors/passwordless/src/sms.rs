@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use postern_connection::secret::names;
 use postern_connection::{Options, Resolved, SmsOptions, SmsProvider};
-use postern_connector::egress::{Egress, SendError};
+use postern_connector::egress::{Egress, HttpClient, SendError};
 use postern_connector::{
     Channel, CodeConnector, CodeMessage, CodeSecret, CodeSettings, ConnectorError, TestReport, TestStep, async_trait,
 };
@@ -28,8 +28,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The connector of `sms` connections.
 #[derive(Debug, Clone)]
 pub struct SmsConnector {
-    http: reqwest::Client,
-    egress: Egress,
+    http: HttpClient,
 }
 
 /// Why a request to the provider has no answer, in words (reqwest's own message names only
@@ -57,7 +56,7 @@ impl SmsConnector {
 
     /// A connector with its own HTTP client, connecting only where `egress` allows.
     pub fn with_egress(egress: &Egress) -> Self {
-        Self { http: egress.http_client(HTTP_TIMEOUT), egress: egress.clone() }
+        Self { http: egress.http_client(HTTP_TIMEOUT) }
     }
 }
 
@@ -79,7 +78,7 @@ impl SmsConnector {
             url::form_urlencoded::byte_serialize(o.account.as_bytes()).collect::<String>()
         );
         let answer = self
-            .egress
+            .http
             .send(self.http.get(&url).basic_auth(&o.account, Some(&token)))
             .await
             .map_err(|e| format!("{url} cannot be reached: {}", why(&e)))?;
@@ -109,7 +108,7 @@ impl SmsConnector {
     async fn check_webhook(&self, o: &SmsOptions) -> Result<String, String> {
         let url = &o.provider_url;
         let answer =
-            self.egress.send(self.http.get(url)).await.map_err(|e| format!("{url} cannot be reached: {}", why(&e)))?;
+            self.http.send(self.http.get(url)).await.map_err(|e| format!("{url} cannot be reached: {}", why(&e)))?;
         let status = answer.status().as_u16();
         if status >= 500 {
             return Err(format!("{url} answered HTTP {status}"));
@@ -194,14 +193,11 @@ impl CodeConnector for SmsConnector {
                     .body(json)
             }
         };
-        let answer = self.egress.send(request).await.map_err(|e| match e {
-            SendError::Refused(refused) => ConnectorError::FailedPrecondition {
-                reason: postern_connector::egress::REFUSED,
-                message: format!(
-                    "connection {:?}: the SMS provider cannot be called: {refused}",
-                    conn.connection.spec.name
-                ),
-            },
+        let answer = self.http.send(request).await.map_err(|e| match e {
+            SendError::Refused(refused) => refused.connector_error(format_args!(
+                "connection {:?}: the SMS provider cannot be called",
+                conn.connection.spec.name
+            )),
             SendError::Transport(e) => delivery_failed(conn, &e),
         })?;
         let status = answer.status();

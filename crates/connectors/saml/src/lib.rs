@@ -69,7 +69,7 @@ use chrono::{DateTime, Utc};
 use postern_common::time::Clock;
 use postern_connection::secret::names;
 use postern_connection::{Options, Resolved, SamlBinding, SamlOptions, SamlSignatureAlgorithm, Strategy};
-use postern_connector::egress::SendError;
+use postern_connector::egress::{HttpClient, SendError};
 use postern_connector::{
     Begun, Completed, ConnectorError, Connectors, Egress, ExternalProfile, OneTimeId, RedirectConnector,
     RedirectTransaction, ServiceMetadata, TestReport, TestStep, UnsolicitedClient, UpstreamRequest, async_trait,
@@ -117,8 +117,8 @@ const GROUP_ATTRIBUTES: &[&str] = &[
 /// The SAML service provider behind `samlp`.
 pub struct SamlConnector {
     clock: Clock,
-    http: reqwest::Client,
-    egress: Egress,
+    /// Tries a sign-in URL, under the egress policy.
+    http: HttpClient,
 }
 
 impl std::fmt::Debug for SamlConnector {
@@ -401,7 +401,7 @@ impl SamlConnector {
     /// A connector whose time rules read `clock`, connecting (to try a sign-in URL) only
     /// where `egress` allows.
     pub fn with_egress(clock: Clock, egress: &Egress) -> Self {
-        Self { clock, http: egress.http_client(Duration::from_secs(10)), egress: egress.clone() }
+        Self { clock, http: egress.http_client(Duration::from_secs(10)) }
     }
 
     /// The signed part of the response, checked: the assertion, as samael verified it, then
@@ -1158,7 +1158,7 @@ impl RedirectConnector for SamlConnector {
             steps.push(TestStep::of("decryption_key", started, check_decryption(o, decryption_key, self.clock.now())));
         }
         let started = Instant::now();
-        let result = match self.egress.send(self.http.get(&o.sign_in_url)).await {
+        let result = match self.http.send(self.http.get(&o.sign_in_url)).await {
             Ok(r) => Ok(format!("the sign-in URL answered HTTP {}", r.status().as_u16())),
             Err(e) => {
                 // reqwest's own message names only the URL: the refusal or the causes say why.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use postern_connector::egress::{Egress, SendError};
+use postern_connector::egress::SendError;
 use serde_json::Value;
 
 /// How long a call to a provider may take, connection included, unless the connector is
@@ -49,28 +49,10 @@ impl Answer {
     }
 }
 
-/// The client every call of one connector shares, with the egress policy it connects under
-/// (its resolver is the client's; address literals are checked by [`send`]). It dereferences
-/// to the `reqwest` client that builds the requests.
-#[derive(Debug, Clone)]
-pub struct Http {
-    client: reqwest::Client,
-    egress: Egress,
-}
-
-impl std::ops::Deref for Http {
-    type Target = reqwest::Client;
-
-    fn deref(&self) -> &reqwest::Client {
-        &self.client
-    }
-}
-
-/// The client every call of one connector shares ([`Egress::http_client`]: no redirect
-/// followed, names resolved under `egress`, each call bounded by `timeout`).
-pub fn client(timeout: Duration, egress: &Egress) -> Http {
-    Http { client: egress.http_client(timeout), egress: egress.clone() }
-}
+/// The client every call of one connector shares
+/// ([`Egress::http_client`](postern_connector::Egress::http_client): no redirect followed,
+/// names resolved under the egress policy, address literals checked by [`send`]).
+pub use postern_connector::egress::HttpClient as Http;
 
 /// What a call is, for messages and logs: the connection and the endpoint's role.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +85,7 @@ pub async fn send(
         tracing::warn!(connection = call.connection, endpoint = call.endpoint, error = %why, "provider call failed");
         Failure::Unavailable(format!("{} {why}; retry shortly", call.describe()))
     };
-    let mut response = http.egress.send(request).await.map_err(|e| match e {
+    let mut response = http.send(request).await.map_err(|e| match e {
         SendError::Refused(r) => {
             tracing::warn!(connection = call.connection, endpoint = call.endpoint, error = %r, "provider call refused");
             Failure::Refused(format!("{} cannot be called: {r}", call.describe()))

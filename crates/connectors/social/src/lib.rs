@@ -136,7 +136,7 @@ impl SocialConnector {
     /// The connector of `provider`, whose calls each take at most `timeout` and connect only
     /// where `egress` allows.
     pub fn with_egress(provider: Provider, timeout: Duration, egress: &Egress) -> Self {
-        Self { provider, http: http::client(timeout, egress), timeout }
+        Self { provider, http: egress.http_client(timeout), timeout }
     }
 
     /// The connection's options, endpoints and client secret.
