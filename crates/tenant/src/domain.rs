@@ -241,21 +241,27 @@ pub fn check_logo_url(v: &mut Violations, field: &str, value: &str) {
 
 /// Checks a list of redirect URLs.
 pub fn check_urls(v: &mut Violations, field: &str, urls: &[String]) {
-    if urls.len() > MAX_URLS {
-        v.add(field, format!("must hold at most {MAX_URLS} URLs, got {}", urls.len()));
-    }
-    for (i, url) in urls.iter().enumerate() {
-        v.check(format!("{field}[{i}]"), validate::redirect_url(url));
-    }
+    check_list(v, field, urls, "URLs", validate::redirect_url);
 }
 
 /// Checks a list of allowed origins.
 pub fn check_origins(v: &mut Violations, field: &str, origins: &[String]) {
-    if origins.len() > MAX_URLS {
-        v.add(field, format!("must hold at most {MAX_URLS} origins, got {}", origins.len()));
+    check_list(v, field, origins, "origins", validate::origin);
+}
+
+/// Checks a list of at most [`MAX_URLS`] `items` (`what`, in the message), each with `check`.
+fn check_list(
+    v: &mut Violations,
+    field: &str,
+    items: &[String],
+    what: &str,
+    check: impl Fn(&str) -> Result<(), String>,
+) {
+    if items.len() > MAX_URLS {
+        v.add(field, format!("must hold at most {MAX_URLS} {what}, got {}", items.len()));
     }
-    for (i, origin) in origins.iter().enumerate() {
-        v.check(format!("{field}[{i}]"), validate::origin(origin));
+    for (i, item) in items.iter().enumerate() {
+        v.check(format!("{field}[{i}]"), check(item));
     }
 }
 
