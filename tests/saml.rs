@@ -11,7 +11,9 @@
 //! another key, an expired assertion (on the controllable clock), another audience, the
 //! answer to another login (`InResponseTo`), a replayed assertion id, and the XML signature
 //! wrapping variants (an unsigned assertion beside the signed one, or around it). A real
-//! headless Chromium clicks "Continue with …" and lands at the application.
+//! headless Chromium clicks "Continue with …" and lands at the application. A connection
+//! configured by the IdP's metadata document alone (`metadata_url`) logs in, and follows the
+//! IdP's signing key when it rolls over.
 
 use std::collections::HashMap;
 
@@ -305,6 +307,111 @@ async fn a_samlp_login_end_to_end_through_the_metadata_the_redirect_and_the_post
         assert!(answer.contains_key("code"), "signed {sign}: {answer:?}");
     }
     assert_eq!(user_count(&mut admin, t).await, 1, "the same user each time");
+    suite.stop().await.expect("stop");
+}
+
+async fn test_connection(admin: &mut Clients, t: &str, connection: &str) -> authn::TestConnectionResponse {
+    admin
+        .authn
+        .test_connection(authn::TestConnectionRequest { tenant: t.into(), connection: connection.into() })
+        .await
+        .expect("test")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_connection_reads_the_idp_metadata_document_and_follows_its_key_rollover() {
+    let test = "a_connection_reads_the_idp_metadata_document_and_follows_its_key_rollover";
+    let Some(idp) = SamlIdp::shared(test) else { return };
+    let clock = Clock::manual(postern_common::time::now_micros());
+    let suite = suite_on(&clock).await;
+    let t = "fabrikam-metadata";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    // The IdP publishes its metadata (under this test's name) with its signing key "idp".
+    idp.publish(t, "idp", Some("public, max-age=7200")).await.expect("publish");
+    // Neither sign-in URL nor certificate nor entity id: all from the document.
+    let options = conn::SamlOptions { metadata_url: idp.metadata_url(t), ..Default::default() };
+    let md = connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, options, json!({})).await;
+
+    // TestConnection reads the document: its entity, its certificate, its sign-on URL.
+    let tested = test_connection(&mut admin, t, CONNECTION).await;
+    assert!(tested.ok, "{tested:?}");
+    let names: Vec<&str> = tested.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["metadata", "certificates", "sign_in_url"], "{tested:?}");
+    let read = &tested.steps[0].detail;
+    assert!(read.contains(&idp.entity_id) && read.contains("1 signing certificate(s)"), "{read}");
+    assert!(read.contains(&idp.sso_url()) && read.contains("kept 120 minutes"), "{read}");
+    assert!(tested.steps[1].detail.contains("Fabrikam test IdP"), "{tested:?}");
+    assert!(tested.steps[2].detail.contains(&idp.sso_url()), "{tested:?}");
+
+    // A login: the request goes to the document's sign-on URL (checked by `start`), the
+    // response is checked against its certificate and its entity id.
+    let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+    let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+    assert_eq!(claims_of(tokens["id_token"].as_str().expect("id_token"))["sub"], ALICE);
+
+    // The IdP rolls its signing key over: it signs with the new key and publishes it. The
+    // document kept names the old certificate, so the first response fails its signature.
+    idp.publish(t, "other", Some("public, max-age=7200")).await.expect("publish");
+    idp.register_sp(&md, json!({"key": "other"})).await.expect("mode");
+    // Fetched (by TestConnection) less than 10 seconds ago on the clock: not fetched again.
+    let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+    assert_refused(&answer, "no valid signature", "the new key, the document fetched a moment ago");
+    // Later, the failed signature fetches the document again, and the new key is trusted.
+    clock.advance(std::time::Duration::from_secs(11));
+    let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+    assert!(answer.contains_key("code"), "after the rollover: {answer:?}");
+    // The retired key is trusted no more (and its failure fetches nothing within 10 s).
+    idp.register_sp(&md, json!({"key": "idp"})).await.expect("mode");
+    let answer = login(idp, &suite, t, &portal, CONNECTION).await;
+    assert_refused(&answer, "no valid signature", "the retired key");
+    assert_eq!(user_count(&mut admin, t).await, 1);
+
+    // A document that cannot be had: TestConnection says why, a login goes back to the
+    // application, nothing stored.
+    let down = "http://127.0.0.1:9/metadata";
+    let broken = conn::SamlOptions { metadata_url: down.into(), ..Default::default() };
+    connect(idp, &suite, &mut admin, (t, &portal), "unreachable", broken, json!({})).await;
+    let tested = test_connection(&mut admin, t, "unreachable").await;
+    assert!(!tested.ok, "{tested:?}");
+    assert_eq!(tested.steps[0].name, "metadata");
+    assert!(tested.steps[0].detail.contains(&format!("the IdP metadata at {down} cannot be read")), "{tested:?}");
+    let answer =
+        Agent::new().get(&authorize_url(&suite, t, &portal.client_id, "unreachable")).await.expect("authorize");
+    assert_ne!(answer.status, 500, "{answer:?}");
+    let said = format!("{} {}", answer.location().unwrap_or_default(), answer.body);
+    assert!(said.contains("cannot") && said.contains("metadata"), "{answer:?}");
+    // A document that describes another entity than the connection's entity_id.
+    let other = conn::SamlOptions {
+        metadata_url: idp.metadata_url(t),
+        entity_id: "https://someone-else.example".into(),
+        ..Default::default()
+    };
+    connect(idp, &suite, &mut admin, (t, &portal), "another-entity", other, json!({})).await;
+    let tested = test_connection(&mut admin, t, "another-entity").await;
+    assert!(
+        tested.steps[0].detail.contains("describes no identity provider \"https://someone-else.example\""),
+        "{tested:?}"
+    );
+    assert_eq!(user_count(&mut admin, t).await, 1, "nothing stored");
+
+    // Without metadata_url, the sign-in URL and a certificate stay required.
+    let err = admin
+        .connections
+        .create_connection(conn::CreateConnectionRequest {
+            tenant: t.into(),
+            connection: Some(conn::Connection {
+                name: "nothing".into(),
+                strategy: "samlp".into(),
+                options: Some(conn::connection::Options::Saml(conn::SamlOptions::default())),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("sign_in_url") && err.message().contains("metadata_url"), "{err:?}");
     suite.stop().await.expect("stop");
 }
 

@@ -9,11 +9,17 @@ with --keep-running (the README's walk-through: --port 8088 --cert-out idp.crt, 
 `curl -d "$(jq -n --arg m "$(curl -s <SP metadata URL>)" '{metadata: $m}')" :8088/control/sp`).
 
   GET  /metadata             the IdP's metadata
+  GET  /metadata/<name>      the IdP's metadata as published under <name>: signed for by the
+                             key that /control/metadata last set for <name> ("idp" until then),
+                             with the Cache-Control it set (none until then); how a test rolls
+                             the IdP's signing key over for the connections reading <name>
   GET  /sso/redirect         an HTTP-Redirect AuthnRequest -> an auto-submitting form that
                              posts the SAMLResponse (and RelayState) to the SP's ACS
   POST /sso/post             the same for an HTTP-POST AuthnRequest
   POST /control/sp           JSON {"metadata": SP metadata XML, "mode": {...}}: registers an SP
                              (known by its entityID) and how its responses are made
+  POST /control/metadata     JSON {"name": ..., "key": idp | other, "cache_control": ...}: what
+                             GET /metadata/<name> publishes from now on
   POST /control/mint         JSON {"sp": entity id, "in_response_to": id, "acs": URL, "mode": {...}}:
                              {"response": base64 SAMLResponse} without any request (an
                              unsolicited one without in_response_to; to the SP's first ACS
@@ -59,6 +65,7 @@ import saml2.sigver
 
 LOCK = threading.Lock()
 SPS = {}  # entity id -> {"metadata": xml, "mode": {...}}
+PUBLISHED = {}  # metadata name -> {"key": idp | other, "cache_control": header value or None}
 OVERRIDE = {"assertion_id": None, "audience": None, "msg_enc": None, "key_enc": None}
 CONTENT_ENCRYPTION = {
     "aes128-gcm": "http://www.w3.org/2009/xmlenc11#aes128-gcm",
@@ -319,6 +326,18 @@ def main():
             if u.path == "/metadata":
                 _, conf = idp.server()
                 return self._send(200, str(entity_descriptor(conf)), "application/samlmetadata+xml")
+            if u.path.startswith("/metadata/"):
+                with LOCK:
+                    published = dict(PUBLISHED.get(u.path[len("/metadata/"):]) or {})
+                _, conf = idp.server(published.get("key") or "idp")
+                body = str(entity_descriptor(conf)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/samlmetadata+xml")
+                self.send_header("Content-Length", str(len(body)))
+                if published.get("cache_control"):
+                    self.send_header("Cache-Control", published["cache_control"])
+                self.end_headers()
+                return self.wfile.write(body)
             if u.path == "/sso/redirect":
                 return self._sso(q, BINDING_HTTP_REDIRECT)
             self._send(404, "not found", "text/plain")
@@ -335,6 +354,13 @@ def main():
                     with LOCK:
                         SPS[entity_of(md)] = {"metadata": md, "mode": j.get("mode") or {}}
                     return self._json(200, {"entity_id": entity_of(md)})
+                if self.path == "/control/metadata":
+                    j = json.loads(body)
+                    if j.get("key", "idp") not in idp.keys:
+                        return self._json(400, {"error": "key must be idp or other"})
+                    with LOCK:
+                        PUBLISHED[j["name"]] = {"key": j.get("key", "idp"), "cache_control": j.get("cache_control")}
+                    return self._json(200, {})
                 if self.path == "/control/mint":
                     j = json.loads(body)
                     with LOCK:

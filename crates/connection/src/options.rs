@@ -554,11 +554,11 @@ pub struct SamlAttributes {
 /// the assertion decryption key the secret [`names::DECRYPTION_KEY`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SamlOptions {
-    /// The IdP's single sign-on URL.
+    /// The IdP's single sign-on URL; empty when `metadata_url` gives it.
     pub sign_in_url: String,
     /// The IdP's single logout URL; empty for none.
     pub sign_out_url: String,
-    /// The IdP's signing certificates (PEM), at least one.
+    /// The IdP's signing certificates (PEM), at least one unless `metadata_url` is set.
     pub signing_certificates: Vec<String>,
     /// The IdP's entity id; empty means the response issuer is not checked against one.
     pub entity_id: String,
@@ -586,6 +586,10 @@ pub struct SamlOptions {
     /// IdP-initiated logins (off by default).
     #[serde(default)]
     pub idp_initiated: SamlIdpInitiated,
+    /// The IdP's metadata document, read at login; empty for none. With it `sign_in_url`
+    /// and `signing_certificates` may be empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metadata_url: String,
 }
 
 /// IdP-initiated logins of a `samlp` connection (Auth0's "IdP-Initiated SSO").
@@ -1081,6 +1085,7 @@ impl Options {
                         client_id: o.idp_initiated.client_id.clone(),
                         client_authorize_query: o.idp_initiated.client_authorize_query.clone(),
                     }),
+                    metadata_url: o.metadata_url.clone(),
                 })
             }
             Options::AzureAd(o) => {
@@ -1457,12 +1462,20 @@ fn ldap(strategy: Strategy, o: pb::LdapOptions, at: &str, v: &mut Violations, se
 
 fn saml(o: pb::SamlOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> SamlOptions {
     let p = |f: &str| format!("{at}.{f}");
-    rules::url(v, &p("sign_in_url"), &o.sign_in_url, true, "the identity provider's single sign-on URL");
+    rules::url(v, &p("metadata_url"), &o.metadata_url, false, "");
+    let by_metadata = !o.metadata_url.is_empty();
+    rules::url(
+        v,
+        &p("sign_in_url"),
+        &o.sign_in_url,
+        !by_metadata,
+        "the identity provider's single sign-on URL (or give metadata_url, the IdP's metadata document, which names it)",
+    );
     rules::url(v, &p("sign_out_url"), &o.sign_out_url, false, "");
-    if o.signing_certificates.is_empty() {
+    if o.signing_certificates.is_empty() && !by_metadata {
         v.add(
             p("signing_certificates"),
-            "needs at least one PEM certificate (-----BEGIN CERTIFICATE-----) of the identity provider: without one no signature could be checked",
+            "needs at least one PEM certificate (-----BEGIN CERTIFICATE-----) of the identity provider, or              metadata_url (the IdP's metadata document, which holds them): without one no signature could be checked",
         );
     } else if o.signing_certificates.len() > 5 {
         v.add(p("signing_certificates"), format!("holds at most 5 certificates; got {}", o.signing_certificates.len()));
@@ -1559,6 +1572,7 @@ fn saml(o: pb::SamlOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
         require_encrypted_assertions: o.require_encrypted_assertions,
         allow_sha1: o.allow_sha1,
         idp_initiated,
+        metadata_url: o.metadata_url,
     }
 }
 

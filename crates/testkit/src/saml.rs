@@ -112,6 +112,19 @@ impl SamlIdp {
         Ok(v["entity_id"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// The URL of its metadata as published under `name` ([`SamlIdp::publish`]).
+    pub fn metadata_url(&self, name: &str) -> String {
+        format!("{}/metadata/{name}", self.url)
+    }
+
+    /// What [`SamlIdp::metadata_url`] of `name` publishes from now on: the certificate of
+    /// `key` (`idp` or `other`) as the IdP's signing certificate, with `cache_control` as its
+    /// `Cache-Control` header. A login's response is signed with the key of the SP's mode.
+    pub async fn publish(&self, name: &str, key: &str, cache_control: Option<&str>) -> anyhow::Result<()> {
+        self.post("/control/metadata", &json!({"name": name, "key": key, "cache_control": cache_control})).await?;
+        Ok(())
+    }
+
     /// An unsolicited base64 `SAMLResponse` (an IdP-initiated login: no `InResponseTo`) for
     /// the registered SP `sp`, posted to `acs`, made with the SP's mode updated by `mode`.
     pub async fn unsolicited(&self, sp: &str, acs: &str, mode: Value) -> anyhow::Result<String> {

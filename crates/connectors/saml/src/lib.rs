@@ -38,7 +38,14 @@
 //!   connection's attribute mapping (an attribute's `Name` or `FriendlyName`); every
 //!   attribute is kept in the raw profile by name, a multi-valued one as a list, and group
 //!   attributes (`groups`, `memberOf`, Microsoft's group claims) also as the list `groups`.
-//! - **test**: the IdP certificates' validity dates on the clock, the sign-in URL reachable,
+//! - **The IdP's metadata** ([`idp`], a connection's `metadata_url`): the IdP's entity id,
+//!   single sign-on URL and signing certificates read from its metadata document at login,
+//!   the connection's own settings first and its certificates trusted beside the
+//!   document's; kept by the document's HTTP lifetime, and fetched again (at most every 10
+//!   seconds) when a response's signature fails under the certificates kept, so that the
+//!   connection follows the IdP's key rollover.
+//! - **test**: the metadata document read (with `metadata_url`), the IdP certificates'
+//!   validity dates on the clock, the sign-in URL reachable,
 //!   the request signing key usable, the decryption key opened, the key of
 //!   `decryption_certificate` (a round trip through RSA-OAEP) and that certificate in its
 //!   validity dates; never a secret in a step.
@@ -57,6 +64,7 @@
 #![warn(missing_docs)]
 
 mod decrypt;
+mod idp;
 mod xml;
 
 use std::collections::HashMap;
@@ -103,6 +111,9 @@ const ASSERTION_NS: &[u8] = b"urn:oasis:names:tc:SAML:2.0:assertion";
 const STATUS_SUCCESS: &str = "urn:oasis:names:tc:SAML:2.0:status:Success";
 const BEARER: &str = "urn:oasis:names:tc:SAML:2.0:cm:bearer";
 const HTTP_POST: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
+const HTTP_REDIRECT: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
+/// The reason of a response whose signature does not verify under the IdP's certificates.
+const SIGNATURE_INVALID: &str = "SAML_SIGNATURE_INVALID";
 const EMAIL_FORMAT: &str = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress";
 
 /// Attribute names read as the user's groups, whatever the mapping.
@@ -117,8 +128,10 @@ const GROUP_ATTRIBUTES: &[&str] = &[
 /// The SAML service provider behind `samlp`.
 pub struct SamlConnector {
     clock: Clock,
-    /// Tries a sign-in URL, under the egress policy.
+    /// Fetches IdP metadata documents and tries a sign-in URL, under the egress policy.
     http: HttpClient,
+    /// The IdP metadata documents of the connections that name one, by URL.
+    documents: idp::Documents,
 }
 
 impl std::fmt::Debug for SamlConnector {
@@ -138,6 +151,63 @@ struct Sp<'a> {
     connection: &'a str,
     entity_id: String,
     options: &'a SamlOptions,
+    /// What this SP trusts of the IdP.
+    idp: Idp,
+}
+
+/// What the SP trusts of the identity provider: the connection's own settings, completed by
+/// the IdP's metadata document when the connection names one (`metadata_url`).
+#[derive(Debug, Clone, Default)]
+struct Idp {
+    /// Where requests go; empty when neither the connection nor the document names one.
+    sign_in_url: String,
+    /// The issuer every response must name; empty for any (then only the signature ties a
+    /// response to the IdP).
+    entity_id: String,
+    /// The signing certificates, base64 DER.
+    certificates: Vec<String>,
+    /// The document read, if any.
+    metadata: Option<Arc<idp::IdpMetadata>>,
+}
+
+impl Idp {
+    /// The connection's own settings.
+    fn configured(o: &SamlOptions) -> Self {
+        let mut certificates: Vec<String> = Vec::new();
+        for body in o.signing_certificates.iter().flat_map(|c| pem_bodies(c)) {
+            if !certificates.contains(&body) {
+                certificates.push(body);
+            }
+        }
+        Self { sign_in_url: o.sign_in_url.clone(), entity_id: o.entity_id.clone(), certificates, metadata: None }
+    }
+
+    /// The connection's settings where it has them, else the document's; the certificates of
+    /// both.
+    fn with_metadata(o: &SamlOptions, m: Arc<idp::IdpMetadata>) -> Self {
+        let mut idp = Self::configured(o);
+        if idp.sign_in_url.is_empty() {
+            idp.sign_in_url = m.sso(binding_uri(o.binding)).unwrap_or_default().to_owned();
+        }
+        if idp.entity_id.is_empty() {
+            idp.entity_id.clone_from(&m.entity_id);
+        }
+        for c in &m.certificates {
+            if !idp.certificates.contains(c) {
+                idp.certificates.push(c.clone());
+            }
+        }
+        idp.metadata = Some(m);
+        idp
+    }
+}
+
+/// The URI of a binding.
+fn binding_uri(b: SamlBinding) -> &'static str {
+    match b {
+        SamlBinding::HttpPost => HTTP_POST,
+        SamlBinding::HttpRedirect => HTTP_REDIRECT,
+    }
 }
 
 fn rejected(sp: &Sp<'_>, reason: &'static str, message: impl std::fmt::Display) -> ConnectorError {
@@ -169,11 +239,7 @@ fn sp<'a>(tenant: &str, conn: &'a Resolved) -> Result<Sp<'a>, ConnectorError> {
     let Options::Saml(options) = &spec.options else {
         return Err(misconfigured(&spec.name, "holds no SAML options"));
     };
-    if options.signing_certificates.is_empty() {
-        // The registry refuses this; samael would check no signature at all.
-        return Err(misconfigured(&spec.name, "has no IdP signing certificate; no response can be trusted"));
-    }
-    Ok(Sp { connection: &spec.name, entity_id: entity_id(tenant, conn), options })
+    Ok(Sp { connection: &spec.name, entity_id: entity_id(tenant, conn), options, idp: Idp::configured(options) })
 }
 
 /// The base64 DER bodies of every certificate in PEM text.
@@ -270,14 +336,9 @@ fn check_signature_algorithms(sp: &Sp<'_>, root: &xml::Element) -> Result<(), Co
     Ok(())
 }
 
-/// The DER of every IdP certificate of a connection.
-fn certificates_der(o: &SamlOptions) -> Vec<CertificateDer> {
-    o.signing_certificates
-        .iter()
-        .flat_map(|c| pem_bodies(c))
-        .filter_map(|b| STANDARD.decode(b).ok())
-        .map(CertificateDer::from)
-        .collect()
+/// The DER of every IdP certificate trusted.
+fn certificates_der(idp: &Idp) -> Vec<CertificateDer> {
+    idp.certificates.iter().filter_map(|b| STANDARD.decode(b).ok()).map(CertificateDer::from).collect()
 }
 
 /// Builds `source` again with each span replaced by its text (spans sorted, disjoint).
@@ -401,7 +462,59 @@ impl SamlConnector {
     /// A connector whose time rules read `clock`, connecting (to try a sign-in URL) only
     /// where `egress` allows.
     pub fn with_egress(clock: Clock, egress: &Egress) -> Self {
-        Self { clock, http: egress.http_client(Duration::from_secs(10)) }
+        Self { clock, http: egress.http_client(Duration::from_secs(10)), documents: idp::Documents::default() }
+    }
+
+    /// The SP of `conn` with what it trusts of the IdP: with `metadata_url`, the document
+    /// kept or fetched now ([`idp::Documents::current`]). Refused when no certificate is
+    /// trusted: samael would then check no signature at all.
+    async fn trusted<'a>(&self, tenant: &str, conn: &'a Resolved) -> Result<Sp<'a>, ConnectorError> {
+        let mut sp = sp(tenant, conn)?;
+        let o = sp.options;
+        if !o.metadata_url.is_empty() {
+            let m = self
+                .documents
+                .current(&self.http, sp.connection, &o.metadata_url, &o.entity_id, self.clock.now())
+                .await?;
+            sp.idp = Idp::with_metadata(o, m);
+        }
+        if sp.idp.certificates.is_empty() {
+            // The registry refuses this without metadata_url; the document reader refuses a
+            // document without one.
+            return Err(misconfigured(sp.connection, "has no IdP signing certificate; no response can be trusted"));
+        }
+        Ok(sp)
+    }
+
+    /// `answer` once more with the IdP's metadata document fetched again, when its first
+    /// try failed on the signature and the document now holds other certificates (the IdP
+    /// rolled its signing key over); else the first answer.
+    async fn after_rollover<'a>(
+        &self,
+        sp: &Sp<'a>,
+        first: Result<Completed, ConnectorError>,
+        answer: impl FnOnce(&Sp<'a>) -> Result<Completed, ConnectorError>,
+    ) -> Result<Completed, ConnectorError> {
+        let signature_failed =
+            matches!(&first, Err(ConnectorError::Rejected { reason, .. }) if *reason == SIGNATURE_INVALID);
+        let Some(held) = sp.idp.metadata.as_ref().filter(|_| signature_failed) else { return first };
+        let o = sp.options;
+        let now = self.clock.now();
+        let Some(m) = self.documents.renewed(&self.http, sp.connection, &o.metadata_url, &o.entity_id, held, now).await
+        else {
+            return first;
+        };
+        tracing::info!(
+            connection = sp.connection,
+            "the IdP metadata holds other signing certificates now: the response is checked against them"
+        );
+        let renewed = Sp {
+            connection: sp.connection,
+            entity_id: sp.entity_id.clone(),
+            options: o,
+            idp: Idp::with_metadata(o, m),
+        };
+        answer(&renewed)
     }
 
     /// The signed part of the response, checked: the assertion, as samael verified it, then
@@ -421,7 +534,7 @@ impl SamlConnector {
         signed_response: bool,
     ) -> Result<Assertion, ConnectorError> {
         let o = sp.options;
-        let certificates: Vec<String> = o.signing_certificates.iter().flat_map(|c| pem_bodies(c)).collect();
+        let certificates = sp.idp.certificates.clone();
         if certificates.is_empty() {
             return Err(misconfigured(sp.connection, "its IdP signing certificates hold no certificate"));
         }
@@ -445,7 +558,7 @@ impl SamlConnector {
         // The issuer samael compares against: the connection's, or (when it names none) the
         // one the response claims — then only the signature ties the response to the IdP.
         let idp_entity =
-            if o.entity_id.is_empty() { issuer_seen.map(str::to_owned) } else { Some(o.entity_id.clone()) };
+            if sp.idp.entity_id.is_empty() { issuer_seen.map(str::to_owned) } else { Some(sp.idp.entity_id.clone()) };
         let idp = EntityDescriptor {
             entity_id: idp_entity.clone(),
             idp_sso_descriptors: Some(vec![IdpSsoDescriptor {
@@ -485,17 +598,22 @@ impl SamlConnector {
             ..ServiceProvider::default()
         };
         let request_ids = request_id.map(|r| [r]);
-        let assertion = service.parse_xml_response(xml, request_ids.as_ref().map(|r| &r[..])).map_err(|e| {
-            let message = match e {
-                samael::service_provider::Error::FailedToValidateSignature => format!(
+        let assertion = service.parse_xml_response(xml, request_ids.as_ref().map(|r| &r[..])).map_err(|e| match e {
+            samael::service_provider::Error::FailedToValidateSignature => rejected(
+                sp,
+                SIGNATURE_INVALID,
+                format!(
                     "the response carries no valid signature by the connection's IdP certificates with {}{} over \
-                     its assertion or the whole response",
+                         its assertion or the whole response",
                     o.signature_algorithm.as_str(),
                     if o.allow_sha1 { " or rsa-sha1" } else { "" }
                 ),
-                e => format!("the response was refused: {}", short(&e.to_string(), 300)),
-            };
-            rejected(sp, "SAML_RESPONSE_INVALID", message)
+            ),
+            e => rejected(
+                sp,
+                "SAML_RESPONSE_INVALID",
+                format!("the response was refused: {}", short(&e.to_string(), 300)),
+            ),
         })?;
         self.check(sp, &assertion, acs, request_id, idp_entity.as_deref())?;
         Ok(assertion)
@@ -703,14 +821,14 @@ impl SamlConnector {
             let allowed = samael_algorithms(sp.options);
             let reduced = Crypto::reduce_xml_to_signed_with_allowed_algorithms(
                 xml,
-                &certificates_der(sp.options),
+                &certificates_der(&sp.idp),
                 ReduceMode::ValidateAndMarkNoAncestors,
                 allowed.as_deref(),
             )
             .map_err(|_| {
                 rejected(
                     sp,
-                    "SAML_RESPONSE_INVALID",
+                    SIGNATURE_INVALID,
                     format!(
                         "the response's signature is not a valid signature by the connection's IdP certificates \
                          with {}",
@@ -758,7 +876,7 @@ impl SamlConnector {
             id: id.to_owned(),
             version: "2.0".into(),
             issue_instant: to_chrono(self.clock.now()),
-            destination: Some(o.sign_in_url.clone()),
+            destination: Some(sp.idp.sign_in_url.clone()),
             issuer: Some(Issuer { value: Some(sp.entity_id.clone()), ..Issuer::default() }),
             assertion_consumer_service_url: Some(tx.callback_url.clone()),
             protocol_binding: Some(HTTP_POST.into()),
@@ -973,12 +1091,12 @@ fn valid_on(cert: &openssl::x509::X509Ref, now: &openssl::asn1::Asn1TimeRef) -> 
     Ok(format!("{subject:?} valid until {na}"))
 }
 
-/// The validity of each IdP certificate on `now`.
-fn check_certificates(o: &SamlOptions, now: SystemTime) -> Result<String, String> {
+/// The validity of each IdP certificate trusted on `now`.
+fn check_certificates(idp: &Idp, now: SystemTime) -> Result<String, String> {
     let now = openssl::asn1::Asn1Time::from_unix(unix(now)).map_err(|e| e.to_string())?;
     let mut found = Vec::new();
-    for body in o.signing_certificates.iter().flat_map(|c| pem_bodies(c)) {
-        let der = STANDARD.decode(&body).map_err(|_| "a certificate is not base64 DER".to_owned())?;
+    for body in &idp.certificates {
+        let der = STANDARD.decode(body).map_err(|_| "a certificate is not base64 DER".to_owned())?;
         let cert = openssl::x509::X509::from_der(&der).map_err(|_| "a certificate is not X.509".to_owned())?;
         found.push(valid_on(&cert, &now)?);
     }
@@ -1040,7 +1158,20 @@ fn check_decryption(o: &SamlOptions, key: Option<&str>, now: SystemTime) -> Resu
 #[async_trait]
 impl RedirectConnector for SamlConnector {
     async fn begin(&self, tenant: &str, conn: &Resolved, tx: &RedirectTransaction) -> Result<Begun, ConnectorError> {
-        let sp = sp(tenant, conn)?;
+        let sp = self.trusted(tenant, conn).await?;
+        if sp.idp.sign_in_url.is_empty() {
+            let offered: Vec<&str> =
+                sp.idp.metadata.iter().flat_map(|m| m.sso.iter().map(|(b, _)| b.as_str())).collect();
+            return Err(misconfigured(
+                sp.connection,
+                format!(
+                    "the IdP metadata names no single sign-on service for {} (it offers [{}]): set sign_in_url, or \
+                     the binding it offers",
+                    binding_uri(sp.options.binding),
+                    offered.join(", ")
+                ),
+            ));
+        }
         let id = request_id(tx);
         let data = serde_json::to_value(Kept { request_id: id.clone() }).unwrap_or(Value::Null);
         if sp.options.binding == SamlBinding::HttpPost {
@@ -1054,7 +1185,7 @@ impl RedirectConnector for SamlConnector {
                 id: id.clone(),
                 version: "2.0".into(),
                 issue_instant: to_chrono(self.clock.now()),
-                destination: Some(sp.options.sign_in_url.clone()),
+                destination: Some(sp.idp.sign_in_url.clone()),
                 issuer: Some(Issuer { value: Some(sp.entity_id.clone()), ..Issuer::default() }),
                 assertion_consumer_service_url: Some(tx.callback_url.clone()),
                 protocol_binding: Some(HTTP_POST.into()),
@@ -1065,7 +1196,7 @@ impl RedirectConnector for SamlConnector {
                 .map_err(|e| misconfigured(sp.connection, format!("the request cannot be made: {e}")))?;
             return Ok(Begun {
                 request: UpstreamRequest::FormPost {
-                    url: sp.options.sign_in_url.clone(),
+                    url: sp.idp.sign_in_url.clone(),
                     fields: vec![("SAMLRequest".into(), STANDARD.encode(xml)), ("RelayState".into(), tx.state.clone())],
                 },
                 data,
@@ -1082,10 +1213,11 @@ impl RedirectConnector for SamlConnector {
         params: &HashMap<String, String>,
         tx: &RedirectTransaction,
     ) -> Result<Completed, ConnectorError> {
-        let sp = sp(tenant, conn)?;
+        let sp = self.trusted(tenant, conn).await?;
         let kept: Kept = serde_json::from_value(tx.data.clone())
             .map_err(|_| rejected(&sp, "SAML_RESPONSE_INVALID", "this login was not started as a SAML login"))?;
-        self.answer(&sp, conn, params, &tx.callback_url, Some(&kept.request_id))
+        let answer = |sp: &Sp<'_>| self.answer(sp, conn, params, &tx.callback_url, Some(&kept.request_id));
+        self.after_rollover(&sp, answer(&sp), answer).await
     }
 
     fn unsolicited_client(&self, conn: &Resolved) -> Option<UnsolicitedClient> {
@@ -1104,15 +1236,18 @@ impl RedirectConnector for SamlConnector {
         params: &HashMap<String, String>,
         callback_url: &str,
     ) -> Result<Completed, ConnectorError> {
-        let sp = sp(tenant, conn)?;
-        if !sp.options.idp_initiated.enabled {
+        if let Options::Saml(o) = &conn.connection.spec.options
+            && !o.idp_initiated.enabled
+        {
             return Err(rejected(
-                &sp,
+                &sp(tenant, conn)?,
                 "SAML_IDP_INITIATED_DISABLED",
                 "IdP-initiated logins are off for this connection (idp_initiated.enabled)",
             ));
         }
-        self.answer(&sp, conn, params, callback_url, None)
+        let sp = self.trusted(tenant, conn).await?;
+        let answer = |sp: &Sp<'_>| self.answer(sp, conn, params, callback_url, None);
+        self.after_rollover(&sp, answer(&sp), answer).await
     }
 
     async fn metadata(
@@ -1129,11 +1264,35 @@ impl RedirectConnector for SamlConnector {
     }
 
     async fn test(&self, tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
-        let sp = sp(tenant, conn)?;
+        let mut sp = sp(tenant, conn)?;
         let o = sp.options;
         let mut steps = Vec::new();
+        if !o.metadata_url.is_empty() {
+            let started = Instant::now();
+            let fetched =
+                self.documents.fresh(&self.http, sp.connection, &o.metadata_url, &o.entity_id, self.clock.now()).await;
+            let result = match fetched {
+                Ok(f) => {
+                    let m = &f.metadata;
+                    let sso = m.sso(binding_uri(o.binding)).map_or_else(
+                        || format!("no single sign-on service for {}", binding_uri(o.binding)),
+                        |l| format!("single sign-on at {l}"),
+                    );
+                    let detail = format!(
+                        "entity {:?}: {} signing certificate(s), {sso}; kept {} minutes",
+                        m.entity_id,
+                        m.certificates.len(),
+                        f.lifetime.as_secs() / 60
+                    );
+                    sp.idp = Idp::with_metadata(o, f.metadata);
+                    Ok(detail)
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            steps.push(TestStep::of("metadata", started, result));
+        }
         let started = Instant::now();
-        steps.push(TestStep::of("certificates", started, check_certificates(o, self.clock.now())));
+        steps.push(TestStep::of("certificates", started, check_certificates(&sp.idp, self.clock.now())));
         if o.sign_request {
             let started = Instant::now();
             let result = match conn.secret(names::REQUEST_SIGNING_KEY) {
@@ -1158,9 +1317,15 @@ impl RedirectConnector for SamlConnector {
             steps.push(TestStep::of("decryption_key", started, check_decryption(o, decryption_key, self.clock.now())));
         }
         let started = Instant::now();
-        let result = match self.http.send(self.http.get(&o.sign_in_url)).await {
-            Ok(r) => Ok(format!("the sign-in URL answered HTTP {}", r.status().as_u16())),
-            Err(e) => {
+        let sign_in_url = &sp.idp.sign_in_url;
+        let sent = if sign_in_url.is_empty() { None } else { Some(self.http.send(self.http.get(sign_in_url)).await) };
+        let result = match sent {
+            None => Err(format!(
+                "no sign-in URL: the connection sets none, and the IdP metadata names none for {}",
+                binding_uri(o.binding)
+            )),
+            Some(Ok(r)) => Ok(format!("the sign-in URL {sign_in_url} answered HTTP {}", r.status().as_u16())),
+            Some(Err(e)) => {
                 // reqwest's own message names only the URL: the refusal or the causes say why.
                 let why = match e {
                     SendError::Refused(refused) => refused.to_string(),
@@ -1168,7 +1333,7 @@ impl RedirectConnector for SamlConnector {
                         std::error::Error::source(&e).map_or_else(|| e.to_string(), postern_common::error::with_causes)
                     }
                 };
-                Err(format!("the sign-in URL {} cannot be reached: {}", o.sign_in_url, short(&why, 300)))
+                Err(format!("the sign-in URL {sign_in_url} cannot be reached: {}", short(&why, 300)))
             }
         };
         steps.push(TestStep::of("sign_in_url", started, result));
@@ -1283,6 +1448,7 @@ mod tests {
             require_encrypted_assertions: false,
             allow_sha1: false,
             idp_initiated: postern_connection::SamlIdpInitiated::default(),
+            metadata_url: String::new(),
         }
     }
 
@@ -1308,8 +1474,9 @@ mod tests {
             require_encrypted_assertions: false,
             allow_sha1: false,
             idp_initiated: postern_connection::SamlIdpInitiated::default(),
+            metadata_url: String::new(),
         };
-        let sp = Sp { connection: "c", entity_id: "urn:a&b".into(), options: &o };
+        let sp = Sp { connection: "c", entity_id: "urn:a&b".into(), options: &o, idp: Idp::configured(&o) };
         let doc = metadata_document(&sp, "https://p/t/login/callback?x=\"1\"");
         assert!(doc.contains("entityID=\"urn:a&amp;b\""));
         assert!(doc.contains("Location=\"https://p/t/login/callback?x=&quot;1&quot;\""));

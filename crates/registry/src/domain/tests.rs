@@ -201,6 +201,13 @@ fn good_variants() {
             s.signature_algorithm = pb::SamlSignatureAlgorithm::RsaSha512 as i32;
             s.binding = pb::SamlBinding::HttpPost as i32;
         }),
+        ("samlp", |c| {
+            // The metadata document names the sign-in URL and holds the certificates.
+            let s = saml(c);
+            s.metadata_url = "https://idp.fabrikam.example/metadata".into();
+            s.sign_in_url.clear();
+            s.signing_certificates.clear();
+        }),
         ("waad", |c| azure(c).tenant_id = "11111111-2222-3333-4444-555555555555".into()),
         ("email", |c| {
             let e = email(c);
@@ -398,6 +405,7 @@ fn bad_variants_name_their_field() {
         // samlp
         ("samlp", |c| saml(c).sign_in_url.clear(), "connection.options.saml.sign_in_url"),
         ("samlp", |c| saml(c).sign_out_url = "x".into(), "connection.options.saml.sign_out_url"),
+        ("samlp", |c| saml(c).metadata_url = "ftp://idp/metadata".into(), "connection.options.saml.metadata_url"),
         ("samlp", |c| saml(c).signing_certificates.clear(), "connection.options.saml.signing_certificates"),
         (
             "samlp",

@@ -281,6 +281,7 @@ fn copy_option_field(
                 require_encrypted_assertions,
                 allow_sha1,
                 idp_initiated,
+                metadata_url,
             ],
             [request_signing_key_set, decryption_key_set]
         ),
