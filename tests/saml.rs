@@ -13,7 +13,8 @@
 //! wrapping variants (an unsigned assertion beside the signed one, or around it). A real
 //! headless Chromium clicks "Continue with …" and lands at the application. A connection
 //! configured by the IdP's metadata document alone (`metadata_url`) logs in, and follows the
-//! IdP's signing key when it rolls over.
+//! IdP's signing key when it rolls over. A request signed by HTTP-POST carries an enveloped
+//! signature that the IdP checks.
 
 use std::collections::HashMap;
 
@@ -566,6 +567,79 @@ async fn signed_requests_are_checked_by_the_idp_and_their_certificate_published(
     assert!(tested.ok, "{tested:?}");
     assert!(tested.steps.iter().any(|s| s.name == "request_signing_key" && s.ok), "{tested:?}");
     assert!(!format!("{tested:?}").contains("PRIVATE KEY"), "never a secret");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn signed_requests_by_http_post_carry_an_enveloped_signature_the_idp_checks() {
+    let test = "signed_requests_by_http_post_carry_an_enveloped_signature_the_idp_checks";
+    let Some(idp) = SamlIdp::shared(test) else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-signed-post";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let (key, cert) = rsa_pair("postern-sp");
+    // The HTTP-POST sign-on URL comes from the IdP's metadata document.
+    let options = conn::SamlOptions {
+        metadata_url: format!("{}/metadata", idp.url),
+        binding: conn::SamlBinding::HttpPost as i32,
+        sign_request: true,
+        request_signing_key: key,
+        request_signing_certificate: cert.clone(),
+        ..Default::default()
+    };
+    let md =
+        connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, options, json!({"require_signed_request": true}))
+            .await;
+    assert!(md.contains("AuthnRequestsSigned=\"true\"") && md.contains(&pem_body(&cert)), "{md}");
+
+    // `/authorize` answers the page whose form posts the signed request to the IdP.
+    let mut agent = Agent::new();
+    let authorize = authorize_url(&suite, t, &portal.client_id, CONNECTION);
+    let page = agent.get(&authorize).await.expect("authorize");
+    assert_eq!(page.status, 200, "{page:?}");
+    let form = page.forms().into_iter().find(|f| f.has("SAMLRequest")).expect("the form to the IdP");
+    assert_eq!(form.action, format!("{}/sso/post", idp.url));
+    let request = String::from_utf8(
+        base64::engine::general_purpose::STANDARD.decode(form.value("SAMLRequest").expect("request")).expect("base64"),
+    )
+    .expect("XML");
+    assert!(request.contains("#rsa-sha256") && request.contains("SignatureValue"), "{request}");
+    let compact: String = request.chars().filter(|c| !c.is_whitespace()).collect();
+    assert!(compact.contains(&pem_body(&cert)), "the certificate in KeyInfo: {request}");
+    // Tampered with, the request's signature no longer verifies at the IdP.
+    let mut tampered = form.clone();
+    // One millisecond later: a request the IdP would take, were it not for its signature.
+    let at = request.find("IssueInstant=\"").expect("IssueInstant") + "IssueInstant=\"".len();
+    let end = at + request[at..].find('"').expect("end");
+    let digit = request.as_bytes()[end - 2];
+    let changed = format!(
+        "{}{}{}",
+        &request[..end - 2],
+        if digit == b'9' { '8' } else { char::from(digit + 1) },
+        &request[end - 1..]
+    );
+    assert_ne!(changed, request);
+    tampered.set("SAMLRequest", &base64::engine::general_purpose::STANDARD.encode(changed));
+    let refused = agent.submit(&authorize, &tampered).await.expect("IdP");
+    assert_eq!(refused.status, 400, "the IdP checks the signature: {refused:?}");
+    // Unsigned, the IdP (which requires signed requests here) refuses it too.
+    let mut unsigned = form.clone();
+    let bare = request.split("<ds:Signature").next().expect("head").to_owned()
+        + request.split("</ds:Signature>").nth(1).expect("tail");
+    unsigned.set("SAMLRequest", &base64::engine::general_purpose::STANDARD.encode(bare));
+    assert_eq!(agent.submit(&authorize, &unsigned).await.expect("IdP").status, 400, "an unsigned request");
+    // As sent, it logs the user in.
+    let idp_page = agent.submit(&authorize, &form).await.expect("IdP");
+    assert_eq!(idp_page.status, 200, "the IdP took the signed request: {}", idp_page.body);
+    let back_form = idp_page.forms().into_iter().find(|f| f.has("SAMLResponse")).expect("the IdP's form");
+    let answer = app_query(&agent.submit(&form.action, &back_form).await.expect("callback"));
+    assert!(answer.contains_key("code"), "{answer:?}");
+
+    let tested = test_connection(&mut admin, t, CONNECTION).await;
+    assert!(tested.ok, "{tested:?}");
+    let step = tested.steps.iter().find(|s| s.name == "request_signing_key").expect("the key's step");
+    assert!(step.detail.contains("signs an HTTP-POST request"), "{tested:?}");
     suite.stop().await.expect("stop");
 }
 

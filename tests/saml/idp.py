@@ -310,6 +310,10 @@ def main():
                     if not any(verify_redirect_signature(dict(q), crypto, cert=c) for c in certs):
                         return self._send(400, "the request's signature does not verify", "text/plain")
                     q["signed"] = "yes"
+                if binding == BINDING_HTTP_POST and msg.signature is not None:
+                    # parse_authn_request checked the enveloped signature against the
+                    # certificates of the SP's metadata (a bad one raised).
+                    q["signed"] = "yes"
                 if entry["mode"].get("require_signed_request") and q.get("signed") != "yes":
                     return self._send(400, "this SP must sign its requests", "text/plain")
                 acs = server.response_args(msg, [BINDING_HTTP_POST])["destination"]

@@ -9,7 +9,8 @@
 //! - **begin**: an `AuthnRequest` by HTTP-Redirect (deflated, base64, with the transaction's
 //!   `state` as `RelayState`), signed over the query (`SigAlg`, `Signature`) with the
 //!   connection's request signing key when it says so; by HTTP-POST (an auto-submitted form)
-//!   when the connection asks for that binding and does not sign. The request's id is kept
+//!   when the connection asks for that binding, signed then in the document (an enveloped
+//!   XML signature by libxmlsec1, [`signed_request`]). The request's id is kept
 //!   with the transaction ([`Begun::data`]) for `InResponseTo`.
 //! - **complete**: the `SAMLResponse` posted back is read before any signature check only
 //!   to refuse what no honest IdP sends (a document type, not exactly one assertion — the
@@ -58,7 +59,6 @@
 //!   time, one-time use); `unsolicited_client` names the application and its `/authorize`
 //!   parameters, which the authenticator validates and logs the user in to.
 //!
-//! Not yet: signed requests by HTTP-POST.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -924,6 +924,37 @@ fn sign_query(mut url: url::Url, key_pem: &str, algorithm: SamlSignatureAlgorith
     Ok(url.to_string())
 }
 
+/// An `AuthnRequest` for the HTTP-POST binding, signed in the document (an enveloped XML
+/// signature after its `Issuer`, exclusive canonicalization, RSA with SHA-256 or SHA-512 and
+/// the same digest) by `key_pem`, with `certificate_pem`'s certificate in its `KeyInfo` when
+/// there is one.
+fn signed_request(
+    mut request: AuthnRequest,
+    key_pem: &str,
+    certificate_pem: &str,
+    algorithm: SamlSignatureAlgorithm,
+) -> Result<String, String> {
+    use samael::signature::{DigestAlgorithm, Signature, SignatureAlgorithm};
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes()).map_err(|_| "not a PEM private key")?;
+    if key.rsa().is_err() {
+        return Err("not an RSA key".into());
+    }
+    let key_der = key.private_key_to_pkcs8().map_err(|e| e.to_string())?;
+    let certificate = pem_bodies(certificate_pem).first().and_then(|b| STANDARD.decode(b).ok());
+    let mut signature =
+        Signature::template(&request.id, &CertificateDer::from(certificate.clone().unwrap_or_default()));
+    if certificate.is_none() {
+        signature.key_info = None;
+    }
+    let wanted = self::algorithm(algorithm);
+    signature.signed_info.signature_method.algorithm = SignatureAlgorithm::Unsupported(wanted.signature_uri().into());
+    for reference in &mut signature.signed_info.reference {
+        reference.digest_method.algorithm = DigestAlgorithm::Unsupported(wanted.digest_uri().into());
+    }
+    request.signature = Some(signature);
+    request.to_signed_xml(&key_der).map_err(|e| e.to_string())
+}
+
 /// Whether the certificate the metadata publishes is the signing key's.
 fn key_matches_certificate(key_pem: &str, certificate_pem: &str) -> Result<(), String> {
     if certificate_pem.is_empty() {
@@ -1175,12 +1206,6 @@ impl RedirectConnector for SamlConnector {
         let id = request_id(tx);
         let data = serde_json::to_value(Kept { request_id: id.clone() }).unwrap_or(Value::Null);
         if sp.options.binding == SamlBinding::HttpPost {
-            if sp.options.sign_request {
-                return Err(misconfigured(
-                    sp.connection,
-                    "signed requests are sent by HTTP-Redirect only; use SAML_BINDING_HTTP_REDIRECT",
-                ));
-            }
             let request = AuthnRequest {
                 id: id.clone(),
                 version: "2.0".into(),
@@ -1189,11 +1214,21 @@ impl RedirectConnector for SamlConnector {
                 issuer: Some(Issuer { value: Some(sp.entity_id.clone()), ..Issuer::default() }),
                 assertion_consumer_service_url: Some(tx.callback_url.clone()),
                 protocol_binding: Some(HTTP_POST.into()),
+                name_id_policy: Some(NameIdPolicy { allow_create: Some(true), ..NameIdPolicy::default() }),
                 ..AuthnRequest::default()
             };
-            let xml = request
-                .to_string()
-                .map_err(|e| misconfigured(sp.connection, format!("the request cannot be made: {e}")))?;
+            let o = sp.options;
+            let xml = if o.sign_request {
+                let key = conn
+                    .secret(names::REQUEST_SIGNING_KEY)
+                    .ok_or_else(|| misconfigured(sp.connection, "signs requests but has no request_signing_key"))?;
+                signed_request(request, key.expose(), &o.request_signing_certificate, o.signature_algorithm)
+                    .map_err(|e| misconfigured(sp.connection, format!("the request signing key cannot sign: {e}")))?
+            } else {
+                request
+                    .to_string()
+                    .map_err(|e| misconfigured(sp.connection, format!("the request cannot be made: {e}")))?
+            };
             return Ok(Begun {
                 request: UpstreamRequest::FormPost {
                     url: sp.idp.sign_in_url.clone(),
@@ -1298,12 +1333,24 @@ impl RedirectConnector for SamlConnector {
             let result = match conn.secret(names::REQUEST_SIGNING_KEY) {
                 None => Err("sign_request is set but request_signing_key is not".to_owned()),
                 Some(key) => {
-                    let url = url::Url::parse("https://idp.invalid/sso?SAMLRequest=test").map_err(|e| e.to_string());
-                    url.and_then(|u| sign_query(u, key.expose(), o.signature_algorithm))
-                        .and_then(|_| key_matches_certificate(key.expose(), &o.request_signing_certificate))
-                        .map(|()| {
+                    // Signed as the connection's binding signs: over the query, or in the document.
+                    let signed = if o.binding == SamlBinding::HttpPost {
+                        let request = AuthnRequest { id: "_test".into(), ..AuthnRequest::default() };
+                        signed_request(request, key.expose(), &o.request_signing_certificate, o.signature_algorithm)
+                            .map(|_| "an HTTP-POST request")
+                    } else {
+                        url::Url::parse("https://idp.invalid/sso?SAMLRequest=test")
+                            .map_err(|e| e.to_string())
+                            .and_then(|u| sign_query(u, key.expose(), o.signature_algorithm))
+                            .map(|_| "an HTTP-Redirect query")
+                    };
+                    signed
+                        .and_then(|what| {
+                            key_matches_certificate(key.expose(), &o.request_signing_certificate).map(|()| what)
+                        })
+                        .map(|what| {
                             format!(
-                                "the request signing key signs with {} and matches request_signing_certificate",
+                                "the request signing key signs {what} with {} and matches request_signing_certificate",
                                 o.signature_algorithm.as_str()
                             )
                         })
@@ -1370,6 +1417,39 @@ mod tests {
         assert_eq!(
             shape(&denied).expect("xml").status.as_deref(),
             Some("urn:oasis:names:tc:SAML:2.0:status:Responder")
+        );
+    }
+
+    #[test]
+    fn a_post_request_is_signed_in_the_document_with_the_connection_algorithm() {
+        let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).expect("rsa")).expect("key");
+        let (key_pem, cert_pem) = pair(key);
+        let der = STANDARD.decode(&pem_bodies(&cert_pem)[0]).expect("der");
+        for (algorithm, method, digest) in [
+            (SamlSignatureAlgorithm::RsaSha256, "xmldsig-more#rsa-sha256", "xmlenc#sha256"),
+            (SamlSignatureAlgorithm::RsaSha512, "xmldsig-more#rsa-sha512", "xmlenc#sha512"),
+        ] {
+            let request = AuthnRequest {
+                id: "_r1".into(),
+                issuer: Some(Issuer { value: Some("urn:sp".into()), ..Issuer::default() }),
+                ..AuthnRequest::default()
+            };
+            let xml = signed_request(request, &key_pem, &cert_pem, algorithm).expect("signed");
+            assert!(xml.contains(method) && xml.contains(digest) && xml.contains("URI=\"#_r1\""), "{xml}");
+            let allowed = [self::algorithm(algorithm)];
+            let check = |xml: &str| {
+                Crypto::reduce_xml_to_signed_with_allowed_algorithms(
+                    xml,
+                    &[CertificateDer::from(der.clone())],
+                    ReduceMode::ValidateAndMarkNoAncestors,
+                    Some(&allowed[..]),
+                )
+            };
+            assert!(check(&xml).is_ok(), "the signature verifies: {xml}");
+            assert!(check(&xml.replace("urn:sp", "urn:evil")).is_err(), "a changed request does not");
+        }
+        assert!(
+            signed_request(AuthnRequest::default(), "not a key", &cert_pem, SamlSignatureAlgorithm::RsaSha256).is_err()
         );
     }
 
