@@ -792,6 +792,82 @@ async fn sign_in_with_apple_posts_back_and_authenticates_with_a_client_secret_jw
 }
 
 #[tokio::test]
+async fn the_front_channel_logs_in_with_the_id_token_the_browser_posts_back() {
+    let test = "the_front_channel_logs_in_with_the_id_token_the_browser_posts_back";
+    let Some(upstream) = Upstream::shared(test) else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-front";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let id = upstream.register_implicit_client(&callback_of(&suite, t)).await.expect("register");
+    let front = conn::Connection {
+        name: "front".into(),
+        display_name: "Fabrikam (front channel)".into(),
+        strategy: "oidc".into(),
+        options: Some(conn::connection::Options::Oidc(conn::OidcOptions {
+            issuer: upstream.issuer.clone(),
+            client_id: id,
+            channel: conn::OidcChannel::Front as i32,
+            scopes: vec!["email".into(), "profile".into()],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    connect(&mut admin, t, &portal, front).await;
+
+    // TestConnection: no client to authenticate; the provider answers ID tokens by form post.
+    let test = authn::TestConnectionRequest { tenant: t.into(), connection: "front".into() };
+    let tried = admin.authn.test_connection(test).await.expect("test").into_inner();
+    assert!(tried.ok, "{tried:?}");
+    let names: Vec<&str> = tried.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["discovery", "keys", "front_channel"], "{tried:?}");
+
+    // The request asks for the ID token by form post: no code, no PKCE.
+    let login = || async {
+        let mut agent = Agent::new();
+        let url = authorize_url(&suite, t, &portal.client_id, &[("connection", "front"), ("prompt", "login")]);
+        let start = agent.get(&url).await.expect("authorize");
+        let to = url::Url::parse(start.location().expect("to the provider")).expect("url");
+        let back = upstream.log_in(&mut agent, to.as_str(), "frank", false).await.expect("login");
+        (agent, to, back)
+    };
+    let (mut agent, to, back) = login().await;
+    let q: HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!((q["response_type"].as_str(), q["response_mode"].as_str()), ("id_token", "form_post"), "{to}");
+    assert!(!q.contains_key("code_challenge"), "{to}");
+    let postern_testkit::upstream::Back::FormPost { action, fields } = back else { panic!("posted back: {back:?}") };
+    let first_token = fields.iter().find(|(k, _)| k == "id_token").map(|(_, v)| v.clone()).expect("an ID token");
+    assert!(!fields.iter().any(|(k, _)| k == "code"), "{fields:?}");
+    let answer = app_query(&agent.post_form(&action, &fields).await.expect("callback"));
+    let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+    let claims = claims_of(tokens["id_token"].as_str().expect("id_token"));
+    assert_eq!(claims["sub"], "oidc|front|frank");
+    assert_eq!(claims["email"], "frank@fabrikam.example");
+
+    // Refused, nothing stored: another login's ID token (its nonce is that login's), and an ID
+    // token whose signature was tampered with.
+    let swap = |fields: &[(String, String)], token: &str| -> Vec<(String, String)> {
+        fields.iter().map(|(k, v)| (k.clone(), if k == "id_token" { token.to_owned() } else { v.clone() })).collect()
+    };
+    let (mut agent, _, back) = login().await;
+    let postern_testkit::upstream::Back::FormPost { action, fields } = back else { panic!("{back:?}") };
+    let answer = app_query(&agent.post_form(&action, &swap(&fields, &first_token)).await.expect("callback"));
+    assert_eq!(answer.get("error").map(String::as_str), Some("access_denied"), "{answer:?}");
+    assert!(answer["error_description"].contains("nonce"), "{answer:?}");
+    let (mut agent, _, back) = login().await;
+    let postern_testkit::upstream::Back::FormPost { action, fields } = back else { panic!("{back:?}") };
+    let token = fields.iter().find(|(k, _)| k == "id_token").map(|(_, v)| v.clone()).expect("an ID token");
+    let (head, signature) = token.rsplit_once('.').expect("a JWT");
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    let forged = format!("{head}.{flipped}{}", &signature[1..]);
+    let answer = app_query(&agent.post_form(&action, &swap(&fields, &forged)).await.expect("callback"));
+    assert_eq!(answer.get("error").map(String::as_str), Some("access_denied"), "{answer:?}");
+    assert!(answer["error_description"].contains("signature"), "{answer:?}");
+    assert_eq!(user_count(&mut admin, t).await, 1, "the first login's user only");
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
 async fn the_social_openid_profiles_log_in_with_their_strategy_ids() {
     let Some(upstream) = Upstream::shared("the_social_openid_profiles_log_in_with_their_strategy_ids") else { return };
     let suite = Suite::start().await.expect("suite");

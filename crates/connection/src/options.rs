@@ -1348,6 +1348,16 @@ fn oidc(o: pb::OidcOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
     rules::client_id(v, &p("client_id"), &o.client_id);
     rules::scopes(v, &p("scopes"), &o.scopes);
     let channel = OidcChannel::read(v, &p("channel"), o.channel);
+    if channel == OidcChannel::Front {
+        let why = "needs the back channel (OIDC_CHANNEL_BACK): the front channel receives an ID token and no access \
+                   token to read userinfo with";
+        if o.fetch_userinfo {
+            v.add(p("fetch_userinfo"), why);
+        }
+        if !o.userinfo_endpoint.is_empty() {
+            v.add(p("userinfo_endpoint"), why);
+        }
+    }
     for (field, value) in [
         ("authorization_endpoint", &o.authorization_endpoint),
         ("token_endpoint", &o.token_endpoint),

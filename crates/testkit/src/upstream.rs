@@ -96,6 +96,26 @@ impl Upstream {
         Ok((id, secret))
     }
 
+    /// Registers a client of the implicit flow (an OpenID Connect front channel: the ID token
+    /// alone, `response_type=id_token`, no secret) whose callback is `redirect_uri`: its id.
+    /// oidc-provider takes an `http` loopback callback for such a client only as a native
+    /// application's.
+    pub async fn register_implicit_client(&self, redirect_uri: &str) -> anyhow::Result<String> {
+        let c = self
+            .post(
+                "/reg",
+                &json!({
+                    "application_type": "native",
+                    "redirect_uris": [redirect_uri],
+                    "response_types": ["id_token"],
+                    "grant_types": ["implicit"],
+                    "token_endpoint_auth_method": "none",
+                }),
+            )
+            .await?;
+        Ok(c["client_id"].as_str().context("no client_id")?.to_owned())
+    }
+
     /// Gives `client_id`'s ID tokens a defect (`wrong_aud`, `wrong_iss`, `wrong_nonce`,
     /// `expired`, `alg_none`, `other_key`, `rotated`) or, with `claims`, extra claims.
     pub async fn set_mode(&self, client_id: &str, mode: &str, claims: Value) -> anyhow::Result<()> {
@@ -122,9 +142,9 @@ impl Upstream {
     }
 
     /// Logs `login` in at the provider's login page, starting from `authorization_url` (where
-    /// Postern sent the browser), with `agent`'s cookies: answers how the provider sends the
-    /// browser back (to Postern's callback with the code, or the error). With `cancel`, the
-    /// user aborts on the login page instead.
+    /// Postern sent the browser), with `agent`'s cookies, granting consent where the provider
+    /// asks it: answers how the provider sends the browser back (to Postern's callback with
+    /// the code, or the error). With `cancel`, the user aborts on the login page instead.
     pub async fn log_in(
         &self,
         agent: &mut Agent,
@@ -155,6 +175,10 @@ impl Upstream {
             }
             answer = if cancel {
                 agent.get(&format!("{}/abort", url.trim_end_matches('/'))).await?
+            } else if let Some(consent) = forms.iter().find(|f| f.value("prompt") == Some("consent")) {
+                // The consent page (the provider asks it of native clients each time): the
+                // user grants it.
+                agent.submit(&url, consent).await?
             } else {
                 let mut form = forms
                     .into_iter()

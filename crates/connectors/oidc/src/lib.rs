@@ -26,6 +26,11 @@
 //!   connection's sealed `client_secret`), cached and made again an hour before it expires;
 //!   the name arrives in the `user` parameter of the first login only, so the profile is
 //!   partial (a later login keeps the stored name).
+//! - The front channel (`oidc` with OIDC_CHANNEL_FRONT, Auth0's "Front Channel"): the
+//!   authorization request asks `response_type=id_token` with `response_mode=form_post` (no
+//!   PKCE, no code); the browser posts the ID token back, and it is checked exactly as a
+//!   token endpoint's (its `nonce` binds it to this login). No client secret and no token
+//!   endpoint are used, and no access token comes, so userinfo cannot be read.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -100,6 +105,10 @@ struct Discovery {
     jwks_uri: String,
     #[serde(default)]
     token_endpoint_auth_methods_supported: Vec<String>,
+    #[serde(default)]
+    response_types_supported: Vec<String>,
+    #[serde(default)]
+    response_modes_supported: Vec<String>,
 }
 
 /// The endpoints of one login.
@@ -114,6 +123,8 @@ struct Endpoints {
     /// Whether the client authenticates in the body (`client_secret_post`) rather than with
     /// HTTP Basic.
     secret_in_body: bool,
+    /// The response types and modes the discovery document lists, if one was read.
+    front_channel: Option<(Vec<String>, Vec<String>)>,
 }
 
 /// The OpenID Connect engine behind every strategy of [`STRATEGIES`]. Its caches (discovery
@@ -199,7 +210,9 @@ impl OidcConnector {
 
     async fn endpoints(&self, p: &Profile) -> Result<Endpoints, ConnectorError> {
         let exact_issuer = matches!(p.issuer, IssuerRule::Exact(_));
-        let complete = !p.authorization_endpoint.is_empty() && !p.token_endpoint.is_empty() && !p.jwks_uri.is_empty();
+        let complete = !p.authorization_endpoint.is_empty()
+            && (p.front_channel || !p.token_endpoint.is_empty())
+            && !p.jwks_uri.is_empty();
         let doc = if complete && exact_issuer { None } else { Some(self.discovery(p).await?) };
         let pick = |own: &str, found: Option<&str>| -> String {
             if own.is_empty() { found.unwrap_or_default().to_owned() } else { own.to_owned() }
@@ -207,6 +220,7 @@ impl OidcConnector {
         let d = doc.as_deref();
         let e = Endpoints {
             discovered_issuer: d.map(|d| d.issuer.clone()).unwrap_or_default(),
+            front_channel: d.map(|d| (d.response_types_supported.clone(), d.response_modes_supported.clone())),
             authorization: pick(&p.authorization_endpoint, d.map(|d| d.authorization_endpoint.as_str())),
             token: pick(&p.token_endpoint, d.map(|d| d.token_endpoint.as_str())),
             userinfo: pick(&p.userinfo_endpoint, d.map(|d| d.userinfo_endpoint.as_str())),
@@ -219,7 +233,8 @@ impl OidcConnector {
             }),
         };
         for (what, value) in [("authorization endpoint", &e.authorization), ("token endpoint", &e.token)] {
-            if value.is_empty() {
+            // The front channel never calls the token endpoint.
+            if value.is_empty() && !(p.front_channel && what == "token endpoint") {
                 return Err(misconfigured(p, format!("the provider names no {what}; set it on the connection")));
             }
         }
@@ -435,18 +450,31 @@ impl OidcConnector {
         let id_token = response
             .id_token()
             .ok_or_else(|| rejected("ID_TOKEN_MISSING", p, "the provider answered no ID token (is openid a scope?)"))?;
+        let claims = self.verified_claims(p, e, id_token, &tx.nonce).await?;
+        Ok((claims, response))
+    }
+
+    /// The claims of `id_token` once it is checked: its signature by a key of the provider's
+    /// set (fetched once more when the token names a key the cached set lacks: the provider
+    /// may have rotated), `iss`, `aud`, `exp`, `iat`, `nonce`, then [`check_claims`].
+    async fn verified_claims(
+        &self,
+        p: &Profile,
+        e: &Endpoints,
+        id_token: &CoreIdToken,
+        nonce: &str,
+    ) -> Result<Map<String, Value>, ConnectorError> {
         let issuer = match &p.issuer {
             IssuerRule::Exact(i) => i.clone(),
             _ => e.discovered_issuer.clone(),
         };
         let keys = self.key_set(p, &e.jwks, false).await?;
-        match Self::verify(p, &issuer, &keys, id_token, &tx.nonce) {
+        match Self::verify(p, &issuer, &keys, id_token, nonce) {
             Ok(()) => {}
             Err(Some(err)) => return Err(err),
-            // A key the cached set lacks: the provider may have rotated; fetch once more.
             Err(None) => {
                 let keys = self.key_set(p, &e.jwks, true).await?;
-                match Self::verify(p, &issuer, &keys, id_token, &tx.nonce) {
+                match Self::verify(p, &issuer, &keys, id_token, nonce) {
                     Ok(()) => {}
                     Err(Some(err)) => return Err(err),
                     Err(None) => {
@@ -461,8 +489,65 @@ impl OidcConnector {
         }
         let claims = payload(id_token).ok_or_else(|| rejected("ID_TOKEN_INVALID", p, "the ID token is malformed"))?;
         check_claims(p, e, &claims)?;
-        Ok((claims, response))
+        Ok(claims)
     }
+}
+
+impl OidcConnector {
+    /// The front channel's answer: the ID token posted back by the browser, checked as the
+    /// back channel checks the token endpoint's (signature, `iss`, `aud`, `exp`, `iat`, and the
+    /// `nonce` of this very login, which is what binds a token that travelled through the
+    /// browser to it). No access token comes with it: nothing else is read.
+    async fn complete_front(
+        &self,
+        p: &Profile,
+        params: &HashMap<String, String>,
+        tx: &RedirectTransaction,
+    ) -> Result<Completed, ConnectorError> {
+        let jwt = params.get("id_token").filter(|t| !t.is_empty() && t.len() <= 16 * 1024).ok_or_else(|| {
+            rejected(
+                "UPSTREAM_ANSWER_INVALID",
+                p,
+                "the provider's answer carries neither an ID token nor an error (the front channel posts the ID \
+                 token: response_type=id_token, response_mode=form_post)",
+            )
+        })?;
+        let id_token: CoreIdToken = serde_json::from_value(Value::String(jwt.clone()))
+            .map_err(|_| rejected("ID_TOKEN_INVALID", p, "the ID token is not a JWT"))?;
+        let e = self.endpoints(p).await?;
+        let claims = self.verified_claims(p, &e, &id_token, &tx.nonce).await?;
+        let profile = external_profile(p, &claims)?;
+        let tokens = p.store_tokens.then(|| UpstreamTokens {
+            access_token: String::new(),
+            refresh_token: String::new(),
+            id_token: jwt.clone(),
+            token_type: String::new(),
+            scope: String::new(),
+            expires_at: claims.get("exp").and_then(Value::as_u64),
+        });
+        Ok(Completed { profile, tokens, partial_profile: false, one_time_id: None })
+    }
+}
+
+/// Whether the provider's discovery document lets the front channel work: the `id_token`
+/// response type and the `form_post` response mode, where it lists them.
+fn front_channel_support(e: &Endpoints) -> Result<String, String> {
+    let Some((types, modes)) = &e.front_channel else {
+        return Ok("every endpoint is set on the connection: the provider's support is not listed".into());
+    };
+    if !types.is_empty() && !types.iter().any(|t| t == "id_token") {
+        return Err(format!(
+            "the provider does not list the response type id_token (it lists [{}]): use OIDC_CHANNEL_BACK",
+            types.join(", ")
+        ));
+    }
+    if !modes.is_empty() && !modes.iter().any(|m| m == "form_post") {
+        return Err(format!(
+            "the provider does not list the response mode form_post (it lists [{}]): use OIDC_CHANNEL_BACK",
+            modes.join(", ")
+        ));
+    }
+    Ok("the provider answers ID tokens by form post (response_type=id_token, response_mode=form_post)".into())
 }
 
 /// The claims of a (verified) ID token, all of them.
@@ -632,7 +717,8 @@ impl RedirectConnector for OidcConnector {
     /// endpoints, its discovery document fetched afresh unless the connection sets every
     /// endpoint itself), `keys` (the key set fetched afresh, and the keys in it that can
     /// check an ID token's signature), then `client_authentication` (the client's
-    /// credentials tried at the token endpoint with a made-up code).
+    /// credentials tried at the token endpoint with a made-up code), or for the front channel
+    /// `front_channel` (the provider lists the `id_token` response type and `form_post`).
     async fn test(&self, _tenant: &str, conn: &Resolved) -> Result<TestReport, ConnectorError> {
         let p = Profile::of(conn)?;
         let started = Instant::now();
@@ -664,7 +750,11 @@ impl RedirectConnector for OidcConnector {
             steps.push(TestStep::of("keys", started, keys));
             if steps.iter().all(|s| s.ok) {
                 let started = Instant::now();
-                steps.push(TestStep::of("client_authentication", started, self.try_client(&p, e).await));
+                if p.front_channel {
+                    steps.push(TestStep::of("front_channel", started, front_channel_support(e)));
+                } else {
+                    steps.push(TestStep::of("client_authentication", started, self.try_client(&p, e).await));
+                }
             }
         }
         Ok(TestReport::of(steps))
@@ -677,14 +767,20 @@ impl RedirectConnector for OidcConnector {
             .map_err(|x| misconfigured(&p, format!("the authorization endpoint is not a URL: {x}")))?;
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("response_type", "code")
-                .append_pair("client_id", &p.client_id)
+            if p.front_channel {
+                // The implicit flow: the ID token alone, posted back (never in a URL).
+                q.append_pair("response_type", "id_token").append_pair("response_mode", "form_post");
+            } else {
+                q.append_pair("response_type", "code");
+            }
+            q.append_pair("client_id", &p.client_id)
                 .append_pair("redirect_uri", &tx.callback_url)
                 .append_pair("scope", &p.scopes.join(" "))
                 .append_pair("state", &tx.state)
-                .append_pair("nonce", &tx.nonce)
-                .append_pair("code_challenge", &s256(&tx.code_verifier))
-                .append_pair("code_challenge_method", "S256");
+                .append_pair("nonce", &tx.nonce);
+            if !p.front_channel {
+                q.append_pair("code_challenge", &s256(&tx.code_verifier)).append_pair("code_challenge_method", "S256");
+            }
             if !tx.login_hint.is_empty() {
                 q.append_pair("login_hint", &tx.login_hint);
             }
@@ -713,6 +809,9 @@ impl RedirectConnector for OidcConnector {
                     short(error, 64)
                 ),
             });
+        }
+        if p.front_channel {
+            return self.complete_front(&p, params, tx).await;
         }
         let code = params.get("code").filter(|c| !c.is_empty() && c.len() <= 4096).ok_or_else(|| {
             rejected("UPSTREAM_ANSWER_INVALID", &p, "the provider's answer carries neither a code nor an error")
@@ -792,6 +891,7 @@ mod tests {
             claims,
             store_tokens: false,
             apple: None,
+            front_channel: false,
         }
     }
 
@@ -803,6 +903,7 @@ mod tests {
             userinfo: String::new(),
             jwks: String::new(),
             secret_in_body: false,
+            front_channel: None,
         }
     }
 

@@ -83,6 +83,10 @@ pub(crate) struct Profile {
     /// Sign in with Apple: the client secret is a JWT made with this key; the name comes in
     /// the callback's `user` parameter on the first login only.
     pub(crate) apple: Option<AppleKey>,
+    /// The front channel (`oidc`'s OIDC_CHANNEL_FRONT): the ID token comes through the
+    /// browser (`response_type=id_token`, `response_mode=form_post`); no code, no token
+    /// endpoint, no client secret.
+    pub(crate) front_channel: bool,
 }
 
 /// What Sign in with Apple's client secret JWT is made of.
@@ -147,18 +151,10 @@ impl Profile {
             claims: ClaimRule::None,
             store_tokens: false,
             apple: None,
+            front_channel: false,
         };
         let profile = match (&spec.options, spec.strategy) {
             (Options::Oidc(o), Strategy::Oidc) => {
-                if o.channel == OidcChannel::Front {
-                    return Err(ConnectorError::FailedPrecondition {
-                        reason: "OIDC_CHANNEL_NOT_SUPPORTED",
-                        message: format!(
-                            "connection {:?} uses OIDC_CHANNEL_FRONT (the implicit flow), which this server does not                              log users in with; use OIDC_CHANNEL_BACK with a client_secret",
-                            spec.name
-                        ),
-                    });
-                }
                 let discovery =
                     if o.discovery_url.is_empty() { discovery_of(&o.issuer) } else { o.discovery_url.clone() };
                 let issuer =
@@ -171,6 +167,7 @@ impl Profile {
                     fetch_userinfo: o.fetch_userinfo || !o.userinfo_endpoint.is_empty(),
                     scopes: scopes(&["openid"], &o.scopes),
                     store_tokens: o.store_tokens,
+                    front_channel: o.channel == OidcChannel::Front,
                     ..base(&o.client_id, discovery, issuer)
                 }
             }
@@ -277,7 +274,7 @@ impl Profile {
             }
             _ => return Err(wrong_family(conn)),
         };
-        if profile.client_secret.is_empty() {
+        if profile.client_secret.is_empty() && !profile.front_channel {
             return Err(ConnectorError::FailedPrecondition {
                 reason: "CLIENT_SECRET_MISSING",
                 message: format!(

@@ -402,6 +402,14 @@ fn bad_variants_name_their_field() {
         ("oidc", |c| oidc(c).client_id.clear(), "connection.options.oidc.client_id"),
         ("oidc", |c| oidc(c).client_secret.clear(), "connection.options.oidc.client_secret"),
         ("oidc", |c| oidc(c).channel = 3, "connection.options.oidc.channel"),
+        (
+            "oidc",
+            |c| {
+                oidc(c).channel = pb::OidcChannel::Front as i32;
+                oidc(c).fetch_userinfo = true;
+            },
+            "connection.options.oidc.fetch_userinfo",
+        ),
         // samlp
         ("samlp", |c| saml(c).sign_in_url.clear(), "connection.options.saml.sign_in_url"),
         ("samlp", |c| saml(c).sign_out_url = "x".into(), "connection.options.saml.sign_out_url"),
