@@ -790,3 +790,43 @@ fn update_mask_rules() {
     let u = check_update("auth0", pb::Connection::default(), &["metadata", "options"], Ok(())).unwrap();
     assert!(u.spec.metadata.is_empty());
 }
+
+/// Every field of every options message of the contract can be named in an update mask
+/// (`options.<family>.<field>`), except the output-only ones, which say so: a field added to
+/// the contract and forgotten in `copy_option_field` fails here.
+#[test]
+fn every_options_field_of_the_contract_can_be_named_in_an_update_mask() {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(postern_proto::FILE_DESCRIPTOR_SET).expect("descriptors");
+    let file = set.file.iter().find(|f| f.package() == "postern.connections.v1").expect("the connections contract");
+    type Empty = fn() -> O;
+    let families: [(&str, Empty); 9] = [
+        ("DatabaseOptions", || O::Database(Default::default())),
+        ("OAuth2Options", || O::Oauth2(Default::default())),
+        ("OidcOptions", || O::Oidc(Default::default())),
+        ("GoogleAppsOptions", || O::GoogleApps(Default::default())),
+        ("LdapOptions", || O::Ldap(Default::default())),
+        ("SamlOptions", || O::Saml(Default::default())),
+        ("AzureAdOptions", || O::AzureAd(Default::default())),
+        ("EmailOptions", || O::Email(Default::default())),
+        ("SmsOptions", || O::Sms(Default::default())),
+    ];
+    let mut checked = 0;
+    for message in file.message_type.iter().filter(|m| m.name().ends_with("Options")) {
+        let (_, empty) = families
+            .iter()
+            .find(|(name, _)| *name == message.name())
+            .unwrap_or_else(|| panic!("{} is not among this test's options families: add it", message.name()));
+        let family = OptionsFamily::of_proto(&empty()).field_name();
+        for field in &message.field {
+            let result = super::update::copy_option_field(&mut empty(), &empty(), field.name());
+            if field.name().ends_with("_set") {
+                assert!(result.is_err_and(|e| e.contains("output only")), "{family}.{}", field.name());
+            } else {
+                assert_eq!(result, Ok(()), "options.{family}.{} cannot be named in an update mask", field.name());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "{checked} fields checked");
+}

@@ -162,7 +162,7 @@ pub fn apply_update(
 }
 
 /// Copies one field of an options message from `src` to `dst` (both of the same family).
-fn copy_option_field(
+pub(super) fn copy_option_field(
     dst: &mut pb::connection::Options,
     src: &pb::connection::Options,
     field: &str,
@@ -230,6 +230,12 @@ fn copy_option_field(
                 profile_fields,
                 emails_endpoint,
                 profile_mapping,
+                issuer,
+                discovery_url,
+                jwks_uri,
+                store_tokens,
+                apple_team_id,
+                apple_key_id,
             ],
             [client_secret_set]
         ),
@@ -237,11 +243,30 @@ fn copy_option_field(
             d,
             s,
             "oidc",
-            [issuer, discovery_url, client_id, client_secret, scopes, channel],
+            [
+                issuer,
+                discovery_url,
+                client_id,
+                client_secret,
+                scopes,
+                channel,
+                authorization_endpoint,
+                token_endpoint,
+                userinfo_endpoint,
+                jwks_uri,
+                store_tokens,
+                fetch_userinfo,
+            ],
             [client_secret_set]
         ),
         (O::GoogleApps(d), O::GoogleApps(s)) => {
-            fields!(d, s, "google_apps", [domain, client_id, client_secret, allowed_domains], [client_secret_set])
+            fields!(
+                d,
+                s,
+                "google_apps",
+                [domain, client_id, client_secret, allowed_domains, issuer, discovery_url, store_tokens],
+                [client_secret_set]
+            )
         }
         (O::Ldap(d), O::Ldap(s)) => fields!(
             d,
@@ -256,7 +281,9 @@ fn copy_option_field(
                 user_filter,
                 attributes,
                 timeout_seconds,
-                ca_certificates
+                ca_certificates,
+                allow_plaintext,
+                groups,
             ],
             [bind_password_set]
         ),
@@ -286,7 +313,13 @@ fn copy_option_field(
             [request_signing_key_set, decryption_key_set]
         ),
         (O::AzureAd(d), O::AzureAd(s)) => {
-            fields!(d, s, "azure_ad", [domain, tenant_id, client_id, client_secret], [client_secret_set])
+            fields!(
+                d,
+                s,
+                "azure_ad",
+                [domain, tenant_id, client_id, client_secret, discovery_url, allowed_tenant_ids, store_tokens],
+                [client_secret_set]
+            )
         }
         (O::Email(d), O::Email(s)) => fields!(
             d,
