@@ -92,8 +92,17 @@ impl pb::user_service_server::UserService for AuthnApi {
             "app_metadata",
             "blocked",
         ];
-        const IMMUTABLE: &[&str] =
-            &["user_id", "identities", "last_login", "last_ip", "logins_count", "create_time", "update_time"];
+        const IMMUTABLE: &[&str] = &[
+            "user_id",
+            "identities",
+            "last_login",
+            "last_ip",
+            "logins_count",
+            "create_time",
+            "update_time",
+            "phone_number",
+            "phone_verified",
+        ];
         let paths = postern_common::mask::effective_paths(&mut v, &mask, MUTABLE, IMMUTABLE, |_| false);
         let mut patch = UserPatch::default();
         for path in &paths {
