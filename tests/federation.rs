@@ -868,6 +868,74 @@ async fn the_front_channel_logs_in_with_the_id_token_the_browser_posts_back() {
 }
 
 #[tokio::test]
+async fn private_key_jwt_authenticates_the_code_exchange_without_a_shared_secret() {
+    let test = "private_key_jwt_authenticates_the_code_exchange_without_a_shared_secret";
+    let Some(upstream) = Upstream::shared(test) else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-key-jwt";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    // The provider holds the public half of an EC P-256 key under the kid "postern-1".
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let point = key.public_key_raw();
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": "postern-1",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+    });
+    let id = upstream.register_key_client(&callback_of(&suite, t), jwk).await.expect("register");
+    let connection = |name: &str, pem: String| conn::Connection {
+        name: name.into(),
+        strategy: "oidc".into(),
+        options: Some(conn::connection::Options::Oidc(conn::OidcOptions {
+            issuer: upstream.issuer.clone(),
+            client_id: id.clone(),
+            client_auth: conn::OidcClientAuth::PrivateKeyJwt as i32,
+            client_assertion_key: pem,
+            client_assertion_key_id: "postern-1".into(),
+            scopes: vec!["email".into()],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    connect(&mut admin, t, &portal, connection("key-jwt", key.serialize_pem())).await;
+    // The same client with a key the provider does not hold.
+    let stranger = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    connect(&mut admin, t, &portal, connection("another-key", stranger.serialize_pem())).await;
+
+    // A read says the key is set and never shows it.
+    let read = admin
+        .connections
+        .get_connection(conn::GetConnectionRequest { tenant: t.into(), connection: "key-jwt".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    let Some(conn::connection::Options::Oidc(o)) = read.connection.and_then(|c| c.options) else { panic!("oidc") };
+    assert!(o.client_assertion_key.is_empty() && o.client_assertion_key_set && !o.client_secret_set, "{o:?}");
+
+    // TestConnection signs an assertion as a login does: the provider takes it, or not.
+    let test = |c: &str| authn::TestConnectionRequest { tenant: t.into(), connection: c.into() };
+    let tried = admin.authn.test_connection(test("key-jwt")).await.expect("test").into_inner();
+    assert!(tried.ok, "{tried:?}");
+    assert_eq!(tried.steps.last().map(|s| s.name.as_str()), Some("client_authentication"), "{tried:?}");
+    let refused = admin.authn.test_connection(test("another-key")).await.expect("test").into_inner();
+    let step = refused.steps.last().expect("a step");
+    assert!(!refused.ok && step.name == "client_authentication", "{refused:?}");
+    assert!(step.detail.contains("invalid_client") && step.detail.contains("client_assertion_key"), "{step:?}");
+    assert!(!format!("{tried:?}{refused:?}").contains("PRIVATE KEY"), "never the key");
+
+    // A login: the code exchanged with the assertion.
+    let answer = federated_login(upstream, &suite, t, &portal.client_id, "key-jwt", "kim").await;
+    let tokens = exchange(&suite, t, &portal, &answer["code"]).await;
+    assert_eq!(claims_of(tokens["id_token"].as_str().expect("id_token"))["sub"], "oidc|key-jwt|kim");
+    // Signed by a key the provider does not hold: the exchange is refused, nothing stored.
+    let answer = federated_login(upstream, &suite, t, &portal.client_id, "another-key", "lee").await;
+    assert_eq!(answer.get("error").map(String::as_str), Some("access_denied"), "{answer:?}");
+    assert!(answer["error_description"].contains("invalid_client"), "{answer:?}");
+    assert_eq!(user_count(&mut admin, t).await, 1);
+    suite.stop().await.expect("stop");
+}
+
+#[tokio::test]
 async fn the_social_openid_profiles_log_in_with_their_strategy_ids() {
     let Some(upstream) = Upstream::shared("the_social_openid_profiles_log_in_with_their_strategy_ids") else { return };
     let suite = Suite::start().await.expect("suite");

@@ -40,8 +40,8 @@ pub mod secret;
 pub use catalogue::{Category, OptionsFamily, ProviderEndpoints, Strategy};
 pub use options::{
     AzureAdOptions, CustomDatabase, DatabaseOptions, EmailOptions, GoogleAppsOptions, ImportMode, LdapAttributes,
-    LdapGroups, LdapOptions, MappedAttribute, OAuth2Options, OidcChannel, OidcOptions, Options, PasswordDictionary,
-    PasswordStrength, ProfileMapping, SamlAttributes, SamlBinding, SamlIdpInitiated, SamlOptions,
+    LdapGroups, LdapOptions, MappedAttribute, OAuth2Options, OidcChannel, OidcClientAuth, OidcOptions, Options,
+    PasswordDictionary, PasswordStrength, ProfileMapping, SamlAttributes, SamlBinding, SamlIdpInitiated, SamlOptions,
     SamlSignatureAlgorithm, SmsOptions, SmsProvider, SmtpTls, UserProfileSync,
 };
 pub use password::{PasswordPolicy, PersonalInfo};

@@ -127,6 +127,24 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// How an OIDC connection authenticates to the token endpoint.
+    OidcClientAuth mirrors OidcClientAuth, default ClientSecret,
+    allowed "OIDC_CLIENT_AUTH_CLIENT_SECRET or OIDC_CLIENT_AUTH_PRIVATE_KEY_JWT" {
+        /// The client secret (the default).
+        ClientSecret => "client_secret",
+        /// A JWT signed with the connection's client assertion key.
+        PrivateKeyJwt => "private_key_jwt",
+    }
+}
+
+impl OidcClientAuth {
+    /// Whether this is the default, the client secret.
+    pub fn is_client_secret(&self) -> bool {
+        *self == OidcClientAuth::ClientSecret
+    }
+}
+
+wire_enum! {
     /// The SAML binding of authentication requests.
     SamlBinding mirrors SamlBinding, default HttpRedirect,
     allowed "SAML_BINDING_HTTP_REDIRECT or SAML_BINDING_HTTP_POST" {
@@ -451,6 +469,12 @@ pub struct OidcOptions {
     /// Whether userinfo is read after each login.
     #[serde(default)]
     pub fetch_userinfo: bool,
+    /// How the token endpoint authenticates the client (not stored when the default).
+    #[serde(default, skip_serializing_if = "OidcClientAuth::is_client_secret")]
+    pub client_auth: OidcClientAuth,
+    /// The `kid` of client assertions; empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_assertion_key_id: String,
 }
 
 /// Options of `google-apps`. The client secret is the secret [`names::CLIENT_SECRET`].
@@ -786,9 +810,8 @@ impl Options {
     pub fn secret_names(family: OptionsFamily) -> &'static [&'static str] {
         match family {
             OptionsFamily::Database => &[names::CUSTOM_DATABASE_TOKEN],
-            OptionsFamily::Oauth2 | OptionsFamily::Oidc | OptionsFamily::GoogleApps | OptionsFamily::AzureAd => {
-                &[names::CLIENT_SECRET]
-            }
+            OptionsFamily::Oauth2 | OptionsFamily::GoogleApps | OptionsFamily::AzureAd => &[names::CLIENT_SECRET],
+            OptionsFamily::Oidc => &[names::CLIENT_SECRET, names::CLIENT_ASSERTION_KEY],
             OptionsFamily::Ldap => &[names::BIND_PASSWORD],
             OptionsFamily::Saml => &[names::REQUEST_SIGNING_KEY, names::DECRYPTION_KEY],
             OptionsFamily::Email => &[names::SMTP_PASSWORD],
@@ -802,6 +825,13 @@ impl Options {
             Options::Database(_) => vec![],
             Options::Oauth2(_) | Options::GoogleApps(_) | Options::AzureAd(_) => {
                 vec![(names::CLIENT_SECRET, "is required: the client secret registered with the provider")]
+            }
+            Options::Oidc(o) if o.channel == OidcChannel::Back && o.client_auth == OidcClientAuth::PrivateKeyJwt => {
+                vec![(
+                    names::CLIENT_ASSERTION_KEY,
+                    "is required with OIDC_CLIENT_AUTH_PRIVATE_KEY_JWT: the PKCS#8 PEM private key whose public key the \
+                     provider holds",
+                )]
             }
             Options::Oidc(o) if o.channel == OidcChannel::Back => vec![(
                 names::CLIENT_SECRET,
@@ -996,6 +1026,7 @@ impl Options {
             }
             Options::Oidc(o) => {
                 let (client_secret, client_secret_set) = secret(names::CLIENT_SECRET);
+                let (client_assertion_key, client_assertion_key_set) = secret(names::CLIENT_ASSERTION_KEY);
                 O::Oidc(pb::OidcOptions {
                     issuer: o.issuer.clone(),
                     discovery_url: o.discovery_url.clone(),
@@ -1010,6 +1041,10 @@ impl Options {
                     jwks_uri: o.jwks_uri.clone(),
                     store_tokens: o.store_tokens,
                     fetch_userinfo: o.fetch_userinfo,
+                    client_auth: o.client_auth.to_proto() as i32,
+                    client_assertion_key,
+                    client_assertion_key_set,
+                    client_assertion_key_id: o.client_assertion_key_id.clone(),
                 })
             }
             Options::GoogleApps(o) => {
@@ -1348,6 +1383,18 @@ fn oidc(o: pb::OidcOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
     rules::client_id(v, &p("client_id"), &o.client_id);
     rules::scopes(v, &p("scopes"), &o.scopes);
     let channel = OidcChannel::read(v, &p("channel"), o.channel);
+    let client_auth = OidcClientAuth::read(v, &p("client_auth"), o.client_auth);
+    if channel == OidcChannel::Front && client_auth == OidcClientAuth::PrivateKeyJwt {
+        v.add(
+            p("client_auth"),
+            "OIDC_CLIENT_AUTH_PRIVATE_KEY_JWT needs the back channel (OIDC_CHANNEL_BACK): the front channel never \
+             calls the token endpoint",
+        );
+    }
+    if !o.client_assertion_key.is_empty() {
+        v.check(p("client_assertion_key"), rules::assertion_signing_key(&o.client_assertion_key));
+    }
+    v.check(p("client_assertion_key_id"), rules::optional_text(&o.client_assertion_key_id, 255));
     if channel == OidcChannel::Front {
         let why = "needs the back channel (OIDC_CHANNEL_BACK): the front channel receives an ID token and no access \
                    token to read userinfo with";
@@ -1367,6 +1414,7 @@ fn oidc(o: pb::OidcOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
         rules::url(v, &p(field), value, false, "");
     }
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
+    take_secret(secrets, names::CLIENT_ASSERTION_KEY, o.client_assertion_key);
     OidcOptions {
         issuer: o.issuer,
         discovery_url: o.discovery_url,
@@ -1379,6 +1427,8 @@ fn oidc(o: pb::OidcOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
         jwks_uri: o.jwks_uri,
         store_tokens: o.store_tokens,
         fetch_userinfo: o.fetch_userinfo,
+        client_auth,
+        client_assertion_key_id: o.client_assertion_key_id,
     }
 }
 

@@ -308,6 +308,30 @@ pub fn pem_private_key(text: &str) -> Result<(), String> {
     }
 }
 
+/// A key that signs JWT client assertions: one unencrypted PKCS#8 PEM private key
+/// (`-----BEGIN PRIVATE KEY-----`), RSA of 2048 bits or more, or EC on P-256. Never quotes
+/// the key.
+pub fn assertion_signing_key(text: &str) -> Result<(), String> {
+    const RULE: &str = "must be one unencrypted PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----, as `openssl \
+                        genpkey` writes it): RSA of 2048 bits or more (RS256), or EC P-256 (ES256)";
+    match pem_blocks(text, &["PRIVATE KEY"]) {
+        Ok(blocks) if blocks.len() == 1 => {}
+        _ => return Err(RULE.into()),
+    }
+    let key = openssl::pkey::PKey::private_key_from_pem(text.as_bytes()).map_err(|_| RULE.to_owned())?;
+    if let Ok(rsa) = key.rsa() {
+        if rsa.size() * 8 < 2048 {
+            return Err(format!("is an RSA key of {} bits; it {RULE}", rsa.size() * 8));
+        }
+        return Ok(());
+    }
+    match key.ec_key() {
+        Ok(ec) if ec.group().curve_name() == Some(openssl::nid::Nid::X9_62_PRIME256V1) => Ok(()),
+        Ok(_) => Err(format!("is an EC key on another curve than P-256; it {RULE}")),
+        Err(_) => Err(RULE.into()),
+    }
+}
+
 /// An RSA private key (PEM) and the certificate (PEM) of its public key: the pair a SAML
 /// service provider decrypts with (`certificate_field` `decryption_certificate`) or signs its
 /// requests with (`request_signing_certificate`); `why_rsa` says why the key must be RSA.

@@ -10,6 +10,8 @@ use zeroize::Zeroizing;
 pub mod names {
     /// `client_secret` of `oauth2`, `oidc`, `google_apps` and `azure_ad`.
     pub const CLIENT_SECRET: &str = "client_secret";
+    /// `client_assertion_key` of `oidc` (the key of `private_key_jwt`).
+    pub const CLIENT_ASSERTION_KEY: &str = "client_assertion_key";
     /// `bind_password` of `ldap`.
     pub const BIND_PASSWORD: &str = "bind_password";
     /// `request_signing_key` of `saml`.

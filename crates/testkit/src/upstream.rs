@@ -96,6 +96,24 @@ impl Upstream {
         Ok((id, secret))
     }
 
+    /// Registers a client that authenticates at the token endpoint with `private_key_jwt`
+    /// (its key set holds `jwk`, a public JWK), whose callback is `redirect_uri`: its id.
+    pub async fn register_key_client(&self, redirect_uri: &str, jwk: Value) -> anyhow::Result<String> {
+        let c = self
+            .post(
+                "/reg",
+                &json!({
+                    "redirect_uris": [redirect_uri],
+                    "response_types": ["code"],
+                    "grant_types": ["authorization_code"],
+                    "token_endpoint_auth_method": "private_key_jwt",
+                    "jwks": {"keys": [jwk]},
+                }),
+            )
+            .await?;
+        Ok(c["client_id"].as_str().context("no client_id")?.to_owned())
+    }
+
     /// Registers a client of the implicit flow (an OpenID Connect front channel: the ID token
     /// alone, `response_type=id_token`, no secret) whose callback is `redirect_uri`: its id.
     /// oidc-provider takes an `http` loopback callback for such a client only as a native

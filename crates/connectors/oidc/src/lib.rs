@@ -31,11 +31,16 @@
 //!   PKCE, no code); the browser posts the ID token back, and it is checked exactly as a
 //!   token endpoint's (its `nonce` binds it to this login). No client secret and no token
 //!   endpoint are used, and no access token comes, so userinfo cannot be read.
+//! - `private_key_jwt` ([`assertion`], `oidc` with OIDC_CLIENT_AUTH_PRIVATE_KEY_JWT): the code
+//!   exchange carries a JWT signed with the connection's sealed `client_assertion_key`
+//!   (RS256 or ES256 by aws-lc-rs; `iss` = `sub` = the client id, `aud` the token endpoint, a
+//!   fresh `jti`, 60 seconds) instead of the client secret.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod apple;
+mod assertion;
 mod http;
 mod jwk;
 pub mod profile;
@@ -274,6 +279,15 @@ impl OidcConnector {
             .map_err(|why| misconfigured(p, format!("the Sign in with Apple key cannot sign the client secret: {why}")))
     }
 
+    /// The `client_assertion_type` and `client_assertion` of a token request authenticated by
+    /// `private_key_jwt`, its `aud` the token endpoint; none otherwise.
+    fn client_assertion(&self, p: &Profile, e: &Endpoints) -> Result<Vec<(&'static str, String)>, ConnectorError> {
+        let Some(key) = &p.client_assertion else { return Ok(Vec::new()) };
+        let jwt = assertion::sign(key, &p.client_id, &e.token, SystemTime::now())
+            .map_err(|why| misconfigured(p, format!("the client assertion cannot be made: {why}")))?;
+        Ok(vec![("client_assertion_type", assertion::JWT_BEARER.to_owned()), ("client_assertion", jwt)])
+    }
+
     fn client(
         &self,
         p: &Profile,
@@ -299,17 +313,23 @@ impl OidcConnector {
             ClientId::new(p.client_id.clone()),
             IssuerUrl::new(issuer).map_err(|x| bad("the issuer", &x))?,
             CoreJsonWebKeySet::new(Vec::new()),
-        )
-        .set_client_secret(ClientSecret::new(self.client_secret(p, e)?))
-        .set_auth_uri(AuthUrl::new(e.authorization.clone()).map_err(|x| bad("the authorization endpoint", &x))?)
-        .set_token_uri(TokenUrl::new(e.token.clone()).map_err(|x| bad("the token endpoint", &x))?)
-        .set_redirect_uri(RedirectUrl::new(tx.callback_url.clone()).map_err(|x| bad("the callback URL", &x))?)
-        // Apple takes the client secret in the body only.
-        .set_auth_type(if e.secret_in_body || p.apple.is_some() {
-            AuthType::RequestBody
-        } else {
-            AuthType::BasicAuth
-        });
+        );
+        // With private_key_jwt no secret is sent: the assertion goes in the body with the
+        // client id ([`OidcConnector::client_assertion`]).
+        let client = match p.client_assertion {
+            Some(_) => client,
+            None => client.set_client_secret(ClientSecret::new(self.client_secret(p, e)?)),
+        };
+        let client = client
+            .set_auth_uri(AuthUrl::new(e.authorization.clone()).map_err(|x| bad("the authorization endpoint", &x))?)
+            .set_token_uri(TokenUrl::new(e.token.clone()).map_err(|x| bad("the token endpoint", &x))?)
+            .set_redirect_uri(RedirectUrl::new(tx.callback_url.clone()).map_err(|x| bad("the callback URL", &x))?)
+            // Apple takes the client secret in the body only.
+            .set_auth_type(if e.secret_in_body || p.apple.is_some() || p.client_assertion.is_some() {
+                AuthType::RequestBody
+            } else {
+                AuthType::BasicAuth
+            });
         Ok(client)
     }
 
@@ -330,11 +350,18 @@ impl OidcConnector {
         let client = self.client(p, e, &tx).map_err(|x| x.to_string())?;
         let http_client = self.http.clone();
         let send = move |request: openidconnect::HttpRequest| http::execute(http_client.clone(), request);
-        let answer = client.exchange_code(AuthorizationCode::new(TEST_CODE.to_owned())).request_async(&send).await;
+        let mut request = client.exchange_code(AuthorizationCode::new(TEST_CODE.to_owned()));
+        for (name, value) in self.client_assertion(p, e).map_err(|x| x.to_string())? {
+            request = request.add_extra_param(name, value);
+        }
+        let answer = request.request_async(&send).await;
         let token = &e.token;
         let client_id = &p.client_id;
         let credentials = if p.apple.is_some() {
             "check the connection's client_id, team_id, key_id and private key"
+        } else if p.client_assertion.is_some() {
+            "check the connection's client_id, client_assertion_key and client_assertion_key_id: the provider must \
+             hold the key's public half for this client"
         } else {
             "check the connection's client_id and client_secret"
         };
@@ -417,11 +444,13 @@ impl OidcConnector {
         let client = self.client(p, e, tx)?;
         let http_client = self.http.clone();
         let send = move |request: openidconnect::HttpRequest| http::execute(http_client.clone(), request);
-        let answer = client
+        let mut request = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .set_pkce_verifier(PkceCodeVerifier::new(tx.code_verifier.clone()))
-            .request_async(&send)
-            .await;
+            .set_pkce_verifier(PkceCodeVerifier::new(tx.code_verifier.clone()));
+        for (name, value) in self.client_assertion(p, e)? {
+            request = request.add_extra_param(name, value);
+        }
+        let answer = request.request_async(&send).await;
         let response = match answer {
             Ok(r) => r,
             Err(RequestTokenError::ServerResponse(r)) => {
@@ -892,6 +921,7 @@ mod tests {
             store_tokens: false,
             apple: None,
             front_channel: false,
+            client_assertion: None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! authorization parameters it takes, which claim is the user's id, and what else an ID
 //! token must satisfy (a Workspace domain, a directory id).
 
-use postern_connection::{OidcChannel, Options, Resolved, Strategy, secret::names};
+use postern_connection::{OidcChannel, OidcClientAuth, Options, Resolved, Strategy, secret::names};
 use postern_connector::ConnectorError;
 
 /// Google's issuer.
@@ -87,6 +87,9 @@ pub(crate) struct Profile {
     /// browser (`response_type=id_token`, `response_mode=form_post`); no code, no token
     /// endpoint, no client secret.
     pub(crate) front_channel: bool,
+    /// `private_key_jwt`: the token request is authenticated by a JWT signed with this key
+    /// instead of the client secret.
+    pub(crate) client_assertion: Option<crate::assertion::AssertionKey>,
 }
 
 /// What Sign in with Apple's client secret JWT is made of.
@@ -152,6 +155,7 @@ impl Profile {
             store_tokens: false,
             apple: None,
             front_channel: false,
+            client_assertion: None,
         };
         let profile = match (&spec.options, spec.strategy) {
             (Options::Oidc(o), Strategy::Oidc) => {
@@ -168,6 +172,15 @@ impl Profile {
                     scopes: scopes(&["openid"], &o.scopes),
                     store_tokens: o.store_tokens,
                     front_channel: o.channel == OidcChannel::Front,
+                    client_assertion: (o.client_auth == OidcClientAuth::PrivateKeyJwt).then(|| {
+                        crate::assertion::AssertionKey {
+                            pem: conn
+                                .secret(names::CLIENT_ASSERTION_KEY)
+                                .map(|s| s.expose().to_owned())
+                                .unwrap_or_default(),
+                            key_id: o.client_assertion_key_id.clone(),
+                        }
+                    }),
                     ..base(&o.client_id, discovery, issuer)
                 }
             }
@@ -274,7 +287,17 @@ impl Profile {
             }
             _ => return Err(wrong_family(conn)),
         };
-        if profile.client_secret.is_empty() && !profile.front_channel {
+        if profile.client_assertion.as_ref().is_some_and(|k| k.pem.is_empty()) {
+            return Err(ConnectorError::FailedPrecondition {
+                reason: "CLIENT_ASSERTION_KEY_MISSING",
+                message: format!(
+                    "connection {:?} authenticates with private_key_jwt and has no client_assertion_key; set it with \
+                     UpdateConnection",
+                    profile.connection
+                ),
+            });
+        }
+        if profile.client_secret.is_empty() && !profile.front_channel && profile.client_assertion.is_none() {
             return Err(ConnectorError::FailedPrecondition {
                 reason: "CLIENT_SECRET_MISSING",
                 message: format!(

@@ -17,6 +17,11 @@ fn test_ca() -> String {
     include_str!("test-ca.pem").to_owned()
 }
 
+/// A real EC P-256 private key (PKCS#8), for fields that parse keys; a test fixture only.
+fn assertion_key() -> String {
+    include_str!("test-assertion-key.pem").to_owned()
+}
+
 fn private_key() -> String {
     format!("-----BEGIN PRIVATE KEY-----\nMII{}\n-----END PRIVATE KEY-----\n", "A".repeat(61))
 }
@@ -200,6 +205,13 @@ fn good_variants() {
             s.signing_certificates = vec![format!("{}{}", cert(), cert())];
             s.signature_algorithm = pb::SamlSignatureAlgorithm::RsaSha512 as i32;
             s.binding = pb::SamlBinding::HttpPost as i32;
+        }),
+        ("oidc", |c| {
+            let o = oidc(c);
+            o.client_secret.clear();
+            o.client_auth = pb::OidcClientAuth::PrivateKeyJwt as i32;
+            o.client_assertion_key = assertion_key();
+            o.client_assertion_key_id = "postern-1".into();
         }),
         ("samlp", |c| {
             // The metadata document names the sign-in URL and holds the certificates.
@@ -402,6 +414,30 @@ fn bad_variants_name_their_field() {
         ("oidc", |c| oidc(c).client_id.clear(), "connection.options.oidc.client_id"),
         ("oidc", |c| oidc(c).client_secret.clear(), "connection.options.oidc.client_secret"),
         ("oidc", |c| oidc(c).channel = 3, "connection.options.oidc.channel"),
+        ("oidc", |c| oidc(c).client_auth = 7, "connection.options.oidc.client_auth"),
+        (
+            "oidc",
+            |c| oidc(c).client_auth = pb::OidcClientAuth::PrivateKeyJwt as i32,
+            "connection.options.oidc.client_assertion_key",
+        ),
+        (
+            "oidc",
+            |c| {
+                oidc(c).client_auth = pb::OidcClientAuth::PrivateKeyJwt as i32;
+                oidc(c).client_assertion_key = private_key();
+            },
+            "connection.options.oidc.client_assertion_key",
+        ),
+        (
+            "oidc",
+            |c| {
+                oidc(c).client_secret.clear();
+                oidc(c).channel = pb::OidcChannel::Front as i32;
+                oidc(c).client_auth = pb::OidcClientAuth::PrivateKeyJwt as i32;
+                oidc(c).client_assertion_key = assertion_key();
+            },
+            "connection.options.oidc.client_auth",
+        ),
         (
             "oidc",
             |c| {

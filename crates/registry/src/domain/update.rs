@@ -256,8 +256,11 @@ pub(super) fn copy_option_field(
                 jwks_uri,
                 store_tokens,
                 fetch_userinfo,
+                client_auth,
+                client_assertion_key,
+                client_assertion_key_id,
             ],
-            [client_secret_set]
+            [client_secret_set, client_assertion_key_set]
         ),
         (O::GoogleApps(d), O::GoogleApps(s)) => {
             fields!(
