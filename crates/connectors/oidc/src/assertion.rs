@@ -15,12 +15,18 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 pub const LIFETIME: Duration = Duration::from_secs(60);
 
 /// The key a connection signs its assertions with, and the `kid` the provider knows it by.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AssertionKey {
     /// PKCS#8 PEM.
     pub pem: String,
     /// Empty for none.
     pub key_id: String,
+}
+
+impl std::fmt::Debug for AssertionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssertionKey").field("pem", &"<redacted>").field("key_id", &self.key_id).finish()
+    }
 }
 
 #[derive(Serialize)]
