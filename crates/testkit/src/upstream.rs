@@ -76,42 +76,44 @@ impl Upstream {
         Ok(serde_json::from_str(&answer.body)?)
     }
 
+    /// Registers a client (dynamic registration): the provider's answer.
+    async fn register(&self, client: Value) -> anyhow::Result<Value> {
+        self.post("/reg", &client).await
+    }
+
+    fn client_id(registered: &Value) -> anyhow::Result<String> {
+        Ok(registered["client_id"].as_str().context("no client_id")?.to_owned())
+    }
+
     /// Registers a client whose callback is `redirect_uri` (a Postern's
     /// `/<tenant>/login/callback`): its id and secret. `auth_method` is the token
     /// endpoint's client authentication (`client_secret_basic`, `client_secret_post`).
     pub async fn register_client(&self, redirect_uri: &str, auth_method: &str) -> anyhow::Result<(String, String)> {
         let c = self
-            .post(
-                "/reg",
-                &json!({
-                    "redirect_uris": [redirect_uri],
-                    "response_types": ["code"],
-                    "grant_types": ["authorization_code", "refresh_token"],
-                    "token_endpoint_auth_method": auth_method,
-                }),
-            )
+            .register(json!({
+                "redirect_uris": [redirect_uri],
+                "response_types": ["code"],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "token_endpoint_auth_method": auth_method,
+            }))
             .await?;
-        let id = c["client_id"].as_str().context("no client_id")?.to_owned();
         let secret = c["client_secret"].as_str().context("no client_secret")?.to_owned();
-        Ok((id, secret))
+        Ok((Self::client_id(&c)?, secret))
     }
 
     /// Registers a client that authenticates at the token endpoint with `private_key_jwt`
     /// (its key set holds `jwk`, a public JWK), whose callback is `redirect_uri`: its id.
     pub async fn register_key_client(&self, redirect_uri: &str, jwk: Value) -> anyhow::Result<String> {
         let c = self
-            .post(
-                "/reg",
-                &json!({
-                    "redirect_uris": [redirect_uri],
-                    "response_types": ["code"],
-                    "grant_types": ["authorization_code"],
-                    "token_endpoint_auth_method": "private_key_jwt",
-                    "jwks": {"keys": [jwk]},
-                }),
-            )
+            .register(json!({
+                "redirect_uris": [redirect_uri],
+                "response_types": ["code"],
+                "grant_types": ["authorization_code"],
+                "token_endpoint_auth_method": "private_key_jwt",
+                "jwks": {"keys": [jwk]},
+            }))
             .await?;
-        Ok(c["client_id"].as_str().context("no client_id")?.to_owned())
+        Self::client_id(&c)
     }
 
     /// Registers a client of the implicit flow (an OpenID Connect front channel: the ID token
@@ -120,18 +122,15 @@ impl Upstream {
     /// application's.
     pub async fn register_implicit_client(&self, redirect_uri: &str) -> anyhow::Result<String> {
         let c = self
-            .post(
-                "/reg",
-                &json!({
-                    "application_type": "native",
-                    "redirect_uris": [redirect_uri],
-                    "response_types": ["id_token"],
-                    "grant_types": ["implicit"],
-                    "token_endpoint_auth_method": "none",
-                }),
-            )
+            .register(json!({
+                "application_type": "native",
+                "redirect_uris": [redirect_uri],
+                "response_types": ["id_token"],
+                "grant_types": ["implicit"],
+                "token_endpoint_auth_method": "none",
+            }))
             .await?;
-        Ok(c["client_id"].as_str().context("no client_id")?.to_owned())
+        Self::client_id(&c)
     }
 
     /// Gives `client_id`'s ID tokens a defect (`wrong_aud`, `wrong_iss`, `wrong_nonce`,

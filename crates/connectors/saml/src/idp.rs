@@ -412,19 +412,11 @@ impl Documents {
 mod tests {
     use super::*;
 
+    /// A fresh self-signed certificate, base64 DER (as metadata carries it).
     fn certificate() -> String {
         let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).expect("rsa")).expect("key");
-        let mut name = openssl::x509::X509NameBuilder::new().expect("name");
-        name.append_entry_by_text("CN", "idp").expect("cn");
-        let name = name.build();
-        let mut b = openssl::x509::X509Builder::new().expect("builder");
-        b.set_subject_name(&name).expect("subject");
-        b.set_issuer_name(&name).expect("issuer");
-        b.set_pubkey(&key).expect("key");
-        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).expect("t")).expect("nb");
-        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).expect("t")).expect("na");
-        b.sign(&key, openssl::hash::MessageDigest::sha256()).expect("sign");
-        STANDARD.encode(b.build().to_der().expect("der"))
+        let (_, pem) = crate::tests::pair(key);
+        crate::pem_bodies(&pem).remove(0)
     }
 
     fn entity(id: &str, cert: &str, extra: &str) -> String {

@@ -1460,7 +1460,7 @@ mod tests {
     }
 
     /// A PEM private key and a self-signed PEM certificate of it, valid from now for a day.
-    fn pair(key: openssl::pkey::PKey<openssl::pkey::Private>) -> (String, String) {
+    pub(crate) fn pair(key: openssl::pkey::PKey<openssl::pkey::Private>) -> (String, String) {
         let mut name = openssl::x509::X509NameBuilder::new().expect("name");
         name.append_entry_by_text("CN", "sp").expect("cn");
         let name = name.build();
