@@ -304,9 +304,37 @@ impl reqwest::dns::Resolve for Resolver {
     }
 }
 
+/// How long an HTTP answer may be kept by its `Cache-Control` header: its `max-age`, zero
+/// for `no-store` or `no-cache`, `None` when it says neither. Each cache of an upstream
+/// document (OpenID discovery and key sets, SAML metadata) applies its own default and bounds.
+pub fn max_age(cache_control: Option<&str>) -> Option<std::time::Duration> {
+    let mut found = None;
+    for directive in cache_control?.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(std::time::Duration::ZERO);
+        }
+        if let Some(seconds) = lower.strip_prefix("max-age=") {
+            found = seconds.trim_matches('"').parse::<u64>().ok().map(std::time::Duration::from_secs);
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_age_reads_cache_control() {
+        use std::time::Duration;
+        assert_eq!(max_age(None), None);
+        assert_eq!(max_age(Some("public, max-age=300")), Some(Duration::from_secs(300)));
+        assert_eq!(max_age(Some("max-age=\"60\"")), Some(Duration::from_secs(60)));
+        assert_eq!(max_age(Some("private, no-cache, max-age=60")), Some(Duration::ZERO));
+        assert_eq!(max_age(Some("No-Store")), Some(Duration::ZERO));
+        assert_eq!(max_age(Some("public")), None);
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -46,21 +46,10 @@ pub fn client_secret(
     };
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(key.key_id.clone());
-    let signing = jsonwebtoken::EncodingKey::from_ec_der(&pkcs8_der(private_key_pem)?);
+    let der = crate::assertion::pkcs8_der(private_key_pem).map_err(|e| format!("{e}; Apple's .p8 file is one"))?;
+    let signing = jsonwebtoken::EncodingKey::from_ec_der(&der);
     jsonwebtoken::encode(&header, &claims, &signing)
         .map_err(|e| format!("not a P-256 private key in PKCS#8 PEM (Apple's .p8 file): {e}"))
-}
-
-/// The DER of a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`, as Apple's `.p8`).
-fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine as _;
-    let body = pem
-        .trim()
-        .strip_prefix("-----BEGIN PRIVATE KEY-----")
-        .and_then(|rest| rest.trim_end().strip_suffix("-----END PRIVATE KEY-----"))
-        .ok_or("not a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----), as Apple's .p8 file is")?;
-    let text: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("the PEM's base64 is broken: {e}"))
 }
 
 /// The client secrets made, kept until an hour before they expire.

@@ -47,15 +47,16 @@ struct Header<'a> {
     kid: &'a str,
 }
 
-/// The DER of a PKCS#8 PEM private key.
-fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
+/// The DER of a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`): a client assertion
+/// key, or Sign in with Apple's `.p8`.
+pub(crate) fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
     let body = pem
         .trim()
         .strip_prefix("-----BEGIN PRIVATE KEY-----")
         .and_then(|rest| rest.trim_end().strip_suffix("-----END PRIVATE KEY-----"))
-        .ok_or("the client assertion key is not a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----)")?;
+        .ok_or("not a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----)")?;
     let text: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-    STANDARD.decode(text).map_err(|e| format!("the client assertion key's PEM is broken: {e}"))
+    STANDARD.decode(text).map_err(|e| format!("the PEM's base64 is broken: {e}"))
 }
 
 /// The two kinds of key an assertion is signed with.
@@ -67,7 +68,7 @@ enum Signer {
 /// A client assertion for `client_id` at `audience` (the token endpoint), made at `now`:
 /// RS256 with an RSA key, ES256 with a P-256 one.
 pub fn sign(key: &AssertionKey, client_id: &str, audience: &str, now: SystemTime) -> Result<String, String> {
-    let der = pkcs8_der(&key.pem)?;
+    let der = pkcs8_der(&key.pem).map_err(|e| format!("the client assertion key: {e}"))?;
     let signer = match RsaKeyPair::from_pkcs8(&der) {
         Ok(k) => Signer::Rsa(k),
         Err(_) => Signer::Ec(

@@ -105,18 +105,7 @@ const DEFAULT_CACHE: Duration = Duration::from_secs(3600);
 
 /// The lifetime a `Cache-Control` header gives.
 pub(crate) fn cache_lifetime(cache_control: Option<&str>) -> Duration {
-    let Some(value) = cache_control else { return DEFAULT_CACHE };
-    let mut max_age = None;
-    for directive in value.split(',').map(str::trim) {
-        let lower = directive.to_ascii_lowercase();
-        if lower == "no-store" || lower == "no-cache" {
-            return Duration::ZERO;
-        }
-        if let Some(seconds) = lower.strip_prefix("max-age=") {
-            max_age = seconds.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
-        }
-    }
-    max_age.unwrap_or(DEFAULT_CACHE).min(MAX_CACHE)
+    postern_connector::egress::max_age(cache_control).unwrap_or(DEFAULT_CACHE).min(MAX_CACHE)
 }
 
 /// Fetches the JSON document at `url` for the connection `connection` (named in errors).

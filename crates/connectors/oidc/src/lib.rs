@@ -128,8 +128,8 @@ struct Endpoints {
     /// Whether the client authenticates in the body (`client_secret_post`) rather than with
     /// HTTP Basic.
     secret_in_body: bool,
-    /// The response types and modes the discovery document lists, if one was read.
-    front_channel: Option<(Vec<String>, Vec<String>)>,
+    /// The discovery document, if one was read.
+    discovery: Option<Arc<Discovery>>,
 }
 
 /// The OpenID Connect engine behind every strategy of [`STRATEGIES`]. Its caches (discovery
@@ -225,7 +225,6 @@ impl OidcConnector {
         let d = doc.as_deref();
         let e = Endpoints {
             discovered_issuer: d.map(|d| d.issuer.clone()).unwrap_or_default(),
-            front_channel: d.map(|d| (d.response_types_supported.clone(), d.response_modes_supported.clone())),
             authorization: pick(&p.authorization_endpoint, d.map(|d| d.authorization_endpoint.as_str())),
             token: pick(&p.token_endpoint, d.map(|d| d.token_endpoint.as_str())),
             userinfo: pick(&p.userinfo_endpoint, d.map(|d| d.userinfo_endpoint.as_str())),
@@ -236,6 +235,7 @@ impl OidcConnector {
                     && !m.iter().any(|x| x == "client_secret_basic")
                     && m.iter().any(|x| x == "client_secret_post")
             }),
+            discovery: doc.clone(),
         };
         for (what, value) in [("authorization endpoint", &e.authorization), ("token endpoint", &e.token)] {
             // The front channel never calls the token endpoint.
@@ -561,7 +561,9 @@ impl OidcConnector {
 /// Whether the provider's discovery document lets the front channel work: the `id_token`
 /// response type and the `form_post` response mode, where it lists them.
 fn front_channel_support(e: &Endpoints) -> Result<String, String> {
-    let Some((types, modes)) = &e.front_channel else {
+    let Some(Discovery { response_types_supported: types, response_modes_supported: modes, .. }) =
+        e.discovery.as_deref()
+    else {
         return Ok("every endpoint is set on the connection: the provider's support is not listed".into());
     };
     if !types.is_empty() && !types.iter().any(|t| t == "id_token") {
@@ -933,7 +935,7 @@ mod tests {
             userinfo: String::new(),
             jwks: String::new(),
             secret_in_body: false,
-            front_channel: None,
+            discovery: None,
         }
     }
 

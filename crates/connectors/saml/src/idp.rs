@@ -184,18 +184,7 @@ pub(crate) fn read(document: &str, entity_id: &str, now: SystemTime) -> Result<I
 /// How long an answer may be kept, by its `Cache-Control` (`max-age`; `no-store` and
 /// `no-cache` mean the shortest time), within [`MIN_LIFETIME`] and [`MAX_LIFETIME`].
 pub(crate) fn lifetime(cache_control: Option<&str>) -> Duration {
-    let Some(value) = cache_control else { return DEFAULT_LIFETIME };
-    let mut found = None;
-    for directive in value.split(',').map(str::trim) {
-        let lower = directive.to_ascii_lowercase();
-        if lower == "no-store" || lower == "no-cache" {
-            return MIN_LIFETIME;
-        }
-        if let Some(seconds) = lower.strip_prefix("max-age=") {
-            found = seconds.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
-        }
-    }
-    found.unwrap_or(DEFAULT_LIFETIME).clamp(MIN_LIFETIME, MAX_LIFETIME)
+    postern_connector::egress::max_age(cache_control).unwrap_or(DEFAULT_LIFETIME).clamp(MIN_LIFETIME, MAX_LIFETIME)
 }
 
 /// Why a document could not be had.

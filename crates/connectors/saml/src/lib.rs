@@ -941,9 +941,9 @@ fn signed_request(
     }
     let key_der = key.private_key_to_pkcs8().map_err(|e| e.to_string())?;
     let certificate = pem_bodies(certificate_pem).first().and_then(|b| STANDARD.decode(b).ok());
-    let mut signature =
-        Signature::template(&request.id, &CertificateDer::from(certificate.clone().unwrap_or_default()));
-    if certificate.is_none() {
+    let in_key_info = certificate.is_some();
+    let mut signature = Signature::template(&request.id, &CertificateDer::from(certificate.unwrap_or_default()));
+    if !in_key_info {
         signature.key_info = None;
     }
     let wanted = self::algorithm(algorithm);
