@@ -213,7 +213,15 @@ where
         );
         crate::trace::adopt(&span, &traceparent);
         let call = crate::telemetry::Call::start(crate::telemetry::Side::Server, req.uri().path());
-        self.inner.call(req).map(|answer| answer.map(|response| call.observe(response))).instrument(span).boxed()
+        let answer = self.inner.call(req);
+        // The span ends when the answer is ready, not when the server drops the future
+        // after it has sent the headers: a caller (the gateway) that has the headers
+        // ends its own span, which must enclose this one.
+        async move {
+            let answer = answer.instrument(span).await;
+            answer.map(|response| call.observe(response))
+        }
+        .boxed()
     }
 }
 
