@@ -269,13 +269,13 @@ impl OidcConnector {
 
     /// The client secret of the token request: the connection's, or Apple's JWT.
     fn client_secret(&self, p: &Profile, e: &Endpoints) -> Result<String, ConnectorError> {
-        let Some(key) = &p.apple else { return Ok(p.client_secret.clone()) };
+        let Some(key) = &p.apple else { return Ok(p.client_secret.expose().to_owned()) };
         let audience = match &p.issuer {
             IssuerRule::Exact(i) => i.as_str(),
             _ => e.discovered_issuer.as_str(),
         };
         self.apple_secrets
-            .get(key, &p.client_id, audience, &p.client_secret, SystemTime::now())
+            .get(key, &p.client_id, audience, p.client_secret.expose(), SystemTime::now())
             .map_err(|why| misconfigured(p, format!("the Sign in with Apple key cannot sign the client secret: {why}")))
     }
 
@@ -393,7 +393,7 @@ impl OidcConnector {
         let now = SystemTime::now();
         let verifier = IdTokenVerifier::<Jwk>::new_confidential_client(
             ClientId::new(p.client_id.clone()),
-            ClientSecret::new(p.client_secret.clone()),
+            ClientSecret::new(p.client_secret.expose().to_owned()),
             issuer,
             keys.clone(),
         )
@@ -902,12 +902,19 @@ impl RedirectConnector for OidcConnector {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_profile_prints_no_client_secret() {
+        let p = profile(Strategy::Oidc, ClaimRule::None, IssuerRule::Discovered);
+        let printed = format!("{p:?}");
+        assert!(printed.contains("client_secret") && !printed.contains("the-client-secret"), "{printed}");
+    }
+
     fn profile(strategy: Strategy, claims: ClaimRule, issuer: IssuerRule) -> Profile {
         Profile {
             connection: "c".into(),
             strategy,
             client_id: "client".into(),
-            client_secret: "s".into(),
+            client_secret: postern_connection::secret::Secret::new("the-client-secret"),
             discovery_url: String::new(),
             issuer,
             authorization_endpoint: String::new(),

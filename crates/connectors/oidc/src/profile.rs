@@ -3,7 +3,8 @@
 //! authorization parameters it takes, which claim is the user's id, and what else an ID
 //! token must satisfy (a Workspace domain, a directory id).
 
-use postern_connection::{OidcChannel, OidcClientAuth, Options, Resolved, Strategy, secret::names};
+use postern_connection::secret::{Secret, names};
+use postern_connection::{OidcChannel, OidcClientAuth, Options, Resolved, Strategy};
 use postern_connector::ConnectorError;
 
 /// Google's issuer.
@@ -52,8 +53,8 @@ pub(crate) struct Profile {
     pub(crate) strategy: Strategy,
     /// The client id at the provider.
     pub(crate) client_id: String,
-    /// The client secret.
-    pub(crate) client_secret: String,
+    /// The client secret (its `Debug` shows no value).
+    pub(crate) client_secret: Secret,
     /// The discovery document's URL.
     pub(crate) discovery_url: String,
     /// How `iss` is checked.
@@ -134,7 +135,7 @@ impl Profile {
     /// The profile of a resolved connection.
     pub(crate) fn of(conn: &Resolved) -> Result<Profile, ConnectorError> {
         let spec = &conn.connection.spec;
-        let client_secret = conn.secret(names::CLIENT_SECRET).map(|s| s.expose().to_owned()).unwrap_or_default();
+        let client_secret = conn.secret(names::CLIENT_SECRET).cloned().unwrap_or_else(|| Secret::new(""));
         let base = |client_id: &str, discovery_url: String, issuer: IssuerRule| Profile {
             connection: spec.name.clone(),
             strategy: spec.strategy,
@@ -297,7 +298,7 @@ impl Profile {
                 ),
             });
         }
-        if profile.client_secret.is_empty() && !profile.front_channel && profile.client_assertion.is_none() {
+        if profile.client_secret.expose().is_empty() && !profile.front_channel && profile.client_assertion.is_none() {
             return Err(ConnectorError::FailedPrecondition {
                 reason: "CLIENT_SECRET_MISSING",
                 message: format!(
