@@ -4,7 +4,8 @@
 //! second application's `/authorize` then skips the page (single sign-on), and logout ends
 //! the session so that the page is shown again. A single-page application's JavaScript gets
 //! its tokens across origins (CORS), and a page at an origin the client does not allow is
-//! refused.
+//! refused. Auth0's own SPA SDK (npm's auth0-spa-js) logs in, authenticates silently in its
+//! hidden iframe (`response_mode=web_message`) and logs out against the tenant.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -464,6 +465,134 @@ async fn a_single_page_application_gets_its_tokens_from_javascript_across_origin
         assert_eq!(got["body"]["error"], "unauthorized_client", "{got}");
         assert!(tokio::time::Instant::now() < deadline, "the allowed origin still refused: {got}");
     }
+    browser.close().await.expect("close");
+    task.abort();
+    suite.stop().await.expect("stop");
+}
+
+/// Auth0's own SDK for single-page applications (npm's `@auth0/auth0-spa-js`), unchanged,
+/// pointed at the tenant: its redirect login through the hosted page, its silent
+/// authentication (`getTokenSilently`: a hidden iframe on `/authorize` with `prompt=none`
+/// and `response_mode=web_message`, whose page posts the code back to the application's
+/// window), and its logout. Each page writes what the SDK answered into `#out`.
+struct Auth0SpaApp {
+    listener: Option<tokio::net::TcpListener>,
+    port: u16,
+}
+
+impl Auth0SpaApp {
+    async fn bind() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        Self { listener: Some(listener), port }
+    }
+
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Serves the pages of `client_id` at `domain` (the tenant's base URL, as the SDK's
+    /// `domain`), with the SDK's browser build `sdk` inlined in each.
+    fn serve(&mut self, domain: &str, client_id: &str, sdk: String) -> tokio::task::JoinHandle<()> {
+        let listener = self.listener.take().expect("served once");
+        let constants = format!(
+            "const DOMAIN = {}; const CLIENT_ID = {}; const ORIGIN = {};",
+            serde_json::Value::from(domain),
+            serde_json::Value::from(client_id),
+            serde_json::Value::from(self.origin()),
+        );
+        serve_pages(listener, move |target| {
+            let script = match target.split('?').next().unwrap_or_default() {
+                "/login" => "await client.loginWithRedirect();",
+                "/callback" => AUTH0_SPA_CALLBACK,
+                "/silent" => AUTH0_SPA_SILENT,
+                "/logout" => "await client.logout({ logoutParams: { returnTo: ORIGIN + '/bye' } });",
+                _ => "done({ page: location.pathname });",
+            };
+            format!(
+                "<!doctype html><html><body><pre id=out></pre><script>{sdk}</script><script>{constants}\n{SPA_DONE}\
+                 const client = new auth0.Auth0Client({{ domain: DOMAIN, clientId: CLIENT_ID, \
+                 cacheLocation: 'memory', authorizationParams: {{ redirect_uri: ORIGIN + '/callback' }} }});\n\
+                 (async () => {{ try {{ {script} }} catch (e) {{ \
+                 done({{ error: e.error || String(e), description: e.error_description || e.message }}); }} }})();\
+                 </script></body></html>"
+            )
+        })
+    }
+}
+
+const AUTH0_SPA_CALLBACK: &str = "await client.handleRedirectCallback();
+  const claims = await client.getIdTokenClaims();
+  done({ sub: claims.sub, email: claims.email, access_token: !!(await client.getTokenSilently()) });";
+
+const AUTH0_SPA_SILENT: &str =
+    "const answer = await client.getTokenSilently({ detailedResponse: true, cacheMode: 'off' });
+  const claims = await client.getIdTokenClaims();
+  done({ sub: claims.sub, email: claims.email, access_token: !!answer.access_token, id_token: answer.id_token });";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth0s_spa_sdk_logs_in_authenticates_silently_in_an_iframe_and_logs_out() {
+    let test = "auth0s_spa_sdk_logs_in_authenticates_silently_in_an_iframe_and_logs_out";
+    let Some(node) = postern_testkit::node::Node::find(test) else { return };
+    let sdk_path = node.dir().join("node_modules/@auth0/auth0-spa-js/dist/auth0-spa-js.production.js");
+    let sdk = std::fs::read_to_string(&sdk_path).expect("the SDK's browser build (npm ci in tests/node)");
+    let Some(browser) = Browser::open(test).await else { return };
+    let suite = Suite::start().await.expect("suite");
+    let mut admin = customers(&suite).await;
+    let mut app = Auth0SpaApp::bind().await;
+    let c = tenant::Client {
+        name: "Fabrikam Customer Portal".into(),
+        app_type: tenant::AppType::Spa as i32,
+        callbacks: vec![format!("{}/callback", app.origin())],
+        allowed_logout_urls: vec![format!("{}/bye", app.origin())],
+        ..Default::default()
+    };
+    let create = tenant::CreateClientRequest { tenant: TENANT.into(), client: Some(c) };
+    let client = admin.clients.create_client(create).await.expect("client").into_inner().client.expect("client");
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: TENANT.into(),
+            connection: "customers".into(),
+            client_id: client.client_id.clone(),
+        })
+        .await
+        .expect("enable");
+    let task = app.serve(&format!("http://{}/{TENANT}", suite.http), &client.client_id, sdk);
+
+    // No session yet: silent authentication answers login_required, through the iframe.
+    browser.goto(&format!("{}/silent", app.origin())).await.expect("silent");
+    let got = spa_out(&browser).await;
+    assert_eq!(got["error"], "login_required", "{got}");
+
+    // The SDK's redirect login: the hosted page, and back to its callback with the tokens,
+    // whose ID token the SDK has checked (issuer, audience, nonce, times).
+    browser.goto(&format!("{}/login", app.origin())).await.expect("login");
+    signup_on_page(&browser).await;
+    let got = spa_out(&browser).await;
+    assert_eq!(
+        (got["email"].as_str(), got["access_token"].as_bool()),
+        (Some("new.customer@example.com"), Some(true)),
+        "{got}"
+    );
+    let sub = got["sub"].clone();
+
+    // A fresh page (nothing cached): the session answers the iframe without a page.
+    browser.goto(&format!("{}/silent", app.origin())).await.expect("silent");
+    let got = spa_out(&browser).await;
+    assert_eq!((&got["sub"], got["access_token"].as_bool()), (&sub, Some(true)), "{got}");
+    let claims = verify_id_token(suite.http, got["id_token"].as_str().expect("id_token"), &client.client_id).await;
+    assert_eq!(claims["sub"], sub);
+
+    // The SDK's logout ends the session: silent authentication fails again.
+    browser.goto(&format!("{}/logout", app.origin())).await.expect("logout");
+    browser
+        .wait_for_url("the logout's return", |u| u.path() == "/bye")
+        .await
+        .expect("back at the application after logout");
+    browser.goto(&format!("{}/silent", app.origin())).await.expect("silent");
+    let got = spa_out(&browser).await;
+    assert_eq!(got["error"], "login_required", "{got}");
     browser.close().await.expect("close");
     task.abort();
     suite.stop().await.expect("stop");

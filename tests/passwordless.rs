@@ -1319,13 +1319,14 @@ async fn a_magic_link_started_over_grpc_completes_the_authorization_request_it_d
     app.start_passwordless(start(unset, authn::PasswordlessSend::Unspecified, Some(params("u")))).await.expect("link");
     assert!(link_in(&smtp.mail_to(unset, 1).await.text).contains("verify_redirect"));
     type Edit = fn(&mut authn::PasswordlessAuthParams);
-    let refusals: [(Edit, &str); 6] = [
+    let refusals: [(Edit, &str); 7] = [
         (|p| p.redirect_uri = "https://evil.example/callback".into(), "auth_params.redirect_uri"),
         (|p| p.redirect_uri.clear(), "auth_params.redirect_uri"),
         (|p| p.scope = "email".into(), "auth_params.scope"),
         (|p| p.response_type = "token".into(), "auth_params.response_type"),
         (|p| p.code_challenge_method = "plain".into(), "auth_params.code_challenge_method"),
         (|p| p.response_mode = "fragment".into(), "auth_params.response_mode"),
+        (|p| p.response_mode = "web_message".into(), "auth_params.response_mode"),
     ];
     for (edit, field) in refusals {
         let mut p = params("bad");

@@ -460,6 +460,38 @@ async fn attacks_are_refused() {
     assert!(form.value("code").is_some_and(|c| !c.is_empty()));
     assert_eq!(form.value("state"), Some("st/ä&=?"));
 
+    // web_message (auth0-spa-js's silent authentication): a page posting the answer to its
+    // parent or opener at the callback's origin, which alone may frame it.
+    let web_message = |prompt: &'static str| {
+        authorize_url(
+            &suite,
+            t,
+            &spa.client_id,
+            &[pkce[0], pkce[1], ("response_mode", "web_message"), ("prompt", prompt)],
+        )
+    };
+    let silent = agent.get(&web_message("none")).await.expect("web_message");
+    assert_eq!(silent.status, 200, "{silent:?}");
+    let csp = silent.header("content-security-policy").expect("CSP");
+    assert!(csp.contains("frame-ancestors https://app.example.com;"), "{csp}");
+    assert!(silent.header("x-frame-options").is_none(), "{silent:?}");
+    let posted = |answer: &Answer| -> (serde_json::Value, String) {
+        let element = postern_testkit::web::element_by_id(&answer.body, "response").expect("the answer's element");
+        let message = serde_json::from_str(&element["data-message"]).expect("JSON");
+        (message, element["data-origin"].clone())
+    };
+    let (message, origin) = posted(&silent);
+    assert_eq!(origin, "https://app.example.com");
+    assert_eq!(message["type"], "authorization_response", "{message}");
+    assert!(message["response"]["code"].as_str().is_some_and(|c| !c.is_empty()), "{message}");
+    assert_eq!(message["response"]["state"], "st/ä&=?", "{message}");
+    // Without a session, prompt=none's login_required goes the same way.
+    let (message, _) = posted(&Agent::new().get(&web_message("none")).await.expect("no session"));
+    assert_eq!(message["response"]["error"], "login_required", "{message}");
+    assert_eq!(message["response"]["state"], "st/ä&=?", "{message}");
+    // Any other page stays unframeable.
+    login_page(&mut Agent::new(), &suite, &web_message("login")).await;
+
     // The token endpoint: wrong secrets are 401 with WWW-Authenticate; a client of tenant A
     // is unknown at tenant B.
     let fields = [("grant_type", "client_credentials"), ("audience", "https://api")];

@@ -843,15 +843,22 @@ impl OAuthApi {
         p: &AuthParams<'_>,
     ) -> Result<Result<AuthRequest, Refusal>, Status> {
         let response_mode = match p.response_mode {
-            "" | "query" => "query",
             "form_post" => "form_post",
+            "web_message" => "web_message",
             _ => "query",
         };
         let fail = |error: &'static str, parameter: &'static str, description: &str| {
             Err(Refusal { error, parameter, description: description.to_owned() })
         };
-        let checked = if !matches!(p.response_mode, "" | "query" | "form_post") {
-            fail("invalid_request", "response_mode", "response_mode must be query or form_post")
+        let checked = if !matches!(p.response_mode, "" | "query" | "form_post" | "web_message") {
+            fail("invalid_request", "response_mode", "response_mode must be query, form_post or web_message")
+        } else if p.response_mode == "web_message" && !web_origin(p.redirect_uri) {
+            fail(
+                "invalid_request",
+                "response_mode",
+                "response_mode web_message posts the answer to the redirect URI's origin: the redirect URI must be \
+                 an http or https URL",
+            )
         } else if p.response_type != "code" {
             fail("unsupported_response_type", "response_type", "response_type must be code")
         } else if client.app_type == tenant_pb::AppType::MachineToMachine as i32 {
@@ -966,6 +973,13 @@ impl OAuthApi {
             return Err(invalid_field(
                 "auth_params.redirect_uri",
                 "is required: where the link sends the browser back",
+            ));
+        }
+        if params.response_mode == "web_message" {
+            return Err(invalid_field(
+                "auth_params.response_mode",
+                "must be query or form_post: a magic link opens in a tab of its own, with no window that a \
+                 web_message could be posted to",
             ));
         }
         let client = self.client(tenant, client_id).await?;
@@ -1111,6 +1125,12 @@ fn check_origin(client: &ResolvedClient, origin: &str) -> Result<(), Status> {
     ))
 }
 
+/// Whether `redirect_uri` has an origin a page can post a message to (http or https).
+fn web_origin(redirect_uri: &str) -> bool {
+    postern_common::validate::origin_of(redirect_uri)
+        .is_some_and(|o| o.starts_with("http://") || o.starts_with("https://"))
+}
+
 fn redirect_error(request: &pb::StartAuthorizationRequest, error: &str, description: &str) -> pb::Redirect {
     let mut parameters = HashMap::from([
         ("error".to_owned(), error.to_owned()),
@@ -1119,7 +1139,11 @@ fn redirect_error(request: &pb::StartAuthorizationRequest, error: &str, descript
     if !request.state.is_empty() {
         parameters.insert("state".into(), request.state.clone());
     }
-    let response_mode = if request.response_mode == "form_post" { "form_post" } else { "query" };
+    let response_mode = match request.response_mode.as_str() {
+        "form_post" => "form_post",
+        "web_message" if web_origin(&request.redirect_uri) => "web_message",
+        _ => "query",
+    };
     pb::Redirect { uri: request.redirect_uri.clone(), response_mode: response_mode.to_owned(), parameters }
 }
 

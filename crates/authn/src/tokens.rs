@@ -403,7 +403,7 @@ pub fn openid_configuration(issuer: &str, algorithms: &[Algorithm]) -> serde_jso
             "http://auth0.com/oauth/grant-type/passwordless/otp"
         ],
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query", "form_post"],
+        "response_modes_supported": ["query", "form_post", "web_message"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],

@@ -92,6 +92,19 @@ impl Provider {
         let Ok(mut url) = url::Url::parse(&r.uri) else {
             return self.error_page(StatusCode::BAD_REQUEST, "The application's URL is not valid.");
         };
+        if r.response_mode == "web_message" {
+            // Auth0's silent authentication and popup login (auth0-spa-js): the answer is
+            // posted to the window that opened or framed this page, at the redirect URI's
+            // origin only; that origin alone may frame the page.
+            let origin = url.origin().ascii_serialization();
+            let message = serde_json::json!({ "type": "authorization_response", "response": parameters });
+            return self.pages.render_framed(
+                StatusCode::OK,
+                "web_message.html",
+                minijinja::context! { message => message.to_string(), origin => &origin },
+                Some(&origin),
+            );
+        }
         if !parameters.is_empty() {
             let mut query = url.query_pairs_mut();
             for (k, v) in &parameters {

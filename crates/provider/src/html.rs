@@ -15,6 +15,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("form_post.html", include_str!("templates/form_post.html")),
     ("logged_out.html", include_str!("templates/logged_out.html")),
     ("passwordless.html", include_str!("templates/passwordless.html")),
+    ("web_message.html", include_str!("templates/web_message.html")),
 ];
 
 /// The compiled templates.
@@ -37,12 +38,27 @@ impl Pages {
     /// `status` and the security headers.
     pub(crate) fn render<C: Serialize>(&self, status: StatusCode, template: &str, context: C) -> Response {
         // A fresh nonce per page: only this page's own style and script run.
+        self.render_framed(status, template, context, None)
+    }
+
+    /// Renders `template` as [`Pages::render`] does, a page that `frame_ancestor` (an
+    /// origin) may frame when given: its CSP's `frame-ancestors` names that origin alone,
+    /// and it has no `X-Frame-Options` (whose `DENY` would win in some browsers). Only the
+    /// answer of `response_mode=web_message` is framed: silent authentication's iframe.
+    pub(crate) fn render_framed<C: Serialize>(
+        &self,
+        status: StatusCode,
+        template: &str,
+        context: C,
+        frame_ancestor: Option<&str>,
+    ) -> Response {
+        // A fresh nonce per page: only this page's own style and script run.
         let nonce = postern_common::ids::random_alphanumeric(22);
         match self.render_string(template, &nonce, context) {
-            Ok(body) => page(status, body, &nonce),
+            Ok(body) => page(status, body, &nonce, frame_ancestor),
             Err(e) => {
                 tracing::error!(template, error = %e, "cannot render a page");
-                page(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned(), &nonce)
+                page(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned(), &nonce, None)
             }
         }
     }
@@ -58,11 +74,13 @@ impl Pages {
     }
 }
 
-/// A page with the security headers.
-fn page(status: StatusCode, body: String, nonce: &str) -> Response {
+/// A page with the security headers; framed by `frame_ancestor` alone when given.
+fn page(status: StatusCode, body: String, nonce: &str, frame_ancestor: Option<&str>) -> Response {
+    let framed = frame_ancestor.filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_graphic() && b != b';'));
+    let ancestors = framed.unwrap_or("'none'");
     let csp = format!(
         "default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; img-src https: data:; \
-         frame-ancestors 'none'; base-uri 'none'"
+         frame-ancestors {ancestors}; base-uri 'none'"
     );
     let mut response = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
     let headers = response.headers_mut();
@@ -70,6 +88,9 @@ fn page(status: StatusCode, body: String, nonce: &str) -> Response {
         headers.insert(header::CONTENT_SECURITY_POLICY, v);
     }
     security_headers(headers);
+    if framed.is_some() {
+        headers.remove(header::X_FRAME_OPTIONS);
+    }
     response
 }
 

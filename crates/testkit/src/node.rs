@@ -88,7 +88,7 @@ impl Node {
         if std::process::Command::new("node").arg("--version").output().is_err() {
             return Err("node is not installed".into());
         }
-        for package in ["openid-client", "oidc-provider"] {
+        for package in ["openid-client", "oidc-provider", "@auth0/auth0-spa-js"] {
             if !dir.join("node_modules").join(package).join("package.json").exists() {
                 return Err(format!(
                     "the npm package {package} is not installed in {} (run `npm ci` there)",
@@ -97,6 +97,11 @@ impl Node {
             }
         }
         Ok(Self { dir })
+    }
+
+    /// The workspace's directory (`tests/node`), whose `node_modules` hold the packages.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Runs `node <script> <args>` in the workspace with `env` added, and answers the JSON

@@ -302,6 +302,22 @@ pub fn forms(html: &str) -> Vec<Form> {
 }
 
 /// The attributes of a tag's inside (`name="x" value='y' hidden`), values decoded.
+/// The attributes (their values decoded) of the element of `html` whose `id` is `id`.
+pub fn element_by_id(html: &str, id: &str) -> Option<BTreeMap<String, String>> {
+    let mut at = 0;
+    while let Some(start) = html[at..].find('<').map(|i| at + i) {
+        let end = html[start..].find('>').map(|i| start + i)?;
+        let tag = &html[start + 1..end];
+        let name_end = tag.find(|c: char| c.is_ascii_whitespace()).unwrap_or(tag.len());
+        let attrs = attributes(&tag[name_end..]);
+        if attrs.get("id").map(String::as_str) == Some(id) {
+            return Some(attrs);
+        }
+        at = end;
+    }
+    None
+}
+
 fn attributes(s: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let b = s.as_bytes();
