@@ -1236,3 +1236,96 @@ async fn every_connector_checks_its_addresses_under_the_egress_policy() {
     let info = tonic_types::StatusExt::get_details_error_info(&refused).expect("error info");
     assert_eq!(info.reason, "EGRESS_REFUSED");
 }
+
+/// Where `/authorize?connection=` sends `agent` at the upstream: straight back to Postern's
+/// callback when the upstream still has the user's session, to its login page otherwise.
+async fn upstream_remembers(upstream: &Upstream, agent: &mut Agent, suite: &Suite, t: &str, client_id: &str) -> bool {
+    let start = agent.get(&authorize_url(suite, t, client_id, &[("connection", "corp")])).await.expect("authorize");
+    let to_upstream = start.location().expect("to the upstream").to_owned();
+    assert!(to_upstream.starts_with(&upstream.issuer), "Postern's own session is gone: {to_upstream}");
+    let mut url = to_upstream;
+    loop {
+        let answer = agent.get(&url).await.expect("upstream");
+        let Some(next) = answer.location() else { return false };
+        let next = url::Url::parse(&url).expect("url").join(next).expect("url").to_string();
+        if next.contains("/login/callback") {
+            // Completed, so that no transaction is left behind.
+            app_query(&agent.get(&next).await.expect("callback"));
+            return true;
+        }
+        if !next.starts_with(&upstream.issuer) || next.contains("/interaction/") {
+            return false;
+        }
+        url = next;
+    }
+}
+
+#[tokio::test]
+async fn a_federated_logout_ends_the_session_at_the_upstream_too() {
+    let Some(upstream) = Upstream::shared("a_federated_logout_ends_the_session_at_the_upstream_too") else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-internal";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    const BYE: &str = "https://app.example.com/bye";
+    let allow = tenant::UpdateClientRequest {
+        tenant: t.into(),
+        client: Some(tenant::Client {
+            client_id: portal.client_id.clone(),
+            allowed_logout_urls: vec![BYE.into()],
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["allowed_logout_urls".into()] }),
+    };
+    admin.clients.update_client(allow).await.expect("logout URL");
+    let (id, secret) = upstream.register_logout_client(&callback_of(&suite, t), BYE).await.expect("register");
+    let c = oidc_connection(upstream, &suite, t, "corp", "", serde_json::Value::Null, |o| {
+        o.client_id = id;
+        o.client_secret = secret;
+    })
+    .await;
+    connect(&mut admin, t, &portal, c).await;
+    let logout = |federated: bool| {
+        let mut url = url::Url::parse(&format!("{}/{t}/v2/logout", base(&suite))).expect("url");
+        if federated {
+            url.query_pairs_mut().append_key_only("federated");
+        }
+        url.query_pairs_mut()
+            .append_pair("client_id", &portal.client_id)
+            .append_pair("returnTo", BYE)
+            .append_pair("state", "bye-state");
+        url.to_string()
+    };
+
+    let mut agent = Agent::new();
+    let start =
+        agent.get(&authorize_url(&suite, t, &portal.client_id, &[("connection", "corp")])).await.expect("authorize");
+    let done = through_upstream(upstream, &mut agent, &start, "erin", false).await;
+    assert!(app_query(&done).contains_key("code"));
+
+    // A plain logout ends Postern's session alone: the upstream still knows the user.
+    let out = agent.get(&logout(false)).await.expect("logout");
+    assert_eq!((out.status, out.location()), (303, Some(format!("{BYE}?state=bye-state").as_str())), "{out:?}");
+    assert!(
+        upstream_remembers(upstream, &mut agent, &suite, t, &portal.client_id).await,
+        "the upstream's session lives"
+    );
+
+    // A federated logout goes on to the upstream's end_session_endpoint, which ends its
+    // session and sends the browser to the application's logout URL with its state.
+    let out = agent.get(&logout(true)).await.expect("logout");
+    assert_eq!(out.status, 303, "{out:?}");
+    let to = url::Url::parse(out.location().expect("to the upstream")).expect("url");
+    assert!(to.as_str().starts_with(&upstream.issuer), "{to}");
+    let q: HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(q.get("post_logout_redirect_uri").map(String::as_str), Some(BYE), "{to}");
+    assert_eq!(q.get("state").map(String::as_str), Some("bye-state"), "{to}");
+    assert!(out.headers("set-cookie").iter().any(|c| c.starts_with("postern_session=;")), "{out:?}");
+    let back = upstream.log_out(&mut agent, to.as_str()).await.expect("upstream logout");
+    assert_eq!(back, format!("{BYE}?state=bye-state"));
+    assert!(
+        !upstream_remembers(upstream, &mut agent, &suite, t, &portal.client_id).await,
+        "the upstream's session ended"
+    );
+    suite.stop().await.expect("stop");
+}

@@ -641,6 +641,34 @@ impl AuthnApi {
         self.store_redirect_login(tenant, connection, &conn, completed, address, grant, audit).await
     }
 
+    /// Where a federated logout sends the browser to end the session at `connection`'s
+    /// upstream, then to `return_to` with `state` (see [`RedirectConnector::logout`]);
+    /// `None` when the connection offers no such logout, or is gone or unreachable (the
+    /// logout then ends Postern's session alone, and a warning says why).
+    pub(crate) async fn federated_logout(
+        &self,
+        tenant: &str,
+        connection: &str,
+        return_to: &str,
+        state: &str,
+    ) -> Option<String> {
+        let conn = match self.cache.resolve_any(tenant, connection).await {
+            Ok(conn) => conn,
+            Err(s) => {
+                tracing::warn!(tenant, connection, code = ?s.code(), message = s.message(), "federated logout: connection not found");
+                return None;
+            }
+        };
+        let connector = self.connectors.redirect(conn.connection.spec.strategy).cloned()?;
+        match connector.logout(tenant, &conn, return_to, state).await {
+            Ok(url) => url,
+            Err(e) => {
+                tracing::warn!(tenant, connection, error = %e, "federated logout: the upstream's logout is unavailable");
+                None
+            }
+        }
+    }
+
     /// The application an unsolicited answer at `connection` (an IdP-initiated login) logs
     /// its user in to: NOT_FOUND for an unknown connection, PERMISSION_DENIED
     /// (`UNSOLICITED_LOGIN_DISABLED`) when the connection accepts no such answers.

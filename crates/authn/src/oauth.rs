@@ -402,6 +402,7 @@ impl OAuthApi {
         LoginGrant {
             uses,
             upstream_tokens: None,
+            connection: "",
             now,
             session_hash: &login.session_hash,
             session_idle_expire: now.saturating_add(micros(self.oauth.session_idle)),
@@ -1408,13 +1409,22 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             }
             Some(pb::Redirect { uri: req.return_to.clone(), response_mode: "query".into(), parameters })
         };
-        let ended = !req.session.is_empty()
-            && req.session.len() <= 128
-            && self.store().end_session(&req.tenant, &secret_digest(&req.session)).await?;
-        if ended {
-            tracing::info!(tenant = %req.tenant, "SSO session ended");
+        let ended = if !req.session.is_empty() && req.session.len() <= 128 {
+            self.store().end_session(&req.tenant, &secret_digest(&req.session)).await?
+        } else {
+            None
+        };
+        let mut redirect = redirect;
+        if let Some(connection) = &ended {
+            tracing::info!(tenant = %req.tenant, connection = %connection, federated = req.federated, "SSO session ended");
+            if req.federated && !connection.is_empty() {
+                let upstream = self.authn.federated_logout(&req.tenant, connection, &req.return_to, &req.state).await;
+                if let Some(uri) = upstream {
+                    redirect = Some(pb::Redirect { uri, response_mode: "query".into(), parameters: HashMap::new() });
+                }
+            }
         }
-        Ok(Response::new(pb::EndSessionResponse { redirect, ended }))
+        Ok(Response::new(pb::EndSessionResponse { redirect, ended: ended.is_some() }))
     }
 
     async fn exchange_token(

@@ -114,6 +114,7 @@ fn grant<'a>(state_hash: &'a str, session: &'a str, code: &'a str) -> LoginGrant
     LoginGrant {
         uses: Some(UsesUp::Upstream(state_hash)),
         upstream_tokens: Some("sealed-tokens"),
+        connection: "fabrikam-op",
         now: T0,
         session_hash: session,
         session_idle_expire: T0 + 100 * SEC,
@@ -176,6 +177,8 @@ async fn a_redirect_login_is_stored_with_its_session_and_code_at_once_or_not_at_
         assert_eq!((code.client_id.as_str(), code.nonce.as_str(), code.auth_time), ("app", "app-nonce", T0));
         let tokens = store.upstream_tokens(T, "con_op", "fabrikam-op|alice").await.unwrap();
         assert_eq!(tokens.as_deref(), Some("sealed-tokens"));
+        // The session knows its connection: a federated logout ends the upstream's too.
+        assert_eq!(store.end_session(T, d(0)).await.unwrap().as_deref(), Some("fabrikam-op"));
 
         // The same state again (a second callback): nothing of it is written.
         let again = LoginGrant { upstream_tokens: Some("sealed-tokens-refused"), ..grant(&state, d(2), d(3)) };

@@ -660,6 +660,8 @@ pub(crate) async fn logout(
         return_to,
         id_token_hint: param(&q, "id_token_hint"),
         state: param(&q, "state"),
+        // Auth0's `?federated`: present (with no value, or any but `false` or `0`).
+        federated: q.get("federated").is_some_and(|v| !matches!(v.as_str(), "false" | "0")),
     };
     match oauth.end_session(request).await {
         Ok(r) => {

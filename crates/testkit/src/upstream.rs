@@ -54,7 +54,11 @@ impl Upstream {
             .map_err(|e| format!("node could not start upstream.mjs: {e}"))?;
         let stdout = child.stdout.take().ok_or("upstream.mjs has no output")?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map_err(|e| format!("upstream.mjs: {e}"))?;
+        let mut stdout = BufReader::new(stdout);
+        stdout.read_line(&mut line).map_err(|e| format!("upstream.mjs: {e}"))?;
+        // The rest of its output is drained: the provider prints notices (its default
+        // logout page does), and a closed pipe would kill it (EPIPE).
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let ready: Value =
             serde_json::from_str(&line).map_err(|e| format!("upstream.mjs printed {line:?} ({e}), not its issuer"))?;
         let issuer = ready["issuer"].as_str().ok_or("upstream.mjs printed no issuer")?.to_owned();
@@ -99,6 +103,56 @@ impl Upstream {
             .await?;
         let secret = c["client_secret"].as_str().context("no client_secret")?.to_owned();
         Ok((Self::client_id(&c)?, secret))
+    }
+
+    /// Registers a client as [`Upstream::register_client`] does (`client_secret_basic`), that
+    /// may also send the browser back to `post_logout_redirect_uri` after a logout (OpenID
+    /// RP-Initiated Logout): its id and secret.
+    pub async fn register_logout_client(
+        &self,
+        redirect_uri: &str,
+        post_logout_redirect_uri: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let c = self
+            .register(json!({
+                "redirect_uris": [redirect_uri],
+                "post_logout_redirect_uris": [post_logout_redirect_uri],
+                "response_types": ["code"],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "token_endpoint_auth_method": "client_secret_basic",
+            }))
+            .await?;
+        let secret = c["client_secret"].as_str().context("no client_secret")?.to_owned();
+        Ok((Self::client_id(&c)?, secret))
+    }
+
+    /// Logs out at the provider from `end_session_url` (its `end_session_endpoint`, where
+    /// Postern sent the browser), with `agent`'s cookies: the user confirms on the provider's
+    /// page. Answers where the provider then sends the browser.
+    pub async fn log_out(&self, agent: &mut Agent, end_session_url: &str) -> anyhow::Result<String> {
+        let mut url = end_session_url.to_owned();
+        let mut answer = agent.get(&url).await?;
+        for _ in 0..8 {
+            if let Some(next) = answer.location() {
+                let next = url::Url::parse(&url)?.join(next)?.to_string();
+                if !next.starts_with(&self.issuer) {
+                    return Ok(next);
+                }
+                url = next;
+                answer = agent.get(&url).await?;
+                continue;
+            }
+            anyhow::ensure!(answer.status == 200, "{url}: {} {}", answer.status, answer.body);
+            // The confirmation page: its form (whose button, outside it, says `logout=yes`).
+            let mut form = answer
+                .forms()
+                .into_iter()
+                .find(|f| f.has("xsrf"))
+                .with_context(|| format!("no logout form at {url}: {}", answer.body))?;
+            form.set("logout", "yes");
+            answer = agent.submit(&url, &form).await?;
+        }
+        anyhow::bail!("the provider never sent the browser back after logout")
     }
 
     /// Registers a client that authenticates at the token endpoint with `private_key_jwt`

@@ -300,7 +300,7 @@ impl OAuthApi {
             }
         };
         let login = self.new_login();
-        let grant = self.login_grant(&login, &request, None);
+        let grant = crate::store::oauth::LoginGrant { connection, ..self.login_grant(&login, &request, None) };
         let callback = crate::login::UnsolicitedCallback {
             params: &req.parameters,
             callback_url: &self.callback_url(tenant),
@@ -363,7 +363,10 @@ impl OAuthApi {
             data: secrets.data,
         };
         let login = self.new_login();
-        let grant = self.login_grant(&login, request, Some(UsesUp::Upstream(state_hash)));
+        let grant = crate::store::oauth::LoginGrant {
+            connection: &found.connection,
+            ..self.login_grant(&login, request, Some(UsesUp::Upstream(state_hash)))
+        };
         let user = self
             .authn
             .complete_redirect(

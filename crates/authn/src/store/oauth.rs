@@ -103,6 +103,8 @@ pub struct LoginGrant<'a> {
     /// ([`Store::record_login`], [`Store::create_user_with_grant`]); `None` leaves them.
     /// [`Store::create_login_grant`] records no identity and ignores them.
     pub upstream_tokens: Option<&'a str>,
+    /// The connection the login went through, kept on the session (empty: none named).
+    pub connection: &'a str,
     /// Now: the session's `auth_time` and the rows' creation time (unix microseconds).
     pub now: i64,
     /// The digest of the new session's cookie.
@@ -235,6 +237,7 @@ pub(super) fn insert_grant_in(
         tenant,
         grant.session_hash,
         user_id,
+        grant.connection,
         grant.now,
         grant.session_idle_expire,
         grant.session_absolute_expire,
@@ -306,22 +309,26 @@ fn refresh_insert<'a>(
     .bind(grant.family_expire)
 }
 
-/// The statement that starts an SSO session.
+/// The statement that starts an SSO session, logged in through `connection` (empty when
+/// none was named).
 fn session_insert<'a>(
     tenant: &'a str,
     id_hash: &'a str,
     user_id: &'a str,
+    connection: &'a str,
     now: i64,
     idle_expire: i64,
     absolute_expire: i64,
 ) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
-        "INSERT INTO sso_sessions (tenant, id_hash, user_id, auth_time, last_seen, idle_expire, absolute_expire) \
-         VALUES ($1, $2, $3, $4, $4, $5, $6)",
+        "INSERT INTO sso_sessions \
+         (tenant, id_hash, user_id, connection, auth_time, last_seen, idle_expire, absolute_expire) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
     )
     .bind(tenant)
     .bind(id_hash)
     .bind(user_id)
+    .bind(connection)
     .bind(now)
     .bind(idle_expire.min(absolute_expire))
     .bind(absolute_expire)
@@ -689,7 +696,9 @@ impl Store {
         idle_expire: i64,
         absolute_expire: i64,
     ) -> Result<(), StoreError> {
-        session_insert(tenant, id_hash, user_id, now, idle_expire, absolute_expire).execute(self.db.writer()).await?;
+        session_insert(tenant, id_hash, user_id, "", now, idle_expire, absolute_expire)
+            .execute(self.db.writer())
+            .await?;
         Ok(())
     }
 
@@ -758,14 +767,15 @@ impl Store {
         Ok(session)
     }
 
-    /// Ends a session; whether it existed.
-    pub async fn end_session(&self, tenant: &str, id_hash: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM sso_sessions WHERE tenant = $1 AND id_hash = $2")
+    /// Ends a session: the connection its login went through (empty when none was named),
+    /// or `None` when there was no such session.
+    pub async fn end_session(&self, tenant: &str, id_hash: &str) -> Result<Option<String>, StoreError> {
+        let ended = sqlx::query("DELETE FROM sso_sessions WHERE tenant = $1 AND id_hash = $2 RETURNING connection")
             .bind(tenant)
             .bind(id_hash)
-            .execute(self.db.writer())
+            .fetch_optional(self.db.writer())
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(ended.map(|r| r.try_get("connection")).transpose()?)
     }
 
     // ---- refresh tokens ----

@@ -615,6 +615,21 @@ pub trait RedirectConnector: Send + Sync {
             ),
         })
     }
+
+    /// Where to send the browser to end the user's session at the upstream too (federated
+    /// logout, `/v2/logout?federated`), after which the upstream sends it to `return_to`
+    /// with `state` (both may be empty: the upstream then shows its own page). `None`, the
+    /// default, when the protocol or the provider offers no such logout: the logout then
+    /// ends Postern's session alone.
+    async fn logout(
+        &self,
+        _tenant: &str,
+        _conn: &Resolved,
+        _return_to: &str,
+        _state: &str,
+    ) -> Result<Option<String>, ConnectorError> {
+        Ok(None)
+    }
 }
 
 /// The application an unsolicited (IdP-initiated) login goes to, as its connection says.

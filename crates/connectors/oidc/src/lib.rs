@@ -114,6 +114,9 @@ struct Discovery {
     response_types_supported: Vec<String>,
     #[serde(default)]
     response_modes_supported: Vec<String>,
+    /// RP-Initiated Logout's endpoint, where it has one.
+    #[serde(default)]
+    end_session_endpoint: String,
 }
 
 /// The endpoints of one login.
@@ -789,6 +792,39 @@ impl RedirectConnector for OidcConnector {
             }
         }
         Ok(TestReport::of(steps))
+    }
+
+    /// OpenID Connect RP-Initiated Logout: the discovery document's `end_session_endpoint`
+    /// with the connection's `client_id` and, when the logout returns to the application,
+    /// `post_logout_redirect_uri` (which the provider must have registered for the client)
+    /// and `state`. `None` when the provider names no such endpoint (Google, for one) or the
+    /// connection sets every endpoint itself (no document is read).
+    async fn logout(
+        &self,
+        _tenant: &str,
+        conn: &Resolved,
+        return_to: &str,
+        state: &str,
+    ) -> Result<Option<String>, ConnectorError> {
+        let p = Profile::of(conn)?;
+        let e = self.endpoints(&p).await?;
+        let Some(endpoint) = e.discovery.as_deref().map(|d| d.end_session_endpoint.as_str()).filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        let mut url = url::Url::parse(endpoint)
+            .map_err(|x| misconfigured(&p, format!("the end_session_endpoint is not a URL: {x}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("client_id", &p.client_id);
+            if !return_to.is_empty() {
+                q.append_pair("post_logout_redirect_uri", return_to);
+                if !state.is_empty() {
+                    q.append_pair("state", state);
+                }
+            }
+        }
+        Ok(Some(url.to_string()))
     }
 
     async fn begin(&self, _tenant: &str, conn: &Resolved, tx: &RedirectTransaction) -> Result<Begun, ConnectorError> {
