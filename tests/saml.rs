@@ -1266,3 +1266,83 @@ fn assert_refused_unsolicited(answer: &HashMap<String, String>, why: &str, case:
     assert!(description.contains(why), "{case}: {description:?} should say {why:?}");
     assert!(!answer.contains_key("code"), "{case}: {answer:?}");
 }
+
+#[tokio::test]
+async fn a_federated_logout_sends_a_signed_logout_request_and_returns_through_the_callback() {
+    let test = "a_federated_logout_sends_a_signed_logout_request_and_returns_through_the_callback";
+    let Some(idp) = SamlIdp::shared(test) else { return };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-slo";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    const BYE: &str = "https://app.example.com/bye";
+    let allow = tenant::UpdateClientRequest {
+        tenant: t.into(),
+        client: Some(tenant::Client {
+            client_id: portal.client_id.clone(),
+            allowed_logout_urls: vec![BYE.into()],
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["allowed_logout_urls".into()] }),
+    };
+    admin.clients.update_client(allow).await.expect("logout URL");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let cert = rcgen::CertificateParams::new(vec!["postern-sp".into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let options = conn::SamlOptions {
+        sign_out_url: idp.slo_url(),
+        sign_request: true,
+        request_signing_key: key.serialize_pem(),
+        request_signing_certificate: cert.pem(),
+        ..saml_options(idp)
+    };
+    let md = connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, options, json!({})).await;
+    let slo = format!("{}/{t}/logout/callback", base(&suite));
+    let redirect = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
+    assert!(md.contains(&format!("<md:SingleLogoutService Binding=\"{redirect}\" Location=\"{slo}\"/>")), "{md}");
+
+    let mut agent = Agent::new();
+    let (location, _) = start(idp, &suite, &mut agent, t, &portal, CONNECTION).await;
+    let form = idp_form(&mut agent, &location).await;
+    assert!(app_query(&agent.submit(&location, &form).await.expect("callback")).contains_key("code"));
+    let before = idp.logouts().await.expect("logouts").len();
+
+    // /v2/logout?federated: Postern's session ends, and a signed LogoutRequest for the
+    // login's subject and session goes to the IdP by redirect.
+    let mut logout = url::Url::parse(&format!("{}/{t}/v2/logout", base(&suite))).expect("url");
+    logout
+        .query_pairs_mut()
+        .append_key_only("federated")
+        .append_pair("client_id", &portal.client_id)
+        .append_pair("returnTo", BYE)
+        .append_pair("state", "bye-state");
+    let out = agent.get(logout.as_str()).await.expect("logout");
+    assert_eq!(out.status, 303, "{out:?}");
+    let to = out.location().expect("to the IdP").to_owned();
+    assert!(to.starts_with(&idp.slo_url()), "{to}");
+    let q: HashMap<String, String> = url::Url::parse(&to).expect("url").query_pairs().into_owned().collect();
+    assert_eq!(q["SigAlg"], "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256");
+    assert!(!q["RelayState"].contains("bye"), "the relay state is sealed: {q:?}");
+    // Tampered with, the request's signature no longer verifies at the IdP.
+    assert_eq!(agent.get(&to.replace("RelayState=", "RelayState=x")).await.expect("IdP").status, 400);
+    let answer = agent.get(&to).await.expect("IdP logout");
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let back = answer.location().expect("back to Postern").to_owned();
+    assert!(back.starts_with(&format!("{slo}?")) && back.contains("SAMLResponse="), "{back}");
+    let logouts = idp.logouts().await.expect("logouts");
+    let request = &logouts[before];
+    assert_eq!(request["name_id"], "alice@fabrikam.example", "{request}");
+    assert_eq!(request["signed"], true, "{request}");
+    assert_eq!(request["destination"], idp.slo_url().as_str(), "{request}");
+    assert!(request["session_index"].as_array().is_some_and(|i| i.len() == 1), "the login's session: {request}");
+
+    // The IdP's answer at the logout callback sends the browser on to the application.
+    let done = agent.get(&back).await.expect("logout callback");
+    assert_eq!((done.status, done.location()), (303, Some(format!("{BYE}?state=bye-state").as_str())), "{done:?}");
+    // An altered relay state goes nowhere but the logged-out page.
+    let forged = agent.get(&format!("{slo}?RelayState=AAAA{}", &q["RelayState"][4..])).await.expect("forged");
+    assert_eq!((forged.status, forged.location()), (200, None), "{forged:?}");
+    suite.stop().await.expect("stop");
+}

@@ -16,6 +16,11 @@ with --keep-running (the README's walk-through: --port 8088 --cert-out idp.crt, 
   GET  /sso/redirect         an HTTP-Redirect AuthnRequest -> an auto-submitting form that
                              posts the SAMLResponse (and RelayState) to the SP's ACS
   POST /sso/post             the same for an HTTP-POST AuthnRequest
+  GET  /slo/redirect         an HTTP-Redirect LogoutRequest (recorded; its signature checked
+                             when signed) -> a redirect with the LogoutResponse (and RelayState)
+                             to the SP metadata's SingleLogoutService
+  GET  /control/logouts      the LogoutRequests received: [{"sp", "name_id", "name_id_format",
+                             "session_index": [...], "signed", "destination"}]
   POST /control/sp           JSON {"metadata": SP metadata XML, "mode": {...}}: registers an SP
                              (known by its entityID) and how its responses are made
   POST /control/metadata     JSON {"name": ..., "key": idp | other, "cache_control": ...}: what
@@ -66,6 +71,7 @@ import saml2.sigver
 LOCK = threading.Lock()
 SPS = {}  # entity id -> {"metadata": xml, "mode": {...}}
 PUBLISHED = {}  # metadata name -> {"key": idp | other, "cache_control": header value or None}
+LOGOUTS = []  # the LogoutRequests received: {"sp", "name_id", "session_index", "signed"}
 OVERRIDE = {"assertion_id": None, "audience": None, "msg_enc": None, "key_enc": None}
 CONTENT_ENCRYPTION = {
     "aes128-gcm": "http://www.w3.org/2009/xmlenc11#aes128-gcm",
@@ -179,7 +185,8 @@ class Idp:
             "metadata": {"inline": mds} if mds else {},
             "service": {"idp": {
                 "endpoints": {"single_sign_on_service": [(self.base + "/sso/redirect", BINDING_HTTP_REDIRECT),
-                                                         (self.base + "/sso/post", BINDING_HTTP_POST)]},
+                                                         (self.base + "/sso/post", BINDING_HTTP_POST)],
+                              "single_logout_service": [(self.base + "/slo/redirect", BINDING_HTTP_REDIRECT)]},
                 "name_id_format": [NAMEID_FORMAT_EMAILADDRESS],
                 "policy": {"default": {"lifetime": {"seconds": lifetime}, "attribute_restrictions": None,
                                        "name_form": NAME_FORMAT_URI}}}},
@@ -324,9 +331,49 @@ def main():
                 return self._send(400, "bad AuthnRequest: %r" % e, "text/plain")
             self._send(200, http["data"])
 
+        def _slo(self, q):
+            """An SP's LogoutRequest by HTTP-Redirect: recorded (its signature checked when it
+            has one), then a LogoutResponse by HTTP-Redirect to the SP metadata's single
+            logout service, with the RelayState."""
+            if "SAMLRequest" not in q:
+                return self._send(400, "missing SAMLRequest", "text/plain")
+            try:
+                server, _ = idp.server()
+                req = server.parse_logout_request(q["SAMLRequest"], BINDING_HTTP_REDIRECT)
+                msg = req.message
+                sp = msg.issuer.text
+                signed = False
+                if "Signature" in q:
+                    certs = [c for _, c in server.metadata.certs(sp, "spsso", "signing")]
+                    if not any(verify_redirect_signature(dict(q), RSACrypto(None), cert=c) for c in certs):
+                        return self._send(400, "the request's signature does not verify", "text/plain")
+                    signed = True
+                with LOCK:
+                    LOGOUTS.append({"sp": sp, "name_id": msg.name_id.text if msg.name_id is not None else None,
+                                    "name_id_format": msg.name_id.format if msg.name_id is not None else None,
+                                    "session_index": [i.text for i in (msg.session_index or [])],
+                                    "signed": signed, "destination": msg.destination})
+                response = server.create_logout_response(msg, [BINDING_HTTP_REDIRECT])
+                destination = server.metadata.single_logout_service(sp, BINDING_HTTP_REDIRECT, "spsso")[0]["location"]
+                http = server.apply_binding(BINDING_HTTP_REDIRECT, str(response), destination,
+                                            q.get("RelayState", ""), response=True)
+            except Exception as e:  # the test reads the page
+                traceback.print_exc()
+                return self._send(400, "bad LogoutRequest: %r" % e, "text/plain")
+            location = dict(http["headers"])["Location"]
+            self.send_response(303)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_GET(self):
             u = urllib.parse.urlparse(self.path)
             q = {k: v[0] for k, v in urllib.parse.parse_qs(u.query).items()}
+            if u.path == "/slo/redirect":
+                return self._slo(q)
+            if u.path == "/control/logouts":
+                with LOCK:
+                    return self._json(200, list(LOGOUTS))
             if u.path == "/metadata":
                 _, conf = idp.server()
                 return self._send(200, str(entity_descriptor(conf)), "application/samlmetadata+xml")

@@ -642,15 +642,14 @@ impl AuthnApi {
     }
 
     /// Where a federated logout sends the browser to end the session at `connection`'s
-    /// upstream, then to `return_to` with `state` (see [`RedirectConnector::logout`]);
+    /// upstream, then on to the application (see [`RedirectConnector::logout`]);
     /// `None` when the connection offers no such logout, or is gone or unreachable (the
     /// logout then ends Postern's session alone, and a warning says why).
     pub(crate) async fn federated_logout(
         &self,
         tenant: &str,
         connection: &str,
-        return_to: &str,
-        state: &str,
+        logout: &postern_connector::UpstreamLogout<'_>,
     ) -> Option<String> {
         let conn = match self.cache.resolve_any(tenant, connection).await {
             Ok(conn) => conn,
@@ -660,7 +659,7 @@ impl AuthnApi {
             }
         };
         let connector = self.connectors.redirect(conn.connection.spec.strategy).cloned()?;
-        match connector.logout(tenant, &conn, return_to, state).await {
+        match connector.logout(tenant, &conn, logout).await {
             Ok(url) => url,
             Err(e) => {
                 tracing::warn!(tenant, connection, error = %e, "federated logout: the upstream's logout is unavailable");
@@ -776,7 +775,11 @@ impl AuthnApi {
             )?),
             None => None,
         };
-        let grant = crate::store::oauth::LoginGrant { upstream_tokens: sealed.as_deref(), ..*grant };
+        let grant = crate::store::oauth::LoginGrant {
+            upstream_tokens: sealed.as_deref(),
+            upstream_session: completed.upstream_session.as_deref().unwrap_or_default(),
+            ..*grant
+        };
         self.upsert_external_user(tenant, conn, &source, None, address, Some(&grant), audit).await
     }
 

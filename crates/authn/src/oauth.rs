@@ -403,6 +403,7 @@ impl OAuthApi {
             uses,
             upstream_tokens: None,
             connection: "",
+            upstream_session: "",
             now,
             session_hash: &login.session_hash,
             session_idle_expire: now.saturating_add(micros(self.oauth.session_idle)),
@@ -1415,13 +1416,14 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             None
         };
         let mut redirect = redirect;
-        if let Some(connection) = &ended {
-            tracing::info!(tenant = %req.tenant, connection = %connection, federated = req.federated, "SSO session ended");
-            if req.federated && !connection.is_empty() {
-                let upstream = self.authn.federated_logout(&req.tenant, connection, &req.return_to, &req.state).await;
-                if let Some(uri) = upstream {
-                    redirect = Some(pb::Redirect { uri, response_mode: "query".into(), parameters: HashMap::new() });
-                }
+        if let Some(session) = &ended {
+            let connection = session.connection.as_str();
+            tracing::info!(tenant = %req.tenant, connection, federated = req.federated, "SSO session ended");
+            if req.federated
+                && !connection.is_empty()
+                && let Some(uri) = self.upstream_logout(&req, session).await?
+            {
+                redirect = Some(pb::Redirect { uri, response_mode: "query".into(), parameters: HashMap::new() });
             }
         }
         Ok(Response::new(pb::EndSessionResponse { redirect, ended: ended.is_some() }))
@@ -1507,6 +1509,14 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
     ) -> Result<Response<pb::CompleteUpstreamLoginResponse>, Status> {
         principal(&req)?.require_internal()?;
         Ok(Response::new(self.complete_upstream(req.get_ref()).await?))
+    }
+
+    async fn complete_upstream_logout(
+        &self,
+        req: Request<pb::CompleteUpstreamLogoutRequest>,
+    ) -> Result<Response<pb::CompleteUpstreamLogoutResponse>, Status> {
+        principal(&req)?.require_internal()?;
+        Ok(Response::new(self.finish_upstream_logout(req.get_ref())))
     }
 
     async fn get_service_provider_metadata(

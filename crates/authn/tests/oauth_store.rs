@@ -128,6 +128,7 @@ async fn login_transactions_expire_and_are_used_once() {
             uses: Some(UsesUp::Page(&id)),
             upstream_tokens: None,
             connection: "",
+            upstream_session: "",
             now,
             session_hash: n,
             session_idle_expire: now + 100 * SEC,
@@ -294,7 +295,7 @@ async fn sessions_have_idle_and_absolute_lifetimes() {
 
         let ended = secret_digest("s-3");
         store.create_session(T, &ended, "auth0|u1", T0, T0 + idle, T0 + 1000 * SEC).await.unwrap();
-        assert_eq!(store.end_session(T, &ended).await.unwrap().as_deref(), Some(""));
+        assert_eq!(store.end_session(T, &ended).await.unwrap().map(|e| e.connection).as_deref(), Some(""));
         assert!(store.end_session(T, &ended).await.unwrap().is_none());
         assert_eq!(store.touch_session(T, &ended, T0 + SEC, idle).await.unwrap(), None);
         cleanup(store, backend).await;

@@ -115,6 +115,7 @@ fn grant<'a>(state_hash: &'a str, session: &'a str, code: &'a str) -> LoginGrant
         uses: Some(UsesUp::Upstream(state_hash)),
         upstream_tokens: Some("sealed-tokens"),
         connection: "fabrikam-op",
+        upstream_session: "{\"name_id\":\"alice\"}",
         now: T0,
         session_hash: session,
         session_idle_expire: T0 + 100 * SEC,
@@ -178,7 +179,11 @@ async fn a_redirect_login_is_stored_with_its_session_and_code_at_once_or_not_at_
         let tokens = store.upstream_tokens(T, "con_op", "fabrikam-op|alice").await.unwrap();
         assert_eq!(tokens.as_deref(), Some("sealed-tokens"));
         // The session knows its connection: a federated logout ends the upstream's too.
-        assert_eq!(store.end_session(T, d(0)).await.unwrap().as_deref(), Some("fabrikam-op"));
+        let ended = store.end_session(T, d(0)).await.unwrap().expect("ended");
+        assert_eq!(
+            (ended.connection.as_str(), ended.upstream_session.as_str()),
+            ("fabrikam-op", "{\"name_id\":\"alice\"}")
+        );
 
         // The same state again (a second callback): nothing of it is written.
         let again = LoginGrant { upstream_tokens: Some("sealed-tokens-refused"), ..grant(&state, d(2), d(3)) };

@@ -677,6 +677,37 @@ pub(crate) async fn logout(
     }
 }
 
+/// `GET /<tenant>/logout/callback`: an upstream's answer to a federated logout by
+/// HTTP-Redirect (a SAML `LogoutResponse` and its `RelayState` in the query).
+pub(crate) async fn logout_callback_get(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    logout_callback(&provider, tenant, q).await
+}
+
+/// `POST /<tenant>/logout/callback`: the same answer by HTTP-POST.
+pub(crate) async fn logout_callback_post(
+    State(provider): State<Arc<Provider>>,
+    Path(tenant): Path<String>,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    logout_callback(&provider, tenant, f).await
+}
+
+/// Sends the browser back from the upstream's logout to the application's logout URL, or
+/// shows the logged-out page.
+async fn logout_callback(provider: &Provider, tenant: String, parameters: HashMap<String, String>) -> Response {
+    let Some(mut oauth) = provider.oauth() else { return provider.status_page(&tonic::Status::unavailable("")) };
+    let request = pb::CompleteUpstreamLogoutRequest { tenant, parameters };
+    match oauth.complete_upstream_logout(request).await.map(|r| r.into_inner().redirect) {
+        Ok(Some(redirect)) => provider.deliver(&redirect),
+        Ok(None) => provider.pages.render(StatusCode::OK, "logged_out.html", minijinja::context! {}),
+        Err(s) => provider.status_page(&s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,8 @@
 //! - [`browser`]: `GET /authorize`, the hosted login page (`GET|POST /login`,
 //!   `POST /signup`), redirect logins (`POST /login/upstream`, `GET|POST
 //!   /login/callback`), `GET /v2/logout` (Auth0's) and `GET /oidc/logout` (the OpenID
-//!   `end_session_endpoint`).
+//!   `end_session_endpoint`), and `GET|POST /logout/callback` (where an upstream answers a
+//!   federated logout: a SAML IdP's `LogoutResponse`).
 //! - [`passwordless`]: the hosted page's passwordless forms (`POST /passwordless/start`,
 //!   `POST /passwordless/verify`) and magic links (`GET /passwordless/verify_redirect`).
 //! - [`token`]: `POST /oauth/token` and `POST /oauth/revoke`, with RFC 6749 5.2 errors.
@@ -128,6 +129,7 @@ pub fn router(config: ProviderConfig) -> Router {
         .route("/{tenant}/login/upstream", post(browser::login_upstream))
         .route("/{tenant}/login/callback", get(browser::callback_get).post(browser::callback_post))
         .route("/{tenant}/samlp/metadata", get(documents::samlp_metadata))
+        .route("/{tenant}/logout/callback", get(browser::logout_callback_get).post(browser::logout_callback_post))
         .route("/{tenant}/v2/logout", get(browser::logout))
         .route("/{tenant}/oidc/logout", get(browser::logout))
         .route("/{tenant}/passwordless/start", post(passwordless::start))

@@ -95,6 +95,20 @@ impl SamlIdp {
         format!("{}/sso/redirect", self.url)
     }
 
+    /// Its single logout URL (HTTP-Redirect binding).
+    pub fn slo_url(&self) -> String {
+        format!("{}/slo/redirect", self.url)
+    }
+
+    /// The `LogoutRequest`s it has received, oldest first: `{"sp", "name_id",
+    /// "name_id_format", "session_index": [...], "signed", "destination"}` each.
+    pub async fn logouts(&self) -> anyhow::Result<Vec<Value>> {
+        let url = format!("{}/control/logouts", self.url);
+        let answer = Agent::new().get(&url).await.with_context(|| format!("GET {url}"))?;
+        anyhow::ensure!(answer.status == 200, "GET {url}: {} {}", answer.status, answer.body);
+        Ok(serde_json::from_str(&answer.body)?)
+    }
+
     async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.url);
         let answer = Agent::new()

@@ -32,6 +32,20 @@ use crate::store::upstream::{NewUpstreamTransaction, UpstreamTransaction};
 const TRANSACTION_LABEL: &[u8] = b"postern upstream transaction";
 /// The seal label of an identity's upstream tokens.
 pub(crate) const TOKENS_LABEL: &[u8] = b"postern upstream tokens";
+/// The sealing label of a federated logout's relay state.
+const LOGOUT_RELAY_LABEL: &[u8] = b"postern logout relay";
+
+/// Where a federated logout goes once the upstream has answered at the logout callback,
+/// sealed (and so tamper-proof) into the relay state the upstream hands back.
+#[derive(Serialize, Deserialize)]
+struct LogoutRelay {
+    /// The application's `return_to`, checked against its allowed logout URLs (empty: none).
+    return_to: String,
+    /// The application's `state`.
+    state: String,
+    /// Until when the relay state is good (unix microseconds).
+    until: i64,
+}
 
 /// The secret parts of an upstream transaction, sealed at rest.
 #[derive(Serialize, Deserialize)]
@@ -97,6 +111,72 @@ fn error_of(s: &Status) -> (&'static str, String) {
 
 impl OAuthApi {
     /// The tenant's callback URL, where upstreams send the browser back.
+    /// Where a federated logout goes: the session's upstream's logout, when its connection
+    /// offers one (see `RedirectConnector::logout`), with a sealed relay state naming the
+    /// application's `return_to` and `state` for the upstream that answers at the logout
+    /// callback.
+    pub(super) async fn upstream_logout(
+        &self,
+        req: &pb::EndSessionRequest,
+        session: &crate::store::oauth::EndedSession,
+    ) -> Result<Option<String>, Status> {
+        let relay = LogoutRelay {
+            return_to: req.return_to.clone(),
+            state: req.state.clone(),
+            until: self.now().saturating_add(micros(self.oauth.transaction_lifetime)),
+        };
+        let json = serde_json::to_vec(&relay).map_err(|e| internal(&e))?;
+        let master = &self.authn.config.master_key;
+        let sealed = master.seal(LOGOUT_RELAY_LABEL, &[&req.tenant], &json).map_err(|e| internal(&e))?;
+        let relay = URL_SAFE_NO_PAD.encode(sealed);
+        let callback_url = self.logout_callback_url(&req.tenant);
+        let logout = postern_connector::UpstreamLogout {
+            session: &session.upstream_session,
+            return_to: &req.return_to,
+            state: &req.state,
+            callback_url: &callback_url,
+            relay: &relay,
+        };
+        Ok(self.authn.federated_logout(&req.tenant, &session.connection, &logout).await)
+    }
+
+    /// `CompleteUpstreamLogout`: the application's `return_to` and `state` of the relay
+    /// state, when it is this tenant's, unaltered and not too old.
+    pub(super) fn finish_upstream_logout(
+        &self,
+        req: &pb::CompleteUpstreamLogoutRequest,
+    ) -> pb::CompleteUpstreamLogoutResponse {
+        let tenant = req.tenant.as_str();
+        let relay = req.parameters.get("RelayState").filter(|r| !r.is_empty() && r.len() <= 4096);
+        let opened = relay.and_then(|r| URL_SAFE_NO_PAD.decode(r).ok()).and_then(|sealed| {
+            let json = self.authn.config.master_key.open(LOGOUT_RELAY_LABEL, &[tenant], &sealed).ok()?;
+            serde_json::from_slice::<LogoutRelay>(&json).ok()
+        });
+        let answered = if req.parameters.contains_key("SAMLResponse") { "a SAML LogoutResponse" } else { "no answer" };
+        let Some(relay) = opened.filter(|r| r.until > self.now()) else {
+            tracing::info!(tenant, answered, "upstream logout callback without a live relay state of this tenant");
+            return pb::CompleteUpstreamLogoutResponse { redirect: None };
+        };
+        tracing::info!(tenant, answered, "upstream logout completed");
+        if relay.return_to.is_empty() {
+            return pb::CompleteUpstreamLogoutResponse { redirect: None };
+        }
+        let mut parameters = std::collections::HashMap::new();
+        if !relay.state.is_empty() {
+            parameters.insert("state".to_owned(), relay.state);
+        }
+        pb::CompleteUpstreamLogoutResponse {
+            redirect: Some(pb::Redirect { uri: relay.return_to, response_mode: "query".into(), parameters }),
+        }
+    }
+
+    /// The tenant's logout callback (`/<tenant>/logout/callback`): where an upstream answers
+    /// a federated logout.
+    pub(super) fn logout_callback_url(&self, tenant: &str) -> String {
+        let url = self.authn.config.public_url.get().map_or("http://localhost", String::as_str);
+        format!("{}/{tenant}/logout/callback", url.trim_end_matches('/'))
+    }
+
     pub(super) fn callback_url(&self, tenant: &str) -> String {
         let url = self.authn.config.public_url.get().map_or("http://localhost", String::as_str);
         format!("{}/{tenant}/login/callback", url.trim_end_matches('/'))

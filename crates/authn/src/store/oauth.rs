@@ -105,6 +105,9 @@ pub struct LoginGrant<'a> {
     pub upstream_tokens: Option<&'a str>,
     /// The connection the login went through, kept on the session (empty: none named).
     pub connection: &'a str,
+    /// What the connection's upstream needs of the login to end its own session
+    /// (`Completed::upstream_session`), kept on the session (empty: nothing).
+    pub upstream_session: &'a str,
     /// Now: the session's `auth_time` and the rows' creation time (unix microseconds).
     pub now: i64,
     /// The digest of the new session's cookie.
@@ -238,6 +241,7 @@ pub(super) fn insert_grant_in(
         grant.session_hash,
         user_id,
         grant.connection,
+        grant.upstream_session,
         grant.now,
         grant.session_idle_expire,
         grant.session_absolute_expire,
@@ -309,26 +313,38 @@ fn refresh_insert<'a>(
     .bind(grant.family_expire)
 }
 
+/// An SSO session just ended: what a federated logout needs of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedSession {
+    /// The connection its login went through (empty when none was named).
+    pub connection: String,
+    /// What that connection's upstream needs to end its own session (empty: nothing).
+    pub upstream_session: String,
+}
+
 /// The statement that starts an SSO session, logged in through `connection` (empty when
-/// none was named).
+/// none was named) whose upstream's logout needs `upstream_session` (empty: nothing).
+#[allow(clippy::too_many_arguments)] // the session's columns
 fn session_insert<'a>(
     tenant: &'a str,
     id_hash: &'a str,
     user_id: &'a str,
     connection: &'a str,
+    upstream_session: &'a str,
     now: i64,
     idle_expire: i64,
     absolute_expire: i64,
 ) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
         "INSERT INTO sso_sessions \
-         (tenant, id_hash, user_id, connection, auth_time, last_seen, idle_expire, absolute_expire) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+         (tenant, id_hash, user_id, connection, upstream_session, auth_time, last_seen, idle_expire, absolute_expire) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
     )
     .bind(tenant)
     .bind(id_hash)
     .bind(user_id)
     .bind(connection)
+    .bind(upstream_session)
     .bind(now)
     .bind(idle_expire.min(absolute_expire))
     .bind(absolute_expire)
@@ -696,7 +712,7 @@ impl Store {
         idle_expire: i64,
         absolute_expire: i64,
     ) -> Result<(), StoreError> {
-        session_insert(tenant, id_hash, user_id, "", now, idle_expire, absolute_expire)
+        session_insert(tenant, id_hash, user_id, "", "", now, idle_expire, absolute_expire)
             .execute(self.db.writer())
             .await?;
         Ok(())
@@ -767,15 +783,21 @@ impl Store {
         Ok(session)
     }
 
-    /// Ends a session: the connection its login went through (empty when none was named),
-    /// or `None` when there was no such session.
-    pub async fn end_session(&self, tenant: &str, id_hash: &str) -> Result<Option<String>, StoreError> {
-        let ended = sqlx::query("DELETE FROM sso_sessions WHERE tenant = $1 AND id_hash = $2 RETURNING connection")
-            .bind(tenant)
-            .bind(id_hash)
-            .fetch_optional(self.db.writer())
-            .await?;
-        Ok(ended.map(|r| r.try_get("connection")).transpose()?)
+    /// Ends a session: what a federated logout needs of it, or `None` when there was no
+    /// such session.
+    pub async fn end_session(&self, tenant: &str, id_hash: &str) -> Result<Option<EndedSession>, StoreError> {
+        let ended = sqlx::query(
+            "DELETE FROM sso_sessions WHERE tenant = $1 AND id_hash = $2 RETURNING connection, upstream_session",
+        )
+        .bind(tenant)
+        .bind(id_hash)
+        .fetch_optional(self.db.writer())
+        .await?;
+        let Some(r) = ended else { return Ok(None) };
+        Ok(Some(EndedSession {
+            connection: r.try_get("connection")?,
+            upstream_session: r.try_get("upstream_session")?,
+        }))
     }
 
     // ---- refresh tokens ----

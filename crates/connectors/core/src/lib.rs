@@ -540,6 +540,30 @@ pub struct Completed {
     /// What of the answer may be used once only (a SAML assertion's id); `None` when the
     /// protocol's own single use suffices (an authorization code).
     pub one_time_id: Option<OneTimeId>,
+    /// What the upstream's logout needs of this login (a SAML `NameID` and
+    /// `SessionIndex`), kept on the SSO session and handed back to
+    /// [`RedirectConnector::logout`]; `None` when it needs nothing.
+    pub upstream_session: Option<String>,
+}
+
+/// A federated logout (`/v2/logout?federated`), as [`RedirectConnector::logout`] gets it.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLogout<'a> {
+    /// What [`Completed::upstream_session`] kept of the login (empty when nothing).
+    pub session: &'a str,
+    /// Where the application wants the browser after logout (empty: nowhere said) and its
+    /// `state`, for protocols whose upstream sends the browser there itself (OpenID's
+    /// `post_logout_redirect_uri`).
+    pub return_to: &'a str,
+    /// The application's `state`.
+    pub state: &'a str,
+    /// Postern's logout callback (`/<tenant>/logout/callback`), for protocols whose
+    /// upstream answers Postern (a SAML `LogoutResponse`), with `relay`: an opaque,
+    /// tamper-proof token naming `return_to` and `state`, sent as the relay state, that the
+    /// callback reads to send the browser on.
+    pub callback_url: &'a str,
+    /// See `callback_url`.
+    pub relay: &'a str,
 }
 
 /// A source that logs users in by a redirect to an upstream and back (OIDC, OAuth2 social,
@@ -617,16 +641,14 @@ pub trait RedirectConnector: Send + Sync {
     }
 
     /// Where to send the browser to end the user's session at the upstream too (federated
-    /// logout, `/v2/logout?federated`), after which the upstream sends it to `return_to`
-    /// with `state` (both may be empty: the upstream then shows its own page). `None`, the
-    /// default, when the protocol or the provider offers no such logout: the logout then
-    /// ends Postern's session alone.
+    /// logout, `/v2/logout?federated`), after which the upstream sends it on to the
+    /// application (see [`UpstreamLogout`]). `None`, the default, when the protocol or the
+    /// provider offers no such logout: the logout then ends Postern's session alone.
     async fn logout(
         &self,
         _tenant: &str,
         _conn: &Resolved,
-        _return_to: &str,
-        _state: &str,
+        _logout: &UpstreamLogout<'_>,
     ) -> Result<Option<String>, ConnectorError> {
         Ok(None)
     }

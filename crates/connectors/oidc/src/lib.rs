@@ -60,7 +60,7 @@ use openidconnect::{
 use postern_connection::{Resolved, Strategy};
 use postern_connector::{
     Begun, Completed, ConnectorError, Connectors, Egress, ExternalProfile, RedirectConnector, RedirectTransaction,
-    TEST_CODE, TestReport, TestStep, UpstreamTokens, async_trait, test_code_verdict,
+    TEST_CODE, TestReport, TestStep, UpstreamLogout, UpstreamTokens, async_trait, test_code_verdict,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -557,7 +557,7 @@ impl OidcConnector {
             scope: String::new(),
             expires_at: claims.get("exp").and_then(Value::as_u64),
         });
-        Ok(Completed { profile, tokens, partial_profile: false, one_time_id: None })
+        Ok(Completed { profile, tokens, partial_profile: false, one_time_id: None, upstream_session: None })
     }
 }
 
@@ -803,9 +803,9 @@ impl RedirectConnector for OidcConnector {
         &self,
         _tenant: &str,
         conn: &Resolved,
-        return_to: &str,
-        state: &str,
+        logout: &UpstreamLogout<'_>,
     ) -> Result<Option<String>, ConnectorError> {
+        let (return_to, state) = (logout.return_to, logout.state);
         let p = Profile::of(conn)?;
         let e = self.endpoints(&p).await?;
         let Some(endpoint) = e.discovery.as_deref().map(|d| d.end_session_endpoint.as_str()).filter(|u| !u.is_empty())
@@ -930,7 +930,7 @@ impl RedirectConnector for OidcConnector {
                 .expires_in()
                 .and_then(|d| SystemTime::now().checked_add(d)?.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())),
         });
-        Ok(Completed { profile, tokens, partial_profile: p.apple.is_some(), one_time_id: None })
+        Ok(Completed { profile, tokens, partial_profile: p.apple.is_some(), one_time_id: None, upstream_session: None })
     }
 }
 

@@ -80,7 +80,8 @@ use postern_connection::{Options, Resolved, SamlBinding, SamlOptions, SamlSignat
 use postern_connector::egress::{HttpClient, SendError};
 use postern_connector::{
     Begun, Completed, ConnectorError, Connectors, Egress, ExternalProfile, OneTimeId, RedirectConnector,
-    RedirectTransaction, ServiceMetadata, TestReport, TestStep, UnsolicitedClient, UpstreamRequest, async_trait,
+    RedirectTransaction, ServiceMetadata, TestReport, TestStep, UnsolicitedClient, UpstreamLogout, UpstreamRequest,
+    async_trait,
 };
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
@@ -806,6 +807,7 @@ impl SamlConnector {
             tokens: None,
             partial_profile: false,
             one_time_id: Some(OneTimeId { key, until: until.max(self.clock.now()) + SKEW }),
+            upstream_session: LoginSession::of(&assertion).and_then(|s| serde_json::to_string(&s).ok()),
         })
     }
 
@@ -971,6 +973,64 @@ fn key_matches_certificate(key_pem: &str, certificate_pem: &str) -> Result<(), S
     }
 }
 
+/// What a Single Logout needs of a login, kept on its SSO session: the assertion's subject
+/// as the IdP wrote it, and the IdP's session index.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LoginSession {
+    name_id: String,
+    #[serde(default)]
+    format: String,
+    #[serde(default)]
+    session_index: String,
+}
+
+impl LoginSession {
+    fn of(a: &Assertion) -> Option<Self> {
+        let name_id = a.subject.as_ref()?.name_id.as_ref()?;
+        let session_index =
+            a.authn_statements.iter().flatten().find_map(|s| s.session_index.clone()).unwrap_or_default();
+        Some(Self { name_id: name_id.value.clone(), format: name_id.format.clone().unwrap_or_default(), session_index })
+    }
+}
+
+/// A `LogoutRequest` (SAML core 3.7.1) from `issuer` to `destination` for `session`.
+fn logout_request(id: &str, instant: &str, issuer: &str, destination: &str, session: &LoginSession) -> String {
+    let format =
+        if session.format.is_empty() { String::new() } else { format!(" Format=\"{}\"", xml_escape(&session.format)) };
+    let index = if session.session_index.is_empty() {
+        String::new()
+    } else {
+        format!("<samlp:SessionIndex>{}</samlp:SessionIndex>", xml_escape(&session.session_index))
+    };
+    format!(
+        "<samlp:LogoutRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" \
+         xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"{id}\" Version=\"2.0\" \
+         IssueInstant=\"{instant}\" Destination=\"{destination}\"><saml:Issuer>{issuer}</saml:Issuer>\
+         <saml:NameID{format}>{name_id}</saml:NameID>{index}</samlp:LogoutRequest>",
+        destination = xml_escape(destination),
+        issuer = xml_escape(issuer),
+        name_id = xml_escape(&session.name_id),
+    )
+}
+
+/// `message` for the HTTP-Redirect binding (SAML bindings 3.4.4.1): raw DEFLATE, then base64.
+fn deflated(message: &str) -> Result<String, std::io::Error> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(message.as_bytes())?;
+    Ok(STANDARD.encode(encoder.finish()?))
+}
+
+/// Postern's logout callback beside the login callback `callback_url`
+/// (`/<tenant>/login/callback` → `/<tenant>/logout/callback`): the SP's single logout
+/// service, where the IdP answers a `LogoutRequest`.
+fn logout_callback_of(callback_url: &str) -> String {
+    match callback_url.strip_suffix("/login/callback") {
+        Some(base) => format!("{base}/logout/callback"),
+        None => callback_url.to_owned(),
+    }
+}
+
 /// The request id of a transaction: unpredictable (from its sealed nonce), an NCName.
 fn request_id(tx: &RedirectTransaction) -> String {
     let digest = Sha256::digest(format!("postern saml request id\n{}", tx.nonce).as_bytes());
@@ -1017,6 +1077,7 @@ fn metadata_document(sp: &Sp<'_>, acs: &str) -> String {
          \x20   <md:NameIDFormat>urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified</md:NameIDFormat>\n\
          \x20   <md:NameIDFormat>{email}</md:NameIDFormat>\n\
          \x20   <md:NameIDFormat>urn:oasis:names:tc:SAML:2.0:nameid-format:persistent</md:NameIDFormat>\n\
+         \x20   <md:SingleLogoutService Binding=\"{redirect}\" Location=\"{slo}\"/>\n\
          \x20   <md:AssertionConsumerService index=\"0\" isDefault=\"true\" Binding=\"{post}\" Location=\"{acs}\"/>\n\
          {unsolicited}\
          \x20 </md:SPSSODescriptor>\n\
@@ -1025,6 +1086,8 @@ fn metadata_document(sp: &Sp<'_>, acs: &str) -> String {
         signed = o.sign_request,
         email = EMAIL_FORMAT,
         post = HTTP_POST,
+        redirect = HTTP_REDIRECT,
+        slo = xml_escape(&logout_callback_of(acs)),
         acs = xml_escape(acs),
         unsolicited = if o.idp_initiated.enabled {
             format!(
@@ -1188,6 +1251,45 @@ fn check_decryption(o: &SamlOptions, key: Option<&str>, now: SystemTime) -> Resu
 
 #[async_trait]
 impl RedirectConnector for SamlConnector {
+    /// SAML Single Logout, SP-initiated by HTTP-Redirect: a `LogoutRequest` for the login's
+    /// `NameID` and `SessionIndex` to the IdP's `sign_out_url`, signed as the connection signs
+    /// its requests (`sign_request`), whose `RelayState` brings the browser back through
+    /// Postern's logout callback (the SP metadata's `SingleLogoutService`) to the
+    /// application. `None` without a `sign_out_url`, or for a session that kept no subject.
+    async fn logout(
+        &self,
+        tenant: &str,
+        conn: &Resolved,
+        logout: &UpstreamLogout<'_>,
+    ) -> Result<Option<String>, ConnectorError> {
+        let sp = sp(tenant, conn)?;
+        let o = sp.options;
+        if o.sign_out_url.is_empty() {
+            return Ok(None);
+        }
+        let Ok(session) = serde_json::from_str::<LoginSession>(logout.session) else { return Ok(None) };
+        let digest = Sha256::digest(format!("postern saml logout request id\n{}", logout.relay).as_bytes());
+        let id = format!("_{}", hex::encode(&digest[..20]));
+        let instant = to_chrono(self.clock.now()).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let xml = logout_request(&id, &instant, &sp.entity_id, &o.sign_out_url, &session);
+        let fail =
+            |e: &dyn std::fmt::Display| misconfigured(sp.connection, format!("the logout request cannot be made: {e}"));
+        let mut url = url::Url::parse(&o.sign_out_url).map_err(|e| fail(&e))?;
+        url.query_pairs_mut().append_pair("SAMLRequest", &deflated(&xml).map_err(|e| fail(&e))?);
+        if !logout.relay.is_empty() {
+            url.query_pairs_mut().append_pair("RelayState", logout.relay);
+        }
+        if !o.sign_request {
+            return Ok(Some(url.to_string()));
+        }
+        let key = conn
+            .secret(names::REQUEST_SIGNING_KEY)
+            .ok_or_else(|| misconfigured(sp.connection, "signs requests but has no request_signing_key"))?;
+        sign_query(url, key.expose(), o.signature_algorithm)
+            .map(Some)
+            .map_err(|e| misconfigured(sp.connection, format!("the request signing key cannot sign: {e}")))
+    }
+
     async fn begin(&self, tenant: &str, conn: &Resolved, tx: &RedirectTransaction) -> Result<Begun, ConnectorError> {
         let sp = self.trusted(tenant, conn).await?;
         if sp.idp.sign_in_url.is_empty() {

@@ -275,6 +275,7 @@ impl RedirectConnector for SocialConnector {
             tokens: keep.then(|| upstream_tokens(tokens)),
             partial_profile: false,
             one_time_id: None,
+            upstream_session: None,
         })
     }
 
