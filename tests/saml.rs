@@ -1344,5 +1344,8 @@ async fn a_federated_logout_sends_a_signed_logout_request_and_returns_through_th
     // An altered relay state goes nowhere but the logged-out page.
     let forged = agent.get(&format!("{slo}?RelayState=AAAA{}", &q["RelayState"][4..])).await.expect("forged");
     assert_eq!((forged.status, forged.location()), (200, None), "{forged:?}");
+    // An IdP's own LogoutRequest ends nothing here, and says so.
+    let unsolicited = agent.get(&format!("{slo}?SAMLRequest=x&RelayState=y")).await.expect("IdP-initiated");
+    assert!((400..500).contains(&unsolicited.status) && unsolicited.body.contains("not supported"), "{unsolicited:?}");
     suite.stop().await.expect("stop");
 }

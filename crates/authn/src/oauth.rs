@@ -1516,7 +1516,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         req: Request<pb::CompleteUpstreamLogoutRequest>,
     ) -> Result<Response<pb::CompleteUpstreamLogoutResponse>, Status> {
         principal(&req)?.require_internal()?;
-        Ok(Response::new(self.finish_upstream_logout(req.get_ref())))
+        Ok(Response::new(self.finish_upstream_logout(req.get_ref())?))
     }
 
     async fn get_service_provider_metadata(

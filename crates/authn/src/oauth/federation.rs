@@ -145,8 +145,16 @@ impl OAuthApi {
     pub(super) fn finish_upstream_logout(
         &self,
         req: &pb::CompleteUpstreamLogoutRequest,
-    ) -> pb::CompleteUpstreamLogoutResponse {
+    ) -> Result<pb::CompleteUpstreamLogoutResponse, Status> {
         let tenant = req.tenant.as_str();
+        if req.parameters.contains_key("SAMLRequest") {
+            // An IdP-initiated logout: not served, and not pretended to be.
+            return Err(postern_common::error::failed_precondition(
+                "IDP_INITIATED_LOGOUT_UNSUPPORTED",
+                "an identity provider's own LogoutRequest (IdP-initiated single logout) is not supported: no session \
+                 here was ended; log out at the application (/v2/logout)",
+            ));
+        }
         let relay = req.parameters.get("RelayState").filter(|r| !r.is_empty() && r.len() <= 4096);
         let opened = relay.and_then(|r| URL_SAFE_NO_PAD.decode(r).ok()).and_then(|sealed| {
             let json = self.authn.config.master_key.open(LOGOUT_RELAY_LABEL, &[tenant], &sealed).ok()?;
@@ -155,19 +163,19 @@ impl OAuthApi {
         let answered = if req.parameters.contains_key("SAMLResponse") { "a SAML LogoutResponse" } else { "no answer" };
         let Some(relay) = opened.filter(|r| r.until > self.now()) else {
             tracing::info!(tenant, answered, "upstream logout callback without a live relay state of this tenant");
-            return pb::CompleteUpstreamLogoutResponse { redirect: None };
+            return Ok(pb::CompleteUpstreamLogoutResponse { redirect: None });
         };
         tracing::info!(tenant, answered, "upstream logout completed");
         if relay.return_to.is_empty() {
-            return pb::CompleteUpstreamLogoutResponse { redirect: None };
+            return Ok(pb::CompleteUpstreamLogoutResponse { redirect: None });
         }
         let mut parameters = std::collections::HashMap::new();
         if !relay.state.is_empty() {
             parameters.insert("state".to_owned(), relay.state);
         }
-        pb::CompleteUpstreamLogoutResponse {
+        Ok(pb::CompleteUpstreamLogoutResponse {
             redirect: Some(pb::Redirect { uri: relay.return_to, response_mode: "query".into(), parameters }),
-        }
+        })
     }
 
     /// The tenant's logout callback (`/<tenant>/logout/callback`): where an upstream answers
