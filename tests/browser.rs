@@ -474,7 +474,8 @@ async fn a_single_page_application_gets_its_tokens_from_javascript_across_origin
 /// pointed at the tenant: its redirect login through the hosted page, its silent
 /// authentication (`getTokenSilently`: a hidden iframe on `/authorize` with `prompt=none`
 /// and `response_mode=web_message`, whose page posts the code back to the application's
-/// window), and its logout. Each page writes what the SDK answered into `#out`.
+/// window), its popup login (the same page, posting to the window that opened the popup),
+/// and its logout. Each page writes what the SDK answered into `#out`.
 struct Auth0SpaApp {
     listener: Option<tokio::net::TcpListener>,
     port: u16,
@@ -506,6 +507,8 @@ impl Auth0SpaApp {
                 "/login" => "await client.loginWithRedirect();",
                 "/callback" => AUTH0_SPA_CALLBACK,
                 "/silent" => AUTH0_SPA_SILENT,
+                // A user's click opens the popup (browsers block popups without one).
+                "/popup" => AUTH0_SPA_POPUP,
                 "/logout" => "await client.logout({ logoutParams: { returnTo: ORIGIN + '/bye' } });",
                 _ => "done({ page: location.pathname });",
             };
@@ -524,6 +527,15 @@ impl Auth0SpaApp {
 const AUTH0_SPA_CALLBACK: &str = "await client.handleRedirectCallback();
   const claims = await client.getIdTokenClaims();
   done({ sub: claims.sub, email: claims.email, access_token: !!(await client.getTokenSilently()) });";
+
+const AUTH0_SPA_POPUP: &str = "const button = document.createElement('button');
+  button.id = 'popup'; button.textContent = 'Log in';
+  button.onclick = async () => { try {
+    await client.loginWithPopup();
+    const claims = await client.getIdTokenClaims();
+    done({ sub: claims.sub, email: claims.email });
+  } catch (e) { done({ error: e.error || String(e), description: e.error_description || e.message }); } };
+  document.body.appendChild(button);";
 
 const AUTH0_SPA_SILENT: &str =
     "const answer = await client.getTokenSilently({ detailedResponse: true, cacheMode: 'off' });
@@ -583,6 +595,13 @@ async fn auth0s_spa_sdk_logs_in_authenticates_silently_in_an_iframe_and_logs_out
     assert_eq!((&got["sub"], got["access_token"].as_bool()), (&sub, Some(true)), "{got}");
     let claims = verify_id_token(suite.http, got["id_token"].as_str().expect("id_token"), &client.client_id).await;
     assert_eq!(claims["sub"], sub);
+
+    // Its popup login: the session answers the popup's /authorize, whose page posts the
+    // code to the window that opened it.
+    browser.goto(&format!("{}/popup", app.origin())).await.expect("popup page");
+    browser.click("#popup").await.expect("click");
+    let got = spa_out(&browser).await;
+    assert_eq!(got["sub"], sub, "{got}");
 
     // The SDK's logout ends the session: silent authentication fails again.
     browser.goto(&format!("{}/logout", app.origin())).await.expect("logout");
