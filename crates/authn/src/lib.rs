@@ -99,6 +99,7 @@ pub const INTERNAL_METHODS: &[&str] = &[
     "/postern.authn.v1.OAuthService/SubmitPasswordlessCode",
     "/postern.authn.v1.OAuthService/CompleteMagicLink",
     "/postern.authn.v1.OAuthService/GetServiceProviderMetadata",
+    "/postern.authn.v1.OAuthService/CompleteUpstreamLogout",
 ];
 
 /// The RPCs of this service a caller may reach without an API key, as the gateway's
@@ -160,6 +161,7 @@ pub const METHOD_SCOPES: MethodScopes = &[
     ("/postern.authn.v1.OAuthService/SubmitPasswordlessCode", Need::Nothing),
     ("/postern.authn.v1.OAuthService/CompleteMagicLink", Need::Nothing),
     ("/postern.authn.v1.OAuthService/GetServiceProviderMetadata", Need::Nothing),
+    ("/postern.authn.v1.OAuthService/CompleteUpstreamLogout", Need::Nothing),
 ];
 
 /// Another Postern service, called as `Service("authn")`.
