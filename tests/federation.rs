@@ -1320,6 +1320,9 @@ async fn a_federated_logout_ends_the_session_at_the_upstream_too() {
     let q: HashMap<String, String> = to.query_pairs().into_owned().collect();
     assert_eq!(q.get("post_logout_redirect_uri").map(String::as_str), Some(BYE), "{to}");
     assert_eq!(q.get("state").map(String::as_str), Some("bye-state"), "{to}");
+    // The login's own ID token, kept sealed on the session, as the hint (Okta requires one).
+    let hint = claims_of(q.get("id_token_hint").expect("id_token_hint"));
+    assert_eq!((hint["iss"].as_str(), hint["sub"].as_str()), (Some(upstream.issuer.as_str()), Some("erin")), "{hint}");
     assert!(out.headers("set-cookie").iter().any(|c| c.starts_with("postern_session=;")), "{out:?}");
     let back = upstream.log_out(&mut agent, to.as_str()).await.expect("upstream logout");
     assert_eq!(back, format!("{BYE}?state=bye-state"));

@@ -775,9 +775,18 @@ impl AuthnApi {
             )?),
             None => None,
         };
+        let upstream_session = match &completed.upstream_session {
+            Some(plain) => Some(crate::oauth::federation::seal_upstream_session(
+                &self.config.master_key,
+                tenant,
+                grant.session_hash,
+                plain,
+            )?),
+            None => None,
+        };
         let grant = crate::store::oauth::LoginGrant {
             upstream_tokens: sealed.as_deref(),
-            upstream_session: completed.upstream_session.as_deref().unwrap_or_default(),
+            upstream_session: upstream_session.as_deref().unwrap_or_default(),
             ..*grant
         };
         self.upsert_external_user(tenant, conn, &source, None, address, Some(&grant), audit).await

@@ -34,6 +34,36 @@ const TRANSACTION_LABEL: &[u8] = b"postern upstream transaction";
 pub(crate) const TOKENS_LABEL: &[u8] = b"postern upstream tokens";
 /// The sealing label of a federated logout's relay state.
 const LOGOUT_RELAY_LABEL: &[u8] = b"postern logout relay";
+/// The sealing label of what an upstream's logout needs of a login (an ID token, a SAML
+/// subject), kept on the SSO session.
+const UPSTREAM_SESSION_LABEL: &[u8] = b"postern upstream session";
+
+/// `plain` (a connector's `Completed::upstream_session`) sealed for the SSO session of
+/// `session_hash` at `tenant`, as text for its row.
+pub(crate) fn seal_upstream_session(
+    master: &MasterKey,
+    tenant: &str,
+    session_hash: &str,
+    plain: &str,
+) -> Result<String, Status> {
+    let sealed =
+        master.seal(UPSTREAM_SESSION_LABEL, &[tenant, session_hash], plain.as_bytes()).map_err(|e| internal(&e))?;
+    Ok(URL_SAFE_NO_PAD.encode(sealed))
+}
+
+/// What [`seal_upstream_session`] sealed, or empty when nothing was kept or it cannot be
+/// opened (a master key since retired: the logout then ends Postern's session alone).
+fn open_upstream_session(master: &MasterKey, tenant: &str, session_hash: &str, sealed: &str) -> String {
+    if sealed.is_empty() {
+        return String::new();
+    }
+    URL_SAFE_NO_PAD
+        .decode(sealed)
+        .ok()
+        .and_then(|bytes| master.open(UPSTREAM_SESSION_LABEL, &[tenant, session_hash], &bytes).ok())
+        .and_then(|plain| String::from_utf8(plain.to_vec()).ok())
+        .unwrap_or_default()
+}
 
 /// Where a federated logout goes once the upstream has answered at the logout callback,
 /// sealed (and so tamper-proof) into the relay state the upstream hands back.
@@ -130,8 +160,9 @@ impl OAuthApi {
         let sealed = master.seal(LOGOUT_RELAY_LABEL, &[&req.tenant], &json).map_err(|e| internal(&e))?;
         let relay = URL_SAFE_NO_PAD.encode(sealed);
         let callback_url = self.logout_callback_url(&req.tenant);
+        let kept = open_upstream_session(master, &req.tenant, &secret_digest(&req.session), &session.upstream_session);
         let logout = postern_connector::UpstreamLogout {
-            session: &session.upstream_session,
+            session: &kept,
             return_to: &req.return_to,
             state: &req.state,
             callback_url: &callback_url,
@@ -472,6 +503,18 @@ impl OAuthApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upstream_session_is_sealed_and_opens_only_for_its_session() {
+        let master = MasterKey::generate().expect("key");
+        let plain = r#"{"id_token":"eyJhbGciOi.payload.signature"}"#;
+        let sealed = seal_upstream_session(&master, "t", "session-hash", plain).expect("sealed");
+        assert!(!sealed.contains("eyJ") && !sealed.contains("id_token"), "{sealed}");
+        assert_eq!(open_upstream_session(&master, "t", "session-hash", &sealed), plain);
+        assert_eq!(open_upstream_session(&master, "t", "another-session", &sealed), "");
+        assert_eq!(open_upstream_session(&master, "u", "session-hash", &sealed), "");
+        assert_eq!(open_upstream_session(&master, "t", "session-hash", ""), "");
+    }
 
     #[test]
     fn tokens_open_only_for_their_identity() {

@@ -540,9 +540,9 @@ pub struct Completed {
     /// What of the answer may be used once only (a SAML assertion's id); `None` when the
     /// protocol's own single use suffices (an authorization code).
     pub one_time_id: Option<OneTimeId>,
-    /// What the upstream's logout needs of this login (a SAML `NameID` and
-    /// `SessionIndex`), kept on the SSO session and handed back to
-    /// [`RedirectConnector::logout`]; `None` when it needs nothing.
+    /// What the upstream's logout needs of this login (an OpenID Connect ID token for
+    /// `id_token_hint`, a SAML `NameID` and `SessionIndex`), kept sealed on the SSO session
+    /// and handed back to [`RedirectConnector::logout`]; `None` when it needs nothing.
     pub upstream_session: Option<String>,
 }
 

@@ -557,8 +557,15 @@ impl OidcConnector {
             scope: String::new(),
             expires_at: claims.get("exp").and_then(Value::as_u64),
         });
-        Ok(Completed { profile, tokens, partial_profile: false, one_time_id: None, upstream_session: None })
+        let upstream_session = logout_session(jwt);
+        Ok(Completed { profile, tokens, partial_profile: false, one_time_id: None, upstream_session })
     }
+}
+
+/// What the provider's logout needs of a login: its ID token, sent back as `id_token_hint`
+/// (which some providers require, Okta among them).
+fn logout_session(id_token: &str) -> Option<String> {
+    (!id_token.is_empty()).then(|| serde_json::json!({ "id_token": id_token }).to_string())
 }
 
 /// Whether the provider's discovery document lets the front channel work: the `id_token`
@@ -795,7 +802,8 @@ impl RedirectConnector for OidcConnector {
     }
 
     /// OpenID Connect RP-Initiated Logout: the discovery document's `end_session_endpoint`
-    /// with the connection's `client_id` and, when the logout returns to the application,
+    /// with the connection's `client_id`, the login's ID token as `id_token_hint` and, when
+    /// the logout returns to the application,
     /// `post_logout_redirect_uri` (which the provider must have registered for the client)
     /// and `state`. `None` when the provider names no such endpoint (Google, for one) or the
     /// connection sets every endpoint itself (no document is read).
@@ -814,9 +822,15 @@ impl RedirectConnector for OidcConnector {
         };
         let mut url = url::Url::parse(endpoint)
             .map_err(|x| misconfigured(&p, format!("the end_session_endpoint is not a URL: {x}")))?;
+        let hint = serde_json::from_str::<Value>(logout.session)
+            .ok()
+            .and_then(|v| v.get("id_token").and_then(Value::as_str).map(str::to_owned));
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("client_id", &p.client_id);
+            if let Some(hint) = &hint {
+                q.append_pair("id_token_hint", hint);
+            }
             if !return_to.is_empty() {
                 q.append_pair("post_logout_redirect_uri", return_to);
                 if !state.is_empty() {
@@ -913,14 +927,16 @@ impl RedirectConnector for OidcConnector {
         {
             apple::first_login_name(&mut profile, user);
         }
+        let raw_id_token = response
+            .id_token()
+            .and_then(|t| serde_json::to_value(t).ok())
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let upstream_session = logout_session(&raw_id_token);
         let tokens = p.store_tokens.then(|| UpstreamTokens {
             access_token: response.access_token().secret().clone(),
             refresh_token: response.refresh_token().map(|t| t.secret().clone()).unwrap_or_default(),
-            id_token: response
-                .id_token()
-                .and_then(|t| serde_json::to_value(t).ok())
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            id_token: raw_id_token,
             token_type: "Bearer".into(),
             scope: response
                 .scopes()
@@ -930,7 +946,7 @@ impl RedirectConnector for OidcConnector {
                 .expires_in()
                 .and_then(|d| SystemTime::now().checked_add(d)?.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())),
         });
-        Ok(Completed { profile, tokens, partial_profile: p.apple.is_some(), one_time_id: None, upstream_session: None })
+        Ok(Completed { profile, tokens, partial_profile: p.apple.is_some(), one_time_id: None, upstream_session })
     }
 }
 
