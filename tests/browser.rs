@@ -118,12 +118,14 @@ fn authorize_url(http: SocketAddr, client_id: &str, redirect_uri: &str, challeng
     url.into()
 }
 
-async fn spa(admin: &mut Clients, name: &str, app: &App) -> tenant::Client {
+/// A single-page application of the application at `origin` (its `/callback`, logging out
+/// to its `/bye`), with the `customers` connection enabled.
+async fn spa(admin: &mut Clients, name: &str, origin: &str) -> tenant::Client {
     let c = tenant::Client {
         name: name.into(),
         app_type: tenant::AppType::Spa as i32,
-        callbacks: vec![app.url("/callback")],
-        allowed_logout_urls: vec![app.url("/bye")],
+        callbacks: vec![format!("{origin}/callback")],
+        allowed_logout_urls: vec![format!("{origin}/bye")],
         ..Default::default()
     };
     let c = admin
@@ -190,8 +192,8 @@ async fn a_browser_signs_up_logs_in_with_sso_and_logs_out() {
     let suite = Suite::start().await.expect("suite");
     let mut admin = customers(&suite).await;
     let mut app = App::start().await;
-    let portal = spa(&mut admin, "Fabrikam Customer Portal", &app).await;
-    let shop = spa(&mut admin, "Fabrikam Shop", &app).await;
+    let portal = spa(&mut admin, "Fabrikam Customer Portal", &app.url("")).await;
+    let shop = spa(&mut admin, "Fabrikam Shop", &app.url("")).await;
     let callback = app.url("/callback");
 
     // The first application: the hosted page, where the user signs up.
@@ -476,25 +478,11 @@ async fn a_single_page_application_gets_its_tokens_from_javascript_across_origin
 /// and `response_mode=web_message`, whose page posts the code back to the application's
 /// window), its popup login (the same page, posting to the window that opened the popup),
 /// and its logout. Each page writes what the SDK answered into `#out`.
-struct Auth0SpaApp {
-    listener: Option<tokio::net::TcpListener>,
-    port: u16,
-}
-
-impl Auth0SpaApp {
-    async fn bind() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        Self { listener: Some(listener), port }
-    }
-
-    fn origin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Serves the pages of `client_id` at `domain` (the tenant's base URL, as the SDK's
-    /// `domain`), with the SDK's browser build `sdk` inlined in each.
-    fn serve(&mut self, domain: &str, client_id: &str, sdk: String) -> tokio::task::JoinHandle<()> {
+impl SpaApp {
+    /// Serves, instead of [`SpaApp::serve`]'s pages, pages that use the SDK for `client_id`
+    /// at `domain` (the tenant's base URL, as the SDK's `domain`), with the SDK's browser
+    /// build `sdk` inlined in each.
+    fn serve_auth0(&mut self, domain: &str, client_id: &str, sdk: String) -> tokio::task::JoinHandle<()> {
         let listener = self.listener.take().expect("served once");
         let constants = format!(
             "const DOMAIN = {}; const CLIENT_ID = {}; const ORIGIN = {};",
@@ -551,26 +539,9 @@ async fn auth0s_spa_sdk_logs_in_authenticates_silently_in_an_iframe_and_logs_out
     let Some(browser) = Browser::open(test).await else { return };
     let suite = Suite::start().await.expect("suite");
     let mut admin = customers(&suite).await;
-    let mut app = Auth0SpaApp::bind().await;
-    let c = tenant::Client {
-        name: "Fabrikam Customer Portal".into(),
-        app_type: tenant::AppType::Spa as i32,
-        callbacks: vec![format!("{}/callback", app.origin())],
-        allowed_logout_urls: vec![format!("{}/bye", app.origin())],
-        ..Default::default()
-    };
-    let create = tenant::CreateClientRequest { tenant: TENANT.into(), client: Some(c) };
-    let client = admin.clients.create_client(create).await.expect("client").into_inner().client.expect("client");
-    admin
-        .connections
-        .enable_client(conn::EnableClientRequest {
-            tenant: TENANT.into(),
-            connection: "customers".into(),
-            client_id: client.client_id.clone(),
-        })
-        .await
-        .expect("enable");
-    let task = app.serve(&format!("http://{}/{TENANT}", suite.http), &client.client_id, sdk);
+    let mut app = SpaApp::bind().await;
+    let client = spa(&mut admin, "Fabrikam Customer Portal", &app.origin()).await;
+    let task = app.serve_auth0(&format!("http://{}/{TENANT}", suite.http), &client.client_id, sdk);
 
     // No session yet: silent authentication answers login_required, through the iframe.
     browser.goto(&format!("{}/silent", app.origin())).await.expect("silent");

@@ -1268,16 +1268,7 @@ async fn a_federated_logout_ends_the_session_at_the_upstream_too() {
     let mut admin = suite.admin().await;
     let portal = app(&mut admin, t).await;
     const BYE: &str = "https://app.example.com/bye";
-    let allow = tenant::UpdateClientRequest {
-        tenant: t.into(),
-        client: Some(tenant::Client {
-            client_id: portal.client_id.clone(),
-            allowed_logout_urls: vec![BYE.into()],
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask { paths: vec!["allowed_logout_urls".into()] }),
-    };
-    admin.clients.update_client(allow).await.expect("logout URL");
+    admin.allow_logout_urls(t, &portal.client_id, &[BYE]).await.expect("logout URL");
     let (id, secret) = upstream.register_logout_client(&callback_of(&suite, t), BYE).await.expect("register");
     let c = oidc_connection(upstream, &suite, t, "corp", "", serde_json::Value::Null, |o| {
         o.client_id = id;

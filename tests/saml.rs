@@ -1276,26 +1276,13 @@ async fn a_federated_logout_sends_a_signed_logout_request_and_returns_through_th
     let mut admin = suite.admin().await;
     let portal = app(&mut admin, t).await;
     const BYE: &str = "https://app.example.com/bye";
-    let allow = tenant::UpdateClientRequest {
-        tenant: t.into(),
-        client: Some(tenant::Client {
-            client_id: portal.client_id.clone(),
-            allowed_logout_urls: vec![BYE.into()],
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask { paths: vec!["allowed_logout_urls".into()] }),
-    };
-    admin.clients.update_client(allow).await.expect("logout URL");
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
-    let cert = rcgen::CertificateParams::new(vec!["postern-sp".into()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("certificate");
+    admin.allow_logout_urls(t, &portal.client_id, &[BYE]).await.expect("logout URL");
+    let (key, cert) = rsa_pair("postern-sp");
     let options = conn::SamlOptions {
         sign_out_url: idp.slo_url(),
         sign_request: true,
-        request_signing_key: key.serialize_pem(),
-        request_signing_certificate: cert.pem(),
+        request_signing_key: key,
+        request_signing_certificate: cert,
         ..saml_options(idp)
     };
     let md = connect(idp, &suite, &mut admin, (t, &portal), CONNECTION, options, json!({})).await;

@@ -1387,7 +1387,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             client_id = aud;
         }
         // Validate the destination before ending anything.
-        let redirect = if req.return_to.is_empty() {
+        let mut redirect = if req.return_to.is_empty() {
             None
         } else {
             if client_id.is_empty() {
@@ -1415,7 +1415,6 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         } else {
             None
         };
-        let mut redirect = redirect;
         if let Some(session) = &ended {
             let connection = session.connection.as_str();
             tracing::info!(tenant = %req.tenant, connection, federated = req.federated, "SSO session ended");

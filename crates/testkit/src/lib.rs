@@ -262,6 +262,27 @@ impl Clients {
         }
     }
 
+    /// Sets the allowed logout URLs of the client `client_id` of `tenant` (an update masked to
+    /// `allowed_logout_urls`).
+    pub async fn allow_logout_urls(
+        &mut self,
+        tenant: &str,
+        client_id: &str,
+        urls: &[&str],
+    ) -> Result<tenant::Client, tonic::Status> {
+        let update = tenant::UpdateClientRequest {
+            tenant: tenant.into(),
+            client: Some(tenant::Client {
+                client_id: client_id.into(),
+                allowed_logout_urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["allowed_logout_urls".into()] }),
+        };
+        let updated = self.clients.update_client(update).await?.into_inner();
+        updated.client.ok_or_else(|| tonic::Status::internal("UpdateClient answered no client"))
+    }
+
     /// Lets the machine-to-machine client `client_id` of `tenant` get `client_credentials`
     /// tokens for the API `audience` with `scopes`: creates the API (defining `scopes`) unless
     /// it exists, then the client's grant for it.

@@ -212,13 +212,12 @@ impl OAuthApi {
     /// The tenant's logout callback (`/<tenant>/logout/callback`): where an upstream answers
     /// a federated logout.
     pub(super) fn logout_callback_url(&self, tenant: &str) -> String {
-        let url = self.authn.config.public_url.get().map_or("http://localhost", String::as_str);
-        format!("{}/{tenant}/logout/callback", url.trim_end_matches('/'))
+        format!("{}logout/callback", self.issuer(tenant))
     }
 
+    /// The tenant's login callback (`/<tenant>/login/callback`), where upstreams answer.
     pub(super) fn callback_url(&self, tenant: &str) -> String {
-        let url = self.authn.config.public_url.get().map_or("http://localhost", String::as_str);
-        format!("{}/{tenant}/login/callback", url.trim_end_matches('/'))
+        format!("{}login/callback", self.issuer(tenant))
     }
 
     /// Starts a login at `connection`'s upstream for the application's `request`: stores
