@@ -318,8 +318,9 @@ async fn a_change_through_one_replica_is_in_force_at_the_other_at_once() {
 /// restarts the count.
 const IN_A_ROW: usize = 8;
 
-/// A split process (`postern serve <component> <args>`) on PostgreSQL at `url`.
-fn split(dir: &Path, url: &str, internal: &str, args: &[&str]) -> Process {
+/// A split process (`postern serve <component> <args>`) on PostgreSQL at `url`, with `more`
+/// variables in its environment.
+fn split(dir: &Path, url: &str, internal: &str, args: &[&str], more: &[(&str, &str)]) -> Process {
     let mut all = args.to_vec();
     all.extend(["--listen", "127.0.0.1:0", "--data-dir"]);
     let dir = dir.display().to_string();
@@ -335,6 +336,7 @@ fn split(dir: &Path, url: &str, internal: &str, args: &[&str]) -> Process {
         ("POSTERN_RATE_LIMIT", "0"),
         ("POSTERN_LOG", "warn"),
     ];
+    let env: Vec<(&str, &str)> = env.into_iter().chain(more.iter().copied()).collect();
     Process::start(Path::new(BIN), &all, &env).expect("a split process starts")
 }
 
@@ -392,16 +394,21 @@ where
 async fn two_replicas_of_each_service_behind_one_gateway_agree_at_once() {
     let Some(base) = postgres("two_replicas_of_each_service_behind_one_gateway_agree_at_once") else { return };
     let db = migrated_database(&base).await;
-    split_replicas_agree(&db.url, || {}).await;
+    split_replicas_agree(&db.url, &[], || {}).await;
     db.drop_db().await.expect("drop");
 }
 
 /// The same deployment, where no new connection to PostgreSQL opens once every process has
-/// started (as when a name lookup goes unanswered, or the server is too busy to accept): no
-/// call needs one. Each pool keeps connections open, and the streams that one change wakes
-/// together read the logs in turns, so the calls find idle connections; before both, a call
-/// after an API key's revocation opened one and waited for it, past [`WITHIN`] (with CI's
-/// slow DNS, for the pool's whole 10 s acquire timeout).
+/// started (as when a name lookup goes unanswered, or the server is too busy to accept), on
+/// fixed pools (`--db-pool-min` = `--db-pool-size`, as the README advises there): no call
+/// needs a new connection, and a change is in force everywhere within [`WITHIN`] all the
+/// same. The streams that one change wakes read the logs in turns, so that calls wait for
+/// few of them. A process serves only once it listens for the other replicas'
+/// notifications: a listener still connecting when the stall began never connected, and its
+/// replica saw the others' changes only at its once-a-second poll. With the default pools
+/// (4 kept open, up to 16) a call that found the 4 busy on two loaded cores opened a fifth
+/// and waited for it, past [`WITHIN`]: in one CI run, and once in six local runs of this
+/// binary (the proxy saw one new connection, during an API key's revocation).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_database_connect_holds_no_call_up() {
     let Some(base) = postgres("a_stalled_database_connect_holds_no_call_up") else { return };
@@ -412,7 +419,9 @@ async fn a_stalled_database_connect_holds_no_call_up() {
     let proxy = stalling_proxy(upstream, stall.clone()).await;
     url.set_host(Some(&proxy.ip().to_string())).expect("host");
     url.set_port(Some(proxy.port())).expect("port");
-    split_replicas_agree(url.as_str(), || stall.store(true, std::sync::atomic::Ordering::SeqCst)).await;
+    // Fixed pools, as the README advises where opening a connection can stall.
+    let fixed = [("POSTERN_DB_POOL_SIZE", "4"), ("POSTERN_DB_POOL_MIN", "4")];
+    split_replicas_agree(url.as_str(), &fixed, || stall.store(true, std::sync::atomic::Ordering::SeqCst)).await;
     db.drop_db().await.expect("drop");
 }
 
@@ -448,20 +457,30 @@ async fn stalling_proxy(
 /// Two replicas of each service on the database at `url`, behind one gateway: see
 /// [`two_replicas_of_each_service_behind_one_gateway_agree_at_once`]. `started` is called
 /// once every process has started, before the first call.
-async fn split_replicas_agree(url: &str, started: impl FnOnce()) {
+async fn split_replicas_agree(url: &str, more: &[(&str, &str)], started: impl FnOnce()) {
     let temp = tempfile::tempdir().expect("tempdir");
     let internal = "d".repeat(64);
-    let t1 = split(&temp.path().join("t1"), url, &internal, &["tenant"]);
-    let t2 = split(&temp.path().join("t2"), url, &internal, &["tenant"]);
+    let t1 = split(&temp.path().join("t1"), url, &internal, &["tenant"], more);
+    let t2 = split(&temp.path().join("t2"), url, &internal, &["tenant"], more);
     let (t1_url, t2_url) = (format!("http://{}", t1.grpc), format!("http://{}", t2.grpc));
-    let r1 = split(&temp.path().join("r1"), url, &internal, &["registry", "--tenant-url", &t1_url]);
-    let r2 = split(&temp.path().join("r2"), url, &internal, &["registry", "--tenant-url", &t2_url]);
+    let r1 = split(&temp.path().join("r1"), url, &internal, &["registry", "--tenant-url", &t1_url], more);
+    let r2 = split(&temp.path().join("r2"), url, &internal, &["registry", "--tenant-url", &t2_url], more);
     let (r1_url, r2_url) = (format!("http://{}", r1.grpc), format!("http://{}", r2.grpc));
     // Each authenticator follows the other registry and tenant replica than the one beside it.
-    let a1 =
-        split(&temp.path().join("a1"), url, &internal, &["authn", "--tenant-url", &t2_url, "--registry-url", &r2_url]);
-    let a2 =
-        split(&temp.path().join("a2"), url, &internal, &["authn", "--tenant-url", &t1_url, "--registry-url", &r1_url]);
+    let a1 = split(
+        &temp.path().join("a1"),
+        url,
+        &internal,
+        &["authn", "--tenant-url", &t2_url, "--registry-url", &r2_url],
+        more,
+    );
+    let a2 = split(
+        &temp.path().join("a2"),
+        url,
+        &internal,
+        &["authn", "--tenant-url", &t1_url, "--registry-url", &r1_url],
+        more,
+    );
     let (a1_url, a2_url) = (format!("http://{}", a1.grpc), format!("http://{}", a2.grpc));
     let gateway = split(
         &temp.path().join("gw"),
@@ -476,6 +495,7 @@ async fn split_replicas_agree(url: &str, started: impl FnOnce()) {
             "--authn-url",
             &format!("{a1_url},{a2_url}"),
         ],
+        more,
     );
     started();
     let mut admin = Clients::new(channel(gateway.grpc).await, ADMIN_KEY);

@@ -28,6 +28,7 @@ async fn stores(test: &str) -> Vec<(Store, Backend)> {
             url: db.url.clone(),
             schema: "authn".into(),
             pool_size: postern_common::db::DEFAULT_POOL_SIZE,
+            min_open: postern_common::db::MIN_OPEN_CONNECTIONS,
         })
         .await
         .unwrap();

@@ -114,6 +114,9 @@ pub enum DbLocation {
         /// The most connections the service's pool opens ([`DEFAULT_POOL_SIZE`] unless
         /// configured).
         pool_size: u32,
+        /// The connections it opens at start and keeps open ([`MIN_OPEN_CONNECTIONS`] unless
+        /// configured; at most `pool_size`).
+        min_open: u32,
     },
 }
 
@@ -121,11 +124,13 @@ pub enum DbLocation {
 /// services in the all-in-one process open up to three times this many.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 
-/// The PostgreSQL connections a service's pool keeps open however quiet it is (fewer when
-/// the pool is smaller); they open together when the service starts. A call that finds no
-/// idle connection opens one, and waits for it alone: sqlx does not hand it a connection
-/// freed meanwhile, so a slow connect (a name lookup that is not answered, a busy server)
-/// holds the call up to the pool's acquire timeout.
+/// The PostgreSQL connections a service's pool keeps open however quiet it is unless
+/// configured (fewer when the pool is smaller); they open together when the service starts.
+/// A call that finds no idle connection, while the pool may open more, opens one and waits
+/// for it alone: sqlx does not hand it a connection freed meanwhile, so a slow connect (a
+/// name lookup that is not answered, a busy server) holds the call up to the pool's acquire
+/// timeout. A pool whose minimum is its size (a fixed pool, as HikariCP advises) opens
+/// nothing after the start: its calls wait only for each other.
 pub const MIN_OPEN_CONNECTIONS: u32 = 4;
 
 impl DbLocation {
@@ -133,19 +138,24 @@ impl DbLocation {
     /// PostgreSQL database at `database_url` when one is given.
     pub fn for_service(service: &str, data_dir: &Path, database_url: Option<&str>) -> Self {
         match database_url {
-            Some(url) => {
-                DbLocation::Postgres { url: url.to_owned(), schema: service.to_owned(), pool_size: DEFAULT_POOL_SIZE }
-            }
+            Some(url) => DbLocation::Postgres {
+                url: url.to_owned(),
+                schema: service.to_owned(),
+                pool_size: DEFAULT_POOL_SIZE,
+                min_open: MIN_OPEN_CONNECTIONS,
+            },
             None => DbLocation::SqliteFile(data_dir.join(format!("{service}.db"))),
         }
     }
 
     /// The same location with a pool of at most `pool_size` connections (at least one) on
-    /// PostgreSQL; an SQLite file keeps its own pools (one writer, eight readers).
-    pub fn with_pool_size(self, pool_size: u32) -> Self {
+    /// PostgreSQL, `min_open` of them (at most `pool_size`) opened at start and kept open;
+    /// an SQLite file keeps its own pools (one writer, eight readers).
+    pub fn with_pool(self, pool_size: u32, min_open: u32) -> Self {
         match self {
             DbLocation::Postgres { url, schema, .. } => {
-                DbLocation::Postgres { url, schema, pool_size: pool_size.max(1) }
+                let pool_size = pool_size.max(1);
+                DbLocation::Postgres { url, schema, pool_size, min_open: min_open.min(pool_size) }
             }
             sqlite => sqlite,
         }
@@ -381,6 +391,9 @@ impl std::ops::DerefMut for WriteTx {
 /// connection (doubling up to [`LISTEN_MAX_BACKOFF`]).
 const LISTEN_MIN_BACKOFF: Duration = Duration::from_millis(100);
 const LISTEN_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long [`Db::on_notify`] waits for its listener before it answers anyway (the pool's
+/// own acquire timeout).
+const LISTEN_READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -462,10 +475,14 @@ async fn listen(
     url: &str,
     channel: &'static str,
     on_notify: &(impl Fn() + Send + Sync),
+    listening: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<std::convert::Infallible, sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect(url).await?;
     listener.listen(channel).await?;
     tracing::debug!(channel, "listening for notifications");
+    if let Some(listening) = listening.take() {
+        let _ = listening.send(());
+    }
     on_notify();
     loop {
         // `None`: the connection was lost (the next call connects again), and with it what
@@ -584,7 +601,7 @@ impl Db {
                     closed: closed_signal(),
                 })
             }
-            DbLocation::Postgres { url, schema, pool_size } => {
+            DbLocation::Postgres { url, schema, pool_size, min_open } => {
                 let options = postgres_options(url, schema)?;
                 // The schema must exist, and be current, before any pooled connection points
                 // its search path at it.
@@ -598,7 +615,7 @@ impl Db {
                 let set_path = format!("SET search_path TO {schema}");
                 let pool = AnyPoolOptions::new()
                     .max_connections(*pool_size)
-                    .min_connections(MIN_OPEN_CONNECTIONS.min(*pool_size))
+                    .min_connections((*min_open).min(*pool_size))
                     .acquire_timeout(Duration::from_secs(10))
                     .after_connect(move |conn, _| {
                         let set_path = set_path.clone();
@@ -612,7 +629,7 @@ impl Db {
                 // `connect_with` opens it, all within its acquire timeout: the service starts
                 // when the database answers one of them. One that fails to open now is
                 // missing from the minimum until the pool's maintenance opens it again.
-                let minimum = MIN_OPEN_CONNECTIONS.min(*pool_size) as usize;
+                let minimum = (*min_open).min(*pool_size) as usize;
                 let opened = futures_util::future::join_all((0..minimum).map(|_| pool.acquire())).await;
                 if opened.iter().all(Result::is_err)
                     && let Some(Err(e)) = opened.into_iter().next()
@@ -782,14 +799,21 @@ impl Db {
     /// notification may have been missed while it was down; until the pool is closed. A
     /// notification is a hint to look, never the data: the callers read their logs. Nothing
     /// on SQLite.
-    pub fn on_notify(&self, channel: &'static str, on_notify: impl Fn() + Send + Sync + 'static) {
+    ///
+    /// Answers once the listener is listening, so that a process that starts serving after it
+    /// hears other replicas' changes at once from its first call, not at its callers' next
+    /// poll; or, when the database has not let it listen within [`LISTEN_READY_WITHIN`], with
+    /// a warning, leaving the listener to keep trying meanwhile (the callers poll until then).
+    pub async fn on_notify(&self, channel: &'static str, on_notify: impl Fn() + Send + Sync + 'static) {
         let Some(url) = self.url.clone() else { return };
         let mut closed = self.closed.subscribe();
+        let (listening, ready) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
+            let mut listening = Some(listening);
             let mut backoff = LISTEN_MIN_BACKOFF;
             loop {
                 tokio::select! {
-                    Err(e) = listen(&url, channel, &on_notify) => {
+                    Err(e) = listen(&url, channel, &on_notify, &mut listening) => {
                         tracing::warn!(channel, error = %e, "lost the notification listener; polling until it is back");
                     }
                     _ = closed.wait_for(|c| *c) => return,
@@ -801,6 +825,12 @@ impl Db {
                 backoff = (backoff * 2).min(LISTEN_MAX_BACKOFF);
             }
         });
+        if tokio::time::timeout(LISTEN_READY_WITHIN, ready).await.is_err() {
+            tracing::warn!(
+                channel,
+                "not yet listening for other replicas' changes; they are seen by polling until the listener connects"
+            );
+        }
     }
 
     /// Closes the pool, waiting for connections to be returned, and gives the SQLite file up.

@@ -161,6 +161,13 @@ pub struct Settings {
     /// runs three services, so up to three times this many). SQLite keeps its own pools.
     #[arg(long, env = "POSTERN_DB_POOL_SIZE", default_value_t = postern_common::db::DEFAULT_POOL_SIZE)]
     pub db_pool_size: u32,
+    /// The connections each service's pool opens to PostgreSQL at start and keeps open (at
+    /// most `--db-pool-size`). A call that finds none idle opens another and waits for it
+    /// alone (sqlx hands it no connection freed meanwhile): where opening one can stall (a
+    /// name lookup left unanswered, a server slow to accept), make it `--db-pool-size`, a
+    /// fixed pool whose calls wait only for each other.
+    #[arg(long, env = "POSTERN_DB_POOL_MIN", default_value_t = postern_common::db::MIN_OPEN_CONNECTIONS)]
+    pub db_pool_min: u32,
     /// How many days the tenant service keeps audit events (`AuditService`); older ones are
     /// deleted at start and then every hour, by a timer of the tenant service. 0 keeps them forever.
     #[arg(long, env = "POSTERN_AUDIT_RETENTION_DAYS", default_value_t = 30)]
@@ -642,7 +649,7 @@ async fn start_tenant(settings: &Settings, internal_key: InternalKey) -> anyhow:
 
 async fn open_tenant_store(settings: &Settings) -> anyhow::Result<postern_tenant::Store> {
     let location = DbLocation::for_service("tenant", &settings.data_dir, settings.database_url.as_deref())
-        .with_pool_size(settings.db_pool_size);
+        .with_pool(settings.db_pool_size, settings.db_pool_min);
     let store = postern_tenant::Store::open_with(&location, settings.schema_policy())
         .await
         .context("cannot open the tenant service's database")?;
@@ -666,7 +673,7 @@ async fn start_registry(
 ) -> anyhow::Result<Started> {
     let master_key = master_key(settings)?;
     let location = DbLocation::for_service("registry", &settings.data_dir, settings.database_url.as_deref())
-        .with_pool_size(settings.db_pool_size);
+        .with_pool(settings.db_pool_size, settings.db_pool_min);
     let store = postern_registry::Store::open_with(&location, settings.schema_policy())
         .await
         .context("cannot open the connection registry's database")?;
@@ -706,7 +713,7 @@ async fn start_authn(
     // The same master key as the registry's (postern_common::seal), under its own label.
     let master_key = master_key(settings)?;
     let location = DbLocation::for_service("authn", &settings.data_dir, settings.database_url.as_deref())
-        .with_pool_size(settings.db_pool_size);
+        .with_pool(settings.db_pool_size, settings.db_pool_min);
     let store = postern_authn::Store::open_with(&location, settings.schema_policy())
         .await
         .context("cannot open the authenticator's database")?;

@@ -189,7 +189,7 @@ impl Store {
         let db = Db::open_with(location, MIGRATIONS, policy).await?;
         let logged = Arc::new(watch::channel(0u64).0);
         let woken = logged.clone();
-        db.on_notify(CHANGES_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1)));
+        db.on_notify(CHANGES_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1))).await;
         let outbox = postern_common::audit::Outbox::new(db.clone());
         Ok(Self { db, logged, last_own: Arc::new(AtomicI64::new(0)), outbox, actor: None })
     }

@@ -140,10 +140,10 @@ impl Store {
         let events = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
         // Events committed by other replicas on a shared PostgreSQL wake the streams at once.
         let woken = events.clone();
-        db.on_notify(EVENTS_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1)));
+        db.on_notify(EVENTS_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1))).await;
         let audit = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
         let woken = audit.clone();
-        db.on_notify(audit::AUDIT_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1)));
+        db.on_notify(audit::AUDIT_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1))).await;
         Ok(Self {
             db,
             events,

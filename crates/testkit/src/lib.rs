@@ -84,6 +84,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         hash_concurrency: 0,
         hash_queue_timeout_ms: 10_000,
         db_pool_size: postern_common::db::DEFAULT_POOL_SIZE,
+        db_pool_min: postern_common::db::MIN_OPEN_CONNECTIONS,
         audit_retention_days: 30,
         tls_cert: None,
         tls_key: None,

@@ -28,6 +28,7 @@ where
         url: db.url.clone(),
         schema: "registry".into(),
         pool_size: postern_common::db::DEFAULT_POOL_SIZE,
+        min_open: postern_common::db::MIN_OPEN_CONNECTIONS,
     })
     .await
     .expect("PostgreSQL");

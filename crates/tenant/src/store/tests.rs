@@ -22,6 +22,7 @@ where
         url: db.url.clone(),
         schema: "tenant".into(),
         pool_size: postern_common::db::DEFAULT_POOL_SIZE,
+        min_open: postern_common::db::MIN_OPEN_CONNECTIONS,
     })
     .await
     .expect("PostgreSQL");
