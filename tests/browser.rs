@@ -5,7 +5,8 @@
 //! the session so that the page is shown again. A single-page application's JavaScript gets
 //! its tokens across origins (CORS), and a page at an origin the client does not allow is
 //! refused. Auth0's own SPA SDK (npm's auth0-spa-js) logs in, authenticates silently in its
-//! hidden iframe (`response_mode=web_message`) and logs out against the tenant.
+//! hidden iframe (`response_mode=web_message`) and logs out against the tenant; over https it
+//! does so from another site too.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use postern_proto::connections::v1 as conn;
 use postern_proto::tenant::v1 as tenant;
-use postern_testkit::browser::{Browser, Locator};
+use postern_testkit::browser::{Browser, Launch, Locator};
 use postern_testkit::web::Agent;
 use postern_testkit::{Clients, Suite, http_get};
 use sha2::Digest;
@@ -246,7 +247,11 @@ async fn a_browser_signs_up_logs_in_with_sso_and_logs_out() {
 
 /// The tenant, with its database connection `customers`; the admin's clients.
 async fn customers(suite: &Suite) -> Clients {
-    let mut admin = suite.admin().await;
+    customers_through(suite.admin().await).await
+}
+
+/// [`customers`] through `admin`.
+async fn customers_through(mut admin: Clients) -> Clients {
     admin.create_tenant(TENANT).await.expect("tenant");
     let connection = conn::Connection {
         name: "customers".into(),
@@ -291,18 +296,26 @@ async fn login_on_page(browser: &Browser, email: &str, password: &str) {
 struct SpaApp {
     listener: Option<tokio::net::TcpListener>,
     port: u16,
+    /// The host of its origin: `127.0.0.1`, the same site as the suite, or `localhost`,
+    /// another site.
+    host: &'static str,
 }
 
 impl SpaApp {
     async fn bind() -> Self {
+        Self::bind_as("127.0.0.1").await
+    }
+
+    /// An application on loopback whose origin names it `host`.
+    async fn bind_as(host: &'static str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        Self { listener: Some(listener), port }
+        Self { listener: Some(listener), port, host }
     }
 
     /// The application's origin.
     fn origin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// Serves the pages of `client_id` at the tenant of `issuer`.
@@ -583,6 +596,54 @@ async fn auth0s_spa_sdk_logs_in_authenticates_silently_in_an_iframe_and_logs_out
     browser.goto(&format!("{}/silent", app.origin())).await.expect("silent");
     let got = spa_out(&browser).await;
     assert_eq!(got["error"], "login_required", "{got}");
+    browser.close().await.expect("close");
+    task.abort();
+    suite.stop().await.expect("stop");
+}
+
+/// Over https the session cookie is `SameSite=None; Secure`, as Auth0's and Keycloak's are:
+/// auth0-spa-js on another site (`http://localhost:<port>`, where the tenant is at
+/// `https://127.0.0.1:<port>`) logs in by redirect, and its silent authentication in a hidden
+/// iframe, a third-party context, then finds the session, in a browser that sends
+/// third-party cookies (Chrome's and Edge's default). With a `SameSite=Lax` session cookie
+/// the iframe answers `login_required`.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_https_silent_authentication_finds_the_session_from_another_site() {
+    let test = "over_https_silent_authentication_finds_the_session_from_another_site";
+    let Some(node) = postern_testkit::node::Node::find(test) else { return };
+    let sdk_path = node.dir().join("node_modules/@auth0/auth0-spa-js/dist/auth0-spa-js.production.js");
+    let sdk = std::fs::read_to_string(&sdk_path).expect("the SDK's browser build (npm ci in tests/node)");
+    // The suite's certificate is issued by the test's own CA, which the browser is told to
+    // let pass; and the browser sends third-party cookies, as Chrome and Edge do by default.
+    let launch = Launch { args: &["--ignore-certificate-errors"], third_party_cookies: true };
+    let Some(browser) = Browser::open_with(test, &launch).await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = postern_testkit::tls::Ca::new(dir.path(), "public");
+    let issued = ca.issue("suite");
+    let suite = Suite::start_with(|s| {
+        s.tls_cert = Some(issued.cert.clone());
+        s.tls_key = Some(issued.key.clone());
+    })
+    .await
+    .expect("suite");
+    let trust = postern_common::tls::ClientTls::new(Some(&ca.cert), None).expect("the test CA");
+    let channel = postern_common::tls::channel(&format!("https://{}", suite.grpc), Some(&trust), None, |e| e)
+        .expect("a channel over TLS");
+    let mut admin = customers_through(Clients::new(channel, postern_testkit::ADMIN_KEY)).await;
+    let mut app = SpaApp::bind_as("localhost").await;
+    let client = spa(&mut admin, "Fabrikam Customer Portal", &app.origin()).await;
+    let task = app.serve_auth0(&format!("https://{}/{TENANT}", suite.http), &client.client_id, sdk);
+
+    browser.goto(&format!("{}/login", app.origin())).await.expect("login");
+    signup_on_page(&browser).await;
+    let got = spa_out(&browser).await;
+    assert_eq!(got["email"], "new.customer@example.com", "{got}");
+    let sub = got["sub"].clone();
+
+    // A fresh page: only the session, through the iframe on the other site, can answer.
+    browser.goto(&format!("{}/silent", app.origin())).await.expect("silent");
+    let got = spa_out(&browser).await;
+    assert_eq!((&got["sub"], got["access_token"].as_bool()), (&sub, Some(true)), "{got}");
     browser.close().await.expect("close");
     task.abort();
     suite.stop().await.expect("stop");

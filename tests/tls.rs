@@ -1,65 +1,19 @@
 //! TLS as operators turn it on: the public gRPC and HTTP ports over TLS (and mTLS) with
 //! grpcurl and curl, a renewed certificate served without a restart, split services talking
 //! https with mTLS (and a peer without a client certificate refused), and plaintext as the
-//! loopback default. Every certificate is made here by a throwaway CA.
+//! loopback default. Every certificate is made by the test kit's throwaway CA.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postern_proto::authn::v1 as authn;
+use postern_testkit::tls::{Ca, Issued};
 use postern_testkit::{ADMIN_KEY, Clients, MASTER_KEY, Process, output_within};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
 
 const BIN: &str = env!("CARGO_BIN_EXE_postern-e2e");
-
-/// A throwaway CA, writing what it issues into a directory.
-struct Ca {
-    name: String,
-    issuer: Issuer<'static, KeyPair>,
-    /// The CA certificate's PEM file.
-    cert: PathBuf,
-    dir: PathBuf,
-}
-
-/// A certificate and its key, as files and as the certificate's DER.
-struct Issued {
-    cert: PathBuf,
-    key: PathBuf,
-    der: Vec<u8>,
-}
-
-impl Ca {
-    fn new(dir: &Path, name: &str) -> Self {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).expect("CA certificate");
-        let path = dir.join(format!("{name}-ca.pem"));
-        std::fs::write(&path, cert.pem()).expect("write the CA certificate");
-        Self { name: name.to_owned(), issuer: Issuer::new(params, key), cert: path, dir: dir.to_owned() }
-    }
-
-    /// A certificate for 127.0.0.1 and localhost, good for servers and clients alike,
-    /// written as `<file>.pem` and `<file>.key` in the CA's directory.
-    fn issue(&self, file: &str) -> Issued {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
-        params.distinguished_name.push(DnType::CommonName, format!("{file} ({})", self.name));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-        let (cert_path, key_path) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
-        std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
-        Issued { cert: cert_path, key: key_path, der: cert.der().to_vec() }
-    }
-}
 
 fn path(p: &Path) -> String {
     p.display().to_string()

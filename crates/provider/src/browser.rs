@@ -11,7 +11,10 @@
 //! its CSRF token by an HttpOnly cookie named after the transaction and by every form; a
 //! post whose token is missing or differs from the cookie's is refused before anything is
 //! checked. The SSO session is an opaque HttpOnly cookie (`postern_session`) scoped to the
-//! tenant's path. Cookies are `SameSite=Lax`, and `Secure` when the public URL is https.
+//! tenant's path. Cookies are `Secure` when the public URL is https, and `SameSite=Lax`, but
+//! for two that must come back from another site over https: the session's (silent
+//! authentication from an application on another site) and an upstream login's binding
+//! cookie (an upstream's cross-site form post), which are then `SameSite=None`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -38,6 +41,13 @@ pub(crate) fn csrf_cookie_name(tx: &str) -> String {
     format!("{CSRF_COOKIE_PREFIX}{short}")
 }
 
+/// Appends a `Set-Cookie` header (none when `cookie` is not a valid header value).
+fn append_cookie(response: &mut Response, cookie: &str) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
 /// The value of cookie `name` in the request.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -51,12 +61,31 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 }
 
 impl Provider {
+    /// Sets cookie `name` for the tenant's paths, `SameSite=Lax`: sent when the browser comes
+    /// to Postern from another site by a link or a redirect, never with another site's
+    /// request in the background or its form post.
     pub(crate) fn set_cookie(&self, response: &mut Response, tenant: &str, name: &str, value: &str, max_age: i64) {
         let secure = if self.config.secure_cookies { "; Secure" } else { "" };
-        let cookie = format!("{name}={value}; Path=/{tenant}/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}");
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(header::SET_COOKIE, v);
-        }
+        append_cookie(
+            response,
+            &format!("{name}={value}; Path=/{tenant}/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"),
+        );
+    }
+
+    /// Sets (or, with `max_age` 0, clears) the SSO session cookie. Over https it is
+    /// `SameSite=None; Secure`, as Auth0's and Keycloak's session cookies are: silent
+    /// authentication (`prompt=none` in a hidden iframe, `response_mode=web_message`) then
+    /// finds the session from an application on another site too, where the browser still
+    /// sends third-party cookies. Nothing else depends on the session cookie's being held
+    /// back: every form carries a CSRF token whose cookie stays `Lax`, and every answer the
+    /// session gives (a code) goes only to the client's registered redirect URI or its
+    /// origin. Over plain http a browser refuses `SameSite=None`, and the cookie is `Lax`.
+    pub(crate) fn set_session_cookie(&self, response: &mut Response, tenant: &str, value: &str, max_age: i64) {
+        let same_site = if self.config.secure_cookies { "None; Secure" } else { "Lax" };
+        append_cookie(
+            response,
+            &format!("{SESSION_COOKIE}={value}; Path=/{tenant}/; Max-Age={max_age}; HttpOnly; SameSite={same_site}"),
+        );
     }
 
     pub(crate) fn error_page(&self, status: StatusCode, message: &str) -> Response {
@@ -380,7 +409,7 @@ pub(crate) fn logged_in(provider: &Provider, tenant: &str, tx: &str, l: Option<p
         return provider.error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly.");
     };
     let mut response = provider.deliver(redirect);
-    provider.set_cookie(&mut response, tenant, SESSION_COOKIE, &l.session, l.session_max_age);
+    provider.set_session_cookie(&mut response, tenant, &l.session, l.session_max_age);
     provider.set_cookie(&mut response, tenant, &csrf_cookie_name(tx), "", 0);
     response
 }
@@ -533,9 +562,7 @@ impl Provider {
             u.binding,
             u.expires_in
         );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(header::SET_COOKIE, v);
-        }
+        append_cookie(&mut response, &cookie);
         response
     }
 }
@@ -628,7 +655,7 @@ async fn callback(
                     .error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong; try again shortly.");
             };
             let mut response = provider.deliver(redirect);
-            provider.set_cookie(&mut response, &tenant, SESSION_COOKIE, &l.session, l.session_max_age);
+            provider.set_session_cookie(&mut response, &tenant, &l.session, l.session_max_age);
             response
         }
         Ok(Some(pb::complete_upstream_login_response::Outcome::Redirect(r))) => provider.deliver(&r),
@@ -670,7 +697,7 @@ pub(crate) async fn logout(
                 Some(redirect) => provider.deliver(redirect),
                 None => provider.pages.render(StatusCode::OK, "logged_out.html", minijinja::context! {}),
             };
-            provider.set_cookie(&mut response, &tenant, SESSION_COOKIE, "", 0);
+            provider.set_session_cookie(&mut response, &tenant, "", 0);
             response
         }
         Err(s) => provider.status_page(&s),
@@ -719,5 +746,53 @@ mod tests {
         assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&headers, "postern"), None);
         assert_eq!(csrf_cookie_name("AbC-_123456789012345678"), "postern_csrf_AbC1234567890123");
+    }
+
+    fn provider(secure_cookies: bool) -> Provider {
+        let config = crate::ProviderConfig {
+            authn: Arc::new(|| None),
+            internal_key: postern_common::principal::InternalKey::generate(),
+            secure_cookies,
+            coherence: Default::default(),
+        };
+        Provider { config, documents: Default::default(), pages: crate::html::Pages::new() }
+    }
+
+    fn set_cookies(response: &Response) -> Vec<String> {
+        response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Over https the session cookie may come back from another site's iframe (`None;
+    /// Secure`) and the CSRF cookie may not; over http both are `Lax`, since browsers refuse
+    /// `None` without `Secure`.
+    #[test]
+    fn the_session_cookie_crosses_sites_only_over_https() {
+        let mut response = StatusCode::OK.into_response();
+        let https = provider(true);
+        https.set_session_cookie(&mut response, "fabrikam", "abc", 60);
+        https.set_cookie(&mut response, "fabrikam", "postern_csrf_x", "def", 60);
+        assert_eq!(
+            set_cookies(&response),
+            [
+                "postern_session=abc; Path=/fabrikam/; Max-Age=60; HttpOnly; SameSite=None; Secure",
+                "postern_csrf_x=def; Path=/fabrikam/; Max-Age=60; HttpOnly; SameSite=Lax; Secure",
+            ]
+        );
+        let mut response = StatusCode::OK.into_response();
+        let http = provider(false);
+        http.set_session_cookie(&mut response, "fabrikam", "", 0);
+        http.set_cookie(&mut response, "fabrikam", "postern_csrf_x", "def", 60);
+        assert_eq!(
+            set_cookies(&response),
+            [
+                "postern_session=; Path=/fabrikam/; Max-Age=0; HttpOnly; SameSite=Lax",
+                "postern_csrf_x=def; Path=/fabrikam/; Max-Age=60; HttpOnly; SameSite=Lax",
+            ]
+        );
     }
 }

@@ -88,6 +88,18 @@ fn start_driver() -> Result<Driver, String> {
     Ok(Driver { url: format!("http://127.0.0.1:{port}"), _child: Mutex::new(child), _lifeline: Mutex::new(lifeline) })
 }
 
+/// How [`Browser::open_with`] starts Chromium, besides the kit's own arguments.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Launch<'a> {
+    /// More command-line arguments (`--ignore-certificate-errors` for a server whose
+    /// certificate a test CA issued).
+    pub args: &'a [&'a str],
+    /// Whether the browser sends cookies in third-party contexts (a page's iframe of another
+    /// site), as Chrome and Edge do by default; Debian's Chromium, like Safari and Firefox,
+    /// does not.
+    pub third_party_cookies: bool,
+}
+
 /// A fresh headless Chromium session. End it with [`Browser::close`].
 pub struct Browser {
     client: fantoccini::Client,
@@ -98,6 +110,11 @@ impl Browser {
     /// A new session in a fresh profile, or `None` (after reporting why) when Chromium or
     /// chromedriver is missing. `test` names the test in the report.
     pub async fn open(test: &str) -> Option<Self> {
+        Self::open_with(test, &Launch::default()).await
+    }
+
+    /// [`Browser::open`], with Chromium started as `launch` says.
+    pub async fn open_with(test: &str, launch: &Launch<'_>) -> Option<Self> {
         let chromium = chromium_path();
         if !std::path::Path::new(&chromium).exists() {
             missing(test, &format!("{chromium} is not installed (apt-get install chromium)"));
@@ -110,31 +127,31 @@ impl Browser {
                 return None;
             }
         };
-        match Self::session(driver, &chromium).await {
+        match Self::session(driver, &chromium, launch).await {
             Ok(b) => Some(b),
             // The peers are there but do not work together: always a failure.
             Err(e) => panic!("{test}: a Chromium session could not start: {e:#}"),
         }
     }
 
-    async fn session(driver: &Driver, chromium: &str) -> anyhow::Result<Self> {
+    async fn session(driver: &Driver, chromium: &str, launch: &Launch<'_>) -> anyhow::Result<Self> {
         let profile = tempfile::tempdir()?;
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": chromium,
-                // --no-sandbox: tests run as root, where Chromium's sandbox refuses to start.
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                    "--disable-gpu",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            }),
-        );
+        // --no-sandbox: tests run as root, where Chromium's sandbox refuses to start.
+        let kit = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run", "--disable-gpu"];
+        let mut args: Vec<String> = kit.into_iter().map(str::to_owned).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        args.extend(launch.args.iter().map(|a| (*a).to_owned()));
+        let mut options = serde_json::json!({ "binary": chromium, "args": args });
+        if launch.third_party_cookies {
+            // Chromium's settings ("Allow third-party cookies"), as Chrome's and Edge's users
+            // have them by default; Debian's Chromium blocks them.
+            options["prefs"] = serde_json::json!({
+                "profile.cookie_controls_mode": 0,
+                "profile.block_third_party_cookies": false,
+            });
+        }
+        caps.insert("goog:chromeOptions".into(), options);
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let client = fantoccini::ClientBuilder::new(connector).capabilities(caps).connect(&driver.url).await?;
         Ok(Self { client, _profile: profile })

@@ -33,6 +33,7 @@ pub mod raw;
 pub mod saml;
 pub mod slapd;
 pub mod smtp;
+pub mod tls;
 pub mod upstream;
 pub mod web;
 
