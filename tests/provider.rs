@@ -289,13 +289,20 @@ async fn code_flow_with_pkce_refresh_sso_and_logout() {
     let unknown = agent.send("POST", &revoke_url, &own, Some(&body)).await.expect("revoke");
     assert_eq!(unknown.status, 200, "an unknown token: 200 (RFC 7009 2.2)");
 
-    // prompt=none with the session: a code; prompt=login and max_age=0: the page again.
-    let none = agent.get(&authorize_url(&suite, t, &web.client_id, &[("prompt", "none")])).await.expect("none");
-    assert!(callback_query(&none).contains_key("code"));
-    for extra in [("prompt", "login"), ("max_age", "0")] {
+    // prompt=none or consent with the session: a code; prompt=login, select_account (alone
+    // or with consent) and max_age=0: the page again; none with another value: refused.
+    for prompt in ["none", "consent"] {
+        let silent = agent.get(&authorize_url(&suite, t, &web.client_id, &[("prompt", prompt)])).await.expect("none");
+        assert!(callback_query(&silent).contains_key("code"), "{prompt}: {silent:?}");
+    }
+    for extra in [("prompt", "login"), ("prompt", "select_account"), ("prompt", "login consent"), ("max_age", "0")] {
         let again = agent.get(&authorize_url(&suite, t, &web.client_id, &[extra])).await.expect("again");
         assert!(again.location().is_some_and(|l| l.contains("/login?tx=")), "{extra:?}: {again:?}");
     }
+    let mixed = agent.get(&authorize_url(&suite, t, &web.client_id, &[("prompt", "none login")])).await.expect("mixed");
+    let q = callback_query(&mixed);
+    assert_eq!((q["error"].as_str(), q["state"].as_str()), ("invalid_request", "st/ä&=?"), "{q:?}");
+    assert!(q["error_description"].contains("prompt none cannot be combined"), "{q:?}");
 
     // Logout to an unregistered URL is refused without ending anything; to a registered one
     // it ends the session.

@@ -871,8 +871,8 @@ impl OAuthApi {
             )
         } else if !has_scope(p.scope, "openid") {
             fail("invalid_scope", "scope", "scope must include openid")
-        } else if !matches!(p.prompt, "" | "none" | "login") {
-            fail("invalid_request", "prompt", "prompt must be none or login")
+        } else if let Err(why) = Prompt::parse(p.prompt) {
+            fail("invalid_request", "prompt", why)
         } else if p.max_age.is_some_and(|m| m < 0) {
             fail("invalid_request", "max_age", "max_age must be zero or more seconds")
         } else if !p.code_challenge_method.is_empty() && p.code_challenge_method != "S256" {
@@ -1127,6 +1127,46 @@ fn check_origin(client: &ResolvedClient, origin: &str) -> Result<(), Status> {
     ))
 }
 
+/// An authorization request's `prompt` (OpenID Connect Core §3.1.2.1): a space-separated set
+/// of `none`, `login`, `consent` and `select_account`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Prompt {
+    /// `none`: never a page; `login_required` without a session.
+    none: bool,
+    /// `login` or `select_account`: the page, even with a session. Postern keeps one session
+    /// per browser, so choosing an account is logging in, as Keycloak treats it too.
+    page: bool,
+}
+
+impl Prompt {
+    /// Parses `prompt`. `consent` adds nothing: a tenant's applications are its own
+    /// (first-party), their access configured by the tenant, and Postern shows no consent
+    /// page, as Keycloak does for a client that does not require consent.
+    fn parse(prompt: &str) -> Result<Self, &'static str> {
+        let mut parsed = Prompt::default();
+        let mut others = false;
+        for value in prompt.split(' ').filter(|v| !v.is_empty()) {
+            match value {
+                "none" => parsed.none = true,
+                "login" | "select_account" => {
+                    parsed.page = true;
+                    others = true;
+                }
+                "consent" => others = true,
+                _ => {
+                    return Err(
+                        "prompt must be none, or one or more of login, consent and select_account                                 (separated by spaces)",
+                    );
+                }
+            }
+        }
+        if parsed.none && others {
+            return Err("prompt none cannot be combined with another value: it asks for no page at all");
+        }
+        Ok(parsed)
+    }
+}
+
 /// Whether `redirect_uri` has an origin a page can post a message to (http or https).
 fn web_origin(redirect_uri: &str) -> bool {
     postern_common::validate::origin_of(redirect_uri)
@@ -1224,7 +1264,9 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             Err(refused) => return Ok(redirect(redirect_error(&req, refused.error, &refused.description))),
         };
         let now = self.now();
-        if !req.session.is_empty() && req.prompt != "login" && req.session.len() <= 128 {
+        // Checked with the rest of the request above.
+        let prompt = Prompt::parse(&req.prompt).unwrap_or_default();
+        if !req.session.is_empty() && !prompt.page && req.session.len() <= 128 {
             let hash = secret_digest(&req.session);
             if let Some(session) =
                 self.store().touch_session(&req.tenant, &hash, now, micros(self.oauth.session_idle)).await?
@@ -1240,7 +1282,7 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
                 }
             }
         }
-        if req.prompt == "none" {
+        if prompt.none {
             return Ok(redirect(redirect_error(&req, "login_required", "the user is not logged in")));
         }
         // A redirect connection named: straight to its upstream, no page.
@@ -1697,6 +1739,19 @@ impl OAuthApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_is_a_set_of_values_and_none_stands_alone() {
+        assert_eq!(Prompt::parse(""), Ok(Prompt::default()));
+        assert_eq!(Prompt::parse("none"), Ok(Prompt { none: true, page: false }));
+        assert_eq!(Prompt::parse("consent"), Ok(Prompt::default()));
+        for page in ["login", "select_account", "login consent", " consent  select_account "] {
+            assert_eq!(Prompt::parse(page), Ok(Prompt { none: false, page: true }), "{page}");
+        }
+        for refused in ["none login", "consent none", "create", "LOGIN", "login,consent"] {
+            assert!(Prompt::parse(refused).is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn pkce() {

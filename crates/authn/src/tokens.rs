@@ -407,7 +407,7 @@ pub fn openid_configuration(issuer: &str, algorithms: &[Algorithm]) -> serde_jso
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "prompt_values_supported": ["none", "login"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
         "scopes_supported": ["openid", "profile", "email", "phone", "offline_access"],
