@@ -1039,3 +1039,168 @@ async fn token_requests_are_audited_with_their_user() {
     assert!(exchanges.iter().all(|e| e.client_id == web.client_id));
     suite.stop().await.expect("stop");
 }
+
+/// A loopback receiver of back-channel logout tokens: each POST to `/<who>` hands the test
+/// `who`, the content type and the body; it answers 200.
+struct LogoutReceiver {
+    addr: std::net::SocketAddr,
+    received: tokio::sync::mpsc::UnboundedReceiver<(String, String, String)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LogoutReceiver {
+    async fn start() -> Self {
+        use axum::extract::Path;
+        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/{who}",
+            axum::routing::post(move |Path(who): Path<String>, headers: axum::http::HeaderMap, body: String| {
+                let kind = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let _ = tx.send((who, kind, body));
+                async { axum::http::StatusCode::OK }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, received, task }
+    }
+
+    fn url(&self, who: &str) -> String {
+        format!("http://{}/{who}", self.addr)
+    }
+
+    /// The next delivery: who it went to, and its logout token.
+    async fn next(&mut self) -> (String, String) {
+        let (who, kind, body) = tokio::time::timeout(std::time::Duration::from_secs(30), self.received.recv())
+            .await
+            .expect("a logout token within 30 s")
+            .expect("the receiver runs");
+        assert_eq!(kind, "application/x-www-form-urlencoded", "to {who}");
+        let token = url::form_urlencoded::parse(body.as_bytes())
+            .find(|(k, _)| k == "logout_token")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("no logout_token in {body:?}"));
+        (who, token)
+    }
+}
+
+/// OpenID Connect Back-Channel Logout (Auth0's and Keycloak's): a logout sends each client
+/// that got a code in the session, and has a back-channel logout URI, a logout token signed
+/// by the tenant's key (`typ: logout+jwt`) naming the user and the session's `sid` (the
+/// `sid` of its ID tokens); a client with a URI that got no code in the session, and one in
+/// the session without a URI, are sent nothing. A URI that is not an http(s) URL is refused.
+#[tokio::test]
+async fn a_logout_posts_a_logout_token_to_each_client_of_the_session() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam";
+    let (spa, web) = setup(&suite, t).await;
+    let mut receiver = LogoutReceiver::start().await;
+    let mut admin = suite.admin().await;
+
+    // The contract: a URI set by update (masked), another at creation; a bad one refused.
+    let update = tenant::UpdateClientRequest {
+        tenant: t.into(),
+        client: Some(tenant::Client {
+            client_id: web.client_id.clone(),
+            backchannel_logout_uri: receiver.url("web"),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["backchannel_logout_uri".into()] }),
+    };
+    let updated = admin.clients.update_client(update).await.expect("update").into_inner().client.expect("client");
+    assert_eq!(updated.backchannel_logout_uri, receiver.url("web"));
+    let with_uri = |name: &str, uri: String| tenant::Client {
+        name: name.into(),
+        app_type: tenant::AppType::RegularWeb as i32,
+        callbacks: vec![CALLBACK.into()],
+        backchannel_logout_uri: uri,
+        ..Default::default()
+    };
+    let bad = admin
+        .clients
+        .create_client(tenant::CreateClientRequest {
+            tenant: t.into(),
+            client: Some(with_uri("Bad", "ftp://app.example.com/logout".into())),
+        })
+        .await
+        .expect_err("an ftp URI");
+    assert_eq!(postern_testkit::violated_fields(&bad), ["client.backchannel_logout_uri"], "{bad:?}");
+    let mut others = Vec::new();
+    for name in ["other", "outsider"] {
+        let c = admin
+            .clients
+            .create_client(tenant::CreateClientRequest {
+                tenant: t.into(),
+                client: Some(with_uri(name, receiver.url(name))),
+            })
+            .await
+            .expect("client")
+            .into_inner()
+            .client
+            .expect("client");
+        admin
+            .connections
+            .enable_client(conn::EnableClientRequest {
+                tenant: t.into(),
+                connection: "users".into(),
+                client_id: c.client_id.clone(),
+            })
+            .await
+            .expect("enable");
+        others.push(c);
+    }
+    let (other, outsider) = (&others[0], &others[1]);
+
+    // alice signs up through the web application; the other application and the SPA (no
+    // URI) get codes from the session; the outsider gets none.
+    let mut agent = Agent::new();
+    let (page_url, page) = login_page(&mut agent, &suite, &authorize_url(&suite, t, &web.client_id, &[])).await;
+    let mut signup = page.forms().into_iter().find(|f| f.action.ends_with("/signup")).expect("signup form");
+    signup.set("email", "alice@example.com").set("password", STRONG);
+    let done = agent.submit(&page_url, &signup).await.expect("signup");
+    let (status, tokens) = exchange(&mut agent, &suite, t, &web, &callback_query(&done)["code"]).await;
+    assert_eq!(status, 200, "{tokens}");
+    let id = verify_id_token(&suite, t, tokens["id_token"].as_str().expect("id_token"), &web.client_id).await;
+    let sid = id["sid"].as_str().expect("the ID token's sid").to_owned();
+    assert!(silent(&mut agent, &suite, t, other).await.is_ok());
+    let c = challenge(VERIFIER);
+    let pkce = [("code_challenge", c.as_str()), ("code_challenge_method", "S256"), ("prompt", "none")];
+    let spa_code = agent.get(&authorize_url(&suite, t, &spa.client_id, &pkce)).await.expect("spa");
+    assert!(callback_query(&spa_code).contains_key("code"));
+
+    // The logout: one token to each of web and other, in either order.
+    let out = agent
+        .get(&format!("{}/{t}/v2/logout?client_id={}&returnTo={LOGGED_OUT}", base(&suite), web.client_id))
+        .await
+        .expect("logout");
+    assert_eq!(out.status, 303, "{out:?}");
+    let mut got = [receiver.next().await, receiver.next().await];
+    got.sort();
+    assert_eq!(got.iter().map(|(who, _)| who.as_str()).collect::<Vec<_>>(), ["other", "web"]);
+    for ((who, token), client) in got.iter().zip([other, &web]) {
+        let header = jsonwebtoken::decode_header(token).expect("header");
+        assert_eq!(header.typ.as_deref(), Some("logout+jwt"), "to {who}");
+        let claims = verify_id_token(&suite, t, token, &client.client_id).await;
+        assert_eq!((&claims["sub"], claims["sid"].as_str()), (&id["sub"], Some(sid.as_str())), "to {who}: {claims}");
+        assert!(claims["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object(), "{claims}");
+        assert!(claims.get("nonce").is_none() && claims["jti"].as_str().is_some_and(|j| j.len() >= 20), "{claims}");
+        assert_eq!(claims["exp"].as_u64().zip(claims["iat"].as_u64()).map(|(e, i)| e - i), Some(120), "{claims}");
+    }
+
+    // The outsider and the SPA were sent nothing: the next delivery is the next logout's,
+    // of a session in which only web got a code.
+    let code = password_login(&mut agent, &suite, t, &web).await;
+    assert!(!code.is_empty());
+    let out = agent
+        .get(&format!("{}/{t}/v2/logout?client_id={}&returnTo={LOGGED_OUT}", base(&suite), web.client_id))
+        .await
+        .expect("logout");
+    assert_eq!(out.status, 303, "{out:?}");
+    let (who, _) = receiver.next().await;
+    assert_eq!(who, "web", "the outsider ({}) got no code in the first session", outsider.client_id);
+    receiver.task.abort();
+    suite.stop().await.expect("stop");
+}

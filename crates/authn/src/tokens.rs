@@ -298,7 +298,14 @@ impl SigningKey {
 
     /// Signs `claims` as a JWT with this key (`alg` and `kid` in the header).
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, Error> {
+        self.sign_typed(claims, "JWT")
+    }
+
+    /// [`SigningKey::sign`], the header's `typ` being `typ` (`logout+jwt` for a back-channel
+    /// logout token, as its specification recommends, so that it passes for no other token).
+    pub fn sign_typed<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String, Error> {
         let mut header = Header::new(self.alg.jwt());
+        header.typ = Some(typ.to_owned());
         header.kid = Some(self.kid.clone());
         let mut token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(Error::Encoding)?);
         token.push('.');
@@ -408,6 +415,8 @@ pub fn openid_configuration(issuer: &str, algorithms: &[Algorithm]) -> serde_jso
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
         "scopes_supported": ["openid", "profile", "email", "phone", "offline_access"],

@@ -276,6 +276,33 @@ async fn a_code_is_read_then_used_up_once_with_its_refresh_token_and_audit_event
     }
 }
 
+/// The clients that got a code in a session come back, once each, when it ends by a logout
+/// (what back-channel logout tells), and go with it; those of a session that ended
+/// otherwise (expired) go at the next prune.
+#[tokio::test]
+async fn a_sessions_clients_come_back_when_it_ends() {
+    for (store, backend) in stores("a_sessions_clients_come_back_when_it_ends").await {
+        let (s, other) = (secret_digest("session"), secret_digest("other session"));
+        for id in [&s, &other] {
+            store.create_session(T, id, "auth0|u1", T0, T0 + 100 * SEC, T0 + 1000 * SEC).await.unwrap();
+        }
+        for (i, client) in ["web", "spa", "web"].into_iter().enumerate() {
+            let code = secret_digest(&format!("code-{i}"));
+            store.create_code(T, &code, &code_grant("auth0|u1", client), T0, T0 + 60 * SEC).await.unwrap();
+        }
+        let other_grant = CodeGrant { session_hash: other.clone(), ..code_grant("auth0|u1", "elsewhere") };
+        store.create_code(T, &secret_digest("code-x"), &other_grant, T0, T0 + 60 * SEC).await.unwrap();
+        let mut ended = store.end_session(T, &s).await.unwrap().expect("ended");
+        ended.clients.sort();
+        assert_eq!((ended.user_id.as_str(), ended.clients), ("auth0|u1", vec!["spa".to_owned(), "web".to_owned()]));
+        // The other session expires: its client goes at the prune, with it.
+        assert!(store.prune_oauth(T0 + 101 * SEC).await.unwrap() >= 2, "the session and its client");
+        store.create_session(T, &other, "auth0|u1", T0, T0 + 100 * SEC, T0 + 1000 * SEC).await.unwrap();
+        assert_eq!(store.end_session(T, &other).await.unwrap().expect("ended").clients, Vec::<String>::new());
+        cleanup(store, backend).await;
+    }
+}
+
 #[tokio::test]
 async fn sessions_have_idle_and_absolute_lifetimes() {
     for (store, backend) in stores("sessions_have_idle_and_absolute_lifetimes").await {
@@ -394,7 +421,8 @@ async fn deleting_users_clients_and_tenants_removes_their_grants() {
 #[tokio::test]
 async fn pruning_removes_only_what_expired() {
     for (store, backend) in stores("pruning_removes_only_what_expired").await {
-        let grant = code_grant("auth0|u1", "c1");
+        // Codes alone (a session's clients go with their session).
+        let grant = CodeGrant { session_hash: String::new(), ..code_grant("auth0|u1", "c1") };
         store.create_code(T, &secret_digest("old"), &grant, T0, T0 + 60 * SEC).await.unwrap();
         let fresh = secret_digest("fresh");
         store.create_code(T, &fresh, &grant, T0 + 100 * SEC, T0 + 160 * SEC).await.unwrap();

@@ -109,6 +109,8 @@ pub struct Client {
     pub allowed_logout_urls: Vec<String>,
     /// Allowed origins (CORS) besides the callbacks' origins.
     pub allowed_origins: Vec<String>,
+    /// Where logout tokens are posted (OpenID Connect Back-Channel Logout); empty for none.
+    pub backchannel_logout_uri: String,
     /// Creation time, unix microseconds.
     pub create_time: i64,
     /// Last change, unix microseconds.
@@ -125,6 +127,7 @@ impl Client {
             callbacks: self.callbacks,
             allowed_logout_urls: self.allowed_logout_urls,
             allowed_origins: self.allowed_origins,
+            backchannel_logout_uri: self.backchannel_logout_uri,
             client_secret: secret.unwrap_or_default(),
             confidential: self.app_type.is_confidential(),
             create_time: Some(to_timestamp(self.create_time)),
@@ -148,6 +151,8 @@ pub struct NewClient {
     pub allowed_logout_urls: Vec<String>,
     /// Allowed origins (CORS) besides the callbacks' origins.
     pub allowed_origins: Vec<String>,
+    /// Where logout tokens are posted; empty for none.
+    pub backchannel_logout_uri: String,
 }
 
 /// A change to a client: `Some` fields are replaced.
@@ -163,6 +168,8 @@ pub struct ClientPatch {
     pub allowed_logout_urls: Option<Vec<String>>,
     /// New allowed origins.
     pub allowed_origins: Option<Vec<String>>,
+    /// New back-channel logout URI (empty: none).
+    pub backchannel_logout_uri: Option<String>,
 }
 
 /// An API key's public record (its secret is shown once and kept only as a hash).
@@ -272,6 +279,7 @@ pub fn new_client(v: &mut Violations, client: &pb::Client) -> Option<NewClient> 
     check_urls(v, "client.callbacks", &client.callbacks);
     check_urls(v, "client.allowed_logout_urls", &client.allowed_logout_urls);
     check_origins(v, "client.allowed_origins", &client.allowed_origins);
+    check_backchannel_logout_uri(v, &client.backchannel_logout_uri);
     if !client.client_id.is_empty() {
         v.add("client.client_id", "is output only: Postern generates it; leave it empty");
     }
@@ -285,11 +293,20 @@ pub fn new_client(v: &mut Violations, client: &pb::Client) -> Option<NewClient> 
         callbacks: client.callbacks.clone(),
         allowed_logout_urls: client.allowed_logout_urls.clone(),
         allowed_origins: client.allowed_origins.clone(),
+        backchannel_logout_uri: client.backchannel_logout_uri.clone(),
     })
 }
 
+/// Checks a back-channel logout URI: empty (none), or a URL with the rules of the callbacks.
+fn check_backchannel_logout_uri(v: &mut Violations, uri: &str) {
+    if !uri.is_empty() {
+        v.check("client.backchannel_logout_uri", validate::redirect_url(uri));
+    }
+}
+
 /// The mutable fields of a client, for update masks.
-pub const CLIENT_MUTABLE: &[&str] = &["name", "app_type", "callbacks", "allowed_logout_urls", "allowed_origins"];
+pub const CLIENT_MUTABLE: &[&str] =
+    &["name", "app_type", "callbacks", "allowed_logout_urls", "allowed_origins", "backchannel_logout_uri"];
 
 /// Validates a client update: the paths of `mask` (or every set mutable field when empty).
 pub fn client_patch(v: &mut Violations, client: &pb::Client, mask: &[String]) -> ClientPatch {
@@ -304,6 +321,7 @@ pub fn client_patch(v: &mut Violations, client: &pb::Client, mask: &[String]) ->
             "callbacks" => !client.callbacks.is_empty(),
             "allowed_logout_urls" => !client.allowed_logout_urls.is_empty(),
             "allowed_origins" => !client.allowed_origins.is_empty(),
+            "backchannel_logout_uri" => !client.backchannel_logout_uri.is_empty(),
             _ => false,
         },
     );
@@ -328,6 +346,10 @@ pub fn client_patch(v: &mut Violations, client: &pb::Client, mask: &[String]) ->
             "allowed_origins" => {
                 check_origins(v, "client.allowed_origins", &client.allowed_origins);
                 patch.allowed_origins = Some(client.allowed_origins.clone());
+            }
+            "backchannel_logout_uri" => {
+                check_backchannel_logout_uri(v, &client.backchannel_logout_uri);
+                patch.backchannel_logout_uri = Some(client.backchannel_logout_uri.clone());
             }
             _ => {}
         }

@@ -125,7 +125,7 @@ pub struct FoundKey {
 }
 
 const CLIENT_COLUMNS: &str = "c.client_id, t.name AS tenant, c.name, c.app_type, c.callbacks, \
-     c.allowed_logout_urls, c.allowed_origins, c.create_time, c.update_time, c.seq";
+     c.allowed_logout_urls, c.allowed_origins, c.backchannel_logout_uri, c.create_time, c.update_time, c.seq";
 
 impl Store {
     /// Opens the store at `location`, running its migrations.
@@ -416,8 +416,8 @@ impl Store {
         let seq = postern_common::ids::new_id();
         let mut tx = self.db.begin_write().await?;
         let row = sqlx::query(
-            "INSERT INTO clients (client_id, tenant_id, seq, name, app_type, callbacks, allowed_logout_urls, secret_hash, create_time, update_time, allowed_origins) \
-             SELECT $1, id, $2, $3, $4, $5, $6, $7, $8, $8, $10 FROM tenants WHERE name = $9 RETURNING client_id",
+            "INSERT INTO clients (client_id, tenant_id, seq, name, app_type, callbacks, allowed_logout_urls, secret_hash, create_time, update_time, allowed_origins, backchannel_logout_uri) \
+             SELECT $1, id, $2, $3, $4, $5, $6, $7, $8, $8, $10, $11 FROM tenants WHERE name = $9 RETURNING client_id",
         )
         .bind(&client.client_id)
         .bind(&seq)
@@ -429,6 +429,7 @@ impl Store {
         .bind(now)
         .bind(tenant)
         .bind(json_list(&client.allowed_origins))
+        .bind(&client.backchannel_logout_uri)
         .fetch_optional(&mut *tx)
         .await
         .map_err(dup)?;
@@ -449,6 +450,7 @@ impl Store {
             callbacks: client.callbacks.clone(),
             allowed_logout_urls: client.allowed_logout_urls.clone(),
             allowed_origins: client.allowed_origins.clone(),
+            backchannel_logout_uri: client.backchannel_logout_uri.clone(),
             create_time: now,
             update_time: now,
         })
@@ -510,7 +512,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE clients SET name = COALESCE($3, name), app_type = COALESCE($4, app_type), \
              callbacks = COALESCE($5, callbacks), allowed_logout_urls = COALESCE($6, allowed_logout_urls), update_time = $7, \
-             allowed_origins = COALESCE($8, allowed_origins) \
+             allowed_origins = COALESCE($8, allowed_origins), backchannel_logout_uri = COALESCE($9, backchannel_logout_uri) \
              WHERE client_id = $2 AND tenant_id = (SELECT id FROM tenants WHERE name = $1) \
              RETURNING (SELECT create_time FROM tenants WHERE name = $1) AS tenant_create_time",
         )
@@ -522,6 +524,7 @@ impl Store {
         .bind(patch.allowed_logout_urls.as_deref().map(json_list))
         .bind(now_micros())
         .bind(patch.allowed_origins.as_deref().map(json_list))
+        .bind(patch.backchannel_logout_uri.as_deref())
         .fetch_optional(&mut *tx)
         .await?;
         if !self.commit_client_event(tx, row, EventType::ClientChanged, "CLIENT_UPDATED", tenant, client_id).await? {
@@ -1238,6 +1241,7 @@ fn client_from_row(r: &AnyRow) -> Result<Client, StoreError> {
         callbacks: parse_list(&r.try_get::<String, _>("callbacks")?)?,
         allowed_logout_urls: parse_list(&r.try_get::<String, _>("allowed_logout_urls")?)?,
         allowed_origins: parse_list(&r.try_get::<String, _>("allowed_origins")?)?,
+        backchannel_logout_uri: r.try_get("backchannel_logout_uri")?,
         create_time: r.try_get("create_time")?,
         update_time: r.try_get("update_time")?,
     })

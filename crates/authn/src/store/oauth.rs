@@ -247,6 +247,7 @@ pub(super) fn insert_grant_in(
         grant.session_absolute_expire,
     ))?;
     statements.push(code_insert(tenant, grant.code_hash, &grant.code(user_id), grant.now, grant.code_expire))?;
+    statements.push(session_client_insert(tenant, grant.session_hash, grant.client_id, grant.now))?;
     Ok(())
 }
 
@@ -313,13 +314,36 @@ fn refresh_insert<'a>(
     .bind(grant.family_expire)
 }
 
-/// An SSO session just ended: what a federated logout needs of it.
+/// An SSO session just ended: what a federated logout and the back-channel logout need of
+/// it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedSession {
+    /// Its user.
+    pub user_id: String,
     /// The connection its login went through (empty when none was named).
     pub connection: String,
     /// What that connection's upstream needs to end its own session (empty: nothing).
     pub upstream_session: String,
+    /// The clients that got a code in it, in no particular order.
+    pub clients: Vec<String>,
+}
+
+/// The statement that records that `client_id` got a code in the SSO session `session_hash`
+/// (nothing when it did before).
+fn session_client_insert<'a>(
+    tenant: &'a str,
+    session_hash: &'a str,
+    client_id: &'a str,
+    now: i64,
+) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "INSERT INTO sso_session_clients (tenant, session_hash, client_id, create_time) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (tenant, session_hash, client_id) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(session_hash)
+    .bind(client_id)
+    .bind(now)
 }
 
 /// The statement that starts an SSO session, logged in through `connection` (empty when
@@ -582,7 +606,14 @@ impl Store {
         now: i64,
         expire_time: i64,
     ) -> Result<(), StoreError> {
-        code_insert(tenant, code_hash, grant, now, expire_time).execute(self.db.writer()).await?;
+        if grant.session_hash.is_empty() {
+            code_insert(tenant, code_hash, grant, now, expire_time).execute(self.db.writer()).await?;
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().await?;
+        code_insert(tenant, code_hash, grant, now, expire_time).execute(&mut *tx).await?;
+        session_client_insert(tenant, &grant.session_hash, &grant.client_id, now).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -786,17 +817,29 @@ impl Store {
     /// Ends a session: what a federated logout needs of it, or `None` when there was no
     /// such session.
     pub async fn end_session(&self, tenant: &str, id_hash: &str) -> Result<Option<EndedSession>, StoreError> {
+        let mut tx = self.db.begin_write().await?;
         let ended = sqlx::query(
-            "DELETE FROM sso_sessions WHERE tenant = $1 AND id_hash = $2 RETURNING connection, upstream_session",
+            "DELETE FROM sso_sessions WHERE tenant = $1 AND id_hash = $2 \
+             RETURNING user_id, connection, upstream_session",
         )
         .bind(tenant)
         .bind(id_hash)
-        .fetch_optional(self.db.writer())
+        .fetch_optional(&mut *tx)
         .await?;
         let Some(r) = ended else { return Ok(None) };
+        let clients = sqlx::query_scalar::<_, String>(
+            "DELETE FROM sso_session_clients WHERE tenant = $1 AND session_hash = $2 RETURNING client_id",
+        )
+        .bind(tenant)
+        .bind(id_hash)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(Some(EndedSession {
+            user_id: r.try_get("user_id")?,
             connection: r.try_get("connection")?,
             upstream_session: r.try_get("upstream_session")?,
+            clients,
         }))
     }
 
@@ -939,6 +982,14 @@ impl Store {
         ] {
             n += sqlx::query(sql).bind(now).execute(&mut *tx).await?.rows_affected();
         }
+        // The clients of sessions gone by now, however they went.
+        n += sqlx::query(
+            "DELETE FROM sso_session_clients WHERE NOT EXISTS (SELECT 1 FROM sso_sessions s \
+             WHERE s.tenant = sso_session_clients.tenant AND s.id_hash = sso_session_clients.session_hash)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok(n)
     }

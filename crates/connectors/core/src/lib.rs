@@ -740,12 +740,25 @@ pub trait CodeConnector: Send + Sync {
     }
 }
 
+/// Delivers the logout tokens of OpenID Connect Back-Channel Logout: the authenticator
+/// signs a token for each client of an ended session that has a back-channel logout URI,
+/// and hands it to this sender, which the binary registers (the OpenID Connect connector
+/// crate's, over the egress policy), so that no HTTP client enters the authenticator.
+#[async_trait]
+pub trait LogoutNotifier: Send + Sync {
+    /// POSTs `logout_token` to the client's `uri` (`application/x-www-form-urlencoded`,
+    /// `logout_token=…`); `Err` says why it was not delivered (refused, unreachable, or an
+    /// answer other than 200 or 204).
+    async fn notify(&self, uri: &str, logout_token: &str) -> Result<(), String>;
+}
+
 /// The connectors a process has, by strategy. Cloning shares them.
 #[derive(Clone, Default)]
 pub struct Connectors {
     password: HashMap<Strategy, Arc<dyn PasswordConnector>>,
     redirect: HashMap<Strategy, Arc<dyn RedirectConnector>>,
     code: HashMap<Strategy, Arc<dyn CodeConnector>>,
+    logout: Option<Arc<dyn LogoutNotifier>>,
 }
 
 impl Connectors {
@@ -772,6 +785,17 @@ impl Connectors {
         self
     }
 
+    /// Registers the sender of back-channel logout tokens.
+    pub fn with_logout_notifier(mut self, notifier: Arc<dyn LogoutNotifier>) -> Self {
+        self.logout = Some(notifier);
+        self
+    }
+
+    /// The sender of back-channel logout tokens, if one is registered.
+    pub fn logout_notifier(&self) -> Option<&Arc<dyn LogoutNotifier>> {
+        self.logout.as_ref()
+    }
+
     /// The password connector of `strategy`, if one is registered.
     pub fn password(&self, strategy: Strategy) -> Option<&Arc<dyn PasswordConnector>> {
         self.password.get(&strategy)
@@ -795,6 +819,7 @@ impl std::fmt::Debug for Connectors {
             .field("password", &names(self.password.keys().collect()))
             .field("redirect", &names(self.redirect.keys().collect()))
             .field("code", &names(self.code.keys().collect()))
+            .field("logout_notifier", &self.logout.is_some())
             .finish()
     }
 }

@@ -41,6 +41,7 @@
 
 pub mod apple;
 mod assertion;
+pub mod backchannel;
 mod http;
 mod jwk;
 pub mod profile;
@@ -80,10 +81,14 @@ pub const STRATEGIES: [Strategy; 7] = [
     Strategy::Apple,
 ];
 
-/// Registers one shared [`OidcConnector`] for every strategy of [`STRATEGIES`].
+/// Registers one shared [`OidcConnector`] for every strategy of [`STRATEGIES`], and the
+/// sender of Postern's own back-channel logout tokens ([`backchannel`]).
 pub fn register(connectors: Connectors, egress: &Egress) -> Connectors {
     let connector: Arc<dyn RedirectConnector> = Arc::new(OidcConnector::with_egress(egress));
-    STRATEGIES.into_iter().fold(connectors, |c, s| c.with_redirect(s, connector.clone()))
+    STRATEGIES
+        .into_iter()
+        .fold(connectors, |c, s| c.with_redirect(s, connector.clone()))
+        .with_logout_notifier(Arc::new(backchannel::HttpLogoutNotifier::new(egress)))
 }
 
 /// The clock skew allowed on `exp` and `iat`.

@@ -39,6 +39,7 @@ fn client(id: &str) -> NewClient {
         callbacks: Vec::new(),
         allowed_logout_urls: Vec::new(),
         allowed_origins: Vec::new(),
+        backchannel_logout_uri: String::new(),
     }
 }
 
