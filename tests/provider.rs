@@ -66,17 +66,22 @@ async fn setup(suite: &Suite, t: &str) -> (tenant::Client, tenant::Client) {
         .await
         .expect("connection");
     for c in [&spa, &web] {
-        admin
-            .connections
-            .enable_client(conn::EnableClientRequest {
-                tenant: t.into(),
-                connection: "users".into(),
-                client_id: c.client_id.clone(),
-            })
-            .await
-            .expect("enable");
+        enable(&mut admin, t, &c.client_id).await;
     }
     (spa, web)
+}
+
+/// Enables the `users` connection of [`setup`] for the client `client_id`.
+async fn enable(admin: &mut Clients, t: &str, client_id: &str) {
+    admin
+        .connections
+        .enable_client(conn::EnableClientRequest {
+            tenant: t.into(),
+            connection: "users".into(),
+            client_id: client_id.into(),
+        })
+        .await
+        .expect("enable");
 }
 
 fn base(suite: &Suite) -> String {
@@ -1141,15 +1146,7 @@ async fn a_logout_posts_a_logout_token_to_each_client_of_the_session() {
             .into_inner()
             .client
             .expect("client");
-        admin
-            .connections
-            .enable_client(conn::EnableClientRequest {
-                tenant: t.into(),
-                connection: "users".into(),
-                client_id: c.client_id.clone(),
-            })
-            .await
-            .expect("enable");
+        enable(&mut admin, t, &c.client_id).await;
         others.push(c);
     }
     let (other, outsider) = (&others[0], &others[1]);
