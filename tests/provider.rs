@@ -1096,7 +1096,8 @@ impl LogoutReceiver {
 /// that got a code in the session, and has a back-channel logout URI, a logout token signed
 /// by the tenant's key (`typ: logout+jwt`) naming the user and the session's `sid` (the
 /// `sid` of its ID tokens); a client with a URI that got no code in the session, and one in
-/// the session without a URI, are sent nothing. A URI that is not an http(s) URL is refused.
+/// the session without a URI, are sent nothing. Deleting the user tells the clients of its
+/// sessions the same way. A URI that is not an http(s) URL is refused.
 #[tokio::test]
 async fn a_logout_posts_a_logout_token_to_each_client_of_the_session() {
     let suite = Suite::start().await.expect("suite");
@@ -1198,6 +1199,24 @@ async fn a_logout_posts_a_logout_token_to_each_client_of_the_session() {
     assert_eq!(out.status, 303, "{out:?}");
     let (who, _) = receiver.next().await;
     assert_eq!(who, "web", "the outsider ({}) got no code in the first session", outsider.client_id);
+
+    // Deleting the user ends its session, and its clients are told too (Auth0's "account
+    // deleted"), with the new session's sid.
+    assert!(!password_login(&mut agent, &suite, t, &web).await.is_empty());
+    assert!(silent(&mut agent, &suite, t, other).await.is_ok());
+    let sub = id["sub"].as_str().expect("sub").to_owned();
+    let delete = postern_proto::authn::v1::DeleteUserRequest { tenant: t.into(), user_id: sub.clone() };
+    admin.users.delete_user(delete).await.expect("delete the user");
+    let mut got = [receiver.next().await, receiver.next().await];
+    got.sort();
+    assert_eq!(got.iter().map(|(who, _)| who.as_str()).collect::<Vec<_>>(), ["other", "web"]);
+    let mut sids = Vec::new();
+    for ((who, token), client) in got.iter().zip([other, &web]) {
+        let claims = verify_id_token(&suite, t, token, &client.client_id).await;
+        assert_eq!(claims["sub"], sub, "to {who}: {claims}");
+        sids.push(claims["sid"].as_str().expect("sid").to_owned());
+    }
+    assert!(sids[0] == sids[1] && sids[0] != sid, "one new session: {sids:?}, the first was {sid}");
     receiver.task.abort();
     suite.stop().await.expect("stop");
 }

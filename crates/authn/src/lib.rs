@@ -49,6 +49,7 @@
 pub mod api;
 pub mod attempts;
 mod audit;
+mod backchannel;
 pub mod bruteforce;
 pub mod cache;
 pub mod clients;

@@ -34,8 +34,7 @@ use crate::clients::ResolvedClient;
 use crate::passwordless::{CodeLogin, CodeStart, LinkTarget, Links, RecipientInput, SendKind};
 use crate::store::Store;
 use crate::store::oauth::{
-    CodeGrant, EndedSession, LoginGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, UsesUp,
-    secret_digest,
+    CodeGrant, LoginGrant, NewTransaction, Redeemed, RefreshGrant, Revoked, Rotated, UsesUp, secret_digest,
 };
 use crate::tokens::{self, ProfileClaims};
 
@@ -279,24 +278,6 @@ struct UserTokens<'a> {
     /// The user, when the caller read it already (read here otherwise).
     user: Option<&'a crate::domain::User>,
 }
-
-/// A back-channel logout token (OpenID Connect Back-Channel Logout 1.0 §2.4): `sub` and
-/// `sid` name the user and the session; it carries no `nonce`, so that it passes for no ID
-/// token, and its header's `typ` is `logout+jwt`.
-#[derive(Serialize)]
-struct LogoutToken<'a> {
-    iss: &'a str,
-    aud: &'a str,
-    sub: &'a str,
-    sid: &'a str,
-    iat: u64,
-    exp: u64,
-    jti: String,
-    events: serde_json::Value,
-}
-
-/// How long a logout token is valid: enough for a receiver's clock to differ.
-const LOGOUT_TOKEN_LIFETIME: u64 = 120;
 
 /// The `sid` of an SSO session: stable for the session's life, the same in every ID token
 /// it yields, and neither its cookie nor the digest the store looks it up by (a relying
@@ -1146,77 +1127,6 @@ fn check_origin(client: &ResolvedClient, origin: &str) -> Result<(), Status> {
     ))
 }
 
-impl OAuthApi {
-    /// Sends a logout token to each client of the ended session `session` (its cookie's
-    /// digest `session_hash`) that has a back-channel logout URI, each delivery in a task of
-    /// its own so that the browser's logout waits for none: a receiver that is slow, down or
-    /// refusing is logged, and the logout goes on (Auth0 sends them the same way).
-    async fn notify_backchannel(&self, tenant: &str, session_hash: &str, session: &EndedSession) {
-        if session.clients.is_empty() {
-            return;
-        }
-        let Some(notifier) = self.authn.config.connectors.logout_notifier().cloned() else { return };
-        let mut receivers = Vec::new();
-        for client_id in &session.clients {
-            // A client deleted since has nobody to tell.
-            match self.client(tenant, client_id).await {
-                Ok(c) if !c.backchannel_logout_uri.is_empty() => {
-                    receivers.push((client_id.clone(), c.backchannel_logout_uri.clone()));
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(tenant, client_id, error = %e.message(), "no back-channel logout"),
-            }
-        }
-        if receivers.is_empty() {
-            return;
-        }
-        let key = match self.authn.keys.current(tenant).await {
-            Ok(key) => key,
-            Err(e) => {
-                tracing::warn!(tenant, error = %e, "cannot sign back-channel logout tokens");
-                return;
-            }
-        };
-        let issuer = self.issuer(tenant);
-        let sid = session_id(session_hash);
-        let iat = seconds(self.now());
-        for (client_id, uri) in receivers {
-            let claims = LogoutToken {
-                iss: &issuer,
-                aud: &client_id,
-                sub: &session.user_id,
-                sid: &sid,
-                iat,
-                exp: iat + LOGOUT_TOKEN_LIFETIME,
-                jti: new_secret(),
-                events: serde_json::json!({ "http://schemas.openid.net/event/backchannel-logout": {} }),
-            };
-            let token = match key.sign_typed(&claims, "logout+jwt") {
-                Ok(token) => token,
-                Err(e) => {
-                    tracing::warn!(tenant, client_id, error = %e, "cannot sign a back-channel logout token");
-                    continue;
-                }
-            };
-            let notifier = notifier.clone();
-            let tenant = tenant.to_owned();
-            tokio::spawn(async move {
-                match notifier.notify(&uri, &token).await {
-                    Ok(()) => {
-                        metrics::counter!("postern_authn_backchannel_logouts_total", "result" => "delivered")
-                            .increment(1);
-                        tracing::info!(tenant, client_id, "back-channel logout delivered");
-                    }
-                    Err(why) => {
-                        metrics::counter!("postern_authn_backchannel_logouts_total", "result" => "failed").increment(1);
-                        tracing::warn!(tenant, client_id, uri, why, "back-channel logout not delivered");
-                    }
-                }
-            });
-        }
-    }
-}
-
 /// An authorization request's `prompt` (OpenID Connect Core §3.1.2.1): a space-separated set
 /// of `none`, `login`, `consent` and `select_account`.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -1550,7 +1460,8 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
         if let Some(session) = &ended {
             let connection = session.connection.as_str();
             tracing::info!(tenant = %req.tenant, connection, federated = req.federated, "SSO session ended");
-            self.notify_backchannel(&req.tenant, &secret_digest(&req.session), session).await;
+            let hash = secret_digest(&req.session);
+            self.authn.notify_backchannel(&req.tenant, &session.user_id, &[(hash.as_str(), &session.clients)]).await;
             if req.federated
                 && !connection.is_empty()
                 && let Some(uri) = self.upstream_logout(&req, session).await?

@@ -740,7 +740,18 @@ impl Store {
 
     /// Deletes a user with its identities, password history and counters; whether it existed.
     pub async fn delete_user(&self, tenant: &str, user_id: &str) -> Result<bool, StoreError> {
+        Ok(self.delete_user_ending_sessions(tenant, user_id).await?.is_some())
+    }
+
+    /// [`Store::delete_user`], answering, when the user existed, its SSO sessions that ended
+    /// with it: each the digest of its cookie and the clients that got a code in it.
+    pub async fn delete_user_ending_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<Vec<(String, Vec<String>)>>, StoreError> {
         let mut tx = self.db.begin_write().await?;
+        let sessions = oauth::take_user_session_clients(&mut tx, tenant, user_id).await?;
         sqlx::query(
             "DELETE FROM password_history WHERE tenant = $1 AND EXISTS (SELECT 1 FROM identities i \
              WHERE i.tenant = password_history.tenant AND i.connection_id = password_history.connection_id \
@@ -774,7 +785,7 @@ impl Store {
         tx.commit().await?;
         self.audit_committed();
         self.reload_failures(|k| k.tenant == tenant && k.user_key == user_id);
-        Ok(done.rows_affected() > 0)
+        Ok((done.rows_affected() > 0).then_some(sessions))
     }
 
     /// Deletes every identity of a connection, and the users left with none. Answers how

@@ -213,10 +213,17 @@ impl pb::user_service_server::UserService for AuthnApi {
         self.delete_external_identities(&req.tenant, &user).await?;
         let facts = Facts { tenant: &req.tenant, user_id: &req.user_id, address: &ip, ..Facts::default() };
         let deleted = event(Type::UserDeleted, &facts, None, caller(&p), &[]);
-        if !store.auditing(deleted.into_iter().collect()).delete_user(&req.tenant, &req.user_id).await? {
+        let Some(sessions) = store
+            .auditing(deleted.into_iter().collect())
+            .delete_user_ending_sessions(&req.tenant, &req.user_id)
+            .await?
+        else {
             return Err(user_not_found(&req.tenant, &req.user_id));
-        }
+        };
         tracing::info!(tenant = %req.tenant, user_id = %req.user_id, "user deleted");
+        // Its applications' own sessions end too (Auth0's "account deleted" initiator).
+        let sessions: Vec<(&str, &Vec<String>)> = sessions.iter().map(|(s, c)| (s.as_str(), c)).collect();
+        self.notify_backchannel(&req.tenant, &req.user_id, &sessions).await;
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
 

@@ -505,6 +505,32 @@ fn refresh_grant(r: &AnyRow) -> Result<RefreshGrant, sqlx::Error> {
     })
 }
 
+/// Deletes, in `tx`, the records of the clients of `user_id`'s SSO sessions, answering them:
+/// each session's digest with its clients. Before [`DELETE_USER_GRANTS`] ends the sessions.
+pub(super) async fn take_user_session_clients(
+    tx: &mut postern_common::db::WriteTx,
+    tenant: &str,
+    user_id: &str,
+) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+    let rows = sqlx::query(
+        "DELETE FROM sso_session_clients WHERE tenant = $1 AND session_hash IN \
+         (SELECT id_hash FROM sso_sessions WHERE tenant = $1 AND user_id = $2) RETURNING session_hash, client_id",
+    )
+    .bind(tenant)
+    .bind(user_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut sessions: Vec<(String, Vec<String>)> = Vec::new();
+    for r in &rows {
+        let (session, client): (String, String) = (r.try_get("session_hash")?, r.try_get("client_id")?);
+        match sessions.iter_mut().find(|(s, _)| *s == session) {
+            Some((_, clients)) => clients.push(client),
+            None => sessions.push((session, vec![client])),
+        }
+    }
+    Ok(sessions)
+}
+
 /// The statements that forget a user's OpenID state (`$1` tenant, `$2` user id).
 pub(super) const DELETE_USER_GRANTS: [&str; 3] = [
     "DELETE FROM authorization_codes WHERE tenant = $1 AND user_id = $2",

@@ -741,9 +741,10 @@ pub trait CodeConnector: Send + Sync {
 }
 
 /// Delivers the logout tokens of OpenID Connect Back-Channel Logout: the authenticator
-/// signs a token for each client of an ended session that has a back-channel logout URI,
-/// and hands it to this sender, which the binary registers (the OpenID Connect connector
-/// crate's, over the egress policy), so that no HTTP client enters the authenticator.
+/// signs a token for each client of an ended session (a logout, its user's deletion) that
+/// has a back-channel logout URI, and hands it to this sender, which the binary registers
+/// (the OpenID Connect connector crate's, over the egress policy), so that no HTTP client
+/// enters the authenticator.
 #[async_trait]
 pub trait LogoutNotifier: Send + Sync {
     /// POSTs `logout_token` to the client's `uri` (`application/x-www-form-urlencoded`,
