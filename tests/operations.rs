@@ -263,7 +263,19 @@ async fn health_reports_a_gateway_whose_backend_is_down() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("the server is NOT_SERVING") && said.lines().count() == 1, "{said}");
+    // A graceful stop ends the watch, a stream that never ends on its own (grpc-go's health
+    // checking keeps one open), with UNAVAILABLE after its 2 s grace, instead of waiting for
+    // it up to --long-call-ms (10 s, as long as terminate waits).
+    let stopping = std::time::Instant::now();
     assert!(gateway.terminate().expect("terminate"));
+    assert!(stopping.elapsed() < Duration::from_secs(6), "the stop took {:?}", stopping.elapsed());
+    let end = loop {
+        match watch.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(matches!(&end, Err(s) if s.code() == tonic::Code::Unavailable), "{end:?}");
 }
 
 /// A user of `tenant` through its database connection `db` for `client`: signs up with

@@ -2,8 +2,10 @@
 //!
 //! A graceful shutdown waits for every call in flight to finish. A unary answer finishes in
 //! moments, but a stream that lives as long as its client wants (`WatchConnections`) would
-//! hold the drain up until the process gives up and exits with an error. So every answer the
-//! gateway forwards goes through [`Closable`]: once the gateway is closing, an answer gets
+//! hold the drain up until the process gives up and exits with an error. So does a health
+//! `Watch` (what grpc-go's client-side health checking keeps open to every server). So every
+//! answer the gateway forwards, and every answer of its own health service, goes through
+//! [`Closable`]: once the gateway is closing, an answer gets
 //! [`STREAM_GRACE`] to finish on its own, and one still open then ends with `UNAVAILABLE`
 //! ("the gateway is shutting down"), which tells its client to call again, reaching another
 //! replica. The backend behind it is not touched: its end of the stream closes when the
@@ -59,12 +61,12 @@ fn shutting_down() -> Frame<Bytes> {
 
 impl<B> HttpBody for Closable<B>
 where
-    B: HttpBody<Data = Bytes, Error = Status> + Unpin,
+    B: HttpBody<Data = Bytes> + Unpin,
 {
     type Data = Bytes;
-    type Error = Status;
+    type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         if self.ended {
             return Poll::Ready(None);
         }

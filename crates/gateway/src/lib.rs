@@ -142,16 +142,25 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let (reporter, health) = tonic_health::server::health_reporter();
         let (v1, v1alpha) = postern_common::server::reflection(&self.routes.services())?;
-        let watcher = tokio::spawn(self.routes.clone().watch_health(reporter, self.config.health_interval));
+        let watcher = tokio::spawn(self.routes.clone().watch_health(reporter.clone(), self.config.health_interval));
+        let stop_watching = watcher.abort_handle();
+        let services: Vec<String> = self.routes.services().into_iter().map(str::to_owned).collect();
         let follower = tokio::spawn(events::follow(
             self.tenant_service.clone(),
             self.config.internal_key.clone(),
             self.coherence.clone(),
         ));
+        let closing = self.close.subscribe();
         let router = tonic::service::Routes::new(health)
             .add_service(v1)
             .add_service(v1alpha)
             .into_axum_router()
+            // The gateway's own answers (a health Watch streams for as long as its client
+            // wants) end like the forwarded ones once it closes; the proxy's are wrapped there.
+            .layer(axum::middleware::map_response(move |r: axum::response::Response| {
+                let closing = closing.clone();
+                async move { r.map(|body| axum::body::Body::new(closing::Closable::new(body, closing))) }
+            }))
             .fallback_service(
                 self.proxy.map_request(|r: http::Request<axum::body::Body>| r.map(tonic::body::Body::new)),
             )
@@ -164,6 +173,12 @@ impl Gateway {
                     let close = self.close.clone();
                     async move {
                         shutdown.await;
+                        // Health watchers (load balancers, grpc-go's health checking) hear
+                        // that this gateway is going before their streams end.
+                        stop_watching.abort();
+                        for name in services.iter().map(String::as_str).chain([""]) {
+                            reporter.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+                        }
                         close.send_replace(true);
                     }
                 }),
