@@ -631,9 +631,20 @@ async fn spans_of_the_gateway_and_a_split_backend_reach_an_otlp_collector_as_one
     assert_eq!(tenant_span.parent_span_id, gateway_span.span_id, "the backend's span is the gateway's child");
     assert_eq!(tenant_span.kind, server);
     assert!(tenant_span.end_time_unix_nano >= tenant_span.start_time_unix_nano);
+    // The ends are close: the backend's span closes as its answer is handed to hyper, and the
+    // gateway's once that answer's headers reach it, 40 to 170 µs later in ten runs beside two
+    // busy loops. But the backend's span closes when its last handle goes, and sqlx's SQLite
+    // worker thread holds one for each statement (`for (cmd, span) in command_rx`) until its
+    // loop turns, after it has sent the answer: a worker preempted there closes the span after
+    // the gateway's (CI failed so once, in session 27). The backend's end may be late by 1 ms.
+    const CLOSE_SLACK_NS: u64 = 1_000_000;
     assert!(
         gateway_span.start_time_unix_nano <= tenant_span.start_time_unix_nano
-            && tenant_span.end_time_unix_nano <= gateway_span.end_time_unix_nano,
-        "the backend's span lies within the gateway's"
+            && tenant_span.end_time_unix_nano <= gateway_span.end_time_unix_nano + CLOSE_SLACK_NS,
+        "the backend's span lies within the gateway's: gateway {}..{}, backend {}..{} (ns)",
+        gateway_span.start_time_unix_nano,
+        gateway_span.end_time_unix_nano,
+        tenant_span.start_time_unix_nano,
+        tenant_span.end_time_unix_nano
     );
 }
