@@ -32,7 +32,7 @@ impl AuthnApi {
     /// back-channel logout URI, each delivery in a task of its own so that the caller (a
     /// browser's logout, a user's deletion) waits for none: a receiver that is slow, down
     /// or refusing is logged, and the caller goes on (Auth0 sends them the same way).
-    pub(crate) async fn notify_backchannel(&self, tenant: &str, user_id: &str, sessions: &[(&str, &Vec<String>)]) {
+    pub(crate) async fn notify_backchannel(&self, tenant: &str, user_id: &str, sessions: &[(&str, &[String])]) {
         if sessions.iter().all(|(_, clients)| clients.is_empty()) {
             return;
         }

@@ -1154,9 +1154,8 @@ impl Prompt {
                 }
                 "consent" => others = true,
                 _ => {
-                    return Err(
-                        "prompt must be none, or one or more of login, consent and select_account                                 (separated by spaces)",
-                    );
+                    return Err("prompt must be none, or one or more of login, consent and select_account \
+                                (separated by spaces)");
                 }
             }
         }
@@ -1452,19 +1451,20 @@ impl pb::o_auth_service_server::OAuthService for OAuthApi {
             }
             Some(pb::Redirect { uri: req.return_to.clone(), response_mode: "query".into(), parameters })
         };
+        let session_hash = secret_digest(&req.session);
         let ended = if !req.session.is_empty() && req.session.len() <= 128 {
-            self.store().end_session(&req.tenant, &secret_digest(&req.session)).await?
+            self.store().end_session(&req.tenant, &session_hash).await?
         } else {
             None
         };
         if let Some(session) = &ended {
             let connection = session.connection.as_str();
             tracing::info!(tenant = %req.tenant, connection, federated = req.federated, "SSO session ended");
-            let hash = secret_digest(&req.session);
-            self.authn.notify_backchannel(&req.tenant, &session.user_id, &[(hash.as_str(), &session.clients)]).await;
+            let clients = [(session_hash.as_str(), session.clients.as_slice())];
+            self.authn.notify_backchannel(&req.tenant, &session.user_id, &clients).await;
             if req.federated
                 && !connection.is_empty()
-                && let Some(uri) = self.upstream_logout(&req, session).await?
+                && let Some(uri) = self.upstream_logout(&req, &session_hash, session).await?
             {
                 redirect = Some(pb::Redirect { uri, response_mode: "query".into(), parameters: HashMap::new() });
             }
@@ -1753,6 +1753,10 @@ mod tests {
         for refused in ["none login", "consent none", "create", "LOGIN", "login,consent"] {
             assert!(Prompt::parse(refused).is_err(), "{refused}");
         }
+        assert_eq!(
+            Prompt::parse("create"),
+            Err("prompt must be none, or one or more of login, consent and select_account (separated by spaces)")
+        );
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //!
 //! A graceful shutdown waits for every call in flight to finish. A unary answer finishes in
 //! moments, but a stream that lives as long as its client wants (`WatchConnections`) would
-//! hold the drain up until the process gives up and exits with an error. So does a health
+//! hold the drain up until the process gives up and exits with an error, as would a health
 //! `Watch` (what grpc-go's client-side health checking keeps open to every server). So every
-//! answer the gateway forwards, and every answer of its own health service, goes through
-//! [`Closable`]: once the gateway is closing, an answer gets
+//! answer the gateway forwards, and every answer of its own (health, reflection), goes
+//! through [`Closable`]: once the gateway is closing, an answer gets
 //! [`STREAM_GRACE`] to finish on its own, and one still open then ends with `UNAVAILABLE`
 //! ("the gateway is shutting down"), which tells its client to call again, reaching another
 //! replica. The backend behind it is not touched: its end of the stream closes when the

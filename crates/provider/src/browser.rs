@@ -81,10 +81,17 @@ impl Provider {
     /// session gives (a code) goes only to the client's registered redirect URI or its
     /// origin. Over plain http a browser refuses `SameSite=None`, and the cookie is `Lax`.
     pub(crate) fn set_session_cookie(&self, response: &mut Response, tenant: &str, value: &str, max_age: i64) {
+        self.set_cross_site_cookie(response, tenant, SESSION_COOKIE, value, max_age);
+    }
+
+    /// Sets cookie `name` for the tenant's paths so that it comes back from another site
+    /// too: `SameSite=None; Secure` over https, `Lax` over plain http (where browsers refuse
+    /// `None`).
+    fn set_cross_site_cookie(&self, response: &mut Response, tenant: &str, name: &str, value: &str, max_age: i64) {
         let same_site = if self.config.secure_cookies { "None; Secure" } else { "Lax" };
         append_cookie(
             response,
-            &format!("{SESSION_COOKIE}={value}; Path=/{tenant}/; Max-Age={max_age}; HttpOnly; SameSite={same_site}"),
+            &format!("{name}={value}; Path=/{tenant}/; Max-Age={max_age}; HttpOnly; SameSite={same_site}"),
         );
     }
 
@@ -555,14 +562,7 @@ impl Provider {
                 minijinja::context! { action => &u.url, parameters => parameters },
             )
         };
-        let same_site = if self.config.secure_cookies { "None; Secure" } else { "Lax" };
-        let cookie = format!(
-            "{}={}; Path=/{tenant}/; Max-Age={}; HttpOnly; SameSite={same_site}",
-            upstream_cookie_name(&u.state),
-            u.binding,
-            u.expires_in
-        );
-        append_cookie(&mut response, &cookie);
+        self.set_cross_site_cookie(&mut response, tenant, &upstream_cookie_name(&u.state), &u.binding, u.expires_in);
         response
     }
 }

@@ -138,12 +138,14 @@ impl Store {
     pub async fn open_with(location: &DbLocation, policy: SchemaPolicy) -> Result<Self, DbError> {
         let db = Db::open_with(location, MIGRATIONS, policy).await?;
         let events = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
-        // Events committed by other replicas on a shared PostgreSQL wake the streams at once.
-        let woken = events.clone();
-        db.on_notify(EVENTS_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1))).await;
         let audit = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
-        let woken = audit.clone();
-        db.on_notify(audit::AUDIT_CHANNEL, move || woken.send_modify(|n| *n = n.wrapping_add(1))).await;
+        let (woken_events, woken_audit) = (events.clone(), audit.clone());
+        // Events committed by other replicas on a shared PostgreSQL wake the streams at once;
+        // both listeners connect together.
+        tokio::join!(
+            db.on_notify(EVENTS_CHANNEL, move || woken_events.send_modify(|n| *n = n.wrapping_add(1))),
+            db.on_notify(audit::AUDIT_CHANNEL, move || woken_audit.send_modify(|n| *n = n.wrapping_add(1))),
+        );
         Ok(Self {
             db,
             events,

@@ -222,7 +222,7 @@ impl pb::user_service_server::UserService for AuthnApi {
         };
         tracing::info!(tenant = %req.tenant, user_id = %req.user_id, "user deleted");
         // Its applications' own sessions end too (Auth0's "account deleted" initiator).
-        let sessions: Vec<(&str, &Vec<String>)> = sessions.iter().map(|(s, c)| (s.as_str(), c)).collect();
+        let sessions: Vec<(&str, &[String])> = sessions.iter().map(|(s, c)| (s.as_str(), c.as_slice())).collect();
         self.notify_backchannel(&req.tenant, &req.user_id, &sessions).await;
         Ok(Response::new(pb::DeleteUserResponse {}))
     }

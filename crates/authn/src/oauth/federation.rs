@@ -140,7 +140,6 @@ fn error_of(s: &Status) -> (&'static str, String) {
 }
 
 impl OAuthApi {
-    /// The tenant's callback URL, where upstreams send the browser back.
     /// Where a federated logout goes: the session's upstream's logout, when its connection
     /// offers one (see `RedirectConnector::logout`), with a sealed relay state naming the
     /// application's `return_to` and `state` for the upstream that answers at the logout
@@ -148,6 +147,7 @@ impl OAuthApi {
     pub(super) async fn upstream_logout(
         &self,
         req: &pb::EndSessionRequest,
+        session_hash: &str,
         session: &crate::store::oauth::EndedSession,
     ) -> Result<Option<String>, Status> {
         let relay = LogoutRelay {
@@ -160,7 +160,7 @@ impl OAuthApi {
         let sealed = master.seal(LOGOUT_RELAY_LABEL, &[&req.tenant], &json).map_err(|e| internal(&e))?;
         let relay = URL_SAFE_NO_PAD.encode(sealed);
         let callback_url = self.logout_callback_url(&req.tenant);
-        let kept = open_upstream_session(master, &req.tenant, &secret_digest(&req.session), &session.upstream_session);
+        let kept = open_upstream_session(master, &req.tenant, session_hash, &session.upstream_session);
         let logout = postern_connector::UpstreamLogout {
             session: &kept,
             return_to: &req.return_to,

@@ -636,10 +636,14 @@ impl Store {
             code_insert(tenant, code_hash, grant, now, expire_time).execute(self.db.writer()).await?;
             return Ok(());
         }
-        let mut tx = self.db.begin_write().await?;
-        code_insert(tenant, code_hash, grant, now, expire_time).execute(&mut *tx).await?;
-        session_client_insert(tenant, &grant.session_hash, &grant.client_id, now).execute(&mut *tx).await?;
-        tx.commit().await?;
+        // With the session's record of its client: one hand-off to SQLite's thread.
+        let mut statements = postern_common::db::Together::default();
+        statements.push(code_insert(tenant, code_hash, grant, now, expire_time))?;
+        statements.push(session_client_insert(tenant, &grant.session_hash, &grant.client_id, now))?;
+        // No statement is expected to change exactly one row: nothing can be unmet.
+        write_together(&self.db, statements)
+            .await?
+            .map_err(|i| StoreError::Corrupt(format!("statement {i} of a code's write was unmet")))?;
         Ok(())
     }
 
