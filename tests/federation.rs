@@ -10,7 +10,9 @@
 //! — with `error=access_denied` and the application's `state`, and nothing stored; a key
 //! rotation is followed by one refetch of the keys; a user who cancels returns as
 //! `access_denied`; the three profile-sync modes across logins whose upstream profile
-//! changed; a real browser (headless Chromium) clicks "Continue with …" for an `oidc`
+//! changed; a connection's `upstream_params` pass the application's `prompt=login` on (the
+//! upstream then asks for the password although its session knows the user) and fixed
+//! values; a real browser (headless Chromium) clicks "Continue with …" for an `oidc`
 //! connection and for GitHub, signs in on oidc-provider's own login and consent pages, and
 //! lands at the application with a code whose ID token verifies against the tenant's keys.
 
@@ -1321,5 +1323,99 @@ async fn a_federated_logout_ends_the_session_at_the_upstream_too() {
         !upstream_remembers(upstream, &mut agent, &suite, t, &portal.client_id).await,
         "the upstream's session ended"
     );
+    suite.stop().await.expect("stop");
+}
+
+/// Follows the browser at the upstream from `url` while it redirects: `Some` the callback
+/// URL when the upstream answers at once (its session signs the user in silently), `None`
+/// when it shows a page of its own (its login).
+async fn silently_back(upstream: &Upstream, agent: &mut Agent, url: &str) -> Option<String> {
+    let mut url = url.to_owned();
+    loop {
+        let answer = agent.get(&url).await.expect("upstream");
+        let next = url::Url::parse(&url).expect("url").join(answer.location()?).expect("url").to_string();
+        if next.contains("/login/callback") {
+            return Some(next);
+        }
+        if !next.starts_with(&upstream.issuer) || next.contains("/interaction/") {
+            return None;
+        }
+        url = next;
+    }
+}
+
+#[tokio::test]
+async fn upstream_params_pass_the_applications_prompt_and_fixed_values_to_the_provider() {
+    let Some(upstream) =
+        Upstream::shared("upstream_params_pass_the_applications_prompt_and_fixed_values_to_the_provider")
+    else {
+        return;
+    };
+    let suite = Suite::start().await.expect("suite");
+    let t = "fabrikam-upstream-params";
+    let mut admin = suite.admin().await;
+    let portal = app(&mut admin, t).await;
+    let param = |source| conn::UpstreamParam { source: Some(source) };
+    use conn::upstream_param::Source;
+    // Auth0's shape: the application's prompt passed on, its display under another name,
+    // and a fixed value with every login.
+    let corp = oidc_connection(upstream, &suite, t, "corp", "", serde_json::Value::Null, |o| {
+        o.upstream_params = HashMap::from([
+            ("prompt".to_owned(), param(Source::Alias("prompt".into()))),
+            ("screen_hint".to_owned(), param(Source::Alias("display".into()))),
+            ("ui_locales".to_owned(), param(Source::Value("fr-CA".into()))),
+        ]);
+    })
+    .await;
+    connect(&mut admin, t, &portal, corp).await;
+    let plain = oidc_connection(upstream, &suite, t, "plain", "", serde_json::Value::Null, |_| {}).await;
+    connect(&mut admin, t, &portal, plain).await;
+    let query_of = |answer: &Answer| -> HashMap<String, String> {
+        assert_eq!(answer.status, 303, "{answer:?}");
+        let location = answer.location().expect("to the upstream");
+        assert!(location.starts_with(&upstream.issuer), "{location}");
+        url::Url::parse(location).expect("url").query_pairs().into_owned().collect()
+    };
+
+    // The first login: the fixed value goes; the application gave no prompt or display, so
+    // neither does.
+    let mut agent = Agent::new();
+    let start =
+        agent.get(&authorize_url(&suite, t, &portal.client_id, &[("connection", "corp")])).await.expect("authorize");
+    let q = query_of(&start);
+    assert_eq!(q.get("ui_locales").map(String::as_str), Some("fr-CA"), "{q:?}");
+    assert!(!q.contains_key("prompt") && !q.contains_key("screen_hint"), "{q:?}");
+    assert_eq!(q.get("response_type").map(String::as_str), Some("code"), "the protocol's own parameters stay");
+    let done = through_upstream(upstream, &mut agent, &start, "erin", false).await;
+    assert!(app_query(&done).contains_key("code"));
+
+    // prompt=login at Postern: passed on by `corp`, so the upstream asks for the password
+    // again although its session knows the user.
+    let extra = [("connection", "corp"), ("prompt", "login"), ("display", "popup")];
+    let start = agent.get(&authorize_url(&suite, t, &portal.client_id, &extra)).await.expect("authorize");
+    let q = query_of(&start);
+    assert_eq!(q.get("prompt").map(String::as_str), Some("login"), "{q:?}");
+    assert_eq!(q.get("screen_hint").map(String::as_str), Some("popup"), "{q:?}");
+    assert!(!q.contains_key("display"), "passed on under the connection's name only: {q:?}");
+    let location = start.location().expect("to the upstream").to_owned();
+    assert_eq!(silently_back(upstream, &mut agent, &location).await, None, "the upstream asks again");
+
+    // The same request through `plain`, which passes nothing on: the upstream's session signs
+    // the user in without a page.
+    let extra = [("connection", "plain"), ("prompt", "login")];
+    let start = agent.get(&authorize_url(&suite, t, &portal.client_id, &extra)).await.expect("authorize");
+    let q = query_of(&start);
+    assert!(!q.contains_key("prompt") && !q.contains_key("ui_locales"), "{q:?}");
+    let location = start.location().expect("to the upstream").to_owned();
+    let back = silently_back(upstream, &mut agent, &location).await.expect("signed in by the upstream's session");
+    assert!(app_query(&agent.get(&back).await.expect("callback")).contains_key("code"));
+
+    // A value longer than the contract allows goes back to the application.
+    let long = "x".repeat(4097);
+    let extra = [("connection", "corp"), ("ui_locales", long.as_str())];
+    let refused = agent.get(&authorize_url(&suite, t, &portal.client_id, &extra)).await.expect("authorize");
+    let q = app_query(&refused);
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"), "{q:?}");
+    assert!(q["error_description"].contains("4096"), "{q:?}");
     suite.stop().await.expect("stop");
 }

@@ -232,6 +232,7 @@ fn transaction(n: u32) -> RedirectTransaction {
         code_verifier: format!("verifier-{n}-{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>()),
         callback_url: CALLBACK.into(),
         login_hint: String::new(),
+        upstream_params: Vec::new(),
         data: Value::Null,
     }
 }

@@ -583,7 +583,8 @@ impl AuthnApi {
 
     /// Starts a login through a redirect connection (OIDC, OAuth2 social, SAML) for the
     /// client: where to send the browser, and what the connector keeps for the callback.
-    /// The hook of the redirect family: a strategy served by a [`RedirectConnector`] needs
+    /// The connection's `upstream_params` are resolved against `request` (the application's
+    /// request by parameter name) into the transaction's parameters for the connector. The hook of the redirect family: a strategy served by a [`RedirectConnector`] needs
     /// no edit here.
     pub async fn begin_redirect(
         &self,
@@ -591,10 +592,19 @@ impl AuthnApi {
         client_id: &str,
         connection: &str,
         tx: &RedirectTransaction,
+        request: &std::collections::BTreeMap<String, String>,
     ) -> Result<Begun, Status> {
         let conn = self.cache.resolve(tenant, client_id, connection).await?;
         let connector = self.redirect_connector(&conn)?;
-        connector.begin(tenant, &conn, tx).await.map_err(connector_status)
+        let upstream_params = conn
+            .connection
+            .spec
+            .options
+            .upstream_params()
+            .map(|params| postern_connection::options::resolve_upstream_params(params, request))
+            .unwrap_or_default();
+        let tx = RedirectTransaction { upstream_params, ..tx.clone() };
+        connector.begin(tenant, &conn, &tx).await.map_err(connector_status)
     }
 
     /// Whether `connection`, enabled for the client, logs users in by a redirect in this

@@ -9,7 +9,7 @@
 //! ([`store::oauth`](crate::store::oauth)). Time comes from the configured
 //! [`Clock`], so that expiry rules are tested without sleeping.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,7 +133,45 @@ struct AuthRequest {
     connection: String,
     login_hint: String,
     audience: String,
+    /// The request's parameters that a connection's `upstream_params` may pass on besides
+    /// the fields above (`prompt`, `max_age`, `ui_locales`, ...: [`OtherParams`]), by name,
+    /// as given; only those given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    upstream: BTreeMap<String, String>,
 }
+
+impl AuthRequest {
+    /// The values of the application's request by parameter name, for a connection's
+    /// `upstream_params` (the names of `UpstreamParam::ALIASES`).
+    fn forwardable(&self) -> BTreeMap<String, String> {
+        let mut all = self.upstream.clone();
+        for (name, value) in [
+            ("client_id", self.client_id.as_str()),
+            ("response_type", "code"),
+            ("audience", self.audience.as_str()),
+            ("login_hint", self.login_hint.as_str()),
+        ] {
+            if !value.is_empty() {
+                all.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        all
+    }
+}
+
+/// The parameters of an authorization request Postern does not act on itself, kept only for
+/// a connection's `upstream_params`.
+#[derive(Debug, Clone, Copy, Default)]
+struct OtherParams<'a> {
+    ui_locales: &'a str,
+    acr_values: &'a str,
+    display: &'a str,
+    resource: &'a str,
+    id_token_hint: &'a str,
+}
+
+/// The longest value of each of [`OtherParams`].
+const OTHER_PARAM_MAX: usize = 4096;
 
 /// The OAuth 2.0 error codes of RFC 6749 (4.1.2.1 and 5.2) as `ErrorInfo` reasons.
 mod reason {
@@ -830,6 +868,13 @@ impl OAuthApi {
             prompt: &req.prompt,
             max_age: req.max_age,
             audience: &req.audience,
+            other: OtherParams {
+                ui_locales: &req.ui_locales,
+                acr_values: &req.acr_values,
+                display: &req.display,
+                resource: &req.resource,
+                id_token_hint: &req.id_token_hint,
+            },
         };
         let checked = self.authorization_request(&client, &params).await?;
         Ok((client, checked))
@@ -852,6 +897,14 @@ impl OAuthApi {
         let fail = |error: &'static str, parameter: &'static str, description: &str| {
             Err(Refusal { error, parameter, description: description.to_owned() })
         };
+        let o = p.other;
+        let others = [
+            ("ui_locales", o.ui_locales),
+            ("acr_values", o.acr_values),
+            ("display", o.display),
+            ("resource", o.resource),
+            ("id_token_hint", o.id_token_hint),
+        ];
         let checked = if !matches!(p.response_mode, "" | "query" | "form_post" | "web_message") {
             fail("invalid_request", "response_mode", "response_mode must be query, form_post or web_message")
         } else if p.response_mode == "web_message" && !web_origin(p.redirect_uri) {
@@ -898,6 +951,12 @@ impl OAuthApi {
                 "login_hint"
             };
             fail("invalid_request", parameter, "state, nonce or login_hint is too long")
+        } else if let Some((parameter, _)) = others.iter().find(|(_, v)| v.len() > OTHER_PARAM_MAX) {
+            fail(
+                "invalid_request",
+                parameter,
+                "ui_locales, acr_values, display, resource and id_token_hint are each at most 4096 characters",
+            )
         } else if let Err(refused) = self.authn.api_scope(p.tenant, p.audience, p.scope).await {
             // Auth0's answer to an audience that names none of the tenant's APIs; an outage
             // of the tenant service is an error page, not a redirect.
@@ -917,6 +976,13 @@ impl OAuthApi {
                 connection: p.connection.to_owned(),
                 login_hint: p.login_hint.to_owned(),
                 audience: p.audience.to_owned(),
+                upstream: others
+                    .into_iter()
+                    .chain([("prompt", p.prompt), ("response_mode", p.response_mode)])
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .chain(p.max_age.map(|m| ("max_age".to_owned(), m.to_string())))
+                    .filter(|(_, v)| !v.is_empty())
+                    .collect(),
             })
         };
         Ok(checked)
@@ -1003,6 +1069,7 @@ impl OAuthApi {
             prompt: "",
             max_age: None,
             audience: &params.audience,
+            other: OtherParams::default(),
         };
         let request = match self.authorization_request(&client, &p).await? {
             Ok(r) => r,
@@ -1053,6 +1120,7 @@ struct AuthParams<'a> {
     prompt: &'a str,
     max_age: Option<i64>,
     audience: &'a str,
+    other: OtherParams<'a>,
 }
 
 /// The login transaction a magic link completes, by the digests of its id and CSRF token.

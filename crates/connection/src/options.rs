@@ -239,6 +239,79 @@ pub enum Options {
     Sms(SmsOptions),
 }
 
+/// Where the value of a parameter added to a provider's authorization request comes from
+/// (an entry of Auth0's `upstream_params`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamParam {
+    /// A fixed value, sent with every login.
+    Value(String),
+    /// The parameter of the application's `/authorize` request whose value is passed on
+    /// (one of [`UpstreamParam::ALIASES`]); nothing is sent when the application gave none.
+    Alias(String),
+}
+
+impl UpstreamParam {
+    /// The parameters of the application's request an entry may pass on (Auth0's list).
+    pub const ALIASES: &'static [&'static str] = &[
+        "acr_values",
+        "audience",
+        "client_id",
+        "display",
+        "id_token_hint",
+        "login_hint",
+        "max_age",
+        "prompt",
+        "resource",
+        "response_mode",
+        "response_type",
+        "ui_locales",
+    ];
+
+    /// The parameters Postern sets itself for the protocol, which no entry may name.
+    pub const RESERVED: &'static [&'static str] = &[
+        "client_id",
+        "redirect_uri",
+        "response_type",
+        "response_mode",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "request",
+        "request_uri",
+        "client_assertion",
+        "client_assertion_type",
+    ];
+
+    /// At most this many entries per connection.
+    pub const MAX: usize = 20;
+}
+
+/// A connection's `upstream_params`, by the name sent to the provider.
+pub type UpstreamParams = std::collections::BTreeMap<String, UpstreamParam>;
+
+/// The parameters added to the provider's authorization request for one login: each entry
+/// of `params` with its fixed value, or with the value the application's request gave the
+/// aliased parameter (`request`, by name; an entry whose parameter the application left
+/// empty is not sent).
+pub fn resolve_upstream_params(
+    params: &UpstreamParams,
+    request: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    params
+        .iter()
+        .filter_map(|(name, param)| {
+            let value = match param {
+                UpstreamParam::Value(v) => v.as_str(),
+                UpstreamParam::Alias(a) => request.get(a).map(String::as_str).unwrap_or_default(),
+            };
+            (!value.is_empty()).then(|| (name.clone(), value.to_owned()))
+        })
+        .collect()
+}
+
 /// Options of a database connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatabaseOptions {
@@ -341,6 +414,9 @@ pub struct OAuth2Options {
     /// Boxed: most connections have none, and the options enum stays small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_mapping: Option<Box<ProfileMapping>>,
+    /// Parameters added to the provider's authorization request (Auth0's `upstream_params`).
+    #[serde(default, skip_serializing_if = "UpstreamParams::is_empty")]
+    pub upstream_params: UpstreamParams,
 }
 
 impl OAuth2Options {
@@ -475,6 +551,9 @@ pub struct OidcOptions {
     /// The `kid` of client assertions; empty for none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_assertion_key_id: String,
+    /// Parameters added to the provider's authorization request (Auth0's `upstream_params`).
+    #[serde(default, skip_serializing_if = "UpstreamParams::is_empty")]
+    pub upstream_params: UpstreamParams,
 }
 
 /// Options of `google-apps`. The client secret is the secret [`names::CLIENT_SECRET`].
@@ -495,6 +574,9 @@ pub struct GoogleAppsOptions {
     /// Whether Google's tokens are kept (sealed) on the identity.
     #[serde(default)]
     pub store_tokens: bool,
+    /// Parameters added to the provider's authorization request (Auth0's `upstream_params`).
+    #[serde(default, skip_serializing_if = "UpstreamParams::is_empty")]
+    pub upstream_params: UpstreamParams,
 }
 
 /// Which directory attribute holds each profile attribute (defaults applied).
@@ -653,6 +735,9 @@ pub struct AzureAdOptions {
     /// Whether Entra ID's tokens are kept (sealed) on the identity.
     #[serde(default)]
     pub store_tokens: bool,
+    /// Parameters added to the provider's authorization request (Auth0's `upstream_params`).
+    #[serde(default, skip_serializing_if = "UpstreamParams::is_empty")]
+    pub upstream_params: UpstreamParams,
 }
 
 /// Options of `email`. The SMTP password is the secret [`names::SMTP_PASSWORD`].
@@ -803,6 +888,18 @@ impl Options {
             Options::AzureAd(_) => OptionsFamily::AzureAd,
             Options::Email(_) => OptionsFamily::Email,
             Options::Sms(_) => OptionsFamily::Sms,
+        }
+    }
+
+    /// The connection's `upstream_params`: the redirect strategies that send the browser to
+    /// an OAuth 2.0 authorization endpoint have them; `None` for the others.
+    pub fn upstream_params(&self) -> Option<&UpstreamParams> {
+        match self {
+            Options::Oauth2(o) => Some(&o.upstream_params),
+            Options::Oidc(o) => Some(&o.upstream_params),
+            Options::GoogleApps(o) => Some(&o.upstream_params),
+            Options::AzureAd(o) => Some(&o.upstream_params),
+            _ => None,
         }
     }
 
@@ -1022,6 +1119,7 @@ impl Options {
                         picture: m.picture.clone(),
                         username: m.username.clone(),
                     }),
+                    upstream_params: upstream_params_to_pb(&o.upstream_params),
                 })
             }
             Options::Oidc(o) => {
@@ -1045,6 +1143,7 @@ impl Options {
                     client_assertion_key,
                     client_assertion_key_set,
                     client_assertion_key_id: o.client_assertion_key_id.clone(),
+                    upstream_params: upstream_params_to_pb(&o.upstream_params),
                 })
             }
             Options::GoogleApps(o) => {
@@ -1058,6 +1157,7 @@ impl Options {
                     issuer: o.issuer.clone(),
                     discovery_url: o.discovery_url.clone(),
                     store_tokens: o.store_tokens,
+                    upstream_params: upstream_params_to_pb(&o.upstream_params),
                 })
             }
             Options::Ldap(o) => {
@@ -1134,6 +1234,7 @@ impl Options {
                     discovery_url: o.discovery_url.clone(),
                     allowed_tenant_ids: o.allowed_tenant_ids.clone(),
                     store_tokens: o.store_tokens,
+                    upstream_params: upstream_params_to_pb(&o.upstream_params),
                 })
             }
             Options::Email(o) => {
@@ -1354,6 +1455,7 @@ fn oauth2(
         }
         Box::new(m)
     });
+    let upstream_params = rules::upstream_params(v, &p("upstream_params"), o.upstream_params);
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
     OAuth2Options {
         client_id: o.client_id,
@@ -1370,7 +1472,23 @@ fn oauth2(
         profile_fields: o.profile_fields,
         emails_endpoint: o.emails_endpoint,
         profile_mapping,
+        upstream_params,
     }
+}
+
+/// A connection's `upstream_params` in the contract's shape.
+fn upstream_params_to_pb(params: &UpstreamParams) -> std::collections::HashMap<String, pb::UpstreamParam> {
+    use pb::upstream_param::Source;
+    params
+        .iter()
+        .map(|(name, param)| {
+            let source = match param {
+                UpstreamParam::Value(v) => Source::Value(v.clone()),
+                UpstreamParam::Alias(a) => Source::Alias(a.clone()),
+            };
+            (name.clone(), pb::UpstreamParam { source: Some(source) })
+        })
+        .collect()
 }
 
 fn oidc(o: pb::OidcOptions, at: &str, v: &mut Violations, secrets: &mut Secrets) -> OidcOptions {
@@ -1413,6 +1531,7 @@ fn oidc(o: pb::OidcOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
     ] {
         rules::url(v, &p(field), value, false, "");
     }
+    let upstream_params = rules::upstream_params(v, &p("upstream_params"), o.upstream_params);
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
     take_secret(secrets, names::CLIENT_ASSERTION_KEY, o.client_assertion_key);
     OidcOptions {
@@ -1429,6 +1548,7 @@ fn oidc(o: pb::OidcOptions, at: &str, v: &mut Violations, secrets: &mut Secrets)
         fetch_userinfo: o.fetch_userinfo,
         client_auth,
         client_assertion_key_id: o.client_assertion_key_id,
+        upstream_params,
     }
 }
 
@@ -1444,6 +1564,7 @@ fn google_apps(o: pb::GoogleAppsOptions, at: &str, v: &mut Violations, secrets: 
     let allowed_domains = rules::domain_list(v, &p("allowed_domains"), o.allowed_domains);
     rules::url(v, &p("issuer"), &o.issuer, false, "");
     rules::url(v, &p("discovery_url"), &o.discovery_url, false, "");
+    let upstream_params = rules::upstream_params(v, &p("upstream_params"), o.upstream_params);
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
     GoogleAppsOptions {
         domain,
@@ -1452,6 +1573,7 @@ fn google_apps(o: pb::GoogleAppsOptions, at: &str, v: &mut Violations, secrets: 
         issuer: o.issuer,
         discovery_url: o.discovery_url,
         store_tokens: o.store_tokens,
+        upstream_params,
     }
 }
 
@@ -1666,6 +1788,7 @@ fn azure_ad(o: pb::AzureAdOptions, at: &str, v: &mut Violations, secrets: &mut S
     } else {
         v.check(p("client_id"), rules::guid(&client_id, "the application (client) id"));
     }
+    let upstream_params = rules::upstream_params(v, &p("upstream_params"), o.upstream_params);
     take_secret(secrets, names::CLIENT_SECRET, o.client_secret);
     AzureAdOptions {
         domain,
@@ -1674,6 +1797,7 @@ fn azure_ad(o: pb::AzureAdOptions, at: &str, v: &mut Violations, secrets: &mut S
         discovery_url: o.discovery_url,
         allowed_tenant_ids,
         store_tokens: o.store_tokens,
+        upstream_params,
     }
 }
 

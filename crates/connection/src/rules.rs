@@ -453,6 +453,69 @@ pub fn sms_sender(value: &str) -> Result<(), String> {
     if e164 || alnum { Ok(()) } else { Err(format!("{:?} {RULE}", truncate(value, 80))) }
 }
 
+/// A connection's `upstream_params` (Auth0's): at most [`UpstreamParam::MAX`] entries, each
+/// named by 1 to 64 letters, digits, `_`, `-` and `.`, none of the protocol's own
+/// parameters ([`UpstreamParam::RESERVED`]), each with exactly one of a fixed `value` (1 to
+/// 1024 characters, no control characters) and an `alias` of the application's request
+/// ([`UpstreamParam::ALIASES`]).
+pub fn upstream_params(
+    v: &mut Violations,
+    path: &str,
+    given: std::collections::HashMap<String, postern_proto::connections::v1::UpstreamParam>,
+) -> crate::options::UpstreamParams {
+    use crate::options::UpstreamParam;
+    use postern_proto::connections::v1::upstream_param::Source;
+    if given.len() > UpstreamParam::MAX {
+        v.add(path, format!("holds at most {} parameters; got {}", UpstreamParam::MAX, given.len()));
+    }
+    let mut kept = crate::options::UpstreamParams::new();
+    for (name, param) in given {
+        let at = format!("{path}[{:?}]", truncate(&name, 64));
+        let well_formed = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !well_formed {
+            v.add(&at, "is not a parameter name: use 1 to 64 letters, digits, _ - and .");
+            continue;
+        }
+        if UpstreamParam::RESERVED.contains(&name.as_str()) {
+            v.add(&at, format!("Postern sets it for the protocol; reserved: {}", UpstreamParam::RESERVED.join(", ")));
+            continue;
+        }
+        let param = match param.source {
+            Some(Source::Value(value)) => match validate::display_text(&value, 1, 1024) {
+                Ok(()) => UpstreamParam::Value(value),
+                Err(e) => {
+                    v.add(format!("{at}.value"), e);
+                    continue;
+                }
+            },
+            Some(Source::Alias(alias)) if UpstreamParam::ALIASES.contains(&alias.as_str()) => {
+                UpstreamParam::Alias(alias)
+            }
+            Some(Source::Alias(alias)) => {
+                v.add(
+                    format!("{at}.alias"),
+                    format!(
+                        "{:?} is not a parameter of the application's request that can be passed on; use one of: {}",
+                        truncate(&alias, 64),
+                        UpstreamParam::ALIASES.join(", ")
+                    ),
+                );
+                continue;
+            }
+            None => {
+                v.add(
+                    &at,
+                    "needs exactly one of value (a fixed value) and alias (a parameter of the application's request)",
+                );
+                continue;
+            }
+        };
+        kept.insert(name, param);
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

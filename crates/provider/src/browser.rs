@@ -193,6 +193,11 @@ pub(crate) async fn authorize(
         response_mode: param(&q, "response_mode"),
         audience: param(&q, "audience"),
         session: cookie(&headers, SESSION_COOKIE).unwrap_or_default().to_owned(),
+        ui_locales: param(&q, "ui_locales"),
+        acr_values: param(&q, "acr_values"),
+        display: param(&q, "display"),
+        resource: param(&q, "resource"),
+        id_token_hint: param(&q, "id_token_hint"),
     };
     match oauth.start_authorization(request).await.map(|r| r.into_inner().outcome) {
         Ok(Some(pb::start_authorization_response::Outcome::Redirect(r))) => provider.deliver(&r),

@@ -235,9 +235,11 @@ impl OAuthApi {
             code_verifier: new_secret(),
             callback_url: self.callback_url(tenant),
             login_hint: request.login_hint.clone(),
+            upstream_params: Vec::new(),
             data: serde_json::Value::Null,
         };
-        let begun = self.authn.begin_redirect(tenant, &request.client_id, connection, &tx).await?;
+        let begun =
+            self.authn.begin_redirect(tenant, &request.client_id, connection, &tx, &request.forwardable()).await?;
         tx.data = begun.data;
         let state_hash = secret_digest(&state);
         let secrets = Sealed { nonce: tx.nonce, code_verifier: tx.code_verifier, data: tx.data };
@@ -403,6 +405,7 @@ impl OAuthApi {
             prompt: "",
             max_age: None,
             audience: &audience,
+            other: super::OtherParams::default(),
         };
         let request = match self.authorization_request(&client, &params).await? {
             Ok(request) => request,
@@ -478,6 +481,7 @@ impl OAuthApi {
             code_verifier: secrets.code_verifier,
             callback_url: self.callback_url(tenant),
             login_hint: request.login_hint.clone(),
+            upstream_params: Vec::new(),
             data: secrets.data,
         };
         let login = self.new_login();

@@ -433,10 +433,28 @@ pub struct RedirectTransaction {
     /// The email or username the application suggested (`login_hint`), for upstreams that
     /// take a hint; empty for none.
     pub login_hint: String,
+    /// Parameters the authorization request carries besides the protocol's (the
+    /// connection's `upstream_params`, resolved against the application's request), in
+    /// order; add them with [`add_upstream_params`] at `begin`. Empty at `complete`.
+    pub upstream_params: Vec<(String, String)>,
     /// What the connector asked to keep at `begin` ([`Begun::data`]), given back unchanged
     /// at `complete` (a SAML request id, say); `Null` when none. Stored with the
     /// transaction: never a secret.
     pub data: Value,
+}
+
+/// Adds `params` to `url`'s query, each replacing a parameter of the same name already
+/// there (a hint the connector sent itself, such as `login_hint`).
+pub fn add_upstream_params(url: &mut url::Url, params: &[(String, String)]) {
+    if params.is_empty() {
+        return;
+    }
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| !params.iter().any(|(name, _)| name == k))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(kept.iter().chain(params));
 }
 
 /// How the browser is sent to the upstream.

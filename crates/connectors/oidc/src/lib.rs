@@ -353,6 +353,7 @@ impl OidcConnector {
             code_verifier: String::new(),
             callback_url: TEST_CALLBACK.into(),
             login_hint: String::new(),
+            upstream_params: Vec::new(),
             data: Value::Null,
         };
         let client = self.client(p, e, &tx).map_err(|x| x.to_string())?;
@@ -874,6 +875,7 @@ impl RedirectConnector for OidcConnector {
                 q.append_pair(k, v);
             }
         }
+        postern_connector::add_upstream_params(&mut url, &tx.upstream_params);
         Ok(Begun::redirect(url.to_string()))
     }
 

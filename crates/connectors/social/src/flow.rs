@@ -67,9 +67,9 @@ pub fn authorization_url(
     endpoints: &Endpoints,
     client_id: &str,
     callback_url: &str,
-    state: &str,
-    code_verifier: &str,
+    tx: &postern_connector::RedirectTransaction,
 ) -> Result<String, Failure> {
+    let (state, code_verifier) = (tx.state.as_str(), tx.code_verifier.as_str());
     let mut url = url::Url::parse(&endpoints.authorization).map_err(|e| {
         Failure::Internal(format!("the authorization endpoint, checked at creation, does not parse: {e}"))
     })?;
@@ -87,6 +87,7 @@ pub fn authorization_url(
                 .append_pair("code_challenge_method", "S256");
         }
     }
+    postern_connector::add_upstream_params(&mut url, &tx.upstream_params);
     Ok(url.into())
 }
 
@@ -268,8 +269,7 @@ mod tests {
             &endpoints("https://www.facebook.com/v23.0/dialog/oauth?display=popup"),
             "fb-app",
             "https://id.example/fabrikam/login/callback",
-            "st&te",
-            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+            &transaction("st&te", "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", &[]),
         )
         .unwrap();
         let url = url::Url::parse(&url).unwrap();
@@ -290,13 +290,46 @@ mod tests {
             &endpoints("https://github.com/login/oauth/authorize"),
             "c",
             "https://cb",
-            "s",
-            "",
+            &transaction("s", "", &[]),
         )
         .unwrap();
         let q: HashMap<String, String> = url::Url::parse(&github).unwrap().query_pairs().into_owned().collect();
         assert_eq!(q["scope"], "email public_profile");
         assert!(!q.contains_key("code_challenge"), "no verifier, no challenge");
+    }
+
+    #[test]
+    fn upstream_params_join_the_request_and_replace_a_parameter_of_the_same_name() {
+        let url = authorization_url(
+            Provider::Facebook,
+            &endpoints("https://www.facebook.com/v23.0/dialog/oauth?display=popup"),
+            "fb-app",
+            "https://cb",
+            &transaction("s", "", &[("display", "page"), ("auth_type", "rerequest")]),
+        )
+        .unwrap();
+        let pairs: Vec<(String, String)> = url::Url::parse(&url).unwrap().query_pairs().into_owned().collect();
+        let named = |n: &str| pairs.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(named("display"), ["page"], "the connection's value replaces the endpoint's: {pairs:?}");
+        assert_eq!(named("auth_type"), ["rerequest"]);
+        assert_eq!(named("state"), ["s"], "the protocol's parameters stay: {pairs:?}");
+        assert_eq!(named("client_id"), ["fb-app"]);
+    }
+
+    fn transaction(
+        state: &str,
+        code_verifier: &str,
+        params: &[(&str, &str)],
+    ) -> postern_connector::RedirectTransaction {
+        postern_connector::RedirectTransaction {
+            state: state.into(),
+            nonce: String::new(),
+            code_verifier: code_verifier.into(),
+            callback_url: "https://cb".into(),
+            login_hint: String::new(),
+            upstream_params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            data: serde_json::Value::Null,
+        }
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl SocialConnector {
     /// The URL that starts a login at the provider.
     pub fn authorization_url(&self, conn: &Resolved, tx: &RedirectTransaction) -> Result<String, Failure> {
         let (o, endpoints, _) = self.setup(conn)?;
-        flow::authorization_url(self.provider, &endpoints, &o.client_id, &tx.callback_url, &tx.state, &tx.code_verifier)
+        flow::authorization_url(self.provider, &endpoints, &o.client_id, &tx.callback_url, tx)
     }
 
     /// The callback read into the user who logged in, with the tokens of the login.

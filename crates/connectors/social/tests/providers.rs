@@ -286,6 +286,7 @@ fn transaction(n: u32) -> RedirectTransaction {
         code_verifier: format!("verifier-{n}-0123456789abcdefghijklmnopqrstuvwxyz0123456"),
         callback_url: CALLBACK.into(),
         login_hint: String::new(),
+        upstream_params: Vec::new(),
         data: Value::Null,
     }
 }

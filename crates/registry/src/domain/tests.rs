@@ -231,12 +231,73 @@ fn good_variants() {
         }),
         ("sms", |c| sms(c).from = "Fabrikam".into()),
         ("google-apps", |c| c.domain_aliases = vec!["Fabrikam.Example".into(), "fabrikam.test".into()]),
+        ("oidc", |c| {
+            oidc(c).upstream_params = upstream(&[("prompt", alias("prompt")), ("kc_idp_hint", value("corp"))])
+        }),
+        ("github", |c| oauth2(c).upstream_params = upstream(&[("allow_signup", value("false"))])),
+        ("google-apps", |c| gapps(c).upstream_params = upstream(&[("hd", value("fabrikam.example"))])),
+        ("waad", |c| azure(c).upstream_params = upstream(&[("domain_hint", alias("login_hint"))])),
     ];
     for (strategy, mutate) in cases {
         let mut c = good(strategy);
         mutate(&mut c);
         check(c, None);
     }
+}
+
+fn upstream(entries: &[(&str, pb::UpstreamParam)]) -> HashMap<String, pb::UpstreamParam> {
+    entries.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+}
+
+fn value(v: &str) -> pb::UpstreamParam {
+    pb::UpstreamParam { source: Some(pb::upstream_param::Source::Value(v.into())) }
+}
+
+fn alias(a: &str) -> pb::UpstreamParam {
+    pb::UpstreamParam { source: Some(pb::upstream_param::Source::Alias(a.into())) }
+}
+
+#[test]
+fn upstream_params_are_kept_read_back_and_replaced_by_an_update() {
+    let mut c = good("oidc");
+    oidc(&mut c).upstream_params = upstream(&[("prompt", alias("prompt")), ("ui_locales", value("fr-CA"))]);
+    let new = NewConnection::try_from(c).expect("valid");
+    let Options::Oidc(o) = &new.spec.options else { panic!() };
+    assert_eq!(o.upstream_params.len(), 2);
+    let back: ConnectionSpec = serde_json::from_str(&serde_json::to_string(&new.spec).unwrap()).unwrap();
+    assert_eq!(back, new.spec, "stored and read back");
+    let read = new.spec.options.to_proto(&new.secrets, false);
+    let O::Oidc(read) = read else { panic!() };
+    assert_eq!(read.upstream_params["prompt"], alias("prompt"));
+    assert_eq!(read.upstream_params["ui_locales"], value("fr-CA"));
+    let request = std::collections::BTreeMap::from([("prompt".to_owned(), "login".to_owned())]);
+    assert_eq!(
+        postern_connection::options::resolve_upstream_params(&o.upstream_params, &request),
+        [("prompt".to_owned(), "login".to_owned()), ("ui_locales".to_owned(), "fr-CA".to_owned())]
+    );
+    assert_eq!(
+        postern_connection::options::resolve_upstream_params(&o.upstream_params, &Default::default()),
+        [("ui_locales".to_owned(), "fr-CA".to_owned())],
+        "an alias the application left empty sends nothing"
+    );
+
+    // An update naming the field replaces the whole map; one that does not keeps it.
+    let (current, secrets) = stored("oidc");
+    let patch = pb::Connection {
+        options: Some(O::Oidc(pb::OidcOptions {
+            upstream_params: upstream(&[("acr_values", alias("acr_values"))]),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let u = apply_update(&current, &secrets, patch, &["options.oidc.upstream_params".to_owned()]).expect("update");
+    let Options::Oidc(o) = &u.spec.options else { panic!() };
+    assert_eq!(o.upstream_params.keys().collect::<Vec<_>>(), ["acr_values"]);
+    let patch = pb::Connection { display_name: "Corp".into(), ..Default::default() };
+    let kept = Connection { spec: u.spec.clone(), ..current };
+    let u = apply_update(&kept, &u.secrets, patch, &["display_name".to_owned()]).expect("update");
+    let Options::Oidc(o) = &u.spec.options else { panic!() };
+    assert_eq!(o.upstream_params.len(), 1, "kept by an update of another field");
 }
 
 #[test]
@@ -498,6 +559,47 @@ fn bad_variants_name_their_field() {
         ("sms", |c| sms(c).code_length = 11, "connection.options.sms.code_length"),
         ("sms", |c| sms(c).code_lifetime_seconds = 29, "connection.options.sms.code_lifetime_seconds"),
         ("sms", |c| sms(c).max_attempts = -1, "connection.options.sms.max_attempts"),
+        // upstream_params
+        (
+            "oidc",
+            |c| oidc(c).upstream_params = upstream(&[("state", value("x"))]),
+            "connection.options.oidc.upstream_params[\"state\"]",
+        ),
+        (
+            "facebook",
+            |c| oauth2(c).upstream_params = upstream(&[("redirect_uri", alias("login_hint"))]),
+            "connection.options.oauth2.upstream_params[\"redirect_uri\"]",
+        ),
+        (
+            "oidc",
+            |c| oidc(c).upstream_params = upstream(&[("bad name", value("x"))]),
+            "connection.options.oidc.upstream_params[\"bad name\"]",
+        ),
+        (
+            "google-apps",
+            |c| gapps(c).upstream_params = upstream(&[("x", alias("password"))]),
+            "connection.options.google_apps.upstream_params[\"x\"].alias",
+        ),
+        (
+            "waad",
+            |c| azure(c).upstream_params = upstream(&[("x", value(""))]),
+            "connection.options.azure_ad.upstream_params[\"x\"].value",
+        ),
+        (
+            "waad",
+            |c| azure(c).upstream_params = upstream(&[("x", value(&"v".repeat(1025)))]),
+            "connection.options.azure_ad.upstream_params[\"x\"].value",
+        ),
+        (
+            "oidc",
+            |c| oidc(c).upstream_params = upstream(&[("x", pb::UpstreamParam { source: None })]),
+            "connection.options.oidc.upstream_params[\"x\"]",
+        ),
+        (
+            "oidc",
+            |c| oidc(c).upstream_params = (0..21).map(|i| (format!("p{i}"), value("v"))).collect(),
+            "connection.options.oidc.upstream_params",
+        ),
     ];
     for (strategy, mutate, field) in cases {
         let mut c = good(strategy);

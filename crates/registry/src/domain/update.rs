@@ -236,6 +236,7 @@ pub(super) fn copy_option_field(
                 store_tokens,
                 apple_team_id,
                 apple_key_id,
+                upstream_params,
             ],
             [client_secret_set]
         ),
@@ -259,6 +260,7 @@ pub(super) fn copy_option_field(
                 client_auth,
                 client_assertion_key,
                 client_assertion_key_id,
+                upstream_params,
             ],
             [client_secret_set, client_assertion_key_set]
         ),
@@ -267,7 +269,16 @@ pub(super) fn copy_option_field(
                 d,
                 s,
                 "google_apps",
-                [domain, client_id, client_secret, allowed_domains, issuer, discovery_url, store_tokens],
+                [
+                    domain,
+                    client_id,
+                    client_secret,
+                    allowed_domains,
+                    issuer,
+                    discovery_url,
+                    store_tokens,
+                    upstream_params
+                ],
                 [client_secret_set]
             )
         }
@@ -320,7 +331,16 @@ pub(super) fn copy_option_field(
                 d,
                 s,
                 "azure_ad",
-                [domain, tenant_id, client_id, client_secret, discovery_url, allowed_tenant_ids, store_tokens],
+                [
+                    domain,
+                    tenant_id,
+                    client_id,
+                    client_secret,
+                    discovery_url,
+                    allowed_tenant_ids,
+                    store_tokens,
+                    upstream_params,
+                ],
                 [client_secret_set]
             )
         }
