@@ -1220,3 +1220,67 @@ async fn a_logout_posts_a_logout_token_to_each_client_of_the_session() {
     receiver.task.abort();
     suite.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_subdomain_wildcard_origin_admits_origins_one_label_deeper_only() {
+    let suite = Suite::start().await.expect("suite");
+    let t = "preview-apps";
+    let mut admin = suite.admin().await;
+    admin.create_tenant(t).await.expect("tenant");
+    let spa = |allowed: &str| tenant::Client {
+        name: "Preview SPA".into(),
+        app_type: tenant::AppType::Spa as i32,
+        callbacks: vec![CALLBACK.into()],
+        allowed_origins: vec![allowed.into()],
+        ..Default::default()
+    };
+    let create = |client: tenant::Client| {
+        let mut clients = admin.clients.clone();
+        async move { clients.create_client(tenant::CreateClientRequest { tenant: t.into(), client: Some(client) }).await }
+    };
+    // A wildcard anywhere but the first label of an https origin of two labels or more is no
+    // pattern.
+    for bad in ["https://*.com", "https://a.*.example.com", "http://*.preview.example.com", "https://*.Example.com"] {
+        let refused = create(spa(bad)).await.expect_err(bad);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad}: {refused:?}");
+        assert!(refused.message().contains("client.allowed_origins[0]"), "{bad}: {}", refused.message());
+    }
+    let client =
+        create(spa("https://*.preview.example.com")).await.expect("client").into_inner().client.expect("client");
+    assert_eq!(client.allowed_origins, ["https://*.preview.example.com"], "read back as written");
+
+    // A made-up code from each origin: an admitted one reaches the grant (`invalid_grant`),
+    // another is refused for its origin before that.
+    let mut agent = Agent::new();
+    for (origin, admitted) in [
+        ("https://pr-42.preview.example.com", true),
+        ("https://app.example.com", true), // the callback's own origin
+        ("https://preview.example.com", false),
+        ("https://a.b.preview.example.com", false),
+        ("http://pr-42.preview.example.com", false),
+        ("https://pr-42.preview.example.com.evil.example", false),
+    ] {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("grant_type", "authorization_code"),
+                ("client_id", client.client_id.as_str()),
+                ("code", "made-up"),
+                ("redirect_uri", CALLBACK),
+                ("code_verifier", VERIFIER),
+            ])
+            .finish();
+        let headers = [("content-type", "application/x-www-form-urlencoded"), ("origin", origin)];
+        let answer = agent
+            .send("POST", &format!("{}/{t}/oauth/token", base(&suite)), &headers, Some(&body))
+            .await
+            .expect("token");
+        let json: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+        assert_eq!(answer.status, 400, "{origin}: {answer:?}");
+        let expected = if admitted { "invalid_grant" } else { "unauthorized_client" };
+        assert_eq!(json["error"], expected, "{origin}: {json}");
+        if !admitted {
+            assert!(json["error_description"].as_str().unwrap_or_default().contains(origin), "{json}");
+        }
+    }
+    suite.stop().await.expect("stop");
+}

@@ -1175,10 +1175,11 @@ fn page_connection(c: &conn_pb::Connection, connectors: &postern_connector::Conn
 
 /// Refuses a browser's request (its `Origin`, empty for a request that sent none) from an
 /// origin `client` does not allow: allowed are the origins of its callbacks and its
-/// `allowed_origins` (Auth0's and Zitadel's rule; Keycloak's `+` web origin).
+/// `allowed_origins`, subdomain wildcards included (Auth0's and Zitadel's rule; Keycloak's
+/// `+` web origin).
 fn check_origin(client: &ResolvedClient, origin: &str) -> Result<(), Status> {
     if origin.is_empty()
-        || client.allowed_origins.iter().any(|o| o == origin)
+        || client.allowed_origins.iter().any(|o| postern_common::validate::origin_allowed(o, origin))
         || client.callbacks.iter().any(|c| postern_common::validate::origin_of(c).as_deref() == Some(origin))
     {
         return Ok(());

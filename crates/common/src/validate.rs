@@ -85,6 +85,46 @@ pub fn origin(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An allowed origin of a client: an origin ([`origin`]), or a subdomain wildcard
+/// `https://*.example.com[:port]` (Auth0's): `*` as the whole first label, followed by a
+/// domain of at least two labels, over `https` only. It admits an origin one label deeper
+/// ([`origin_allowed`]).
+pub fn origin_pattern(value: &str) -> Result<(), String> {
+    let Some(rest) = value.strip_prefix("https://*.") else {
+        if value.contains('*') {
+            return Err(format!(
+                "{:?} is not an origin pattern: a wildcard is allowed only as the first label of an https origin \
+                 (https://*.example.com)",
+                truncate(value, 200)
+            ));
+        }
+        return origin(value);
+    };
+    let host = rest.rsplit_once(':').map_or(rest, |(host, _)| host);
+    if rest.contains('*') || !host.contains('.') || host.starts_with('.') || host.ends_with('.') {
+        return Err(format!(
+            "{:?} is not an origin pattern: after https://*. comes a domain of at least two labels \
+             (https://*.example.com), with no other wildcard",
+            truncate(value, 200)
+        ));
+    }
+    // The pattern is an origin once its wildcard stands for a label.
+    origin(&format!("https://x.{rest}")).map_err(|e| e.replacen("https://x.", "https://*.", 1))
+}
+
+/// Whether `origin` (a browser's `Origin`) is admitted by `allowed` (an origin, or a pattern
+/// of [`origin_pattern`]): equal, or, for `https://*.example.com`, an https origin on the
+/// same port whose host is one label (letters, digits, hyphens) followed by `.example.com`.
+pub fn origin_allowed(allowed: &str, origin: &str) -> bool {
+    let Some(suffix) = allowed.strip_prefix("https://*") else {
+        return allowed == origin;
+    };
+    let Some(label) = origin.strip_prefix("https://").and_then(|o| o.strip_suffix(suffix)) else {
+        return false;
+    };
+    !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// The origin of `url` (`https://app.example.com` of `https://app.example.com/callback`), if
 /// it has one.
 pub fn origin_of(url: &str) -> Option<String> {
@@ -197,6 +237,47 @@ mod tests {
         assert_eq!(origin_of("https://App.example.com:443/cb?x=1").as_deref(), Some("https://app.example.com"));
         assert_eq!(origin_of("http://localhost:3000/callback").as_deref(), Some("http://localhost:3000"));
         assert_eq!(origin_of("not a url"), None);
+    }
+
+    #[test]
+    fn origin_patterns_and_what_they_admit() {
+        for good in ["https://app.example.com", "https://*.preview.example.com", "https://*.example.com:8443"] {
+            check(origin_pattern(good), true);
+        }
+        for bad in [
+            "https://*.com",
+            "https://*",
+            "https://*.",
+            "https://*.example.com/",
+            "https://*.Example.com",
+            "https://*.example.com:443",
+            "https://a.*.example.com",
+            "https://*.*.example.com",
+            "https://*example.com",
+            "https://*.example.com.",
+            "http://*.example.com",
+            "*",
+        ] {
+            check(origin_pattern(bad), false);
+        }
+        let pattern = "https://*.preview.example.com";
+        for (origin, admitted) in [
+            ("https://pr-42.preview.example.com", true),
+            ("https://preview.example.com", false),
+            ("https://a.b.preview.example.com", false),
+            ("https://.preview.example.com", false),
+            ("http://pr-42.preview.example.com", false),
+            ("https://pr-42.preview.example.com:8443", false),
+            ("https://pr-42.preview.example.com.evil.example", false),
+            ("https://evilpreview.example.com", false),
+            ("https://x_y.preview.example.com", false),
+        ] {
+            assert_eq!(origin_allowed(pattern, origin), admitted, "{origin}");
+        }
+        assert!(origin_allowed("https://*.example.com:8443", "https://a.example.com:8443"));
+        assert!(!origin_allowed("https://*.example.com:8443", "https://a.example.com"));
+        assert!(origin_allowed("https://app.example.com", "https://app.example.com"));
+        assert!(!origin_allowed("https://app.example.com", "https://x.app.example.com"));
     }
 
     #[test]

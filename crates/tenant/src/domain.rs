@@ -253,7 +253,7 @@ pub fn check_urls(v: &mut Violations, field: &str, urls: &[String]) {
 
 /// Checks a list of allowed origins.
 pub fn check_origins(v: &mut Violations, field: &str, origins: &[String]) {
-    check_list(v, field, origins, "origins", validate::origin);
+    check_list(v, field, origins, "origins", validate::origin_pattern);
 }
 
 /// Checks a list of at most [`MAX_URLS`] `items` (`what`, in the message), each with `check`.
