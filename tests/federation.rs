@@ -12,7 +12,7 @@
 //! `access_denied`; the three profile-sync modes across logins whose upstream profile
 //! changed; a connection's `upstream_params` pass the application's `prompt=login` on (the
 //! upstream then asks for the password although its session knows the user) and fixed
-//! values; a real browser (headless Chromium) clicks "Continue with …" for an `oidc`
+//! values, and `connection_scope` adds scopes for one login; a real browser (headless Chromium) clicks "Continue with …" for an `oidc`
 //! connection and for GitHub, signs in on oidc-provider's own login and consent pages, and
 //! lands at the application with a code whose ID token verifies against the tenant's keys.
 
@@ -1379,10 +1379,12 @@ async fn upstream_params_pass_the_applications_prompt_and_fixed_values_to_the_pr
 
     // The first login: the fixed value goes; the application gave no prompt or display, so
     // neither does.
+    // Auth0's connection_scope adds scopes for this login, once each.
     let mut agent = Agent::new();
-    let start =
-        agent.get(&authorize_url(&suite, t, &portal.client_id, &[("connection", "corp")])).await.expect("authorize");
+    let extra = [("connection", "corp"), ("connection_scope", "email,read:calendar")];
+    let start = agent.get(&authorize_url(&suite, t, &portal.client_id, &extra)).await.expect("authorize");
     let q = query_of(&start);
+    assert_eq!(q.get("scope").map(String::as_str), Some("openid email profile read:calendar"), "{q:?}");
     assert_eq!(q.get("ui_locales").map(String::as_str), Some("fr-CA"), "{q:?}");
     assert!(!q.contains_key("prompt") && !q.contains_key("screen_hint"), "{q:?}");
     assert_eq!(q.get("response_type").map(String::as_str), Some("code"), "the protocol's own parameters stay");
@@ -1417,5 +1419,11 @@ async fn upstream_params_pass_the_applications_prompt_and_fixed_values_to_the_pr
     let q = app_query(&refused);
     assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"), "{q:?}");
     assert!(q["error_description"].contains("4096"), "{q:?}");
+    let scopes = vec!["s"; 51].join(",");
+    let extra = [("connection", "corp"), ("connection_scope", scopes.as_str())];
+    let refused = agent.get(&authorize_url(&suite, t, &portal.client_id, &extra)).await.expect("authorize");
+    let q = app_query(&refused);
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"), "{q:?}");
+    assert!(q["error_description"].contains("connection_scope"), "{q:?}");
     suite.stop().await.expect("stop");
 }

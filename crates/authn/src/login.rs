@@ -584,7 +584,8 @@ impl AuthnApi {
     /// Starts a login through a redirect connection (OIDC, OAuth2 social, SAML) for the
     /// client: where to send the browser, and what the connector keeps for the callback.
     /// The connection's `upstream_params` are resolved against `request` (the application's
-    /// request by parameter name) into the transaction's parameters for the connector. The hook of the redirect family: a strategy served by a [`RedirectConnector`] needs
+    /// request by parameter name) into the transaction's parameters for the connector, and the
+    /// request's `connection_scope` becomes its extra scopes. The hook of the redirect family: a strategy served by a [`RedirectConnector`] needs
     /// no edit here.
     pub async fn begin_redirect(
         &self,
@@ -603,7 +604,11 @@ impl AuthnApi {
             .upstream_params()
             .map(|params| postern_connection::options::resolve_upstream_params(params, request))
             .unwrap_or_default();
-        let tx = RedirectTransaction { upstream_params, ..tx.clone() };
+        let extra_scopes = request
+            .get(crate::oauth::CONNECTION_SCOPE)
+            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let tx = RedirectTransaction { upstream_params, extra_scopes, ..tx.clone() };
         connector.begin(tenant, &conn, &tx).await.map_err(connector_status)
     }
 

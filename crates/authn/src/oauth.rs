@@ -168,10 +168,32 @@ struct OtherParams<'a> {
     display: &'a str,
     resource: &'a str,
     id_token_hint: &'a str,
+    /// Auth0's `connection_scope`: upstream scopes for this login, by commas or spaces.
+    connection_scope: &'a str,
 }
 
-/// The longest value of each of [`OtherParams`].
+/// The longest value of each of [`OtherParams`] but `connection_scope`.
 const OTHER_PARAM_MAX: usize = 4096;
+
+/// The name under which an [`AuthRequest`] keeps the login's `connection_scope` (space
+/// separated), among its `upstream` values.
+pub(crate) const CONNECTION_SCOPE: &str = "connection_scope";
+
+/// The scopes of a `connection_scope` (commas or spaces between them): at most 50, each 1 to
+/// 128 printable ASCII characters; empty for none.
+fn connection_scopes(value: &str) -> Result<Vec<String>, String> {
+    let scopes: Vec<String> = value.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    if scopes.len() > 50 {
+        return Err(format!("connection_scope holds at most 50 scopes; got {}", scopes.len()));
+    }
+    match scopes.iter().find(|s| s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic())) {
+        Some(bad) => Err(format!(
+            "connection_scope: {:?} is not a scope: 1 to 128 printable characters, separated by commas or spaces",
+            bad.chars().take(64).collect::<String>()
+        )),
+        None => Ok(scopes),
+    }
+}
 
 /// The OAuth 2.0 error codes of RFC 6749 (4.1.2.1 and 5.2) as `ErrorInfo` reasons.
 mod reason {
@@ -874,6 +896,7 @@ impl OAuthApi {
                 display: &req.display,
                 resource: &req.resource,
                 id_token_hint: &req.id_token_hint,
+                connection_scope: &req.connection_scope,
             },
         };
         let checked = self.authorization_request(&client, &params).await?;
@@ -905,6 +928,7 @@ impl OAuthApi {
             ("resource", o.resource),
             ("id_token_hint", o.id_token_hint),
         ];
+        let connection_scope = connection_scopes(o.connection_scope);
         let checked = if !matches!(p.response_mode, "" | "query" | "form_post" | "web_message") {
             fail("invalid_request", "response_mode", "response_mode must be query, form_post or web_message")
         } else if p.response_mode == "web_message" && !web_origin(p.redirect_uri) {
@@ -957,6 +981,8 @@ impl OAuthApi {
                 parameter,
                 "ui_locales, acr_values, display, resource and id_token_hint are each at most 4096 characters",
             )
+        } else if let Err(description) = connection_scope.as_ref() {
+            fail("invalid_request", "connection_scope", description)
         } else if let Err(refused) = self.authn.api_scope(p.tenant, p.audience, p.scope).await {
             // Auth0's answer to an audience that names none of the tenant's APIs; an outage
             // of the tenant service is an error page, not a redirect.
@@ -981,6 +1007,7 @@ impl OAuthApi {
                     .chain([("prompt", p.prompt), ("response_mode", p.response_mode)])
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .chain(p.max_age.map(|m| ("max_age".to_owned(), m.to_string())))
+                    .chain(connection_scope.ok().map(|s| (CONNECTION_SCOPE.to_owned(), s.join(" "))))
                     .filter(|(_, v)| !v.is_empty())
                     .collect(),
             })
@@ -1810,6 +1837,15 @@ impl OAuthApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_scope_takes_commas_or_spaces_and_bounds_its_scopes() {
+        assert_eq!(connection_scopes("").unwrap(), Vec::<String>::new());
+        assert_eq!(connection_scopes("a,b c,,a").unwrap(), ["a", "b", "c", "a"]);
+        assert!(connection_scopes(&vec!["s"; 51].join(",")).unwrap_err().contains("at most 50"));
+        assert!(connection_scopes(&"x".repeat(129)).unwrap_err().contains("not a scope"));
+        assert!(connection_scopes("caf\u{e9}").is_err(), "printable ASCII only");
+    }
 
     #[test]
     fn prompt_is_a_set_of_values_and_none_stands_alone() {

@@ -198,6 +198,7 @@ pub(crate) async fn authorize(
         display: param(&q, "display"),
         resource: param(&q, "resource"),
         id_token_hint: param(&q, "id_token_hint"),
+        connection_scope: param(&q, "connection_scope"),
     };
     match oauth.start_authorization(request).await.map(|r| r.into_inner().outcome) {
         Ok(Some(pb::start_authorization_response::Outcome::Redirect(r))) => provider.deliver(&r),

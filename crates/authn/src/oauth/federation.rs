@@ -236,6 +236,7 @@ impl OAuthApi {
             callback_url: self.callback_url(tenant),
             login_hint: request.login_hint.clone(),
             upstream_params: Vec::new(),
+            extra_scopes: Vec::new(),
             data: serde_json::Value::Null,
         };
         let begun =
@@ -482,6 +483,7 @@ impl OAuthApi {
             callback_url: self.callback_url(tenant),
             login_hint: request.login_hint.clone(),
             upstream_params: Vec::new(),
+            extra_scopes: Vec::new(),
             data: secrets.data,
         };
         let login = self.new_login();

@@ -437,6 +437,9 @@ pub struct RedirectTransaction {
     /// connection's `upstream_params`, resolved against the application's request), in
     /// order; add them with [`add_upstream_params`] at `begin`. Empty at `complete`.
     pub upstream_params: Vec<(String, String)>,
+    /// Scopes asked of the upstream for this login on top of the connection's (Auth0's
+    /// `connection_scope`); an OAuth 2.0 connector adds those it does not ask already.
+    pub extra_scopes: Vec<String>,
     /// What the connector asked to keep at `begin` ([`Begun::data`]), given back unchanged
     /// at `complete` (a SAML request id, say); `Null` when none. Stored with the
     /// transaction: never a secret.
@@ -455,6 +458,17 @@ pub fn add_upstream_params(url: &mut url::Url, params: &[(String, String)]) {
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     url.query_pairs_mut().clear().extend_pairs(kept.iter().chain(params));
+}
+
+/// `scopes`, then each of `extra` (a login's `connection_scope`) not among them, in order.
+pub fn with_extra_scopes(scopes: &[String], extra: &[String]) -> Vec<String> {
+    let mut all = scopes.to_vec();
+    for scope in extra {
+        if !all.contains(scope) {
+            all.push(scope.clone());
+        }
+    }
+    all
 }
 
 /// How the browser is sent to the upstream.

@@ -354,6 +354,7 @@ impl OidcConnector {
             callback_url: TEST_CALLBACK.into(),
             login_hint: String::new(),
             upstream_params: Vec::new(),
+            extra_scopes: Vec::new(),
             data: Value::Null,
         };
         let client = self.client(p, e, &tx).map_err(|x| x.to_string())?;
@@ -862,7 +863,7 @@ impl RedirectConnector for OidcConnector {
             }
             q.append_pair("client_id", &p.client_id)
                 .append_pair("redirect_uri", &tx.callback_url)
-                .append_pair("scope", &p.scopes.join(" "))
+                .append_pair("scope", &postern_connector::with_extra_scopes(&p.scopes, &tx.extra_scopes).join(" "))
                 .append_pair("state", &tx.state)
                 .append_pair("nonce", &tx.nonce);
             if !p.front_channel {

@@ -79,8 +79,9 @@ pub fn authorization_url(
             .append_pair("client_id", client_id)
             .append_pair("redirect_uri", callback_url)
             .append_pair("state", state);
-        if !endpoints.scopes.is_empty() {
-            q.append_pair("scope", &endpoints.scopes.join(provider.scope_separator()));
+        let scopes = postern_connector::with_extra_scopes(&endpoints.scopes, &tx.extra_scopes);
+        if !scopes.is_empty() {
+            q.append_pair("scope", &scopes.join(provider.scope_separator()));
         }
         if !code_verifier.is_empty() {
             q.append_pair("code_challenge", &code_challenge(code_verifier))
@@ -299,13 +300,16 @@ mod tests {
     }
 
     #[test]
-    fn upstream_params_join_the_request_and_replace_a_parameter_of_the_same_name() {
+    fn upstream_params_and_extra_scopes_join_the_request() {
         let url = authorization_url(
             Provider::Facebook,
             &endpoints("https://www.facebook.com/v23.0/dialog/oauth?display=popup"),
             "fb-app",
             "https://cb",
-            &transaction("s", "", &[("display", "page"), ("auth_type", "rerequest")]),
+            &postern_connector::RedirectTransaction {
+                extra_scopes: vec!["public_profile".into(), "user_birthday".into()],
+                ..transaction("s", "", &[("display", "page"), ("auth_type", "rerequest")])
+            },
         )
         .unwrap();
         let pairs: Vec<(String, String)> = url::Url::parse(&url).unwrap().query_pairs().into_owned().collect();
@@ -314,6 +318,7 @@ mod tests {
         assert_eq!(named("auth_type"), ["rerequest"]);
         assert_eq!(named("state"), ["s"], "the protocol's parameters stay: {pairs:?}");
         assert_eq!(named("client_id"), ["fb-app"]);
+        assert_eq!(named("scope"), ["email public_profile user_birthday"], "connection_scope's, once each");
     }
 
     fn transaction(
@@ -328,6 +333,7 @@ mod tests {
             callback_url: "https://cb".into(),
             login_hint: String::new(),
             upstream_params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            extra_scopes: Vec::new(),
             data: serde_json::Value::Null,
         }
     }

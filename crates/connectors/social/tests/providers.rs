@@ -287,6 +287,7 @@ fn transaction(n: u32) -> RedirectTransaction {
         callback_url: CALLBACK.into(),
         login_hint: String::new(),
         upstream_params: Vec::new(),
+        extra_scopes: Vec::new(),
         data: Value::Null,
     }
 }
