@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::AuthnApi;
-use crate::oauth::session_id;
+use crate::oauth::{seconds, session_id};
 
 /// A back-channel logout token (§2.4): `sub` and `sid` name the user and the session; it
 /// carries no `nonce`, so that it passes for no ID token, and its header's `typ` is
@@ -60,9 +60,8 @@ impl AuthnApi {
                 return;
             }
         };
-        let url = self.config.public_url.get().map_or("http://localhost", String::as_str);
-        let issuer = crate::tokens::issuer(url, tenant);
-        let iat = u64::try_from(self.config.clock.now_micros().div_euclid(1_000_000)).unwrap_or(0);
+        let issuer = self.issuer(tenant);
+        let iat = seconds(self.config.clock.now_micros());
         for (sid, client_id, uri) in receivers {
             let claims = LogoutToken {
                 iss: &issuer,

@@ -585,8 +585,8 @@ impl AuthnApi {
     /// client: where to send the browser, and what the connector keeps for the callback.
     /// The connection's `upstream_params` are resolved against `request` (the application's
     /// request by parameter name) into the transaction's parameters for the connector, and the
-    /// request's `connection_scope` becomes its extra scopes. The hook of the redirect family: a strategy served by a [`RedirectConnector`] needs
-    /// no edit here.
+    /// request's `connection_scope` becomes its extra scopes. The hook of the redirect family:
+    /// a strategy served by a [`RedirectConnector`] needs no edit here.
     pub async fn begin_redirect(
         &self,
         tenant: &str,

@@ -243,7 +243,8 @@ fn has_scope(scope: &str, s: &str) -> bool {
     scope.split_whitespace().any(|x| x == s)
 }
 
-fn seconds(t: i64) -> u64 {
+/// Whole seconds since the epoch of `t`, microseconds since the epoch (0 before it).
+pub(crate) fn seconds(t: i64) -> u64 {
     u64::try_from(t.div_euclid(1_000_000)).unwrap_or(0)
 }
 
@@ -364,8 +365,7 @@ impl OAuthApi {
     }
 
     fn issuer(&self, tenant: &str) -> String {
-        let url = self.authn.config.public_url.get().map_or("http://localhost", String::as_str);
-        tokens::issuer(url, tenant)
+        self.authn.issuer(tenant)
     }
 
     /// The client, or the status the caller shows on an error page (never a redirect):
